@@ -1,0 +1,1 @@
+"""Command-line parsing: getopt_long emulation and iptables' do_parse()."""

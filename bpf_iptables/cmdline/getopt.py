@@ -1,0 +1,162 @@
+"""A faithful emulation of glibc getopt_long() as iptables drives it.
+
+iptables' command-line syntax *is* getopt's: options may be abbreviated to
+any unique prefix, optional arguments attach only as "-Lchain" or
+"--list=chain", a non-option word is returned in order (optstring "-"), a
+missing argument is reported as ':' (optstring ":"), and extensions add long
+options while parsing is under way. Error messages and which argv element
+they quote depend on these details, so they are reproduced exactly."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Hashable
+
+NO_ARGUMENT = 0
+REQUIRED_ARGUMENT = 1
+OPTIONAL_ARGUMENT = 2
+
+NON_OPTION = "\x01"   # getopt returns 1 for a non-option in RETURN_IN_ORDER
+UNKNOWN = "?"
+MISSING_ARG = ":"
+
+
+@dataclass(frozen=True)
+class LongOption:
+    name: str
+    has_arg: int
+    val: Hashable
+
+
+@dataclass
+class GetoptResult:
+    code: Hashable          # short option char, a LongOption.val, or the specials above
+    optarg: str | None
+
+
+@dataclass
+class Getopt:
+    argv: list[str]
+    optstring: str
+    longopts: list[LongOption] = field(default_factory=list)
+    optind: int = 1
+    nextchar: str = ""
+
+    def __post_init__(self) -> None:
+        spec = self.optstring
+        if spec.startswith("-"):
+            spec = spec[1:]
+        if spec.startswith(":"):
+            spec = spec[1:]
+        self._short: dict[str, int] = {}
+        i = 0
+        while i < len(spec):
+            c = spec[i]
+            has = NO_ARGUMENT
+            if spec[i + 1:i + 3] == "::":
+                has, i = OPTIONAL_ARGUMENT, i + 2
+            elif spec[i + 1:i + 2] == ":":
+                has, i = REQUIRED_ARGUMENT, i + 1
+            self._short[c] = has
+            i += 1
+        self._first_nonopt = self._last_nonopt = 1
+
+    @property
+    def argc(self) -> int:
+        return len(self.argv)
+
+    def next(self) -> GetoptResult | None:
+        """One getopt_long() call; None when scanning is over (-1)."""
+        if not self.nextchar:
+            if self.optind >= self.argc:
+                return None
+            arg = self.argv[self.optind]
+            if arg == "--":
+                self.optind += 1
+                # everything after "--" is left for the caller as non-options
+                if self.optind != self.argc:
+                    self._first_nonopt, self._last_nonopt = self.optind, self.argc
+                return None
+            if not arg.startswith("-") or arg == "-":
+                self.optind += 1
+                return GetoptResult(NON_OPTION, arg)
+            if arg.startswith("--"):
+                return self._long(arg[2:])
+            self.nextchar = arg[1:]
+        return self._short_option()
+
+    def _long(self, body: str) -> GetoptResult:
+        name, eq, value = body.partition("=")
+        found: LongOption | None = None
+        for opt in self.longopts:
+            if opt.name == name:
+                found = opt
+                break
+        if found is None:
+            ambiguous = False
+            for opt in self.longopts:
+                if opt.name.startswith(name):
+                    if found is None:
+                        found = opt
+                    elif (found.has_arg, found.val) != (opt.has_arg, opt.val):
+                        ambiguous = True
+            if ambiguous:
+                self.optind += 1
+                return GetoptResult(UNKNOWN, None)
+        self.optind += 1
+        if found is None:
+            return GetoptResult(UNKNOWN, None)
+        if eq:
+            if found.has_arg == NO_ARGUMENT:
+                return GetoptResult(UNKNOWN, None)
+            return GetoptResult(found.val, value)
+        if found.has_arg == REQUIRED_ARGUMENT:
+            if self.optind < self.argc:
+                self.optind += 1
+                return GetoptResult(found.val, self.argv[self.optind - 1])
+            return GetoptResult(MISSING_ARG, None)
+        return GetoptResult(found.val, None)
+
+    def _short_option(self) -> GetoptResult:
+        c, self.nextchar = self.nextchar[0], self.nextchar[1:]
+        if not self.nextchar:
+            self.optind += 1
+        has = self._short.get(c)
+        if has is None or c in ":;":
+            return GetoptResult(UNKNOWN, None)
+        if has == NO_ARGUMENT:
+            return GetoptResult(c, None)
+        if has == OPTIONAL_ARGUMENT:
+            optarg = None
+            if self.nextchar:
+                optarg = self.nextchar
+                self.optind += 1
+            self.nextchar = ""
+            return GetoptResult(c, optarg)
+        if self.nextchar:
+            optarg = self.nextchar
+            self.optind += 1
+        elif self.optind == self.argc:
+            self.nextchar = ""
+            return GetoptResult(MISSING_ARG, None)
+        else:
+            optarg = self.argv[self.optind]
+            self.optind += 1
+        self.nextchar = ""
+        return GetoptResult(c, optarg)
+
+    def leftover_start(self) -> int:
+        """optind as iptables sees it after getopt returned -1."""
+        if self._first_nonopt != self._last_nonopt:
+            return self._first_nonopt
+        return self.optind
+
+    def has_arg(self) -> bool:
+        """xs_has_arg(): is the next argv element a non-option word?"""
+        return (self.optind < self.argc
+                and not self.argv[self.optind].startswith("-")
+                and not self.argv[self.optind].startswith("!"))
+
+    def take(self) -> str:
+        """argv[optind++]"""
+        self.optind += 1
+        return self.argv[self.optind - 1]

@@ -1,0 +1,96 @@
+"""The extension registry.
+
+Every module in this package that defines ``EXTENSIONS`` (a list of
+extension instances) is picked up, so adding a match or target is a one-file
+change. Names iptables knows but bpf-iptables cannot enforce are refused with
+a clear error instead of being accepted and ignored."""
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from functools import lru_cache
+
+from ..errors import NotSupported, XtablesError
+from .base import Extension, MatchExtension, TargetExtension
+
+# iptables 1.8.9 IPv4 extensions (libxt_*/libipt_*), to tell "unsupported"
+# apart from "no such extension".
+IPTABLES_MATCHES = frozenset("""
+addrtype ah bpf cgroup cluster comment connbytes connlabel connlimit connmark
+conntrack cpu dccp devgroup dscp ecn esp hashlimit helper icmp ipcomp iprange
+ipvs length limit mac mark multiport nfacct osf owner physdev pkttype policy
+quota rateest realm recent rpfilter sctp set socket state statistic string tcp
+tcpmss time tos ttl u32 udp
+""".split())
+IPTABLES_TARGETS = frozenset("""
+AUDIT CHECKSUM CLASSIFY CLUSTERIP CONNMARK CONNSECMARK CT DNAT DSCP ECN HMARK
+IDLETIMER LED LOG MARK MASQUERADE NETMAP NFLOG NFQUEUE NOTRACK RATEEST
+REDIRECT REJECT SECMARK SET SNAT SYNPROXY TCPMSS TCPOPTSTRIP TEE TOS TPROXY
+TRACE TTL
+""".split())
+STANDARD_TARGET_NAMES = ("ACCEPT", "DROP", "QUEUE", "RETURN")
+
+
+@lru_cache(maxsize=1)
+def _registry() -> tuple[dict[str, MatchExtension], dict[str, TargetExtension]]:
+    matches: dict[str, MatchExtension] = {}
+    targets: dict[str, TargetExtension] = {}
+    for info in pkgutil.iter_modules(__path__):
+        if info.name == "base":
+            continue
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        for ext in getattr(module, "EXTENSIONS", ()):
+            table = matches if ext.kind == "match" else targets
+            if ext.name in table:
+                raise RuntimeError(f"extension {ext.name} defined twice")
+            table[ext.name] = ext
+    return matches, targets
+
+
+def matches() -> dict[str, MatchExtension]:
+    return _registry()[0]
+
+
+def targets() -> dict[str, TargetExtension]:
+    return _registry()[1]
+
+
+def find_match(name: str) -> MatchExtension:
+    """xtables_find_match(XTF_LOAD_MUST_SUCCEED)."""
+    ext = matches().get(name)
+    if ext is not None:
+        return ext
+    if name in IPTABLES_MATCHES:
+        raise NotSupported(f"match `{name}'")
+    raise XtablesError(f"Couldn't load match `{name}':No such file or directory\n")
+
+
+def try_match(name: str) -> MatchExtension | None:
+    """xtables_find_match(XTF_TRY_LOAD) for implicit protocol matches."""
+    return matches().get(name)
+
+
+def try_target(name: str) -> TargetExtension | None:
+    """xtables_find_target(XTF_TRY_LOAD): None means "maybe a chain"."""
+    if name in STANDARD_TARGET_NAMES:
+        return targets().get("standard")
+    return targets().get(name)
+
+
+def require_target(name: str) -> TargetExtension:
+    """xtables_find_target(XTF_LOAD_MUST_SUCCEED) for a name that is no chain."""
+    ext = try_target(name)
+    if ext is not None:
+        return ext
+    if name in IPTABLES_TARGETS:
+        raise NotSupported(f"target `{name}'")
+    raise XtablesError(f"Couldn't load target `{name}':No such file or directory\n")
+
+
+def is_target_name(name: str) -> bool:
+    """Would xtables_find_target(name, XTF_TRY_LOAD) find something?"""
+    return name in STANDARD_TARGET_NAMES or name in targets() or name in IPTABLES_TARGETS
+
+
+__all__ = ["Extension", "MatchExtension", "TargetExtension", "find_match", "try_match",
+           "try_target", "require_target", "matches", "targets", "is_target_name"]

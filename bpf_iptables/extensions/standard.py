@@ -1,0 +1,40 @@
+"""The standard target: ACCEPT, DROP, RETURN and jumps to user chains.
+
+It has no options and no save or print text of its own; the verdict or
+chain name is the rule's target name. QUEUE would hand packets to user
+space, which the eBPF data path cannot do, so it is refused."""
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import NotSupported
+from .base import ParseContext, TargetExtension, Verdict
+
+
+class StandardTarget(TargetExtension):
+    name = "standard"
+
+    def init(self) -> None:
+        return None
+
+    def parse(self, state: Any, option: str, arg: str | None, invert: bool,
+              ctx: ParseContext) -> None:
+        raise AssertionError("the standard target has no options")
+
+    def final_check(self, state: Any, ctx: ParseContext) -> None:
+        return None
+
+    def verdict(self, data: Any, packet: Any) -> Verdict:
+        raise AssertionError("standard verdicts are handled by the traversal")
+
+
+class QueueGuard(StandardTarget):
+    """-j QUEUE maps to the standard target in iptables; refuse it here."""
+
+
+def refuse_queue(name: str) -> None:
+    if name == "QUEUE":
+        raise NotSupported("target `QUEUE'")
+
+
+EXTENSIONS = [StandardTarget()]

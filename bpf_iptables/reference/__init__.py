@@ -1,0 +1,1 @@
+"""Reference semantics: netfilter's verdicts and counters, in plain Python."""

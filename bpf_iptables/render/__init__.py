@@ -1,0 +1,1 @@
+"""Canonical text: -S and iptables-save lines, and -L listings."""

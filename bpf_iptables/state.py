@@ -1,0 +1,125 @@
+"""Where a network namespace's rule set lives between invocations.
+
+Each CLI call is a short process; the rule set (and, with the data path,
+its pinned programs and maps) outlives it. State is keyed by the netns
+cookie, which unlike the namespace inode is never reused before reboot, and
+kept under /run, which is visible however the namespace was entered
+(``ip netns exec`` remounts /sys but not /run).
+
+Concurrent invocations serialise on an flock, with iptables' ``-w``
+semantics: fail at once without -w, wait N seconds with -w N, forever
+with a bare -w."""
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import pickle
+import signal
+import socket
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from .errors import RESOURCE_PROBLEM
+from .model import RuleSet
+
+SO_NETNS_COOKIE = 71
+FORMAT_VERSION = 1
+
+
+def run_dir() -> Path:
+    return Path(os.environ.get("BPF_IPTABLES_RUN_DIR", "/run/bpf-iptables"))
+
+
+def netns_cookie() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        raw = s.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8)
+    return int.from_bytes(raw, sys.byteorder)
+
+
+def namespace_dir() -> Path:
+    path = run_dir() / f"netns-{netns_cookie()}"
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return path
+
+
+class LockBusy(Exception):
+    """-w N ran out (iptables 1.8.9 waits forever unless given a positive N)."""
+
+    def __init__(self, wait: int, lock_file: Path):
+        self.wait = wait
+        self.lock_file = lock_file
+
+    def message(self) -> str:
+        return (f"Can't lock {self.lock_file}: Resource temporarily unavailable\n"
+                "Another app is currently holding the xtables lock. "
+                f"Stopped waiting after {self.wait}s.\n")
+
+
+@contextmanager
+def locked(wait: int) -> Iterator["Store"]:
+    """Hold the namespace's lock; wait > 0 bounds the wait in seconds."""
+    directory = namespace_dir()
+    lock_file = directory / "lock"
+    fd = os.open(lock_file, os.O_CREAT | os.O_RDWR, 0o600)
+    try:
+        _acquire(fd, wait, lock_file)
+        yield Store(directory)
+    finally:
+        os.close(fd)
+
+
+def _acquire(fd: int, wait: int, lock_file: Path) -> None:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return
+    except BlockingIOError:
+        if wait <= 0:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            return
+    old = signal.signal(signal.SIGALRM, lambda *_: None)
+    signal.alarm(wait)
+    try:
+        # PEP 475 retries interrupted calls whose handler returns, so raise
+        # from the handler to stop waiting.
+        def give_up(*_: object) -> None:
+            raise TimeoutError
+
+        signal.signal(signal.SIGALRM, give_up)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    except TimeoutError:
+        raise LockBusy(wait, lock_file) from None
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+class Store:
+    """The persisted rule set of one namespace (call under the lock)."""
+
+    def __init__(self, directory: Path):
+        self.directory = directory
+        self.path = directory / "ruleset.pickle"
+
+    def load(self) -> RuleSet:
+        try:
+            with open(self.path, "rb") as fh:
+                version, ruleset = pickle.load(fh)
+        except FileNotFoundError:
+            return RuleSet()
+        if version != FORMAT_VERSION:
+            raise RuntimeError(f"state format {version} in {self.path} is not {FORMAT_VERSION}")
+        return ruleset
+
+    def save(self, ruleset: RuleSet) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        with open(tmp, "wb") as fh:
+            pickle.dump((FORMAT_VERSION, ruleset), fh, protocol=pickle.HIGHEST_PROTOCOL)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.path)
+
+
+__all__ = ["locked", "LockBusy", "Store", "RESOURCE_PROBLEM", "netns_cookie"]

@@ -1,0 +1,127 @@
+"""Table operations with libiptc's semantics and errno values.
+
+Each function changes a ``Table`` in place or raises ``TableOpError`` with
+the errno (and the libiptc call) that iptables would report."""
+from __future__ import annotations
+
+import errno
+
+from .errors import Op, TableOpError
+from .model import POLICY_VERDICTS, Chain, Counters, Rule, Table
+
+
+def get_chain(table: Table, name: str, op: str = Op.OTHER) -> Chain:
+    chain = table.chains.get(name)
+    if chain is None:
+        raise TableOpError(errno.ENOENT, op)
+    return chain
+
+
+def append(table: Table, chain: str, rule: Rule) -> None:
+    get_chain(table, chain).rules.append(rule)
+
+
+def insert(table: Table, chain: str, rule: Rule, index: int) -> None:
+    c = get_chain(table, chain)
+    if index > len(c.rules):
+        raise TableOpError(errno.E2BIG, Op.INSERT_ENTRY)
+    c.rules.insert(index, rule)
+
+
+def replace(table: Table, chain: str, rule: Rule, index: int) -> None:
+    c = get_chain(table, chain)
+    if index >= len(c.rules):
+        raise TableOpError(errno.E2BIG, Op.REPLACE_ENTRY)
+    c.rules[index] = rule
+
+
+def delete_num(table: Table, chain: str, index: int) -> None:
+    c = get_chain(table, chain)
+    if index >= len(c.rules):
+        raise TableOpError(errno.E2BIG, Op.DELETE_NUM_ENTRY)
+    del c.rules[index]
+
+
+def find_rule(table: Table, chain: str, rule: Rule, op: str) -> int:
+    c = get_chain(table, chain)
+    for i, existing in enumerate(c.rules):
+        if existing.same_rule(rule):
+            return i
+    raise TableOpError(errno.ENOENT, op)
+
+
+def delete(table: Table, chain: str, rule: Rule) -> None:
+    index = find_rule(table, chain, rule, Op.DELETE_ENTRY)
+    del table.chains[chain].rules[index]
+
+
+def check(table: Table, chain: str, rule: Rule) -> None:
+    find_rule(table, chain, rule, Op.DELETE_ENTRY)
+
+
+def flush(table: Table, chain: str) -> None:
+    get_chain(table, chain).rules.clear()
+
+
+def zero(table: Table, chain: str) -> None:
+    c = get_chain(table, chain)
+    c.counters = Counters()
+    for rule in c.rules:
+        rule.counters = Counters()
+
+
+def zero_counter(table: Table, chain: str, rulenum: int) -> None:
+    c = get_chain(table, chain)
+    if rulenum < 1 or rulenum > len(c.rules):
+        raise TableOpError(errno.E2BIG, Op.ZERO_COUNTER)
+    c.rules[rulenum - 1].counters = Counters()
+
+
+def create_chain(table: Table, name: str) -> None:
+    if name in table.chains:
+        raise TableOpError(errno.EEXIST, Op.CREATE_CHAIN)
+    table.chains[name] = Chain(name)
+
+
+def delete_chain(table: Table, name: str) -> None:
+    c = get_chain(table, name)
+    if c.builtin:
+        raise TableOpError(errno.EINVAL, Op.OTHER)
+    if table.references(name):
+        raise TableOpError(errno.EMLINK, Op.OTHER)
+    if c.rules:
+        raise TableOpError(errno.ENOTEMPTY, Op.OTHER)
+    del table.chains[name]
+
+
+def rename_chain(table: Table, old: str, new: str) -> None:
+    if new in table.chains:
+        raise TableOpError(errno.EEXIST, Op.OTHER)
+    c = get_chain(table, old)
+    if c.builtin:
+        raise TableOpError(errno.EINVAL, Op.OTHER)
+    chains = {}
+    for name, chain in table.chains.items():
+        if name == old:
+            chain.name = new
+            chains[new] = chain
+        else:
+            chains[name] = chain
+    table.chains = chains
+    for chain in table.chains.values():
+        for i, rule in enumerate(chain.rules):
+            if rule.target.is_standard and rule.target.name == old:
+                from dataclasses import replace as dc_replace
+
+                chain.rules[i] = dc_replace(rule, target=dc_replace(rule.target, name=new))
+
+
+def set_policy(table: Table, chain: str, policy: str, counters: Counters | None) -> None:
+    c = table.chains.get(chain)
+    if c is None or not c.builtin:
+        raise TableOpError(errno.ENOENT, Op.SET_POLICY)
+    if policy not in POLICY_VERDICTS:
+        raise TableOpError(errno.EINVAL, Op.SET_POLICY)
+    c.policy = policy
+    if counters is not None:
+        c.counters = Counters(counters.packets, counters.bytes)
