@@ -5,13 +5,13 @@ failing check decides the message a script sees."""
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 from .. import extensions as registry
 from ..errors import NotSupported, XtablesError
 from ..extensions.base import Extension, ParseContext
-from ..model import Match, Rule, Target
+from ..model import Counters, Match, Rule, Target
 from ..netaddr import IPv4Net, ipparse_multiple, parse_interface, parse_protocol, proto_to_name
 from ..numbers import INT_MAX, strtoui
 from .getopt import (MISSING_ARG, NO_ARGUMENT, NON_OPTION, OPTIONAL_ARGUMENT, REQUIRED_ARGUMENT,
@@ -172,9 +172,8 @@ class ParsedCommand:
         out = []
         for s in self.sources:
             for d in self.destinations:
-                rule = Rule(**{**self.base_rule.__dict__, "src": s, "dst": d,
-                               "matches": tuple(self.match_data), "target": target})
-                rule.counters.packets, rule.counters.bytes = self.pcnt, self.bcnt
+                rule = replace(self.base_rule, src=s, dst=d, matches=tuple(self.match_data),
+                               target=target, counters=Counters(self.pcnt, self.bcnt))
                 out.append(rule)
         return out
 
