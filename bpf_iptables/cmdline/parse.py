@@ -11,6 +11,7 @@ from typing import Any, Callable
 from .. import extensions as registry
 from ..errors import NotSupported, XtablesError
 from ..extensions.base import Extension, ParseContext
+from ..extensions.standard import refuse_queue
 from ..model import Counters, Match, Rule, Target
 from ..netaddr import IPv4Net, ipparse_multiple, parse_interface, parse_protocol, proto_to_name
 from ..numbers import INT_MAX, strtoui
@@ -532,6 +533,8 @@ class CommandParser:
         ext = registry.try_target(name)
         if ext is None:
             return
+        if ext.name == "standard":
+            refuse_queue(name)
         p.target = ExtInstance(ext, ext.init())
         self.merge_options(ext)
 

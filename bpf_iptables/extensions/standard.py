@@ -28,11 +28,11 @@ class StandardTarget(TargetExtension):
         raise AssertionError("standard verdicts are handled by the traversal")
 
 
-class QueueGuard(StandardTarget):
-    """-j QUEUE maps to the standard target in iptables; refuse it here."""
-
-
 def refuse_queue(name: str) -> None:
+    """Called by the parser for every -j NAME that maps to this target:
+    QUEUE is a standard verdict for iptables, but nothing in user space
+    could receive the packets, so it is refused when -j is parsed, like
+    the other targets bpf-iptables lacks."""
     if name == "QUEUE":
         raise NotSupported("target `QUEUE'")
 

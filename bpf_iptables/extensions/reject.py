@@ -1,0 +1,106 @@
+"""-j REJECT: drop the packet and answer with an ICMP error or a TCP RST
+(libipt_REJECT, kernel ipt_REJECT).
+
+Reject types are numbered as ``enum ipt_reject_with``; number 4 (echo-reply)
+is gone from iptables, so it has no entry. ``--reject-with`` takes any
+case-insensitive *prefix* of a type's name or alias, the first table entry
+winning, because that is how libipt_REJECT compares (strncasecmp over the
+argument's length): "tcp" means tcp-reset, "icmp-h" icmp-host-unreachable,
+and even "" means icmp-net-unreachable."""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from ..errors import XtablesError
+from .base import ParseContext, T, TargetExtension, Verdict, XtOption, XtOptionsExtension, XtState
+
+if TYPE_CHECKING:
+    from ..model import Rule
+    from ..reference.packet import Packet
+
+IPPROTO_TCP = 6
+
+
+@dataclass(frozen=True)
+class RejectType:
+    number: int      # enum ipt_reject_with
+    name: str        # canonical name, printed by -S and -L
+    alias: str
+
+
+REJECT_TYPES: tuple[RejectType, ...] = (
+    RejectType(0, "icmp-net-unreachable", "net-unreach"),
+    RejectType(1, "icmp-host-unreachable", "host-unreach"),
+    RejectType(2, "icmp-proto-unreachable", "proto-unreach"),
+    RejectType(3, "icmp-port-unreachable", "port-unreach"),
+    RejectType(5, "icmp-net-prohibited", "net-prohib"),
+    RejectType(6, "icmp-host-prohibited", "host-prohib"),
+    RejectType(7, "tcp-reset", "tcp-rst"),
+    RejectType(8, "icmp-admin-prohibited", "admin-prohib"),
+)
+DEFAULT_TYPE = "icmp-port-unreachable"
+TCP_RESET = "tcp-reset"
+
+
+@dataclass(frozen=True)
+class RejectData:
+    """``struct ipt_reject_info``: only the reply type (canonical name)."""
+
+    with_: str = DEFAULT_TYPE
+
+
+def lookup_reject_type(arg: str) -> RejectType | None:
+    """REJECT_parse()'s table walk: first entry whose name or alias starts
+    with ``arg``, ignoring case."""
+    prefix = ascii_lower(arg)
+    for rtype in REJECT_TYPES:
+        if rtype.name.startswith(prefix) or rtype.alias.startswith(prefix):
+            return rtype
+    return None
+
+
+def ascii_lower(text: str) -> str:
+    """strncasecmp() folds ASCII letters only (str.lower() folds more)."""
+    return text.encode("utf-8", "surrogateescape").lower().decode("utf-8", "surrogateescape")
+
+
+class RejectTarget(XtOptionsExtension, TargetExtension):
+    name = "REJECT"
+    xt_options: ClassVar[tuple[XtOption, ...]] = (
+        XtOption("reject-with", T.STRING),
+    )
+
+    def on_option(self, state: XtState, opt: XtOption, value: Any, invert: bool,
+                  ctx: ParseContext, arg: str | None) -> None:
+        text = arg or ""
+        rtype = lookup_reject_type(text)
+        if rtype is None:
+            lowered = ascii_lower(text)
+            if "echo-reply".startswith(lowered) or "echoreply".startswith(lowered):
+                # iptables still recognises the type it dropped long ago
+                sys.stderr.write("--reject-with echo-reply no longer supported\n")
+            raise XtablesError(f'unknown reject type "{text}"')
+        state.values["with"] = rtype.name
+
+    def build(self, state: XtState, ctx: ParseContext) -> RejectData:
+        return RejectData(state.values.get("with", DEFAULT_TYPE))
+
+    def save(self, data: RejectData) -> str:
+        return f" --reject-with {data.with_}"
+
+    def print(self, data: RejectData, numeric: bool) -> str:
+        return f" reject-with {data.with_}"
+
+    def kernel_check(self, data: RejectData, rule: "Rule", hooks: frozenset[str]) -> bool:
+        """reject_tg_check(): a TCP reset only for rules limited to TCP."""
+        if data.with_ == TCP_RESET:
+            return rule.proto == IPPROTO_TCP and not rule.proto_inv
+        return True
+
+    def verdict(self, data: RejectData, packet: "Packet") -> Verdict:
+        return Verdict("reject", data.with_)
+
+
+EXTENSIONS = [RejectTarget()]
