@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# Set up bpf-iptables on a fresh Debian 12 machine (as root), then run the demo.
+#
+# Idempotent: every step checks whether it is already done, so running it
+# again only re-runs the demo. Steps:
+#   1. Debian packages (bcc for Python, kernel headers, the real iptables as
+#      the oracle of the tests, iproute2 for namespaces, bpftool, venv).
+#   2. /lib/modules/$(uname -r)/{build,source} links to the installed Debian
+#      headers: bcc compiles only when it finds them, and the running kernel
+#      may have none of its own (networking programs only use UAPI headers).
+#   3. bpffs at /sys/fs/bpf (may be unmounted on a fresh machine).
+#   4. .venv from /usr/bin/python3 with --system-site-packages (the only way
+#      to see Debian's bcc), with the project installed editable plus tests.
+#   5. scripts/demo.sh: a sample rule set in a private network namespace.
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$REPO"
+
+log() { printf '==> %s\n' "$*"; }
+
+if [[ $EUID -ne 0 ]]; then
+    echo "setup.sh: must run as root (installs packages, mounts bpffs, creates namespaces)" >&2
+    exit 1
+fi
+
+# --- 1. Debian packages ------------------------------------------------------
+PACKAGES=(python3-bpfcc linux-headers-amd64 iptables iproute2 python3-venv bpftool
+          util-linux)
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+    status="$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)"
+    [[ "$status" == "install ok installed" ]] || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+    log "installing Debian packages: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q
+    apt-get install -y -q --no-install-recommends "${missing[@]}"
+else
+    log "Debian packages already installed"
+fi
+
+# --- 2. kernel header links for bcc -----------------------------------------
+moddir="/lib/modules/$(uname -r)"
+if [[ ! -e "$moddir/build" ]]; then
+    # The newest installed Debian amd64 headers, whatever their version.
+    arch_dir="$(ls -d /usr/src/linux-headers-*-amd64 2>/dev/null | sort -V | tail -n 1)"
+    if [[ -z "$arch_dir" ]]; then
+        echo "setup.sh: no /usr/src/linux-headers-*-amd64 after installing linux-headers-amd64" >&2
+        exit 1
+    fi
+    common_dir="${arch_dir%-amd64}-common"
+    log "linking $moddir/build -> $arch_dir, source -> $common_dir"
+    mkdir -p "$moddir"
+    ln -sfn "$arch_dir" "$moddir/build"
+    [[ -d "$common_dir" ]] && ln -sfn "$common_dir" "$moddir/source"
+else
+    log "kernel headers present at $moddir/build"
+fi
+
+# --- 3. bpffs ----------------------------------------------------------------
+if ! mountpoint -q /sys/fs/bpf; then
+    log "mounting bpffs at /sys/fs/bpf"
+    mkdir -p /sys/fs/bpf
+    mount -t bpf bpf /sys/fs/bpf
+else
+    log "bpffs already mounted"
+fi
+
+# --- 4. virtual environment --------------------------------------------------
+if [[ ! -x .venv/bin/python ]] || ! .venv/bin/python -c 'import sys' 2>/dev/null; then
+    log "creating .venv from /usr/bin/python3 (with system site packages for bcc)"
+    rm -rf .venv
+    /usr/bin/python3 -m venv --system-site-packages .venv
+fi
+log "installing the project and its test dependencies into .venv"
+.venv/bin/python -m pip install --disable-pip-version-check -q -e '.[test]'
+.venv/bin/python - <<'EOF'
+import bcc, lark, pyroute2, pytest, hypothesis, iptc  # noqa: F401  (fails loudly if one is missing)
+print("==> .venv imports bcc, lark, pyroute2, pytest, hypothesis and iptc")
+# bcc compiles only with the kernel headers of step 2: prove it does.
+bcc.BPF(text="int noop(void *ctx) { return 0; }")
+print("==> bcc compiles a BPF program")
+EOF
+
+# --- 5. demo -----------------------------------------------------------------
+bash "$REPO/scripts/demo.sh"
