@@ -105,9 +105,12 @@ def execute(p: P.ParsedCommand, table: Table) -> Outcome:
         tableops.create_chain(table, p.chain)
         out.changed = True
     elif cmd == P.CMD_DELETE_CHAIN:
+        # -X without a chain and without user chains calls libiptc for
+        # nothing, so nothing is committed
+        had_user_chains = any(not c.builtin for c in table.chains.values())
         for_each_chain(table, p.chain, verbose, "Deleting", tableops.delete_chain, out,
                        builtins=False)
-        out.changed = True
+        out.changed = p.chain is not None or had_user_chains
     elif cmd == P.CMD_RENAME_CHAIN:
         tableops.rename_chain(table, p.chain, p.newname)
         out.changed = True
@@ -115,6 +118,9 @@ def execute(p: P.ParsedCommand, table: Table) -> Outcome:
         counters = Counters(p.pcnt, p.bcnt) if p.options & P.OPT_COUNTERS else None
         tableops.set_policy(table, p.chain, p.policy, counters)
         out.changed = True
+    if out.changed:
+        keep = p.chain if cmd == P.CMD_SET_POLICY and p.options & P.OPT_COUNTERS else None
+        tableops.reset_policy_counters(table, keep)
     return out
 
 

@@ -5,6 +5,7 @@ the errno (and the libiptc call) that iptables would report."""
 from __future__ import annotations
 
 import errno
+from dataclasses import replace as dc_replace
 
 from .errors import Op, TableOpError
 from .model import POLICY_VERDICTS, Chain, Counters, Rule, Table
@@ -94,12 +95,25 @@ def delete_chain(table: Table, name: str) -> None:
     del table.chains[name]
 
 
+# libiptc's chain label buffer (IPT_CHAINLABEL) and the kernel's error
+# target name (XT_FUNCTION_MAXNAMELEN - 1 characters survive a commit).
+CHAINLABEL_MAX = 31
+STORED_CHAIN_NAME_MAX = 29
+
+
 def rename_chain(table: Table, old: str, new: str) -> None:
-    if new in table.chains:
+    """TC_RENAME_CHAIN: the new name is checked first (also against the
+    standard verdicts), then the old one; a built-in chain is "not found"."""
+    if new in table.chains or new in ("DROP", "ACCEPT", "QUEUE", "RETURN"):
         raise TableOpError(errno.EEXIST, Op.OTHER)
-    c = get_chain(table, old)
-    if c.builtin:
+    c = table.chains.get(old)
+    if c is None or c.builtin:
+        raise TableOpError(errno.ENOENT, Op.OTHER)
+    if len(new.encode()) > CHAINLABEL_MAX:
         raise TableOpError(errno.EINVAL, Op.OTHER)
+    # -N refuses names this long, but -E does not: the kernel keeps only
+    # the first 29 bytes of the name.
+    new = new.encode()[:STORED_CHAIN_NAME_MAX].decode(errors="ignore")
     chains = {}
     for name, chain in table.chains.items():
         if name == old:
@@ -111,9 +125,19 @@ def rename_chain(table: Table, old: str, new: str) -> None:
     for chain in table.chains.values():
         for i, rule in enumerate(chain.rules):
             if rule.target.is_standard and rule.target.name == old:
-                from dataclasses import replace as dc_replace
-
                 chain.rules[i] = dc_replace(rule, target=dc_replace(rule.target, name=new))
+
+
+def reset_policy_counters(table: Table, keep: str | None = None) -> None:
+    """What a libiptc commit does to built-in chains' policy counters.
+
+    libiptc reads policy counters as COUNTER_MAP_ZEROED, so every commit
+    puts back only the packets counted since its own read: the policy
+    counters restart from zero, unless this very command set them
+    (``-P CHAIN POLICY -c P B`` keeps ``keep``'s counters)."""
+    for chain in table.chains.values():
+        if chain.builtin and chain.name != keep:
+            chain.counters = Counters()
 
 
 def set_policy(table: Table, chain: str, policy: str, counters: Counters | None) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 from .common import PROGRAM_VERSION
 
 
-def help_text(prog: str, matches: list) -> str:
+def help_text(prog: str, extensions: list) -> str:
     p = prog
     out = [f"{p} v{PROGRAM_VERSION}\n\n"
            f"Usage: {p} -[ACD] chain rule-specification [options]\n"
@@ -72,8 +72,14 @@ def help_text(prog: str, matches: list) -> str:
            "  --modprobe=<command>\t\ttry to insert modules using this command\n"
            "  --set-counters -c PKTS BYTES\tset the counter during insert/append\n"
            "[!] --version\t-V\t\tprint package version.\n"]
-    for inst in matches:
-        helper = getattr(inst.ext, "help", None)
-        if helper:
-            out.append(f"\n{inst.ext.name} match options:\n{helper()}")
+    out.extend(extension_help(ext) for ext in extensions)
     return "".join(out)
+
+
+def extension_help(ext: object) -> str:
+    """print_extension_helps(): an extension's ``help_text`` (the text its
+    libxt_*.c help function prints), after an empty line."""
+    text = getattr(ext, "help_text", None)
+    if text is None:
+        return f"\n{getattr(ext, 'name')} does not take any options\n"
+    return "\n" + text

@@ -187,7 +187,7 @@ class CommandParser:
     """One do_parse() run."""
 
     def __init__(self, argv: list[str], table: str = "filter", restore: bool = False,
-                 help_printer: Callable[[list[ExtInstance]], str] | None = None):
+                 help_printer: Callable[[list[Extension]], str] | None = None):
         self.argv = argv
         self.restore = restore
         self.p = ParsedCommand(table=table)
@@ -364,7 +364,8 @@ class CommandParser:
                 else:
                     raise XtablesError(f"-{cmd2char(CMD_SET_POLICY)} requires a chain and a policy")
             elif c == "h":
-                raise HelpRequested(self.help_printer(self.matches) if self.help_printer else "")
+                raise HelpRequested(self.help_printer(self.help_extensions())
+                                    if self.help_printer else "")
             elif c == "p":
                 self.set_option(OPT_PROTOCOL)
                 self.protocol = (optarg or "").lower()
@@ -590,6 +591,18 @@ class CommandParser:
         if ext.name in self.merged and self.proto_used:
             return None
         return ext
+
+    def help_extensions(self) -> list[Extension]:
+        """The extensions whose help -h appends: the target, then the
+        matches; "-p tcp -h" loads the protocol's match for its help."""
+        found: list[Extension] = [self.p.target.ext] if self.p.target is not None else []
+        if self.matches:
+            found += [inst.ext for inst in self.matches]
+        elif self.protocol:
+            proto = registry.try_match(self.protocol)
+            if proto is not None:
+                found.append(proto)
+        return found
 
     # -- small option parsers --------------------------------------------------
 

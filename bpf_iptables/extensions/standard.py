@@ -13,6 +13,8 @@ from .base import ParseContext, TargetExtension, Verdict
 
 class StandardTarget(TargetExtension):
     name = "standard"
+    help_text = ("standard match options:\n"
+                 "(If target is DROP, ACCEPT, RETURN or nothing)\n")
 
     def init(self) -> None:
         return None

@@ -117,6 +117,19 @@ def tcp_option_present(options: bytes, kind: int) -> bool:
 
 class TcpMatch(MatchExtension):
     name = "tcp"
+    help_text = (
+        "tcp match options:\n"
+        "[!] --tcp-flags mask comp\tmatch when TCP flags & mask == comp\n"
+        "\t\t\t\t(Flags: SYN ACK FIN RST URG PSH ALL NONE)\n"
+        "[!] --syn\t\t\tmatch when only SYN flag set\n"
+        "\t\t\t\t(equivalent to --tcp-flags SYN,RST,ACK,FIN SYN)\n"
+        "[!] --source-port port[:port]\n"
+        " --sport ...\n"
+        "\t\t\t\tmatch source port(s)\n"
+        "[!] --destination-port port[:port]\n"
+        " --dport ...\n"
+        "\t\t\t\tmatch destination port(s)\n"
+        "[!] --tcp-option number        match if TCP option set\n")
     required_proto = 6
     getopt_options = (("source-port", True, "sport"), ("sport", True, "sport"),
                       ("destination-port", True, "dport"), ("dport", True, "dport"),
