@@ -1,0 +1,1 @@
+"""Benchmarks of bpf-iptables against iptables-legacy, measured in the same run."""
