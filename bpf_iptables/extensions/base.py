@@ -176,12 +176,25 @@ class XtOptionsExtension(Extension):
     def __init_subclass__(cls, **kw: Any) -> None:
         super().__init_subclass__(**kw)
         if cls.xt_options and not cls.__dict__.get("getopt_options"):
-            cls.getopt_options = tuple((o.name, o.type is not T.NONE) for o in cls.xt_options)
+            # Synonyms share their id, hence getopt's val: glibc then does not
+            # call an abbreviation of both ambiguous ("--d" for dport and
+            # destination-port).
+            cls.getopt_options = tuple((o.name, o.type is not T.NONE, o.key)
+                                       for o in cls.xt_options)
 
     def init(self) -> XtState:
         return XtState()
 
     def option(self, name: str) -> XtOption:
+        """The entry for an option id (or name).
+
+        libxtables looks an option up by its id, which finds the *first*
+        entry with that id: a synonym is parsed, checked for inversion and
+        named in messages as that first entry (``--sport`` reports
+        "--source-port"; ``! --ttl 5`` is ``! --ttl-eq 5``)."""
+        for opt in self.xt_options:
+            if opt.key == name:
+                return opt
         for opt in self.xt_options:
             if opt.name == name:
                 return opt
@@ -332,7 +345,7 @@ class XtOptionsExtension(Extension):
                 raise XtablesError(f'{self.name}: option "--{opt.name}" must be specified\n')
             if opt.key not in state.flags:
                 continue
-            for other in self.xt_options:
+            for other in self.fcheck_others():
                 if other.key == opt.key:
                     continue
                 if other.key in opt.also and other.key not in state.flags:
@@ -343,16 +356,35 @@ class XtOptionsExtension(Extension):
                         f'{self.name}: option "--{opt.name}" cannot be used together '
                         f'with "--{other.name}".\n')
 
+    # Option ids in the C enum's order, when that differs from the table's
+    # order: xtables_options_fcheck() visits the "other" options by id.
+    xt_id_order: ClassVar[tuple[str, ...]] = ()
+
+    def fcheck_others(self) -> list[XtOption]:
+        if not self.xt_id_order:
+            return list(self.xt_options)
+        rank = {key: i for i, key in enumerate(self.xt_id_order)}
+        return sorted(self.xt_options, key=lambda o: rank.get(o.key, len(rank)))
+
     def build(self, state: XtState, ctx: ParseContext) -> Any:
         raise NotImplementedError
 
 
 def getportbyname(name: str) -> int:
-    """xtables_getportbyname(): a service name or a number 0-65535, else -1."""
-    value = strtoul(name, 0, 0xFFFF)
-    if value is not None:
-        return value
-    return service_to_port(name, None)
+    """xtables_getportbyname(): getaddrinfo(NULL, name), else -1.
+
+    That is glibc's service parsing, not strtoul: numbers are decimal only
+    ("010" is 10, "0x10" fails) and wrap modulo 65536 ("65536" is port 0)."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(None, name)
+    except (socket.gaierror, UnicodeError, ValueError):
+        return -1
+    for family, _, _, _, sockaddr in infos:
+        if family in (socket.AF_INET6, socket.AF_INET):
+            return int(sockaddr[1])
+    return -1
 
 
 def parse_mac(arg: str) -> bytes:

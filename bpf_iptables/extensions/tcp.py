@@ -9,6 +9,11 @@ from ..netaddr import parse_port, port_to_service
 from ..numbers import UINT8_MAX, strtoui
 from .base import MatchExtension, ParseContext
 
+def ascii_lower(text: str) -> str:
+    """C-locale tolower(): only A-Z fold (strcasecmp/strncasecmp)."""
+    return "".join(chr(ord(c) + 32) if "A" <= c <= "Z" else c for c in text)
+
+
 TCP_FLAG_NAMES = (("FIN", 0x01), ("SYN", 0x02), ("RST", 0x04), ("PSH", 0x08),
                   ("ACK", 0x10), ("URG", 0x20), ("ALL", 0x3F), ("NONE", 0))
 
@@ -55,7 +60,7 @@ def parse_tcp_flag(text: str) -> int:
     value = 0
     for word in (w for w in text.split(",") if w):
         for name, bit in TCP_FLAG_NAMES:
-            if name.lower() == word.lower():
+            if name.lower() == ascii_lower(word):  # strcasecmp: ASCII only
                 value |= bit
                 break
         else:
@@ -100,18 +105,19 @@ def flags_text(flags: int) -> str:
 
 
 def tcp_option_present(options: bytes, kind: int) -> bool:
-    """Walk the TCP options like xt_tcpudp's tcp_find_option()."""
+    """Walk the TCP options like xt_tcpudp's tcp_find_option().
+
+    Kinds 0 and 1 are one byte; any other advances by its length byte, a
+    length of 0 by one byte (``op[i+1] ?: 1``). A kind in the last byte is
+    still seen; its missing length byte only ends the walk."""
     i = 0
     while i < len(options):
-        k = options[i]
-        if k == kind:
+        if options[i] == kind:
             return True
-        if k in (0, 1):
+        if options[i] < 2 or i + 1 >= len(options):
             i += 1
-            continue
-        if i + 1 >= len(options) or options[i + 1] < 2:
-            return False
-        i += options[i + 1]
+        else:
+            i += options[i + 1] or 1
     return False
 
 

@@ -1,0 +1,93 @@
+"""-m iprange: source/destination address ranges (libxt_iprange, revision 1)."""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import XtablesError
+from ..netaddr import int_to_ip, numeric_to_ipaddr
+from .base import MatchExtension, ParseContext, T, XtOption, XtOptionsExtension, XtState
+
+
+@dataclass(frozen=True)
+class AddrRange:
+    lo: int
+    hi: int
+    invert: bool = False
+
+    def matches(self, addr: int) -> bool:
+        # inclusive at both ends; a reversed range never matches (unless inverted)
+        return (self.lo <= addr <= self.hi) != self.invert
+
+    def text(self) -> str:
+        return f"{int_to_ip(self.lo)}-{int_to_ip(self.hi)}"
+
+
+@dataclass(frozen=True)
+class IprangeData:
+    src: AddrRange | None = None
+    dst: AddrRange | None = None
+
+
+def parse_range(text: str, option: str) -> tuple[int, int]:
+    """iprange_parse_range(): "a" or "a-b", numeric IPv4 addresses only."""
+    first, dash, second = text.partition("-")
+    if not dash:
+        second = first
+    addrs = []
+    for spec in (first, second):
+        addr = numeric_to_ipaddr(spec)
+        if addr is None:
+            raise XtablesError(f'iprange: Bad value for "{option}" option: "{spec}"')
+        addrs.append(addr)
+    if dash and addrs[0] > addrs[1]:
+        # accepted, only warned about
+        sys.stderr.write(f"xt_iprange: range {first}-{second} is reversed and will never match\n")
+    return addrs[0], addrs[1]
+
+
+class IprangeMatch(XtOptionsExtension, MatchExtension):
+    name = "iprange"
+    xt_options = (
+        XtOption("src-range", T.STRING, invert=True),
+        XtOption("dst-range", T.STRING, invert=True),
+    )
+
+    def on_option(self, state: XtState, opt: XtOption, value: Any, invert: bool,
+                  ctx: ParseContext, arg: str | None) -> None:
+        lo, hi = parse_range(value, "--" + opt.name)
+        state.values[opt.key + ":range"] = AddrRange(lo, hi, invert)
+
+    def fcheck(self, state: XtState, ctx: ParseContext) -> None:
+        if not state.flags:
+            raise XtablesError(
+                "iprange match: You must specify `--src-range' or `--dst-range'")
+
+    def build(self, state: XtState, ctx: ParseContext) -> IprangeData:
+        return IprangeData(state.values.get("src-range:range"),
+                           state.values.get("dst-range:range"))
+
+    def save(self, d: IprangeData) -> str:
+        out = ""
+        for option, rng in (("src-range", d.src), ("dst-range", d.dst)):
+            if rng is not None:
+                out += f"{' !' if rng.invert else ''} --{option} {rng.text()}"
+        return out
+
+    def print(self, d: IprangeData, numeric: bool) -> str:
+        out = ""
+        for label, rng in (("source", d.src), ("destination", d.dst)):
+            if rng is not None:
+                out += f" {label} IP range{' !' if rng.invert else ''} {rng.text()}"
+        return out
+
+    def matches(self, d: IprangeData, pkt: Any) -> bool:
+        if d.src is not None and not d.src.matches(pkt.src):
+            return False
+        if d.dst is not None and not d.dst.matches(pkt.dst):
+            return False
+        return True
+
+
+EXTENSIONS = [IprangeMatch()]
