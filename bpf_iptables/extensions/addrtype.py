@@ -66,6 +66,26 @@ def types_text(mask: int) -> str:
 
 class AddrtypeMatch(XtOptionsExtension, MatchExtension):
     name = "addrtype"
+    help_text = (
+        'Address type match options:\n'
+        ' [!] --src-type type[,...]      Match source address type\n'
+        ' [!] --dst-type type[,...]      Match destination address type\n'
+        "     --limit-iface-in           Match only on the packet's incoming device\n"
+        "     --limit-iface-out          Match only on the packet's outgoing device\n"
+        '\n'
+        'Valid types:           \n'
+        '                                UNSPEC\n'
+        '                                UNICAST\n'
+        '                                LOCAL\n'
+        '                                BROADCAST\n'
+        '                                ANYCAST\n'
+        '                                MULTICAST\n'
+        '                                BLACKHOLE\n'
+        '                                UNREACHABLE\n'
+        '                                PROHIBIT\n'
+        '                                THROW\n'
+        '                                NAT\n'
+        '                                XRESOLVE\n')
     xt_options = (
         XtOption("src-type", T.STRING, invert=True),
         XtOption("dst-type", T.STRING, invert=True),

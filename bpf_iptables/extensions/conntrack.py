@@ -310,6 +310,26 @@ def conntrack_matches(d: ConntrackData, pkt: "Packet") -> bool:
 
 class ConntrackMatch(XtOptionsExtension, MatchExtension):
     name = "conntrack"
+    help_text = (
+        "conntrack match options:\n"
+        "[!] --ctstate {INVALID|ESTABLISHED|NEW|RELATED|UNTRACKED|SNAT|DNAT}[,...]\n"
+        "                               State(s) to match\n"
+        '[!] --ctproto proto            Protocol to match; by number or name, e.g. "tcp"\n'
+        "[!] --ctorigsrc address[/mask]\n"
+        "[!] --ctorigdst address[/mask]\n"
+        "[!] --ctreplsrc address[/mask]\n"
+        "[!] --ctrepldst address[/mask]\n"
+        "                               Original/Reply source/destination address\n"
+        "[!] --ctorigsrcport port\n"
+        "[!] --ctorigdstport port\n"
+        "[!] --ctreplsrcport port\n"
+        "[!] --ctrepldstport port\n"
+        "                               TCP/UDP/SCTP orig./reply source/destination port\n"
+        "[!] --ctstatus {NONE|EXPECTED|SEEN_REPLY|ASSURED|CONFIRMED}[,...]\n"
+        "                               Status(es) to match\n"
+        "[!] --ctexpire time[:time]     Match remaining lifetime in seconds against\n"
+        "                               value or range of values (inclusive)\n"
+        "    --ctdir {ORIGINAL|REPLY}   Flow direction of packet\n")
     xt_options = (
         XtOption("ctstate", T.STRING, invert=True),
         XtOption("ctproto", T.PROTOCOL, invert=True),

@@ -35,6 +35,15 @@ class DscpData:
 
 class DscpMatch(XtOptionsExtension, MatchExtension):
     name = "dscp"
+    help_text = (
+        "dscp match options\n"
+        "[!] --dscp value\t\tMatch DSCP codepoint with numerical value\n"
+        "  \t\t                This value can be in decimal (ex: 32)\n"
+        "               \t\tor in hex (ex: 0x20)\n"
+        "[!] --dscp-class name\t\tMatch the DiffServ class. This value may\n"
+        "\t\t\t\tbe any of the BE,EF, AFxx or CSx classes\n"
+        "\n"
+        "\t\t\t\tThese two options are mutually exclusive !\n")
     xt_options = (
         XtOption("dscp", T.UINT8, invert=True, min=0, max=XT_DSCP_MAX, excl=("dscp-class",)),
         XtOption("dscp-class", T.STRING, invert=True, excl=("dscp",)),

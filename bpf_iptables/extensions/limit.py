@@ -142,6 +142,12 @@ def jiffies(seconds: float) -> int:
 
 class LimitMatch(XtOptionsExtension, MatchExtension):
     name = "limit"
+    help_text = (
+        "limit match options:\n"
+        "--limit avg\t\t\tmax average match rate: default 3/hour\n"
+        "                                [Packets per second unless followed by \n"
+        "                                /sec /minute /hour /day postfixes]\n"
+        "--limit-burst number\t\tnumber to match in a burst, default 5\n")
     xt_options = (
         XtOption("limit", T.STRING),
         XtOption("limit-burst", T.UINT32, min=0, max=10000),

@@ -37,6 +37,15 @@ def pkttype_name(value: int) -> str:
 
 class PkttypeMatch(XtOptionsExtension, MatchExtension):
     name = "pkttype"
+    help_text = (
+        'pkttype match options:\n'
+        '[!] --pkt-type packettype    match packet type\n'
+        'Valid packet types:\n'
+        '\tunicast       \t\tto us\n'
+        '\tbroadcast     \t\tto all\n'
+        '\tmulticast     \t\tto group\n'
+        '\totherhost     \t\tto someone else\n'
+        '\n')
     xt_options = (XtOption("pkt-type", T.STRING, invert=True, mand=True),)
 
     def on_option(self, state: XtState, opt: XtOption, value: Any, invert: bool,

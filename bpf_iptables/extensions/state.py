@@ -43,6 +43,10 @@ def parse_states(arg: str) -> int:
 
 class StateMatch(XtOptionsExtension, MatchExtension):
     name = "state"
+    help_text = (
+        "state match options:\n"
+        " [!] --state [INVALID|ESTABLISHED|NEW|RELATED|UNTRACKED][,...]\n"
+        "\t\t\t\tState(s) to match\n")
     xt_options = (XtOption("state", T.STRING, invert=True, mand=True),)
 
     def on_option(self, state: XtState, opt: XtOption, value: Any, invert: bool,

@@ -47,6 +47,17 @@ def parse_tosmask(text: str) -> tuple[int, int]:
 
 class TosMatch(XtOptionsExtension, MatchExtension):
     name = "tos"
+    help_text = (
+        "tos match options:\n"
+        "[!] --tos value[/mask]    Match Type of Service/Priority field value\n"
+        "[!] --tos symbol          Match TOS field (IPv4 only) by symbol\n"
+        "                          Accepted symbolic names for value are:\n"
+        "                          (0x10) 16 Minimize-Delay\n"
+        "                          (0x08)  8 Maximize-Throughput\n"
+        "                          (0x04)  4 Maximize-Reliability\n"
+        "                          (0x02)  2 Minimize-Cost\n"
+        "                          (0x00)  0 Normal-Service\n"
+        "\n")
     xt_options = (XtOption("tos", T.STRING, invert=True, mand=True),)
 
     def on_option(self, state: XtState, opt: XtOption, value: Any, invert: bool,
