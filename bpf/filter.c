@@ -1,0 +1,244 @@
+/* One filter-table hook chain as an XDP program: linear bit-vector search.
+ *
+ * The compiler (bpf_iptables/datapath/compiler.py) lowers the chain, with
+ * user chains inlined, to a list of entries. For every header field in use
+ * a map gives, per field value, the bitvector of entries whose match on
+ * that field holds. The program looks each field up once, then walks the
+ * AND of the bitvectors word by word; the lowest set bit is the first
+ * matching entry. An entry bumps its rule's per-CPU counters and either
+ * ends the scan with a verdict or continues it at a given entry (the next
+ * one for counting-only rules and chain calls, further on for RETURN and
+ * the end of a goto). Falling off the end applies the policy.
+ *
+ * The shape comes from -D flags (see program.py): NWORDS (bitvector words,
+ * a power of two), NENTRIES (= 64 * NWORDS), NCOUNTERS, STEPS (scan loop
+ * bound), FIELD_* (which fields are compiled in) and the field map sizes.
+ * Map contents can be rewritten without recompiling as long as the shape
+ * still fits. */
+#include <uapi/linux/bpf.h>
+
+#include "lib/bitvector.h"
+#include "lib/parse.h"
+#include "lib/ranges.h"
+
+#define VERDICT_CONTINUE 0xFFFFFFFFu
+#define POLICY_COUNTER 0
+
+struct config {
+	u32 nwords;	  /* words holding entries (<= NWORDS) */
+	u32 policy;	  /* XDP verdict on fall-through */
+	u32 first_word;	  /* always 0; read from the map so the verifier treats
+			   * the word index as a range, not as a constant per
+			   * path (constants would defeat state pruning) */
+	u32 pad;
+};
+
+struct entry {
+	u32 counter;	/* per-CPU counter slot of the rule (1: scratch) */
+	u32 verdict;	/* XDP verdict, or VERDICT_CONTINUE */
+	u32 next;	/* entry to continue the scan at */
+	u32 pad;
+};
+
+struct counter {
+	u64 packets;
+	u64 bytes;
+};
+
+struct lpm_v4_key {
+	u32 prefixlen;
+	u32 addr;
+};
+
+BPF_ARRAY(config_map, struct config, 1);
+BPF_ARRAY(live_map, struct bitvector, 1);
+BPF_ARRAY(entry_map, struct entry, NENTRIES);
+BPF_PERCPU_ARRAY(counter_map, struct counter, NCOUNTERS);
+
+#if FIELD_SRC
+BPF_LPM_TRIE(src_map, struct lpm_v4_key, struct bitvector, SRC_MAX);
+#define TERM_SRC(ix) &f_src->word[ix]
+#else
+#define TERM_SRC(ix)
+#endif
+#if FIELD_DST
+BPF_LPM_TRIE(dst_map, struct lpm_v4_key, struct bitvector, DST_MAX);
+#define TERM_DST(ix) &f_dst->word[ix]
+#else
+#define TERM_DST(ix)
+#endif
+#if FIELD_PROTO
+/* key: protocol number, PROTO_DEFAULT for every protocol not listed */
+#define PROTO_DEFAULT 256
+BPF_HASH(proto_map, u32, struct bitvector, PROTO_MAX);
+#define TERM_PROTO(ix) &f_proto->word[ix]
+#else
+#define TERM_PROTO(ix)
+#endif
+#if FIELD_IIF
+/* key: ifindex, 0 for interfaces unknown at compile time */
+BPF_HASH(iif_map, u32, struct bitvector, IIF_MAX);
+#define TERM_IIF(ix) &f_iif->word[ix]
+#else
+#define TERM_IIF(ix)
+#endif
+#if FIELD_FRAG
+/* 0: not a fragment or first fragment, 1: non-first fragment */
+BPF_ARRAY(frag_map, struct bitvector, 2);
+#define TERM_FRAG(ix) &f_frag->word[ix]
+#else
+#define TERM_FRAG(ix)
+#endif
+#if FIELD_FLAGS
+/* index: TCP flags & 0x3F, or TCP_FLAGS_NONE */
+BPF_ARRAY(flags_map, struct bitvector, TCP_FLAGS_NONE + 1);
+#define TERM_FLAGS(ix) &f_flags->word[ix]
+#else
+#define TERM_FLAGS(ix)
+#endif
+#if FIELD_SPORT
+DEFINE_INTERVAL_SEARCH(sport, SPORT_BSIZE)
+BPF_ARRAY(sport_bounds_map, struct sport_bounds, 1);
+/* index: interval, SPORT_BSIZE when the packet has no ports */
+BPF_ARRAY(sport_map, struct bitvector, SPORT_BSIZE + 1);
+#define TERM_SPORT(ix) &f_sport->word[ix]
+#else
+#define TERM_SPORT(ix)
+#endif
+#if FIELD_DPORT
+DEFINE_INTERVAL_SEARCH(dport, DPORT_BSIZE)
+BPF_ARRAY(dport_bounds_map, struct dport_bounds, 1);
+BPF_ARRAY(dport_map, struct bitvector, DPORT_BSIZE + 1);
+#define TERM_DPORT(ix) &f_dport->word[ix]
+#else
+#define TERM_DPORT(ix)
+#endif
+
+/* The AND of all compiled-in fields' bitvectors at word ix. */
+#define AND_WORD(ix) (live->word[ix] TERM_SRC(ix) TERM_DST(ix) TERM_PROTO(ix) \
+		      TERM_IIF(ix) TERM_FRAG(ix) TERM_FLAGS(ix) TERM_SPORT(ix)   \
+		      TERM_DPORT(ix))
+
+static __always_inline void count(u32 slot, u32 length)
+{
+	struct counter *c = counter_map.lookup(&slot);
+	if (c) {
+		/* per-CPU value: no atomics needed */
+		c->packets += 1;
+		c->bytes += length;
+	}
+}
+
+int xdp_filter(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct packet_fields pf = {};
+	if (parse_packet(data, data_end, &pf) != PARSE_OK)
+		return XDP_PASS;
+
+	u32 zero = 0;
+	struct config *cfg = config_map.lookup(&zero);
+	struct bitvector *live = live_map.lookup(&zero);
+	if (!cfg || !live)
+		return XDP_ABORTED;
+
+	/* One lookup per field; the bitvectors are then read in place. */
+#if FIELD_SRC
+	struct lpm_v4_key skey = {32, pf.saddr};
+	struct bitvector *f_src = src_map.lookup(&skey);
+	if (!f_src)
+		return XDP_ABORTED;
+#endif
+#if FIELD_DST
+	struct lpm_v4_key dkey = {32, pf.daddr};
+	struct bitvector *f_dst = dst_map.lookup(&dkey);
+	if (!f_dst)
+		return XDP_ABORTED;
+#endif
+#if FIELD_PROTO
+	u32 pkey = pf.proto;
+	struct bitvector *f_proto = proto_map.lookup(&pkey);
+	if (!f_proto) {
+		pkey = PROTO_DEFAULT;
+		f_proto = proto_map.lookup(&pkey);
+		if (!f_proto)
+			return XDP_ABORTED;
+	}
+#endif
+#if FIELD_IIF
+	u32 ikey = ctx->ingress_ifindex;
+	struct bitvector *f_iif = iif_map.lookup(&ikey);
+	if (!f_iif) {
+		ikey = 0;
+		f_iif = iif_map.lookup(&ikey);
+		if (!f_iif)
+			return XDP_ABORTED;
+	}
+#endif
+#if FIELD_FRAG
+	u32 fkey = pf.fragment;
+	struct bitvector *f_frag = frag_map.lookup(&fkey);
+	if (!f_frag)
+		return XDP_ABORTED;
+#endif
+#if FIELD_FLAGS
+	u32 tkey = pf.tcp_flags;
+	struct bitvector *f_flags = flags_map.lookup(&tkey);
+	if (!f_flags)
+		return XDP_ABORTED;
+#endif
+#if FIELD_SPORT
+	struct sport_bounds *sb = sport_bounds_map.lookup(&zero);
+	if (!sb)
+		return XDP_ABORTED;
+	u32 skey2 = pf.l4 ? sport_interval(sb, pf.sport) : SPORT_BSIZE;
+	struct bitvector *f_sport = sport_map.lookup(&skey2);
+	if (!f_sport)
+		return XDP_ABORTED;
+#endif
+#if FIELD_DPORT
+	struct dport_bounds *db = dport_bounds_map.lookup(&zero);
+	if (!db)
+		return XDP_ABORTED;
+	u32 dkey2 = pf.l4 ? dport_interval(db, pf.dport) : DPORT_BSIZE;
+	struct bitvector *f_dport = dport_map.lookup(&dkey2);
+	if (!f_dport)
+		return XDP_ABORTED;
+#endif
+
+	u32 nwords = cfg->nwords;
+	u64 w = cfg->first_word & (NWORDS - 1);
+	u64 cur = AND_WORD(w);
+	u32 length = pf.length;
+	/* STEPS bounds word loads plus entries visited; the compiler sizes it
+	 * so the scan always ends (verdict or policy) before the bound. */
+#pragma clang loop unroll(disable)
+	for (u32 i = 0; i < STEPS; i++) {
+		if (cur == 0) {
+			w += 1;
+			if (w >= nwords)
+				goto policy;
+			w &= NWORDS - 1;
+			cur = AND_WORD(w);
+			continue;
+		}
+		u32 e = (u32)((w << 6) | lowest_bit_index(cur)) & (NENTRIES - 1);
+		struct entry *en = entry_map.lookup(&e);
+		if (!en)
+			return XDP_ABORTED;
+		count(en->counter, length);
+		if (en->verdict != VERDICT_CONTINUE)
+			return en->verdict;
+		/* continue at en->next: reload its word, masking earlier bits */
+		u32 next = en->next;
+		w = (next >> 6) & (NWORDS - 1);
+		cur = AND_WORD(w) & (~0ULL << (next & 63));
+	}
+	/* unreachable when STEPS is sized right: fail closed, visibly */
+	return XDP_ABORTED;
+
+policy:
+	count(POLICY_COUNTER, length);
+	return cfg->policy;
+}

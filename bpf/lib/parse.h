@@ -1,0 +1,91 @@
+/* Ethernet/IPv4/TCP/UDP parsing into the fields the classifier looks at.
+ *
+ * What the filter table would never see is left to the kernel: frames
+ * that are not IPv4 (PARSE_NOT_OURS) and IPv4 headers the kernel drops in
+ * ip_rcv() before any hook (bad version, ihl < 5, total length shorter
+ * than the header or longer than the frame: PARSE_MALFORMED). Both pass
+ * unclassified and uncounted. Header checksums are not verified here.
+ *
+ * L4 fields exist only for the first fragment (offset 0) of TCP/UDP with
+ * a complete header inside the IP total length; otherwise "l4" is 0 and
+ * rules with a tcp/udp match do not match (the kernel would hotdrop a
+ * truncated header instead; see datapath/README). */
+#ifndef BPF_IPTABLES_PARSE_H
+#define BPF_IPTABLES_PARSE_H
+
+#include <uapi/linux/if_ether.h>
+#include <uapi/linux/ip.h>
+#include <uapi/linux/in.h>
+#include <uapi/linux/tcp.h>
+#include <uapi/linux/udp.h>
+
+#define PARSE_OK 0
+#define PARSE_NOT_OURS 1
+#define PARSE_MALFORMED 2
+
+#define TCP_FLAGS_NONE 64 /* flags-table index when there is no TCP header */
+
+struct packet_fields {
+	u32 saddr;	/* network byte order, as the LPM key wants it */
+	u32 daddr;
+	u32 proto;
+	u32 length;	/* IP total length: what iptables counts as bytes */
+	u32 fragment;	/* non-first fragment */
+	u32 l4;		/* ports (and TCP flags) below are valid */
+	u32 sport;	/* host byte order */
+	u32 dport;
+	u32 tcp_flags;	/* FIN..URG (0..63), or TCP_FLAGS_NONE */
+};
+
+static __always_inline int parse_packet(void *data, void *data_end,
+					struct packet_fields *f)
+{
+	struct ethhdr *eth = data;
+	if ((void *)(eth + 1) > data_end)
+		return PARSE_NOT_OURS;
+	if (eth->h_proto != bpf_htons(ETH_P_IP))
+		return PARSE_NOT_OURS;
+	struct iphdr *ip = (void *)(eth + 1);
+	if ((void *)(ip + 1) > data_end)
+		return PARSE_MALFORMED;
+	if (ip->version != 4 || ip->ihl < 5)
+		return PARSE_MALFORMED;
+	u32 hlen = (ip->ihl & 0xF) * 4;
+	u32 total = bpf_ntohs(ip->tot_len);
+	u64 avail = (u64)(data_end - (void *)ip);
+	if (total < hlen || total > avail)
+		return PARSE_MALFORMED;
+
+	f->saddr = ip->saddr;
+	f->daddr = ip->daddr;
+	f->proto = ip->protocol;
+	f->length = total;
+	f->fragment = (bpf_ntohs(ip->frag_off) & 0x1FFF) != 0;
+	f->l4 = 0;
+	f->sport = 0;
+	f->dport = 0;
+	f->tcp_flags = TCP_FLAGS_NONE;
+	if (f->fragment)
+		return PARSE_OK;
+
+	void *l4 = (void *)ip + hlen;
+	if (ip->protocol == IPPROTO_TCP) {
+		struct tcphdr *th = l4;
+		if ((void *)(th + 1) > data_end || hlen + sizeof(*th) > total)
+			return PARSE_OK;
+		f->sport = bpf_ntohs(th->source);
+		f->dport = bpf_ntohs(th->dest);
+		f->tcp_flags = ((u8 *)th)[13] & 0x3F;
+		f->l4 = 1;
+	} else if (ip->protocol == IPPROTO_UDP) {
+		struct udphdr *uh = l4;
+		if ((void *)(uh + 1) > data_end || hlen + sizeof(*uh) > total)
+			return PARSE_OK;
+		f->sport = bpf_ntohs(uh->source);
+		f->dport = bpf_ntohs(uh->dest);
+		f->l4 = 1;
+	}
+	return PARSE_OK;
+}
+
+#endif

@@ -1,0 +1,395 @@
+"""Rule set -> map contents and program shape for one hook chain.
+
+Step 1, inlining: the hook chain becomes a flat list of entries. A rule
+that calls a user chain (-j CHAIN) becomes a counting entry followed by
+the chain's rules, each guarded by the calling rule's matches (an entry's
+match is the conjunction along its path). RETURN becomes an entry that
+continues the scan after the inlined block; -g CHAIN inlines the chain
+with the caller's return point and is closed by an uncounted entry, with
+the -g rule's matches, that jumps to that return point (a packet that took
+the goto and fell off the chain must not see the rest of the caller).
+
+Step 2, field tables: for every field in use, one bitvector per field
+value (LPM prefix, protocol, ifindex, port interval, ...), with bit e set
+when entry e's constraints on that field hold for that value.
+
+Counter slots: 0 is the policy, 1 a scratch slot for uncounted entries,
+rules of the table from 2 on (in chain order), so each inlined copy of a
+rule bumps the rule's own counters."""
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass, field
+
+from ..errors import NotSupported
+from ..model import Rule, Table
+from ..netaddr import iface_matches
+from .fields import EntryFields, Prefix, RangeField, decompose
+
+XDP_ABORTED, XDP_DROP, XDP_PASS = 0, 1, 2
+VERDICT_CONTINUE = 0xFFFFFFFF
+VERDICTS = {"ACCEPT": XDP_PASS, "DROP": XDP_DROP}
+POLICY_COUNTER, SCRATCH_COUNTER, FIRST_RULE_COUNTER = 0, 1, 2
+MAX_ENTRIES = 1 << 16
+MAX_DEPTH = 64
+PROTO_DEFAULT = 256
+TCP_FLAGS_NONE = 64
+# The scan loop's bound: the verifier walks it once per iteration and keeps
+# a branch history per path, which is what limits it (see field notes).
+MAX_STEPS = 4000
+FIELD_ORDER = ("src", "dst", "proto", "iif", "frag", "flags", "sport", "dport")
+
+
+@dataclass
+class Entry:
+    fields: EntryFields
+    counter: int
+    verdict: int = VERDICT_CONTINUE
+    next: "int | _Label | None" = None   # None: the following entry
+
+
+class _Label:
+    """A forward reference to an entry index, resolved after layout."""
+
+    def __init__(self) -> None:
+        self.index: int | None = None
+
+
+@dataclass
+class Shape:
+    """What the C program is compiled for; map contents must fit in it."""
+
+    nwords: int                      # bitvector words, a power of two
+    steps: int
+    ncounters: int
+    fields: frozenset[str]
+    src_max: int = 1
+    dst_max: int = 1
+    proto_max: int = 1
+    iif_max: int = 1
+    sport_bsize: int = 2             # boundary slots, a power of two
+    dport_bsize: int = 2
+
+    @property
+    def nentries(self) -> int:
+        return self.nwords * 64
+
+    def covers(self, other: "Shape") -> bool:
+        return (other.fields <= self.fields and self.nwords >= other.nwords
+                and self.steps >= other.steps and self.ncounters >= other.ncounters
+                and all(getattr(self, k) >= getattr(other, k) for k in (
+                    "src_max", "dst_max", "proto_max", "iif_max", "sport_bsize", "dport_bsize")))
+
+    def union(self, other: "Shape") -> "Shape":
+        return Shape(**{k: (self.fields | other.fields) if k == "fields"
+                        else max(getattr(self, k), getattr(other, k))
+                        for k in self.__dataclass_fields__})
+
+
+@dataclass
+class Compiled:
+    """Map contents (bitvectors as Python ints, bit e = entry e)."""
+
+    hook: str
+    shape: Shape
+    entries: list[Entry]
+    live: int
+    policy: int
+    counter_of: dict[tuple[str, int], int]   # (chain, rule index) -> slot
+    src: dict[Prefix, int] = field(default_factory=dict)
+    dst: dict[Prefix, int] = field(default_factory=dict)
+    proto: dict[int, int] = field(default_factory=dict)      # PROTO_DEFAULT included
+    iif: dict[int, int] = field(default_factory=dict)        # ifindex 0: unknown
+    frag: list[int] = field(default_factory=list)            # [not fragment, fragment]
+    flags: list[int] = field(default_factory=list)           # 65 entries
+    sport_bounds: list[int] = field(default_factory=list)
+    sport: list[int] = field(default_factory=list)           # per interval + no-L4
+    dport_bounds: list[int] = field(default_factory=list)
+    dport: list[int] = field(default_factory=list)
+
+    @property
+    def nwords_used(self) -> int:
+        return (len(self.entries) + 1 + 63) // 64
+
+
+def pow2_at_least(n: int) -> int:
+    p = 1
+    while p < n:
+        p *= 2
+    return p
+
+
+# -- step 1: inlining ---------------------------------------------------------
+
+def counter_slots(table: Table) -> dict[tuple[str, int], int]:
+    slots: dict[tuple[str, int], int] = {}
+    for chain in table.ordered_chains():
+        for i in range(len(chain.rules)):
+            slots[(chain.name, i)] = FIRST_RULE_COUNTER + len(slots)
+    return slots
+
+
+def inline(table: Table, hook: str, slots: dict[tuple[str, int], int]) -> list[Entry]:
+    entries: list[Entry] = []
+    end = _Label()
+
+    def emit(path: list[Rule], counter: int, verdict: int = VERDICT_CONTINUE,
+             next_: "_Label | None" = None) -> None:
+        if len(entries) >= MAX_ENTRIES:
+            raise NotSupported(f"more than {MAX_ENTRIES} rules after inlining user chains")
+        entries.append(Entry(decompose(path, hook), counter, verdict, next_))
+
+    def walk(chain_name: str, guard: list[Rule], ret: _Label, depth: int) -> None:
+        if depth > MAX_DEPTH:
+            raise NotSupported("user chains nested deeper than 64")
+        for i, rule in enumerate(table.chains[chain_name].rules):
+            path = guard + [rule]
+            slot = slots[(chain_name, i)]
+            target = rule.target
+            if not target.is_standard:
+                raise NotSupported(f"target `{target.name}' in the eBPF data path")
+            if target.name == "":
+                emit(path, slot)
+            elif target.name in VERDICTS:
+                emit(path, slot, VERDICTS[target.name])
+            elif target.name == "RETURN":
+                emit(path, slot, next_=ret)
+            elif target.name in table.chains:
+                emit(path, slot)
+                if target.goto:
+                    walk(target.name, path, ret, depth + 1)
+                    emit(path, SCRATCH_COUNTER, next_=ret)
+                else:
+                    after = _Label()
+                    walk(target.name, path, after, depth + 1)
+                    after.index = len(entries)
+            else:
+                raise NotSupported(f"target `{target.name}' in the eBPF data path")
+
+    walk(hook, [], end, 0)
+    end.index = len(entries)
+    return entries
+
+
+def resolve(entries: list[Entry]) -> None:
+    for i, e in enumerate(entries):
+        if e.next is None:
+            e.next = i + 1
+        elif isinstance(e.next, _Label):
+            assert e.next.index is not None
+            e.next = e.next.index
+
+
+# -- step 2: field tables -------------------------------------------------------
+
+def bits(indices) -> int:
+    v = 0
+    for i in indices:
+        v |= 1 << i
+    return v
+
+
+def prefix_table(live: int, per_entry: list[tuple[int, object]]) -> dict[Prefix, int]:
+    """LPM contents: for each prefix in use (and 0/0), the entries that hold
+    for an address whose longest listed prefix it is. An entry holds when
+    its positive prefix (if any) is an ancestor-or-self of that prefix and
+    none of its negated ones is; computed down the prefix tree."""
+    pos: dict[Prefix, int] = {}
+    neg: dict[Prefix, int] = {}
+    no_positive = live
+    for e, pf in per_entry:
+        if pf.positive is not None:
+            pos[pf.positive] = pos.get(pf.positive, 0) | (1 << e)
+            no_positive &= ~(1 << e)
+        for p in pf.negative:
+            neg[p] = neg.get(p, 0) | (1 << e)
+    prefixes = sorted({Prefix(0, 0), *pos, *neg}, key=lambda p: p.length)
+    known = set(prefixes)
+    acc: dict[Prefix, tuple[int, int]] = {}
+    table: dict[Prefix, int] = {}
+    for p in prefixes:
+        ok, bad = 0, 0
+        for length in range(p.length - 1, -1, -1):
+            parent = Prefix(p.addr & ((0xFFFFFFFF << (32 - length)) & 0xFFFFFFFF), length)
+            if parent in known:
+                ok, bad = acc[parent]
+                break
+        ok |= pos.get(p, 0)
+        bad |= neg.get(p, 0)
+        acc[p] = (ok, bad)
+        table[p] = (ok | no_positive) & ~bad & live
+    return table
+
+
+def range_table(live: int, per_entry: list[tuple[int, RangeField]], l4_entries: int
+                ) -> tuple[list[int], list[int]]:
+    """Interval contents: boundaries (sorted, from 0) and, per interval
+    [b[i], b[i+1]), the entries whose ranges hold there; then the no-L4
+    bitvector (entries without a tcp/udp match)."""
+    cuts = {0}
+    for _, rf in per_entry:
+        for lo, hi in ([rf.positive] if rf.positive else []) + rf.negative:
+            cuts.add(lo)
+            if hi < 0xFFFF:
+                cuts.add(hi + 1)
+    bounds = sorted(cuts)
+    # sweep: entries start/stop being covered at interval indices
+    index = {b: i for i, b in enumerate(bounds)}
+    events: dict[int, list[tuple[int, bool, int]]] = {}
+    no_positive = live
+    for e, rf in per_entry:
+        if rf.positive:
+            no_positive &= ~(1 << e)
+        for lo, hi in ([rf.positive] if rf.positive else []):
+            events.setdefault(index[lo], []).append((e, True, +1))
+            if hi < 0xFFFF:
+                events.setdefault(index[hi + 1], []).append((e, True, -1))
+        for lo, hi in rf.negative:
+            events.setdefault(index[lo], []).append((e, False, +1))
+            if hi < 0xFFFF:
+                events.setdefault(index[hi + 1], []).append((e, False, -1))
+    pos_active, neg_active = 0, 0
+    neg_count: dict[int, int] = {}
+    vectors = []
+    for i in range(len(bounds)):
+        for e, positive, delta in events.get(i, []):
+            if positive:
+                pos_active ^= 1 << e  # one positive range per entry
+            else:
+                n = neg_count.get(e, 0) + delta
+                neg_count[e] = n
+                if n:
+                    neg_active |= 1 << e
+                else:
+                    neg_active &= ~(1 << e)
+        vectors.append((pos_active | no_positive) & ~neg_active & live)
+    vectors.append(live & ~l4_entries)
+    return bounds, vectors
+
+
+def interfaces_here() -> dict[str, int]:
+    """Interface name -> ifindex in the current network namespace (netlink)."""
+    return {name: index for index, name in socket.if_nameindex()}
+
+
+def compile_chain(table: Table, hook: str = "INPUT", interfaces: dict[str, int] | None = None,
+                  min_shape: Shape | None = None) -> Compiled:
+    """Compile ``hook`` of ``table``. Interface names in -i are resolved to
+    ifindexes now, from ``interfaces`` (default: this namespace's); an
+    interface that appears later is seen as matching no -i name until the
+    chain is compiled again."""
+    if hook != "INPUT":
+        raise NotSupported(f"the {hook} chain in the eBPF data path")
+    if interfaces is None:
+        interfaces = interfaces_here()
+    slots = counter_slots(table)
+    entries = inline(table, hook, slots)
+    resolve(entries)
+    n = len(entries)
+    live = bits(i for i, e in enumerate(entries) if not e.fields.never)
+    used: set[str] = set()
+    for e in entries:
+        if not e.fields.never:
+            used |= e.fields.uses()
+    nonterminal = sum(1 for e in entries if e.verdict == VERDICT_CONTINUE)
+    nwords = pow2_at_least((n + 1 + 63) // 64)  # room for bit n: "continue at end"
+    steps = nwords + 2 * nonterminal + 2
+    if steps > MAX_STEPS:
+        raise NotSupported(f"more than {(MAX_STEPS - nwords) // 2} non-terminating rules "
+                           "in one chain in the eBPF data path")
+    policy = VERDICTS[table.chains[hook].policy or "ACCEPT"]
+    c = Compiled(hook, Shape(nwords, steps, FIRST_RULE_COUNTER + len(slots), frozenset()),
+                 entries, live, policy, slots)
+    shape = c.shape
+    if min_shape is not None:
+        used |= set(min_shape.fields)
+    shape.fields = frozenset(used)
+    live_entries = [(i, e.fields) for i, e in enumerate(entries) if not e.fields.never]
+
+    if "src" in used:
+        c.src = prefix_table(live, [(i, f.src) for i, f in live_entries])
+        shape.src_max = len(c.src)
+    if "dst" in used:
+        c.dst = prefix_table(live, [(i, f.dst) for i, f in live_entries])
+        shape.dst_max = len(c.dst)
+    if "proto" in used:
+        c.proto = proto_table(live, live_entries)
+        shape.proto_max = len(c.proto)
+    if "iif" in used:
+        c.iif = iif_table(live, live_entries, interfaces)
+        shape.iif_max = len(c.iif)
+    if "frag" in used:
+        c.frag = [bits(i for i, f in live_entries if f.fragment is not True),
+                  bits(i for i, f in live_entries if f.fragment is not False)]
+    if "flags" in used:
+        c.flags = flags_table(live, live_entries)
+    l4 = bits(i for i, f in live_entries if f.l4)
+    if "sport" in used:
+        c.sport_bounds, c.sport = range_table(live, [(i, f.sport) for i, f in live_entries], l4)
+        shape.sport_bsize = max(2, pow2_at_least(len(c.sport_bounds)))
+    if "dport" in used:
+        c.dport_bounds, c.dport = range_table(live, [(i, f.dport) for i, f in live_entries], l4)
+        shape.dport_bsize = max(2, pow2_at_least(len(c.dport_bounds)))
+    if min_shape is not None:
+        c.shape = min_shape.union(shape)
+        fill_unused(c)
+    return c
+
+
+def fill_unused(c: Compiled) -> None:
+    """Fields compiled into a reused program that this rule set does not
+    use: one all-entries bitvector, so they do not constrain anything."""
+    live = c.live
+    if "src" in c.shape.fields and not c.src:
+        c.src = {Prefix(0, 0): live}
+    if "dst" in c.shape.fields and not c.dst:
+        c.dst = {Prefix(0, 0): live}
+    if "proto" in c.shape.fields and not c.proto:
+        c.proto = {PROTO_DEFAULT: live}
+    if "iif" in c.shape.fields and not c.iif:
+        c.iif = {0: live}
+    if "frag" in c.shape.fields and not c.frag:
+        c.frag = [live, live]
+    if "flags" in c.shape.fields and not c.flags:
+        c.flags = [live] * (TCP_FLAGS_NONE + 1)
+    l4 = bits(i for i, e in enumerate(c.entries) if not e.fields.never and e.fields.l4)
+    if "sport" in c.shape.fields and not c.sport:
+        c.sport_bounds, c.sport = [0], [live, live & ~l4]
+    if "dport" in c.shape.fields and not c.dport:
+        c.dport_bounds, c.dport = [0], [live, live & ~l4]
+
+
+def proto_table(live: int, live_entries: list[tuple[int, EntryFields]]) -> dict[int, int]:
+    protos = {PROTO_DEFAULT}
+    for _, f in live_entries:
+        if f.proto is not None:
+            protos.add(f.proto)
+        protos.update(f.proto_not)
+    table = {}
+    for p in protos:
+        table[p] = bits(i for i, f in live_entries
+                        if f.proto in (None, p) and p not in f.proto_not) & live
+    return table
+
+
+def iif_table(live: int, live_entries: list[tuple[int, EntryFields]],
+              interfaces: dict[str, int]) -> dict[int, int]:
+    def holds(f: EntryFields, name: str | None) -> bool:
+        # name None: an interface unknown at compile time matches no pattern
+        return all((name is not None and iface_matches(pat, name)) != inv
+                   for pat, inv in f.iif)
+
+    table = {0: bits(i for i, f in live_entries if holds(f, None))}
+    for name, index in interfaces.items():
+        table[index] = bits(i for i, f in live_entries if holds(f, name))
+    return table
+
+
+def flags_table(live: int, live_entries: list[tuple[int, EntryFields]]) -> list[int]:
+    out = []
+    for flags in range(TCP_FLAGS_NONE):
+        out.append(bits(i for i, f in live_entries
+                        if all(((flags & m) == cmp) != inv for m, cmp, inv in f.flags)))
+    # no TCP header: only entries without a flags test (the others need tcp anyway)
+    out.append(bits(i for i, f in live_entries if not f.flags))
+    return out

@@ -1,0 +1,72 @@
+"""Ethernet/IPv4/TCP/UDP/ICMP frames from reference packets.
+
+The frame carries exactly what the classifier reads: addresses, protocol,
+IP options, fragment offset and flags, ports, TCP flags and options, ICMP
+type and code. The IP total length is ``packet.length`` (payload zeros pad
+it), so byte counters can be compared with the reference's. Checksums are
+filled in correctly, though the data path does not check them."""
+from __future__ import annotations
+
+import struct
+
+from ..reference.packet import ICMP, TCP, UDP, Packet
+
+ETH_P_IP = 0x0800
+DEFAULT_DST_MAC = bytes.fromhex("020000000001")
+DEFAULT_SRC_MAC = bytes.fromhex("020000000002")
+
+
+def checksum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def pad4(options: bytes) -> bytes:
+    return options + b"\0" * (-len(options) % 4)
+
+
+def l4_header(pkt: Packet) -> bytes:
+    """The transport header, or nothing for a non-first fragment."""
+    if pkt.is_fragment:
+        return b""
+    if pkt.proto == TCP:
+        opts = pad4(pkt.tcp_options)
+        offset = (20 + len(opts)) // 4
+        return struct.pack("!HHIIBBHHH", pkt.sport, pkt.dport, 0, 0, offset << 4,
+                           pkt.tcp_flags & 0xFF, 65535, 0, 0) + opts
+    if pkt.proto == UDP:
+        return struct.pack("!HHHH", pkt.sport, pkt.dport, 8, 0)
+    if pkt.proto == ICMP:
+        return struct.pack("!BBHI", pkt.icmp_type, pkt.icmp_code, 0, 0)
+    return b""
+
+
+def header_length(pkt: Packet) -> int:
+    """The smallest IP total length that holds the headers."""
+    return 20 + len(pad4(pkt.ip_options)) + len(l4_header(pkt))
+
+
+def frame(pkt: Packet) -> bytes:
+    options = pad4(pkt.ip_options)
+    ihl = (20 + len(options)) // 4
+    l4 = l4_header(pkt)
+    payload_len = pkt.length - 20 - len(options) - len(l4)
+    if payload_len < 0 or ihl > 15:
+        raise ValueError(f"packet length {pkt.length} cannot hold its headers")
+    payload = b"\0" * payload_len
+    if pkt.proto == UDP and l4:
+        l4 = l4[:4] + struct.pack("!H", len(l4) + payload_len) + l4[6:]
+    if pkt.proto == ICMP and l4:
+        l4 = l4[:2] + struct.pack("!H", checksum(l4 + payload)) + l4[4:]
+    frag = (pkt.frag_offset & 0x1FFF) | (0x2000 if pkt.more_fragments else 0) \
+        | (0x4000 if pkt.dont_fragment else 0)
+    ip = struct.pack("!BBHHHBBH4s4s", 0x40 | ihl, pkt.tos, pkt.length, pkt.ip_id, frag,
+                     pkt.ttl, pkt.proto, 0, pkt.src.to_bytes(4, "big"),
+                     pkt.dst.to_bytes(4, "big")) + options
+    ip = ip[:10] + struct.pack("!H", checksum(ip)) + ip[12:]
+    eth = DEFAULT_DST_MAC + (pkt.src_mac or DEFAULT_SRC_MAC) + struct.pack("!H", ETH_P_IP)
+    return eth + ip + l4 + payload
