@@ -1,0 +1,122 @@
+"""Summary run of the compatibility suite: ``python -m compat_tests.runner``.
+
+Prints per-file pass/fail counts, the overall pass rate against the
+project's acceptance bar (98 % of the selected lines), and every failing
+line with its reason.  The pytest module ``test_iptables_t`` runs the same
+checks, one test per line.
+
+Options: ``-v`` also lists the exclusions; file names (``libxt_udp.t``)
+restrict the run to those files.  Exit status 0 when the bar is met, 1 if
+not, 2 when the test files cannot be found.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Iterable, Iterator
+
+from .checks import FileSession, LineOutcome
+from .executor import exec_mode, save_available
+from .selection import SelectedLine, Selection, TestsDirMissing, select
+
+ACCEPTANCE_BAR = 0.98
+
+
+class SessionPool:
+    """One FileSession open at a time: lines arrive grouped by file, so a
+    file's namespace is made when its first line comes and deleted when the
+    next file starts (or at close)."""
+
+    def __init__(self) -> None:
+        self._current: FileSession | None = None
+
+    def session(self, file: str) -> FileSession:
+        if self._current is not None and self._current.file != file:
+            self.close()
+        if self._current is None:
+            self._current = FileSession(file)
+        return self._current
+
+    def check(self, selected: SelectedLine) -> LineOutcome:
+        return self.session(selected.line.file).check(selected)
+
+    def close(self) -> None:
+        if self._current is not None:
+            current, self._current = self._current, None
+            current.close()
+
+
+def run_lines(lines: Iterable[SelectedLine]) -> Iterator[LineOutcome]:
+    pool = SessionPool()
+    try:
+        for selected in lines:
+            yield pool.check(selected)
+    finally:
+        pool.close()
+
+
+@dataclass
+class FileCounts:
+    passed: int = 0
+    failed: int = 0
+
+
+def summarise(selection: Selection, outcomes: list[LineOutcome], verbose: bool, out=sys.stdout) -> bool:
+    per_file: "OrderedDict[str, FileCounts]" = OrderedDict()
+    for outcome in outcomes:
+        counts = per_file.setdefault(outcome.selected.line.file, FileCounts())
+        if outcome.passed:
+            counts.passed += 1
+        else:
+            counts.failed += 1
+    width = max((len(f) for f in per_file), default=10)
+    print(f"iptables .t files: {selection.tests_dir}", file=out)
+    print(f"exec mode: {exec_mode()}; save check via "
+          f"{'bpf-iptables-save' if save_available() else '-S (bpf-iptables-save missing)'}\n", file=out)
+    print(f"{'file':<{width}}  pass  fail", file=out)
+    for name, counts in per_file.items():
+        print(f"{name:<{width}}  {counts.passed:>4}  {counts.failed:>4}", file=out)
+    total = len(outcomes)
+    passed = sum(1 for o in outcomes if o.passed)
+    rate = passed / total if total else 0.0
+    met = rate >= ACCEPTANCE_BAR
+    print(f"\ntotal: {passed}/{total} lines pass ({rate:.1%}); acceptance bar "
+          f"{ACCEPTANCE_BAR:.0%} {'met' if met else 'NOT met'}", file=out)
+    failures = [o for o in outcomes if not o.passed]
+    if failures:
+        print(f"\nfailures ({len(failures)}):", file=out)
+        for o in failures:
+            line = o.selected.line
+            print(f"  {line.test_id} [{o.selected.expect.value}] {line.rule}", file=out)
+            for reason in o.failures:
+                print(f"      {reason}", file=out)
+    if verbose:
+        print(f"\nexcluded ({len(selection.excluded)}):", file=out)
+        for ex in selection.excluded:
+            print(f"  {ex.what}: {ex.reason}", file=out)
+    return met
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m compat_tests.runner")
+    parser.add_argument("files", nargs="*", help="only these .t files (by name)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="also list exclusions")
+    args = parser.parse_args(argv)
+    try:
+        selection = select()
+    except TestsDirMissing as exc:
+        print(f"compat_tests: {exc}", file=sys.stderr)
+        return 2
+    lines = [s for s in selection.lines if not args.files or s.line.file in args.files]
+    start = time.monotonic()
+    outcomes = list(run_lines(lines))
+    met = summarise(selection, outcomes, args.verbose)
+    print(f"\n({time.monotonic() - start:.1f}s)")
+    return 0 if met else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
