@@ -37,9 +37,10 @@ def resolve_target(p: P.ParsedCommand, table: Table) -> Target:
     return Target(name=name, data=p.target_data, goto=p.goto)
 
 
-def execute(p: P.ParsedCommand, table: Table) -> Outcome:
-    """Apply ``p`` to ``table``. TableOpError propagates to the caller."""
-    out = Outcome()
+def execute(p: P.ParsedCommand, table: Table, out: Outcome | None = None) -> Outcome:
+    """Apply ``p`` to ``table``. TableOpError propagates to the caller;
+    what was printed before the failure is in ``out`` (pass one in)."""
+    out = out if out is not None else Outcome()
     cmd = p.command
     verbose = bool(p.options & P.OPT_VERBOSE)
     rules = []

@@ -44,7 +44,7 @@ def delete_num(table: Table, chain: str, index: int) -> None:
 
 
 def find_rule(table: Table, chain: str, rule: Rule, op: str) -> int:
-    c = get_chain(table, chain)
+    c = get_chain(table, chain, op)
     if rule.target.name not in ("", "ACCEPT", "DROP", "QUEUE", "RETURN"):
         # libiptc maps any other target name through TC_BUILTIN, which
         # becomes the "last call": ENOENT then reads as the generic message

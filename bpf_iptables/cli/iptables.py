@@ -5,7 +5,7 @@ import errno
 import sys
 
 from ..cmdline import parse as P
-from ..commands import execute
+from ..commands import Outcome, execute
 from ..errors import NotSupported, TableOpError, XtablesError, VERSION_PROBLEM
 from ..model import BUILTIN_CHAINS
 from ..validate import validate_table
@@ -45,14 +45,16 @@ def run(argv: list[str]) -> int:
         with state.locked(parsed.wait) as store:
             ruleset = store.load()
             table = ruleset.table(parsed.table)
+            outcome = Outcome()
             try:
-                outcome = execute(parsed, table)
+                execute(parsed, table, outcome)
                 if outcome.changed:
                     validate_table(table)
             except TableOpError as exc:
-                sys.stdout.write("".join(outcome.stdout) if "outcome" in locals() else "")
+                sys.stdout.write("".join(outcome.stdout))
                 return table_error(exc)
             except XtablesError as exc:
+                sys.stdout.write("".join(outcome.stdout))
                 return report(PROG, exc)
             sys.stdout.write("".join(outcome.stdout))
             if outcome.changed:

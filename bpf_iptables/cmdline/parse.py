@@ -654,7 +654,8 @@ def assert_valid_chain_name(name: str) -> None:
         raise XtablesError(f"chain name `{name}' too long (must be under 29 chars)")
     if name.startswith(("-", "!")):
         raise XtablesError(f"chain name not allowed to start with `{name[0]}'")
-    if registry.is_target_name(name):
+    # xtables_find_target() treats "" as the standard target
+    if name == "" or registry.is_target_name(name):
         raise XtablesError("chain name may not clash with target name")
     if any(c.isspace() for c in name):
         raise XtablesError(f"Invalid chain name `{name}'")

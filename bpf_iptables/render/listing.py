@@ -7,6 +7,8 @@ from .. import extensions as registry
 from ..model import Chain, Rule, Table
 from ..netaddr import addr_to_string, proto_to_name
 
+_U64 = (1 << 64) - 1
+
 FMT_NUMERIC = 0x0001
 FMT_NOCOUNTS = 0x0002
 FMT_KILOMEGAGIGA = 0x0004
@@ -48,11 +50,12 @@ def print_num(number: int, flags: int) -> str:
         return f("%8d " % number, "%d " % number)
     if number <= 99999:
         return f("%5d " % number, "%d " % number)
+    # the rounding wraps around in uint64_t, as in xtables_print_num()
     for suffix in "KMG":
-        number = (number + 500) // 1000
+        number = ((number + 500) & _U64) // 1000
         if number <= 9999:
             return f("%4d%s " % (number, suffix), "%d%s " % (number, suffix))
-    number = (number + 500) // 1000
+    number = ((number + 500) & _U64) // 1000
     return f("%4dT " % number, "%dT " % number)
 
 
