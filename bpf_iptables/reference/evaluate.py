@@ -2,8 +2,11 @@
 
 First match wins; a rule without target only counts; ``-j CHAIN`` pushes a
 return point, ``-g CHAIN`` does not; RETURN (or falling off a user chain)
-pops; falling off a built-in chain applies its policy, and only those packets
-count in the policy counters. Non-terminal targets (LOG) continue."""
+pops, and with an empty return stack (a chain reached by -g from the
+built-in chain) it ends at the built-in chain's policy, as the kernel jumps
+to the hook's underflow entry. Falling off a built-in chain, or RETURN in
+it, applies its policy, and only those packets count in the policy
+counters. Non-terminal targets (LOG) continue; REJECT stops like DROP."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -41,7 +44,14 @@ def ip_part_matches(rule: Rule, pkt: Packet) -> bool:
     return True
 
 
+class HotDrop(Exception):
+    """Raised by a match's ``matches()`` to drop the packet on the spot, as a
+    kernel match setting ``par->hotdrop`` does (e.g. xt_tcpudp for a TCP
+    fragment at offset 1): no further rule, no counter of this rule."""
+
+
 def rule_matches(rule: Rule, pkt: Packet) -> bool:
+    """ip_packet_match() then every match, in order (HotDrop propagates)."""
     if not ip_part_matches(rule, pkt):
         return False
     for match in rule.matches:
@@ -69,7 +79,11 @@ def evaluate(table: Table, pkt: Packet, count: bool = True) -> Result:
             chain_name, index = stack.pop()
             continue
         rule = chain.rules[index]
-        if not rule_matches(rule, pkt):
+        try:
+            matched = rule_matches(rule, pkt)
+        except HotDrop:
+            return Result("DROP", hits=hits)
+        if not matched:
             index += 1
             continue
         hits.append((chain_name, index))
