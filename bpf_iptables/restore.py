@@ -92,6 +92,9 @@ class Restorer:
         self.committed = False
         self.table: Table | None = None   # the open block's table (a private copy)
         self.curtable = ""
+        self.opened: set[str] = set()           # tables whose handle was created
+        self.stored_names: set[str] | None = None
+        self.saved = False
 
     # -- the main loop (ip46tables_restore_main) ----------------------------
 
@@ -108,9 +111,27 @@ class Restorer:
                 if self.committed and not self.opts.test:
                     assert self.store is not None and self.working is not None
                     self.store.save(self.working)
+                    self.saved = True
+                    return 0
             except RestoreExit as stop:
                 return stop.status
+            finally:
+                self.keep_initialized_tables()
         return 0
+
+    def keep_initialized_tables(self) -> None:
+        """iptc_init() brings a table into being in the namespace even when
+        the restore then fails or only tests, so later saves list it (empty
+        if it was new); the rules themselves are left untouched."""
+        if self.store is None or self.stored_names is None:
+            return
+        new = self.opened - self.stored_names
+        if not new or (self.committed and not self.opts.test and self.saved):
+            return
+        ruleset = self.store.load()
+        for name in sorted(new):
+            ruleset.table(name)
+        self.store.save(ruleset)
 
     def statement(self, st: Statement) -> None:
         kind = st.kind
@@ -144,6 +165,7 @@ class Restorer:
         if self.store is None:
             self.store = self.stack.enter_context(self.open_store(self.opts.wait))
             self.working = self.store.load()
+            self.stored_names = set(self.working.tables)
         if not st.fields:
             raise self.out.xtables_error(XtablesError(
                 f"{self.out.prog}: line {st.line} table name invalid"), st.line)
@@ -161,6 +183,7 @@ class Restorer:
             raise self.out.xtables_error(XtablesError(
                 f"{self.out.prog}: unable to initialize table '{name}'"), line)
         assert self.working is not None
+        self.opened.add(name)
         current = self.working.table(name)
         if self.opts.noflush:
             table = current.copy()
