@@ -25,6 +25,8 @@ from .validate import validate_table
 
 XT_TABLE_MAXNAMELEN = 32
 XT_EXTENSION_MAXNAMELEN = 29
+PARAM_BUFFER_SIZE = 1024   # struct xt_param_buf
+MAX_ARGC = 255             # struct argv_store
 KNOWN_TABLES = ("filter", "nat", "mangle", "raw", "security")
 
 
@@ -262,7 +264,9 @@ class Restorer:
         command, pcnt, bcnt = self.rule_counters(st)
         if self.opts.counters and pcnt is not None and bcnt is not None:
             argv.extend(("--set-counters", pcnt, bcnt))
-        argv.extend(split_words(command))
+        words = split_words(command)
+        self.check_argv_limits(len(argv), words, st.line)
+        argv.extend(words)
         try:
             parsed = P.CommandParser(argv, table=self.curtable, restore=True,
                                      help_printer=self.help_printer).parse()
@@ -291,6 +295,18 @@ class Restorer:
         if outcome.changed:
             keep_policy_counters(parsed, table, saved)
         return True
+
+    def check_argv_limits(self, argc: int, words: list[str], line: int) -> None:
+        """add_param()'s 1024-byte word buffer and add_argv()'s MAX_ARGC,
+        in the order add_param_to_argv() would run into them."""
+        for word in words:
+            if len(word) >= PARAM_BUFFER_SIZE // 4 and \
+                    len(word.encode("utf-8", "surrogateescape")) >= PARAM_BUFFER_SIZE:
+                raise self.out.xtables_error(XtablesError("Parameter too long!"), line)
+            if argc + 1 >= MAX_ARGC:
+                raise self.out.xtables_error(
+                    XtablesError("Parser cannot handle more arguments"), line)
+            argc += 1
 
     def rule_counters(self, st: Statement) -> tuple[str, str | None, str | None]:
         """tokenize_rule_counters() -> (command text, pcnt, bcnt)."""
