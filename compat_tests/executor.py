@@ -18,18 +18,24 @@ from typing import Protocol
 from tests.support.netns import REPO, Namespace, Result, bpf_command, namespace
 
 EXEC_ENV = "BPF_IPTABLES_COMPAT_EXEC"
+# BPF_IPTABLES_COMPAT_EXEC=legacy puts iptables-legacy itself under test.
+# Not a way to pass: it checks the harness (selection, expectations, checks)
+# on this machine, where the real tool must pass every selected line.
+LEGACY_TOOLS = {"iptables": "iptables-legacy", "iptables-save": "iptables-legacy-save"}
 MODULES = {"iptables": "bpf_iptables.cli.iptables", "iptables-save": "bpf_iptables.cli.save"}
 
 
 def exec_mode() -> str:
     mode = os.environ.get(EXEC_ENV, "forkserver")
-    if mode not in ("forkserver", "subprocess"):
-        raise ValueError(f"${EXEC_ENV} must be forkserver or subprocess, not {mode!r}")
+    if mode not in ("forkserver", "subprocess", "legacy"):
+        raise ValueError(f"${EXEC_ENV} must be forkserver, subprocess or legacy, not {mode!r}")
     return mode
 
 
 def save_available() -> bool:
     """Whether bpf-iptables-save exists yet (until then ``-S`` stands in)."""
+    if exec_mode() == "legacy":
+        return True
     return importlib.util.find_spec(MODULES["iptables-save"]) is not None
 
 
@@ -44,6 +50,19 @@ class SubprocessRunner:
 
     def run(self, tool: str, *args: str) -> Result:
         return self.ns.run(bpf_command(tool, *args))
+
+    def close(self) -> None:
+        pass
+
+
+class LegacyRunner:
+    """The real iptables-legacy in the place of bpf-iptables (harness check)."""
+
+    def __init__(self, ns: Namespace):
+        self.ns = ns
+
+    def run(self, tool: str, *args: str) -> Result:
+        return self.ns.run([LEGACY_TOOLS[tool], *args])
 
     def close(self) -> None:
         pass
@@ -87,7 +106,9 @@ class NetnsSession:
         self.ns: Namespace = self._stack.enter_context(namespace(prefix))
         self.bpf: BpfRunner | None = None
         if with_bpf:
-            self.bpf = ForkServerRunner(self.ns) if exec_mode() == "forkserver" else SubprocessRunner(self.ns)
+            runner = {"forkserver": ForkServerRunner, "subprocess": SubprocessRunner,
+                      "legacy": LegacyRunner}[exec_mode()]
+            self.bpf = runner(self.ns)
             self._stack.callback(self.bpf.close)
 
     def bpf_iptables(self, *args: str) -> Result:

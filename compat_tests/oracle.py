@@ -27,7 +27,7 @@ class LegacyOracle:
 
     def __init__(self) -> None:
         self._session: NetnsSession | None = None
-        self._cache: dict[tuple[str, int, str], OracleAnswer] = {}
+        self._cache: dict[tuple[str, int, str, tuple[str, ...]], OracleAnswer] = {}
 
     def _ns(self) -> NetnsSession:
         if self._session is None:
@@ -38,7 +38,7 @@ class LegacyOracle:
         return self._ns().ns.iptables(*args)
 
     def append(self, line: TestLine, chain: str, argv: list[str]) -> OracleAnswer:
-        key = (line.file, line.lineno, chain)
+        key = (str(line.path), line.lineno, chain, tuple(argv))
         if key not in self._cache:
             table = line.table_name
             self.legacy("-t", table, "-F")

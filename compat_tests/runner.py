@@ -74,8 +74,11 @@ def summarise(selection: Selection, outcomes: list[LineOutcome], verbose: bool, 
             counts.failed += 1
     width = max((len(f) for f in per_file), default=10)
     print(f"iptables .t files: {selection.tests_dir}", file=out)
-    print(f"exec mode: {exec_mode()}; save check via "
-          f"{'bpf-iptables-save' if save_available() else '-S (bpf-iptables-save missing)'}\n", file=out)
+    mode = exec_mode()
+    save_tool = ("iptables-legacy-save" if mode == "legacy" else
+                 "bpf-iptables-save" if save_available() else "-S (bpf-iptables-save missing)")
+    under_test = "iptables-legacy (harness self-check)" if mode == "legacy" else f"bpf-iptables ({mode})"
+    print(f"under test: {under_test}; save check via {save_tool}\n", file=out)
     print(f"{'file':<{width}}  pass  fail", file=out)
     for name, counts in per_file.items():
         print(f"{name:<{width}}  {counts.passed:>4}  {counts.failed:>4}", file=out)
