@@ -260,3 +260,15 @@ def test_queue_is_refused() -> None:
                      ["-A", "INPUT", "-j", "RETURN"], ["-A", "INPUT", "-g", "QUEUE"],
                      ["-N", "QUEUE"], ["-S"]):
             p.assert_same(*argv)
+
+
+def test_help_texts() -> None:
+    """-h after -j REJECT / -j LOG appends the target's help text."""
+    with pair() as p:
+        for argv in (["-j", "REJECT", "-h"], ["-j", "LOG", "-h"], ["-p", "tcp", "-j", "LOG", "-h"]):
+            real, ours = p.both(*argv)
+            # the usage lines name the program: only that may differ
+            assert (real.returncode, real.stderr) == (ours.returncode, ours.stderr)
+            assert real.stdout == ours.stdout.replace("bpf-iptables", "iptables")
+            assert ("REJECT target options:" in real.stdout) == ("REJECT" in argv)
+            assert ("LOG target options:" in real.stdout) == ("LOG" in argv)

@@ -57,6 +57,15 @@ def truncate_prefix(text: str) -> str:
 
 class LogTarget(XtOptionsExtension, TargetExtension):
     name = "LOG"
+    help_text = (
+        "LOG target options:\n"
+        " --log-level level\t\tLevel of logging (numeric or see syslog.conf)\n"
+        " --log-prefix prefix\t\tPrefix log messages with this prefix.\n"
+        " --log-tcp-sequence\t\tLog TCP sequence numbers.\n"
+        " --log-tcp-options\t\tLog TCP options.\n"
+        " --log-ip-options\t\tLog IP options.\n"
+        " --log-uid\t\t\tLog UID owning the local socket.\n"
+        " --log-macdecode\t\tDecode MAC addresses and protocol.\n")
     xt_options: ClassVar[tuple[XtOption, ...]] = (
         XtOption("log-level", T.SYSLOGLEVEL),
         XtOption("log-prefix", T.STRING, min=1),

@@ -28,17 +28,18 @@ class RejectType:
     number: int      # enum ipt_reject_with
     name: str        # canonical name, printed by -S and -L
     alias: str
+    description: str  # for -h
 
 
 REJECT_TYPES: tuple[RejectType, ...] = (
-    RejectType(0, "icmp-net-unreachable", "net-unreach"),
-    RejectType(1, "icmp-host-unreachable", "host-unreach"),
-    RejectType(2, "icmp-proto-unreachable", "proto-unreach"),
-    RejectType(3, "icmp-port-unreachable", "port-unreach"),
-    RejectType(5, "icmp-net-prohibited", "net-prohib"),
-    RejectType(6, "icmp-host-prohibited", "host-prohib"),
-    RejectType(7, "tcp-reset", "tcp-rst"),
-    RejectType(8, "icmp-admin-prohibited", "admin-prohib"),
+    RejectType(0, "icmp-net-unreachable", "net-unreach", "ICMP network unreachable"),
+    RejectType(1, "icmp-host-unreachable", "host-unreach", "ICMP host unreachable"),
+    RejectType(2, "icmp-proto-unreachable", "proto-unreach", "ICMP protocol unreachable"),
+    RejectType(3, "icmp-port-unreachable", "port-unreach", "ICMP port unreachable (default)"),
+    RejectType(5, "icmp-net-prohibited", "net-prohib", "ICMP network prohibited"),
+    RejectType(6, "icmp-host-prohibited", "host-prohib", "ICMP host prohibited"),
+    RejectType(7, "tcp-reset", "tcp-rst", "TCP RST packet"),
+    RejectType(8, "icmp-admin-prohibited", "admin-prohib", "ICMP administratively prohibited (*)"),
 )
 DEFAULT_TYPE = "icmp-port-unreachable"
 TCP_RESET = "tcp-reset"
@@ -66,8 +67,22 @@ def ascii_lower(text: str) -> str:
     return text.encode("utf-8", "surrogateescape").lower().decode("utf-8", "surrogateescape")
 
 
+def reject_help() -> str:
+    """REJECT_help(), with print_reject_types()'s table."""
+    lines = ["REJECT target options:\n",
+             "--reject-with type              drop input packet and send back\n",
+             "                                a reply packet according to type:\n",
+             "Valid reject types:\n"]
+    for rtype in REJECT_TYPES:
+        lines.append(f"    {rtype.name:<25}\t{rtype.description}\n")
+        lines.append(f"    {rtype.alias:<25}\talias\n")
+    lines.append("\n(*) See man page or read the INCOMPATIBILITES file for compatibility issues.\n")
+    return "".join(lines)
+
+
 class RejectTarget(XtOptionsExtension, TargetExtension):
     name = "REJECT"
+    help_text = reject_help()
     xt_options: ClassVar[tuple[XtOption, ...]] = (
         XtOption("reject-with", T.STRING),
     )
