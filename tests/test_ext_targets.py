@@ -254,6 +254,13 @@ def test_queue_is_refused() -> None:
             assert res.stdout == ""
         res = ns.bpf_iptables("-S")
         assert res.returncode == 0 and "QUEUE" not in res.stdout
+        # in a restore file too: refused at its line, nothing committed
+        dump = "*filter\n-A INPUT -j ACCEPT\n-A INPUT -j QUEUE\nCOMMIT\n"
+        res = ns.run(bpf_command("iptables-restore"), input=dump)
+        assert res.returncode == 2, res
+        assert "target `QUEUE' is not supported by bpf-iptables" in res.stderr
+        assert "Error occurred at line: 3" in res.stderr
+        assert "-A INPUT" not in ns.bpf_iptables("-S").stdout
     with pair() as p:
         # no change to the parse of the other standard verdicts or of -g
         for argv in (["-A", "INPUT", "-j", "ACCEPT"], ["-A", "INPUT", "-j", "DROP"],
