@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from tests.support.compare import normalize
 from tests.support.netns import Result
 
 from .executor import NetnsSession, save_available
@@ -30,6 +31,9 @@ from .tfile import TestLine
 class LineOutcome:
     selected: SelectedLine
     failures: list[str] = field(default_factory=list)
+    # Informational, not part of the verdict: differences beyond what the
+    # .t files specify (e.g. a FAIL line's message versus iptables-legacy's).
+    notes: list[str] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
@@ -61,6 +65,7 @@ class FileSession:
         self.use_save = save_available() if use_save is None else use_save
         self.netns = NetnsSession("bpfc")
         self.oracle = LegacyOracle()
+        self._notes: list[str] = []
 
     def close(self) -> None:
         try:
@@ -93,6 +98,7 @@ class FileSession:
     # -- the check -------------------------------------------------------
     def check(self, selected: SelectedLine) -> LineOutcome:
         outcome = LineOutcome(selected)
+        self._notes = outcome.notes
         line = selected.line
         try:
             self.prepare(line)
@@ -169,6 +175,9 @@ class FileSession:
                 raise CheckFailed(f"accepted, but {legacy}")
             if appended.returncode != oracle.returncode:
                 raise CheckFailed(f"-A exited {appended.returncode} ({_brief(appended)}), {legacy}")
+            if normalize(appended.stderr) != normalize(oracle.stderr):
+                self._notes.append(f"{chain}: message {_brief(appended)!r} differs from "
+                                   f"iptables-legacy's {_first_line(oracle.stderr)!r}")
         after = self.bpf("-t", line.table_name, "-S")
         if (after.returncode, after.stdout) != (before.returncode, before.stdout):
             raise CheckFailed(f"the rejected -A changed the rule set: {_rule_lines(after.stdout)!r}")

@@ -23,13 +23,16 @@ import json
 import os
 import pkgutil
 import runpy
+import signal
 import sys
+import time
 import traceback
 
 # Modules whose import is worth sharing.  A module that fails to import here
 # (e.g. one being edited) is simply imported again, and fails the same way,
 # in the child, which is what a fresh process would do.
 PRELOAD = ("bpf_iptables.cli.iptables", "bpf_iptables.cli.save")
+TIMEOUT = 60.0  # seconds, as tests.support.netns gives a subprocess
 ALLOWED = ("bpf_iptables.cli.iptables", "bpf_iptables.cli.save", "bpf_iptables.cli.restore")
 
 
@@ -80,12 +83,32 @@ def run_one(module: str, argv: list[str]) -> dict[str, object]:
         pid = os.fork()
         if pid == 0:
             _child(module, argv, out_fd, err_fd)
-        _, status = os.waitpid(pid, 0)
-        rc = os.waitstatus_to_exitcode(status)
-        return {"rc": rc, "stdout": _read(out_fd), "stderr": _read(err_fd)}
+        status = _wait(pid, TIMEOUT)
+        if status is None:
+            return {"rc": -signal.SIGKILL, "stdout": _read(out_fd),
+                    "stderr": _read(err_fd) + f"[compat_tests: killed after {TIMEOUT}s]\n"}
+        return {"rc": os.waitstatus_to_exitcode(status), "stdout": _read(out_fd),
+                "stderr": _read(err_fd)}
     finally:
         os.close(out_fd)
         os.close(err_fd)
+
+
+def _wait(pid: int, timeout: float) -> int | None:
+    """The child's wait status, or None after killing it at the deadline
+    (a command stuck on a lock must not hang the whole suite)."""
+    deadline = time.monotonic() + timeout
+    delay = 0.0005
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return status
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            return None
+        time.sleep(delay)
+        delay = min(delay * 2, 0.01)
 
 
 def _read(fd: int) -> str:

@@ -96,6 +96,13 @@ def summarise(selection: Selection, outcomes: list[LineOutcome], verbose: bool, 
             print(f"  {line.test_id} [{o.selected.expect.value}] {line.rule}", file=out)
             for reason in o.failures:
                 print(f"      {reason}", file=out)
+    noted = [o for o in outcomes if o.notes]
+    if noted:
+        print(f"\nnotes on passing or failing lines, not counted ({len(noted)}):", file=out)
+        for o in noted:
+            print(f"  {o.selected.line.test_id} {o.selected.line.rule}", file=out)
+            for note in o.notes:
+                print(f"      {note}", file=out)
     if verbose:
         print(f"\nexcluded ({len(selection.excluded)}):", file=out)
         for ex in selection.excluded:
