@@ -1,0 +1,502 @@
+"""Extensions batch A against real iptables-legacy, and their reference semantics.
+
+udp, icmp, multiport, iprange, mac, comment, mark, length, ttl and tcp.
+For every line of iptables' own .t file of each extension (read from the
+shared folder at test time) and for extra edge cases, the same command runs
+with iptables-legacy and with bpf-iptables in two fresh namespaces; stdout,
+stderr and exit status must be identical for -A, then -S, -L, -L -n -v -x
+(and iptables-save once it exists), then -C and -D of every accepted rule.
+The matches() tests run parsed rules over crafted packets."""
+from __future__ import annotations
+
+import importlib.util
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from bpf_iptables.cmdline.parse import CommandParser
+from bpf_iptables.model import Rule, Target
+from bpf_iptables.reference.evaluate import rule_matches
+from bpf_iptables.reference.packet import Packet
+from tests.support.pair import Pair, pair
+
+T_DIR = Path("/work/shared/iptables-tests")
+T_FILES = {
+    "udp": "libxt_udp.t", "icmp": "libipt_icmp.t", "multiport": "libxt_multiport.t",
+    "iprange": "libxt_iprange.t", "mac": "libxt_mac.t", "comment": "libxt_comment.t",
+    "mark": "libxt_mark.t", "length": "libxt_length.t", "ttl": "libipt_ttl.t",
+    "tcp": "libxt_tcp.t",
+}
+HAVE_SAVE = importlib.util.find_spec("bpf_iptables.cli.save") is not None
+
+
+@dataclass(frozen=True)
+class TLine:
+    chain: str
+    rule: str
+    save: str        # expected canonical text ("" for FAIL lines)
+    ok: bool         # OK/NOMATCH: accepted; FAIL: refused
+
+
+def read_t_file(path: Path) -> list[TLine]:
+    """iptables-test.py's reading of a .t file, legacy expectations."""
+    out: list[TLine] = []
+    chains = ["INPUT", "FORWARD", "OUTPUT"]
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith(":"):
+            chains = line[1:].split(",")
+            continue
+        if line.startswith(("*", "@", "%")):
+            raise AssertionError(f"{path.name}: unexpected directive {line!r}")
+        fields = line.split(";")
+        rule, save, result = fields[0], fields[1], fields[2]
+        if len(fields) > 3 and fields[3] == "NFT":
+            # the line's result is for nft; legacy gets ALT or the inverse
+            result = fields[4] if len(fields) > 4 and fields[4] else (
+                "FAIL" if result != "FAIL" else "OK")
+        expected = rule if save == "=" else save
+        for chain in chains:
+            out.append(TLine(chain, rule, expected, result != "FAIL"))
+    return out
+
+
+# Extra cases per extension: whole command lines, run in order in the pair.
+EXTRA: dict[str, list[str]] = {
+    "udp": [
+        "-A INPUT -p udp -m udp --sport 65536",
+        "-A INPUT -p udp --sport 5:3",
+        "-A INPUT -p udp --sport 0:65535",
+        "-A INPUT -p udp ! --sport 0:65535",
+        "-A INPUT -p udp --sport domain --dport 10:ntp",
+        "-A INPUT -p udp --sport 010 --dport 0x10",
+        "-A INPUT -p udp --sport 1 --sport 2",
+        "-A INPUT -p udp --sport 1 --source-port 2",
+        "-A INPUT -p udp --sport 1:2:3",
+        "-A INPUT -p udp --sport foo",
+        "-A INPUT -p udp --dport ''",
+        "-A INPUT -p udp --dport :",
+        "-A INPUT -p udp --dp 7 --so 8",
+        "-A INPUT -p udp --d 7",
+        "-A INPUT ! -p udp -m udp",
+        "-A INPUT -p udplite -m udp",
+        "-A INPUT -p tcp -m udp --dport 1",
+        "-A INPUT -p udp -m udp ! --dport 53 -j DROP",
+        "-A INPUT -p udp -m udp --dport 53 -m udp --sport 54",
+        "-A INPUT -v -p udp --dport 7:9 --sport 1",
+        "-I INPUT -p udp --dport 33",
+        "-A INPUT -p udp --dport",
+        "-A INPUT -p 17 --dport 9",
+    ],
+    "icmp": [
+        "-A INPUT -p icmp -m icmp",
+        "-A INPUT -p icmp --icmp-type echo",
+        "-A INPUT -p icmp --icmp-type a",
+        "-A INPUT -p icmp --icmp-type ''",
+        "-A INPUT -p icmp --icmp-type 3/1:2",
+        "-A INPUT -p icmp --icmp-type 3/",
+        "-A INPUT -p icmp --icmp-type 3x",
+        "-A INPUT -p icmp --icmp-type 3/4x",
+        "-A INPUT -p icmp --icmp-type 1:2",
+        "-A INPUT -p icmp --icmp-type 3:4/5",
+        "-A INPUT -p icmp --icmp-type 3:",
+        "-A INPUT -p icmp --icmp-type 256",
+        "-A INPUT -p icmp --icmp-type foo",
+        "-A INPUT -p icmp ! --icmp-type ECHO-REQ",
+        "-A INPUT -p icmp --icmp-type 255",
+        "-A INPUT -p icmp --icmp-type 3/3",
+        "-A INPUT -p icmp --icmp-type 3/255",
+        "-A INPUT -p icmp --icmp-type 3/0:255",
+        "-A INPUT -p icmp --icmp-type 3/5:4",
+        "-A INPUT -p icmp --icmp-type 7",
+        "-A INPUT -p icmp --icmp-type 0x8",
+        "-A INPUT -p icmp --icmp-type 8 --icmp-type 0",
+        "-A INPUT -p icmp --icmp-type pong",
+        "-A INPUT -p icmp --icmp-type ttl-exceeded",
+        "-A INPUT -p icmp --icmp-type ttl-zero-during-reassembly",
+        "-A INPUT -p icmp --icmp-type tos-host-redirect",
+        "-A INPUT -p icmp --icmp-type host-un",
+        "-A INPUT -p icmp ! --icmp-type any",
+        "-A INPUT -p icmp --icmp-type 3/1:1",
+        "-A INPUT -p icmp --icmp-type 3:3",
+        "-A INPUT -m icmp --icmp-type 3",
+        "-A INPUT -p icmp --icmp-type 12/1 -j DROP",
+        "-A INPUT -p 1 --icmp-type 17",
+        "-A INPUT -v -p icmp --icmp-type address-mask-reply",
+    ],
+    "multiport": [
+        "-A INPUT -m multiport --dports 1",
+        "-A INPUT ! -p tcp -m multiport --dports 1",
+        "-A INPUT -p icmp -m multiport --dports 1",
+        "-A INPUT -p tcp -m multiport",
+        "-A INPUT -p tcp -m multiport --dports 1 --sports 2",
+        "-A INPUT -p tcp -m multiport --dports 1 --destination-ports 2",
+        "-A INPUT -p tcp -m multiport --ports 1 --dports 2 --sports 3",
+        "-A INPUT -p tcp -m multiport --ports 1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16",
+        "-A INPUT -p tcp -m multiport --ports 1,2,3,4,5,6,7,8,9,10,11,12,13,14:15",
+        "-A INPUT -p tcp -m multiport --ports 1,2,3,4,5,6,7,8,9,10,11,12,13:14,15",
+        "-A INPUT -p tcp -m multiport --ports 1,2,3,4,5,6,7,8,9,10,11,12,13,14,15:16",
+        "-A INPUT -p tcp -m multiport --ports 80:80",
+        "-A INPUT -p tcp -m multiport --ports 80:70",
+        "-A INPUT -p tcp -m multiport --ports 1,,2",
+        "-A INPUT -p tcp -m multiport --ports 1:2:3",
+        "-A INPUT -p tcp -m multiport --ports :3",
+        "-A INPUT -p tcp -m multiport --ports 1,",
+        "-A INPUT -p tcp -m multiport ! --dports ssh,http,1000:2000",
+        "-A INPUT -p udp -m multiport --sports domain,ntp",
+        "-A INPUT -p udp -m multiport --sports ssh",
+        "-A INPUT -p sctp -m multiport --sports 22,80",
+        "-A INPUT -p dccp -m multiport ! --ports 22,80",
+        "-A INPUT -p udplite -m multiport --source-ports 22,80",
+        "-A INPUT -p tcp -m multiport --ports 0x10,010",
+        "-A INPUT -m multiport --dports 1 -p tcp",
+        "-A INPUT -p tcp -m multiport --dports 22 -m multiport --sports 1024:65535 -j ACCEPT",
+        "-A INPUT -v -p tcp -m multiport --dports 22,25:26",
+    ],
+    "iprange": [
+        "-A INPUT -m iprange --src-range 1.1.1.10-1.1.1.1",
+        "-A INPUT -m iprange --src-range 1.1.1.1",
+        "-A INPUT -m iprange --src-range 1.2-1.3 --dst-range 10.0.0.0-10.255.255.255",
+        "-A INPUT -m iprange ! --src-range 1.2.3.4-1.2.3.400",
+        "-A INPUT -m iprange --src-range 1.2.3.4-",
+        "-A INPUT -m iprange --src-range -1.2.3.4",
+        "-A INPUT -m iprange --src-range 1.1.1.1-1.1.1.2-1.1.1.3",
+        "-A INPUT -m iprange --src-range 1.1.1.1 --src-range 1.1.1.2",
+        "-A INPUT -m iprange --src-range foo.com",
+        "-A INPUT -m iprange --dst-range 1.1.1.1/24",
+        "-A INPUT -m iprange --src-range 0x1.2.3.4",
+        "-A INPUT -m iprange --src-range 1.2.3.04",
+        "-A INPUT -m iprange ! --dst-range 1.2.3.4-1.2.3.5 ! --src-range 5.5.5.5",
+        "-A INPUT -m iprange --dst-range 0.0.0.0-255.255.255.255 -j DROP",
+        "-A INPUT -v -m iprange --src-range 10.0.0.1-10.0.0.9",
+    ],
+    "mac": [
+        "-A INPUT -m mac --mac-source 42:1:2:3:4:AB",
+        "-A INPUT -m mac ! --mac-source 0:0:0:0:0:0",
+        "-A INPUT -m mac --mac-source 42:01:02:03:04:005",
+        "-A INPUT -m mac --mac-source 42-01-02-03-04-05",
+        "-A INPUT -m mac --mac-source 42:01:02:03:04:",
+        "-A INPUT -m mac --mac-source :01:02:03:04:05",
+        "-A INPUT -m mac --mac-source 0x4:01:02:03:04:05",
+        "-A INPUT -m mac --mac-source ' 4:01:02:03:04:05'",
+        "-A INPUT -m mac --mac-source +4:01:02:03:04:05",
+        "-A INPUT -m mac --mac-source -4:01:02:03:04:05",
+        "-A INPUT -m mac --mac-source 1:2:3:4:5:6 --mac-source 1:2:3:4:5:6",
+        "-A OUTPUT -m mac --mac-source 1:2:3:4:5:6",
+        "-N c",
+        "-A c -m mac --mac-source 1:2:3:4:5:6",
+        "-A OUTPUT -j c",
+        "-A INPUT -j c",
+        "-A FORWARD -g c",
+        "-A FORWARD -m mac --mac-source 1:2:3:4:5:7 -j DROP",
+        "-A INPUT -v -m mac --mac-source 1:2:3:4:5:8",
+    ],
+    "comment": [
+        "-A INPUT -m comment --comment ''",
+        "-A INPUT -m comment --comment 'a b\"c\\\\d'\"'\"",
+        "-A INPUT -m comment --comment x --comment y",
+        "-A INPUT -m comment ! --comment x",
+        "-A INPUT -m comment --comment " + "y" * 256,
+        "-A INPUT -m comment --comment " + "z" * 300,
+        "-A INPUT -m comment --comment 'héllo wörld'",
+        "-A INPUT -m comment --comment '*/ x'",
+        "-A INPUT -m comment --comment a -m comment --comment b",
+        "-A INPUT -m comment --comment a_b-C9",
+        "-A INPUT -m comment --comment 'tab\there'",
+        "-A INPUT -p tcp --dport 22 -m comment --comment ssh -j ACCEPT",
+        "-A INPUT -v -m comment --comment 'shown by -v'",
+    ],
+    "mark": [
+        "-A INPUT -m mark --mark 1/",
+        "-A INPUT -m mark --mark /1",
+        "-A INPUT -m mark --mark 1x",
+        "-A INPUT -m mark --mark 1/2x",
+        "-A INPUT -m mark --mark 0x",
+        "-A INPUT -m mark --mark 010/0xffffffff",
+        "-A INPUT -m mark ! --mark 0xff/0xf",
+        "-A INPUT -m mark --mark 1 --mark 2",
+        "-A INPUT -m mark --mark 1/4294967296",
+        "-A INPUT -m mark --mark ' 5'",
+        "-A INPUT -m mark --mark 5/-1",
+        "-A INPUT -m mark --mark ''",
+        "-A INPUT -m mark --mark 0/0",
+        "-A INPUT -m mark --mark 0xABCDEF",
+        "-A INPUT -v -m mark --mark 7/0x7",
+    ],
+    "length": [
+        "-A INPUT -m length --length 5:3",
+        "-A INPUT -m length --length 1:2:3",
+        "-A INPUT -m length --length 1x",
+        "-A INPUT -m length --length ''",
+        "-A INPUT -m length --length :",
+        "-A INPUT -m length --length 0x10:010",
+        "-A INPUT -m length --length 5 --length 6",
+        "-A INPUT -m length --length 65536",
+        "-A INPUT -m length --length 4:4",
+        "-A INPUT -m length ! --length 1500:",
+        "-A INPUT -v -m length --length 40:60",
+    ],
+    "ttl": [
+        "-A INPUT -m ttl --ttl 5",
+        "-A INPUT -m ttl ! --ttl 5",
+        "-A INPUT -m ttl --ttl-lt 5 --ttl-gt 3",
+        "-A INPUT -m ttl --ttl-gt 5 --ttl-eq 3",
+        "-A INPUT -m ttl --ttl-eq 3 --ttl-lt 5",
+        "-A INPUT -m ttl --ttl-lt 1 --ttl-gt 2 --ttl-eq 3",
+        "-A INPUT -m ttl ! --ttl-lt 5",
+        "-A INPUT -m ttl ! --ttl-gt 5",
+        "-A INPUT -m ttl --ttl-lt 256",
+        "-A INPUT -m ttl --ttl-lt 0x10",
+        "-A INPUT -m ttl --ttl-",
+        "-A INPUT -m ttl --ttl-e 9",
+        "-A INPUT -m ttl --ttl-eq 1 --ttl 2",
+        "-A INPUT -m ttl --ttl-lt 0",
+        "-A INPUT -m ttl --ttl-gt 255",
+        "-A INPUT -v -m ttl --ttl-gt 64",
+    ],
+    "tcp": [
+        "-A INPUT -p tcp --tcp-flags SYN",
+        "-A INPUT -p tcp --tcp-flags SYN -j DROP",
+        "-A INPUT -p tcp --tcp-flags syn,ack,fin,fin ALL",
+        "-A INPUT -p tcp --tcp-flags ALL NONE",
+        "-A INPUT -p tcp --tcp-flags NONE NONE",
+        "-A INPUT -p tcp ! --tcp-flags ,SYN,, ,",
+        "-A INPUT -p tcp --tcp-flags FOO SYN",
+        "-A INPUT -p tcp --syn --tcp-flags SYN SYN",
+        "-A INPUT -p tcp ! --syn",
+        "-A INPUT -p tcp --tcp-option 0",
+        "-A INPUT -p tcp --tcp-option 256",
+        "-A INPUT -p tcp ! --tcp-option 8",
+        "-A INPUT -p tcp --tcp-option 2 --tcp-option 3",
+        "-A INPUT -p tcp --sport 5:3",
+        "-A INPUT -p tcp --sport 0:65535",
+        "-A INPUT -p tcp ! --sport 0:65535",
+        "-A INPUT -p tcp --sport ssh --dport http:https",
+        "-A INPUT -p tcp --sport 0x16 --dport 010",
+        "-A INPUT -p tcp --sport :",
+        "-A INPUT -p tcp --sport 1 --source-port 2",
+        "-A INPUT -p tcp --dport 1 --dport 2",
+        "-A INPUT -p tcp --sport nosuchservice",
+        "-A INPUT -p tcp --dp 8 --sp 9",
+        "-A INPUT ! -p tcp -m tcp",
+        "-A INPUT -p udp -m tcp",
+        "-A INPUT -p tcp --dport 22 --tcp-flags SYN,ACK SYN --tcp-option 2 -j ACCEPT",
+        "-A INPUT -v -p tcp ! --dport 22 --syn",
+    ],
+}
+
+
+@dataclass
+class Report:
+    """Mismatches collected over a run, so one failure shows them all."""
+
+    problems: list[str]
+
+    def check(self, p: Pair, *args: str) -> int:
+        """Compare one command; return the real tool's exit status."""
+        real, ours = p.both(*args)
+        if real != ours:
+            self.problems.append(
+                f"$ iptables {' '.join(shlex.quote(a) for a in args)}\n"
+                f"=== iptables-legacy\n{real}\n=== bpf-iptables\n{ours}")
+        return real.returncode
+
+
+def listings(p: Pair, report: Report) -> str:
+    """Compare every listing form; return the real -S text."""
+    real_s, ours_s = p.both("-S")
+    if real_s != ours_s:
+        report.problems.append(f"$ iptables -S\n=== legacy\n{real_s}\n=== ours\n{ours_s}")
+    report.check(p, "-L")
+    report.check(p, "-L", "-n", "-v", "-x")
+    report.check(p, "-L", "-v")
+    report.check(p, "-S", "INPUT", "1")
+    if HAVE_SAVE:
+        real, ours = p.both(tool="iptables-save")
+        if real != ours:
+            report.problems.append(f"$ iptables-save\n=== legacy\n{real}\n=== ours\n{ours}")
+    return real_s.stdout
+
+
+def run_commands(p: Pair, report: Report, commands: list[list[str]]) -> list[list[str]]:
+    """Run each command in both; return the -A commands that were accepted."""
+    accepted = []
+    for argv in commands:
+        rc = report.check(p, *argv)
+        if rc == 0 and argv[0] == "-A":
+            accepted.append(argv)
+    return accepted
+
+
+def check_and_delete(p: Pair, report: Report, accepted: list[list[str]]) -> None:
+    for argv in accepted:
+        report.check(p, "-C", *argv[1:])
+    for argv in reversed(accepted):
+        report.check(p, "-D", *argv[1:])
+
+
+@pytest.mark.parametrize("ext", sorted(T_FILES))
+def test_t_file_and_extras_against_iptables(ext: str) -> None:
+    lines = read_t_file(T_DIR / T_FILES[ext])
+    assert lines, f"{T_FILES[ext]} has no test lines"
+    report = Report([])
+    with pair(fast=True) as p:
+        commands = [["-A", line.chain, *shlex.split(line.rule)] for line in lines]
+        accepted = run_commands(p, report, commands)
+        # the oracle must agree with the .t file, so the comparison means something
+        accepted_rules = {(a[1], " ".join(a[2:])) for a in accepted}
+        for line in lines:
+            key = (line.chain, " ".join(shlex.split(line.rule)))
+            assert (key in accepted_rules) == line.ok, f"iptables-legacy disagrees with {line}"
+        saved = listings(p, report)
+        for line in lines:
+            if line.ok:
+                assert f"-A {line.chain} {line.save}\n" in saved, line
+        check_and_delete(p, report, accepted)
+        report.check(p, "-S")
+
+        p.reset()
+        extra = run_commands(p, report, [shlex.split(c) for c in EXTRA[ext]])
+        listings(p, report)
+        check_and_delete(p, report, extra)
+        report.check(p, "-S")
+    assert not report.problems, "\n\n".join(report.problems)
+
+
+# --- reference semantics -------------------------------------------------------
+
+def rule_of(spec: str) -> Rule:
+    """Parse "-A INPUT ..." with our parser into a model rule."""
+    parsed = CommandParser(["iptables", *shlex.split(spec)]).parse()
+    (rule,) = parsed.rules(Target(parsed.jumpto))
+    return rule
+
+
+def hits(spec: str, **packet) -> bool:
+    return rule_matches(rule_of(spec), Packet(**packet))
+
+
+UDP = dict(proto=17)
+TCP = dict(proto=6)
+
+
+def test_udp_matches() -> None:
+    assert hits("-A INPUT -p udp --dport 53", **UDP, dport=53)
+    assert not hits("-A INPUT -p udp --dport 53", **UDP, dport=54)
+    assert hits("-A INPUT -p udp --sport 1000:2000", **UDP, sport=1000)
+    assert hits("-A INPUT -p udp --sport 1000:2000", **UDP, sport=2000)
+    assert not hits("-A INPUT -p udp --sport 1000:2000", **UDP, sport=2001)
+    assert hits("-A INPUT -p udp ! --sport 1000:2000", **UDP, sport=999)
+    assert not hits("-A INPUT -p udp ! --sport 1000:2000", **UDP, sport=1500)
+    assert not hits("-A INPUT -p udp --sport 5:3", **UDP, sport=4)
+    assert hits("-A INPUT -p udp --sport 65536", **UDP, sport=0)
+    # non-first fragments have no ports: never match, even when inverted
+    assert not hits("-A INPUT -p udp ! --dport 53", **UDP, dport=1, frag_offset=5)
+    assert not hits("-A INPUT -p udp -m udp", **UDP, frag_offset=1)
+    assert hits("-A INPUT -p udp -m udp", **UDP, frag_offset=0, more_fragments=True)
+    assert not hits("-A INPUT -p udp --dport 53", **TCP, dport=53)
+
+
+def test_tcp_matches() -> None:
+    syn, ack = 0x02, 0x10
+    assert hits("-A INPUT -p tcp --syn", **TCP, tcp_flags=syn)
+    assert not hits("-A INPUT -p tcp --syn", **TCP, tcp_flags=syn | ack)
+    assert hits("-A INPUT -p tcp ! --syn", **TCP, tcp_flags=syn | ack)
+    # ECE/CWR are outside every mask
+    assert hits("-A INPUT -p tcp --syn", **TCP, tcp_flags=syn | 0xC0)
+    assert hits("-A INPUT -p tcp --tcp-flags ALL NONE", **TCP, tcp_flags=0)
+    assert hits("-A INPUT -p tcp --dport 22 --sport 1024:", **TCP, dport=22, sport=5000)
+    assert not hits("-A INPUT -p tcp ! --dport 22", **TCP, dport=22)
+    assert not hits("-A INPUT -p tcp ! --dport 22", **TCP, dport=23, frag_offset=2)
+    mss_wscale = bytes([2, 4, 5, 0xB4, 1, 3, 3, 7])
+    assert hits("-A INPUT -p tcp --tcp-option 3", **TCP, tcp_options=mss_wscale)
+    assert not hits("-A INPUT -p tcp --tcp-option 8", **TCP, tcp_options=mss_wscale)
+    assert hits("-A INPUT -p tcp ! --tcp-option 8", **TCP, tcp_options=mss_wscale)
+    assert not hits("-A INPUT -p tcp --tcp-option 8", **TCP, tcp_options=b"")
+    # a zero length byte advances by one (the kernel's "op[i+1] ?: 1")
+    assert hits("-A INPUT -p tcp --tcp-option 4", **TCP, tcp_options=bytes([9, 0, 4]))
+    # an option kind in the last byte is still found
+    assert hits("-A INPUT -p tcp --tcp-option 8", **TCP, tcp_options=bytes([1, 8]))
+
+
+def test_icmp_matches() -> None:
+    icmp = dict(proto=1)
+    assert hits("-A INPUT -p icmp --icmp-type any", **icmp, icmp_type=42, icmp_code=7)
+    assert not hits("-A INPUT -p icmp ! --icmp-type any", **icmp, icmp_type=42)
+    assert hits("-A INPUT -p icmp --icmp-type 255", **icmp, icmp_type=3)
+    assert hits("-A INPUT -p icmp --icmp-type echo-request", **icmp, icmp_type=8, icmp_code=9)
+    assert not hits("-A INPUT -p icmp --icmp-type echo-request", **icmp, icmp_type=0)
+    assert hits("-A INPUT -p icmp --icmp-type port-unreachable", **icmp, icmp_type=3, icmp_code=3)
+    assert not hits("-A INPUT -p icmp --icmp-type port-unreachable", **icmp, icmp_type=3,
+                    icmp_code=1)
+    assert hits("-A INPUT -p icmp --icmp-type 3/1:2", **icmp, icmp_type=3, icmp_code=2)
+    assert not hits("-A INPUT -p icmp --icmp-type 3/5:4", **icmp, icmp_type=3, icmp_code=4)
+    assert hits("-A INPUT -p icmp ! --icmp-type 8", **icmp, icmp_type=0)
+    assert not hits("-A INPUT -p icmp ! --icmp-type 8", **icmp, icmp_type=0, frag_offset=3)
+
+
+def test_multiport_matches() -> None:
+    spec = "-A INPUT -p tcp -m multiport --dports 22,80,1000:2000"
+    for port, expected in ((22, True), (80, True), (1000, True), (2000, True), (1500, True),
+                           (23, False), (999, False), (2001, False)):
+        assert hits(spec, **TCP, dport=port) is expected, port
+    assert not hits(spec, **TCP, dport=22, frag_offset=1)
+    inv = "-A INPUT -p tcp -m multiport ! --sports 22,80:90"
+    assert hits(inv, **TCP, sport=91)
+    assert not hits(inv, **TCP, sport=85)
+    assert not hits(inv, **TCP, sport=91, frag_offset=1)
+    either = "-A INPUT -p udp -m multiport --ports 53,100:200"
+    assert hits(either, **UDP, sport=53, dport=9)
+    assert hits(either, **UDP, sport=9, dport=150)
+    assert not hits(either, **UDP, sport=9, dport=99)
+
+
+def test_iprange_matches() -> None:
+    ip = lambda text: int.from_bytes(bytes(int(x) for x in text.split(".")), "big")  # noqa: E731
+    spec = "-A INPUT -m iprange --src-range 10.0.0.5-10.0.0.9"
+    assert hits(spec, src=ip("10.0.0.5"))
+    assert hits(spec, src=ip("10.0.0.9"))
+    assert not hits(spec, src=ip("10.0.0.10"))
+    assert not hits(spec, src=ip("10.0.0.4"))
+    assert not hits("-A INPUT -m iprange --src-range 1.1.1.10-1.1.1.1", src=ip("1.1.1.5"))
+    both = "-A INPUT -m iprange ! --src-range 1.0.0.0-1.255.255.255 --dst-range 2.2.2.2"
+    assert hits(both, src=ip("3.0.0.1"), dst=ip("2.2.2.2"))
+    assert not hits(both, src=ip("1.2.3.4"), dst=ip("2.2.2.2"))
+    assert not hits(both, src=ip("3.0.0.1"), dst=ip("2.2.2.3"))
+
+
+def test_mac_matches() -> None:
+    mac = bytes([0x42, 1, 2, 3, 4, 5])
+    assert hits("-A INPUT -m mac --mac-source 42:01:02:03:04:05", src_mac=mac)
+    assert not hits("-A INPUT -m mac --mac-source 42:01:02:03:04:06", src_mac=mac)
+    assert hits("-A INPUT -m mac ! --mac-source 42:01:02:03:04:06", src_mac=mac)
+    # no Ethernet header: no match, also when inverted
+    assert not hits("-A INPUT -m mac ! --mac-source 42:01:02:03:04:06", src_mac=None)
+
+
+def test_comment_mark_length_ttl_matches() -> None:
+    assert hits("-A INPUT -m comment --comment x")
+    assert hits("-A INPUT -m mark --mark 0x5", mark=5)
+    assert not hits("-A INPUT -m mark --mark 0x5", mark=0x105)
+    assert hits("-A INPUT -m mark --mark 0x5/0xff", mark=0x105)
+    assert hits("-A INPUT -m mark ! --mark 0x5/0xff", mark=0x106)
+    assert not hits("-A INPUT -m mark --mark 0xff/0xf", mark=0xff)
+    assert hits("-A INPUT -m mark --mark 0/0", mark=0xdeadbeef)
+    assert hits("-A INPUT -m length --length 40:60", length=40)
+    assert hits("-A INPUT -m length --length 40:60", length=60)
+    assert not hits("-A INPUT -m length --length 40:60", length=61)
+    assert hits("-A INPUT -m length ! --length 40:60", length=61)
+    assert hits("-A INPUT -m length --length 1500", length=1500)
+    assert not hits("-A INPUT -m length --length 60:40", length=50)
+    assert hits("-A INPUT -m ttl --ttl-eq 64", ttl=64)
+    assert not hits("-A INPUT -m ttl ! --ttl-eq 64", ttl=64)
+    assert hits("-A INPUT -m ttl ! --ttl 64", ttl=63)
+    assert hits("-A INPUT -m ttl --ttl-lt 10", ttl=9)
+    assert not hits("-A INPUT -m ttl --ttl-lt 10", ttl=10)
+    assert hits("-A INPUT -m ttl --ttl-gt 10", ttl=11)
+    assert not hits("-A INPUT -m ttl --ttl-gt 10", ttl=10)
+    assert not hits("-A INPUT -m ttl --ttl-lt 0", ttl=0)
