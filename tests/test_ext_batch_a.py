@@ -10,6 +10,7 @@ The matches() tests run parsed rules over crafted packets."""
 from __future__ import annotations
 
 import importlib.util
+import re
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
@@ -500,3 +501,22 @@ def test_comment_mark_length_ttl_matches() -> None:
     assert hits("-A INPUT -m ttl --ttl-gt 10", ttl=11)
     assert not hits("-A INPUT -m ttl --ttl-gt 10", ttl=10)
     assert not hits("-A INPUT -m ttl --ttl-lt 0", ttl=0)
+
+
+def test_help_texts_against_iptables() -> None:
+    """-h prints each loaded match's help (and -p PROTO's, if no -m)."""
+    def same_program(o) -> tuple[str, str, int]:
+        fix = lambda t: re.sub(r"\bbpf-iptables\b", "iptables", t)  # noqa: E731
+        return fix(o.stdout), fix(o.stderr), o.returncode
+
+    problems = []
+    commands = [["-m", name, "-h"] for name in sorted(T_FILES)]
+    commands += [["-p", "icmp", "-h"], ["-p", "udp", "-h"], ["-p", "tcp", "-m", "multiport", "-h"],
+                 ["-m", "comment", "-m", "mark", "-m", "ttl", "-h"]]
+    with pair(fast=True) as p:
+        for argv in commands:
+            real, ours = p.both(*argv)
+            assert real.returncode == 0 and "match options:" in real.stdout, argv
+            if same_program(real) != same_program(ours):
+                problems.append(f"$ iptables {' '.join(argv)}\n{real}\n=== ours\n{ours}")
+    assert not problems, "\n\n".join(problems)

@@ -16,6 +16,9 @@ class CommentData:
 
 class CommentMatch(XtOptionsExtension, MatchExtension):
     name = "comment"
+    help_text = (
+        "comment match options:\n"
+        "--comment COMMENT             Attach a comment to a rule\n")
     # XTOPT_PUT into a 256-byte buffer: longer comments are cut, not refused
     xt_options = (XtOption("comment", T.STRING, mand=True, size=MAX_COMMENT_LEN),)
 

@@ -110,8 +110,27 @@ def icmp_name(d: IcmpData) -> str | None:
     return None
 
 
+def icmp_types_text() -> str:
+    """xt_print_icmp_types(): aliases in parentheses, codes indented."""
+    out = ""
+    for i, entry in enumerate(ICMP_CODES):
+        prev = ICMP_CODES[i - 1] if i else None
+        if prev is not None and entry.type == prev.type:
+            if (entry.code_min, entry.code_max) == (prev.code_min, prev.code_max):
+                out += f" ({entry.name})"
+            else:
+                out += f"\n   {entry.name}"
+        else:
+            out += f"\n{entry.name}"
+    return out + "\n"
+
+
 class IcmpMatch(XtOptionsExtension, MatchExtension):
     name = "icmp"
+    help_text = ("icmp match options:\n"
+                 "[!] --icmp-type typename\tmatch icmp type\n"
+                 "[!] --icmp-type type[/code]\t(or numeric type or type/code)\n"
+                 "Valid ICMP Types:" + icmp_types_text())
     required_proto = 1  # ipt_icmp has .proto = IPPROTO_ICMP
     xt_options = (XtOption("icmp-type", T.STRING, invert=True, mand=True),)
 

@@ -49,6 +49,10 @@ def parse_range(text: str, option: str) -> tuple[int, int]:
 
 class IprangeMatch(XtOptionsExtension, MatchExtension):
     name = "iprange"
+    help_text = (
+        "iprange match options:\n"
+        "[!] --src-range ip[-ip]    Match source IP in the specified range\n"
+        "[!] --dst-range ip[-ip]    Match destination IP in the specified range\n")
     xt_options = (
         XtOption("src-range", T.STRING, invert=True),
         XtOption("dst-range", T.STRING, invert=True),

@@ -19,6 +19,10 @@ class LengthData:
 
 class LengthMatch(XtOptionsExtension, MatchExtension):
     name = "length"
+    help_text = (
+        "length match options:\n"
+        "[!] --length length[:length]    Match packet length against value or range\n"
+        "                                of values (inclusive)\n")
     # UINT16RC: "a", "a:b", ":b" (0:b), "a:" (a:65535); a > b is accepted
     xt_options = (XtOption("length", T.UINT16RC, invert=True, mand=True),)
 

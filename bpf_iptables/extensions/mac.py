@@ -19,6 +19,10 @@ def mac_text(addr: bytes) -> str:
 
 class MacMatch(XtOptionsExtension, MatchExtension):
     name = "mac"
+    help_text = (
+        "mac match options:\n"
+        "[!] --mac-source XX:XX:XX:XX:XX:XX\n"
+        "\t\t\t\tMatch source MAC address\n")
     # xt_mac's .hooks: the kernel refuses the match in OUTPUT (also via a
     # user chain jumped to from OUTPUT) with EINVAL.
     allowed_hooks = frozenset({"PREROUTING", "INPUT", "FORWARD"})

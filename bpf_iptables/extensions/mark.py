@@ -48,6 +48,9 @@ class MarkData:
 
 class MarkMatch(XtOptionsExtension, MatchExtension):
     name = "mark"
+    help_text = (
+        "mark match options:\n"
+        "[!] --mark value[/mask]    Match nfmark value with optional mask\n")
     xt_options = (XtOption("mark", T.MARKMASK32, invert=True, mand=True),)
 
     def parse_value(self, opt: XtOption, arg: str) -> Any:

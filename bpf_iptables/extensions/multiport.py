@@ -88,6 +88,16 @@ def _ports_text(d: MultiportData, numeric: bool) -> str:
 
 class MultiportMatch(XtOptionsExtension, MatchExtension):
     name = "multiport"
+    help_text = (
+        "multiport match options:\n"
+        "[!] --source-ports port[,port:port,port...]\n"
+        " --sports ...\n"
+        "\t\t\t\tmatch source port(s)\n"
+        "[!] --destination-ports port[,port:port,port...]\n"
+        " --dports ...\n"
+        "\t\t\t\tmatch destination port(s)\n"
+        "[!] --ports port[,port:port,port]\n"
+        "\t\t\t\tmatch both source and destination port(s)\n")
     xt_options = (
         XtOption("source-ports", T.STRING, invert=True, id="sports", excl=_ALL),
         XtOption("sports", T.STRING, invert=True, id="sports", excl=_ALL),

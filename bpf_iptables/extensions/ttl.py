@@ -21,6 +21,11 @@ class TtlData:
 
 class TtlMatch(XtOptionsExtension, MatchExtension):
     name = "ttl"
+    help_text = (
+        "ttl match options:\n"
+        "[!] --ttl-eq value\tMatch time to live value\n"
+        "  --ttl-lt value\tMatch TTL < value\n"
+        "  --ttl-gt value\tMatch TTL > value\n")
     # Table order as in libipt_ttl (it decides getopt abbreviations); "--ttl"
     # is a synonym of --ttl-eq, and as it shares its id, "! --ttl" is allowed.
     xt_options = (

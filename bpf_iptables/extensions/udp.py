@@ -16,6 +16,14 @@ class UdpData:
 
 class UdpMatch(XtOptionsExtension, MatchExtension):
     name = "udp"
+    help_text = (
+        "udp match options:\n"
+        "[!] --source-port port[:port]\n"
+        " --sport ...\n"
+        "\t\t\t\tmatch source port(s)\n"
+        "[!] --destination-port port[:port]\n"
+        " --dport ...\n"
+        "\t\t\t\tmatch destination port(s)\n")
     required_proto = 17  # xt_tcpudp registers "udp" with .proto = IPPROTO_UDP
     # PORTRC goes through getaddrinfo(): "65536" is port 0, "010" is 10,
     # "a:b" with a > b is accepted (and never matches).
