@@ -520,3 +520,58 @@ def test_help_texts_against_iptables() -> None:
             if same_program(real) != same_program(ours):
                 problems.append(f"$ iptables {' '.join(argv)}\n{real}\n=== ours\n{ours}")
     assert not problems, "\n\n".join(problems)
+
+
+MIXED = [
+    "-A INPUT -p udp -m multiport --dports 1,2 --sport 5",
+    "-A INPUT -p tcp -m multiport --dports 22 --syn -j ACCEPT",
+    "-A INPUT -p tcp --dport 22 -m multiport --sports 1,2",
+    "-A INPUT -p tcp -m multiport --dp 22",
+    "-A INPUT -p udp -m udp --dport 53 -m comment --comment dns -m length --length 0:512"
+    " -m ttl --ttl-gt 1 -m mark --mark 1 -m iprange --src-range 10.0.0.1-10.0.0.5"
+    " -m mac --mac-source 00:11:22:33:44:55 -j ACCEPT",
+    "-A INPUT -m iprange --src-r 1.1.1.1",
+    "-A INPUT -m comment --com x",
+    "-A INPUT -m length --len 5",
+    "-A INPUT -m mac --mac 1:2:3:4:5:6",
+    "-A INPUT -m mark --ma 1",
+    "-A INPUT -m mark --mark=7",
+    "-A INPUT -p icmp --icmp 8",
+    "-A INPUT -p icmp --icmp-type=echo-reply",
+    "-A INPUT -m icmp --icmp-type 8 -p icmp",
+    "-A INPUT -m ttl --ttl-eq 1 -m ttl --ttl-lt 9",
+    "-A INPUT -m comment --comment 'with \"quotes\" and \\\\ backslash' -j DROP",
+    "-A FORWARD -s 10.0.0.0/8 -p tcp -m tcp --sport 1024:65535 -m multiport --dports 80,443 -j ACCEPT",
+    "-A OUTPUT -o lo -p udp --dport 53 -m length ! --length 0:100",
+    "-N user",
+    "-A user -p icmp --icmp-type 0 -j RETURN",
+    "-A INPUT -j user",
+    "-R INPUT 1 -p udp --dport 99",
+    "-I INPUT 2 -m ttl --ttl 3",
+    "-A INPUT -f -p udp --dport 53",
+]
+
+
+def test_mixed_rules_and_save_restore_roundtrip() -> None:
+    """Several batch-A matches in one rule, abbreviations, -R/-I, and the
+    save text of every accepted rule fed back through iptables-restore."""
+    report = Report([])
+    with pair(fast=True) as p:
+        accepted = run_commands(p, report, [shlex.split(c) for c in MIXED])
+        assert len(accepted) >= 15, accepted
+        listings(p, report)
+        saved, _ = p.both(tool="iptables-save")
+        assert "--comment" in saved.stdout and "--mac-source" in saved.stdout
+        report.check(p, "-F")
+        report.check(p, "-X")
+        real, ours = p.both(tool="iptables-restore", input=saved.stdout)
+        assert real.returncode == 0, real
+        if real != ours:
+            report.problems.append(f"$ iptables-restore\n{real}\n=== ours\n{ours}")
+        after_real, after_ours = p.both(tool="iptables-save")
+        if after_real != after_ours:
+            report.problems.append(f"$ iptables-save after restore\n{after_real}\n=== ours\n"
+                                   f"{after_ours}")
+        assert after_real.stdout.split("COMMIT")[0] == saved.stdout.split("COMMIT")[0]
+        check_and_delete(p, report, [a for a in accepted if a[1] != "user"])
+    assert not report.problems, "\n\n".join(report.problems)
