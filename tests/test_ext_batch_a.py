@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from bpf_iptables.cmdline.parse import CommandParser
-from bpf_iptables.model import Rule, Target
-from bpf_iptables.reference.evaluate import rule_matches
+from bpf_iptables.model import Rule, Table, Target
+from bpf_iptables.reference.evaluate import HotDrop, evaluate, rule_matches
 from bpf_iptables.reference.packet import Packet
 from tests.support.pair import Pair, pair
 
@@ -413,6 +413,13 @@ def test_tcp_matches() -> None:
     assert hits("-A INPUT -p tcp --dport 22 --sport 1024:", **TCP, dport=22, sport=5000)
     assert not hits("-A INPUT -p tcp ! --dport 22", **TCP, dport=22)
     assert not hits("-A INPUT -p tcp ! --dport 22", **TCP, dport=23, frag_offset=2)
+    # a TCP fragment at offset 1 is dropped on the spot, whatever the rules say
+    with pytest.raises(HotDrop):
+        hits("-A INPUT -p tcp ! --dport 22", **TCP, dport=23, frag_offset=1)
+    table = Table.empty("filter")
+    table.chains["INPUT"].rules.append(rule_of("-A INPUT -p tcp --dport 1 -j ACCEPT"))
+    assert evaluate(table, Packet(**TCP, frag_offset=1)).verdict == "DROP"
+    assert evaluate(table, Packet(**TCP, frag_offset=2)).verdict == "ACCEPT"  # policy
     mss_wscale = bytes([2, 4, 5, 0xB4, 1, 3, 3, 7])
     assert hits("-A INPUT -p tcp --tcp-option 3", **TCP, tcp_options=mss_wscale)
     assert not hits("-A INPUT -p tcp --tcp-option 8", **TCP, tcp_options=mss_wscale)

@@ -202,6 +202,12 @@ class TcpMatch(MatchExtension):
 
     def matches(self, d: TcpData, pkt: Any) -> bool:
         if pkt.is_fragment:
+            # tcp_mt(): an offset-1 fragment could overwrite the flags of
+            # the first one; the kernel drops it outright ("evil" fragment)
+            if pkt.frag_offset == 1:
+                from ..reference.evaluate import HotDrop
+
+                raise HotDrop()
             return False
         if not d.sport.matches(pkt.sport) or not d.dport.matches(pkt.dport):
             return False
