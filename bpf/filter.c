@@ -8,7 +8,8 @@
  * matching entry. An entry bumps its rule's per-CPU counters and either
  * ends the scan with a verdict or continues it at a given entry (the next
  * one for counting-only rules and chain calls, further on for RETURN and
- * the end of a goto). Falling off the end applies the policy.
+ * the end of a goto). The last entry matches every packet: it is the
+ * policy, counted in counter slot 0.
  *
  * The shape comes from -D flags (see program.py): NWORDS (bitvector words,
  * a power of two), NENTRIES (= 64 * NWORDS), NCOUNTERS, STEPS (scan loop
@@ -22,15 +23,11 @@
 #include "lib/ranges.h"
 
 #define VERDICT_CONTINUE 0xFFFFFFFFu
-#define POLICY_COUNTER 0
 
 struct config {
-	u32 nwords;	  /* words holding entries (<= NWORDS) */
-	u32 policy;	  /* XDP verdict on fall-through */
 	u32 first_word;	  /* always 0; read from the map so the verifier treats
 			   * the word index as a range, not as a constant per
 			   * path (constants would defeat state pruning) */
-	u32 pad;
 };
 
 struct entry {
@@ -207,7 +204,6 @@ int xdp_filter(struct xdp_md *ctx)
 		return XDP_ABORTED;
 #endif
 
-	u32 nwords = cfg->nwords;
 	u64 w = cfg->first_word & (NWORDS - 1);
 	u64 cur = AND_WORD(w);
 	u32 length = pf.length;
@@ -216,10 +212,10 @@ int xdp_filter(struct xdp_md *ctx)
 #pragma clang loop unroll(disable)
 	for (u32 i = 0; i < STEPS; i++) {
 		if (cur == 0) {
-			w += 1;
-			if (w >= nwords)
-				goto policy;
-			w &= NWORDS - 1;
+			/* no compare with the entry count: the policy entry's bit
+			 * ends every scan (a bound depending on map data would
+			 * make the verifier keep apart states it can merge) */
+			w = (w + 1) & (NWORDS - 1);
 			cur = AND_WORD(w);
 			continue;
 		}
@@ -237,8 +233,4 @@ int xdp_filter(struct xdp_md *ctx)
 	}
 	/* unreachable when STEPS is sized right: fail closed, visibly */
 	return XDP_ABORTED;
-
-policy:
-	count(POLICY_COUNTER, length);
-	return cfg->policy;
 }

@@ -13,6 +13,9 @@ Step 2, field tables: for every field in use, one bitvector per field
 value (LPM prefix, protocol, ifindex, port interval, ...), with bit e set
 when entry e's constraints on that field hold for that value.
 
+The last entry is the policy: it has no constraints, so its bit is set in
+every field's bitvectors and ends every scan that gets that far.
+
 Counter slots: 0 is the policy, 1 a scratch slot for uncounted entries,
 rules of the table from 2 on (in chain order), so each inlined copy of a
 rule bumps the rule's own counters."""
@@ -36,7 +39,7 @@ PROTO_DEFAULT = 256
 TCP_FLAGS_NONE = 64
 # The scan loop's bound: the verifier walks it once per iteration and keeps
 # a branch history per path, which is what limits it (see field notes).
-MAX_STEPS = 4000
+MAX_STEPS = 3000
 FIELD_ORDER = ("src", "dst", "proto", "iif", "frag", "flags", "sport", "dport")
 
 
@@ -107,10 +110,6 @@ class Compiled:
     dport_bounds: list[int] = field(default_factory=list)
     dport: list[int] = field(default_factory=list)
 
-    @property
-    def nwords_used(self) -> int:
-        return (len(self.entries) + 1 + 63) // 64
-
 
 def pow2_at_least(n: int) -> int:
     p = 1
@@ -168,6 +167,9 @@ def inline(table: Table, hook: str, slots: dict[tuple[str, int], int]) -> list[E
 
     walk(hook, [], end, 0)
     end.index = len(entries)
+    # the policy: an entry without constraints, so every scan ends here
+    policy = VERDICTS[table.chains[hook].policy or "ACCEPT"]
+    entries.append(Entry(EntryFields(), POLICY_COUNTER, policy, len(entries) + 1))
     return entries
 
 
@@ -292,7 +294,7 @@ def compile_chain(table: Table, hook: str = "INPUT", interfaces: dict[str, int] 
         if not e.fields.never:
             used |= e.fields.uses()
     nonterminal = sum(1 for e in entries if e.verdict == VERDICT_CONTINUE)
-    nwords = pow2_at_least((n + 1 + 63) // 64)  # room for bit n: "continue at end"
+    nwords = pow2_at_least((n + 63) // 64)
     steps = nwords + 2 * nonterminal + 2
     if steps > MAX_STEPS:
         raise NotSupported(f"more than {(MAX_STEPS - nwords) // 2} non-terminating rules "

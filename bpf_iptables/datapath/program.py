@@ -42,12 +42,12 @@ class RuleCounters:
 class LoadedProgram:
     """One loaded XDP program and its maps (owned by a bcc BPF object)."""
 
-    def __init__(self, shape: Shape):
+    def __init__(self, shape: Shape, debug: int = 0):
         from bcc import BPF  # imported late: only the data path needs bcc
 
         self.shape = shape
         start = time.monotonic()
-        self.bpf = BPF(src_file=str(SOURCE).encode(), cflags=cflags(shape))
+        self.bpf = BPF(src_file=str(SOURCE).encode(), cflags=cflags(shape), debug=debug)
         self.fn = self.bpf.load_func(FUNCTION.encode(), BPF.XDP)
         self.compile_seconds = time.monotonic() - start
         self.compiled: Compiled | None = None
@@ -86,7 +86,7 @@ class LoadedProgram:
         fields = self.shape.fields
         cfg = b[b"config_map"]
         leaf = cfg.Leaf()
-        leaf.nwords, leaf.policy, leaf.first_word = c.nwords_used, c.policy, 0
+        leaf.first_word = 0
         cfg[ctypes.c_int(0)] = leaf
         self._array("live_map", [c.live], [0])
         # entries: stale ones beyond the new list are never reached (no live bit)
