@@ -67,7 +67,7 @@ def markdown(results: Results) -> str:
         ratio_cell = f"{r:.1f}x" if r is not None else "n/a"
         ok = "n/a" if r is None else ("yes" if r <= TARGET_RATIO else "no")
         lines.append(f"| {label} | {_cell(legacy)} | {_cell(ours)} | {ratio_cell} | {ok} |")
-    lines += ["", "Floors (the same for every run of a tool, included in the times above):", "",
+    lines += ["", "Fixed costs contained in the times above (same machine, same run):", "",
               "| what | median (min–max) |", "|---|---|"]
     for m in results.measurements:
         if m.tool == "-":
