@@ -92,6 +92,11 @@ EXTRA: dict[str, list[str]] = {
         "-I INPUT -p udp --dport 33",
         "-A INPUT -p udp --dport",
         "-A INPUT -p 17 --dport 9",
+        "-A INPUT -p udp --sport ' 5'",
+        "-A INPUT -p udp --sport '5 '",
+        "-A INPUT -p udp --sport 4294967297",
+        "-A INPUT -p udp --sport 99999999999999999999",
+        "-A INPUT -p udp --sport ftp-data:ssh",
     ],
     "icmp": [
         "-A INPUT -p icmp -m icmp",
@@ -128,6 +133,16 @@ EXTRA: dict[str, list[str]] = {
         "-A INPUT -p icmp --icmp-type 12/1 -j DROP",
         "-A INPUT -p 1 --icmp-type 17",
         "-A INPUT -v -p icmp --icmp-type address-mask-reply",
+        "-A INPUT -p icmp --icmp-type ' 8'",
+        "-A INPUT -p icmp --icmp-type '8/ 0'",
+        "-A INPUT -p icmp --icmp-type 8/0:",
+        "-A INPUT -p icmp --icmp-type 8:8/0:3",
+        "-A INPUT -p icmp --icmp-type -8",
+        "-A INPUT -p icmp --icmp-type 010",
+        "-A INPUT -p icmp --icmp-type any/3",
+        "-A INPUT -p icmp --icmp-type e",
+        "-A INPUT -p icmp --icmp-type de",
+        "-A INPUT -p icmp --icmp-type TOS-h",
     ],
     "multiport": [
         "-A INPUT -m multiport --dports 1",
@@ -157,6 +172,12 @@ EXTRA: dict[str, list[str]] = {
         "-A INPUT -m multiport --dports 1 -p tcp",
         "-A INPUT -p tcp -m multiport --dports 22 -m multiport --sports 1024:65535 -j ACCEPT",
         "-A INPUT -v -p tcp -m multiport --dports 22,25:26",
+        "-A INPUT -p all -m multiport --dports 1",
+        "-A INPUT -p 6 -m multiport --dports ssh,0x10",
+        "-A INPUT -p udp -m multiport --dports ' 53'",
+        "-A INPUT -p udp -m multiport --dports '53 '",
+        "-A INPUT -p udp -m multiport --dports 65536",
+        "-A INPUT -p tcp -m multiport --dports 0:1,1:65535",
     ],
     "iprange": [
         "-A INPUT -m iprange --src-range 1.1.1.10-1.1.1.1",
@@ -174,6 +195,12 @@ EXTRA: dict[str, list[str]] = {
         "-A INPUT -m iprange ! --dst-range 1.2.3.4-1.2.3.5 ! --src-range 5.5.5.5",
         "-A INPUT -m iprange --dst-range 0.0.0.0-255.255.255.255 -j DROP",
         "-A INPUT -v -m iprange --src-range 10.0.0.1-10.0.0.9",
+        "-A INPUT -m iprange --src-range 001.002.003.004-1.1.1.1",
+        "-A INPUT -m iprange --src-range 1.1.1.1-001.002.003.00400000",
+        "-A INPUT -m iprange --src-range 1.2.3.4.5",
+        "-A INPUT -m iprange --src-range 1..3.4",
+        "-A INPUT -m iprange --src-range ''",
+        "-A INPUT -m iprange --src-range 08.1.1.1",
     ],
     "mac": [
         "-A INPUT -m mac --mac-source 42:1:2:3:4:AB",
@@ -195,6 +222,8 @@ EXTRA: dict[str, list[str]] = {
         "-A FORWARD -g c",
         "-A FORWARD -m mac --mac-source 1:2:3:4:5:7 -j DROP",
         "-A INPUT -v -m mac --mac-source 1:2:3:4:5:8",
+        "-A INPUT -m mac --mac-source 'aa:bb:cc:dd:ee:ff '",
+        "-A INPUT -m mac --mac-source AA:BB:CC:DD:EE:FF",
     ],
     "comment": [
         "-A INPUT -m comment --comment ''",
@@ -210,6 +239,8 @@ EXTRA: dict[str, list[str]] = {
         "-A INPUT -m comment --comment 'tab\there'",
         "-A INPUT -p tcp --dport 22 -m comment --comment ssh -j ACCEPT",
         "-A INPUT -v -m comment --comment 'shown by -v'",
+        "-A INPUT -m comment --comment '`x`'",
+        "-A INPUT -m comment --comment a=b",
     ],
     "mark": [
         "-A INPUT -m mark --mark 1/",
@@ -227,6 +258,9 @@ EXTRA: dict[str, list[str]] = {
         "-A INPUT -m mark --mark 0/0",
         "-A INPUT -m mark --mark 0xABCDEF",
         "-A INPUT -v -m mark --mark 7/0x7",
+        "-A INPUT -m mark --mark 0x100000000",
+        "-A INPUT -m mark --mark 0xFFFFFFFF/0XF",
+        "-A INPUT -m mark --mark 1/0",
     ],
     "length": [
         "-A INPUT -m length --length 5:3",
@@ -240,6 +274,9 @@ EXTRA: dict[str, list[str]] = {
         "-A INPUT -m length --length 4:4",
         "-A INPUT -m length ! --length 1500:",
         "-A INPUT -v -m length --length 40:60",
+        "-A INPUT -m length --length ' 5'",
+        "-A INPUT -m length --length '5: 6'",
+        "-A INPUT -m length --length +5",
     ],
     "ttl": [
         "-A INPUT -m ttl --ttl 5",
@@ -258,6 +295,9 @@ EXTRA: dict[str, list[str]] = {
         "-A INPUT -m ttl --ttl-lt 0",
         "-A INPUT -m ttl --ttl-gt 255",
         "-A INPUT -v -m ttl --ttl-gt 64",
+        "-A INPUT -m ttl --ttl-eq ' 5'",
+        "-A INPUT -m ttl --ttl-eq '5 '",
+        "-A INPUT -m ttl --ttl-eq ''",
     ],
     "tcp": [
         "-A INPUT -p tcp --tcp-flags SYN",
@@ -557,6 +597,40 @@ MIXED = [
     "-I INPUT 2 -m ttl --ttl 3",
     "-A INPUT -f -p udp --dport 53",
 ]
+
+
+# (added rule, the same rule spelled differently): -C must find it
+EQUIVALENT = [
+    ("-p udp --sport 1:1", "-p udp -m udp --source-port 1"),
+    ("-p icmp --icmp-type echo-request", "-p icmp -m icmp --icmp-type 8"),
+    ("-p icmp --icmp-type 3/3", "-p icmp --icmp-type port-unr"),
+    ("-p tcp -m multiport --ports 22,80:90", "-p 6 -m multiport --ports ssh,80:90"),
+    ("-m iprange --src-range 1.1.1.1", "-m iprange --src-range 1.1.1.1-1.1.1.1"),
+    ("-m ttl --ttl 5", "-m ttl --ttl-eq 5"),
+    ("-m ttl ! --ttl 5", "-m ttl ! --ttl-eq 5"),
+    ("-m mark --mark 1", "-m mark --mark 0x1/0xffffffff"),
+    ("-m length --length 5", "-m length --length 5:5"),
+    ("-m mac --mac-source a:b:c:d:e:f", "-m mac --mac-source 0A:0B:0C:0D:0E:0F"),
+    ("-m comment --comment " + "c" * 300, "-m comment --comment " + "c" * 255),
+    ("-p tcp --syn", "-p tcp --tcp-flags FIN,SYN,RST,ACK SYN"),
+    # and some that must not be found
+    ("-p udp ! --sport 0:65535", "-p udp --sport 0:65535"),
+    ("-p icmp --icmp-type 3/1:2", "-p icmp --icmp-type 3/1"),
+    ("-m length --length 5", "-m length ! --length 5"),
+]
+
+
+def test_equivalent_spellings_check_and_delete() -> None:
+    report = Report([])
+    with pair(fast=True) as p:
+        for index, (added, other) in enumerate(EQUIVALENT):
+            assert report.check(p, "-A", "INPUT", *shlex.split(added)) == 0, added
+            found = report.check(p, "-C", "INPUT", *shlex.split(other)) == 0
+            assert found == (index < len(EQUIVALENT) - 3), (added, other)
+            report.check(p, "-D", "INPUT", *shlex.split(other))
+            report.check(p, "-S")
+            report.check(p, "-F")
+    assert not report.problems, "\n\n".join(report.problems)
 
 
 def test_mixed_rules_and_save_restore_roundtrip() -> None:
