@@ -80,7 +80,8 @@ class FileSession:
     def saved_lines(self, table: str) -> tuple[list[str], str]:
         """The rule lines of the save output (or of ``-S`` until save exists)."""
         if self.use_save:
-            result = self.netns.bpf_save("-t", table)
+            # Upstream's runner dumps everything with a bare iptables-save.
+            result = self.netns.bpf_save()
             what = "bpf-iptables-save"
         else:
             result = self.bpf("-t", table, "-S")

@@ -6,7 +6,9 @@ line with its reason.  The pytest module ``test_iptables_t`` runs the same
 checks, one test per line.
 
 Options: ``-v`` also lists the exclusions; file names (``libxt_udp.t``)
-restrict the run to those files.  Exit status 0 when the bar is met, 1 if
+restrict the run to those files; ``--refusals`` instead checks that the
+lines of the excluded files which iptables accepts are refused as "not
+supported" (not part of the pass rate).  Exit status 0 when the bar is met, 1 if
 not, 2 when the test files cannot be found.
 """
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Iterable, Iterator
 
 from .checks import FileSession, LineOutcome
 from .executor import exec_mode, save_available
-from .selection import SelectedLine, Selection, TestsDirMissing, select
+from .selection import SelectedLine, Selection, TestsDirMissing, refusal_lines, select
 
 ACCEPTANCE_BAR = 0.98
 
@@ -110,13 +112,31 @@ def summarise(selection: Selection, outcomes: list[LineOutcome], verbose: bool, 
     return met
 
 
+def run_refusals(lines: list[SelectedLine], files: list[str]) -> int:
+    """Out-of-scope lines iptables accepts: each must be refused (exit 2)."""
+    lines = [s for s in lines if not files or s.line.file in files]
+    outcomes = list(run_lines(lines))
+    refused = [o for o in outcomes if o.passed]
+    print(f"out-of-scope lines refused as not supported: {len(refused)}/{len(outcomes)}")
+    for o in outcomes:
+        if not o.passed:
+            print(f"  {o.selected.line.test_id} {o.selected.line.rule}")
+            for reason in o.failures:
+                print(f"      {reason}")
+    return 0 if len(refused) == len(outcomes) else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m compat_tests.runner")
     parser.add_argument("files", nargs="*", help="only these .t files (by name)")
     parser.add_argument("-v", "--verbose", action="store_true", help="also list exclusions")
+    parser.add_argument("--refusals", action="store_true",
+                        help="instead check that the excluded files' accepted lines are refused")
     args = parser.parse_args(argv)
     try:
         selection = select()
+        if args.refusals:
+            return run_refusals(refusal_lines(selection.tests_dir), args.files)
     except TestsDirMissing as exc:
         print(f"compat_tests: {exc}", file=sys.stderr)
         return 2

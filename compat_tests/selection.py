@@ -187,3 +187,26 @@ def _file_reason(name: str) -> str:
         return "not an IPv4 iptables test file"
     ext = name.removesuffix(".t").split("_", 1)[-1]
     return f"extension {ext} is not one bpf-iptables supports"
+
+
+def refusal_lines(directory: Path | None = None) -> list[SelectedLine]:
+    """Lines of the excluded files that iptables-legacy accepts in the filter
+    table and that name an unsupported extension: bpf-iptables must refuse
+    every one with exit 2 "not supported".  Not part of the pass rate (the
+    lines are out of scope); a separate check of the rule that an
+    unenforceable rule is never accepted and ignored.  Every such line in
+    1.8.9's files names its extension with -m/-j, so implicit matches
+    (``-p sctp --dport 1``) need no handling here."""
+    directory = directory or tests_dir()
+    lines: list[SelectedLine] = []
+    for path in sorted(directory.glob("*.t")):
+        if path.name in IN_SCOPE_FILES or path.name.startswith(("libip6t_", "libarpt_", "libebt_")):
+            continue
+        for line in parse_file(path).lines:
+            if line.table_name != SCOPE_TABLE or line.legacy_result() == "FAIL":
+                continue
+            foreign = foreign_extensions(line.rule_argv)
+            if foreign:
+                lines.append(SelectedLine(line, Expect.REFUSED, foreign))
+    return lines
+

@@ -152,3 +152,10 @@ def test_save_fallback_to_list_rules(tmp_path: Path) -> None:
         assert s.check(line).passed
     finally:
         s.close()
+
+
+def test_accepting_a_rule_that_must_be_refused_is_caught(session: FileSession, tmp_path: Path) -> None:
+    (line,) = _one(tmp_path, ":INPUT\n-p tcp -m tcp --dport 7;=;OK\n")
+    pretend = selection.SelectedLine(line.line, Expect.REFUSED, ("tcp",))
+    outcome = session.check(pretend)
+    assert not outcome.passed and "not supported" in outcome.failures[0]
