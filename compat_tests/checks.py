@@ -78,7 +78,8 @@ class FileSession:
         return self.netns.bpf_iptables(*args)
 
     def saved_lines(self, table: str) -> tuple[list[str], str]:
-        """The rule lines of the save output (or of ``-S`` until save exists)."""
+        """The lines of the save output (or of ``-S`` until save exists), and
+        which of the two it was, for messages."""
         if self.use_save:
             # Upstream's runner dumps everything with a bare iptables-save.
             result = self.netns.bpf_save()
@@ -107,6 +108,10 @@ class FileSession:
                 self._check_chain(selected, chain)
         except CheckFailed as exc:
             outcome.failures.append(str(exc))
+        except (RuntimeError, OSError, ValueError) as exc:
+            # e.g. the fork server died: this line's result is unknown, so it
+            # does not pass, and the reason says it is the harness's fault.
+            outcome.failures.append(f"harness error: {exc!r}")
         return outcome
 
     def _check_chain(self, selected: SelectedLine, chain: str) -> None:

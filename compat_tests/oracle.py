@@ -9,6 +9,7 @@ it is never the thing under test.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 from tests.support.netns import Result
 
@@ -54,7 +55,8 @@ class LegacyOracle:
             self._session = None
 
 
-def replay_setup(setup: tuple[SetupCommand, ...], iptables, other) -> None:
+def replay_setup(setup: tuple[SetupCommand, ...], iptables: Callable[..., Result],
+                 other: Callable[[list[str]], Result]) -> None:
     """Run a line's preceding ``@``/``%`` commands, ignoring their outcome
     as upstream does.  iptables commands go to the iptables under test
     (``iptables(*args)``), anything else runs as is (``other(argv)``)."""

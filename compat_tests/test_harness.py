@@ -11,7 +11,7 @@ import pytest
 
 from compat_tests import selection
 from compat_tests.checks import FileSession
-from compat_tests.selection import Expect, classify, named_extensions, select_file
+from compat_tests.selection import Expect, named_extensions, select_file
 from compat_tests.tfile import TFileError, parse_file
 
 SAMPLE = """\
