@@ -187,3 +187,59 @@ class FileSession:
         after = self.bpf("-t", line.table_name, "-S")
         if (after.returncode, after.stdout) != (before.returncode, before.stdout):
             raise CheckFailed(f"the rejected -A changed the rule set: {_rule_lines(after.stdout)!r}")
+
+
+# Upstream's fast mode loads a file's OK rules in one iptables-restore, in
+# this chain order, and expects the dump to list them as SAVE says.
+RESTORE_CHAIN_ORDER = ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING")
+
+
+def restore_batch(lines: list[SelectedLine]) -> tuple[str, list[str]]:
+    """(iptables-restore input, expected rule lines) for a file's OK lines."""
+    per_chain: dict[str, list[tuple[str, str]]] = {}
+    table = "filter"
+    for selected in lines:
+        line = selected.line
+        table = line.table_name
+        for chain in line.chains:
+            per_chain.setdefault(chain, []).append(
+                (f"-A {chain} {line.rule}", line.expected_save_line(chain)))
+    data, expected = [f"*{table}"], []
+    for chain in RESTORE_CHAIN_ORDER:
+        for rule, saved in per_chain.get(chain, []):
+            data.append(rule)
+            expected.append(saved)
+    data.append("COMMIT")
+    return "\n".join(data) + "\n", expected
+
+
+def restore_eligible(lines: list[SelectedLine]) -> list[SelectedLine]:
+    """OK lines of a file upstream would run in fast mode (no setup
+    commands, no variant-scoped results, one table)."""
+    if any(s.line.setup or s.line.variant or s.line.table for s in lines):
+        return []
+    return [s for s in lines if s.expect is Expect.OK]
+
+
+def check_restore(session: FileSession, lines: list[SelectedLine]) -> list[str]:
+    """Upstream's fast mode for one file; returns the failures (none: pass)."""
+    eligible = restore_eligible(lines)
+    if not eligible:
+        return []
+    data, expected = restore_batch(eligible)
+    try:
+        session.prepare(eligible[0].line)
+        restored = session.netns.bpf_restore(input=data)
+        if restored.returncode != 0:
+            return [f"restore exited {restored.returncode}: {_brief(restored)}"]
+        saved, tool = session.saved_lines("filter")
+        got = _rule_lines("\n".join(saved))
+        if got != expected:
+            missing = [l for l in expected if l not in got]
+            extra = [l for l in got if l not in expected]
+            return [f"{tool} after restore differs: missing {missing!r}, unexpected {extra!r}"
+                    + ("" if missing or extra else " (order differs)")]
+        session.prepare(eligible[0].line)
+    except CheckFailed as exc:
+        return [str(exc)]
+    return []

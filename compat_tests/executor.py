@@ -21,8 +21,10 @@ EXEC_ENV = "BPF_IPTABLES_COMPAT_EXEC"
 # BPF_IPTABLES_COMPAT_EXEC=legacy puts iptables-legacy itself under test.
 # Not a way to pass: it checks the harness (selection, expectations, checks)
 # on this machine, where the real tool must pass every selected line.
-LEGACY_TOOLS = {"iptables": "iptables-legacy", "iptables-save": "iptables-legacy-save"}
-MODULES = {"iptables": "bpf_iptables.cli.iptables", "iptables-save": "bpf_iptables.cli.save"}
+LEGACY_TOOLS = {"iptables": "iptables-legacy", "iptables-save": "iptables-legacy-save",
+                "iptables-restore": "iptables-legacy-restore"}
+MODULES = {"iptables": "bpf_iptables.cli.iptables", "iptables-save": "bpf_iptables.cli.save",
+           "iptables-restore": "bpf_iptables.cli.restore"}
 
 
 def exec_mode() -> str:
@@ -40,7 +42,7 @@ def save_available() -> bool:
 
 
 class BpfRunner(Protocol):
-    def run(self, tool: str, *args: str) -> Result: ...
+    def run(self, tool: str, *args: str, input: str | None = None) -> Result: ...
     def close(self) -> None: ...
 
 
@@ -48,8 +50,8 @@ class SubprocessRunner:
     def __init__(self, ns: Namespace):
         self.ns = ns
 
-    def run(self, tool: str, *args: str) -> Result:
-        return self.ns.run(bpf_command(tool, *args))
+    def run(self, tool: str, *args: str, input: str | None = None) -> Result:
+        return self.ns.run(bpf_command(tool, *args), input=input)
 
     def close(self) -> None:
         pass
@@ -61,8 +63,8 @@ class LegacyRunner:
     def __init__(self, ns: Namespace):
         self.ns = ns
 
-    def run(self, tool: str, *args: str) -> Result:
-        return self.ns.run([LEGACY_TOOLS[tool], *args])
+    def run(self, tool: str, *args: str, input: str | None = None) -> Result:
+        return self.ns.run([LEGACY_TOOLS[tool], *args], input=input)
 
     def close(self) -> None:
         pass
@@ -76,9 +78,10 @@ class ForkServerRunner:
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, encoding="utf-8",
             env=env, cwd=str(REPO))
 
-    def run(self, tool: str, *args: str) -> Result:
+    def run(self, tool: str, *args: str, input: str | None = None) -> Result:
         assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write(json.dumps({"module": MODULES[tool], "argv": list(args)}) + "\n")
+        request = {"module": MODULES[tool], "argv": list(args), "stdin": input}
+        self.proc.stdin.write(json.dumps(request) + "\n")
         self.proc.stdin.flush()
         answer = self.proc.stdout.readline()
         if not answer:
@@ -118,6 +121,10 @@ class NetnsSession:
     def bpf_save(self, *args: str) -> Result:
         assert self.bpf is not None
         return self.bpf.run("iptables-save", *args)
+
+    def bpf_restore(self, *args: str, input: str) -> Result:
+        assert self.bpf is not None
+        return self.bpf.run("iptables-restore", *args, input=input)
 
     def close(self) -> None:
         self._stack.close()

@@ -6,12 +6,13 @@ This server is started once per namespace (``ip netns exec NS python -m
 compat_tests.forkserver``), imports the package once, and for every request
 forks a child that runs the requested module exactly as ``python -m`` would
 (``runpy.run_module(..., run_name="__main__")`` with ``sys.argv`` set), with
-its stdin on /dev/null and stdout/stderr captured.  The child is a fresh
+its stdin on /dev/null (or the given text) and stdout/stderr captured.  The child is a fresh
 process as far as the program can tell: nothing it does reaches the server
 or the next command, and state persists only where the real program keeps
 it (the per-netns state directory).
 
-Protocol: one JSON object per line on stdin, ``{"module": ..., "argv": [...]}``;
+Protocol: one JSON object per line on stdin, ``{"module": ..., "argv": [...],
+"stdin": text or null}``;
 one JSON object per line on the original stdout, ``{"rc", "stdout", "stderr"}``.
 ``compat_tests.executor`` is the client; ``BPF_IPTABLES_COMPAT_EXEC=subprocess``
 bypasses this server when in doubt.
@@ -36,12 +37,11 @@ TIMEOUT = 60.0  # seconds, as tests.support.netns gives a subprocess
 ALLOWED = ("bpf_iptables.cli.iptables", "bpf_iptables.cli.save", "bpf_iptables.cli.restore")
 
 
-def _child(module: str, argv: list[str], out_fd: int, err_fd: int) -> None:
+def _child(module: str, argv: list[str], in_fd: int, out_fd: int, err_fd: int) -> None:
     """Never returns: behaves like ``python -m module argv...`` and exits."""
     code = 1
     try:
-        devnull = os.open(os.devnull, os.O_RDONLY)
-        os.dup2(devnull, 0)
+        os.dup2(in_fd, 0)
         os.dup2(out_fd, 1)
         os.dup2(err_fd, 2)
         sys.argv = [module, *argv]
@@ -72,9 +72,15 @@ def _exit_status(value: object) -> int:
     return 1
 
 
-def run_one(module: str, argv: list[str]) -> dict[str, object]:
+def run_one(module: str, argv: list[str], stdin: str | None = None) -> dict[str, object]:
     if module not in ALLOWED:
         raise ValueError(f"module {module} is not a bpf-iptables program")
+    if stdin is None:
+        in_fd = os.open(os.devnull, os.O_RDONLY)
+    else:
+        in_fd = os.memfd_create("stdin")
+        os.write(in_fd, stdin.encode("utf-8", "surrogateescape"))
+        os.lseek(in_fd, 0, os.SEEK_SET)
     out_fd = os.memfd_create("stdout")
     err_fd = os.memfd_create("stderr")
     try:
@@ -82,7 +88,7 @@ def run_one(module: str, argv: list[str]) -> dict[str, object]:
         sys.stderr.flush()
         pid = os.fork()
         if pid == 0:
-            _child(module, argv, out_fd, err_fd)
+            _child(module, argv, in_fd, out_fd, err_fd)
         status = _wait(pid, TIMEOUT)
         if status is None:
             return {"rc": -signal.SIGKILL, "stdout": _read(out_fd),
@@ -90,6 +96,7 @@ def run_one(module: str, argv: list[str]) -> dict[str, object]:
         return {"rc": os.waitstatus_to_exitcode(status), "stdout": _read(out_fd),
                 "stderr": _read(err_fd)}
     finally:
+        os.close(in_fd)
         os.close(out_fd)
         os.close(err_fd)
 
@@ -148,7 +155,7 @@ def serve() -> None:
         if not request.strip():
             continue
         msg = json.loads(request)
-        reply.write(json.dumps(run_one(msg["module"], list(msg["argv"]))) + "\n")
+        reply.write(json.dumps(run_one(msg["module"], list(msg["argv"]), msg.get("stdin"))) + "\n")
         reply.flush()
 
 

@@ -159,3 +159,20 @@ def test_accepting_a_rule_that_must_be_refused_is_caught(session: FileSession, t
     pretend = selection.SelectedLine(line.line, Expect.REFUSED, ("tcp",))
     outcome = session.check(pretend)
     assert not outcome.passed and "not supported" in outcome.failures[0]
+
+
+def test_restore_batch_follows_upstream_chain_order(tmp_path: Path) -> None:
+    from compat_tests.checks import restore_batch
+    lines = _one(tmp_path, ":OUTPUT,INPUT\n-p udp -m udp --dport 1;=;OK\n:FORWARD\n-j LOG --log-prefix \"x \";=;OK\n")
+    data, expected = restore_batch(lines)
+    assert data.splitlines() == ["*filter", "-A INPUT -p udp -m udp --dport 1",
+                                 '-A FORWARD -j LOG --log-prefix "x "',
+                                 "-A OUTPUT -p udp -m udp --dport 1", "COMMIT"]
+    assert expected == [l for l in data.splitlines()[1:-1]]
+
+
+def test_restore_with_wrong_save_text_is_caught(session: FileSession, tmp_path: Path) -> None:
+    from compat_tests.checks import check_restore
+    lines = _one(tmp_path, ":INPUT\n-p tcp -m tcp --dport 5;=;OK\n-p tcp -m tcp --sport 9:;=;OK\n")
+    failures = check_restore(session, lines)
+    assert failures and "-A INPUT -p tcp -m tcp --sport 9:" in failures[0]
