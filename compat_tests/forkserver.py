@@ -24,9 +24,9 @@ import json
 import os
 import pkgutil
 import runpy
+import select
 import signal
 import sys
-import time
 import traceback
 
 # Modules whose import is worth sharing.  A module that fails to import here
@@ -104,18 +104,16 @@ def run_one(module: str, argv: list[str], stdin: str | None = None) -> dict[str,
 def _wait(pid: int, timeout: float) -> int | None:
     """The child's wait status, or None after killing it at the deadline
     (a command stuck on a lock must not hang the whole suite)."""
-    deadline = time.monotonic() + timeout
-    delay = 0.0005
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return status
-        if time.monotonic() > deadline:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            return None
-        time.sleep(delay)
-        delay = min(delay * 2, 0.01)
+    pidfd = os.pidfd_open(pid)
+    try:
+        ready, _, _ = select.select([pidfd], [], [], timeout)
+    finally:
+        os.close(pidfd)
+    if not ready:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        return None
+    return os.waitpid(pid, 0)[1]
 
 
 def _read(fd: int) -> str:

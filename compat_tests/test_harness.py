@@ -176,3 +176,21 @@ def test_restore_with_wrong_save_text_is_caught(session: FileSession, tmp_path: 
     lines = _one(tmp_path, ":INPUT\n-p tcp -m tcp --dport 5;=;OK\n-p tcp -m tcp --sport 9:;=;OK\n")
     failures = check_restore(session, lines)
     assert failures and "-A INPUT -p tcp -m tcp --sport 9:" in failures[0]
+
+
+def test_forkserver_wait_kills_a_stuck_child() -> None:
+    import os
+    import time
+    from compat_tests.forkserver import _wait
+    pid = os.fork()
+    if pid == 0:
+        time.sleep(30)
+        os._exit(0)
+    started = time.monotonic()
+    assert _wait(pid, 0.2) is None
+    assert time.monotonic() - started < 5
+    pid = os.fork()
+    if pid == 0:
+        os._exit(3)
+    status = _wait(pid, 10)
+    assert status is not None and os.waitstatus_to_exitcode(status) == 3
