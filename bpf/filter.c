@@ -34,7 +34,7 @@ struct entry {
 	u32 counter;	/* per-CPU counter slot of the rule (1: scratch) */
 	u32 verdict;	/* XDP verdict, or VERDICT_CONTINUE */
 	u32 next;	/* entry to continue the scan at */
-	u32 pad;
+	u32 tcp;	/* the rule has a tcp match: hot-drops evil fragments */
 };
 
 struct counter {
@@ -47,7 +47,19 @@ struct lpm_v4_key {
 	u32 addr;
 };
 
+/* A scan longer than STEPS continues in a tail call of this same
+ * program (at most 32 times: the kernel's tail call limit is 33), with
+ * the scan position handed over in a per-CPU slot; the packet is parsed
+ * and the fields looked up again, which is cheap next to a long scan. */
+struct resume {
+	u64 cur;
+	u32 word;
+	u32 active;
+};
+
 BPF_ARRAY(config_map, struct config, 1);
+BPF_PERCPU_ARRAY(resume_map, struct resume, 1);
+BPF_PROG_ARRAY(self_map, 1);
 BPF_ARRAY(live_map, struct bitvector, 1);
 BPF_ARRAY(entry_map, struct entry, NENTRIES);
 BPF_PERCPU_ARRAY(counter_map, struct counter, NCOUNTERS);
@@ -87,8 +99,8 @@ BPF_ARRAY(frag_map, struct bitvector, 2);
 #define TERM_FRAG(ix)
 #endif
 #if FIELD_FLAGS
-/* index: TCP flags & 0x3F, or TCP_FLAGS_NONE */
-BPF_ARRAY(flags_map, struct bitvector, TCP_FLAGS_NONE + 1);
+/* index: TCP flags & 0x3F, TCP_FLAGS_NONE or TCP_FLAGS_EVIL */
+BPF_ARRAY(flags_map, struct bitvector, TCP_FLAGS_EVIL + 1);
 #define TERM_FLAGS(ix) &f_flags->word[ix]
 #else
 #define TERM_FLAGS(ix)
@@ -96,8 +108,9 @@ BPF_ARRAY(flags_map, struct bitvector, TCP_FLAGS_NONE + 1);
 #if FIELD_SPORT
 DEFINE_INTERVAL_SEARCH(sport, SPORT_BSIZE)
 BPF_ARRAY(sport_bounds_map, struct sport_bounds, 1);
-/* index: interval, SPORT_BSIZE when the packet has no ports */
-BPF_ARRAY(sport_map, struct bitvector, SPORT_BSIZE + 1);
+/* index: interval, SPORT_BSIZE when the packet has no ports,
+ * SPORT_BSIZE + 1 for an offset-1 TCP fragment */
+BPF_ARRAY(sport_map, struct bitvector, SPORT_BSIZE + 2);
 #define TERM_SPORT(ix) &f_sport->word[ix]
 #else
 #define TERM_SPORT(ix)
@@ -105,7 +118,7 @@ BPF_ARRAY(sport_map, struct bitvector, SPORT_BSIZE + 1);
 #if FIELD_DPORT
 DEFINE_INTERVAL_SEARCH(dport, DPORT_BSIZE)
 BPF_ARRAY(dport_bounds_map, struct dport_bounds, 1);
-BPF_ARRAY(dport_map, struct bitvector, DPORT_BSIZE + 1);
+BPF_ARRAY(dport_map, struct bitvector, DPORT_BSIZE + 2);
 #define TERM_DPORT(ix) &f_dport->word[ix]
 #else
 #define TERM_DPORT(ix)
@@ -189,7 +202,8 @@ int xdp_filter(struct xdp_md *ctx)
 	struct sport_bounds *sb = sport_bounds_map.lookup(&zero);
 	if (!sb)
 		return XDP_ABORTED;
-	u32 skey2 = pf.l4 ? sport_interval(sb, pf.sport) : SPORT_BSIZE;
+	u32 skey2 = pf.evil ? SPORT_BSIZE + 1
+		       : pf.l4 ? sport_interval(sb, pf.sport) : SPORT_BSIZE;
 	struct bitvector *f_sport = sport_map.lookup(&skey2);
 	if (!f_sport)
 		return XDP_ABORTED;
@@ -198,17 +212,27 @@ int xdp_filter(struct xdp_md *ctx)
 	struct dport_bounds *db = dport_bounds_map.lookup(&zero);
 	if (!db)
 		return XDP_ABORTED;
-	u32 dkey2 = pf.l4 ? dport_interval(db, pf.dport) : DPORT_BSIZE;
+	u32 dkey2 = pf.evil ? DPORT_BSIZE + 1
+		       : pf.l4 ? dport_interval(db, pf.dport) : DPORT_BSIZE;
 	struct bitvector *f_dport = dport_map.lookup(&dkey2);
 	if (!f_dport)
 		return XDP_ABORTED;
 #endif
 
-	u64 w = cfg->first_word & (NWORDS - 1);
-	u64 cur = AND_WORD(w);
+	struct resume *rs = resume_map.lookup(&zero);
+	if (!rs)
+		return XDP_ABORTED;
+	u64 w, cur;
+	if (rs->active) {
+		rs->active = 0;
+		w = rs->word & (NWORDS - 1);
+		cur = rs->cur;
+	} else {
+		w = cfg->first_word & (NWORDS - 1);
+		cur = AND_WORD(w);
+	}
 	u32 length = pf.length;
-	/* STEPS bounds word loads plus entries visited; the compiler sizes it
-	 * so the scan always ends (verdict or policy) before the bound. */
+	/* STEPS bounds word loads plus entries visited in one invocation. */
 #pragma clang loop unroll(disable)
 	for (u32 i = 0; i < STEPS; i++) {
 		if (cur == 0) {
@@ -223,6 +247,8 @@ int xdp_filter(struct xdp_md *ctx)
 		struct entry *en = entry_map.lookup(&e);
 		if (!en)
 			return XDP_ABORTED;
+		if (pf.evil && en->tcp)
+			return XDP_DROP; /* hotdrop: the rule is not counted */
 		count(en->counter, length);
 		if (en->verdict != VERDICT_CONTINUE)
 			return en->verdict;
@@ -231,6 +257,12 @@ int xdp_filter(struct xdp_md *ctx)
 		w = (next >> 6) & (NWORDS - 1);
 		cur = AND_WORD(w) & (~0ULL << (next & 63));
 	}
-	/* unreachable when STEPS is sized right: fail closed, visibly */
+	rs->active = 1;
+	rs->word = w;
+	rs->cur = cur;
+	self_map.call(ctx, 0);
+	/* only reached when the tail call fails (the compiler keeps scans
+	 * within the limit): fail closed, visibly */
+	rs->active = 0;
 	return XDP_ABORTED;
 }

@@ -24,6 +24,7 @@
 #define PARSE_MALFORMED 2
 
 #define TCP_FLAGS_NONE 64 /* flags-table index when there is no TCP header */
+#define TCP_FLAGS_EVIL 65 /* flags-table index of an offset-1 TCP fragment */
 
 struct packet_fields {
 	u32 saddr;	/* network byte order, as the LPM key wants it */
@@ -34,7 +35,10 @@ struct packet_fields {
 	u32 l4;		/* ports (and TCP flags) below are valid */
 	u32 sport;	/* host byte order */
 	u32 dport;
-	u32 tcp_flags;	/* FIN..URG (0..63), or TCP_FLAGS_NONE */
+	u32 tcp_flags;	/* FIN..URG (0..63), or TCP_FLAGS_NONE/_EVIL */
+	u32 evil;	/* TCP fragment at offset 1: a tcp match hot-drops it
+			 * (xt_tcpudp: it could overwrite the first fragment's
+			 * flags) */
 };
 
 static __always_inline int parse_packet(void *data, void *data_end,
@@ -65,8 +69,14 @@ static __always_inline int parse_packet(void *data, void *data_end,
 	f->sport = 0;
 	f->dport = 0;
 	f->tcp_flags = TCP_FLAGS_NONE;
-	if (f->fragment)
+	f->evil = 0;
+	if (f->fragment) {
+		if ((bpf_ntohs(ip->frag_off) & 0x1FFF) == 1 && ip->protocol == IPPROTO_TCP) {
+			f->evil = 1;
+			f->tcp_flags = TCP_FLAGS_EVIL;
+		}
 		return PARSE_OK;
+	}
 
 	void *l4 = (void *)ip + hlen;
 	if (ip->protocol == IPPROTO_TCP) {

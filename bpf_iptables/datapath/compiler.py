@@ -37,9 +37,12 @@ MAX_ENTRIES = 1 << 16
 MAX_DEPTH = 64
 PROTO_DEFAULT = 256
 TCP_FLAGS_NONE = 64
-# The scan loop's bound: the verifier walks it once per iteration and keeps
-# a branch history per path, which is what limits it (see field notes).
+TCP_FLAGS_EVIL = 65
+# The scan loop's bound per invocation: the verifier walks it once per
+# iteration (about 250 instructions each, 1M in all); longer scans continue
+# in tail calls of the program, of which the kernel allows 33.
 MAX_STEPS = 3000
+MAX_CHUNKS = 32
 FIELD_ORDER = ("src", "dst", "proto", "iif", "frag", "flags", "sport", "dport")
 
 
@@ -49,6 +52,7 @@ class Entry:
     counter: int
     verdict: int = VERDICT_CONTINUE
     next: "int | _Label | None" = None   # None: the following entry
+    tcp: bool = False    # own rule has a tcp match: hot-drops offset-1 TCP fragments
 
 
 class _Label:
@@ -104,9 +108,9 @@ class Compiled:
     proto: dict[int, int] = field(default_factory=dict)      # PROTO_DEFAULT included
     iif: dict[int, int] = field(default_factory=dict)        # ifindex 0: unknown
     frag: list[int] = field(default_factory=list)            # [not fragment, fragment]
-    flags: list[int] = field(default_factory=list)           # 65 entries
+    flags: list[int] = field(default_factory=list)           # 66 entries
     sport_bounds: list[int] = field(default_factory=list)
-    sport: list[int] = field(default_factory=list)           # per interval + no-L4
+    sport: list[int] = field(default_factory=list)           # per interval, no-L4, evil
     dport_bounds: list[int] = field(default_factory=list)
     dport: list[int] = field(default_factory=list)
 
@@ -136,7 +140,8 @@ def inline(table: Table, hook: str, slots: dict[tuple[str, int], int]) -> list[E
              next_: "_Label | None" = None) -> None:
         if len(entries) >= MAX_ENTRIES:
             raise NotSupported(f"more than {MAX_ENTRIES} rules after inlining user chains")
-        entries.append(Entry(decompose(path, hook), counter, verdict, next_))
+        own_tcp = counter != SCRATCH_COUNTER and any(m.name == "tcp" for m in path[-1].matches)
+        entries.append(Entry(decompose(path, hook), counter, verdict, next_, own_tcp))
 
     def walk(chain_name: str, guard: list[Rule], ret: _Label, depth: int) -> None:
         if depth > MAX_DEPTH:
@@ -227,7 +232,8 @@ def range_table(live: int, per_entry: list[tuple[int, RangeField]], l4_entries: 
                 ) -> tuple[list[int], list[int]]:
     """Interval contents: boundaries (sorted, from 0) and, per interval
     [b[i], b[i+1]), the entries whose ranges hold there; then the no-L4
-    bitvector (entries without a tcp/udp match)."""
+    bitvector (entries without a tcp/udp match) and the offset-1 TCP
+    fragment bitvector (all entries)."""
     cuts = {0}
     for _, rf in per_entry:
         for lo, hi in ([rf.positive] if rf.positive else []) + rf.negative:
@@ -266,6 +272,8 @@ def range_table(live: int, per_entry: list[tuple[int, RangeField]], l4_entries: 
                     neg_active &= ~(1 << e)
         vectors.append((pos_active | no_positive) & ~neg_active & live)
     vectors.append(live & ~l4_entries)
+    # an offset-1 TCP fragment: every tcp entry must be reached to hot-drop
+    vectors.append(live)
     return bounds, vectors
 
 
@@ -295,10 +303,13 @@ def compile_chain(table: Table, hook: str = "INPUT", interfaces: dict[str, int] 
             used |= e.fields.uses()
     nonterminal = sum(1 for e in entries if e.verdict == VERDICT_CONTINUE)
     nwords = pow2_at_least((n + 63) // 64)
-    steps = nwords + 2 * nonterminal + 2
-    if steps > MAX_STEPS:
-        raise NotSupported(f"more than {(MAX_STEPS - nwords) // 2} non-terminating rules "
-                           "in one chain in the eBPF data path")
+    # a scan loads each word once, plus once more after each entry that
+    # continues; it visits at most every continuing entry and one verdict
+    needed = nwords + 2 * nonterminal + 2
+    steps = min(needed, MAX_STEPS)
+    if -(-needed // steps) > MAX_CHUNKS:
+        raise NotSupported(f"more than {(MAX_CHUNKS * MAX_STEPS - nwords) // 2} "
+                           "non-terminating rules in one chain in the eBPF data path")
     policy = VERDICTS[table.chains[hook].policy or "ACCEPT"]
     c = Compiled(hook, Shape(nwords, steps, FIRST_RULE_COUNTER + len(slots), frozenset()),
                  entries, live, policy, slots)
@@ -353,12 +364,12 @@ def fill_unused(c: Compiled) -> None:
     if "frag" in c.shape.fields and not c.frag:
         c.frag = [live, live]
     if "flags" in c.shape.fields and not c.flags:
-        c.flags = [live] * (TCP_FLAGS_NONE + 1)
+        c.flags = [live] * (TCP_FLAGS_EVIL + 1)
     l4 = bits(i for i, e in enumerate(c.entries) if not e.fields.never and e.fields.l4)
     if "sport" in c.shape.fields and not c.sport:
-        c.sport_bounds, c.sport = [0], [live, live & ~l4]
+        c.sport_bounds, c.sport = [0], [live, live & ~l4, live]
     if "dport" in c.shape.fields and not c.dport:
-        c.dport_bounds, c.dport = [0], [live, live & ~l4]
+        c.dport_bounds, c.dport = [0], [live, live & ~l4, live]
 
 
 def proto_table(live: int, live_entries: list[tuple[int, EntryFields]]) -> dict[int, int]:
@@ -394,4 +405,5 @@ def flags_table(live: int, live_entries: list[tuple[int, EntryFields]]) -> list[
                         if all(((flags & m) == cmp) != inv for m, cmp, inv in f.flags)))
     # no TCP header: only entries without a flags test (the others need tcp anyway)
     out.append(bits(i for i, f in live_entries if not f.flags))
+    out.append(live)  # offset-1 TCP fragment: tcp entries hot-drop before any test
     return out

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .compiler import Compiled, Shape, TCP_FLAGS_NONE, FIRST_RULE_COUNTER
+from .compiler import Compiled, Shape, TCP_FLAGS_EVIL, FIRST_RULE_COUNTER
 
 BPF_DIR = Path(__file__).resolve().parents[2] / "bpf"
 SOURCE = BPF_DIR / "filter.c"
@@ -49,6 +49,8 @@ class LoadedProgram:
         start = time.monotonic()
         self.bpf = BPF(src_file=str(SOURCE).encode(), cflags=cflags(shape), debug=debug)
         self.fn = self.bpf.load_func(FUNCTION.encode(), BPF.XDP)
+        # long scans continue in a tail call of the program itself
+        self.bpf[b"self_map"][ctypes.c_int(0)] = ctypes.c_int(self.fn.fd)
         self.compile_seconds = time.monotonic() - start
         self.compiled: Compiled | None = None
 
@@ -93,7 +95,7 @@ class LoadedProgram:
         entries = b[b"entry_map"]
         for i, e in enumerate(c.entries):
             el = entries.Leaf()
-            el.counter, el.verdict, el.next = e.counter, e.verdict, e.next
+            el.counter, el.verdict, el.next, el.tcp = e.counter, e.verdict, e.next, e.tcp
             entries[ctypes.c_int(i)] = el
         for name, prefixes in (("src", c.src), ("dst", c.dst)):
             if name in fields:
@@ -112,7 +114,7 @@ class LoadedProgram:
         if "frag" in fields:
             self._array("frag_map", c.frag)
         if "flags" in fields:
-            assert len(c.flags) == TCP_FLAGS_NONE + 1
+            assert len(c.flags) == TCP_FLAGS_EVIL + 1
             self._array("flags_map", c.flags)
         for name, bounds, vectors, bsize in (
                 ("sport", c.sport_bounds, c.sport, self.shape.sport_bsize),
@@ -124,8 +126,8 @@ class LoadedProgram:
             for i in range(bsize):
                 bl.b[i] = bounds[i] if i < len(bounds) else 0x10000
             table[ctypes.c_int(0)] = bl
-            self._array(f"{name}_map", vectors[:-1])
-            self._array(f"{name}_map", [vectors[-1]], [bsize])
+            self._array(f"{name}_map", vectors[:-2])
+            self._array(f"{name}_map", vectors[-2:], [bsize, bsize + 1])
         self.zero_counters()
         self.compiled = c
 
