@@ -330,3 +330,17 @@ def test_every_packet_gets_exactly_one_terminal_outcome() -> None:
     assert policy_count(t, "INPUT")[0] == 4
     assert counts(t, "log") == [3, 3]
     assert counts(t, "web") == [1, 1, 1]
+
+
+def test_tcp_fragment_at_offset_one_is_dropped_on_the_spot() -> None:
+    """xt_tcpudp hot-drops a TCP fragment at offset 1 when a tcp match looks
+    at it: the verdict is DROP, that rule does not count, and no later rule
+    or policy sees the packet. Rules without a tcp match let it pass."""
+    t = build("-A FORWARD -p tcp", "-A FORWARD -p tcp ! --dport 22 -j ACCEPT",
+              "-A FORWARD -j ACCEPT")
+    r = evaluate(t, pkt(TCP, hook="FORWARD", o="eth1", frag_offset=1))
+    assert (r.verdict, r.hits, r.policy_chain) == ("DROP", [("FORWARD", 0)], None)
+    assert counts(t, "FORWARD") == [1, 0, 0]
+    assert evaluate(t, pkt(UDP, hook="FORWARD", o="eth1", frag_offset=1)).verdict == "ACCEPT"
+    assert evaluate(t, pkt(TCP, hook="FORWARD", o="eth1", frag_offset=2)).verdict == "ACCEPT"
+    assert counts(t, "FORWARD") == [2, 0, 2]

@@ -121,6 +121,9 @@ TRAFFIC: tuple[Spec, ...] = (
     Spec(UDP, sport=5353, dport=53, payload=64, mf=True),
     Spec(UDP, sport=5353, dport=53, payload=20, frag_offset=9),
     Spec(ICMP, payload=32, frag_offset=5),
+    # offset 1 (8 bytes) could rewrite TCP flags: xt_tcpudp drops it outright
+    Spec(TCP, sport=40400, dport=80, payload=24, frag_offset=1),
+    Spec(UDP, sport=40400, dport=80, payload=24, frag_offset=1),
 )
 
 RULE_SETS: dict[str, tuple[str, ...]] = {
