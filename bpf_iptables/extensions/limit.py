@@ -3,7 +3,9 @@
 The rule's data is what iptables compares for -C/-D (struct xt_rateinfo up
 to ``prev``: avg and burst). The bucket itself is mutable run-time state,
 kept apart in ``LimitBuckets`` keyed by the identity of the rule's data,
-exactly as the kernel keeps it in a private per-rule allocation."""
+exactly as the kernel keeps it in a private per-rule allocation. (Rules
+that share one data object, e.g. those expanded from "-s a,b", therefore
+share a bucket here, where the kernel would give each its own.)"""
 from __future__ import annotations
 
 import errno
