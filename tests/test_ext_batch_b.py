@@ -427,3 +427,32 @@ def test_limit_partial_credit_accumulates() -> None:
     assert not ext.matches(d, Packet(time=0.6))
     assert not ext.matches(d, Packet(time=0.9))
     assert ext.matches(d, Packet(time=1.0))
+
+
+RESTORE_INPUT = """*filter
+:INPUT ACCEPT [0:0]
+:FORWARD ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+-A INPUT -m state --state RELATED,ESTABLISHED -j ACCEPT
+-A INPUT -m conntrack ! --ctstate INVALID,NEW --ctorigsrc 10.0.0.0/8 --ctorigdstport 22 -j ACCEPT
+-A INPUT -m limit --limit 5/min --limit-burst 7 -j ACCEPT
+-A INPUT -m tos ! --tos Minimize-Delay -m dscp --dscp-class AF11 -j DROP
+-A INPUT -m addrtype --dst-type LOCAL --limit-iface-in -m pkttype --pkt-type broadcast -j DROP
+-A OUTPUT -m addrtype --src-type LOCAL --limit-iface-out
+COMMIT
+"""
+
+
+def test_restore_and_save() -> None:
+    """iptables-restore reads these matches and iptables-save writes them
+    back exactly as the real tools do; a hook violation fails the commit."""
+    with pair("bpfb") as p:
+        p.assert_same(tool="iptables-restore", input=RESTORE_INPUT)
+        saved = p.assert_same(tool="iptables-save")
+        assert "-A INPUT -m limit --limit 5/min --limit-burst 7 -j ACCEPT\n" in saved.stdout
+        p.assert_same("-L", "-n", "-v")
+        bad = RESTORE_INPUT.replace("-A OUTPUT -m addrtype --src-type LOCAL --limit-iface-out",
+                                    "-A OUTPUT -m addrtype --src-type LOCAL --limit-iface-in")
+        failed = p.assert_same(tool="iptables-restore", input=bad)
+        assert failed.returncode != 0
+        p.assert_same(tool="iptables-save")
