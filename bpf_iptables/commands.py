@@ -10,7 +10,6 @@ from . import tableops
 from .cmdline import parse as P
 from .errors import XtablesError
 from .model import Counters, Target, Table
-from .render import listing, save
 
 
 @dataclass
@@ -49,25 +48,34 @@ def execute(p: P.ParsedCommand, table: Table, out: Outcome | None = None) -> Out
 
     def show(rule) -> None:
         if verbose:
+            from .render import listing  # only -v needs the renderer
             out.stdout.append(listing.print_firewall(rule, 0, listing.FMT_PRINT_RULE))
 
-    if cmd == P.CMD_APPEND:
+    def each_rule(op) -> None:
+        """iptables' append/insert/delete/check_entry(): one libiptc call per
+        address pair, carrying on after a failure (each rule is still printed
+        with -v) and reporting the last error."""
+        error = None
         for rule in rules:
             show(rule)
-            tableops.append(table, p.chain, rule)
+            try:
+                op(rule)
+            except tableops.TableOpError as exc:
+                error = exc
+        if error is not None:
+            raise error
+
+    if cmd == P.CMD_APPEND:
+        each_rule(lambda rule: tableops.append(table, p.chain, rule))
         out.changed = True
     elif cmd == P.CMD_DELETE:
-        for rule in rules:
-            show(rule)
-            tableops.delete(table, p.chain, rule)
+        each_rule(lambda rule: tableops.delete(table, p.chain, rule))
         out.changed = True
     elif cmd == P.CMD_DELETE_NUM:
         tableops.delete_num(table, p.chain, p.rulenum - 1)
         out.changed = True
     elif cmd == P.CMD_CHECK:
-        for rule in rules:
-            show(rule)
-            tableops.check(table, p.chain, rule)
+        each_rule(lambda rule: tableops.check(table, p.chain, rule))
     elif cmd == P.CMD_REPLACE:
         show(rules[0])
         tableops.replace(table, p.chain, rules[0], p.rulenum - 1)
@@ -75,9 +83,7 @@ def execute(p: P.ParsedCommand, table: Table, out: Outcome | None = None) -> Out
     elif cmd == P.CMD_INSERT:
         # each address pair is inserted at the same index, so the last
         # combination ends up first, as in iptables
-        for rule in rules:
-            show(rule)
-            tableops.insert(table, p.chain, rule, p.rulenum - 1)
+        each_rule(lambda rule: tableops.insert(table, p.chain, rule, p.rulenum - 1))
         out.changed = True
     elif cmd == P.CMD_FLUSH:
         for_each_chain(table, p.chain, verbose, "Flushing", tableops.flush, out, builtins=True)
@@ -89,6 +95,7 @@ def execute(p: P.ParsedCommand, table: Table, out: Outcome | None = None) -> Out
         tableops.zero_counter(table, p.chain, p.rulenum)
         out.changed = True
     elif cmd & P.CMD_LIST:
+        from .render import listing
         flags = listing.list_format(verbose, p.numeric, bool(p.options & P.OPT_EXPANDED),
                                     bool(p.options & P.OPT_LINENUMBERS))
         text, found = listing.list_entries(table, p.chain, p.rulenum, flags)
@@ -97,6 +104,7 @@ def execute(p: P.ParsedCommand, table: Table, out: Outcome | None = None) -> Out
             raise tableops.TableOpError(2)  # ENOENT
         zero_after_list(p, table, verbose, out)
     elif cmd & P.CMD_LIST_RULES:
+        from .render import save
         text, found = save.list_rules(table, p.chain, p.rulenum, verbose)
         out.stdout.append(text)
         if not found:

@@ -238,3 +238,110 @@ def test_other_tables_refused(table: str) -> None:
     assert ours.stdout == ""
     assert ours.stderr == (f"PROG: table `{table}' is not supported by iptables\n"
                            "Try `PROG -h' or 'PROG --help' for more information.\n")
+
+
+# -- random command sequences ---------------------------------------------------
+
+from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+BUILTINS = ["INPUT", "FORWARD", "OUTPUT"]
+USER_CHAINS = ["u1", "u2", "u3"]
+CHAINS = BUILTINS + USER_CHAINS + ["nx"]          # nx never exists
+
+
+def _inv(st_args: st.SearchStrategy[list[str]]) -> st.SearchStrategy[list[str]]:
+    return st.tuples(st.booleans(), st_args).map(lambda t: (["!"] if t[0] else []) + t[1])
+
+
+addresses = st.sampled_from([
+    "1.2.3.4", "10.0.0.0/8", "10.1.2.3/16", "192.168.0.0/255.255.0.0", "0/0",
+    "1.1.1.1,2.2.2.2", "172.16.0.1/255.0.255.0", "localhost", "1.2.3.4/33",
+])
+ports = st.sampled_from(["22", "80", "1:1024", "1024:", ":99", "http", "65536", "5:3"])
+flags = st.sampled_from(["SYN SYN", "SYN,ACK SYN", "ALL NONE", "FIN,SYN,RST,ACK SYN", "FOO SYN"])
+
+tcp_options = st.lists(st.one_of(
+    _inv(ports.map(lambda p: ["--dport", p])),
+    _inv(ports.map(lambda p: ["--sport", p])),
+    _inv(st.just(["--syn"])),
+    _inv(flags.map(lambda f: ["--tcp-flags", *f.split()])),
+), max_size=2).map(lambda parts: [a for part in parts for a in part])
+
+protocol = st.one_of(
+    st.just([]),
+    _inv(st.sampled_from(["all", "icmp", "17", "0", "TCP"]).map(lambda p: ["-p", p])),
+    st.tuples(st.sampled_from(["tcp", "6"]), tcp_options).map(lambda t: ["-p", t[0], *t[1]]),
+)
+
+target = st.one_of(
+    st.just([]),
+    st.sampled_from(["ACCEPT", "DROP", "RETURN", *USER_CHAINS, "nx"]).map(lambda t: ["-j", t]),
+    st.sampled_from([*USER_CHAINS, "ACCEPT"]).map(lambda t: ["-g", t]),
+)
+
+rule_spec = st.tuples(
+    st.one_of(st.just([]), _inv(addresses.map(lambda a: ["-s", a]))),
+    st.one_of(st.just([]), _inv(addresses.map(lambda a: ["-d", a]))),
+    protocol,
+    st.one_of(st.just([]), _inv(st.sampled_from(["eth0", "lo", "eth+", "+"]).map(
+        lambda i: ["-i", i]))),
+    st.one_of(st.just([]), _inv(st.sampled_from(["eth1", "veth+"]).map(lambda i: ["-o", i]))),
+    st.one_of(st.just([]), _inv(st.just(["-f"]))),
+    target,
+    st.one_of(st.just([]), st.just(["-c", "7", "99"])),
+    st.one_of(st.just([]), st.just(["-v"])),
+).map(lambda parts: [a for part in parts for a in part])
+
+chain = st.sampled_from(CHAINS)
+rulenum = st.sampled_from(["1", "2", "3", "0", "-1", "x"])
+list_flags = st.lists(st.sampled_from(["-n", "-v", "-x", "--line-numbers"]), max_size=3,
+                      unique=True)
+
+command = st.one_of(
+    st.tuples(chain, rule_spec).map(lambda t: ["-A", t[0], *t[1]]),
+    st.tuples(chain, st.one_of(st.just([]), rulenum.map(lambda n: [n])), rule_spec).map(
+        lambda t: ["-I", t[0], *t[1], *t[2]]),
+    st.tuples(chain, rulenum, rule_spec).map(lambda t: ["-R", t[0], t[1], *t[2]]),
+    st.tuples(chain, rule_spec).map(lambda t: ["-D", t[0], *t[1]]),
+    st.tuples(chain, rulenum).map(lambda t: ["-D", *t]),
+    st.tuples(chain, rule_spec).map(lambda t: ["-C", t[0], *t[1]]),
+    chain.map(lambda c: ["-N", c]),
+    st.one_of(st.just([]), chain.map(lambda c: [c])).map(lambda c: ["-X", *c]),
+    st.tuples(chain, chain).map(lambda t: ["-E", *t]),
+    st.one_of(st.just([]), chain.map(lambda c: [c])).map(lambda c: ["-F", *c]),
+    st.one_of(st.just([]), chain.map(lambda c: [c]),
+              st.tuples(chain, rulenum).map(list)).map(lambda c: ["-Z", *c]),
+    st.tuples(chain, st.sampled_from(["ACCEPT", "DROP", "RETURN"]),
+              st.one_of(st.just([]), st.just(["-c", "3", "4"]))).map(
+        lambda t: ["-P", t[0], t[1], *t[2]]),
+    st.tuples(st.sampled_from(["-L", "-S"]), st.one_of(
+        st.just([]), chain.map(lambda c: [c]), st.tuples(chain, rulenum).map(list)),
+        list_flags).map(lambda t: [t[0], *t[1], *(t[2] if t[0] == "-L" else [])]),
+)
+
+
+# Every mismatch of an example is reported at once, and each example costs
+# dozens of process starts, so shrinking would cost minutes for little.
+NO_SHRINK = [Phase.explicit, Phase.reuse, Phase.generate]
+
+
+@pytest.fixture(scope="module")
+def shared_pair():
+    """One namespace pair for all random examples; each example resets it."""
+    with pair("bpfh") as p:
+        runner = DiffRunner(p)
+        try:
+            yield runner
+        finally:
+            runner.close()
+
+
+@settings(max_examples=100, deadline=None, derandomize=True, phases=NO_SHRINK,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(commands=st.lists(command, min_size=1, max_size=8))
+def test_random_sequences_match_iptables(shared_pair: DiffRunner, commands: list[list[str]]) -> None:
+    # start empty but for two user chains, so jumps and -g have somewhere to go
+    mismatches = shared_pair.restore_reset(USER_CHAINS[:2])
+    mismatches += shared_pair.sequence(commands, final=("-S -v", "-L -v -x -n --line-numbers"))
+    assert not mismatches, report(mismatches)

@@ -20,6 +20,10 @@ from .pair import REAL_TOOLS, Outcome, Pair
 # Compared after every sequence: the whole state, as rules and as a listing.
 FINAL_CHECKS = ("-S", "-L -v -x -n --line-numbers")
 
+# Our CLI is a fresh Python process per command; let it cache bytecode
+# (outside the work tree) even where the environment disables that.
+FAST_PYTHON = {"PYTHONDONTWRITEBYTECODE": "", "PYTHONPYCACHEPREFIX": "/tmp/bpf-iptables-pycache"}
+
 _EXTRA = [
     (re.compile(r"\bbpf-iptables\b"), "iptables"),
     (re.compile(r"^Not [0-9.]+ \((legacy|bpf)\) ;-\)$", re.M), "Not X ;-)"),
@@ -56,9 +60,11 @@ class DiffRunner:
     def close(self) -> None:
         self._pool.shutdown()
 
-    def both(self, args: list[str]) -> tuple[Outcome, Outcome]:
-        real = self._pool.submit(self.pair.real.run, [REAL_TOOLS["iptables"], *args])
-        ours = self._pool.submit(self.pair.ours.run, bpf_command("iptables", *args))
+    def both(self, args: list[str], tool: str = "iptables",
+             input: str | None = None) -> tuple[Outcome, Outcome]:
+        real = self._pool.submit(self.pair.real.run, [REAL_TOOLS[tool], *args], input=input)
+        ours = self._pool.submit(self.pair.ours.run, bpf_command(tool, *args), input=input,
+                                 env=FAST_PYTHON)
         return (normalize_more(Outcome.of(real.result())),
                 normalize_more(Outcome.of(ours.result())))
 
@@ -83,6 +89,17 @@ class DiffRunner:
         """Back to an empty table with ACCEPT policies and zero counters."""
         return self.sequence(["-F", "-X", "-P INPUT ACCEPT", "-P FORWARD ACCEPT",
                               "-P OUTPUT ACCEPT", "-Z"], final=())
+
+
+    def restore_reset(self, chains: Iterable[str] = ()) -> list[Mismatch]:
+        """The same reset as ``reset()`` plus empty user ``chains``, in one
+        iptables-restore call per side (each process start costs)."""
+        dump = "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n"
+        dump += "".join(f":{c} - [0:0]\n" for c in chains) + "COMMIT\n"
+        real, ours = self.both([], tool="iptables-restore", input=dump)
+        if real == ours and real.returncode == 0:
+            return []
+        return [Mismatch("(iptables-restore reset)", real, ours)]
 
 
 def report(mismatches: list[Mismatch]) -> str:
