@@ -149,6 +149,13 @@ EXTRA: dict[str, list[tuple[tuple[str, ...], str]]] = {
         (IN, "-m limit --limit 10000/sec --limit-burst 10000"),
         (IN, "-m limit --limit 90/min"),
         (IN, "-m limit --limit 1/day --limit-burst 10000"),
+        # the kernel's u32 overflow check (HZ=250) is not monotonic in burst
+        (IN, "-m limit --limit 1/day --limit-burst 2"),
+        (IN, "-m limit --limit 1/day --limit-burst 3"),
+        (IN, "-m limit --limit 1/day --limit-burst 4"),
+        (IN, "-m limit --limit 1/hour --limit-burst 119"),
+        (IN, "-m limit --limit 1/hour --limit-burst 120"),
+        (IN, "-m limit --limit 2/day --limit-burst 7"),
         (IN, "-m limit --limit-burst 0"),
         (IN, "-m limit --limit-burst 10001"),
         (IN, "-m limit ! --limit 1/sec"),
