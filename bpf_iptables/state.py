@@ -6,9 +6,9 @@ cookie, which unlike the namespace inode is never reused before reboot, and
 kept under /run, which is visible however the namespace was entered
 (``ip netns exec`` remounts /sys but not /run).
 
-Concurrent invocations serialise on an flock, with iptables' ``-w``
-semantics: fail at once without -w, wait N seconds with -w N, forever
-with a bare -w."""
+Concurrent invocations serialise on iptables' own flock, with iptables
+1.8.9's ``-w`` semantics: wait N seconds with -w N, otherwise (bare -w, no
+-w, -w 0) wait for as long as it takes."""
 from __future__ import annotations
 
 import errno
@@ -45,6 +45,18 @@ def namespace_dir() -> Path:
     return path
 
 
+XT_LOCK_NAME = "/run/xtables.lock"
+
+
+def lock_path() -> Path:
+    """iptables' lock file: $XTABLES_LOCKFILE, else /run/xtables.lock.
+
+    Sharing iptables' file (rather than one per namespace) serialises us
+    with iptables itself, as a drop-in replacement should; it also keeps
+    the "Can't lock FILE" message identical."""
+    return Path(os.environ.get("XTABLES_LOCKFILE") or XT_LOCK_NAME)
+
+
 class LockBusy(Exception):
     """-w N ran out (iptables 1.8.9 waits forever unless given a positive N)."""
 
@@ -60,13 +72,15 @@ class LockBusy(Exception):
 
 @contextmanager
 def locked(wait: int) -> Iterator["Store"]:
-    """Hold the namespace's lock; wait > 0 bounds the wait in seconds."""
-    directory = namespace_dir()
-    lock_file = directory / "lock"
-    fd = os.open(lock_file, os.O_CREAT | os.O_RDWR, 0o600)
+    """Hold the xtables lock, then open the namespace's state.
+
+    As in xtables_lock(): a positive ``wait`` bounds the wait in seconds;
+    0 (no -w), -1 (bare -w) and negative values wait for as long as it takes."""
+    lock_file = lock_path()
+    fd = os.open(lock_file, os.O_CREAT | os.O_RDONLY, 0o600)
     try:
         _acquire(fd, wait, lock_file)
-        yield Store(directory)
+        yield Store(namespace_dir())
     finally:
         os.close(fd)
 
@@ -79,15 +93,15 @@ def _acquire(fd: int, wait: int, lock_file: Path) -> None:
         if wait <= 0:
             fcntl.flock(fd, fcntl.LOCK_EX)
             return
-    old = signal.signal(signal.SIGALRM, lambda *_: None)
+
+    # PEP 475 retries interrupted calls whose handler returns, so raise
+    # from the handler to stop waiting.
+    def give_up(*_: object) -> None:
+        raise TimeoutError
+
+    old = signal.signal(signal.SIGALRM, give_up)
     signal.alarm(wait)
     try:
-        # PEP 475 retries interrupted calls whose handler returns, so raise
-        # from the handler to stop waiting.
-        def give_up(*_: object) -> None:
-            raise TimeoutError
-
-        signal.signal(signal.SIGALRM, give_up)
         fcntl.flock(fd, fcntl.LOCK_EX)
     except TimeoutError:
         raise LockBusy(wait, lock_file) from None
@@ -122,4 +136,4 @@ class Store:
         os.replace(tmp, self.path)
 
 
-__all__ = ["locked", "LockBusy", "Store", "RESOURCE_PROBLEM", "netns_cookie"]
+__all__ = ["locked", "lock_path", "LockBusy", "Store", "RESOURCE_PROBLEM", "netns_cookie"]
