@@ -49,8 +49,7 @@ def parse_multi_ports(text: str, proto: str) -> tuple[PortSpec, ...]:
     """parse_multi_ports_v1(): comma list; each range uses two slots."""
     specs: list[PortSpec] = []
     slots = 0
-    pieces = text.split(",")
-    for index, piece in enumerate(pieces):
+    for piece in text.split(","):
         if slots >= MULTI_PORTS:
             raise XtablesError("too many ports specified")
         first, colon, second = piece.partition(":")
