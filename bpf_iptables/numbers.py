@@ -19,6 +19,9 @@ def strtoumax(text: str, base: int = 0) -> tuple[int | None, int]:
 
     value is None when no digits were consumed (index is then 0). Values
     beyond 2**64-1 saturate like ERANGE, reported as UINT64_MAX + 1."""
+    if base in (0, 10) and text.isdigit() and text.isascii() and (
+            text[0] != "0" or len(text) == 1) and len(text) < 20:
+        return int(text), len(text)  # the common plain decimal (no octal "0" prefix)
     i = 0
     n = len(text)
     while i < n and text[i] in " \t\n\r\f\v":

@@ -9,6 +9,7 @@ they quote depend on these details, so they are reproduced exactly."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Hashable
 
 NO_ARGUMENT = 0
@@ -33,6 +34,29 @@ class GetoptResult:
     optarg: str | None
 
 
+@lru_cache(maxsize=None)
+def _short_options(optstring: str) -> dict[str, int]:
+    """optstring -> {option char: has_arg}; parsed once per optstring
+    (iptables-restore builds a parser per line). Read-only for callers."""
+    spec = optstring
+    if spec.startswith("-"):
+        spec = spec[1:]
+    if spec.startswith(":"):
+        spec = spec[1:]
+    short: dict[str, int] = {}
+    i = 0
+    while i < len(spec):
+        c = spec[i]
+        has = NO_ARGUMENT
+        if spec[i + 1:i + 3] == "::":
+            has, i = OPTIONAL_ARGUMENT, i + 2
+        elif spec[i + 1:i + 2] == ":":
+            has, i = REQUIRED_ARGUMENT, i + 1
+        short[c] = has
+        i += 1
+    return short
+
+
 @dataclass
 class Getopt:
     argv: list[str]
@@ -42,22 +66,7 @@ class Getopt:
     nextchar: str = ""
 
     def __post_init__(self) -> None:
-        spec = self.optstring
-        if spec.startswith("-"):
-            spec = spec[1:]
-        if spec.startswith(":"):
-            spec = spec[1:]
-        self._short: dict[str, int] = {}
-        i = 0
-        while i < len(spec):
-            c = spec[i]
-            has = NO_ARGUMENT
-            if spec[i + 1:i + 3] == "::":
-                has, i = OPTIONAL_ARGUMENT, i + 2
-            elif spec[i + 1:i + 2] == ":":
-                has, i = REQUIRED_ARGUMENT, i + 1
-            self._short[c] = has
-            i += 1
+        self._short = _short_options(self.optstring)
         self._first_nonopt = self._last_nonopt = 1
 
     @property

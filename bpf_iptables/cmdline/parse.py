@@ -90,6 +90,9 @@ ORIGINAL_OPTS: tuple[tuple[str, int, str], ...] = (
     ("set-counters", 1, "c"), ("goto", 1, "g"), ("ipv4", 0, "4"), ("ipv6", 0, "6"),
 )
 
+# Built once: a restore makes a parser per line (LongOption is immutable).
+_ORIGINAL_LONGOPTS = tuple(LongOption(n, h, v) for n, h, v in ORIGINAL_OPTS)
+
 # Protocol matches iptables would load implicitly that bpf-iptables lacks,
 # with their options, so "-p sctp --dport 1" says "not supported".
 UNSUPPORTED_PROTO_OPTIONS = {
@@ -200,8 +203,7 @@ class CommandParser:
         self.shost: str | None = None
         self.dhost: str | None = None
         self.help_printer = help_printer
-        self.getopt = Getopt(argv, IPT_OPTSTRING,
-                             [LongOption(n, h, v) for n, h, v in ORIGINAL_OPTS])
+        self.getopt = Getopt(argv, IPT_OPTSTRING, list(_ORIGINAL_LONGOPTS))
         self.ctx.argv = self.getopt
 
     # -- option merging ------------------------------------------------------

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum, auto
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..errors import XtablesError
@@ -370,6 +371,7 @@ class XtOptionsExtension(Extension):
         raise NotImplementedError
 
 
+@lru_cache(maxsize=4096)
 def getportbyname(name: str) -> int:
     """xtables_getportbyname(): getaddrinfo(NULL, name), else -1.
 
