@@ -310,6 +310,8 @@ class Restorer:
 
     def rule_counters(self, st: Statement) -> tuple[str, str | None, str | None]:
         """tokenize_rule_counters() -> (command text, pcnt, bcnt)."""
+        if st.kind != "rule":
+            return st.text, None, None  # a "*x" line inside a block, say
         if st.counters is None:
             if st.text.startswith("["):  # "[" without "]" on the line
                 return tokenize_rule_counters(st.text, st.line, self.out)

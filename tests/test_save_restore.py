@@ -296,6 +296,8 @@ MALFORMED = {
     "quoted-chain-line": '*filter\n:"odd" - [0:0]\n-A INPUT -j "odd"\nCOMMIT\n',
     "unterminated-quote": '*filter\n-A INPUT -j "ACCEPT\nCOMMIT\n',
     "no-command": "*filter\n-p tcp\nCOMMIT\n",
+    "table-inside-table": "*filter\n*filter\nCOMMIT\n",
+    "comment-then-header-in-block": "*filter\n# x\n*nat junk\nCOMMIT\n",
     "second-block-fails": "*filter\n-A INPUT -j ACCEPT\nCOMMIT\n*filter\n-A NOPE\nCOMMIT\n",
 }
 
