@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import errno
+import gc
 import sys
 
 from ..cmdline import parse as P
@@ -78,6 +79,10 @@ def table_error(exc: TableOpError) -> int:
 
 
 def main() -> None:
+    # One short-lived process per command creates no garbage cycles worth
+    # collecting, but unpickling a large rule set would trigger many
+    # collections: without them loading 10k rules takes half the time.
+    gc.disable()
     sys.exit(run(sys.argv[1:]))
 
 

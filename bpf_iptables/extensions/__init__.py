@@ -47,6 +47,23 @@ def _registry() -> tuple[dict[str, MatchExtension], dict[str, TargetExtension]]:
     return matches, targets
 
 
+def _quick(kind: str, name: str) -> Extension | None:
+    """The extension from the module named after it (tcp.py, log.py),
+    without importing every other module: one short-lived process runs
+    one command, and most commands need one or two extensions. None means
+    "ask the full registry"."""
+    if _registry.cache_info().currsize or not name.isidentifier():
+        return None
+    try:
+        module = importlib.import_module(f"{__name__}.{name.lower()}")
+    except ImportError:
+        return None
+    for ext in getattr(module, "EXTENSIONS", ()):
+        if ext.kind == kind and ext.name == name:
+            return ext
+    return None
+
+
 def matches() -> dict[str, MatchExtension]:
     return _registry()[0]
 
@@ -57,9 +74,9 @@ def targets() -> dict[str, TargetExtension]:
 
 def find_match(name: str) -> MatchExtension:
     """xtables_find_match(XTF_LOAD_MUST_SUCCEED)."""
-    ext = matches().get(name)
+    ext = _quick("match", name) or matches().get(name)
     if ext is not None:
-        return ext
+        return ext  # type: ignore[return-value]
     if name in IPTABLES_MATCHES:
         raise NotSupported(f"match `{name}'")
     raise XtablesError(f"Couldn't load match `{name}':No such file or directory\n")
@@ -67,14 +84,14 @@ def find_match(name: str) -> MatchExtension:
 
 def try_match(name: str) -> MatchExtension | None:
     """xtables_find_match(XTF_TRY_LOAD) for implicit protocol matches."""
-    return matches().get(name)
+    return _quick("match", name) or matches().get(name)  # type: ignore[return-value]
 
 
 def try_target(name: str) -> TargetExtension | None:
     """xtables_find_target(XTF_TRY_LOAD): None means "maybe a chain"."""
     if name in STANDARD_TARGET_NAMES:
-        return targets().get("standard")
-    return targets().get(name)
+        name = "standard"
+    return _quick("target", name) or targets().get(name)  # type: ignore[return-value]
 
 
 def require_target(name: str) -> TargetExtension:
