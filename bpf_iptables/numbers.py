@@ -61,6 +61,10 @@ def strtoul(text: str, lo: int = 0, hi: int = 0, base: int = 0) -> int | None:
     """xtables_strtoul: the whole string must be a number in [lo, hi].
 
     hi == 0 means "no upper bound" as in libxtables. Returns None on failure."""
+    if base in (0, 10) and text.isdigit() and text.isascii() and (
+            text[0] != "0" or len(text) == 1) and len(text) < 20:
+        value = int(text)  # plain decimal: no sign, space or octal prefix to weigh
+        return value if lo <= value and (hi == 0 or value <= hi) else None
     value, end = parse_prefix(text, lo, hi, base)
     if value is None or end != len(text):
         return None

@@ -265,7 +265,7 @@ class Restorer:
         if self.opts.counters and pcnt is not None and bcnt is not None:
             argv.extend(("--set-counters", pcnt, bcnt))
         words = split_words(command)
-        self.check_argv_limits(len(argv), words, st.line)
+        self.check_argv_limits(len(argv), words, command, st.line)
         argv.extend(words)
         try:
             parsed = P.CommandParser(argv, table=self.curtable, restore=True,
@@ -296,9 +296,11 @@ class Restorer:
             keep_policy_counters(parsed, table, saved)
         return True
 
-    def check_argv_limits(self, argc: int, words: list[str], line: int) -> None:
+    def check_argv_limits(self, argc: int, words: list[str], command: str, line: int) -> None:
         """add_param()'s 1024-byte word buffer and add_argv()'s MAX_ARGC,
         in the order add_param_to_argv() would run into them."""
+        if len(command) < PARAM_BUFFER_SIZE // 4 and len(words) + argc + 1 < MAX_ARGC:
+            return  # the usual line: far from both (a character is at most 4 bytes)
         for word in words:
             if len(word) >= PARAM_BUFFER_SIZE // 4 and \
                     len(word.encode("utf-8", "surrogateescape")) >= PARAM_BUFFER_SIZE:
