@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Callable
 
 from .netns import Namespace, namespace
-from .tools import LEGACY, REPO, SEED, Tool, bpf_tool
+from .tools import BPF, LEGACY, REPO, Tool
 
 
 @dataclass
@@ -83,14 +83,10 @@ def append_argv(tool: Tool, i: int) -> list[str]:
 
 
 def load(ns: Namespace, tool: Tool, ruleset: Path, env: dict[str, str]) -> None:
-    if tool.restore is not None:
-        ns.run(tool.restore, stdin_path=str(ruleset), env=env)
-    else:
-        ns.run(SEED, stdin_path=str(ruleset), env=env)
+    ns.run(tool.restore, stdin_path=str(ruleset), env=env)
 
 
 def time_restore(tool: Tool, ruleset: Path, env: dict[str, str]) -> float:
-    assert tool.restore is not None
     with namespace() as ns:
         try:
             return ns.run(tool.restore, stdin_path=str(ruleset), env=env)
@@ -128,7 +124,6 @@ def profile(title: str, tool: Tool, ruleset: Path, env: dict[str, str],
         out = Path(tmp) / "prof"
         try:
             if operation == "restore":
-                assert tool.restore is not None
                 module = tool.restore[-1]
                 ns.run([sys.executable, "-m", "cProfile", "-o", str(out), "-m", module],
                        stdin_path=str(ruleset), env=env)
@@ -162,19 +157,15 @@ def run(ruleset: Path, runs: int, quick: bool,
     if shutil.which("iptables-legacy-restore") is None:
         raise SystemExit("iptables-legacy-restore is missing: run scripts/setup.sh first")
     env = env_for_children()
-    bpf = bpf_tool()
+    bpf = BPF
     tools = [LEGACY, bpf]
     restore = {t.name: Measurement("restore", t.name) for t in tools}
     append = {t.name: Measurement("append", t.name) for t in tools}
-    if bpf.restore is None:
-        restore[bpf.name].note = "bpf-iptables-restore does not exist yet"
-        append[bpf.name].note = "rule set loaded with bench.seed (no bpf-iptables-restore yet)"
 
     for i in range(runs):
         for tool in tools:      # alternate tools run by run
-            if tool.restore is not None:
-                progress(f"restore run {i + 1}/{runs}: {tool.name}")
-                restore[tool.name].times.append(time_restore(tool, ruleset, env))
+            progress(f"restore run {i + 1}/{runs}: {tool.name}")
+            restore[tool.name].times.append(time_restore(tool, ruleset, env))
     progress(f"append: loading the rule set, then {runs} x -A per tool")
     for name, times in time_appends(tools, ruleset, runs, env).items():
         append[name].times.extend(times)

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Demo: load examples/demo.rules into bpf-iptables and into the real
 # iptables-legacy, each in a private network namespace, and show that both
-# print the same rule set. Fails if they differ. The namespaces are deleted
-# on every exit path.
+# print the same rule set; then show that a match bpf-iptables cannot enforce
+# is refused (exit 2). Fails if the outputs differ or the refusal does not
+# happen. The namespaces are deleted on every exit path.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -30,32 +31,10 @@ in_bpf() { ip netns exec "$NS_BPF" "$@"; }
 in_legacy() { ip netns exec "$NS_LEGACY" "$@"; }
 # Our tools by their installed names (what a migrating user types).
 bpf() { local tool="$1"; shift; in_bpf "$BIN/$tool" "$@"; }
-have_cli() { "$PY" -c "import bpf_iptables.cli.$1" 2>/dev/null; }
-
-# Load with bpf-iptables-restore; before it existed, replay the file as
-# single bpf-iptables commands (policy lines -> -P, user chains -> -N).
-load_with_commands() {
-    local table="filter" line chain policy
-    while IFS= read -r line; do
-        case "$line" in
-            ''|'#'*|COMMIT) ;;
-            '*'*) table="${line#\*}" ;;
-            :*) read -r chain policy _ <<<"${line#:}"
-                if [[ "$policy" == "-" ]]; then bpf bpf-iptables -t "$table" -N "$chain"
-                else bpf bpf-iptables -t "$table" -P "$chain" "$policy"; fi ;;
-            *) eval "set -- $line"; bpf bpf-iptables -t "$table" "$@" ;;
-        esac
-    done <"$RULES"
-}
 
 echo "==> demo: $RULES in two private namespaces ($NS_BPF, $NS_LEGACY)"
-if have_cli restore; then
-    echo "\$ bpf-iptables-restore < $(basename "$RULES")"
-    bpf bpf-iptables-restore <"$RULES"
-else
-    echo "(bpf-iptables-restore not available yet: replaying the file as bpf-iptables commands)"
-    load_with_commands
-fi
+echo "\$ bpf-iptables-restore < $(basename "$RULES")"
+bpf bpf-iptables-restore <"$RULES"
 echo "\$ iptables-legacy-restore < $(basename "$RULES")"
 in_legacy iptables-legacy-restore <"$RULES"
 
@@ -64,12 +43,7 @@ echo "\$ bpf-iptables -L -v -n"
 bpf bpf-iptables -L -v -n | tee "$WORK/bpf.list"
 in_legacy iptables-legacy -L -v -n >"$WORK/legacy.list"
 
-# Without bpf-iptables-save yet, -S prints the same rules (minus headers).
-if have_cli save; then
-    save_cmd=(bpf-iptables-save); legacy_save=(iptables-legacy-save)
-else
-    save_cmd=(bpf-iptables -S); legacy_save=(iptables-legacy -S)
-fi
+save_cmd=(bpf-iptables-save); legacy_save=(iptables-legacy-save)
 bpf "${save_cmd[@]}" >"$WORK/bpf.save"
 in_legacy "${legacy_save[@]}" >"$WORK/legacy.save"
 echo
@@ -82,8 +56,21 @@ cat "$WORK/legacy.save"
 grep -v '^#' "$WORK/bpf.save" >"$WORK/bpf.cmp" || true
 grep -v '^#' "$WORK/legacy.save" >"$WORK/legacy.cmp" || true
 
+# What iptables accepts but bpf-iptables cannot enforce is refused (exit 2).
+echo
+echo "\$ bpf-iptables -A INPUT -m owner --uid-owner 0 -j ACCEPT"
+refused=0
+bpf bpf-iptables -A INPUT -m owner --uid-owner 0 -j ACCEPT 2>&1 || refused=$?
+bpf bpf-iptables-save | grep -v '^#' >"$WORK/bpf.after" || true
+if cmp -s "$WORK/bpf.after" "$WORK/bpf.cmp"; then
+    echo "(exit status $refused; the rule set is unchanged)"
+else
+    echo "(exit status $refused; the rule set CHANGED)"; refused=-1
+fi
+
 echo
 status=0
+[[ $refused -eq 2 ]] || { echo "==> a refused match must exit 2 and change nothing"; status=1; }
 if cmp -s "$WORK/bpf.list" "$WORK/legacy.list"; then
     echo "==> -L -v -n: identical to iptables-legacy"
 else

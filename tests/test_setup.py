@@ -46,6 +46,7 @@ def test_demo_matches_iptables_legacy_and_removes_its_namespaces() -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "identical to iptables-legacy" in proc.stdout
     assert "DIFFERS" not in proc.stdout
+    assert "(exit status 2; the rule set is unchanged)" in proc.stdout
     assert {n for n in _namespaces() - before if n.startswith("bpft-demo-")} == set()
 
 
