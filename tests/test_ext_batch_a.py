@@ -773,3 +773,27 @@ def test_batch_a_counters_match_netfilter(topo: Topology) -> None:  # noqa: F811
     # every rule saw traffic or deliberately none: most rules must have hits
     rule_hits = [packets for packets, _ in ours["FORWARD"][1]]
     assert sum(1 for n in rule_hits if n) >= len(rule_hits) - 3, rule_hits
+
+
+RESTORE_INPUTS = (
+    "*filter\n-A OUTPUT -m mac --mac-source 1:2:3:4:5:6\nCOMMIT\n",
+    "*filter\n-A INPUT -m udp --dport 1\nCOMMIT\n",
+    "*filter\n-A INPUT -p icmp --icmp-type echo\nCOMMIT\n",
+    "*filter\n-A INPUT -m comment --comment \"a b\" -m iprange --src-range 1.1.1.5-1.1.1.1\n"
+    "COMMIT\n",
+    "*filter\n-A INPUT -p tcp -m multiport --dports 1,2 --sports 3\nCOMMIT\n",
+    "*filter\n-A INPUT -m comment --comment 'single quoted' -m ttl ! --ttl 3\n"
+    "-A INPUT -m length --length 9: -m mark --mark 0x10/0x10\nCOMMIT\n",
+)
+
+
+def test_restore_with_batch_a_matches() -> None:
+    """Kernel refusals, parse errors and quoting through iptables-restore."""
+    problems = []
+    with pair(fast=True) as p:
+        for text in RESTORE_INPUTS:
+            for tool, data in (("iptables-restore", text), ("iptables-save", None)):
+                real, ours = p.both(tool=tool, input=data)
+                if real != ours:
+                    problems.append(f"{tool} after {text!r}\n{real}\n=== ours\n{ours}")
+    assert not problems, "\n\n".join(problems)
