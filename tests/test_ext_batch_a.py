@@ -237,6 +237,9 @@ EXTRA: dict[str, list[str]] = {
         "-A INPUT -m comment ! --comment x",
         "-A INPUT -m comment --comment " + "y" * 256,
         "-A INPUT -m comment --comment " + "z" * 300,
+        # cut at 255 bytes inside a UTF-8 character; a byte that is not UTF-8
+        "-A INPUT -m comment --comment " + "x" * 254 + "é",
+        "-A INPUT -m comment --comment a\udcffb",
         "-A INPUT -m comment --comment 'héllo wörld'",
         "-A INPUT -m comment --comment '*/ x'",
         "-A INPUT -m comment --comment a -m comment --comment b",

@@ -236,14 +236,17 @@ class XtOptionsExtension(Extension):
         if t in (T.UINT8RC, T.UINT16RC, T.UINT32RC, T.UINT64RC):
             return self._parse_mint(opt, arg)
         if t is T.STRING:
-            length = len(arg.encode())
+            # argv bytes that are not UTF-8 arrive as surrogates; C counts
+            # (and cuts) bytes, so work on the original bytes
+            raw = arg.encode("utf-8", "surrogateescape")
+            length = len(raw)
             if opt.min and length < opt.min:
                 raise XtablesError(f"Argument must have a minimum length of {opt.min} characters\n")
             if opt.max and length > opt.max:
                 raise XtablesError(f"Argument must have a maximum length of {opt.max} characters\n")
             if opt.size and length >= opt.size:
                 # XTOPT_PUT truncates silently to the buffer size
-                arg = arg.encode()[:opt.size - 1].decode(errors="ignore")
+                arg = raw[:opt.size - 1].decode("utf-8", "surrogateescape")
             return arg
         if t is T.SYSLOGLEVEL:
             num = strtoul(arg, 0, 7)

@@ -15,13 +15,15 @@ busy machine. Both sides of a command run concurrently either way.
 """
 from __future__ import annotations
 
+import os
+import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 from .compare import normalize
-from .netns import Namespace, Result, bpf_command, namespace
+from .netns import REPO, Namespace, Result, bpf_command, namespace
 
 # Real tool for each of our CLIs.
 REAL_TOOLS = {
@@ -58,11 +60,11 @@ class Pair:
     def both(self, *args: str, tool: str = "iptables",
              input: str | None = None) -> tuple[Outcome, Outcome]:
         """Run ``tool args`` in both namespaces: (real, ours), normalised."""
-        real = self._pool.submit(self.real.run, [REAL_TOOLS[tool], *args], input=input)
+        real = self._pool.submit(run_bytes_safe, self.real, [REAL_TOOLS[tool], *args], input)
         if self.runner is not None and input is None and tool in ("iptables", "iptables-save"):
             ours = self.runner.run(tool, *args)
         else:
-            ours = self.ours.run(bpf_command(tool, *args), input=input)
+            ours = run_bytes_safe(self.ours, bpf_command(tool, *args), input)
         return Outcome.of(real.result()), Outcome.of(ours)
 
     def differs(self, *args: str, tool: str = "iptables",
@@ -86,6 +88,21 @@ class Pair:
         for args in (("-F",), ("-X",), ("-Z",), ("-P", "INPUT", "ACCEPT"),
                      ("-P", "FORWARD", "ACCEPT"), ("-P", "OUTPUT", "ACCEPT")):
             self.assert_same(*args)
+
+
+def run_bytes_safe(ns: Namespace, argv: list[str], input: str | None = None,
+                   timeout: float = 60) -> Result:
+    """``Namespace.run`` for output that need not be UTF-8 (a comment cut
+    inside a multi-byte character): bytes that do not decode become
+    surrogates, as in the fork server, so both sides compare alike."""
+    env = dict(os.environ)
+    env.setdefault("PYTHONPATH", str(REPO))
+    env["LC_ALL"] = "C"
+    proc = subprocess.run(["ip", "netns", "exec", ns.name, *argv],
+                          input=None if input is None else input.encode("utf-8", "surrogateescape"),
+                          capture_output=True, timeout=timeout, env=env)
+    return Result(proc.stdout.decode("utf-8", "surrogateescape"),
+                  proc.stderr.decode("utf-8", "surrogateescape"), proc.returncode)
 
 
 @contextmanager
