@@ -284,11 +284,15 @@ class Restorer:
         except XtablesError as exc:
             raise self.out.xtables_error(exc, st.line) from None
         saved = {c.name: c.counters for c in table.chains.values() if c.builtin}
+        outcome = Outcome()
         try:
-            outcome = execute(parsed, table)
+            execute(parsed, table, outcome)
         except TableOpError:
+            # with -v, the rules printed before the failing call still show
+            self.out.out("".join(outcome.stdout))
             return False
         except XtablesError as exc:
+            self.out.out("".join(outcome.stdout))
             raise self.out.xtables_error(exc, st.line) from None
         if outcome.stdout:
             self.out.out("".join(outcome.stdout))

@@ -223,6 +223,27 @@ def test_command_lines_in_restore() -> None:
         b.same_rules()
 
 
+@pytest.mark.parametrize("line", ["-h", "-V", "-6 -A INPUT -j DROP", "-4 -A INPUT -j DROP",
+                                  "-A INPUT -j ACCEPT -h", "-L -V", "--help"])
+def test_special_options_in_lines(line: str) -> None:
+    with both() as b:
+        b.same("iptables-restore", "-c", input=BASE)
+        b.same("iptables-restore", input=f"*filter\n-A INPUT -j DROP\n{line}\nCOMMIT\n")
+        # help and version end the run: nothing is committed (in neither tool)
+        b.same_rules()
+
+
+@pytest.mark.parametrize("dump", [
+    "*filter\n-A INPUT -j ACCEPT\n-D INPUT -j DROP\nCOMMIT\n",
+    "*filter\n-A INPUT -s 1.1.1.1,2.2.2.2 -j ACCEPT\n-D INPUT -s 1.1.1.1,3.3.3.3 -j ACCEPT\n"
+    "COMMIT\n",
+    "*filter\n-N x\n-A x -j ACCEPT\n-A INPUT -j x\n-X\nCOMMIT\n",
+])
+def test_verbose_output_of_a_failing_line(dump: str) -> None:
+    with both() as b:
+        b.same("iptables-restore", "-v", input=dump)
+
+
 def test_two_blocks_and_table_option() -> None:
     first = "*filter\n:A - [0:0]\n-A INPUT -j A\nCOMMIT\n"
     second = "*filter\n:B - [0:0]\n-A OUTPUT -j B\nCOMMIT\n"
