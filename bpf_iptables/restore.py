@@ -18,7 +18,7 @@ from . import tableops
 from .cmdline import parse as P
 from .commands import execute, for_each_chain, Outcome
 from .errors import NotSupported, TableOpError, XtablesError, OTHER_PROBLEM, PARAMETER_PROBLEM
-from .model import BUILTIN_CHAINS, Chain, Counters, RuleSet, Table
+from .model import BUILTIN_CHAINS, STANDARD_VERDICTS, Chain, Counters, RuleSet, Table
 from .restore_grammar import Statement, parse_lines, split_words
 from .restore_input import read_statements
 from .validate import validate_table
@@ -95,6 +95,7 @@ class Restorer:
         self.table: Table | None = None   # the open block's table (a private copy)
         self.curtable = ""
         self.opened: set[str] = set()           # tables whose handle was created
+        self.announced: set[str] = set()        # chains named by ":" lines
         self.stored_names: set[str] | None = None
         self.saved = False
 
@@ -228,7 +229,8 @@ class Restorer:
         if existing is None or not existing.builtin:
             if self.opts.noflush and existing is not None:
                 tableops.flush(table, chain)
-            elif existing is not None:
+            elif existing is not None or chain in STANDARD_VERDICTS:
+                # libiptc's create_chain takes the verdict names as taken
                 raise self.out.xtables_error(XtablesError(
                     f"error creating chain '{chain}':{errno_text(errno.EEXIST)}"), line)
             else:
@@ -237,8 +239,12 @@ class Restorer:
             raise self.out.xtables_error(XtablesError(
                 f"{prog}: line {line} policy invalid"), line)
         policy = st.fields[1]
-        if policy == "-":
-            return
+        if policy != "-":
+            self.set_policy(table, chain, policy, st)
+        self.announced.add(chain)
+
+    def set_policy(self, table: Table, chain: str, policy: str, st: Statement) -> None:
+        line = st.line
         count = Counters()
         if self.opts.counters:
             parsed = parse_counters(st.fields[2]) if len(st.fields) > 2 else None
@@ -269,7 +275,8 @@ class Restorer:
         argv.extend(words)
         try:
             parsed = P.CommandParser(argv, table=self.curtable, restore=True,
-                                     help_printer=self.help_printer).parse()
+                                     help_printer=self.help_printer,
+                                     notargets=self.announced).parse()
         except P.LineIgnored:
             return True
         except P.HelpRequested as h:

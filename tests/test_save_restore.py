@@ -234,6 +234,20 @@ def test_special_options_in_lines(line: str) -> None:
 
 
 @pytest.mark.parametrize("dump", [
+    # a chain named by a ":" line is never taken for an extension (no warning)
+    "*filter\n:REJECT - [0:0]\n-A INPUT -j REJECT\nCOMMIT\n",
+    "*filter\n:LOG - [0:0]\n:SNAT - [0:0]\n-A INPUT -j LOG\n-A INPUT -j SNAT\nCOMMIT\n",
+    # one made by -N is, with iptables' warning
+    "*filter\n-N REJECT\n-A INPUT -j REJECT\nCOMMIT\n",
+    "*filter\n:-odd - [0:0]\n:a\\b - [0:0]\n-A INPUT -j -odd\n-A INPUT -j a\\b\nCOMMIT\n",
+])
+def test_chains_named_in_headers(dump: str) -> None:
+    with both() as b:
+        b.same("iptables-restore", input=dump)
+        b.same_rules()
+
+
+@pytest.mark.parametrize("dump", [
     "*filter\n-A INPUT -j ACCEPT\n-D INPUT -j DROP\nCOMMIT\n",
     "*filter\n-A INPUT -s 1.1.1.1,2.2.2.2 -j ACCEPT\n-D INPUT -s 1.1.1.1,3.3.3.3 -j ACCEPT\n"
     "COMMIT\n",
@@ -317,6 +331,11 @@ MALFORMED = {
     "quoted-chain-line": '*filter\n:"odd" - [0:0]\n-A INPUT -j "odd"\nCOMMIT\n',
     "unterminated-quote": '*filter\n-A INPUT -j "ACCEPT\nCOMMIT\n',
     "no-command": "*filter\n-p tcp\nCOMMIT\n",
+    "verdict-named-chain": "*filter\n:RETURN - [0:0]\nCOMMIT\n",
+    "crlf-line-ends": "*filter\r\n:INPUT ACCEPT [0:0]\r\nCOMMIT\r\n",
+    "crlf-commit": "*filter\nCOMMIT\r\n",
+    "announced-chain-with-target-options": "*filter\n:REJECT - [0:0]\n"
+                                           "-A INPUT -j REJECT --reject-with tcp-reset\nCOMMIT\n",
     "table-inside-table": "*filter\n*filter\nCOMMIT\n",
     "comment-then-header-in-block": "*filter\n# x\n*nat junk\nCOMMIT\n",
     "second-block-fails": "*filter\n-A INPUT -j ACCEPT\nCOMMIT\n*filter\n-A NOPE\nCOMMIT\n",

@@ -190,8 +190,12 @@ class CommandParser:
     """One do_parse() run."""
 
     def __init__(self, argv: list[str], table: str = "filter", restore: bool = False,
-                 help_printer: Callable[[list[Extension]], str] | None = None):
+                 help_printer: Callable[[list[Extension]], str] | None = None,
+                 notargets: frozenset[str] | set[str] = frozenset()):
         self.argv = argv
+        # chains iptables-restore announced (xtables_announce_chain): -j NAME
+        # never loads an extension of that name
+        self.notargets = notargets
         self.restore = restore
         self.p = ParsedCommand(table=table)
         self.matches: list[ExtInstance] = []
@@ -531,6 +535,8 @@ class CommandParser:
     def command_jump(self, name: str) -> None:
         p = self.p
         p.jumpto = self.parse_target_name(name)
+        if name in self.notargets and name not in registry.STANDARD_TARGET_NAMES:
+            return
         if name in registry.IPTABLES_TARGETS and registry.try_target(name) is None:
             raise NotSupported(f"target `{name}'")
         ext = registry.try_target(name)
