@@ -55,6 +55,10 @@ struct resume {
 	u64 cur;
 	u32 word;
 	u32 active;
+	u32 evil;	/* pf.evil, read back from here inside the scan: a
+			 * value from a map is unknown to the verifier, so it
+			 * does not verify the loop once per constant */
+	u32 pad;
 };
 
 BPF_ARRAY(config_map, struct config, 1);
@@ -222,6 +226,7 @@ int xdp_filter(struct xdp_md *ctx)
 	struct resume *rs = resume_map.lookup(&zero);
 	if (!rs)
 		return XDP_ABORTED;
+	rs->evil = pf.evil;
 	u64 w, cur;
 	if (rs->active) {
 		rs->active = 0;
@@ -247,7 +252,7 @@ int xdp_filter(struct xdp_md *ctx)
 		struct entry *en = entry_map.lookup(&e);
 		if (!en)
 			return XDP_ABORTED;
-		if (pf.evil && en->tcp)
+		if (rs->evil & en->tcp)
 			return XDP_DROP; /* hotdrop: the rule is not counted */
 		count(en->counter, length);
 		if (en->verdict != VERDICT_CONTINUE)

@@ -4,10 +4,25 @@
  * by a rule (lo and hi+1). The sorted boundaries live in one map value,
  * padded to a power of two with 65536 (greater than any port); interval i
  * is [b[i], b[i+1]) and has one bitvector. A branch-free binary search of
- * log2(BSIZE) unrolled steps finds the interval: the verifier sees a fixed
+ * log2(BSIZE) unrolled probes finds the interval: the verifier sees a fixed
  * instruction sequence whatever the number of ranges. */
 #ifndef BPF_IPTABLES_RANGES_H
 #define BPF_IPTABLES_RANGES_H
+
+/* One probe of the search: a no-op unless S < BSIZE (folded at compile
+ * time), so the search is a straight line of log2(BSIZE) probes whose
+ * index the verifier sees as one unknown value, not one constant per path
+ * (which would make it walk one path per interval). */
+#define INTERVAL_PROBE(T, BSIZE, S, idx, port)                               \
+	if ((BSIZE) > (S)) {                                                  \
+		u32 probe = (T)->b[((idx) + (S)) & ((BSIZE) - 1)];           \
+		s64 diff = (s64)(port) - (s64)probe;                          \
+		/* opaque to clang, which would turn the sign test below  \
+		 * into a compare and branch: one verifier path per interval */ \
+		asm volatile("" : "+r"(diff));                                \
+		/* diff >= 0: the interval starts at or after probe */        \
+		(idx) += (S) & ~(u32)(diff >> 63);                            \
+	}
 
 #define DEFINE_INTERVAL_SEARCH(NAME, BSIZE)                                   \
 	struct NAME##_bounds {                                                \
@@ -17,13 +32,22 @@
 						   u32 port)                  \
 	{                                                                     \
 		u32 idx = 0;                                                  \
-		_Pragma("unroll")                                             \
-		for (u32 step = (BSIZE) / 2; step > 0; step >>= 1) {          \
-			u32 probe = t->b[(idx + step) & ((BSIZE) - 1)];       \
-			s64 diff = (s64)port - (s64)probe;                    \
-			/* diff >= 0: the interval starts at or after probe */ \
-			idx += step & ~(u32)(diff >> 63);                     \
-		}                                                             \
+		INTERVAL_PROBE(t, BSIZE, 32768, idx, port)                    \
+		INTERVAL_PROBE(t, BSIZE, 16384, idx, port)                    \
+		INTERVAL_PROBE(t, BSIZE, 8192, idx, port)                     \
+		INTERVAL_PROBE(t, BSIZE, 4096, idx, port)                     \
+		INTERVAL_PROBE(t, BSIZE, 2048, idx, port)                     \
+		INTERVAL_PROBE(t, BSIZE, 1024, idx, port)                     \
+		INTERVAL_PROBE(t, BSIZE, 512, idx, port)                      \
+		INTERVAL_PROBE(t, BSIZE, 256, idx, port)                      \
+		INTERVAL_PROBE(t, BSIZE, 128, idx, port)                      \
+		INTERVAL_PROBE(t, BSIZE, 64, idx, port)                       \
+		INTERVAL_PROBE(t, BSIZE, 32, idx, port)                       \
+		INTERVAL_PROBE(t, BSIZE, 16, idx, port)                       \
+		INTERVAL_PROBE(t, BSIZE, 8, idx, port)                        \
+		INTERVAL_PROBE(t, BSIZE, 4, idx, port)                        \
+		INTERVAL_PROBE(t, BSIZE, 2, idx, port)                        \
+		INTERVAL_PROBE(t, BSIZE, 1, idx, port)                        \
 		return idx & ((BSIZE) - 1);                                   \
 	}
 

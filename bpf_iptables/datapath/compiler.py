@@ -39,9 +39,10 @@ PROTO_DEFAULT = 256
 TCP_FLAGS_NONE = 64
 TCP_FLAGS_EVIL = 65
 # The scan loop's bound per invocation: the verifier walks it once per
-# iteration (about 250 instructions each, 1M in all); longer scans continue
+# iteration and keeps one pending branch state per undecided branch on the path (8192
+# at most, ~5 per iteration); longer scans continue
 # in tail calls of the program, of which the kernel allows 33.
-MAX_STEPS = 3000
+MAX_STEPS = 1200
 MAX_CHUNKS = 32
 FIELD_ORDER = ("src", "dst", "proto", "iif", "frag", "flags", "sport", "dport")
 

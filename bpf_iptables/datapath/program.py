@@ -64,10 +64,11 @@ class LoadedProgram:
     # -- writing maps ---------------------------------------------------------
 
     def _bv(self, table, value: int):
+        """A bitvector leaf: bit e of ``value`` is bit e%64 of word e/64,
+        i.e. the little-endian bytes of the integer on x86-64."""
         leaf = table.Leaf()
-        words = leaf.word
-        for i in range(self.shape.nwords):
-            words[i] = (value >> (64 * i)) & 0xFFFFFFFFFFFFFFFF
+        data = value.to_bytes(self.shape.nwords * 8, "little")
+        ctypes.memmove(ctypes.addressof(leaf), data, len(data))
         return leaf
 
     def _clear(self, name: str) -> None:
