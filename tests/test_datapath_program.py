@@ -172,7 +172,7 @@ def test_long_scans_continue_in_tail_calls(harness, monkeypatch):
     lines = ["-A INPUT -p udp"] * 100 + ["-A INPUT -p udp -j DROP", "-A INPUT -j ACCEPT"]
     table = table_from_lines(lines)
     c = compile_chain(table, "INPUT", harness.interfaces)
-    assert c.shape.steps == 40  # 2 words + 2 * 101 continuing entries: 6 invocations
+    assert c.shape.steps == 40  # 2 words + 101 continuing entries: 3 invocations
     packets = [pkt(harness, proto=17, sport=1, dport=2, length=100),
                pkt(harness, proto=6, dport=2)]
     own = Harness(interfaces=harness.interfaces)  # this shape, not the shared one
@@ -183,4 +183,5 @@ def test_long_scans_continue_in_tail_calls(harness, monkeypatch):
     assert report.mismatches == []
     assert all(r.counters.packets == 1 for r in table.chains["INPUT"].rules)
     with pytest.raises(NotSupported):
-        compile_chain(table_from_lines(["-A INPUT"] * 700), "INPUT", {"lo": 1})
+        # 32 words + 1400 continuing entries > 32 invocations of 40 steps
+        compile_chain(table_from_lines(["-A INPUT"] * 1400), "INPUT", {"lo": 1})

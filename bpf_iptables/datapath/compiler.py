@@ -304,12 +304,13 @@ def compile_chain(table: Table, hook: str = "INPUT", interfaces: dict[str, int] 
             used |= e.fields.uses()
     nonterminal = sum(1 for e in entries if e.verdict == VERDICT_CONTINUE)
     nwords = pow2_at_least((n + 63) // 64)
-    # a scan loads each word once, plus once more after each entry that
-    # continues; it visits at most every continuing entry and one verdict
-    needed = nwords + 2 * nonterminal + 2
+    # A scan only moves forward (continuations and RETURN/goto targets lie
+    # after the entry), so it advances over at most nwords - 1 words and
+    # visits at most every continuing entry plus one verdict.
+    needed = nwords + nonterminal + 2
     steps = min(needed, MAX_STEPS)
     if -(-needed // steps) > MAX_CHUNKS:
-        raise NotSupported(f"more than {(MAX_CHUNKS * MAX_STEPS - nwords) // 2} "
+        raise NotSupported(f"more than {MAX_CHUNKS * MAX_STEPS - nwords - 2} "
                            "non-terminating rules in one chain in the eBPF data path")
     policy = VERDICTS[table.chains[hook].policy or "ACCEPT"]
     c = Compiled(hook, Shape(nwords, steps, FIRST_RULE_COUNTER + len(slots), frozenset()),
