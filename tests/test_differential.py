@@ -268,10 +268,29 @@ tcp_options = st.lists(st.one_of(
     _inv(flags.map(lambda f: ["--tcp-flags", *f.split()])),
 ), max_size=2).map(lambda parts: [a for part in parts for a in part])
 
+udp_options = st.lists(st.one_of(
+    _inv(ports.map(lambda p: ["--dport", p])),
+    _inv(ports.map(lambda p: ["--sport", p])),
+), max_size=2).map(lambda parts: [a for part in parts for a in part])
+
+icmp_options = st.one_of(st.just([]), _inv(st.sampled_from(
+    ["echo-request", "8", "3/1", "any", "bogus"]).map(lambda t: ["--icmp-type", t])))
+
 protocol = st.one_of(
     st.just([]),
     _inv(st.sampled_from(["all", "icmp", "17", "0", "TCP"]).map(lambda p: ["-p", p])),
     st.tuples(st.sampled_from(["tcp", "6"]), tcp_options).map(lambda t: ["-p", t[0], *t[1]]),
+    st.tuples(st.sampled_from(["udp", "17"]), udp_options).map(lambda t: ["-p", t[0], *t[1]]),
+    icmp_options.map(lambda o: ["-p", "icmp", *o]),
+    st.sampled_from(["80", "80,443", "1:5,9"]).map(
+        lambda d: ["-p", "tcp", "-m", "multiport", "--dports", d]),
+)
+
+# other matches the registry has (the extension helpers test them in depth)
+extra_match = st.one_of(
+    st.just([]),
+    st.sampled_from(["hello", "two words"]).map(lambda c: ["-m", "comment", "--comment", c]),
+    _inv(st.sampled_from(["0x1", "0x10/0xf0"]).map(lambda m: ["-m", "mark", "--mark", m])),
 )
 
 target = st.one_of(
@@ -288,6 +307,7 @@ rule_spec = st.tuples(
         lambda i: ["-i", i]))),
     st.one_of(st.just([]), _inv(st.sampled_from(["eth1", "veth+"]).map(lambda i: ["-o", i]))),
     st.one_of(st.just([]), _inv(st.just(["-f"]))),
+    extra_match,
     target,
     st.one_of(st.just([]), st.just(["-c", "7", "99"])),
     st.one_of(st.just([]), st.just(["-v"])),
