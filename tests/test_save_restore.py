@@ -5,12 +5,14 @@ Every test compares exit status, stdout and stderr (program names
 normalised) and the rule set both tools hold afterwards (save -c)."""
 from __future__ import annotations
 
+import os
 import re
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from bpf_iptables import extensions as registry
 from tests.support.compare import normalize
@@ -417,3 +419,31 @@ def test_save_of_fresh_namespace() -> None:
         b.same("iptables-save")
         b.same("iptables-save", "-t", "filter")
         b.same("iptables-save")  # the table now exists
+
+
+# -- random dumps ----------------------------------------------------------------
+
+_LINES = [
+    "*filter", "*filter x", "*", "*bogus", "COMMIT", "COMMIT ", "", "# note", ":INPUT DROP [1:2]",
+    ":FORWARD ACCEPT", ":U - [0:0]", ":V - [3:4]", ":U", ":OUTPUT BAD [0:0]", "-A INPUT -j U",
+    "[5:6] -A U -p tcp --dport 80 -j ACCEPT", "-A V -j U", "-A U -j V", "-N W", "-X W",
+    "-F", "-Z", "-D INPUT 1", "-I INPUT 2 -j DROP", "-A INPUT -s 10.0.0.0/8,1.2.3.4 -j RETURN",
+    "[1:2 -A INPUT", "[7:8]", "-A INPUT \"-p\" tcp", "-P INPUT ACCEPT", "-A NOPE", "junk",
+    "-A INPUT -m tcp --dport 1", "-E V V2", "-X U",
+]
+
+
+@settings(max_examples=int(os.environ.get("RESTORE_EXAMPLES", "25")), deadline=None)
+@given(lines=st.lists(st.sampled_from(_LINES), max_size=12),
+       options=st.sampled_from([(), ("-c",), ("-n",), ("-n", "-c"), ("-v",), ("-t",)]))
+def test_random_dumps(lines: list[str], options: tuple[str, ...]) -> None:
+    text = "".join(line + "\n" for line in lines)
+    with both() as b:
+        b.same("iptables-restore", "-c", input=BASE)
+        before = b.ours_save()
+        real, ours = b.run("iptables-restore", *options, input=text)
+        assert ours == real, text
+        if real[0] == 0:
+            b.same_rules()
+        else:
+            assert b.ours_save() == before  # all or nothing (iptables commits per table)
