@@ -2,7 +2,8 @@
 
 Random INPUT rule sets (addresses with "!", protocols with "!", tcp/udp port
 ranges with "!", TCP flags, -i with "+", -f, counting-only rules, user
-chains with -j/-g/RETURN, both policies) are built through the real command
+chains with -j/-g/RETURN, both policies, blocks of filler rules so that
+scans cross bitvector words) are built through the real command
 parser; random packets, biased towards the rules' boxes and their edges,
 go through BPF_PROG_TEST_RUN and through reference.evaluate. Verdicts and
 every rule and policy counter must be equal. One program shape is loaded
@@ -23,9 +24,11 @@ BASES = [ip_to_int(a) for a in ("10.0.0.0", "10.1.2.0", "10.1.2.128", "192.168.1
                                 "172.16.0.0", "0.0.0.0")]
 LENGTHS = (0, 8, 16, 23, 24, 25, 30, 32)
 PROTOS = ("tcp", "udp", "icmp", "47")
+FILLERS = ("-A INPUT -s 203.0.113.0/24 -j DROP", "-A INPUT -p 99", "-A INPUT -p tcp",
+           "-A INPUT -m comment --comment filler")
 FLAG_NAMES = ("FIN", "SYN", "RST", "PSH", "ACK", "URG")
 ALL_FIELDS = frozenset({"src", "dst", "proto", "iif", "frag", "flags", "sport", "dport"})
-SHAPE = Shape(nwords=8, steps=800, ncounters=128, fields=ALL_FIELDS, src_max=64, dst_max=64,
+SHAPE = Shape(nwords=16, steps=1100, ncounters=512, fields=ALL_FIELDS, src_max=64, dst_max=64,
               proto_max=16, iif_max=16, sport_bsize=64, dport_bsize=64)
 
 
@@ -119,6 +122,14 @@ def rule_sets(draw, ifnames: list[str]) -> tuple[list[str], list[dict]]:
         line, box = draw(rule_line("INPUT", targets, ifnames))
         lines.append(line)
         boxes.append(box)
+    # blocks of filler rules push the interesting ones across bitvector
+    # words: never-matching ones, and counting-only ones that every TCP
+    # packet hits (long scans of continuing entries)
+    for _ in range(draw(st.integers(0, 3))):
+        filler = draw(st.sampled_from(FILLERS))
+        at = draw(st.integers(len(chains), len(lines)))
+        block = [filler] * draw(st.integers(1, 80))
+        lines[at:at] = block
     if draw(st.booleans()):
         lines.append("-P INPUT DROP")
     return lines, boxes
@@ -158,7 +169,7 @@ def packet_for(draw, boxes: list[dict], ifnames: list[str]) -> Packet:
     return pkt
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
 @given(data=st.data())
 def test_datapath_matches_reference(harness, data):
     ifnames = sorted(harness.interfaces)

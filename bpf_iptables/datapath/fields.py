@@ -21,6 +21,7 @@ from ..model import Rule
 from ..netaddr import IPv4Net, iface_matches, mask_to_cidr
 
 PORT_MATCHES = ("tcp", "udp")
+ALWAYS_TRUE_MATCHES = ("comment",)  # xt_comment matches every packet
 
 
 @dataclass(frozen=True)
@@ -168,6 +169,8 @@ def add_rule(f: EntryFields, rule: Rule, hook: str) -> bool:
             ok = False
         f.fragment = want
     for match in rule.matches:
+        if match.name in ALWAYS_TRUE_MATCHES:
+            continue
         if match.name not in PORT_MATCHES:
             raise NotSupported(f"match `{match.name}' in the eBPF data path")
         data = match.data
