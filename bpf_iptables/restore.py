@@ -16,8 +16,9 @@ from typing import Callable, ContextManager, TextIO
 
 from . import tableops
 from .cmdline import parse as P
-from .commands import execute, for_each_chain, Outcome
-from .errors import NotSupported, TableOpError, XtablesError, OTHER_PROBLEM, PARAMETER_PROBLEM
+from .commands import Outcome, execute
+from .errors import (NotSupported, TableOpError, XtablesError, OTHER_PROBLEM, PARAMETER_PROBLEM,
+                     VERSION_PROBLEM)
 from .model import BUILTIN_CHAINS, STANDARD_VERDICTS, Chain, Counters, RuleSet, Table
 from .restore_grammar import Statement, parse_lines, split_words
 from .restore_input import read_statements
@@ -70,7 +71,7 @@ class Output:
         self.err(f"{self.prog} v{self.version}: {exc.message}\n")
         if exc.status == PARAMETER_PROBLEM:
             self.try_help(line)
-        elif exc.status == 3:
+        elif exc.status == VERSION_PROBLEM:
             self.err("Perhaps iptables or your kernel needs to be upgraded.\n")
         return RestoreExit(exc.status)
 

@@ -6,7 +6,7 @@ import sys
 
 from ..cmdline.parse import _scanf_int, _scanf_uint
 from ..errors import XtablesError
-from ..restore import Output, RestoreExit, RestoreOptions, Restorer
+from ..restore import Output, RestoreOptions, Restorer
 from ..restore_getopt import GetoptError, LongOpt, OPTIONAL_ARGUMENT, PermutingGetopt
 from ..restore_input import read_statements
 from .. import state
