@@ -35,7 +35,18 @@ struct entry {
 	u32 verdict;	/* XDP verdict, or VERDICT_CONTINUE */
 	u32 next;	/* entry to continue the scan at */
 	u32 tcp;	/* the rule has a tcp match: hot-drops evil fragments */
+	/* per-candidate check of what does not decompose into fields: an
+	 * address under a non-contiguous mask (mask 0: nothing to check) */
+	u32 src_addr, src_mask, src_inv;
+	u32 dst_addr, dst_mask, dst_inv;
 };
+
+/* 1 when (addr & mask) != want, without a branch (see bitvector.h) */
+static __always_inline u64 differs(u32 addr, u32 mask, u32 want)
+{
+	u64 diff = (addr & mask) ^ want;
+	return (diff + 0xFFFFFFFFULL) >> 32;
+}
 
 struct counter {
 	u64 packets;
@@ -252,6 +263,13 @@ int xdp_filter(struct xdp_md *ctx)
 		struct entry *en = entry_map.lookup(&e);
 		if (!en)
 			return XDP_ABORTED;
+		/* residual checks: a candidate that fails them is skipped */
+		u64 miss = (differs(pf.saddr, en->src_mask, en->src_addr) ^ en->src_inv) |
+			   (differs(pf.daddr, en->dst_mask, en->dst_addr) ^ en->dst_inv);
+		if (miss) {
+			cur &= cur - 1; /* drop the candidate, go on */
+			continue;
+		}
 		if (rs->evil & en->tcp)
 			return XDP_DROP; /* hotdrop: the rule is not counted */
 		count(en->counter, length);

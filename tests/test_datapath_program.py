@@ -141,7 +141,8 @@ def test_in_interface_wildcards_and_unknown_interfaces(harness):
 @pytest.mark.parametrize("lines, hook", [
     (["-A INPUT -p tcp -j REJECT"], "INPUT"),
     (["-A INPUT -m limit --limit 1/s -j ACCEPT"], "INPUT"),
-    (["-A INPUT -s 10.0.0.0/255.0.255.0 -j DROP"], "INPUT"),
+    (["-N X", "-A X -s 10.0.0.0/255.0.255.0", "-A INPUT -s 10.0.0.0/255.0.255.0 -j X",
+      "-A INPUT ! -s 10.0.0.0/255.0.0.255 -g X"], "INPUT"),
     (["-A INPUT -p tcp --tcp-option 2 -j DROP"], "INPUT"),
     (["-A FORWARD -j DROP"], "FORWARD"),
 ])
@@ -149,6 +150,20 @@ def test_refused_with_not_supported(lines, hook):
     table = table_from_lines(lines)
     with pytest.raises(NotSupported):
         compile_chain(table, hook, {"lo": 1})
+
+
+def test_non_contiguous_masks_are_checked_per_candidate(harness):
+    lines = ["-A INPUT -s 10.0.5.0/255.0.255.0 -p udp -j DROP",
+             "-A INPUT ! -d 10.0.0.7/255.0.0.255 -p udp",
+             "-A INPUT -p udp -s 10.0.0.0/8 -j ACCEPT", "-P INPUT DROP"]
+    packets = [pkt(harness, proto=17, src=ip_to_int("10.1.5.1"), dst=ip_to_int("10.0.0.7")),
+               pkt(harness, proto=17, src=ip_to_int("10.1.6.1"), dst=ip_to_int("10.9.9.7")),
+               pkt(harness, proto=17, src=ip_to_int("10.1.6.1"), dst=ip_to_int("10.9.9.8"))]
+    table = check(harness, lines, packets)
+    assert [r.counters.packets for r in table.chains["INPUT"].rules] == [1, 1, 2]
+    c = compile_chain(table, "INPUT", {"lo": 1})
+    assert c.entries[0].residual("src") == (ip_to_int("10.0.5.0"), ip_to_int("255.0.255.0"), False)
+    assert c.entries[1].residual("dst") == (ip_to_int("10.0.0.7"), ip_to_int("255.0.0.255"), True)
 
 
 def test_port_ranges_are_intervals_not_ports():

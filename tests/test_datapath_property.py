@@ -2,7 +2,8 @@
 
 Random INPUT rule sets (addresses with "!", protocols with "!", tcp/udp port
 ranges with "!", TCP flags, -i with "+", -f, counting-only rules, user
-chains with -j/-g/RETURN, both policies, blocks of filler rules so that
+chains with -j/-g/RETURN, both policies, non-contiguous address masks
+(checked per candidate after the bitvector step), blocks of filler rules so that
 scans cross bitvector words) are built through the real command
 parser; random packets, biased towards the rules' boxes and their edges,
 go through BPF_PROG_TEST_RUN and through reference.evaluate. Verdicts and
@@ -23,6 +24,7 @@ from bpf_iptables.reference.packet import Packet
 BASES = [ip_to_int(a) for a in ("10.0.0.0", "10.1.2.0", "10.1.2.128", "192.168.1.0",
                                 "172.16.0.0", "0.0.0.0")]
 LENGTHS = (0, 8, 16, 23, 24, 25, 30, 32)
+ODD_MASK = "255.0.255.0"
 PROTOS = ("tcp", "udp", "icmp", "47")
 FILLERS = ("-A INPUT -s 203.0.113.0/24 -j DROP", "-A INPUT -p 99", "-A INPUT -p tcp",
            "-A INPUT -m comment --comment filler")
@@ -69,12 +71,20 @@ def rule_line(draw, chain: str, targets: list[str], ifnames: list[str]) -> tuple
     """One -A line and a description of its box (for biasing packets)."""
     words = ["-A", chain]
     box: dict = {}
+    target = draw(st.sampled_from(targets))
+    # a non-contiguous mask (a per-candidate check) at most once per path:
+    # only in INPUT rules that do not lead into a user chain
+    odd_mask_ok = chain == "INPUT" and not target.startswith(("-j U", "-g U"))
     for opt in ("-s", "-d"):
         if draw(st.integers(0, 2)) == 0:
             addr, length = draw(prefixes())
             inv = draw(st.integers(0, 4)) == 0
-            words += (["!"] if inv else []) + [opt, f"{int_to_ip(addr)}/{length}"]
-            box[opt] = (addr, length)
+            if odd_mask_ok and draw(st.integers(0, 4)) == 0:
+                words += (["!"] if inv else []) + [opt, f"{int_to_ip(addr)}/{ODD_MASK}"]
+                box[opt] = (addr & ip_to_int(ODD_MASK), 0)
+            else:
+                words += (["!"] if inv else []) + [opt, f"{int_to_ip(addr)}/{length}"]
+                box[opt] = (addr, length)
     proto = draw(st.sampled_from((None, None) + PROTOS))
     if proto is not None:
         inv = proto != "tcp" and draw(st.integers(0, 4)) == 0
@@ -96,7 +106,6 @@ def rule_line(draw, chain: str, targets: list[str], ifnames: list[str]) -> tuple
         words += (["!"] if draw(st.booleans()) else []) + ["-i", name]
     if draw(st.integers(0, 6)) == 0 and not any(w.startswith("--") for w in words):
         words += (["!"] if draw(st.booleans()) else []) + ["-f"]
-    target = draw(st.sampled_from(targets))
     if target:
         words += target.split()
     return " ".join(words), box

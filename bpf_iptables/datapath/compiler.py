@@ -55,6 +55,11 @@ class Entry:
     next: "int | _Label | None" = None   # None: the following entry
     tcp: bool = False    # own rule has a tcp match: hot-drops offset-1 TCP fragments
 
+    def residual(self, which: str) -> tuple[int, int, bool]:
+        """(addr, mask, invert) checked per candidate; mask 0 checks nothing."""
+        pf = self.fields.src if which == "src" else self.fields.dst
+        return pf.residual or (0, 0, False)
+
 
 class _Label:
     """A forward reference to an entry index, resolved after layout."""
@@ -302,7 +307,10 @@ def compile_chain(table: Table, hook: str = "INPUT", interfaces: dict[str, int] 
     for e in entries:
         if not e.fields.never:
             used |= e.fields.uses()
-    nonterminal = sum(1 for e in entries if e.verdict == VERDICT_CONTINUE)
+    # entries the scan may visit without stopping: continuing ones, and
+    # terminal ones whose per-candidate check can fail
+    nonterminal = sum(1 for e in entries if e.verdict == VERDICT_CONTINUE
+                      or e.fields.src.residual or e.fields.dst.residual)
     nwords = pow2_at_least((n + 63) // 64)
     # A scan only moves forward (continuations and RETURN/goto targets lie
     # after the entry), so it advances over at most nwords - 1 words and

@@ -6,7 +6,8 @@ itself. Each rule contributes constraints on independent header fields; an
 entry's constraints on one field are a conjunction, normalised here to at
 most one positive constraint plus a list of negated ones, which is what
 the field tables in compiler.py need to give every field value one
-bitvector.
+bitvector. Address masks that are not prefixes are the exception: they
+become a per-candidate check after the bitvector step.
 
 Fields: source and destination prefix, protocol, input interface, fragment
 flag, TCP flags, source and destination port (tcp/udp matches; those also
@@ -50,11 +51,20 @@ class PrefixField:
 
     positive: Prefix | None = None
     negative: list[Prefix] = field(default_factory=list)
+    # a non-contiguous mask has no place in an LPM trie: it is checked per
+    # candidate after the bitvector step (one such constraint per entry)
+    residual: tuple[int, int, bool] | None = None   # (addr, mask, invert)
 
     def add(self, net: IPv4Net, invert: bool) -> bool:
         """Add one constraint; False when the conjunction became empty."""
         if net.mask == 0:
             return not invert  # "0/0" always holds, "! 0/0" never
+        if mask_to_cidr(net.mask) < 0:
+            if self.residual is not None:
+                raise NotSupported("two non-contiguous masks on one address "
+                                   "along a chain path in the eBPF data path")
+            self.residual = (net.addr & net.mask, net.mask, invert)
+            return True
         p = Prefix.of(net)
         if invert:
             self.negative.append(p)

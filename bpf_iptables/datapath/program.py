@@ -97,6 +97,10 @@ class LoadedProgram:
         for i, e in enumerate(c.entries):
             el = entries.Leaf()
             el.counter, el.verdict, el.next, el.tcp = e.counter, e.verdict, e.next, e.tcp
+            addr, mask, inv = e.residual("src")
+            el.src_addr, el.src_mask, el.src_inv = socket_order(addr), socket_order(mask), inv
+            addr, mask, inv = e.residual("dst")
+            el.dst_addr, el.dst_mask, el.dst_inv = socket_order(addr), socket_order(mask), inv
             entries[ctypes.c_int(i)] = el
         for name, prefixes in (("src", c.src), ("dst", c.dst)):
             if name in fields:
