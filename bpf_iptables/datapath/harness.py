@@ -35,17 +35,14 @@ def table_from_lines(lines: list[str], table: Table | None = None) -> Table:
 
 def table_from_save(text: str) -> Table:
     """The *filter section of an iptables-save file, parsed line by line."""
-    lines = []
+    chains, rules = [], []
     for line in text.splitlines():
-        if line.startswith("-A ") or line.startswith("-N "):
-            lines.append(line)
-        elif line.startswith(":") and not line.endswith("- [0:0]"):
+        if line.startswith("-A "):
+            rules.append(line)
+        elif line.startswith(":"):
             name, policy = line[1:].split()[:2]
-            if policy != "-":
-                lines.append(f"-P {name} {policy}")
-            else:
-                lines.append(f"-N {name}")
-    return table_from_lines(lines)
+            chains.append(f"-N {name}" if policy == "-" else f"-P {name} {policy}")
+    return table_from_lines(chains + rules)
 
 
 @dataclass

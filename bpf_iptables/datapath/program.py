@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .compiler import Compiled, Shape, TCP_FLAGS_EVIL, FIRST_RULE_COUNTER
+from .compiler import POLICY_COUNTER, TCP_FLAGS_EVIL, Compiled, Shape
 
 BPF_DIR = Path(__file__).resolve().parents[2] / "bpf"
 SOURCE = BPF_DIR / "filter.c"
@@ -153,7 +153,7 @@ class LoadedProgram:
         return {key: self.counter(slot) for key, slot in self.compiled.counter_of.items()}
 
     def policy_counters(self) -> RuleCounters:
-        return self.counter(0)
+        return self.counter(POLICY_COUNTER)
 
 
 def socket_order(addr: int) -> int:
@@ -180,5 +180,3 @@ class ProgramCache:
             p.close()
         self.programs.clear()
 
-
-assert FIRST_RULE_COUNTER == 2
