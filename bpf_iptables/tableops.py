@@ -118,6 +118,10 @@ def rename_chain(table: Table, old: str, new: str) -> None:
     # -N refuses names this long, but -E does not: the kernel keeps only
     # the first 29 bytes of the name.
     new = new.encode()[:STORED_CHAIN_NAME_MAX].decode(errors="ignore")
+    if new in table.chains and new != old:
+        # iptables would end up with two chains of one name, which no
+        # command can then address; refuse rather than lose a chain
+        raise TableOpError(errno.EEXIST, Op.OTHER)
     chains = {}
     for name, chain in table.chains.items():
         if name == old:

@@ -240,6 +240,23 @@ def test_other_tables_refused(table: str) -> None:
                            "Try `PROG -h' or 'PROG --help' for more information.\n")
 
 
+def test_rename_onto_a_truncated_twin_is_refused() -> None:
+    """The kernel keeps 29 bytes of a chain name, so -E to a longer name can
+    give two chains one name in iptables; bpf-iptables refuses that rename
+    instead (no command could address either chain afterwards)."""
+    with pair("bpft") as p:
+        runner = DiffRunner(p)
+        try:
+            for c in ("-N b", "-N a", f"-E b {LONG30}a"):
+                assert runner.compare(c) is None
+            _, ours = runner.both(["-E", "a", f"{LONG30}b"])
+            _, listed = runner.both(["-S"])
+        finally:
+            runner.close()
+    assert (ours.returncode, ours.stderr) == (1, "PROG: File exists.\n")
+    assert listed.stdout.endswith(f"-N a\n-N {LONG29}\n")
+
+
 # -- random command sequences ---------------------------------------------------
 
 from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402
