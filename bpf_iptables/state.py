@@ -40,8 +40,28 @@ def netns_cookie() -> int:
 
 
 def namespace_dir() -> Path:
+    """This namespace's state directory, created on first use.
+
+    A new directory is made under a temporary name with its namespace id
+    inside, then renamed, so the garbage collector never sees one without
+    its id. First use is also when the state of deleted namespaces is
+    removed: that keeps the cost off every other invocation."""
     path = run_dir() / f"netns-{netns_cookie()}"
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if path.is_dir():
+        return path
+    from . import state_gc
+
+    run_dir().mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = run_dir() / f".new-{os.getpid()}"
+    tmp.mkdir(mode=0o700, exist_ok=True)
+    (tmp / state_gc.ID_FILE).write_text(state_gc.current_netns_id() + "\n")
+    try:
+        os.rename(tmp, path)
+    except OSError:  # another invocation in this namespace made it first
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+    state_gc.collect(run_dir(), keep=path)
     return path
 
 
