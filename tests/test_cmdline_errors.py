@@ -36,6 +36,9 @@ ERRORS = [
     "-A INPUT -s 1.1.1.1 -s 2.2.2.2", "-A INPUT -p tcp -p udp", "-A INPUT -i a -i b",
     "-A INPUT -f -f", "-L -n -n", "-A INPUT -c 1 2 -c 3 4", "-A INPUT -c x 1",
     "-A INPUT -c 1 y", "-w x -L", "-W x -w -L", "-W 10 -L", "-w 1 -W 1000000 -L",
+    # an attached argument: iptables reads the whole word for -p -s -d -j -i -o
+    "-A INPUT -ptcp", "-A INPUT -jACCEPT", "-A INPUT --jump=ACCEPT", "-A INPUT -s1.2.3.4",
+    "-A INPUT --protocol=udp",
     # "!" in the wrong place
     "-A INPUT ! ! -s 1.2.3.4", "-A INPUT ! -j ACCEPT", "-A INPUT -s 1.1.1.1 !",
     "-A INPUT ! -g used", "-A INPUT ! -m tcp", "-A INPUT ! -t filter", "! -A INPUT",

@@ -17,6 +17,11 @@ LONG29 = LONG30[:29]
 LONG28 = LONG30[:28]
 
 SEQUENCES: dict[str, list[str]] = {
+    # iptables reads the whole word for an attached -i/-o argument, option included
+    "attached_interface_arguments": [
+        "-A FORWARD -ilo", "-A FORWARD --out-interface=lo", "-A FORWARD -i lo",
+        "-C FORWARD -ilo", "-D FORWARD -ilo", "-L -v -n",
+    ],
     "chains_create_rename_delete": [
         "-N foo", "-N foo", "-E foo bar", "-N baz", "-E bar baz", "-E INPUT x",
         "-E nope x", "-E nope INPUT", "-E baz DROP", "-E baz RETURN", "-E baz QUEUE",

@@ -231,6 +231,14 @@ class CommandParser:
 
     # -- helpers ---------------------------------------------------------------
 
+    def attached_word(self) -> str:
+        """argv[optind - 1], which iptables reads for -p -s -d -j -i -o.
+
+        With a separate argument that is the argument; with an attached one
+        ("-ptcp", "--jump=ACCEPT") it is the whole word, option included,
+        so iptables rejects those spellings. We reproduce that."""
+        return self.getopt.argv[self.getopt.optind - 1]
+
     def add_command(self, newcmd: int, othercmds: int) -> None:
         if self.invert:
             raise XtablesError("unexpected '!' flag")
@@ -374,7 +382,7 @@ class CommandParser:
                                     if self.help_printer else "")
             elif c == "p":
                 self.set_option(OPT_PROTOCOL)
-                self.protocol = (optarg or "").lower()
+                self.protocol = self.attached_word().lower()
                 proto = parse_protocol(self.protocol)
                 p.base_rule.proto = proto
                 self.ctx.proto = proto
@@ -382,25 +390,25 @@ class CommandParser:
                     raise XtablesError("rule would never match protocol")
             elif c == "s":
                 self.set_option(OPT_SOURCE)
-                self.shost = optarg
+                self.shost = self.attached_word()
             elif c == "d":
                 self.set_option(OPT_DESTINATION)
-                self.dhost = optarg
+                self.dhost = self.attached_word()
             elif c == "g":
                 self.set_option(OPT_JUMP)
                 p.goto = True
                 p.jumpto = self.parse_target_name(optarg or "")
             elif c == "j":
                 self.set_option(OPT_JUMP)
-                self.command_jump(optarg or "")
+                self.command_jump(self.attached_word())
             elif c == "i":
                 self.check_empty_interface(optarg)
                 self.set_option(OPT_VIANAMEIN)
-                p.base_rule.in_iface = parse_interface(optarg or "")
+                p.base_rule.in_iface = parse_interface(self.attached_word())
             elif c == "o":
                 self.check_empty_interface(optarg)
                 self.set_option(OPT_VIANAMEOUT)
-                p.base_rule.out_iface = parse_interface(optarg or "")
+                p.base_rule.out_iface = parse_interface(self.attached_word())
             elif c == "f":
                 self.set_option(OPT_FRAGMENT)
                 p.base_rule.fragment = True
