@@ -15,3 +15,12 @@ def pytest_configure(config):
     for tool in ("ip", "iptables-legacy"):
         if shutil.which(tool) is None:
             raise pytest.UsageError(f"{tool} is missing: run the README's setup command")
+
+
+@pytest.fixture(scope="module")
+def private_netns():
+    """Run a test module inside a namespace of its own (see support.netns.entered)."""
+    from tests.support.netns import entered
+
+    with entered() as ns:
+        yield ns

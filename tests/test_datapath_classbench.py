@@ -16,6 +16,9 @@ from bpf_iptables.model import Rule, Table
 from bpf_iptables.reference.evaluate import evaluate
 from bpf_iptables.reference.packet import Packet
 
+# interfaces (and so ifindexes) are those of a namespace of the test's own
+pytestmark = pytest.mark.usefixtures("private_netns")
+
 RULES = Path("/work/shared/rulesets/classbench-fw1-1k.rules")
 PACKETS = 400
 

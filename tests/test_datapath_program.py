@@ -19,6 +19,9 @@ from bpf_iptables.errors import NotSupported
 from bpf_iptables.netaddr import ip_to_int
 from bpf_iptables.reference.packet import Packet
 
+# interfaces (and so ifindexes) are those of a namespace of the test's own
+pytestmark = pytest.mark.usefixtures("private_netns")
+
 ALL_FIELDS = frozenset({"src", "dst", "proto", "iif", "frag", "flags", "sport", "dport"})
 SHAPE = Shape(nwords=4, steps=300, ncounters=64, fields=ALL_FIELDS, src_max=32, dst_max=32,
               proto_max=8, iif_max=16, sport_bsize=32, dport_bsize=32)

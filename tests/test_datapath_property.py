@@ -21,6 +21,9 @@ from bpf_iptables.datapath.packets import header_length
 from bpf_iptables.netaddr import int_to_ip, ip_to_int
 from bpf_iptables.reference.packet import Packet
 
+# interfaces (and so ifindexes) are those of a namespace of the test's own
+pytestmark = pytest.mark.usefixtures("private_netns")
+
 BASES = [ip_to_int(a) for a in ("10.0.0.0", "10.1.2.0", "10.1.2.128", "192.168.1.0",
                                 "172.16.0.0", "0.0.0.0")]
 LENGTHS = (0, 8, 16, 23, 24, 25, 30, 32)

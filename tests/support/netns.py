@@ -60,3 +60,40 @@ def namespace(prefix: str = "bpft") -> Iterator[Namespace]:
         yield Namespace(name)
     finally:
         subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+_CLONE_NEWNET = 0x40000000
+
+
+def _setns(fd: int) -> None:
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.setns(fd, _CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+@contextmanager
+def entered(prefix: str = "bpfdp") -> Iterator[Namespace]:
+    """Move this process into a fresh namespace with a veth pair, then back.
+
+    For in-process eBPF tests whose results depend on the interfaces of the
+    namespace they run in (ifindexes given to BPF_PROG_TEST_RUN): they see
+    only lo, dp0 and dp1 there, whatever the machine has."""
+    with namespace(prefix) as ns:
+        subprocess.run(["ip", "-n", ns.name, "link", "add", "dp0", "type", "veth",
+                        "peer", "name", "dp1"], check=True)
+        for dev in ("lo", "dp0", "dp1"):
+            subprocess.run(["ip", "-n", ns.name, "link", "set", dev, "up"], check=True)
+        home = os.open("/proc/self/ns/net", os.O_RDONLY)
+        target = os.open(f"/run/netns/{ns.name}", os.O_RDONLY)
+        try:
+            _setns(target)
+            try:
+                yield ns
+            finally:
+                _setns(home)
+        finally:
+            os.close(target)
+            os.close(home)
