@@ -126,6 +126,10 @@ class Table:
     def is_chain(self, name: str) -> bool:
         return name in self.chains
 
+    def is_builtin_chain(self, name: str) -> bool:
+        chain = self.chains.get(name)
+        return chain is not None and chain.builtin
+
     def references(self, name: str) -> int:
         """How many rules jump or go to chain ``name``."""
         return sum(1 for c in self.chains.values() for r in c.rules

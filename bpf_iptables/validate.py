@@ -6,10 +6,11 @@ wrong protocol for tcp/udp/icmp, a match restricted to some hooks)."""
 from __future__ import annotations
 
 import errno
+from typing import Protocol
 
 from . import extensions as registry
 from .errors import TableOpError
-from .model import Table
+from .model import Rule, Table
 
 
 def chain_hooks(table: Table) -> dict[str, frozenset[str]]:
@@ -36,16 +37,30 @@ def chain_hooks(table: Table) -> dict[str, frozenset[str]]:
 def validate_table(table: Table) -> None:
     hooks = chain_hooks(table)
     for chain in table.chains.values():
-        chain_hook_set = hooks[chain.name]
         for rule in chain.rules:
-            exts = [(registry.matches()[m.name], m.data) for m in rule.matches]
-            if not rule.target.is_standard:
-                exts.append((registry.targets()[rule.target.name], rule.target.data))
-            for ext, data in exts:
-                if ext.required_proto is not None and (
-                        rule.proto != ext.required_proto or rule.proto_inv):
-                    raise TableOpError(errno.EINVAL)
-                if ext.allowed_hooks is not None and not chain_hook_set <= ext.allowed_hooks:
-                    raise TableOpError(errno.EINVAL)
-                if not ext.kernel_check(data, rule, chain_hook_set):
-                    raise TableOpError(errno.EINVAL)
+            validate_rule(rule, hooks[chain.name], table)
+
+
+def validate_rule(rule: Rule, hooks: frozenset[str], chains: "ChainLookup") -> None:
+    """The kernel's checks of one rule reachable from ``hooks``."""
+    target = rule.target
+    if target.is_standard and chains.is_builtin_chain(target.name):
+        # the kernel refuses a jump or goto into a built-in chain
+        raise TableOpError(errno.EINVAL)
+    exts = [(registry.matches()[m.name], m.data) for m in rule.matches]
+    if not target.is_standard:
+        exts.append((registry.targets()[target.name], target.data))
+    for ext, data in exts:
+        if ext.required_proto is not None and (
+                rule.proto != ext.required_proto or rule.proto_inv):
+            raise TableOpError(errno.EINVAL)
+        if ext.allowed_hooks is not None and not hooks <= ext.allowed_hooks:
+            raise TableOpError(errno.EINVAL)
+        if not ext.kernel_check(data, rule, hooks):
+            raise TableOpError(errno.EINVAL)
+
+
+class ChainLookup(Protocol):
+    def is_chain(self, name: str) -> bool: ...
+
+    def is_builtin_chain(self, name: str) -> bool: ...

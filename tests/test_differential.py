@@ -17,6 +17,11 @@ LONG29 = LONG30[:29]
 LONG28 = LONG30[:28]
 
 SEQUENCES: dict[str, list[str]] = {
+    # the kernel refuses jumps and gotos into built-in chains
+    "jump_into_builtin_chain": [
+        "-A INPUT -j OUTPUT", "-A INPUT -g FORWARD", "-N X", "-A X -j INPUT", "-I X -j FORWARD",
+        "-A X -j ACCEPT", "-R X 1 -j OUTPUT", "-A INPUT -j X", "-S",
+    ],
     # iptables reads the whole word for an attached -i/-o argument, option included
     "attached_interface_arguments": [
         "-A FORWARD -ilo", "-A FORWARD --out-interface=lo", "-A FORWARD -i lo",
