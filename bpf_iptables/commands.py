@@ -36,6 +36,30 @@ def resolve_target(p: P.ParsedCommand, table: Table) -> Target:
     return Target(name=name, data=p.target_data, goto=p.goto)
 
 
+def append_with_index(p: P.ParsedCommand, index, out: Outcome) -> list | None:
+    """``-A`` checked against a chain index instead of the loaded table.
+
+    Returns the rules to journal, or None when the full path must run: the
+    chain is unknown (the full path reports it) or the rule jumps to a
+    user chain (which can change the hooks, and so the checks, of other
+    chains). Prints and fails exactly as ``execute`` + ``validate_table``."""
+    from .validate import validate_rule
+
+    if p.command != P.CMD_APPEND or not index.is_chain(p.chain):
+        return None
+    target = resolve_target(p, index)
+    if target.is_standard and index.is_chain(target.name) and not index.is_builtin_chain(target.name):
+        return None
+    rules = p.rules(target)
+    if p.options & P.OPT_VERBOSE:
+        from .render import listing
+
+        out.stdout.extend(listing.print_firewall(r, 0, listing.FMT_PRINT_RULE) for r in rules)
+    for rule in rules:
+        validate_rule(rule, index.hooks[p.chain], index)
+    return rules
+
+
 def execute(p: P.ParsedCommand, table: Table, out: Outcome | None = None) -> Outcome:
     """Apply ``p`` to ``table``. TableOpError propagates to the caller;
     what was printed before the failure is in ``out`` (pass one in)."""

@@ -19,14 +19,16 @@ import signal
 import socket
 import sys
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 from .errors import RESOURCE_PROBLEM
-from .model import RuleSet
+from . import tableops, validate
+from .model import Rule, RuleSet
 
 SO_NETNS_COOKIE = 71
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 def run_dir() -> Path:
@@ -130,30 +132,123 @@ def _acquire(fd: int, wait: int, lock_file: Path) -> None:
         signal.signal(signal.SIGALRM, old)
 
 
+@dataclass(frozen=True)
+class ChainIndex:
+    """What an append needs to know of a table without loading its rules:
+    which chains exist, which are built-in, and the hooks reaching each."""
+
+    builtin: dict[str, bool]
+    hooks: dict[str, frozenset[str]]
+
+    def is_chain(self, name: str) -> bool:
+        return name in self.builtin
+
+    def is_builtin_chain(self, name: str) -> bool:
+        return self.builtin.get(name, False)
+
+
 class Store:
-    """The persisted rule set of one namespace (call under the lock)."""
+    """The persisted rule set of one namespace (use under the lock).
+
+    A generation G is a snapshot of the whole rule set (``snapshot-G``),
+    an index of its chains (``index-G``) and a journal of rules appended
+    since (``journal-G``); the file ``current`` names G. ``-A`` only adds a
+    journal record, so appending to a large rule set does not rewrite it;
+    every other change writes generation G+1 and then switches
+    ``current``, so a crash at any point leaves a consistent generation."""
+
+    # past this size the journal is folded into a new snapshot
+    JOURNAL_LIMIT = 4 << 20
 
     def __init__(self, directory: Path):
         self.directory = directory
-        self.path = directory / "ruleset.pickle"
+
+    def _generation(self) -> int | None:
+        try:
+            return int((self.directory / "current").read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def _file(self, kind: str, gen: int) -> Path:
+        return self.directory / f"{kind}-{gen}"
 
     def load(self) -> RuleSet:
-        try:
-            with open(self.path, "rb") as fh:
-                version, ruleset = pickle.load(fh)
-        except FileNotFoundError:
+        gen = self._generation()
+        if gen is None:
             return RuleSet()
+        with open(self._file("snapshot", gen), "rb") as fh:
+            version, ruleset = pickle.load(fh)
         if version != FORMAT_VERSION:
-            raise RuntimeError(f"state format {version} in {self.path} is not {FORMAT_VERSION}")
+            raise RuntimeError(f"state format {version} in {self.directory} is not {FORMAT_VERSION}")
+        for table_name, chain, rules in self._journal(gen):
+            table = ruleset.table(table_name)
+            table.chains[chain].rules.extend(rules)
+            # what the append's own commit did (see tableops.reset_policy_counters)
+            tableops.reset_policy_counters(table)
         return ruleset
 
+    def _journal(self, gen: int) -> Iterator[tuple[str, str, list[Rule]]]:
+        try:
+            data = self._file("journal", gen).read_bytes()
+        except FileNotFoundError:
+            return
+        view = memoryview(data)
+        pos = 0
+        while pos + 4 <= len(data):
+            size = int.from_bytes(view[pos:pos + 4], "little")
+            if pos + 4 + size > len(data):
+                break  # a record cut short by a crash was never acknowledged
+            yield pickle.loads(view[pos + 4:pos + 4 + size])
+            pos += 4 + size
+
     def save(self, ruleset: RuleSet) -> None:
-        tmp = self.path.with_suffix(".tmp")
-        with open(tmp, "wb") as fh:
-            pickle.dump((FORMAT_VERSION, ruleset), fh, protocol=pickle.HIGHEST_PROTOCOL)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.path)
+        old = self._generation()
+        gen = (old or 0) + 1
+        index = {name: ChainIndex({c.name: c.builtin for c in table.chains.values()},
+                                  validate.chain_hooks(table))
+                 for name, table in ruleset.tables.items()}
+        _write(self._file("snapshot", gen), pickle.dumps((FORMAT_VERSION, ruleset),
+                                                          protocol=pickle.HIGHEST_PROTOCOL))
+        _write(self._file("index", gen), pickle.dumps(index, protocol=pickle.HIGHEST_PROTOCOL))
+        _write(self.directory / "current", str(gen).encode())
+        if old is not None:
+            for kind in ("snapshot", "index", "journal"):
+                self._file(kind, old).unlink(missing_ok=True)
+
+    def load_index(self, table: str) -> ChainIndex | None:
+        """The chain index for an append, or None when the slow path must run."""
+        gen = self._generation()
+        if gen is None:
+            return None
+        journal = self._file("journal", gen)
+        if journal.exists() and journal.stat().st_size > self.JOURNAL_LIMIT:
+            return None
+        try:
+            with open(self._file("index", gen), "rb") as fh:
+                return pickle.load(fh).get(table)
+        except FileNotFoundError:
+            return None
+
+    def append(self, table: str, chain: str, rules: list[Rule]) -> None:
+        gen = self._generation()
+        assert gen is not None, "append needs a saved generation"
+        record = pickle.dumps((table, chain, rules), protocol=pickle.HIGHEST_PROTOCOL)
+        fd = os.open(self._file("journal", gen), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            os.write(fd, len(record).to_bytes(4, "little") + record)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
-__all__ = ["locked", "lock_path", "LockBusy", "Store", "RESOURCE_PROBLEM", "netns_cookie"]
+def _write(path: Path, data: bytes) -> None:
+    """Write a file atomically (temporary file, fsync, rename)."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+__all__ = ["locked", "lock_path", "LockBusy", "Store", "ChainIndex", "RESOURCE_PROBLEM", "netns_cookie"]

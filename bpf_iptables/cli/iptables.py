@@ -6,7 +6,7 @@ import gc
 import sys
 
 from ..cmdline import parse as P
-from ..commands import Outcome, execute
+from ..commands import Outcome, append_with_index, execute
 from ..errors import NotSupported, TableOpError, XtablesError, VERSION_PROBLEM
 from ..model import BUILTIN_CHAINS
 from ..validate import validate_table
@@ -44,13 +44,9 @@ def run(argv: list[str]) -> int:
     try:
         check_table(parsed.table)
         with state.locked(parsed.wait) as store:
-            ruleset = store.load()
-            table = ruleset.table(parsed.table)
             outcome = Outcome()
             try:
-                execute(parsed, table, outcome)
-                if outcome.changed:
-                    validate_table(table)
+                apply(parsed, store, outcome)
             except TableOpError as exc:
                 sys.stdout.write("".join(outcome.stdout))
                 return table_error(exc)
@@ -58,14 +54,34 @@ def run(argv: list[str]) -> int:
                 sys.stdout.write("".join(outcome.stdout))
                 return report(PROG, exc)
             sys.stdout.write("".join(outcome.stdout))
-            if outcome.changed:
-                store.save(ruleset)
     except state.LockBusy as busy:
         sys.stderr.write(busy.message())
         return 4
     except XtablesError as exc:
         return report(PROG, exc)
     return 0
+
+
+def apply(parsed: P.ParsedCommand, store: state.Store, outcome: Outcome) -> None:
+    """Carry out the command on the namespace's stored rule set.
+
+    An append goes to the journal when the chain index can vouch for it, so
+    -A does not load and rewrite a large rule set; anything else loads the
+    rule set, changes it, checks it as the kernel would and saves it."""
+    if parsed.command == P.CMD_APPEND:
+        index = store.load_index(parsed.table)
+        if index is not None:
+            rules = append_with_index(parsed, index, outcome)
+            if rules is not None:
+                store.append(parsed.table, parsed.chain, rules)
+                return
+            outcome.stdout.clear()
+    ruleset = store.load()
+    table = ruleset.table(parsed.table)
+    execute(parsed, table, outcome)
+    if outcome.changed:
+        validate_table(table)
+        store.save(ruleset)
 
 
 def table_error(exc: TableOpError) -> int:
