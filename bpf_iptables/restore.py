@@ -23,6 +23,7 @@ from .model import BUILTIN_CHAINS, STANDARD_VERDICTS, Chain, Counters, RuleSet, 
 from .restore_grammar import Statement, parse_lines, split_words
 from .restore_input import read_statements
 from .validate import validate_table
+from .datapath import attachment as datapath_hook
 
 XT_TABLE_MAXNAMELEN = 32
 XT_EXTENSION_MAXNAMELEN = 29
@@ -114,7 +115,11 @@ class Restorer:
                     return 1
                 if self.committed and not self.opts.test:
                     assert self.store is not None and self.working is not None
-                    self.store.save(self.working)
+                    try:
+                        self.store.save(self.working)
+                    except XtablesError as exc:  # the data path refused or failed
+                        self.out.err(f"{self.out.prog}: {exc.message}\n")
+                        return exc.status
                     self.saved = True
                     return 0
             except RestoreExit as stop:
@@ -168,6 +173,8 @@ class Restorer:
     def open_table(self, st: Statement) -> bool:
         if self.store is None:
             self.store = self.stack.enter_context(self.open_store(self.opts.wait))
+            # attached namespaces: commits go through the data path first
+            self.store = datapath_hook.wrap(self.store)
             self.working = self.store.load()
             self.stored_names = set(self.working.tables)
         if not st.fields:

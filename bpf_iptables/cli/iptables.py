@@ -11,6 +11,7 @@ from ..errors import NotSupported, TableOpError, XtablesError, VERSION_PROBLEM
 from ..model import BUILTIN_CHAINS
 from ..validate import validate_table
 from .. import state
+from ..datapath import attachment as datapath_hook
 from .common import PROGRAM_VERSION, report, try_help
 from .help import help_text
 
@@ -44,6 +45,7 @@ def run(argv: list[str]) -> int:
     try:
         check_table(parsed.table)
         with state.locked(parsed.wait) as store:
+            store = datapath_hook.wrap(store)  # attached namespaces only: see datapath/live.py
             outcome = Outcome()
             try:
                 apply(parsed, store, outcome)

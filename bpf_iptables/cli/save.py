@@ -9,6 +9,7 @@ from ..model import BUILTIN_CHAINS, RuleSet
 from ..render.save import save_table
 from ..restore_getopt import GetoptError, LongOpt, PermutingGetopt
 from .. import state
+from ..datapath import attachment as datapath_hook
 from .common import PROGRAM_VERSION
 
 PROG = "bpf-iptables-save"
@@ -46,6 +47,7 @@ def dump(ruleset: RuleSet, table: str | None, counters: bool) -> str:
 
 def output(table: str | None, counters: bool) -> None:
     with state.locked(-1) as store:
+        store = datapath_hook.wrap(store)  # counters of an attached data path
         ruleset = store.load()
         known = set(ruleset.tables)
         text = dump(ruleset, table, counters)

@@ -1,0 +1,306 @@
+"""The data path of an attached namespace: deploy, update, counters, detach.
+
+An update compiles the new rule set into a *new* program with its own
+maps (a generation), fills its maps (counters included) while the old
+program keeps filtering, then switches every interface to it with one
+netlink request each (the kernel replaces an XDP program atomically), pins
+it, and only then is the rule set stored. So:
+
+- the compiler refusing the rule set (``NotSupported``, exit 2) or bcc
+  failing to load it (exit 1) happens before anything changed: the old
+  program stays attached and the stored rule set stays as it was;
+- a packet is classified either by the old rule set or by the new one.
+
+Counters: every invocation shows the data path's counters (``load()``
+overlays them on the stored rule set), so commands move, keep and zero
+them exactly as they do stored counters (they follow their rule through
+-I, -D, -R of other rules, -E, ...). The new program starts from those
+values, plus what the old program counted while the new one was being
+compiled (read again just before the switch); packets counted by the
+old program in the microseconds between that read and the switch are lost."""
+from __future__ import annotations
+
+import shutil
+import socket
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import NotSupported, XtablesError, OTHER_PROBLEM
+from ..model import RuleSet, Table
+from . import attachment as A
+from . import bpfsys
+from .compiler import POLICY_COUNTER, Compiled, compile_chain
+
+XDP_FLAGS_SKB_MODE = 1 << 1
+XDP_FLAGS_DRV_MODE = 1 << 2
+MODES = {"xdp": XDP_FLAGS_DRV_MODE, "xdpgeneric": XDP_FLAGS_SKB_MODE}
+
+
+class DatapathError(XtablesError):
+    def __init__(self, message: str):
+        super().__init__(message, OTHER_PROBLEM)
+
+
+def interfaces_here() -> dict[str, int]:
+    return {name: index for index, name in socket.if_nameindex()}
+
+
+def check_enforceable(table: Table) -> None:
+    """FORWARD and OUTPUT have no attach point yet: refuse anything there
+    that would change a packet's fate (rules, or a policy other than ACCEPT)."""
+    for hook in ("FORWARD", "OUTPUT"):
+        chain = table.chains.get(hook)
+        if chain is not None and (chain.rules or (chain.policy or "ACCEPT") != "ACCEPT"):
+            raise NotSupported(f"the {hook} chain in the eBPF data path")
+
+
+# -- counters ---------------------------------------------------------------------
+
+def read_live(directory: Path, att: A.Attachment) -> list[tuple[int, int]]:
+    fd = bpfsys.obj_get(str(A.pin_dir(directory, att.generation) / "counters"))
+    try:
+        return bpfsys.read_counters(fd, att.ncounters)
+    finally:
+        import os
+
+        os.close(fd)
+
+
+def overlay(ruleset: RuleSet, att: A.Attachment, values: list[tuple[int, int]]
+            ) -> dict[int, int]:
+    """Put the data path's counters on the rule set's rules and INPUT's
+    policy; returns id(rule object) -> slot, to follow rules through a command."""
+    table = ruleset.table("filter")
+    slot_of: dict[int, int] = {}
+    for chain, index, slot in att.counter_of:
+        rules = table.chains[chain].rules if chain in table.chains else []
+        if index < len(rules):
+            rule = rules[index]
+            rule.counters.packets, rule.counters.bytes = values[slot]
+            slot_of[id(rule)] = slot
+    policy = table.chains["INPUT"].counters
+    policy.packets, policy.bytes = values[POLICY_COUNTER]
+    return slot_of
+
+
+# -- one generation -----------------------------------------------------------------
+
+@dataclass
+class Generation:
+    prog: object          # program.LoadedProgram
+    compiled: Compiled
+    number: int
+
+
+def build(table: Table, number: int, interfaces: dict[str, int]) -> Generation:
+    """Compile and load; nothing is attached yet. Raises NotSupported (2)
+    or DatapathError (1)."""
+    check_enforceable(table)
+    compiled = compile_chain(table, "INPUT", interfaces)
+    from .program import LoadedProgram  # bcc: only when a program is built
+
+    try:
+        prog = LoadedProgram(compiled.shape)
+        prog.install(compiled)
+    except Exception as exc:  # bcc reports compile/verifier errors as Exception
+        raise DatapathError(f"cannot load the eBPF program: {exc}") from None
+    return Generation(prog, compiled, number)
+
+
+def initial_counters(gen: Generation, table: Table, carried: dict[int, int],
+                     delta: list[tuple[int, int]] | None) -> dict[int, tuple[int, int]]:
+    """The new program's counters: the rule set's (which carry the data
+    path's as of load()), plus what each rule's old slot counted since."""
+    out: dict[int, tuple[int, int]] = {}
+    for (chain, index), slot in gen.compiled.counter_of.items():
+        rule = table.chains[chain].rules[index]
+        p, b = rule.counters.packets, rule.counters.bytes
+        old = carried.get(id(rule))
+        if delta is not None and old is not None:
+            p, b = p + delta[old][0], b + delta[old][1]
+        if p or b:
+            out[slot] = (p, b)
+    pol = table.chains["INPUT"].counters
+    p, b = pol.packets, pol.bytes
+    if delta is not None:
+        p, b = p + delta[POLICY_COUNTER][0], b + delta[POLICY_COUNTER][1]
+    out[POLICY_COUNTER] = (p, b)
+    return out
+
+
+def _xdp(dev: str, fd: int, flags: int) -> int:
+    from bcc.libbcc import lib
+    import ctypes
+
+    rc = lib.bpf_attach_xdp(dev.encode(), fd, flags)
+    return 0 if rc >= 0 else (ctypes.get_errno() or 1)
+
+
+def switch(gen: Generation, ifaces: dict[str, list[int]]) -> None:
+    """Point every interface at the new program (replacing the old one)."""
+    done: list[str] = []
+    for name, (_, flags) in ifaces.items():
+        err = _xdp(name, gen.prog.fd, flags)
+        if err:
+            raise DatapathError(f"cannot attach XDP to {name}: {__import__('os').strerror(err)}")
+        done.append(name)
+
+
+def pin(directory: Path, gen: Generation) -> None:
+    where = A.pin_dir(directory, gen.number)
+    if where.exists():
+        shutil.rmtree(where)
+    where.mkdir(parents=True, mode=0o700)
+    bpf = gen.prog.bpf
+    bpfsys.obj_pin(gen.prog.fd, str(where / "prog"))
+    bpfsys.obj_pin(bpf[b"counter_map"].map_fd, str(where / "counters"))
+    # a prog array loses its entries (the tail call) when no file or pin holds it
+    bpfsys.obj_pin(bpf[b"self_map"].map_fd, str(where / "self"))
+
+
+def unpin(directory: Path, number: int) -> None:
+    shutil.rmtree(A.pin_dir(directory, number), ignore_errors=True)
+
+
+def record(gen: Generation, mode: str, ifaces: dict[str, list[int]]) -> A.Attachment:
+    return A.Attachment(mode=mode, generation=gen.number, interfaces=ifaces,
+                        ncounters=gen.compiled.shape.ncounters,
+                        counter_of=[[c, i, s] for (c, i), s in gen.compiled.counter_of.items()],
+                        prog_id=bpfsys.obj_id(gen.prog.fd), entries=len(gen.compiled.entries))
+
+
+# -- the store of an attached namespace ------------------------------------------------
+
+class AttachedStore:
+    """A state.Store whose rule set is also the attached data path's."""
+
+    def __init__(self, inner, att: A.Attachment):
+        self.inner = inner
+        self.att = att
+        self.directory = inner.directory
+        self._carried: dict[int, int] = {}
+        self._base: list[tuple[int, int]] | None = None
+
+    def load(self) -> RuleSet:
+        ruleset = self.inner.load()
+        try:
+            self._base = read_live(self.directory, self.att)
+        except OSError as exc:
+            raise DatapathError(f"cannot read the data path's counters: {exc}") from None
+        self._carried = overlay(ruleset, self.att, self._base)
+        return ruleset
+
+    def load_index(self, table: str):
+        return None  # every change goes through save(): it must recompile
+
+    def append(self, table, chain, rules):  # never reached (load_index is None)
+        raise AssertionError("journal append while the data path is attached")
+
+    def save(self, ruleset: RuleSet) -> None:
+        table = ruleset.table("filter")
+        old = self.att
+        gen = build(table, old.generation + 1, interfaces_here())
+        delta = None
+        if self._base is not None:
+            now = read_live(self.directory, old)
+            delta = [(n[0] - b[0], n[1] - b[1]) for n, b in zip(now, self._base)]
+        values = initial_counters(gen, table, self._carried, delta)
+        bpfsys.write_counters(gen.prog.bpf[b"counter_map"].map_fd, values)
+        pin(self.directory, gen)
+        try:
+            switch(gen, old.interfaces)
+        except DatapathError:
+            rollback(self.directory, old)
+            unpin(self.directory, gen.number)
+            raise
+        new = record(gen, old.mode, old.interfaces)
+        A.write(self.directory, new)
+        self.inner.save(ruleset)
+        unpin(self.directory, old.generation)
+        self.att = new
+        self._base, self._carried = None, {}
+
+
+def rollback(directory: Path, att: A.Attachment) -> None:
+    """Put the previous generation back on every interface (after a failed switch)."""
+    import os
+
+    fd = bpfsys.obj_get(str(A.pin_dir(directory, att.generation) / "prog"))
+    try:
+        for name, (_, flags) in att.interfaces.items():
+            _xdp(name, fd, flags)
+    finally:
+        os.close(fd)
+
+
+# -- attach / detach ------------------------------------------------------------------
+
+def attach(store, mode: str) -> A.Attachment:
+    """Compile the stored INPUT chain and attach it to every interface."""
+    if mode not in MODES:
+        raise NotSupported(f"data path mode `{mode}'")
+    A.ensure_bpffs()
+    collect_stale_pins()
+    current = A.read(store.directory)
+    if current is not None:
+        detach(store)
+    ruleset = store.load()
+    table = ruleset.table("filter")
+    ifaces_now = interfaces_here()
+    gen = build(table, 1, ifaces_now)
+    bpfsys.write_counters(gen.prog.bpf[b"counter_map"].map_fd,
+                          initial_counters(gen, table, {}, None))
+    pin(store.directory, gen)
+    ifaces: dict[str, list[int]] = {}
+    try:
+        for name, index in sorted(ifaces_now.items(), key=lambda kv: kv[1]):
+            flags = MODES[mode]
+            err = _xdp(name, gen.prog.fd, flags)
+            if err and flags == XDP_FLAGS_DRV_MODE:
+                # no native XDP in this driver (e.g. lo): generic for it
+                flags = XDP_FLAGS_SKB_MODE
+                err = _xdp(name, gen.prog.fd, flags)
+            if err:
+                raise DatapathError(f"cannot attach XDP to {name}: {__import__('os').strerror(err)}")
+            ifaces[name] = [index, flags]
+    except DatapathError:
+        for name, (_, flags) in ifaces.items():
+            _xdp(name, -1, flags)
+        unpin(store.directory, gen.number)
+        raise
+    att = record(gen, mode, ifaces)
+    A.write(store.directory, att)
+    store.save(ruleset)
+    return att
+
+
+def detach(store) -> A.Attachment | None:
+    """Remove every attachment and pin; the rule set keeps the data path's counters."""
+    att = A.read(store.directory)
+    if att is None:
+        return None
+    try:
+        live = AttachedStore(store, att)
+        ruleset = live.load()
+        store.save(ruleset)
+    except (OSError, XtablesError) as exc:
+        sys.stderr.write(f"warning: counters of the data path lost: {exc}\n")
+    here = interfaces_here()
+    for name, (index, flags) in att.interfaces.items():
+        if here.get(name) == index:
+            _xdp(name, -1, flags)
+    shutil.rmtree(A.pin_root() / store.directory.name, ignore_errors=True)
+    A.remove(store.directory)
+    return att
+
+
+def collect_stale_pins() -> None:
+    """Pins of namespaces whose state directory is gone (the namespace was
+    deleted and its state collected) keep programs alive for nothing."""
+    root = A.pin_root()
+    if not root.is_dir():
+        return
+    for d in root.iterdir():
+        if d.name.startswith("netns-") and not (A.run_dir() / d.name).is_dir():
+            shutil.rmtree(d, ignore_errors=True)
