@@ -1,0 +1,270 @@
+"""Real traffic through the attached data path, against iptables-legacy.
+
+Two identical topologies, client namespace --veth-- server namespace: one
+server enforces the rule set with iptables-legacy's INPUT, the other with
+bpf-iptables' XDP program attached in it. The same bounded traffic (ICMP
+echo, UDP datagrams, TCP connects, all from Python sockets to addresses
+assigned inside the namespaces) must be delivered or dropped alike and
+leave the same counters in ``-L -v -x -n``."""
+from __future__ import annotations
+
+import ctypes
+import os
+import socket
+import struct
+import subprocess
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from tests.support.netns import Namespace, REPO, bpf_command
+
+CLIENT_IP, SERVER_IP = "10.99.0.1", "10.99.0.2"
+RUN = Path(os.environ.get("BPF_IPTABLES_RUN_DIR", "/run/bpf-iptables"))
+CLONE_NEWNET = 0x40000000
+
+RULES = """\
+*filter
+:INPUT DROP [0:0]
+:FORWARD ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:UDPCHK - [0:0]
+-A INPUT -p icmp -j ACCEPT
+-A INPUT -s 10.99.0.0/24
+-A INPUT -p udp -j UDPCHK
+-A INPUT -p tcp -m tcp --dport 8080 -j ACCEPT
+-A UDPCHK -p udp -m udp --dport 5001 -j DROP
+-A UDPCHK -p udp -m udp --dport 5002 -j ACCEPT
+-A UDPCHK -j RETURN
+COMMIT
+"""
+
+
+def sh(*argv: str) -> None:
+    subprocess.run(argv, check=True, capture_output=True)
+
+
+def datapath_command(*args: str) -> list[str]:
+    import sys
+
+    return [sys.executable, "-m", "bpf_iptables.cli.datapath", *args]
+
+
+def ensure_bpffs() -> None:
+    """The pins' bpffs must be mounted in the host's mount namespace (see
+    bpf_iptables/datapath/attachment.py); the tests run there."""
+    from bpf_iptables.datapath.attachment import ensure_bpffs as ensure
+
+    ensure()
+
+
+@dataclass
+class Pair:
+    client: Namespace
+    server: Namespace
+
+
+@contextmanager
+def topology(prefix: str) -> Iterator[Pair]:
+    """client (10.99.0.1, veth c0) --- server (10.99.0.2, veth s0), IPv6 off
+    (so only the test's own IPv4 packets and ARP cross the link)."""
+    tag = uuid.uuid4().hex[:8]
+    names = [f"{prefix}c-{tag}", f"{prefix}s-{tag}"]
+    made: list[str] = []
+    try:
+        for n in names:
+            sh("ip", "netns", "add", n)
+            made.append(n)
+        client, server = names
+        sh("ip", "link", "add", "c0", "netns", client, "type", "veth", "peer", "name", "s0",
+           "netns", server)
+        for ns, dev, addr in ((client, "c0", CLIENT_IP), (server, "s0", SERVER_IP)):
+            sh("ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1")
+            sh("ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1")
+            sh("ip", "-n", ns, "addr", "add", f"{addr}/24", "dev", dev)
+            sh("ip", "-n", ns, "link", "set", dev, "up")
+            sh("ip", "-n", ns, "link", "set", "lo", "up")
+        yield Pair(Namespace(client), Namespace(server))
+    finally:
+        for n in made:
+            if n == names[1]:
+                # detach first so no pins outlive the namespace
+                subprocess.run(["ip", "netns", "exec", n, *datapath_command("detach")],
+                               capture_output=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+            subprocess.run(["ip", "netns", "del", n], check=False)
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+@contextmanager
+def inside(ns: Namespace) -> Iterator[None]:
+    """This thread in ``ns`` for a moment: sockets made here stay in ns."""
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    target = os.open(f"/run/netns/{ns.name}", os.O_RDONLY)
+    try:
+        if _libc.setns(target, CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), "setns")
+        try:
+            yield
+        finally:
+            if _libc.setns(home, CLONE_NEWNET) != 0:
+                raise OSError(ctypes.get_errno(), "setns back")
+    finally:
+        os.close(home)
+        os.close(target)
+
+
+def _checksum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    s = (s >> 16) + (s & 0xFFFF)
+    s += s >> 16
+    return ~s & 0xFFFF
+
+
+def ping(pair: Pair, count: int) -> int:
+    """ICMP echo requests client -> server; the number of replies."""
+    with inside(pair.client):
+        s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+    replies = 0
+    with s:
+        s.settimeout(0.5)
+        ident = os.getpid() & 0xFFFF
+        for seq in range(count):
+            payload = b"bpf-iptables" * 4
+            head = struct.pack("!BBHHH", 8, 0, 0, ident, seq)
+            head = struct.pack("!BBHHH", 8, 0, _checksum(head + payload), ident, seq)
+            s.sendto(head + payload, (SERVER_IP, 0))
+            deadline = time.monotonic() + 0.5
+            while time.monotonic() < deadline:
+                try:
+                    pkt = s.recv(2048)
+                except socket.timeout:
+                    break
+                ihl = (pkt[0] & 15) * 4
+                typ, _, _, pid, pseq = struct.unpack("!BBHHH", pkt[ihl:ihl + 8])
+                if typ == 0 and pid == ident and pseq == seq:
+                    replies += 1
+                    break
+    return replies
+
+
+def udp(pair: Pair, port: int, count: int) -> int:
+    """Datagrams client -> server:port; how many the server received."""
+    with inside(pair.server):
+        rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with inside(pair.client):
+        tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with rx, tx:
+        rx.bind((SERVER_IP, port))
+        for i in range(count):
+            tx.sendto(b"datagram %d" % i, (SERVER_IP, port))
+        got = 0
+        rx.settimeout(0.3)
+        try:
+            while True:
+                rx.recv(2048)
+                got += 1
+        except socket.timeout:
+            pass
+    return got
+
+
+def tcp(pair: Pair, port: int, count: int) -> int:
+    """TCP connects client -> server:port (closed both ways); the successes.
+    A refused SYN is not retransmitted: the attempt gives up after 0.3 s,
+    before the first retransmission (1 s)."""
+    with inside(pair.server):
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    ok = 0
+    with listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((SERVER_IP, port))
+        listener.listen(8)
+        listener.settimeout(0.3)
+        for _ in range(count):
+            with inside(pair.client):
+                c = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            c.settimeout(0.3)
+            try:
+                c.connect((SERVER_IP, port))
+            except OSError:
+                c.close()
+                continue
+            conn, _ = listener.accept()
+            c.close()
+            conn.settimeout(1)
+            conn.recv(16)  # the client's FIN
+            conn.close()
+            ok += 1
+            time.sleep(0.05)  # the client's last ACK
+    return ok
+
+
+def without_output(listing: str) -> str:
+    """The listing minus the OUTPUT chain: the data path has no egress
+    program yet, so OUTPUT's policy counters stay 0 where iptables counts
+    the server's replies."""
+    blocks = listing.split("\n\n")
+    return "\n\n".join(b for b in blocks if not b.startswith("Chain OUTPUT "))
+
+
+def traffic(pair: Pair) -> dict[str, int]:
+    outcome = {
+        "icmp": ping(pair, 3),
+        "udp5001": udp(pair, 5001, 4),
+        "udp5002": udp(pair, 5002, 5),
+        "udp5003": udp(pair, 5003, 2),
+        "tcp8080": tcp(pair, 8080, 2),
+        "tcp8081": tcp(pair, 8081, 1),
+    }
+    time.sleep(0.1)
+    return outcome
+
+
+def test_same_outcome_and_counters_as_iptables_legacy():
+    ensure_bpffs()
+    with topology("dpl") as legacy, topology("dpb") as ours:
+        assert legacy.server.run(["iptables-legacy-restore"], input=RULES).returncode == 0
+        r = ours.server.run(bpf_command("iptables-restore"), input=RULES)
+        assert r.returncode == 0, r.stderr
+        r = ours.server.run(datapath_command("attach"))
+        assert r.returncode == 0, r.stderr
+
+        want = traffic(legacy)
+        got = traffic(ours)
+        assert want == {"icmp": 3, "udp5001": 0, "udp5002": 5, "udp5003": 0,
+                        "tcp8080": 2, "tcp8081": 0}
+        assert got == want
+
+        listing = without_output(legacy.server.iptables("-L", "-v", "-x", "-n").stdout)
+        ours_listing = without_output(ours.server.bpf_iptables("-L", "-v", "-x", "-n").stdout)
+        assert "Chain UDPCHK" in listing and "5002" in listing
+        assert ours_listing == listing
+        save = ours.server.run(bpf_command("iptables-save", "-c")).stdout
+        assert "[3:" in save and ":INPUT DROP [" in save
+
+        # -Z zeroes the data path's counters; new traffic counts again from 0
+        assert legacy.server.iptables("-Z").returncode == 0
+        assert ours.server.bpf_iptables("-Z").returncode == 0
+        assert ping(legacy, 1) == ping(ours, 1) == 1
+        assert (without_output(ours.server.bpf_iptables("-L", "-v", "-x", "-n").stdout)
+                == without_output(legacy.server.iptables("-L", "-v", "-x", "-n").stdout))
+
+
+def test_root_namespace_untouched():
+    """Nothing of the tests is attached to the root namespace's interfaces."""
+    out = subprocess.run(["ip", "-d", "link", "show"], capture_output=True, text=True).stdout
+    assert "xdp" not in out
+    for name in os.listdir("/sys/class/net"):
+        for kind in ("ingress", "egress"):
+            tc = subprocess.run(["tc", "filter", "show", "dev", name, kind],
+                                capture_output=True, text=True).stdout
+            assert "bpf" not in tc, (name, kind, tc)
