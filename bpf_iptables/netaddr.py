@@ -4,6 +4,7 @@ Mirrors the libxtables helpers so that the same inputs are accepted, the same
 errors are raised and the same text is printed."""
 from __future__ import annotations
 
+import re
 import socket
 from dataclasses import dataclass
 from functools import lru_cache
@@ -54,8 +55,17 @@ def cidr_to_mask(length: int) -> int:
     return (0xFFFFFFFF << (32 - length)) & 0xFFFFFFFF if length else 0
 
 
+_PLAIN_DOTTED = re.compile(r"(?:(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.){3}"
+                           r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])")
+
+
 def numeric_to_ipaddr(dotted: str, is_mask: bool = False) -> int | None:
     """__numeric_to_ipaddr: 1-4 dotted parts, short forms pad with zeros."""
+    if _PLAIN_DOTTED.fullmatch(dotted):
+        # the common case: four decimal bytes without leading zeros (which
+        # strtoul would read as octal) parse the same either way
+        a, b, c, d = dotted.split(".")
+        return (int(a) << 24) | (int(b) << 16) | (int(c) << 8) | int(d)
     dotted = dotted[:19]
     parts = dotted.split(".", 3)
     out = [0, 0, 0, 0]

@@ -75,6 +75,10 @@ _CVO = {
     CMD_CHECK:        "x     x  xx ",
 }
 
+# per command, the options it makes illegal, as a bit mask
+_ILLEGAL_FOR = {cmd: sum(1 << i for i, flag in enumerate(row) if flag == "x")
+                for cmd, row in _CVO.items()}
+
 IPT_OPTSTRING = "-:A:C:D:E:F::I:L::M:N:P:VX::Z::c:d:i:j:o:p:s:t:R:S::W::46bfg:h::m:nvw::x"
 
 ORIGINAL_OPTS: tuple[tuple[str, int, str], ...] = (
@@ -186,6 +190,25 @@ class ParsedCommand:
         return bool(self.options & OPT_NUMERIC)
 
 
+_LONGOPTS_CACHE: dict[tuple[str, str], list[LongOption]] = {}
+
+
+def _extension_longopts(ext: Extension) -> list[LongOption]:
+    """An extension's getopt entries (built once per process: restore parses
+    thousands of lines that load the same few extensions)."""
+    key = (ext.kind, ext.name)
+    cached = _LONGOPTS_CACHE.get(key)
+    if cached is None:
+        cached = []
+        for entry in ext.getopt_options:
+            name, has_arg = entry[0], entry[1]
+            opt_id = entry[2] if len(entry) > 2 else name
+            cached.append(LongOption(name, REQUIRED_ARGUMENT if has_arg else NO_ARGUMENT,
+                                     (key, opt_id)))
+        _LONGOPTS_CACHE[key] = cached
+    return cached
+
+
 class CommandParser:
     """One do_parse() run."""
 
@@ -221,13 +244,7 @@ class CommandParser:
         originals = self.getopt.longopts[:len(ORIGINAL_OPTS)]
         older = [o for o in self.getopt.longopts[len(ORIGINAL_OPTS):]
                  if o.val[0] != (ext.kind, ext.name)]
-        new = []
-        for entry in ext.getopt_options:
-            name, has_arg = entry[0], entry[1]
-            opt_id = entry[2] if len(entry) > 2 else name
-            new.append(LongOption(name, REQUIRED_ARGUMENT if has_arg else NO_ARGUMENT,
-                                  ((ext.kind, ext.name), opt_id)))
-        self.getopt.longopts = originals + new + older
+        self.getopt.longopts = originals + _extension_longopts(ext) + older
 
     # -- helpers ---------------------------------------------------------------
 
@@ -511,19 +528,18 @@ class CommandParser:
             raise XtablesError("! not allowed with multiple source or destination IP addresses")
 
     def generic_opt_check(self) -> None:
+        """An option is legal when any of the given commands allows it."""
         command, options = self.p.command, self.p.options
-        for i, ch in enumerate(_OPT_CHARS):
-            legal = 0
+        illegal = _ILLEGAL_FOR.get(command)
+        if illegal is None:  # several commands (-L -Z): legal if any allows it
+            illegal = ~0
             for j in range(NUMBER_OF_CMD):
-                if not command & (1 << j):
-                    continue
-                if options & (1 << i):
-                    if _CVO[1 << j][i] != "x":
-                        legal = 1
-                    elif legal == 0:
-                        legal = -1
-            if legal == -1:
-                raise XtablesError(f"Illegal option `-{ch}' with this command")
+                if command & (1 << j):
+                    illegal &= _ILLEGAL_FOR[1 << j]
+        bad = options & illegal
+        if bad:
+            first = (bad & -bad).bit_length() - 1
+            raise XtablesError(f"Illegal option `-{_OPT_CHARS[first]}' with this command")
 
     # -- matches, targets and extension options --------------------------------
 
