@@ -205,3 +205,25 @@ def test_unattached_namespace_never_loads_bcc():
                 "print(rc, rc2, 'bcc' in sys.modules, 'bpf_iptables.datapath.live' in sys.modules)")
         r = ns.run([sys.executable, "-c", code])
         assert r.stdout.splitlines()[-1] == "0 0 False False", r.stderr
+
+
+def test_a_program_that_fails_to_load_changes_nothing(tmp_path):
+    """bcc failing (here: a source tree whose filter.c does not compile)
+    is exit 1, the old program stays attached and the rule set stored."""
+    broken = tmp_path / "bpf"
+    broken.mkdir()
+    (broken / "filter.c").write_text("int xdp_filter(struct xdp_md *ctx) { return oops; }\n")
+    with topology("dpe") as t:
+        s = t.server
+        assert s.bpf_iptables("-A", "INPUT", "-p", "icmp", "-j", "ACCEPT").returncode == 0
+        assert s.run(datapath_command("attach")).returncode == 0
+        before = (s.bpf_iptables("-S").stdout, record(s))
+        r = s.run(bpf_command("iptables", "-I", "INPUT", "-p", "icmp", "-j", "DROP"),
+                  env={"BPF_IPTABLES_BPF_DIR": str(broken)})
+        assert r.returncode == 1 and "cannot load the eBPF program" in r.stderr, r.stderr
+        assert (s.bpf_iptables("-S").stdout, record(s)) == before
+        assert set(xdp_prog_ids(s).values()) == {before[1]["prog_id"]}
+        assert ping(t, 1) == 1
+        r = s.run(bpf_command("iptables-restore"), input="*filter\n-F\nCOMMIT\n",
+                  env={"BPF_IPTABLES_BPF_DIR": str(broken)})
+        assert r.returncode == 1 and (s.bpf_iptables("-S").stdout, record(s)) == before

@@ -229,14 +229,17 @@ def traffic(pair: Pair) -> dict[str, int]:
     return outcome
 
 
-def test_same_outcome_and_counters_as_iptables_legacy():
+@pytest.mark.parametrize("mode", ["xdpgeneric", "xdp"])
+def test_same_outcome_and_counters_as_iptables_legacy(mode):
     ensure_bpffs()
     with topology("dpl") as legacy, topology("dpb") as ours:
         assert legacy.server.run(["iptables-legacy-restore"], input=RULES).returncode == 0
         r = ours.server.run(bpf_command("iptables-restore"), input=RULES)
         assert r.returncode == 0, r.stderr
-        r = ours.server.run(datapath_command("attach"))
+        r = ours.server.run(datapath_command("attach", "--mode", mode))
         assert r.returncode == 0, r.stderr
+        status = ours.server.run(datapath_command("status")).stdout
+        assert f"s0 ifindex 2 {mode} ok" in status, status
 
         want = traffic(legacy)
         got = traffic(ours)

@@ -10,13 +10,17 @@ venv with system site packages) and kernel headers under
 from __future__ import annotations
 
 import ctypes
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from .compiler import POLICY_COUNTER, TCP_FLAGS_EVIL, Compiled, Shape
 
-BPF_DIR = Path(__file__).resolve().parents[2] / "bpf"
+# BPF_IPTABLES_BPF_DIR: another source tree (tests use a broken one to
+# check that a program that fails to load leaves the attached one in place)
+BPF_DIR = Path(os.environ.get("BPF_IPTABLES_BPF_DIR")
+               or Path(__file__).resolve().parents[2] / "bpf")
 SOURCE = BPF_DIR / "filter.c"
 FUNCTION = "xdp_filter"
 
