@@ -227,3 +227,18 @@ def test_a_program_that_fails_to_load_changes_nothing(tmp_path):
         r = s.run(bpf_command("iptables-restore"), input="*filter\n-F\nCOMMIT\n",
                   env={"BPF_IPTABLES_BPF_DIR": str(broken)})
         assert r.returncode == 1 and (s.bpf_iptables("-S").stdout, record(s)) == before
+
+
+def test_interfaces_created_later_are_covered_by_the_next_update():
+    with topology("dpi") as t:
+        s = t.server
+        assert s.run(datapath_command("attach")).returncode == 0
+        subprocess.run(["ip", "-n", s.name, "link", "add", "s1", "type", "veth", "peer", "name",
+                        "s2"], check=True)
+        r = s.run(datapath_command("status"))
+        assert r.returncode == 1 and "s1 not attached" in r.stdout
+        assert s.bpf_iptables("-A", "INPUT", "-i", "s1", "-j", "DROP").returncode == 0
+        r = s.run(datapath_command("status"))
+        assert r.returncode == 0, r.stdout
+        ids = xdp_prog_ids(s)
+        assert ids["s1"] == ids["s2"] == ids["s0"] == record(s)["prog_id"]

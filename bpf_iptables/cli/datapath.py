@@ -47,6 +47,10 @@ def status(directory) -> int:
         ok = seen == att.prog_id
         bad += not ok
         print(f"  {name} ifindex {index} {mode} {'ok' if ok else f'program {seen} (expected {att.prog_id})'}")
+    for name in sorted(set(ids) - set(att.interfaces)):
+        # covered from the next update on (any bpf-iptables change, or attach)
+        print(f"  {name} not attached (created after the last update)")
+        bad += 1
     return 1 if bad else 0
 
 

@@ -20,6 +20,8 @@ compiled (read again just before the switch); packets counted by the
 old program in the microseconds between that read and the switch are lost."""
 from __future__ import annotations
 
+import errno
+import os
 import shutil
 import socket
 import sys
@@ -32,6 +34,7 @@ from . import attachment as A
 from . import bpfsys
 from .compiler import POLICY_COUNTER, Compiled, compile_chain
 
+XDP_FLAGS_UPDATE_IF_NOEXIST = 1 << 0   # never replace somebody else's program
 XDP_FLAGS_SKB_MODE = 1 << 1
 XDP_FLAGS_DRV_MODE = 1 << 2
 MODES = {"xdp": XDP_FLAGS_DRV_MODE, "xdpgeneric": XDP_FLAGS_SKB_MODE}
@@ -62,8 +65,6 @@ def read_live(directory: Path, att: A.Attachment) -> list[tuple[int, int]]:
     try:
         return bpfsys.read_counters(fd, att.ncounters)
     finally:
-        import os
-
         os.close(fd)
 
 
@@ -143,7 +144,7 @@ def switch(gen: Generation, ifaces: dict[str, list[int]]) -> None:
     for name, (_, flags) in ifaces.items():
         err = _xdp(name, gen.prog.fd, flags)
         if err:
-            raise DatapathError(f"cannot attach XDP to {name}: {__import__('os').strerror(err)}")
+            raise DatapathError(f"cannot attach XDP to {name}: {os.strerror(err)}")
         done.append(name)
 
 
@@ -200,21 +201,31 @@ class AttachedStore:
     def save(self, ruleset: RuleSet) -> None:
         table = ruleset.table("filter")
         old = self.att
-        gen = build(table, old.generation + 1, interfaces_here())
-        delta = None
-        if self._base is not None:
-            now = read_live(self.directory, old)
-            delta = [(n[0] - b[0], n[1] - b[1]) for n, b in zip(now, self._base)]
-        values = initial_counters(gen, table, self._carried, delta)
-        bpfsys.write_counters(gen.prog.bpf[b"counter_map"].map_fd, values)
-        pin(self.directory, gen)
+        here = interfaces_here()
+        gen = build(table, old.generation + 1, here)
         try:
-            switch(gen, old.interfaces)
+            pin(self.directory, gen)
+            # counters last, right before the switch: what the old program
+            # counted since load() is carried over (see the module doc)
+            delta = None
+            if self._base is not None:
+                now = read_live(self.directory, old)
+                delta = [(n[0] - b[0], n[1] - b[1]) for n, b in zip(now, self._base)]
+            values = initial_counters(gen, table, self._carried, delta)
+            bpfsys.write_counters(gen.prog.bpf[b"counter_map"].map_fd, values)
+        except OSError as exc:
+            unpin(self.directory, gen.number)
+            raise DatapathError(f"cannot prepare the eBPF program: {exc}") from None
+        ifaces = {name: v for name, v in old.interfaces.items() if here.get(name) == v[0]}
+        try:
+            switch(gen, ifaces)
+            # interfaces created since the last update are covered from now on
+            ifaces.update(attach_new(gen, old.mode, here, ifaces))
         except DatapathError:
             rollback(self.directory, old)
             unpin(self.directory, gen.number)
             raise
-        new = record(gen, old.mode, old.interfaces)
+        new = record(gen, old.mode, ifaces)
         A.write(self.directory, new)
         self.inner.save(ruleset)
         unpin(self.directory, old.generation)
@@ -222,10 +233,29 @@ class AttachedStore:
         self._base, self._carried = None, {}
 
 
+def attach_new(gen: Generation, mode: str, here: dict[str, int],
+               done: dict[str, list[int]]) -> dict[str, list[int]]:
+    """Attach to every interface of ``here`` not in ``done``: in ``mode``,
+    or generic XDP where the driver has no native XDP (e.g. lo)."""
+    added: dict[str, list[int]] = {}
+    for name, index in sorted(here.items(), key=lambda kv: kv[1]):
+        if name in done:
+            continue
+        flags = MODES[mode]
+        err = _xdp(name, gen.prog.fd, flags | XDP_FLAGS_UPDATE_IF_NOEXIST)
+        if err and err != errno.EBUSY and flags == XDP_FLAGS_DRV_MODE:
+            flags = XDP_FLAGS_SKB_MODE
+            err = _xdp(name, gen.prog.fd, flags | XDP_FLAGS_UPDATE_IF_NOEXIST)
+        if err:
+            for n, (_, f) in added.items():
+                _xdp(n, -1, f)
+            raise DatapathError(f"cannot attach XDP to {name}: {os.strerror(err)}")
+        added[name] = [index, flags]
+    return added
+
+
 def rollback(directory: Path, att: A.Attachment) -> None:
     """Put the previous generation back on every interface (after a failed switch)."""
-    import os
-
     fd = bpfsys.obj_get(str(A.pin_dir(directory, att.generation) / "prog"))
     try:
         for name, (_, flags) in att.interfaces.items():
@@ -254,19 +284,8 @@ def attach(store, mode: str) -> A.Attachment:
     pin(store.directory, gen)
     ifaces: dict[str, list[int]] = {}
     try:
-        for name, index in sorted(ifaces_now.items(), key=lambda kv: kv[1]):
-            flags = MODES[mode]
-            err = _xdp(name, gen.prog.fd, flags)
-            if err and flags == XDP_FLAGS_DRV_MODE:
-                # no native XDP in this driver (e.g. lo): generic for it
-                flags = XDP_FLAGS_SKB_MODE
-                err = _xdp(name, gen.prog.fd, flags)
-            if err:
-                raise DatapathError(f"cannot attach XDP to {name}: {__import__('os').strerror(err)}")
-            ifaces[name] = [index, flags]
+        ifaces = attach_new(gen, mode, ifaces_now, {})
     except DatapathError:
-        for name, (_, flags) in ifaces.items():
-            _xdp(name, -1, flags)
         unpin(store.directory, gen.number)
         raise
     att = record(gen, mode, ifaces)
