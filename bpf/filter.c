@@ -24,6 +24,20 @@
 
 #define VERDICT_CONTINUE 0xFFFFFFFFu
 
+/* HOOK_TC: the same classifier as a TC (cls_bpf direct-action) program,
+ * for OUTPUT at egress: the "interface" field is then the output device,
+ * and XDP verdicts become TC actions (PASS -> OK, anything else -> SHOT). */
+#if HOOK_TC
+#include <uapi/linux/pkt_cls.h>
+#define CTX_TYPE struct __sk_buff
+#define CTX_IFINDEX(ctx) ((ctx)->ifindex)
+#define RET(v) ((v) == XDP_PASS ? TC_ACT_OK : TC_ACT_SHOT)
+#else
+#define CTX_TYPE struct xdp_md
+#define CTX_IFINDEX(ctx) ((ctx)->ingress_ifindex)
+#define RET(v) (v)
+#endif
+
 struct config {
 	u32 first_word;	  /* always 0; read from the map so the verifier treats
 			   * the word index as a range, not as a constant per
@@ -154,32 +168,32 @@ static __always_inline void count(u32 slot, u32 length)
 	}
 }
 
-int xdp_filter(struct xdp_md *ctx)
+int xdp_filter(CTX_TYPE *ctx)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
 	struct packet_fields pf = {};
 	if (parse_packet(data, data_end, &pf) != PARSE_OK)
-		return XDP_PASS;
+		return RET(XDP_PASS);
 
 	u32 zero = 0;
 	struct config *cfg = config_map.lookup(&zero);
 	struct bitvector *live = live_map.lookup(&zero);
 	if (!cfg || !live)
-		return XDP_ABORTED;
+		return RET(XDP_ABORTED);
 
 	/* One lookup per field; the bitvectors are then read in place. */
 #if FIELD_SRC
 	struct lpm_v4_key skey = {32, pf.saddr};
 	struct bitvector *f_src = src_map.lookup(&skey);
 	if (!f_src)
-		return XDP_ABORTED;
+		return RET(XDP_ABORTED);
 #endif
 #if FIELD_DST
 	struct lpm_v4_key dkey = {32, pf.daddr};
 	struct bitvector *f_dst = dst_map.lookup(&dkey);
 	if (!f_dst)
-		return XDP_ABORTED;
+		return RET(XDP_ABORTED);
 #endif
 #if FIELD_PROTO
 	u32 pkey = pf.proto;
@@ -188,55 +202,55 @@ int xdp_filter(struct xdp_md *ctx)
 		pkey = PROTO_DEFAULT;
 		f_proto = proto_map.lookup(&pkey);
 		if (!f_proto)
-			return XDP_ABORTED;
+			return RET(XDP_ABORTED);
 	}
 #endif
 #if FIELD_IIF
-	u32 ikey = ctx->ingress_ifindex;
+	u32 ikey = CTX_IFINDEX(ctx);
 	struct bitvector *f_iif = iif_map.lookup(&ikey);
 	if (!f_iif) {
 		ikey = 0;
 		f_iif = iif_map.lookup(&ikey);
 		if (!f_iif)
-			return XDP_ABORTED;
+			return RET(XDP_ABORTED);
 	}
 #endif
 #if FIELD_FRAG
 	u32 fkey = pf.fragment;
 	struct bitvector *f_frag = frag_map.lookup(&fkey);
 	if (!f_frag)
-		return XDP_ABORTED;
+		return RET(XDP_ABORTED);
 #endif
 #if FIELD_FLAGS
 	u32 tkey = pf.tcp_flags;
 	struct bitvector *f_flags = flags_map.lookup(&tkey);
 	if (!f_flags)
-		return XDP_ABORTED;
+		return RET(XDP_ABORTED);
 #endif
 #if FIELD_SPORT
 	struct sport_bounds *sb = sport_bounds_map.lookup(&zero);
 	if (!sb)
-		return XDP_ABORTED;
+		return RET(XDP_ABORTED);
 	u32 skey2 = pf.evil ? SPORT_BSIZE + 1
 		       : pf.l4 ? sport_interval(sb, pf.sport) : SPORT_BSIZE;
 	struct bitvector *f_sport = sport_map.lookup(&skey2);
 	if (!f_sport)
-		return XDP_ABORTED;
+		return RET(XDP_ABORTED);
 #endif
 #if FIELD_DPORT
 	struct dport_bounds *db = dport_bounds_map.lookup(&zero);
 	if (!db)
-		return XDP_ABORTED;
+		return RET(XDP_ABORTED);
 	u32 dkey2 = pf.evil ? DPORT_BSIZE + 1
 		       : pf.l4 ? dport_interval(db, pf.dport) : DPORT_BSIZE;
 	struct bitvector *f_dport = dport_map.lookup(&dkey2);
 	if (!f_dport)
-		return XDP_ABORTED;
+		return RET(XDP_ABORTED);
 #endif
 
 	struct resume *rs = resume_map.lookup(&zero);
 	if (!rs)
-		return XDP_ABORTED;
+		return RET(XDP_ABORTED);
 	rs->evil = pf.evil;
 	u64 w, cur;
 	if (rs->active) {
@@ -262,7 +276,7 @@ int xdp_filter(struct xdp_md *ctx)
 		u32 e = (u32)((w << 6) | lowest_bit_index(cur)) & (NENTRIES - 1);
 		struct entry *en = entry_map.lookup(&e);
 		if (!en)
-			return XDP_ABORTED;
+			return RET(XDP_ABORTED);
 		/* residual checks: a candidate that fails them is skipped */
 		u64 miss = (differs(pf.saddr, en->src_mask, en->src_addr) ^ en->src_inv) |
 			   (differs(pf.daddr, en->dst_mask, en->dst_addr) ^ en->dst_inv);
@@ -271,10 +285,10 @@ int xdp_filter(struct xdp_md *ctx)
 			continue;
 		}
 		if (rs->evil & en->tcp)
-			return XDP_DROP; /* hotdrop: the rule is not counted */
+			return RET(XDP_DROP); /* hotdrop: the rule is not counted */
 		count(en->counter, length);
 		if (en->verdict != VERDICT_CONTINUE)
-			return en->verdict;
+			return RET(en->verdict);
 		/* continue at en->next: reload its word, masking earlier bits */
 		u32 next = en->next;
 		w = (next >> 6) & (NWORDS - 1);
@@ -287,5 +301,5 @@ int xdp_filter(struct xdp_md *ctx)
 	/* only reached when the tail call fails (the compiler keeps scans
 	 * within the limit): fail closed, visibly */
 	rs->active = 0;
-	return XDP_ABORTED;
+	return RET(XDP_ABORTED);
 }

@@ -114,7 +114,7 @@ def test_changes_take_effect_before_the_command_returns():
 
 @pytest.mark.parametrize("args", [
     ("-A", "FORWARD", "-j", "DROP"),
-    ("-P", "OUTPUT", "DROP"),
+    ("-P", "FORWARD", "DROP"),
     ("-A", "INPUT", "-p", "tcp", "-j", "REJECT"),
     ("-A", "INPUT", "-m", "conntrack", "--ctstate", "NEW", "-j", "DROP"),
 ])
@@ -141,9 +141,9 @@ def test_restore_refused_while_attached_changes_nothing():
         s = t.server
         assert s.run(datapath_command("attach")).returncode == 0
         before = (s.bpf_iptables("-S").stdout, record(s))
-        rules = "*filter\n:INPUT DROP [0:0]\n:OUTPUT DROP [0:0]\nCOMMIT\n"
+        rules = "*filter\n:INPUT DROP [0:0]\n:FORWARD DROP [0:0]\nCOMMIT\n"
         r = s.run(bpf_command("iptables-restore"), input=rules)
-        assert r.returncode == 2 and "OUTPUT chain" in r.stderr
+        assert r.returncode == 2 and "FORWARD chain" in r.stderr
         assert (s.bpf_iptables("-S").stdout, record(s)) == before
         assert ping(t, 1) == 1
 
@@ -151,9 +151,9 @@ def test_restore_refused_while_attached_changes_nothing():
 def test_attach_refuses_an_unenforceable_rule_set():
     with topology("dpf") as t:
         s = t.server
-        assert s.bpf_iptables("-A", "OUTPUT", "-j", "DROP").returncode == 0
+        assert s.bpf_iptables("-A", "FORWARD", "-j", "DROP").returncode == 0
         r = s.run(datapath_command("attach"))
-        assert r.returncode == 2 and "OUTPUT chain" in r.stderr
+        assert r.returncode == 2 and "FORWARD chain" in r.stderr
         assert record(s) is None and set(xdp_prog_ids(s).values()) == {0}
         r = s.run(datapath_command("attach", "--mode", "tc"))
         assert r.returncode == 2
@@ -242,3 +242,28 @@ def test_interfaces_created_later_are_covered_by_the_next_update():
         assert r.returncode == 0, r.stdout
         ids = xdp_prog_ids(s)
         assert ids["s1"] == ids["s2"] == ids["s0"] == record(s)["prog_id"]
+
+
+def test_output_rules_refused_while_the_namespace_forwards():
+    """TC egress also sees forwarded packets: OUTPUT is only enforced
+    while the namespace does not forward."""
+    with topology("dpo") as t:
+        s = t.server
+        assert s.run(datapath_command("attach")).returncode == 0
+        subprocess.run(["ip", "netns", "exec", s.name, "sysctl", "-qw", "net.ipv4.ip_forward=1"],
+                       check=True)
+        r = s.bpf_iptables("-A", "OUTPUT", "-p", "udp", "-j", "DROP")
+        assert r.returncode == 2 and "IP forwarding" in r.stderr
+        subprocess.run(["ip", "netns", "exec", s.name, "sysctl", "-qw", "net.ipv4.ip_forward=0"],
+                       check=True)
+        assert s.bpf_iptables("-A", "OUTPUT", "-p", "udp", "-j", "DROP").returncode == 0
+        assert record(s)["output_prog_id"] != 0
+        tc = subprocess.run(["ip", "netns", "exec", s.name, "tc", "filter", "show", "dev", "s0",
+                             "egress"], capture_output=True, text=True).stdout
+        assert f"id {record(s)['output_prog_id']} " in tc
+        # back to nothing in OUTPUT: the egress program goes away
+        assert s.bpf_iptables("-F", "OUTPUT").returncode == 0
+        assert record(s)["output_prog_id"] == 0
+        tc = subprocess.run(["ip", "netns", "exec", s.name, "tc", "filter", "show", "dev", "s0",
+                             "egress"], capture_output=True, text=True).stdout
+        assert tc.strip() == ""

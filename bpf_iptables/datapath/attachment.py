@@ -37,6 +37,8 @@ class Attachment:
     counter_of: list[list] = field(default_factory=list)   # [chain, rule index, slot]
     prog_id: int = 0
     entries: int = 0
+    output_prog_id: int = 0                     # the OUTPUT program at TC egress (0: none)
+    output_ncounters: int = 0
 
 
 def run_dir() -> Path:

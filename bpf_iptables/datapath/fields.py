@@ -168,10 +168,13 @@ def add_rule(f: EntryFields, rule: Rule, hook: str) -> bool:
         elif iface_matches(rule.in_iface, "") == rule.in_inv:
             ok = False
     if rule.out_iface or rule.out_inv:
-        if hook != "INPUT":
+        if hook == "OUTPUT":
+            # the OUTPUT program runs at egress: its "iif" field is the output device
+            f.iif.append((rule.out_iface, rule.out_inv))
+        elif hook != "INPUT":
             raise NotSupported("-o in the eBPF data path")
         # INPUT has no output device: the kernel compares against ""
-        if iface_matches(rule.out_iface, "") == rule.out_inv:
+        elif iface_matches(rule.out_iface, "") == rule.out_inv:
             ok = False
     if rule.fragment:
         want = not rule.frag_inv

@@ -24,6 +24,7 @@ import errno
 import os
 import shutil
 import socket
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,84 +50,135 @@ def interfaces_here() -> dict[str, int]:
     return {name: index for index, name in socket.if_nameindex()}
 
 
+def needs_output(table: Table) -> bool:
+    chain = table.chains.get("OUTPUT")
+    return chain is not None and bool(chain.rules or (chain.policy or "ACCEPT") != "ACCEPT")
+
+
 def check_enforceable(table: Table) -> None:
-    """FORWARD and OUTPUT have no attach point yet: refuse anything there
-    that would change a packet's fate (rules, or a policy other than ACCEPT)."""
-    for hook in ("FORWARD", "OUTPUT"):
-        chain = table.chains.get(hook)
-        if chain is not None and (chain.rules or (chain.policy or "ACCEPT") != "ACCEPT"):
-            raise NotSupported(f"the {hook} chain in the eBPF data path")
+    """FORWARD has no attach point yet: refuse anything there that would
+    change a packet's fate (rules, or a policy other than ACCEPT). OUTPUT
+    runs at TC egress, which forwarded packets pass too: refused while
+    the namespace forwards."""
+    chain = table.chains.get("FORWARD")
+    if chain is not None and (chain.rules or (chain.policy or "ACCEPT") != "ACCEPT"):
+        raise NotSupported("the FORWARD chain in the eBPF data path")
+    if needs_output(table) and _forwarding():
+        raise NotSupported("the OUTPUT chain with IP forwarding enabled in the eBPF data path")
+
+
+def _forwarding() -> bool:
+    try:
+        return open("/proc/sys/net/ipv4/ip_forward").read().strip() != "0"
+    except OSError:
+        return True
 
 
 # -- counters ---------------------------------------------------------------------
 
-def read_live(directory: Path, att: A.Attachment) -> list[tuple[int, int]]:
-    fd = bpfsys.obj_get(str(A.pin_dir(directory, att.generation) / "counters"))
-    try:
-        return bpfsys.read_counters(fd, att.ncounters)
-    finally:
-        os.close(fd)
+Counts = dict[str, list[tuple[int, int]]]   # hook -> (packets, bytes) per slot
 
 
-def overlay(ruleset: RuleSet, att: A.Attachment, values: list[tuple[int, int]]
-            ) -> dict[int, int]:
-    """Put the data path's counters on the rule set's rules and INPUT's
-    policy; returns id(rule object) -> slot, to follow rules through a command."""
+def hook_dir(directory: Path, number: int, hook: str) -> Path:
+    base = A.pin_dir(directory, number)
+    return base if hook == "INPUT" else base / hook.lower()
+
+
+def hooks_of(att: A.Attachment) -> list[str]:
+    return ["INPUT", "OUTPUT"] if att.output_prog_id else ["INPUT"]
+
+
+def read_live(directory: Path, att: A.Attachment) -> Counts:
+    out: Counts = {}
+    for hook in hooks_of(att):
+        fd = bpfsys.obj_get(str(hook_dir(directory, att.generation, hook) / "counters"))
+        try:
+            n = att.ncounters if hook == "INPUT" else att.output_ncounters
+            out[hook] = bpfsys.read_counters(fd, n)
+        finally:
+            os.close(fd)
+    return out
+
+
+def _sum(values: Counts, slot: int) -> tuple[int, int]:
+    return (sum(v[slot][0] for v in values.values() if slot < len(v)),
+            sum(v[slot][1] for v in values.values() if slot < len(v)))
+
+
+def overlay(ruleset: RuleSet, att: A.Attachment, values: Counts) -> dict[int, int]:
+    """Put the data path's counters on the rule set's rules (summed over
+    the programs: a user chain may be reached from INPUT and OUTPUT) and
+    on the policies of the hooks it runs; returns id(rule object) -> slot,
+    to follow rules through a command."""
     table = ruleset.table("filter")
     slot_of: dict[int, int] = {}
     for chain, index, slot in att.counter_of:
         rules = table.chains[chain].rules if chain in table.chains else []
         if index < len(rules):
             rule = rules[index]
-            rule.counters.packets, rule.counters.bytes = values[slot]
+            rule.counters.packets, rule.counters.bytes = _sum(values, slot)
             slot_of[id(rule)] = slot
-    policy = table.chains["INPUT"].counters
-    policy.packets, policy.bytes = values[POLICY_COUNTER]
+    for hook, v in values.items():
+        policy = table.chains[hook].counters
+        policy.packets, policy.bytes = v[POLICY_COUNTER]
     return slot_of
 
 
 # -- one generation -----------------------------------------------------------------
 
 @dataclass
-class Generation:
+class Program:
     prog: object          # program.LoadedProgram
     compiled: Compiled
+
+
+@dataclass
+class Generation:
     number: int
+    progs: dict[str, Program]     # INPUT always; OUTPUT when it has work to do
 
 
 def build(table: Table, number: int, interfaces: dict[str, int]) -> Generation:
     """Compile and load; nothing is attached yet. Raises NotSupported (2)
     or DatapathError (1)."""
     check_enforceable(table)
-    compiled = compile_chain(table, "INPUT", interfaces)
+    hooks = ["INPUT"] + (["OUTPUT"] if needs_output(table) else [])
+    compiled = {h: compile_chain(table, h, interfaces) for h in hooks}
     from .program import LoadedProgram  # bcc: only when a program is built
 
+    progs: dict[str, Program] = {}
     try:
-        prog = LoadedProgram(compiled.shape)
-        prog.install(compiled)
+        for h in hooks:
+            prog = LoadedProgram(compiled[h].shape, tc=(h == "OUTPUT"))
+            prog.install(compiled[h])
+            progs[h] = Program(prog, compiled[h])
     except Exception as exc:  # bcc reports compile/verifier errors as Exception
         raise DatapathError(f"cannot load the eBPF program: {exc}") from None
-    return Generation(prog, compiled, number)
+    return Generation(number, progs)
 
 
 def initial_counters(gen: Generation, table: Table, carried: dict[int, int],
-                     delta: list[tuple[int, int]] | None) -> dict[int, tuple[int, int]]:
-    """The new program's counters: the rule set's (which carry the data
-    path's as of load()), plus what each rule's old slot counted since."""
-    out: dict[int, tuple[int, int]] = {}
-    for (chain, index), slot in gen.compiled.counter_of.items():
+                     delta: Counts | None) -> dict[str, dict[int, tuple[int, int]]]:
+    """The new programs' counters: the rule set's (which carry the data
+    path's as of load()), plus what each rule's old slot counted since.
+    Rule counts start in the INPUT program (shown as the sum over programs),
+    each program's policy slot holds its hook's policy counters."""
+    out: dict[str, dict[int, tuple[int, int]]] = {h: {} for h in gen.progs}
+    for (chain, index), slot in gen.progs["INPUT"].compiled.counter_of.items():
         rule = table.chains[chain].rules[index]
         p, b = rule.counters.packets, rule.counters.bytes
         old = carried.get(id(rule))
         if delta is not None and old is not None:
-            p, b = p + delta[old][0], b + delta[old][1]
+            dp, db = _sum(delta, old)
+            p, b = p + dp, b + db
         if p or b:
-            out[slot] = (p, b)
-    pol = table.chains["INPUT"].counters
-    p, b = pol.packets, pol.bytes
-    if delta is not None:
-        p, b = p + delta[POLICY_COUNTER][0], b + delta[POLICY_COUNTER][1]
-    out[POLICY_COUNTER] = (p, b)
+            out["INPUT"][slot] = (p, b)
+    for hook in gen.progs:
+        pol = table.chains[hook].counters
+        p, b = pol.packets, pol.bytes
+        if delta is not None and hook in delta:
+            p, b = p + delta[hook][POLICY_COUNTER][0], b + delta[hook][POLICY_COUNTER][1]
+        out[hook][POLICY_COUNTER] = (p, b)
     return out
 
 
@@ -138,26 +190,56 @@ def _xdp(dev: str, fd: int, flags: int) -> int:
     return 0 if rc >= 0 else (ctypes.get_errno() or 1)
 
 
-def switch(gen: Generation, ifaces: dict[str, list[int]]) -> None:
-    """Point every interface at the new program (replacing the old one)."""
-    done: list[str] = []
+# our egress filter's priority; `filter replace' of the same (pref, handle)
+# swaps the program atomically
+TC_PREF = "49001"
+
+
+def _tc_attach(dev: str, pinned: Path) -> None:
+    subprocess.run(["tc", "qdisc", "add", "dev", dev, "clsact"], capture_output=True)
+    r = subprocess.run(["tc", "filter", "replace", "dev", dev, "egress", "pref", TC_PREF,
+                        "handle", "1", "bpf", "da", "object-pinned", str(pinned)],
+                       capture_output=True, text=True)
+    if r.returncode:
+        raise DatapathError(f"cannot attach the OUTPUT program to {dev}: {r.stderr.strip()}")
+
+
+def _tc_detach(dev: str) -> None:
+    subprocess.run(["tc", "filter", "del", "dev", dev, "egress", "pref", TC_PREF],
+                   capture_output=True)
+    left = "".join(subprocess.run(["tc", "filter", "show", "dev", dev, kind],
+                                  capture_output=True, text=True).stdout
+                   for kind in ("ingress", "egress"))
+    if not left.strip():
+        subprocess.run(["tc", "qdisc", "del", "dev", dev, "clsact"], capture_output=True)
+
+
+def switch(directory: Path, gen: Generation, ifaces: dict[str, list[int]],
+           had_output: bool) -> None:
+    """Point every interface at the new programs (replacing the old ones)."""
+    fd = gen.progs["INPUT"].prog.fd
     for name, (_, flags) in ifaces.items():
-        err = _xdp(name, gen.prog.fd, flags)
+        err = _xdp(name, fd, flags)
         if err:
             raise DatapathError(f"cannot attach XDP to {name}: {os.strerror(err)}")
-        done.append(name)
+        if "OUTPUT" in gen.progs:
+            _tc_attach(name, hook_dir(directory, gen.number, "OUTPUT") / "prog")
+        elif had_output:
+            _tc_detach(name)
 
 
 def pin(directory: Path, gen: Generation) -> None:
     where = A.pin_dir(directory, gen.number)
     if where.exists():
         shutil.rmtree(where)
-    where.mkdir(parents=True, mode=0o700)
-    bpf = gen.prog.bpf
-    bpfsys.obj_pin(gen.prog.fd, str(where / "prog"))
-    bpfsys.obj_pin(bpf[b"counter_map"].map_fd, str(where / "counters"))
-    # a prog array loses its entries (the tail call) when no file or pin holds it
-    bpfsys.obj_pin(bpf[b"self_map"].map_fd, str(where / "self"))
+    for hook, p in gen.progs.items():
+        d = hook_dir(directory, gen.number, hook)
+        d.mkdir(parents=True, mode=0o700)
+        bpf = p.prog.bpf
+        bpfsys.obj_pin(p.prog.fd, str(d / "prog"))
+        bpfsys.obj_pin(bpf[b"counter_map"].map_fd, str(d / "counters"))
+        # a prog array loses its entries (the tail call) when no file or pin holds it
+        bpfsys.obj_pin(bpf[b"self_map"].map_fd, str(d / "self"))
 
 
 def unpin(directory: Path, number: int) -> None:
@@ -165,10 +247,19 @@ def unpin(directory: Path, number: int) -> None:
 
 
 def record(gen: Generation, mode: str, ifaces: dict[str, list[int]]) -> A.Attachment:
+    inp = gen.progs["INPUT"]
+    out = gen.progs.get("OUTPUT")
     return A.Attachment(mode=mode, generation=gen.number, interfaces=ifaces,
-                        ncounters=gen.compiled.shape.ncounters,
-                        counter_of=[[c, i, s] for (c, i), s in gen.compiled.counter_of.items()],
-                        prog_id=bpfsys.obj_id(gen.prog.fd), entries=len(gen.compiled.entries))
+                        ncounters=inp.compiled.shape.ncounters,
+                        counter_of=[[c, i, s] for (c, i), s in inp.compiled.counter_of.items()],
+                        prog_id=bpfsys.obj_id(inp.prog.fd), entries=len(inp.compiled.entries),
+                        output_prog_id=bpfsys.obj_id(out.prog.fd) if out else 0,
+                        output_ncounters=out.compiled.shape.ncounters if out else 0)
+
+
+def write_initial(gen: Generation, values: dict[str, dict[int, tuple[int, int]]]) -> None:
+    for hook, v in values.items():
+        bpfsys.write_counters(gen.progs[hook].prog.bpf[b"counter_map"].map_fd, v)
 
 
 # -- the store of an attached namespace ------------------------------------------------
@@ -210,17 +301,17 @@ class AttachedStore:
             delta = None
             if self._base is not None:
                 now = read_live(self.directory, old)
-                delta = [(n[0] - b[0], n[1] - b[1]) for n, b in zip(now, self._base)]
-            values = initial_counters(gen, table, self._carried, delta)
-            bpfsys.write_counters(gen.prog.bpf[b"counter_map"].map_fd, values)
+                delta = {h: [(n[0] - b[0], n[1] - b[1]) for n, b in zip(now[h], self._base[h])]
+                         for h in now}
+            write_initial(gen, initial_counters(gen, table, self._carried, delta))
         except OSError as exc:
             unpin(self.directory, gen.number)
             raise DatapathError(f"cannot prepare the eBPF program: {exc}") from None
         ifaces = {name: v for name, v in old.interfaces.items() if here.get(name) == v[0]}
         try:
-            switch(gen, ifaces)
+            switch(self.directory, gen, ifaces, bool(old.output_prog_id))
             # interfaces created since the last update are covered from now on
-            ifaces.update(attach_new(gen, old.mode, here, ifaces))
+            ifaces.update(attach_new(self.directory, gen, old.mode, here, ifaces))
         except DatapathError:
             rollback(self.directory, old)
             unpin(self.directory, gen.number)
@@ -233,7 +324,7 @@ class AttachedStore:
         self._base, self._carried = None, {}
 
 
-def attach_new(gen: Generation, mode: str, here: dict[str, int],
+def attach_new(directory: Path, gen: Generation, mode: str, here: dict[str, int],
                done: dict[str, list[int]]) -> dict[str, list[int]]:
     """Attach to every interface of ``here`` not in ``done``: in ``mode``,
     or generic XDP where the driver has no native XDP (e.g. lo)."""
@@ -242,24 +333,36 @@ def attach_new(gen: Generation, mode: str, here: dict[str, int],
         if name in done:
             continue
         flags = MODES[mode]
-        err = _xdp(name, gen.prog.fd, flags | XDP_FLAGS_UPDATE_IF_NOEXIST)
+        fd = gen.progs["INPUT"].prog.fd
+        err = _xdp(name, fd, flags | XDP_FLAGS_UPDATE_IF_NOEXIST)
         if err and err != errno.EBUSY and flags == XDP_FLAGS_DRV_MODE:
             flags = XDP_FLAGS_SKB_MODE
-            err = _xdp(name, gen.prog.fd, flags | XDP_FLAGS_UPDATE_IF_NOEXIST)
-        if err:
+            err = _xdp(name, fd, flags | XDP_FLAGS_UPDATE_IF_NOEXIST)
+        try:
+            if err:
+                raise DatapathError(f"cannot attach XDP to {name}: {os.strerror(err)}")
+            added[name] = [index, flags]
+            if "OUTPUT" in gen.progs:
+                _tc_attach(name, hook_dir(directory, gen.number, "OUTPUT") / "prog")
+        except DatapathError:
             for n, (_, f) in added.items():
                 _xdp(n, -1, f)
-            raise DatapathError(f"cannot attach XDP to {name}: {os.strerror(err)}")
-        added[name] = [index, flags]
+                if "OUTPUT" in gen.progs:
+                    _tc_detach(n)
+            raise
     return added
 
 
 def rollback(directory: Path, att: A.Attachment) -> None:
     """Put the previous generation back on every interface (after a failed switch)."""
-    fd = bpfsys.obj_get(str(A.pin_dir(directory, att.generation) / "prog"))
+    fd = bpfsys.obj_get(str(hook_dir(directory, att.generation, "INPUT") / "prog"))
     try:
         for name, (_, flags) in att.interfaces.items():
             _xdp(name, fd, flags)
+            if att.output_prog_id:
+                _tc_attach(name, hook_dir(directory, att.generation, "OUTPUT") / "prog")
+            else:
+                _tc_detach(name)
     finally:
         os.close(fd)
 
@@ -279,12 +382,11 @@ def attach(store, mode: str) -> A.Attachment:
     table = ruleset.table("filter")
     ifaces_now = interfaces_here()
     gen = build(table, 1, ifaces_now)
-    bpfsys.write_counters(gen.prog.bpf[b"counter_map"].map_fd,
-                          initial_counters(gen, table, {}, None))
     pin(store.directory, gen)
+    write_initial(gen, initial_counters(gen, table, {}, None))
     ifaces: dict[str, list[int]] = {}
     try:
-        ifaces = attach_new(gen, mode, ifaces_now, {})
+        ifaces = attach_new(store.directory, gen, mode, ifaces_now, {})
     except DatapathError:
         unpin(store.directory, gen.number)
         raise
@@ -309,6 +411,8 @@ def detach(store) -> A.Attachment | None:
     for name, (index, flags) in att.interfaces.items():
         if here.get(name) == index:
             _xdp(name, -1, flags)
+            if att.output_prog_id:
+                _tc_detach(name)
     shutil.rmtree(A.pin_root() / store.directory.name, ignore_errors=True)
     A.remove(store.directory)
     return att

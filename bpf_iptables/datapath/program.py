@@ -25,8 +25,8 @@ SOURCE = BPF_DIR / "filter.c"
 FUNCTION = "xdp_filter"
 
 
-def cflags(shape: Shape) -> list[str]:
-    flags = [f"-I{BPF_DIR}",
+def cflags(shape: Shape, tc: bool = False) -> list[str]:
+    flags = [f"-I{BPF_DIR}", f"-DHOOK_TC={int(tc)}",
              f"-DNWORDS={shape.nwords}", f"-DNENTRIES={shape.nentries}",
              f"-DNCOUNTERS={shape.ncounters}", f"-DSTEPS={shape.steps}",
              f"-DSRC_MAX={shape.src_max}", f"-DDST_MAX={shape.dst_max}",
@@ -46,13 +46,14 @@ class RuleCounters:
 class LoadedProgram:
     """One loaded XDP program and its maps (owned by a bcc BPF object)."""
 
-    def __init__(self, shape: Shape, debug: int = 0):
+    def __init__(self, shape: Shape, debug: int = 0, tc: bool = False):
+        """``tc``: a TC (cls_bpf) program for egress (OUTPUT), not XDP."""
         from bcc import BPF  # imported late: only the data path needs bcc
 
         self.shape = shape
         start = time.monotonic()
-        self.bpf = BPF(src_file=str(SOURCE).encode(), cflags=cflags(shape), debug=debug)
-        self.fn = self.bpf.load_func(FUNCTION.encode(), BPF.XDP)
+        self.bpf = BPF(src_file=str(SOURCE).encode(), cflags=cflags(shape, tc), debug=debug)
+        self.fn = self.bpf.load_func(FUNCTION.encode(), BPF.SCHED_CLS if tc else BPF.XDP)
         # long scans continue in a tail call of the program itself
         self.bpf[b"self_map"][ctypes.c_int(0)] = ctypes.c_int(self.fn.fd)
         self.compile_seconds = time.monotonic() - start
