@@ -261,6 +261,8 @@ def test_output_rules_refused_while_the_namespace_forwards():
         tc = subprocess.run(["ip", "netns", "exec", s.name, "tc", "filter", "show", "dev", "s0",
                              "egress"], capture_output=True, text=True).stdout
         assert f"id {record(s)['output_prog_id']} " in tc
+        r = s.run(datapath_command("status"))
+        assert r.returncode == 0 and "s0 egress ok" in r.stdout, r.stdout
         # back to nothing in OUTPUT: the egress program goes away
         assert s.bpf_iptables("-F", "OUTPUT").returncode == 0
         assert record(s)["output_prog_id"] == 0

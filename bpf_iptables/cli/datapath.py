@@ -47,6 +47,14 @@ def status(directory) -> int:
         ok = seen == att.prog_id
         bad += not ok
         print(f"  {name} ifindex {index} {mode} {'ok' if ok else f'program {seen} (expected {att.prog_id})'}")
+    if att.output_prog_id:
+        print(f"OUTPUT program {att.output_prog_id} at TC egress")
+        for name in sorted(att.interfaces, key=lambda n: att.interfaces[n][0]):
+            tc = subprocess.run(["tc", "filter", "show", "dev", name, "egress"],
+                                capture_output=True, text=True).stdout
+            ok = f" id {att.output_prog_id} " in tc
+            bad += not ok
+            print(f"  {name} egress {'ok' if ok else 'missing'}")
     for name in sorted(set(ids) - set(att.interfaces)):
         # covered from the next update on (any bpf-iptables change, or attach)
         print(f"  {name} not attached (created after the last update)")
