@@ -92,6 +92,10 @@ def numeric_to_ipaddr(dotted: str, is_mask: bool = False) -> int | None:
 def parse_ipmask(text: str | None) -> int:
     if text is None:
         return 0xFFFFFFFF
+    if len(text) <= 2 and text.isdigit() and text.isascii() and (text[0] != "0" or text == "0"):
+        length = int(text)  # the common "/24": decimal, so strtoul agrees
+        if length <= 32:
+            return cidr_to_mask(length)
     dotted = numeric_to_ipaddr(text, is_mask=True)
     if dotted is not None:
         return dotted

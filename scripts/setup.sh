@@ -77,6 +77,11 @@ if [[ ! -x .venv/bin/python ]] || ! .venv/bin/python -c 'import sys' 2>/dev/null
 fi
 log "installing the project and its test dependencies into .venv"
 .venv/bin/python -m pip install --disable-pip-version-check -q -e '.[test]'
+# An editable install leaves no byte code, and where PYTHONDONTWRITEBYTECODE is
+# set none is ever written: every bpf-iptables call would compile its modules
+# again (about 60 ms of a 100 ms command). Compile them once, as a normal
+# pip install does.
+.venv/bin/python -m compileall -q bpf_iptables >/dev/null
 .venv/bin/python - <<'EOF'
 import bcc, lark, pyroute2, pytest, hypothesis, iptc  # noqa: F401  (fails loudly if one is missing)
 print("==> .venv imports bcc, lark, pyroute2, pytest, hypothesis and iptc")

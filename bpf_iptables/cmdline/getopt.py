@@ -57,6 +57,26 @@ def _short_options(optstring: str) -> dict[str, int]:
     return short
 
 
+# id(list) -> (the list, its first entry per name). Option lists are never
+# changed in place (merging builds a new list), and the cache keeps each list
+# alive, so an id cannot be reused for another list.
+_EXACT_CACHE: dict[int, tuple[list[LongOption], dict[str, LongOption]]] = {}
+
+
+def _exact_names(longopts: list[LongOption]) -> dict[str, LongOption]:
+    """Exact-name lookup table: the first entry of each name, as the scan
+    over the list in getopt_long() finds it."""
+    hit = _EXACT_CACHE.get(id(longopts))
+    if hit is None or hit[0] is not longopts:
+        table: dict[str, LongOption] = {}
+        for opt in longopts:
+            table.setdefault(opt.name, opt)
+        if len(_EXACT_CACHE) > 1024:
+            _EXACT_CACHE.clear()
+        hit = _EXACT_CACHE[id(longopts)] = (longopts, table)
+    return hit[1]
+
+
 @dataclass
 class Getopt:
     argv: list[str]
@@ -68,10 +88,7 @@ class Getopt:
     def __post_init__(self) -> None:
         self._short = _short_options(self.optstring)
         self._first_nonopt = self._last_nonopt = 1
-
-    @property
-    def argc(self) -> int:
-        return len(self.argv)
+        self.argc = len(self.argv)  # argv is never changed while parsing
 
     def next(self) -> GetoptResult | None:
         """One getopt_long() call; None when scanning is over (-1)."""
@@ -95,11 +112,7 @@ class Getopt:
 
     def _long(self, body: str) -> GetoptResult:
         name, eq, value = body.partition("=")
-        found: LongOption | None = None
-        for opt in self.longopts:
-            if opt.name == name:
-                found = opt
-                break
+        found = _exact_names(self.longopts).get(name)
         if found is None:
             ambiguous = False
             for opt in self.longopts:

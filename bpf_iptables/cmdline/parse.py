@@ -95,7 +95,8 @@ ORIGINAL_OPTS: tuple[tuple[str, int, str], ...] = (
 )
 
 # Built once: a restore makes a parser per line (LongOption is immutable).
-_ORIGINAL_LONGOPTS = tuple(LongOption(n, h, v) for n, h, v in ORIGINAL_OPTS)
+# shared by every parser; never changed in place (merging builds new lists)
+_ORIGINAL_LONGOPTS = [LongOption(n, h, v) for n, h, v in ORIGINAL_OPTS]
 
 # Protocol matches iptables would load implicitly that bpf-iptables lacks,
 # with their options, so "-p sctp --dport 1" says "not supported".
@@ -209,6 +210,25 @@ def _extension_longopts(ext: Extension) -> list[LongOption]:
     return cached
 
 
+# (id(list), kind, name) -> (the list, the merged list). Parsers start from
+# the same shared list of original options, so the lines of a restore file
+# that load the same extensions reuse the same merged lists (and getopt's
+# lookup tables for them). Lists are never changed in place.
+_MERGE_CACHE: dict[tuple[int, str, str], tuple[list[LongOption], list[LongOption]]] = {}
+
+
+def _merged_longopts(current: list[LongOption], ext: Extension) -> list[LongOption]:
+    key = (id(current), ext.kind, ext.name)
+    hit = _MERGE_CACHE.get(key)
+    if hit is None or hit[0] is not current:
+        older = [o for o in current[len(ORIGINAL_OPTS):] if o.val[0] != (ext.kind, ext.name)]
+        merged = current[:len(ORIGINAL_OPTS)] + _extension_longopts(ext) + older
+        if len(_MERGE_CACHE) > 1024:
+            _MERGE_CACHE.clear()
+        hit = _MERGE_CACHE[key] = (current, merged)
+    return hit[1]
+
+
 class CommandParser:
     """One do_parse() run."""
 
@@ -230,7 +250,7 @@ class CommandParser:
         self.shost: str | None = None
         self.dhost: str | None = None
         self.help_printer = help_printer
-        self.getopt = Getopt(argv, IPT_OPTSTRING, list(_ORIGINAL_LONGOPTS))
+        self.getopt = Getopt(argv, IPT_OPTSTRING, _ORIGINAL_LONGOPTS)
         self.ctx.argv = self.getopt
 
     # -- option merging ------------------------------------------------------
@@ -241,10 +261,7 @@ class CommandParser:
         if ext.name in self.merged and ext.kind == "match":
             return
         self.merged.add(ext.name)
-        originals = self.getopt.longopts[:len(ORIGINAL_OPTS)]
-        older = [o for o in self.getopt.longopts[len(ORIGINAL_OPTS):]
-                 if o.val[0] != (ext.kind, ext.name)]
-        self.getopt.longopts = originals + _extension_longopts(ext) + older
+        self.getopt.longopts = _merged_longopts(self.getopt.longopts, ext)
 
     # -- helpers ---------------------------------------------------------------
 
@@ -706,21 +723,20 @@ def _scanf_int(text: str) -> int | None:
     return ((value + 2**31) % 2**32) - 2**31
 
 
-def _scanf_uint(text: str) -> int | None:
+def _scanf_unsigned(text: str, bits: int) -> int | None:
+    """sscanf("%u"/"%llu"): optional sign, decimal digits, wrapped to ``bits``."""
     import re
 
     m = re.match(r"\s*([+-]?)([0-9]+)", text)
     if not m:
         return None
     value = int(m.group(2))
-    return (-value if m.group(1) == "-" else value) % 2**32
+    return (-value if m.group(1) == "-" else value) % 2**bits
+
+
+def _scanf_uint(text: str) -> int | None:
+    return _scanf_unsigned(text, 32)
 
 
 def _scanf_ull(text: str) -> int | None:
-    import re
-
-    m = re.match(r"\s*([+-]?)([0-9]+)", text)
-    if not m:
-        return None
-    value = int(m.group(2))
-    return (-value if m.group(1) == "-" else value) % 2**64
+    return _scanf_unsigned(text, 64)

@@ -47,11 +47,21 @@ def _registry() -> tuple[dict[str, MatchExtension], dict[str, TargetExtension]]:
     return matches, targets
 
 
+_QUICK: dict[tuple[str, str], Extension | None] = {}
+
+
 def _quick(kind: str, name: str) -> Extension | None:
     """The extension from the module named after it (tcp.py, log.py),
     without importing every other module: one short-lived process runs
     one command, and most commands need one or two extensions. None means
-    "ask the full registry"."""
+    "ask the full registry". Remembered, since restore asks per line."""
+    key = (kind, name)
+    if key not in _QUICK:
+        _QUICK[key] = _quick_import(kind, name)
+    return _QUICK[key]
+
+
+def _quick_import(kind: str, name: str) -> Extension | None:
     if _registry.cache_info().currsize or not name.isidentifier():
         return None
     try:
