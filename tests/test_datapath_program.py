@@ -147,7 +147,7 @@ def test_in_interface_wildcards_and_unknown_interfaces(harness):
     (["-N X", "-A X -s 10.0.0.0/255.0.255.0", "-A INPUT -s 10.0.0.0/255.0.255.0 -j X",
       "-A INPUT ! -s 10.0.0.0/255.0.0.255 -g X"], "INPUT"),
     (["-A INPUT -p tcp --tcp-option 2 -j DROP"], "INPUT"),
-    (["-A FORWARD -j DROP"], "FORWARD"),
+    (["-A FORWARD -o eth0 -j DROP"], "FORWARD"),
 ])
 def test_refused_with_not_supported(lines, hook):
     table = table_from_lines(lines)

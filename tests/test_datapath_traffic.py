@@ -132,7 +132,7 @@ def _checksum(data: bytes) -> int:
     return ~s & 0xFFFF
 
 
-def ping(pair: Pair, count: int) -> int:
+def ping(pair: Pair, count: int, dst: str = SERVER_IP) -> int:
     """ICMP echo requests client -> server; the number of replies."""
     with inside(pair.client):
         s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
@@ -144,7 +144,7 @@ def ping(pair: Pair, count: int) -> int:
             payload = b"bpf-iptables" * 4
             head = struct.pack("!BBHHH", 8, 0, 0, ident, seq)
             head = struct.pack("!BBHHH", 8, 0, _checksum(head + payload), ident, seq)
-            s.sendto(head + payload, (SERVER_IP, 0))
+            s.sendto(head + payload, (dst, 0))
             deadline = time.monotonic() + 0.5
             while time.monotonic() < deadline:
                 try:
@@ -159,12 +159,12 @@ def ping(pair: Pair, count: int) -> int:
     return replies
 
 
-def udp(pair: Pair, port: int, count: int, reverse: bool = False) -> int:
+def udp(pair: Pair, port: int, count: int, reverse: bool = False, far: str = SERVER_IP) -> int:
     """Datagrams client -> server:port (server -> client with ``reverse``);
     how many arrived. A send refused by OUTPUT (EPERM from iptables; the
     TC program drops silently) is not an error here."""
     src, dst = (pair.server, pair.client) if reverse else (pair.client, pair.server)
-    dst_ip = CLIENT_IP if reverse else SERVER_IP
+    dst_ip = CLIENT_IP if reverse else far
     with inside(dst):
         rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     with inside(src):
@@ -187,7 +187,7 @@ def udp(pair: Pair, port: int, count: int, reverse: bool = False) -> int:
     return got
 
 
-def tcp(pair: Pair, port: int, count: int) -> int:
+def tcp(pair: Pair, port: int, count: int, dst: str = SERVER_IP) -> int:
     """TCP connects client -> server:port (closed both ways); the successes.
     A refused SYN is not retransmitted: the attempt gives up after 0.3 s,
     before the first retransmission (1 s)."""
@@ -196,7 +196,7 @@ def tcp(pair: Pair, port: int, count: int) -> int:
     ok = 0
     with listener:
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind((SERVER_IP, port))
+        listener.bind((dst, port))
         listener.listen(8)
         listener.settimeout(0.3)
         for _ in range(count):
@@ -204,7 +204,7 @@ def tcp(pair: Pair, port: int, count: int) -> int:
                 c = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             c.settimeout(0.3)
             try:
-                c.connect((SERVER_IP, port))
+                c.connect((dst, port))
             except OSError:
                 c.close()
                 continue
@@ -279,3 +279,100 @@ def test_root_namespace_untouched():
             tc = subprocess.run(["tc", "filter", "show", "dev", name, kind],
                                 capture_output=True, text=True).stdout
             assert "bpf" not in tc, (name, kind, tc)
+
+
+# -- FORWARD: client -- router -- server, the router enforcing -----------------------
+
+ROUTER_RULES = """\
+*filter
+:INPUT ACCEPT [0:0]
+:FORWARD DROP [0:0]
+:OUTPUT ACCEPT [0:0]
+:FWD - [0:0]
+-A INPUT -p icmp
+-A FORWARD -p icmp -j ACCEPT
+-A FORWARD -i r1 -p udp -j FWD
+-A FORWARD -p tcp -m tcp --dport 8080 -j ACCEPT
+-A FORWARD -p tcp -m tcp --sport 8080 -j ACCEPT
+-A FWD -p udp -m udp --dport 5001 -j DROP
+-A FWD -p udp -m udp --dport 5002 -j ACCEPT
+COMMIT
+"""
+FAR_IP, ROUTER_IP = "10.99.2.1", "10.99.1.2"
+
+
+@dataclass
+class Routed:
+    client: Namespace
+    router: Namespace
+    server: Namespace
+
+
+@contextmanager
+def routed(prefix: str) -> Iterator[Routed]:
+    """client c0 10.99.1.1 -- r1 10.99.1.2 router r2 10.99.2.2 -- s0 10.99.2.1 server."""
+    tag = uuid.uuid4().hex[:8]
+    names = [f"{prefix}{r}-{tag}" for r in "crs"]
+    made: list[str] = []
+    try:
+        for n in names:
+            sh("ip", "netns", "add", n)
+            made.append(n)
+        client, router, server = names
+        sh("ip", "link", "add", "c0", "netns", client, "type", "veth", "peer", "name", "r1",
+           "netns", router)
+        sh("ip", "link", "add", "s0", "netns", server, "type", "veth", "peer", "name", "r2",
+           "netns", router)
+        for ns, dev, addr in ((client, "c0", "10.99.1.1"), (router, "r1", ROUTER_IP),
+                              (router, "r2", "10.99.2.2"), (server, "s0", FAR_IP)):
+            sh("ip", "-n", ns, "addr", "add", f"{addr}/24", "dev", dev)
+            sh("ip", "-n", ns, "link", "set", dev, "up")
+        for ns in names:
+            sh("ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1")
+            sh("ip", "-n", ns, "link", "set", "lo", "up")
+        sh("ip", "-n", client, "route", "add", "default", "via", ROUTER_IP)
+        sh("ip", "-n", server, "route", "add", "default", "via", "10.99.2.2")
+        sh("ip", "netns", "exec", router, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        yield Routed(Namespace(client), Namespace(router), Namespace(server))
+    finally:
+        for n in made:
+            if n == names[1]:
+                subprocess.run(["ip", "netns", "exec", n, *datapath_command("detach")],
+                               capture_output=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+            subprocess.run(["ip", "netns", "del", n], check=False)
+
+
+def routed_traffic(t: Routed) -> dict[str, int]:
+    p = Pair(t.client, t.server)
+    out = {"icmp": ping(p, 2, FAR_IP), "udp5001": udp(p, 5001, 3, far=FAR_IP),
+           "udp5002": udp(p, 5002, 4, far=FAR_IP), "udp5003": udp(p, 5003, 1, far=FAR_IP),
+           "tcp8080": tcp(p, 8080, 2, FAR_IP), "tcp8081": tcp(p, 8081, 1, FAR_IP),
+           "router_icmp": ping(p, 2, ROUTER_IP)}
+    time.sleep(0.1)
+    return out
+
+
+def without_output(listing: str) -> str:
+    """The router's OUTPUT has no rules, so no program: its policy
+    counters (the router's own replies) are not counted by the data path."""
+    return "\n\n".join(b for b in listing.split("\n\n") if not b.startswith("Chain OUTPUT "))
+
+
+def test_forward_same_outcome_and_counters_as_iptables_legacy():
+    ensure_bpffs()
+    with routed("dfl") as legacy, routed("dfb") as ours:
+        assert legacy.router.run(["iptables-legacy-restore"], input=ROUTER_RULES).returncode == 0
+        r = ours.router.run(bpf_command("iptables-restore"), input=ROUTER_RULES)
+        assert r.returncode == 0, r.stderr
+        r = ours.router.run(datapath_command("attach"))
+        assert r.returncode == 0, r.stderr
+        r = ours.router.run(datapath_command("status"))
+        assert r.returncode == 0 and "FORWARD program" in r.stdout, r.stdout
+        want = routed_traffic(legacy)
+        got = routed_traffic(ours)
+        assert want == {"icmp": 2, "udp5001": 0, "udp5002": 4, "udp5003": 0, "tcp8080": 2,
+                        "tcp8081": 0, "router_icmp": 2}
+        assert got == want
+        listing = without_output(legacy.router.iptables("-L", "-v", "-x", "-n").stdout)
+        assert "Chain FORWARD (policy DROP 2 packets" in listing  # udp 5003, tcp 8081
+        assert without_output(ours.router.bpf_iptables("-L", "-v", "-x", "-n").stdout) == listing

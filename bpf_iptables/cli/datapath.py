@@ -47,6 +47,8 @@ def status(directory) -> int:
         ok = seen == att.prog_id
         bad += not ok
         print(f"  {name} ifindex {index} {mode} {'ok' if ok else f'program {seen} (expected {att.prog_id})'}")
+    if att.forward_prog_id:
+        print(f"FORWARD program {att.forward_prog_id} behind the ingress dispatcher {att.prog_id}")
     if att.output_prog_id:
         print(f"OUTPUT program {att.output_prog_id} at TC egress")
         for name in sorted(att.interfaces, key=lambda n: att.interfaces[n][0]):

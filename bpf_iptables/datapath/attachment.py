@@ -35,8 +35,10 @@ class Attachment:
     interfaces: dict[str, list[int]] = field(default_factory=dict)  # name -> [ifindex, flags]
     ncounters: int = 0
     counter_of: list[list] = field(default_factory=list)   # [chain, rule index, slot]
-    prog_id: int = 0
+    prog_id: int = 0                            # what is attached at XDP (INPUT, or the dispatcher)
     entries: int = 0
+    forward_prog_id: int = 0                    # FORWARD classifier behind the dispatcher (0: none)
+    forward_ncounters: int = 0
     output_prog_id: int = 0                     # the OUTPUT program at TC egress (0: none)
     output_ncounters: int = 0
 

@@ -294,7 +294,7 @@ def compile_chain(table: Table, hook: str = "INPUT", interfaces: dict[str, int] 
     ifindexes now, from ``interfaces`` (default: this namespace's); an
     interface that appears later is seen as matching no -i name until the
     chain is compiled again."""
-    if hook not in ("INPUT", "OUTPUT"):
+    if hook not in ("INPUT", "FORWARD", "OUTPUT"):
         raise NotSupported(f"the {hook} chain in the eBPF data path")
     if interfaces is None:
         interfaces = interfaces_here()

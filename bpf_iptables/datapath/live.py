@@ -50,19 +50,20 @@ def interfaces_here() -> dict[str, int]:
     return {name: index for index, name in socket.if_nameindex()}
 
 
-def needs_output(table: Table) -> bool:
-    chain = table.chains.get("OUTPUT")
+def needs(table: Table, hook: str) -> bool:
+    """Whether a hook chain can change a packet's fate or count anything:
+    without rules and with policy ACCEPT it needs no program."""
+    chain = table.chains.get(hook)
     return chain is not None and bool(chain.rules or (chain.policy or "ACCEPT") != "ACCEPT")
 
 
+def needs_output(table: Table) -> bool:
+    return needs(table, "OUTPUT")
+
+
 def check_enforceable(table: Table) -> None:
-    """FORWARD has no attach point yet: refuse anything there that would
-    change a packet's fate (rules, or a policy other than ACCEPT). OUTPUT
-    runs at TC egress, which forwarded packets pass too: refused while
-    the namespace forwards."""
-    chain = table.chains.get("FORWARD")
-    if chain is not None and (chain.rules or (chain.policy or "ACCEPT") != "ACCEPT"):
-        raise NotSupported("the FORWARD chain in the eBPF data path")
+    """OUTPUT runs at TC egress, which forwarded packets pass too: refused
+    while the namespace forwards."""
     if needs_output(table) and _forwarding():
         raise NotSupported("the OUTPUT chain with IP forwarding enabled in the eBPF data path")
 
@@ -80,12 +81,23 @@ Counts = dict[str, list[tuple[int, int]]]   # hook -> (packets, bytes) per slot
 
 
 def hook_dir(directory: Path, number: int, hook: str) -> Path:
+    """INPUT's pins at the generation's top (prog, counters, self), the
+    others' in forward/, output/ and dispatch/ beneath it."""
     base = A.pin_dir(directory, number)
     return base if hook == "INPUT" else base / hook.lower()
 
 
 def hooks_of(att: A.Attachment) -> list[str]:
-    return ["INPUT", "OUTPUT"] if att.output_prog_id else ["INPUT"]
+    return (["INPUT"] + (["FORWARD"] if att.forward_prog_id else [])
+            + (["OUTPUT"] if att.output_prog_id else []))
+
+
+def xdp_pin(directory: Path, att: A.Attachment) -> Path:
+    """The pin of the program attached at XDP: the dispatcher when FORWARD runs."""
+    return hook_dir(directory, att.generation, "DISPATCH" if att.forward_prog_id else "INPUT") / "prog"
+
+
+NCOUNTERS = {"INPUT": "ncounters", "FORWARD": "forward_ncounters", "OUTPUT": "output_ncounters"}
 
 
 def read_live(directory: Path, att: A.Attachment) -> Counts:
@@ -93,8 +105,7 @@ def read_live(directory: Path, att: A.Attachment) -> Counts:
     for hook in hooks_of(att):
         fd = bpfsys.obj_get(str(hook_dir(directory, att.generation, hook) / "counters"))
         try:
-            n = att.ncounters if hook == "INPUT" else att.output_ncounters
-            out[hook] = bpfsys.read_counters(fd, n)
+            out[hook] = bpfsys.read_counters(fd, getattr(att, NCOUNTERS[hook]))
         finally:
             os.close(fd)
     return out
@@ -135,16 +146,21 @@ class Program:
 @dataclass
 class Generation:
     number: int
-    progs: dict[str, Program]     # INPUT always; OUTPUT when it has work to do
+    progs: dict[str, Program]     # INPUT always; FORWARD, OUTPUT when they have work to do
+    dispatch: object = None       # program.Dispatcher, with FORWARD
+
+    @property
+    def xdp_fd(self) -> int:
+        return (self.dispatch or self.progs["INPUT"].prog).fd
 
 
 def build(table: Table, number: int, interfaces: dict[str, int]) -> Generation:
     """Compile and load; nothing is attached yet. Raises NotSupported (2)
     or DatapathError (1)."""
     check_enforceable(table)
-    hooks = ["INPUT"] + (["OUTPUT"] if needs_output(table) else [])
+    hooks = ["INPUT"] + [h for h in ("FORWARD", "OUTPUT") if needs(table, h)]
     compiled = {h: compile_chain(table, h, interfaces) for h in hooks}
-    from .program import LoadedProgram  # bcc: only when a program is built
+    from .program import Dispatcher, LoadedProgram  # bcc: only when a program is built
 
     progs: dict[str, Program] = {}
     try:
@@ -152,9 +168,12 @@ def build(table: Table, number: int, interfaces: dict[str, int]) -> Generation:
             prog = LoadedProgram(compiled[h].shape, tc=(h == "OUTPUT"))
             prog.install(compiled[h])
             progs[h] = Program(prog, compiled[h])
+        dispatch = None
+        if "FORWARD" in progs:
+            dispatch = Dispatcher(progs["INPUT"].prog.fd, progs["FORWARD"].prog.fd)
     except Exception as exc:  # bcc reports compile/verifier errors as Exception
         raise DatapathError(f"cannot load the eBPF program: {exc}") from None
-    return Generation(number, progs)
+    return Generation(number, progs, dispatch)
 
 
 def initial_counters(gen: Generation, table: Table, carried: dict[int, int],
@@ -217,7 +236,7 @@ def _tc_detach(dev: str) -> None:
 def switch(directory: Path, gen: Generation, ifaces: dict[str, list[int]],
            had_output: bool) -> None:
     """Point every interface at the new programs (replacing the old ones)."""
-    fd = gen.progs["INPUT"].prog.fd
+    fd = gen.xdp_fd
     for name, (_, flags) in ifaces.items():
         err = _xdp(name, fd, flags)
         if err:
@@ -240,6 +259,11 @@ def pin(directory: Path, gen: Generation) -> None:
         bpfsys.obj_pin(bpf[b"counter_map"].map_fd, str(d / "counters"))
         # a prog array loses its entries (the tail call) when no file or pin holds it
         bpfsys.obj_pin(bpf[b"self_map"].map_fd, str(d / "self"))
+    if gen.dispatch is not None:
+        d = hook_dir(directory, gen.number, "DISPATCH")
+        d.mkdir(parents=True, mode=0o700)
+        bpfsys.obj_pin(gen.dispatch.fd, str(d / "prog"))
+        bpfsys.obj_pin(gen.dispatch.bpf[b"chain_map"].map_fd, str(d / "chains"))
 
 
 def unpin(directory: Path, number: int) -> None:
@@ -249,10 +273,13 @@ def unpin(directory: Path, number: int) -> None:
 def record(gen: Generation, mode: str, ifaces: dict[str, list[int]]) -> A.Attachment:
     inp = gen.progs["INPUT"]
     out = gen.progs.get("OUTPUT")
+    fwd = gen.progs.get("FORWARD")
     return A.Attachment(mode=mode, generation=gen.number, interfaces=ifaces,
                         ncounters=inp.compiled.shape.ncounters,
                         counter_of=[[c, i, s] for (c, i), s in inp.compiled.counter_of.items()],
-                        prog_id=bpfsys.obj_id(inp.prog.fd), entries=len(inp.compiled.entries),
+                        prog_id=bpfsys.obj_id(gen.xdp_fd), entries=len(inp.compiled.entries),
+                        forward_prog_id=bpfsys.obj_id(fwd.prog.fd) if fwd else 0,
+                        forward_ncounters=fwd.compiled.shape.ncounters if fwd else 0,
                         output_prog_id=bpfsys.obj_id(out.prog.fd) if out else 0,
                         output_ncounters=out.compiled.shape.ncounters if out else 0)
 
@@ -333,7 +360,7 @@ def attach_new(directory: Path, gen: Generation, mode: str, here: dict[str, int]
         if name in done:
             continue
         flags = MODES[mode]
-        fd = gen.progs["INPUT"].prog.fd
+        fd = gen.xdp_fd
         err = _xdp(name, fd, flags | XDP_FLAGS_UPDATE_IF_NOEXIST)
         if err and err != errno.EBUSY and flags == XDP_FLAGS_DRV_MODE:
             flags = XDP_FLAGS_SKB_MODE
@@ -355,7 +382,7 @@ def attach_new(directory: Path, gen: Generation, mode: str, here: dict[str, int]
 
 def rollback(directory: Path, att: A.Attachment) -> None:
     """Put the previous generation back on every interface (after a failed switch)."""
-    fd = bpfsys.obj_get(str(hook_dir(directory, att.generation, "INPUT") / "prog"))
+    fd = bpfsys.obj_get(str(xdp_pin(directory, att)))
     try:
         for name, (_, flags) in att.interfaces.items():
             _xdp(name, fd, flags)

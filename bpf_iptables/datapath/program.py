@@ -185,3 +185,21 @@ class ProgramCache:
             p.close()
         self.programs.clear()
 
+
+
+class Dispatcher:
+    """bpf/dispatch.c: sends ingress packets to the INPUT or the FORWARD
+    classifier (by tail call) as the kernel's route lookup would."""
+
+    def __init__(self, input_fd: int, forward_fd: int):
+        from bcc import BPF
+
+        self.bpf = BPF(src_file=str(BPF_DIR / "dispatch.c").encode(), cflags=[f"-I{BPF_DIR}"])
+        self.fn = self.bpf.load_func(b"xdp_dispatch", BPF.XDP)
+        chains = self.bpf[b"chain_map"]
+        chains[ctypes.c_int(0)] = ctypes.c_int(input_fd)
+        chains[ctypes.c_int(1)] = ctypes.c_int(forward_fd)
+
+    @property
+    def fd(self) -> int:
+        return self.fn.fd
