@@ -1,10 +1,12 @@
 """The data path of an attached namespace: deploy, update, counters, detach.
 
-An update compiles the new rule set into a *new* program with its own
-maps (a generation), fills its maps (counters included) while the old
-program keeps filtering, then switches every interface to it with one
-netlink request each (the kernel replaces an XDP program atomically), pins
-it, and only then is the rule set stored. So:
+An update compiles the new rule set into *new* programs with their own
+maps (a generation: INPUT at XDP; FORWARD behind an XDP dispatcher and
+OUTPUT at TC egress when those chains have work), fills and pins them
+(counters included) while the old ones keep filtering, then switches
+every interface to them with one netlink request per interface and hook
+(the kernel replaces an XDP program, and `tc filter replace' a cls_bpf
+program, atomically), and only then is the rule set stored. So:
 
 - the compiler refusing the rule set (``NotSupported``, exit 2) or bcc
   failing to load it (exit 1) happens before anything changed: the old
@@ -299,7 +301,7 @@ class AttachedStore:
         self.att = att
         self.directory = inner.directory
         self._carried: dict[int, int] = {}
-        self._base: list[tuple[int, int]] | None = None
+        self._base: Counts | None = None
 
     def load(self) -> RuleSet:
         ruleset = self.inner.load()
