@@ -19,11 +19,12 @@ the host's mount namespace: ``ensure_bpffs()`` does it when it runs there,
 and refuses (with the command to run) from inside ``ip netns exec``."""
 from __future__ import annotations
 
-import json
 import os
-import subprocess
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+# json and subprocess are imported where used: every front-end invocation
+# imports this module, and only attached namespaces need them
 
 RECORD = "datapath.json"
 
@@ -53,13 +54,17 @@ def pin_root() -> Path:
 
 def read(directory: Path) -> Attachment | None:
     try:
-        data = json.loads((directory / RECORD).read_text())
+        text = (directory / RECORD).read_text()
     except FileNotFoundError:
         return None
-    return Attachment(**data)
+    import json
+
+    return Attachment(**json.loads(text))
 
 
 def write(directory: Path, att: Attachment) -> None:
+    import json
+
     tmp = directory / (RECORD + ".tmp")
     tmp.write_text(json.dumps(asdict(att)))
     os.replace(tmp, directory / RECORD)
@@ -126,6 +131,8 @@ def ensure_bpffs() -> Path:
             "`ip netns exec' would vanish with the command; mount it once in the host's "
             f"mount namespace (mkdir -p {root} && mount -t bpf bpf {root}), or attach "
             "with `nsenter --net=/run/netns/NS'")
+    import subprocess
+
     root.mkdir(parents=True, exist_ok=True, mode=0o700)
     subprocess.run(["mount", "-t", "bpf", "bpf", str(root)], check=True)
     return root
