@@ -270,17 +270,6 @@ def test_same_outcome_and_counters_as_iptables_legacy(mode):
                 == legacy.server.iptables("-L", "-v", "-x", "-n").stdout)
 
 
-def test_root_namespace_untouched():
-    """Nothing of the tests is attached to the root namespace's interfaces."""
-    out = subprocess.run(["ip", "-d", "link", "show"], capture_output=True, text=True).stdout
-    assert "xdp" not in out
-    for name in os.listdir("/sys/class/net"):
-        for kind in ("ingress", "egress"):
-            tc = subprocess.run(["tc", "filter", "show", "dev", name, kind],
-                                capture_output=True, text=True).stdout
-            assert "bpf" not in tc, (name, kind, tc)
-
-
 # -- FORWARD: client -- router -- server, the router enforcing -----------------------
 
 ROUTER_RULES = """\
@@ -376,3 +365,14 @@ def test_forward_same_outcome_and_counters_as_iptables_legacy():
         listing = without_output(legacy.router.iptables("-L", "-v", "-x", "-n").stdout)
         assert "Chain FORWARD (policy DROP 2 packets" in listing  # udp 5003, tcp 8081
         assert without_output(ours.router.bpf_iptables("-L", "-v", "-x", "-n").stdout) == listing
+
+
+def test_root_namespace_untouched():
+    """Nothing of the tests is attached to the root namespace's interfaces."""
+    out = subprocess.run(["ip", "-d", "link", "show"], capture_output=True, text=True).stdout
+    assert "xdp" not in out
+    for name in os.listdir("/sys/class/net"):
+        for kind in ("ingress", "egress"):
+            tc = subprocess.run(["tc", "filter", "show", "dev", name, kind],
+                                capture_output=True, text=True).stdout
+            assert "bpf" not in tc, (name, kind, tc)
