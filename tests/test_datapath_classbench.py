@@ -6,7 +6,6 @@ so that many different rules are the first match, plus uniform ones."""
 from __future__ import annotations
 
 import random
-from pathlib import Path
 
 import pytest
 
@@ -15,11 +14,12 @@ from bpf_iptables.datapath.packets import header_length
 from bpf_iptables.model import Rule, Table
 from bpf_iptables.reference.evaluate import evaluate
 from bpf_iptables.reference.packet import Packet
+from tests.support.shared import ruleset
 
 # interfaces (and so ifindexes) are those of a namespace of the test's own
 pytestmark = pytest.mark.usefixtures("private_netns")
 
-RULES = Path("/work/shared/rulesets/classbench-fw1-1k.rules")
+RULES = ruleset("classbench-fw1-1k.rules")
 PACKETS = 400
 
 

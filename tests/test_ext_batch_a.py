@@ -15,7 +15,6 @@ import struct
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
-from pathlib import Path
 
 import pytest
 
@@ -24,12 +23,12 @@ from bpf_iptables.model import Rule, Table, Target
 from bpf_iptables.reference.evaluate import HotDrop, evaluate, rule_matches
 from bpf_iptables.reference.packet import ICMP, Packet
 from tests.support.pair import Pair, pair
+from tests.support.tfiles import read_t_file as read_rule_lines
 # the three-namespace topology of the netfilter comparison (topo is a fixture)
 from tests.test_reference_vs_netfilter import (  # noqa: F401
     C_IP, MAC, TRAFFIC, Spec, Topology, build_model, inet_checksum, kernel_counters, load_kernel,
     model_counters, topo)
 
-T_DIR = Path("/work/shared/iptables-tests")
 T_FILES = {
     "udp": "libxt_udp.t", "icmp": "libipt_icmp.t", "multiport": "libxt_multiport.t",
     "iprange": "libxt_iprange.t", "mac": "libxt_mac.t", "comment": "libxt_comment.t",
@@ -46,29 +45,10 @@ class TLine:
     ok: bool         # OK/NOMATCH: accepted; FAIL: refused
 
 
-def read_t_file(path: Path) -> list[TLine]:
-    """iptables-test.py's reading of a .t file, legacy expectations."""
-    out: list[TLine] = []
-    chains = ["INPUT", "FORWARD", "OUTPUT"]
-    for raw in path.read_text().splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        if line.startswith(":"):
-            chains = line[1:].split(",")
-            continue
-        if line.startswith(("*", "@", "%")):
-            raise AssertionError(f"{path.name}: unexpected directive {line!r}")
-        fields = line.split(";")
-        rule, save, result = fields[0], fields[1], fields[2]
-        if len(fields) > 3 and fields[3] == "NFT":
-            # the line's result is for nft; legacy gets ALT or the inverse
-            result = fields[4] if len(fields) > 4 and fields[4] else (
-                "FAIL" if result != "FAIL" else "OK")
-        expected = rule if save == "=" else save
-        for chain in chains:
-            out.append(TLine(chain, rule, expected, result != "FAIL"))
-    return out
+def read_t_file(name: str) -> list[TLine]:
+    """The file's rule lines (shared reader, legacy expectations), one per chain."""
+    return [TLine(chain, line.rule, line.save, line.ok)
+            for line in read_rule_lines(name) for chain in line.chains]
 
 
 # Extra cases per extension: whole command lines, run in order in the pair.
@@ -389,7 +369,7 @@ def check_and_delete(p: Pair, report: Report, accepted: list[list[str]]) -> None
 
 @pytest.mark.parametrize("ext", sorted(T_FILES))
 def test_t_file_and_extras_against_iptables(ext: str) -> None:
-    lines = read_t_file(T_DIR / T_FILES[ext])
+    lines = read_t_file(T_FILES[ext])
     assert lines, f"{T_FILES[ext]} has no test lines"
     report = Report([])
     with pair(fast=True) as p:

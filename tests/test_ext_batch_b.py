@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import errno
 import shlex
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -23,36 +22,11 @@ from bpf_iptables.extensions import matches as registered_matches
 from bpf_iptables.extensions.limit import CREDITS_PER_JIFFY, HZ, LimitData, user2credits
 from bpf_iptables.netaddr import ip_to_int
 from bpf_iptables.reference.packet import Conntrack, CtTuple, Packet
+from tests.support.tfiles import read_t_file
 from tests.support.pair import Pair, pair
 
 REPO = Path(__file__).resolve().parents[1]
-_CANDIDATES = (REPO.parent / "shared" / "iptables-tests", Path("/work/shared/iptables-tests"))
-TESTS_DIR = next((p for p in _CANDIDATES if p.is_dir()), _CANDIDATES[-1])
 LISTINGS = (("-S",), ("-L",), ("-L", "-n", "-v", "-x"))
-
-
-@dataclass(frozen=True)
-class TLine:
-    chains: tuple[str, ...]
-    rule: str
-    save: str   # expected save text of the rule ("" on FAIL lines)
-    ok: bool
-
-
-def read_t_file(name: str) -> list[TLine]:
-    """Rule lines of an iptables .t file (format: README.md beside them)."""
-    out: list[TLine] = []
-    chains: tuple[str, ...] = ()
-    for raw in (TESTS_DIR / name).read_text().splitlines():
-        if not raw.strip() or raw.startswith("#"):
-            continue
-        if raw.startswith(":"):
-            chains = tuple(raw[1:].split(","))
-            continue
-        rule, expected, result = raw.split(";")
-        save = rule if expected == "=" else expected
-        out.append(TLine(chains, rule, save, result == "OK"))
-    return out
 
 
 def check_rule(p: Pair, chains: tuple[str, ...], rule: str, ok: bool | None = None,

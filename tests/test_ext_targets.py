@@ -1,7 +1,7 @@
 """REJECT and LOG front end, against real iptables-legacy.
 
 Every rule line of iptables' own libipt_REJECT.t and libipt_LOG.t (read from
-/work/shared at test time) plus our own edge and error cases is run with
+shared/ beside the repository at test time) plus our own edge and error cases is run with
 iptables-legacy and with bpf-iptables, each in a fresh namespace, and
 stdout, stderr and exit status of -A, -C, -S, -L, -L -n -v and -D must be
 identical after normalising the program name. -j QUEUE, which iptables
@@ -11,43 +11,14 @@ from __future__ import annotations
 import os
 import shlex
 import subprocess
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
 from tests.support.netns import REPO, Namespace, bpf_command, namespace
+from tests.support.tfiles import TLine, read_t_file
 from tests.support.pair import Pair, pair
 
-TESTS_DIR = Path("/work/shared/iptables-tests")
 LISTINGS = (("-S",), ("-L",), ("-L", "-n", "-v"))
-
-
-@dataclass(frozen=True)
-class TLine:
-    chains: tuple[str, ...]
-    rule: str
-    save: str        # canonical save text ("" on FAIL lines)
-    ok: bool
-
-
-def read_t_file(name: str) -> list[TLine]:
-    """The rule lines of an iptables .t file (format: README.md there)."""
-    lines: list[TLine] = []
-    chains: tuple[str, ...] = ()
-    for raw in (TESTS_DIR / name).read_text().splitlines():
-        if not raw.strip() or raw.startswith("#"):
-            continue
-        if raw.startswith(":"):
-            chains = tuple(raw[1:].split(","))
-            continue
-        assert not raw.startswith(("*", "@", "%")), f"unexpected directive {raw!r}"
-        fields = raw.split(";")
-        rule, save, result = fields[0], fields[1], fields[2]
-        if len(fields) > 3 and fields[3] == "NFT":
-            result = fields[4] if len(fields) > 4 else ("FAIL" if result == "OK" else "OK")
-        lines.append(TLine(chains, rule, rule if save == "=" else save, result == "OK"))
-    return lines
 
 
 def collect(p: Pair, args: tuple[str, ...], problems: list[str]) -> None:

@@ -17,8 +17,9 @@ from hypothesis import given, settings, strategies as st
 from bpf_iptables import extensions as registry
 from tests.support.compare import normalize
 from tests.support.netns import Namespace, bpf_command, namespace
+from tests.support.shared import rulesets
 
-RULESETS = sorted(Path("/work/shared/rulesets").glob("*.rules"))
+RULESETS = rulesets()
 REAL = {"iptables-save": "iptables-legacy-save", "iptables-restore": "iptables-legacy-restore",
         "iptables": "iptables-legacy"}
 
