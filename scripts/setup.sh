@@ -8,7 +8,8 @@
 #   2. /lib/modules/$(uname -r)/{build,source} links to the installed Debian
 #      headers: bcc compiles only when it finds them, and the running kernel
 #      may have none of its own (networking programs only use UAPI headers).
-#   3. bpffs at /sys/fs/bpf (may be unmounted on a fresh machine).
+#   3. bpffs at /sys/fs/bpf (may be unmounted on a fresh machine) and at
+#      /run/bpf-iptables/bpffs (the data path's pins).
 #   4. .venv from /usr/bin/python3 with --system-site-packages (the only way
 #      to see Debian's bcc), with the project installed editable plus tests.
 #   5. scripts/demo.sh: a sample rule set in a private network namespace.
@@ -67,6 +68,14 @@ if ! mountpoint -q /sys/fs/bpf; then
     mount -t bpf bpf /sys/fs/bpf
 else
     log "bpffs already mounted"
+fi
+# The data path pins its programs and maps in a bpffs under /run, which every
+# way of entering a namespace sees (ip netns exec hides /sys/fs/bpf); it must
+# be mounted from the host's mount namespace, which is where we are.
+if ! mountpoint -q /run/bpf-iptables/bpffs 2>/dev/null; then
+    log "mounting bpffs at /run/bpf-iptables/bpffs (data-path pins)"
+    mkdir -p /run/bpf-iptables/bpffs
+    mount -t bpf bpf /run/bpf-iptables/bpffs
 fi
 
 # --- 4. virtual environment --------------------------------------------------
