@@ -181,7 +181,7 @@ def packet_for(draw, boxes: list[dict], ifnames: list[str]) -> Packet:
     return pkt
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=2000, deadline=None, suppress_health_check=list(HealthCheck))
 @given(data=st.data())
 def test_datapath_matches_reference(harness, data):
     ifnames = sorted(harness.interfaces)
