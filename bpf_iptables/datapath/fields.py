@@ -12,17 +12,20 @@ become a per-candidate check after the bitvector step.
 Fields: source and destination prefix, protocol, input interface, fragment
 flag, TCP flags, source and destination port (tcp/udp matches; those also
 require an L4 header). The output interface is known statically at INPUT
-(none), so it is decided here. Anything else is NotSupported for now."""
+(none), so it is decided here.
+
+Extension matches are lowered by their own module: ``MatchExtension.lower()``
+returns a conjunction of the constraint objects below, which ``add_rule``
+folds into the entry. A match without a lowering is NotSupported."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 from ..errors import NotSupported
+from ..extensions import find_match
 from ..model import Rule
 from ..netaddr import IPv4Net, iface_matches, mask_to_cidr
 
-PORT_MATCHES = ("tcp", "udp")
-ALWAYS_TRUE_MATCHES = ("comment",)  # xt_comment matches every packet
 
 
 @dataclass(frozen=True)
@@ -101,6 +104,76 @@ class RangeField:
             return False
         self.positive = (lo, hi)
         return True
+
+
+# --- what an extension's lower() may return (a conjunction) ------------------
+
+@dataclass(frozen=True)
+class AddrConstraint:
+    """The source ("src") or destination ("dst") address in (or not in) ``net``."""
+    which: str
+    net: IPv4Net
+    invert: bool = False
+
+
+@dataclass(frozen=True)
+class PortConstraint:
+    """The source ("sport") or destination ("dport") port in [lo, hi] (or not)."""
+    which: str
+    lo: int
+    hi: int
+    invert: bool = False
+
+
+@dataclass(frozen=True)
+class NeedsL4:
+    """The packet has a TCP/UDP header (a first fragment, not truncated)."""
+
+
+@dataclass(frozen=True)
+class NotFragment:
+    """The packet is not a non-first fragment."""
+
+
+@dataclass(frozen=True)
+class TcpFlagsConstraint:
+    mask: int
+    cmp: int
+    invert: bool = False
+
+
+@dataclass(frozen=True)
+class Never:
+    """The match never holds (e.g. a reversed iprange)."""
+
+
+Constraint = (AddrConstraint | PortConstraint | NeedsL4 | NotFragment
+              | TcpFlagsConstraint | Never)
+
+
+def prefixes_of_range(lo: int, hi: int) -> list[IPv4Net]:
+    """The inclusive address range [lo, hi] as the fewest CIDR blocks."""
+    out: list[IPv4Net] = []
+    while lo <= hi:
+        # the largest aligned block starting at lo that stays within hi
+        size = lo & -lo if lo else 1 << 32
+        while lo + size - 1 > hi:
+            size >>= 1
+        out.append(IPv4Net(lo, (0xFFFFFFFF << (size.bit_length() - 1)) & 0xFFFFFFFF))
+        lo += size
+    return out
+
+
+def complement_ranges(ranges: list[tuple[int, int]], top: int) -> list[tuple[int, int]]:
+    """The gaps of [0, top] not covered by ``ranges`` (inclusive bounds)."""
+    gaps, nxt = [], 0
+    for lo, hi in sorted(r for r in ranges if r[0] <= r[1]):
+        if lo > nxt:
+            gaps.append((nxt, lo - 1))
+        nxt = max(nxt, hi + 1)
+    if nxt <= top:
+        gaps.append((nxt, top))
+    return gaps
 
 
 @dataclass
@@ -182,17 +255,28 @@ def add_rule(f: EntryFields, rule: Rule, hook: str) -> bool:
             ok = False
         f.fragment = want
     for match in rule.matches:
-        if match.name in ALWAYS_TRUE_MATCHES:
-            continue
-        if match.name not in PORT_MATCHES:
-            raise NotSupported(f"match `{match.name}' in the eBPF data path")
-        data = match.data
-        f.l4 = True
-        ok = f.sport.add(data.sport.lo, data.sport.hi, data.sport.invert) and ok
-        ok = f.dport.add(data.dport.lo, data.dport.hi, data.dport.invert) and ok
-        if match.name == "tcp":
-            if data.option or data.option_inv:
-                raise NotSupported("--tcp-option in the eBPF data path")
-            if data.flg_mask or data.flags_inv:
-                f.flags.append((data.flg_mask, data.flg_cmp, data.flags_inv))
+        for c in find_match(match.name).lower(match.data, rule):
+            ok = apply(f, c) and ok
     return ok
+
+
+def apply(f: EntryFields, c: Constraint) -> bool:
+    """Fold one constraint into the entry; False when it can never match."""
+    if isinstance(c, AddrConstraint):
+        return (f.src if c.which == "src" else f.dst).add(c.net, c.invert)
+    if isinstance(c, PortConstraint):
+        return (f.sport if c.which == "sport" else f.dport).add(c.lo, c.hi, c.invert)
+    if isinstance(c, NeedsL4):
+        f.l4 = True
+        return True
+    if isinstance(c, NotFragment):
+        if f.fragment:
+            return False
+        f.fragment = False
+        return True
+    if isinstance(c, TcpFlagsConstraint):
+        f.flags.append((c.mask, c.cmp, c.invert))
+        return True
+    if isinstance(c, Never):
+        return False
+    raise TypeError(f"unknown data-path constraint {c!r}")

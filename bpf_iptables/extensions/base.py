@@ -18,7 +18,7 @@ from enum import Enum, auto
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from ..errors import XtablesError
+from ..errors import NotSupported, XtablesError
 from ..netaddr import ipparse_any, parse_protocol, service_to_port
 from ..numbers import UINT8_MAX, UINT16_MAX, UINT32_MAX, UINT64_MAX, parse_prefix, strtoul
 
@@ -93,6 +93,12 @@ class MatchExtension(Extension):
 
     def matches(self, data: Any, packet: "Packet") -> bool:
         raise NotImplementedError
+
+    def lower(self, data: Any, rule: "Rule") -> list[Any]:
+        """This match as eBPF data-path constraints (``datapath.fields``
+        constraint objects, a conjunction). A match that cannot be enforced
+        there is refused rather than ignored."""
+        raise NotSupported(f"match `{self.name}' in the eBPF data path")
 
 
 class TargetExtension(Extension):

@@ -34,5 +34,8 @@ class CommentMatch(XtOptionsExtension, MatchExtension):
     def matches(self, d: CommentData, pkt: Any) -> bool:
         return True
 
+    def lower(self, d: CommentData, rule: Any) -> list[Any]:
+        return []  # xt_comment matches every packet: no constraint
+
 
 EXTENSIONS = [CommentMatch()]

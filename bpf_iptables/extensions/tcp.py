@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import XtablesError
+from ..errors import NotSupported, XtablesError
 from ..netaddr import parse_port, port_to_service
 from ..numbers import UINT8_MAX, strtoui
 from .base import MatchExtension, ParseContext
@@ -216,6 +216,17 @@ class TcpMatch(MatchExtension):
         if d.option and tcp_option_present(pkt.tcp_options, d.option) == d.option_inv:
             return False
         return True
+
+    def lower(self, d: TcpData, rule: Any) -> list[Any]:
+        from ..datapath import fields as dp  # only when compiling for the data path
+        if d.option or d.option_inv:
+            raise NotSupported("--tcp-option in the eBPF data path")
+        out: list[Any] = [dp.NeedsL4(),
+                          dp.PortConstraint("sport", d.sport.lo, d.sport.hi, d.sport.invert),
+                          dp.PortConstraint("dport", d.dport.lo, d.dport.hi, d.dport.invert)]
+        if d.flg_mask or d.flags_inv:
+            out.append(dp.TcpFlagsConstraint(d.flg_mask, d.flg_cmp, d.flags_inv))
+        return out
 
 
 EXTENSIONS = [TcpMatch()]

@@ -57,5 +57,11 @@ class UdpMatch(XtOptionsExtension, MatchExtension):
             return False
         return d.sport.matches(pkt.sport) and d.dport.matches(pkt.dport)
 
+    def lower(self, d: UdpData, rule: Any) -> list[Any]:
+        from ..datapath import fields as dp  # only when compiling for the data path
+        return [dp.NeedsL4(),
+                dp.PortConstraint("sport", d.sport.lo, d.sport.hi, d.sport.invert),
+                dp.PortConstraint("dport", d.dport.lo, d.dport.hi, d.dport.invert)]
+
 
 EXTENSIONS = [UdpMatch()]
