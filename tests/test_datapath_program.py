@@ -148,6 +148,11 @@ def test_in_interface_wildcards_and_unknown_interfaces(harness):
       "-A INPUT ! -s 10.0.0.0/255.0.0.255 -g X"], "INPUT"),
     (["-A INPUT -p tcp --tcp-option 2 -j DROP"], "INPUT"),
     (["-A FORWARD -o eth0 -j DROP"], "FORWARD"),
+    # sport OR dport: a disjunction across two fields
+    (["-A INPUT -p tcp -m multiport --ports 22,80 -j DROP"], "INPUT"),
+    # the data path has ports of TCP and UDP only
+    (["-A INPUT -p sctp -m multiport --dports 9 -j DROP"], "INPUT"),
+    (["-A INPUT -m icmp -p icmp --icmp-type 8 -j DROP"], "INPUT"),
 ])
 def test_refused_with_not_supported(lines, hook):
     table = table_from_lines(lines)
@@ -203,3 +208,49 @@ def test_long_scans_continue_in_tail_calls(harness, monkeypatch):
     with pytest.raises(NotSupported):
         # 32 words + 1400 continuing entries > 32 invocations of 40 steps
         compile_chain(table_from_lines(["-A INPUT"] * 1400), "INPUT", {"lo": 1})
+
+
+def ip(text: str) -> int:
+    return ip_to_int(text)
+
+
+def test_iprange_ranges_as_prefix_sets(harness):
+    lines = ["-A INPUT -p udp -m iprange --src-range 10.0.0.3-10.0.1.200 -j DROP",
+             "-A INPUT -p udp -m iprange ! --dst-range 10.0.0.5-10.0.0.9 -j DROP",
+             "-A INPUT -p udp -m iprange --src-range 10.0.9.9-10.0.0.1 -j DROP",  # reversed
+             "-A INPUT -p udp -m iprange ! --src-range 10.0.9.9-10.0.0.1 -j ACCEPT",
+             "-P INPUT DROP"]
+    srcs = ("10.0.0.2", "10.0.0.3", "10.0.0.255", "10.0.1.200", "10.0.1.201", "9.0.0.0")
+    dsts = ("10.0.0.4", "10.0.0.5", "10.0.0.9", "10.0.0.10")
+    packets = [pkt(harness, proto=17, src=ip(s), dst=ip(d)) for s in srcs for d in dsts]
+    table = check(harness, lines, packets)
+    counts = [r.counters.packets for r in table.chains["INPUT"].rules]
+    # 3 sources in the range (x 4); of the other 3, the 2 destinations outside 5-9
+    assert counts == [12, 6, 0, 6]
+
+
+def test_iprange_after_tcp_still_hot_drops_offset_1_fragments(harness):
+    # xt_tcpudp drops an offset-1 TCP fragment before iprange runs
+    lines = ["-A INPUT -p tcp --dport 22 -m iprange --src-range 1.2.3.4-1.2.3.9 -j ACCEPT",
+             "-A INPUT -p tcp -m multiport --dports 1:100 -m tcp --dport 22 -j ACCEPT"]
+    packets = [pkt(harness, proto=6, frag_offset=1, src=ip("10.0.0.1")),
+               pkt(harness, proto=6, dport=22, src=ip("1.2.3.5")),
+               pkt(harness, proto=6, dport=22, src=ip("1.2.3.3"))]
+    table = check(harness, lines, packets)
+    assert [r.counters.packets for r in table.chains["INPUT"].rules] == [1, 1]
+
+
+def test_multiport_unions_of_ports_and_ranges(harness):
+    lines = ["-A INPUT -p udp -m multiport --dports 53,100:200,7 -j DROP",
+             "-A INPUT -p tcp -m multiport ! --ports 22,80:90 -j DROP",
+             "-A INPUT -p tcp -m multiport ! --sports 1:1000 -j ACCEPT",
+             "-A INPUT -p udp -m multiport --sports 0:65535",
+             "-P INPUT DROP"]
+    ports = (6, 7, 8, 53, 99, 100, 150, 200, 201, 22, 80, 91, 1000, 1001)
+    packets = [pkt(harness, proto=proto, sport=sp, dport=dp)
+               for proto in (6, 17) for sp in ports for dp in ports]
+    packets += [pkt(harness, proto=17, dport=53, frag_offset=5),
+                pkt(harness, proto=6, dport=53, frag_offset=1)]
+    table = check(harness, lines, packets)
+    # destination ports 7, 53, 100, 150, 200 (the UDP fragment has no ports)
+    assert table.chains["INPUT"].rules[0].counters.packets == 5 * len(ports)

@@ -1,7 +1,9 @@
 """Property: the XDP bit-vector classifier agrees with the reference semantics.
 
 Random INPUT rule sets (addresses with "!", protocols with "!", tcp/udp port
-ranges with "!", TCP flags, -i with "+", -f, counting-only rules, user
+ranges with "!", TCP flags, -m iprange --src-range/--dst-range with "!"
+(reversed ranges too), -m multiport --sports/--dports (ports and ranges,
+with "!") and "! --ports", -i with "+", -f, counting-only rules, user
 chains with -j/-g/RETURN, both policies, non-contiguous address masks
 (checked per candidate after the bitvector step), blocks of filler rules so that
 scans cross bitvector words) are built through the real command
@@ -33,8 +35,9 @@ FILLERS = ("-A INPUT -s 203.0.113.0/24 -j DROP", "-A INPUT -p 99", "-A INPUT -p 
            "-A INPUT -m comment --comment filler")
 FLAG_NAMES = ("FIN", "SYN", "RST", "PSH", "ACK", "URG")
 ALL_FIELDS = frozenset({"src", "dst", "proto", "iif", "frag", "flags", "sport", "dport"})
-SHAPE = Shape(nwords=16, steps=1100, ncounters=512, fields=ALL_FIELDS, src_max=64, dst_max=64,
-              proto_max=16, iif_max=16, sport_bsize=64, dport_bsize=64)
+# iprange ranges become up to ~62 prefixes each, multiport lists many port boundaries
+SHAPE = Shape(nwords=16, steps=1100, ncounters=512, fields=ALL_FIELDS, src_max=2048, dst_max=2048,
+              proto_max=16, iif_max=16, sport_bsize=512, dport_bsize=512)
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +70,29 @@ def port_spec(draw) -> tuple[int, int, bool]:
     else:
         hi = draw(st.integers(lo, min(65535, lo + draw(st.sampled_from((1, 10, 1000, 65535))))))
     return lo, hi, draw(st.booleans())
+
+
+@st.composite
+def addr_range(draw) -> tuple[int, int]:
+    lo, _ = draw(prefixes())
+    if draw(st.integers(0, 9)) == 0:  # reversed: never matches (always when inverted)
+        return lo, max(0, lo - draw(st.integers(1, 300)))
+    span = draw(st.sampled_from((0, 1, 2, 255, 300, 70000, 1 << 24)) | st.integers(0, 1 << 32))
+    return lo, min(0xFFFFFFFF, lo + span)
+
+
+@st.composite
+def multiport_specs(draw) -> list[tuple[int, int]]:
+    """Up to 15 kernel port slots: a range takes two."""
+    specs: list[tuple[int, int]] = []
+    slots = 0
+    for _ in range(draw(st.integers(1, 6))):
+        lo, hi, _ = draw(port_spec())
+        slots += 1 if lo == hi else 2
+        if slots > 15:
+            break
+        specs.append((lo, hi))
+    return specs
 
 
 @st.composite
@@ -104,6 +130,23 @@ def rule_line(draw, chain: str, targets: list[str], ifnames: list[str]) -> tuple
                 cmp = draw(st.lists(st.sampled_from(mask), unique=True))
                 words += (["!"] if draw(st.booleans()) else []) + [
                     "--tcp-flags", ",".join(mask), ",".join(cmp) or "NONE"]
+            if draw(st.integers(0, 3)) == 0:
+                specs = draw(multiport_specs())
+                mpinv = draw(st.booleans())
+                # positive --ports (sport OR dport) is refused by the data path
+                direction = draw(st.sampled_from(("sports", "dports") + (("ports",) if mpinv else ())))
+                text = ",".join(f"{lo}:{hi}" if lo != hi else str(lo) for lo, hi in specs)
+                words += ["-m", "multiport"] + (["!"] if mpinv else []) + [f"--{direction}", text]
+                for key in {"sports": ("--sport",), "dports": ("--dport",),
+                            "ports": ("--sport", "--dport")}[direction]:
+                    box.setdefault(key, draw(st.sampled_from(specs)))
+    if draw(st.integers(0, 4)) == 0:
+        words += ["-m", "iprange"]
+        for opt, key in (("--src-range", "src-range"), ("--dst-range", "dst-range")):
+            if draw(st.booleans()) or opt == "--dst-range" and key not in box and "src-range" not in box:
+                lo, hi = draw(addr_range())
+                words += (["!"] if draw(st.booleans()) else []) + [opt, f"{int_to_ip(lo)}-{int_to_ip(hi)}"]
+                box[key] = (lo, hi)
     if draw(st.integers(0, 3)) == 0:
         name = draw(st.sampled_from(patterns(ifnames)))
         words += (["!"] if draw(st.booleans()) else []) + ["-i", name]
@@ -152,6 +195,11 @@ def packet_for(draw, boxes: list[dict], ifnames: list[str]) -> Packet:
     box = draw(st.sampled_from(boxes)) if boxes and draw(st.integers(0, 4)) else {}
 
     def address(key: str) -> int:
+        rkey = {"-s": "src-range", "-d": "dst-range"}[key]
+        if rkey in box and draw(st.integers(0, 2)):
+            lo, hi = box[rkey]
+            return draw(st.sampled_from([a for a in (lo - 1, lo, hi, hi + 1, (lo + hi) // 2)
+                                         if 0 <= a <= 0xFFFFFFFF]))
         if key in box and draw(st.integers(0, 3)):
             addr, length = box[key]
             host = draw(st.integers(0, 0xFFFFFFFF))

@@ -22,7 +22,7 @@ rule bumps the rule's own counters."""
 from __future__ import annotations
 
 import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ..errors import NotSupported
 from ..model import Rule, Table
@@ -138,6 +138,16 @@ def counter_slots(table: Table) -> dict[tuple[str, int], int]:
     return slots
 
 
+def hotdrop_guard(rule: Rule) -> Rule | None:
+    """``rule`` cut after its first tcp match, when matches other than
+    tcp/comment follow it (their constraints would hide the hot-drop)."""
+    names = [m.name for m in rule.matches]
+    at = names.index("tcp")
+    if all(n in ("tcp", "comment") for n in names[at + 1:]):
+        return None
+    return replace(rule, matches=rule.matches[:at + 1])
+
+
 def inline(table: Table, hook: str, slots: dict[tuple[str, int], int]) -> list[Entry]:
     entries: list[Entry] = []
     end = _Label()
@@ -147,6 +157,14 @@ def inline(table: Table, hook: str, slots: dict[tuple[str, int], int]) -> list[E
         if len(entries) >= MAX_ENTRIES:
             raise NotSupported(f"more than {MAX_ENTRIES} rules after inlining user chains")
         own_tcp = counter != SCRATCH_COUNTER and any(m.name == "tcp" for m in path[-1].matches)
+        guard = hotdrop_guard(path[-1]) if own_tcp else None
+        if guard is not None:
+            # xt_tcpudp hot-drops an offset-1 TCP fragment before the matches
+            # after it run, but their constraints sit on shared fields (e.g.
+            # iprange on the address tries): an uncounted entry without them
+            # is the candidate that hot-drops; any other packet passes it by
+            entries.append(Entry(decompose(path[:-1] + [guard], hook), SCRATCH_COUNTER,
+                                 tcp=True))
         entries.append(Entry(decompose(path, hook), counter, verdict, next_, own_tcp))
 
     def walk(chain_name: str, guard: list[Rule], ret: _Label, depth: int) -> None:

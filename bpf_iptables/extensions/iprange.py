@@ -5,7 +5,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import XtablesError
+from ..errors import NotSupported, XtablesError
 from ..netaddr import int_to_ip, numeric_to_ipaddr
 from .base import MatchExtension, ParseContext, T, XtOption, XtOptionsExtension, XtState
 
@@ -92,6 +92,32 @@ class IprangeMatch(XtOptionsExtension, MatchExtension):
         if d.dst is not None and not d.dst.matches(pkt.dst):
             return False
         return True
+
+    def lower(self, d: IprangeData, rule: Any) -> list[Any]:
+        """Ranges as CIDR blocks on the src/dst prefix fields.
+
+        An entry holds one positive prefix per address, so a range that is
+        not a single block is written as its complement, negated: "in
+        [lo, hi]" is "in none of the blocks below lo or above hi"."""
+        from ..datapath import fields as dp  # only when compiling for the data path
+        out: list[Any] = []
+        for which, rng in (("src", d.src), ("dst", d.dst)):
+            if rng is None:
+                continue
+            if rng.lo > rng.hi:  # reversed: never matches, always when inverted
+                if not rng.invert:
+                    out.append(dp.Never())
+                continue
+            blocks = dp.prefixes_of_range(rng.lo, rng.hi)
+            if rng.invert:
+                out += [dp.AddrConstraint(which, n, True) for n in blocks]
+            elif len(blocks) == 1:
+                out.append(dp.AddrConstraint(which, blocks[0]))
+            else:
+                for lo, hi in dp.complement_ranges([(rng.lo, rng.hi)], 0xFFFFFFFF):
+                    out += [dp.AddrConstraint(which, n, True)
+                            for n in dp.prefixes_of_range(lo, hi)]
+        return out
 
 
 EXTENSIONS = [IprangeMatch()]
