@@ -153,10 +153,20 @@ BPF_ARRAY(dport_map, struct bitvector, DPORT_BSIZE + 2);
 #define TERM_DPORT(ix)
 #endif
 
+#if FIELD_ICMP
+/* key: type << 8 | code of every listed type, ICMP_OTHER for the types not
+ * listed, ICMP_NONE (parse.h) for packets without an ICMP header */
+#define ICMP_OTHER 0x10000
+BPF_HASH(icmp_map, u32, struct bitvector, ICMP_MAX);
+#define TERM_ICMP(ix) &f_icmp->word[ix]
+#else
+#define TERM_ICMP(ix)
+#endif
+
 /* The AND of all compiled-in fields' bitvectors at word ix. */
 #define AND_WORD(ix) (live->word[ix] TERM_SRC(ix) TERM_DST(ix) TERM_PROTO(ix) \
 		      TERM_IIF(ix) TERM_FRAG(ix) TERM_FLAGS(ix) TERM_SPORT(ix)   \
-		      TERM_DPORT(ix))
+		      TERM_DPORT(ix) TERM_ICMP(ix))
 
 static __always_inline void count(u32 slot, u32 length)
 {
@@ -246,6 +256,16 @@ int xdp_filter(CTX_TYPE *ctx)
 	struct bitvector *f_dport = dport_map.lookup(&dkey2);
 	if (!f_dport)
 		return RET(XDP_ABORTED);
+#endif
+#if FIELD_ICMP
+	u32 ckey = pf.icmp;
+	struct bitvector *f_icmp = icmp_map.lookup(&ckey);
+	if (!f_icmp) {
+		ckey = ICMP_OTHER;
+		f_icmp = icmp_map.lookup(&ckey);
+		if (!f_icmp)
+			return RET(XDP_ABORTED);
+	}
 #endif
 
 	struct resume *rs = resume_map.lookup(&zero);

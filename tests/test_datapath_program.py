@@ -22,7 +22,7 @@ from bpf_iptables.reference.packet import Packet
 # interfaces (and so ifindexes) are those of a namespace of the test's own
 pytestmark = pytest.mark.usefixtures("private_netns")
 
-ALL_FIELDS = frozenset({"src", "dst", "proto", "iif", "frag", "flags", "sport", "dport"})
+ALL_FIELDS = frozenset({"src", "dst", "proto", "iif", "frag", "flags", "sport", "dport", "icmp"})
 SHAPE = Shape(nwords=4, steps=300, ncounters=64, fields=ALL_FIELDS, src_max=32, dst_max=32,
               proto_max=8, iif_max=16, sport_bsize=32, dport_bsize=32)
 
@@ -152,7 +152,6 @@ def test_in_interface_wildcards_and_unknown_interfaces(harness):
     (["-A INPUT -p tcp -m multiport --ports 22,80 -j DROP"], "INPUT"),
     # the data path has ports of TCP and UDP only
     (["-A INPUT -p sctp -m multiport --dports 9 -j DROP"], "INPUT"),
-    (["-A INPUT -m icmp -p icmp --icmp-type 8 -j DROP"], "INPUT"),
 ])
 def test_refused_with_not_supported(lines, hook):
     table = table_from_lines(lines)
@@ -254,3 +253,16 @@ def test_multiport_unions_of_ports_and_ranges(harness):
     table = check(harness, lines, packets)
     # destination ports 7, 53, 100, 150, 200 (the UDP fragment has no ports)
     assert table.chains["INPUT"].rules[0].counters.packets == 5 * len(ports)
+
+
+def test_icmp_type_and_code(harness):
+    lines = ["-A INPUT -p icmp --icmp-type 3/1 -j DROP",
+             "-A INPUT -p icmp -m icmp ! --icmp-type echo-request -j ACCEPT",
+             "-A INPUT -p icmp --icmp-type 3",
+             "-A INPUT -p icmp --icmp-type any -j DROP",
+             "-P INPUT ACCEPT"]
+    packets = [pkt(harness, proto=1, icmp_type=t, icmp_code=c)
+               for t in (0, 3, 8, 11, 255) for c in (0, 1, 2, 255)]
+    packets.append(pkt(harness, proto=1, icmp_type=3, icmp_code=1, frag_offset=3))
+    table = check(harness, lines, packets)
+    assert [r.counters.packets for r in table.chains["INPUT"].rules] == [1, 15, 0, 4]

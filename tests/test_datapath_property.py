@@ -3,7 +3,8 @@
 Random INPUT rule sets (addresses with "!", protocols with "!", tcp/udp port
 ranges with "!", TCP flags, -m iprange --src-range/--dst-range with "!"
 (reversed ranges too), -m multiport --sports/--dports (ports and ranges,
-with "!") and "! --ports", -i with "+", -f, counting-only rules, user
+with "!") and "! --ports", -m icmp --icmp-type (any, types, type/code, names,
+with "!"), -i with "+", -f, counting-only rules, user
 chains with -j/-g/RETURN, both policies, non-contiguous address masks
 (checked per candidate after the bitvector step), blocks of filler rules so that
 scans cross bitvector words) are built through the real command
@@ -34,10 +35,12 @@ PROTOS = ("tcp", "udp", "icmp", "47")
 FILLERS = ("-A INPUT -s 203.0.113.0/24 -j DROP", "-A INPUT -p 99", "-A INPUT -p tcp",
            "-A INPUT -m comment --comment filler")
 FLAG_NAMES = ("FIN", "SYN", "RST", "PSH", "ACK", "URG")
-ALL_FIELDS = frozenset({"src", "dst", "proto", "iif", "frag", "flags", "sport", "dport"})
+ALL_FIELDS = frozenset({"src", "dst", "proto", "iif", "frag", "flags", "sport", "dport", "icmp"})
 # iprange ranges become up to ~62 prefixes each, multiport lists many port boundaries
 SHAPE = Shape(nwords=16, steps=1100, ncounters=512, fields=ALL_FIELDS, src_max=2048, dst_max=2048,
-              proto_max=16, iif_max=16, sport_bsize=512, dport_bsize=512)
+              proto_max=16, iif_max=16, sport_bsize=512, dport_bsize=512, icmp_max=8192)
+ICMP_TYPES = ("any", "8", "0", "3", "3/1", "3/3", "5/0", "echo-request", "port-unreachable",
+              "11/1", "20")
 
 
 @pytest.fixture(scope="module")
@@ -140,6 +143,9 @@ def rule_line(draw, chain: str, targets: list[str], ifnames: list[str]) -> tuple
                 for key in {"sports": ("--sport",), "dports": ("--dport",),
                             "ports": ("--sport", "--dport")}[direction]:
                     box.setdefault(key, draw(st.sampled_from(specs)))
+    if proto == "icmp" and not inv and draw(st.booleans()):
+        words += ["-m", "icmp"] + (["!"] if draw(st.booleans()) else []) + [
+            "--icmp-type", draw(st.sampled_from(ICMP_TYPES))]
     if draw(st.integers(0, 4)) == 0:
         words += ["-m", "iprange"]
         for opt, key in (("--src-range", "src-range"), ("--dst-range", "dst-range")):
@@ -224,7 +230,8 @@ def packet_for(draw, boxes: list[dict], ifnames: list[str]) -> Packet:
         tcp_flags=draw(st.integers(0, 63)), frag_offset=frag,
         more_fragments=draw(st.booleans()),
         ip_options=draw(st.sampled_from((b"", b"", b"\x01" * 4, b"\x01" * 7 + b"\x00"))),
-        icmp_type=draw(st.integers(0, 20)))
+        icmp_type=draw(st.integers(0, 20)),
+        icmp_code=draw(st.sampled_from((0, 0, 1, 3)) | st.integers(0, 255)))
     pkt.length = header_length(pkt) + draw(st.integers(0, 64))
     return pkt
 

@@ -25,6 +25,7 @@
 
 #define TCP_FLAGS_NONE 64 /* flags-table index when there is no TCP header */
 #define TCP_FLAGS_EVIL 65 /* flags-table index of an offset-1 TCP fragment */
+#define ICMP_NONE 0x10001 /* icmp-table key: no ICMP header (fragment, truncated, not ICMP) */
 
 struct packet_fields {
 	u32 saddr;	/* network byte order, as the LPM key wants it */
@@ -36,6 +37,7 @@ struct packet_fields {
 	u32 sport;	/* host byte order */
 	u32 dport;
 	u32 tcp_flags;	/* FIN..URG (0..63), or TCP_FLAGS_NONE/_EVIL */
+	u32 icmp;	/* ICMP type << 8 | code, ICMP_NONE without an ICMP header */
 	u32 evil;	/* TCP fragment at offset 1: a tcp match hot-drops it
 			 * (xt_tcpudp: it could overwrite the first fragment's
 			 * flags) */
@@ -70,6 +72,7 @@ static __always_inline int parse_packet(void *data, void *data_end,
 	f->dport = 0;
 	f->tcp_flags = TCP_FLAGS_NONE;
 	f->evil = 0;
+	f->icmp = ICMP_NONE;
 	if (f->fragment) {
 		if ((bpf_ntohs(ip->frag_off) & 0x1FFF) == 1 && ip->protocol == IPPROTO_TCP) {
 			f->evil = 1;
@@ -94,6 +97,12 @@ static __always_inline int parse_packet(void *data, void *data_end,
 		f->sport = bpf_ntohs(uh->source);
 		f->dport = bpf_ntohs(uh->dest);
 		f->l4 = 1;
+	} else if (ip->protocol == IPPROTO_ICMP) {
+		/* xt_icmp reads the 8-byte header (struct icmphdr) */
+		u8 *ih = l4;
+		if ((void *)(ih + 8) > data_end || hlen + 8 > total)
+			return PARSE_OK;
+		f->icmp = ((u32)ih[0] << 8) | ih[1];
 	}
 	return PARSE_OK;
 }

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field, replace
 from ..errors import NotSupported
 from ..model import Rule, Table
 from ..netaddr import iface_matches
-from .fields import EntryFields, Prefix, RangeField, decompose
+from .fields import ICMP_ANY, EntryFields, Prefix, RangeField, decompose
 
 XDP_ABORTED, XDP_DROP, XDP_PASS = 0, 1, 2
 VERDICT_CONTINUE = 0xFFFFFFFF
@@ -44,7 +44,8 @@ TCP_FLAGS_EVIL = 65
 # in tail calls of the program, of which the kernel allows 33.
 MAX_STEPS = 1200
 MAX_CHUNKS = 32
-FIELD_ORDER = ("src", "dst", "proto", "iif", "frag", "flags", "sport", "dport")
+FIELD_ORDER = ("src", "dst", "proto", "iif", "frag", "flags", "sport", "dport", "icmp")
+ICMP_OTHER, ICMP_NONE = 0x10000, 0x10001   # icmp-table keys (filter.c, parse.h)
 
 
 @dataclass
@@ -82,6 +83,7 @@ class Shape:
     iif_max: int = 1
     sport_bsize: int = 2             # boundary slots, a power of two
     dport_bsize: int = 2
+    icmp_max: int = 1
 
     @property
     def nentries(self) -> int:
@@ -91,7 +93,8 @@ class Shape:
         return (other.fields <= self.fields and self.nwords >= other.nwords
                 and self.steps >= other.steps and self.ncounters >= other.ncounters
                 and all(getattr(self, k) >= getattr(other, k) for k in (
-                    "src_max", "dst_max", "proto_max", "iif_max", "sport_bsize", "dport_bsize")))
+                    "src_max", "dst_max", "proto_max", "iif_max", "sport_bsize", "dport_bsize",
+                    "icmp_max")))
 
     def union(self, other: "Shape") -> "Shape":
         return Shape(**{k: (self.fields | other.fields) if k == "fields"
@@ -119,6 +122,7 @@ class Compiled:
     sport: list[int] = field(default_factory=list)           # per interval, no-L4, evil
     dport_bounds: list[int] = field(default_factory=list)
     dport: list[int] = field(default_factory=list)
+    icmp: dict[int, int] = field(default_factory=dict)       # ICMP_OTHER, ICMP_NONE included
 
 
 def pow2_at_least(n: int) -> int:
@@ -371,6 +375,9 @@ def compile_chain(table: Table, hook: str = "INPUT", interfaces: dict[str, int] 
     if "dport" in used:
         c.dport_bounds, c.dport = range_table(live, [(i, f.dport) for i, f in live_entries], l4)
         shape.dport_bsize = max(2, pow2_at_least(len(c.dport_bounds)))
+    if "icmp" in used:
+        c.icmp = icmp_table(live, live_entries)
+        shape.icmp_max = len(c.icmp)
     if min_shape is not None:
         c.shape = min_shape.union(shape)
         fill_unused(c)
@@ -398,6 +405,8 @@ def fill_unused(c: Compiled) -> None:
         c.sport_bounds, c.sport = [0], [live, live & ~l4, live]
     if "dport" in c.shape.fields and not c.dport:
         c.dport_bounds, c.dport = [0], [live, live & ~l4, live]
+    if "icmp" in c.shape.fields and not c.icmp:
+        c.icmp = {ICMP_OTHER: live, ICMP_NONE: live}
 
 
 def proto_table(live: int, live_entries: list[tuple[int, EntryFields]]) -> dict[int, int]:
@@ -435,3 +444,21 @@ def flags_table(live: int, live_entries: list[tuple[int, EntryFields]]) -> list[
     out.append(bits(i for i, f in live_entries if not f.flags))
     out.append(live)  # offset-1 TCP fragment: tcp entries hot-drop before any test
     return out
+
+
+def icmp_table(live: int, live_entries: list[tuple[int, EntryFields]]) -> dict[int, int]:
+    """type << 8 | code -> entries, for every code of every listed type;
+    ICMP_OTHER for the other types, ICMP_NONE without an ICMP header (only
+    entries without an icmp constraint)."""
+    types = sorted({t for _, f in live_entries for t, _, _, _ in f.icmp if t != ICMP_ANY})
+
+    def holds(f: EntryFields, itype: int, code: int) -> bool:
+        return all((t == ICMP_ANY or (t == itype and lo <= code <= hi)) != inv
+                   for t, lo, hi, inv in f.icmp)
+
+    table = {ICMP_OTHER: bits(i for i, f in live_entries if holds(f, -1, 0)),
+             ICMP_NONE: bits(i for i, f in live_entries if not f.icmp)}
+    for t in types:
+        for code in range(256):
+            table[t << 8 | code] = bits(i for i, f in live_entries if holds(f, t, code))
+    return table

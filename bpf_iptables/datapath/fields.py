@@ -142,13 +142,25 @@ class TcpFlagsConstraint:
     invert: bool = False
 
 
+ICMP_ANY = 0xFF   # "--icmp-type any": every ICMP packet with a header
+
+
+@dataclass(frozen=True)
+class IcmpConstraint:
+    """The ICMP type (ICMP_ANY: any) with its code in [code_min, code_max], or not."""
+    type: int
+    code_min: int
+    code_max: int
+    invert: bool = False
+
+
 @dataclass(frozen=True)
 class Never:
     """The match never holds (e.g. a reversed iprange)."""
 
 
 Constraint = (AddrConstraint | PortConstraint | NeedsL4 | NotFragment
-              | TcpFlagsConstraint | Never)
+              | TcpFlagsConstraint | IcmpConstraint | Never)
 
 
 def prefixes_of_range(lo: int, hi: int) -> list[IPv4Net]:
@@ -191,6 +203,7 @@ class EntryFields:
     sport: RangeField = field(default_factory=RangeField)
     dport: RangeField = field(default_factory=RangeField)
     flags: list[tuple[int, int, bool]] = field(default_factory=list)  # (mask, cmp, invert)
+    icmp: list[tuple[int, int, int, bool]] = field(default_factory=list)  # (type, lo, hi, invert)
 
     def uses(self) -> set[str]:
         """The fields this entry constrains."""
@@ -207,6 +220,8 @@ class EntryFields:
             used.add("frag")
         if self.flags:
             used.add("flags")
+        if self.icmp:
+            used.add("icmp")
         if self.sport.positive or self.sport.negative:
             used.add("sport")
         if self.l4 or self.dport.positive or self.dport.negative:
@@ -276,6 +291,9 @@ def apply(f: EntryFields, c: Constraint) -> bool:
         return True
     if isinstance(c, TcpFlagsConstraint):
         f.flags.append((c.mask, c.cmp, c.invert))
+        return True
+    if isinstance(c, IcmpConstraint):
+        f.icmp.append((c.type, c.code_min, c.code_max, c.invert))
         return True
     if isinstance(c, Never):
         return False

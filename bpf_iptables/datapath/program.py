@@ -31,8 +31,9 @@ def cflags(shape: Shape, tc: bool = False) -> list[str]:
              f"-DNCOUNTERS={shape.ncounters}", f"-DSTEPS={shape.steps}",
              f"-DSRC_MAX={shape.src_max}", f"-DDST_MAX={shape.dst_max}",
              f"-DPROTO_MAX={shape.proto_max}", f"-DIIF_MAX={shape.iif_max}",
-             f"-DSPORT_BSIZE={shape.sport_bsize}", f"-DDPORT_BSIZE={shape.dport_bsize}"]
-    for name in ("src", "dst", "proto", "iif", "frag", "flags", "sport", "dport"):
+             f"-DSPORT_BSIZE={shape.sport_bsize}", f"-DDPORT_BSIZE={shape.dport_bsize}",
+             f"-DICMP_MAX={shape.icmp_max}"]
+    for name in ("src", "dst", "proto", "iif", "frag", "flags", "sport", "dport", "icmp"):
         flags.append(f"-DFIELD_{name.upper()}={int(name in shape.fields)}")
     return flags
 
@@ -115,7 +116,7 @@ class LoadedProgram:
                     key = table.Key()
                     key.prefixlen, key.addr = p.length, socket_order(p.addr)
                     table[key] = self._bv(table, v)
-        for name, values in (("proto", c.proto), ("iif", c.iif)):
+        for name, values in (("proto", c.proto), ("iif", c.iif), ("icmp", c.icmp)):
             if name in fields:
                 self._clear(f"{name}_map")
                 table = b[f"{name}_map".encode()]

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import XtablesError
+from ..errors import NotSupported, XtablesError
 from ..numbers import parse_prefix
 from .base import MatchExtension, ParseContext, T, XtOption, XtOptionsExtension, XtState
 from .tcp import ascii_lower
@@ -172,6 +172,15 @@ class IcmpMatch(XtOptionsExtension, MatchExtension):
         hit = d.type == ANY_TYPE or (pkt.icmp_type == d.type
                                      and d.code_min <= pkt.icmp_code <= d.code_max)
         return hit != d.invert
+
+    def lower(self, d: IcmpData, rule: Any) -> list[Any]:
+        """Type and code on the icmp field; xt_icmp never matches a
+        non-first fragment (even inverted) nor a packet without a header."""
+        from ..datapath import fields as dp  # only when compiling for the data path
+        if rule.proto != 1 or rule.proto_inv:
+            raise NotSupported("icmp match without -p icmp in the eBPF data path")
+        return [dp.NotFragment(), dp.IcmpConstraint(d.type, d.code_min, d.code_max, d.invert)]
+
 
 
 EXTENSIONS = [IcmpMatch()]
