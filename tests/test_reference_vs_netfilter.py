@@ -32,6 +32,7 @@ import pytest
 
 from bpf_iptables.cmdline.parse import CommandParser
 from bpf_iptables.commands import execute
+from bpf_iptables.datapath.packets import checksum as inet_checksum
 from bpf_iptables.model import Table
 from bpf_iptables.netaddr import ip_to_int
 from bpf_iptables.reference.evaluate import evaluate
@@ -90,15 +91,6 @@ class Spec:
                       frag_offset=self.frag_offset, more_fragments=self.mf,
                       sport=self.sport, dport=self.dport,
                       tcp_flags=self.tcp_flags if self.proto == TCP else 0)
-
-
-def inet_checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
 
 
 # The traffic: every rule set below sees all of it.

@@ -308,7 +308,21 @@ def conntrack_matches(d: ConntrackData, pkt: "Packet") -> bool:
 
 # --- the extension ---------------------------------------------------------------
 
-class ConntrackMatch(XtOptionsExtension, MatchExtension):
+class ConntrackDataMatch(MatchExtension):
+    """Text and semantics of a ``ConntrackData``, shared by -m conntrack
+    and -m state (which is the same kernel match with an alias flag)."""
+
+    def save(self, data: ConntrackData) -> str:
+        return conntrack_dump(data, "--", True)
+
+    def print(self, data: ConntrackData, numeric: bool) -> str:
+        return conntrack_dump(data, "", numeric)
+
+    def matches(self, data: ConntrackData, packet: "Packet") -> bool:
+        return conntrack_matches(data, packet)
+
+
+class ConntrackMatch(XtOptionsExtension, ConntrackDataMatch):
     name = "conntrack"
     help_text = (
         "conntrack match options:\n"
@@ -395,15 +409,6 @@ class ConntrackMatch(XtOptionsExtension, MatchExtension):
 
     def build(self, state: XtState, ctx: ParseContext) -> ConntrackData:
         return ConntrackData(**state.values["_fields"])
-
-    def save(self, data: ConntrackData) -> str:
-        return conntrack_dump(data, "--", True)
-
-    def print(self, data: ConntrackData, numeric: bool) -> str:
-        return conntrack_dump(data, "", numeric)
-
-    def matches(self, data: ConntrackData, packet: "Packet") -> bool:
-        return conntrack_matches(data, packet)
 
 
 EXTENSIONS = [ConntrackMatch()]

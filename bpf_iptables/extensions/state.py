@@ -9,15 +9,12 @@ revision 3, with the XT_CONNTRACK_STATE_ALIAS flag set: it saves as
 It knows no SNAT/DNAT states; see conntrack.py for the no-NAT semantics."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..errors import XtablesError
-from .base import MatchExtension, ParseContext, T, XtOption, XtOptionsExtension, XtState
+from .base import ParseContext, T, XtOption, XtOptionsExtension, XtState
 from .conntrack import (F_STATE, F_STATE_ALIAS, STATE_ALIAS_NAMES, ConntrackData,
-                        conntrack_dump, conntrack_matches, ncase_prefix)
-
-if TYPE_CHECKING:
-    from ..reference.packet import Packet
+                        ConntrackDataMatch, ncase_prefix)
 
 
 def parse_states(arg: str) -> int:
@@ -41,7 +38,7 @@ def parse_states(arg: str) -> int:
     return mask | hit
 
 
-class StateMatch(XtOptionsExtension, MatchExtension):
+class StateMatch(XtOptionsExtension, ConntrackDataMatch):
     name = "state"
     help_text = (
         "state match options:\n"
@@ -57,15 +54,6 @@ class StateMatch(XtOptionsExtension, MatchExtension):
         return ConntrackData(match_flags=F_STATE | F_STATE_ALIAS,
                              invert_flags=F_STATE if state.inverted.get("state") else 0,
                              state_mask=state.values["mask"])
-
-    def save(self, data: ConntrackData) -> str:
-        return conntrack_dump(data, "--", True)
-
-    def print(self, data: ConntrackData, numeric: bool) -> str:
-        return conntrack_dump(data, "", numeric)
-
-    def matches(self, data: ConntrackData, packet: "Packet") -> bool:
-        return conntrack_matches(data, packet)
 
 
 EXTENSIONS = [StateMatch()]
