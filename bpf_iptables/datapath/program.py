@@ -15,7 +15,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .compiler import POLICY_COUNTER, TCP_FLAGS_EVIL, Compiled, Shape
+from .compiler import POLICY_COUNTER, Compiled, Shape
+from .image import map_image
 
 # BPF_IPTABLES_BPF_DIR: another source tree (tests use a broken one to
 # check that a program that fails to load leaves the attached one in place)
@@ -69,76 +70,15 @@ class LoadedProgram:
 
     # -- writing maps ---------------------------------------------------------
 
-    def _bv(self, table, value: int):
-        """A bitvector leaf: bit e of ``value`` is bit e%64 of word e/64,
-        i.e. the little-endian bytes of the integer on x86-64."""
-        leaf = table.Leaf()
-        data = value.to_bytes(self.shape.nwords * 8, "little")
-        ctypes.memmove(ctypes.addressof(leaf), data, len(data))
-        return leaf
-
-    def _clear(self, name: str) -> None:
-        table = self.bpf[name.encode()]
-        for key in list(table.keys()):
-            del table[key]
-
-    def _array(self, name: str, values: list[int], index: list[int] | None = None) -> None:
-        table = self.bpf[name.encode()]
-        for i, v in zip(index if index is not None else range(len(values)), values):
-            table[ctypes.c_int(i)] = self._bv(table, v)
-
     def install(self, c: Compiled) -> None:
         """Write ``c`` into the maps (counters zeroed)."""
-        if not self.shape.covers(c.shape):
-            raise ValueError("compiled rule set does not fit this program's shape")
-        b = self.bpf
-        fields = self.shape.fields
-        cfg = b[b"config_map"]
-        leaf = cfg.Leaf()
-        leaf.first_word = 0
-        cfg[ctypes.c_int(0)] = leaf
-        self._array("live_map", [c.live], [0])
-        # entries: stale ones beyond the new list are never reached (no live bit)
-        entries = b[b"entry_map"]
-        for i, e in enumerate(c.entries):
-            el = entries.Leaf()
-            el.counter, el.verdict, el.next, el.tcp = e.counter, e.verdict, e.next, e.tcp
-            addr, mask, inv = e.residual("src")
-            el.src_addr, el.src_mask, el.src_inv = socket_order(addr), socket_order(mask), inv
-            addr, mask, inv = e.residual("dst")
-            el.dst_addr, el.dst_mask, el.dst_inv = socket_order(addr), socket_order(mask), inv
-            entries[ctypes.c_int(i)] = el
-        for name, prefixes in (("src", c.src), ("dst", c.dst)):
-            if name in fields:
-                self._clear(f"{name}_map")
-                table = b[f"{name}_map".encode()]
-                for p, v in prefixes.items():
-                    key = table.Key()
-                    key.prefixlen, key.addr = p.length, socket_order(p.addr)
-                    table[key] = self._bv(table, v)
-        for name, values in (("proto", c.proto), ("iif", c.iif), ("icmp", c.icmp)):
-            if name in fields:
-                self._clear(f"{name}_map")
-                table = b[f"{name}_map".encode()]
-                for k, v in values.items():
-                    table[table.Key(k)] = self._bv(table, v)
-        if "frag" in fields:
-            self._array("frag_map", c.frag)
-        if "flags" in fields:
-            assert len(c.flags) == TCP_FLAGS_EVIL + 1
-            self._array("flags_map", c.flags)
-        for name, bounds, vectors, bsize in (
-                ("sport", c.sport_bounds, c.sport, self.shape.sport_bsize),
-                ("dport", c.dport_bounds, c.dport, self.shape.dport_bsize)):
-            if name not in fields:
-                continue
-            table = b[f"{name}_bounds_map".encode()]
-            bl = table.Leaf()
-            for i in range(bsize):
-                bl.b[i] = bounds[i] if i < len(bounds) else 0x10000
-            table[ctypes.c_int(0)] = bl
-            self._array(f"{name}_map", vectors[:-2])
-            self._array(f"{name}_map", vectors[-2:], [bsize, bsize + 1])
+        for image in map_image(c, self.shape):
+            table = self.bpf[image.name.encode()]
+            if image.clear:
+                for key in list(table.keys()):
+                    del table[key]
+            for key, value in image.items:
+                table[table.Key.from_buffer_copy(key)] = table.Leaf.from_buffer_copy(value)
         self.zero_counters()
         self.compiled = c
 
@@ -160,11 +100,6 @@ class LoadedProgram:
 
     def policy_counters(self) -> RuleCounters:
         return self.counter(POLICY_COUNTER)
-
-
-def socket_order(addr: int) -> int:
-    """The u32 whose memory holds ``addr`` big-endian (the LPM key layout)."""
-    return int.from_bytes(addr.to_bytes(4, "big"), "little")
 
 
 class ProgramCache:
