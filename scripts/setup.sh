@@ -12,7 +12,9 @@
 #      /run/bpf-iptables/bpffs (the data path's pins).
 #   4. .venv from /usr/bin/python3 with --system-site-packages (the only way
 #      to see Debian's bcc), with the project installed editable plus tests.
-#   5. scripts/demo.sh: a sample rule set in a private network namespace.
+#   5. scripts/demo.sh: a sample rule set in a private network namespace;
+#      then scripts/demo-traffic.sh: a rule set enforced by the eBPF data
+#      path on real traffic between two namespaces, with its counters.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -101,3 +103,5 @@ EOF
 
 # --- 5. demo -----------------------------------------------------------------
 bash "$REPO/scripts/demo.sh"
+echo
+bash "$REPO/scripts/demo-traffic.sh"

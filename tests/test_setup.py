@@ -3,7 +3,9 @@ and the benchmark's report."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
+import sys
 from pathlib import Path
 
 from bench.frontend import Measurement, Profile, Results, ratio
@@ -30,7 +32,8 @@ def test_ci_runs_exactly_the_readme_commands() -> None:
 
 
 def test_scripts_parse() -> None:
-    for script in ("scripts/setup.sh", "scripts/test.sh", "scripts/demo.sh", ".ci/run"):
+    for script in ("scripts/setup.sh", "scripts/test.sh", "scripts/demo.sh",
+                   "scripts/demo-traffic.sh", ".ci/run"):
         subprocess.run(["bash", "-n", str(REPO / script)], check=True)
 
 
@@ -58,6 +61,77 @@ def test_demo_fails_when_bpf_iptables_refuses_the_rules(tmp_path: Path) -> None:
     proc = subprocess.run(["bash", str(REPO / "scripts" / "demo.sh"), str(rules)],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
+
+
+def _leftovers() -> dict[str, set[str]]:
+    """What a demo could leave behind: its namespaces, our per-namespace
+    state and pins, XDP programs and TC filters in the root namespace."""
+    links = subprocess.run(["ip", "-d", "link", "show"], capture_output=True, text=True,
+                           check=True).stdout
+    tc = set()
+    for name in (line.split(":")[1].strip().split("@")[0]
+                 for line in links.splitlines() if line[:1].isdigit()):
+        for kind in ("ingress", "egress"):
+            out = subprocess.run(["tc", "filter", "show", "dev", name, kind],
+                                 capture_output=True, text=True).stdout
+            if "bpf" in out:
+                tc.add(f"{name} {kind}")
+    return {
+        "namespaces": {n for n in _namespaces() if n.startswith("bpft-demo-")},
+        "root xdp": {line for line in links.splitlines() if "xdp" in line},
+        "root tc": tc,
+    }
+
+
+def _traffic_demo(*args: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, BPF_IPTABLES_PYTHON=sys.executable)
+    env.setdefault("PYTHONPATH", str(REPO))
+    return subprocess.run(["bash", str(REPO / "scripts" / "demo-traffic.sh"), *args],
+                          capture_output=True, text=True, timeout=300, env=env)
+
+
+def _assert_nothing_left(before: dict[str, set[str]], out: str) -> None:
+    after = _leftovers()
+    assert {k: after[k] - before[k] for k in after} == {k: set() for k in after}
+    # the server's own state and pins, which the demo names (other sessions'
+    # namespaces may come and go meanwhile: only ours are checked)
+    m = re.search(r"^\(state (\S+), pins (\S+)\)$", out, re.M)
+    assert m, out
+    assert not Path(m[1]).exists() and not Path(m[2]).exists()
+
+
+def test_traffic_demo_enforces_counts_and_cleans_up() -> None:
+    before = _leftovers()
+    proc = _traffic_demo()
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert "traffic demo OK" in out and "WRONG" not in out and "FAILED" not in out
+    # the listing of the server's rule set, with the counters of the traffic
+    listing = out.split("server$ bpf-iptables -L -v -n\n")[1]
+    assert listing.startswith("Chain INPUT (policy DROP 2 packets, 120 bytes)\n")
+    assert "    3   252 ACCEPT     1    --" in listing      # 3 pings of 84 bytes
+    assert "    4   240 ACCEPT     17   --" in listing      # 4 datagrams of 60 bytes
+    assert "TCP connect 10.200.0.2:8081          tried 1, established 0" in out
+    assert "TCP connect 10.200.0.2:8080          tried 2, established 2" in out
+    _assert_nothing_left(before, proc.stdout)
+
+
+def test_traffic_demo_fails_when_the_rules_drop_what_must_pass(tmp_path: Path) -> None:
+    # The demo's checks must be able to fail: the same rule set with UDP to
+    # 5001 dropped first (the demo expects those datagrams delivered).
+    rules = (REPO / "examples" / "traffic.rules").read_text().replace(
+        "-A INPUT -i lo -j ACCEPT\n",
+        "-A INPUT -i lo -j ACCEPT\n-A INPUT -p udp -m udp --dport 5001 -j DROP\n")
+    path = tmp_path / "drops-5001.rules"
+    path.write_text(rules)
+    before = _leftovers()
+    proc = _traffic_demo(str(path))
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "traffic demo FAILED" in proc.stdout
+    assert "udp5001: 0 of 4 arrived, expected 4" in proc.stdout
+    assert ("not part of the demo's rule set: -A INPUT -p udp -m udp --dport 5001 -j DROP [4:240]"
+            in proc.stdout)
+    _assert_nothing_left(before, proc.stdout)
 
 
 def test_test_script_fails_when_no_test_is_collected(tmp_path: Path) -> None:
