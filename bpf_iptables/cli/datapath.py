@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 
@@ -91,6 +92,12 @@ def run(argv: list[str]) -> int:
     except XtablesError as exc:
         sys.stderr.write(f"{PROG}: {exc.message}\n")
         return exc.status
+    except (OSError, ImportError, subprocess.CalledProcessError) as exc:
+        # what the system lacks or refuses, past datapath/support.py's checks:
+        # a message, never a traceback
+        root = "" if os.geteuid() == 0 else " (you must be root)"
+        sys.stderr.write(f"{PROG}: {exc}{root}\n")
+        return 1
     return 0
 
 

@@ -35,6 +35,7 @@ from ..errors import NotSupported, XtablesError, OTHER_PROBLEM
 from ..model import RuleSet, Table
 from . import attachment as A
 from . import bpfsys
+from . import support
 from .compiler import POLICY_COUNTER, Compiled, compile_chain
 
 XDP_FLAGS_UPDATE_IF_NOEXIST = 1 << 0   # never replace somebody else's program
@@ -400,6 +401,7 @@ def rollback(directory: Path, att: A.Attachment) -> None:
 
 def attach(store, mode: str) -> A.Attachment:
     """Compile the stored INPUT chain and attach it to every interface."""
+    support.check()   # no eBPF support: a clear error (exit 1) before anything is built
     if mode not in MODES:
         raise NotSupported(f"data path mode `{mode}'")
     A.ensure_bpffs()
