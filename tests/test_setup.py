@@ -83,8 +83,10 @@ def _leftovers() -> dict[str, set[str]]:
     }
 
 
-def _traffic_demo(*args: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, BPF_IPTABLES_PYTHON=sys.executable)
+def _traffic_demo(*args: str, lock: Path) -> subprocess.CompletedProcess[str]:
+    # its own xtables lock: /run/xtables.lock is shared by every namespace of
+    # the machine, and the demo need not wait for unrelated work
+    env = dict(os.environ, BPF_IPTABLES_PYTHON=sys.executable, XTABLES_LOCKFILE=str(lock))
     env.setdefault("PYTHONPATH", str(REPO))
     return subprocess.run(["bash", str(REPO / "scripts" / "demo-traffic.sh"), *args],
                           capture_output=True, text=True, timeout=300, env=env)
@@ -100,9 +102,9 @@ def _assert_nothing_left(before: dict[str, set[str]], out: str) -> None:
     assert not Path(m[1]).exists() and not Path(m[2]).exists()
 
 
-def test_traffic_demo_enforces_counts_and_cleans_up() -> None:
+def test_traffic_demo_enforces_counts_and_cleans_up(tmp_path: Path) -> None:
     before = _leftovers()
-    proc = _traffic_demo()
+    proc = _traffic_demo(lock=tmp_path / "xtables.lock")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout
     assert "traffic demo OK" in out and "WRONG" not in out and "FAILED" not in out
@@ -125,7 +127,7 @@ def test_traffic_demo_fails_when_the_rules_drop_what_must_pass(tmp_path: Path) -
     path = tmp_path / "drops-5001.rules"
     path.write_text(rules)
     before = _leftovers()
-    proc = _traffic_demo(str(path))
+    proc = _traffic_demo(str(path), lock=tmp_path / "xtables.lock")
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "traffic demo FAILED" in proc.stdout
     assert "udp5001: 0 of 4 arrived, expected 4" in proc.stdout
