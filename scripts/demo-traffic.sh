@@ -9,9 +9,10 @@
 # a dropped port, UDP datagrams to an accepted and two dropped ports
 # (scripts/demo_traffic.py). The server's `bpf-iptables -L -v -n` shows
 # the counters that traffic produced. Fails (exit 1) unless every packet
-# was delivered or dropped as the rules say and every counter equals what
-# the traffic must have produced. On every exit path the data path is
-# detached and both namespaces deleted (with them the veth pair).
+# was delivered or dropped as the rules say and every counter of INPUT and
+# its user chain equals what the traffic must have produced. On every exit
+# path the data path is detached and both namespaces deleted (with them the
+# veth pair).
 #
 # The Python that runs bpf-iptables: .venv/bin/python, or $BPF_IPTABLES_PYTHON.
 set -euo pipefail
