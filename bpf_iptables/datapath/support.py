@@ -106,9 +106,9 @@ def headers_problem() -> str | None:
     # bcc's own test: a leftover build directory without headers does not count
     if (where / "include" / "linux" / "kconfig.h").is_file():
         return None
-    if Path("/sys/kernel/kheaders.tar.xz").is_file():
-        return None   # CONFIG_IKHEADERS: bcc unpacks the kernel's own headers
     release = os.uname().release
+    if Path("/sys/kernel/kheaders.tar.xz").is_file() or _kheaders_module(release):
+        return None   # CONFIG_IKHEADERS: bcc unpacks the kernel's own headers (modprobe-ing them)
     install = (f"install the kernel headers (`apt-get install linux-headers-{release}`, or "
                f"linux-headers-amd64 and link /lib/modules/{release}/build to "
                f"/usr/src/linux-headers-*-amd64)")
@@ -117,6 +117,13 @@ def headers_problem() -> str | None:
                 f"against the kernel headers there): point it at the headers, or unset it and "
                 f"{install}")
     return f"no kernel headers at {where} (bcc compiles against them): {install}"
+
+
+def _kheaders_module(release: str) -> bool:
+    try:
+        return "/kheaders.ko" in (Path("/lib/modules") / release / "modules.dep").read_text()
+    except OSError:
+        return False
 
 
 # -- the bpf() system call -------------------------------------------------------------
