@@ -5,12 +5,18 @@ as the attachment and its namespace.
 
 This process becomes a child subreaper for the module, so the watchers
 (daemons, orphaned at start) are reparented to it and their exit can be
-observed and reaped here; pid 1 of the test machine does not reap."""
+observed and reaped here; pid 1 of the test machine does not reap.
+
+The commands and watchers of this module take a lock file of their own
+($XTABLES_LOCKFILE): the lock is shared by every namespace, and how long
+other users of the machine hold it is not what these tests measure."""
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -26,7 +32,6 @@ from tests.test_datapath_traffic import (Pair, datapath_command, ensure_bpffs, s
 
 PR_SET_CHILD_SUBREAPER = 36
 _libc = ctypes.CDLL(None, use_errno=True)
-ENV = {**os.environ, "PYTHONPATH": str(REPO), "LC_ALL": "C"}
 PINS = Path("/run/bpf-iptables/bpffs")
 NEW_CLIENT_IP, NEW_SERVER_IP = "10.98.0.1", "10.98.0.2"
 
@@ -34,12 +39,18 @@ started: list[tuple[int, int]] = []   # (pid, start time) of every watcher seen
 
 
 @pytest.fixture(scope="module", autouse=True)
-def reaper() -> Iterator[None]:
+def reaper(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     ensure_bpffs()
+    old_lock = os.environ.get("XTABLES_LOCKFILE")
+    os.environ["XTABLES_LOCKFILE"] = str(tmp_path_factory.mktemp("lock") / "xtables.lock")
     assert _libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
     try:
         yield
     finally:
+        if old_lock is None:
+            del os.environ["XTABLES_LOCKFILE"]
+        else:
+            os.environ["XTABLES_LOCKFILE"] = old_lock
         for pid, start in started:   # whatever outcome: no watcher outlives the tests
             if _start_time(pid) == start:
                 os.kill(pid, signal.SIGKILL)
@@ -111,22 +122,30 @@ class Watched:
             started.append((pid, start))
         return pid if _start_time(pid) == start else None
 
-    def watchers(self) -> list[int]:
-        """Every process running the watcher of this namespace."""
+    def watchers(self, kind: bytes = b"daemon") -> list[int]:
+        """Every process running the watcher of this namespace (or its resync)."""
         found = []
         for p in os.listdir("/proc"):
             try:
                 argv = Path(f"/proc/{p}/cmdline").read_bytes().split(b"\0")
             except OSError:
                 continue
-            if b"bpf_iptables.datapath.watch" in argv and b"daemon" in argv \
-                    and str(self.dir).encode() in argv:
+            if b"bpf_iptables.datapath.watch" in argv and kind in argv \
+                    and str(self.dir).encode() in argv and _start_time(int(p)) is not None:
                 found.append(int(p))
         return found
 
 
+def resyncs(w: Watched) -> list[int]:
+    return w.watchers(b"resync")
+
+
+def env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(REPO), "LC_ALL": "C"}
+
+
 def in_ns(name: str) -> Callable[[list[str]], subprocess.CompletedProcess]:
-    return lambda argv: subprocess.run(["ip", "netns", "exec", name, *argv], env=ENV,
+    return lambda argv: subprocess.run(["ip", "netns", "exec", name, *argv], env=env(),
                                        capture_output=True, text=True, timeout=60)
 
 
@@ -198,7 +217,10 @@ def test_new_interface_covered_vanished_forgotten_watcher_follows_attach():
         assert w.datapath("status").stdout == "not attached\n"
 
 
-def test_watcher_exits_when_the_named_namespace_is_deleted():
+@pytest.mark.parametrize("lock_held", [False, True])
+def test_watcher_exits_when_the_named_namespace_is_deleted(lock_held: bool):
+    """Also while a resync waits for the lock (held here): the deleted
+    namespace is not kept alive by the watcher nor by its resync."""
     with namespace("dpwd") as ns:
         sh("ip", "-n", ns.name, "link", "set", "lo", "up")
         w = Watched(in_ns(ns.name))
@@ -207,11 +229,24 @@ def test_watcher_exits_when_the_named_namespace_is_deleted():
         assert pid is not None
         pins = PINS / w.dir.name
         assert pins.is_dir()
-        sh("ip", "netns", "del", ns.name)
-        status = _wait_gone(pid, 5)
-        assert status is not None and os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
-        # it detached on its way out: no pins keep the programs alive
-        assert not pins.exists() and not (w.dir / "datapath.json").exists()
+        lock = os.open(os.environ["XTABLES_LOCKFILE"], os.O_RDONLY)
+        try:
+            if lock_held:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                sh("ip", "-n", ns.name, "link", "add", "d0", "type", "veth", "peer", "name", "d1")
+                wait_for("a resync waiting", lambda: len(resyncs(w)) == 1)
+            sh("ip", "netns", "del", ns.name)
+            status = _wait_gone(pid, 5 + 3 * lock_held)
+            assert status is not None and os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+            assert resyncs(w) == []
+        finally:
+            os.close(lock)
+        if lock_held:
+            assert "pins left for the next attach" in (w.dir / "watch.log").read_text()
+            shutil.rmtree(pins)
+        else:
+            # it detached on its way out: no pins keep the programs alive
+            assert not pins.exists() and not (w.dir / "datapath.json").exists()
 
 
 def test_watcher_exits_when_nothing_else_holds_an_unnamed_namespace(tmp_path):
@@ -221,7 +256,7 @@ def test_watcher_exits_when_nothing_else_holds_an_unnamed_namespace(tmp_path):
     script = (f"ip link set lo up && {sys.executable} -c 'from bpf_iptables import state; "
               f"print(state.namespace_dir())' > {out} && "
               f"{' '.join(datapath_command('attach'))}")
-    r = subprocess.run(["unshare", "-n", "sh", "-c", script], env=ENV, capture_output=True,
+    r = subprocess.run(["unshare", "-n", "sh", "-c", script], env=env(), capture_output=True,
                        text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     directory = Path(out.read_text().strip())

@@ -77,6 +77,7 @@ STOP_WAIT = 5.0         # stop(): SIGTERM, then SIGKILL after this
 READY_WAIT = 20.0       # start(): how long to wait for the daemon to be up
 LOG_LIMIT = 1 << 20
 BACKOFF = (5.0, 300.0)
+CLEANUP_LOCK_WAIT = 3   # seconds (see Daemon.cleanup)
 
 # resync() outcomes, also the child's exit status
 RESYNCED, CURRENT, FAILED, DETACHED = 0, 10, 1, 11
@@ -294,12 +295,12 @@ def _names_of(ns: tuple[int, int]) -> list[str]:
     return names
 
 
-def _held_by_others(ns: tuple[int, int]) -> bool:
-    """Whether anything but this process holds the namespace: a process in
-    it, a bind mount of it, an open descriptor of it."""
-    me = os.getpid()
+def _held_by_others(ns: tuple[int, int], mine: set[int]) -> bool:
+    """Whether anything but this process and its ``mine`` holds the
+    namespace: a process in it, a bind mount of it, an open descriptor of it."""
+    skip = {os.getpid(), *mine}
     link = f"net:[{ns[1]}]"
-    pids = [p for p in os.listdir("/proc") if p.isdigit() and int(p) != me]
+    pids = [p for p in os.listdir("/proc") if p.isdigit() and int(p) not in skip]
     for pid in pids:
         try:
             if _netns(f"/proc/{pid}/ns/net") == ns and _start_time(int(pid)) is not None:
@@ -339,6 +340,9 @@ class Daemon:
         self._record_key: tuple | None = None
         self._record: A.Attachment | None = None
         self.failed: tuple | None = None   # (generation, interfaces) of a failed resync
+        self.child: subprocess.Popen | None = None   # the resync running
+        self.child_key: tuple = ()
+        self.child_began = 0.0
         self.retry_at = 0.0
         self.backoff = BACKOFF[0]
 
@@ -386,31 +390,43 @@ class Daemon:
     def namespace_deleted(self) -> bool:
         if self.named:
             return not _names_of(self.ns)
-        return not _held_by_others(self.ns)
+        return not _held_by_others(self.ns, {self.child.pid} if self.child else set())
 
     def detached(self) -> bool:
         """The record is gone, also under the lock (``attach`` of an
-        attached namespace removes and writes it again under the lock)."""
+        attached namespace removes and writes it again under the lock).
+        A lock held elsewhere only defers the answer to the next round."""
         if self.record() is not None:
             return False
         from .. import state
 
-        with state.locked(0):
-            return self.record() is None
+        try:
+            with state.locked(1):
+                return self.record() is None
+        except state.LockBusy:
+            return False
 
     def cleanup(self) -> None:
         """The namespace is deleted: remove the pins (they would keep the
-        programs alive) and the record, as ``detach`` does."""
+        programs alive) and the record, as ``detach`` does. The lock is
+        waited for 3 s at most (it is shared by every namespace): without
+        it the pins stay until the next ``attach`` anywhere collects them
+        (once the state directory of the dead namespace is collected)."""
         from .. import state
-        from . import live
 
-        with state.locked(0) as store:
-            if A.read(store.directory) is not None:
-                live.detach(store)
-            if self.ours():
-                (self.directory / PID_FILE).unlink(missing_ok=True)
+        try:
+            with state.locked(CLEANUP_LOCK_WAIT) as store:
+                if A.read(store.directory) is not None:
+                    from . import live
+
+                    live.detach(store)
+                if self.ours():
+                    (self.directory / PID_FILE).unlink(missing_ok=True)
+        except state.LockBusy:
+            _log("the lock is busy: pins left for the next attach to collect")
 
     def check(self) -> None:
+        """Start a resync if the record does not list the interfaces."""
         att = self.record()
         if att is None:
             return
@@ -421,13 +437,20 @@ class Daemon:
         key = (att.generation, tuple(sorted(here.items())))
         if key == self.failed and time.monotonic() < self.retry_at:
             return
-        began = time.monotonic()
-        rc = subprocess.run([sys.executable, "-m", MODULE, "resync", str(self.directory)],
-                            stdin=subprocess.DEVNULL).returncode
-        took = time.monotonic() - began
+        # a child, not waited for: the daemon keeps watching the namespace
+        # while it waits for the lock and compiles
+        self.child = subprocess.Popen([sys.executable, "-m", MODULE, "resync", str(self.directory)],
+                                      stdin=subprocess.DEVNULL)
+        self.child_key, self.child_began = key, time.monotonic()
+
+    def reap(self) -> None:
+        if self.child is None or self.child.poll() is None:
+            return
+        rc, key, took = self.child.returncode, self.child_key, time.monotonic() - self.child_began
+        self.child = None
         if rc in (RESYNCED, CURRENT, DETACHED):
             if rc == RESYNCED:
-                _log(f"resynced in {took:.2f} s: interfaces {' '.join(sorted(here))}")
+                _log(f"resynced in {took:.2f} s: interfaces {' '.join(n for n, _ in key[1])}")
             self.failed, self.backoff = None, BACKOFF[0]
             return
         if key != self.failed:
@@ -441,19 +464,25 @@ class Daemon:
         while True:
             if select.select([self.sock], [], [], POLL)[0]:
                 self._drain()
-            if not self.ours():
-                _log("pid file names another process: exiting")
-                return 0
+            self.reap()
             if self.namespace_deleted():
                 _log("namespace deleted: detaching and exiting")
+                if self.child is not None:
+                    # its work is moot, and it is a process in the namespace too
+                    self.child.kill()
+                    self.child.wait()
                 self.cleanup()
+                return 0
+            if not self.ours():
+                _log("pid file names another process: exiting")
                 return 0
             if self.detached():
                 _log("detached: exiting")
                 if self.ours():
                     (self.directory / PID_FILE).unlink(missing_ok=True)
                 return 0
-            self.check()
+            if self.child is None:
+                self.check()
 
 
 def _daemon_main(directory: Path, ready_fd: int) -> int:
