@@ -192,11 +192,19 @@ def test_new_interface_covered_vanished_forgotten_watcher_follows_attach():
         assert drops(t) == 3
         assert udp(t, 5301, 2) == 2 and drops(t) == 3
 
+        # renamed: still filtered, under its new name, and `-i s1' no longer matches it
+        sh("ip", "-n", s.name, "link", "set", "s1", "down")
+        sh("ip", "-n", s.name, "link", "set", "s1", "name", "s1x")
+        sh("ip", "-n", s.name, "link", "set", "s1x", "up")
+        wait_for("s1x recorded", lambda: set(w.record()["interfaces"]) == {"lo", "s0", "s1x"})
+        assert xdp_id(s.name, "s1x") == w.record()["prog_id"]
+        assert udp(t, 5301, 2, far=NEW_SERVER_IP) == 2 and drops(t) == 3
+
         # the interface goes: the record forgets it
-        sh("ip", "-n", s.name, "link", "del", "s1")
-        wait_for("s1 forgotten", lambda: "s1" not in w.record()["interfaces"])
+        sh("ip", "-n", s.name, "link", "del", "s1x")
+        wait_for("s1x forgotten", lambda: "s1x" not in w.record()["interfaces"])
         r = w.datapath("status")
-        assert r.returncode == 0 and "s1" not in r.stdout, r.stdout
+        assert r.returncode == 0 and "s1x" not in r.stdout, r.stdout
         assert udp(t, 5301, 2) == 2
 
         # a watcher that died: status says so; the next attach restarts it

@@ -26,7 +26,9 @@ namespace (``start()``), inside that namespace; ``detach`` stops it
   compile (~1 s) and frees everything bcc leaves behind when it exits, so
   the daemon itself stays small and never imports bcc. A resync that
   fails (logged) is retried when the interfaces or the rule set change,
-  or after a backoff (5 s doubling to 5 min);
+  or after a backoff (5 s doubling to 5 min). The daemon does not wait
+  for the child: it keeps watching the namespace meanwhile. A renamed
+  interface is handed to the update under its new name (``renamed()``);
 - exits when its purpose is gone: the record was removed (detached:
   checked again under the lock, since ``attach`` re-creates it), its pid
   file names another process, or the namespace was deleted. A process in
@@ -35,8 +37,9 @@ namespace (``start()``), inside that namespace; ``detach`` stops it
   start, it is deleted once no name there refers to it (``ip netns del``);
   a namespace without a name is deleted once nothing but the watcher holds
   it (no other process in it, no bind mount, no open descriptor of it).
-  Then it detaches (removes the pins, which would otherwise keep the
-  programs alive) and exits.
+  Then it kills a running resync (a process in the namespace too),
+  detaches (removes the pins, which would otherwise keep the programs
+  loaded; at most 3 s of waiting for the lock) and exits.
 
 Files, in the namespace's state directory: ``watch.pid`` ("PID START",
 START the process's start time in clock ticks, so a reused pid is never
@@ -44,13 +47,18 @@ taken for the watcher; ``running()`` also checks the command line and the
 network namespace of the process) and ``watch.log`` (resyncs and errors,
 the daemon's stdout/stderr; emptied past 1 MiB).
 
-Rejected: resolving interfaces in the data path itself (a name table
-keyed by ifindex kept by the program, or attaching per packet) is
-impossible at XDP, since a program runs only on interfaces it is attached
-to, and something must attach it to a new interface; tying the resync to
-the next command (the behaviour before the watcher) leaves new interfaces
-unfiltered for an unbounded time. A udev/systemd hook would depend on the
-host's init system and does not see interfaces created inside namespaces."""
+Rejected: doing without a daemon. At XDP a program runs only on the
+interfaces it is attached to, so something outside the data path must
+attach it to each new interface (there is no "every interface of the
+namespace, present and future" hook); tying that to the next command (the
+behaviour before the watcher) leaves a new interface unfiltered for an
+unbounded time; a udev/systemd rule depends on the host's init system and
+does not see interfaces created inside namespaces. Also rejected:
+pyroute2's IPRoute for the events: their content is not needed, and a
+plain socket keeps the daemon's imports and memory minimal.
+
+Not covered: an XDP program removed from an interface by hand is not put
+back (``status`` reports it)."""
 from __future__ import annotations
 
 import errno
@@ -78,6 +86,7 @@ READY_WAIT = 20.0       # start(): how long to wait for the daemon to be up
 LOG_LIMIT = 1 << 20
 BACKOFF = (5.0, 300.0)
 CLEANUP_LOCK_WAIT = 3   # seconds (see Daemon.cleanup)
+FD_RESCAN = 10.0        # seconds (see Daemon.namespace_deleted)
 
 # resync() outcomes, also the child's exit status
 RESYNCED, CURRENT, FAILED, DETACHED = 0, 10, 1, 11
@@ -295,13 +304,12 @@ def _names_of(ns: tuple[int, int]) -> list[str]:
     return names
 
 
-def _held_by_others(ns: tuple[int, int], mine: set[int]) -> bool:
-    """Whether anything but this process and its ``mine`` holds the
-    namespace: a process in it, a bind mount of it, an open descriptor of it."""
-    skip = {os.getpid(), *mine}
-    link = f"net:[{ns[1]}]"
-    pids = [p for p in os.listdir("/proc") if p.isdigit() and int(p) not in skip]
-    for pid in pids:
+def _held_by_process_or_mount(ns: tuple[int, int], skip: set[int]) -> bool:
+    """Whether a process (other than ``skip``) is in the namespace, or a
+    bind mount of it is visible here."""
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit() or int(pid) in skip:
+            continue
         try:
             if _netns(f"/proc/{pid}/ns/net") == ns and _start_time(int(pid)) is not None:
                 return True
@@ -309,11 +317,17 @@ def _held_by_others(ns: tuple[int, int], mine: set[int]) -> bool:
             continue
     try:
         with open("/proc/self/mountinfo") as fh:
-            if any(line.split()[3] == link for line in fh):
-                return True
+            return any(line.split()[3] == f"net:[{ns[1]}]" for line in fh)
     except OSError:
-        pass
-    for pid in pids:
+        return False
+
+
+def _held_by_descriptor(ns: tuple[int, int], skip: set[int]) -> bool:
+    """Whether a process (other than ``skip``) has the namespace open."""
+    link = f"net:[{ns[1]}]"
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit() or int(pid) in skip:
+            continue
         try:
             fds = os.listdir(f"/proc/{pid}/fd")
         except OSError:
@@ -343,6 +357,7 @@ class Daemon:
         self.child: subprocess.Popen | None = None   # the resync running
         self.child_key: tuple = ()
         self.child_began = 0.0
+        self.fd_held_until = 0.0
         self.retry_at = 0.0
         self.backoff = BACKOFF[0]
 
@@ -388,9 +403,21 @@ class Daemon:
             return False
 
     def namespace_deleted(self) -> bool:
+        """Named at start: no name refers to it any more. Unnamed: nothing
+        but this process (and its resync) holds it. Reading every
+        process's descriptors costs more (~20 ms with 170 processes), so
+        a descriptor found is trusted for FD_RESCAN seconds."""
         if self.named:
             return not _names_of(self.ns)
-        return not _held_by_others(self.ns, {self.child.pid} if self.child else set())
+        skip = {os.getpid()} | ({self.child.pid} if self.child else set())
+        if _held_by_process_or_mount(self.ns, skip):
+            return False
+        if time.monotonic() < self.fd_held_until:
+            return False
+        if _held_by_descriptor(self.ns, skip):
+            self.fd_held_until = time.monotonic() + FD_RESCAN
+            return False
+        return True
 
     def detached(self) -> bool:
         """The record is gone, also under the lock (``attach`` of an
