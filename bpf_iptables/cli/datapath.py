@@ -3,7 +3,9 @@ network namespace it runs in (``ip netns exec NS bpf-iptables-datapath ...``).
 
 Opt-in: until ``attach``, the namespace's rules are only stored and
 printed. Once attached, every bpf-iptables / bpf-iptables-restore change
-is compiled into the attached program before the command returns."""
+is compiled into the attached program before the command returns, and an
+interface watcher (datapath/watch.py, started by ``attach``, stopped by
+``detach``) covers interfaces that appear, vanish or are renamed later."""
 from __future__ import annotations
 
 import argparse
