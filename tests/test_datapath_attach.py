@@ -232,7 +232,8 @@ def test_a_program_that_fails_to_load_changes_nothing(tmp_path):
 def test_interfaces_created_later_are_covered_by_the_next_update():
     with topology("dpi") as t:
         s = t.server
-        assert s.run(datapath_command("attach")).returncode == 0
+        # without the interface watcher (tests/test_datapath_watch.py has it)
+        assert s.run(datapath_command("attach", "--no-watch")).returncode == 0
         subprocess.run(["ip", "-n", s.name, "link", "add", "s1", "type", "veth", "peer", "name",
                         "s2"], check=True)
         r = s.run(datapath_command("status"))

@@ -3,7 +3,9 @@ network namespace it runs in (``ip netns exec NS bpf-iptables-datapath ...``).
 
 Opt-in: until ``attach``, the namespace's rules are only stored and
 printed. Once attached, every bpf-iptables / bpf-iptables-restore change
-is compiled into the attached program before the command returns."""
+is compiled into the attached program before the command returns, and an
+interface watcher (datapath/watch.py, started by ``attach``, stopped by
+``detach``) covers interfaces that appear, vanish or are renamed later."""
 from __future__ import annotations
 
 import argparse
@@ -13,6 +15,7 @@ import subprocess
 import sys
 
 from ..datapath import attachment as A
+from ..datapath import watch
 from ..errors import XtablesError
 from .. import state
 
@@ -42,6 +45,16 @@ def status(directory) -> int:
           f"entries {att.entries}")
     print(f"pins {A.pin_dir(directory, att.generation)}")
     bad = 0
+    pid = watch.running(directory)
+    if pid is not None:
+        print(f"interface watcher pid {pid}")
+    elif (directory / watch.PID_FILE).exists():
+        # it was started and died: interfaces created from now on are
+        # covered at the next update only
+        print(f"interface watcher not running (`attach' restarts it; log {directory / watch.LOG_FILE})")
+        bad += 1
+    else:
+        print("interface watcher off (attach --no-watch)")
     for name, (index, flags) in sorted(att.interfaces.items(), key=lambda kv: kv[1][0]):
         mode = "xdpgeneric" if flags == 2 else "xdp"
         seen = ids.get(name, 0)
@@ -70,6 +83,8 @@ def run(argv: list[str]) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     a = sub.add_parser("attach", help="compile INPUT and attach it to every interface")
     a.add_argument("--mode", choices=("xdp", "xdpgeneric", "tc"), default="xdpgeneric")
+    a.add_argument("--no-watch", action="store_true",
+                   help="no interface watcher: new interfaces are covered at the next update")
     sub.add_parser("detach", help="remove every program and pin of this namespace")
     sub.add_parser("status", help="show what is attached")
     args = parser.parse_args(argv)
@@ -83,7 +98,17 @@ def run(argv: list[str]) -> int:
                 att = live.attach(store, args.mode)
                 print(f"attached program {att.prog_id} ({att.entries} entries) to "
                       + " ".join(sorted(att.interfaces)))
+                if args.no_watch:
+                    watch.stop(store.directory)
+                else:
+                    try:
+                        print(f"interface watcher pid {watch.start(store.directory)}")
+                    except watch.WatcherError as exc:
+                        sys.stderr.write(f"{PROG}: attached, but {exc}: interfaces created "
+                                         "later are covered at the next update only\n")
+                        return 1
             else:
+                watch.stop(store.directory)   # before detaching: it would resync
                 att = live.detach(store)
                 print("detached" if att is not None else "not attached")
     except A.BpffsMissing as exc:

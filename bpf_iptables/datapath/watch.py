@@ -1,0 +1,541 @@
+"""The interface watcher: keeps an attached namespace's data path in step
+with the interfaces that come and go.
+
+Why: the data path is attached per interface, and ``-i NAME`` is compiled
+to an ifindex. Without help, an interface created after the last update
+carries no program, and a rule naming it matches nothing, until the next
+rule change; an interface that vanished stays in the record.
+
+Design: ``bpf-iptables-datapath attach`` starts one small daemon per
+namespace (``start()``), inside that namespace; ``detach`` stops it
+(``stop()``) before detaching. The daemon
+
+- listens to rtnetlink link events (a raw ``NETLINK_ROUTE`` socket bound
+  to ``RTMGRP_LINK``: no parsing needed, an event only means "look
+  again"), and also looks every second, so a lost event (ENOBUFS) only
+  delays a resync;
+- after a burst of events has been quiet for 100 ms (at most 1 s after
+  the first), compares the namespace's interfaces (name -> ifindex) with
+  the record's; only a difference triggers a resync, so its own XDP
+  attachments (which are link events too) do not loop;
+- resyncs in a short child process (``resync()``): take iptables' lock,
+  as every bpf-iptables command does, and re-run the data-path update
+  with the unchanged stored rule set (``live.AttachedStore.save``): new
+  interfaces get the programs, ``-i/-o`` names are resolved again,
+  vanished interfaces are forgotten. The child pays bcc's import and
+  compile (~1 s) and frees everything bcc leaves behind when it exits, so
+  the daemon itself stays small and never imports bcc. A resync that
+  fails (logged) is retried when the interfaces or the rule set change,
+  or after a backoff (5 s doubling to 5 min). The daemon does not wait
+  for the child: it keeps watching the namespace meanwhile. A renamed
+  interface is handed to the update under its new name (``renamed()``);
+- exits when its purpose is gone: the record was removed (detached:
+  checked again under the lock, since ``attach`` re-creates it), its pid
+  file names another process, or the namespace was deleted. A process in
+  a namespace keeps the namespace alive, so the watcher must notice
+  deletion itself: when the namespace had a name under /run/netns at
+  start, it is deleted once no name there refers to it (``ip netns del``);
+  a namespace without a name is deleted once nothing but the watcher holds
+  it (no other process in it, no bind mount, no open descriptor of it).
+  Then it kills a running resync (a process in the namespace too),
+  detaches (removes the pins, which would otherwise keep the programs
+  loaded; at most 3 s of waiting for the lock) and exits.
+
+Files, in the namespace's state directory: ``watch.pid`` ("PID START",
+START the process's start time in clock ticks, so a reused pid is never
+taken for the watcher; ``running()`` also checks the command line and the
+network namespace of the process) and ``watch.log`` (resyncs and errors,
+the daemon's stdout/stderr; emptied past 1 MiB).
+
+Rejected: doing without a daemon. At XDP a program runs only on the
+interfaces it is attached to, so something outside the data path must
+attach it to each new interface (there is no "every interface of the
+namespace, present and future" hook); tying that to the next command (the
+behaviour before the watcher) leaves a new interface unfiltered for an
+unbounded time; a udev/systemd rule depends on the host's init system and
+does not see interfaces created inside namespaces. Also rejected:
+pyroute2's IPRoute for the events: their content is not needed, and a
+plain socket keeps the daemon's imports and memory minimal.
+
+Not covered: an XDP program removed from an interface by hand is not put
+back (``status`` reports it)."""
+from __future__ import annotations
+
+import errno
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from . import attachment as A
+
+PID_FILE = "watch.pid"
+LOG_FILE = "watch.log"
+MODULE = "bpf_iptables.datapath.watch"
+
+RTMGRP_LINK = 1
+DEBOUNCE = 0.1          # quiet time that ends a burst of link events
+BURST_CAP = 1.0         # resync at the latest this long after a burst started
+POLL = 1.0              # look at interfaces, record and namespace this often
+STOP_WAIT = 5.0         # stop(): SIGTERM, then SIGKILL after this
+READY_WAIT = 20.0       # start(): how long to wait for the daemon to be up
+LOG_LIMIT = 1 << 20
+BACKOFF = (5.0, 300.0)
+CLEANUP_LOCK_WAIT = 3   # seconds (see Daemon.cleanup)
+FD_RESCAN = 10.0        # seconds (see Daemon.namespace_deleted)
+
+# resync() outcomes, also the child's exit status
+RESYNCED, CURRENT, FAILED, DETACHED = 0, 10, 1, 11
+
+
+class WatcherError(Exception):
+    pass
+
+
+# -- is it running? ------------------------------------------------------------------
+
+def _stat_fields(pid: int) -> list[str] | None:
+    """/proc/PID/stat after the command name: state is [0], starttime [19]."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return text[text.rindex(")") + 2:].split()
+
+
+def _start_time(pid: int) -> int | None:
+    fields = _stat_fields(pid)
+    if fields is None or fields[0] in ("Z", "X"):   # a zombie is a dead watcher
+        return None
+    return int(fields[19])
+
+
+def _netns(path: str) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
+
+
+def running(directory: Path) -> int | None:
+    """The pid of this namespace's watcher, or None. The pid file is
+    trusted only if that pid is alive, started when the file says, runs
+    this module for this directory and is in this network namespace."""
+    try:
+        pid_text, start_text = (directory / PID_FILE).read_text().split()
+        pid, start = int(pid_text), int(start_text)
+    except (OSError, ValueError):
+        return None
+    if _start_time(pid) != start:
+        return None
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        same_ns = _netns(f"/proc/{pid}/ns/net") == _netns("/proc/self/ns/net")
+    except OSError:
+        return None
+    if MODULE.encode() not in argv or str(directory).encode() not in argv or not same_ns:
+        return None
+    return pid
+
+
+def start(directory: Path) -> int:
+    """Start the watcher of this namespace unless it runs; its pid.
+    Called under the lock (so two attaches never start two watchers)."""
+    pid = running(directory)
+    if pid is not None:
+        return pid
+    (directory / PID_FILE).unlink(missing_ok=True)
+    log = directory / LOG_FILE
+    env = dict(os.environ)
+    # the daemon runs from / and must import this very package
+    root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    r, w = os.pipe()
+    try:
+        with open(log, "ab") as out:
+            # close_fds (the default) matters: the xtables lock's descriptor
+            # must not be inherited, or the daemon would hold the lock
+            child = subprocess.Popen(
+                [sys.executable, "-m", MODULE, "daemon", str(directory), str(w)],
+                stdin=subprocess.DEVNULL, stdout=out, stderr=out, cwd="/", env=env,
+                pass_fds=(w,), start_new_session=True)
+        os.close(w)
+        w = -1
+        child.wait()   # the intermediate process exits at once (double fork)
+        ready = b""
+        deadline = time.monotonic() + READY_WAIT
+        while not ready.endswith(b"\n") and time.monotonic() < deadline:
+            if not select.select([r], [], [], deadline - time.monotonic())[0]:
+                break
+            chunk = os.read(r, 64)
+            if not chunk:
+                break
+            ready += chunk
+    finally:
+        os.close(r)
+        if w >= 0:
+            os.close(w)
+    pid = running(directory)
+    if not ready.startswith(b"ready") or pid is None:
+        raise WatcherError(f"the interface watcher did not start (see {log})")
+    return pid
+
+
+def _gone(pid: int, start: int) -> bool:
+    return _start_time(pid) != start
+
+
+def stop(directory: Path) -> int | None:
+    """Stop this namespace's watcher (SIGTERM, SIGKILL after 5 s); its pid.
+    Called under the lock: the watcher is then idle or waiting for the
+    lock, never in the middle of an update, so SIGTERM's default action
+    (end the process) is safe."""
+    pid = running(directory)
+    if pid is not None:
+        start = _start_time(pid)
+        assert start is not None
+        for sig, wait in ((signal.SIGTERM, STOP_WAIT), (signal.SIGKILL, STOP_WAIT)):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                break
+            deadline = time.monotonic() + wait
+            while not _gone(pid, start) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            if _gone(pid, start):
+                break
+    (directory / PID_FILE).unlink(missing_ok=True)
+    return pid
+
+
+# -- the resync (a child process of the daemon) ----------------------------------------
+
+def covers(att: A.Attachment, here: dict[str, int]) -> bool:
+    """Whether the record lists exactly the namespace's interfaces."""
+    return {name: v[0] for name, v in att.interfaces.items()} == here
+
+
+def interfaces() -> dict[str, int]:
+    return {name: index for index, name in socket.if_nameindex()}
+
+
+def renamed(att: A.Attachment, here: dict[str, int]) -> A.Attachment:
+    """The record with renamed interfaces under their new names.
+
+    The update keeps a recorded interface when its name still has its
+    ifindex, and attaches to the others without replacing a program
+    (so as never to replace someone else's). A renamed interface carries
+    our program under a name the record does not know: attaching to it
+    would fail (EBUSY), and with it every update. Given under its new
+    name, it is switched like any other. (udev, container runtimes and
+    `ip link set NAME name NEW' rename interfaces right after creating them.)"""
+    by_index = {index: name for name, index in here.items()}
+    ifaces = {}
+    for name, (index, flags) in att.interfaces.items():
+        now = by_index.get(index)
+        if now is not None:
+            ifaces[now] = [index, flags]
+    if ifaces == att.interfaces:
+        return att
+    import dataclasses
+
+    return dataclasses.replace(att, interfaces=ifaces)
+
+
+def resync() -> int:
+    """Under the lock: re-run the data-path update with the stored rule set
+    if the record no longer matches the interfaces. RESYNCED, CURRENT,
+    DETACHED; raises what the update raises."""
+    from .. import state
+
+    with state.locked(0) as store:
+        att = A.read(store.directory)
+        if att is None:
+            return DETACHED
+        if covers(att, interfaces()):
+            return CURRENT   # a command updated it meanwhile
+        from . import live
+
+        attached = live.AttachedStore(store, renamed(att, interfaces()))
+        # load() through the attached store: the data path's counters are
+        # carried into the new programs (the stored ones may be older)
+        attached.save(attached.load())
+        return RESYNCED
+
+
+def _resync_main() -> int:
+    from ..errors import XtablesError
+
+    try:
+        return resync()
+    except XtablesError as exc:
+        _log(f"resync failed: {exc.message}")
+        return FAILED
+
+
+# -- the daemon -------------------------------------------------------------------------
+
+def _log(message: str) -> None:
+    try:
+        if os.fstat(2).st_size > LOG_LIMIT:
+            os.ftruncate(2, 0)   # O_APPEND: later writes start at the new end
+    except OSError:
+        pass
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
+    sys.stderr.write(f"{stamp} watch[{os.getpid()}] {message}\n")
+    sys.stderr.flush()
+
+
+def _names_of(ns: tuple[int, int]) -> list[str]:
+    """Names under /run/netns that refer to the namespace ``ns``."""
+    names = []
+    try:
+        entries = os.listdir("/run/netns")
+    except OSError:
+        return names
+    for name in entries:
+        try:
+            if _netns(f"/run/netns/{name}") == ns:
+                names.append(name)
+        except OSError:
+            continue
+    return names
+
+
+def _held_by_process_or_mount(ns: tuple[int, int], skip: set[int]) -> bool:
+    """Whether a process (other than ``skip``) is in the namespace, or a
+    bind mount of it is visible here."""
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit() or int(pid) in skip:
+            continue
+        try:
+            if _netns(f"/proc/{pid}/ns/net") == ns and _start_time(int(pid)) is not None:
+                return True
+        except OSError:
+            continue
+    try:
+        with open("/proc/self/mountinfo") as fh:
+            return any(line.split()[3] == f"net:[{ns[1]}]" for line in fh)
+    except OSError:
+        return False
+
+
+def _held_by_descriptor(ns: tuple[int, int], skip: set[int]) -> bool:
+    """Whether a process (other than ``skip``) has the namespace open."""
+    link = f"net:[{ns[1]}]"
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit() or int(pid) in skip:
+            continue
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(f"/proc/{pid}/fd/{fd}") == link:
+                    return True
+            except OSError:
+                continue
+    return False
+
+
+class Daemon:
+    def __init__(self, directory: Path):
+        self.directory = directory
+        self.ns = _netns("/proc/self/ns/net")
+        self.named = bool(_names_of(self.ns))
+        self.start = _start_time(os.getpid())
+        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        self.sock.bind((0, RTMGRP_LINK))
+        self.sock.setblocking(False)
+        self._record_key: tuple | None = None
+        self._record: A.Attachment | None = None
+        self.failed: tuple | None = None   # (generation, interfaces) of a failed resync
+        self.child: subprocess.Popen | None = None   # the resync running
+        self.child_key: tuple = ()
+        self.child_began = 0.0
+        self.fd_held_until = 0.0
+        self.retry_at = 0.0
+        self.backoff = BACKOFF[0]
+
+    def write_pid(self) -> None:
+        tmp = self.directory / (PID_FILE + ".tmp")
+        tmp.write_text(f"{os.getpid()} {self.start}\n")
+        os.replace(tmp, self.directory / PID_FILE)
+
+    def _drain(self) -> None:
+        """Read a burst of link events until 100 ms pass without one."""
+        first = time.monotonic()
+        while True:
+            try:
+                while self.sock.recv(1 << 16):
+                    pass
+            except BlockingIOError:
+                pass
+            except OSError as exc:   # ENOBUFS: events were lost; we look anyway
+                if exc.errno != errno.ENOBUFS:
+                    raise
+                continue
+            wait = min(DEBOUNCE, first + BURST_CAP - time.monotonic())
+            if wait <= 0 or not select.select([self.sock], [], [], wait)[0]:
+                return
+
+    def record(self) -> A.Attachment | None:
+        """The record, parsed again only when the file changed."""
+        try:
+            st = os.stat(self.directory / A.RECORD)
+        except FileNotFoundError:
+            self._record_key = self._record = None
+            return None
+        key = (st.st_ino, st.st_mtime_ns, st.st_size)
+        if key != self._record_key:
+            self._record, self._record_key = A.read(self.directory), key
+        return self._record
+
+    def ours(self) -> bool:
+        try:
+            return (self.directory / PID_FILE).read_text().split() == \
+                [str(os.getpid()), str(self.start)]
+        except OSError:
+            return False
+
+    def namespace_deleted(self) -> bool:
+        """Named at start: no name refers to it any more. Unnamed: nothing
+        but this process (and its resync) holds it. Reading every
+        process's descriptors costs more (~20 ms with 170 processes), so
+        a descriptor found is trusted for FD_RESCAN seconds."""
+        if self.named:
+            return not _names_of(self.ns)
+        skip = {os.getpid()} | ({self.child.pid} if self.child else set())
+        if _held_by_process_or_mount(self.ns, skip):
+            return False
+        if time.monotonic() < self.fd_held_until:
+            return False
+        if _held_by_descriptor(self.ns, skip):
+            self.fd_held_until = time.monotonic() + FD_RESCAN
+            return False
+        return True
+
+    def detached(self) -> bool:
+        """The record is gone, also under the lock (``attach`` of an
+        attached namespace removes and writes it again under the lock).
+        A lock held elsewhere only defers the answer to the next round."""
+        if self.record() is not None:
+            return False
+        from .. import state
+
+        try:
+            with state.locked(1):
+                return self.record() is None
+        except state.LockBusy:
+            return False
+
+    def cleanup(self) -> None:
+        """The namespace is deleted: remove the pins (they would keep the
+        programs alive) and the record, as ``detach`` does. The lock is
+        waited for 3 s at most (it is shared by every namespace): without
+        it the pins stay until the next ``attach`` anywhere collects them
+        (once the state directory of the dead namespace is collected)."""
+        from .. import state
+
+        try:
+            with state.locked(CLEANUP_LOCK_WAIT) as store:
+                if A.read(store.directory) is not None:
+                    from . import live
+
+                    live.detach(store)
+                if self.ours():
+                    (self.directory / PID_FILE).unlink(missing_ok=True)
+        except state.LockBusy:
+            _log("the lock is busy: pins left for the next attach to collect")
+
+    def check(self) -> None:
+        """Start a resync if the record does not list the interfaces."""
+        att = self.record()
+        if att is None:
+            return
+        here = interfaces()
+        if covers(att, here):
+            self.failed, self.backoff = None, BACKOFF[0]
+            return
+        key = (att.generation, tuple(sorted(here.items())))
+        if key == self.failed and time.monotonic() < self.retry_at:
+            return
+        # a child, not waited for: the daemon keeps watching the namespace
+        # while it waits for the lock and compiles
+        self.child = subprocess.Popen([sys.executable, "-m", MODULE, "resync", str(self.directory)],
+                                      stdin=subprocess.DEVNULL)
+        self.child_key, self.child_began = key, time.monotonic()
+
+    def reap(self) -> None:
+        if self.child is None or self.child.poll() is None:
+            return
+        rc, key, took = self.child.returncode, self.child_key, time.monotonic() - self.child_began
+        self.child = None
+        if rc in (RESYNCED, CURRENT, DETACHED):
+            if rc == RESYNCED:
+                _log(f"resynced in {took:.2f} s: interfaces {' '.join(n for n, _ in key[1])}")
+            self.failed, self.backoff = None, BACKOFF[0]
+            return
+        if key != self.failed:
+            self.backoff = BACKOFF[0]
+        self.failed, self.retry_at = key, time.monotonic() + self.backoff
+        _log(f"resync failed (status {rc}); next try on a change or in {self.backoff:.0f} s")
+        self.backoff = min(self.backoff * 2, BACKOFF[1])
+
+    def run(self) -> int:
+        _log(f"watching {self.directory} (netns {'named' if self.named else 'unnamed'})")
+        while True:
+            if select.select([self.sock], [], [], POLL)[0]:
+                self._drain()
+            self.reap()
+            if self.namespace_deleted():
+                _log("namespace deleted: detaching and exiting")
+                if self.child is not None:
+                    # its work is moot, and it is a process in the namespace too
+                    self.child.kill()
+                    self.child.wait()
+                self.cleanup()
+                return 0
+            if not self.ours():
+                _log("pid file names another process: exiting")
+                return 0
+            if self.detached():
+                _log("detached: exiting")
+                if self.ours():
+                    (self.directory / PID_FILE).unlink(missing_ok=True)
+                return 0
+            if self.child is None:
+                self.check()
+
+
+def _daemon_main(directory: Path, ready_fd: int) -> int:
+    if os.fork():
+        os._exit(0)   # the session leader goes: the daemon can never get a terminal
+    from .. import state
+
+    if directory != state.run_dir() / f"netns-{state.netns_cookie()}":
+        os.write(ready_fd, b"wrong namespace\n")
+        return 1
+    daemon = Daemon(directory)   # subscribed before "ready": no event is missed
+    daemon.write_pid()
+    os.write(ready_fd, b"ready\n")
+    os.close(ready_fd)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    return daemon.run()
+
+
+def main(argv: list[str]) -> int:
+    if argv[:1] == ["daemon"] and len(argv) == 3:
+        return _daemon_main(Path(argv[1]), int(argv[2]))
+    if argv[:1] == ["resync"] and len(argv) == 2:
+        return _resync_main()
+    sys.stderr.write(f"usage: python -m {MODULE} daemon DIR FD | resync DIR\n")
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
