@@ -1,8 +1,13 @@
-"""The ClassBench fw1 1k rule set through the XDP classifier vs the reference.
+"""The ClassBench rule sets through the XDP classifier vs the reference.
 
-The rule file is parsed line by line with the real command parser. Packets
-are drawn (fixed seed) mostly inside rules' boxes and at their port edges,
-so that many different rules are the first match, plus uniform ones."""
+fw1-1k: parsed line by line with the real command parser, every packet
+checked with ``reference.evaluate``. fw1-10k and acl1-10k: parsed by the
+real restore path (``Restorer``), a few thousand packets drawn inside the
+rules' boxes (prefix and port-range edges included), just outside them,
+uniformly and as non-first fragments, checked against a first-match scan
+over the rules as tuples of ints (tests/support/classbench.py), itself
+checked against ``reference.evaluate`` on a sample: verdicts, the counters
+of every rule and the policy's."""
 from __future__ import annotations
 
 import random
@@ -14,6 +19,7 @@ from bpf_iptables.datapath.packets import header_length
 from bpf_iptables.model import Rule, Table
 from bpf_iptables.reference.evaluate import evaluate
 from bpf_iptables.reference.packet import Packet
+from tests.support import classbench as cb
 from tests.support.shared import ruleset
 
 # interfaces (and so ifindexes) are those of a namespace of the test's own
@@ -90,3 +96,55 @@ def test_classbench_compiles_ports_to_intervals():
     assert any(hi - lo > 1000 for lo, hi in ranges)
     assert len(c.dport) <= 2 * len(ranges) + 2
     assert c.dport_bounds == sorted(set(c.dport_bounds))
+
+
+# -- the 10k sets ---------------------------------------------------------------
+
+PACKETS_10K = 3000
+EVALUATE_SAMPLE = 300   # packets also run through reference.evaluate (~3 ms each)
+
+
+def wide(rule) -> bool:
+    """Any protocol, both prefixes /0 or /1."""
+    return rule.proto == 0 and rule.src.cidr <= 1 and rule.dst.cidr <= 1
+
+
+def without_catch_alls(table):
+    """The table without the wide rules it ends with (ClassBench's catch-all
+    and its halves): what they took falls to the policy now."""
+    rules = list(table.chains["INPUT"].rules)
+    while rules and wide(rules[-1]):
+        rules.pop()
+    short = Table.empty("filter")
+    short.chains["INPUT"].policy = table.chains["INPUT"].policy
+    short.chains["INPUT"].rules = rules
+    return short
+
+
+@pytest.mark.parametrize("name", ["classbench-fw1-10k", "classbench-acl1-10k"])
+def test_classbench_10k_matches_reference(harness, name):
+    table = cb.restore_table(ruleset(f"{name}.rules").read_text())
+    bxs = cb.boxes(table)
+    assert len(bxs) > 9000
+    ifname = "dp0"
+    pkts = cb.draw(bxs, PACKETS_10K, seed=1009, ifname=ifname)
+    # the fast scan is the reference's first match on a spread-out sample
+    assert cb.disagreements_with_evaluate(table, bxs, pkts[::PACKETS_10K // EVALUATE_SAMPLE]) == []
+
+    want = cb.expect(bxs, table.chains["INPUT"].policy, pkts)
+    prog, compiled = harness.load(table)
+    assert len(compiled.counter_of) == len(bxs)
+    assert cb.datapath_mismatches(prog, harness.interfaces[ifname], bxs, pkts, want) == []
+    # the sample exercises many rules, both verdicts and the hot-drop
+    assert len({i for i in want.first if i >= 0}) > 1500
+    assert {"ACCEPT", "DROP"} <= set(want.verdicts)
+    assert cb.HOTDROP in want.first
+
+    # without the catch-alls, the packets they took fall to the policy
+    short = without_catch_alls(table)
+    sbxs = cb.boxes(short)
+    assert len(sbxs) < len(bxs)
+    want = cb.expect(sbxs, short.chains["INPUT"].policy, pkts)
+    assert want.policy[0] > 100
+    prog, compiled = harness.load(short)
+    assert cb.datapath_mismatches(prog, harness.interfaces[ifname], sbxs, pkts, want) == []
