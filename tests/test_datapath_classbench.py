@@ -141,10 +141,12 @@ def test_classbench_10k_matches_reference(harness, name):
     assert cb.HOTDROP in want.first
 
     # without the catch-alls, the packets they took fall to the policy
+    # (the cut rules have no tcp match, so no hot-drop moves)
     short = without_catch_alls(table)
     sbxs = cb.boxes(short)
     assert len(sbxs) < len(bxs)
-    want = cb.expect(sbxs, short.chains["INPUT"].policy, pkts)
+    first = [cb.POLICY if i >= len(sbxs) else i for i in want.first]
+    want = cb.expect(sbxs, short.chains["INPUT"].policy, pkts, first)
     assert want.policy[0] > 100
     prog, compiled = harness.load(short)
     assert cb.datapath_mismatches(prog, harness.interfaces[ifname], sbxs, pkts, want) == []

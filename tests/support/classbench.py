@@ -146,11 +146,15 @@ class Expected:
     policy: list[int] = field(default_factory=lambda: [0, 0])
 
 
-def expect(bxs: list[Box], policy: str, packets: list[Packet]) -> Expected:
-    scanner, out = Scanner(bxs), Expected()
-    for pkt in packets:
-        i = scanner.match(pkt)
-        out.first.append(i)
+def expect(bxs: list[Box], policy: str, packets: list[Packet],
+           first: list[int] | None = None) -> Expected:
+    """What the reference does with ``packets``; ``first``: their first
+    matches if already known (else the scan finds them)."""
+    if first is None:
+        scanner = Scanner(bxs)
+        first = [scanner.match(pkt) for pkt in packets]
+    out = Expected(first=list(first))
+    for pkt, i in zip(packets, first):
         if i == HOTDROP:
             out.verdicts.append("DROP")
             continue
