@@ -308,3 +308,48 @@ def datapath_mismatches(prog, ifindex: int, bxs: list[Box], packets: list[Packet
         bad.append(f"policy counters: data path {policy.packets}/{policy.bytes}, "
                    f"reference {want.policy}")
     return bad
+
+
+# -- packets for a real link ---------------------------------------------------
+
+def clean(addr: int) -> bool:
+    """An address the kernel takes as an ordinary unicast source or local
+    destination (no martian), outside the test link's 10.99.0.0/24."""
+    return (UNICAST_FIRST <= addr <= UNICAST_LAST and addr >> 24 != 127
+            and addr >> 8 != 0x0A6300)
+
+
+def live_packets(bxs: list[Box], rng: random.Random, per_kind: int = 2,
+                 extra: int = 2) -> list[Packet]:
+    """Packets for a real link, IP ids 1, 2, ...: for each of ACCEPT and
+    DROP and each of TCP and UDP, ``per_kind`` rules each with a packet of
+    its box that it is the first match of (clean addresses, source !=
+    destination); then ``extra`` uniform clean packets."""
+    scanner = Scanner(bxs)
+    want = {(v, p): per_kind for v in ("ACCEPT", "DROP") for p in (TCP, UDP)}
+    out: list[Packet] = []
+    order = list(range(len(bxs)))
+    rng.shuffle(order)
+    for index in order:
+        box = bxs[index]
+        for _ in range(8):
+            pkt = inside(rng, box, "")
+            kind = (box.verdict, pkt.proto)
+            if want.get(kind, 0) and clean(pkt.src) and clean(pkt.dst) \
+                    and pkt.src != pkt.dst and scanner.match(pkt) == index:
+                want[kind] -= 1
+                out.append(pkt)
+                break
+        if not any(want.values()):
+            break
+    assert not any(want.values()), f"no packet found for {want}"
+    while extra:
+        pkt = uniform(rng, "")
+        if pkt.proto in (TCP, UDP) and clean(pkt.src) and clean(pkt.dst):
+            out.append(pkt)
+            extra -= 1
+    for ip_id, pkt in enumerate(out, 1):
+        pkt.ip_id = ip_id
+        if pkt.proto == TCP:
+            pkt.tcp_flags = 0x02
+    return out
