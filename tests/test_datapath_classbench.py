@@ -12,21 +12,19 @@ from __future__ import annotations
 
 import difflib
 import random
-import subprocess
 
 import pytest
 
 from bpf_iptables.datapath.harness import Harness, table_from_save
 from bpf_iptables.datapath.packets import header_length
 from bpf_iptables.model import Rule, Table
-from bpf_iptables.netaddr import int_to_ip
 from bpf_iptables.reference.evaluate import evaluate
 from bpf_iptables.reference.packet import Packet
 from bpf_iptables.render.save import save_table
 from tests.support import classbench as cb
-from tests.support.netns import Namespace, bpf_command
+from tests.support.netns import bpf_command
 from tests.support.shared import ruleset
-from tests.support.wire import send_and_collect
+from tests.support.wire import accept_foreign_sources, send_and_collect
 from tests.test_datapath_traffic import datapath_command, ensure_bpffs, topology
 
 # BPF_PROG_TEST_RUN tests: interfaces (and so ifindexes) are those of a
@@ -173,15 +171,6 @@ def diff(a: list[str], b: list[str], names: tuple[str, str]) -> str:
     return "\n".join(list(difflib.unified_diff(a, b, *names, n=0, lineterm=""))[:40])
 
 
-def accept_foreign_sources(server: Namespace, addresses: set[int]) -> None:
-    """Own every destination, take any source (rp_filter off)."""
-    run = ["ip", "netns", "exec", server.name, "sysctl", "-qw"]
-    for key in ("all", "default", "s0", "lo"):
-        subprocess.run([*run, f"net.ipv4.conf.{key}.rp_filter=0"], check=True)
-    batch = "".join(f"addr add {int_to_ip(a)}/32 dev lo\n" for a in sorted(addresses))
-    subprocess.run(["ip", "-n", server.name, "-batch", "-"], input=batch, text=True, check=True)
-
-
 def test_classbench_fw1_10k_enforced_live():
     """fw1-10k restored and attached (native XDP) in a server namespace, as
     iptables-legacy in a twin: frames from the client inside accepting and
@@ -205,7 +194,7 @@ def test_classbench_fw1_10k_enforced_live():
 
     with topology("cbb") as ours, topology("cbl") as legacy:
         for t in (ours, legacy):
-            accept_foreign_sources(t.server, {p.dst for p in pkts})
+            accept_foreign_sources(t.server.name, "s0", {p.dst for p in pkts})
         r = legacy.server.run(["iptables-legacy-restore"], input=text)
         assert r.returncode == 0, r.stderr
         r = ours.server.run(bpf_command("iptables-restore"), input=text)

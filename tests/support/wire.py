@@ -20,6 +20,7 @@ from contextlib import ExitStack, contextmanager
 from typing import Iterator
 
 from bpf_iptables.datapath.packets import frame
+from bpf_iptables.netaddr import int_to_ip
 from bpf_iptables.reference.packet import Packet
 
 CLONE_NEWNET = 0x40000000
@@ -42,6 +43,17 @@ def netns(name: str) -> Iterator[None]:
     finally:
         os.close(home)
         os.close(target)
+
+
+def accept_foreign_sources(server: str, dev: str, addresses: set[int] = frozenset()) -> None:
+    """Let namespace ``server`` take packets from any source (rp_filter off)
+    on ``dev``, to ``addresses`` (added to its lo) as its own."""
+    run = ["ip", "netns", "exec", server, "sysctl", "-qw"]
+    for key in ("all", "default", "lo", dev):
+        subprocess.run([*run, f"net.ipv4.conf.{key}.rp_filter=0"], check=True)
+    if addresses:
+        batch = "".join(f"addr add {int_to_ip(a)}/32 dev lo\n" for a in sorted(addresses))
+        subprocess.run(["ip", "-n", server, "-batch", "-"], input=batch, text=True, check=True)
 
 
 def mac_of(ns: str, dev: str) -> bytes:
