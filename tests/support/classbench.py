@@ -204,6 +204,10 @@ def _outside(rng: random.Random, lo: int, hi: int, top: int) -> int | None:
 
 
 def _finish(rng: random.Random, pkt: Packet) -> Packet:
+    if rng.random() < 0.05:
+        # IP options move the transport header: NOPs, or record-route
+        pkt.ip_options = rng.choice((b"\x01" * rng.randint(1, 40),
+                                     b"\x07\x0b\x04" + bytes(8)))
     if pkt.proto == TCP:
         pkt.tcp_flags = rng.choice((0x02, 0x10, 0x12, 0x11, 0x04, 0x18))
     elif pkt.proto == ICMP:
