@@ -67,23 +67,20 @@ struct counter {
 	u64 bytes;
 };
 
-struct lpm_v4_key {
-	u32 prefixlen;
-	u32 addr;
-};
-
 /* A scan longer than STEPS continues in a tail call of this same
  * program (at most 32 times: the kernel's tail call limit is 33), with
  * the scan position handed over in a per-CPU slot; the packet is parsed
  * and the fields looked up again, which is cheap next to a long scan. */
 struct resume {
-	u64 cur;
+	u64 cur;	/* candidate bits left in bitvector word `word` */
+	u64 scur;	/* candidate words left in summary word `sword` */
 	u32 word;
+	u32 sword;
 	u32 active;
 	u32 evil;	/* pf.evil, read back from here inside the scan: a
 			 * value from a map is unknown to the verifier, so it
 			 * does not verify the loop once per constant */
-	u32 pad;
+	u64 sum[NSUM];	/* the AND of the fields' summaries for this packet */
 };
 
 BPF_ARRAY(config_map, struct config, 1);
@@ -94,45 +91,52 @@ BPF_ARRAY(entry_map, struct entry, NENTRIES);
 BPF_PERCPU_ARRAY(counter_map, struct counter, NCOUNTERS);
 
 #if FIELD_SRC
-BPF_LPM_TRIE(src_map, struct lpm_v4_key, struct bitvector, SRC_MAX);
-#define TERM_SRC(ix) &f_src->word[ix]
+/* addresses as intervals (compiler.address_intervals): the interval
+ * starts, per interval the id of its bitvector, the distinct bitvectors */
+DEFINE_INTERVAL_SEARCH(src, SRC_BSIZE)
+BPF_ARRAY(src_bounds_map, struct src_bounds, 1);
+BPF_ARRAY(src_index_map, u32, SRC_BSIZE);
+BPF_ARRAY(src_map, struct bitvector, SRC_MAX);
+#define TERM_SRC(m, ix) &f_src->m[ix]
 #else
-#define TERM_SRC(ix)
+#define TERM_SRC(m, ix)
 #endif
 #if FIELD_DST
-BPF_LPM_TRIE(dst_map, struct lpm_v4_key, struct bitvector, DST_MAX);
-#define TERM_DST(ix) &f_dst->word[ix]
+DEFINE_INTERVAL_SEARCH(dst, DST_BSIZE)
+BPF_ARRAY(dst_bounds_map, struct dst_bounds, 1);
+BPF_ARRAY(dst_index_map, u32, DST_BSIZE);
+BPF_ARRAY(dst_map, struct bitvector, DST_MAX);
+#define TERM_DST(m, ix) &f_dst->m[ix]
 #else
-#define TERM_DST(ix)
+#define TERM_DST(m, ix)
 #endif
 #if FIELD_PROTO
-/* key: protocol number, PROTO_DEFAULT for every protocol not listed */
-#define PROTO_DEFAULT 256
-BPF_HASH(proto_map, u32, struct bitvector, PROTO_MAX);
-#define TERM_PROTO(ix) &f_proto->word[ix]
+/* index: protocol number (every one has its slot: no hashing) */
+BPF_ARRAY(proto_map, struct bitvector, 256);
+#define TERM_PROTO(m, ix) &f_proto->m[ix]
 #else
-#define TERM_PROTO(ix)
+#define TERM_PROTO(m, ix)
 #endif
 #if FIELD_IIF
 /* key: ifindex, 0 for interfaces unknown at compile time */
 BPF_HASH(iif_map, u32, struct bitvector, IIF_MAX);
-#define TERM_IIF(ix) &f_iif->word[ix]
+#define TERM_IIF(m, ix) &f_iif->m[ix]
 #else
-#define TERM_IIF(ix)
+#define TERM_IIF(m, ix)
 #endif
 #if FIELD_FRAG
 /* 0: not a fragment or first fragment, 1: non-first fragment */
 BPF_ARRAY(frag_map, struct bitvector, 2);
-#define TERM_FRAG(ix) &f_frag->word[ix]
+#define TERM_FRAG(m, ix) &f_frag->m[ix]
 #else
-#define TERM_FRAG(ix)
+#define TERM_FRAG(m, ix)
 #endif
 #if FIELD_FLAGS
 /* index: TCP flags & 0x3F, TCP_FLAGS_NONE or TCP_FLAGS_EVIL */
 BPF_ARRAY(flags_map, struct bitvector, TCP_FLAGS_EVIL + 1);
-#define TERM_FLAGS(ix) &f_flags->word[ix]
+#define TERM_FLAGS(m, ix) &f_flags->m[ix]
 #else
-#define TERM_FLAGS(ix)
+#define TERM_FLAGS(m, ix)
 #endif
 #if FIELD_SPORT
 DEFINE_INTERVAL_SEARCH(sport, SPORT_BSIZE)
@@ -140,17 +144,17 @@ BPF_ARRAY(sport_bounds_map, struct sport_bounds, 1);
 /* index: interval, SPORT_BSIZE when the packet has no ports,
  * SPORT_BSIZE + 1 for an offset-1 TCP fragment */
 BPF_ARRAY(sport_map, struct bitvector, SPORT_BSIZE + 2);
-#define TERM_SPORT(ix) &f_sport->word[ix]
+#define TERM_SPORT(m, ix) &f_sport->m[ix]
 #else
-#define TERM_SPORT(ix)
+#define TERM_SPORT(m, ix)
 #endif
 #if FIELD_DPORT
 DEFINE_INTERVAL_SEARCH(dport, DPORT_BSIZE)
 BPF_ARRAY(dport_bounds_map, struct dport_bounds, 1);
 BPF_ARRAY(dport_map, struct bitvector, DPORT_BSIZE + 2);
-#define TERM_DPORT(ix) &f_dport->word[ix]
+#define TERM_DPORT(m, ix) &f_dport->m[ix]
 #else
-#define TERM_DPORT(ix)
+#define TERM_DPORT(m, ix)
 #endif
 
 #if FIELD_ICMP
@@ -158,15 +162,18 @@ BPF_ARRAY(dport_map, struct bitvector, DPORT_BSIZE + 2);
  * listed, ICMP_NONE (parse.h) for packets without an ICMP header */
 #define ICMP_OTHER 0x10000
 BPF_HASH(icmp_map, u32, struct bitvector, ICMP_MAX);
-#define TERM_ICMP(ix) &f_icmp->word[ix]
+#define TERM_ICMP(m, ix) &f_icmp->m[ix]
 #else
-#define TERM_ICMP(ix)
+#define TERM_ICMP(m, ix)
 #endif
 
-/* The AND of all compiled-in fields' bitvectors at word ix. */
-#define AND_WORD(ix) (live->word[ix] TERM_SRC(ix) TERM_DST(ix) TERM_PROTO(ix) \
-		      TERM_IIF(ix) TERM_FRAG(ix) TERM_FLAGS(ix) TERM_SPORT(ix)   \
-		      TERM_DPORT(ix) TERM_ICMP(ix))
+/* The AND of all compiled-in fields' bitvectors at word ix (m = word), or
+ * of their summaries at summary word ix (m = summary). */
+#define AND_OF(m, ix) (live->m[ix] TERM_SRC(m, ix) TERM_DST(m, ix) TERM_PROTO(m, ix) \
+		       TERM_IIF(m, ix) TERM_FRAG(m, ix) TERM_FLAGS(m, ix)                \
+		       TERM_SPORT(m, ix) TERM_DPORT(m, ix) TERM_ICMP(m, ix))
+#define AND_WORD(ix) AND_OF(word, ix)
+#define AND_SUM(ix) AND_OF(summary, ix)
 
 static __always_inline void count(u32 slot, u32 length)
 {
@@ -194,26 +201,34 @@ int xdp_filter(CTX_TYPE *ctx)
 
 	/* One lookup per field; the bitvectors are then read in place. */
 #if FIELD_SRC
-	struct lpm_v4_key skey = {32, pf.saddr};
-	struct bitvector *f_src = src_map.lookup(&skey);
+	struct src_bounds *sb_src = src_bounds_map.lookup(&zero);
+	if (!sb_src)
+		return RET(XDP_ABORTED);
+	u32 sidx = src_interval(sb_src, bpf_ntohl(pf.saddr));
+	u32 *sid = src_index_map.lookup(&sidx);
+	if (!sid)
+		return RET(XDP_ABORTED);
+	struct bitvector *f_src = src_map.lookup(sid);
 	if (!f_src)
 		return RET(XDP_ABORTED);
 #endif
 #if FIELD_DST
-	struct lpm_v4_key dkey = {32, pf.daddr};
-	struct bitvector *f_dst = dst_map.lookup(&dkey);
+	struct dst_bounds *sb_dst = dst_bounds_map.lookup(&zero);
+	if (!sb_dst)
+		return RET(XDP_ABORTED);
+	u32 didx = dst_interval(sb_dst, bpf_ntohl(pf.daddr));
+	u32 *did = dst_index_map.lookup(&didx);
+	if (!did)
+		return RET(XDP_ABORTED);
+	struct bitvector *f_dst = dst_map.lookup(did);
 	if (!f_dst)
 		return RET(XDP_ABORTED);
 #endif
 #if FIELD_PROTO
-	u32 pkey = pf.proto;
+	u32 pkey = pf.proto & 0xFF;
 	struct bitvector *f_proto = proto_map.lookup(&pkey);
-	if (!f_proto) {
-		pkey = PROTO_DEFAULT;
-		f_proto = proto_map.lookup(&pkey);
-		if (!f_proto)
-			return RET(XDP_ABORTED);
-	}
+	if (!f_proto)
+		return RET(XDP_ABORTED);
 #endif
 #if FIELD_IIF
 	u32 ikey = CTX_IFINDEX(ctx);
@@ -272,24 +287,42 @@ int xdp_filter(CTX_TYPE *ctx)
 	if (!rs)
 		return RET(XDP_ABORTED);
 	rs->evil = pf.evil;
-	u64 w, cur;
+	/* once per packet (and per tail call): the words where every field
+	 * can have a bit; the scan loads no other word */
+#pragma unroll
+	for (u32 k = 0; k < NSUM; k++)
+		rs->sum[k] = AND_SUM(k);
+	/* w/cur: the word being scanned and its candidate bits left;
+	 * k/scur: the summary word and its candidate words left */
+	u64 w, cur, k, scur;
 	if (rs->active) {
 		rs->active = 0;
 		w = rs->word & (NWORDS - 1);
 		cur = rs->cur;
+		k = rs->sword & (NSUM - 1);
+		scur = rs->scur;
 	} else {
-		w = cfg->first_word & (NWORDS - 1);
-		cur = AND_WORD(w);
+		k = cfg->first_word & (NSUM - 1);
+		w = 0;
+		cur = 0;
+		scur = rs->sum[k];
 	}
 	u32 length = pf.length;
-	/* STEPS bounds word loads plus entries visited in one invocation. */
+	/* STEPS bounds summary and word loads plus entries visited in one
+	 * invocation (compiler.py computes what a scan can need). */
 #pragma clang loop unroll(disable)
 	for (u32 i = 0; i < STEPS; i++) {
 		if (cur == 0) {
 			/* no compare with the entry count: the policy entry's bit
 			 * ends every scan (a bound depending on map data would
 			 * make the verifier keep apart states it can merge) */
-			w = (w + 1) & (NWORDS - 1);
+			if (scur == 0) {
+				k = (k + 1) & (NSUM - 1);
+				scur = rs->sum[k];
+				continue;
+			}
+			w = ((k << 6) | lowest_bit_index(scur)) & (NWORDS - 1);
+			scur &= scur - 1;
 			cur = AND_WORD(w);
 			continue;
 		}
@@ -309,14 +342,21 @@ int xdp_filter(CTX_TYPE *ctx)
 		count(en->counter, length);
 		if (en->verdict != VERDICT_CONTINUE)
 			return RET(en->verdict);
-		/* continue at en->next: reload its word, masking earlier bits */
+		/* continue at en->next: reload its word, masking earlier bits,
+		 * and the summary from the word after it (none past the last) */
 		u32 next = en->next;
 		w = (next >> 6) & (NWORDS - 1);
 		cur = AND_WORD(w) & (~0ULL << (next & 63));
+		u32 after = (u32)w + 1;
+		u64 keep = (u64)(((s64)after - NWORDS) >> 63);
+		k = (after >> 6) & (NSUM - 1);
+		scur = rs->sum[k] & (~0ULL << (after & 63)) & keep;
 	}
 	rs->active = 1;
 	rs->word = w;
 	rs->cur = cur;
+	rs->sword = k;
+	rs->scur = scur;
 	self_map.call(ctx, 0);
 	/* only reached when the tail call fails (the compiler keeps scans
 	 * within the limit): fail closed, visibly */

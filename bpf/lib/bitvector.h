@@ -9,8 +9,15 @@
 #ifndef BPF_IPTABLES_BITVECTOR_H
 #define BPF_IPTABLES_BITVECTOR_H
 
+/* Summary words: bit j of summary[j / 64] is set when word[j] is not
+ * zero. The AND of the fields' summaries names the only words where all
+ * fields can have a common bit, so a scan skips runs of empty words 64 at
+ * a time instead of loading every word of every field. */
+#define NSUM (NWORDS >= 64 ? NWORDS / 64 : 1)
+
 struct bitvector {
 	u64 word[NWORDS];
+	u64 summary[NSUM];
 };
 
 /* Number of set bits (SWAR popcount, no branches, no constant pool). */
@@ -27,6 +34,19 @@ static __always_inline u32 lowest_bit_index(u64 word)
 {
 	u64 low = word & (~word + 1);
 	return popcount64(low - 1);
+}
+
+/* 1 when x is 0, else 0, without a branch (opaque to clang, which would
+ * turn it back into a compare and branch). */
+static __always_inline u64 is_zero(u64 x)
+{
+	u64 y = x | (0 - x);
+	asm volatile("" : "+r"(y));
+	y = (y >> 63) ^ 1;
+	/* and the result too: clang would turn its uses (e.g. 63 & -y) into
+	 * a sign test and a branch */
+	asm volatile("" : "+r"(y));
+	return y;
 }
 
 #endif

@@ -1,4 +1,4 @@
-/* Range-compressed port tables.
+/* Range-compressed tables (ports; addresses, whose prefixes are ranges too).
  *
  * The compiler cuts the port space 0..65535 at every range boundary used
  * by a rule (lo and hi+1). The sorted boundaries live in one map value,
@@ -32,6 +32,7 @@
 						   u32 port)                  \
 	{                                                                     \
 		u32 idx = 0;                                                  \
+		INTERVAL_PROBE(t, BSIZE, 65536, idx, port)                    \
 		INTERVAL_PROBE(t, BSIZE, 32768, idx, port)                    \
 		INTERVAL_PROBE(t, BSIZE, 16384, idx, port)                    \
 		INTERVAL_PROBE(t, BSIZE, 8192, idx, port)                     \

@@ -19,7 +19,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from .compiler import TCP_FLAGS_EVIL, Compiled, Shape
+from .compiler import PROTO_DEFAULT, TCP_FLAGS_EVIL, Compiled, Intervals, Shape, summary_words
 
 
 @dataclass
@@ -41,7 +41,18 @@ def be32(addr: int) -> bytes:
 
 
 def bitvector(value: int, nwords: int) -> bytes:
-    return value.to_bytes(nwords * 8, "little")
+    """The words, then the summary: bit j of summary word j/64 is set when
+    word j is not zero (bitvector.h), so the scan skips empty words."""
+    summary = 0
+    word_mask = (1 << 64) - 1
+    rest, j = value, 0
+    while rest:
+        if rest & word_mask:
+            summary |= 1 << j
+        rest >>= 64
+        j += 1
+    return value.to_bytes(nwords * 8, "little") + summary.to_bytes(summary_words(nwords) * 8,
+                                                                     "little")
 
 
 def entry_bytes(e) -> bytes:
@@ -63,11 +74,16 @@ def map_image(c: Compiled, shape: Shape) -> list[MapImage]:
     out = [MapImage("config_map", [(u32(0), u32(0))]),
            MapImage("live_map", [(u32(0), bv(c.live))]),
            MapImage("entry_map", [(u32(i), entry_bytes(e)) for i, e in enumerate(c.entries)])]
-    for name, prefixes in (("src", c.src), ("dst", c.dst)):
+    for name, iv, bsize in (("src", c.src_iv, shape.src_bsize), ("dst", c.dst_iv, shape.dst_bsize)):
         if name in fields:
-            out.append(MapImage(f"{name}_map", [(u32(p.length) + be32(p.addr), bv(v))
-                                                for p, v in prefixes.items()], clear=True))
-    for name, values in (("proto", c.proto), ("iif", c.iif), ("icmp", c.icmp)):
+            assert iv is not None
+            out.extend(address_images(name, iv, bsize, nw))
+    if "proto" in fields:
+        # every protocol number has its slot: an array lookup, no hashing
+        other = c.proto[PROTO_DEFAULT]
+        out.append(MapImage("proto_map", [(u32(p), bv(c.proto.get(p, other)))
+                                          for p in range(256)]))
+    for name, values in (("iif", c.iif), ("icmp", c.icmp)):
         if name in fields:
             out.append(MapImage(f"{name}_map", [(u32(k), bv(v)) for k, v in values.items()],
                                 clear=True))
@@ -88,3 +104,17 @@ def map_image(c: Compiled, shape: Shape) -> list[MapImage]:
         items += [(u32(bsize), bv(vectors[-2])), (u32(bsize + 1), bv(vectors[-1]))]
         out.append(MapImage(f"{name}_map", items))
     return out
+
+
+def address_images(name: str, iv: Intervals, bsize: int, nwords: int) -> list[MapImage]:
+    """Interval starts (host order, padded with 0xFFFFFFFF), per interval
+    slot the id of its bitvector (padding slots repeat the last interval's,
+    so a search landing on them is still right), and the bitvectors."""
+    last = iv.index[-1]
+    bounds = b"".join(u32(iv.bounds[i] if i < len(iv.bounds) else 0xFFFFFFFF)
+                      for i in range(bsize))
+    index = [(u32(i), u32(iv.index[i] if i < len(iv.index) else last)) for i in range(bsize)]
+    return [MapImage(f"{name}_bounds_map", [(u32(0), bounds)]),
+            MapImage(f"{name}_index_map", index),
+            MapImage(f"{name}_map", [(u32(i), bitvector(v, nwords))
+                                     for i, v in enumerate(iv.vectors)])]

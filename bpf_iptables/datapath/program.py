@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import ctypes
 import os
+import tempfile
+from contextlib import contextmanager
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .compiler import POLICY_COUNTER, Compiled, Shape
+from .compiler import MAX_CHUNKS, POLICY_COUNTER, Compiled, Shape
 from .image import map_image
 
 # BPF_IPTABLES_BPF_DIR: another source tree (tests use a broken one to
@@ -31,6 +33,7 @@ def cflags(shape: Shape, tc: bool = False) -> list[str]:
              f"-DNWORDS={shape.nwords}", f"-DNENTRIES={shape.nentries}",
              f"-DNCOUNTERS={shape.ncounters}", f"-DSTEPS={shape.steps}",
              f"-DSRC_MAX={shape.src_max}", f"-DDST_MAX={shape.dst_max}",
+             f"-DSRC_BSIZE={shape.src_bsize}", f"-DDST_BSIZE={shape.dst_bsize}",
              f"-DPROTO_MAX={shape.proto_max}", f"-DIIF_MAX={shape.iif_max}",
              f"-DSPORT_BSIZE={shape.sport_bsize}", f"-DDPORT_BSIZE={shape.dport_bsize}",
              f"-DICMP_MAX={shape.icmp_max}"]
@@ -45,6 +48,21 @@ class RuleCounters:
     bytes: int
 
 
+@contextmanager
+def _stderr_kept_back():
+    """bcc prints the verifier's log to file descriptor 2 when a load
+    fails; a failure we recover from must not reach the user's terminal."""
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as buf:
+        os.dup2(buf.fileno(), 2)
+        try:
+            yield buf
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            buf.seek(0)
+
+
 class LoadedProgram:
     """One loaded XDP program and its maps (owned by a bcc BPF object)."""
 
@@ -52,10 +70,29 @@ class LoadedProgram:
         """``tc``: a TC (cls_bpf) program for egress (OUTPUT), not XDP."""
         from bcc import BPF  # imported late: only the data path needs bcc
 
-        self.shape = shape
         start = time.monotonic()
-        self.bpf = BPF(src_file=str(SOURCE).encode(), cflags=cflags(shape, tc), debug=debug)
-        self.fn = self.bpf.load_func(FUNCTION.encode(), BPF.SCHED_CLS if tc else BPF.XDP)
+        steps = shape.steps
+        while True:
+            self.shape = replace(shape, steps=steps, scan=shape.scan_steps)
+            self.bpf = BPF(src_file=str(SOURCE).encode(), cflags=cflags(self.shape, tc),
+                           debug=debug)
+            try:
+                with _stderr_kept_back() as kept:
+                    self.fn = self.bpf.load_func(FUNCTION.encode(),
+                                                 BPF.SCHED_CLS if tc else BPF.XDP)
+                break
+            except Exception as exc:
+                # E2BIG: the verifier gave up (it walks every iteration of
+                # the scan loop, and how many states it keeps depends on
+                # the fields compiled in). Fewer steps per invocation,
+                # more tail calls, same scans.
+                self.bpf.cleanup()
+                fewer = steps * 2 // 3
+                if ("Argument list too long" not in str(exc)
+                        or fewer < 16 or -(-shape.scan_steps // fewer) > MAX_CHUNKS):
+                    os.write(2, kept.read())  # the verifier's log says why
+                    raise
+                steps = fewer
         # long scans continue in a tail call of the program itself
         self.bpf[b"self_map"][ctypes.c_int(0)] = ctypes.c_int(self.fn.fd)
         self.compile_seconds = time.monotonic() - start
