@@ -299,7 +299,9 @@ def address_intervals(prefixes: dict[Prefix, int]) -> Intervals:
     ends = {p: p.addr + (1 << (32 - p.length)) for p in order}
     cuts = sorted({0, *(p.addr for p in order), *(e for e in ends.values() if e < 1 << 32)})
     stack: list[Prefix] = []
-    ids: dict[int, int] = {}
+    # one bitvector per prefix that is the longest match somewhere (keyed
+    # by prefix: hashing 8 KiB integers would cost more than the rest)
+    ids: dict[Prefix, int] = {}
     vectors: list[int] = []
     index: list[int] = []
     nxt = 0
@@ -310,11 +312,11 @@ def address_intervals(prefixes: dict[Prefix, int]) -> Intervals:
         while nxt < len(order) and order[nxt].addr == start:
             stack.append(order[nxt])
             nxt += 1
-        vector = prefixes[stack[-1]]
-        if vector not in ids:
-            ids[vector] = len(vectors)
-            vectors.append(vector)
-        index.append(ids[vector])
+        top = stack[-1]
+        if top not in ids:
+            ids[top] = len(vectors)
+            vectors.append(prefixes[top])
+        index.append(ids[top])
     return Intervals(cuts, index, vectors)
 
 

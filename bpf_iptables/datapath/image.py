@@ -40,19 +40,25 @@ def be32(addr: int) -> bytes:
     return (addr & 0xFFFFFFFF).to_bytes(4, "big")
 
 
+# byte -> b"1" when its lowest bit is set (see bitvector())
+_LOW_BIT = bytes(b"01"[i & 1] for i in range(256))
+
+
 def bitvector(value: int, nwords: int) -> bytes:
     """The words, then the summary: bit j of summary word j/64 is set when
-    word j is not zero (bitvector.h), so the scan skips empty words."""
-    summary = 0
-    word_mask = (1 << 64) - 1
-    rest, j = value, 0
-    while rest:
-        if rest & word_mask:
-            summary |= 1 << j
-        rest >>= 64
-        j += 1
-    return value.to_bytes(nwords * 8, "little") + summary.to_bytes(summary_words(nwords) * 8,
-                                                                     "little")
+    word j is not zero (bitvector.h), so the scan skips empty words.
+
+    Built with big-int operations only (64k-entry rule sets have tens of
+    thousands of 8 KiB bitvectors): OR-folding each word onto its lowest
+    bit reaches exactly 63 bits, so bit 64j of ``fold`` says whether word j
+    is non-zero; every 8th byte holds it."""
+    words = value.to_bytes(nwords * 8, "little")
+    fold = value
+    for shift in (32, 16, 8, 4, 2, 1):
+        fold |= fold >> shift
+    flags = fold.to_bytes(nwords * 8, "little")[::8].translate(_LOW_BIT)
+    summary = int(flags[::-1], 2)
+    return words + summary.to_bytes(summary_words(nwords) * 8, "little")
 
 
 def entry_bytes(e) -> bytes:

@@ -114,8 +114,12 @@ class LoadedProgram:
             if image.clear:
                 for key in list(table.keys()):
                     del table[key]
-            for key, value in image.items:
-                table[table.Key.from_buffer_copy(key)] = table.Leaf.from_buffer_copy(value)
+            # one BPF_MAP_UPDATE_BATCH per map: a 64k-rule set writes
+            # hundreds of thousands of values
+            n = len(image.items)
+            keys = (table.Key * n).from_buffer_copy(b"".join(k for k, _ in image.items))
+            values = (table.Leaf * n).from_buffer_copy(b"".join(v for _, v in image.items))
+            table.items_update_batch(keys, values)
         self.zero_counters()
         self.compiled = c
 
