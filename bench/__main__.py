@@ -38,8 +38,11 @@ def update_readme(table: str, start: str = README_START, end: str = README_END) 
     readme.write_text(pattern.sub(lambda _: block, text))
 
 
+_START = time.monotonic()
+
+
 def progress(s: str) -> None:
-    print(f"bench: {s}", file=sys.stderr, flush=True)
+    print(f"bench: [{time.monotonic() - _START:5.0f} s] {s}", file=sys.stderr, flush=True)
 
 
 def run_frontend(args: argparse.Namespace, runs: int, ruleset: Path) -> None:

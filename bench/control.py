@@ -71,17 +71,23 @@ def rule_argv(tool: Tool, command: str, i: int) -> list[str]:
 
 
 def time_updates(ruleset: Path, runs: int, env: dict[str, str],
-                 progress: Callable[[str], None]) -> list[Timing]:
+                 progress: Callable[[str], None],
+                 restores: list[Timing] | None = None) -> list[Timing]:
     """Load the rule set once per system, then alternate single -A and -D
-    (of the rule just appended, so the rule set stays the same size)."""
+    (of the rule just appended, so the rule set stays the same size).
+    Loading is a restore into a fresh namespace like time_restores' runs:
+    its time is added to ``restores`` (one compile fewer per system)."""
     add = {s: Timing("append", s) for s in SYSTEMS}
     delete = {s: Timing("delete", s) for s in SYSTEMS}
+    restore = {t.system: t for t in restores or []}
     with ExitStack() as stack:
         spaces = {}
         for system in SYSTEMS:
             progress(f"update: loading the rule set for {system}")
             ns = stack.enter_context(prepared(system, env))
-            ns.run(tool_of(system).restore, stdin_path=str(ruleset), env=env)
+            took = ns.run(tool_of(system).restore, stdin_path=str(ruleset), env=env)
+            if system in restore:
+                restore[system].times.append(took)
             spaces[system] = ns
         for i in range(runs):
             progress(f"update {i + 1}/{runs}: -A / -D")

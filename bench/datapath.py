@@ -48,6 +48,7 @@ class Settings:
     restore_runs: int = 5
     update_runs: int = 7
     control: bool = True         # restore / update timings
+    control_ruleset: str = RULESETS[0]
     quick: bool = False
 
     @staticmethod
@@ -156,10 +157,12 @@ def run(settings: Settings, progress: Callable[[str], None] = lambda s: None,
     results.testrun = run_testrun(settings, rulesets, cpu, env, progress)
     results.live = run_live(settings, base / LIVE_RULESET, cpu, env, progress)
     if settings.control:
-        fw1 = base / LIVE_RULESET
-        results.control = [*control.time_restores(fw1, settings.restore_runs, env, progress),
-                           *control.time_updates(fw1, settings.update_runs, env, progress),
-                           control.python_floor(settings.restore_runs, env)]
+        path = base / settings.control_ruleset
+        # the update phase's initial load is one restore sample per system
+        restores = control.time_restores(path, settings.restore_runs - 1, env, progress)
+        updates = control.time_updates(path, settings.update_runs, env, progress, restores)
+        results.control = [*restores, *updates,
+                           control.python_floor(max(3, settings.restore_runs), env)]
     results.seconds = time.monotonic() - start
     return results
 
