@@ -42,7 +42,8 @@ class Settings:
     counts: tuple[int, ...]
     rulesets: tuple[str, ...] = RULESETS
     repeat: int = 100_000        # BPF_PROG_TEST_RUN repeat per sample
-    runs: int = 5                # samples per probe / live runs
+    runs: int = 5                # TEST_RUN samples per probe
+    live_runs: int = 5
     live_seconds: float = 0.5
     live_counts: tuple[int, ...] | None = None   # default: 0 + counts
     restore_runs: int = 5
@@ -54,8 +55,8 @@ class Settings:
     @staticmethod
     def for_mode(quick: bool) -> "Settings":
         if quick:
-            return Settings(QUICK_COUNTS, repeat=20_000, runs=3, live_seconds=0.3,
-                            restore_runs=3, update_runs=3, quick=True)
+            return Settings(QUICK_COUNTS, repeat=20_000, runs=3, live_runs=2,
+                            live_seconds=0.2, restore_runs=2, update_runs=2, quick=True)
         return Settings(FULL_COUNTS)
 
 
@@ -134,7 +135,7 @@ def run_live(settings: Settings, ruleset: Path, cpu: int, env: dict[str, str],
         rules = len(table.chains["INPUT"].rules)
         for system in (live.LEGACY_NAME, live.BPF_NAME):
             progress(f"live traffic: {system}, {ruleset.stem} N={count}")
-            res = live.measure(system, text, rules, probe, settings.runs,
+            res = live.measure(system, text, rules, probe, settings.live_runs,
                                settings.live_seconds, cpu, env)
             res.requested = count
             out.append(res)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .control import BPF_ATTACHED, BPF_UNATTACHED, LEGACY_SYS
 from .datapath import LIVE_RULESET, DatapathResults, live_ns, median_ns, worst_probe
-from .live import BPF_NAME, LEGACY_NAME
+from .live import BPF_NAME, LEGACY_NAME, irq_time_accounting
 
 AIM_RATIO, AIM_NS, AIM_RESTORE_S, AIM_UPDATE_S = 1.5, 150.0, 1.0, 0.050
 BIG, SMALL = 10000, 10
@@ -47,8 +47,9 @@ def write_csv(res: DatapathResults, path: Path) -> None:
                         _rule_no(r.first_match), r.verdict, len(ns), f"{live_ns(r):.1f}",
                         f"{min(ns):.1f}", f"{max(ns):.1f}", "ns",
                         sum(x.sent for x in r.runs), sum(x.counted for x in r.runs),
-                        f"total cost per packet on CPU {res.cpu} (send + receive), "
-                        "the N=0 row is the empty-rule-set baseline"])
+                        f"sender CPU time per packet on CPU {res.cpu} (send + receive); wall "
+                        f"time per packet {statistics.median(x.wall_ns_per_packet for x in r.runs):.0f} ns; "
+                        "N=0 is the empty-rule-set baseline"])
         for t in res.control:
             w.writerow([t.operation, res.settings.control_ruleset, "", "", t.system, "", "", "",
                         len(t.times), f"{statistics.median(t.times):.6f}",
@@ -197,6 +198,7 @@ def markdown(res: DatapathResults, plot: str | None) -> str:
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     st = res.settings
     mode = "quick" if st.quick else "full"
+    clock = "wall time" if irq_time_accounting() else "the sender thread's CPU time"
     live_sent = sum(x.sent for r in res.live for x in r.runs)
     live_counted = sum(x.counted for r in res.live for x in r.runs)
     lines = [
@@ -214,11 +216,13 @@ def markdown(res: DatapathResults, plot: str | None) -> str:
         "first rule, the middle, the last rule and the policy; the table shows the slowest "
         "of these positions (all positions below). Every probe's rule (or policy) counter "
         "equalled the frames run and every verdict the reference's, unless marked.",
-        f"- **live**: one 64-byte frame sent {st.runs} x {st.live_seconds} s by AF_PACKET "
+        f"- **live**: one 64-byte frame sent {st.live_runs} x {st.live_seconds} s by AF_PACKET "
         "`sendmmsg` (qdisc bypass) from a client namespace over a veth into the server "
         "namespace holding the rules, sender and receive softirq on the same CPU; cell: "
-        "elapsed / packets, i.e. the *whole* per-packet cost (sending, veth, receive, "
-        "classification), and after `;` the difference to the same system's empty rule set "
+        f"{clock} / packets (the receive softirq runs in the sender's context; CPU rather "
+        "than wall time where the kernel bills that softirq to the thread, because other "
+        "tasks of a shared machine take turns on the CPU), i.e. the *whole* per-packet cost (sending, veth, "
+        "receive, classification), and after `;` the difference to the same system's empty rule set "
         "(N=0, policy DROP), i.e. the cost the N rules add. The frame walks the most rules: "
         "it falls through to the policy DROP, or (when a catch-all rule ends the set) "
         "first-matches the last reachable rule. bpf-iptables is attached with "
