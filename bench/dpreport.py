@@ -19,6 +19,10 @@ AIM_RATIO, AIM_NS, AIM_RESTORE_S, AIM_UPDATE_S = 1.5, 150.0, 1.0, 0.050
 BIG, SMALL = 10000, 10
 
 
+def _wall(r) -> float:
+    return statistics.median(x.wall_ns_per_packet for x in r.runs)
+
+
 def short(ruleset: str) -> str:
     return ruleset.removeprefix("classbench-").removesuffix(".rules")
 
@@ -48,7 +52,7 @@ def write_csv(res: DatapathResults, path: Path) -> None:
                         f"{min(ns):.1f}", f"{max(ns):.1f}", "ns",
                         sum(x.sent for x in r.runs), sum(x.counted for x in r.runs),
                         f"sender CPU time per packet on CPU {res.cpu} (send + receive); wall "
-                        f"time per packet {statistics.median(x.wall_ns_per_packet for x in r.runs):.0f} ns; "
+                        f"time per packet {_wall(r):.0f} ns; "
                         "N=0 is the empty-rule-set baseline"])
         for t in res.control:
             w.writerow([t.operation, res.settings.control_ruleset, "", "", t.system, "", "", "",
@@ -149,8 +153,8 @@ def main_table(res: DatapathResults) -> list[str]:
                 cell += " (counted != sent!)"
             cells.append(cell)
         e = res.testrun_entry(rs_names[0], n)
-        cells.append(f"{e['memlock_bytes'] / 1e6:.2f} MB, {e['memlock_bytes'] / e['rules']:,.0f} B/rule"
-                     if e else "–")
+        cells.append(f"{e['memlock_bytes'] / 1e6:.2f} MB, "
+                     f"{e['memlock_bytes'] / e['rules']:,.0f} B/rule" if e else "–")
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -221,13 +225,15 @@ def markdown(res: DatapathResults, plot: str | None) -> str:
         "namespace holding the rules, sender and receive softirq on the same CPU; cell: "
         f"{clock} / packets (the receive softirq runs in the sender's context; CPU rather "
         "than wall time where the kernel bills that softirq to the thread, because other "
-        "tasks of a shared machine take turns on the CPU), i.e. the *whole* per-packet cost (sending, veth, "
-        "receive, classification), and after `;` the difference to the same system's empty rule set "
+        "tasks of a shared machine take turns on the CPU), i.e. the *whole* per-packet cost "
+        "(sending, veth, receive, classification), and after `;` the difference to the same "
+        "system's empty rule set "
         "(N=0, policy DROP), i.e. the cost the N rules add. The frame walks the most rules: "
         "it falls through to the policy DROP, or (when a catch-all rule ends the set) "
         "first-matches the last reachable rule. bpf-iptables is attached with "
-        "`bpf-iptables-datapath attach --mode xdp` (native XDP on the veth; veth copies each "
-        "skb-built frame into a page with XDP headroom, which is part of its baseline). "
+        "`bpf-iptables-datapath attach --mode xdp` (native XDP on the veth: veth first turns "
+        "each socket-built skb into an XDP buffer, copying it when it lacks XDP headroom, "
+        "which is part of that system's baseline). "
         f"Counted = sent over all live runs: {live_sent:,} sent, {live_counted:,} counted"
         f"{'' if live_sent == live_counted else ' (MISMATCH: see csv)'}.",
         "- **map memory**: sum of `memlock` in /proc/self/fdinfo of the loaded program's "

@@ -22,7 +22,8 @@ def _namespaces() -> set[str]:
 def test_smallest_datapath_bench_end_to_end(tmp_path: Path) -> None:
     before = _namespaces()
     settings = datapath.Settings(counts=(10,), rulesets=("classbench-fw1-10k.rules",),
-                                 repeat=1000, runs=1, live_runs=1, live_seconds=0.1, live_counts=(10,),
+                                 repeat=1000, runs=1, live_runs=1, live_seconds=0.1,
+                                 live_counts=(10,),
                                  restore_runs=1, update_runs=1,
                                  control_ruleset="classbench-fw1-1k.rules")
     res = datapath.run(settings, shared=shared_dir())
