@@ -15,7 +15,7 @@ from typing import Callable, Iterator
 
 from .frontend import purge_bpf_state
 from .live import DATAPATH, detach
-from .netns import Namespace, namespace
+from .netns import CommandFailed, Namespace, namespace
 from .tools import BPF, LEGACY, Tool
 
 LEGACY_SYS = "iptables-legacy"
@@ -53,14 +53,19 @@ def prepared(system: str, env: dict[str, str]) -> Iterator[Namespace]:
 
 
 def time_restores(ruleset: Path, runs: int, env: dict[str, str],
-                  progress: Callable[[str], None]) -> list[Timing]:
+                  progress: Callable[[str], None], notes: list[str]) -> list[Timing]:
+    """A failing command is noted (and leaves its sample out), not fatal:
+    the other systems' figures still mean something."""
     out = {s: Timing("restore", s) for s in SYSTEMS}
     for i in range(runs):
         for system in SYSTEMS:      # alternate, so drift hits all alike
             progress(f"restore {i + 1}/{runs}: {system}")
-            with prepared(system, env) as ns:
-                out[system].times.append(
-                    ns.run(tool_of(system).restore, stdin_path=str(ruleset), env=env))
+            try:
+                with prepared(system, env) as ns:
+                    out[system].times.append(
+                        ns.run(tool_of(system).restore, stdin_path=str(ruleset), env=env))
+            except CommandFailed as e:
+                notes.append(f"restore, {system}: {e}")
     return list(out.values())
 
 
@@ -71,7 +76,7 @@ def rule_argv(tool: Tool, command: str, i: int) -> list[str]:
 
 
 def time_updates(ruleset: Path, runs: int, env: dict[str, str],
-                 progress: Callable[[str], None],
+                 progress: Callable[[str], None], notes: list[str],
                  restores: list[Timing] | None = None) -> list[Timing]:
     """Load the rule set once per system, then alternate single -A and -D
     (of the rule just appended, so the rule set stays the same size).
@@ -84,8 +89,12 @@ def time_updates(ruleset: Path, runs: int, env: dict[str, str],
         spaces = {}
         for system in SYSTEMS:
             progress(f"update: loading the rule set for {system}")
-            ns = stack.enter_context(prepared(system, env))
-            took = ns.run(tool_of(system).restore, stdin_path=str(ruleset), env=env)
+            try:
+                ns = stack.enter_context(prepared(system, env))
+                took = ns.run(tool_of(system).restore, stdin_path=str(ruleset), env=env)
+            except CommandFailed as e:
+                notes.append(f"update set-up, {system}: {e}")
+                continue
             if system in restore:
                 restore[system].times.append(took)
             spaces[system] = ns
@@ -93,8 +102,11 @@ def time_updates(ruleset: Path, runs: int, env: dict[str, str],
             progress(f"update {i + 1}/{runs}: -A / -D")
             for system, ns in spaces.items():
                 tool = tool_of(system)
-                add[system].times.append(ns.run(rule_argv(tool, "-A", i), env=env))
-                delete[system].times.append(ns.run(rule_argv(tool, "-D", i), env=env))
+                for command, timing in (("-A", add[system]), ("-D", delete[system])):
+                    try:
+                        timing.times.append(ns.run(rule_argv(tool, command, i), env=env))
+                    except CommandFailed as e:
+                        notes.append(f"{command}, {system}: {e}")
     return [*add.values(), *delete.values()]
 
 

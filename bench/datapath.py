@@ -123,7 +123,7 @@ def run_testrun(settings: Settings, rulesets: list[Path], cpu: int, env: dict[st
 
 
 def run_live(settings: Settings, ruleset: Path, cpu: int, env: dict[str, str],
-             progress: Callable[[str], None]) -> list[LiveResult]:
+             progress: Callable[[str], None], notes: list[str]) -> list[LiveResult]:
     live.ensure_bpffs()
     counts = settings.live_counts if settings.live_counts is not None \
         else (0, *settings.counts)
@@ -135,8 +135,13 @@ def run_live(settings: Settings, ruleset: Path, cpu: int, env: dict[str, str],
         rules = len(table.chains["INPUT"].rules)
         for system in (live.LEGACY_NAME, live.BPF_NAME):
             progress(f"live traffic: {system}, {ruleset.stem} N={count}")
-            res = live.measure(system, text, rules, probe, settings.live_runs,
-                               settings.live_seconds, cpu, env)
+            try:
+                res = live.measure(system, text, rules, probe, settings.live_runs,
+                                   settings.live_seconds, cpu, env)
+            except (CommandFailed, subprocess.CalledProcessError, ValueError) as e:
+                # noted, not fatal: the other cells still mean something
+                notes.append(f"live, {system}, N={count}: {e}")
+                continue
             res.requested = count
             out.append(res)
     return out
@@ -156,12 +161,14 @@ def run(settings: Settings, progress: Callable[[str], None] = lambda s: None,
     cpu = bench_cpu()
     results = DatapathResults(settings, [], [], [], cpu)
     results.testrun = run_testrun(settings, rulesets, cpu, env, progress)
-    results.live = run_live(settings, base / LIVE_RULESET, cpu, env, progress)
+    results.live = run_live(settings, base / LIVE_RULESET, cpu, env, progress, results.notes)
     if settings.control:
         path = base / settings.control_ruleset
         # the update phase's initial load is one restore sample per system
-        restores = control.time_restores(path, settings.restore_runs - 1, env, progress)
-        updates = control.time_updates(path, settings.update_runs, env, progress, restores)
+        restores = control.time_restores(path, settings.restore_runs - 1, env, progress,
+                                         results.notes)
+        updates = control.time_updates(path, settings.update_runs, env, progress,
+                                       results.notes, restores)
         results.control = [*restores, *updates,
                            control.python_floor(max(3, settings.restore_runs), env)]
     results.seconds = time.monotonic() - start
