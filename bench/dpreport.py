@@ -198,6 +198,16 @@ def positions_table(res: DatapathResults) -> list[str]:
     return lines
 
 
+def live_frames(res: DatapathResults) -> list[str]:
+    """Where each live frame first matched (an ACCEPTed frame also costs the
+    delivery to UDP, with no listener, on both systems)."""
+    seen: dict[int, str] = {}
+    for r in res.live:
+        where = "the policy" if r.first_match is None else f"rule {r.first_match + 1:,}"
+        seen[r.rules] = f"- N={r.rules:,}: first match {where}, {r.verdict}"
+    return [seen[n] for n in sorted(seen)]
+
+
 def summary(res: DatapathResults) -> str:
     """What the README embeds: the main table, the control plane, the aims."""
     return "\n".join([*main_table(res), "", *control_table(res), "", *aims_table(res)])
@@ -262,6 +272,7 @@ def markdown(res: DatapathResults, plot: str | None) -> str:
     if plot:
         lines += [f"![ns/packet vs rules]({plot})", ""]
     lines += ["## TEST_RUN, every position", "", *positions_table(res), ""]
+    lines += ["## Live frames", "", *live_frames(res), ""]
     lines += [f"Note: {n}" for n in res.notes]
     return "\n".join(lines).rstrip() + "\n"
 
