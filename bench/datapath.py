@@ -5,7 +5,7 @@
   frames first-matching at the first rule, the middle, the last rule and
   the policy (bench/testrun_worker.py), with the maps' kernel memory;
 * ns/packet under live traffic on one pinned CPU (bench/live.py), for
-  iptables-legacy and for bpf-iptables attached at XDP, same rules (fw1),
+  iptables-legacy and for bpf-iptables attached at XDP, same rules (fw1, acl1),
   same frame (the one walking the most rules), and the empty rule set
   (policy DROP) as each system's baseline;
 * restore of classbench-fw1-10k and single -A / -D with it loaded
@@ -34,7 +34,6 @@ from .netns import CommandFailed, namespace
 FULL_COUNTS = (10, 100, 1000, 10000)
 QUICK_COUNTS = (10, 100, 1000)
 RULESETS = ("classbench-fw1-10k.rules", "classbench-acl1-10k.rules")
-LIVE_RULESET = RULESETS[0]
 
 
 @dataclass(frozen=True)
@@ -46,6 +45,7 @@ class Settings:
     live_runs: int = 5
     live_seconds: float = 0.5
     live_counts: tuple[int, ...] | None = None   # default: 0 + counts
+    live_rulesets: tuple[str, ...] = RULESETS
     restore_runs: int = 5
     update_runs: int = 7
     control: bool = True         # restore / update timings
@@ -76,9 +76,9 @@ class DatapathResults:
                 return e
         return None
 
-    def live_entry(self, system: str, count: int) -> LiveResult | None:
+    def live_entry(self, system: str, count: int, ruleset: str) -> LiveResult | None:
         for r in self.live:
-            if r.system == system and r.requested == count:
+            if r.system == system and r.requested == count and r.ruleset == ruleset:
                 return r
         return None
 
@@ -142,7 +142,7 @@ def run_live(settings: Settings, ruleset: Path, cpu: int, env: dict[str, str],
                 # noted, not fatal: the other cells still mean something
                 notes.append(f"live, {system}, N={count}: {e}")
                 continue
-            res.requested = count
+            res.requested, res.ruleset = count, ruleset.name
             out.append(res)
     return out
 
@@ -161,7 +161,8 @@ def run(settings: Settings, progress: Callable[[str], None] = lambda s: None,
     cpu = bench_cpu()
     results = DatapathResults(settings, [], [], [], cpu)
     results.testrun = run_testrun(settings, rulesets, cpu, env, progress)
-    results.live = run_live(settings, base / LIVE_RULESET, cpu, env, progress, results.notes)
+    for name in settings.live_rulesets:
+        results.live += run_live(settings, base / name, cpu, env, progress, results.notes)
     if settings.control:
         path = base / settings.control_ruleset
         # the update phase's initial load is one restore sample per system

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .control import BPF_ATTACHED, BPF_UNATTACHED, LEGACY_SYS
-from .datapath import LIVE_RULESET, DatapathResults, live_ns, median_ns, worst_probe
+from .datapath import DatapathResults, live_ns, median_ns, worst_probe
 from .live import BPF_NAME, LEGACY_NAME, irq_time_accounting
 
 AIM_RATIO, AIM_NS, AIM_RESTORE_S, AIM_UPDATE_S = 1.5, 150.0, 1.0, 0.050
@@ -46,7 +46,7 @@ def write_csv(res: DatapathResults, path: Path) -> None:
                         f"{e['maps']} maps, {e['entries']} entries"])
         for r in res.live:
             ns = [x.ns_per_packet for x in r.runs]
-            w.writerow(["ns_per_packet_live", LIVE_RULESET, r.requested, r.rules, r.system,
+            w.writerow(["ns_per_packet_live", r.ruleset, r.requested, r.rules, r.system,
                         "policy" if r.first_match is None else "deepest",
                         _rule_no(r.first_match), r.verdict, len(ns), f"{live_ns(r):.1f}",
                         f"{min(ns):.1f}", f"{max(ns):.1f}", "ns",
@@ -133,25 +133,27 @@ def aims(res: DatapathResults) -> list[Aim]:
 def main_table(res: DatapathResults) -> list[str]:
     """Rule count x system: ns/packet (and map memory)."""
     rs_names = list(res.settings.rulesets)
+    live_sets = list(res.settings.live_rulesets)
+    pairs = [(rs, system) for rs in live_sets for system in (BPF_NAME, LEGACY_NAME)]
     head = ["rules"] + [f"bpf-iptables, TEST_RUN, {short(r)}" for r in rs_names] + \
-        [f"bpf-iptables, live XDP, {short(LIVE_RULESET)}",
-         f"iptables-legacy, live, {short(LIVE_RULESET)}",
-         f"map memory, {short(rs_names[0])}"]
+        [f"{'bpf-iptables, live XDP' if system == BPF_NAME else 'iptables-legacy, live'}, "
+         f"{short(rs)}" for rs, system in pairs] + \
+        [f"map memory, {short(rs_names[0])}"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     counts = sorted({e["requested"] for e in res.testrun} | {r.requested for r in res.live})
-    base = {s: res.live_entry(s, 0) for s in (BPF_NAME, LEGACY_NAME)}
+    base = {pair: res.live_entry(pair[1], 0, pair[0]) for pair in pairs}
     for n in counts:
         cells = [f"{n:,}" if n else "0 (policy only)"]
         for rs in rs_names:
             e = res.testrun_entry(rs, n)
             cells.append(_spread(worst_probe(e)["samples_ns"]) if e else "–")
-        for system in (BPF_NAME, LEGACY_NAME):
-            r = res.live_entry(system, n)
+        for rs, system in pairs:
+            r = res.live_entry(system, n, rs)
             if r is None:
                 cells.append("–")
                 continue
             cell = _spread([x.ns_per_packet for x in r.runs])
-            b = base[system]
+            b = base[(rs, system)]
             if n and b is not None:
                 cell += f"; {live_ns(r) - live_ns(b):+,.0f} vs N=0"
             if not r.all_counted:
@@ -201,11 +203,12 @@ def positions_table(res: DatapathResults) -> list[str]:
 def live_frames(res: DatapathResults) -> list[str]:
     """Where each live frame first matched (an ACCEPTed frame also costs the
     delivery to UDP, with no listener, on both systems)."""
-    seen: dict[int, str] = {}
+    seen: dict[tuple[str, int], str] = {}
     for r in res.live:
         where = "the policy" if r.first_match is None else f"rule {r.first_match + 1:,}"
-        seen[r.rules] = f"- N={r.rules:,}: first match {where}, {r.verdict}"
-    return [seen[n] for n in sorted(seen)]
+        seen[(r.ruleset, r.rules)] = f"- {short(r.ruleset)}, N={r.rules:,}: first match " \
+            f"{where}, {r.verdict}"
+    return [seen[k] for k in sorted(seen)]
 
 
 def summary(res: DatapathResults) -> str:
@@ -293,12 +296,14 @@ def plot(res: DatapathResults, path: Path) -> str | None:
         pts = sorted((e["rules"], median_ns(worst_probe(e))) for e in res.testrun
                      if e["ruleset"] == rs)
         ax.plot(*zip(*pts), marker="o", label=f"bpf-iptables TEST_RUN {short(rs)}")
-    for system, label in ((BPF_NAME, "bpf-iptables live XDP"),
-                          (LEGACY_NAME, "iptables-legacy live")):
-        pts = sorted((r.rules, live_ns(r)) for r in res.live if r.system == system and r.rules)
-        if pts:
-            ax.plot(*zip(*pts), marker="s", linestyle="--",
-                    label=f"{label} {short(LIVE_RULESET)} (whole path)")
+    for rs in res.settings.live_rulesets:
+        for system, label in ((BPF_NAME, "bpf-iptables live XDP"),
+                              (LEGACY_NAME, "iptables-legacy live")):
+            pts = sorted((r.rules, live_ns(r)) for r in res.live
+                         if r.system == system and r.ruleset == rs and r.rules)
+            if pts:
+                ax.plot(*zip(*pts), marker="s", linestyle="--",
+                        label=f"{label} {short(rs)} (whole path)")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("rules (first N of the ClassBench set)")

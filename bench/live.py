@@ -84,6 +84,7 @@ class LiveResult:
     verdict: str
     runs: list[LiveRun] = field(default_factory=list)
     requested: int = 0          # the N asked for (a rule set may have fewer)
+    ruleset: str = ""
 
     @property
     def all_counted(self) -> bool:

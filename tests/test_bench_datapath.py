@@ -23,7 +23,7 @@ def test_smallest_datapath_bench_end_to_end(tmp_path: Path) -> None:
     before = _namespaces()
     settings = datapath.Settings(counts=(10,), rulesets=("classbench-fw1-10k.rules",),
                                  repeat=1000, runs=1, live_runs=1, live_seconds=0.1,
-                                 live_counts=(10,),
+                                 live_counts=(10,), live_rulesets=("classbench-fw1-10k.rules",),
                                  restore_runs=1, update_runs=1,
                                  control_ruleset="classbench-fw1-1k.rules")
     res = datapath.run(settings, shared=shared_dir())
@@ -41,7 +41,7 @@ def test_smallest_datapath_bench_end_to_end(tmp_path: Path) -> None:
 
     assert {r.system for r in res.live} == {LEGACY_NAME, BPF_NAME}
     for r in res.live:
-        assert r.rules == 10 and len(r.runs) == 1
+        assert r.rules == 10 and len(r.runs) == 1 and r.ruleset == "classbench-fw1-10k.rules"
         assert r.runs[0].sent > 100 and r.all_counted, r.runs
 
     ops = {(t.operation, t.system) for t in res.control if t.times}
