@@ -137,8 +137,7 @@ def main_table(res: DatapathResults) -> list[str]:
     pairs = [(rs, system) for rs in live_sets for system in (BPF_NAME, LEGACY_NAME)]
     head = ["rules"] + [f"bpf-iptables, TEST_RUN, {short(r)}" for r in rs_names] + \
         [f"{'bpf-iptables, live XDP' if system == BPF_NAME else 'iptables-legacy, live'}, "
-         f"{short(rs)}" for rs, system in pairs] + \
-        [f"map memory, {short(rs_names[0])}"]
+         f"{short(rs)}" for rs, system in pairs]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     counts = sorted({e["requested"] for e in res.testrun} | {r.requested for r in res.live})
     base = {pair: res.live_entry(pair[1], 0, pair[0]) for pair in pairs}
@@ -159,10 +158,26 @@ def main_table(res: DatapathResults) -> list[str]:
             if not r.all_counted:
                 cell += " (counted != sent!)"
             cells.append(cell)
-        e = res.testrun_entry(rs_names[0], n)
-        cells.append(f"{e['memlock_bytes'] / 1e6:.2f} MB, "
-                     f"{e['memlock_bytes'] / e['rules']:,.0f} B/rule" if e else "–")
         lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def memory_table(res: DatapathResults) -> list[str]:
+    """The maps' kernel memory (memlock) per rule set and N."""
+    rs_names = list(res.settings.rulesets)
+    lines = ["| rules | " + " | ".join(f"map memory, {short(r)}" for r in rs_names) + " |",
+             "|---|" + "---|" * len(rs_names)]
+    for n in sorted({e["requested"] for e in res.testrun}):
+        cells = []
+        for rs in rs_names:
+            e = res.testrun_entry(rs, n)
+            if e is None:
+                cells.append("–")
+                continue
+            size = e["memlock_bytes"]
+            cells.append(f"{size / 1e6:.2f} MB ({size / e['rules']:,.0f} B/rule, "
+                         f"{e['maps']} maps)")
+        lines.append(f"| {n:,} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -213,7 +228,8 @@ def live_frames(res: DatapathResults) -> list[str]:
 
 def summary(res: DatapathResults) -> str:
     """What the README embeds: the main table, the control plane, the aims."""
-    return "\n".join([*main_table(res), "", *control_table(res), "", *aims_table(res)])
+    return "\n".join([*main_table(res), "", *memory_table(res), "", *control_table(res), "",
+                      *aims_table(res)])
 
 
 def markdown(res: DatapathResults, plot: str | None) -> str:
@@ -258,6 +274,8 @@ def markdown(res: DatapathResults, plot: str | None) -> str:
         "map fds (kernel memory of the maps).",
         "",
         *main_table(res),
+        "",
+        *memory_table(res),
         "",
         "Control plane, wall time of the whole command (process start included), median "
         "(min–max); *attached*: the namespace's data path is attached, so the command returns "
