@@ -41,7 +41,7 @@ class Settings:
     counts: tuple[int, ...]
     rulesets: tuple[str, ...] = RULESETS
     repeat: int = 100_000        # BPF_PROG_TEST_RUN repeat per sample
-    runs: int = 5                # TEST_RUN samples per probe
+    runs: int = 7                # TEST_RUN samples per probe
     live_runs: int = 5
     live_seconds: float = 0.5
     live_counts: tuple[int, ...] | None = None   # default: 0 + counts
