@@ -69,11 +69,13 @@ def run_datapath(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[2])
     ap.add_argument("--quick", action="store_true",
-                    help="3 runs and one profile (a fast check; default is 7 runs)")
-    ap.add_argument("--runs", type=int, help="runs per measurement (at least 3)")
+                    help="a fast check: front end 3 runs and one profile (default 7 runs); "
+                         "data path N up to 1k rules, fewer repeats")
+    ap.add_argument("--runs", type=int,
+                    help="front end: runs per measurement (at least 3)")
     ap.add_argument("--ruleset", type=Path, default=None,
-                    help="iptables-restore file (default: <repo>/../shared/rulesets/"
-                         "classbench-fw1-10k.rules)")
+                    help="front end: iptables-restore file (default: <repo>/../shared/"
+                         "rulesets/classbench-fw1-10k.rules)")
     ap.add_argument("--out", type=Path, default=RESULTS,
                     help="where frontend.{csv,md} and datapath.{csv,md,png} go")
     ap.add_argument("--readme", action="store_true",
