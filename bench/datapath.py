@@ -112,14 +112,7 @@ def run_testrun(settings: Settings, rulesets: list[Path], cpu: int, env: dict[st
         proc = subprocess.run(argv, env=env, stdout=subprocess.PIPE, stderr=None, text=True)
         if proc.returncode != 0:
             raise CommandFailed(f"bench.testrun_worker exit {proc.returncode}")
-    entries = json.loads(proc.stdout)
-    # which requested N each entry answers (a set may have fewer rules than N)
-    i = 0
-    for _ in rulesets:
-        for count in settings.counts:
-            entries[i]["requested"] = count
-            i += 1
-    return entries
+    return json.loads(proc.stdout)
 
 
 def run_live(settings: Settings, ruleset: Path, cpu: int, env: dict[str, str],

@@ -89,7 +89,9 @@ def main(argv: list[str]) -> int:
     out = []
     for name in spec["rulesets"]:
         for count in spec["counts"]:
-            out.append(measure(Path(name), count, spec["repeat"], spec["runs"]))
+            entry = measure(Path(name), count, spec["repeat"], spec["runs"])
+            entry["requested"] = count   # a rule set may have fewer rules than asked
+            out.append(entry)
             print(f"bench: test-run {Path(name).stem} N={count} done", file=sys.stderr,
                   flush=True)
     json.dump(out, sys.stdout)
