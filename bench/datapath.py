@@ -1,0 +1,184 @@
+"""Data-path benchmark (issue 3): bpf-iptables beside iptables-legacy.
+
+* ns/packet of the compiled classifier via BPF_PROG_TEST_RUN at N = 10,
+  100, 1k, 10k ClassBench rules (fw1 and acl1; the first N rules), 64-byte
+  frames first-matching at the first rule, the middle, the last rule and
+  the policy (bench/testrun_worker.py), with the maps' kernel memory;
+* ns/packet under live traffic on one pinned CPU (bench/live.py), for
+  iptables-legacy and for bpf-iptables attached at XDP, same rules (fw1, acl1),
+  same frame (the one walking the most rules), and the empty rule set
+  (policy DROP) as each system's baseline;
+* restore of classbench-fw1-10k and single -A / -D with it loaded
+  (bench/control.py), attached and not, beside iptables-legacy.
+
+Everything runs in namespaces the bench creates and deletes."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from . import control, live, workload
+from .control import Timing
+from .frontend import env_for_children
+from .live import LiveResult
+from .netns import CommandFailed, namespace
+
+FULL_COUNTS = (10, 100, 1000, 10000)
+QUICK_COUNTS = (10, 100, 1000)
+RULESETS = ("classbench-fw1-10k.rules", "classbench-acl1-10k.rules")
+
+
+@dataclass(frozen=True)
+class Settings:
+    counts: tuple[int, ...]
+    rulesets: tuple[str, ...] = RULESETS
+    repeat: int = 100_000        # BPF_PROG_TEST_RUN repeat per sample
+    runs: int = 7                # TEST_RUN samples per probe
+    live_runs: int = 5
+    live_seconds: float = 0.5
+    live_counts: tuple[int, ...] | None = None   # default: 0 + counts
+    live_rulesets: tuple[str, ...] = RULESETS
+    restore_runs: int = 5
+    update_runs: int = 7
+    control: bool = True         # restore / update timings
+    control_ruleset: str = RULESETS[0]
+    quick: bool = False
+
+    @staticmethod
+    def for_mode(quick: bool) -> "Settings":
+        if quick:
+            return Settings(QUICK_COUNTS, repeat=20_000, runs=3, live_runs=2,
+                            live_seconds=0.2, restore_runs=2, update_runs=2, quick=True)
+        return Settings(FULL_COUNTS)
+
+
+@dataclass
+class DatapathResults:
+    settings: Settings
+    testrun: list[dict]                      # one per (rule set, N), see testrun_worker
+    live: list[LiveResult]
+    control: list[Timing]
+    cpu: int
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    def testrun_entry(self, ruleset: str, count: int) -> dict | None:
+        for e in self.testrun:
+            if e["ruleset"] == ruleset and e["requested"] == count:
+                return e
+        return None
+
+    def live_entry(self, system: str, count: int, ruleset: str) -> LiveResult | None:
+        for r in self.live:
+            if r.system == system and r.requested == count and r.ruleset == ruleset:
+                return r
+        return None
+
+    def timing(self, operation: str, system: str) -> Timing | None:
+        for t in self.control:
+            if t.operation == operation and t.system == system:
+                return t
+        return None
+
+
+def shared_dir() -> Path:
+    from .tools import REPO
+
+    return Path(os.environ.get("BPF_IPTABLES_SHARED_DIR", REPO.parent / "shared"))
+
+
+def bench_cpu() -> int:
+    """The CPU everything measured is pinned to: the last one."""
+    return max(os.sched_getaffinity(0))
+
+
+def run_testrun(settings: Settings, rulesets: list[Path], cpu: int, env: dict[str, str],
+                progress: Callable[[str], None]) -> list[dict]:
+    spec = {"rulesets": [str(r) for r in rulesets], "counts": list(settings.counts),
+            "repeat": settings.repeat, "runs": settings.runs}
+    progress(f"BPF_PROG_TEST_RUN: {len(rulesets)} rule sets x N = {list(settings.counts)}")
+    with namespace("bpft-bench") as ns:
+        ns.run(["ip", "link", "set", "lo", "up"])
+        argv = ns.argv(["taskset", "-c", str(cpu), sys.executable, "-m",
+                        "bench.testrun_worker", json.dumps(spec)])
+        proc = subprocess.run(argv, env=env, stdout=subprocess.PIPE, stderr=None, text=True)
+        if proc.returncode != 0:
+            raise CommandFailed(f"bench.testrun_worker exit {proc.returncode}")
+    return json.loads(proc.stdout)
+
+
+def run_live(settings: Settings, ruleset: Path, cpu: int, env: dict[str, str],
+             progress: Callable[[str], None], notes: list[str]) -> list[LiveResult]:
+    live.ensure_bpffs()
+    counts = settings.live_counts if settings.live_counts is not None \
+        else (0, *settings.counts)
+    out = []
+    for count in counts:
+        table = workload.load_table(ruleset, count)
+        probe = workload.deepest(table)
+        text = workload.subset_text(ruleset, count)
+        rules = len(table.chains["INPUT"].rules)
+        for system in (live.LEGACY_NAME, live.BPF_NAME):
+            progress(f"live traffic: {system}, {ruleset.stem} N={count}")
+            try:
+                res = live.measure(system, text, rules, probe, settings.live_runs,
+                                   settings.live_seconds, cpu, env)
+            except (CommandFailed, subprocess.CalledProcessError, ValueError) as e:
+                # noted, not fatal: the other cells still mean something
+                notes.append(f"live, {system}, N={count}: {e}")
+                continue
+            res.requested, res.ruleset = count, ruleset.name
+            out.append(res)
+    return out
+
+
+def run(settings: Settings, progress: Callable[[str], None] = lambda s: None,
+        shared: Path | None = None) -> DatapathResults:
+    if shutil.which("iptables-legacy-restore") is None:
+        raise SystemExit("iptables-legacy-restore is missing: run scripts/setup.sh first")
+    start = time.monotonic()
+    env = env_for_children()
+    base = (shared or shared_dir()) / "rulesets"
+    rulesets = [base / name for name in settings.rulesets]
+    for r in rulesets:
+        if not r.is_file():
+            raise SystemExit(f"rule set {r} not found (set BPF_IPTABLES_SHARED_DIR)")
+    cpu = bench_cpu()
+    results = DatapathResults(settings, [], [], [], cpu)
+    results.testrun = run_testrun(settings, rulesets, cpu, env, progress)
+    for name in settings.live_rulesets:
+        results.live += run_live(settings, base / name, cpu, env, progress, results.notes)
+    if settings.control:
+        path = base / settings.control_ruleset
+        # the update phase's initial load is one restore sample per system
+        restores = control.time_restores(path, settings.restore_runs - 1, env, progress,
+                                         results.notes)
+        updates = control.time_updates(path, settings.update_runs, env, progress,
+                                       results.notes, restores)
+        results.control = [*restores, *updates,
+                           control.python_floor(max(3, settings.restore_runs), env)]
+    results.seconds = time.monotonic() - start
+    return results
+
+
+# -- figures derived from the raw numbers (used by the report and the test) --
+
+def median_ns(probe: dict) -> float:
+    return statistics.median(probe["samples_ns"])
+
+
+def worst_probe(entry: dict) -> dict:
+    """The probe position with the highest median: the aims use it."""
+    return max(entry["probes"], key=median_ns)
+
+
+def live_ns(res: LiveResult) -> float:
+    return statistics.median(r.ns_per_packet for r in res.runs)

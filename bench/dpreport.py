@@ -1,0 +1,335 @@
+"""Writing the data-path benchmark: CSV, Markdown (rule count x system, the
+issue's aims with PASS/MISS from the numbers), a PNG plot when matplotlib
+is importable, and the README block."""
+from __future__ import annotations
+
+import csv
+import datetime
+import os
+import platform
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+from .control import BPF_ATTACHED, BPF_UNATTACHED, LEGACY_SYS
+from .datapath import DatapathResults, live_ns, median_ns, worst_probe
+from .live import BPF_NAME, LEGACY_NAME, irq_time_accounting
+
+AIM_RATIO, AIM_NS, AIM_RESTORE_S, AIM_UPDATE_S = 1.5, 150.0, 1.0, 0.050
+BIG, SMALL = 10000, 10
+
+
+def _wall(r) -> float:
+    return statistics.median(x.wall_ns_per_packet for x in r.runs)
+
+
+def short(ruleset: str) -> str:
+    return ruleset.removeprefix("classbench-").removesuffix(".rules")
+
+
+def write_csv(res: DatapathResults, path: Path) -> None:
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["measurement", "ruleset", "requested_rules", "rules", "system", "position",
+                    "first_match_rule", "verdict", "runs", "median", "min", "max", "unit",
+                    "sent", "counted", "note"])
+        for e in res.testrun:
+            for p in e["probes"]:
+                s = p["samples_ns"]
+                w.writerow(["ns_per_packet_test_run", e["ruleset"], e["requested"], e["rules"],
+                            "bpf-iptables", p["position"], _rule_no(p["first_match"]),
+                            p["verdict"], len(s), f"{median_ns(p):.1f}", min(s), max(s), "ns",
+                            p["sent"], p["counted"],
+                            f"{p['frame_bytes']}-byte {_proto(p['proto'])} frame"])
+            w.writerow(["map_memlock", e["ruleset"], e["requested"], e["rules"], "bpf-iptables",
+                        "", "", "", 1, e["memlock_bytes"], "", "", "bytes", "", "",
+                        f"{e['maps']} maps, {e['entries']} entries"])
+        for r in res.live:
+            ns = [x.ns_per_packet for x in r.runs]
+            w.writerow(["ns_per_packet_live", r.ruleset, r.requested, r.rules, r.system,
+                        "policy" if r.first_match is None else "deepest",
+                        _rule_no(r.first_match), r.verdict, len(ns), f"{live_ns(r):.1f}",
+                        f"{min(ns):.1f}", f"{max(ns):.1f}", "ns",
+                        sum(x.sent for x in r.runs), sum(x.counted for x in r.runs),
+                        f"sender CPU time per packet on CPU {res.cpu} (send + receive); wall "
+                        f"time per packet {_wall(r):.0f} ns; "
+                        "N=0 is the empty-rule-set baseline"])
+        for t in res.control:
+            stats = [f"{v:.6f}" for v in (statistics.median(t.times), min(t.times),
+                                           max(t.times))] if t.times else ["", "", ""]
+            w.writerow([t.operation, res.settings.control_ruleset, "", "", t.system, "", "", "",
+                        len(t.times), *stats, "s", "", "", "" if t.times else "failed"])
+
+
+def _rule_no(index: int | None) -> str:
+    return "policy" if index is None else str(index + 1)
+
+
+def _proto(p: int) -> str:
+    return {6: "TCP", 17: "UDP", 47: "GRE"}.get(p, str(p))
+
+
+def _ns(v: float) -> str:
+    return f"{v:,.0f} ns" if v >= 1000 else f"{v:.0f} ns"
+
+
+def _spread(values: list[float]) -> str:
+    return f"{_ns(statistics.median(values))} ({_ns(min(values))}–{_ns(max(values))})"
+
+
+def _secs(v: float) -> str:
+    return f"{v * 1000:.1f} ms" if v < 1 else f"{v:.2f} s"
+
+
+def _tspread(values: list[float]) -> str:
+    return f"{_secs(statistics.median(values))} ({_secs(min(values))}–{_secs(max(values))})"
+
+
+@dataclass
+class Aim:
+    text: str
+    measured: str
+    verdict: str     # PASS, MISS or n/a
+
+
+def aims(res: DatapathResults) -> list[Aim]:
+    out = []
+    for rs in res.settings.rulesets:
+        big, small = res.testrun_entry(rs, BIG), res.testrun_entry(rs, SMALL)
+        if big is None or small is None:
+            out.append(Aim(f"{short(rs)}: ns/packet at 10k rules <= {AIM_RATIO}x that at 10",
+                           "not measured in this run (N up to 1k in --quick)", "n/a"))
+            out.append(Aim(f"{short(rs)}: ns/packet at 10k rules < {AIM_NS:.0f} ns",
+                           "not measured in this run (N up to 1k in --quick)", "n/a"))
+            continue
+        b, s = median_ns(worst_probe(big)), median_ns(worst_probe(small))
+        out.append(Aim(f"{short(rs)}: ns/packet at 10k rules <= {AIM_RATIO}x that at 10 "
+                       "(slowest position each)",
+                       f"{b:.0f} / {s:.0f} ns = {b / s:.2f}x",
+                       "PASS" if b / s <= AIM_RATIO else "MISS"))
+        out.append(Aim(f"{short(rs)}: ns/packet at 10k rules < {AIM_NS:.0f} ns "
+                       "(slowest position)", f"{b:.0f} ns",
+                       "PASS" if b < AIM_NS else "MISS"))
+    restore = res.timing("restore", BPF_ATTACHED)
+    if restore and not restore.times:
+        out.append(Aim("restore (attached) < 1 s", "failed (see notes)", "MISS"))
+    elif restore:
+        m = statistics.median(restore.times)
+        out.append(Aim(f"restore of classbench-{short(res.settings.control_ruleset)} "
+                       "(attached) < 1 s", _secs(m),
+                       "PASS" if m < AIM_RESTORE_S else "MISS"))
+    for op, flag in (("append", "-A"), ("delete", "-D")):
+        t = res.timing(op, BPF_ATTACHED)
+        if t and not t.times:
+            out.append(Aim(f"one `{flag}` (attached) < 50 ms", "failed (see notes)", "MISS"))
+        elif t:
+            m = statistics.median(t.times)
+            out.append(Aim(f"one `{flag}` with {short(res.settings.control_ruleset)} loaded "
+                           "(attached) < 50 ms", _secs(m),
+                           "PASS" if m < AIM_UPDATE_S else "MISS"))
+    return out
+
+
+def main_table(res: DatapathResults) -> list[str]:
+    """Rule count x system: ns/packet (and map memory)."""
+    rs_names = list(res.settings.rulesets)
+    live_sets = list(res.settings.live_rulesets)
+    pairs = [(rs, system) for rs in live_sets for system in (BPF_NAME, LEGACY_NAME)]
+    head = ["rules"] + [f"bpf-iptables, TEST_RUN, {short(r)}" for r in rs_names] + \
+        [f"{'bpf-iptables, live XDP' if system == BPF_NAME else 'iptables-legacy, live'}, "
+         f"{short(rs)}" for rs, system in pairs]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    counts = sorted({e["requested"] for e in res.testrun} | {r.requested for r in res.live})
+    base = {pair: res.live_entry(pair[1], 0, pair[0]) for pair in pairs}
+    for n in counts:
+        cells = [f"{n:,}" if n else "0 (policy only)"]
+        for rs in rs_names:
+            e = res.testrun_entry(rs, n)
+            cells.append(_spread(worst_probe(e)["samples_ns"]) if e else "–")
+        for rs, system in pairs:
+            r = res.live_entry(system, n, rs)
+            if r is None:
+                cells.append("–")
+                continue
+            cell = _spread([x.ns_per_packet for x in r.runs])
+            b = base[(rs, system)]
+            if n and b is not None:
+                cell += f"; {live_ns(r) - live_ns(b):+,.0f} vs N=0"
+            if not r.all_counted:
+                cell += " (counted != sent!)"
+            cells.append(cell)
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def memory_table(res: DatapathResults) -> list[str]:
+    """The maps' kernel memory (memlock) per rule set and N."""
+    rs_names = list(res.settings.rulesets)
+    lines = ["| rules | " + " | ".join(f"map memory, {short(r)}" for r in rs_names) + " |",
+             "|---|" + "---|" * len(rs_names)]
+    for n in sorted({e["requested"] for e in res.testrun}):
+        cells = []
+        for rs in rs_names:
+            e = res.testrun_entry(rs, n)
+            if e is None:
+                cells.append("–")
+                continue
+            size = e["memlock_bytes"]
+            cells.append(f"{size / 1e6:.2f} MB ({size / e['rules']:,.0f} B/rule, "
+                         f"{e['maps']} maps)")
+        lines.append(f"| {n:,} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def control_table(res: DatapathResults) -> list[str]:
+    systems = (LEGACY_SYS, BPF_UNATTACHED, BPF_ATTACHED)
+    name = short(res.settings.control_ruleset)
+    lines = [f"| classbench-{name} | " + " | ".join(systems) + " |", "|---|---|---|---|"]
+    labels = {"restore": "restore of all rules", "append": "one `-A INPUT` (all loaded)",
+              "delete": "one `-D INPUT` (all loaded)"}
+    for op, label in labels.items():
+        cells = []
+        for s in systems:
+            t = res.timing(op, s)
+            cells.append(_tspread(t.times) if t and t.times else "–")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def aims_table(res: DatapathResults) -> list[str]:
+    lines = ["| aim (issue 3) | measured | result |", "|---|---|---|"]
+    lines += [f"| {a.text} | {a.measured} | {a.verdict} |" for a in aims(res)]
+    return lines
+
+
+def positions_table(res: DatapathResults) -> list[str]:
+    lines = ["| rule set | N | position | first match | verdict | ns/packet median (min–max) "
+             "| counted = sent |", "|---|---|---|---|---|---|---|"]
+    for e in res.testrun:
+        for p in e["probes"]:
+            ok = "yes" if p["counted"] == p["sent"] and p["verdict"] == p["reference_verdict"] \
+                else f"NO ({p['counted']} of {p['sent']}, reference {p['reference_verdict']})"
+            lines.append(f"| {short(e['ruleset'])} | {e['rules']:,} | {p['position']} | "
+                         f"rule {_rule_no(p['first_match'])} | {p['verdict']} | "
+                         f"{_spread(p['samples_ns'])} | {ok} |")
+    return lines
+
+
+def live_frames(res: DatapathResults) -> list[str]:
+    """Where each live frame first matched (an ACCEPTed frame also costs the
+    delivery to UDP, with no listener, on both systems)."""
+    seen: dict[tuple[str, int], str] = {}
+    for r in res.live:
+        where = "the policy" if r.first_match is None else f"rule {r.first_match + 1:,}"
+        seen[(r.ruleset, r.rules)] = f"- {short(r.ruleset)}, N={r.rules:,}: first match " \
+            f"{where}, {r.verdict}"
+    return [seen[k] for k in sorted(seen)]
+
+
+def summary(res: DatapathResults) -> str:
+    """What the README embeds: the main table, the control plane, the aims."""
+    return "\n".join([*main_table(res), "", *memory_table(res), "", *control_table(res), "",
+                      *aims_table(res)])
+
+
+def markdown(res: DatapathResults, plot: str | None) -> str:
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    st = res.settings
+    mode = "quick" if st.quick else "full"
+    clock = "wall time" if irq_time_accounting() else "the sender thread's CPU time"
+    live_sent = sum(x.sent for r in res.live for x in r.runs)
+    live_counted = sum(x.counted for r in res.live for x in r.runs)
+    lines = [
+        "# Data-path benchmark: bpf-iptables vs iptables-legacy",
+        "",
+        f"Measured {now} by `python -m bench{' --quick' if st.quick else ''}` ({mode} mode, "
+        f"data-path part {res.seconds:.0f} s) on Linux {platform.release()}, "
+        f"{os.cpu_count()} CPUs, everything measured pinned to CPU {res.cpu}, in namespaces "
+        "the bench creates and deletes. Rule sets: the first N rules of ClassBench "
+        f"{', '.join(short(r) for r in st.rulesets)} (`shared/rulesets/`).",
+        "",
+        f"- **TEST_RUN**: the compiled INPUT classifier of bpf-iptables run by "
+        f"`BPF_PROG_TEST_RUN` on 64-byte frames (repeat {st.repeat:,}, {st.runs} runs; cell: "
+        "median (min–max) of the kernel's mean ns per run) for a frame first-matching at the "
+        "first rule, the middle, the last rule and the policy; the table shows the slowest "
+        "of these positions (all positions below). Every probe's rule (or policy) counter "
+        "equalled the frames run and every verdict the reference's, unless marked.",
+        f"- **live**: one 64-byte frame sent {st.live_runs} x {st.live_seconds} s by AF_PACKET "
+        "`sendmmsg` (qdisc bypass) from a client namespace over a veth into the server "
+        "namespace holding the rules, sender and receive softirq on the same CPU; cell: "
+        f"{clock} / packets (the receive softirq runs in the sender's context; CPU rather "
+        "than wall time where the kernel bills that softirq to the thread, because other "
+        "tasks of a shared machine take turns on the CPU), i.e. the *whole* per-packet cost "
+        "(sending, veth, receive, classification), and after `;` the difference to the same "
+        "system's empty rule set "
+        "(N=0, policy DROP), i.e. the cost the N rules add. The frame walks the most rules: "
+        "it falls through to the policy DROP, or (when a catch-all rule ends the set) "
+        "first-matches the last reachable rule. bpf-iptables is attached with "
+        "`bpf-iptables-datapath attach --mode xdp` (native XDP on the veth: veth first turns "
+        "each socket-built skb into an XDP buffer, copying it when it lacks XDP headroom, "
+        "which is part of that system's baseline). "
+        f"Counted = sent over all live runs: {live_sent:,} sent, {live_counted:,} counted"
+        f"{'' if live_sent == live_counted else ' (MISMATCH: see csv)'}.",
+        "- **map memory**: sum of `memlock` in /proc/self/fdinfo of the loaded program's "
+        "map fds (kernel memory of the maps).",
+        "",
+        *main_table(res),
+        "",
+        *memory_table(res),
+        "",
+        "Control plane, wall time of the whole command (process start included), median "
+        "(min–max); *attached*: the namespace's data path is attached, so the command returns "
+        "after the new program is compiled, loaded and switched in:",
+        "",
+        *control_table(res),
+        "",
+        *aims_table(res),
+        "",
+    ]
+    floor = res.timing("python -c pass", "-")
+    if floor:
+        lines += [f"Python start-up (`python -c pass`), contained in every bpf-iptables "
+                  f"command: {_tspread(floor.times)}.", ""]
+    if plot:
+        lines += [f"![ns/packet vs rules]({plot})", ""]
+    lines += ["## TEST_RUN, every position", "", *positions_table(res), ""]
+    lines += ["## Live frames", "", *live_frames(res), ""]
+    lines += [f"Note: {n}" for n in res.notes]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def plot(res: DatapathResults, path: Path) -> str | None:
+    """ns/packet vs rules (log-log), one line per system; None when
+    matplotlib is missing (a message says so)."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("bench: matplotlib is not importable, no plot (Debian: apt-get install "
+              "python3-matplotlib; the venv sees system packages)")
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for rs in res.settings.rulesets:
+        pts = sorted((e["rules"], median_ns(worst_probe(e))) for e in res.testrun
+                     if e["ruleset"] == rs)
+        ax.plot(*zip(*pts), marker="o", label=f"bpf-iptables TEST_RUN {short(rs)}")
+    for rs in res.settings.live_rulesets:
+        for system, label in ((BPF_NAME, "bpf-iptables live XDP"),
+                              (LEGACY_NAME, "iptables-legacy live")):
+            pts = sorted((r.rules, live_ns(r)) for r in res.live
+                         if r.system == system and r.ruleset == rs and r.rules)
+            if pts:
+                ax.plot(*zip(*pts), marker="s", linestyle="--",
+                        label=f"{label} {short(rs)} (whole path)")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("rules (first N of the ClassBench set)")
+    ax.set_ylabel("ns per packet")
+    ax.set_title("Per-packet cost vs rule count")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path.name

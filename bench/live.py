@@ -1,0 +1,218 @@
+"""Live per-packet cost: client namespace --veth-- server namespace.
+
+The server holds the rule set (iptables-legacy, or bpf-iptables with its
+data path attached at native XDP on the veth); the client sends one frame
+over and over (bench/trafficgen.py) for a fixed time, pinned to one CPU,
+so the sending and the server's receive processing share that CPU (see
+trafficgen). ns/packet = the sender thread's CPU time / packets sent
+(the receive softirq runs in its context and is billed to it: this kernel
+has no IRQ time accounting), checked against the
+server's counters (the counter of the rule, or the policy, the frame first
+matches must grow by exactly the number sent). The frame's destination is
+added to the server's veth, so netfilter's INPUT sees it as local.
+
+Both namespaces are created per measurement and deleted afterwards, also on
+failure or Ctrl-C (bpf-iptables is detached first, so no pin outlives them)."""
+from __future__ import annotations
+
+import functools
+import json
+import re
+import subprocess
+import sys
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Iterator
+
+from bpf_iptables.datapath.packets import frame
+from bpf_iptables.netaddr import int_to_ip
+
+from .netns import CommandFailed, Namespace
+from .tools import BPF
+from .workload import Probe
+
+CLIENT_IP, SERVER_IP = "10.98.0.1", "10.98.0.2"
+LEGACY_NAME, BPF_NAME = "iptables-legacy", "bpf-iptables (XDP, attached)"
+DATAPATH = (sys.executable, "-m", "bpf_iptables.cli.datapath")
+
+
+@functools.cache
+def irq_time_accounting() -> bool:
+    """Whether the running kernel bills softirq time apart from tasks
+    (CONFIG_IRQ_TIME_ACCOUNTING=y); then a thread's CPU time lacks the
+    receive processing. Unknown config: assume not (Debian's default)."""
+    import gzip
+    import platform
+
+    for path in ("/proc/config.gz", f"/boot/config-{platform.release()}"):
+        try:
+            opener = gzip.open if path.endswith(".gz") else open
+            with opener(path, "rt") as fh:
+                return any(line.strip() == "CONFIG_IRQ_TIME_ACCOUNTING=y" for line in fh)
+        except OSError:
+            continue
+    return False
+
+
+@dataclass
+class LiveRun:
+    sent: int
+    counted: int
+    elapsed_s: float     # wall time
+    cpu_s: float         # the sender thread's CPU time (receive softirq included)
+
+    @property
+    def ns_per_packet(self) -> float:
+        """CPU time per packet: unlike wall time, not inflated when other
+        tasks of a shared machine get the pinned CPU for a while. Wall time
+        where the kernel bills softirqs separately (it would miss them)."""
+        if irq_time_accounting():
+            return self.wall_ns_per_packet
+        return self.cpu_s * 1e9 / self.sent
+
+    @property
+    def wall_ns_per_packet(self) -> float:
+        return self.elapsed_s * 1e9 / self.sent
+
+
+@dataclass
+class LiveResult:
+    system: str
+    rules: int
+    first_match: int | None
+    verdict: str
+    runs: list[LiveRun] = field(default_factory=list)
+    requested: int = 0          # the N asked for (a rule set may have fewer)
+    ruleset: str = ""
+
+    @property
+    def all_counted(self) -> bool:
+        return all(r.sent == r.counted for r in self.runs)
+
+
+def sh(argv: list[str]) -> str:
+    proc = subprocess.run(argv, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise CommandFailed(f"{' '.join(argv)}: {proc.stderr.strip()[-1000:]}")
+    return proc.stdout
+
+
+@dataclass
+class Topology:
+    client: Namespace
+    server: Namespace
+
+    def mac(self, ns: Namespace, dev: str) -> bytes:
+        out = json.loads(sh(["ip", "-n", ns.name, "-j", "link", "show", dev]))
+        return bytes.fromhex(out[0]["address"].replace(":", ""))
+
+
+@contextmanager
+def topology(env: dict[str, str], extra_local: str) -> Iterator[Topology]:
+    """client (c0) --- server (s0), IPv6 off, rp_filter off on the server;
+    ``extra_local`` is added to s0 (the probe's destination)."""
+    tag = uuid.uuid4().hex[:8]
+    client, server = f"bpft-bench-c-{tag}", f"bpft-bench-s-{tag}"
+    made: list[str] = []
+    try:
+        for n in (client, server):
+            sh(["ip", "netns", "add", n])
+            made.append(n)
+        sh(["ip", "link", "add", "c0", "netns", client, "type", "veth", "peer", "name", "s0",
+            "netns", server])
+        for ns, dev, addr in ((client, "c0", CLIENT_IP), (server, "s0", SERVER_IP)):
+            for key in ("all", "default"):
+                sh(["ip", "netns", "exec", ns, "sysctl", "-qw",
+                    f"net.ipv6.conf.{key}.disable_ipv6=1"])
+            sh(["ip", "-n", ns, "addr", "add", f"{addr}/24", "dev", dev])
+            sh(["ip", "-n", ns, "link", "set", dev, "up"])
+            sh(["ip", "-n", ns, "link", "set", "lo", "up"])
+        for key in ("all", "default", "s0"):
+            sh(["ip", "netns", "exec", server, "sysctl", "-qw", f"net.ipv4.conf.{key}.rp_filter=0"])
+        if extra_local != SERVER_IP:
+            sh(["ip", "-n", server, "addr", "add", f"{extra_local}/32", "dev", "s0"])
+        yield Topology(Namespace(client), Namespace(server))
+    finally:
+        if server in made:
+            detach(Namespace(server), env)
+        for n in made:
+            subprocess.run(["ip", "netns", "del", n], check=False)
+
+
+def detach(ns: Namespace, env: dict[str, str]) -> None:
+    """Detach bpf-iptables (if attached) and drop its state, before the
+    namespace goes: pins would outlive it otherwise."""
+    from .frontend import purge_bpf_state
+
+    subprocess.run(ns.argv([*DATAPATH, "detach"]), env=env, check=False,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    purge_bpf_state(ns, env)
+
+
+def ensure_bpffs() -> None:
+    """The data path's pins live in a bpffs under /run, mounted in the
+    host's mount namespace (where the bench runs); see attachment.py."""
+    from bpf_iptables.datapath.attachment import ensure_bpffs as ensure
+
+    ensure()
+
+
+_POLICY = re.compile(r"\(policy \S+ (\d+) packets")
+
+
+def read_count(ns: Namespace, system: str, first_match: int | None,
+               env: dict[str, str]) -> int:
+    """Packets counted by INPUT's rule ``first_match`` (or its policy)."""
+    cmd = ["iptables-legacy"] if system == LEGACY_NAME else list(BPF.command)
+    out = subprocess.run(ns.argv([*cmd, "-L", "INPUT", "-v", "-x", "-n"]), env=env,
+                         capture_output=True, text=True, check=True).stdout.splitlines()
+    if first_match is None:
+        m = _POLICY.search(out[0])
+        assert m, out[0]
+        return int(m.group(1))
+    return int(out[2 + first_match].split()[0])
+
+
+def load(topo: Topology, system: str, rules_text: str, env: dict[str, str]) -> None:
+    server = topo.server
+    if system == LEGACY_NAME:
+        restore = ["iptables-legacy-restore"]
+    else:
+        restore = list(BPF.restore)
+    proc = subprocess.run(server.argv(restore), input=rules_text, text=True, env=env,
+                          capture_output=True)
+    if proc.returncode != 0:
+        raise CommandFailed(f"restore in {server.name}: {proc.stderr[-1000:]}")
+    if system == BPF_NAME:
+        # native XDP on the veth (lo gets generic): the figure XDP is for
+        server.run([*DATAPATH, "attach", "--mode", "xdp"], env=env)
+
+
+def send(topo: Topology, data: bytes, seconds: float, cpu: int,
+         env: dict[str, str]) -> tuple[int, float, float]:
+    spec = json.dumps({"dev": "c0", "frame": data.hex(), "seconds": seconds})
+    out = subprocess.run(topo.client.argv(["taskset", "-c", str(cpu), sys.executable, "-m",
+                                           "bench.trafficgen", spec]),
+                         env=env, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise CommandFailed(f"trafficgen: {out.stderr[-1000:]}")
+    res = json.loads(out.stdout)
+    return res["sent"], res["elapsed_s"], res["cpu_s"]
+
+
+def measure(system: str, rules_text: str, rules: int, probe: Probe, runs: int,
+            seconds: float, cpu: int, env: dict[str, str]) -> LiveResult:
+    dst = int_to_ip(probe.packet.dst)
+    result = LiveResult(system, rules, probe.first_match, probe.verdict)
+    with topology(env, dst) as topo:
+        load(topo, system, rules_text, env)
+        data = frame(probe.packet)
+        data = topo.mac(topo.server, "s0") + topo.mac(topo.client, "c0") + data[12:]
+        send(topo, data, min(0.05, seconds), cpu, env)     # warm-up (caches, pages)
+        for _ in range(runs):
+            before = read_count(topo.server, system, probe.first_match, env)
+            sent, elapsed, cpu_s = send(topo, data, seconds, cpu, env)
+            after = read_count(topo.server, system, probe.first_match, env)
+            result.runs.append(LiveRun(sent, after - before, elapsed, cpu_s))
+    return result

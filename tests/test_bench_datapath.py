@@ -1,0 +1,90 @@
+"""The data-path benchmark end to end at its smallest: N=10 of ClassBench
+fw1 through BPF_PROG_TEST_RUN and live traffic (iptables-legacy and the
+attached XDP program), restore and -A/-D of the 1k set, one run each; then
+the report's structure, counted == sent, and the aims' PASS/MISS logic."""
+from __future__ import annotations
+
+import csv
+import subprocess
+from pathlib import Path
+
+from bench import datapath, dpreport
+from bench.control import BPF_ATTACHED, BPF_UNATTACHED, LEGACY_SYS, Timing
+from bench.live import BPF_NAME, LEGACY_NAME
+from tests.support.shared import shared_dir
+
+
+def _namespaces() -> set[str]:
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True)
+    return {line.split()[0] for line in out.stdout.splitlines() if line.strip()}
+
+
+def test_smallest_datapath_bench_end_to_end(tmp_path: Path) -> None:
+    before = _namespaces()
+    settings = datapath.Settings(counts=(10,), rulesets=("classbench-fw1-10k.rules",),
+                                 repeat=1000, runs=1, live_runs=1, live_seconds=0.1,
+                                 live_counts=(10,), live_rulesets=("classbench-fw1-10k.rules",),
+                                 restore_runs=1, update_runs=1,
+                                 control_ruleset="classbench-fw1-1k.rules")
+    res = datapath.run(settings, shared=shared_dir())
+    # nothing of the bench's is left behind
+    assert not {n for n in _namespaces() - before if n.startswith("bpft-bench")}
+
+    [entry] = res.testrun
+    assert entry["rules"] == 10 and entry["requested"] == 10
+    assert [p["position"] for p in entry["probes"]] == ["first", "middle", "last", "policy"]
+    for p in entry["probes"]:
+        assert p["counted"] == p["sent"] == 1 + 1000       # warm-up frame + repeat
+        assert p["verdict"] == p["reference_verdict"]
+        assert p["frame_bytes"] == 64 and 0 < p["samples_ns"][0] < 100_000
+    assert entry["memlock_bytes"] > 0 and entry["maps"] > 0
+
+    assert {r.system for r in res.live} == {LEGACY_NAME, BPF_NAME}
+    for r in res.live:
+        assert r.rules == 10 and len(r.runs) == 1 and r.ruleset == "classbench-fw1-10k.rules"
+        assert r.runs[0].sent > 100 and r.all_counted, r.runs
+
+    ops = {(t.operation, t.system) for t in res.control if t.times}
+    for op in ("restore", "append", "delete"):
+        for system in (LEGACY_SYS, BPF_UNATTACHED, BPF_ATTACHED):
+            assert (op, system) in ops
+
+    dpreport.write_csv(res, tmp_path / "d.csv")
+    rows = list(csv.DictReader(open(tmp_path / "d.csv")))
+    kinds = {r["measurement"] for r in rows}
+    assert {"ns_per_packet_test_run", "map_memlock", "ns_per_packet_live", "restore",
+            "append", "delete"} <= kinds
+    for r in rows:
+        if r["measurement"].startswith("ns_per_packet"):
+            assert r["sent"] == r["counted"]
+    md = dpreport.markdown(res, None)
+    assert md.startswith("# Data-path benchmark")
+    table = dpreport.main_table(res)
+    assert table[0].startswith("| rules | bpf-iptables, TEST_RUN, fw1-10k |")
+    assert table[2].startswith("| 10 | ") and "counted != sent" not in table[2]
+    verdicts = [a.verdict for a in dpreport.aims(res)]
+    assert verdicts[:2] == ["n/a", "n/a"]                 # no 10k run here
+    assert set(verdicts[2:]) <= {"PASS", "MISS"} and len(verdicts) == 5
+
+
+def _entry(count: int, ns: list[int]) -> dict:
+    probes = [{"position": "first", "first_match": 0, "samples_ns": ns, "sent": 1,
+               "counted": 1, "verdict": "DROP", "reference_verdict": "DROP",
+               "proto": 17, "frame_bytes": 64}]
+    return {"ruleset": "classbench-fw1-10k.rules", "rules": count, "requested": count,
+            "entries": count + 1, "maps": 1, "memlock_bytes": 100 * count, "probes": probes}
+
+
+def test_aims_follow_the_numbers() -> None:
+    settings = datapath.Settings(counts=(10, 10000), rulesets=("classbench-fw1-10k.rules",))
+    res = datapath.DatapathResults(settings, [_entry(10, [90, 100, 95]),
+                                              _entry(10000, [140, 149, 160])], [],
+                                   [Timing("restore", BPF_ATTACHED, [0.9, 1.2, 1.1]),
+                                    Timing("append", BPF_ATTACHED, [0.04, 0.03, 0.06]),
+                                    Timing("delete", BPF_ATTACHED, [0.05, 0.05, 0.05])], cpu=1)
+    got = [(a.measured, a.verdict) for a in dpreport.aims(res)]
+    assert got == [("149 / 95 ns = 1.57x", "MISS"), ("149 ns", "PASS"),
+                   ("1.10 s", "MISS"), ("40.0 ms", "PASS"), ("50.0 ms", "MISS")]
+    summary = dpreport.summary(res)
+    assert "| aim (issue 3) |" in summary
+    assert "| 10,000 | 1.00 MB (100 B/rule, 1 maps) |" in summary
