@@ -93,7 +93,8 @@ BPF_PERCPU_ARRAY(counter_map, struct counter, NCOUNTERS);
 #if FIELD_SRC
 /* addresses as intervals (compiler.address_intervals): the interval
  * starts, per interval the id of its bitvector, the distinct bitvectors */
-DEFINE_INTERVAL_SEARCH(src, SRC_BSIZE)
+DEFINE_ADDRESS_SEARCH(src, SRC_BSIZE, SRC_PROBES)
+BPF_ARRAY(src_top_map, u32, 65536);
 BPF_ARRAY(src_bounds_map, struct src_bounds, 1);
 BPF_ARRAY(src_index_map, u32, SRC_BSIZE);
 BPF_ARRAY(src_map, struct bitvector, SRC_MAX);
@@ -102,7 +103,8 @@ BPF_ARRAY(src_map, struct bitvector, SRC_MAX);
 #define TERM_SRC(m, ix)
 #endif
 #if FIELD_DST
-DEFINE_INTERVAL_SEARCH(dst, DST_BSIZE)
+DEFINE_ADDRESS_SEARCH(dst, DST_BSIZE, DST_PROBES)
+BPF_ARRAY(dst_top_map, u32, 65536);
 BPF_ARRAY(dst_bounds_map, struct dst_bounds, 1);
 BPF_ARRAY(dst_index_map, u32, DST_BSIZE);
 BPF_ARRAY(dst_map, struct bitvector, DST_MAX);
@@ -204,7 +206,12 @@ int xdp_filter(CTX_TYPE *ctx)
 	struct src_bounds *sb_src = src_bounds_map.lookup(&zero);
 	if (!sb_src)
 		return RET(XDP_ABORTED);
-	u32 sidx = src_interval(sb_src, bpf_ntohl(pf.saddr));
+	u32 saddr_h = bpf_ntohl(pf.saddr);
+	u32 stop_key = saddr_h >> 16;
+	u32 *stop = src_top_map.lookup(&stop_key);
+	if (!stop)
+		return RET(XDP_ABORTED);
+	u32 sidx = src_search(sb_src, *stop, saddr_h);
 	u32 *sid = src_index_map.lookup(&sidx);
 	if (!sid)
 		return RET(XDP_ABORTED);
@@ -216,7 +223,12 @@ int xdp_filter(CTX_TYPE *ctx)
 	struct dst_bounds *sb_dst = dst_bounds_map.lookup(&zero);
 	if (!sb_dst)
 		return RET(XDP_ABORTED);
-	u32 didx = dst_interval(sb_dst, bpf_ntohl(pf.daddr));
+	u32 daddr_h = bpf_ntohl(pf.daddr);
+	u32 dtop_key = daddr_h >> 16;
+	u32 *dtop = dst_top_map.lookup(&dtop_key);
+	if (!dtop)
+		return RET(XDP_ABORTED);
+	u32 didx = dst_search(sb_dst, *dtop, daddr_h);
 	u32 *did = dst_index_map.lookup(&didx);
 	if (!did)
 		return RET(XDP_ABORTED);

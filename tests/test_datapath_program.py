@@ -24,7 +24,7 @@ pytestmark = pytest.mark.usefixtures("private_netns")
 
 ALL_FIELDS = frozenset({"src", "dst", "proto", "iif", "frag", "flags", "sport", "dport", "icmp"})
 SHAPE = Shape(nwords=4, steps=300, ncounters=64, fields=ALL_FIELDS, src_max=32, dst_max=32,
-              src_bsize=64, dst_bsize=64,
+              src_bsize=128, dst_bsize=128, src_probes=6, dst_probes=6,
               proto_max=8, iif_max=16, sport_bsize=32, dport_bsize=32)
 
 

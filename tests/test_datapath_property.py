@@ -38,7 +38,7 @@ FLAG_NAMES = ("FIN", "SYN", "RST", "PSH", "ACK", "URG")
 ALL_FIELDS = frozenset({"src", "dst", "proto", "iif", "frag", "flags", "sport", "dport", "icmp"})
 # iprange ranges become up to ~62 prefixes each, multiport lists many port boundaries
 SHAPE = Shape(nwords=16, steps=1100, ncounters=512, fields=ALL_FIELDS, src_max=2048, dst_max=2048,
-              src_bsize=4096, dst_bsize=4096,
+              src_bsize=4096, dst_bsize=4096, src_probes=10, dst_probes=10,
               proto_max=16, iif_max=16, sport_bsize=512, dport_bsize=512, icmp_max=8192)
 ICMP_TYPES = ("any", "8", "0", "3", "3/1", "3/3", "5/0", "echo-request", "port-unreachable",
               "11/1", "20")

@@ -113,14 +113,17 @@ def map_image(c: Compiled, shape: Shape) -> list[MapImage]:
 
 
 def address_images(name: str, iv: Intervals, bsize: int, nwords: int) -> list[MapImage]:
-    """Interval starts (host order, padded with 0xFFFFFFFF), per interval
-    slot the id of its bitvector (padding slots repeat the last interval's,
-    so a search landing on them is still right), and the bitvectors."""
+    """Per /16 the interval its first address is in; the interval starts
+    (host order, padded with 0xFFFFFFFF, above any address but the last);
+    per interval slot the id of its bitvector (padding slots repeat the
+    last interval's, so a search landing on them is still right); the
+    bitvectors."""
     last = iv.index[-1]
     bounds = b"".join(u32(iv.bounds[i] if i < len(iv.bounds) else 0xFFFFFFFF)
                       for i in range(bsize))
     index = [(u32(i), u32(iv.index[i] if i < len(iv.index) else last)) for i in range(bsize)]
-    return [MapImage(f"{name}_bounds_map", [(u32(0), bounds)]),
+    return [MapImage(f"{name}_top_map", [(u32(h), u32(i)) for h, i in enumerate(iv.top)]),
+            MapImage(f"{name}_bounds_map", [(u32(0), bounds)]),
             MapImage(f"{name}_index_map", index),
             MapImage(f"{name}_map", [(u32(i), bitvector(v, nwords))
                                      for i, v in enumerate(iv.vectors)])]

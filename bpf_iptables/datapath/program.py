@@ -34,6 +34,7 @@ def cflags(shape: Shape, tc: bool = False) -> list[str]:
              f"-DNCOUNTERS={shape.ncounters}", f"-DSTEPS={shape.steps}",
              f"-DSRC_MAX={shape.src_max}", f"-DDST_MAX={shape.dst_max}",
              f"-DSRC_BSIZE={shape.src_bsize}", f"-DDST_BSIZE={shape.dst_bsize}",
+             f"-DSRC_PROBES={shape.src_probes}", f"-DDST_PROBES={shape.dst_probes}",
              f"-DPROTO_MAX={shape.proto_max}", f"-DIIF_MAX={shape.iif_max}",
              f"-DSPORT_BSIZE={shape.sport_bsize}", f"-DDPORT_BSIZE={shape.dport_bsize}",
              f"-DICMP_MAX={shape.icmp_max}"]
