@@ -73,7 +73,8 @@ struct lpm_v4_key {
 };
 
 /* A scan longer than STEPS continues in a tail call of this same
- * program (at most 32 times: the kernel's tail call limit is 33), with
+ * program (the compiler allows 31 invocations in all: the kernel's tail
+ * call limit is 33, and a root program may tail-call this one), with
  * the scan position handed over in a per-CPU slot; the packet is parsed
  * and the fields looked up again, which is cheap next to a long scan. */
 struct resume {
@@ -163,10 +164,58 @@ BPF_HASH(icmp_map, u32, struct bitvector, ICMP_MAX);
 #define TERM_ICMP(ix)
 #endif
 
+/* Range-compressed fields without extra slots (ranges.h): the interval
+ * search over the boundaries gives the index of the bitvector. (The
+ * lookups are written out below: bcc does not rewrite map calls that a
+ * macro expands to.) */
+#define DEFINE_RANGE_FIELD(NAME, BSIZE)                                       \
+	DEFINE_INTERVAL_SEARCH(NAME, BSIZE)                                   \
+	BPF_ARRAY(NAME##_bounds_map, struct NAME##_bounds, 1);                \
+	BPF_ARRAY(NAME##_map, struct bitvector, BSIZE);
+#if FIELD_LENGTH
+/* the IP total length, as xt_length compares it */
+DEFINE_RANGE_FIELD(length, LENGTH_BSIZE)
+#define TERM_LENGTH(ix) &f_length->word[ix]
+#else
+#define TERM_LENGTH(ix)
+#endif
+#if FIELD_TTL
+/* the frame's TTL (the compiler shifts FORWARD's boundaries by one: the
+ * kernel lowers the TTL before the FORWARD hook) */
+DEFINE_RANGE_FIELD(ttl, TTL_BSIZE)
+#define TERM_TTL(ix) &f_ttl->word[ix]
+#else
+#define TERM_TTL(ix)
+#endif
+
+#if FIELD_TOS
+/* index: the TOS byte (xt_tos: value/mask; xt_dscp: the upper six bits) */
+BPF_ARRAY(tos_map, struct bitvector, 256);
+#define TERM_TOS(ix) &f_tos->word[ix]
+#else
+#define TERM_TOS(ix)
+#endif
+
+#if FIELD_PORTS
+#if !FIELD_SPORT || !FIELD_DPORT
+#error "FIELD_PORTS needs both port fields"
+#endif
+/* multiport --ports: per sport (dport) slot, the entries whose list holds
+ * that port, and every entry without --ports; an entry holds when the
+ * source OR the destination port is listed: one AND term, the OR of the
+ * two bitvectors (the first-match scan and the counters are unchanged) */
+BPF_ARRAY(ports_s_map, struct bitvector, SPORT_BSIZE + 2);
+BPF_ARRAY(ports_d_map, struct bitvector, DPORT_BSIZE + 2);
+#define TERM_PORTS(ix) &(f_ports_s->word[ix] | f_ports_d->word[ix])
+#else
+#define TERM_PORTS(ix)
+#endif
+
 /* The AND of all compiled-in fields' bitvectors at word ix. */
 #define AND_WORD(ix) (live->word[ix] TERM_SRC(ix) TERM_DST(ix) TERM_PROTO(ix) \
 		      TERM_IIF(ix) TERM_FRAG(ix) TERM_FLAGS(ix) TERM_SPORT(ix)   \
-		      TERM_DPORT(ix) TERM_ICMP(ix))
+		      TERM_DPORT(ix) TERM_ICMP(ix) TERM_LENGTH(ix) TERM_TTL(ix) \
+		      TERM_TOS(ix) TERM_PORTS(ix))
 
 static __always_inline void count(u32 slot, u32 length)
 {
@@ -266,6 +315,37 @@ int xdp_filter(CTX_TYPE *ctx)
 		if (!f_icmp)
 			return RET(XDP_ABORTED);
 	}
+#endif
+
+#if FIELD_LENGTH
+	struct length_bounds *lb = length_bounds_map.lookup(&zero);
+	if (!lb)
+		return RET(XDP_ABORTED);
+	u32 lkey = length_interval(lb, pf.length);
+	struct bitvector *f_length = length_map.lookup(&lkey);
+	if (!f_length)
+		return RET(XDP_ABORTED);
+#endif
+#if FIELD_TTL
+	struct ttl_bounds *tb = ttl_bounds_map.lookup(&zero);
+	if (!tb)
+		return RET(XDP_ABORTED);
+	u32 ttlkey = ttl_interval(tb, pf.ttl);
+	struct bitvector *f_ttl = ttl_map.lookup(&ttlkey);
+	if (!f_ttl)
+		return RET(XDP_ABORTED);
+#endif
+#if FIELD_PORTS
+	struct bitvector *f_ports_s = ports_s_map.lookup(&skey2);
+	struct bitvector *f_ports_d = ports_d_map.lookup(&dkey2);
+	if (!f_ports_s || !f_ports_d)
+		return RET(XDP_ABORTED);
+#endif
+#if FIELD_TOS
+	u32 toskey = pf.tos & 0xFF;
+	struct bitvector *f_tos = tos_map.lookup(&toskey);
+	if (!f_tos)
+		return RET(XDP_ABORTED);
 #endif
 
 	struct resume *rs = resume_map.lookup(&zero);

@@ -4,7 +4,8 @@ Random INPUT rule sets (addresses with "!", protocols with "!", tcp/udp port
 ranges with "!", TCP flags, -m iprange --src-range/--dst-range with "!"
 (reversed ranges too), -m multiport --sports/--dports (ports and ranges,
 with "!") and "! --ports", -m icmp --icmp-type (any, types, type/code, names,
-with "!"), -i with "+", -f, counting-only rules, user
+with "!"), -m length (ranges, reversed, "!"), -m ttl (eq, ne, lt, gt),
+-i with "+", -f, counting-only rules, user
 chains with -j/-g/RETURN, both policies, non-contiguous address masks
 (checked per candidate after the bitvector step), blocks of filler rules so that
 scans cross bitvector words) are built through the real command
@@ -18,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bpf_iptables.datapath.compiler import Shape, compile_chain
+from bpf_iptables.datapath.compiler import FIELD_ORDER, Shape, compile_chain
 from bpf_iptables.datapath.harness import Harness, table_from_lines
 from bpf_iptables.datapath.packets import header_length
 from bpf_iptables.netaddr import int_to_ip, ip_to_int
@@ -35,10 +36,11 @@ PROTOS = ("tcp", "udp", "icmp", "47")
 FILLERS = ("-A INPUT -s 203.0.113.0/24 -j DROP", "-A INPUT -p 99", "-A INPUT -p tcp",
            "-A INPUT -m comment --comment filler")
 FLAG_NAMES = ("FIN", "SYN", "RST", "PSH", "ACK", "URG")
-ALL_FIELDS = frozenset({"src", "dst", "proto", "iif", "frag", "flags", "sport", "dport", "icmp"})
+ALL_FIELDS = frozenset(FIELD_ORDER)
 # iprange ranges become up to ~62 prefixes each, multiport lists many port boundaries
 SHAPE = Shape(nwords=16, steps=1100, ncounters=512, fields=ALL_FIELDS, src_max=2048, dst_max=2048,
-              proto_max=16, iif_max=16, sport_bsize=512, dport_bsize=512, icmp_max=8192)
+              proto_max=16, iif_max=16, sport_bsize=512, dport_bsize=512, icmp_max=8192,
+              length_bsize=128, ttl_bsize=128)
 ICMP_TYPES = ("any", "8", "0", "3", "3/1", "3/3", "5/0", "echo-request", "port-unreachable",
               "11/1", "20")
 
@@ -153,6 +155,18 @@ def rule_line(draw, chain: str, targets: list[str], ifnames: list[str]) -> tuple
                 lo, hi = draw(addr_range())
                 words += (["!"] if draw(st.booleans()) else []) + [opt, f"{int_to_ip(lo)}-{int_to_ip(hi)}"]
                 box[key] = (lo, hi)
+    if draw(st.integers(0, 5)) == 0:
+        lo = draw(st.sampled_from((0, 20, 28, 40, 64, 100)) | st.integers(0, 140))
+        hi = lo + draw(st.sampled_from((0, 1, 10, 65535)) | st.integers(-5, 60))
+        hi = max(0, min(65535, hi))   # lo > hi: never (always with "!")
+        words += ["-m", "length"] + (["!"] if draw(st.booleans()) else []) + [
+            "--length", f"{lo}:{hi}" if lo != hi else str(lo)]
+        box["length"] = (lo, hi)
+    if draw(st.integers(0, 5)) == 0:
+        ttl = draw(st.sampled_from((0, 1, 2, 63, 64, 65, 128, 254, 255)) | st.integers(0, 255))
+        mode = draw(st.sampled_from(("--ttl-eq", "! --ttl-eq", "--ttl-lt", "--ttl-gt")))
+        words += ["-m", "ttl"] + mode.split() + [str(ttl)]
+        box["ttl"] = ttl
     if draw(st.integers(0, 3)) == 0:
         name = draw(st.sampled_from(patterns(ifnames)))
         words += (["!"] if draw(st.booleans()) else []) + ["-i", name]
@@ -221,6 +235,12 @@ def packet_for(draw, boxes: list[dict], ifnames: list[str]) -> Packet:
                                          if 0 <= p <= 65535]))
         return draw(st.sampled_from((0, 22, 53, 80, 1024, 65535)) | st.integers(0, 65535))
 
+    def near(value: int | None, lo: int, hi: int, usual: tuple[int, ...]) -> int:
+        """``value`` or a neighbour (when the box has one), else a usual or any value."""
+        if value is not None and draw(st.integers(0, 2)):
+            return min(hi, max(lo, value + draw(st.sampled_from((-1, 0, 0, 1)))))
+        return draw(st.sampled_from(usual) | st.integers(lo, hi))
+
     name = box.get("proto") if draw(st.integers(0, 3)) else draw(st.sampled_from(PROTOS))
     proto = {"tcp": 6, "udp": 17, "icmp": 1, "47": 47, None: 6}[name]
     frag = draw(st.sampled_from((0, 0, 0, 0, 1, 185)))
@@ -231,8 +251,15 @@ def packet_for(draw, boxes: list[dict], ifnames: list[str]) -> Packet:
         more_fragments=draw(st.booleans()),
         ip_options=draw(st.sampled_from((b"", b"", b"\x01" * 4, b"\x01" * 7 + b"\x00"))),
         icmp_type=draw(st.integers(0, 20)),
-        icmp_code=draw(st.sampled_from((0, 0, 1, 3)) | st.integers(0, 255)))
-    pkt.length = header_length(pkt) + draw(st.integers(0, 64))
+        icmp_code=draw(st.sampled_from((0, 0, 1, 3)) | st.integers(0, 255)),
+        ttl=near(box.get("ttl"), 0, 255, (0, 1, 64, 255)))
+    least = header_length(pkt)
+    if "length" in box and draw(st.integers(0, 2)):
+        lo, hi = box["length"]
+        # frames stay small (BPF_PROG_TEST_RUN takes about a page)
+        pkt.length = min(1500, max(least, draw(st.sampled_from((lo - 1, lo, hi, hi + 1)))))
+    else:
+        pkt.length = least + draw(st.integers(0, 64))
     return pkt
 
 

@@ -32,6 +32,8 @@ struct packet_fields {
 	u32 daddr;
 	u32 proto;
 	u32 length;	/* IP total length: what iptables counts as bytes */
+	u32 ttl;	/* the frame's TTL */
+	u32 tos;	/* the TOS byte (DSCP << 2 | ECN) */
 	u32 fragment;	/* non-first fragment */
 	u32 l4;		/* ports (and TCP flags) below are valid */
 	u32 sport;	/* host byte order */
@@ -66,6 +68,8 @@ static __always_inline int parse_packet(void *data, void *data_end,
 	f->daddr = ip->daddr;
 	f->proto = ip->protocol;
 	f->length = total;
+	f->ttl = ip->ttl;
+	f->tos = ip->tos;
 	f->fragment = (bpf_ntohs(ip->frag_off) & 0x1FFF) != 0;
 	f->l4 = 0;
 	f->sport = 0;

@@ -43,8 +43,13 @@ TCP_FLAGS_EVIL = 65
 # at most, ~5 per iteration); longer scans continue
 # in tail calls of the program, of which the kernel allows 33.
 MAX_STEPS = 1200
-MAX_CHUNKS = 32
-FIELD_ORDER = ("src", "dst", "proto", "iif", "frag", "flags", "sport", "dport", "icmp")
+# 31: a root program tail-calls the classifier (one of the 33)
+MAX_CHUNKS = 31
+FIELD_ORDER = ("src", "dst", "proto", "iif", "frag", "flags", "sport", "dport", "icmp",
+               "length", "ttl", "tos", "ports")
+# Shape attributes that size a field's map (-D<NAME upper>)
+SIZE_ATTRS = ("src_max", "dst_max", "proto_max", "iif_max", "sport_bsize", "dport_bsize",
+              "icmp_max", "length_bsize", "ttl_bsize")
 ICMP_OTHER, ICMP_NONE = 0x10000, 0x10001   # icmp-table keys (filter.c, parse.h)
 
 
@@ -84,6 +89,8 @@ class Shape:
     sport_bsize: int = 2             # boundary slots, a power of two
     dport_bsize: int = 2
     icmp_max: int = 1
+    length_bsize: int = 2
+    ttl_bsize: int = 2
 
     @property
     def nentries(self) -> int:
@@ -92,9 +99,7 @@ class Shape:
     def covers(self, other: "Shape") -> bool:
         return (other.fields <= self.fields and self.nwords >= other.nwords
                 and self.steps >= other.steps and self.ncounters >= other.ncounters
-                and all(getattr(self, k) >= getattr(other, k) for k in (
-                    "src_max", "dst_max", "proto_max", "iif_max", "sport_bsize", "dport_bsize",
-                    "icmp_max")))
+                and all(getattr(self, k) >= getattr(other, k) for k in SIZE_ATTRS))
 
     def union(self, other: "Shape") -> "Shape":
         return Shape(**{k: (self.fields | other.fields) if k == "fields"
@@ -123,6 +128,15 @@ class Compiled:
     dport_bounds: list[int] = field(default_factory=list)
     dport: list[int] = field(default_factory=list)
     icmp: dict[int, int] = field(default_factory=dict)       # ICMP_OTHER, ICMP_NONE included
+    length_bounds: list[int] = field(default_factory=list)   # IP total length intervals
+    length: list[int] = field(default_factory=list)
+    ttl_bounds: list[int] = field(default_factory=list)      # keyed by the frame's TTL
+    ttl: list[int] = field(default_factory=list)
+    tos: list[int] = field(default_factory=list)             # 256: one per TOS byte
+    # multiport --ports: per sport / dport slot (as c.sport / c.dport), the
+    # entries whose list holds that port; the AND term is (sport | dport)
+    ports_s: list[int] = field(default_factory=list)
+    ports_d: list[int] = field(default_factory=list)
 
 
 def pow2_at_least(n: int) -> int:
@@ -256,17 +270,19 @@ def prefix_table(live: int, per_entry: list[tuple[int, object]]) -> dict[Prefix,
     return table
 
 
-def range_table(live: int, per_entry: list[tuple[int, RangeField]], l4_entries: int
-                ) -> tuple[list[int], list[int]]:
-    """Interval contents: boundaries (sorted, from 0) and, per interval
-    [b[i], b[i+1]), the entries whose ranges hold there; then the no-L4
-    bitvector (entries without a tcp/udp match) and the offset-1 TCP
-    fragment bitvector (all entries)."""
-    cuts = {0}
+def range_table(live: int, per_entry: list[tuple[int, RangeField]], top: int,
+                extra_cuts: set[int] = frozenset()) -> tuple[list[int], list[int]]:
+    """Interval contents of a range-compressed field whose values lie in
+    [0, top]: the boundaries (sorted, from 0) and, per interval
+    [b[i], b[i+1]), the entries whose ranges hold there. Ranges are cut at
+    every boundary, so each range contains an interval or is disjoint from
+    it; one sweep gives every interval's bitvector. ``extra_cuts``: more
+    boundaries (of another table sharing these intervals)."""
+    cuts = {0, *extra_cuts}
     for _, rf in per_entry:
         for lo, hi in ([rf.positive] if rf.positive else []) + rf.negative:
             cuts.add(lo)
-            if hi < 0xFFFF:
+            if hi < top:
                 cuts.add(hi + 1)
     bounds = sorted(cuts)
     # sweep: entries start/stop being covered at interval indices
@@ -278,11 +294,11 @@ def range_table(live: int, per_entry: list[tuple[int, RangeField]], l4_entries: 
             no_positive &= ~(1 << e)
         for lo, hi in ([rf.positive] if rf.positive else []):
             events.setdefault(index[lo], []).append((e, True, +1))
-            if hi < 0xFFFF:
+            if hi < top:
                 events.setdefault(index[hi + 1], []).append((e, True, -1))
         for lo, hi in rf.negative:
             events.setdefault(index[lo], []).append((e, False, +1))
-            if hi < 0xFFFF:
+            if hi < top:
                 events.setdefault(index[hi + 1], []).append((e, False, -1))
     pos_active, neg_active = 0, 0
     neg_count: dict[int, int] = {}
@@ -299,10 +315,40 @@ def range_table(live: int, per_entry: list[tuple[int, RangeField]], l4_entries: 
                 else:
                     neg_active &= ~(1 << e)
         vectors.append((pos_active | no_positive) & ~neg_active & live)
-    vectors.append(live & ~l4_entries)
-    # an offset-1 TCP fragment: every tcp entry must be reached to hot-drop
-    vectors.append(live)
     return bounds, vectors
+
+
+def port_table(live: int, per_entry: list[tuple[int, RangeField]], l4_entries: int,
+               extra_cuts: set[int] = frozenset()) -> tuple[list[int], list[int]]:
+    """A port field: the intervals (range_table), then the no-L4 bitvector
+    (entries without a tcp/udp match) and the offset-1 TCP fragment
+    bitvector (all entries: every tcp entry must be reached to hot-drop)."""
+    bounds, vectors = range_table(live, per_entry, 0xFFFF, extra_cuts)
+    return bounds, vectors + [live & ~l4_entries, live]
+
+
+def either_cuts(live_entries: list[tuple[int, EntryFields]]) -> set[int]:
+    """The boundaries of every multiport --ports list (cut into both port fields)."""
+    cuts: set[int] = set()
+    for _, f in live_entries:
+        for lo, hi in f.either or ():
+            cuts.add(lo)
+            if hi < 0xFFFF:
+                cuts.add(hi + 1)
+    return cuts
+
+
+def either_table(live: int, live_entries: list[tuple[int, EntryFields]],
+                 bounds: list[int]) -> list[int]:
+    """Per interval of a port field (its bounds include every --ports
+    boundary), the entries whose --ports list holds the interval, plus
+    every entry without --ports; then no L4 header (no --ports entry) and
+    the offset-1 fragment (all: NotFragment excludes it elsewhere)."""
+    free = bits(i for i, f in live_entries if f.either is None)
+    lists = [(i, f.either) for i, f in live_entries if f.either is not None]
+    out = [free | bits(i for i, ranges in lists if any(lo <= b <= hi for lo, hi in ranges))
+           for b in bounds]
+    return out + [free, live]
 
 
 def interfaces_here() -> dict[str, int]:
@@ -369,12 +415,36 @@ def compile_chain(table: Table, hook: str = "INPUT", interfaces: dict[str, int] 
     if "flags" in used:
         c.flags = flags_table(live, live_entries)
     l4 = bits(i for i, f in live_entries if f.l4)
+    ecuts = either_cuts(live_entries)
     if "sport" in used:
-        c.sport_bounds, c.sport = range_table(live, [(i, f.sport) for i, f in live_entries], l4)
+        c.sport_bounds, c.sport = port_table(live, [(i, f.sport) for i, f in live_entries], l4,
+                                             ecuts)
         shape.sport_bsize = max(2, pow2_at_least(len(c.sport_bounds)))
     if "dport" in used:
-        c.dport_bounds, c.dport = range_table(live, [(i, f.dport) for i, f in live_entries], l4)
+        c.dport_bounds, c.dport = port_table(live, [(i, f.dport) for i, f in live_entries], l4,
+                                             ecuts)
         shape.dport_bsize = max(2, pow2_at_least(len(c.dport_bounds)))
+    if "ports" in used:
+        # "sport in L or dport in L": the OR of a sport-indexed and a
+        # dport-indexed bitvector, one more AND term (filter.c TERM_PORTS)
+        c.ports_s = either_table(live, live_entries, c.sport_bounds)
+        c.ports_d = either_table(live, live_entries, c.dport_bounds)
+    if "length" in used:
+        c.length_bounds, c.length = range_table(
+            live, [(i, f.length) for i, f in live_entries], 0xFFFF)
+        shape.length_bsize = max(2, pow2_at_least(len(c.length_bounds)))
+    if "ttl" in used:
+        bounds, c.ttl = range_table(live, [(i, f.ttl) for i, f in live_entries], 0xFF)
+        if hook == "FORWARD":
+            # ip_forward() lowers the TTL before the FORWARD hook: netfilter
+            # compares frame TTL - 1, so the table is keyed by the frame's
+            # TTL with every boundary one higher (a boundary of 256 is
+            # never reached: netfilter never sees TTL 255 in FORWARD)
+            bounds = [0] + [b + 1 for b in bounds[1:]]
+        c.ttl_bounds = bounds
+        shape.ttl_bsize = max(2, pow2_at_least(len(c.ttl_bounds)))
+    if "tos" in used:
+        c.tos = tos_table(live_entries)
     if "icmp" in used:
         c.icmp = icmp_table(live, live_entries)
         shape.icmp_max = len(c.icmp)
@@ -405,6 +475,14 @@ def fill_unused(c: Compiled) -> None:
         c.sport_bounds, c.sport = [0], [live, live & ~l4, live]
     if "dport" in c.shape.fields and not c.dport:
         c.dport_bounds, c.dport = [0], [live, live & ~l4, live]
+    if "length" in c.shape.fields and not c.length:
+        c.length_bounds, c.length = [0], [live]
+    if "ports" in c.shape.fields and not c.ports_s:
+        c.ports_s, c.ports_d = [live] * len(c.sport), [live] * len(c.dport)
+    if "tos" in c.shape.fields and not c.tos:
+        c.tos = [live] * 256
+    if "ttl" in c.shape.fields and not c.ttl:
+        c.ttl_bounds, c.ttl = [0], [live]
     if "icmp" in c.shape.fields and not c.icmp:
         c.icmp = {ICMP_OTHER: live, ICMP_NONE: live}
 
@@ -462,3 +540,12 @@ def icmp_table(live: int, live_entries: list[tuple[int, EntryFields]]) -> dict[i
         for code in range(256):
             table[t << 8 | code] = bits(i for i, f in live_entries if holds(f, t, code))
     return table
+
+
+def tos_table(live_entries: list[tuple[int, EntryFields]]) -> list[int]:
+    """One bitvector per TOS byte value (xt_tos, xt_dscp)."""
+    free = bits(i for i, f in live_entries if not f.tos)
+    tested = [(i, f.tos) for i, f in live_entries if f.tos]
+    return [free | bits(i for i, tests in tested
+                        if all(((tos & m) == v) != inv for m, v, inv in tests))
+            for tos in range(256)]

@@ -83,20 +83,23 @@ class PrefixField:
 
 @dataclass
 class RangeField:
-    """A conjunction of port-range constraints (ranges inclusive)."""
+    """A conjunction of range constraints (inclusive) on a value in [0, top]:
+    ports, the IP total length, the TTL."""
 
     positive: tuple[int, int] | None = None
     negative: list[tuple[int, int]] = field(default_factory=list)
+    top: int = 0xFFFF
 
     def add(self, lo: int, hi: int, invert: bool) -> bool:
+        lo, hi = max(lo, 0), min(hi, self.top)
         if invert:
             if lo > hi:
                 return True  # "! empty range" always holds
-            if lo == 0 and hi == 0xFFFF:
+            if lo == 0 and hi == self.top:
                 return False
             self.negative.append((lo, hi))
             return True
-        if lo == 0 and hi == 0xFFFF:
+        if lo == 0 and hi == self.top:
             return True
         if self.positive is not None:
             lo, hi = max(lo, self.positive[0]), min(hi, self.positive[1])
@@ -123,6 +126,31 @@ class PortConstraint:
     lo: int
     hi: int
     invert: bool = False
+
+
+@dataclass(frozen=True)
+class RangeConstraint:
+    """A value with a range-compressed field ("length": IP total length,
+    "ttl": IP TTL as netfilter sees it) in [lo, hi] (or not)."""
+    which: str
+    lo: int
+    hi: int
+    invert: bool = False
+
+
+@dataclass(frozen=True)
+class TosConstraint:
+    """(TOS byte & mask) == value, or not (xt_tos; xt_dscp with mask 0xFC)."""
+    mask: int
+    value: int
+    invert: bool = False
+
+
+@dataclass(frozen=True)
+class PortsEither:
+    """The source port or the destination port in one of ``ranges``
+    (multiport --ports): a disjunction across the two port fields."""
+    ranges: tuple[tuple[int, int], ...]
 
 
 @dataclass(frozen=True)
@@ -159,8 +187,8 @@ class Never:
     """The match never holds (e.g. a reversed iprange)."""
 
 
-Constraint = (AddrConstraint | PortConstraint | NeedsL4 | NotFragment
-              | TcpFlagsConstraint | IcmpConstraint | Never)
+Constraint = (AddrConstraint | PortConstraint | RangeConstraint | TosConstraint | PortsEither
+              | NeedsL4 | NotFragment | TcpFlagsConstraint | IcmpConstraint | Never)
 
 
 def prefixes_of_range(lo: int, hi: int) -> list[IPv4Net]:
@@ -204,6 +232,15 @@ class EntryFields:
     dport: RangeField = field(default_factory=RangeField)
     flags: list[tuple[int, int, bool]] = field(default_factory=list)  # (mask, cmp, invert)
     icmp: list[tuple[int, int, int, bool]] = field(default_factory=list)  # (type, lo, hi, invert)
+    length: RangeField = field(default_factory=RangeField)      # IP total length
+    ttl: RangeField = field(default_factory=lambda: RangeField(top=0xFF))
+    tos: list[tuple[int, int, bool]] = field(default_factory=list)  # (mask, value, invert)
+    # sport or dport in one of these ranges (multiport --ports); one per entry
+    either: tuple[tuple[int, int], ...] | None = None
+
+    def range_field(self, which: str) -> RangeField:
+        return {"sport": self.sport, "dport": self.dport, "length": self.length,
+                "ttl": self.ttl}[which]
 
     def uses(self) -> set[str]:
         """The fields this entry constrains."""
@@ -226,6 +263,14 @@ class EntryFields:
             used.add("sport")
         if self.l4 or self.dport.positive or self.dport.negative:
             used.add("dport")  # the dport table also encodes "has an L4 header"
+        if self.tos:
+            used.add("tos")
+        if self.either is not None:
+            used |= {"ports", "sport", "dport"}
+        for name in ("length", "ttl"):
+            rf = self.range_field(name)
+            if rf.positive or rf.negative:
+                used.add(name)
         return used
 
 
@@ -279,8 +324,8 @@ def apply(f: EntryFields, c: Constraint) -> bool:
     """Fold one constraint into the entry; False when it can never match."""
     if isinstance(c, AddrConstraint):
         return (f.src if c.which == "src" else f.dst).add(c.net, c.invert)
-    if isinstance(c, PortConstraint):
-        return (f.sport if c.which == "sport" else f.dport).add(c.lo, c.hi, c.invert)
+    if isinstance(c, (PortConstraint, RangeConstraint)):
+        return f.range_field(c.which).add(c.lo, c.hi, c.invert)
     if isinstance(c, NeedsL4):
         f.l4 = True
         return True
@@ -291,6 +336,17 @@ def apply(f: EntryFields, c: Constraint) -> bool:
         return True
     if isinstance(c, TcpFlagsConstraint):
         f.flags.append((c.mask, c.cmp, c.invert))
+        return True
+    if isinstance(c, PortsEither):
+        if f.either is not None:
+            # (s in A or d in A) and (s in B or d in B) is no single OR of
+            # one sport and one dport bitvector
+            raise NotSupported("two multiport --ports matches along one chain path "
+                               "in the eBPF data path")
+        f.either = c.ranges
+        return True
+    if isinstance(c, TosConstraint):
+        f.tos.append((c.mask, c.value, c.invert))
         return True
     if isinstance(c, IcmpConstraint):
         f.icmp.append((c.type, c.code_min, c.code_max, c.invert))

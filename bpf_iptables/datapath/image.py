@@ -13,7 +13,7 @@ Layouts (filter.c):
 - bitvectors: ``nwords`` u64 words, bit e of the Python int = entry e;
 - ``struct entry``: ten u32 (counter, verdict, next, tcp, src addr/mask/inv,
   dst addr/mask/inv), addresses and masks in network byte order;
-- interval bounds: ``bsize`` u32, padded with 65536."""
+- interval bounds (ports, length, ttl): ``bsize`` u32, padded with 65536."""
 from __future__ import annotations
 
 import struct
@@ -73,18 +73,32 @@ def map_image(c: Compiled, shape: Shape) -> list[MapImage]:
                                 clear=True))
     if "frag" in fields:
         out.append(MapImage("frag_map", [(u32(i), bv(v)) for i, v in enumerate(c.frag)]))
+    if "tos" in fields:
+        assert len(c.tos) == 256
+        out.append(MapImage("tos_map", [(u32(i), bv(v)) for i, v in enumerate(c.tos)]))
     if "flags" in fields:
         assert len(c.flags) == TCP_FLAGS_EVIL + 1
         out.append(MapImage("flags_map", [(u32(i), bv(v)) for i, v in enumerate(c.flags)]))
     for name, bounds, vectors, bsize in (
             ("sport", c.sport_bounds, c.sport, shape.sport_bsize),
-            ("dport", c.dport_bounds, c.dport, shape.dport_bsize)):
+            ("dport", c.dport_bounds, c.dport, shape.dport_bsize),
+            ("length", c.length_bounds, c.length, shape.length_bsize),
+            ("ttl", c.ttl_bounds, c.ttl, shape.ttl_bsize)):
         if name not in fields:
             continue
         padded = b"".join(u32(bounds[i] if i < len(bounds) else 0x10000) for i in range(bsize))
         out.append(MapImage(f"{name}_bounds_map", [(u32(0), padded)]))
-        # intervals, then "no L4 header" at bsize and "offset-1 fragment" at bsize + 1
-        items = [(u32(i), bv(v)) for i, v in enumerate(vectors[:-2])]
-        items += [(u32(bsize), bv(vectors[-2])), (u32(bsize + 1), bv(vectors[-1]))]
+        intervals = vectors[:len(bounds)]
+        items = [(u32(i), bv(v)) for i, v in enumerate(intervals)]
+        if name in ("sport", "dport"):
+            # then "no L4 header" at bsize and "offset-1 fragment" at bsize + 1
+            items += [(u32(bsize), bv(vectors[-2])), (u32(bsize + 1), bv(vectors[-1]))]
         out.append(MapImage(f"{name}_map", items))
+    if "ports" in fields:
+        # the same slots as the sport / dport maps
+        for name, vectors, bsize in (("ports_s", c.ports_s, shape.sport_bsize),
+                                     ("ports_d", c.ports_d, shape.dport_bsize)):
+            items = [(u32(i), bv(v)) for i, v in enumerate(vectors[:-2])]
+            items += [(u32(bsize), bv(vectors[-2])), (u32(bsize + 1), bv(vectors[-1]))]
+            out.append(MapImage(f"{name}_map", items))
     return out

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .compiler import POLICY_COUNTER, Compiled, Shape
+from .compiler import FIELD_ORDER, POLICY_COUNTER, SIZE_ATTRS, Compiled, Shape
 from .image import map_image
 
 # BPF_IPTABLES_BPF_DIR: another source tree (tests use a broken one to
@@ -34,7 +34,11 @@ def cflags(shape: Shape, tc: bool = False) -> list[str]:
              f"-DPROTO_MAX={shape.proto_max}", f"-DIIF_MAX={shape.iif_max}",
              f"-DSPORT_BSIZE={shape.sport_bsize}", f"-DDPORT_BSIZE={shape.dport_bsize}",
              f"-DICMP_MAX={shape.icmp_max}"]
-    for name in ("src", "dst", "proto", "iif", "frag", "flags", "sport", "dport", "icmp"):
+    # every field kind and map size the compiler knows (compiler.FIELD_ORDER,
+    # SIZE_ATTRS): a new field needs no edit here
+    flags += [f"-D{k.upper()}={getattr(shape, k)}" for k in SIZE_ATTRS
+              if f"-D{k.upper()}={getattr(shape, k)}" not in flags]
+    for name in FIELD_ORDER:
         flags.append(f"-DFIELD_{name.upper()}={int(name in shape.fields)}")
     return flags
 
