@@ -211,11 +211,25 @@ BPF_ARRAY(ports_d_map, struct bitvector, DPORT_BSIZE + 2);
 #define TERM_PORTS(ix)
 #endif
 
+#if FIELD_OIF
+#if HOOK_TC
+#error "FIELD_OIF is FORWARD's (XDP); OUTPUT's output device is the iif field"
+#endif
+/* FORWARD's -o: key is the egress ifindex of the kernel's own route
+ * (bpf_fib_lookup with the dispatcher's parameters), 0 for an interface
+ * unknown at compile time or no route */
+#define AF_INET 2
+BPF_HASH(oif_map, u32, struct bitvector, OIF_MAX);
+#define TERM_OIF(ix) &f_oif->word[ix]
+#else
+#define TERM_OIF(ix)
+#endif
+
 /* The AND of all compiled-in fields' bitvectors at word ix. */
 #define AND_WORD(ix) (live->word[ix] TERM_SRC(ix) TERM_DST(ix) TERM_PROTO(ix) \
 		      TERM_IIF(ix) TERM_FRAG(ix) TERM_FLAGS(ix) TERM_SPORT(ix)   \
 		      TERM_DPORT(ix) TERM_ICMP(ix) TERM_LENGTH(ix) TERM_TTL(ix) \
-		      TERM_TOS(ix) TERM_PORTS(ix))
+		      TERM_TOS(ix) TERM_PORTS(ix) TERM_OIF(ix))
 
 static __always_inline void count(u32 slot, u32 length)
 {
@@ -340,6 +354,28 @@ int xdp_filter(CTX_TYPE *ctx)
 	struct bitvector *f_ports_d = ports_d_map.lookup(&dkey2);
 	if (!f_ports_s || !f_ports_d)
 		return RET(XDP_ABORTED);
+#endif
+#if FIELD_OIF
+	struct bpf_fib_lookup fib = {};
+	fib.family = AF_INET;
+	fib.tos = pf.tos;
+	fib.l4_protocol = pf.proto;
+	fib.tot_len = pf.length;
+	fib.ipv4_src = pf.saddr;
+	fib.ipv4_dst = pf.daddr;
+	fib.ifindex = ctx->ingress_ifindex;
+	long fib_rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), 0);
+	/* the dispatcher calls FORWARD only for these two results; the
+	 * lookup fills in the egress ifindex for both */
+	u32 okey = (fib_rc == BPF_FIB_LKUP_RET_SUCCESS ||
+		    fib_rc == BPF_FIB_LKUP_RET_NO_NEIGH) ? fib.ifindex : 0;
+	struct bitvector *f_oif = oif_map.lookup(&okey);
+	if (!f_oif) {
+		okey = 0;
+		f_oif = oif_map.lookup(&okey);
+		if (!f_oif)
+			return RET(XDP_ABORTED);
+	}
 #endif
 #if FIELD_TOS
 	u32 toskey = pf.tos & 0xFF;

@@ -7,6 +7,7 @@ program shape keeps compiles to a few."""
 from __future__ import annotations
 
 import struct
+import subprocess
 
 import pytest
 
@@ -149,7 +150,6 @@ def test_in_interface_wildcards_and_unknown_interfaces(harness):
     (["-N X", "-A X -s 10.0.0.0/255.0.255.0", "-A INPUT -s 10.0.0.0/255.0.255.0 -j X",
       "-A INPUT ! -s 10.0.0.0/255.0.0.255 -g X"], "INPUT"),
     (["-A INPUT -p tcp --tcp-option 2 -j DROP"], "INPUT"),
-    (["-A FORWARD -o eth0 -j DROP"], "FORWARD"),
     # (sport OR dport in A) AND (sport OR dport in B): no single OR term
     (["-N X", "-A X -p tcp -m multiport --ports 22", "-A INPUT -p tcp -m multiport --ports 80 -j X"],
      "INPUT"),
@@ -302,8 +302,13 @@ def test_ttl_comparisons(harness):
 
 
 @pytest.fixture(scope="module")
-def forward(harness):
-    """The FORWARD classifier, run as the dispatcher would call it."""
+def forward(harness, private_netns):
+    """The FORWARD classifier, run as the dispatcher would call it, in a
+    namespace that routes 10.9.1.0/24 to dp0 and 10.9.2.0/24 to dp1."""
+    for dev, net in (("dp0", "10.9.1.1/24"), ("dp1", "10.9.2.1/24")):
+        subprocess.run(["ip", "addr", "add", net, "dev", dev], check=True)
+    subprocess.run(["ip", "netns", "exec", private_netns.name, "sysctl", "-qw",
+                    "net.ipv4.ip_forward=1"], check=True)
     h = Harness(SHAPE, harness.interfaces, hook="FORWARD")
     yield h
     h.close()
@@ -357,3 +362,24 @@ def test_multiport_ports_source_or_destination(harness):
     assert table.chains["INPUT"].rules[0].counters.packets == 100 - 49
     c = compile_chain(table, "INPUT", {"lo": 1})
     assert "ports" in c.shape.fields and 80 in c.sport_bounds and 91 in c.dport_bounds
+
+
+def test_out_interface_in_forward_is_the_routes_device(forward):
+    """-o in FORWARD: the egress ifindex of the kernel's route lookup."""
+    lines = ["-A FORWARD -o dp1 -p udp -j DROP",
+             "-A FORWARD ! -o dp+ -j DROP",
+             "-A FORWARD -o dp0 -p tcp",
+             "-A FORWARD -i dp1 ! -o dp1 -j ACCEPT",
+             "-P FORWARD DROP"]
+    packets = []
+    for proto in (6, 17):
+        packets += [pkt(forward, proto=proto, in_iface="dp0", out_iface="dp1", dst=ip("10.9.2.5")),
+                    pkt(forward, proto=proto, in_iface="dp1", out_iface="dp0", dst=ip("10.9.1.7"))]
+    table = check(forward, lines, packets)
+    assert [r.counters.packets for r in table.chains["FORWARD"].rules] == [1, 0, 1, 2]
+    assert table.chains["FORWARD"].counters.packets == 1   # tcp dp0 -> dp1
+    c = compile_chain(table, "FORWARD", forward.interfaces)
+    assert "oif" in c.shape.fields
+    # INPUT has no output device: decided at compile time, no oif field
+    via_chain = table_from_lines(["-N X", "-A X -o dp1 -j DROP", "-A INPUT -j X"])
+    assert "oif" not in compile_chain(via_chain, "INPUT", forward.interfaces).shape.fields

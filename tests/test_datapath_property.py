@@ -5,6 +5,8 @@ ranges with "!", TCP flags, -m iprange --src-range/--dst-range with "!"
 (reversed ranges too), -m multiport --sports/--dports (ports and ranges,
 with "!") and "! --ports", -m icmp --icmp-type (any, types, type/code, names,
 with "!"), -m length (ranges, reversed, "!"), -m ttl (eq, ne, lt, gt),
+-m tos (value/mask, "!"), -m dscp (--dscp, --dscp-class, "!"), multiport
+--ports (at most once per chain path),
 -i with "+", -f, counting-only rules, user
 chains with -j/-g/RETURN, both policies, non-contiguous address masks
 (checked per candidate after the bitvector step), blocks of filler rules so that
@@ -22,6 +24,7 @@ from hypothesis import strategies as st
 from bpf_iptables.datapath.compiler import FIELD_ORDER, Shape, compile_chain
 from bpf_iptables.datapath.harness import Harness, table_from_lines
 from bpf_iptables.datapath.packets import header_length
+from bpf_iptables.extensions.dscp import DS_CLASSES
 from bpf_iptables.netaddr import int_to_ip, ip_to_int
 from bpf_iptables.reference.packet import Packet
 
@@ -41,6 +44,8 @@ ALL_FIELDS = frozenset(FIELD_ORDER)
 SHAPE = Shape(nwords=16, steps=1100, ncounters=512, fields=ALL_FIELDS, src_max=2048, dst_max=2048,
               proto_max=16, iif_max=16, sport_bsize=512, dport_bsize=512, icmp_max=8192,
               length_bsize=128, ttl_bsize=128)
+TOS_VALUES = (0x00, 0x02, 0x08, 0x10, 0x28, 0xB8, 0xFF)
+TOS_MASKS = (0xFF, 0x3F, 0x1C, 0xFC, 0x01)
 ICMP_TYPES = ("any", "8", "0", "3", "3/1", "3/3", "5/0", "echo-request", "port-unreachable",
               "11/1", "20")
 
@@ -138,8 +143,10 @@ def rule_line(draw, chain: str, targets: list[str], ifnames: list[str]) -> tuple
             if draw(st.integers(0, 3)) == 0:
                 specs = draw(multiport_specs())
                 mpinv = draw(st.booleans())
-                # positive --ports (sport OR dport) is refused by the data path
-                direction = draw(st.sampled_from(("sports", "dports") + (("ports",) if mpinv else ())))
+                # positive --ports (sport OR dport) at most once per chain path
+                either_ok = chain == "INPUT" and not target.startswith(("-j U", "-g U"))
+                direction = draw(st.sampled_from(
+                    ("sports", "dports") + (("ports",) if mpinv or either_ok else ())))
                 text = ",".join(f"{lo}:{hi}" if lo != hi else str(lo) for lo, hi in specs)
                 words += ["-m", "multiport"] + (["!"] if mpinv else []) + [f"--{direction}", text]
                 for key in {"sports": ("--sport",), "dports": ("--dport",),
@@ -167,6 +174,21 @@ def rule_line(draw, chain: str, targets: list[str], ifnames: list[str]) -> tuple
         mode = draw(st.sampled_from(("--ttl-eq", "! --ttl-eq", "--ttl-lt", "--ttl-gt")))
         words += ["-m", "ttl"] + mode.split() + [str(ttl)]
         box["ttl"] = ttl
+    if draw(st.integers(0, 6)) == 0:
+        value, mask = draw(st.sampled_from(TOS_VALUES)), draw(st.sampled_from(TOS_MASKS))
+        words += ["-m", "tos"] + (["!"] if draw(st.booleans()) else []) + [
+            "--tos", f"{value:#x}/{mask:#x}" if mask != 0xFF else f"{value:#x}"]
+        box["tos"] = value
+    if draw(st.integers(0, 6)) == 0:
+        inv = ["!"] if draw(st.booleans()) else []
+        if draw(st.booleans()):
+            dscp = draw(st.sampled_from((0, 0x0A, 0x2E, 0x3F)) | st.integers(0, 0x3F))
+            words += ["-m", "dscp"] + inv + ["--dscp", str(dscp)]
+        else:
+            cls = draw(st.sampled_from(("BE", "EF", "AF11", "AF43", "CS1", "CS7")))
+            dscp = dict(DS_CLASSES)[cls]
+            words += ["-m", "dscp"] + inv + ["--dscp-class", cls]
+        box["tos"] = dscp << 2 | draw(st.integers(0, 3))
     if draw(st.integers(0, 3)) == 0:
         name = draw(st.sampled_from(patterns(ifnames)))
         words += (["!"] if draw(st.booleans()) else []) + ["-i", name]
@@ -252,7 +274,8 @@ def packet_for(draw, boxes: list[dict], ifnames: list[str]) -> Packet:
         ip_options=draw(st.sampled_from((b"", b"", b"\x01" * 4, b"\x01" * 7 + b"\x00"))),
         icmp_type=draw(st.integers(0, 20)),
         icmp_code=draw(st.sampled_from((0, 0, 1, 3)) | st.integers(0, 255)),
-        ttl=near(box.get("ttl"), 0, 255, (0, 1, 64, 255)))
+        ttl=near(box.get("ttl"), 0, 255, (0, 1, 64, 255)),
+        tos=near(box.get("tos"), 0, 255, (0, 0x10, 0xB8)))
     least = header_length(pkt)
     if "length" in box and draw(st.integers(0, 2)):
         lo, hi = box["length"]

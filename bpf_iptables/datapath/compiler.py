@@ -22,6 +22,7 @@ rule bumps the rule's own counters."""
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from ..errors import NotSupported
@@ -46,10 +47,10 @@ MAX_STEPS = 1200
 # 31: a root program tail-calls the classifier (one of the 33)
 MAX_CHUNKS = 31
 FIELD_ORDER = ("src", "dst", "proto", "iif", "frag", "flags", "sport", "dport", "icmp",
-               "length", "ttl", "tos", "ports")
+               "length", "ttl", "tos", "ports", "oif")
 # Shape attributes that size a field's map (-D<NAME upper>)
 SIZE_ATTRS = ("src_max", "dst_max", "proto_max", "iif_max", "sport_bsize", "dport_bsize",
-              "icmp_max", "length_bsize", "ttl_bsize")
+              "icmp_max", "length_bsize", "ttl_bsize", "oif_max")
 ICMP_OTHER, ICMP_NONE = 0x10000, 0x10001   # icmp-table keys (filter.c, parse.h)
 
 
@@ -91,6 +92,7 @@ class Shape:
     icmp_max: int = 1
     length_bsize: int = 2
     ttl_bsize: int = 2
+    oif_max: int = 1
 
     @property
     def nentries(self) -> int:
@@ -121,6 +123,7 @@ class Compiled:
     dst: dict[Prefix, int] = field(default_factory=dict)
     proto: dict[int, int] = field(default_factory=dict)      # PROTO_DEFAULT included
     iif: dict[int, int] = field(default_factory=dict)        # ifindex 0: unknown
+    oif: dict[int, int] = field(default_factory=dict)        # ifindex 0: unknown / no route
     frag: list[int] = field(default_factory=list)            # [not fragment, fragment]
     flags: list[int] = field(default_factory=list)           # 66 entries
     sport_bounds: list[int] = field(default_factory=list)
@@ -409,6 +412,9 @@ def compile_chain(table: Table, hook: str = "INPUT", interfaces: dict[str, int] 
     if "iif" in used:
         c.iif = iif_table(live, live_entries, interfaces)
         shape.iif_max = len(c.iif)
+    if "oif" in used:
+        c.oif = iif_table(live, live_entries, interfaces, lambda f: f.oif)
+        shape.oif_max = len(c.oif)
     if "frag" in used:
         c.frag = [bits(i for i, f in live_entries if f.fragment is not True),
                   bits(i for i, f in live_entries if f.fragment is not False)]
@@ -466,6 +472,8 @@ def fill_unused(c: Compiled) -> None:
         c.proto = {PROTO_DEFAULT: live}
     if "iif" in c.shape.fields and not c.iif:
         c.iif = {0: live}
+    if "oif" in c.shape.fields and not c.oif:
+        c.oif = {0: live}
     if "frag" in c.shape.fields and not c.frag:
         c.frag = [live, live]
     if "flags" in c.shape.fields and not c.flags:
@@ -501,11 +509,15 @@ def proto_table(live: int, live_entries: list[tuple[int, EntryFields]]) -> dict[
 
 
 def iif_table(live: int, live_entries: list[tuple[int, EntryFields]],
-              interfaces: dict[str, int]) -> dict[int, int]:
+              interfaces: dict[str, int],
+              patterns: Callable[[EntryFields], list[tuple[str, bool]]] = lambda f: f.iif
+              ) -> dict[int, int]:
+    """ifindex -> entries whose interface patterns (-i, or ``patterns``:
+    FORWARD's -o) hold for that interface's name."""
     def holds(f: EntryFields, name: str | None) -> bool:
         # name None: an interface unknown at compile time matches no pattern
         return all((name is not None and iface_matches(pat, name)) != inv
-                   for pat, inv in f.iif)
+                   for pat, inv in patterns(f))
 
     table = {0: bits(i for i, f in live_entries if holds(f, None))}
     for name, index in interfaces.items():

@@ -9,10 +9,13 @@ the field tables in compiler.py need to give every field value one
 bitvector. Address masks that are not prefixes are the exception: they
 become a per-candidate check after the bitvector step.
 
-Fields: source and destination prefix, protocol, input interface, fragment
+Fields: source and destination prefix, protocol, input interface, output
+interface (FORWARD: the egress device of the kernel's route), fragment
 flag, TCP flags, source and destination port (tcp/udp matches; those also
-require an L4 header). The output interface is known statically at INPUT
-(none), so it is decided here.
+require an L4 header), ICMP type/code, IP total length, TTL, TOS byte,
+"source or destination port" (multiport --ports), source MAC, packet
+type. The output interface is known statically at INPUT (none), so it is
+decided here.
 
 Extension matches are lowered by their own module: ``MatchExtension.lower()``
 returns a conjunction of the constraint objects below, which ``add_rule``
@@ -226,6 +229,7 @@ class EntryFields:
     proto: int | None = None            # required protocol
     proto_not: list[int] = field(default_factory=list)
     iif: list[tuple[str, bool]] = field(default_factory=list)  # (pattern, invert)
+    oif: list[tuple[str, bool]] = field(default_factory=list)  # FORWARD's -o
     fragment: bool | None = None        # required non-first-fragment state
     l4: bool = False                    # needs ports (a tcp/udp match)
     sport: RangeField = field(default_factory=RangeField)
@@ -253,6 +257,8 @@ class EntryFields:
             used.add("proto")
         if self.iif:
             used.add("iif")
+        if self.oif:
+            used.add("oif")
         if self.fragment is not None:
             used.add("frag")
         if self.flags:
@@ -304,8 +310,9 @@ def add_rule(f: EntryFields, rule: Rule, hook: str) -> bool:
         if hook == "OUTPUT":
             # the OUTPUT program runs at egress: its "iif" field is the output device
             f.iif.append((rule.out_iface, rule.out_inv))
-        elif hook != "INPUT":
-            raise NotSupported("-o in the eBPF data path")
+        elif hook == "FORWARD":
+            # the egress device of the kernel's route (filter.c: bpf_fib_lookup)
+            f.oif.append((rule.out_iface, rule.out_inv))
         # INPUT has no output device: the kernel compares against ""
         elif iface_matches(rule.out_iface, "") == rule.out_inv:
             ok = False

@@ -67,7 +67,7 @@ def map_image(c: Compiled, shape: Shape) -> list[MapImage]:
         if name in fields:
             out.append(MapImage(f"{name}_map", [(u32(p.length) + be32(p.addr), bv(v))
                                                 for p, v in prefixes.items()], clear=True))
-    for name, values in (("proto", c.proto), ("iif", c.iif), ("icmp", c.icmp)):
+    for name, values in (("proto", c.proto), ("iif", c.iif), ("icmp", c.icmp), ("oif", c.oif)):
         if name in fields:
             out.append(MapImage(f"{name}_map", [(u32(k), bv(v)) for k, v in values.items()],
                                 clear=True))
