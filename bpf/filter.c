@@ -225,11 +225,32 @@ BPF_HASH(oif_map, u32, struct bitvector, OIF_MAX);
 #define TERM_OIF(ix)
 #endif
 
+#if FIELD_MAC
+/* key: the Ethernet source address (48 bits, first byte highest),
+ * MAC_OTHER for addresses not listed, MAC_NONE on the loopback device
+ * (xt_mac needs an ARPHRD_ETHER device: no match there, even inverted) */
+#define MAC_OTHER (1ULL << 48)
+#define MAC_NONE ((1ULL << 48) + 1)
+#define LOOPBACK_IFINDEX 1
+BPF_HASH(mac_map, u64, struct bitvector, MAC_MAX);
+#define TERM_MAC(ix) &f_mac->word[ix]
+#else
+#define TERM_MAC(ix)
+#endif
+#if FIELD_PKTTYPE
+/* index: PACKET_HOST, PACKET_BROADCAST or PACKET_MULTICAST (parse.h) */
+BPF_ARRAY(pkttype_map, struct bitvector, 3);
+#define TERM_PKTTYPE(ix) &f_pkttype->word[ix]
+#else
+#define TERM_PKTTYPE(ix)
+#endif
+
 /* The AND of all compiled-in fields' bitvectors at word ix. */
 #define AND_WORD(ix) (live->word[ix] TERM_SRC(ix) TERM_DST(ix) TERM_PROTO(ix) \
 		      TERM_IIF(ix) TERM_FRAG(ix) TERM_FLAGS(ix) TERM_SPORT(ix)   \
 		      TERM_DPORT(ix) TERM_ICMP(ix) TERM_LENGTH(ix) TERM_TTL(ix) \
-		      TERM_TOS(ix) TERM_PORTS(ix) TERM_OIF(ix))
+		      TERM_TOS(ix) TERM_PORTS(ix) TERM_OIF(ix) TERM_MAC(ix) \
+		      TERM_PKTTYPE(ix))
 
 static __always_inline void count(u32 slot, u32 length)
 {
@@ -376,6 +397,22 @@ int xdp_filter(CTX_TYPE *ctx)
 		if (!f_oif)
 			return RET(XDP_ABORTED);
 	}
+#endif
+#if FIELD_MAC
+	u64 mkey = CTX_IFINDEX(ctx) == LOOPBACK_IFINDEX ? MAC_NONE : pf.src_mac;
+	struct bitvector *f_mac = mac_map.lookup(&mkey);
+	if (!f_mac) {
+		mkey = MAC_OTHER;
+		f_mac = mac_map.lookup(&mkey);
+		if (!f_mac)
+			return RET(XDP_ABORTED);
+	}
+#endif
+#if FIELD_PKTTYPE
+	u32 ptkey = pf.pkttype;
+	struct bitvector *f_pkttype = pkttype_map.lookup(&ptkey);
+	if (!f_pkttype)
+		return RET(XDP_ABORTED);
 #endif
 #if FIELD_TOS
 	u32 toskey = pf.tos & 0xFF;

@@ -383,3 +383,40 @@ def test_out_interface_in_forward_is_the_routes_device(forward):
     # INPUT has no output device: decided at compile time, no oif field
     via_chain = table_from_lines(["-N X", "-A X -o dp1 -j DROP", "-A INPUT -j X"])
     assert "oif" not in compile_chain(via_chain, "INPUT", forward.interfaces).shape.fields
+
+
+def test_mac_source(harness):
+    """xt_mac: the Ethernet source address; never on the loopback (no
+    ARPHRD_ETHER device), even inverted."""
+    a, b = bytes.fromhex("0a0000000001"), bytes.fromhex("0a0000000002")
+    lines = ["-A INPUT -m mac --mac-source 0a:00:00:00:00:01 -j DROP",
+             "-A INPUT -m mac ! --mac-source 0a:00:00:00:00:02",
+             "-A INPUT -p udp -m mac ! --mac-source 0a:00:00:00:00:01 -j DROP",
+             "-P INPUT ACCEPT"]
+    packets = [pkt(harness, proto=17, src_mac=m, in_iface=dev)
+               for m in (a, b, bytes.fromhex("020000000002")) for dev in ("dp0", "lo")]
+    table = check(harness, lines, packets)
+    assert [r.counters.packets for r in table.chains["INPUT"].rules] == [1, 1, 2]
+    assert table.chains["INPUT"].counters.packets == 3   # the three on lo
+
+
+def test_pkttype_from_the_destination_mac(harness):
+    lines = ["-A INPUT -m pkttype --pkt-type broadcast -j DROP",
+             "-A INPUT -m pkttype ! --pkt-type multicast",
+             "-A INPUT -m pkttype --pkt-type otherhost -j DROP",    # never seen by a chain
+             "-A INPUT -m pkttype ! --pkt-type otherhost -p udp -j ACCEPT",
+             "-A INPUT -m pkttype --pkt-type unicast -j DROP",
+             "-P INPUT ACCEPT"]
+    packets = [pkt(harness, proto=proto, pkttype=kind, dst=ip(dst), in_iface=dev)
+               for proto in (6, 17) for kind, dst in (("host", "10.0.0.2"),
+                                                      ("broadcast", "10.0.0.255"),
+                                                      ("multicast", "224.0.0.1"))
+               for dev in ("dp0", "lo")]
+    table = check(harness, lines, packets)
+    # on lo every packet is PACKET_HOST (a zero destination MAC)
+    assert [r.counters.packets for r in table.chains["INPUT"].rules] == [2, 8, 0, 5, 4]
+    out = table_from_lines(["-A OUTPUT -m pkttype --pkt-type host -j DROP",
+                            "-A OUTPUT -m pkttype --pkt-type broadcast -j DROP"])
+    c = compile_chain(out, "OUTPUT", {"lo": 1})
+    # at OUTPUT every packet is PACKET_HOST: decided at compile time
+    assert "pkttype" not in c.shape.fields and c.entries[1].fields.never

@@ -47,11 +47,13 @@ MAX_STEPS = 1200
 # 31: a root program tail-calls the classifier (one of the 33)
 MAX_CHUNKS = 31
 FIELD_ORDER = ("src", "dst", "proto", "iif", "frag", "flags", "sport", "dport", "icmp",
-               "length", "ttl", "tos", "ports", "oif")
+               "length", "ttl", "tos", "ports", "oif", "mac", "pkttype")
 # Shape attributes that size a field's map (-D<NAME upper>)
 SIZE_ATTRS = ("src_max", "dst_max", "proto_max", "iif_max", "sport_bsize", "dport_bsize",
-              "icmp_max", "length_bsize", "ttl_bsize", "oif_max")
+              "icmp_max", "length_bsize", "ttl_bsize", "oif_max", "mac_max")
 ICMP_OTHER, ICMP_NONE = 0x10000, 0x10001   # icmp-table keys (filter.c, parse.h)
+MAC_OTHER, MAC_NONE = 1 << 48, (1 << 48) + 1  # mac-table keys (filter.c)
+PKTTYPES = 3   # pkttype-table slots: PACKET_HOST, _BROADCAST, _MULTICAST (parse.h)
 
 
 @dataclass
@@ -93,6 +95,7 @@ class Shape:
     length_bsize: int = 2
     ttl_bsize: int = 2
     oif_max: int = 1
+    mac_max: int = 2
 
     @property
     def nentries(self) -> int:
@@ -140,6 +143,8 @@ class Compiled:
     # entries whose list holds that port; the AND term is (sport | dport)
     ports_s: list[int] = field(default_factory=list)
     ports_d: list[int] = field(default_factory=list)
+    mac: dict[int, int] = field(default_factory=dict)        # MAC_OTHER, MAC_NONE included
+    pkttype: list[int] = field(default_factory=list)         # PKTTYPES slots
 
 
 def pow2_at_least(n: int) -> int:
@@ -451,6 +456,13 @@ def compile_chain(table: Table, hook: str = "INPUT", interfaces: dict[str, int] 
         shape.ttl_bsize = max(2, pow2_at_least(len(c.ttl_bounds)))
     if "tos" in used:
         c.tos = tos_table(live_entries)
+    if "mac" in used:
+        c.mac = mac_table(live_entries)
+        shape.mac_max = len(c.mac)
+    if "pkttype" in used:
+        c.pkttype = [bits(i for i, f in live_entries
+                          if all((t == slot) != inv for t, inv in f.pkttype))
+                     for slot in range(PKTTYPES)]
     if "icmp" in used:
         c.icmp = icmp_table(live, live_entries)
         shape.icmp_max = len(c.icmp)
@@ -487,6 +499,10 @@ def fill_unused(c: Compiled) -> None:
         c.length_bounds, c.length = [0], [live]
     if "ports" in c.shape.fields and not c.ports_s:
         c.ports_s, c.ports_d = [live] * len(c.sport), [live] * len(c.dport)
+    if "mac" in c.shape.fields and not c.mac:
+        c.mac = {MAC_OTHER: live, MAC_NONE: live}
+    if "pkttype" in c.shape.fields and not c.pkttype:
+        c.pkttype = [live] * PKTTYPES
     if "tos" in c.shape.fields and not c.tos:
         c.tos = [live] * 256
     if "ttl" in c.shape.fields and not c.ttl:
@@ -561,3 +577,18 @@ def tos_table(live_entries: list[tuple[int, EntryFields]]) -> list[int]:
     return [free | bits(i for i, tests in tested
                         if all(((tos & m) == v) != inv for m, v, inv in tests))
             for tos in range(256)]
+
+
+def mac_table(live_entries: list[tuple[int, EntryFields]]) -> dict[int, int]:
+    """Source MAC -> entries, for every listed MAC; MAC_OTHER for the other
+    addresses, MAC_NONE for a device without an Ethernet header (xt_mac
+    is false there, even inverted: only entries without a mac test)."""
+    def holds(f: EntryFields, mac: int) -> bool:
+        return all((mac == a) != inv for a, inv in f.mac)
+
+    macs = {a for _, f in live_entries for a, _ in f.mac}
+    table = {MAC_OTHER: bits(i for i, f in live_entries if holds(f, -1)),
+             MAC_NONE: bits(i for i, f in live_entries if not f.mac)}
+    for m in macs:
+        table[m] = bits(i for i, f in live_entries if holds(f, m))
+    return table

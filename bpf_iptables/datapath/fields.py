@@ -157,6 +157,24 @@ class PortsEither:
 
 
 @dataclass(frozen=True)
+class MacConstraint:
+    """The Ethernet source address is ``addr`` (48 bits), or not. Never
+    holds without an Ethernet header (xt_mac: loopback), even inverted."""
+    addr: int
+    invert: bool = False
+
+
+PACKET_HOST, PACKET_BROADCAST, PACKET_MULTICAST, PACKET_OTHERHOST = 0, 1, 2, 3
+
+
+@dataclass(frozen=True)
+class PkttypeConstraint:
+    """skb->pkt_type is ``pkttype`` (PACKET_*), or not."""
+    pkttype: int
+    invert: bool = False
+
+
+@dataclass(frozen=True)
 class NeedsL4:
     """The packet has a TCP/UDP header (a first fragment, not truncated)."""
 
@@ -191,7 +209,8 @@ class Never:
 
 
 Constraint = (AddrConstraint | PortConstraint | RangeConstraint | TosConstraint | PortsEither
-              | NeedsL4 | NotFragment | TcpFlagsConstraint | IcmpConstraint | Never)
+              | MacConstraint | PkttypeConstraint | NeedsL4 | NotFragment
+              | TcpFlagsConstraint | IcmpConstraint | Never)
 
 
 def prefixes_of_range(lo: int, hi: int) -> list[IPv4Net]:
@@ -241,6 +260,8 @@ class EntryFields:
     tos: list[tuple[int, int, bool]] = field(default_factory=list)  # (mask, value, invert)
     # sport or dport in one of these ranges (multiport --ports); one per entry
     either: tuple[tuple[int, int], ...] | None = None
+    mac: list[tuple[int, bool]] = field(default_factory=list)        # (source MAC, invert)
+    pkttype: list[tuple[int, bool]] = field(default_factory=list)    # (PACKET_*, invert)
 
     def range_field(self, which: str) -> RangeField:
         return {"sport": self.sport, "dport": self.dport, "length": self.length,
@@ -271,6 +292,10 @@ class EntryFields:
             used.add("dport")  # the dport table also encodes "has an L4 header"
         if self.tos:
             used.add("tos")
+        if self.mac:
+            used.add("mac")
+        if self.pkttype:
+            used.add("pkttype")
         if self.either is not None:
             used |= {"ports", "sport", "dport"}
         for name in ("length", "ttl"):
@@ -324,6 +349,15 @@ def add_rule(f: EntryFields, rule: Rule, hook: str) -> bool:
     for match in rule.matches:
         for c in find_match(match.name).lower(match.data, rule):
             ok = apply(f, c) and ok
+    if hook == "OUTPUT":
+        if f.mac:
+            # the kernel refuses xt_mac at OUTPUT (the front end does too)
+            raise NotSupported("-m mac in OUTPUT")
+        # a locally generated packet is PACKET_HOST at LOCAL_OUT (the frame
+        # at TC egress carries the next hop's MAC): decided here
+        if not all((t == PACKET_HOST) != inv for t, inv in f.pkttype):
+            ok = False
+        f.pkttype.clear()
     return ok
 
 
@@ -351,6 +385,12 @@ def apply(f: EntryFields, c: Constraint) -> bool:
             raise NotSupported("two multiport --ports matches along one chain path "
                                "in the eBPF data path")
         f.either = c.ranges
+        return True
+    if isinstance(c, MacConstraint):
+        f.mac.append((c.addr, c.invert))
+        return True
+    if isinstance(c, PkttypeConstraint):
+        f.pkttype.append((c.pkttype, c.invert))
         return True
     if isinstance(c, TosConstraint):
         f.tos.append((c.mask, c.value, c.invert))

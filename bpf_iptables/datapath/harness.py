@@ -16,7 +16,7 @@ from ..reference.evaluate import evaluate
 from ..reference.packet import Packet
 from ..validate import validate_table
 from .compiler import Compiled, Shape, compile_chain, interfaces_here
-from .packets import frame
+from .packets import DEFAULT_SRC_MAC, frame
 from .program import LoadedProgram, ProgramCache
 from .testrun import test_run
 
@@ -43,6 +43,18 @@ def table_from_save(text: str) -> Table:
             name, policy = line[1:].split()[:2]
             chains.append(f"-N {name}" if policy == "-" else f"-P {name} {policy}")
     return table_from_lines(chains + rules)
+
+
+def normalise(pkt: Packet) -> None:
+    """Make the reference packet what the kernel would see for its frame:
+    every frame has an Ethernet header, which xt_mac sees on every device
+    but the loopback (not ARPHRD_ETHER: ``src_mac`` None), and a frame on
+    lo always has a zero destination MAC (PACKET_HOST). No interface: the
+    test run's device is the loopback."""
+    if pkt.in_iface in ("lo", ""):
+        pkt.src_mac, pkt.pkttype = None, "host"
+    elif pkt.src_mac is None:
+        pkt.src_mac = DEFAULT_SRC_MAC
 
 
 @dataclass
@@ -78,6 +90,7 @@ class Harness:
         report = Report()
         for pkt in packets:
             pkt.hook = self.hook
+            normalise(pkt)
             ifindex = self.interfaces[pkt.in_iface] if pkt.in_iface else 0
             got = test_run(prog.fd, frame(pkt), ifindex=ifindex)
             want = evaluate(table, pkt).verdict

@@ -8,7 +8,7 @@ update only rewrites the maps of a program that is already loaded and
 pinned. A new field therefore adds its map here, once.
 
 Layouts (filter.c):
-- array and hash keys: u32; LPM keys: ``{u32 prefixlen; u32 addr}`` with the
+- array and hash keys: u32 (the mac map: u64, the 48-bit address); LPM keys: ``{u32 prefixlen; u32 addr}`` with the
   address in network byte order;
 - bitvectors: ``nwords`` u64 words, bit e of the Python int = entry e;
 - ``struct entry``: ten u32 (counter, verdict, next, tcp, src addr/mask/inv,
@@ -73,6 +73,11 @@ def map_image(c: Compiled, shape: Shape) -> list[MapImage]:
                                 clear=True))
     if "frag" in fields:
         out.append(MapImage("frag_map", [(u32(i), bv(v)) for i, v in enumerate(c.frag)]))
+    if "mac" in fields:
+        out.append(MapImage("mac_map", [(struct.pack("<Q", k), bv(v)) for k, v in c.mac.items()],
+                            clear=True))
+    if "pkttype" in fields:
+        out.append(MapImage("pkttype_map", [(u32(i), bv(v)) for i, v in enumerate(c.pkttype)]))
     if "tos" in fields:
         assert len(c.tos) == 256
         out.append(MapImage("tos_map", [(u32(i), bv(v)) for i, v in enumerate(c.tos)]))

@@ -1,6 +1,7 @@
 """Ethernet/IPv4/TCP/UDP/ICMP frames from reference packets.
 
-The frame carries exactly what the classifier reads: addresses, protocol,
+The frame carries exactly what the classifier reads: MACs (source, and a
+destination that gives the packet type), addresses, protocol, TOS, TTL,
 IP options, fragment offset and flags, ports, TCP flags and options, ICMP
 type and code. The IP total length is ``packet.length`` (payload zeros pad
 it), so byte counters can be compared with the reference's. Checksums are
@@ -19,6 +20,18 @@ from ..reference.packet import ICMP, TCP, UDP, Packet
 ETH_P_IP = 0x0800
 DEFAULT_DST_MAC = bytes.fromhex("020000000001")
 DEFAULT_SRC_MAC = bytes.fromhex("020000000002")
+BROADCAST_MAC = b"\xff" * 6
+MULTICAST_MAC = bytes.fromhex("01005e000001")
+OTHERHOST_MAC = bytes.fromhex("020000000009")   # not the receiver's
+
+
+def dst_mac(pkt: Packet) -> bytes:
+    """A destination MAC that eth_type_trans() turns into ``pkt.pkttype``."""
+    kind = pkt.pkttype.lower()
+    if kind == "loopback":   # xt_pkttype: multicast by address, else broadcast
+        kind = "multicast" if pkt.dst >> 28 == 0xE else "broadcast"
+    return {"broadcast": BROADCAST_MAC, "multicast": MULTICAST_MAC,
+            "otherhost": OTHERHOST_MAC}.get(kind, DEFAULT_DST_MAC)
 
 
 def checksum(data: bytes) -> int:
@@ -84,5 +97,5 @@ def frame(pkt: Packet) -> bytes:
                      ttl, pkt.proto, 0, pkt.src.to_bytes(4, "big"),
                      pkt.dst.to_bytes(4, "big")) + options
     ip = ip[:10] + struct.pack("!H", checksum(ip)) + ip[12:]
-    eth = DEFAULT_DST_MAC + (pkt.src_mac or DEFAULT_SRC_MAC) + struct.pack("!H", ETH_P_IP)
+    eth = dst_mac(pkt) + (pkt.src_mac or DEFAULT_SRC_MAC) + struct.pack("!H", ETH_P_IP)
     return eth + ip + l4 + payload
