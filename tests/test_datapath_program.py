@@ -26,7 +26,7 @@ pytestmark = pytest.mark.usefixtures("private_netns")
 ALL_FIELDS = frozenset(compiler.FIELD_ORDER)
 SHAPE = Shape(nwords=4, steps=300, ncounters=64, fields=ALL_FIELDS, src_max=32, dst_max=32,
               proto_max=8, iif_max=16, sport_bsize=32, dport_bsize=32, length_bsize=32,
-              ttl_bsize=32)
+              ttl_bsize=32, oif_max=16, mac_max=8)
 
 
 @pytest.fixture(scope="module")

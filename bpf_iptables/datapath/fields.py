@@ -349,12 +349,14 @@ def add_rule(f: EntryFields, rule: Rule, hook: str) -> bool:
     for match in rule.matches:
         for c in find_match(match.name).lower(match.data, rule):
             ok = apply(f, c) and ok
-    if hook == "OUTPUT":
-        if f.mac:
-            # the kernel refuses xt_mac at OUTPUT (the front end does too)
-            raise NotSupported("-m mac in OUTPUT")
-        # a locally generated packet is PACKET_HOST at LOCAL_OUT (the frame
-        # at TC egress carries the next hop's MAC): decided here
+    if hook == "OUTPUT" and f.mac:
+        # the kernel refuses xt_mac at OUTPUT (the front end does too)
+        raise NotSupported("-m mac in OUTPUT")
+    if hook in ("OUTPUT", "FORWARD"):
+        # PACKET_HOST for every packet these chains see: a locally generated
+        # one at LOCAL_OUT (the frame at TC egress carries the next hop's
+        # MAC), and ip_forward() drops any other type before FORWARD
+        # (though the dispatcher sends it there): decided here
         if not all((t == PACKET_HOST) != inv for t, inv in f.pkttype):
             ok = False
         f.pkttype.clear()
