@@ -45,7 +45,7 @@ FILLERS = ("-A INPUT -s 203.0.113.0/24 -j DROP", "-A INPUT -p 99", "-A INPUT -p 
 FLAG_NAMES = ("FIN", "SYN", "RST", "PSH", "ACK", "URG")
 ALL_FIELDS = frozenset(FIELD_ORDER)
 # iprange ranges become up to ~62 prefixes each, multiport lists many port boundaries
-SHAPE = Shape(nwords=16, steps=1100, ncounters=512, fields=ALL_FIELDS, src_max=2048, dst_max=2048,
+SHAPE = Shape(nwords=16, steps=1000, ncounters=512, fields=ALL_FIELDS, src_max=2048, dst_max=2048,
               proto_max=16, iif_max=16, sport_bsize=512, dport_bsize=512, icmp_max=8192,
               length_bsize=128, ttl_bsize=128, mac_max=8)
 TOS_VALUES = (0x00, 0x02, 0x08, 0x10, 0x28, 0xB8, 0xFF)
