@@ -149,8 +149,9 @@ def rule_line(draw, chain: str, targets: list[str], ifnames: list[str], base: st
             if draw(st.integers(0, 3)) == 0:
                 specs = draw(multiport_specs())
                 mpinv = draw(st.booleans())
-                # positive --ports (sport OR dport) at most once per chain path
-                either_ok = chain == base and not target.startswith(("-j U", "-g U"))
+                # positive --ports (sport OR dport) at most once per chain
+                # path: never in a rule that jumps
+                either_ok = not target.startswith(("-j U", "-g U"))
                 direction = draw(st.sampled_from(
                     ("sports", "dports") + (("ports",) if mpinv or either_ok else ())))
                 text = ",".join(f"{lo}:{hi}" if lo != hi else str(lo) for lo, hi in specs)
