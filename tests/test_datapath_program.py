@@ -420,6 +420,12 @@ def test_pkttype_from_the_destination_mac(harness):
     c = compile_chain(out, "OUTPUT", {"lo": 1})
     # at OUTPUT every packet is PACKET_HOST: decided at compile time
     assert "pkttype" not in c.shape.fields and c.entries[1].fields.never
+    # so in FORWARD (ip_forward() drops the other types before the hook)
+    fwd = table_from_lines(["-A FORWARD -m pkttype ! --pkt-type host -j DROP",
+                            "-A FORWARD -m pkttype --pkt-type unicast -j DROP"])
+    c = compile_chain(fwd, "FORWARD", {"lo": 1})
+    assert "pkttype" not in c.shape.fields
+    assert [e.fields.never for e in c.entries] == [True, False, False]
 
 
 def test_more_fields_leave_fewer_steps_per_invocation():
