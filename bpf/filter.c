@@ -68,7 +68,8 @@ struct counter {
 };
 
 /* A scan longer than STEPS continues in a tail call of this same
- * program (at most 32 times: the kernel's tail call limit is 33), with
+ * program (the compiler allows 31 invocations in all: the kernel's tail
+ * call limit is 33, and a root program may tail-call this one), with
  * the scan position handed over in a per-CPU slot; the packet is parsed
  * and the fields looked up again, which is cheap next to a long scan. */
 struct resume {
@@ -169,11 +170,96 @@ BPF_HASH(icmp_map, u32, struct bitvector, ICMP_MAX);
 #define TERM_ICMP(m, ix)
 #endif
 
+/* Range-compressed fields without extra slots (ranges.h): the interval
+ * search over the boundaries gives the index of the bitvector. (The
+ * lookups are written out below: bcc does not rewrite map calls that a
+ * macro expands to.) */
+#define DEFINE_RANGE_FIELD(NAME, BSIZE)                                       \
+	DEFINE_INTERVAL_SEARCH(NAME, BSIZE)                                   \
+	BPF_ARRAY(NAME##_bounds_map, struct NAME##_bounds, 1);                \
+	BPF_ARRAY(NAME##_map, struct bitvector, BSIZE);
+#if FIELD_LENGTH
+/* the IP total length, as xt_length compares it */
+DEFINE_RANGE_FIELD(length, LENGTH_BSIZE)
+#define TERM_LENGTH(m, ix) &f_length->m[ix]
+#else
+#define TERM_LENGTH(m, ix)
+#endif
+#if FIELD_TTL
+/* the frame's TTL (the compiler shifts FORWARD's boundaries by one: the
+ * kernel lowers the TTL before the FORWARD hook) */
+DEFINE_RANGE_FIELD(ttl, TTL_BSIZE)
+#define TERM_TTL(m, ix) &f_ttl->m[ix]
+#else
+#define TERM_TTL(m, ix)
+#endif
+
+#if FIELD_TOS
+/* index: the TOS byte (xt_tos: value/mask; xt_dscp: the upper six bits) */
+BPF_ARRAY(tos_map, struct bitvector, 256);
+#define TERM_TOS(m, ix) &f_tos->m[ix]
+#else
+#define TERM_TOS(m, ix)
+#endif
+
+#if FIELD_PORTS
+#if !FIELD_SPORT || !FIELD_DPORT
+#error "FIELD_PORTS needs both port fields"
+#endif
+/* multiport --ports: per sport (dport) slot, the entries whose list holds
+ * that port, and every entry without --ports; an entry holds when the
+ * source OR the destination port is listed: one AND term, the OR of the
+ * two bitvectors (the first-match scan and the counters are unchanged) */
+BPF_ARRAY(ports_s_map, struct bitvector, SPORT_BSIZE + 2);
+BPF_ARRAY(ports_d_map, struct bitvector, DPORT_BSIZE + 2);
+/* the summary of an OR is the OR of the summaries */
+#define TERM_PORTS(m, ix) &(f_ports_s->m[ix] | f_ports_d->m[ix])
+#else
+#define TERM_PORTS(m, ix)
+#endif
+
+#if FIELD_OIF
+#if HOOK_TC
+#error "FIELD_OIF is FORWARD's (XDP); OUTPUT's output device is the iif field"
+#endif
+/* FORWARD's -o: key is the egress ifindex of the kernel's own route
+ * (bpf_fib_lookup with the dispatcher's parameters), 0 for an interface
+ * unknown at compile time or no route */
+#define AF_INET 2
+BPF_HASH(oif_map, u32, struct bitvector, OIF_MAX);
+#define TERM_OIF(m, ix) &f_oif->m[ix]
+#else
+#define TERM_OIF(m, ix)
+#endif
+
+#if FIELD_MAC
+/* key: the Ethernet source address (48 bits, first byte highest),
+ * MAC_OTHER for addresses not listed, MAC_NONE on the loopback device
+ * (xt_mac needs an ARPHRD_ETHER device: no match there, even inverted) */
+#define MAC_OTHER (1ULL << 48)
+#define MAC_NONE ((1ULL << 48) + 1)
+#define LOOPBACK_IFINDEX 1
+BPF_HASH(mac_map, u64, struct bitvector, MAC_MAX);
+#define TERM_MAC(m, ix) &f_mac->m[ix]
+#else
+#define TERM_MAC(m, ix)
+#endif
+#if FIELD_PKTTYPE
+/* index: PACKET_HOST, PACKET_BROADCAST or PACKET_MULTICAST (parse.h) */
+BPF_ARRAY(pkttype_map, struct bitvector, 3);
+#define TERM_PKTTYPE(m, ix) &f_pkttype->m[ix]
+#else
+#define TERM_PKTTYPE(m, ix)
+#endif
+
 /* The AND of all compiled-in fields' bitvectors at word ix (m = word), or
  * of their summaries at summary word ix (m = summary). */
 #define AND_OF(m, ix) (live->m[ix] TERM_SRC(m, ix) TERM_DST(m, ix) TERM_PROTO(m, ix) \
 		       TERM_IIF(m, ix) TERM_FRAG(m, ix) TERM_FLAGS(m, ix)                \
-		       TERM_SPORT(m, ix) TERM_DPORT(m, ix) TERM_ICMP(m, ix))
+		       TERM_SPORT(m, ix) TERM_DPORT(m, ix) TERM_ICMP(m, ix)              \
+		       TERM_LENGTH(m, ix) TERM_TTL(m, ix) TERM_TOS(m, ix)                \
+		       TERM_PORTS(m, ix) TERM_OIF(m, ix) TERM_MAC(m, ix)                 \
+		       TERM_PKTTYPE(m, ix))
 #define AND_WORD(ix) AND_OF(word, ix)
 #define AND_SUM(ix) AND_OF(summary, ix)
 
@@ -293,6 +379,75 @@ int xdp_filter(CTX_TYPE *ctx)
 		if (!f_icmp)
 			return RET(XDP_ABORTED);
 	}
+#endif
+
+#if FIELD_LENGTH
+	struct length_bounds *lb = length_bounds_map.lookup(&zero);
+	if (!lb)
+		return RET(XDP_ABORTED);
+	u32 lkey = length_interval(lb, pf.length);
+	struct bitvector *f_length = length_map.lookup(&lkey);
+	if (!f_length)
+		return RET(XDP_ABORTED);
+#endif
+#if FIELD_TTL
+	struct ttl_bounds *tb = ttl_bounds_map.lookup(&zero);
+	if (!tb)
+		return RET(XDP_ABORTED);
+	u32 ttlkey = ttl_interval(tb, pf.ttl);
+	struct bitvector *f_ttl = ttl_map.lookup(&ttlkey);
+	if (!f_ttl)
+		return RET(XDP_ABORTED);
+#endif
+#if FIELD_PORTS
+	struct bitvector *f_ports_s = ports_s_map.lookup(&skey2);
+	struct bitvector *f_ports_d = ports_d_map.lookup(&dkey2);
+	if (!f_ports_s || !f_ports_d)
+		return RET(XDP_ABORTED);
+#endif
+#if FIELD_OIF
+	struct bpf_fib_lookup fib = {};
+	fib.family = AF_INET;
+	fib.tos = pf.tos;
+	fib.l4_protocol = pf.proto;
+	fib.tot_len = pf.length;
+	fib.ipv4_src = pf.saddr;
+	fib.ipv4_dst = pf.daddr;
+	fib.ifindex = ctx->ingress_ifindex;
+	long fib_rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), 0);
+	/* the dispatcher calls FORWARD only for these two results; the
+	 * lookup fills in the egress ifindex for both */
+	u32 okey = (fib_rc == BPF_FIB_LKUP_RET_SUCCESS ||
+		    fib_rc == BPF_FIB_LKUP_RET_NO_NEIGH) ? fib.ifindex : 0;
+	struct bitvector *f_oif = oif_map.lookup(&okey);
+	if (!f_oif) {
+		okey = 0;
+		f_oif = oif_map.lookup(&okey);
+		if (!f_oif)
+			return RET(XDP_ABORTED);
+	}
+#endif
+#if FIELD_MAC
+	u64 mkey = CTX_IFINDEX(ctx) == LOOPBACK_IFINDEX ? MAC_NONE : pf.src_mac;
+	struct bitvector *f_mac = mac_map.lookup(&mkey);
+	if (!f_mac) {
+		mkey = MAC_OTHER;
+		f_mac = mac_map.lookup(&mkey);
+		if (!f_mac)
+			return RET(XDP_ABORTED);
+	}
+#endif
+#if FIELD_PKTTYPE
+	u32 ptkey = pf.pkttype;
+	struct bitvector *f_pkttype = pkttype_map.lookup(&ptkey);
+	if (!f_pkttype)
+		return RET(XDP_ABORTED);
+#endif
+#if FIELD_TOS
+	u32 toskey = pf.tos & 0xFF;
+	struct bitvector *f_tos = tos_map.lookup(&toskey);
+	if (!f_tos)
+		return RET(XDP_ABORTED);
 #endif
 
 	struct resume *rs = resume_map.lookup(&zero);

@@ -388,3 +388,44 @@ def test_root_namespace_untouched():
             tc = subprocess.run(["tc", "filter", "show", "dev", name, kind],
                                 capture_output=True, text=True).stdout
             assert "bpf" not in tc, (name, kind, tc)
+
+
+# -- FORWARD: -o by the route's device, -m ttl after the router's decrement -----------
+
+OIF_TTL_RULES = """\
+*filter
+:INPUT ACCEPT [0:0]
+:FORWARD DROP [0:0]
+:OUTPUT ACCEPT [0:0]
+-A FORWARD -o r1 -j ACCEPT
+-A FORWARD -o r2 -p udp -m ttl --ttl-eq 63 -m udp --dport 5001 -j ACCEPT
+-A FORWARD -o r2 -p udp -m ttl ! --ttl-eq 63 -j ACCEPT
+-A FORWARD ! -o r2 -p icmp -j DROP
+-A FORWARD -o r2 -p icmp -m ttl --ttl-gt 62 -m ttl --ttl-lt 64 -j ACCEPT
+COMMIT
+"""
+
+
+def test_forward_out_interface_and_ttl_as_iptables_legacy():
+    """-o is the egress device of the router's route; -m ttl sees the TTL
+    after the router lowered it (the client sends 64, FORWARD sees 63)."""
+    ensure_bpffs()
+
+    def run(t: Routed) -> dict[str, int]:
+        p = Pair(t.client, t.server)
+        out = {"udp5001": udp(p, 5001, 3, far=FAR_IP), "udp5002": udp(p, 5002, 2, far=FAR_IP),
+               "icmp": ping(p, 2, FAR_IP)}
+        time.sleep(0.1)
+        return out
+
+    with routed("dol") as legacy, routed("dob") as ours:
+        assert legacy.router.run(["iptables-legacy-restore"], input=OIF_TTL_RULES).returncode == 0
+        r = ours.router.run(bpf_command("iptables-restore"), input=OIF_TTL_RULES)
+        assert r.returncode == 0, r.stderr
+        r = ours.router.run(datapath_command("attach"))
+        assert r.returncode == 0, r.stderr
+        want = run(legacy)
+        assert want == {"udp5001": 3, "udp5002": 0, "icmp": 2}
+        assert run(ours) == want
+        listing = without_output(legacy.router.iptables("-L", "-v", "-x", "-n").stdout)
+        assert without_output(ours.router.bpf_iptables("-L", "-v", "-x", "-n").stdout) == listing

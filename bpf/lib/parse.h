@@ -27,11 +27,22 @@
 #define TCP_FLAGS_EVIL 65 /* flags-table index of an offset-1 TCP fragment */
 #define ICMP_NONE 0x10001 /* icmp-table key: no ICMP header (fragment, truncated, not ICMP) */
 
+/* skb->pkt_type as eth_type_trans() sets it from the destination MAC
+ * (a frame to another host's MAC, PACKET_OTHERHOST in the kernel, is
+ * dropped by ip_rcv() before any chain: classified as host here) */
+#define PACKET_HOST 0
+#define PACKET_BROADCAST 1
+#define PACKET_MULTICAST 2
+
 struct packet_fields {
+	u64 src_mac;	/* Ethernet source address, first byte highest */
+	u32 pkttype;	/* PACKET_HOST, _BROADCAST or _MULTICAST */
 	u32 saddr;	/* network byte order, as the LPM key wants it */
 	u32 daddr;
 	u32 proto;
 	u32 length;	/* IP total length: what iptables counts as bytes */
+	u32 ttl;	/* the frame's TTL */
+	u32 tos;	/* the TOS byte (DSCP << 2 | ECN) */
 	u32 fragment;	/* non-first fragment */
 	u32 l4;		/* ports (and TCP flags) below are valid */
 	u32 sport;	/* host byte order */
@@ -54,6 +65,13 @@ static __always_inline int parse_packet(void *data, void *data_end,
 	struct iphdr *ip = (void *)(eth + 1);
 	if ((void *)(ip + 1) > data_end)
 		return PARSE_MALFORMED;
+	const u8 *sm = eth->h_source, *dm = eth->h_dest;
+	f->src_mac = ((u64)sm[0] << 40) | ((u64)sm[1] << 32) | ((u64)sm[2] << 24) |
+		     ((u64)sm[3] << 16) | ((u64)sm[4] << 8) | sm[5];
+	if ((dm[0] & dm[1] & dm[2] & dm[3] & dm[4] & dm[5]) == 0xFF)
+		f->pkttype = PACKET_BROADCAST;
+	else
+		f->pkttype = (dm[0] & 1) ? PACKET_MULTICAST : PACKET_HOST;
 	if (ip->version != 4 || ip->ihl < 5)
 		return PARSE_MALFORMED;
 	u32 hlen = (ip->ihl & 0xF) * 4;
@@ -66,6 +84,8 @@ static __always_inline int parse_packet(void *data, void *data_end,
 	f->daddr = ip->daddr;
 	f->proto = ip->protocol;
 	f->length = total;
+	f->ttl = ip->ttl;
+	f->tos = ip->tos;
 	f->fragment = (bpf_ntohs(ip->frag_off) & 0x1FFF) != 0;
 	f->l4 = 0;
 	f->sport = 0;

@@ -1,9 +1,10 @@
-/* Range-compressed tables (ports; addresses, whose prefixes are ranges too).
+/* Range-compressed tables: ports, the IP total length, the TTL, and
+ * (with a /16 first step, see below) addresses, whose prefixes are ranges too.
  *
- * The compiler cuts the port space 0..65535 at every range boundary used
- * by a rule (lo and hi+1). The sorted boundaries live in one map value,
- * padded to a power of two with 65536 (greater than any port); interval i
- * is [b[i], b[i+1]) and has one bitvector. A branch-free binary search of
+ * The compiler cuts the value space (0..65535, or 0..255 for the TTL) at
+ * every range boundary used by a rule (lo and hi+1). The sorted boundaries
+ * live in one map value, padded to a power of two with 65536 (greater
+ * than any value); interval i is [b[i], b[i+1]) and has one bitvector. A branch-free binary search of
  * log2(BSIZE) unrolled probes finds the interval: the verifier sees a fixed
  * instruction sequence whatever the number of ranges. */
 #ifndef BPF_IPTABLES_RANGES_H
@@ -13,10 +14,10 @@
  * time), so the search is a straight line of log2(BSIZE) probes whose
  * index the verifier sees as one unknown value, not one constant per path
  * (which would make it walk one path per interval). */
-#define INTERVAL_PROBE(T, BSIZE, S, idx, port)                               \
+#define INTERVAL_PROBE(T, BSIZE, S, idx, value)                              \
 	if ((BSIZE) > (S)) {                                                  \
 		u32 probe = (T)->b[((idx) + (S)) & ((BSIZE) - 1)];           \
-		s64 diff = (s64)(port) - (s64)probe;                          \
+		s64 diff = (s64)(value) - (s64)probe;                         \
 		/* opaque to clang, which would turn the sign test below  \
 		 * into a compare and branch: one verifier path per interval */ \
 		asm volatile("" : "+r"(diff));                                \
@@ -29,26 +30,25 @@
 		u32 b[BSIZE];                                                 \
 	};                                                                    \
 	static __always_inline u32 NAME##_interval(const struct NAME##_bounds *t, \
-						   u32 port)                  \
+						   u32 value)                 \
 	{                                                                     \
 		u32 idx = 0;                                                  \
-		INTERVAL_PROBE(t, BSIZE, 65536, idx, port)                    \
-		INTERVAL_PROBE(t, BSIZE, 32768, idx, port)                    \
-		INTERVAL_PROBE(t, BSIZE, 16384, idx, port)                    \
-		INTERVAL_PROBE(t, BSIZE, 8192, idx, port)                     \
-		INTERVAL_PROBE(t, BSIZE, 4096, idx, port)                     \
-		INTERVAL_PROBE(t, BSIZE, 2048, idx, port)                     \
-		INTERVAL_PROBE(t, BSIZE, 1024, idx, port)                     \
-		INTERVAL_PROBE(t, BSIZE, 512, idx, port)                      \
-		INTERVAL_PROBE(t, BSIZE, 256, idx, port)                      \
-		INTERVAL_PROBE(t, BSIZE, 128, idx, port)                      \
-		INTERVAL_PROBE(t, BSIZE, 64, idx, port)                       \
-		INTERVAL_PROBE(t, BSIZE, 32, idx, port)                       \
-		INTERVAL_PROBE(t, BSIZE, 16, idx, port)                       \
-		INTERVAL_PROBE(t, BSIZE, 8, idx, port)                        \
-		INTERVAL_PROBE(t, BSIZE, 4, idx, port)                        \
-		INTERVAL_PROBE(t, BSIZE, 2, idx, port)                        \
-		INTERVAL_PROBE(t, BSIZE, 1, idx, port)                        \
+		INTERVAL_PROBE(t, BSIZE, 32768, idx, value)                   \
+		INTERVAL_PROBE(t, BSIZE, 16384, idx, value)                   \
+		INTERVAL_PROBE(t, BSIZE, 8192, idx, value)                    \
+		INTERVAL_PROBE(t, BSIZE, 4096, idx, value)                    \
+		INTERVAL_PROBE(t, BSIZE, 2048, idx, value)                    \
+		INTERVAL_PROBE(t, BSIZE, 1024, idx, value)                    \
+		INTERVAL_PROBE(t, BSIZE, 512, idx, value)                     \
+		INTERVAL_PROBE(t, BSIZE, 256, idx, value)                     \
+		INTERVAL_PROBE(t, BSIZE, 128, idx, value)                     \
+		INTERVAL_PROBE(t, BSIZE, 64, idx, value)                      \
+		INTERVAL_PROBE(t, BSIZE, 32, idx, value)                      \
+		INTERVAL_PROBE(t, BSIZE, 16, idx, value)                      \
+		INTERVAL_PROBE(t, BSIZE, 8, idx, value)                       \
+		INTERVAL_PROBE(t, BSIZE, 4, idx, value)                       \
+		INTERVAL_PROBE(t, BSIZE, 2, idx, value)                       \
+		INTERVAL_PROBE(t, BSIZE, 1, idx, value)                       \
 		return idx & ((BSIZE) - 1);                                   \
 	}
 

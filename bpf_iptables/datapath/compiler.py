@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import socket
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from ..errors import NotSupported
@@ -45,9 +46,21 @@ TCP_FLAGS_EVIL = 65
 # iterations (program.py then retries with fewer); longer scans continue
 # in tail calls of the program, of which the kernel allows 33.
 MAX_STEPS = 600
-MAX_CHUNKS = 32
-FIELD_ORDER = ("src", "dst", "proto", "iif", "frag", "flags", "sport", "dport", "icmp")
+# Every field compiled in adds an AND term to the loop body: with more
+# than the first nine fields the budget is 5/6 of it (program.py still
+# retries with fewer steps when the verifier gives up).
+BASE_FIELDS = 9
+# 31: a root program tail-calls the classifier (one of the 33)
+MAX_CHUNKS = 31
+FIELD_ORDER = ("src", "dst", "proto", "iif", "frag", "flags", "sport", "dport", "icmp",
+               "length", "ttl", "tos", "ports", "oif", "mac", "pkttype")
+# Shape attributes that size a field's map (-D<NAME upper>)
+SIZE_ATTRS = ("src_max", "dst_max", "src_bsize", "dst_bsize", "src_probes", "dst_probes",
+              "proto_max", "iif_max", "sport_bsize", "dport_bsize",
+              "icmp_max", "length_bsize", "ttl_bsize", "oif_max", "mac_max")
 ICMP_OTHER, ICMP_NONE = 0x10000, 0x10001   # icmp-table keys (filter.c, parse.h)
+MAC_OTHER, MAC_NONE = 1 << 48, (1 << 48) + 1  # mac-table keys (filter.c)
+PKTTYPES = 3   # pkttype-table slots: PACKET_HOST, _BROADCAST, _MULTICAST (parse.h)
 
 
 @dataclass
@@ -92,6 +105,10 @@ class Shape:
     sport_bsize: int = 2             # boundary slots, a power of two
     dport_bsize: int = 2
     icmp_max: int = 1
+    length_bsize: int = 2
+    ttl_bsize: int = 2
+    oif_max: int = 1
+    mac_max: int = 2
     # steps the longest scan may need (0: ``steps``); one invocation runs
     # ``steps`` of them and continues in tail calls, so a program whose
     # verifier budget forced fewer steps per invocation still fits
@@ -114,10 +131,7 @@ class Shape:
         return (addresses and other.fields <= self.fields and self.nwords >= other.nwords
                 and self.steps * MAX_CHUNKS >= other.scan_steps
                 and self.ncounters >= other.ncounters
-                and all(getattr(self, k) >= getattr(other, k) for k in (
-                    "src_max", "dst_max", "src_bsize", "dst_bsize", "proto_max", "iif_max",
-                    "sport_bsize", "dport_bsize",
-                    "icmp_max")))
+                and all(getattr(self, k) >= getattr(other, k) for k in SIZE_ATTRS))
 
     def union(self, other: "Shape") -> "Shape":
         u = Shape(**{k: (self.fields | other.fields) if k == "fields"
@@ -126,7 +140,14 @@ class Shape:
         for a in ("src", "dst"):
             room = getattr(u, f"{a}_nbounds") + (1 << getattr(u, f"{a}_probes"))
             setattr(u, f"{a}_bsize", max(getattr(u, f"{a}_bsize"), pow2_at_least(room)))
+        # more fields can mean fewer steps per invocation (the verifier's budget)
+        u.steps = min(u.steps, max_steps(u.fields))
         return u
+
+
+def max_steps(fields: "frozenset[str] | set[str]") -> int:
+    """The scan steps one invocation may take with ``fields`` compiled in."""
+    return MAX_STEPS if len(fields) <= BASE_FIELDS else MAX_STEPS * 5 // 6
 
 
 @dataclass
@@ -160,6 +181,7 @@ class Compiled:
     dst_iv: "Intervals | None" = None
     proto: dict[int, int] = field(default_factory=dict)      # PROTO_DEFAULT included
     iif: dict[int, int] = field(default_factory=dict)        # ifindex 0: unknown
+    oif: dict[int, int] = field(default_factory=dict)        # ifindex 0: unknown / no route
     frag: list[int] = field(default_factory=list)            # [not fragment, fragment]
     flags: list[int] = field(default_factory=list)           # 66 entries
     sport_bounds: list[int] = field(default_factory=list)
@@ -167,6 +189,17 @@ class Compiled:
     dport_bounds: list[int] = field(default_factory=list)
     dport: list[int] = field(default_factory=list)
     icmp: dict[int, int] = field(default_factory=dict)       # ICMP_OTHER, ICMP_NONE included
+    length_bounds: list[int] = field(default_factory=list)   # IP total length intervals
+    length: list[int] = field(default_factory=list)
+    ttl_bounds: list[int] = field(default_factory=list)      # keyed by the frame's TTL
+    ttl: list[int] = field(default_factory=list)
+    tos: list[int] = field(default_factory=list)             # 256: one per TOS byte
+    # multiport --ports: per sport / dport slot (as c.sport / c.dport), the
+    # entries whose list holds that port; the AND term is (sport | dport)
+    ports_s: list[int] = field(default_factory=list)
+    ports_d: list[int] = field(default_factory=list)
+    mac: dict[int, int] = field(default_factory=dict)        # MAC_OTHER, MAC_NONE included
+    pkttype: list[int] = field(default_factory=list)         # PKTTYPES slots
 
 
 def summary_words(nwords: int) -> int:
@@ -364,17 +397,19 @@ def bsize_of(iv: Intervals) -> int:
     return max(2, pow2_at_least(len(iv.bounds) + (1 << iv.probes)))
 
 
-def range_table(live: int, per_entry: list[tuple[int, RangeField]], l4_entries: int
-                ) -> tuple[list[int], list[int]]:
-    """Interval contents: boundaries (sorted, from 0) and, per interval
-    [b[i], b[i+1]), the entries whose ranges hold there; then the no-L4
-    bitvector (entries without a tcp/udp match) and the offset-1 TCP
-    fragment bitvector (all entries)."""
-    cuts = {0}
+def range_table(live: int, per_entry: list[tuple[int, RangeField]], top: int,
+                extra_cuts: set[int] = frozenset()) -> tuple[list[int], list[int]]:
+    """Interval contents of a range-compressed field whose values lie in
+    [0, top]: the boundaries (sorted, from 0) and, per interval
+    [b[i], b[i+1]), the entries whose ranges hold there. Ranges are cut at
+    every boundary, so each range contains an interval or is disjoint from
+    it; one sweep gives every interval's bitvector. ``extra_cuts``: more
+    boundaries (of another table sharing these intervals)."""
+    cuts = {0, *extra_cuts}
     for _, rf in per_entry:
         for lo, hi in ([rf.positive] if rf.positive else []) + rf.negative:
             cuts.add(lo)
-            if hi < 0xFFFF:
+            if hi < top:
                 cuts.add(hi + 1)
     bounds = sorted(cuts)
     # sweep: entries start/stop being covered at interval indices
@@ -386,11 +421,11 @@ def range_table(live: int, per_entry: list[tuple[int, RangeField]], l4_entries: 
             no_positive &= ~(1 << e)
         for lo, hi in ([rf.positive] if rf.positive else []):
             events.setdefault(index[lo], []).append((e, True, +1))
-            if hi < 0xFFFF:
+            if hi < top:
                 events.setdefault(index[hi + 1], []).append((e, True, -1))
         for lo, hi in rf.negative:
             events.setdefault(index[lo], []).append((e, False, +1))
-            if hi < 0xFFFF:
+            if hi < top:
                 events.setdefault(index[hi + 1], []).append((e, False, -1))
     pos_active, neg_active = 0, 0
     neg_count: dict[int, int] = {}
@@ -407,10 +442,40 @@ def range_table(live: int, per_entry: list[tuple[int, RangeField]], l4_entries: 
                 else:
                     neg_active &= ~(1 << e)
         vectors.append((pos_active | no_positive) & ~neg_active & live)
-    vectors.append(live & ~l4_entries)
-    # an offset-1 TCP fragment: every tcp entry must be reached to hot-drop
-    vectors.append(live)
     return bounds, vectors
+
+
+def port_table(live: int, per_entry: list[tuple[int, RangeField]], l4_entries: int,
+               extra_cuts: set[int] = frozenset()) -> tuple[list[int], list[int]]:
+    """A port field: the intervals (range_table), then the no-L4 bitvector
+    (entries without a tcp/udp match) and the offset-1 TCP fragment
+    bitvector (all entries: every tcp entry must be reached to hot-drop)."""
+    bounds, vectors = range_table(live, per_entry, 0xFFFF, extra_cuts)
+    return bounds, vectors + [live & ~l4_entries, live]
+
+
+def either_cuts(live_entries: list[tuple[int, EntryFields]]) -> set[int]:
+    """The boundaries of every multiport --ports list (cut into both port fields)."""
+    cuts: set[int] = set()
+    for _, f in live_entries:
+        for lo, hi in f.either or ():
+            cuts.add(lo)
+            if hi < 0xFFFF:
+                cuts.add(hi + 1)
+    return cuts
+
+
+def either_table(live: int, live_entries: list[tuple[int, EntryFields]],
+                 bounds: list[int]) -> list[int]:
+    """Per interval of a port field (its bounds include every --ports
+    boundary), the entries whose --ports list holds the interval, plus
+    every entry without --ports; then no L4 header (no --ports entry) and
+    the offset-1 fragment (all: NotFragment excludes it elsewhere)."""
+    free = bits(i for i, f in live_entries if f.either is None)
+    lists = [(i, f.either) for i, f in live_entries if f.either is not None]
+    out = [free | bits(i for i, ranges in lists if any(lo <= b <= hi for lo, hi in ranges))
+           for b in bounds]
+    return out + [free, live]
 
 
 def interfaces_here() -> dict[str, int]:
@@ -447,9 +512,10 @@ def compile_chain(table: Table, hook: str = "INPUT", interfaces: dict[str, int] 
     # bitvector word, see bpf/lib/bitvector.h) and each candidate word at
     # most once, and visits at most every continuing entry plus one verdict.
     needed = nwords + summary_words(nwords) + nonterminal + 2
-    steps = min(needed, MAX_STEPS)
+    limit = max_steps(used | (min_shape.fields if min_shape is not None else set()))
+    steps = min(needed, limit)
     if -(-needed // steps) > MAX_CHUNKS:
-        raise NotSupported(f"more than {MAX_CHUNKS * MAX_STEPS - nwords - 2} "
+        raise NotSupported(f"more than {MAX_CHUNKS * limit - nwords - 2} "
                            "non-terminating rules in one chain in the eBPF data path")
     policy = VERDICTS[table.chains[hook].policy or "ACCEPT"]
     c = Compiled(hook, Shape(nwords, steps, FIRST_RULE_COUNTER + len(slots), frozenset(),
@@ -477,23 +543,60 @@ def compile_chain(table: Table, hook: str = "INPUT", interfaces: dict[str, int] 
     if "iif" in used:
         c.iif = iif_table(live, live_entries, interfaces)
         shape.iif_max = len(c.iif)
+    if "oif" in used:
+        c.oif = iif_table(live, live_entries, interfaces, lambda f: f.oif)
+        shape.oif_max = len(c.oif)
     if "frag" in used:
         c.frag = [bits(i for i, f in live_entries if f.fragment is not True),
                   bits(i for i, f in live_entries if f.fragment is not False)]
     if "flags" in used:
         c.flags = flags_table(live, live_entries)
     l4 = bits(i for i, f in live_entries if f.l4)
+    ecuts = either_cuts(live_entries)
     if "sport" in used:
-        c.sport_bounds, c.sport = range_table(live, [(i, f.sport) for i, f in live_entries], l4)
+        c.sport_bounds, c.sport = port_table(live, [(i, f.sport) for i, f in live_entries], l4,
+                                             ecuts)
         shape.sport_bsize = max(2, pow2_at_least(len(c.sport_bounds)))
     if "dport" in used:
-        c.dport_bounds, c.dport = range_table(live, [(i, f.dport) for i, f in live_entries], l4)
+        c.dport_bounds, c.dport = port_table(live, [(i, f.dport) for i, f in live_entries], l4,
+                                             ecuts)
         shape.dport_bsize = max(2, pow2_at_least(len(c.dport_bounds)))
+    if "ports" in used:
+        # "sport in L or dport in L": the OR of a sport-indexed and a
+        # dport-indexed bitvector, one more AND term (filter.c TERM_PORTS)
+        c.ports_s = either_table(live, live_entries, c.sport_bounds)
+        c.ports_d = either_table(live, live_entries, c.dport_bounds)
+    if "length" in used:
+        c.length_bounds, c.length = range_table(
+            live, [(i, f.length) for i, f in live_entries], 0xFFFF)
+        shape.length_bsize = max(2, pow2_at_least(len(c.length_bounds)))
+    if "ttl" in used:
+        bounds, c.ttl = range_table(live, [(i, f.ttl) for i, f in live_entries], 0xFF)
+        if hook == "FORWARD":
+            # ip_forward() lowers the TTL before the FORWARD hook: netfilter
+            # compares frame TTL - 1, so the table is keyed by the frame's
+            # TTL with every boundary one higher (a boundary of 256 is
+            # never reached: netfilter never sees TTL 255 in FORWARD)
+            bounds = [0] + [b + 1 for b in bounds[1:]]
+        c.ttl_bounds = bounds
+        shape.ttl_bsize = max(2, pow2_at_least(len(c.ttl_bounds)))
+    if "tos" in used:
+        c.tos = tos_table(live_entries)
+    if "mac" in used:
+        c.mac = mac_table(live_entries)
+        shape.mac_max = len(c.mac)
+    if "pkttype" in used:
+        c.pkttype = [bits(i for i, f in live_entries
+                          if all((t == slot) != inv for t, inv in f.pkttype))
+                     for slot in range(PKTTYPES)]
     if "icmp" in used:
         c.icmp = icmp_table(live, live_entries)
         shape.icmp_max = len(c.icmp)
     if min_shape is not None:
         c.shape = min_shape.union(shape)
+        if -(-needed // c.shape.steps) > MAX_CHUNKS:   # fewer steps with min_shape's fields
+            raise NotSupported(f"more than {MAX_CHUNKS * c.shape.steps - nwords - 2} "
+                               "non-terminating rules in one chain in the eBPF data path")
         fill_unused(c)
     return c
 
@@ -512,6 +615,8 @@ def fill_unused(c: Compiled) -> None:
         c.proto = {PROTO_DEFAULT: live}
     if "iif" in c.shape.fields and not c.iif:
         c.iif = {0: live}
+    if "oif" in c.shape.fields and not c.oif:
+        c.oif = {0: live}
     if "frag" in c.shape.fields and not c.frag:
         c.frag = [live, live]
     if "flags" in c.shape.fields and not c.flags:
@@ -521,6 +626,18 @@ def fill_unused(c: Compiled) -> None:
         c.sport_bounds, c.sport = [0], [live, live & ~l4, live]
     if "dport" in c.shape.fields and not c.dport:
         c.dport_bounds, c.dport = [0], [live, live & ~l4, live]
+    if "length" in c.shape.fields and not c.length:
+        c.length_bounds, c.length = [0], [live]
+    if "ports" in c.shape.fields and not c.ports_s:
+        c.ports_s, c.ports_d = [live] * len(c.sport), [live] * len(c.dport)
+    if "mac" in c.shape.fields and not c.mac:
+        c.mac = {MAC_OTHER: live, MAC_NONE: live}
+    if "pkttype" in c.shape.fields and not c.pkttype:
+        c.pkttype = [live] * PKTTYPES
+    if "tos" in c.shape.fields and not c.tos:
+        c.tos = [live] * 256
+    if "ttl" in c.shape.fields and not c.ttl:
+        c.ttl_bounds, c.ttl = [0], [live]
     if "icmp" in c.shape.fields and not c.icmp:
         c.icmp = {ICMP_OTHER: live, ICMP_NONE: live}
 
@@ -539,11 +656,15 @@ def proto_table(live: int, live_entries: list[tuple[int, EntryFields]]) -> dict[
 
 
 def iif_table(live: int, live_entries: list[tuple[int, EntryFields]],
-              interfaces: dict[str, int]) -> dict[int, int]:
+              interfaces: dict[str, int],
+              patterns: Callable[[EntryFields], list[tuple[str, bool]]] = lambda f: f.iif
+              ) -> dict[int, int]:
+    """ifindex -> entries whose interface patterns (-i, or ``patterns``:
+    FORWARD's -o) hold for that interface's name."""
     def holds(f: EntryFields, name: str | None) -> bool:
         # name None: an interface unknown at compile time matches no pattern
         return all((name is not None and iface_matches(pat, name)) != inv
-                   for pat, inv in f.iif)
+                   for pat, inv in patterns(f))
 
     table = {0: bits(i for i, f in live_entries if holds(f, None))}
     for name, index in interfaces.items():
@@ -577,4 +698,28 @@ def icmp_table(live: int, live_entries: list[tuple[int, EntryFields]]) -> dict[i
     for t in types:
         for code in range(256):
             table[t << 8 | code] = bits(i for i, f in live_entries if holds(f, t, code))
+    return table
+
+
+def tos_table(live_entries: list[tuple[int, EntryFields]]) -> list[int]:
+    """One bitvector per TOS byte value (xt_tos, xt_dscp)."""
+    free = bits(i for i, f in live_entries if not f.tos)
+    tested = [(i, f.tos) for i, f in live_entries if f.tos]
+    return [free | bits(i for i, tests in tested
+                        if all(((tos & m) == v) != inv for m, v, inv in tests))
+            for tos in range(256)]
+
+
+def mac_table(live_entries: list[tuple[int, EntryFields]]) -> dict[int, int]:
+    """Source MAC -> entries, for every listed MAC; MAC_OTHER for the other
+    addresses, MAC_NONE for a device without an Ethernet header (xt_mac
+    is false there, even inverted: only entries without a mac test)."""
+    def holds(f: EntryFields, mac: int) -> bool:
+        return all((mac == a) != inv for a, inv in f.mac)
+
+    macs = {a for _, f in live_entries for a, _ in f.mac}
+    table = {MAC_OTHER: bits(i for i, f in live_entries if holds(f, -1)),
+             MAC_NONE: bits(i for i, f in live_entries if not f.mac)}
+    for m in macs:
+        table[m] = bits(i for i, f in live_entries if holds(f, m))
     return table

@@ -9,10 +9,13 @@ the field tables in compiler.py need to give every field value one
 bitvector. Address masks that are not prefixes are the exception: they
 become a per-candidate check after the bitvector step.
 
-Fields: source and destination prefix, protocol, input interface, fragment
+Fields: source and destination prefix, protocol, input interface, output
+interface (FORWARD: the egress device of the kernel's route), fragment
 flag, TCP flags, source and destination port (tcp/udp matches; those also
-require an L4 header). The output interface is known statically at INPUT
-(none), so it is decided here.
+require an L4 header), ICMP type/code, IP total length, TTL, TOS byte,
+"source or destination port" (multiport --ports), source MAC, packet
+type. The output interface is known statically at INPUT (none), so it is
+decided here.
 
 Extension matches are lowered by their own module: ``MatchExtension.lower()``
 returns a conjunction of the constraint objects below, which ``add_rule``
@@ -83,20 +86,23 @@ class PrefixField:
 
 @dataclass
 class RangeField:
-    """A conjunction of port-range constraints (ranges inclusive)."""
+    """A conjunction of range constraints (inclusive) on a value in [0, top]:
+    ports, the IP total length, the TTL."""
 
     positive: tuple[int, int] | None = None
     negative: list[tuple[int, int]] = field(default_factory=list)
+    top: int = 0xFFFF
 
     def add(self, lo: int, hi: int, invert: bool) -> bool:
+        lo, hi = max(lo, 0), min(hi, self.top)
         if invert:
             if lo > hi:
                 return True  # "! empty range" always holds
-            if lo == 0 and hi == 0xFFFF:
+            if lo == 0 and hi == self.top:
                 return False
             self.negative.append((lo, hi))
             return True
-        if lo == 0 and hi == 0xFFFF:
+        if lo == 0 and hi == self.top:
             return True
         if self.positive is not None:
             lo, hi = max(lo, self.positive[0]), min(hi, self.positive[1])
@@ -122,6 +128,49 @@ class PortConstraint:
     which: str
     lo: int
     hi: int
+    invert: bool = False
+
+
+@dataclass(frozen=True)
+class RangeConstraint:
+    """A value with a range-compressed field ("length": IP total length,
+    "ttl": IP TTL as netfilter sees it) in [lo, hi] (or not)."""
+    which: str
+    lo: int
+    hi: int
+    invert: bool = False
+
+
+@dataclass(frozen=True)
+class TosConstraint:
+    """(TOS byte & mask) == value, or not (xt_tos; xt_dscp with mask 0xFC)."""
+    mask: int
+    value: int
+    invert: bool = False
+
+
+@dataclass(frozen=True)
+class PortsEither:
+    """The source port or the destination port in one of ``ranges``
+    (multiport --ports): a disjunction across the two port fields."""
+    ranges: tuple[tuple[int, int], ...]
+
+
+@dataclass(frozen=True)
+class MacConstraint:
+    """The Ethernet source address is ``addr`` (48 bits), or not. Never
+    holds without an Ethernet header (xt_mac: loopback), even inverted."""
+    addr: int
+    invert: bool = False
+
+
+PACKET_HOST, PACKET_BROADCAST, PACKET_MULTICAST, PACKET_OTHERHOST = 0, 1, 2, 3
+
+
+@dataclass(frozen=True)
+class PkttypeConstraint:
+    """skb->pkt_type is ``pkttype`` (PACKET_*), or not."""
+    pkttype: int
     invert: bool = False
 
 
@@ -159,7 +208,8 @@ class Never:
     """The match never holds (e.g. a reversed iprange)."""
 
 
-Constraint = (AddrConstraint | PortConstraint | NeedsL4 | NotFragment
+Constraint = (AddrConstraint | PortConstraint | RangeConstraint | TosConstraint | PortsEither
+              | MacConstraint | PkttypeConstraint | NeedsL4 | NotFragment
               | TcpFlagsConstraint | IcmpConstraint | Never)
 
 
@@ -198,12 +248,24 @@ class EntryFields:
     proto: int | None = None            # required protocol
     proto_not: list[int] = field(default_factory=list)
     iif: list[tuple[str, bool]] = field(default_factory=list)  # (pattern, invert)
+    oif: list[tuple[str, bool]] = field(default_factory=list)  # FORWARD's -o
     fragment: bool | None = None        # required non-first-fragment state
     l4: bool = False                    # needs ports (a tcp/udp match)
     sport: RangeField = field(default_factory=RangeField)
     dport: RangeField = field(default_factory=RangeField)
     flags: list[tuple[int, int, bool]] = field(default_factory=list)  # (mask, cmp, invert)
     icmp: list[tuple[int, int, int, bool]] = field(default_factory=list)  # (type, lo, hi, invert)
+    length: RangeField = field(default_factory=RangeField)      # IP total length
+    ttl: RangeField = field(default_factory=lambda: RangeField(top=0xFF))
+    tos: list[tuple[int, int, bool]] = field(default_factory=list)  # (mask, value, invert)
+    # sport or dport in one of these ranges (multiport --ports); one per entry
+    either: tuple[tuple[int, int], ...] | None = None
+    mac: list[tuple[int, bool]] = field(default_factory=list)        # (source MAC, invert)
+    pkttype: list[tuple[int, bool]] = field(default_factory=list)    # (PACKET_*, invert)
+
+    def range_field(self, which: str) -> RangeField:
+        return {"sport": self.sport, "dport": self.dport, "length": self.length,
+                "ttl": self.ttl}[which]
 
     def uses(self) -> set[str]:
         """The fields this entry constrains."""
@@ -216,6 +278,8 @@ class EntryFields:
             used.add("proto")
         if self.iif:
             used.add("iif")
+        if self.oif:
+            used.add("oif")
         if self.fragment is not None:
             used.add("frag")
         if self.flags:
@@ -226,6 +290,18 @@ class EntryFields:
             used.add("sport")
         if self.l4 or self.dport.positive or self.dport.negative:
             used.add("dport")  # the dport table also encodes "has an L4 header"
+        if self.tos:
+            used.add("tos")
+        if self.mac:
+            used.add("mac")
+        if self.pkttype:
+            used.add("pkttype")
+        if self.either is not None:
+            used |= {"ports", "sport", "dport"}
+        for name in ("length", "ttl"):
+            rf = self.range_field(name)
+            if rf.positive or rf.negative:
+                used.add(name)
         return used
 
 
@@ -259,8 +335,9 @@ def add_rule(f: EntryFields, rule: Rule, hook: str) -> bool:
         if hook == "OUTPUT":
             # the OUTPUT program runs at egress: its "iif" field is the output device
             f.iif.append((rule.out_iface, rule.out_inv))
-        elif hook != "INPUT":
-            raise NotSupported("-o in the eBPF data path")
+        elif hook == "FORWARD":
+            # the egress device of the kernel's route (filter.c: bpf_fib_lookup)
+            f.oif.append((rule.out_iface, rule.out_inv))
         # INPUT has no output device: the kernel compares against ""
         elif iface_matches(rule.out_iface, "") == rule.out_inv:
             ok = False
@@ -272,6 +349,17 @@ def add_rule(f: EntryFields, rule: Rule, hook: str) -> bool:
     for match in rule.matches:
         for c in find_match(match.name).lower(match.data, rule):
             ok = apply(f, c) and ok
+    if hook == "OUTPUT" and f.mac:
+        # the kernel refuses xt_mac at OUTPUT (the front end does too)
+        raise NotSupported("-m mac in OUTPUT")
+    if hook in ("OUTPUT", "FORWARD"):
+        # PACKET_HOST for every packet these chains see: a locally generated
+        # one at LOCAL_OUT (the frame at TC egress carries the next hop's
+        # MAC), and ip_forward() drops any other type before FORWARD
+        # (though the dispatcher sends it there): decided here
+        if not all((t == PACKET_HOST) != inv for t, inv in f.pkttype):
+            ok = False
+        f.pkttype.clear()
     return ok
 
 
@@ -279,8 +367,8 @@ def apply(f: EntryFields, c: Constraint) -> bool:
     """Fold one constraint into the entry; False when it can never match."""
     if isinstance(c, AddrConstraint):
         return (f.src if c.which == "src" else f.dst).add(c.net, c.invert)
-    if isinstance(c, PortConstraint):
-        return (f.sport if c.which == "sport" else f.dport).add(c.lo, c.hi, c.invert)
+    if isinstance(c, (PortConstraint, RangeConstraint)):
+        return f.range_field(c.which).add(c.lo, c.hi, c.invert)
     if isinstance(c, NeedsL4):
         f.l4 = True
         return True
@@ -291,6 +379,23 @@ def apply(f: EntryFields, c: Constraint) -> bool:
         return True
     if isinstance(c, TcpFlagsConstraint):
         f.flags.append((c.mask, c.cmp, c.invert))
+        return True
+    if isinstance(c, PortsEither):
+        if f.either is not None:
+            # (s in A or d in A) and (s in B or d in B) is no single OR of
+            # one sport and one dport bitvector
+            raise NotSupported("two multiport --ports matches along one chain path "
+                               "in the eBPF data path")
+        f.either = c.ranges
+        return True
+    if isinstance(c, MacConstraint):
+        f.mac.append((c.addr, c.invert))
+        return True
+    if isinstance(c, PkttypeConstraint):
+        f.pkttype.append((c.pkttype, c.invert))
+        return True
+    if isinstance(c, TosConstraint):
+        f.tos.append((c.mask, c.value, c.invert))
         return True
     if isinstance(c, IcmpConstraint):
         f.icmp.append((c.type, c.code_min, c.code_max, c.invert))

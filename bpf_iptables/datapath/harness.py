@@ -16,7 +16,7 @@ from ..reference.evaluate import evaluate
 from ..reference.packet import Packet
 from ..validate import validate_table
 from .compiler import Compiled, Shape, compile_chain, interfaces_here
-from .packets import frame
+from .packets import DEFAULT_SRC_MAC, frame
 from .program import LoadedProgram, ProgramCache
 from .testrun import test_run
 
@@ -45,6 +45,18 @@ def table_from_save(text: str) -> Table:
     return table_from_lines(chains + rules)
 
 
+def normalise(pkt: Packet) -> None:
+    """Make the reference packet what the kernel would see for its frame:
+    every frame has an Ethernet header, which xt_mac sees on every device
+    but the loopback (not ARPHRD_ETHER: ``src_mac`` None), and a frame on
+    lo always has a zero destination MAC (PACKET_HOST). No interface: the
+    test run's device is the loopback."""
+    if pkt.in_iface in ("lo", ""):
+        pkt.src_mac, pkt.pkttype = None, "host"
+    elif pkt.src_mac is None:
+        pkt.src_mac = DEFAULT_SRC_MAC
+
+
 @dataclass
 class Report:
     packets: int = 0
@@ -53,16 +65,21 @@ class Report:
 
 class Harness:
     def __init__(self, min_shape: Shape | None = None,
-                 interfaces: dict[str, int] | None = None):
+                 interfaces: dict[str, int] | None = None, hook: str = "INPUT"):
+        """``hook``: INPUT or FORWARD (both XDP programs of filter.c); the
+        FORWARD classifier is run directly, as the dispatcher would call it
+        (so packets must be ones the kernel forwards: TTL >= 1 after the
+        decrement, and for -o a route in this namespace)."""
         self.cache = ProgramCache()
         self.min_shape = min_shape
         self.interfaces = interfaces if interfaces is not None else interfaces_here()
+        self.hook = hook
 
     def close(self) -> None:
         self.cache.close()
 
     def load(self, table: Table) -> tuple[LoadedProgram, Compiled]:
-        compiled = compile_chain(table, "INPUT", self.interfaces, self.min_shape)
+        compiled = compile_chain(table, self.hook, self.interfaces, self.min_shape)
         prog = self.cache.get(compiled.shape)
         prog.install(compiled)
         return prog, compiled
@@ -72,6 +89,8 @@ class Harness:
         prog, _ = self.load(table)
         report = Report()
         for pkt in packets:
+            pkt.hook = self.hook
+            normalise(pkt)
             ifindex = self.interfaces[pkt.in_iface] if pkt.in_iface else 0
             got = test_run(prog.fd, frame(pkt), ifindex=ifindex)
             want = evaluate(table, pkt).verdict
@@ -84,7 +103,8 @@ class Harness:
                 report.mismatches.append(
                     f"counters of {chain} rule {index + 1}: data path {c}, reference {ref}")
         policy = prog.policy_counters()
-        ref = table.chains["INPUT"].counters
+        ref = table.chains[self.hook].counters
         if (policy.packets, policy.bytes) != (ref.packets, ref.bytes):
-            report.mismatches.append(f"INPUT policy counters: data path {policy}, reference {ref}")
+            report.mismatches.append(
+                f"{self.hook} policy counters: data path {policy}, reference {ref}")
         return report

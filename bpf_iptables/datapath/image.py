@@ -8,12 +8,12 @@ update only rewrites the maps of a program that is already loaded and
 pinned. A new field therefore adds its map here, once.
 
 Layouts (filter.c):
-- array and hash keys: u32; LPM keys: ``{u32 prefixlen; u32 addr}`` with the
+- array and hash keys: u32 (the mac map: u64, the 48-bit address); LPM keys: ``{u32 prefixlen; u32 addr}`` with the
   address in network byte order;
 - bitvectors: ``nwords`` u64 words, bit e of the Python int = entry e;
 - ``struct entry``: ten u32 (counter, verdict, next, tcp, src addr/mask/inv,
   dst addr/mask/inv), addresses and masks in network byte order;
-- interval bounds: ``bsize`` u32, padded with 65536."""
+- interval bounds (ports, length, ttl): ``bsize`` u32, padded with 65536."""
 from __future__ import annotations
 
 import struct
@@ -89,26 +89,45 @@ def map_image(c: Compiled, shape: Shape) -> list[MapImage]:
         other = c.proto[PROTO_DEFAULT]
         out.append(MapImage("proto_map", [(u32(p), bv(c.proto.get(p, other)))
                                           for p in range(256)]))
-    for name, values in (("iif", c.iif), ("icmp", c.icmp)):
+    for name, values in (("iif", c.iif), ("icmp", c.icmp), ("oif", c.oif)):
         if name in fields:
             out.append(MapImage(f"{name}_map", [(u32(k), bv(v)) for k, v in values.items()],
                                 clear=True))
     if "frag" in fields:
         out.append(MapImage("frag_map", [(u32(i), bv(v)) for i, v in enumerate(c.frag)]))
+    if "mac" in fields:
+        out.append(MapImage("mac_map", [(struct.pack("<Q", k), bv(v)) for k, v in c.mac.items()],
+                            clear=True))
+    if "pkttype" in fields:
+        out.append(MapImage("pkttype_map", [(u32(i), bv(v)) for i, v in enumerate(c.pkttype)]))
+    if "tos" in fields:
+        assert len(c.tos) == 256
+        out.append(MapImage("tos_map", [(u32(i), bv(v)) for i, v in enumerate(c.tos)]))
     if "flags" in fields:
         assert len(c.flags) == TCP_FLAGS_EVIL + 1
         out.append(MapImage("flags_map", [(u32(i), bv(v)) for i, v in enumerate(c.flags)]))
     for name, bounds, vectors, bsize in (
             ("sport", c.sport_bounds, c.sport, shape.sport_bsize),
-            ("dport", c.dport_bounds, c.dport, shape.dport_bsize)):
+            ("dport", c.dport_bounds, c.dport, shape.dport_bsize),
+            ("length", c.length_bounds, c.length, shape.length_bsize),
+            ("ttl", c.ttl_bounds, c.ttl, shape.ttl_bsize)):
         if name not in fields:
             continue
         padded = b"".join(u32(bounds[i] if i < len(bounds) else 0x10000) for i in range(bsize))
         out.append(MapImage(f"{name}_bounds_map", [(u32(0), padded)]))
-        # intervals, then "no L4 header" at bsize and "offset-1 fragment" at bsize + 1
-        items = [(u32(i), bv(v)) for i, v in enumerate(vectors[:-2])]
-        items += [(u32(bsize), bv(vectors[-2])), (u32(bsize + 1), bv(vectors[-1]))]
+        intervals = vectors[:len(bounds)]
+        items = [(u32(i), bv(v)) for i, v in enumerate(intervals)]
+        if name in ("sport", "dport"):
+            # then "no L4 header" at bsize and "offset-1 fragment" at bsize + 1
+            items += [(u32(bsize), bv(vectors[-2])), (u32(bsize + 1), bv(vectors[-1]))]
         out.append(MapImage(f"{name}_map", items))
+    if "ports" in fields:
+        # the same slots as the sport / dport maps
+        for name, vectors, bsize in (("ports_s", c.ports_s, shape.sport_bsize),
+                                     ("ports_d", c.ports_d, shape.dport_bsize)):
+            items = [(u32(i), bv(v)) for i, v in enumerate(vectors[:-2])]
+            items += [(u32(bsize), bv(vectors[-2])), (u32(bsize + 1), bv(vectors[-1]))]
+            out.append(MapImage(f"{name}_map", items))
     return out
 
 

@@ -1,10 +1,16 @@
 """Ethernet/IPv4/TCP/UDP/ICMP frames from reference packets.
 
-The frame carries exactly what the classifier reads: addresses, protocol,
+The frame carries exactly what the classifier reads: MACs (source, and a
+destination that gives the packet type), addresses, protocol, TOS, TTL,
 IP options, fragment offset and flags, ports, TCP flags and options, ICMP
 type and code. The IP total length is ``packet.length`` (payload zeros pad
 it), so byte counters can be compared with the reference's. Checksums are
-filled in correctly, though the data path does not check them."""
+filled in correctly, though the data path does not check them.
+
+A reference packet is what netfilter sees at its hook; the frame is what
+arrives on the wire. They differ in one field: the kernel lowers the TTL
+before FORWARD (ip_forward), so a FORWARD packet with ``ttl`` t arrived
+with TTL t + 1 (the FORWARD classifier, at XDP ingress, sees t + 1)."""
 from __future__ import annotations
 
 import struct
@@ -14,6 +20,18 @@ from ..reference.packet import ICMP, TCP, UDP, Packet
 ETH_P_IP = 0x0800
 DEFAULT_DST_MAC = bytes.fromhex("020000000001")
 DEFAULT_SRC_MAC = bytes.fromhex("020000000002")
+BROADCAST_MAC = b"\xff" * 6
+MULTICAST_MAC = bytes.fromhex("01005e000001")
+OTHERHOST_MAC = bytes.fromhex("020000000009")   # not the receiver's
+
+
+def dst_mac(pkt: Packet) -> bytes:
+    """A destination MAC that eth_type_trans() turns into ``pkt.pkttype``."""
+    kind = pkt.pkttype.lower()
+    if kind == "loopback":   # xt_pkttype: multicast by address, else broadcast
+        kind = "multicast" if pkt.dst >> 28 == 0xE else "broadcast"
+    return {"broadcast": BROADCAST_MAC, "multicast": MULTICAST_MAC,
+            "otherhost": OTHERHOST_MAC}.get(kind, DEFAULT_DST_MAC)
 
 
 def checksum(data: bytes) -> int:
@@ -50,6 +68,16 @@ def header_length(pkt: Packet) -> int:
     return 20 + len(pad4(pkt.ip_options)) + len(l4_header(pkt))
 
 
+def wire_ttl(pkt: Packet) -> int:
+    """The TTL on the wire for what netfilter sees at ``pkt.hook``."""
+    if pkt.hook != "FORWARD":
+        return pkt.ttl
+    if not 1 <= pkt.ttl <= 254:
+        # the kernel forwards only frames with TTL > 1
+        raise ValueError(f"FORWARD never sees TTL {pkt.ttl}")
+    return pkt.ttl + 1
+
+
 def frame(pkt: Packet) -> bytes:
     options = pad4(pkt.ip_options)
     ihl = (20 + len(options)) // 4
@@ -64,9 +92,10 @@ def frame(pkt: Packet) -> bytes:
         l4 = l4[:2] + struct.pack("!H", checksum(l4 + payload)) + l4[4:]
     frag = (pkt.frag_offset & 0x1FFF) | (0x2000 if pkt.more_fragments else 0) \
         | (0x4000 if pkt.dont_fragment else 0)
+    ttl = wire_ttl(pkt)
     ip = struct.pack("!BBHHHBBH4s4s", 0x40 | ihl, pkt.tos, pkt.length, pkt.ip_id, frag,
-                     pkt.ttl, pkt.proto, 0, pkt.src.to_bytes(4, "big"),
+                     ttl, pkt.proto, 0, pkt.src.to_bytes(4, "big"),
                      pkt.dst.to_bytes(4, "big")) + options
     ip = ip[:10] + struct.pack("!H", checksum(ip)) + ip[12:]
-    eth = DEFAULT_DST_MAC + (pkt.src_mac or DEFAULT_SRC_MAC) + struct.pack("!H", ETH_P_IP)
+    eth = dst_mac(pkt) + (pkt.src_mac or DEFAULT_SRC_MAC) + struct.pack("!H", ETH_P_IP)
     return eth + ip + l4 + payload

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .compiler import MAX_CHUNKS, POLICY_COUNTER, Compiled, Shape
+from .compiler import FIELD_ORDER, MAX_CHUNKS, POLICY_COUNTER, SIZE_ATTRS, Compiled, Shape
 from .image import map_image
 
 # BPF_IPTABLES_BPF_DIR: another source tree (tests use a broken one to
@@ -31,14 +31,11 @@ FUNCTION = "xdp_filter"
 def cflags(shape: Shape, tc: bool = False) -> list[str]:
     flags = [f"-I{BPF_DIR}", f"-DHOOK_TC={int(tc)}",
              f"-DNWORDS={shape.nwords}", f"-DNENTRIES={shape.nentries}",
-             f"-DNCOUNTERS={shape.ncounters}", f"-DSTEPS={shape.steps}",
-             f"-DSRC_MAX={shape.src_max}", f"-DDST_MAX={shape.dst_max}",
-             f"-DSRC_BSIZE={shape.src_bsize}", f"-DDST_BSIZE={shape.dst_bsize}",
-             f"-DSRC_PROBES={shape.src_probes}", f"-DDST_PROBES={shape.dst_probes}",
-             f"-DPROTO_MAX={shape.proto_max}", f"-DIIF_MAX={shape.iif_max}",
-             f"-DSPORT_BSIZE={shape.sport_bsize}", f"-DDPORT_BSIZE={shape.dport_bsize}",
-             f"-DICMP_MAX={shape.icmp_max}"]
-    for name in ("src", "dst", "proto", "iif", "frag", "flags", "sport", "dport", "icmp"):
+             f"-DNCOUNTERS={shape.ncounters}", f"-DSTEPS={shape.steps}"]
+    # every field kind and map size the compiler knows (compiler.FIELD_ORDER,
+    # SIZE_ATTRS): a new field needs no edit here
+    flags += [f"-D{k.upper()}={getattr(shape, k)}" for k in SIZE_ATTRS]
+    for name in FIELD_ORDER:
         flags.append(f"-DFIELD_{name.upper()}={int(name in shape.fields)}")
     return flags
 

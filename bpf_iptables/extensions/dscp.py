@@ -74,5 +74,10 @@ class DscpMatch(XtOptionsExtension, MatchExtension):
     def matches(self, data: DscpData, packet: "Packet") -> bool:
         return ((packet.tos >> 2) == data.dscp) != data.invert
 
+    def lower(self, data: DscpData, rule: Any) -> list[Any]:
+        """The upper six bits of the TOS byte, on the tos field."""
+        from ..datapath import fields as dp  # only when compiling for the data path
+        return [dp.TosConstraint(0xFC, data.dscp << 2, data.invert)]
+
 
 EXTENSIONS = [DscpMatch()]

@@ -41,5 +41,11 @@ class LengthMatch(XtOptionsExtension, MatchExtension):
         # xt_length (IPv4) looks at the header's tot_len
         return (d.min <= pkt.length <= d.max) != d.invert
 
+    def lower(self, d: LengthData, rule: Any) -> list[Any]:
+        """A range on the length field (IP total length; a reversed range
+        never matches, always when inverted)."""
+        from ..datapath import fields as dp  # only when compiling for the data path
+        return [dp.RangeConstraint("length", d.min, d.max, d.invert)]
+
 
 EXTENSIONS = [LengthMatch()]

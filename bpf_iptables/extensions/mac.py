@@ -43,5 +43,10 @@ class MacMatch(XtOptionsExtension, MatchExtension):
             return False
         return (bytes(pkt.src_mac) == d.addr) != d.invert
 
+    def lower(self, d: MacData, rule: Any) -> list[Any]:
+        """The source MAC on the mac field (hash keyed by the 48-bit address)."""
+        from ..datapath import fields as dp  # only when compiling for the data path
+        return [dp.MacConstraint(int.from_bytes(d.addr, "big"), d.invert)]
+
 
 EXTENSIONS = [MacMatch()]

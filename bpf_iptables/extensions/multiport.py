@@ -144,27 +144,29 @@ class MultiportMatch(XtOptionsExtension, MatchExtension):
         return d.invert
 
     def lower(self, d: MultiportData, rule: Any) -> list[Any]:
-        """A union of port ranges on one port field.
+        """A union of port ranges on the port fields.
 
         The port fields hold one positive range per entry, so "in any of
         the ranges" is written as "in none of the gaps between them". The
         packet must not be a fragment (xt_multiport returns false there) and
-        must have a TCP/UDP header. ``--ports`` (source OR destination) is a
-        disjunction across two fields: only its negation, a conjunction,
-        fits the per-field AND model."""
+        must have a TCP/UDP header. ``! --ports`` is a conjunction (neither
+        port listed): the list negated on both fields. ``--ports`` (source OR
+        destination port listed) is a disjunction across the two fields:
+        its own AND term, the OR of a sport- and a dport-indexed bitvector
+        (``PortsEither``)."""
         from ..datapath import fields as dp  # only when compiling for the data path
         if rule.proto not in (6, 17) or rule.proto_inv:
             # the data path parses ports of TCP and UDP only
             raise NotSupported("multiport with a protocol other than tcp/udp "
                                "in the eBPF data path")
-        if d.direction == "ports" and not d.invert:
-            raise NotSupported("multiport --ports in the eBPF data path")
         ranges = [(s.lo, s.lo if s.hi is None else s.hi) for s in d.ports]
-        excluded = ranges if d.invert else dp.complement_ranges(ranges, 0xFFFF)
         # the port tables let offset-1 TCP fragments through (for the hot-drop
         # of a tcp match before this one: compiler.hotdrop_guard); without
         # a tcp match before it, multiport must see no fragment at all
         out: list[Any] = [dp.NotFragment(), dp.NeedsL4()]
+        if d.direction == "ports" and not d.invert:
+            return out + [dp.PortsEither(tuple(ranges))]
+        excluded = ranges if d.invert else dp.complement_ranges(ranges, 0xFFFF)
         for which in {"sports": ("sport",), "dports": ("dport",),
                       "ports": ("sport", "dport")}[d.direction]:
             out += [dp.PortConstraint(which, lo, hi, True) for lo, hi in excluded]

@@ -73,5 +73,14 @@ class PkttypeMatch(XtOptionsExtension, MatchExtension):
             kind = PACKET_MULTICAST if (packet.dst >> 28) == 0xE else PACKET_BROADCAST
         return (kind == data.pkttype) != data.invert
 
+    def lower(self, data: PkttypeData, rule: Any) -> list[Any]:
+        """The packet type on the pkttype field: host, broadcast or
+        multicast from the destination MAC, as eth_type_trans() decides.
+        ``otherhost`` never matches at INPUT/FORWARD (ip_rcv() drops those
+        frames before any chain); at OUTPUT the type is host (decided at
+        compile time)."""
+        from ..datapath import fields as dp  # only when compiling for the data path
+        return [dp.PkttypeConstraint(data.pkttype, data.invert)]
+
 
 EXTENSIONS = [PkttypeMatch()]

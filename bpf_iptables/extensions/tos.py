@@ -83,5 +83,10 @@ class TosMatch(XtOptionsExtension, MatchExtension):
     def matches(self, data: TosData, packet: "Packet") -> bool:
         return ((packet.tos & data.mask) == data.value) != data.invert
 
+    def lower(self, data: TosData, rule: Any) -> list[Any]:
+        """The TOS byte under the mask, on the tos field (256 values)."""
+        from ..datapath import fields as dp  # only when compiling for the data path
+        return [dp.TosConstraint(data.mask, data.value, data.invert)]
+
 
 EXTENSIONS = [TosMatch()]

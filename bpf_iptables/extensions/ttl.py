@@ -65,5 +65,15 @@ class TtlMatch(XtOptionsExtension, MatchExtension):
             return ttl < d.ttl
         return ttl > d.ttl
 
+    def lower(self, d: TtlData, rule: Any) -> list[Any]:
+        """A range on the ttl field (the TTL netfilter sees: in FORWARD the
+        compiler keys it by the frame's TTL, one higher)."""
+        from ..datapath import fields as dp  # only when compiling for the data path
+        lo, hi, invert = {"eq": (d.ttl, d.ttl, False), "ne": (d.ttl, d.ttl, True),
+                          "lt": (0, d.ttl - 1, False), "gt": (d.ttl + 1, 0xFF, False)}[d.mode]
+        if lo > hi:
+            return [dp.Never()]   # "--ttl-lt 0", "--ttl-gt 255"
+        return [dp.RangeConstraint("ttl", lo, hi, invert)]
+
 
 EXTENSIONS = [TtlMatch()]
