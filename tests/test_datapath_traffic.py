@@ -246,7 +246,7 @@ def traffic(pair: Pair) -> dict[str, int]:
     return outcome
 
 
-@pytest.mark.parametrize("mode", ["xdpgeneric", "xdp"])
+@pytest.mark.parametrize("mode", ["xdpgeneric", "xdp", "tc"])
 def test_same_outcome_and_counters_as_iptables_legacy(mode):
     ensure_bpffs()
     with topology("dpl") as legacy, topology("dpb") as ours:
