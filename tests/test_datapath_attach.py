@@ -323,3 +323,72 @@ def test_changes_that_fit_the_programs_only_rewrite_maps(tmp_path):
         r = s.run(bpf_command("iptables", "-A", "INPUT", "-s", "10.1.0.0/16", "-j", "DROP"),
                   env={"BPF_IPTABLES_BPF_DIR": str(broken)})
         assert r.returncode == 1 and "cannot load the eBPF program" in r.stderr
+
+
+DIE_AT = "BPF_IPTABLES_DATAPATH_DIE_AT"
+
+
+def test_a_call_that_dies_between_steps_is_repaired_by_the_next():
+    """An update killed after each of its steps in turn (the test hook
+    exits as a crash would); the next call, whatever it is, leaves data
+    path, record and stored rule set in agreement, and says what it did."""
+    with topology("dpd") as t:
+        s = t.server
+        assert s.bpf_iptables("-A", "INPUT", "-p", "udp", "--dport", "5002", "-j",
+                              "DROP").returncode == 0
+        assert s.run(datapath_command("attach")).returncode == 0
+        for step, port, outcome in (
+                ("prepared", 5011, "old"),   # inactive generation half done: redone next time
+                ("pending", 5012, "old"),    # intent recorded, nothing switched: rolled back
+                ("flipped", 5013, "old"),    # switched, rule set not stored: rolled back
+                ("stored", 5014, "new")):    # switched and stored, record not final: completed
+            before = s.bpf_iptables("-S").stdout
+            r = s.run(bpf_command("iptables", "-I", "INPUT", "-s", "10.99.0.0/24", "-p", "udp",
+                                  "--dport", str(port), "-j", "DROP"), env={DIE_AT: step})
+            assert r.returncode == 137, (step, r.stderr)
+            if step == "flipped":
+                # the new rule set filters, the record still names the old one
+                assert udp(t, port, 1) == 0
+                r = s.run(datapath_command("status"))
+                assert r.returncode == 1 and "interrupted" in r.stdout, r.stdout
+            r = s.bpf_iptables("-S")
+            assert r.returncode == 0, r.stderr
+            assert ("warning: an interrupted data path update" in r.stderr) == (step != "prepared")
+            new = outcome == "new"
+            assert (r.stdout == before) != new, step
+            assert udp(t, port, 1) == (0 if new else 1), step
+            assert s.run(datapath_command("status")).returncode == 0, step
+        # and updates go on from there
+        assert s.bpf_iptables("-A", "INPUT", "-p", "udp", "--dport", "5003", "-j",
+                              "DROP").returncode == 0
+        assert udp(t, 5003, 1) == udp(t, 5002, 1) == udp(t, 5014, 1) == 0
+        assert udp(t, 5011, 1) == 1
+
+
+def test_a_damaged_record_is_reported_and_detach_cleans_up():
+    with topology("dpx") as t:
+        s = t.server
+        assert s.bpf_iptables("-A", "INPUT", "-p", "udp", "--dport", "5001", "-j",
+                              "DROP").returncode == 0
+        assert s.run(datapath_command("attach")).returncode == 0
+        path = os.path.join(state_dir(s), "datapath.json")
+        with open(path, "w") as fh:
+            fh.write("{not json")
+        r = s.bpf_iptables("-L")
+        assert r.returncode == 1 and "record is damaged" in r.stderr, r.stderr
+        r = s.run(datapath_command("status"))
+        assert r.returncode == 1 and "damaged record" in r.stdout
+        assert udp(t, 5001, 1) == 0  # the programs keep filtering meanwhile
+        r = s.run(datapath_command("detach"))
+        assert r.returncode == 0, r.stderr
+        assert set(xdp_prog_ids(s).values()) == {0} and record(s) is None
+        assert not os.path.exists(f"/run/bpf-iptables/bpffs/{os.path.basename(state_dir(s))}")
+        assert udp(t, 5001, 1) == 1
+        # pins removed behind the record's back: reported, detach still works
+        assert s.run(datapath_command("attach")).returncode == 0
+        subprocess.run(["rm", "-rf", f"/run/bpf-iptables/bpffs/{os.path.basename(state_dir(s))}"
+                        "/gen-0"], check=True)
+        r = s.bpf_iptables("-L")
+        assert r.returncode == 1 and "detach" in r.stderr, r.stderr
+        assert s.run(datapath_command("detach")).returncode == 0
+        assert set(xdp_prog_ids(s).values()) == {0} and record(s) is None

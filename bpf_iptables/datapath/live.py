@@ -313,7 +313,8 @@ class AttachedStore:
         try:
             self._base = read_live(self.directory, self.att)
         except OSError as exc:
-            raise DatapathError(f"cannot read the data path's counters: {exc}") from None
+            raise DatapathError(f"cannot read the data path's counters: {exc}; run "
+                                "`bpf-iptables-datapath detach' and attach again") from None
         self._carried = overlay(ruleset, self.att, self._base)
         return ruleset
 
