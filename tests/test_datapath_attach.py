@@ -238,6 +238,14 @@ def test_a_program_that_fails_to_load_changes_nothing(tmp_path):
         assert r.returncode == 1 and (s.bpf_iptables("-S").stdout, record(s)) == before
 
 
+RESYNC = """
+from bpf_iptables import state
+from bpf_iptables.datapath import attachment, live
+with state.locked(-1) as store:
+    live.AttachedStore(store, attachment.read(store.directory)).save(store.load())
+"""
+
+
 def test_interfaces_created_later_are_covered_by_the_next_update():
     with topology("dpi") as t:
         s = t.server
@@ -256,6 +264,17 @@ def test_interfaces_created_later_are_covered_by_the_next_update():
         assert s.bpf_iptables("-D", "INPUT", "1").returncode == 0
         assert set(record(s)["interfaces"]) == {"lo", "s0"}
         assert s.run(datapath_command("status")).returncode == 0
+        # the watcher's resync: save() of the stored rule set, without load();
+        # new interfaces covered, the data path's counters kept
+        assert s.bpf_iptables("-A", "INPUT", "-p", "icmp").returncode == 0
+        assert ping(t, 2) == 2
+        subprocess.run(["ip", "-n", s.name, "link", "add", "s3", "type", "veth", "peer", "name",
+                        "s4"], check=True)
+        r = s.run([sys.executable, "-c", RESYNC])
+        assert r.returncode == 0, r.stderr
+        assert set(record(s)["interfaces"]) == {"lo", "s0", "s3", "s4"}
+        assert s.run(datapath_command("status")).returncode == 0
+        assert "-A INPUT -p icmp -c 2 " in s.bpf_iptables("-S", "INPUT", "-v").stdout
 
 
 def live_hooks(rec: dict) -> dict[str, dict]:

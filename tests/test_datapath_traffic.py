@@ -385,13 +385,14 @@ def udp_from(pair: Pair, dst_ip: str, port: int, count: int) -> int:
     return got
 
 
-def test_forward_same_outcome_and_counters_as_iptables_legacy():
+@pytest.mark.parametrize("mode", ["xdpgeneric", "tc"])
+def test_forward_same_outcome_and_counters_as_iptables_legacy(mode):
     ensure_bpffs()
     with routed("dfl") as legacy, routed("dfb") as ours:
         assert legacy.router.run(["iptables-legacy-restore"], input=ROUTER_RULES).returncode == 0
         r = ours.router.run(bpf_command("iptables-restore"), input=ROUTER_RULES)
         assert r.returncode == 0, r.stderr
-        r = ours.router.run(datapath_command("attach"))
+        r = ours.router.run(datapath_command("attach", "--mode", mode))
         assert r.returncode == 0, r.stderr
         r = ours.router.run(datapath_command("status"))
         assert r.returncode == 0 and "FORWARD program" in r.stdout, r.stdout

@@ -329,6 +329,15 @@ class AttachedStore:
         set it attaches the roots to new interfaces and forgets vanished
         ones (and recompiles -i for them)."""
         self._recover()
+        if self._base is None:
+            # saved without load() (a resync of the stored rule set): its
+            # stored counters are those of the last update; take the data
+            # path's, by the live layout, so nothing counted since is lost
+            try:
+                self._base = read_live(self.directory, self.att)
+            except OSError as exc:
+                raise DatapathError(f"cannot read the data path's counters: {exc}") from None
+            self._carried = overlay(ruleset, self.att, self._base)
         self.att = update(self.inner, self.att, ruleset, self._carried, self._base)
         self._base, self._carried = None, {}
 
