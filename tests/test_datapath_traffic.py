@@ -414,8 +414,14 @@ def test_root_namespace_untouched():
     """Nothing of the tests is attached to the root namespace's interfaces."""
     out = subprocess.run(["ip", "-d", "link", "show"], capture_output=True, text=True).stdout
     assert "xdp" not in out
+    from bpf_iptables.datapath import bpfsys
+
     for name in os.listdir("/sys/class/net"):
         for kind in ("ingress", "egress"):
             tc = subprocess.run(["tc", "filter", "show", "dev", name, kind],
                                 capture_output=True, text=True).stdout
             assert "bpf" not in tc, (name, kind, tc)
+        # TCX links (what the roots use) are not tc filters
+        index = socket.if_nametoindex(name)
+        for hook in (bpfsys.BPF_TCX_INGRESS, bpfsys.BPF_TCX_EGRESS):
+            assert bpfsys.attached_count(index, hook) == 0, (name, hook)

@@ -18,7 +18,7 @@ from functools import lru_cache
 SYS_BPF = 321  # x86_64
 BPF_MAP_LOOKUP_ELEM, BPF_MAP_UPDATE_ELEM, BPF_MAP_DELETE_ELEM, BPF_MAP_GET_NEXT_KEY = 1, 2, 3, 4
 BPF_OBJ_PIN, BPF_OBJ_GET = 6, 7
-BPF_OBJ_GET_INFO_BY_FD = 15
+BPF_OBJ_GET_INFO_BY_FD, BPF_PROG_QUERY = 15, 16
 BPF_MAP_LOOKUP_BATCH, BPF_MAP_UPDATE_BATCH, BPF_MAP_DELETE_BATCH = 24, 26, 27
 BPF_LINK_CREATE, BPF_LINK_DETACH = 28, 34
 # attach types (uapi enum bpf_attach_type)
@@ -131,6 +131,21 @@ def link_info(fd: int) -> LinkInfo:
     tcx: ifindex, attach_type)."""
     info = _info(fd)
     return LinkInfo(prog_id=info[2], ifindex=info[4], attach_type=info[5])
+
+
+class _QueryAttr(ctypes.Structure):
+    _fields_ = [("target_ifindex", ctypes.c_uint32), ("attach_type", ctypes.c_uint32),
+                ("query_flags", ctypes.c_uint32), ("attach_flags", ctypes.c_uint32),
+                ("prog_ids", ctypes.c_uint64), ("prog_cnt", ctypes.c_uint32),
+                ("_pad0", ctypes.c_uint32), ("_pad", ctypes.c_uint64 * 6)]
+
+
+def attached_count(ifindex: int, attach_type: int) -> int:
+    """How many programs a device of this namespace has at a TCX hook
+    (``tc filter show`` does not list TCX links)."""
+    attr = _QueryAttr(target_ifindex=ifindex, attach_type=attach_type)
+    _bpf(BPF_PROG_QUERY, attr, "query")
+    return attr.prog_cnt
 
 
 def link_detach(fd: int) -> None:
