@@ -53,6 +53,9 @@ class Attachment:
     serial: int = 0                             # updates so far
     store_generation: int = 0                   # the stored rule set the live generation is
     switched_at: float = 0.0                    # time.monotonic() of the last flip
+    # counts the previous generation made after its last read, by hook and
+    # counter slot of the live generation: added to what it reads
+    carry: dict[str, dict[str, list[int]]] = field(default_factory=dict)
     # set while an update is between its flip and its last record write:
     # {"record": the previous record, "store_generation": before the save}
     pending: dict | None = None

@@ -28,8 +28,10 @@ overlays them on the stored rule set), so commands move, keep and zero
 them exactly as they do stored counters (they follow their rule through
 -I, -D, -R of other rules, -E, ...). The new generation starts from those
 values, plus what the old one counted while the new one was being
-prepared (read again just before the flip); packets counted by the old
-generation in the microseconds between that read and the flip are lost."""
+prepared (read again just before the flip); what the old generation
+counts between that read and the flip is read after the flip and kept in
+the record (``carry``), added by every read and folded in by the next
+update."""
 from __future__ import annotations
 
 import os
@@ -57,9 +59,18 @@ class DatapathError(XtablesError):
         super().__init__(message, OTHER_PROBLEM)
 
 
+# tests only: "step:seconds:file", touch file and sleep there (so that a
+# test can put packets into the window after that step)
+PAUSE_AT = "BPF_IPTABLES_DATAPATH_PAUSE_AT"
+
+
 def _maybe_die(step: str) -> None:
     if os.environ.get(DIE_AT) == step:
         os._exit(137)
+    where, seconds, marker = (os.environ.get(PAUSE_AT, "") + "::").split(":")[:3]
+    if where == step:
+        Path(marker).touch()
+        time.sleep(float(seconds))
 
 
 def interfaces_here() -> dict[str, int]:
@@ -95,7 +106,42 @@ Counts = dict[str, list[tuple[int, int]]]   # hook -> (packets, bytes) per slot
 
 
 def read_live(directory: Path, att: A.Attachment) -> Counts:
-    return G.read_counters(directory, att.active, att.live_hooks(), att.ncounters)
+    """The live generation's counters, plus the record's carry (what the
+    previous generation counted between the last read and the switch)."""
+    out = G.read_counters(directory, att.active, att.live_hooks(), att.ncounters)
+    for hook, slots in att.carry.items():
+        v = out.get(hook)
+        if v is not None:
+            for slot, (p, b) in slots.items():
+                i = int(slot)
+                if i < len(v):
+                    v[i] = (v[i][0] + p, v[i][1] + b)
+    return out
+
+
+def residual(before: Counts, after: Counts, old_to_new: dict[int, int],
+             hooks: list[str]) -> dict[str, dict[str, list[int]]]:
+    """What the old generation counted between ``before`` (the read whose
+    values went into the new generation) and ``after`` (read once it was
+    switched away), in the new generation's slots: rules in INPUT's,
+    policies in their hook's."""
+    carry: dict[str, dict[str, list[int]]] = {}
+    for hook, now in after.items():
+        was = before.get(hook, [])
+        for old, (p, b) in enumerate(now):
+            if old < len(was):
+                p, b = p - was[old][0], b - was[old][1]
+            if not (p or b):
+                continue
+            if old == POLICY_COUNTER:
+                target, slot = hook, POLICY_COUNTER
+            else:
+                target, slot = "INPUT", old_to_new.get(old)
+            if target in hooks and slot is not None:
+                acc = carry.setdefault(target, {}).setdefault(str(slot), [0, 0])
+                acc[0] += p
+                acc[1] += b
+    return carry
 
 
 def totals(values: Counts) -> list[tuple[int, int]]:
@@ -161,6 +207,17 @@ def initial_counters(hooks: list[str], compiled: Compiled, table: Table,
         if delta is not None and hook in delta:
             p, b = p + delta[hook][POLICY_COUNTER][0], b + delta[hook][POLICY_COUNTER][1]
         out[hook][POLICY_COUNTER] = (p, b)
+    return out
+
+
+def old_slots(table: Table, compiled: dict[str, Compiled], carried: dict[int, int]
+              ) -> dict[int, int]:
+    """Old counter slot -> new slot of every rule kept."""
+    out = {}
+    for (chain, index), slot in compiled["INPUT"].counter_of.items():
+        old = carried.get(id(table.chains[chain].rules[index]))
+        if old is not None:
+            out[old] = slot
     return out
 
 
@@ -232,7 +289,7 @@ def update(store, att: A.Attachment, ruleset: RuleSet, carried: dict[int, int],
     try:
         # counters last, right before the flip: what the old programs
         # counted since load() is carried over (see the module doc)
-        delta = None
+        delta, now = None, {}
         if base is not None:
             now = read_live(directory, att)
             delta = {h: [(n[0] - b[0], n[1] - b[1]) for n, b in zip(now[h], base[h])]
@@ -245,8 +302,16 @@ def update(store, att: A.Attachment, ruleset: RuleSet, carried: dict[int, int],
     new.pending = {"record": asdict(att), "store_generation": before}
     A.write(directory, new)
     _maybe_die("pending")
+    _maybe_die("counted")
     G.flip(directory, G.word(gen, route))
     new.switched_at = time.monotonic()
+    if now:
+        # what the old generation counted since ``now``: carried in the record
+        try:
+            new.carry = residual(now, read_live(directory, att), old_slots(table, compiled,
+                                                                          carried), list(compiled))
+        except OSError:
+            pass  # lost, as before the carry existed: a few packets at most
     _maybe_die("flipped")
     store.save(ruleset)
     _maybe_die("stored")
