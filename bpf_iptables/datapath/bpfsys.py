@@ -266,12 +266,11 @@ def read_counters(map_fd: int, nslots: int) -> list[tuple[int, int]]:
         raise OSError(err, f"read counters: {os.strerror(err)}")
     if attr.count != nslots:
         raise OSError(errno.EIO, f"read counters: {attr.count} of {nslots} slots")
-    flat = list(values)
-    out = []
-    for slot in range(nslots):
-        row = flat[slot * 2 * ncpu:(slot + 1) * 2 * ncpu]
-        out.append((sum(row[0::2]), sum(row[1::2])))
-    return out
+    flat = list(values)   # per slot: (packets, bytes) of CPU 0, of CPU 1, ...
+    step = 2 * ncpu
+    packets = [sum(t) for t in zip(*(flat[2 * c::step] for c in range(ncpu)))]
+    nbytes = [sum(t) for t in zip(*(flat[2 * c + 1::step] for c in range(ncpu)))]
+    return list(zip(packets, nbytes))
 
 
 def counter_items(values: dict[int, tuple[int, int]], nslots: int) -> list[tuple[bytes, bytes]]:
