@@ -47,7 +47,7 @@ from ..model import RuleSet, Table
 from . import attachment as A
 from . import generation as G
 from . import links
-from .compiler import FIRST_RULE_COUNTER, POLICY_COUNTER, Compiled, compile_chain, counter_slots
+from .compiler import FIRST_RULE_COUNTER, POLICY_COUNTER, Compiled, compile_chain
 
 MODES = links.MODES
 # tests only: die (as a crash would) right after the named step of an update
