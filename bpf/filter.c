@@ -24,9 +24,12 @@
 
 #define VERDICT_CONTINUE 0xFFFFFFFFu
 
-/* HOOK_TC: the same classifier as a TC (cls_bpf direct-action) program,
- * for OUTPUT at egress: the "interface" field is then the output device,
- * and XDP verdicts become TC actions (PASS -> OK, anything else -> SHOT). */
+/* HOOK_TC: the same classifier as a TC program (tail-called by the TC
+ * roots of bpf/root.c): OUTPUT at egress, and INPUT/FORWARD at ingress
+ * in --mode tc. The "interface" field is skb->ifindex, the device the
+ * packet is on: the output device at egress, the input device at
+ * ingress. XDP verdicts become TC actions (PASS -> OK, anything else ->
+ * SHOT). */
 #if HOOK_TC
 #include <uapi/linux/pkt_cls.h>
 #define CTX_TYPE struct __sk_buff

@@ -63,21 +63,28 @@ def test_attach_status_detach():
         r = s.run(datapath_command("attach"))
         assert r.returncode == 0, r.stderr
         rec = record(s)
-        assert rec is not None and rec["mode"] == "xdpgeneric"
+        assert rec is not None and rec["mode"] == "xdpgeneric" and rec["active"] == 0
+        root = rec["roots"]["xdp_root"]
         ids = xdp_prog_ids(s)
-        assert ids["s0"] == ids["lo"] == rec["prog_id"] != 0
-        pins = f"/run/bpf-iptables/bpffs/{os.path.basename(state_dir(s))}/gen-1"
-        assert sorted(os.listdir(pins)) == ["counters", "prog", "self"]
+        assert ids["s0"] == ids["lo"] == root != 0
+        base = f"/run/bpf-iptables/bpffs/{os.path.basename(state_dir(s))}"
+        pins = f"{base}/gen-0"
+        assert sorted(os.listdir(base)) == ["gen-0", "link", "root"]
+        assert {"prog", "counter_map", "self_map", "entry_map", "live_map", "dport_map"} <= \
+            set(os.listdir(f"{pins}/input"))
+        assert sorted(os.listdir(f"{base}/root")) == ["active_map", "tc_egress_root", "tc_slots",
+                                                     "xdp_root", "xdp_slots"]
+        assert sorted(os.listdir(f"{base}/link")) == ["1-egress", "1-xdp", "2-egress", "2-xdp"]
         r = s.run(datapath_command("status"))
-        assert r.returncode == 0 and "s0 ifindex" in r.stdout and " ok" in r.stdout
+        assert r.returncode == 0 and "s0 ifindex 2 xdpgeneric ok" in r.stdout, r.stdout
         # the same state seen through nsenter (host mounts, not ip netns exec's)
         r = nsenter(s, datapath_command("status"))
-        assert r.returncode == 0 and f"program {rec['prog_id']}" in r.stdout, r.stderr
+        assert r.returncode == 0 and f"program {root}" in r.stdout, r.stderr
 
         r = s.run(datapath_command("detach"))
         assert (r.returncode, r.stdout) == (0, "detached\n")
         assert set(xdp_prog_ids(s).values()) == {0}
-        assert not os.path.exists(os.path.dirname(pins))
+        assert not os.path.exists(base)
         assert record(s) is None
         assert s.run(datapath_command("status")).stdout == "not attached\n"
         # the rule set itself is untouched
@@ -89,17 +96,19 @@ def test_changes_take_effect_before_the_command_returns():
     with topology("dpu") as t:
         s = t.server
         assert s.run(datapath_command("attach")).returncode == 0
-        first = record(s)["prog_id"]
+        first = record(s)
         assert ping(t, 1) == 1
         r = s.bpf_iptables("-I", "INPUT", "-p", "icmp", "-j", "DROP")
         assert r.returncode == 0, r.stderr
         assert ping(t, 2) == 0
         rec = record(s)
-        assert rec["generation"] == 2 and rec["prog_id"] != first
-        assert set(xdp_prog_ids(s).values()) == {rec["prog_id"]}
-        # the old generation's pins are gone, the new one's are there
+        # generation 1 is live now; the roots on the interfaces never changed
+        assert (rec["serial"], rec["active"]) == (2, 1)
+        assert rec["roots"] == first["roots"]
+        assert set(xdp_prog_ids(s).values()) == {rec["roots"]["xdp_root"]}
+        # both generations stay pinned: the next update rewrites gen-0's maps
         base = f"/run/bpf-iptables/bpffs/{os.path.basename(state_dir(s))}"
-        assert os.listdir(base) == ["gen-2"]
+        assert sorted(os.listdir(base)) == ["gen-0", "gen-1", "link", "root"]
         # -A goes through the data path too (no journal shortcut while attached)
         assert s.bpf_iptables("-D", "INPUT", "1").returncode == 0
         assert s.bpf_iptables("-A", "INPUT", "-p", "udp", "--dport", "5001", "-j", "DROP").returncode == 0
@@ -132,7 +141,7 @@ def test_unenforceable_changes_are_refused_while_attached(args):
         assert r.returncode == 2
         assert "is not supported by bpf-iptables" in r.stderr
         assert (s.bpf_iptables("-S").stdout, record(s)) == before
-        assert set(xdp_prog_ids(s).values()) == {before[1]["prog_id"]}
+        assert set(xdp_prog_ids(s).values()) == {before[1]["roots"]["xdp_root"]}
         assert ping(t, 1) == 1
 
 
@@ -223,11 +232,19 @@ def test_a_program_that_fails_to_load_changes_nothing(tmp_path):
                   env={"BPF_IPTABLES_BPF_DIR": str(broken)})
         assert r.returncode == 1 and "cannot load the eBPF program" in r.stderr, r.stderr
         assert (s.bpf_iptables("-S").stdout, record(s)) == before
-        assert set(xdp_prog_ids(s).values()) == {before[1]["prog_id"]}
+        assert set(xdp_prog_ids(s).values()) == {before[1]["roots"]["xdp_root"]}
         assert ping(t, 1) == 1
         r = s.run(bpf_command("iptables-restore"), input="*filter\n-F\nCOMMIT\n",
                   env={"BPF_IPTABLES_BPF_DIR": str(broken)})
         assert r.returncode == 1 and (s.bpf_iptables("-S").stdout, record(s)) == before
+
+
+RESYNC = """
+from bpf_iptables import state
+from bpf_iptables.datapath import attachment, live
+with state.locked(-1) as store:
+    live.AttachedStore(store, attachment.read(store.directory)).save(store.load())
+"""
 
 
 def test_interfaces_created_later_are_covered_by_the_next_update():
@@ -243,31 +260,156 @@ def test_interfaces_created_later_are_covered_by_the_next_update():
         r = s.run(datapath_command("status"))
         assert r.returncode == 0, r.stdout
         ids = xdp_prog_ids(s)
-        assert ids["s1"] == ids["s2"] == ids["s0"] == record(s)["prog_id"]
+        assert ids["s1"] == ids["s2"] == ids["s0"] == record(s)["roots"]["xdp_root"]
+        # and forgotten once gone
+        subprocess.run(["ip", "-n", s.name, "link", "del", "s1"], check=True)
+        assert s.bpf_iptables("-D", "INPUT", "1").returncode == 0
+        assert set(record(s)["interfaces"]) == {"lo", "s0"}
+        assert s.run(datapath_command("status")).returncode == 0
+        # the watcher's resync: save() of the stored rule set, without load();
+        # new interfaces covered, the data path's counters kept
+        assert s.bpf_iptables("-A", "INPUT", "-p", "icmp").returncode == 0
+        assert ping(t, 2) == 2
+        subprocess.run(["ip", "-n", s.name, "link", "add", "s3", "type", "veth", "peer", "name",
+                        "s4"], check=True)
+        r = s.run([sys.executable, "-c", RESYNC])
+        assert r.returncode == 0, r.stderr
+        assert set(record(s)["interfaces"]) == {"lo", "s0", "s3", "s4"}
+        assert s.run(datapath_command("status")).returncode == 0
+        assert "-A INPUT -p icmp -c 2 " in s.bpf_iptables("-S", "INPUT", "-v").stdout
 
 
-def test_output_rules_refused_while_the_namespace_forwards():
-    """TC egress also sees forwarded packets: OUTPUT is only enforced
-    while the namespace does not forward."""
+def live_hooks(rec: dict) -> dict[str, dict]:
+    return {h: i for h, i in rec["slots"][rec["active"]]["hooks"].items() if i["on"]}
+
+
+def test_output_program_comes_and_goes_with_its_rules():
+    """OUTPUT's classifier fills its generation's slot behind the TC egress
+    root while OUTPUT has work; without, the slot is empty (packets pass)."""
     with topology("dpo") as t:
         s = t.server
         assert s.run(datapath_command("attach")).returncode == 0
-        subprocess.run(["ip", "netns", "exec", s.name, "sysctl", "-qw", "net.ipv4.ip_forward=1"],
-                       check=True)
-        r = s.bpf_iptables("-A", "OUTPUT", "-p", "udp", "-j", "DROP")
-        assert r.returncode == 2 and "IP forwarding" in r.stderr
-        subprocess.run(["ip", "netns", "exec", s.name, "sysctl", "-qw", "net.ipv4.ip_forward=0"],
-                       check=True)
-        assert s.bpf_iptables("-A", "OUTPUT", "-p", "udp", "-j", "DROP").returncode == 0
-        assert record(s)["output_prog_id"] != 0
-        tc = subprocess.run(["ip", "netns", "exec", s.name, "tc", "filter", "show", "dev", "s0",
-                             "egress"], capture_output=True, text=True).stdout
-        assert f"id {record(s)['output_prog_id']} " in tc
+        assert set(live_hooks(record(s))) == {"INPUT"}
+        assert s.bpf_iptables("-A", "OUTPUT", "-p", "udp", "--dport", "5003", "-j",
+                              "DROP").returncode == 0
+        assert set(live_hooks(record(s))) == {"INPUT", "OUTPUT"}
         r = s.run(datapath_command("status"))
-        assert r.returncode == 0 and "s0 egress ok" in r.stdout, r.stdout
-        # back to nothing in OUTPUT: the egress program goes away
+        assert r.returncode == 0 and "OUTPUT program" in r.stdout and "s0 egress ok" in r.stdout
+        assert udp(t, 5003, 2, reverse=True) == 0 and udp(t, 5004, 2, reverse=True) == 2
         assert s.bpf_iptables("-F", "OUTPUT").returncode == 0
-        assert record(s)["output_prog_id"] == 0
-        tc = subprocess.run(["ip", "netns", "exec", s.name, "tc", "filter", "show", "dev", "s0",
-                             "egress"], capture_output=True, text=True).stdout
-        assert tc.strip() == ""
+        assert set(live_hooks(record(s))) == {"INPUT"}
+        assert udp(t, 5003, 2, reverse=True) == 2
+
+
+MAP_ONLY_PROBE = """
+import sys
+from bpf_iptables.cli import iptables
+rc = iptables.run(sys.argv[1:])
+print(rc, 'bcc' in sys.modules)
+"""
+
+
+def test_changes_that_fit_the_programs_only_rewrite_maps(tmp_path):
+    """Once both generations have programs, a change whose shape they
+    cover rewrites maps only: no bcc import, no compile (a source tree
+    that does not compile is not even looked at), programs kept."""
+    broken = tmp_path / "bpf"
+    broken.mkdir()
+    (broken / "filter.c").write_text("int xdp_filter(struct xdp_md *ctx) { return oops; }\n")
+    with topology("dpm") as t:
+        s = t.server
+        assert s.bpf_iptables("-A", "INPUT", "-p", "udp", "--dport", "5001", "-j",
+                              "DROP").returncode == 0
+        assert s.run(datapath_command("attach")).returncode == 0
+        assert s.bpf_iptables("-A", "INPUT", "-p", "udp", "--dport", "5002", "-j",
+                              "DROP").returncode == 0
+        progs = [dict(live_hooks(record(s))), None]
+        for port in (5003, 5004, 5005):
+            r = s.run([sys.executable, "-c", MAP_ONLY_PROBE, "-A", "INPUT", "-p", "udp",
+                       "--dport", str(port), "-j", "DROP"],
+                      env={"BPF_IPTABLES_BPF_DIR": str(broken)})
+            assert r.stdout.split() == ["0", "False"], r.stderr
+        rec = record(s)
+        # the same two programs, alternating
+        assert live_hooks(rec)["INPUT"]["prog_id"] in {
+            i["hooks"]["INPUT"]["prog_id"] for i in rec["slots"]}
+        assert progs[0]["INPUT"]["prog_id"] in {i["hooks"]["INPUT"]["prog_id"]
+                                                for i in rec["slots"]}
+        assert udp(t, 5001, 1) == udp(t, 5005, 1) == 0 and udp(t, 5006, 1) == 1
+        r = s.run([sys.executable, "-c", MAP_ONLY_PROBE, "-D", "INPUT", "5"],
+                  env={"BPF_IPTABLES_BPF_DIR": str(broken)})
+        assert r.stdout.split() == ["0", "False"], r.stderr
+        assert udp(t, 5005, 1) == 1 and udp(t, 5004, 1) == 0
+        # a new field is a new shape: compiled (and refused with the broken tree)
+        r = s.run(bpf_command("iptables", "-A", "INPUT", "-s", "10.1.0.0/16", "-j", "DROP"),
+                  env={"BPF_IPTABLES_BPF_DIR": str(broken)})
+        assert r.returncode == 1 and "cannot load the eBPF program" in r.stderr
+
+
+DIE_AT = "BPF_IPTABLES_DATAPATH_DIE_AT"
+
+
+def test_a_call_that_dies_between_steps_is_repaired_by_the_next():
+    """An update killed after each of its steps in turn (the test hook
+    exits as a crash would); the next call, whatever it is, leaves data
+    path, record and stored rule set in agreement, and says what it did."""
+    with topology("dpd") as t:
+        s = t.server
+        assert s.bpf_iptables("-A", "INPUT", "-p", "udp", "--dport", "5002", "-j",
+                              "DROP").returncode == 0
+        assert s.run(datapath_command("attach")).returncode == 0
+        for step, port, outcome in (
+                ("prepared", 5011, "old"),   # inactive generation half done: redone next time
+                ("pending", 5012, "old"),    # intent recorded, nothing switched: rolled back
+                ("flipped", 5013, "old"),    # switched, rule set not stored: rolled back
+                ("stored", 5014, "new")):    # switched and stored, record not final: completed
+            before = s.bpf_iptables("-S").stdout
+            r = s.run(bpf_command("iptables", "-I", "INPUT", "-s", "10.99.0.0/24", "-p", "udp",
+                                  "--dport", str(port), "-j", "DROP"), env={DIE_AT: step})
+            assert r.returncode == 137, (step, r.stderr)
+            if step == "flipped":
+                # the new rule set filters, the record still names the old one
+                assert udp(t, port, 1) == 0
+                r = s.run(datapath_command("status"))
+                assert r.returncode == 1 and "interrupted" in r.stdout, r.stdout
+            r = s.bpf_iptables("-S")
+            assert r.returncode == 0, r.stderr
+            assert ("warning: an interrupted data path update" in r.stderr) == (step != "prepared")
+            new = outcome == "new"
+            assert (r.stdout == before) != new, step
+            assert udp(t, port, 1) == (0 if new else 1), step
+            assert s.run(datapath_command("status")).returncode == 0, step
+        # and updates go on from there
+        assert s.bpf_iptables("-A", "INPUT", "-p", "udp", "--dport", "5003", "-j",
+                              "DROP").returncode == 0
+        assert udp(t, 5003, 1) == udp(t, 5002, 1) == udp(t, 5014, 1) == 0
+        assert udp(t, 5011, 1) == 1
+
+
+def test_a_damaged_record_is_reported_and_detach_cleans_up():
+    with topology("dpx") as t:
+        s = t.server
+        assert s.bpf_iptables("-A", "INPUT", "-p", "udp", "--dport", "5001", "-j",
+                              "DROP").returncode == 0
+        assert s.run(datapath_command("attach")).returncode == 0
+        path = os.path.join(state_dir(s), "datapath.json")
+        with open(path, "w") as fh:
+            fh.write("{not json")
+        r = s.bpf_iptables("-L")
+        assert r.returncode == 1 and "record is damaged" in r.stderr, r.stderr
+        r = s.run(datapath_command("status"))
+        assert r.returncode == 1 and "damaged record" in r.stdout
+        assert udp(t, 5001, 1) == 0  # the programs keep filtering meanwhile
+        r = s.run(datapath_command("detach"))
+        assert r.returncode == 0, r.stderr
+        assert set(xdp_prog_ids(s).values()) == {0} and record(s) is None
+        assert not os.path.exists(f"/run/bpf-iptables/bpffs/{os.path.basename(state_dir(s))}")
+        assert udp(t, 5001, 1) == 1
+        # pins removed behind the record's back: reported, detach still works
+        assert s.run(datapath_command("attach")).returncode == 0
+        subprocess.run(["rm", "-rf", f"/run/bpf-iptables/bpffs/{os.path.basename(state_dir(s))}"
+                        "/gen-0"], check=True)
+        r = s.bpf_iptables("-L")
+        assert r.returncode == 1 and "detach" in r.stderr, r.stderr
+        assert s.run(datapath_command("detach")).returncode == 0
+        assert set(xdp_prog_ids(s).values()) == {0} and record(s) is None

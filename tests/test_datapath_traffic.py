@@ -246,7 +246,7 @@ def traffic(pair: Pair) -> dict[str, int]:
     return outcome
 
 
-@pytest.mark.parametrize("mode", ["xdpgeneric", "xdp"])
+@pytest.mark.parametrize("mode", ["xdpgeneric", "xdp", "tc"])
 def test_same_outcome_and_counters_as_iptables_legacy(mode):
     ensure_bpffs()
     with topology("dpl") as legacy, topology("dpb") as ours:
@@ -297,6 +297,9 @@ ROUTER_RULES = """\
 -A FORWARD -p tcp -m tcp --sport 8080 -j ACCEPT
 -A FWD -p udp -m udp --dport 5001 -j DROP
 -A FWD -p udp -m udp --dport 5002 -j ACCEPT
+-A OUTPUT -p icmp
+-A OUTPUT -p udp -m udp --dport 5007 -j DROP
+-A OUTPUT -p udp -j FWD
 COMMIT
 """
 FAR_IP, ROUTER_IP = "10.99.2.1", "10.99.1.2"
@@ -345,49 +348,83 @@ def routed(prefix: str) -> Iterator[Routed]:
 
 def routed_traffic(t: Routed) -> dict[str, int]:
     p = Pair(t.client, t.server)
+    # the router's own datagrams to the server: OUTPUT (5007 dropped there,
+    # 5001 dropped in FWD reached from OUTPUT, 5008 by the policy)
+    own = Pair(t.server, t.router)
     out = {"icmp": ping(p, 2, FAR_IP), "udp5001": udp(p, 5001, 3, far=FAR_IP),
            "udp5002": udp(p, 5002, 4, far=FAR_IP), "udp5003": udp(p, 5003, 1, far=FAR_IP),
            "tcp8080": tcp(p, 8080, 2, FAR_IP), "tcp8081": tcp(p, 8081, 1, FAR_IP),
-           "router_icmp": ping(p, 2, ROUTER_IP)}
+           "router_icmp": ping(p, 2, ROUTER_IP),
+           "own5007": udp_from(own, FAR_IP, 5007, 2), "own5001": udp_from(own, FAR_IP, 5001, 1),
+           "own5008": udp_from(own, FAR_IP, 5008, 3)}
     time.sleep(0.1)
     return out
 
 
-def without_output(listing: str) -> str:
-    """The router's OUTPUT has no rules, so no program: its policy
-    counters (the router's own replies) are not counted by the data path."""
-    return "\n\n".join(b for b in listing.split("\n\n") if not b.startswith("Chain OUTPUT "))
+def udp_from(pair: Pair, dst_ip: str, port: int, count: int) -> int:
+    """Datagrams pair.server -> pair.client at dst_ip:port; how many arrived."""
+    with inside(pair.client):
+        rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with inside(pair.server):
+        tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with rx, tx:
+        rx.bind((dst_ip, port))
+        for i in range(count):
+            try:
+                tx.sendto(b"own %d" % i, (dst_ip, port))
+            except PermissionError:
+                pass
+        got = 0
+        rx.settimeout(REPLY_WAIT)
+        try:
+            while True:
+                rx.recv(2048)
+                got += 1
+        except socket.timeout:
+            pass
+    return got
 
 
-def test_forward_same_outcome_and_counters_as_iptables_legacy():
+@pytest.mark.parametrize("mode", ["xdpgeneric", "tc"])
+def test_forward_same_outcome_and_counters_as_iptables_legacy(mode):
     ensure_bpffs()
     with routed("dfl") as legacy, routed("dfb") as ours:
         assert legacy.router.run(["iptables-legacy-restore"], input=ROUTER_RULES).returncode == 0
         r = ours.router.run(bpf_command("iptables-restore"), input=ROUTER_RULES)
         assert r.returncode == 0, r.stderr
-        r = ours.router.run(datapath_command("attach"))
+        r = ours.router.run(datapath_command("attach", "--mode", mode))
         assert r.returncode == 0, r.stderr
         r = ours.router.run(datapath_command("status"))
         assert r.returncode == 0 and "FORWARD program" in r.stdout, r.stdout
         want = routed_traffic(legacy)
         got = routed_traffic(ours)
         assert want == {"icmp": 2, "udp5001": 0, "udp5002": 4, "udp5003": 0, "tcp8080": 2,
-                        "tcp8081": 0, "router_icmp": 2}
+                        "tcp8081": 0, "router_icmp": 2, "own5007": 0, "own5001": 0,
+                        "own5008": 3}
         assert got == want
-        listing = without_output(legacy.router.iptables("-L", "-v", "-x", "-n").stdout)
+        listing = legacy.router.iptables("-L", "-v", "-x", "-n").stdout
         assert "Chain FORWARD (policy DROP 2 packets" in listing  # udp 5003, tcp 8081
-        assert without_output(ours.router.bpf_iptables("-L", "-v", "-x", "-n").stdout) == listing
+        # OUTPUT while forwarding: the router's own packets only (its 2 echo
+        # replies, its 6 datagrams), none of the forwarded ones
+        assert "Chain OUTPUT (policy ACCEPT 5 packets" in listing
+        assert ours.router.bpf_iptables("-L", "-v", "-x", "-n").stdout == listing
 
 
 def test_root_namespace_untouched():
     """Nothing of the tests is attached to the root namespace's interfaces."""
     out = subprocess.run(["ip", "-d", "link", "show"], capture_output=True, text=True).stdout
     assert "xdp" not in out
+    from bpf_iptables.datapath import bpfsys
+
     for name in os.listdir("/sys/class/net"):
         for kind in ("ingress", "egress"):
             tc = subprocess.run(["tc", "filter", "show", "dev", name, kind],
                                 capture_output=True, text=True).stdout
             assert "bpf" not in tc, (name, kind, tc)
+        # TCX links (what the roots use) are not tc filters
+        index = socket.if_nametoindex(name)
+        for hook in (bpfsys.BPF_TCX_INGRESS, bpfsys.BPF_TCX_EGRESS):
+            assert bpfsys.attached_count(index, hook) == 0, (name, hook)
 
 
 # -- FORWARD: -o by the route's device, -m ttl after the router's decrement -----------
@@ -404,6 +441,12 @@ OIF_TTL_RULES = """\
 -A FORWARD -o r2 -p icmp -m ttl --ttl-gt 62 -m ttl --ttl-lt 64 -j ACCEPT
 COMMIT
 """
+
+
+def without_output(listing: str) -> str:
+    """The router's OUTPUT has no rules, so no program: its policy
+    counters (the router's own replies) are not counted by the data path."""
+    return "\n\n".join(b for b in listing.split("\n\n") if not b.startswith("Chain OUTPUT "))
 
 
 def test_forward_out_interface_and_ttl_as_iptables_legacy():

@@ -9,7 +9,6 @@ interface watcher (datapath/watch.py, started by ``attach``, stopped by
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -22,66 +21,29 @@ from .. import state
 PROG = "bpf-iptables-datapath"
 
 
-def _xdp_ids() -> dict[str, int]:
-    """Interface -> id of the XDP program the kernel has on it (0: none)."""
-    out = subprocess.run(["ip", "-j", "-d", "link", "show"], capture_output=True, text=True)
-    ids = {}
-    for link in json.loads(out.stdout or "[]"):
-        xdp = link.get("xdp") or {}
-        prog = xdp.get("prog") or {}
-        if not prog and xdp.get("attached"):
-            prog = (xdp["attached"][0] or {}).get("prog") or {}
-        ids[link["ifname"]] = int(prog.get("id", 0))
-    return ids
-
-
 def status(directory) -> int:
-    att = A.read(directory)
-    if att is None:
-        print("not attached")
-        return 0
-    ids = _xdp_ids()
-    print(f"attached mode {att.mode} program {att.prog_id} generation {att.generation} "
-          f"entries {att.entries}")
-    print(f"pins {A.pin_dir(directory, att.generation)}")
-    bad = 0
+    from ..datapath.status import report
+
+    lines, ok = report(directory)
     pid = watch.running(directory)
     if pid is not None:
-        print(f"interface watcher pid {pid}")
+        lines.append(f"interface watcher pid {pid}")
     elif (directory / watch.PID_FILE).exists():
         # it was started and died: interfaces created from now on are
         # covered at the next update only
-        print(f"interface watcher not running (`attach' restarts it; log {directory / watch.LOG_FILE})")
-        bad += 1
-    else:
-        print("interface watcher off (attach --no-watch)")
-    for name, (index, flags) in sorted(att.interfaces.items(), key=lambda kv: kv[1][0]):
-        mode = "xdpgeneric" if flags == 2 else "xdp"
-        seen = ids.get(name, 0)
-        ok = seen == att.prog_id
-        bad += not ok
-        print(f"  {name} ifindex {index} {mode} {'ok' if ok else f'program {seen} (expected {att.prog_id})'}")
-    if att.forward_prog_id:
-        print(f"FORWARD program {att.forward_prog_id} behind the ingress dispatcher {att.prog_id}")
-    if att.output_prog_id:
-        print(f"OUTPUT program {att.output_prog_id} at TC egress")
-        for name in sorted(att.interfaces, key=lambda n: att.interfaces[n][0]):
-            tc = subprocess.run(["tc", "filter", "show", "dev", name, "egress"],
-                                capture_output=True, text=True).stdout
-            ok = f" id {att.output_prog_id} " in tc
-            bad += not ok
-            print(f"  {name} egress {'ok' if ok else 'missing'}")
-    for name in sorted(set(ids) - set(att.interfaces)):
-        # covered from the next update on (any bpf-iptables change, or attach)
-        print(f"  {name} not attached (created after the last update)")
-        bad += 1
-    return 1 if bad else 0
+        lines.append("interface watcher not running (`attach' restarts it; "
+                     f"log {directory / watch.LOG_FILE})")
+        ok = False
+    elif A.read(directory) is not None:
+        lines.append("interface watcher off (attach --no-watch)")
+    print("\n".join(lines))
+    return 0 if ok else 1
 
 
 def run(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    a = sub.add_parser("attach", help="compile INPUT and attach it to every interface")
+    a = sub.add_parser("attach", help="compile the filter table and attach it to every interface")
     a.add_argument("--mode", choices=("xdp", "xdpgeneric", "tc"), default="xdpgeneric")
     a.add_argument("--no-watch", action="store_true",
                    help="no interface watcher: new interfaces are covered at the next update")

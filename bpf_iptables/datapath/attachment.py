@@ -8,8 +8,11 @@ Record: ``<namespace_dir>/datapath.json`` (the namespace's state
 directory, under /run, seen the same however the namespace is entered).
 
 Pins: a bpffs mounted at ``/run/bpf-iptables/bpffs`` (``pin_root()``),
-one directory per namespace and one sub-directory per program generation:
-``netns-<cookie>/gen-<G>/{prog,counters,self}``. Why there and not
+one directory per namespace (``netns-<cookie>/``): ``root/`` (the root
+programs, their prog arrays and the active-generation word), ``link/``
+(one bpf link per interface and hook: the attachment itself) and
+``gen-0/``, ``gen-1/`` (the two generations' classifiers, one directory
+per hook holding ``prog`` and every map). Why there and not
 /sys/fs/bpf: ``ip netns exec`` remounts /sys, hiding the host's bpffs,
 and a bpffs mounted inside its private mount namespace vanishes (with its
 pins) when the command exits; /run is copied into every mount namespace
@@ -29,19 +32,54 @@ from pathlib import Path
 RECORD = "datapath.json"
 
 
+HOOKS = ("INPUT", "FORWARD", "OUTPUT")
+
+
 @dataclass
 class Attachment:
-    mode: str                                   # "xdp" or "xdpgeneric"
-    generation: int                             # pins of the live program: gen-<G>
-    interfaces: dict[str, list[int]] = field(default_factory=dict)  # name -> [ifindex, flags]
-    ncounters: int = 0
-    counter_of: list[list] = field(default_factory=list)   # [chain, rule index, slot]
-    prog_id: int = 0                            # what is attached at XDP (INPUT, or the dispatcher)
-    entries: int = 0
-    forward_prog_id: int = 0                    # FORWARD classifier behind the dispatcher (0: none)
-    forward_ncounters: int = 0
-    output_prog_id: int = 0                     # the OUTPUT program at TC egress (0: none)
-    output_ncounters: int = 0
+    """What is attached and which generation is live (see live.py)."""
+
+    mode: str                                   # "xdp", "xdpgeneric" or "tc"
+    active: int                                 # the live generation: 0 or 1 (gen-<active>)
+    interfaces: dict[str, list[int]] = field(default_factory=dict)  # name -> [ifindex, xdp flags]
+    roots: dict[str, int] = field(default_factory=dict)             # root function -> program id
+    # per generation: {"route": bool, "hooks": {hook: {"prog_id", "shape", "on"}}}; a
+    # hook that is not "on" stays loaded (for a later map-only update) but
+    # its prog array slot is empty
+    slots: list[dict] = field(default_factory=lambda: [{}, {}])
+    counters: list[list] = field(default_factory=list)  # live rule set: [chain, rules, first slot]
+    ncounters: int = 0                          # counter slots the live rule set uses
+    entries: int = 0                            # INPUT entries of the live generation
+    serial: int = 0                             # updates so far
+    store_generation: int = 0                   # the stored rule set the live generation is
+    switched_at: float = 0.0                    # time.monotonic() of the last flip
+    # counts the previous generation made after its last read, by hook and
+    # counter slot of the live generation: added to what it reads
+    carry: dict[str, dict[str, list[int]]] = field(default_factory=dict)
+    # set while an update is between its flip and its last record write:
+    # {"record": the previous record, "store_generation": before the save}
+    pending: dict | None = None
+
+    @property
+    def prog_id(self) -> int:
+        """The root program at ingress."""
+        return self.roots.get("tc_ingress_root" if self.mode == "tc" else "xdp_root", 0)
+
+    @property
+    def generation(self) -> int:
+        return self.serial
+
+    def live_hooks(self) -> list[str]:
+        hooks = self.slots[self.active].get("hooks", {})
+        return [h for h in HOOKS if h in hooks and hooks[h]["on"]]
+
+    def counter_of(self) -> list[tuple[str, int, int]]:
+        """(chain, rule index, counter slot) of every rule of the live rule set."""
+        return [(chain, i, first + i) for chain, n, first in self.counters for i in range(n)]
+
+
+class DamagedRecord(Exception):
+    pass
 
 
 def run_dir() -> Path:
@@ -53,13 +91,18 @@ def pin_root() -> Path:
 
 
 def read(directory: Path) -> Attachment | None:
+    """The record; DamagedRecord when it exists but cannot be read."""
     try:
         text = (directory / RECORD).read_text()
     except FileNotFoundError:
         return None
     import json
 
-    return Attachment(**json.loads(text))
+    try:
+        data = json.loads(text)
+        return Attachment(**data)
+    except (ValueError, TypeError) as exc:
+        raise DamagedRecord(f"{directory / RECORD}: {exc}") from None
 
 
 def write(directory: Path, att: Attachment) -> None:
@@ -74,8 +117,12 @@ def remove(directory: Path) -> None:
     (directory / RECORD).unlink(missing_ok=True)
 
 
+def ns_pins(directory: Path) -> Path:
+    return pin_root() / directory.name
+
+
 def pin_dir(directory: Path, generation: int) -> Path:
-    return pin_root() / directory.name / f"gen-{generation}"
+    return ns_pins(directory) / f"gen-{generation}"
 
 
 def wrap(store):
@@ -83,7 +130,14 @@ def wrap(store):
     load() shows the data path's counters and whose save() first puts the
     new rule set into the data path (see live.AttachedStore)."""
     directory = getattr(store, "directory", None)
-    att = read(directory) if directory is not None else None
+    try:
+        att = read(directory) if directory is not None else None
+    except DamagedRecord as exc:
+        from .live import DatapathError
+
+        raise DatapathError(f"the data path's record is damaged ({exc}); the programs keep "
+                            "filtering with the last rule set; run `bpf-iptables-datapath "
+                            "detach' and attach again") from None
     if att is None:
         return store
     from .live import AttachedStore  # only attached namespaces pay for this

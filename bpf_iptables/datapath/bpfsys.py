@@ -1,19 +1,28 @@
-"""The few bpf(2) commands a later process needs, through ctypes.
+"""The bpf(2) commands a later process needs, through ctypes.
 
 Reading counters of an attached program (``-L -v``, ``-S -v``, save -c)
-must not import bcc (its import alone costs more than a listing): pinned
-objects are opened with BPF_OBJ_GET and per-CPU values read with
-BPF_MAP_LOOKUP_ELEM directly."""
+and rewriting the maps of a pinned program (an update that needs no new
+program shape) must not import bcc (its import alone costs more than a
+listing): pinned objects are opened with BPF_OBJ_GET, maps read and
+written element by element or in batches (BPF_MAP_*_BATCH: one syscall
+for thousands of elements), and root programs attached with bpf links
+(BPF_LINK_CREATE: XDP, and TCX at TC ingress/egress)."""
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
+from dataclasses import dataclass
 from functools import lru_cache
 
 SYS_BPF = 321  # x86_64
-BPF_MAP_LOOKUP_ELEM, BPF_MAP_UPDATE_ELEM = 1, 2
+BPF_MAP_LOOKUP_ELEM, BPF_MAP_UPDATE_ELEM, BPF_MAP_DELETE_ELEM, BPF_MAP_GET_NEXT_KEY = 1, 2, 3, 4
 BPF_OBJ_PIN, BPF_OBJ_GET = 6, 7
-BPF_OBJ_GET_INFO_BY_FD = 15
+BPF_OBJ_GET_INFO_BY_FD, BPF_PROG_QUERY = 15, 16
+BPF_MAP_LOOKUP_BATCH, BPF_MAP_UPDATE_BATCH, BPF_MAP_DELETE_BATCH = 24, 26, 27
+BPF_LINK_CREATE, BPF_LINK_DETACH = 28, 34
+# attach types (uapi enum bpf_attach_type)
+BPF_XDP, BPF_TCX_INGRESS, BPF_TCX_EGRESS = 37, 46, 47
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
@@ -33,6 +42,25 @@ class _ElemAttr(ctypes.Structure):
 class _InfoAttr(ctypes.Structure):
     _fields_ = [("bpf_fd", ctypes.c_uint32), ("info_len", ctypes.c_uint32),
                 ("info", ctypes.c_uint64), ("_pad", ctypes.c_uint64 * 4)]
+
+
+class _BatchAttr(ctypes.Structure):
+    _fields_ = [("in_batch", ctypes.c_uint64), ("out_batch", ctypes.c_uint64),
+                ("keys", ctypes.c_uint64), ("values", ctypes.c_uint64),
+                ("count", ctypes.c_uint32), ("map_fd", ctypes.c_uint32),
+                ("elem_flags", ctypes.c_uint64), ("flags", ctypes.c_uint64),
+                ("_pad", ctypes.c_uint64 * 4)]
+
+
+class _LinkAttr(ctypes.Structure):
+    _fields_ = [("prog_fd", ctypes.c_uint32), ("target_ifindex", ctypes.c_uint32),
+                ("attach_type", ctypes.c_uint32), ("flags", ctypes.c_uint32),
+                ("_pad", ctypes.c_uint64 * 6)]
+
+
+class _LinkDetachAttr(ctypes.Structure):
+    _fields_ = [("link_fd", ctypes.c_uint32), ("_pad0", ctypes.c_uint32),
+                ("_pad", ctypes.c_uint64 * 6)]
 
 
 def _bpf(cmd: int, attr: ctypes.Structure, what: str) -> int:
@@ -56,12 +84,153 @@ def obj_get(path: str) -> int:
     return _bpf(BPF_OBJ_GET, attr, f"open {path}")
 
 
-def obj_id(fd: int) -> int:
-    """The id of a program or map (both info structs start with type, id)."""
+def _info(fd: int) -> "ctypes.Array[ctypes.c_uint32]":
     info = (ctypes.c_uint32 * 64)()
     attr = _InfoAttr(bpf_fd=fd, info_len=ctypes.sizeof(info), info=ctypes.addressof(info))
     _bpf(BPF_OBJ_GET_INFO_BY_FD, attr, "object info")
-    return info[1]
+    return info
+
+
+def obj_id(fd: int) -> int:
+    """The id of a program or map (both info structs start with type, id)."""
+    return _info(fd)[1]
+
+
+def pinned_id(path: str) -> int:
+    """The id of the object pinned at ``path`` (0: nothing there)."""
+    try:
+        fd = obj_get(path)
+    except OSError:
+        return 0
+    try:
+        return obj_id(fd)
+    finally:
+        os.close(fd)
+
+
+# -- links -------------------------------------------------------------------------
+
+def link_create(prog_fd: int, ifindex: int, attach_type: int, flags: int = 0) -> int:
+    """Attach a program to an interface through a bpf link (a new fd).
+    XDP: ``flags`` are XDP_FLAGS_*_MODE; a device that already has an XDP
+    program refuses (EBUSY): somebody else's program is never replaced."""
+    attr = _LinkAttr(prog_fd=prog_fd, target_ifindex=ifindex, attach_type=attach_type,
+                     flags=flags)
+    return _bpf(BPF_LINK_CREATE, attr, "attach")
+
+
+@dataclass
+class LinkInfo:
+    prog_id: int
+    ifindex: int       # 0: the device is gone (the link is defunct)
+    attach_type: int
+
+
+def link_info(fd: int) -> LinkInfo:
+    """struct bpf_link_info: type, id, prog_id, then the union (xdp: ifindex;
+    tcx: ifindex, attach_type)."""
+    info = _info(fd)
+    return LinkInfo(prog_id=info[2], ifindex=info[4], attach_type=info[5])
+
+
+class _QueryAttr(ctypes.Structure):
+    _fields_ = [("target_ifindex", ctypes.c_uint32), ("attach_type", ctypes.c_uint32),
+                ("query_flags", ctypes.c_uint32), ("attach_flags", ctypes.c_uint32),
+                ("prog_ids", ctypes.c_uint64), ("prog_cnt", ctypes.c_uint32),
+                ("_pad0", ctypes.c_uint32), ("_pad", ctypes.c_uint64 * 6)]
+
+
+def attached_count(ifindex: int, attach_type: int) -> int:
+    """How many programs a device of this namespace has at a TCX hook
+    (``tc filter show`` does not list TCX links)."""
+    attr = _QueryAttr(target_ifindex=ifindex, attach_type=attach_type)
+    _bpf(BPF_PROG_QUERY, attr, "query")
+    return attr.prog_cnt
+
+
+def link_detach(fd: int) -> None:
+    """Detach a link's program now, pins or not (BPF_LINK_DETACH)."""
+    _bpf(BPF_LINK_DETACH, _LinkDetachAttr(link_fd=fd), "detach")
+
+
+# -- map elements ------------------------------------------------------------------
+
+def map_update(fd: int, key: bytes, value: bytes) -> None:
+    k = ctypes.create_string_buffer(key, len(key))
+    v = ctypes.create_string_buffer(value, len(value))
+    attr = _ElemAttr(map_fd=fd, key=ctypes.addressof(k), value=ctypes.addressof(v))
+    _bpf(BPF_MAP_UPDATE_ELEM, attr, "map update")
+
+
+def map_delete(fd: int, key: bytes) -> bool:
+    k = ctypes.create_string_buffer(key, len(key))
+    attr = _ElemAttr(map_fd=fd, key=ctypes.addressof(k))
+    rc = _libc.syscall(SYS_BPF, BPF_MAP_DELETE_ELEM, ctypes.byref(attr), ctypes.sizeof(attr))
+    if rc < 0:
+        err = ctypes.get_errno()
+        if err == errno.ENOENT:
+            return False
+        raise OSError(err, f"map delete: {os.strerror(err)}")
+    return True
+
+
+def map_lookup(fd: int, key: bytes, value_size: int) -> bytes | None:
+    k = ctypes.create_string_buffer(key, len(key))
+    v = ctypes.create_string_buffer(value_size)
+    attr = _ElemAttr(map_fd=fd, key=ctypes.addressof(k), value=ctypes.addressof(v))
+    rc = _libc.syscall(SYS_BPF, BPF_MAP_LOOKUP_ELEM, ctypes.byref(attr), ctypes.sizeof(attr))
+    if rc < 0:
+        err = ctypes.get_errno()
+        if err == errno.ENOENT:
+            return None
+        raise OSError(err, f"map lookup: {os.strerror(err)}")
+    return v.raw
+
+
+def map_keys(fd: int, key_size: int) -> list[bytes]:
+    """Every key of a hash or LPM map (BPF_MAP_GET_NEXT_KEY from no key)."""
+    keys: list[bytes] = []
+    cur = ctypes.create_string_buffer(key_size)
+    nxt = ctypes.create_string_buffer(key_size)
+    attr = _ElemAttr(map_fd=fd, key=0, value=ctypes.addressof(nxt))
+    while True:
+        rc = _libc.syscall(SYS_BPF, BPF_MAP_GET_NEXT_KEY, ctypes.byref(attr), ctypes.sizeof(attr))
+        if rc < 0:
+            err = ctypes.get_errno()
+            if err == errno.ENOENT:
+                return keys
+            raise OSError(err, f"map keys: {os.strerror(err)}")
+        keys.append(nxt.raw)
+        ctypes.memmove(cur, nxt, key_size)
+        attr.key = ctypes.addressof(cur)
+
+
+_batch_ok: dict[int, bool] = {}
+
+
+def map_update_many(fd: int, items: list[tuple[bytes, bytes]]) -> None:
+    """Write many elements: one BPF_MAP_UPDATE_BATCH where the map type
+    has it (arrays, hashes), element by element otherwise (LPM tries)."""
+    if not items:
+        return
+    key_size, value_size = len(items[0][0]), len(items[0][1])
+    mtype = _info(fd)[0]
+    if _batch_ok.get(mtype, True):
+        keys = ctypes.create_string_buffer(b"".join(k for k, _ in items), key_size * len(items))
+        values = ctypes.create_string_buffer(b"".join(v for _, v in items),
+                                             value_size * len(items))
+        attr = _BatchAttr(keys=ctypes.addressof(keys), values=ctypes.addressof(values),
+                          count=len(items), map_fd=fd)
+        rc = _libc.syscall(SYS_BPF, BPF_MAP_UPDATE_BATCH, ctypes.byref(attr), ctypes.sizeof(attr))
+        if rc >= 0:
+            return
+        err = ctypes.get_errno()
+        if err not in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, 524):  # 524: ENOTSUPP
+            raise OSError(err, f"map update: {os.strerror(err)}")
+        _batch_ok[mtype] = False
+        # a batch that failed part way wrote some elements: all are rewritten below
+    for key, value in items:
+        map_update(fd, key, value)
 
 
 @lru_cache(maxsize=1)
@@ -80,21 +249,50 @@ _COUNTER = ctypes.c_uint64 * 2
 
 
 def read_counters(map_fd: int, nslots: int) -> list[tuple[int, int]]:
-    """(packets, bytes) of every slot of a per-CPU counter array, summed over CPUs."""
+    """(packets, bytes) of slots 0..nslots-1 of a per-CPU counter array,
+    summed over CPUs: one BPF_MAP_LOOKUP_BATCH (arrays have it)."""
+    if nslots <= 0:
+        return []
     ncpu = possible_cpus()
-    value = (_COUNTER * ncpu)()
-    key = ctypes.c_uint32()
-    attr = _ElemAttr(map_fd=map_fd, key=ctypes.addressof(key), value=ctypes.addressof(value))
+    keys = (ctypes.c_uint32 * nslots)()
+    values = (ctypes.c_uint64 * (2 * ncpu * nslots))()
+    out_batch = ctypes.c_uint32()
+    attr = _BatchAttr(in_batch=0, out_batch=ctypes.addressof(out_batch),
+                      keys=ctypes.addressof(keys), values=ctypes.addressof(values),
+                      count=nslots, map_fd=map_fd)
+    rc = _libc.syscall(SYS_BPF, BPF_MAP_LOOKUP_BATCH, ctypes.byref(attr), ctypes.sizeof(attr))
+    if rc < 0 and ctypes.get_errno() != errno.ENOENT:  # ENOENT: the map ended first
+        err = ctypes.get_errno()
+        raise OSError(err, f"read counters: {os.strerror(err)}")
+    if attr.count != nslots:
+        raise OSError(errno.EIO, f"read counters: {attr.count} of {nslots} slots")
+    flat = list(values)   # per slot: (packets, bytes) of CPU 0, of CPU 1, ...
+    step = 2 * ncpu
+    packets = [sum(t) for t in zip(*(flat[2 * c::step] for c in range(ncpu)))]
+    nbytes = [sum(t) for t in zip(*(flat[2 * c + 1::step] for c in range(ncpu)))]
+    return list(zip(packets, nbytes))
+
+
+def counter_items(values: dict[int, tuple[int, int]], nslots: int) -> list[tuple[bytes, bytes]]:
+    """Slots 0..nslots-1 as per-CPU array elements: (packets, bytes) in
+    CPU 0's share, the other CPUs zero; slots not in ``values`` zero."""
+    ncpu = possible_cpus()
+    rest = bytes(16 * (ncpu - 1))
+    zero = bytes(16 * ncpu)
     out = []
     for slot in range(nslots):
-        key.value = slot
-        _bpf(BPF_MAP_LOOKUP_ELEM, attr, "read counters")
-        out.append((sum(v[0] for v in value), sum(v[1] for v in value)))
+        v = values.get(slot)
+        value = zero if not v else v[0].to_bytes(8, "little") + v[1].to_bytes(8, "little") + rest
+        out.append((slot.to_bytes(4, "little"), value))
     return out
 
 
-def write_counters(map_fd: int, values: dict[int, tuple[int, int]]) -> None:
-    """Set slots to (packets, bytes), held in CPU 0's share, the others zero."""
+def write_counters(map_fd: int, values: dict[int, tuple[int, int]], nslots: int = 0) -> None:
+    """Set slots to (packets, bytes), held in CPU 0's share, the others
+    zero; with ``nslots``, every slot below it not in ``values`` is zeroed."""
+    if nslots:
+        map_update_many(map_fd, counter_items(values, nslots))
+        return
     ncpu = possible_cpus()
     key = ctypes.c_uint32()
     for slot, (packets, nbytes) in values.items():

@@ -1,52 +1,77 @@
-"""The data path of an attached namespace: deploy, update, counters, detach.
+"""The data path of an attached namespace: attach, update, counters, repair, detach.
 
-An update compiles the new rule set into *new* programs with their own
-maps (a generation: INPUT at XDP; FORWARD behind an XDP dispatcher and
-OUTPUT at TC egress when those chains have work), fills and pins them
-(counters included) while the old ones keep filtering, then switches
-every interface to them with one netlink request per interface and hook
-(the kernel replaces an XDP program, and `tc filter replace' a cls_bpf
-program, atomically), and only then is the rule set stored. So:
+Root programs (bpf/root.c) are attached once per interface and stay
+(links.py). Two generations of classifiers are pinned (generation.py);
+the roots tail-call the one named by the active word. An update:
 
-- the compiler refusing the rule set (``NotSupported``, exit 2) or bcc
-  failing to load it (exit 1) happens before anything changed: the old
-  program stays attached and the stored rule set stays as it was;
-- a packet is classified either by the old rule set or by the new one.
+1. compiles the new rule set (``NotSupported``, exit 2: nothing changed);
+2. prepares the inactive generation: map-only when its programs' shapes
+   cover the new ones, else new programs compiled with bcc (a failure,
+   exit 1, leaves the active generation and the stored rule set as they
+   were: the inactive one is never seen by a packet);
+3. fills the inactive generation's prog array slots and counters (what
+   the active programs counted since this command read them is added);
+4. attaches the roots to interfaces that appeared (and forgets vanished ones);
+5. writes the record with ``pending`` (the previous record and the
+   stored rule set's generation), flips the active word — every interface
+   and hook switch at once —, stores the rule set, clears ``pending``.
+
+A call that dies between steps leaves either an unused inactive
+generation (rewritten in full by the next update; programs the record
+does not name are unpinned) or a ``pending`` record, which the next call
+resolves (``recover``): if the rule set was stored it flips forward,
+otherwise back; either way data path, record and stored rule set agree
+again, and the call says so on stderr.
 
 Counters: every invocation shows the data path's counters (``load()``
 overlays them on the stored rule set), so commands move, keep and zero
 them exactly as they do stored counters (they follow their rule through
--I, -D, -R of other rules, -E, ...). The new program starts from those
-values, plus what the old program counted while the new one was being
-compiled (read again just before the switch); packets counted by the
-old program in the microseconds between that read and the switch are lost."""
+-I, -D, -R of other rules, -E, ...). The new generation starts from those
+values, plus what the old one counted while the new one was being
+prepared (read again just before the flip); what the old generation
+counts between that read and the flip is read after the flip and kept in
+the record (``carry``), added by every read and folded in by the next
+update."""
 from __future__ import annotations
 
-import errno
 import os
 import shutil
 import socket
-import subprocess
 import sys
-from dataclasses import dataclass
+import time
+from dataclasses import asdict
 from pathlib import Path
 
 from ..errors import NotSupported, XtablesError, OTHER_PROBLEM
 from ..model import RuleSet, Table
 from . import attachment as A
-from . import bpfsys
+from . import generation as G
+from . import links
 from . import support
-from .compiler import POLICY_COUNTER, Compiled, compile_chain
+from .compiler import FIRST_RULE_COUNTER, POLICY_COUNTER, Compiled, compile_chain
 
-XDP_FLAGS_UPDATE_IF_NOEXIST = 1 << 0   # never replace somebody else's program
-XDP_FLAGS_SKB_MODE = 1 << 1
-XDP_FLAGS_DRV_MODE = 1 << 2
-MODES = {"xdp": XDP_FLAGS_DRV_MODE, "xdpgeneric": XDP_FLAGS_SKB_MODE}
+MODES = links.MODES
+# tests only: die (as a crash would) right after the named step of an update
+DIE_AT = "BPF_IPTABLES_DATAPATH_DIE_AT"
 
 
 class DatapathError(XtablesError):
     def __init__(self, message: str):
         super().__init__(message, OTHER_PROBLEM)
+
+
+# tests only: "step:seconds:file", touch file and sleep there (so that a
+# test can put packets into the window after that step)
+PAUSE_AT = "BPF_IPTABLES_DATAPATH_PAUSE_AT"
+
+
+def _maybe_die(step: str) -> None:
+    if os.environ.get(DIE_AT) == step:
+        os._exit(137)
+    where, seconds, marker = (os.environ.get(PAUSE_AT, "") + "::").split(":")[:3]
+    if where == step:
+        Path(marker).touch()
+        time.sleep(float(seconds))
 
 
 def interfaces_here() -> dict[str, int]:
@@ -60,22 +85,20 @@ def needs(table: Table, hook: str) -> bool:
     return chain is not None and bool(chain.rules or (chain.policy or "ACCEPT") != "ACCEPT")
 
 
-def needs_output(table: Table) -> bool:
-    return needs(table, "OUTPUT")
-
-
-def check_enforceable(table: Table) -> None:
-    """OUTPUT runs at TC egress, which forwarded packets pass too: refused
-    while the namespace forwards."""
-    if needs_output(table) and _forwarding():
-        raise NotSupported("the OUTPUT chain with IP forwarding enabled in the eBPF data path")
-
-
-def _forwarding() -> bool:
+def forwarding() -> bool:
     try:
         return open("/proc/sys/net/ipv4/ip_forward").read().strip() != "0"
     except OSError:
         return True
+
+
+def store_generation(store) -> int:
+    """The stored rule set's generation (state.Store's ``current``): tells
+    a pending update whether its rule set was stored before it died."""
+    try:
+        return int((store.directory / "current").read_text())
+    except (OSError, ValueError):
+        return 0
 
 
 # -- counters ---------------------------------------------------------------------
@@ -83,40 +106,60 @@ def _forwarding() -> bool:
 Counts = dict[str, list[tuple[int, int]]]   # hook -> (packets, bytes) per slot
 
 
-def hook_dir(directory: Path, number: int, hook: str) -> Path:
-    """INPUT's pins at the generation's top (prog, counters, self), the
-    others' in forward/, output/ and dispatch/ beneath it."""
-    base = A.pin_dir(directory, number)
-    return base if hook == "INPUT" else base / hook.lower()
-
-
-def hooks_of(att: A.Attachment) -> list[str]:
-    return (["INPUT"] + (["FORWARD"] if att.forward_prog_id else [])
-            + (["OUTPUT"] if att.output_prog_id else []))
-
-
-def xdp_pin(directory: Path, att: A.Attachment) -> Path:
-    """The pin of the program attached at XDP: the dispatcher when FORWARD runs."""
-    return hook_dir(directory, att.generation, "DISPATCH" if att.forward_prog_id else "INPUT") / "prog"
-
-
-NCOUNTERS = {"INPUT": "ncounters", "FORWARD": "forward_ncounters", "OUTPUT": "output_ncounters"}
-
-
 def read_live(directory: Path, att: A.Attachment) -> Counts:
-    out: Counts = {}
-    for hook in hooks_of(att):
-        fd = bpfsys.obj_get(str(hook_dir(directory, att.generation, hook) / "counters"))
-        try:
-            out[hook] = bpfsys.read_counters(fd, getattr(att, NCOUNTERS[hook]))
-        finally:
-            os.close(fd)
+    """The live generation's counters, plus the record's carry (what the
+    previous generation counted between the last read and the switch)."""
+    out = G.read_counters(directory, att.active, att.live_hooks(), att.ncounters)
+    for hook, slots in att.carry.items():
+        v = out.get(hook)
+        if v is not None:
+            for slot, (p, b) in slots.items():
+                i = int(slot)
+                if i < len(v):
+                    v[i] = (v[i][0] + p, v[i][1] + b)
     return out
 
 
-def _sum(values: Counts, slot: int) -> tuple[int, int]:
-    return (sum(v[slot][0] for v in values.values() if slot < len(v)),
-            sum(v[slot][1] for v in values.values() if slot < len(v)))
+def residual(before: Counts, after: Counts, old_to_new: dict[int, int],
+             hooks: list[str]) -> dict[str, dict[str, list[int]]]:
+    """What the old generation counted between ``before`` (the read whose
+    values went into the new generation) and ``after`` (read once it was
+    switched away), in the new generation's slots: rules in INPUT's,
+    policies in their hook's."""
+    carry: dict[str, dict[str, list[int]]] = {}
+    for hook, now in after.items():
+        was = before.get(hook, [])
+        for old, (p, b) in enumerate(now):
+            if old < len(was):
+                p, b = p - was[old][0], b - was[old][1]
+            if not (p or b):
+                continue
+            if old == POLICY_COUNTER:
+                target, slot = hook, POLICY_COUNTER
+            else:
+                target, slot = "INPUT", old_to_new.get(old)
+            if target in hooks and slot is not None:
+                acc = carry.setdefault(target, {}).setdefault(str(slot), [0, 0])
+                acc[0] += p
+                acc[1] += b
+    return carry
+
+
+def totals(values: Counts) -> list[tuple[int, int]]:
+    """Per slot, the sum over the hooks' programs."""
+    rows = list(values.values())
+    if len(rows) == 1:
+        return rows[0]
+    n = max((len(r) for r in rows), default=0)
+    out = []
+    for slot in range(n):
+        p = b = 0
+        for r in rows:
+            if slot < len(r):
+                p += r[slot][0]
+                b += r[slot][1]
+        out.append((p, b))
+    return out
 
 
 def overlay(ruleset: RuleSet, att: A.Attachment, values: Counts) -> dict[int, int]:
@@ -126,11 +169,13 @@ def overlay(ruleset: RuleSet, att: A.Attachment, values: Counts) -> dict[int, in
     to follow rules through a command."""
     table = ruleset.table("filter")
     slot_of: dict[int, int] = {}
-    for chain, index, slot in att.counter_of:
+    sums = totals(values)
+    for chain, count, first in att.counters:
         rules = table.chains[chain].rules if chain in table.chains else []
-        if index < len(rules):
-            rule = rules[index]
-            rule.counters.packets, rule.counters.bytes = _sum(values, slot)
+        for index, rule in enumerate(rules[:count]):
+            slot = first + index
+            if slot < len(sums):
+                rule.counters.packets, rule.counters.bytes = sums[slot]
             slot_of[id(rule)] = slot
     for hook, v in values.items():
         policy = table.chains[hook].counters
@@ -138,64 +183,26 @@ def overlay(ruleset: RuleSet, att: A.Attachment, values: Counts) -> dict[int, in
     return slot_of
 
 
-# -- one generation -----------------------------------------------------------------
-
-@dataclass
-class Program:
-    prog: object          # program.LoadedProgram
-    compiled: Compiled
-
-
-@dataclass
-class Generation:
-    number: int
-    progs: dict[str, Program]     # INPUT always; FORWARD, OUTPUT when they have work to do
-    dispatch: object = None       # program.Dispatcher, with FORWARD
-
-    @property
-    def xdp_fd(self) -> int:
-        return (self.dispatch or self.progs["INPUT"].prog).fd
-
-
-def build(table: Table, number: int, interfaces: dict[str, int]) -> Generation:
-    """Compile and load; nothing is attached yet. Raises NotSupported (2)
-    or DatapathError (1)."""
-    check_enforceable(table)
-    hooks = ["INPUT"] + [h for h in ("FORWARD", "OUTPUT") if needs(table, h)]
-    compiled = {h: compile_chain(table, h, interfaces) for h in hooks}
-    from .program import Dispatcher, LoadedProgram  # bcc: only when a program is built
-
-    progs: dict[str, Program] = {}
-    try:
-        for h in hooks:
-            prog = LoadedProgram(compiled[h].shape, tc=(h == "OUTPUT"))
-            prog.install(compiled[h])
-            progs[h] = Program(prog, compiled[h])
-        dispatch = None
-        if "FORWARD" in progs:
-            dispatch = Dispatcher(progs["INPUT"].prog.fd, progs["FORWARD"].prog.fd)
-    except Exception as exc:  # bcc reports compile/verifier errors as Exception
-        raise DatapathError(f"cannot load the eBPF program: {exc}") from None
-    return Generation(number, progs, dispatch)
-
-
-def initial_counters(gen: Generation, table: Table, carried: dict[int, int],
-                     delta: Counts | None) -> dict[str, dict[int, tuple[int, int]]]:
+def initial_counters(hooks: list[str], compiled: Compiled, table: Table,
+                     carried: dict[int, int], delta: Counts | None
+                     ) -> dict[str, dict[int, tuple[int, int]]]:
     """The new programs' counters: the rule set's (which carry the data
     path's as of load()), plus what each rule's old slot counted since.
     Rule counts start in the INPUT program (shown as the sum over programs),
     each program's policy slot holds its hook's policy counters."""
-    out: dict[str, dict[int, tuple[int, int]]] = {h: {} for h in gen.progs}
-    for (chain, index), slot in gen.progs["INPUT"].compiled.counter_of.items():
+    out: dict[str, dict[int, tuple[int, int]]] = {h: {} for h in hooks}
+    moved = totals(delta) if delta is not None else []
+    rules = out["INPUT"]
+    for (chain, index), slot in compiled.counter_of.items():
         rule = table.chains[chain].rules[index]
         p, b = rule.counters.packets, rule.counters.bytes
         old = carried.get(id(rule))
-        if delta is not None and old is not None:
-            dp, db = _sum(delta, old)
+        if old is not None and old < len(moved):
+            dp, db = moved[old]
             p, b = p + dp, b + db
         if p or b:
-            out["INPUT"][slot] = (p, b)
-    for hook in gen.progs:
+            rules[slot] = (p, b)
+    for hook in hooks:
         pol = table.chains[hook].counters
         p, b = pol.packets, pol.bytes
         if delta is not None and hook in delta:
@@ -204,92 +211,144 @@ def initial_counters(gen: Generation, table: Table, carried: dict[int, int],
     return out
 
 
-def _xdp(dev: str, fd: int, flags: int) -> int:
-    from bcc.libbcc import lib
-    import ctypes
-
-    rc = lib.bpf_attach_xdp(dev.encode(), fd, flags)
-    return 0 if rc >= 0 else (ctypes.get_errno() or 1)
-
-
-# our egress filter's priority; `filter replace' of the same (pref, handle)
-# swaps the program atomically
-TC_PREF = "49001"
+def old_slots(table: Table, compiled: dict[str, Compiled], carried: dict[int, int]
+              ) -> dict[int, int]:
+    """Old counter slot -> new slot of every rule kept."""
+    out = {}
+    for (chain, index), slot in compiled["INPUT"].counter_of.items():
+        old = carried.get(id(table.chains[chain].rules[index]))
+        if old is not None:
+            out[old] = slot
+    return out
 
 
-def _tc_attach(dev: str, pinned: Path) -> None:
-    subprocess.run(["tc", "qdisc", "add", "dev", dev, "clsact"], capture_output=True)
-    r = subprocess.run(["tc", "filter", "replace", "dev", dev, "egress", "pref", TC_PREF,
-                        "handle", "1", "bpf", "da", "object-pinned", str(pinned)],
-                       capture_output=True, text=True)
-    if r.returncode:
-        raise DatapathError(f"cannot attach the OUTPUT program to {dev}: {r.stderr.strip()}")
+def counter_layout(table: Table) -> list[list]:
+    """[chain, rules, first slot] per chain, in counter_slots() order."""
+    out, slot = [], FIRST_RULE_COUNTER
+    for chain in table.ordered_chains():
+        out.append([chain.name, len(chain.rules), slot])
+        slot += len(chain.rules)
+    return out
 
 
-def _tc_detach(dev: str) -> None:
-    subprocess.run(["tc", "filter", "del", "dev", dev, "egress", "pref", TC_PREF],
-                   capture_output=True)
-    left = "".join(subprocess.run(["tc", "filter", "show", "dev", dev, kind],
-                                  capture_output=True, text=True).stdout
-                   for kind in ("ingress", "egress"))
-    if not left.strip():
-        subprocess.run(["tc", "qdisc", "del", "dev", dev, "clsact"], capture_output=True)
+# -- an update --------------------------------------------------------------------
+
+def compile_all(table: Table, here: dict[str, int]) -> dict[str, Compiled]:
+    """INPUT always (it holds the carried rule counters); FORWARD and
+    OUTPUT when they have work to do. NotSupported (exit 2) before anything."""
+    hooks = ["INPUT"] + [h for h in ("FORWARD", "OUTPUT") if needs(table, h)]
+    return {h: compile_chain(table, h, here) for h in hooks}
 
 
-def switch(directory: Path, gen: Generation, ifaces: dict[str, list[int]],
-           had_output: bool) -> None:
-    """Point every interface at the new programs (replacing the old ones)."""
-    fd = gen.xdp_fd
-    for name, (_, flags) in ifaces.items():
-        err = _xdp(name, fd, flags)
-        if err:
-            raise DatapathError(f"cannot attach XDP to {name}: {os.strerror(err)}")
-        if "OUTPUT" in gen.progs:
-            _tc_attach(name, hook_dir(directory, gen.number, "OUTPUT") / "prog")
-        elif had_output:
-            _tc_detach(name)
+def sync_interfaces(directory: Path, mode: str, have: dict[str, list[int]],
+                    here: dict[str, int]) -> dict[str, list[int]]:
+    """Roots on every interface of ``here``: the ones in ``have`` kept,
+    vanished ones forgotten (their links unpinned), new ones attached
+    (all or nothing: a failure takes back what this call attached)."""
+    kept = {n: v for n, v in have.items() if here.get(n) == v[0]}
+    for name, (index, _) in have.items():
+        if name not in kept:
+            links.detach(directory, index)
+    added: dict[str, list[int]] = {}
+    try:
+        for name, index in sorted(here.items(), key=lambda kv: kv[1]):
+            if name not in kept:
+                added[name] = [index, links.attach(directory, mode, name, index)]
+    except links.AttachError as exc:
+        for name, (index, _) in added.items():
+            links.detach(directory, index)
+        raise DatapathError(str(exc)) from None
+    return {**kept, **added}
 
 
-def pin(directory: Path, gen: Generation) -> None:
-    where = A.pin_dir(directory, gen.number)
-    if where.exists():
-        shutil.rmtree(where)
-    for hook, p in gen.progs.items():
-        d = hook_dir(directory, gen.number, hook)
-        d.mkdir(parents=True, mode=0o700)
-        bpf = p.prog.bpf
-        bpfsys.obj_pin(p.prog.fd, str(d / "prog"))
-        bpfsys.obj_pin(bpf[b"counter_map"].map_fd, str(d / "counters"))
-        # a prog array loses its entries (the tail call) when no file or pin holds it
-        bpfsys.obj_pin(bpf[b"self_map"].map_fd, str(d / "self"))
-    if gen.dispatch is not None:
-        d = hook_dir(directory, gen.number, "DISPATCH")
-        d.mkdir(parents=True, mode=0o700)
-        bpfsys.obj_pin(gen.dispatch.fd, str(d / "prog"))
-        bpfsys.obj_pin(gen.dispatch.bpf[b"chain_map"].map_fd, str(d / "chains"))
+def update(store, att: A.Attachment, ruleset: RuleSet, carried: dict[int, int],
+           base: Counts | None) -> A.Attachment:
+    """Put ``ruleset`` into the inactive generation and make it the live
+    one (module doc). Returns the new record."""
+    directory = store.directory
+    table = ruleset.table("filter")
+    here = interfaces_here()
+    compiled = compile_all(table, here)
+    gen = 1 - att.active
+    G.quiesce(att)
+    try:
+        hooks, _ = G.prepare(directory, att, gen, compiled, att.mode)
+        G.fill_slots(directory, gen, hooks, att.mode)
+    except G.LoadError as exc:
+        raise DatapathError(f"cannot load the eBPF program: {exc}") from None
+    except OSError as exc:
+        raise DatapathError(f"cannot prepare the eBPF program: {exc}") from None
+    _maybe_die("prepared")
+    ifaces = sync_interfaces(directory, att.mode, att.interfaces, here)
+    route = "FORWARD" in compiled or forwarding()
+    ncounters = FIRST_RULE_COUNTER + len(compiled["INPUT"].counter_of)
+    new = A.Attachment(
+        mode=att.mode, active=gen, interfaces=ifaces, roots=att.roots,
+        slots=[dict(s) for s in att.slots], counters=counter_layout(table),
+        ncounters=ncounters, entries=len(compiled["INPUT"].entries), serial=att.serial + 1)
+    new.slots[gen] = {"route": route, "hooks": hooks}
+    try:
+        # counters last, right before the flip: what the old programs
+        # counted since load() is carried over (see the module doc)
+        delta, now = None, {}
+        if base is not None:
+            now = read_live(directory, att)
+            delta = {h: [(n[0] - b[0], n[1] - b[1]) for n, b in zip(now[h], base[h])]
+                     for h in now}
+        G.write_counters(directory, gen, initial_counters(list(compiled), compiled["INPUT"],
+                                                          table, carried, delta), ncounters)
+    except OSError as exc:
+        raise DatapathError(f"cannot write the eBPF program's counters: {exc}") from None
+    before = store_generation(store)
+    new.pending = {"record": asdict(att), "store_generation": before}
+    A.write(directory, new)
+    _maybe_die("pending")
+    _maybe_die("counted")
+    G.flip(directory, G.word(gen, route))
+    new.switched_at = time.monotonic()
+    if now:
+        # what the old generation counted since ``now``: carried in the record
+        try:
+            new.carry = residual(now, read_live(directory, att), old_slots(table, compiled,
+                                                                          carried), list(compiled))
+        except OSError:
+            pass  # lost, as before the carry existed: a few packets at most
+    _maybe_die("flipped")
+    store.save(ruleset)
+    _maybe_die("stored")
+    new.store_generation = store_generation(store)
+    new.pending = None
+    A.write(directory, new)
+    return new
 
 
-def unpin(directory: Path, number: int) -> None:
-    shutil.rmtree(A.pin_dir(directory, number), ignore_errors=True)
-
-
-def record(gen: Generation, mode: str, ifaces: dict[str, list[int]]) -> A.Attachment:
-    inp = gen.progs["INPUT"]
-    out = gen.progs.get("OUTPUT")
-    fwd = gen.progs.get("FORWARD")
-    return A.Attachment(mode=mode, generation=gen.number, interfaces=ifaces,
-                        ncounters=inp.compiled.shape.ncounters,
-                        counter_of=[[c, i, s] for (c, i), s in inp.compiled.counter_of.items()],
-                        prog_id=bpfsys.obj_id(gen.xdp_fd), entries=len(inp.compiled.entries),
-                        forward_prog_id=bpfsys.obj_id(fwd.prog.fd) if fwd else 0,
-                        forward_ncounters=fwd.compiled.shape.ncounters if fwd else 0,
-                        output_prog_id=bpfsys.obj_id(out.prog.fd) if out else 0,
-                        output_ncounters=out.compiled.shape.ncounters if out else 0)
-
-
-def write_initial(gen: Generation, values: dict[str, dict[int, tuple[int, int]]]) -> None:
-    for hook, v in values.items():
-        bpfsys.write_counters(gen.progs[hook].prog.bpf[b"counter_map"].map_fd, v)
+def recover(store, att: A.Attachment) -> A.Attachment:
+    """Resolve what a call that died left (module doc); a consistent
+    record comes back unchanged after one map read."""
+    directory = store.directory
+    if att.pending is not None:
+        old = A.Attachment(**att.pending["record"])
+        if store_generation(store) == att.pending["store_generation"]:
+            # the new rule set was never stored: back to the old generation,
+            # which nothing touched (the new one stays loaded for reuse)
+            old.slots[att.active] = att.slots[att.active]
+            old.switched_at = time.monotonic()
+            fixed, what = old, "rolled back to the stored rule set"
+        else:
+            att.pending = None
+            att.store_generation = store_generation(store)
+            att.switched_at = time.monotonic()
+            fixed, what = att, "completed (the new rule set was stored)"
+        G.flip(directory, G.word(fixed.active, fixed.slots[fixed.active].get("route", False)))
+        A.write(directory, fixed)
+        sys.stderr.write(f"warning: an interrupted data path update was {what}\n")
+        return fixed
+    want = G.word(att.active, att.slots[att.active].get("route", False))
+    if G.active_word(directory) != want:
+        G.flip(directory, want)
+        sys.stderr.write("warning: the data path's active generation did not match its "
+                         "record; switched back to the recorded one\n")
+    return att
 
 
 # -- the store of an attached namespace ------------------------------------------------
@@ -303,150 +362,127 @@ class AttachedStore:
         self.directory = inner.directory
         self._carried: dict[int, int] = {}
         self._base: Counts | None = None
+        self._recovered = False
+
+    def _recover(self) -> None:
+        if not self._recovered:
+            try:
+                self.att = recover(self.inner, self.att)
+            except OSError as exc:
+                raise DatapathError(f"the data path's pins are not usable ({exc}); run "
+                                    "`bpf-iptables-datapath detach' and attach again") from None
+            self._recovered = True
 
     def load(self) -> RuleSet:
+        self._recover()
         ruleset = self.inner.load()
         try:
             self._base = read_live(self.directory, self.att)
         except OSError as exc:
-            raise DatapathError(f"cannot read the data path's counters: {exc}") from None
+            raise DatapathError(f"cannot read the data path's counters: {exc}; run "
+                                "`bpf-iptables-datapath detach' and attach again") from None
         self._carried = overlay(ruleset, self.att, self._base)
         return ruleset
 
     def load_index(self, table: str):
-        return None  # every change goes through save(): it must recompile
+        return None  # every change goes through save(): it must reach the data path
 
     def append(self, table, chain, rules):  # never reached (load_index is None)
         raise AssertionError("journal append while the data path is attached")
 
     def save(self, ruleset: RuleSet) -> None:
-        table = ruleset.table("filter")
-        old = self.att
-        here = interfaces_here()
-        gen = build(table, old.generation + 1, here)
-        try:
-            pin(self.directory, gen)
-            # counters last, right before the switch: what the old program
-            # counted since load() is carried over (see the module doc)
-            delta = None
-            if self._base is not None:
-                now = read_live(self.directory, old)
-                delta = {h: [(n[0] - b[0], n[1] - b[1]) for n, b in zip(now[h], self._base[h])]
-                         for h in now}
-            write_initial(gen, initial_counters(gen, table, self._carried, delta))
-        except OSError as exc:
-            unpin(self.directory, gen.number)
-            raise DatapathError(f"cannot prepare the eBPF program: {exc}") from None
-        ifaces = {name: v for name, v in old.interfaces.items() if here.get(name) == v[0]}
-        try:
-            switch(self.directory, gen, ifaces, bool(old.output_prog_id))
-            # interfaces created since the last update are covered from now on
-            ifaces.update(attach_new(self.directory, gen, old.mode, here, ifaces))
-        except DatapathError:
-            rollback(self.directory, old)
-            unpin(self.directory, gen.number)
-            raise
-        new = record(gen, old.mode, ifaces)
-        A.write(self.directory, new)
-        self.inner.save(ruleset)
-        unpin(self.directory, old.generation)
-        self.att = new
+        """Also the resync of the interface watcher: with an unchanged rule
+        set it attaches the roots to new interfaces and forgets vanished
+        ones (and recompiles -i for them)."""
+        self._recover()
+        if self._base is None:
+            # saved without load() (a resync of the stored rule set): its
+            # stored counters are those of the last update; take the data
+            # path's, by the live layout, so nothing counted since is lost
+            try:
+                self._base = read_live(self.directory, self.att)
+            except OSError as exc:
+                raise DatapathError(f"cannot read the data path's counters: {exc}") from None
+            self._carried = overlay(ruleset, self.att, self._base)
+        self.att = update(self.inner, self.att, ruleset, self._carried, self._base)
         self._base, self._carried = None, {}
-
-
-def attach_new(directory: Path, gen: Generation, mode: str, here: dict[str, int],
-               done: dict[str, list[int]]) -> dict[str, list[int]]:
-    """Attach to every interface of ``here`` not in ``done``: in ``mode``,
-    or generic XDP where the driver has no native XDP (e.g. lo)."""
-    added: dict[str, list[int]] = {}
-    for name, index in sorted(here.items(), key=lambda kv: kv[1]):
-        if name in done:
-            continue
-        flags = MODES[mode]
-        fd = gen.xdp_fd
-        err = _xdp(name, fd, flags | XDP_FLAGS_UPDATE_IF_NOEXIST)
-        if err and err != errno.EBUSY and flags == XDP_FLAGS_DRV_MODE:
-            flags = XDP_FLAGS_SKB_MODE
-            err = _xdp(name, fd, flags | XDP_FLAGS_UPDATE_IF_NOEXIST)
-        try:
-            if err:
-                raise DatapathError(f"cannot attach XDP to {name}: {os.strerror(err)}")
-            added[name] = [index, flags]
-            if "OUTPUT" in gen.progs:
-                _tc_attach(name, hook_dir(directory, gen.number, "OUTPUT") / "prog")
-        except DatapathError:
-            for n, (_, f) in added.items():
-                _xdp(n, -1, f)
-                if "OUTPUT" in gen.progs:
-                    _tc_detach(n)
-            raise
-    return added
-
-
-def rollback(directory: Path, att: A.Attachment) -> None:
-    """Put the previous generation back on every interface (after a failed switch)."""
-    fd = bpfsys.obj_get(str(xdp_pin(directory, att)))
-    try:
-        for name, (_, flags) in att.interfaces.items():
-            _xdp(name, fd, flags)
-            if att.output_prog_id:
-                _tc_attach(name, hook_dir(directory, att.generation, "OUTPUT") / "prog")
-            else:
-                _tc_detach(name)
-    finally:
-        os.close(fd)
 
 
 # -- attach / detach ------------------------------------------------------------------
 
+def load_roots(directory: Path, mode: str) -> dict[str, int]:
+    """Compile bpf/root.c, load the roots this mode uses, pin them with
+    their maps (the active word starts at generation 0, whose slots are
+    empty: everything passes until the first flip)."""
+    from .program import Roots
+    from . import bpfsys
+
+    functions = ["tc_ingress_root" if mode == "tc" else "xdp_root", "tc_egress_root"]
+    try:
+        roots = Roots(functions)
+    except Exception as exc:  # bcc
+        raise DatapathError(f"cannot load the eBPF root programs: {exc}") from None
+    where = links.root_dir(directory)
+    where.mkdir(parents=True, mode=0o700)
+    for name, fd in {**roots.prog_fds(), **roots.map_fds()}.items():
+        bpfsys.obj_pin(fd, str(where / name))
+    return {name: bpfsys.obj_id(fd) for name, fd in roots.prog_fds().items()}
+
+
 def attach(store, mode: str) -> A.Attachment:
-    """Compile the stored INPUT chain and attach it to every interface."""
+    """Load the roots, prepare generation 0 from the stored rule set, flip
+    to it, attach the roots to every interface."""
     support.check()   # no eBPF support: a clear error (exit 1) before anything is built
     if mode not in MODES:
         raise NotSupported(f"data path mode `{mode}'")
     A.ensure_bpffs()
     collect_stale_pins()
-    current = A.read(store.directory)
-    if current is not None:
+    try:
+        current = A.read(store.directory)
+    except A.DamagedRecord:
+        current = None
+    if current is not None or A.ns_pins(store.directory).exists():
         detach(store)
     ruleset = store.load()
-    table = ruleset.table("filter")
-    ifaces_now = interfaces_here()
-    gen = build(table, 1, ifaces_now)
-    pin(store.directory, gen)
-    write_initial(gen, initial_counters(gen, table, {}, None))
-    ifaces: dict[str, list[int]] = {}
+    compile_all(ruleset.table("filter"), interfaces_here())  # refusals before anything
+    pins = A.ns_pins(store.directory)
     try:
-        ifaces = attach_new(store.directory, gen, mode, ifaces_now, {})
-    except DatapathError:
-        unpin(store.directory, gen.number)
+        roots = load_roots(store.directory, mode)
+        # generation 1 "active" with no programs: update() prepares 0 and flips
+        empty = A.Attachment(mode=mode, active=1, roots=roots,
+                             store_generation=store_generation(store))
+        G.flip(store.directory, G.word(1, False))
+        return update(store, empty, ruleset, {}, None)
+    except BaseException:
+        links.detach_all(store.directory)
+        shutil.rmtree(pins, ignore_errors=True)
+        A.remove(store.directory)
         raise
-    att = record(gen, mode, ifaces)
-    A.write(store.directory, att)
-    store.save(ruleset)
-    return att
 
 
 def detach(store) -> A.Attachment | None:
-    """Remove every attachment and pin; the rule set keeps the data path's counters."""
-    att = A.read(store.directory)
-    if att is None:
-        return None
+    """Remove every attachment and pin; the rule set keeps the data path's
+    counters. Works from whatever a failed call left (a damaged record, pins
+    without a record)."""
     try:
-        live = AttachedStore(store, att)
-        ruleset = live.load()
-        store.save(ruleset)
-    except (OSError, XtablesError) as exc:
-        sys.stderr.write(f"warning: counters of the data path lost: {exc}\n")
-    here = interfaces_here()
-    for name, (index, flags) in att.interfaces.items():
-        if here.get(name) == index:
-            _xdp(name, -1, flags)
-            if att.output_prog_id:
-                _tc_detach(name)
-    shutil.rmtree(A.pin_root() / store.directory.name, ignore_errors=True)
+        att = A.read(store.directory)
+    except A.DamagedRecord as exc:
+        sys.stderr.write(f"warning: {exc}: counters of the data path lost\n")
+        att = None
+    pins = A.ns_pins(store.directory)
+    if att is not None:
+        try:
+            live = AttachedStore(store, att)
+            ruleset = live.load()
+            store.save(ruleset)
+        except (OSError, XtablesError) as exc:
+            sys.stderr.write(f"warning: counters of the data path lost: {exc}\n")
+    elif not pins.exists():
+        return None
+    links.detach_all(store.directory)
+    shutil.rmtree(pins, ignore_errors=True)
     A.remove(store.directory)
-    return att
+    return att or A.Attachment(mode="", active=0)
 
 
 def collect_stale_pins() -> None:
@@ -457,4 +493,8 @@ def collect_stale_pins() -> None:
         return
     for d in root.iterdir():
         if d.name.startswith("netns-") and not (A.run_dir() / d.name).is_dir():
+            links_dir = d / "link"
+            if links_dir.is_dir():
+                for pin in links_dir.iterdir():
+                    links._remove(pin)
             shutil.rmtree(d, ignore_errors=True)

@@ -65,7 +65,9 @@ class LoadedProgram:
     """One loaded XDP program and its maps (owned by a bcc BPF object)."""
 
     def __init__(self, shape: Shape, debug: int = 0, tc: bool = False):
-        """``tc``: a TC (cls_bpf) program for egress (OUTPUT), not XDP."""
+        """``tc``: a TC (cls_bpf/tcx) program, not XDP: OUTPUT at egress, and
+        INPUT/FORWARD at ingress in --mode tc (the interface field is
+        skb->ifindex, the device the packet is on either way)."""
         from bcc import BPF  # imported late: only the data path needs bcc
 
         start = time.monotonic()
@@ -99,6 +101,9 @@ class LoadedProgram:
     @property
     def fd(self) -> int:
         return self.fn.fd
+
+    def map_fds(self) -> dict[str, int]:
+        return {name: self.bpf[name.encode()].map_fd for name in map_names(self.shape)}
 
     def close(self) -> None:
         self.bpf.cleanup()
@@ -162,19 +167,38 @@ class ProgramCache:
 
 
 
-class Dispatcher:
-    """bpf/dispatch.c: sends ingress packets to the INPUT or the FORWARD
-    classifier (by tail call) as the kernel's route lookup would."""
+class Roots:
+    """bpf/root.c: the programs attached to every interface for the
+    namespace's lifetime, their prog arrays and the active-generation word
+    (one bcc module, so both roots share that one map)."""
 
-    def __init__(self, input_fd: int, forward_fd: int):
+    FUNCTIONS = {"xdp_root": "XDP", "tc_ingress_root": "SCHED_CLS",
+                 "tc_egress_root": "SCHED_CLS"}
+    MAPS = ("active_map", "xdp_slots", "tc_slots")
+
+    def __init__(self, functions: list[str]):
         from bcc import BPF
 
-        self.bpf = BPF(src_file=str(BPF_DIR / "dispatch.c").encode(), cflags=[f"-I{BPF_DIR}"])
-        self.fn = self.bpf.load_func(b"xdp_dispatch", BPF.XDP)
-        chains = self.bpf[b"chain_map"]
-        chains[ctypes.c_int(0)] = ctypes.c_int(input_fd)
-        chains[ctypes.c_int(1)] = ctypes.c_int(forward_fd)
+        self.bpf = BPF(src_file=str(BPF_DIR / "root.c").encode(), cflags=[f"-I{BPF_DIR}"])
+        self.fns = {name: self.bpf.load_func(name.encode(), getattr(BPF, self.FUNCTIONS[name]))
+                    for name in functions}
 
-    @property
-    def fd(self) -> int:
-        return self.fn.fd
+    def prog_fds(self) -> dict[str, int]:
+        return {name: fn.fd for name, fn in self.fns.items()}
+
+    def map_fds(self) -> dict[str, int]:
+        return {name: self.bpf[name.encode()].map_fd for name in self.MAPS}
+
+
+def map_names(shape: Shape) -> list[str]:
+    """Every map of a classifier compiled for ``shape`` that a later
+    process writes or reads (so pins): the image's, counters, the tail-call
+    array (pinned so that it keeps its entry)."""
+    names = ["config_map", "live_map", "entry_map", "counter_map", "self_map"]
+    for f in ("src", "dst", "proto", "iif", "icmp", "frag", "flags"):
+        if f in shape.fields:
+            names.append(f"{f}_map")
+    for f in ("sport", "dport"):
+        if f in shape.fields:
+            names += [f"{f}_bounds_map", f"{f}_map"]
+    return names

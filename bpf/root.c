@@ -1,0 +1,114 @@
+/* Root programs: attached once per interface for the namespace's lifetime.
+ *
+ * Updates never touch an interface: they fill the programs of the
+ * inactive generation (prog array slots), then flip one word in
+ * active_map. Every root reads that word once per packet and tail-calls
+ * the classifier of the active generation and hook, so one map write
+ * switches every interface and hook at once, and a packet sees one
+ * generation only (the word is read before the tail call).
+ *
+ * Word: bit 0 the active generation (0/1); bit 1 "route": ask the
+ * kernel's route lookup whether an ingress packet is for this host
+ * (INPUT) or forwarded (FORWARD), set when that generation has a FORWARD
+ * program or the namespace forwards. Without it every ingress IPv4 packet
+ * goes to INPUT (no lookup cost).
+ *
+ * Slots: generation * 3 + hook (0 INPUT, 1 FORWARD, 2 OUTPUT). An XDP prog
+ * array holds XDP programs only, so the XDP root has its own array; the
+ * TC roots (ingress in --mode tc, egress always) share tc_slots. An empty
+ * slot fails the tail call: the packet passes unclassified (a hook without
+ * rules and with policy ACCEPT).
+ *
+ * The root is one of the kernel's 33 tail calls per packet; the
+ * classifier's own continuations use the rest (compiler.MAX_CHUNKS). */
+#include <uapi/linux/bpf.h>
+#include <uapi/linux/if_ether.h>
+#include <uapi/linux/ip.h>
+#include <uapi/linux/in.h>
+#include <uapi/linux/pkt_cls.h>
+
+#define AF_INET 2
+#define ACTIVE_GEN 1u
+#define ACTIVE_ROUTE 2u
+#define HOOK_INPUT 0
+#define HOOK_FORWARD 1
+#define HOOK_OUTPUT 2
+
+BPF_ARRAY(active_map, u32, 1);
+BPF_PROG_ARRAY(xdp_slots, 6);
+BPF_PROG_ARRAY(tc_slots, 6);
+
+static __always_inline u32 active_word(void)
+{
+	u32 zero = 0;
+	u32 *w = active_map.lookup(&zero);
+	return w ? *(volatile u32 *)w : 0;
+}
+
+/* Which ingress chain: HOOK_INPUT, HOOK_FORWARD, or -1 for a packet no
+ * chain sees (the stack drops or answers it before the filter table:
+ * forwarding disabled, no route, TTL <= 1, too big to forward), as
+ * ip_route_input() would decide. Non-IPv4 goes to INPUT, which passes it. */
+static __always_inline int ingress_hook(void *ctx, void *data, void *data_end, u32 ifindex)
+{
+	struct ethhdr *eth = data;
+	if ((void *)(eth + 1) > data_end || eth->h_proto != bpf_htons(ETH_P_IP))
+		return HOOK_INPUT;
+	struct iphdr *ip = (void *)(eth + 1);
+	if ((void *)(ip + 1) > data_end)
+		return HOOK_INPUT;
+	struct bpf_fib_lookup p = {};
+	p.family = AF_INET;
+	p.tos = ip->tos;
+	p.l4_protocol = ip->protocol;
+	p.tot_len = bpf_ntohs(ip->tot_len);
+	p.ipv4_src = ip->saddr;
+	p.ipv4_dst = ip->daddr;
+	p.ifindex = ifindex;
+	int rc = bpf_fib_lookup(ctx, &p, sizeof(p), 0);
+	if (rc == BPF_FIB_LKUP_RET_NOT_FWDED)
+		return HOOK_INPUT;
+	if ((rc == BPF_FIB_LKUP_RET_SUCCESS || rc == BPF_FIB_LKUP_RET_NO_NEIGH) && ip->ttl > 1)
+		return HOOK_FORWARD;
+	return -1;
+}
+
+int xdp_root(struct xdp_md *ctx)
+{
+	u32 word = active_word();
+	u32 base = (word & ACTIVE_GEN) * 3;
+	int hook = HOOK_INPUT;
+	if (word & ACTIVE_ROUTE)
+		hook = ingress_hook(ctx, (void *)(long)ctx->data, (void *)(long)ctx->data_end,
+				    ctx->ingress_ifindex);
+	if (hook >= 0)
+		xdp_slots.call(ctx, base + hook);
+	return XDP_PASS;
+}
+
+/* --mode tc: INPUT and FORWARD at TC ingress (data starts at the MAC header) */
+int tc_ingress_root(struct __sk_buff *skb)
+{
+	u32 word = active_word();
+	u32 base = (word & ACTIVE_GEN) * 3;
+	int hook = HOOK_INPUT;
+	if (word & ACTIVE_ROUTE)
+		hook = ingress_hook(skb, (void *)(long)skb->data, (void *)(long)skb->data_end,
+				    skb->ifindex);
+	if (hook >= 0)
+		tc_slots.call(skb, base + hook);
+	return TC_ACT_OK;
+}
+
+/* OUTPUT: locally generated packets only. A received packet carries the
+ * device it came in on (skb->skb_iif, set in __netif_receive_skb_core());
+ * a socket's packet has 0 there. So a packet leaving with an ingress
+ * ifindex is being forwarded: FORWARD saw it at ingress, OUTPUT must not. */
+int tc_egress_root(struct __sk_buff *skb)
+{
+	if (skb->ingress_ifindex != 0)
+		return TC_ACT_OK;
+	u32 word = active_word();
+	tc_slots.call(skb, (word & ACTIVE_GEN) * 3 + HOOK_OUTPUT);
+	return TC_ACT_OK;
+}

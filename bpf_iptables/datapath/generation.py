@@ -1,0 +1,236 @@
+"""One generation's classifiers: prepare them while the other generation filters.
+
+A generation (``gen-0``, ``gen-1``) holds up to one classifier per hook,
+each pinned with every map (``gen-G/<hook>/{prog, counter_map, ...}``).
+Preparing a generation for a compiled rule set:
+
+- a hook whose pinned program's shape covers the new compiled shape
+  (``Shape.covers``) only gets its maps rewritten, by raw bpf(2) calls from
+  ``image.map_image()`` (hash and LPM maps: keys of the earlier contents
+  deleted): no bcc, no compile;
+- otherwise a new program is compiled (bcc) for the shape with headroom
+  (``roomy()``: a few more rules, prefixes, ports or interfaces fit
+  without another compile), pinned, and its maps written the same way.
+
+Nothing here is visible to packets until the root programs' prog array
+slots of this generation are filled (``fill_slots``) and the active word
+flipped (``flip``)."""
+from __future__ import annotations
+
+import ctypes
+import os
+import shutil
+import time
+from pathlib import Path
+
+from . import attachment as A
+from . import bpfsys
+from .compiler import MAX_STEPS, Compiled, Shape, fill_unused, pow2_at_least
+from .image import map_image, u32
+
+HOOK_INDEX = {"INPUT": 0, "FORWARD": 1, "OUTPUT": 2}
+ACTIVE_ROUTE = 2
+_libc = ctypes.CDLL(None, use_errno=True)
+SYS_MEMBARRIER, MEMBARRIER_CMD_GLOBAL = 324, 1
+
+
+class LoadError(Exception):
+    """bcc could not compile or load a classifier (the message says why)."""
+
+
+def hook_dir(directory: Path, gen: int, hook: str) -> Path:
+    return A.pin_dir(directory, gen) / hook.lower()
+
+
+def is_tc(mode: str, hook: str) -> bool:
+    """OUTPUT always runs at TC egress; INPUT and FORWARD at TC ingress in tc mode."""
+    return hook == "OUTPUT" or mode == "tc"
+
+
+def shape_json(shape: Shape) -> dict:
+    d = {k: getattr(shape, k) for k in shape.__dataclass_fields__}
+    d["fields"] = sorted(shape.fields)
+    return d
+
+
+def shape_of(d: dict) -> Shape:
+    return Shape(**{**d, "fields": frozenset(d["fields"])})
+
+
+def _more(n: int, share: int, least: int) -> int:
+    return n + max(least, n // share)
+
+
+def roomy(c: Compiled) -> Shape:
+    """``c``'s shape grown so that the next few changes still fit it: more
+    entries (+1/8, at least 16), counters, prefixes, protocols, interfaces,
+    ICMP types and port boundaries. Only map sizes grow (LPM tries and
+    hashes allocate per element; arrays of bitvectors a little memory),
+    never the fields: an unused field would cost every packet a lookup."""
+    s = c.shape
+    n = len(c.entries)
+    nwords = pow2_at_least((_more(n, 8, 16) + 63) // 64)
+    # steps needed grow with the words (see compile_chain); keep room for
+    # a few more continuing entries too
+    steps = s.steps if s.steps >= MAX_STEPS else min(MAX_STEPS, s.steps + (nwords - s.nwords) + 8)
+
+    def bsize(bounds: list[int], current: int) -> int:
+        return max(current, pow2_at_least(_more(len(bounds), 8, 4)))
+
+    return Shape(nwords=nwords, steps=steps, ncounters=_more(s.ncounters, 8, 32),
+                 fields=s.fields, src_max=_more(s.src_max, 4, 64),
+                 dst_max=_more(s.dst_max, 4, 64), proto_max=s.proto_max + 8,
+                 iif_max=s.iif_max + 16, sport_bsize=bsize(c.sport_bounds, s.sport_bsize),
+                 dport_bsize=bsize(c.dport_bounds, s.dport_bsize),
+                 icmp_max=s.icmp_max + (256 if "icmp" in s.fields else 0))
+
+
+def fit(c: Compiled, shape: Shape) -> None:
+    """Make ``c`` the contents of a program of ``shape`` (which covers it):
+    fields the program has and ``c`` does not use match everything."""
+    c.shape = shape.union(c.shape)
+    fill_unused(c)
+
+
+def quiesce(att: A.Attachment) -> None:
+    """Packets that read the active word just before the last flip may
+    still run the generation about to be rewritten: wait for an RCU grace
+    period (XDP and TC programs run inside RCU read-side sections) when
+    that flip was recent. membarrier(GLOBAL) is synchronize_rcu()."""
+    if time.monotonic() - att.switched_at < 2.0:
+        _libc.syscall(SYS_MEMBARRIER, MEMBARRIER_CMD_GLOBAL, 0, 0)
+
+
+def verified_hooks(directory: Path, att: A.Attachment, gen: int) -> dict[str, dict]:
+    """The generation's hooks whose pinned program is the one the record
+    names; pins of anything else (a call that died after loading a program
+    but before recording it) are removed."""
+    hooks = {}
+    for hook, info in att.slots[gen].get("hooks", {}).items():
+        if bpfsys.pinned_id(str(hook_dir(directory, gen, hook) / "prog")) == info["prog_id"]:
+            hooks[hook] = dict(info)
+    base = A.pin_dir(directory, gen)
+    if base.is_dir():
+        for d in base.iterdir():
+            if d.name.upper() not in hooks:
+                shutil.rmtree(d, ignore_errors=True)
+    return hooks
+
+
+def load_new(directory: Path, gen: int, hook: str, shape: Shape, mode: str) -> dict:
+    """Compile and load a classifier for ``shape`` and pin it with its maps."""
+    from .program import LoadedProgram  # bcc: only when a new shape is needed
+
+    try:
+        prog = LoadedProgram(shape, tc=is_tc(mode, hook))
+    except Exception as exc:  # bcc reports compile/verifier errors as Exception
+        raise LoadError(str(exc)) from None
+    d = hook_dir(directory, gen, hook)
+    shutil.rmtree(d, ignore_errors=True)
+    d.mkdir(parents=True, mode=0o700)
+    bpfsys.obj_pin(prog.fd, str(d / "prog"))
+    for name, fd in prog.map_fds().items():
+        bpfsys.obj_pin(fd, str(d / name))
+    return {"prog_id": bpfsys.obj_id(prog.fd), "shape": shape_json(shape), "on": False}
+
+
+def write_maps(directory: Path, gen: int, hook: str, c: Compiled, shape: Shape) -> None:
+    d = hook_dir(directory, gen, hook)
+    for image in map_image(c, shape):
+        fd = bpfsys.obj_get(str(d / image.name))
+        try:
+            if image.clear:
+                keep = {k for k, _ in image.items}
+                for key in bpfsys.map_keys(fd, len(image.items[0][0])):
+                    if key not in keep:
+                        bpfsys.map_delete(fd, key)
+            bpfsys.map_update_many(fd, image.items)
+        finally:
+            os.close(fd)
+
+
+def prepare(directory: Path, att: A.Attachment, gen: int, compiled: dict[str, Compiled],
+            mode: str) -> tuple[dict[str, dict], list[str]]:
+    """Programs of generation ``gen`` holding ``compiled`` (one per hook);
+    returns the generation's hooks (for the record) and the hooks that
+    needed a new program. Raises LoadError (bcc) or OSError (bpf(2))."""
+    hooks = verified_hooks(directory, att, gen)
+    built = []
+    for hook, c in compiled.items():
+        have = hooks.get(hook)
+        if have is None or not shape_of(have["shape"]).covers(c.shape):
+            hooks[hook] = load_new(directory, gen, hook, roomy(c), mode)
+            built.append(hook)
+    for hook, c in compiled.items():
+        shape = shape_of(hooks[hook]["shape"])
+        fit(c, shape)
+        write_maps(directory, gen, hook, c, shape)
+    for hook in hooks:
+        hooks[hook]["on"] = hook in compiled
+    return hooks, built
+
+
+def write_counters(directory: Path, gen: int, values: dict[str, dict[int, tuple[int, int]]],
+                   nslots: int) -> None:
+    for hook, v in values.items():
+        fd = bpfsys.obj_get(str(hook_dir(directory, gen, hook) / "counter_map"))
+        try:
+            bpfsys.write_counters(fd, v, nslots)
+        finally:
+            os.close(fd)
+
+
+def read_counters(directory: Path, gen: int, hooks: list[str], nslots: int
+                  ) -> dict[str, list[tuple[int, int]]]:
+    out = {}
+    for hook in hooks:
+        fd = bpfsys.obj_get(str(hook_dir(directory, gen, hook) / "counter_map"))
+        try:
+            out[hook] = bpfsys.read_counters(fd, nslots)
+        finally:
+            os.close(fd)
+    return out
+
+
+def fill_slots(directory: Path, gen: int, hooks: dict[str, dict], mode: str) -> None:
+    """Point the roots' prog array slots of ``gen`` at its hooks that are
+    on; empty the others (the packet passes)."""
+    root = A.ns_pins(directory) / "root"
+    arrays = {name: bpfsys.obj_get(str(root / name)) for name in ("xdp_slots", "tc_slots")}
+    try:
+        for hook, index in HOOK_INDEX.items():
+            arr = arrays["tc_slots" if is_tc(mode, hook) else "xdp_slots"]
+            key = u32(gen * 3 + index)
+            if hook in hooks and hooks[hook]["on"]:
+                prog = bpfsys.obj_get(str(hook_dir(directory, gen, hook) / "prog"))
+                try:
+                    bpfsys.map_update(arr, key, u32(prog))
+                finally:
+                    os.close(prog)
+            else:
+                bpfsys.map_delete(arr, key)
+    finally:
+        for fd in arrays.values():
+            os.close(fd)
+
+
+def word(gen: int, route: bool) -> int:
+    return gen | (ACTIVE_ROUTE if route else 0)
+
+
+def flip(directory: Path, value: int) -> None:
+    """The switch: one write of the word every root reads per packet."""
+    fd = bpfsys.obj_get(str(A.ns_pins(directory) / "root" / "active_map"))
+    try:
+        bpfsys.map_update(fd, u32(0), u32(value))
+    finally:
+        os.close(fd)
+
+
+def active_word(directory: Path) -> int:
+    fd = bpfsys.obj_get(str(A.ns_pins(directory) / "root" / "active_map"))
+    try:
+        raw = bpfsys.map_lookup(fd, u32(0), 4)
+    finally:
+        os.close(fd)
+    return int.from_bytes(raw or bytes(4), "little")

@@ -1,0 +1,64 @@
+"""``bpf-iptables-datapath status``: what is attached, checked against the kernel.
+
+Reads the record, the pinned links and the active word (bpf(2) by
+ctypes, no bcc). Exit 1 when something is not as recorded: an interface
+without its roots, a link on another program, an active word that is not
+the recorded one, or an update left pending by a call that died (the
+next bpf-iptables call resolves it)."""
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+from . import attachment as A
+from . import generation as G
+from . import links
+
+
+def report(directory: Path) -> tuple[list[str], bool]:
+    try:
+        att = A.read(directory)
+    except A.DamagedRecord as exc:
+        return [f"damaged record: {exc}", "run `bpf-iptables-datapath detach' and attach again"], False
+    if att is None:
+        return ["not attached"], True
+    out = [f"attached mode {att.mode} program {att.prog_id} generation {att.serial} "
+           f"entries {att.entries}",
+           f"pins {A.ns_pins(directory)} active gen-{att.active}"]
+    ok = True
+    try:
+        word = G.active_word(directory)
+    except OSError as exc:
+        out.append(f"  root pins missing: {exc}")
+        return out, False
+    want = G.word(att.active, att.slots[att.active].get("route", False))
+    if att.pending is not None:
+        out.append("  an update was interrupted: the next bpf-iptables call resolves it")
+        ok = False
+    elif word != want:
+        out.append(f"  active word {word} (expected {want})")
+        ok = False
+    hooks = att.slots[att.active].get("hooks", {})
+    for hook in A.HOOKS:
+        info = hooks.get(hook)
+        if info and info["on"]:
+            where = ("TC ingress" if att.mode == "tc" else "XDP") if hook != "OUTPUT" else "TC egress"
+            out.append(f"{hook} program {info['prog_id']} at {where}")
+    here = {name: index for index, name in socket.if_nameindex()}
+    for name, (index, flags) in sorted(att.interfaces.items(), key=lambda kv: kv[1][0]):
+        mode = "tc" if att.mode == "tc" else ("xdpgeneric" if flags == links.XDP_FLAGS_SKB_MODE
+                                              else "xdp")
+        seen = links.check(directory, att.mode, index, att.roots)
+        if here.get(name) != index:
+            out.append(f"  {name} ifindex {index} gone (forgotten at the next update)")
+            continue
+        good = all(seen.values())
+        ok &= good
+        detail = "ok" if good else "missing " + " ".join(k for k, v in seen.items() if not v)
+        out.append(f"  {name} ifindex {index} {mode} {detail}")
+        out.append(f"  {name} egress {'ok' if seen['egress'] else 'missing'}")
+    for name in sorted(set(here) - set(att.interfaces)):
+        # covered from the next update on (any bpf-iptables change, or the watcher)
+        out.append(f"  {name} not attached (created after the last update)")
+        ok = False
+    return out, ok
