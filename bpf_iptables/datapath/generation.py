@@ -21,11 +21,12 @@ import ctypes
 import os
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from . import attachment as A
 from . import bpfsys
-from .compiler import MAX_STEPS, Compiled, Shape, fill_unused, pow2_at_least
+from .compiler import Compiled, Shape, fill_unused, max_steps, pow2_at_least
 from .image import map_image, u32
 
 HOOK_INDEX = {"INPUT": 0, "FORWARD": 1, "OUTPUT": 2}
@@ -72,17 +73,33 @@ def roomy(c: Compiled) -> Shape:
     nwords = pow2_at_least((_more(n, 8, 16) + 63) // 64)
     # steps needed grow with the words (see compile_chain); keep room for
     # a few more continuing entries too
-    steps = s.steps if s.steps >= MAX_STEPS else min(MAX_STEPS, s.steps + (nwords - s.nwords) + 8)
+    limit = max_steps(s.fields)
+    steps = s.steps if s.steps >= limit else min(limit, s.steps + (nwords - s.nwords) + 8)
 
     def bsize(bounds: list[int], current: int) -> int:
         return max(current, pow2_at_least(_more(len(bounds), 8, 4)))
 
-    return Shape(nwords=nwords, steps=steps, ncounters=_more(s.ncounters, 8, 32),
-                 fields=s.fields, src_max=_more(s.src_max, 4, 64),
-                 dst_max=_more(s.dst_max, 4, 64), proto_max=s.proto_max + 8,
-                 iif_max=s.iif_max + 16, sport_bsize=bsize(c.sport_bounds, s.sport_bsize),
-                 dport_bsize=bsize(c.dport_bounds, s.dport_bsize),
-                 icmp_max=s.icmp_max + (256 if "icmp" in s.fields else 0))
+    def address(a: str) -> dict:
+        # one probe more: a /16 may get up to twice as many intervals
+        if a not in s.fields:
+            return {}
+        probes = getattr(s, f"{a}_probes") + 1
+        room = _more(getattr(s, f"{a}_nbounds"), 8, 16) + (1 << probes)
+        return {f"{a}_probes": probes,
+                f"{a}_bsize": max(getattr(s, f"{a}_bsize"), pow2_at_least(room))}
+
+    # replace(): every size the compiler knows carries over, grown where
+    # rules add to it
+    return replace(s, nwords=nwords, steps=steps, ncounters=_more(s.ncounters, 8, 32),
+                   src_max=_more(s.src_max, 4, 64), dst_max=_more(s.dst_max, 4, 64),
+                   proto_max=s.proto_max + 8, iif_max=s.iif_max + 16,
+                   sport_bsize=bsize(c.sport_bounds, s.sport_bsize),
+                   dport_bsize=bsize(c.dport_bounds, s.dport_bsize),
+                   length_bsize=bsize(c.length_bounds, s.length_bsize),
+                   ttl_bsize=min(256, bsize(c.ttl_bounds, s.ttl_bsize)),
+                   oif_max=s.oif_max + 16, mac_max=_more(s.mac_max, 4, 16),
+                   icmp_max=s.icmp_max + (256 if "icmp" in s.fields else 0),
+                   **address("src"), **address("dst"))
 
 
 def fit(c: Compiled, shape: Shape) -> None:
@@ -131,7 +148,8 @@ def load_new(directory: Path, gen: int, hook: str, shape: Shape, mode: str) -> d
     bpfsys.obj_pin(prog.fd, str(d / "prog"))
     for name, fd in prog.map_fds().items():
         bpfsys.obj_pin(fd, str(d / name))
-    return {"prog_id": bpfsys.obj_id(prog.fd), "shape": shape_json(shape), "on": False}
+    # prog.shape: the loader may have taken fewer steps per invocation
+    return {"prog_id": bpfsys.obj_id(prog.fd), "shape": shape_json(prog.shape), "on": False}
 
 
 def write_maps(directory: Path, gen: int, hook: str, c: Compiled, shape: Shape) -> None:
