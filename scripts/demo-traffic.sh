@@ -3,8 +3,9 @@
 #
 # Two private network namespaces joined by a veth pair, client (10.200.0.1,
 # c0) and server (10.200.0.2, s0). The server loads examples/traffic.rules
-# (or the rule file given as $1) with bpf-iptables-restore and attaches the
-# eBPF data path (bpf-iptables-datapath attach: XDP on every interface).
+# (or the rule file given as $1) with bpf-iptables-restore, which attaches
+# the eBPF data path by itself (XDP on every interface, TC at egress) before
+# it returns; `bpf-iptables-datapath status' shows what is attached.
 # The client then sends real traffic: ping, TCP connects to an accepted and
 # a dropped port, UDP datagrams to an accepted and two dropped ports
 # (scripts/demo_traffic.py). The server's `bpf-iptables -L -v -n` shows
@@ -16,6 +17,8 @@
 #
 # The Python that runs bpf-iptables: .venv/bin/python, or $BPF_IPTABLES_PYTHON.
 set -euo pipefail
+# enforcement is the default; a caller's model-only setting must not turn it off here
+export BPF_IPTABLES_DATAPATH=on
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 RULES="${1:-$REPO/examples/traffic.rules}"
@@ -87,8 +90,8 @@ done
 echo
 echo "server\$ bpf-iptables-restore < $(basename "$RULES")"
 server bpf-iptables-restore <"$RULES"
-echo "server\$ bpf-iptables-datapath attach"
-server bpf-iptables-datapath attach
+echo "server\$ bpf-iptables-datapath status"
+server bpf-iptables-datapath status
 # where the server's rule set and the data path's pins live (gone at the end)
 ip netns exec "$NS_SERVER" "$PY" -c \
     'from bpf_iptables import state; from bpf_iptables.datapath import attachment as A

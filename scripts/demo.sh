@@ -5,6 +5,10 @@
 # is refused (exit 2). Fails if the outputs differ or the refusal does not
 # happen. The namespaces are deleted on every exit path.
 set -euo pipefail
+# This demo compares the front end's text with iptables-legacy's: the rules
+# are stored and printed, not enforced (scripts/demo-traffic.sh shows them
+# enforced), so the namespace's first change does not attach the data path.
+export BPF_IPTABLES_DATAPATH=off
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 RULES="${1:-$REPO/examples/demo.rules}"

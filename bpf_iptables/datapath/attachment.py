@@ -30,6 +30,9 @@ from pathlib import Path
 # imports this module, and only attached namespaces need them
 
 RECORD = "datapath.json"
+# "off": a namespace that is not attached stays model-only (rules stored
+# and printed, not enforced): for tests of the front end and dry runs
+ENFORCE_ENV = "BPF_IPTABLES_DATAPATH"
 
 
 HOOKS = ("INPUT", "FORWARD", "OUTPUT")
@@ -139,7 +142,11 @@ def wrap(store):
                             "filtering with the last rule set; run `bpf-iptables-datapath "
                             "detach' and attach again") from None
     if att is None:
-        return store
+        if os.environ.get(ENFORCE_ENV, "on") == "off":
+            return store
+        from .auto import AutoAttach  # imports nothing heavy until a change needs it
+
+        return AutoAttach(store)
     from .live import AttachedStore  # only attached namespaces pay for this
 
     return AttachedStore(store, att)

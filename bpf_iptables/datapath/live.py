@@ -429,9 +429,10 @@ def load_roots(directory: Path, mode: str) -> dict[str, int]:
     return {name: bpfsys.obj_id(fd) for name, fd in roots.prog_fds().items()}
 
 
-def attach(store, mode: str) -> A.Attachment:
-    """Load the roots, prepare generation 0 from the stored rule set, flip
-    to it, attach the roots to every interface."""
+def attach(store, mode: str, ruleset: RuleSet | None = None) -> A.Attachment:
+    """Load the roots, prepare generation 0 from the stored rule set (or
+    from ``ruleset``, which is stored once it filters), flip to it, attach
+    the roots to every interface."""
     support.check()   # no eBPF support: a clear error (exit 1) before anything is built
     if mode not in MODES:
         raise NotSupported(f"data path mode `{mode}'")
@@ -443,7 +444,8 @@ def attach(store, mode: str) -> A.Attachment:
         current = None
     if current is not None or A.ns_pins(store.directory).exists():
         detach(store)
-    ruleset = store.load()
+    if ruleset is None:
+        ruleset = store.load()
     compile_all(ruleset.table("filter"), interfaces_here())  # refusals before anything
     pins = A.ns_pins(store.directory)
     try:

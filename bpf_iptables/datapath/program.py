@@ -193,12 +193,12 @@ class Roots:
 def map_names(shape: Shape) -> list[str]:
     """Every map of a classifier compiled for ``shape`` that a later
     process writes or reads (so pins): the image's, counters, the tail-call
-    array (pinned so that it keeps its entry)."""
-    names = ["config_map", "live_map", "entry_map", "counter_map", "self_map"]
-    for f in ("src", "dst", "proto", "iif", "icmp", "frag", "flags"):
-        if f in shape.fields:
-            names.append(f"{f}_map")
-    for f in ("sport", "dport"):
-        if f in shape.fields:
-            names += [f"{f}_bounds_map", f"{f}_map"]
-    return names
+    array (pinned so that it keeps its entry). The image's names come from
+    image.py itself (an empty chain's image with the shape's fields), so a
+    new field's maps are pinned without an edit here."""
+    from ..model import Table
+    from .compiler import compile_chain
+
+    empty = compile_chain(Table.empty("filter"), "INPUT", {},
+                          Shape(1, 1, 2, shape.fields))
+    return [image.name for image in map_image(empty, empty.shape)] + ["counter_map", "self_map"]
