@@ -84,10 +84,13 @@ def test_65535_rules():
         assert r.returncode == 0, r.stderr
         status = t.server.run(datapath_command("status")).stdout
         assert f"entries {RULES + 1}" in status and "s0 ifindex 2 xdpgeneric ok" in status, status
-        pins = re.search(r"^pins (\S+)$", status, re.M).group(1)
+        # the live generation's INPUT classifier, behind the XDP root
+        found = re.search(r"^pins (\S+) active (gen-\d)$", status, re.M)
+        assert found, status
+        prog_pin = os.path.join(found.group(1), found.group(2), "input", "prog")
 
         with netns(t.server.name):
-            fd = bpfsys.obj_get(os.path.join(pins, "prog"))
+            fd = bpfsys.obj_get(prog_pin)
             try:
                 got = [XDP_TO_VERDICT.get(testrun.test_run(fd, frame(p)).verdict) for p in probes]
             finally:
