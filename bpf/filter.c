@@ -145,8 +145,9 @@ BPF_ARRAY(flags_map, struct bitvector, TCP_FLAGS_EVIL + 1);
 #define TERM_FLAGS(m, ix)
 #endif
 #if FIELD_SPORT
-DEFINE_INTERVAL_SEARCH(sport, SPORT_BSIZE)
-BPF_ARRAY(sport_bounds_map, struct sport_bounds, 1);
+/* range-compressed (compiler.range_table): index the port, value its
+ * interval; one array access instead of a binary search */
+BPF_ARRAY(sport_slot_map, u32, 65536);
 /* index: interval, SPORT_BSIZE when the packet has no ports,
  * SPORT_BSIZE + 1 for an offset-1 TCP fragment */
 BPF_ARRAY(sport_map, struct bitvector, SPORT_BSIZE + 2);
@@ -155,8 +156,7 @@ BPF_ARRAY(sport_map, struct bitvector, SPORT_BSIZE + 2);
 #define TERM_SPORT(m, ix)
 #endif
 #if FIELD_DPORT
-DEFINE_INTERVAL_SEARCH(dport, DPORT_BSIZE)
-BPF_ARRAY(dport_bounds_map, struct dport_bounds, 1);
+BPF_ARRAY(dport_slot_map, u32, 65536);
 BPF_ARRAY(dport_map, struct bitvector, DPORT_BSIZE + 2);
 #define TERM_DPORT(m, ix) &f_dport->m[ix]
 #else
@@ -177,13 +177,12 @@ BPF_HASH(icmp_map, u32, struct bitvector, ICMP_MAX);
  * search over the boundaries gives the index of the bitvector. (The
  * lookups are written out below: bcc does not rewrite map calls that a
  * macro expands to.) */
-#define DEFINE_RANGE_FIELD(NAME, BSIZE)                                       \
-	DEFINE_INTERVAL_SEARCH(NAME, BSIZE)                                   \
-	BPF_ARRAY(NAME##_bounds_map, struct NAME##_bounds, 1);                \
+#define DEFINE_RANGE_FIELD(NAME, BSIZE, SPAN)                                 \
+	BPF_ARRAY(NAME##_slot_map, u32, SPAN);                                \
 	BPF_ARRAY(NAME##_map, struct bitvector, BSIZE);
 #if FIELD_LENGTH
 /* the IP total length, as xt_length compares it */
-DEFINE_RANGE_FIELD(length, LENGTH_BSIZE)
+DEFINE_RANGE_FIELD(length, LENGTH_BSIZE, 65536)
 #define TERM_LENGTH(m, ix) &f_length->m[ix]
 #else
 #define TERM_LENGTH(m, ix)
@@ -191,7 +190,7 @@ DEFINE_RANGE_FIELD(length, LENGTH_BSIZE)
 #if FIELD_TTL
 /* the frame's TTL (the compiler shifts FORWARD's boundaries by one: the
  * kernel lowers the TTL before the FORWARD hook) */
-DEFINE_RANGE_FIELD(ttl, TTL_BSIZE)
+DEFINE_RANGE_FIELD(ttl, TTL_BSIZE, 256)
 #define TERM_TTL(m, ix) &f_ttl->m[ix]
 #else
 #define TERM_TTL(m, ix)
@@ -354,21 +353,21 @@ int xdp_filter(CTX_TYPE *ctx)
 		return RET(XDP_ABORTED);
 #endif
 #if FIELD_SPORT
-	struct sport_bounds *sb = sport_bounds_map.lookup(&zero);
-	if (!sb)
+	u32 sport_key = pf.sport & 0xFFFF;
+	u32 *sslot = sport_slot_map.lookup(&sport_key);
+	if (!sslot)
 		return RET(XDP_ABORTED);
-	u32 skey2 = pf.evil ? SPORT_BSIZE + 1
-		       : pf.l4 ? sport_interval(sb, pf.sport) : SPORT_BSIZE;
+	u32 skey2 = pf.evil ? SPORT_BSIZE + 1 : pf.l4 ? *sslot : SPORT_BSIZE;
 	struct bitvector *f_sport = sport_map.lookup(&skey2);
 	if (!f_sport)
 		return RET(XDP_ABORTED);
 #endif
 #if FIELD_DPORT
-	struct dport_bounds *db = dport_bounds_map.lookup(&zero);
-	if (!db)
+	u32 dport_key = pf.dport & 0xFFFF;
+	u32 *dslot = dport_slot_map.lookup(&dport_key);
+	if (!dslot)
 		return RET(XDP_ABORTED);
-	u32 dkey2 = pf.evil ? DPORT_BSIZE + 1
-		       : pf.l4 ? dport_interval(db, pf.dport) : DPORT_BSIZE;
+	u32 dkey2 = pf.evil ? DPORT_BSIZE + 1 : pf.l4 ? *dslot : DPORT_BSIZE;
 	struct bitvector *f_dport = dport_map.lookup(&dkey2);
 	if (!f_dport)
 		return RET(XDP_ABORTED);
@@ -385,20 +384,20 @@ int xdp_filter(CTX_TYPE *ctx)
 #endif
 
 #if FIELD_LENGTH
-	struct length_bounds *lb = length_bounds_map.lookup(&zero);
-	if (!lb)
+	u32 length_key = pf.length & 0xFFFF;
+	u32 *lkey = length_slot_map.lookup(&length_key);
+	if (!lkey)
 		return RET(XDP_ABORTED);
-	u32 lkey = length_interval(lb, pf.length);
-	struct bitvector *f_length = length_map.lookup(&lkey);
+	struct bitvector *f_length = length_map.lookup(lkey);
 	if (!f_length)
 		return RET(XDP_ABORTED);
 #endif
 #if FIELD_TTL
-	struct ttl_bounds *tb = ttl_bounds_map.lookup(&zero);
-	if (!tb)
+	u32 ttl_key = pf.ttl & 0xFF;
+	u32 *ttlkey = ttl_slot_map.lookup(&ttl_key);
+	if (!ttlkey)
 		return RET(XDP_ABORTED);
-	u32 ttlkey = ttl_interval(tb, pf.ttl);
-	struct bitvector *f_ttl = ttl_map.lookup(&ttlkey);
+	struct bitvector *f_ttl = ttl_map.lookup(ttlkey);
 	if (!f_ttl)
 		return RET(XDP_ABORTED);
 #endif

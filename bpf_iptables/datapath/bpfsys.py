@@ -216,9 +216,11 @@ def map_update_many(fd: int, items: list[tuple[bytes, bytes]]) -> None:
     key_size, value_size = len(items[0][0]), len(items[0][1])
     mtype = _info(fd)[0]
     if _batch_ok.get(mtype, True):
-        keys = ctypes.create_string_buffer(b"".join(k for k, _ in items), key_size * len(items))
-        values = ctypes.create_string_buffer(b"".join(v for _, v in items),
-                                             value_size * len(items))
+        # items laid out already (image.Packed) or pairs
+        key_blob, value_blob = (items.joined() if hasattr(items, "joined") else
+                                (b"".join(k for k, _ in items), b"".join(v for _, v in items)))
+        keys = ctypes.create_string_buffer(key_blob, key_size * len(items))
+        values = ctypes.create_string_buffer(value_blob, value_size * len(items))
         attr = _BatchAttr(keys=ctypes.addressof(keys), values=ctypes.addressof(values),
                           count=len(items), map_fd=fd)
         rc = _libc.syscall(SYS_BPF, BPF_MAP_UPDATE_BATCH, ctypes.byref(attr), ctypes.sizeof(attr))

@@ -17,15 +17,55 @@ Layouts (filter.c):
 from __future__ import annotations
 
 import struct
+from array import array
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .compiler import PROTO_DEFAULT, TCP_FLAGS_EVIL, Compiled, Intervals, Shape, summary_words
 
 
+class Packed(Sequence):
+    """Items of a large array map already laid out as the kernel wants
+    them (keys back to back, values back to back): 65,536-slot tables
+    would otherwise cost a Python tuple per slot on every update."""
+
+    def __init__(self, key_size: int, value_size: int, keys: bytes, values: bytes):
+        self.key_size, self.value_size = key_size, value_size
+        self.keys, self.values = keys, values
+
+    def __len__(self) -> int:
+        return len(self.keys) // self.key_size
+
+    def __getitem__(self, i):  # (key, value), as the writers' fallback reads them
+        k, v = self.key_size, self.value_size
+        return self.keys[i * k:(i + 1) * k], self.values[i * v:(i + 1) * v]
+
+    def joined(self) -> tuple[bytes, bytes]:
+        return self.keys, self.values
+
+
+def joined(items) -> tuple[bytes, bytes]:
+    """Keys and values of ``items`` back to back (one batch write)."""
+    if isinstance(items, Packed):
+        return items.joined()
+    return b"".join(k for k, _ in items), b"".join(v for _, v in items)
+
+
+def slots(bounds: list[int], span: int) -> Packed:
+    """value -> interval index for every value in [0, span): a range field
+    looked up by one array access instead of a binary search."""
+    table = array("I", bytes(4 * span))
+    for i, lo in enumerate(bounds):
+        hi = bounds[i + 1] if i + 1 < len(bounds) else span
+        if lo < hi:
+            table[lo:hi] = array("I", [i]) * (hi - lo)
+    return Packed(4, 4, array("I", range(span)).tobytes(), table.tobytes())
+
+
 @dataclass
 class MapImage:
     name: str                          # the map's name in filter.c
-    items: list[tuple[bytes, bytes]]   # (key, value)
+    items: "list[tuple[bytes, bytes]] | Packed"   # (key, value)
     # hash and LPM maps: keys not written must be deleted (stale entries of
     # an earlier rule set); arrays are overwritten in place
     clear: bool = False
@@ -113,8 +153,8 @@ def map_image(c: Compiled, shape: Shape) -> list[MapImage]:
             ("ttl", c.ttl_bounds, c.ttl, shape.ttl_bsize)):
         if name not in fields:
             continue
-        padded = b"".join(u32(bounds[i] if i < len(bounds) else 0x10000) for i in range(bsize))
-        out.append(MapImage(f"{name}_bounds_map", [(u32(0), padded)]))
+        # one array access finds the interval (the TTL has 256 values)
+        out.append(MapImage(f"{name}_slot_map", slots(bounds, 256 if name == "ttl" else 1 << 16)))
         intervals = vectors[:len(bounds)]
         items = [(u32(i), bv(v)) for i, v in enumerate(intervals)]
         if name in ("sport", "dport"):

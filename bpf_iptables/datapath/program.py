@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .compiler import FIELD_ORDER, MAX_CHUNKS, POLICY_COUNTER, SIZE_ATTRS, Compiled, Shape
-from .image import map_image
+from .image import joined, map_image
 
 # BPF_IPTABLES_BPF_DIR: another source tree (tests use a broken one to
 # check that a program that fails to load leaves the attached one in place)
@@ -120,8 +120,9 @@ class LoadedProgram:
             # one BPF_MAP_UPDATE_BATCH per map: a 64k-rule set writes
             # hundreds of thousands of values
             n = len(image.items)
-            keys = (table.Key * n).from_buffer_copy(b"".join(k for k, _ in image.items))
-            values = (table.Leaf * n).from_buffer_copy(b"".join(v for _, v in image.items))
+            key_blob, value_blob = joined(image.items)
+            keys = (table.Key * n).from_buffer_copy(key_blob)
+            values = (table.Leaf * n).from_buffer_copy(value_blob)
             table.items_update_batch(keys, values)
         self.zero_counters()
         self.compiled = c
