@@ -98,7 +98,7 @@ BPF_PERCPU_ARRAY(counter_map, struct counter, NCOUNTERS);
 /* addresses as intervals (compiler.address_intervals): the interval
  * starts, per interval the id of its bitvector, the distinct bitvectors */
 DEFINE_ADDRESS_SEARCH(src, SRC_BSIZE, SRC_PROBES)
-BPF_ARRAY(src_top_map, u32, 65536);
+BPF_F_TABLE("array", u32, u32, src_top_map, 65536, BPF_F_MMAPABLE);
 BPF_ARRAY(src_bounds_map, struct src_bounds, 1);
 BPF_ARRAY(src_index_map, u32, SRC_BSIZE);
 BPF_ARRAY(src_map, struct bitvector, SRC_MAX);
@@ -108,7 +108,7 @@ BPF_ARRAY(src_map, struct bitvector, SRC_MAX);
 #endif
 #if FIELD_DST
 DEFINE_ADDRESS_SEARCH(dst, DST_BSIZE, DST_PROBES)
-BPF_ARRAY(dst_top_map, u32, 65536);
+BPF_F_TABLE("array", u32, u32, dst_top_map, 65536, BPF_F_MMAPABLE);
 BPF_ARRAY(dst_bounds_map, struct dst_bounds, 1);
 BPF_ARRAY(dst_index_map, u32, DST_BSIZE);
 BPF_ARRAY(dst_map, struct bitvector, DST_MAX);
@@ -146,8 +146,10 @@ BPF_ARRAY(flags_map, struct bitvector, TCP_FLAGS_EVIL + 1);
 #endif
 #if FIELD_SPORT
 /* range-compressed (compiler.range_table): index the port, value its
- * interval; one array access instead of a binary search */
-BPF_ARRAY(sport_slot_map, u32, 65536);
+ * interval; one array access instead of a binary search. Mappable: an
+ * update writes the 64k slots with one memcpy (image.Packed), not 64k
+ * batch elements. */
+BPF_F_TABLE("array", u32, u32, sport_slot_map, 65536, BPF_F_MMAPABLE);
 /* index: interval, SPORT_BSIZE when the packet has no ports,
  * SPORT_BSIZE + 1 for an offset-1 TCP fragment */
 BPF_ARRAY(sport_map, struct bitvector, SPORT_BSIZE + 2);
@@ -156,7 +158,7 @@ BPF_ARRAY(sport_map, struct bitvector, SPORT_BSIZE + 2);
 #define TERM_SPORT(m, ix)
 #endif
 #if FIELD_DPORT
-BPF_ARRAY(dport_slot_map, u32, 65536);
+BPF_F_TABLE("array", u32, u32, dport_slot_map, 65536, BPF_F_MMAPABLE);
 BPF_ARRAY(dport_map, struct bitvector, DPORT_BSIZE + 2);
 #define TERM_DPORT(m, ix) &f_dport->m[ix]
 #else
@@ -178,7 +180,7 @@ BPF_HASH(icmp_map, u32, struct bitvector, ICMP_MAX);
  * lookups are written out below: bcc does not rewrite map calls that a
  * macro expands to.) */
 #define DEFINE_RANGE_FIELD(NAME, BSIZE, SPAN)                                 \
-	BPF_ARRAY(NAME##_slot_map, u32, SPAN);                                \
+	BPF_F_TABLE("array", u32, u32, NAME##_slot_map, SPAN, BPF_F_MMAPABLE); \
 	BPF_ARRAY(NAME##_map, struct bitvector, BSIZE);
 #if FIELD_LENGTH
 /* the IP total length, as xt_length compares it */

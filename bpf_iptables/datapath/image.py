@@ -20,6 +20,7 @@ import struct
 from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 from .compiler import PROTO_DEFAULT, TCP_FLAGS_EVIL, Compiled, Intervals, Shape, summary_words
 
@@ -29,9 +30,12 @@ class Packed(Sequence):
     them (keys back to back, values back to back): 65,536-slot tables
     would otherwise cost a Python tuple per slot on every update."""
 
-    def __init__(self, key_size: int, value_size: int, keys: bytes, values: bytes):
+    def __init__(self, key_size: int, value_size: int, keys: bytes, values: bytes,
+                 dense: bool = False):
         self.key_size, self.value_size = key_size, value_size
         self.keys, self.values = keys, values
+        # keys are 0, 1, 2, ...: the values are the array's memory image
+        self.dense = dense
 
     def __len__(self) -> int:
         return len(self.keys) // self.key_size
@@ -51,6 +55,18 @@ def joined(items) -> tuple[bytes, bytes]:
     return b"".join(k for k, _ in items), b"".join(v for _, v in items)
 
 
+@lru_cache(maxsize=8)
+def array_keys(count: int) -> bytes:
+    """Keys 0 .. count - 1 of an array map, back to back."""
+    return array("I", range(count)).tobytes()
+
+
+def packed_array(values: "array | list[int]") -> Packed:
+    """An array map's u32 values from index 0, laid out for one batch."""
+    blob = (values if isinstance(values, array) else array("I", values)).tobytes()
+    return Packed(4, 4, array_keys(len(blob) // 4), blob, dense=True)
+
+
 def slots(bounds: list[int], span: int) -> Packed:
     """value -> interval index for every value in [0, span): a range field
     looked up by one array access instead of a binary search."""
@@ -59,7 +75,7 @@ def slots(bounds: list[int], span: int) -> Packed:
         hi = bounds[i + 1] if i + 1 < len(bounds) else span
         if lo < hi:
             table[lo:hi] = array("I", [i]) * (hi - lo)
-    return Packed(4, 4, array("I", range(span)).tobytes(), table.tobytes())
+    return packed_array(table)
 
 
 @dataclass
@@ -177,11 +193,10 @@ def address_images(name: str, iv: Intervals, bsize: int, nwords: int) -> list[Ma
     per interval slot the id of its bitvector (padding slots repeat the
     last interval's, so a search landing on them is still right); the
     bitvectors."""
-    last = iv.index[-1]
-    bounds = b"".join(u32(iv.bounds[i] if i < len(iv.bounds) else 0xFFFFFFFF)
-                      for i in range(bsize))
-    index = [(u32(i), u32(iv.index[i] if i < len(iv.index) else last)) for i in range(bsize)]
-    return [MapImage(f"{name}_top_map", [(u32(h), u32(i)) for h, i in enumerate(iv.top)]),
+    pad = bsize - len(iv.bounds)
+    bounds = array("I", iv.bounds + [0xFFFFFFFF] * pad).tobytes()
+    index = packed_array(iv.index + [iv.index[-1]] * pad)
+    return [MapImage(f"{name}_top_map", packed_array(iv.top)),
             MapImage(f"{name}_bounds_map", [(u32(0), bounds)]),
             MapImage(f"{name}_index_map", index),
             MapImage(f"{name}_map", [(u32(i), bitvector(v, nwords))

@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .compiler import FIELD_ORDER, MAX_CHUNKS, POLICY_COUNTER, SIZE_ATTRS, Compiled, Shape
+from .bpfsys import write_mappable
 from .image import joined, map_image
 
 # BPF_IPTABLES_BPF_DIR: another source tree (tests use a broken one to
@@ -121,6 +122,8 @@ class LoadedProgram:
             # hundreds of thousands of values
             n = len(image.items)
             key_blob, value_blob = joined(image.items)
+            if getattr(image.items, "dense", False) and write_mappable(table.map_fd, value_blob):
+                continue
             keys = (table.Key * n).from_buffer_copy(key_blob)
             values = (table.Leaf * n).from_buffer_copy(value_blob)
             table.items_update_batch(keys, values)
