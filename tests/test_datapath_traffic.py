@@ -8,7 +8,6 @@ assigned inside the namespaces) must be delivered or dropped alike and
 leave the same counters in ``-L -v -x -n``."""
 from __future__ import annotations
 
-import ctypes
 import os
 import socket
 import struct
@@ -23,10 +22,10 @@ from typing import Iterator
 import pytest
 
 from tests.support.netns import Namespace, REPO, bpf_command
+from tests.support.wire import netns
 
 CLIENT_IP, SERVER_IP = "10.99.0.1", "10.99.0.2"
 RUN = Path(os.environ.get("BPF_IPTABLES_RUN_DIR", "/run/bpf-iptables"))
-CLONE_NEWNET = 0x40000000
 
 RULES = """\
 *filter
@@ -102,25 +101,11 @@ def topology(prefix: str) -> Iterator[Pair]:
             subprocess.run(["ip", "netns", "del", n], check=False)
 
 
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
 @contextmanager
 def inside(ns: Namespace) -> Iterator[None]:
     """This thread in ``ns`` for a moment: sockets made here stay in ns."""
-    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-    target = os.open(f"/run/netns/{ns.name}", os.O_RDONLY)
-    try:
-        if _libc.setns(target, CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), "setns")
-        try:
-            yield
-        finally:
-            if _libc.setns(home, CLONE_NEWNET) != 0:
-                raise OSError(ctypes.get_errno(), "setns back")
-    finally:
-        os.close(home)
-        os.close(target)
+    with netns(ns.name):
+        yield
 
 
 def _checksum(data: bytes) -> int:
