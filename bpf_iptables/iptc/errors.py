@@ -1,0 +1,20 @@
+"""python-iptables' exception classes, and bpf-iptables' refusal."""
+from __future__ import annotations
+
+
+class IPTCError(Exception):
+    """A failed table operation or commit (python-iptables: libiptc errors)."""
+
+
+class XTablesError(Exception):
+    """A match or target that cannot be built: unknown extension, bad
+    option or value (python-iptables: libxtables errors). The message is
+    the one the bpf-iptables command line prints for the same option."""
+
+
+class NotSupported(XTablesError, IPTCError):
+    """Something iptables accepts that the eBPF data path cannot enforce.
+
+    Raised instead of accepting and ignoring it; caught by ``except
+    iptc.IPTCError`` and ``except iptc.XTablesError`` alike, whichever a
+    script written for python-iptables uses."""
