@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from ..cmdline import parse as P
 from ..errors import NotSupported as CliNotSupported
 from ..errors import XtablesError
-from .errors import NotSupported, XTablesError
+from .errors import NotSupported, ParameterError
 
 if TYPE_CHECKING:
     from ..extensions.base import Extension
@@ -54,9 +54,9 @@ def _run(parser: P.CommandParser) -> P.ParsedCommand:
     except CliNotSupported as exc:
         raise NotSupported(exc.message) from None
     except XtablesError as exc:
-        raise XTablesError(exc.message.rstrip("\n")) from None
+        raise ParameterError(exc.message.rstrip("\n")) from None
     except (P.TryHelpExit, P.HelpRequested, P.VersionRequested, P.LineIgnored):
-        raise XTablesError("invalid parameters") from None
+        raise ParameterError("invalid parameters") from None
 
 
 def check_options(kind: str, name: str, argv: list[str], context: list[str]) -> None:

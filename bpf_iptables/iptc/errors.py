@@ -18,3 +18,14 @@ class NotSupported(XTablesError, IPTCError):
     Raised instead of accepting and ignoring it; caught by ``except
     iptc.IPTCError`` and ``except iptc.XTablesError`` alike, whichever a
     script written for python-iptables uses."""
+
+
+class ParameterError(XTablesError, ValueError):
+    """A value an extension refuses. python-iptables raises ValueError or
+    XTablesError here, depending on the extension's libxtables API, so
+    this is both."""
+
+
+class UnknownParameter(XTablesError, AttributeError):
+    """An option the extension does not have (python-iptables: AttributeError
+    or XTablesError, by API, so this is both)."""

@@ -20,7 +20,7 @@ from ..errors import XtablesError
 from ..model import Match as ModelMatch
 from ..model import Target as ModelTarget
 from . import build
-from .errors import NotSupported, XTablesError
+from .errors import NotSupported, UnknownParameter, XTablesError
 
 if TYPE_CHECKING:
     from .rule import Rule
@@ -93,9 +93,9 @@ class IPTCModule:
         """Set one option, checked at once by the command-line parser
         (as python-iptables' parse() calls the extension's parser); the
         checks of the whole extension wait for the rule (final_check)."""
-        if self._ext is None or not self._ext.getopt_options:
-            raise AttributeError(f"{self._name}: invalid parameter {parameter}")
         param = to_param(parameter, value)
+        if self._ext is None or param.option not in {o[0] for o in self._ext.getopt_options}:
+            raise UnknownParameter(f"{self._name}: no such parameter {param.option}")
         params = [p for p in self._params if p.option != param.option] + [param]
         build.check_options(self._kind, self._name, build.param_argv(self._ext, params),
                             self._context())

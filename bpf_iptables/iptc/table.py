@@ -29,9 +29,11 @@ def is_table_available(name: str) -> bool:
     return name == "filter"
 
 
-def _fail(what: str, exc: TableOpError, op: str) -> IPTCError:
-    """python-iptables' message: "can't <what>: <libiptc strerror>"."""
-    return IPTCError(f"{what}: {table_strerror(op, exc.err)}")
+def _fail(what: str, exc: TableOpError) -> IPTCError:
+    """python-iptables' message: "can't <what>: <libiptc strerror>", the
+    strerror of libiptc's last call, which tableops models (a failed
+    delete_chain reads "Too many links", as from python-iptables)."""
+    return IPTCError(f"{what}: {exc}")
 
 
 def autocommit(fn: Callable) -> Callable:
@@ -208,11 +210,11 @@ class Table:
 
     # -- changes -------------------------------------------------------------------
 
-    def _change(self, what: str, op: str, fn: Callable, *args: Any) -> None:
+    def _change(self, what: str, fn: Callable, *args: Any) -> None:
         try:
             fn(self._t, *args)
         except TableOpError as exc:
-            raise _fail(what, exc, op) from None
+            raise _fail(what, exc) from None
         self._handle.changed = True
 
     @autocommit
@@ -221,28 +223,28 @@ class Table:
         if len(name.encode()) > tableops.CHAINLABEL_MAX - 2:
             # libiptc refuses names that do not fit the kernel's error target
             raise IPTCError(f"can't create chain {name}: {table_strerror(Op.OTHER, errno.EINVAL)}")
-        self._change(f"can't create chain {name}", Op.CREATE_CHAIN, tableops.create_chain, name)
+        self._change(f"can't create chain {name}", tableops.create_chain, name)
         return Chain(self, name)
 
     @autocommit
     def delete_chain(self, chain: Any) -> None:
         name = chain.name if isinstance(chain, Chain) else chain
-        self._change(f"can't delete chain {name}", Op.DELETE_CHAIN, tableops.delete_chain, name)
+        self._change(f"can't delete chain {name}", tableops.delete_chain, name)
 
     @autocommit
     def rename_chain(self, chain: Any, new_name: str) -> None:
         name = chain.name if isinstance(chain, Chain) else chain
-        self._change(f"can't rename chain {name}", Op.OTHER, tableops.rename_chain, name, new_name)
+        self._change(f"can't rename chain {name}", tableops.rename_chain, name, new_name)
 
     @autocommit
     def flush_entries(self, chain: Any) -> None:
         name = chain.name if isinstance(chain, Chain) else chain
-        self._change(f"can't flush chain {name}", Op.OTHER, tableops.flush, name)
+        self._change(f"can't flush chain {name}", tableops.flush, name)
 
     @autocommit
     def zero_entries(self, chain: Any) -> None:
         name = chain.name if isinstance(chain, Chain) else chain
-        self._change(f"can't zero chain {name} counters", Op.OTHER, tableops.zero, name)
+        self._change(f"can't zero chain {name} counters", tableops.zero, name)
 
     @autocommit
     def set_policy(self, chain: Any, policy: Any, counters: Any = None) -> None:
@@ -250,8 +252,7 @@ class Table:
         if isinstance(policy, Policy):
             policy = policy.name
         given = Counters(int(counters[0]), int(counters[1])) if counters else None
-        self._change(f"can't set policy {policy} on chain {name}", Op.SET_POLICY,
-                     tableops.set_policy, name, policy, given)
+        self._change(f"can't set policy {policy} on chain {name}", tableops.set_policy, name, policy, given)
         if given is not None:
             self._handle.policy_set.add(name)
 
@@ -265,7 +266,7 @@ class Table:
     @autocommit
     def append_entry(self, chain: str, entry: ModelRule) -> None:
         self._check_jump(chain, "can't append entry to chain", entry)
-        self._change(f"can't append entry to chain {chain}", Op.OTHER, tableops.append, chain, entry)
+        self._change(f"can't append entry to chain {chain}", tableops.append, chain, entry)
 
     @autocommit
     def insert_entry(self, chain: str, entry: ModelRule, position: int) -> None:
@@ -273,8 +274,7 @@ class Table:
             raise IPTCError(f"can't insert entry into chain {chain}: "
                             f"{table_strerror(Op.INSERT_ENTRY, errno.E2BIG)}")
         self._check_jump(chain, "can't insert entry into chain", entry)
-        self._change(f"can't insert entry into chain {chain}", Op.INSERT_ENTRY,
-                     tableops.insert, chain, entry, position)
+        self._change(f"can't insert entry into chain {chain}", tableops.insert, chain, entry, position)
 
     @autocommit
     def replace_entry(self, chain: str, entry: ModelRule, position: int) -> None:
@@ -282,13 +282,11 @@ class Table:
             raise IPTCError(f"can't replace entry in chain {chain}: "
                             f"{table_strerror(Op.REPLACE_ENTRY, errno.E2BIG)}")
         self._check_jump(chain, "can't replace entry in chain", entry)
-        self._change(f"can't replace entry in chain {chain}", Op.REPLACE_ENTRY,
-                     tableops.replace, chain, entry, position)
+        self._change(f"can't replace entry in chain {chain}", tableops.replace, chain, entry, position)
 
     @autocommit
     def delete_entry(self, chain: str, entry: ModelRule, mask: Any = None) -> None:
-        self._change(f"can't delete entry from chain {chain}", Op.DELETE_ENTRY,
-                     tableops.delete, chain, entry)
+        self._change(f"can't delete entry from chain {chain}", tableops.delete, chain, entry)
 
     def flush(self) -> None:
         """Flush every chain, then delete the user-defined ones."""
