@@ -268,9 +268,13 @@ class Target(IPTCModule):
                 object.__setattr__(self, "_params", params_of_save_text(ext.save(target.data)))
                 object.__setattr__(self, "_data", target.data)
             return
-        if name in ("", "ACCEPT", "DROP", "RETURN", "QUEUE") or goto:
-            if name == "QUEUE":
-                raise NotSupported("target `QUEUE' is not supported by bpf-iptables")
+        if name == "QUEUE":
+            raise NotSupported("target `QUEUE' is not supported by bpf-iptables")
+        if name in ("", "ACCEPT", "DROP", "RETURN"):
+            return
+        if goto:  # -g names a chain, never an extension
+            if not _is_chain(name):
+                raise XTablesError(f"can't find target {name}")
             return
         try:
             ext = registry.try_target(name)
