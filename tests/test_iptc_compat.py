@@ -11,7 +11,6 @@ the saved filter table (``iptables-legacy-save -c`` / ``bpf-iptables-save
 by the data path yet; tests/test_iptc_traffic.py covers the attached case."""
 from __future__ import annotations
 
-import subprocess
 import sys
 from pathlib import Path
 

@@ -63,10 +63,11 @@ def build():
 
 
 def edit():
-    """Delete one rule, insert another, in one commit."""
+    """Delete one rule, insert another, zero a chain: one commit."""
     table.autocommit = False
     INPUT.delete_rule(rule(src="10.99.0.0/24"))
     INPUT.insert_rule(rule("udp", target="DROP", udp={"dport": "5003"}), 1)
+    iptc.Chain(table, "udpchk").zero_counters()
     table.commit()
     table.autocommit = True
     if sys.argv[1] == "bpf":
