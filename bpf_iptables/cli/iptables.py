@@ -29,6 +29,10 @@ def check_table(name: str) -> None:
 
 
 def run(argv: list[str]) -> int:
+    if argv[:1] == ["migrate"]:  # `bpf-iptables migrate ...' (see cli/migrate.py)
+        from .migrate import run as migrate
+
+        return migrate(argv[1:])
     try:
         parsed = P.CommandParser([PROG, *argv], help_printer=lambda m: help_text(PROG, m)).parse()
     except P.HelpRequested as h:
