@@ -96,6 +96,28 @@ def test_unenforceable_rules_stop_the_migration_and_change_nothing():
         assert bpf_save(ns) == "*filter\n" + EMPTY + "COMMIT\n"
         r = migrate(ns, "--rollback")
         assert r.returncode == 1 and "no migration to roll back" in r.stderr
+        # told to go on, it would load the others, and only those
+        r = migrate(ns, "--partial", "--dry-run", "--no-verify")
+        assert r.returncode == 0, r.stderr
+        plan = r.stdout.split("load into bpf-iptables:\n")[1]
+        assert "-A INPUT -j ufw-before-input" in plan
+        assert "-A ufw-before-input -p tcp -m tcp --dport 22 -j ACCEPT" in plan
+        assert "conntrack" not in plan and "LOG" not in plan
+        assert legacy_save(ns) == before
+
+
+def test_commit_refused_when_nothing_would_enforce():
+    """Model-only (data path off): --commit must not flush netfilter."""
+    with namespace("migo") as ns:
+        assert ns.run(["iptables-legacy-restore"], input=RULES).returncode == 0
+        before = legacy_save(ns)
+        r = ns.run([sys.executable, "-m", "bpf_iptables.cli.iptables", "migrate", "--commit",
+                    "--no-verify"], env={"PYTHONPATH": str(REPO), "BPF_IPTABLES_DATAPATH": "off"})
+        assert r.returncode == 1 and "not flushing netfilter" in r.stderr, r.stderr
+        assert legacy_save(ns) == before
+        assert migrate(ns, "--rollback").returncode == 0
+        assert legacy_save(ns) == before
+        assert "-A " not in bpf_save(ns)
 
 
 def test_migrate_commit_keeps_verdicts_and_rollback_restores_netfilter():

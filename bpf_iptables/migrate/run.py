@@ -58,6 +58,18 @@ def state_dir() -> Path:
         return store.directory
 
 
+def enforced(directory: Path, plan: Plan) -> bool:
+    """Whether the loaded rule set is enforced (a rule set that needs no
+    program is enforced by its absence)."""
+    from ..datapath import attachment
+    from ..datapath.auto import needs_program
+    from ..model import RuleSet
+
+    if not needs_program(RuleSet({"filter": plan.table})):
+        return True
+    return attachment.read(directory) is not None
+
+
 def report_plan(plan: Plan, kind: str, out: TextIO) -> None:
     out.write(f"netfilter ({kind}) filter table: {plan.rules + len(plan.refused)} rules, "
               f"{plan.rules} enforceable by bpf-iptables, {len(plan.refused)} not\n")
@@ -105,6 +117,10 @@ def migrate(opts: Options, out: TextIO) -> Result:
     _bpf("restore", "-c", stdin=plan.save_text())
     out.write(f"loaded {plan.rules} rules into bpf-iptables (enforced by the data path)\n")
     if opts.commit:
+        if not enforced(directory, plan):
+            raise MigrateError("not flushing netfilter: the data path is not attached here "
+                               "(BPF_IPTABLES_DATAPATH=off?), so nothing would filter; "
+                               "netfilter still filters, `migrate --rollback' undoes the load")
         source.flush(kind)
         (directory / RECORD).write_text(json.dumps({"source": kind, "committed": True}))
         out.write(f"flushed netfilter's ({kind}) filter table: bpf-iptables filters alone\n")
