@@ -106,6 +106,20 @@ def test_unenforceable_rules_stop_the_migration_and_change_nothing():
         assert legacy_save(ns) == before
 
 
+def test_plan_from_iptables_nft():
+    """--source nft (and auto, when iptables-legacy has no filter table here)."""
+    with namespace("mign") as ns:
+        assert ns.run(["iptables-nft-restore"], input=RULES).returncode == 0
+        for source in ("nft", "auto"):
+            r = migrate(ns, "--source", source, "--dry-run", "--no-verify", "--commit")
+            assert r.returncode == 0, r.stderr
+            assert "netfilter (nft) filter table: 7 rules, 7 enforceable" in r.stdout
+            plan = r.stdout.split("load into bpf-iptables:\n")[1]
+            assert "[0:0] -A svc -p tcp -m tcp --dport 8081 -j DROP" in plan
+            assert "then flush netfilter's (nft) filter table" in plan
+        assert "-A " not in bpf_save(ns)
+
+
 def test_commit_refused_when_nothing_would_enforce():
     """Model-only (data path off): --commit must not flush netfilter."""
     with namespace("migo") as ns:
