@@ -7,7 +7,8 @@ script on ``bpf_iptables.iptc``, whose first commit attaches the data path
 udp, multiport, comment; ACCEPT, DROP, RETURN, a user chain). The same
 traffic must be delivered alike and leave the same counters, read through
 the API itself and in ``-L -v -x -n``; an edit commit of several changes
-is one data-path update and keeps the counters of the rules it keeps."""
+is one data-path update and keeps the counters of the rules it keeps, and
+so is an ``easy`` batch."""
 from __future__ import annotations
 
 import re
@@ -23,8 +24,10 @@ import sys
 
 if sys.argv[1] == "real":
     import iptc
+    from iptc import easy
 else:
     import bpf_iptables.iptc as iptc
+    from bpf_iptables.iptc import easy
 
 table = iptc.Table(iptc.Table.FILTER)
 INPUT = iptc.Chain(table, "INPUT")
@@ -69,7 +72,18 @@ def edit():
     INPUT.insert_rule(rule("udp", target="DROP", udp={"dport": "5003"}), 1)
     iptc.Chain(table, "udpchk").zero_counters()
     table.commit()
+    # python-iptables keeps the handle as it was before the commit: a second
+    # commit of it after zero_counters() would subtract again (counters wrap
+    # below zero), so read the table again first, as its docs advise
+    table.refresh()
     table.autocommit = True
+    # an easy batch: one commit at batch_end() (python-iptables commits each call)
+    easy.batch_begin()
+    easy.add_rule("filter", "udpchk", {"protocol": "udp", "udp": {"dport": "5004"},
+                                       "target": "ACCEPT"}, position=1)
+    easy.add_rule("filter", "udpchk", {"protocol": "udp", "udp": {"dport": "5005"},
+                                       "comment": {"comment": "five"}, "target": "DROP"})
+    easy.batch_end()
     if sys.argv[1] == "bpf":
         refused()
 
@@ -152,9 +166,10 @@ def test_same_counters_as_python_iptables_on_legacy(tmp_path):
         assert "LOG refused: target `LOG' in the eBPF data path is not supported" in out, out
         assert "unchanged True" in out
         assert "LOG" not in ours.server.run(bpf_command("iptables-save")).stdout
-        assert generation(ours.server) == before + 1
+        assert generation(ours.server) == before + 2  # the Table commit, the easy batch
         assert ping(legacy, 1) == ping(ours, 1) == 1
         assert udp(legacy, 5003, 1) == udp(ours, 5003, 1) == 0
+        assert udp(legacy, 5004, 2) == udp(ours, 5004, 2) == 2
         time.sleep(0.1)
         read = run_script(legacy.server, "real", "counters", tmp_path)
         assert "(3, " in read
