@@ -60,19 +60,18 @@ def to_param(option: str, value: Any) -> Param:
     string or a list of strings (one word each)."""
     if value is None:
         value = ""
-    invert = False
-    if len(value) > 0 and value[0] == "!":
-        invert = True
+    if isinstance(value, int):  # python-iptables would fail on len(); a port number is meant
+        value = str(value)
+    try:
+        invert = len(value) > 0 and value[0] == "!"  # "!22" or ["!", "22"]
+    except TypeError:
+        raise TypeError("Invalid parameter value: must be string or list of strings") from None
+    if invert:
         value = value[1:]
     if isinstance(value, str):
         words = [value]
     else:
-        try:
-            words = [str(v) if not isinstance(v, str) else v for v in value]
-        except TypeError:
-            raise TypeError("Invalid parameter value: must be string or list of strings") from None
-        if words and words[0] == "!":  # ["!", "x"]: the list form of "!x"
-            invert, words = True, words[1:]
+        words = [v if isinstance(v, str) else str(v) for v in value]
     return Param(option.strip(), words, invert)
 
 
