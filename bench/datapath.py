@@ -33,15 +33,22 @@ from .netns import CommandFailed, namespace
 
 FULL_COUNTS = (10, 100, 1000, 10000)
 QUICK_COUNTS = (10, 100, 1000)
+SYNTHETIC_COUNTS = (10, 100, 1000, 10000, 50000)
+QUICK_SYNTHETIC_COUNTS = (10, 1000)
 RULESETS = ("classbench-fw1-10k.rules", "classbench-acl1-10k.rules")
+SYNTHETIC = workload.SYNTHETIC
 
 
 @dataclass(frozen=True)
 class Settings:
     counts: tuple[int, ...]
     rulesets: tuple[str, ...] = RULESETS
+    synthetic_counts: tuple[int, ...] = SYNTHETIC_COUNTS   # () : no synthetic worst case
     repeat: int = 100_000        # BPF_PROG_TEST_RUN repeat per sample
     runs: int = 7                # TEST_RUN samples per probe
+    mix_rule_packets: int = 64   # traffic mix: packets drawn over the rules' boxes
+    mix_policy_packets: int = 16  # ... and packets no rule matches
+    mix_repeat: int = 20_000     # TEST_RUN repeat per mix packet
     live_runs: int = 5
     live_seconds: float = 0.5
     live_counts: tuple[int, ...] | None = None   # default: 0 + counts
@@ -102,9 +109,16 @@ def bench_cpu() -> int:
 
 def run_testrun(settings: Settings, rulesets: list[Path], cpu: int, env: dict[str, str],
                 progress: Callable[[str], None]) -> list[dict]:
-    spec = {"rulesets": [str(r) for r in rulesets], "counts": list(settings.counts),
-            "repeat": settings.repeat, "runs": settings.runs}
-    progress(f"BPF_PROG_TEST_RUN: {len(rulesets)} rule sets x N = {list(settings.counts)}")
+    jobs = [{"source": str(r), "counts": list(settings.counts)} for r in rulesets]
+    if settings.synthetic_counts:
+        jobs.append({"source": SYNTHETIC, "counts": list(settings.synthetic_counts)})
+    spec = {"jobs": jobs, "repeat": settings.repeat, "runs": settings.runs,
+            "mix": {"rule_packets": settings.mix_rule_packets,
+                    "policy_packets": settings.mix_policy_packets,
+                    "repeat": settings.mix_repeat}}
+    progress(f"BPF_PROG_TEST_RUN: {len(rulesets)} rule sets x N = {list(settings.counts)}"
+             + (f", synthetic N = {list(settings.synthetic_counts)}"
+                if settings.synthetic_counts else ""))
     with namespace("bpft-bench") as ns:
         ns.run(["ip", "link", "set", "lo", "up"])
         argv = ns.argv(["taskset", "-c", str(cpu), sys.executable, "-m",

@@ -22,7 +22,8 @@ def _namespaces() -> set[str]:
 def test_smallest_datapath_bench_end_to_end(tmp_path: Path) -> None:
     before = _namespaces()
     settings = datapath.Settings(counts=(10,), rulesets=("classbench-fw1-10k.rules",),
-                                 repeat=1000, runs=1, live_runs=1, live_seconds=0.1,
+                                 synthetic_counts=(10,), mix_rule_packets=8,
+                                 mix_policy_packets=2, mix_repeat=500, repeat=1000, runs=1, live_runs=1, live_seconds=0.1,
                                  live_counts=(10,), live_rulesets=("classbench-fw1-10k.rules",),
                                  restore_runs=1, update_runs=1,
                                  control_ruleset="classbench-fw1-1k.rules")
@@ -30,10 +31,20 @@ def test_smallest_datapath_bench_end_to_end(tmp_path: Path) -> None:
     # nothing of the bench's is left behind
     assert not {n for n in _namespaces() - before if n.startswith("bpft-bench")}
 
-    [entry] = res.testrun
+    entry, synthetic = res.testrun
     assert entry["rules"] == 10 and entry["requested"] == 10
+    assert synthetic["ruleset"] == datapath.SYNTHETIC and synthetic["rules"] == 10
+    # the synthetic probe misses the 9 rules on the destination port only
+    assert [(p["position"], p["first_match"], p["verdict"]) for p in synthetic["probes"]] == \
+        [("first", 0, "ACCEPT"), ("middle", 4, "ACCEPT"), ("last", 9, "DROP"),
+         ("policy", None, "ACCEPT")]
+    for e in res.testrun:
+        m = e["mix"]
+        assert m["packets"] == 10 and m["policy_packets"] >= 1
+        assert m["counters_match"] and m["verdicts_match"] and m["counted"] == m["sent"]
+        assert m["sent"] == 10 * (1 + 500) and 0 < m["mean_ns"] <= m["p90_ns"] * 10
     assert [p["position"] for p in entry["probes"]] == ["first", "middle", "last", "policy"]
-    for p in entry["probes"]:
+    for p in entry["probes"] + synthetic["probes"]:
         assert p["counted"] == p["sent"] == 1 + 1000       # warm-up frame + repeat
         assert p["verdict"] == p["reference_verdict"]
         assert p["frame_bytes"] == 64 and 0 < p["samples_ns"][0] < 100_000
@@ -52,7 +63,7 @@ def test_smallest_datapath_bench_end_to_end(tmp_path: Path) -> None:
     dpreport.write_csv(res, tmp_path / "d.csv")
     rows = list(csv.DictReader(open(tmp_path / "d.csv")))
     kinds = {r["measurement"] for r in rows}
-    assert {"ns_per_packet_test_run", "map_memlock", "ns_per_packet_live", "restore",
+    assert {"ns_per_packet_test_run", "ns_per_packet_test_run_mix", "map_memlock", "ns_per_packet_live", "restore",
             "append", "delete"} <= kinds
     for r in rows:
         if r["measurement"].startswith("ns_per_packet"):
@@ -63,28 +74,35 @@ def test_smallest_datapath_bench_end_to_end(tmp_path: Path) -> None:
     assert table[0].startswith("| rules | bpf-iptables, TEST_RUN, fw1-10k |")
     assert table[2].startswith("| 10 | ") and "counted != sent" not in table[2]
     verdicts = [a.verdict for a in dpreport.aims(res)]
-    assert verdicts[:2] == ["n/a", "n/a"]                 # no 10k run here
-    assert set(verdicts[2:]) <= {"PASS", "MISS"} and len(verdicts) == 5
+    assert verdicts[:3] == ["n/a", "n/a", "n/a"]          # no 10k / 50k run here
+    assert set(verdicts[3:]) <= {"PASS", "MISS"} and len(verdicts) == 6
 
 
-def _entry(count: int, ns: list[int]) -> dict:
+def _entry(count: int, ns: list[int], mix: float | None = None) -> dict:
     probes = [{"position": "first", "first_match": 0, "samples_ns": ns, "sent": 1,
                "counted": 1, "verdict": "DROP", "reference_verdict": "DROP",
                "proto": 17, "frame_bytes": 64}]
+    mixed = None if mix is None else {"mean_ns": mix, "p90_ns": int(mix * 1.2),
+                                      "per_packet_ns": [mix], "counters_match": True,
+                                      "verdicts_match": True}
     return {"ruleset": "classbench-fw1-10k.rules", "rules": count, "requested": count,
-            "entries": count + 1, "maps": 1, "memlock_bytes": 100 * count, "probes": probes}
+            "entries": count + 1, "maps": 1, "memlock_bytes": 100 * count, "probes": probes,
+            "mix": mixed}
 
 
 def test_aims_follow_the_numbers() -> None:
-    settings = datapath.Settings(counts=(10, 10000), rulesets=("classbench-fw1-10k.rules",))
-    res = datapath.DatapathResults(settings, [_entry(10, [90, 100, 95]),
-                                              _entry(10000, [140, 149, 160])], [],
+    settings = datapath.Settings(counts=(10, 10000), rulesets=("classbench-fw1-10k.rules",),
+                                 synthetic_counts=())
+    res = datapath.DatapathResults(settings, [_entry(10, [90, 100, 95], mix=60.0),
+                                              _entry(10000, [140, 149, 160], mix=100.0)], [],
                                    [Timing("restore", BPF_ATTACHED, [0.9, 1.2, 1.1]),
                                     Timing("append", BPF_ATTACHED, [0.04, 0.03, 0.06]),
                                     Timing("delete", BPF_ATTACHED, [0.05, 0.05, 0.05])], cpu=1)
     got = [(a.measured, a.verdict) for a in dpreport.aims(res)]
-    assert got == [("149 / 95 ns = 1.57x", "MISS"), ("149 ns", "PASS"),
+    assert got == [("100 / 60 ns = 1.67x (p90 120 / 72 ns)", "MISS"),
+                   ("149 / 95 ns = 1.57x", "MISS"), ("100 ns (p90 120 ns)", "PASS"),
+                   ("149 ns", "PASS"),
                    ("1.10 s", "MISS"), ("40.0 ms", "PASS"), ("50.0 ms", "MISS")]
     summary = dpreport.summary(res)
-    assert "| aim (issue 3) |" in summary
+    assert "| aim (issue 6) |" in summary
     assert "| 10,000 | 1.00 MB (100 B/rule, 1 maps) |" in summary
