@@ -52,7 +52,12 @@ class Settings:
     live_runs: int = 5
     live_seconds: float = 0.5
     live_counts: tuple[int, ...] | None = None   # default: 0 + counts
-    live_rulesets: tuple[str, ...] = RULESETS
+    live_rulesets: tuple[str, ...] = (*RULESETS, SYNTHETIC)
+    live_synthetic_counts: tuple[int, ...] | None = None   # default: synthetic_counts
+    live_systems: tuple[str, ...] = live.SYSTEMS
+    # iptables-legacy / -nft live only up to this many rules (None: all);
+    # the report says which cells were left out and why
+    others_max_rules: int | None = None
     restore_runs: int = 5
     update_runs: int = 7
     control: bool = True         # restore / update timings
@@ -129,28 +134,60 @@ def run_testrun(settings: Settings, rulesets: list[Path], cpu: int, env: dict[st
     return json.loads(proc.stdout)
 
 
-def run_live(settings: Settings, ruleset: Path, cpu: int, env: dict[str, str],
+def _live_counts(settings: Settings, source: str) -> tuple[int, ...]:
+    if source == SYNTHETIC:
+        return settings.live_synthetic_counts if settings.live_synthetic_counts is not None \
+            else settings.synthetic_counts
+    return settings.live_counts if settings.live_counts is not None else (0, *settings.counts)
+
+
+def _measure_one(system: str, text: str, rules: int, probe: workload.Probe,
+                 settings: Settings, cpu: int, env: dict[str, str],
+                 notes: list[str]) -> LiveResult | None:
+    try:
+        return live.measure(system, text, rules, probe, settings.live_runs,
+                            settings.live_seconds, cpu, env)
+    except (CommandFailed, subprocess.CalledProcessError, ValueError) as e:
+        # noted, not fatal: the other cells still mean something
+        notes.append(f"live, {system}, {rules} rules: {e}")
+        return None
+
+
+def run_bare(settings: Settings, cpu: int, env: dict[str, str],
              progress: Callable[[str], None], notes: list[str]) -> list[LiveResult]:
+    """The ceiling, once per run: the bare XDP drop program (no rules), fed
+    the synthetic worst case's frame (any IPv4 frame costs it the same)."""
+    progress(f"live traffic: {live.BARE_NAME}")
+    probe = workload.live_probe(SYNTHETIC, workload.load_source(SYNTHETIC, 1))
+    res = _measure_one(live.BARE_NAME, "", 0, probe, settings, cpu, env, notes)
+    if res is None:
+        return []
+    res.requested, res.ruleset = 0, ""
+    return [res]
+
+
+def run_live(settings: Settings, source: str, cpu: int, env: dict[str, str],
+             progress: Callable[[str], None], notes: list[str]) -> list[LiveResult]:
+    """Every system but the bare program at each N of one workload; N=0 is
+    the empty rule set (policy DROP), each system's baseline."""
     live.ensure_bpffs()
-    counts = settings.live_counts if settings.live_counts is not None \
-        else (0, *settings.counts)
     out = []
-    for count in counts:
-        table = workload.load_table(ruleset, count)
-        probe = workload.deepest(table)
-        text = workload.subset_text(ruleset, count)
+    name = workload.source_name(source)
+    systems = [s for s in settings.live_systems if s != live.BARE_NAME]
+    for count in _live_counts(settings, source):
+        table = workload.load_source(source, count)
+        probe = workload.live_probe(source, table)
+        text = workload.source_text(source, count)
         rules = len(table.chains["INPUT"].rules)
-        for system in (live.LEGACY_NAME, live.BPF_NAME):
-            progress(f"live traffic: {system}, {ruleset.stem} N={count}")
-            try:
-                res = live.measure(system, text, rules, probe, settings.live_runs,
-                                   settings.live_seconds, cpu, env)
-            except (CommandFailed, subprocess.CalledProcessError, ValueError) as e:
-                # noted, not fatal: the other cells still mean something
-                notes.append(f"live, {system}, N={count}: {e}")
-                continue
-            res.requested, res.ruleset = count, ruleset.name
-            out.append(res)
+        for system in systems:
+            if system not in live.BPF_MODES and settings.others_max_rules is not None \
+                    and count > settings.others_max_rules:
+                continue      # the report says so
+            progress(f"live traffic: {system}, {name} N={count}")
+            res = _measure_one(system, text, rules, probe, settings, cpu, env, notes)
+            if res is not None:
+                res.requested, res.ruleset = count, name
+                out.append(res)
     return out
 
 
@@ -168,8 +205,11 @@ def run(settings: Settings, progress: Callable[[str], None] = lambda s: None,
     cpu = bench_cpu()
     results = DatapathResults(settings, [], [], [], cpu)
     results.testrun = run_testrun(settings, rulesets, cpu, env, progress)
+    if live.BARE_NAME in settings.live_systems and settings.live_rulesets:
+        results.live += run_bare(settings, cpu, env, progress, results.notes)
     for name in settings.live_rulesets:
-        results.live += run_live(settings, base / name, cpu, env, progress, results.notes)
+        source = name if name == SYNTHETIC else str(base / name)
+        results.live += run_live(settings, source, cpu, env, progress, results.notes)
     if settings.control:
         path = base / settings.control_ruleset
         # the update phase's initial load is one restore sample per system

@@ -13,10 +13,12 @@ from pathlib import Path
 
 from .control import BPF_ATTACHED, BPF_UNATTACHED, LEGACY_SYS
 from .datapath import SYNTHETIC, DatapathResults, live_ns, median_ns, worst_probe
-from .live import BPF_NAME, LEGACY_NAME, irq_time_accounting
+from .live import (BARE_NAME, BPF_GENERIC_NAME, BPF_MODES, BPF_NAME, BPF_TC_NAME, LEGACY_NAME,
+                   NFT_NAME, LiveResult, irq_time_accounting)
 
 AIM_RATIO, AIM_NS, AIM_RESTORE_S, AIM_UPDATE_S = 1.5, 150.0, 1.0, 0.050
 AIM_RATIO_HUGE = 3.0
+AIM_LIVE_LEGACY, AIM_LIVE_BARE = 1000.0, 0.5
 BIG, SMALL, HUGE = 10000, 10, 50000
 
 
@@ -136,6 +138,34 @@ def _abs_aims(label: str, big: dict) -> list[Aim]:
     return out
 
 
+def live_aims(res: DatapathResults) -> list[Aim]:
+    """Live throughput at 10k rules (bpf-iptables at native XDP): >= 1000x
+    iptables-legacy's and >= 50% of the bare XDP drop program's, both
+    measured in this run."""
+    out = []
+    bare = bare_result(res)
+    for rs in res.settings.live_rulesets:
+        ours = res.live_entry(BPF_NAME, BIG, rs)
+        legacy = res.live_entry(LEGACY_NAME, BIG, rs)
+        what = f"{short(rs)}: live Mpps at 10k rules (XDP native)"
+        if ours is None:
+            out.append(Aim(f"{what} >= {AIM_LIVE_LEGACY:.0f}x iptables-legacy and >= "
+                           f"{AIM_LIVE_BARE:.0%} of the bare XDP drop",
+                           "not measured in this run", "n/a"))
+            continue
+        if legacy is not None:
+            r = ours.mpps / legacy.mpps
+            out.append(Aim(f"{what} >= {AIM_LIVE_LEGACY:.0f}x iptables-legacy",
+                           f"{ours.mpps:.3f} / {legacy.mpps:.4f} Mpps = {r:,.1f}x",
+                           "PASS" if r >= AIM_LIVE_LEGACY else "MISS"))
+        if bare is not None:
+            r = ours.mpps / bare.mpps
+            out.append(Aim(f"{what} >= {AIM_LIVE_BARE:.0%} of the bare XDP drop",
+                           f"{ours.mpps:.3f} / {bare.mpps:.3f} Mpps = {r:.0%}",
+                           "PASS" if r >= AIM_LIVE_BARE else "MISS"))
+    return out
+
+
 def testrun_sources(res: DatapathResults) -> list[str]:
     """The TEST_RUN workloads in report order: ClassBench sets, then the
     synthetic worst case when measured."""
@@ -163,6 +193,7 @@ def aims(res: DatapathResults) -> list[Aim]:
                                "that at 10", "not measured in this run", "n/a"))
             else:
                 out += _ratio_aims(short(rs), huge, small, AIM_RATIO_HUGE, "50k rules")
+    out += live_aims(res)
     restore = res.timing("restore", BPF_ATTACHED)
     if restore and not restore.times:
         out.append(Aim("restore (attached) < 1 s", "failed (see notes)", "MISS"))
@@ -184,35 +215,72 @@ def aims(res: DatapathResults) -> list[Aim]:
 
 
 def main_table(res: DatapathResults) -> list[str]:
-    """Rule count x system: ns/packet (and map memory)."""
+    """Rule count x workload: TEST_RUN ns/packet at the slowest position."""
     rs_names = testrun_sources(res)
-    live_sets = list(res.settings.live_rulesets)
-    pairs = [(rs, system) for rs in live_sets for system in (BPF_NAME, LEGACY_NAME)]
-    head = ["rules"] + [f"bpf-iptables, TEST_RUN, {short(r)}" for r in rs_names] + \
-        [f"{'bpf-iptables, live XDP' if system == BPF_NAME else 'iptables-legacy, live'}, "
-         f"{short(rs)}" for rs, system in pairs]
+    head = ["rules"] + [f"bpf-iptables, TEST_RUN, {short(r)}" for r in rs_names]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    counts = sorted({e["requested"] for e in res.testrun} | {r.requested for r in res.live})
-    base = {pair: res.live_entry(pair[1], 0, pair[0]) for pair in pairs}
-    for n in counts:
-        cells = [f"{n:,}" if n else "0 (policy only)"]
+    for n in sorted({e["requested"] for e in res.testrun}):
+        cells = [f"{n:,}"]
         for rs in rs_names:
             e = res.testrun_entry(rs, n)
             cells.append(_spread(worst_probe(e)["samples_ns"]) if e else "–")
-        for rs, system in pairs:
-            r = res.live_entry(system, n, rs)
-            if r is None:
-                cells.append("–")
-                continue
-            cell = _spread([x.ns_per_packet for x in r.runs])
-            b = base[(rs, system)]
-            if n and b is not None:
-                cell += f"; {live_ns(r) - live_ns(b):+,.0f} vs N=0"
-            if not r.all_counted:
-                cell += " (counted != sent!)"
-            cells.append(cell)
         lines.append("| " + " | ".join(cells) + " |")
     return lines
+
+
+SHORT_SYSTEM = {BPF_NAME: "bpf-iptables XDP native", BPF_GENERIC_NAME: "bpf-iptables XDP generic",
+                BPF_TC_NAME: "bpf-iptables TC ingress", LEGACY_NAME: "iptables-legacy",
+                NFT_NAME: "iptables-nft", BARE_NAME: "bare XDP drop"}
+
+
+def bare_result(res: DatapathResults) -> LiveResult | None:
+    return next((r for r in res.live if r.system == BARE_NAME), None)
+
+
+def live_systems(res: DatapathResults) -> list[str]:
+    return [s for s in res.settings.live_systems if s != BARE_NAME]
+
+
+def _live_cell(r: LiveResult | None, base: LiveResult | None, skipped: bool) -> str:
+    if r is None:
+        return "not measured (slow, see settings)" if skipped else "–"
+    ns = [x.ns_per_packet for x in r.runs]
+    cell = f"{1e3 / live_ns(r):.3f} Mpps; {_spread(ns)}"
+    if r.requested and base is not None:
+        cell += f"; {live_ns(r) - live_ns(base):+,.0f} vs N=0"
+    if not r.all_counted:
+        cell += " (counted != sent!)"
+    return cell
+
+
+def live_table(res: DatapathResults, ruleset: str) -> list[str]:
+    """Live traffic of one workload: rule count x system, Mpps and ns/packet
+    (median (min–max)), and what the N rules add to the N=0 baseline."""
+    systems = live_systems(res)
+    lines = [f"| {short(ruleset)}, rules | " + " | ".join(SHORT_SYSTEM.get(s, s)
+                                                         for s in systems) + " |",
+             "|---|" + "---|" * len(systems)]
+    limit = res.settings.others_max_rules
+    for n in sorted({r.requested for r in res.live if r.ruleset == ruleset}):
+        cells = [f"{n:,}" if n else "0 (policy only)"]
+        for s in systems:
+            skipped = s not in BPF_MODES and limit is not None and n > limit
+            cells.append(_live_cell(res.live_entry(s, n, ruleset), res.live_entry(s, 0, ruleset),
+                                    skipped))
+        lines.append("| " + " | ".join(cells) + " |")
+    bare = bare_result(res)
+    if bare is not None:
+        lines.append(f"| ceiling: bare XDP drop (no rules) | {_live_cell(bare, None, False)} |"
+                     + " |" * (len(systems) - 1))
+    return lines
+
+
+def live_tables(res: DatapathResults) -> list[str]:
+    out: list[str] = []
+    for rs in res.settings.live_rulesets:
+        if any(r.ruleset == rs for r in res.live):
+            out += [*live_table(res, rs), ""]
+    return out
 
 
 def mix_table(res: DatapathResults) -> list[str]:
@@ -295,6 +363,8 @@ def live_frames(res: DatapathResults) -> list[str]:
     delivery to UDP, with no listener, on both systems)."""
     seen: dict[tuple[str, int], str] = {}
     for r in res.live:
+        if r.system == BARE_NAME:
+            continue
         where = "the policy" if r.first_match is None else f"rule {r.first_match + 1:,}"
         seen[(r.ruleset, r.rules)] = f"- {short(r.ruleset)}, N={r.rules:,}: first match " \
             f"{where}, {r.verdict}"
@@ -303,8 +373,8 @@ def live_frames(res: DatapathResults) -> list[str]:
 
 def summary(res: DatapathResults) -> str:
     """What the README embeds: the main table, the control plane, the aims."""
-    return "\n".join([*main_table(res), "", *mix_table(res), "", *memory_table(res), "",
-                      *control_table(res), "",
+    return "\n".join([*main_table(res), "", *mix_table(res), "", *live_tables(res),
+                      *memory_table(res), "", *control_table(res), "",
                       *aims_table(res)])
 
 
@@ -316,7 +386,7 @@ def markdown(res: DatapathResults, plot: str | None) -> str:
     live_sent = sum(x.sent for r in res.live for x in r.runs)
     live_counted = sum(x.counted for r in res.live for x in r.runs)
     lines = [
-        "# Data-path benchmark: bpf-iptables vs iptables-legacy",
+        "# Data-path benchmark: bpf-iptables vs iptables-legacy, iptables-nft and bare XDP",
         "",
         f"Measured {now} by `python -m bench{' --quick' if st.quick else ''}` ({mode} mode, "
         f"data-path part {res.seconds:.0f} s) on Linux {platform.release()}, "
@@ -342,6 +412,18 @@ def markdown(res: DatapathResults, plot: str | None) -> str:
         "ACCEPT) that the probe (dport 65000) matches in every field but the last one "
         "iptables checks, then the rule it matches (DROP); policy ACCEPT "
         "(`bench/workload.py`).",
+        "- **live systems**, each in its own fresh pair of namespaces: bpf-iptables attached "
+        "with `bpf-iptables-datapath attach --mode xdp` (native XDP on the veth), "
+        "`--mode xdpgeneric` and `--mode tc` (TC ingress); iptables-legacy "
+        "(`iptables-legacy-restore`); iptables-nft (`iptables-nft-restore`); and the ceiling, "
+        "`bench/xdp_drop.c`: an XDP program that parses the Ethernet and IPv4 headers, "
+        "counts (per-CPU array, for counted = sent) and drops, attached natively by bcc "
+        "(`bench/xdpdrop.py`), no rules. Mpps = 1000 / the median ns/packet (one CPU does "
+        "the sending and the receiving, so this is the whole path's rate, not the "
+        "classifier's alone)"
+        + (f"; iptables-legacy and -nft only up to {st.others_max_rules:,} rules "
+           "(beyond, their restore and listing take too long for this run)"
+           if st.others_max_rules is not None else "") + ".",
         f"- **live**: one 64-byte frame sent {st.live_runs} x {st.live_seconds} s by AF_PACKET "
         "`sendmmsg` (qdisc bypass) from a client namespace over a veth into the server "
         "namespace holding the rules, sender and receive softirq on the same CPU; cell: "
@@ -365,6 +447,7 @@ def markdown(res: DatapathResults, plot: str | None) -> str:
         "",
         *mix_table(res),
         "",
+        *live_tables(res),
         *memory_table(res),
         "",
         "Control plane, wall time of the whole command (process start included), median "
@@ -389,8 +472,10 @@ def markdown(res: DatapathResults, plot: str | None) -> str:
 
 
 def plot(res: DatapathResults, path: Path) -> str | None:
-    """ns/packet vs rules (log-log), one line per system; None when
-    matplotlib is missing (a message says so)."""
+    """Per live workload: Mpps and ns/packet vs rules (log x), one line per
+    system, the bare XDP drop as a horizontal line; TEST_RUN (slowest
+    position and mix mean) in the ns/packet panel. None when matplotlib is
+    missing (a message says so)."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -399,33 +484,43 @@ def plot(res: DatapathResults, path: Path) -> str | None:
         print("bench: matplotlib is not importable, no plot (Debian: apt-get install "
               "python3-matplotlib; the venv sees system packages)")
         return None
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for rs in testrun_sources(res):
+    sets = [rs for rs in res.settings.live_rulesets if any(r.ruleset == rs for r in res.live)]
+    sets = sets or [rs for rs in testrun_sources(res)]
+    fig, axes = plt.subplots(len(sets), 2, figsize=(12, 4.2 * len(sets)), squeeze=False)
+    bare = bare_result(res)
+    for row, rs in zip(axes, sets):
+        mpps_ax, ns_ax = row
+        for system in live_systems(res):
+            pts = sorted((r.rules, r.mpps, live_ns(r)) for r in res.live
+                         if r.system == system and r.ruleset == rs and r.rules)
+            if pts:
+                x = [p[0] for p in pts]
+                label = SHORT_SYSTEM.get(system, system)
+                mpps_ax.plot(x, [p[1] for p in pts], marker="s", label=label)
+                ns_ax.plot(x, [p[2] for p in pts], marker="s", label=f"{label} (live)")
+        if bare is not None:
+            mpps_ax.axhline(bare.mpps, color="black", linestyle="--", label="bare XDP drop")
+            ns_ax.axhline(live_ns(bare), color="black", linestyle="--",
+                          label="bare XDP drop (live)")
         pts = sorted((e["rules"], median_ns(worst_probe(e))) for e in res.testrun
                      if e["ruleset"] == rs)
         if pts:
-            ax.plot(*zip(*pts), marker="o", label=f"bpf-iptables TEST_RUN {short(rs)} slowest")
+            ns_ax.plot(*zip(*pts), marker="o", linestyle=":", label="bpf-iptables TEST_RUN slowest")
         pts = sorted((e["rules"], e["mix"]["mean_ns"]) for e in res.testrun
                      if e["ruleset"] == rs and e.get("mix"))
         if pts:
-            ax.plot(*zip(*pts), marker="x", linestyle=":",
-                    label=f"bpf-iptables TEST_RUN {short(rs)} mix mean")
-    for rs in res.settings.live_rulesets:
-        for system, label in ((BPF_NAME, "bpf-iptables live XDP"),
-                              (LEGACY_NAME, "iptables-legacy live")):
-            pts = sorted((r.rules, live_ns(r)) for r in res.live
-                         if r.system == system and r.ruleset == rs and r.rules)
-            if pts:
-                ax.plot(*zip(*pts), marker="s", linestyle="--",
-                        label=f"{label} {short(rs)} (whole path)")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("rules (first N of the ClassBench set)")
-    ax.set_ylabel("ns per packet")
-    ax.set_title("Per-packet cost vs rule count")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+            ns_ax.plot(*zip(*pts), marker="x", linestyle=":", label="bpf-iptables TEST_RUN mix")
+        for ax, unit in ((mpps_ax, "Mpps (live, one CPU)"), (ns_ax, "ns per packet")):
+            ax.set_xscale("log")
+            ax.set_xlabel(f"rules ({short(rs)})")
+            ax.set_ylabel(unit)
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend(fontsize=7)
+        ns_ax.set_yscale("log")
+        mpps_ax.set_yscale("log")
+        mpps_ax.set_title(f"{short(rs)}: throughput vs rules")
+        ns_ax.set_title(f"{short(rs)}: per-packet cost vs rules")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
     return path.name

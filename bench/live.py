@@ -1,7 +1,8 @@
 """Live per-packet cost: client namespace --veth-- server namespace.
 
-The server holds the rule set (iptables-legacy, or bpf-iptables with its
-data path attached at native XDP on the veth); the client sends one frame
+The server holds the rule set (SYSTEMS: iptables-legacy, iptables-nft,
+bpf-iptables with its data path attached at native XDP, generic XDP or TC
+ingress, or the bare XDP drop program, the ceiling); the client sends one frame
 over and over (bench/trafficgen.py) for a fixed time, pinned to one CPU,
 so the sending and the server's receive processing share that CPU (see
 trafficgen). ns/packet = the sender thread's CPU time / packets sent
@@ -34,6 +35,12 @@ from .workload import Probe
 
 CLIENT_IP, SERVER_IP = "10.98.0.1", "10.98.0.2"
 LEGACY_NAME, BPF_NAME = "iptables-legacy", "bpf-iptables (XDP, attached)"
+BPF_GENERIC_NAME, BPF_TC_NAME = "bpf-iptables (XDP generic)", "bpf-iptables (TC ingress)"
+NFT_NAME, BARE_NAME = "iptables-nft", "bare XDP drop"
+BPF_MODES = {BPF_NAME: "xdp", BPF_GENERIC_NAME: "xdpgeneric", BPF_TC_NAME: "tc"}
+SYSTEMS = (BPF_NAME, BPF_GENERIC_NAME, BPF_TC_NAME, LEGACY_NAME, NFT_NAME, BARE_NAME)
+RESTORE = {LEGACY_NAME: ("iptables-legacy-restore",), NFT_NAME: ("iptables-nft-restore",)}
+LISTING = {LEGACY_NAME: ("iptables-legacy",), NFT_NAME: ("iptables-nft",)}
 DATAPATH = (sys.executable, "-m", "bpf_iptables.cli.datapath")
 
 
@@ -90,6 +97,15 @@ class LiveResult:
     def all_counted(self) -> bool:
         return all(r.sent == r.counted for r in self.runs)
 
+    @property
+    def mpps(self) -> float:
+        """Packets per second of the measured clock (CPU time, or wall time
+        where softirqs are billed apart), in millions: 1000 / ns_per_packet
+        of the median run."""
+        import statistics
+
+        return 1e3 / statistics.median(r.ns_per_packet for r in self.runs)
+
 
 def sh(argv: list[str]) -> str:
     proc = subprocess.run(argv, capture_output=True, text=True)
@@ -102,6 +118,7 @@ def sh(argv: list[str]) -> str:
 class Topology:
     client: Namespace
     server: Namespace
+    bare: subprocess.Popen | None = None    # bench.xdpdrop, for BARE_NAME
 
     def mac(self, ns: Namespace, dev: str) -> bytes:
         out = json.loads(sh(["ip", "-n", ns.name, "-j", "link", "show", dev]))
@@ -115,6 +132,7 @@ def topology(env: dict[str, str], extra_local: str) -> Iterator[Topology]:
     tag = uuid.uuid4().hex[:8]
     client, server = f"bpft-bench-c-{tag}", f"bpft-bench-s-{tag}"
     made: list[str] = []
+    topo: Topology | None = None
     try:
         for n in (client, server):
             sh(["ip", "netns", "add", n])
@@ -132,8 +150,11 @@ def topology(env: dict[str, str], extra_local: str) -> Iterator[Topology]:
             sh(["ip", "netns", "exec", server, "sysctl", "-qw", f"net.ipv4.conf.{key}.rp_filter=0"])
         if extra_local != SERVER_IP:
             sh(["ip", "-n", server, "addr", "add", f"{extra_local}/32", "dev", "s0"])
-        yield Topology(Namespace(client), Namespace(server))
+        topo = Topology(Namespace(client), Namespace(server))
+        yield topo
     finally:
+        if topo is not None and topo.bare is not None:
+            stop_bare(topo.bare)
         if server in made:
             detach(Namespace(server), env)
         for n in made:
@@ -161,10 +182,41 @@ def ensure_bpffs() -> None:
 _POLICY = re.compile(r"\(policy \S+ (\d+) packets")
 
 
-def read_count(ns: Namespace, system: str, first_match: int | None,
+def start_bare(server: Namespace, env: dict[str, str]) -> subprocess.Popen:
+    proc = subprocess.Popen(server.argv([sys.executable, "-m", "bench.xdpdrop", "s0"]),
+                            env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    line = proc.stdout.readline().strip()
+    if line != "ready":
+        proc.kill()
+        raise CommandFailed(f"bench.xdpdrop: {line} {proc.stderr.read()[-1000:]}")
+    return proc
+
+
+def stop_bare(proc: subprocess.Popen) -> None:
+    """End of input detaches; kill (this process, by its own handle) if it hangs."""
+    try:
+        proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+
+
+def bare_count(proc: subprocess.Popen) -> int:
+    proc.stdin.write("count\n")
+    proc.stdin.flush()
+    return int(proc.stdout.readline())
+
+
+def read_count(topo: Topology, system: str, first_match: int | None,
                env: dict[str, str]) -> int:
-    """Packets counted by INPUT's rule ``first_match`` (or its policy)."""
-    cmd = ["iptables-legacy"] if system == LEGACY_NAME else list(BPF.command)
+    """Packets counted by INPUT's rule ``first_match`` (or its policy); for
+    the bare drop program its own counter."""
+    if system == BARE_NAME:
+        assert topo.bare is not None
+        return bare_count(topo.bare)
+    ns = topo.server
+    cmd = list(LISTING.get(system, BPF.command))
     out = subprocess.run(ns.argv([*cmd, "-L", "INPUT", "-v", "-x", "-n"]), env=env,
                          capture_output=True, text=True, check=True).stdout.splitlines()
     if first_match is None:
@@ -176,17 +228,18 @@ def read_count(ns: Namespace, system: str, first_match: int | None,
 
 def load(topo: Topology, system: str, rules_text: str, env: dict[str, str]) -> None:
     server = topo.server
-    if system == LEGACY_NAME:
-        restore = ["iptables-legacy-restore"]
-    else:
-        restore = list(BPF.restore)
+    if system == BARE_NAME:
+        topo.bare = start_bare(server, env)
+        return
+    restore = list(RESTORE.get(system, BPF.restore))
     proc = subprocess.run(server.argv(restore), input=rules_text, text=True, env=env,
                           capture_output=True)
     if proc.returncode != 0:
         raise CommandFailed(f"restore in {server.name}: {proc.stderr[-1000:]}")
-    if system == BPF_NAME:
-        # native XDP on the veth (lo gets generic): the figure XDP is for
-        server.run([*DATAPATH, "attach", "--mode", "xdp"], env=env)
+    if system in BPF_MODES:
+        # native XDP on the veth (lo gets generic): the figure XDP is for;
+        # generic XDP and TC ingress for comparison
+        server.run([*DATAPATH, "attach", "--mode", BPF_MODES[system]], env=env)
 
 
 def send(topo: Topology, data: bytes, seconds: float, cpu: int,
@@ -211,8 +264,8 @@ def measure(system: str, rules_text: str, rules: int, probe: Probe, runs: int,
         data = topo.mac(topo.server, "s0") + topo.mac(topo.client, "c0") + data[12:]
         send(topo, data, min(0.05, seconds), cpu, env)     # warm-up (caches, pages)
         for _ in range(runs):
-            before = read_count(topo.server, system, probe.first_match, env)
+            before = read_count(topo, system, probe.first_match, env)
             sent, elapsed, cpu_s = send(topo, data, seconds, cpu, env)
-            after = read_count(topo.server, system, probe.first_match, env)
+            after = read_count(topo, system, probe.first_match, env)
             result.runs.append(LiveRun(sent, after - before, elapsed, cpu_s))
     return result

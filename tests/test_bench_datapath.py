@@ -1,7 +1,10 @@
 """The data-path benchmark end to end at its smallest: N=10 of ClassBench
-fw1 through BPF_PROG_TEST_RUN and live traffic (iptables-legacy and the
-attached XDP program), restore and -A/-D of the 1k set, one run each; then
-the report's structure, counted == sent, and the aims' PASS/MISS logic."""
+fw1 and of the synthetic worst case through BPF_PROG_TEST_RUN (probes and
+the traffic mix), live traffic of the synthetic set through every system
+(bpf-iptables at XDP native, XDP generic and TC ingress, iptables-legacy,
+iptables-nft, the bare XDP drop), restore and -A/-D of the 1k set, one run
+each; then the report's structure, counted == sent, and the aims' PASS/MISS
+logic."""
 from __future__ import annotations
 
 import csv
@@ -10,7 +13,7 @@ from pathlib import Path
 
 from bench import datapath, dpreport
 from bench.control import BPF_ATTACHED, BPF_UNATTACHED, LEGACY_SYS, Timing
-from bench.live import BPF_NAME, LEGACY_NAME
+from bench.live import BARE_NAME, BPF_NAME, LEGACY_NAME, SYSTEMS, LiveResult, LiveRun
 from tests.support.shared import shared_dir
 
 
@@ -24,7 +27,7 @@ def test_smallest_datapath_bench_end_to_end(tmp_path: Path) -> None:
     settings = datapath.Settings(counts=(10,), rulesets=("classbench-fw1-10k.rules",),
                                  synthetic_counts=(10,), mix_rule_packets=8,
                                  mix_policy_packets=2, mix_repeat=500, repeat=1000, runs=1, live_runs=1, live_seconds=0.1,
-                                 live_counts=(10,), live_rulesets=("classbench-fw1-10k.rules",),
+                                 live_synthetic_counts=(10,), live_rulesets=(datapath.SYNTHETIC,),
                                  restore_runs=1, update_runs=1,
                                  control_ruleset="classbench-fw1-1k.rules")
     res = datapath.run(settings, shared=shared_dir())
@@ -50,10 +53,16 @@ def test_smallest_datapath_bench_end_to_end(tmp_path: Path) -> None:
         assert p["frame_bytes"] == 64 and 0 < p["samples_ns"][0] < 100_000
     assert entry["memlock_bytes"] > 0 and entry["maps"] > 0
 
-    assert {r.system for r in res.live} == {LEGACY_NAME, BPF_NAME}
+    assert sorted(r.system for r in res.live) == sorted(SYSTEMS), res.notes
     for r in res.live:
-        assert r.rules == 10 and len(r.runs) == 1 and r.ruleset == "classbench-fw1-10k.rules"
-        assert r.runs[0].sent > 100 and r.all_counted, r.runs
+        if r.system == BARE_NAME:
+            assert r.rules == 0 and r.requested == 0
+        else:
+            # the frame misses 9 rules on --dport and is dropped by the 10th
+            assert (r.rules, r.ruleset, r.first_match, r.verdict) == \
+                (10, datapath.SYNTHETIC, 9, "DROP")
+        assert len(r.runs) == 1 and r.runs[0].sent > 100 and r.all_counted, (r.system, r.runs)
+        assert 0.01 < r.mpps < 100
 
     ops = {(t.operation, t.system) for t in res.control if t.times}
     for op in ("restore", "append", "delete"):
@@ -71,11 +80,16 @@ def test_smallest_datapath_bench_end_to_end(tmp_path: Path) -> None:
     md = dpreport.markdown(res, None)
     assert md.startswith("# Data-path benchmark")
     table = dpreport.main_table(res)
-    assert table[0].startswith("| rules | bpf-iptables, TEST_RUN, fw1-10k |")
-    assert table[2].startswith("| 10 | ") and "counted != sent" not in table[2]
+    assert table[0] == "| rules | bpf-iptables, TEST_RUN, fw1-10k | " \
+        "bpf-iptables, TEST_RUN, synthetic-worst |"
+    assert table[2].startswith("| 10 | ")
+    live_rows = dpreport.live_table(res, datapath.SYNTHETIC)
+    assert live_rows[0].count("|") == 7 and live_rows[2].startswith("| 10 | ")
+    assert live_rows[2].count("Mpps") == 5 and "counted != sent" not in live_rows[2]
+    assert live_rows[3].startswith("| ceiling: bare XDP drop")
     verdicts = [a.verdict for a in dpreport.aims(res)]
-    assert verdicts[:3] == ["n/a", "n/a", "n/a"]          # no 10k / 50k run here
-    assert set(verdicts[3:]) <= {"PASS", "MISS"} and len(verdicts) == 6
+    assert verdicts[:4] == ["n/a"] * 4          # no 10k / 50k run here
+    assert set(verdicts[4:]) <= {"PASS", "MISS"} and len(verdicts) == 7
 
 
 def _entry(count: int, ns: list[int], mix: float | None = None) -> dict:
@@ -90,11 +104,21 @@ def _entry(count: int, ns: list[int], mix: float | None = None) -> dict:
             "mix": mixed}
 
 
+def _live(system: str, count: int, ns: int) -> LiveResult:
+    # CPU time = wall time: the same ns/packet whichever clock the kernel needs
+    res = LiveResult(system, count, None, "DROP", [LiveRun(1000, 1000, ns * 1e-6, ns * 1e-6)],
+                     requested=count, ruleset="classbench-fw1-10k.rules" if count else "")
+    return res
+
+
 def test_aims_follow_the_numbers() -> None:
     settings = datapath.Settings(counts=(10, 10000), rulesets=("classbench-fw1-10k.rules",),
-                                 synthetic_counts=())
+                                 synthetic_counts=(),
+                                 live_rulesets=("classbench-fw1-10k.rules",))
     res = datapath.DatapathResults(settings, [_entry(10, [90, 100, 95], mix=60.0),
-                                              _entry(10000, [140, 149, 160], mix=100.0)], [],
+                                              _entry(10000, [140, 149, 160], mix=100.0)],
+                                   [_live(BPF_NAME, 10000, 2000), _live(LEGACY_NAME, 10000, 40000),
+                                    _live(BARE_NAME, 0, 1000)],
                                    [Timing("restore", BPF_ATTACHED, [0.9, 1.2, 1.1]),
                                     Timing("append", BPF_ATTACHED, [0.04, 0.03, 0.06]),
                                     Timing("delete", BPF_ATTACHED, [0.05, 0.05, 0.05])], cpu=1)
@@ -102,6 +126,7 @@ def test_aims_follow_the_numbers() -> None:
     assert got == [("100 / 60 ns = 1.67x (p90 120 / 72 ns)", "MISS"),
                    ("149 / 95 ns = 1.57x", "MISS"), ("100 ns (p90 120 ns)", "PASS"),
                    ("149 ns", "PASS"),
+                   ("0.500 / 0.0250 Mpps = 20.0x", "MISS"), ("0.500 / 1.000 Mpps = 50%", "PASS"),
                    ("1.10 s", "MISS"), ("40.0 ms", "PASS"), ("50.0 ms", "MISS")]
     summary = dpreport.summary(res)
     assert "| aim (issue 6) |" in summary
