@@ -8,8 +8,9 @@
   iptables-legacy and for bpf-iptables attached at XDP, same rules (fw1, acl1),
   same frame (the one walking the most rules), and the empty rule set
   (policy DROP) as each system's baseline;
-* restore of classbench-fw1-10k and single -A / -D with it loaded
-  (bench/control.py), attached and not, beside iptables-legacy.
+* restore of classbench-fw1-10k and single -A / -D / -I 1 with it loaded
+  (bench/control.py), attached and not, beside iptables-legacy, and the
+  single updates again under a live flow.
 
 Everything runs in namespaces the bench creates and deletes."""
 from __future__ import annotations
@@ -32,7 +33,6 @@ from .live import LiveResult
 from .netns import CommandFailed, namespace
 
 FULL_COUNTS = (10, 100, 1000, 10000)
-QUICK_COUNTS = (10, 100, 1000)
 SYNTHETIC_COUNTS = (10, 100, 1000, 10000, 50000)
 QUICK_SYNTHETIC_COUNTS = (10, 1000)
 RULESETS = ("classbench-fw1-10k.rules", "classbench-acl1-10k.rules")
@@ -61,14 +61,20 @@ class Settings:
     restore_runs: int = 5
     update_runs: int = 7
     control: bool = True         # restore / update timings
+    traffic_updates: bool = True  # the single updates also under a live flow
     control_ruleset: str = RULESETS[0]
     quick: bool = False
 
     @staticmethod
     def for_mode(quick: bool) -> "Settings":
+        """--quick (under 3 minutes with the front end): N up to 1k, the live
+        systems on the synthetic set only, 3 update runs."""
         if quick:
-            return Settings(QUICK_COUNTS, repeat=20_000, runs=3, live_runs=2,
-                            live_seconds=0.2, restore_runs=2, update_runs=2, quick=True)
+            return Settings((10, 1000), synthetic_counts=QUICK_SYNTHETIC_COUNTS, repeat=20_000,
+                            runs=3, mix_rule_packets=32, mix_policy_packets=8, mix_repeat=5_000,
+                            live_runs=2, live_seconds=0.2, live_rulesets=(SYNTHETIC,),
+                            live_synthetic_counts=QUICK_SYNTHETIC_COUNTS, restore_runs=3,
+                            update_runs=3, quick=True)
         return Settings(FULL_COUNTS)
 
 
@@ -217,8 +223,15 @@ def run(settings: Settings, progress: Callable[[str], None] = lambda s: None,
                                          results.notes)
         updates = control.time_updates(path, settings.update_runs, env, progress,
                                        results.notes, restores)
-        results.control = [*restores, *updates,
-                           control.python_floor(max(3, settings.restore_runs), env)]
+        results.control = [*restores, *updates]
+        if settings.traffic_updates:
+            source = str(path)
+            table = workload.load_source(source, workload.rule_count(path))
+            results.control += control.time_updates_under_traffic(
+                workload.source_text(source, workload.rule_count(path)),
+                workload.live_probe(source, table), settings.update_runs, cpu, env, progress,
+                results.notes)
+        results.control.append(control.python_floor(max(3, settings.restore_runs), env))
     results.seconds = time.monotonic() - start
     return results
 

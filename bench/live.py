@@ -254,14 +254,41 @@ def send(topo: Topology, data: bytes, seconds: float, cpu: int,
     return res["sent"], res["elapsed_s"], res["cpu_s"]
 
 
+def wire_frame(topo: Topology, probe: Probe) -> bytes:
+    """The probe's frame, addressed from c0's MAC to s0's."""
+    return topo.mac(topo.server, "s0") + topo.mac(topo.client, "c0") + frame(probe.packet)[12:]
+
+
+@contextmanager
+def background_flow(topo: Topology, data: bytes, cpu: int, env: dict[str, str],
+                    seconds: float = 600.0) -> Iterator[subprocess.Popen]:
+    """The sender running (pinned to ``cpu``) for the body's duration: a
+    live flow for control-plane timings under traffic. Ended by its own
+    handle afterwards."""
+    spec = json.dumps({"dev": "c0", "frame": data.hex(), "seconds": seconds})
+    proc = subprocess.Popen(topo.client.argv(["taskset", "-c", str(cpu), sys.executable, "-m",
+                                              "bench.trafficgen", spec]),
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        yield proc
+        if proc.poll() is not None:
+            raise CommandFailed(f"trafficgen ended early: {proc.stderr.read()[-1000:]!r}")
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def measure(system: str, rules_text: str, rules: int, probe: Probe, runs: int,
             seconds: float, cpu: int, env: dict[str, str]) -> LiveResult:
     dst = int_to_ip(probe.packet.dst)
     result = LiveResult(system, rules, probe.first_match, probe.verdict)
     with topology(env, dst) as topo:
         load(topo, system, rules_text, env)
-        data = frame(probe.packet)
-        data = topo.mac(topo.server, "s0") + topo.mac(topo.client, "c0") + data[12:]
+        data = wire_frame(topo, probe)
         send(topo, data, min(0.05, seconds), cpu, env)     # warm-up (caches, pages)
         for _ in range(runs):
             before = read_count(topo, system, probe.first_match, env)

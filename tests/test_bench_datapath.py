@@ -12,7 +12,7 @@ import subprocess
 from pathlib import Path
 
 from bench import datapath, dpreport
-from bench.control import BPF_ATTACHED, BPF_UNATTACHED, LEGACY_SYS, Timing
+from bench.control import BPF_ATTACHED, BPF_TRAFFIC, BPF_UNATTACHED, LEGACY_SYS, Timing
 from bench.live import BARE_NAME, BPF_NAME, LEGACY_NAME, SYSTEMS, LiveResult, LiveRun
 from tests.support.shared import shared_dir
 
@@ -121,13 +121,15 @@ def test_aims_follow_the_numbers() -> None:
                                     _live(BARE_NAME, 0, 1000)],
                                    [Timing("restore", BPF_ATTACHED, [0.9, 1.2, 1.1]),
                                     Timing("append", BPF_ATTACHED, [0.04, 0.03, 0.06]),
-                                    Timing("delete", BPF_ATTACHED, [0.05, 0.05, 0.05])], cpu=1)
+                                    Timing("delete", BPF_ATTACHED, [0.05, 0.05, 0.05]),
+                                    Timing("insert", BPF_TRAFFIC, [0.02, 0.03, 0.2])], cpu=1)
     got = [(a.measured, a.verdict) for a in dpreport.aims(res)]
     assert got == [("100 / 60 ns = 1.67x (p90 120 / 72 ns)", "MISS"),
                    ("149 / 95 ns = 1.57x", "MISS"), ("100 ns (p90 120 ns)", "PASS"),
                    ("149 ns", "PASS"),
                    ("0.500 / 0.0250 Mpps = 20.0x", "MISS"), ("0.500 / 1.000 Mpps = 50%", "PASS"),
-                   ("1.10 s", "MISS"), ("40.0 ms", "PASS"), ("50.0 ms", "MISS")]
+                   ("1.10 s", "MISS"), ("40.0 ms", "PASS"), ("50.0 ms", "MISS"),
+                   ("30.0 ms", "PASS"), ("1.0 MiB (100 B/rule)", "PASS")]
     summary = dpreport.summary(res)
     assert "| aim (issue 6) |" in summary
     assert "| 10,000 | 1.00 MB (100 B/rule, 1 maps) |" in summary
