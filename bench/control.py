@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -132,6 +133,17 @@ def time_updates(ruleset: Path, runs: int, env: dict[str, str],
     return [t for per in timings.values() for t in per.values()]
 
 
+def wait_for_flow(topo: live.Topology, system: str, probe: workload.Probe, before: int,
+                  env: dict[str, str], timeout: float = 20.0) -> None:
+    """Return once the server has counted the flow's first packets (the
+    sender takes a moment to start), so every timed command runs under it."""
+    deadline = time.monotonic() + timeout
+    while live.read_count(topo, system, probe.first_match, env) == before:
+        if time.monotonic() > deadline:
+            raise CommandFailed(f"no packet of the flow counted within {timeout:.0f} s")
+        time.sleep(0.05)
+
+
 def time_updates_under_traffic(rules_text: str, probe: workload.Probe, runs: int, cpu: int,
                                env: dict[str, str], progress: Callable[[str], None],
                                notes: list[str]) -> list[Timing]:
@@ -150,6 +162,7 @@ def time_updates_under_traffic(rules_text: str, probe: workload.Probe, runs: int
                 data = live.wire_frame(topo, probe)
                 before = live.read_count(topo, live_system, probe.first_match, env)
                 with live.background_flow(topo, data, cpu, env):
+                    wait_for_flow(topo, live_system, probe, before, env)
                     for i in range(runs):
                         progress(f"update under traffic {i + 1}/{runs}: {system}")
                         run_updates(topo.server, tool_of(system), i, timings, env, notes,

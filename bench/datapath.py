@@ -67,14 +67,17 @@ class Settings:
 
     @staticmethod
     def for_mode(quick: bool) -> "Settings":
-        """--quick (under 3 minutes with the front end): N up to 1k, the live
-        systems on the synthetic set only, 3 update runs."""
+        """--quick (under 3 minutes with the front end): N up to 1k, ClassBench
+        fw1 and the synthetic set through TEST_RUN, the live systems on the
+        synthetic set's 1k only, the control plane on classbench-fw1-1k with 3 runs."""
         if quick:
-            return Settings((10, 1000), synthetic_counts=QUICK_SYNTHETIC_COUNTS, repeat=20_000,
+            return Settings((10, 1000), rulesets=RULESETS[:1],
+                            synthetic_counts=QUICK_SYNTHETIC_COUNTS, repeat=20_000,
                             runs=3, mix_rule_packets=32, mix_policy_packets=8, mix_repeat=5_000,
                             live_runs=2, live_seconds=0.2, live_rulesets=(SYNTHETIC,),
-                            live_synthetic_counts=QUICK_SYNTHETIC_COUNTS, restore_runs=3,
-                            update_runs=3, quick=True)
+                            live_synthetic_counts=(1000,), restore_runs=3,
+                            update_runs=3, control_ruleset="classbench-fw1-1k.rules",
+                            quick=True)
         return Settings(FULL_COUNTS)
 
 

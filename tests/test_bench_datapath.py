@@ -12,7 +12,8 @@ import subprocess
 from pathlib import Path
 
 from bench import datapath, dpreport
-from bench.control import BPF_ATTACHED, BPF_TRAFFIC, BPF_UNATTACHED, LEGACY_SYS, Timing
+from bench.control import (BPF_ATTACHED, BPF_TRAFFIC, BPF_UNATTACHED, LEGACY_SYS,
+                           LEGACY_TRAFFIC, Timing)
 from bench.live import BARE_NAME, BPF_NAME, LEGACY_NAME, SYSTEMS, LiveResult, LiveRun
 from tests.support.shared import shared_dir
 
@@ -65,15 +66,21 @@ def test_smallest_datapath_bench_end_to_end(tmp_path: Path) -> None:
         assert 0.01 < r.mpps < 100
 
     ops = {(t.operation, t.system) for t in res.control if t.times}
-    for op in ("restore", "append", "delete"):
+    for op in ("restore", "append", "delete", "insert"):
         for system in (LEGACY_SYS, BPF_UNATTACHED, BPF_ATTACHED):
-            assert (op, system) in ops
+            assert (op, system) in ops, res.notes
+    for op in ("append", "delete", "insert"):
+        for system in (LEGACY_TRAFFIC, BPF_TRAFFIC):
+            assert (op, system) in ops, res.notes
+    # the flow did run while the commands ran
+    assert all(t.packets > 0 for t in res.control if t.system in (LEGACY_TRAFFIC, BPF_TRAFFIC)), \
+        [(t.system, t.packets) for t in res.control]
 
     dpreport.write_csv(res, tmp_path / "d.csv")
     rows = list(csv.DictReader(open(tmp_path / "d.csv")))
     kinds = {r["measurement"] for r in rows}
-    assert {"ns_per_packet_test_run", "ns_per_packet_test_run_mix", "map_memlock", "ns_per_packet_live", "restore",
-            "append", "delete"} <= kinds
+    assert {"ns_per_packet_test_run", "ns_per_packet_test_run_mix", "map_memlock",
+            "ns_per_packet_live", "restore", "append", "delete", "insert"} <= kinds
     for r in rows:
         if r["measurement"].startswith("ns_per_packet"):
             assert r["sent"] == r["counted"]
@@ -89,7 +96,8 @@ def test_smallest_datapath_bench_end_to_end(tmp_path: Path) -> None:
     assert live_rows[3].startswith("| ceiling: bare XDP drop")
     verdicts = [a.verdict for a in dpreport.aims(res)]
     assert verdicts[:4] == ["n/a"] * 4          # no 10k / 50k run here
-    assert set(verdicts[4:]) <= {"PASS", "MISS"} and len(verdicts) == 7
+    # restore, then -A/-D/-I 1 idle and under traffic
+    assert set(verdicts[4:]) <= {"PASS", "MISS"} and len(verdicts) == 4 + 1 + 6
 
 
 def _entry(count: int, ns: list[int], mix: float | None = None) -> dict:
