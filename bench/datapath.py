@@ -55,6 +55,10 @@ class Settings:
     live_rulesets: tuple[str, ...] = (*RULESETS, SYNTHETIC)
     live_synthetic_counts: tuple[int, ...] | None = None   # default: synthetic_counts
     live_systems: tuple[str, ...] = live.SYSTEMS
+    # "xdp": BPF_PROG_TEST_RUN live frames (bench/xdpgen.py, tens of ns per
+    # frame); "afpacket": sendmmsg (bench/trafficgen.py, ~1.3 us per frame,
+    # which hides the receivers' differences)
+    live_generator: str = "xdp"
     # iptables-legacy / -nft live only up to this many rules (None: all);
     # the report says which cells were left out and why
     others_max_rules: int | None = None
@@ -155,7 +159,7 @@ def _measure_one(system: str, text: str, rules: int, probe: workload.Probe,
                  notes: list[str]) -> LiveResult | None:
     try:
         return live.measure(system, text, rules, probe, settings.live_runs,
-                            settings.live_seconds, cpu, env)
+                            settings.live_seconds, cpu, env, settings.live_generator)
     except (CommandFailed, subprocess.CalledProcessError, ValueError) as e:
         # noted, not fatal: the other cells still mean something
         notes.append(f"live, {system}, {rules} rules: {e}")

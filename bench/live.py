@@ -68,6 +68,11 @@ class LiveRun:
     counted: int
     elapsed_s: float     # wall time
     cpu_s: float         # the sender thread's CPU time (receive softirq included)
+    untimed: int = 0     # warm-up frames the generator sent outside the clock
+
+    @property
+    def all_counted(self) -> bool:
+        return self.counted == self.sent + self.untimed
 
     @property
     def ns_per_packet(self) -> float:
@@ -92,10 +97,11 @@ class LiveResult:
     runs: list[LiveRun] = field(default_factory=list)
     requested: int = 0          # the N asked for (a rule set may have fewer)
     ruleset: str = ""
+    generator: str = "afpacket"  # live.GENERATORS
 
     @property
     def all_counted(self) -> bool:
-        return all(r.sent == r.counted for r in self.runs)
+        return all(r.all_counted for r in self.runs)
 
     @property
     def mpps(self) -> float:
@@ -242,16 +248,25 @@ def load(topo: Topology, system: str, rules_text: str, env: dict[str, str]) -> N
         server.run([*DATAPATH, "attach", "--mode", BPF_MODES[system]], env=env)
 
 
+GENERATORS = {"afpacket": "bench.trafficgen", "xdp": "bench.xdpgen"}
+
+
+def prepare_generator(topo: Topology, generator: str, env: dict[str, str]) -> None:
+    """The XDP live-frame generator needs NAPI on the server's veth: GRO on."""
+    if generator == "xdp":
+        topo.server.run([sys.executable, "-m", "bench.xdpgen", "--gro", "s0"], env=env)
+
+
 def send(topo: Topology, data: bytes, seconds: float, cpu: int,
-         env: dict[str, str]) -> tuple[int, float, float]:
+         env: dict[str, str], generator: str = "afpacket") -> tuple[int, float, float, int]:
     spec = json.dumps({"dev": "c0", "frame": data.hex(), "seconds": seconds})
     out = subprocess.run(topo.client.argv(["taskset", "-c", str(cpu), sys.executable, "-m",
-                                           "bench.trafficgen", spec]),
+                                           GENERATORS[generator], spec]),
                          env=env, capture_output=True, text=True)
     if out.returncode != 0:
         raise CommandFailed(f"trafficgen: {out.stderr[-1000:]}")
     res = json.loads(out.stdout)
-    return res["sent"], res["elapsed_s"], res["cpu_s"]
+    return res["sent"], res["elapsed_s"], res["cpu_s"], res.get("untimed", 0)
 
 
 def wire_frame(topo: Topology, probe: Probe) -> bytes:
@@ -283,16 +298,18 @@ def background_flow(topo: Topology, data: bytes, cpu: int, env: dict[str, str],
 
 
 def measure(system: str, rules_text: str, rules: int, probe: Probe, runs: int,
-            seconds: float, cpu: int, env: dict[str, str]) -> LiveResult:
+            seconds: float, cpu: int, env: dict[str, str],
+            generator: str = "afpacket") -> LiveResult:
     dst = int_to_ip(probe.packet.dst)
-    result = LiveResult(system, rules, probe.first_match, probe.verdict)
+    result = LiveResult(system, rules, probe.first_match, probe.verdict, generator=generator)
     with topology(env, dst) as topo:
+        prepare_generator(topo, generator, env)
         load(topo, system, rules_text, env)
         data = wire_frame(topo, probe)
-        send(topo, data, min(0.05, seconds), cpu, env)     # warm-up (caches, pages)
+        send(topo, data, min(0.05, seconds), cpu, env, generator)   # warm-up (caches, pages)
         for _ in range(runs):
             before = read_count(topo, system, probe.first_match, env)
-            sent, elapsed, cpu_s = send(topo, data, seconds, cpu, env)
+            sent, elapsed, cpu_s, untimed = send(topo, data, seconds, cpu, env, generator)
             after = read_count(topo, system, probe.first_match, env)
-            result.runs.append(LiveRun(sent, after - before, elapsed, cpu_s))
+            result.runs.append(LiveRun(sent, after - before, elapsed, cpu_s, untimed))
     return result
