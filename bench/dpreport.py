@@ -65,14 +65,18 @@ def write_csv(res: DatapathResults, path: Path) -> None:
                         _rule_no(r.first_match), r.verdict, len(ns), f"{live_ns(r):.1f}",
                         f"{min(ns):.1f}", f"{max(ns):.1f}", "ns",
                         sum(x.sent + x.untimed for x in r.runs), sum(x.counted for x in r.runs),
-                        f"sender CPU time per packet on CPU {res.cpu} (send + receive); wall "
+                        f"{r.mpps:.4f} Mpps; generator {r.generator}; sender CPU time per "
+                        f"packet on CPU {res.cpu} (generate + receive); wall "
                         f"time per packet {_wall(r):.0f} ns; "
                         "N=0 is the empty-rule-set baseline"])
         for t in res.control:
             stats = [f"{v:.6f}" for v in (statistics.median(t.times), min(t.times),
                                            max(t.times))] if t.times else ["", "", ""]
             w.writerow([t.operation, res.settings.control_ruleset, "", "", t.system, "", "", "",
-                        len(t.times), *stats, "s", "", "", "" if t.times else "failed"])
+                        len(t.times), *stats, "s", "", "",
+                        ("" if t.times else "failed")
+                        + (f"packets counted during the commands: {t.packets}"
+                           if "under traffic" in t.system else "")])
 
 
 def _rule_no(index: int | None) -> str:
