@@ -1,13 +1,19 @@
-"""Data-path benchmark (issue 3): bpf-iptables beside iptables-legacy.
+"""Data-path benchmark (issues 3 and 6): bpf-iptables beside iptables-legacy,
+iptables-nft and a bare XDP drop program.
 
 * ns/packet of the compiled classifier via BPF_PROG_TEST_RUN at N = 10,
-  100, 1k, 10k ClassBench rules (fw1 and acl1; the first N rules), 64-byte
-  frames first-matching at the first rule, the middle, the last rule and
-  the policy (bench/testrun_worker.py), with the maps' kernel memory;
-* ns/packet under live traffic on one pinned CPU (bench/live.py), for
-  iptables-legacy and for bpf-iptables attached at XDP, same rules (fw1, acl1),
-  same frame (the one walking the most rules), and the empty rule set
-  (policy DROP) as each system's baseline;
+  100, 1k, 10k ClassBench rules (fw1 and acl1; the first N rules) and at
+  N = 10 .. 50k rules of the synthetic worst case (bench/workload.py):
+  64-byte frames first-matching at the first rule, the middle, the last
+  rule and the policy, and a traffic mix drawn from the rules' match boxes
+  plus policy traffic (bench/testrun_worker.py), with the maps' kernel
+  memory;
+* live traffic on one pinned CPU (bench/live.py, frames from
+  bench/xdpgen.py): Mpps and ns/packet of bpf-iptables attached at XDP
+  native, XDP generic and TC ingress, iptables-legacy and iptables-nft,
+  same rules, same frame (the one walking the most rules), the empty rule
+  set (policy DROP) as each system's baseline, and the bare XDP drop
+  program (bench/xdp_drop.c) as the ceiling;
 * restore of classbench-fw1-10k and single -A / -D / -I 1 with it loaded
   (bench/control.py), attached and not, beside iptables-legacy, and the
   single updates again under a live flow.
