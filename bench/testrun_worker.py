@@ -20,7 +20,8 @@ reuse of a bigger program), then
   plus policy traffic: workload.traffic_mix) runs ``mix_repeat`` times per
   packet; each packet's kernel mean is one value, the mix is summarised by
   their mean and 90th percentile. Afterwards every rule counter and the
-  policy counter must equal what the reference's first matches predict. The maps' kernel memory is read from
+  policy counter must equal what the reference's first matches predict.
+The maps' kernel memory is read from
 /proc/self/fdinfo (``memlock``) of the map fds this process holds."""
 from __future__ import annotations
 

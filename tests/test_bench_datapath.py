@@ -27,7 +27,8 @@ def test_smallest_datapath_bench_end_to_end(tmp_path: Path) -> None:
     before = _namespaces()
     settings = datapath.Settings(counts=(10,), rulesets=("classbench-fw1-10k.rules",),
                                  synthetic_counts=(10,), mix_rule_packets=8,
-                                 mix_policy_packets=2, mix_repeat=500, repeat=1000, runs=1, live_runs=1, live_seconds=0.1,
+                                 mix_policy_packets=2, mix_repeat=500, repeat=1000, runs=1,
+                                 live_runs=1, live_seconds=0.1,
                                  live_synthetic_counts=(10,), live_rulesets=(datapath.SYNTHETIC,),
                                  restore_runs=1, update_runs=1,
                                  control_ruleset="classbench-fw1-1k.rules")
