@@ -270,9 +270,11 @@ def live_table(res: DatapathResults, ruleset: str) -> list[str]:
     """Live traffic of one workload: rule count x system, Mpps and ns/packet
     (median (min–max)), and what the N rules add to the N=0 baseline."""
     systems = live_systems(res)
+    bare = bare_result(res)
     lines = [f"| {short(ruleset)}, rules | " + " | ".join(SHORT_SYSTEM.get(s, s)
-                                                         for s in systems) + " |",
-             "|---|" + "---|" * len(systems)]
+                                                         for s in systems)
+             + " | XDP native / legacy | XDP native / bare |",
+             "|---|" + "---|" * (len(systems) + 2)]
     limit = res.settings.others_max_rules
     for n in sorted({r.requested for r in res.live if r.ruleset == ruleset}):
         cells = [f"{n:,}" if n else "0 (policy only)"]
@@ -280,11 +282,14 @@ def live_table(res: DatapathResults, ruleset: str) -> list[str]:
             skipped = s not in BPF_MODES and limit is not None and n > limit
             cells.append(_live_cell(res.live_entry(s, n, ruleset), res.live_entry(s, 0, ruleset),
                                     skipped))
+        # throughput ratios, both measured in this run
+        ours, legacy = res.live_entry(BPF_NAME, n, ruleset), res.live_entry(LEGACY_NAME, n, ruleset)
+        cells.append(f"{ours.mpps / legacy.mpps:,.1f}x" if ours and legacy else "–")
+        cells.append(f"{ours.mpps / bare.mpps:.0%}" if ours and bare else "–")
         lines.append("| " + " | ".join(cells) + " |")
-    bare = bare_result(res)
     if bare is not None:
         lines.append(f"| ceiling: bare XDP drop (no rules) | {_live_cell(bare, None, False)} |"
-                     + " |" * (len(systems) - 1))
+                     + " |" * (len(systems) + 1))
     return lines
 
 

@@ -92,7 +92,9 @@ def test_smallest_datapath_bench_end_to_end(tmp_path: Path) -> None:
         "bpf-iptables, TEST_RUN, synthetic-worst |"
     assert table[2].startswith("| 10 | ")
     live_rows = dpreport.live_table(res, datapath.SYNTHETIC)
-    assert live_rows[0].count("|") == 7 and live_rows[2].startswith("| 10 | ")
+    assert live_rows[0].count("|") == 9 and live_rows[2].startswith("| 10 | ")
+    # the ratios of XDP native to legacy and to the bare drop, same run
+    assert live_rows[2].split(" | ")[-2].endswith("x") and live_rows[2].endswith("% |")
     assert live_rows[2].count("Mpps") == 5 and "counted != sent" not in live_rows[2]
     assert live_rows[3].startswith("| ceiling: bare XDP drop")
     verdicts = [a.verdict for a in dpreport.aims(res)]
