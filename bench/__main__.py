@@ -1,7 +1,8 @@
 """python -m bench [--quick] [--runs N] [--ruleset FILE] [--readme] [--only frontend|datapath]
 
 Front-end and data-path benchmarks of bpf-iptables against iptables-legacy
-(see bench/frontend.py and bench/datapath.py). Needs root (it creates
+(and, for the data path, iptables-nft and a bare XDP drop program; see
+bench/frontend.py and bench/datapath.py). Needs root (it creates
 network namespaces) and the project's venv: `.venv/bin/python -m bench`."""
 from __future__ import annotations
 
@@ -69,8 +70,10 @@ def run_datapath(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[2])
     ap.add_argument("--quick", action="store_true",
-                    help="a fast check: front end 3 runs and one profile (default 7 runs); "
-                         "data path N up to 1k rules, fewer repeats")
+                    help="a fast check, under 3 minutes: front end 3 runs and one profile "
+                         "(default 7 runs); data path N up to 1k rules (ClassBench fw1 and "
+                         "the synthetic worst case), every live system at synthetic 1k, "
+                         "the control plane on classbench-fw1-1k")
     ap.add_argument("--runs", type=int,
                     help="front end: runs per measurement (at least 3)")
     ap.add_argument("--ruleset", type=Path, default=None,

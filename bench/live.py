@@ -1,7 +1,8 @@
 """Live per-packet cost: client namespace --veth-- server namespace.
 
-The server holds the rule set (iptables-legacy, or bpf-iptables with its
-data path attached at native XDP on the veth); the client sends one frame
+The server holds the rule set (SYSTEMS: iptables-legacy, iptables-nft,
+bpf-iptables with its data path attached at native XDP, generic XDP or TC
+ingress, or the bare XDP drop program, the ceiling); the client sends one frame
 over and over (bench/trafficgen.py) for a fixed time, pinned to one CPU,
 so the sending and the server's receive processing share that CPU (see
 trafficgen). ns/packet = the sender thread's CPU time / packets sent
@@ -34,6 +35,12 @@ from .workload import Probe
 
 CLIENT_IP, SERVER_IP = "10.98.0.1", "10.98.0.2"
 LEGACY_NAME, BPF_NAME = "iptables-legacy", "bpf-iptables (XDP, attached)"
+BPF_GENERIC_NAME, BPF_TC_NAME = "bpf-iptables (XDP generic)", "bpf-iptables (TC ingress)"
+NFT_NAME, BARE_NAME = "iptables-nft", "bare XDP drop"
+BPF_MODES = {BPF_NAME: "xdp", BPF_GENERIC_NAME: "xdpgeneric", BPF_TC_NAME: "tc"}
+SYSTEMS = (BPF_NAME, BPF_GENERIC_NAME, BPF_TC_NAME, LEGACY_NAME, NFT_NAME, BARE_NAME)
+RESTORE = {LEGACY_NAME: ("iptables-legacy-restore",), NFT_NAME: ("iptables-nft-restore",)}
+LISTING = {LEGACY_NAME: ("iptables-legacy",), NFT_NAME: ("iptables-nft",)}
 DATAPATH = (sys.executable, "-m", "bpf_iptables.cli.datapath")
 
 
@@ -61,6 +68,11 @@ class LiveRun:
     counted: int
     elapsed_s: float     # wall time
     cpu_s: float         # the sender thread's CPU time (receive softirq included)
+    untimed: int = 0     # warm-up frames the generator sent outside the clock
+
+    @property
+    def all_counted(self) -> bool:
+        return self.counted == self.sent + self.untimed
 
     @property
     def ns_per_packet(self) -> float:
@@ -85,10 +97,20 @@ class LiveResult:
     runs: list[LiveRun] = field(default_factory=list)
     requested: int = 0          # the N asked for (a rule set may have fewer)
     ruleset: str = ""
+    generator: str = "afpacket"  # live.GENERATORS
 
     @property
     def all_counted(self) -> bool:
-        return all(r.sent == r.counted for r in self.runs)
+        return all(r.all_counted for r in self.runs)
+
+    @property
+    def mpps(self) -> float:
+        """Packets per second of the measured clock (CPU time, or wall time
+        where softirqs are billed apart), in millions: 1000 / ns_per_packet
+        of the median run."""
+        import statistics
+
+        return 1e3 / statistics.median(r.ns_per_packet for r in self.runs)
 
 
 def sh(argv: list[str]) -> str:
@@ -102,6 +124,7 @@ def sh(argv: list[str]) -> str:
 class Topology:
     client: Namespace
     server: Namespace
+    bare: subprocess.Popen | None = None    # bench.xdpdrop, for BARE_NAME
 
     def mac(self, ns: Namespace, dev: str) -> bytes:
         out = json.loads(sh(["ip", "-n", ns.name, "-j", "link", "show", dev]))
@@ -115,6 +138,7 @@ def topology(env: dict[str, str], extra_local: str) -> Iterator[Topology]:
     tag = uuid.uuid4().hex[:8]
     client, server = f"bpft-bench-c-{tag}", f"bpft-bench-s-{tag}"
     made: list[str] = []
+    topo: Topology | None = None
     try:
         for n in (client, server):
             sh(["ip", "netns", "add", n])
@@ -132,8 +156,11 @@ def topology(env: dict[str, str], extra_local: str) -> Iterator[Topology]:
             sh(["ip", "netns", "exec", server, "sysctl", "-qw", f"net.ipv4.conf.{key}.rp_filter=0"])
         if extra_local != SERVER_IP:
             sh(["ip", "-n", server, "addr", "add", f"{extra_local}/32", "dev", "s0"])
-        yield Topology(Namespace(client), Namespace(server))
+        topo = Topology(Namespace(client), Namespace(server))
+        yield topo
     finally:
+        if topo is not None and topo.bare is not None:
+            stop_bare(topo.bare)
         if server in made:
             detach(Namespace(server), env)
         for n in made:
@@ -161,10 +188,41 @@ def ensure_bpffs() -> None:
 _POLICY = re.compile(r"\(policy \S+ (\d+) packets")
 
 
-def read_count(ns: Namespace, system: str, first_match: int | None,
+def start_bare(server: Namespace, env: dict[str, str]) -> subprocess.Popen:
+    proc = subprocess.Popen(server.argv([sys.executable, "-m", "bench.xdpdrop", "s0"]),
+                            env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    line = proc.stdout.readline().strip()
+    if line != "ready":
+        proc.kill()
+        raise CommandFailed(f"bench.xdpdrop: {line} {proc.stderr.read()[-1000:]}")
+    return proc
+
+
+def stop_bare(proc: subprocess.Popen) -> None:
+    """End of input detaches; kill (this process, by its own handle) if it hangs."""
+    try:
+        proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+
+
+def bare_count(proc: subprocess.Popen) -> int:
+    proc.stdin.write("count\n")
+    proc.stdin.flush()
+    return int(proc.stdout.readline())
+
+
+def read_count(topo: Topology, system: str, first_match: int | None,
                env: dict[str, str]) -> int:
-    """Packets counted by INPUT's rule ``first_match`` (or its policy)."""
-    cmd = ["iptables-legacy"] if system == LEGACY_NAME else list(BPF.command)
+    """Packets counted by INPUT's rule ``first_match`` (or its policy); for
+    the bare drop program its own counter."""
+    if system == BARE_NAME:
+        assert topo.bare is not None
+        return bare_count(topo.bare)
+    ns = topo.server
+    cmd = list(LISTING.get(system, BPF.command))
     out = subprocess.run(ns.argv([*cmd, "-L", "INPUT", "-v", "-x", "-n"]), env=env,
                          capture_output=True, text=True, check=True).stdout.splitlines()
     if first_match is None:
@@ -176,43 +234,82 @@ def read_count(ns: Namespace, system: str, first_match: int | None,
 
 def load(topo: Topology, system: str, rules_text: str, env: dict[str, str]) -> None:
     server = topo.server
-    if system == LEGACY_NAME:
-        restore = ["iptables-legacy-restore"]
-    else:
-        restore = list(BPF.restore)
+    if system == BARE_NAME:
+        topo.bare = start_bare(server, env)
+        return
+    restore = list(RESTORE.get(system, BPF.restore))
     proc = subprocess.run(server.argv(restore), input=rules_text, text=True, env=env,
                           capture_output=True)
     if proc.returncode != 0:
         raise CommandFailed(f"restore in {server.name}: {proc.stderr[-1000:]}")
-    if system == BPF_NAME:
-        # native XDP on the veth (lo gets generic): the figure XDP is for
-        server.run([*DATAPATH, "attach", "--mode", "xdp"], env=env)
+    if system in BPF_MODES:
+        # native XDP on the veth (lo gets generic): the figure XDP is for;
+        # generic XDP and TC ingress for comparison
+        server.run([*DATAPATH, "attach", "--mode", BPF_MODES[system]], env=env)
+
+
+GENERATORS = {"afpacket": "bench.trafficgen", "xdp": "bench.xdpgen"}
+
+
+def prepare_generator(topo: Topology, generator: str, env: dict[str, str]) -> None:
+    """The XDP live-frame generator needs NAPI on the server's veth: GRO on."""
+    if generator == "xdp":
+        topo.server.run([sys.executable, "-m", "bench.xdpgen", "--gro", "s0"], env=env)
 
 
 def send(topo: Topology, data: bytes, seconds: float, cpu: int,
-         env: dict[str, str]) -> tuple[int, float, float]:
+         env: dict[str, str], generator: str = "afpacket") -> tuple[int, float, float, int]:
     spec = json.dumps({"dev": "c0", "frame": data.hex(), "seconds": seconds})
     out = subprocess.run(topo.client.argv(["taskset", "-c", str(cpu), sys.executable, "-m",
-                                           "bench.trafficgen", spec]),
+                                           GENERATORS[generator], spec]),
                          env=env, capture_output=True, text=True)
     if out.returncode != 0:
         raise CommandFailed(f"trafficgen: {out.stderr[-1000:]}")
     res = json.loads(out.stdout)
-    return res["sent"], res["elapsed_s"], res["cpu_s"]
+    return res["sent"], res["elapsed_s"], res["cpu_s"], res.get("untimed", 0)
+
+
+def wire_frame(topo: Topology, probe: Probe) -> bytes:
+    """The probe's frame, addressed from c0's MAC to s0's."""
+    return topo.mac(topo.server, "s0") + topo.mac(topo.client, "c0") + frame(probe.packet)[12:]
+
+
+@contextmanager
+def background_flow(topo: Topology, data: bytes, cpu: int, env: dict[str, str],
+                    seconds: float = 600.0) -> Iterator[subprocess.Popen]:
+    """The sender running (pinned to ``cpu``) for the body's duration: a
+    live flow for control-plane timings under traffic. Ended by its own
+    handle afterwards."""
+    spec = json.dumps({"dev": "c0", "frame": data.hex(), "seconds": seconds})
+    proc = subprocess.Popen(topo.client.argv(["taskset", "-c", str(cpu), sys.executable, "-m",
+                                              "bench.trafficgen", spec]),
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        yield proc
+        if proc.poll() is not None:
+            raise CommandFailed(f"trafficgen ended early: {proc.stderr.read()[-1000:]!r}")
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def measure(system: str, rules_text: str, rules: int, probe: Probe, runs: int,
-            seconds: float, cpu: int, env: dict[str, str]) -> LiveResult:
+            seconds: float, cpu: int, env: dict[str, str],
+            generator: str = "afpacket") -> LiveResult:
     dst = int_to_ip(probe.packet.dst)
-    result = LiveResult(system, rules, probe.first_match, probe.verdict)
+    result = LiveResult(system, rules, probe.first_match, probe.verdict, generator=generator)
     with topology(env, dst) as topo:
+        prepare_generator(topo, generator, env)
         load(topo, system, rules_text, env)
-        data = frame(probe.packet)
-        data = topo.mac(topo.server, "s0") + topo.mac(topo.client, "c0") + data[12:]
-        send(topo, data, min(0.05, seconds), cpu, env)     # warm-up (caches, pages)
+        data = wire_frame(topo, probe)
+        send(topo, data, min(0.05, seconds), cpu, env, generator)   # warm-up (caches, pages)
         for _ in range(runs):
-            before = read_count(topo.server, system, probe.first_match, env)
-            sent, elapsed, cpu_s = send(topo, data, seconds, cpu, env)
-            after = read_count(topo.server, system, probe.first_match, env)
-            result.runs.append(LiveRun(sent, after - before, elapsed, cpu_s))
+            before = read_count(topo, system, probe.first_match, env)
+            sent, elapsed, cpu_s, untimed = send(topo, data, seconds, cpu, env, generator)
+            after = read_count(topo, system, probe.first_match, env)
+            result.runs.append(LiveRun(sent, after - before, elapsed, cpu_s, untimed))
     return result

@@ -151,3 +151,99 @@ def deepest(table: Table, seed: int = 11) -> Probe:
 
 def load_table(ruleset: Path, count: int) -> Table:
     return table_from_save(subset_text(ruleset, count))
+
+
+# -- the synthetic worst case ------------------------------------------------
+
+SYNTHETIC = "synthetic-worst"
+SYN_SRC, SYN_DST = "10.99.0.1", "10.98.0.2"     # the live client's frame, the server
+SYN_SPORT, SYN_FINAL_DPORT, SYN_POLICY_DPORT = 4000, 65000, 65001
+
+
+def synthetic_text(count: int) -> str:
+    """``count`` rules: ``count - 1`` that a packet to port 65000 matches in
+    every field but the destination port (the last field iptables checks:
+    the IP header first, then ``-m udp``'s source and destination port),
+    then the rule it matches (DROP). Policy ACCEPT, so only that final rule
+    drops. Ports 1..count-1 are distinct, so each rule's box holds packets
+    that first-match it, and count <= 65000."""
+    if not 1 <= count <= SYN_FINAL_DPORT:
+        raise ValueError(f"synthetic rule count {count} not in 1..{SYN_FINAL_DPORT}")
+    head = f"-A INPUT -s {SYN_SRC}/32 -d {SYN_DST}/32 -p udp -m udp --sport {SYN_SPORT}"
+    lines = ["*filter", ":INPUT ACCEPT [0:0]", ":FORWARD ACCEPT [0:0]", ":OUTPUT ACCEPT [0:0]"]
+    lines += [f"{head} --dport {port} -j ACCEPT" for port in range(1, count)]
+    lines += [f"{head} --dport {SYN_FINAL_DPORT} -j DROP", "COMMIT"]
+    return "\n".join(lines) + "\n"
+
+
+def source_text(source: str, count: int) -> str:
+    """The restore text of a workload: SYNTHETIC, or a ClassBench file's
+    first ``count`` rules."""
+    return synthetic_text(count) if source == SYNTHETIC else subset_text(Path(source), count)
+
+
+def load_source(source: str, count: int) -> Table:
+    return table_from_save(source_text(source, count))
+
+
+def source_name(source: str) -> str:
+    return SYNTHETIC if source == SYNTHETIC else Path(source).name
+
+
+def _synthetic_packet(dport: int) -> Packet:
+    from bpf_iptables.netaddr import ip_to_int
+
+    return Packet(in_iface="", src=ip_to_int(SYN_SRC), dst=ip_to_int(SYN_DST), proto=UDP,
+                  sport=SYN_SPORT, dport=dport, tcp_flags=0, length=IP_LENGTH)
+
+
+def synthetic_probes(table: Table) -> list[Probe]:
+    """First, middle and last rule, and the policy, each checked against the
+    reference (no search: the boxes are known)."""
+    n = len(table.chains["INPUT"].rules)
+    want = [("first", 1 if n > 1 else SYN_FINAL_DPORT),
+            ("middle", n // 2 if n > 2 else SYN_FINAL_DPORT),
+            ("last", SYN_FINAL_DPORT), ("policy", SYN_POLICY_DPORT)]
+    out = []
+    for position, dport in want:
+        pkt = _synthetic_packet(dport)
+        hit, verdict = first_match(table, pkt)
+        out.append(Probe(position, pkt, hit, verdict))
+    return out
+
+
+def source_probes(source: str, table: Table) -> list[Probe]:
+    return synthetic_probes(table) if source == SYNTHETIC else probes(table)
+
+
+def live_probe(source: str, table: Table) -> Probe:
+    """The live frame: for the synthetic set the one that misses N-1 rules
+    on their last field and matches the final rule; for ClassBench the one
+    walking the most rules (deepest)."""
+    if source == SYNTHETIC:
+        return next(p for p in synthetic_probes(table) if p.position == "last")
+    return deepest(table)
+
+
+# -- the traffic mix -------------------------------------------------------
+
+def traffic_mix(table: Table, rule_packets: int, policy_packets: int,
+                seed: int = 23) -> list[Probe]:
+    """Traffic drawn from the rules' match boxes, uniformly over rules (one
+    rule drawn per packet, a point in its box: `packet_in`), plus packets no
+    rule matches (the default policy's traffic). Each packet's actual first
+    match comes from the reference (a box may be shadowed by earlier rules).
+    Fewer policy packets when no packet reaches the policy (a catch-all rule)."""
+    rng = random.Random(seed)
+    rules = table.chains["INPUT"].rules
+    out: list[Probe] = []
+    for _ in range(rule_packets if rules else 0):
+        pkt = packet_in(rng, rng.choice(rules))
+        hit, verdict = first_match(table, pkt)
+        out.append(Probe("mix-rule", pkt, hit, verdict))
+    for _ in range(policy_packets):
+        pol = policy_probe(table, rng)
+        if pol is None:
+            break
+        out.append(Probe("mix-policy", pol.packet, None, pol.verdict))
+    return out

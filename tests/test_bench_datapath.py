@@ -1,7 +1,10 @@
 """The data-path benchmark end to end at its smallest: N=10 of ClassBench
-fw1 through BPF_PROG_TEST_RUN and live traffic (iptables-legacy and the
-attached XDP program), restore and -A/-D of the 1k set, one run each; then
-the report's structure, counted == sent, and the aims' PASS/MISS logic."""
+fw1 and of the synthetic worst case through BPF_PROG_TEST_RUN (probes and
+the traffic mix), live traffic of the synthetic set through every system
+(bpf-iptables at XDP native, XDP generic and TC ingress, iptables-legacy,
+iptables-nft, the bare XDP drop), restore and -A/-D of the 1k set, one run
+each; then the report's structure, counted == sent, and the aims' PASS/MISS
+logic."""
 from __future__ import annotations
 
 import csv
@@ -9,8 +12,9 @@ import subprocess
 from pathlib import Path
 
 from bench import datapath, dpreport
-from bench.control import BPF_ATTACHED, BPF_UNATTACHED, LEGACY_SYS, Timing
-from bench.live import BPF_NAME, LEGACY_NAME
+from bench.control import (BPF_ATTACHED, BPF_TRAFFIC, BPF_UNATTACHED, LEGACY_SYS,
+                           LEGACY_TRAFFIC, Timing)
+from bench.live import BARE_NAME, BPF_NAME, LEGACY_NAME, SYSTEMS, LiveResult, LiveRun
 from tests.support.shared import shared_dir
 
 
@@ -22,69 +26,121 @@ def _namespaces() -> set[str]:
 def test_smallest_datapath_bench_end_to_end(tmp_path: Path) -> None:
     before = _namespaces()
     settings = datapath.Settings(counts=(10,), rulesets=("classbench-fw1-10k.rules",),
-                                 repeat=1000, runs=1, live_runs=1, live_seconds=0.1,
-                                 live_counts=(10,), live_rulesets=("classbench-fw1-10k.rules",),
+                                 synthetic_counts=(10,), mix_rule_packets=8,
+                                 mix_policy_packets=2, mix_repeat=500, repeat=1000, runs=1,
+                                 live_runs=1, live_seconds=0.1,
+                                 live_synthetic_counts=(10,), live_rulesets=(datapath.SYNTHETIC,),
                                  restore_runs=1, update_runs=1,
                                  control_ruleset="classbench-fw1-1k.rules")
     res = datapath.run(settings, shared=shared_dir())
     # nothing of the bench's is left behind
     assert not {n for n in _namespaces() - before if n.startswith("bpft-bench")}
 
-    [entry] = res.testrun
+    entry, synthetic = res.testrun
     assert entry["rules"] == 10 and entry["requested"] == 10
+    assert synthetic["ruleset"] == datapath.SYNTHETIC and synthetic["rules"] == 10
+    # the synthetic probe misses the 9 rules on the destination port only
+    assert [(p["position"], p["first_match"], p["verdict"]) for p in synthetic["probes"]] == \
+        [("first", 0, "ACCEPT"), ("middle", 4, "ACCEPT"), ("last", 9, "DROP"),
+         ("policy", None, "ACCEPT")]
+    for e in res.testrun:
+        m = e["mix"]
+        assert m["packets"] == 10 and m["policy_packets"] >= 1
+        assert m["counters_match"] and m["verdicts_match"] and m["counted"] == m["sent"]
+        assert m["sent"] == 10 * (1 + 500) and 0 < m["mean_ns"] <= m["p90_ns"] * 10
     assert [p["position"] for p in entry["probes"]] == ["first", "middle", "last", "policy"]
-    for p in entry["probes"]:
+    for p in entry["probes"] + synthetic["probes"]:
         assert p["counted"] == p["sent"] == 1 + 1000       # warm-up frame + repeat
         assert p["verdict"] == p["reference_verdict"]
         assert p["frame_bytes"] == 64 and 0 < p["samples_ns"][0] < 100_000
     assert entry["memlock_bytes"] > 0 and entry["maps"] > 0
 
-    assert {r.system for r in res.live} == {LEGACY_NAME, BPF_NAME}
+    assert sorted(r.system for r in res.live) == sorted(SYSTEMS), res.notes
     for r in res.live:
-        assert r.rules == 10 and len(r.runs) == 1 and r.ruleset == "classbench-fw1-10k.rules"
-        assert r.runs[0].sent > 100 and r.all_counted, r.runs
+        if r.system == BARE_NAME:
+            assert r.rules == 0 and r.requested == 0
+        else:
+            # the frame misses 9 rules on --dport and is dropped by the 10th
+            assert (r.rules, r.ruleset, r.first_match, r.verdict) == \
+                (10, datapath.SYNTHETIC, 9, "DROP")
+        assert len(r.runs) == 1 and r.runs[0].sent > 100 and r.all_counted, (r.system, r.runs)
+        assert 0.01 < r.mpps < 100
 
     ops = {(t.operation, t.system) for t in res.control if t.times}
-    for op in ("restore", "append", "delete"):
+    for op in ("restore", "append", "delete", "insert"):
         for system in (LEGACY_SYS, BPF_UNATTACHED, BPF_ATTACHED):
-            assert (op, system) in ops
+            assert (op, system) in ops, res.notes
+    for op in ("append", "delete", "insert"):
+        for system in (LEGACY_TRAFFIC, BPF_TRAFFIC):
+            assert (op, system) in ops, res.notes
+    # the flow did run while the commands ran
+    assert all(t.packets > 0 for t in res.control if t.system in (LEGACY_TRAFFIC, BPF_TRAFFIC)), \
+        [(t.system, t.packets) for t in res.control]
 
     dpreport.write_csv(res, tmp_path / "d.csv")
     rows = list(csv.DictReader(open(tmp_path / "d.csv")))
     kinds = {r["measurement"] for r in rows}
-    assert {"ns_per_packet_test_run", "map_memlock", "ns_per_packet_live", "restore",
-            "append", "delete"} <= kinds
+    assert {"ns_per_packet_test_run", "ns_per_packet_test_run_mix", "map_memlock",
+            "ns_per_packet_live", "restore", "append", "delete", "insert"} <= kinds
     for r in rows:
         if r["measurement"].startswith("ns_per_packet"):
             assert r["sent"] == r["counted"]
     md = dpreport.markdown(res, None)
     assert md.startswith("# Data-path benchmark")
     table = dpreport.main_table(res)
-    assert table[0].startswith("| rules | bpf-iptables, TEST_RUN, fw1-10k |")
-    assert table[2].startswith("| 10 | ") and "counted != sent" not in table[2]
+    assert table[0] == "| rules | bpf-iptables, TEST_RUN, fw1-10k | " \
+        "bpf-iptables, TEST_RUN, synthetic-worst |"
+    assert table[2].startswith("| 10 | ")
+    live_rows = dpreport.live_table(res, datapath.SYNTHETIC)
+    assert live_rows[0].count("|") == 9 and live_rows[2].startswith("| 10 | ")
+    # the ratios of XDP native to legacy and to the bare drop, same run
+    assert live_rows[2].split(" | ")[-2].endswith("x") and live_rows[2].endswith("% |")
+    assert live_rows[2].count("Mpps") == 5 and "counted != sent" not in live_rows[2]
+    assert live_rows[3].startswith("| ceiling: bare XDP drop")
     verdicts = [a.verdict for a in dpreport.aims(res)]
-    assert verdicts[:2] == ["n/a", "n/a"]                 # no 10k run here
-    assert set(verdicts[2:]) <= {"PASS", "MISS"} and len(verdicts) == 5
+    assert verdicts[:4] == ["n/a"] * 4          # no 10k / 50k run here
+    # restore, then -A/-D/-I 1 idle and under traffic
+    assert set(verdicts[4:]) <= {"PASS", "MISS"} and len(verdicts) == 4 + 1 + 6
 
 
-def _entry(count: int, ns: list[int]) -> dict:
+def _entry(count: int, ns: list[int], mix: float | None = None) -> dict:
     probes = [{"position": "first", "first_match": 0, "samples_ns": ns, "sent": 1,
                "counted": 1, "verdict": "DROP", "reference_verdict": "DROP",
                "proto": 17, "frame_bytes": 64}]
+    mixed = None if mix is None else {"mean_ns": mix, "p90_ns": int(mix * 1.2),
+                                      "per_packet_ns": [mix], "counters_match": True,
+                                      "verdicts_match": True}
     return {"ruleset": "classbench-fw1-10k.rules", "rules": count, "requested": count,
-            "entries": count + 1, "maps": 1, "memlock_bytes": 100 * count, "probes": probes}
+            "entries": count + 1, "maps": 1, "memlock_bytes": 100 * count, "probes": probes,
+            "mix": mixed}
+
+
+def _live(system: str, count: int, ns: int) -> LiveResult:
+    # CPU time = wall time: the same ns/packet whichever clock the kernel needs
+    res = LiveResult(system, count, None, "DROP", [LiveRun(1000, 1000, ns * 1e-6, ns * 1e-6)],
+                     requested=count, ruleset="classbench-fw1-10k.rules" if count else "")
+    return res
 
 
 def test_aims_follow_the_numbers() -> None:
-    settings = datapath.Settings(counts=(10, 10000), rulesets=("classbench-fw1-10k.rules",))
-    res = datapath.DatapathResults(settings, [_entry(10, [90, 100, 95]),
-                                              _entry(10000, [140, 149, 160])], [],
+    settings = datapath.Settings(counts=(10, 10000), rulesets=("classbench-fw1-10k.rules",),
+                                 synthetic_counts=(),
+                                 live_rulesets=("classbench-fw1-10k.rules",))
+    res = datapath.DatapathResults(settings, [_entry(10, [90, 100, 95], mix=60.0),
+                                              _entry(10000, [140, 149, 160], mix=100.0)],
+                                   [_live(BPF_NAME, 10000, 2000), _live(LEGACY_NAME, 10000, 40000),
+                                    _live(BARE_NAME, 0, 1000)],
                                    [Timing("restore", BPF_ATTACHED, [0.9, 1.2, 1.1]),
                                     Timing("append", BPF_ATTACHED, [0.04, 0.03, 0.06]),
-                                    Timing("delete", BPF_ATTACHED, [0.05, 0.05, 0.05])], cpu=1)
+                                    Timing("delete", BPF_ATTACHED, [0.05, 0.05, 0.05]),
+                                    Timing("insert", BPF_TRAFFIC, [0.02, 0.03, 0.2])], cpu=1)
     got = [(a.measured, a.verdict) for a in dpreport.aims(res)]
-    assert got == [("149 / 95 ns = 1.57x", "MISS"), ("149 ns", "PASS"),
-                   ("1.10 s", "MISS"), ("40.0 ms", "PASS"), ("50.0 ms", "MISS")]
+    assert got == [("100 / 60 ns = 1.67x (p90 120 / 72 ns)", "MISS"),
+                   ("149 / 95 ns = 1.57x", "MISS"), ("100 ns (p90 120 ns)", "PASS"),
+                   ("149 ns", "PASS"),
+                   ("0.500 / 0.0250 Mpps = 20.0x", "MISS"), ("0.500 / 1.000 Mpps = 50%", "PASS"),
+                   ("1.10 s", "MISS"), ("40.0 ms", "PASS"), ("50.0 ms", "MISS"),
+                   ("30.0 ms", "PASS"), ("1.0 MiB (100 B/rule)", "PASS")]
     summary = dpreport.summary(res)
-    assert "| aim (issue 3) |" in summary
+    assert "| aim (issue 6) |" in summary
     assert "| 10,000 | 1.00 MB (100 B/rule, 1 maps) |" in summary
