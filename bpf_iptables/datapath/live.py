@@ -65,6 +65,22 @@ class DatapathError(XtablesError):
 PAUSE_AT = "BPF_IPTABLES_DATAPATH_PAUSE_AT"
 
 
+# the last update's steps (name -> seconds, in order): the server logs them
+STEPS: dict[str, float] = {}
+
+
+class _Clock:
+    """Times the steps of an update into STEPS (a perf_counter per step)."""
+
+    def __init__(self) -> None:
+        self.t = time.perf_counter()
+
+    def __call__(self, name: str) -> None:
+        now = time.perf_counter()
+        STEPS[name] = STEPS.get(name, 0.0) + now - self.t
+        self.t = now
+
+
 def _maybe_die(step: str) -> None:
     if os.environ.get(DIE_AT) == step:
         os._exit(137)
@@ -266,13 +282,17 @@ def update(store, att: A.Attachment, ruleset: RuleSet, carried: dict[int, int],
     """Put ``ruleset`` into the inactive generation and make it the live
     one (module doc). Returns the new record."""
     directory = store.directory
+    clock = _Clock()
     table = ruleset.table("filter")
     here = interfaces_here()
     compiled = compile_all(table, here)
+    clock("compile")
     gen = 1 - att.active
     G.quiesce(att)
+    clock("quiesce")
     try:
         hooks, _ = G.prepare(directory, att, gen, compiled, att.mode)
+        clock("prepare")
         G.fill_slots(directory, gen, hooks, att.mode)
     except G.LoadError as exc:
         raise DatapathError(f"cannot load the eBPF program: {exc}") from None
@@ -280,6 +300,7 @@ def update(store, att: A.Attachment, ruleset: RuleSet, carried: dict[int, int],
         raise DatapathError(f"cannot prepare the eBPF program: {exc}") from None
     _maybe_die("prepared")
     ifaces = sync_interfaces(directory, att.mode, att.interfaces, here)
+    clock("slots+interfaces")
     route = "FORWARD" in compiled or forwarding()
     ncounters = FIRST_RULE_COUNTER + len(compiled["INPUT"].counter_of)
     new = A.Attachment(
@@ -299,9 +320,11 @@ def update(store, att: A.Attachment, ruleset: RuleSet, carried: dict[int, int],
                                                           table, carried, delta), ncounters)
     except OSError as exc:
         raise DatapathError(f"cannot write the eBPF program's counters: {exc}") from None
+    clock("counters")
     before = store_generation(store)
     new.pending = {"record": asdict(att), "store_generation": before}
     A.write(directory, new)
+    clock("record")
     _maybe_die("pending")
     _maybe_die("counted")
     G.flip(directory, G.word(gen, route))
@@ -313,12 +336,15 @@ def update(store, att: A.Attachment, ruleset: RuleSet, carried: dict[int, int],
                                                                           carried), list(compiled))
         except OSError:
             pass  # lost, as before the carry existed: a few packets at most
+    clock("flip+carry")
     _maybe_die("flipped")
     store.save(ruleset)
+    clock("store")
     _maybe_die("stored")
     new.store_generation = store_generation(store)
     new.pending = None
     A.write(directory, new)
+    clock("record")
     return new
 
 
@@ -374,14 +400,19 @@ class AttachedStore:
             self._recovered = True
 
     def load(self) -> RuleSet:
+        clock = _Clock()
         self._recover()
+        clock("load:recover")
         ruleset = self.inner.load()
+        clock("load:rules")
         try:
             self._base = read_live(self.directory, self.att)
         except OSError as exc:
             raise DatapathError(f"cannot read the data path's counters: {exc}; run "
                                 "`bpf-iptables-datapath detach' and attach again") from None
+        clock("load:counters")
         self._carried = overlay(ruleset, self.att, self._base)
+        clock("load:overlay")
         return ruleset
 
     def load_index(self, table: str):
