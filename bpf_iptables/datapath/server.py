@@ -56,7 +56,15 @@ MODULE = "bpf_iptables.datapath.server"
 PR_SET_PDEATHSIG = 1
 IDLE_GC = 2.0        # seconds without a request before a garbage collection
 PROFILE_ENV = "BPF_IPTABLES_SERVER_PROFILE"   # diagnostics: cProfile a request into this file
+# tests only, in a request's environment: the server dies (as a crash
+# would) when the request begins, or once the command returned
+DIE_AT = "BPF_IPTABLES_SERVER_DIE_AT"
 LOG_ENV = "BPF_IPTABLES_SERVER_LOG"           # (in the server's environment) log every request
+# read by the code at call time: a request may set them as it likes; any
+# other BPF_IPTABLES_ variable (e.g. BPF_IPTABLES_BPF_DIR, read at import)
+# must be what the server started with, or the request is refused
+PER_CALL_ENV = ("BPF_IPTABLES_DATAPATH", "BPF_IPTABLES_RUN_DIR", "BPF_IPTABLES_SHARED_DIR",
+                "BPF_IPTABLES_SERVER_DIE_AT", "BPF_IPTABLES_SERVER_PROFILE")
 REFUSED_ENV = ("BPF_IPTABLES_DATAPATH_DIE_AT", "BPF_IPTABLES_DATAPATH_PAUSE_AT",
                "BPF_IPTABLES_SERVER")
 
@@ -174,6 +182,11 @@ def decode(data: bytes) -> Request:
     return Request(prog, rid, umask, argv, env)
 
 
+def fixed_env(env) -> dict[str, str]:
+    return {k: v for k, v in env.items() if k.startswith("BPF_IPTABLES_")
+            and k not in PER_CALL_ENV and k != LOG_ENV}
+
+
 def _runner(prog: str):
     if prog == "iptables":
         from ..cli.iptables import run
@@ -201,6 +214,7 @@ class Server:
         self.sock.listen(16)
         self.served = 0
         self.log_requests = bool(os.environ.get(LOG_ENV))
+        self.fixed_env = fixed_env(os.environ)
 
     # the xtables lock, as the CLIs take it, noting which request holds it
     @contextmanager
@@ -238,7 +252,8 @@ class Server:
             if not data or len(fds) != 4:
                 return   # closed: the client runs it itself
             req = decode(data)
-            if req.prog not in client.PROGS or any(k in req.env for k in REFUSED_ENV):
+            if req.prog not in client.PROGS or any(k in req.env for k in REFUSED_ENV) \
+                    or fixed_env(req.env) != self.fixed_env:
                 conn.sendall(b"F")
                 return
             status = self.run(req, list(fds))
@@ -252,6 +267,8 @@ class Server:
 
     def run(self, req: Request, fds: list[int]) -> int:
         """The CLI's run() with the client's descriptors, directory, umask, environment."""
+        if req.env.get(DIE_AT) == "begin":
+            os._exit(137)
         readonly = read_only(req)   # before the client's descriptors: it prints nothing there
         self.request, self.busy = req, True
         old_umask = os.umask(req.umask)
@@ -285,6 +302,8 @@ class Server:
                     prof.dump_stats(profile)
             else:
                 status = _runner(req.prog)(req.argv)
+            if req.env.get(DIE_AT) == "done":
+                os._exit(137)
         except SystemExit as stop:
             code = stop.code
             status = code if isinstance(code, int) else (0 if code is None else 1)
