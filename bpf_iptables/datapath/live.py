@@ -40,7 +40,9 @@ import socket
 import sys
 import time
 from dataclasses import asdict
+from functools import lru_cache
 from pathlib import Path
+from typing import Callable
 
 from ..errors import NotSupported, XtablesError, OTHER_PROBLEM
 from ..model import RuleSet, Table
@@ -90,6 +92,27 @@ def _maybe_die(step: str) -> None:
         time.sleep(float(seconds))
 
 
+# monotonic time at which the latest completed RCU grace period began
+# (grace_period()): a long-lived process (the command server) waits for
+# one while idle after a switch, so the next update need not
+_grace_began = 0.0
+
+
+def grace_period() -> None:
+    """Wait for an RCU grace period now (membarrier, as G.quiesce does)."""
+    global _grace_began
+    began = time.monotonic()
+    G._libc.syscall(G.SYS_MEMBARRIER, G.MEMBARRIER_CMD_GLOBAL, 0, 0)
+    _grace_began = began
+
+
+def quiesce(att: A.Attachment) -> None:
+    """G.quiesce, unless a grace period began after the last switch and
+    ended: then no packet still runs the generation about to be rewritten."""
+    if _grace_began <= att.switched_at:
+        G.quiesce(att)
+
+
 def interfaces_here() -> dict[str, int]:
     return {name: index for index, name in socket.if_nameindex()}
 
@@ -136,7 +159,7 @@ def read_live(directory: Path, att: A.Attachment) -> Counts:
     return out
 
 
-def residual(before: Counts, after: Counts, old_to_new: dict[int, int],
+def residual(before: Counts, after: Counts, old_to_new: Callable[[], dict[int, int]],
              hooks: list[str]) -> dict[str, dict[str, list[int]]]:
     """What the old generation counted between ``before`` (the read whose
     values went into the new generation) and ``after`` (read once it was
@@ -145,6 +168,8 @@ def residual(before: Counts, after: Counts, old_to_new: dict[int, int],
     carry: dict[str, dict[str, list[int]]] = {}
     for hook, now in after.items():
         was = before.get(hook, [])
+        if now == was:
+            continue   # nothing counted in between: the usual case
         for old, (p, b) in enumerate(now):
             if old < len(was):
                 p, b = p - was[old][0], b - was[old][1]
@@ -153,7 +178,7 @@ def residual(before: Counts, after: Counts, old_to_new: dict[int, int],
             if old == POLICY_COUNTER:
                 target, slot = hook, POLICY_COUNTER
             else:
-                target, slot = "INPUT", old_to_new.get(old)
+                target, slot = "INPUT", old_to_new().get(old)
             if target in hooks and slot is not None:
                 acc = carry.setdefault(target, {}).setdefault(str(slot), [0, 0])
                 acc[0] += p
@@ -288,7 +313,7 @@ def update(store, att: A.Attachment, ruleset: RuleSet, carried: dict[int, int],
     compiled = compile_all(table, here)
     clock("compile")
     gen = 1 - att.active
-    G.quiesce(att)
+    quiesce(att)
     clock("quiesce")
     try:
         hooks, _ = G.prepare(directory, att, gen, compiled, att.mode)
@@ -332,8 +357,9 @@ def update(store, att: A.Attachment, ruleset: RuleSet, carried: dict[int, int],
     if now:
         # what the old generation counted since ``now``: carried in the record
         try:
-            new.carry = residual(now, read_live(directory, att), old_slots(table, compiled,
-                                                                          carried), list(compiled))
+            new.carry = residual(now, read_live(directory, att),
+                                 lru_cache(lambda: old_slots(table, compiled, carried)),
+                                 list(compiled))
         except OSError:
             pass  # lost, as before the carry existed: a few packets at most
     clock("flip+carry")

@@ -336,7 +336,6 @@ class Server:
         return status
 
     def loop(self) -> int:
-        last = time.monotonic()
         collected = True
         while not self.stop_after:
             self.sock.settimeout(None if collected else IDLE_GC)
@@ -351,9 +350,22 @@ class Server:
                     self.serve_one(conn)
                 except Exception:
                     _log("request failed: " + traceback.format_exc())
-            last = time.monotonic()
             collected = False
+            self.after_switch()
         return 0
+
+    def after_switch(self) -> None:
+        """After an update switched generations, wait for the RCU grace
+        period now, while no one waits, rather than in the next update
+        (live.quiesce; ~10-30 ms when the last switch is recent)."""
+        live = sys.modules.get("bpf_iptables.datapath.live")
+        if live is None or "flip+carry" not in live.STEPS:
+            return
+        live.STEPS.clear()
+        try:
+            live.grace_period()
+        except Exception:
+            _log("grace period: " + traceback.format_exc())
 
     def warm(self) -> None:
         """Import what commands use and load the stored rule set, before
