@@ -144,13 +144,22 @@ def _not_applied(request_id: str) -> bool:
 
     with state.locked(-1) as store:
         try:
-            noted, generation = (store.directory / MARK_FILE).read_text().split()
+            noted, was = (store.directory / MARK_FILE).read_text().split(" ", 1)
         except (OSError, ValueError):
             return True
-        if noted != request_id:
-            return True
-        try:
-            now = (store.directory / "current").read_text().strip()
-        except OSError:
-            now = "0"
-        return now == generation
+        return noted != request_id or was.strip() == stored(store.directory)
+
+
+def stored(directory) -> str:
+    """What changes whenever a rule set is stored: the generation
+    (``current``) and its journal's size (the server stores an append as a
+    journal record)."""
+    try:
+        gen = (directory / "current").read_text().strip()
+    except OSError:
+        return "0 0"
+    try:
+        size = os.stat(directory / f"journal-{gen}").st_size
+    except OSError:
+        size = 0
+    return f"{gen} {size}"

@@ -132,12 +132,19 @@ def forwarding() -> bool:
 
 
 def store_generation(store) -> int:
-    """The stored rule set's generation (state.Store's ``current``): tells
-    a pending update whether its rule set was stored before it died."""
+    """The stored rule set's generation (state.Store's ``current``) and
+    its journal's size: tells a pending update whether its rule set was
+    stored before it died (the command server stores an append as a
+    journal record, which leaves ``current`` as it was)."""
     try:
-        return int((store.directory / "current").read_text())
+        gen = int((store.directory / "current").read_text())
     except (OSError, ValueError):
         return 0
+    try:
+        size = os.stat(store.directory / f"journal-{gen}").st_size
+    except OSError:
+        size = 0
+    return gen << 32 | size
 
 
 # -- counters ---------------------------------------------------------------------

@@ -86,6 +86,9 @@ class Cache:
     ruleset: object = None
     lent: bool = False      # handed to the current request and not stored since
     tables: tuple = ()      # the rule set's tables when it was lent
+    # when lent: every chain as (table, chain, policy, its rules list copied)
+    chains: list = field(default_factory=list)
+    append_ok: bool = False   # the request is a bpf-iptables -A (see CachedStore.save)
 
     def drop(self) -> None:
         self.key, self.ruleset, self.lent = None, None, False
@@ -102,20 +105,22 @@ class Cache:
 READ_ONLY = ("CMD_LIST", "CMD_LIST_RULES", "CMD_CHECK")
 
 
-def read_only(req: "Request") -> bool:
-    """Whether the command cannot change the rule set: bpf-iptables-save,
-    and bpf-iptables -L, -S, -C (without -Z)."""
+def classify(req: "Request") -> tuple[bool, str]:
+    """Whether the command cannot change the rule set (bpf-iptables-save,
+    bpf-iptables -L, -S, -C without -Z), and "append" for bpf-iptables -A."""
     if req.prog == "save":
-        return True
+        return True, ""
     if req.prog != "iptables":
-        return False
+        return False, ""
     from ..cmdline import parse as P
 
     try:
         parsed = P.CommandParser(["bpf-iptables", *req.argv], help_printer=lambda m: "").parse()
     except BaseException:
-        return False
-    return parsed.command in {getattr(P, name) for name in READ_ONLY}
+        return False, ""
+    if parsed.command == P.CMD_APPEND:
+        return False, "append"
+    return parsed.command in {getattr(P, name) for name in READ_ONLY}, ""
 
 
 def _store_key(directory: Path) -> tuple | None:
@@ -134,6 +139,19 @@ def _store_key(directory: Path) -> tuple | None:
     return gen, snap.st_ino, snap.st_mtime_ns, jkey
 
 
+def _journal_size(directory: Path) -> int | None:
+    """The size of the stored generation's journal (0 without one); None
+    without a stored generation."""
+    try:
+        gen = (directory / "current").read_text().strip()
+    except OSError:
+        return None
+    try:
+        return os.stat(directory / f"journal-{gen}").st_size
+    except OSError:
+        return 0
+
+
 class CachedStore(state.Store):
     """A state.Store whose load() hands out the rule set in memory when
     the stored one is still that rule set."""
@@ -150,14 +168,53 @@ class CachedStore(state.Store):
             ruleset = super().load()
             c.key, c.ruleset = key, ruleset
         c.lent, c.tables = True, tuple(c.ruleset.tables)
+        c.chains = [(t.name, ch.name, ch.policy, list(ch.rules))
+                    for t in c.ruleset.tables.values() for ch in t.chains.values()]
         return c.ruleset
 
+    def appended(self, ruleset) -> tuple[str, str, list] | None:
+        """(table, chain, rules) when ``ruleset`` is the stored rule set
+        lent to this request with rules appended to one chain and nothing
+        else changed (same tables, chains, policies, the same rule objects
+        before the new ones): what a journal record stores."""
+        c = self.cache
+        if not (c.append_ok and c.lent and ruleset is c.ruleset
+                and tuple(ruleset.tables) == c.tables):
+            return None
+        now = [(t.name, ch.name, ch.policy, ch.rules)
+               for t in ruleset.tables.values() for ch in t.chains.values()]
+        if [x[:3] for x in now] != [x[:3] for x in c.chains]:
+            return None
+        grown = None
+        for (table, chain, _, rules), (_, _, _, before) in zip(now, c.chains):
+            if len(rules) == len(before):
+                if rules and rules[-1] is not before[-1]:
+                    return None   # (an append never touches another chain)
+                continue
+            if grown is not None or len(rules) < len(before) \
+                    or not all(a is b for a, b in zip(rules, before)):
+                return None
+            grown = (table, chain, rules[len(before):])
+        return grown
+
     def save(self, ruleset) -> None:
-        self.cache.drop()
-        super().save(ruleset)
+        """An append (``appended()``) is stored as a journal record, as an
+        unattached -A is: no snapshot of the whole rule set. The snapshot's
+        counters may then be older than the data path's; an attached
+        namespace's commands take the data path's (live.AttachedStore.load),
+        and detach stores them in a new snapshot."""
+        c = self.cache
+        grown = self.appended(ruleset)
+        c.drop()
+        journal_size = _journal_size(self.directory)
+        if grown is not None and journal_size is not None \
+                and journal_size < self.JOURNAL_LIMIT:
+            self.append(*grown)
+        else:
+            super().save(ruleset)
         key = _store_key(self.directory)
         if key is not None:
-            self.cache.key, self.cache.ruleset = key, ruleset
+            c.key, c.ruleset = key, ruleset
 
 
 # -- one request --------------------------------------------------------------------------
@@ -222,9 +279,8 @@ class Server:
         with ORIGINAL_LOCKED(wait) as store:
             req = self.request
             if req is not None:
-                gen = _store_key(store.directory)
                 tmp = store.directory / (client.MARK_FILE + ".tmp")
-                tmp.write_text(f"{req.request_id} {gen[0] if gen else 0}\n")
+                tmp.write_text(f"{req.request_id} {client.stored(store.directory)}\n")
                 os.replace(tmp, store.directory / client.MARK_FILE)
             if store.directory != self.directory:
                 yield store   # not our namespace's state (cannot happen: same env)
@@ -269,7 +325,8 @@ class Server:
         """The CLI's run() with the client's descriptors, directory, umask, environment."""
         if req.env.get(DIE_AT) == "begin":
             os._exit(137)
-        readonly = read_only(req)   # before the client's descriptors: it prints nothing there
+        readonly, command = classify(req)   # before the client's descriptors: it prints nothing
+        self.cache.append_ok = command == "append"
         self.request, self.busy = req, True
         old_umask = os.umask(req.umask)
         os.environ.clear()
@@ -326,6 +383,7 @@ class Server:
             os.environ.clear()
             os.environ.update(self.base_env)
             self.cache.returned(readonly)
+            self.cache.append_ok = False
             self.request, self.busy = None, False
             self.served += 1
             if self.log_requests:
