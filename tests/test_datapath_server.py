@@ -167,7 +167,6 @@ COMMANDS = [
     "-Z INPUT",
     "-L -v -n",
     "-D INPUT 2",
-    "-P FORWARD DROP",
     "-V",
     "-h",
 ]

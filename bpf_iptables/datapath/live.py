@@ -218,12 +218,13 @@ def overlay(ruleset: RuleSet, att: A.Attachment, values: Counts) -> dict[int, in
     table = ruleset.table("filter")
     slot_of: dict[int, int] = {}
     sums = totals(values)
+    nsums = len(sums)
     for chain, count, first in att.counters:
         rules = table.chains[chain].rules if chain in table.chains else []
-        for index, rule in enumerate(rules[:count]):
-            slot = first + index
-            if slot < len(sums):
-                rule.counters.packets, rule.counters.bytes = sums[slot]
+        for slot, rule in enumerate(rules[:count], first):
+            if slot < nsums:
+                c = rule.counters
+                c.packets, c.bytes = sums[slot]
             slot_of[id(rule)] = slot
     for hook, v in values.items():
         policy = table.chains[hook].counters
@@ -240,14 +241,19 @@ def initial_counters(hooks: list[str], compiled: Compiled, table: Table,
     each program's policy slot holds its hook's policy counters."""
     out: dict[str, dict[int, tuple[int, int]]] = {h: {} for h in hooks}
     moved = totals(delta) if delta is not None else []
+    if not any(p or b for p, b in moved):
+        moved = []   # nothing counted since load(): the usual case, no lookups
     rules = out["INPUT"]
+    chains = {name: chain.rules for name, chain in table.chains.items()}
     for (chain, index), slot in compiled.counter_of.items():
-        rule = table.chains[chain].rules[index]
-        p, b = rule.counters.packets, rule.counters.bytes
-        old = carried.get(id(rule))
-        if old is not None and old < len(moved):
-            dp, db = moved[old]
-            p, b = p + dp, b + db
+        rule = chains[chain][index]
+        c = rule.counters
+        p, b = c.packets, c.bytes
+        if moved:
+            old = carried.get(id(rule))
+            if old is not None and old < len(moved):
+                dp, db = moved[old]
+                p, b = p + dp, b + db
         if p or b:
             rules[slot] = (p, b)
     for hook in hooks:
