@@ -474,6 +474,9 @@ class AttachedStore:
             except OSError as exc:
                 raise DatapathError(f"cannot read the data path's counters: {exc}") from None
             self._carried = overlay(ruleset, self.att, self._base)
+        prestore = getattr(self.inner, "prestore", None)
+        if prestore is not None:
+            prestore(ruleset)   # the command server writes the snapshot meanwhile
         self.att = update(self.inner, self.att, ruleset, self._carried, self._base)
         self._base, self._carried = None, {}
 

@@ -39,6 +39,7 @@ import ctypes
 import gc
 import io
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -89,6 +90,12 @@ class Cache:
     # when lent: every chain as (table, chain, policy, its rules list copied)
     chains: list = field(default_factory=list)
     append_ok: bool = False   # the request is a bpf-iptables -A (see CachedStore.save)
+    prestore: "Prestore | None" = None   # a snapshot being written (CachedStore.prestore)
+
+    def abort_prestore(self) -> None:
+        if self.prestore is not None:
+            self.prestore.abort()
+            self.prestore = None
 
     def drop(self) -> None:
         self.key, self.ruleset, self.lent = None, None, False
@@ -152,6 +159,39 @@ def _journal_size(directory: Path) -> int | None:
         return 0
 
 
+@dataclass
+class Prestore:
+    """A child process writing the new rule set's snapshot into ``tmp``
+    (an ordinary state.Store there, seeded with the current generation)."""
+
+    pid: int
+    tmp: Path
+    ruleset: object
+    current: str | None     # ``current`` when it began
+
+    def wait(self) -> bool:
+        _, status = os.waitpid(self.pid, 0)
+        self.pid = 0
+        return os.waitstatus_to_exitcode(status) == 0
+
+    def abort(self) -> None:
+        if self.pid:
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            os.waitpid(self.pid, 0)
+            self.pid = 0
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def _read_current(directory: Path) -> str | None:
+    try:
+        return (directory / "current").read_text()
+    except OSError:
+        return None
+
+
 class CachedStore(state.Store):
     """A state.Store whose load() hands out the rule set in memory when
     the stored one is still that rule set."""
@@ -197,20 +237,78 @@ class CachedStore(state.Store):
             grown = (table, chain, rules[len(before):])
         return grown
 
+    def prestore(self, ruleset) -> None:
+        """Called by live.AttachedStore.save with the rule set it is about
+        to put into the data path (which does not change it): a child
+        process pickles and writes its snapshot meanwhile, on the other
+        CPU, into a directory of its own; save() moves the files in and
+        switches ``current`` (the commit point, as in state.Store.save)
+        once the data path switched. Without a child (an append, or fork
+        failed), save() stores as usual."""
+        c = self.cache
+        c.abort_prestore()
+        if self.appended(ruleset) is not None:
+            return
+        tmp = self.directory / f".prestore-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        current = _read_current(self.directory)
+        try:
+            tmp.mkdir(mode=0o700)
+            if current is not None:
+                (tmp / "current").write_text(current)
+            pid = os.fork()
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+            return
+        if pid == 0:   # the child: no lock, no client socket, no output
+            status = 1
+            try:
+                os.closerange(3, 1 << 16)
+                state.Store(tmp).save(ruleset)
+                status = 0
+            finally:
+                os._exit(status)
+        c.prestore = Prestore(pid, tmp, ruleset, current)
+
+    def _commit_prestored(self, ruleset) -> bool:
+        pre, self.cache.prestore = self.cache.prestore, None
+        if pre is None:
+            return False
+        try:
+            if pre.ruleset is not ruleset or _read_current(self.directory) != pre.current \
+                    or not pre.wait():
+                return False
+            names = sorted(os.listdir(pre.tmp))
+            if "current" not in names:
+                return False
+            for name in names:
+                if name != "current" and not name.endswith(".tmp"):
+                    os.replace(pre.tmp / name, self.directory / name)
+            os.replace(pre.tmp / "current", self.directory / "current")   # stored
+            if pre.current is not None:
+                old = int(pre.current)
+                for kind in ("snapshot", "index", "journal"):
+                    self._file(kind, old).unlink(missing_ok=True)
+            return True
+        finally:
+            pre.abort()
+
     def save(self, ruleset) -> None:
         """An append (``appended()``) is stored as a journal record, as an
         unattached -A is: no snapshot of the whole rule set. The snapshot's
         counters may then be older than the data path's; an attached
         namespace's commands take the data path's (live.AttachedStore.load),
-        and detach stores them in a new snapshot."""
+        and detach stores them in a new snapshot. Anything else is the
+        snapshot prestore() wrote, or an ordinary save."""
         c = self.cache
         grown = self.appended(ruleset)
         c.drop()
         journal_size = _journal_size(self.directory)
         if grown is not None and journal_size is not None \
                 and journal_size < self.JOURNAL_LIMIT:
+            c.abort_prestore()
             self.append(*grown)
-        else:
+        elif not self._commit_prestored(ruleset):
             super().save(ruleset)
         key = _store_key(self.directory)
         if key is not None:
@@ -346,7 +444,7 @@ class Server:
         steps = sys.modules.get("bpf_iptables.datapath.live")
         if steps:
             steps.STEPS.clear()
-        began = time.perf_counter()
+        began, cpu = time.perf_counter(), time.process_time()
         profile = req.env.get(PROFILE_ENV)
         try:
             if profile:
@@ -382,6 +480,7 @@ class Server:
             os.umask(old_umask)
             os.environ.clear()
             os.environ.update(self.base_env)
+            self.cache.abort_prestore()   # the update failed before storing
             self.cache.returned(readonly)
             self.cache.append_ok = False
             self.request, self.busy = None, False
@@ -390,7 +489,8 @@ class Server:
                 detail = " ".join(f"{k} {v * 1000:.1f}" for k, v in steps.STEPS.items()) \
                     if steps else ""
                 _log(f"{req.prog} {' '.join(req.argv)[:60]}: status {status} in "
-                     f"{(time.perf_counter() - began) * 1000:.1f} ms (update ms: {detail})")
+                     f"{(time.perf_counter() - began) * 1000:.1f} ms, cpu "
+                     f"{(time.process_time() - cpu) * 1000:.1f} ms (update ms: {detail})")
         return status
 
     def loop(self) -> int:
