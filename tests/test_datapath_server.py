@@ -237,7 +237,7 @@ def test_client_imports_nothing_heavy(attached: Attached) -> None:
     assert not {m for m in imported if m.split(".")[0] in ("bcc", "numpy", "lark")}
 
 
-def test_killed_server_falls_back_and_restarts(attached: Attached) -> None:
+def test_killed_or_hung_server_falls_back_and_restarts(attached: Attached) -> None:
     pid = attached.wait_server()
     os.kill(pid, signal.SIGKILL)
     wait_for("the server gone", lambda: pid not in attached.servers())
@@ -249,6 +249,19 @@ def test_killed_server_falls_back_and_restarts(attached: Attached) -> None:
     r = attached.served("-S", "INPUT")
     assert r.stdout.count("-A INPUT -s 10.7.0.1/32 -j DROP\n") == 1
     assert before != attached.mark()
+    # hung (stopped): not waited for past the ready timeout; runs in-process
+    os.kill(new, signal.SIGSTOP)
+    try:
+        before = attached.mark()
+        r = attached.cmd("-A", "INPUT", "-s", "10.7.0.2", "-j", "DROP")
+        assert r.returncode == 0, r.stderr
+        assert attached.mark() == before   # the server did not run it
+    finally:
+        os.kill(new, signal.SIGCONT)
+    # woken, it finds that client gone and serves the next one
+    r = attached.served("-S", "INPUT")
+    assert r.stdout.count("-A INPUT -s 10.7.0.2/32 -j DROP\n") == 1
+    assert attached.servers() == [new]
 
 
 def test_death_during_a_request_never_applies_it_twice(attached: Attached,
