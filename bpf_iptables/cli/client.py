@@ -111,11 +111,15 @@ def forward(prog: str, argv: list[str] | None = None) -> None:
     try:
         fds = array.array("i", [0, 1, 2, cwd])
         s.settimeout(None)   # from here on the command may wait for the lock (-w)
-        s.sendmsg([encode(prog, argv, request_id)],
-                  [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds.tobytes())])
-        answer = s.recv(16)
-    except OSError:
-        answer = b""
+        try:
+            s.sendmsg([encode(prog, argv, request_id)],
+                      [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds.tobytes())])
+        except OSError:   # not sent (e.g. a closed stdout: EBADF): nothing was done
+            return
+        try:
+            answer = s.recv(16)
+        except OSError:
+            answer = b""
     finally:
         os.close(cwd)
         s.close()
