@@ -1,6 +1,10 @@
 """bpf-iptables: the iptables command."""
 from __future__ import annotations
 
+if __name__ == "__main__":   # an attached namespace's server runs it (see cli/client.py)
+    from .client import forward
+    forward("iptables")
+
 import errno
 import gc
 import sys
@@ -101,6 +105,9 @@ def table_error(exc: TableOpError) -> int:
 
 
 def main() -> None:
+    from .client import forward
+
+    forward("iptables")   # returns when the command runs here
     # One short-lived process per command creates no garbage cycles worth
     # collecting, but unpickling a large rule set would trigger many
     # collections: without them loading 10k rules takes half the time.

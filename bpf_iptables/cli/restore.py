@@ -1,6 +1,10 @@
 """bpf-iptables-restore: the iptables-restore command (1.8.9, legacy)."""
 from __future__ import annotations
 
+if __name__ == "__main__":   # an attached namespace's server runs it (see cli/client.py)
+    from .client import forward
+    forward("restore")
+
 import os
 import sys
 
@@ -136,6 +140,9 @@ def run(argv: list[str]) -> int:
 
 
 def main() -> None:
+    from .client import forward
+
+    forward("restore")   # returns when the command runs here
     status = run(sys.argv[1:])
     sys.stdout.flush()
     sys.exit(status)

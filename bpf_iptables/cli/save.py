@@ -1,6 +1,10 @@
 """bpf-iptables-save: the iptables-save command (1.8.9, legacy)."""
 from __future__ import annotations
 
+if __name__ == "__main__":   # an attached namespace's server runs it (see cli/client.py)
+    from .client import forward
+    forward("save")
+
 import os
 import sys
 
@@ -107,6 +111,9 @@ def redirect_stdout(path: str) -> None:
 
 
 def main() -> None:
+    from .client import forward
+
+    forward("save")   # returns when the command runs here
     status = run(sys.argv[1:])
     sys.stdout.flush()
     sys.exit(status)

@@ -13,6 +13,7 @@ import ctypes
 import mmap
 from array import array
 import errno
+import operator
 import os
 from dataclasses import dataclass
 from functools import lru_cache
@@ -296,10 +297,15 @@ def read_counters(map_fd: int, nslots: int) -> list[tuple[int, int]]:
         raise OSError(err, f"read counters: {os.strerror(err)}")
     if attr.count != nslots:
         raise OSError(errno.EIO, f"read counters: {attr.count} of {nslots} slots")
-    flat = list(values)   # per slot: (packets, bytes) of CPU 0, of CPU 1, ...
+    # per slot: (packets, bytes) of CPU 0, of CPU 1, ...; strided views
+    # summed by map(): a few times faster than lists at 10k slots
+    flat = memoryview(values).cast("B").cast("Q")
     step = 2 * ncpu
-    packets = [sum(t) for t in zip(*(flat[2 * c::step] for c in range(ncpu)))]
-    nbytes = [sum(t) for t in zip(*(flat[2 * c + 1::step] for c in range(ncpu)))]
+    packets = flat[0::step].tolist()
+    nbytes = flat[1::step].tolist()
+    for c in range(1, ncpu):
+        packets = list(map(operator.add, packets, flat[2 * c::step].tolist()))
+        nbytes = list(map(operator.add, nbytes, flat[2 * c + 1::step].tolist()))
     return list(zip(packets, nbytes))
 
 

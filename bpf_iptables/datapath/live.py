@@ -40,7 +40,9 @@ import socket
 import sys
 import time
 from dataclasses import asdict
+from functools import lru_cache
 from pathlib import Path
+from typing import Callable
 
 from ..errors import NotSupported, XtablesError, OTHER_PROBLEM
 from ..model import RuleSet, Table
@@ -65,6 +67,22 @@ class DatapathError(XtablesError):
 PAUSE_AT = "BPF_IPTABLES_DATAPATH_PAUSE_AT"
 
 
+# the last update's steps (name -> seconds, in order): the server logs them
+STEPS: dict[str, float] = {}
+
+
+class _Clock:
+    """Times the steps of an update into STEPS (a perf_counter per step)."""
+
+    def __init__(self) -> None:
+        self.t = time.perf_counter()
+
+    def __call__(self, name: str) -> None:
+        now = time.perf_counter()
+        STEPS[name] = STEPS.get(name, 0.0) + now - self.t
+        self.t = now
+
+
 def _maybe_die(step: str) -> None:
     if os.environ.get(DIE_AT) == step:
         os._exit(137)
@@ -72,6 +90,27 @@ def _maybe_die(step: str) -> None:
     if where == step:
         Path(marker).touch()
         time.sleep(float(seconds))
+
+
+# monotonic time at which the latest completed RCU grace period began
+# (grace_period()): a long-lived process (the command server) waits for
+# one while idle after a switch, so the next update need not
+_grace_began = 0.0
+
+
+def grace_period() -> None:
+    """Wait for an RCU grace period now (membarrier, as G.quiesce does)."""
+    global _grace_began
+    began = time.monotonic()
+    G._libc.syscall(G.SYS_MEMBARRIER, G.MEMBARRIER_CMD_GLOBAL, 0, 0)
+    _grace_began = began
+
+
+def quiesce(att: A.Attachment) -> None:
+    """G.quiesce, unless a grace period began after the last switch and
+    ended: then no packet still runs the generation about to be rewritten."""
+    if _grace_began <= att.switched_at:
+        G.quiesce(att)
 
 
 def interfaces_here() -> dict[str, int]:
@@ -93,12 +132,19 @@ def forwarding() -> bool:
 
 
 def store_generation(store) -> int:
-    """The stored rule set's generation (state.Store's ``current``): tells
-    a pending update whether its rule set was stored before it died."""
+    """The stored rule set's generation (state.Store's ``current``) and
+    its journal's size: tells a pending update whether its rule set was
+    stored before it died (the command server stores an append as a
+    journal record, which leaves ``current`` as it was)."""
     try:
-        return int((store.directory / "current").read_text())
+        gen = int((store.directory / "current").read_text())
     except (OSError, ValueError):
         return 0
+    try:
+        size = os.stat(store.directory / f"journal-{gen}").st_size
+    except OSError:
+        size = 0
+    return gen << 32 | size
 
 
 # -- counters ---------------------------------------------------------------------
@@ -120,7 +166,7 @@ def read_live(directory: Path, att: A.Attachment) -> Counts:
     return out
 
 
-def residual(before: Counts, after: Counts, old_to_new: dict[int, int],
+def residual(before: Counts, after: Counts, old_to_new: Callable[[], dict[int, int]],
              hooks: list[str]) -> dict[str, dict[str, list[int]]]:
     """What the old generation counted between ``before`` (the read whose
     values went into the new generation) and ``after`` (read once it was
@@ -129,6 +175,8 @@ def residual(before: Counts, after: Counts, old_to_new: dict[int, int],
     carry: dict[str, dict[str, list[int]]] = {}
     for hook, now in after.items():
         was = before.get(hook, [])
+        if now == was:
+            continue   # nothing counted in between: the usual case
         for old, (p, b) in enumerate(now):
             if old < len(was):
                 p, b = p - was[old][0], b - was[old][1]
@@ -137,7 +185,7 @@ def residual(before: Counts, after: Counts, old_to_new: dict[int, int],
             if old == POLICY_COUNTER:
                 target, slot = hook, POLICY_COUNTER
             else:
-                target, slot = "INPUT", old_to_new.get(old)
+                target, slot = "INPUT", old_to_new().get(old)
             if target in hooks and slot is not None:
                 acc = carry.setdefault(target, {}).setdefault(str(slot), [0, 0])
                 acc[0] += p
@@ -170,12 +218,13 @@ def overlay(ruleset: RuleSet, att: A.Attachment, values: Counts) -> dict[int, in
     table = ruleset.table("filter")
     slot_of: dict[int, int] = {}
     sums = totals(values)
+    nsums = len(sums)
     for chain, count, first in att.counters:
         rules = table.chains[chain].rules if chain in table.chains else []
-        for index, rule in enumerate(rules[:count]):
-            slot = first + index
-            if slot < len(sums):
-                rule.counters.packets, rule.counters.bytes = sums[slot]
+        for slot, rule in enumerate(rules[:count], first):
+            if slot < nsums:
+                c = rule.counters
+                c.packets, c.bytes = sums[slot]
             slot_of[id(rule)] = slot
     for hook, v in values.items():
         policy = table.chains[hook].counters
@@ -192,14 +241,19 @@ def initial_counters(hooks: list[str], compiled: Compiled, table: Table,
     each program's policy slot holds its hook's policy counters."""
     out: dict[str, dict[int, tuple[int, int]]] = {h: {} for h in hooks}
     moved = totals(delta) if delta is not None else []
+    if not any(p or b for p, b in moved):
+        moved = []   # nothing counted since load(): the usual case, no lookups
     rules = out["INPUT"]
+    chains = {name: chain.rules for name, chain in table.chains.items()}
     for (chain, index), slot in compiled.counter_of.items():
-        rule = table.chains[chain].rules[index]
-        p, b = rule.counters.packets, rule.counters.bytes
-        old = carried.get(id(rule))
-        if old is not None and old < len(moved):
-            dp, db = moved[old]
-            p, b = p + dp, b + db
+        rule = chains[chain][index]
+        c = rule.counters
+        p, b = c.packets, c.bytes
+        if moved:
+            old = carried.get(id(rule))
+            if old is not None and old < len(moved):
+                dp, db = moved[old]
+                p, b = p + dp, b + db
         if p or b:
             rules[slot] = (p, b)
     for hook in hooks:
@@ -266,13 +320,17 @@ def update(store, att: A.Attachment, ruleset: RuleSet, carried: dict[int, int],
     """Put ``ruleset`` into the inactive generation and make it the live
     one (module doc). Returns the new record."""
     directory = store.directory
+    clock = _Clock()
     table = ruleset.table("filter")
     here = interfaces_here()
     compiled = compile_all(table, here)
+    clock("compile")
     gen = 1 - att.active
-    G.quiesce(att)
+    quiesce(att)
+    clock("quiesce")
     try:
         hooks, _ = G.prepare(directory, att, gen, compiled, att.mode)
+        clock("prepare")
         G.fill_slots(directory, gen, hooks, att.mode)
     except G.LoadError as exc:
         raise DatapathError(f"cannot load the eBPF program: {exc}") from None
@@ -280,6 +338,7 @@ def update(store, att: A.Attachment, ruleset: RuleSet, carried: dict[int, int],
         raise DatapathError(f"cannot prepare the eBPF program: {exc}") from None
     _maybe_die("prepared")
     ifaces = sync_interfaces(directory, att.mode, att.interfaces, here)
+    clock("slots+interfaces")
     route = "FORWARD" in compiled or forwarding()
     ncounters = FIRST_RULE_COUNTER + len(compiled["INPUT"].counter_of)
     new = A.Attachment(
@@ -299,9 +358,11 @@ def update(store, att: A.Attachment, ruleset: RuleSet, carried: dict[int, int],
                                                           table, carried, delta), ncounters)
     except OSError as exc:
         raise DatapathError(f"cannot write the eBPF program's counters: {exc}") from None
+    clock("counters")
     before = store_generation(store)
     new.pending = {"record": asdict(att), "store_generation": before}
     A.write(directory, new)
+    clock("record")
     _maybe_die("pending")
     _maybe_die("counted")
     G.flip(directory, G.word(gen, route))
@@ -309,16 +370,20 @@ def update(store, att: A.Attachment, ruleset: RuleSet, carried: dict[int, int],
     if now:
         # what the old generation counted since ``now``: carried in the record
         try:
-            new.carry = residual(now, read_live(directory, att), old_slots(table, compiled,
-                                                                          carried), list(compiled))
+            new.carry = residual(now, read_live(directory, att),
+                                 lru_cache(lambda: old_slots(table, compiled, carried)),
+                                 list(compiled))
         except OSError:
             pass  # lost, as before the carry existed: a few packets at most
+    clock("flip+carry")
     _maybe_die("flipped")
     store.save(ruleset)
+    clock("store")
     _maybe_die("stored")
     new.store_generation = store_generation(store)
     new.pending = None
     A.write(directory, new)
+    clock("record")
     return new
 
 
@@ -374,14 +439,19 @@ class AttachedStore:
             self._recovered = True
 
     def load(self) -> RuleSet:
+        clock = _Clock()
         self._recover()
+        clock("load:recover")
         ruleset = self.inner.load()
+        clock("load:rules")
         try:
             self._base = read_live(self.directory, self.att)
         except OSError as exc:
             raise DatapathError(f"cannot read the data path's counters: {exc}; run "
                                 "`bpf-iptables-datapath detach' and attach again") from None
+        clock("load:counters")
         self._carried = overlay(ruleset, self.att, self._base)
+        clock("load:overlay")
         return ruleset
 
     def load_index(self, table: str):
@@ -404,6 +474,9 @@ class AttachedStore:
             except OSError as exc:
                 raise DatapathError(f"cannot read the data path's counters: {exc}") from None
             self._carried = overlay(ruleset, self.att, self._base)
+        prestore = getattr(self.inner, "prestore", None)
+        if prestore is not None:
+            prestore(ruleset)   # the command server writes the snapshot meanwhile
         self.att = update(self.inner, self.att, ruleset, self._carried, self._base)
         self._base, self._carried = None, {}
 

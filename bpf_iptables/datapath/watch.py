@@ -57,6 +57,13 @@ does not see interfaces created inside namespaces. Also rejected:
 pyroute2's IPRoute for the events: their content is not needed, and a
 plain socket keeps the daemon's imports and memory minimal.
 
+The daemon also supervises the namespace's command server (server.py),
+its child: started when the daemon starts, restarted (after a backoff,
+1 s doubling to 60 s, reset when it served for a minute) when it exits,
+ended with the daemon (the server has the daemon's death as its SIGTERM,
+so ``stop()``, a kill, or the daemon's own exit all end it). A server
+that is not there only makes commands run in their own process.
+
 Not covered: an XDP program removed from an interface by hand is not put
 back (``status`` reports it)."""
 from __future__ import annotations
@@ -86,6 +93,8 @@ READY_WAIT = 20.0       # start(): how long to wait for the daemon to be up
 LOG_LIMIT = 1 << 20
 BACKOFF = (5.0, 300.0)
 CLEANUP_LOCK_WAIT = 3   # seconds (see Daemon.cleanup)
+SERVER_BACKOFF = (1.0, 60.0)
+SERVER_STEADY = 60.0    # a server that ran this long restarts at once when it dies
 FD_RESCAN = 10.0        # seconds (see Daemon.namespace_deleted)
 
 # resync() outcomes, also the child's exit status
@@ -360,6 +369,10 @@ class Daemon:
         self.fd_held_until = 0.0
         self.retry_at = 0.0
         self.backoff = BACKOFF[0]
+        self.server: subprocess.Popen | None = None   # the command server (server.py)
+        self.server_began = 0.0
+        self.server_at = 0.0
+        self.server_backoff = SERVER_BACKOFF[0]
 
     def write_pid(self) -> None:
         tmp = self.directory / (PID_FILE + ".tmp")
@@ -409,7 +422,8 @@ class Daemon:
         a descriptor found is trusted for FD_RESCAN seconds."""
         if self.named:
             return not _names_of(self.ns)
-        skip = {os.getpid()} | ({self.child.pid} if self.child else set())
+        skip = ({os.getpid()} | ({self.child.pid} if self.child else set())
+                | ({self.server.pid} if self.server else set()))
         if _held_by_process_or_mount(self.ns, skip):
             return False
         if time.monotonic() < self.fd_held_until:
@@ -470,6 +484,36 @@ class Daemon:
                                       stdin=subprocess.DEVNULL)
         self.child_key, self.child_began = key, time.monotonic()
 
+    def supervise(self) -> None:
+        """(Re)start the command server when it is not running."""
+        if self.server is not None:
+            if self.server.poll() is None:
+                return
+            took = time.monotonic() - self.server_began
+            _log(f"command server exited (status {self.server.returncode}) after {took:.1f} s")
+            self.server = None
+            if took > SERVER_STEADY:
+                self.server_backoff = SERVER_BACKOFF[0]
+            self.server_at = time.monotonic() + self.server_backoff
+            self.server_backoff = min(self.server_backoff * 2, SERVER_BACKOFF[1])
+        if time.monotonic() < self.server_at:
+            return
+        from . import server
+
+        self.server = subprocess.Popen([sys.executable, "-m", server.MODULE, "serve",
+                                        str(self.directory)], stdin=subprocess.DEVNULL)
+        self.server_began = time.monotonic()
+
+    def end_server(self) -> None:
+        if self.server is not None and self.server.poll() is None:
+            self.server.terminate()
+            try:
+                self.server.wait(STOP_WAIT)
+            except subprocess.TimeoutExpired:
+                self.server.kill()
+                self.server.wait()
+        self.server = None
+
     def reap(self) -> None:
         if self.child is None or self.child.poll() is None:
             return
@@ -488,7 +532,14 @@ class Daemon:
 
     def run(self) -> int:
         _log(f"watching {self.directory} (netns {'named' if self.named else 'unnamed'})")
+        try:
+            return self._run()
+        finally:
+            self.end_server()
+
+    def _run(self) -> int:
         while True:
+            self.supervise()
             if select.select([self.sock], [], [], POLL)[0]:
                 self._drain()
             self.reap()
@@ -498,6 +549,7 @@ class Daemon:
                     # its work is moot, and it is a process in the namespace too
                     self.child.kill()
                     self.child.wait()
+                self.end_server()
                 self.cleanup()
                 return 0
             if not self.ours():

@@ -1,0 +1,169 @@
+"""The CLIs' side of the namespace's command server (datapath/server.py).
+
+A command in an attached namespace is handed to the server, which holds
+the rule set, compiled classifiers and map images in memory and runs the
+very same ``run()`` in-process; this process only forwards and waits. It
+must decide cheaply: only the standard library's socket, os, sys and
+array are imported here (never the model, bcc, numpy or lark), and a
+namespace without a server costs one refused ``connect()``.
+
+Protocol (one command per connection, on the abstract unix socket of the
+namespace, which no other network namespace can reach):
+
+1. the server, once it is free to serve this connection, sends ``R``; a
+   client that hears nothing within ``READY_WAIT`` (the server is busy
+   or hung) closes and runs the command itself, and the server, finding
+   the connection closed, never runs it;
+2. the client sends one message: the program, argv, the forwarded
+   environment, umask and a request id, with its stdin, stdout, stderr
+   and working directory as descriptors (SCM_RIGHTS): the command reads
+   and writes them directly, so output is byte for byte what it would be
+   in-process;
+3. the server answers ``E<status>`` or ``F`` (refused: run it yourself;
+   nothing was done).
+
+If the connection ends after step 2 without an answer (the server died),
+the command may have been applied, and must not be applied twice: the
+server notes ``<request id> <stored generation>`` in the namespace's
+state directory each time the command takes the xtables lock. Under the
+lock the client compares: not noted, or the stored rule set unchanged
+since the note (a dying update left at most a ``pending`` record, which
+the rerun resolves before running) -> run it here; changed -> it was
+applied: say so on stderr and exit 0."""
+from __future__ import annotations
+
+import array
+import os
+import socket
+import sys
+
+SOCKET_NAME = b"\0bpf-iptables"
+READY_WAIT = 0.5     # seconds: a busy or hung server is not waited for longer
+MARK_FILE = "server.request"
+# what a command's behaviour depends on besides argv (iptables reads
+# XTABLES_LOCKFILE; ours read BPF_IPTABLES_*; messages follow the locale)
+ENV_PREFIXES = ("BPF_IPTABLES_", "XTABLES_", "LC_", "LANG")
+PROGS = ("iptables", "restore", "save")
+
+_tried = False   # main() of a CLI run by -m forwards once, not twice
+
+
+def socket_name(env: dict[str, str] | os._Environ = os.environ) -> bytes:
+    """One server per network namespace and state directory (tests point
+    BPF_IPTABLES_RUN_DIR elsewhere)."""
+    run = env.get("BPF_IPTABLES_RUN_DIR")
+    return SOCKET_NAME if not run else SOCKET_NAME + b":" + os.fsencode(run)
+
+
+def forwarded_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIXES)}
+
+
+def encode(prog: str, argv: list[str], request_id: str) -> bytes:
+    """NUL-separated fields: prog, id, umask, n argv words, the words, then
+    KEY=VALUE pairs (os.fsencode: argv round-trips undecodable bytes)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    words = [prog.encode(), request_id.encode(), b"%d" % umask, b"%d" % len(argv)]
+    words += [os.fsencode(a) for a in argv]
+    words += [os.fsencode(f"{k}={v}") for k, v in forwarded_env().items()]
+    return b"\0".join(words)
+
+
+def _connect() -> socket.socket | None:
+    try:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    except OSError:
+        return None
+    try:
+        s.settimeout(READY_WAIT)
+        s.connect(socket_name())
+        # only root's server is trusted with a root command (anyone in the
+        # namespace could bind the name first)
+        uid = int.from_bytes(s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)[4:8],
+                             sys.byteorder)
+        if uid != 0 or s.recv(1) != b"R":
+            s.close()
+            return None
+        return s
+    except OSError:   # no server (ECONNREFUSED, ENOENT), busy or hung (timeout)
+        s.close()
+        return None
+
+
+def forward(prog: str, argv: list[str] | None = None) -> None:
+    """Run the command in the namespace's server and exit with its status;
+    return (having done nothing) when the command must run here."""
+    global _tried
+    if _tried or os.environ.get("BPF_IPTABLES_SERVER") == "off":
+        return
+    _tried = True
+    argv = sys.argv[1:] if argv is None else argv
+    s = _connect()
+    if s is None:
+        return
+    request_id = f"{os.getpid()}.{os.urandom(6).hex()}"
+    try:
+        stdin_at: int | None = os.lseek(0, 0, os.SEEK_CUR)   # the server reads our stdin
+    except OSError:
+        stdin_at = None   # a pipe or a terminal
+    cwd = os.open(".", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fds = array.array("i", [0, 1, 2, cwd])
+        s.settimeout(None)   # from here on the command may wait for the lock (-w)
+        try:
+            s.sendmsg([encode(prog, argv, request_id)],
+                      [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds.tobytes())])
+        except OSError:   # not sent (e.g. a closed stdout: EBADF): nothing was done
+            return
+        try:
+            answer = s.recv(16)
+        except OSError:
+            answer = b""
+    finally:
+        os.close(cwd)
+        s.close()
+    if answer.startswith(b"E"):
+        sys.exit(int(answer[1:]))
+    if answer == b"F":
+        return
+    if _not_applied(request_id):
+        if stdin_at is not None:
+            os.lseek(0, stdin_at, os.SEEK_SET)
+        elif prog == "restore":
+            # it may have read part of a pipe that cannot be read again
+            sys.stderr.write("bpf-iptables-restore: the bpf-iptables server ended before "
+                             "applying the input; nothing was changed\n")
+            sys.exit(1)
+        return
+    sys.stderr.write(f"warning: the bpf-iptables server ended after applying the command "
+                     f"(request {request_id}); its output may be incomplete\n")
+    sys.exit(0)
+
+
+def _not_applied(request_id: str) -> bool:
+    """After the server died with our request: whether running it here is
+    safe (module doc). Rare: may import the state module."""
+    from .. import state
+
+    with state.locked(-1) as store:
+        try:
+            noted, was = (store.directory / MARK_FILE).read_text().split(" ", 1)
+        except (OSError, ValueError):
+            return True
+        return noted != request_id or was.strip() == stored(store.directory)
+
+
+def stored(directory) -> str:
+    """What changes whenever a rule set is stored: the generation
+    (``current``) and its journal's size (the server stores an append as a
+    journal record)."""
+    try:
+        gen = (directory / "current").read_text().strip()
+    except OSError:
+        return "0 0"
+    try:
+        size = os.stat(directory / f"journal-{gen}").st_size
+    except OSError:
+        size = 0
+    return f"{gen} {size}"

@@ -1,0 +1,582 @@
+"""The command server of an attached namespace: runs bpf-iptables,
+bpf-iptables-restore and bpf-iptables-save commands in a process that
+stays, so that one update does not redo everything.
+
+Why: a command in a fresh process pays for starting Python and importing
+the front end and data path, unpickling the stored rule set and compiling
+every classifier from nothing; at 10k rules that is about a second for a
+one-rule change. A process that already holds the rule set (and, through
+the compiler's and image's module-level caches, what the last update
+built) pays only for the change.
+
+Design: the interface watcher (watch.py) starts this process in the
+namespace and restarts it when it dies; it dies with the watcher (parent
+death signal), so ``detach`` and the namespace's deletion end it too. It
+listens on an abstract unix socket (cli/client.py: abstract names belong
+to the network namespace, so no other namespace can reach it; only root
+peers are served, checked with SO_PEERCRED). Requests are served one at
+a time; each runs the CLI's own ``run()`` with the client's stdin,
+stdout, stderr (descriptors passed over the socket, put on 0/1/2),
+working directory, umask and forwarded environment, so it behaves as the
+command would in-process, and takes the xtables lock as it would (``-w``
+included: a client the server cannot serve within half a second runs the
+command itself rather than queue behind a command waiting for the lock).
+
+Warm state: the stored rule set stays in memory (``CachedStore``) while
+the stored generation is the one it holds; a command that loaded it and
+did not store it may have changed it (a refused rule), so it is dropped
+then. Everything else the CLIs and the data path keep at module level
+stays warm by itself.
+
+Requests that carry the test-only hooks that kill or pause an update
+(``live.DIE_AT``, ``live.PAUSE_AT``) are refused: they are about the
+command's process. See cli/client.py for what a client does when the
+server dies during its command."""
+from __future__ import annotations
+
+import array
+import ctypes
+import gc
+import io
+import os
+import shutil
+import signal
+import socket
+import sys
+import time
+import traceback
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from ..cli import client
+from .. import state
+
+MODULE = "bpf_iptables.datapath.server"
+PR_SET_PDEATHSIG = 1
+IDLE_GC = 2.0        # seconds without a request before a garbage collection
+PROFILE_ENV = "BPF_IPTABLES_SERVER_PROFILE"   # diagnostics: cProfile a request into this file
+# tests only, in a request's environment: the server dies (as a crash
+# would) when the request begins, or once the command returned
+DIE_AT = "BPF_IPTABLES_SERVER_DIE_AT"
+LOG_ENV = "BPF_IPTABLES_SERVER_LOG"           # (in the server's environment) log every request
+# read by the code at call time: a request may set them as it likes; any
+# other BPF_IPTABLES_ variable (e.g. BPF_IPTABLES_BPF_DIR, read at import)
+# must be what the server started with, or the request is refused
+PER_CALL_ENV = ("BPF_IPTABLES_DATAPATH", "BPF_IPTABLES_RUN_DIR", "BPF_IPTABLES_SHARED_DIR",
+                "BPF_IPTABLES_SERVER_DIE_AT", "BPF_IPTABLES_SERVER_PROFILE")
+REFUSED_ENV = ("BPF_IPTABLES_DATAPATH_DIE_AT", "BPF_IPTABLES_DATAPATH_PAUSE_AT",
+               "BPF_IPTABLES_SERVER")
+
+
+def _log(message: str) -> None:
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
+    os.write(SAVED[2] if SAVED else 2,
+             f"{stamp} server[{os.getpid()}] {message}\n".encode())
+
+
+SAVED: list[int] = []   # the server's own 0, 1, 2 (watch.log), while a request has them
+
+
+# -- the stored rule set, kept in memory -------------------------------------------------
+
+@dataclass
+class Cache:
+    key: tuple | None = None
+    ruleset: object = None
+    lent: bool = False      # handed to the current request and not stored since
+    tables: tuple = ()      # the rule set's tables when it was lent
+    # when lent: every chain as (table, chain, policy, its rules list copied)
+    chains: list = field(default_factory=list)
+    append_ok: bool = False   # the request is a bpf-iptables -A (see CachedStore.save)
+    prestore: "Prestore | None" = None   # a snapshot being written (CachedStore.prestore)
+
+    def abort_prestore(self) -> None:
+        if self.prestore is not None:
+            self.prestore.abort()
+            self.prestore = None
+
+    def drop(self) -> None:
+        self.key, self.ruleset, self.lent = None, None, False
+
+    def returned(self, readonly: bool) -> None:
+        """End of a request: a rule set lent and not stored may have been
+        changed (a refused rule), unless the command only reads it (its
+        counters are laid on again by every load) and made no table."""
+        if self.lent and not (readonly and tuple(self.ruleset.tables) == self.tables):
+            self.drop()
+        self.lent = False
+
+
+READ_ONLY = ("CMD_LIST", "CMD_LIST_RULES", "CMD_CHECK")
+
+
+def classify(req: "Request") -> tuple[bool, str]:
+    """Whether the command cannot change the rule set (bpf-iptables-save,
+    bpf-iptables -L, -S, -C without -Z), and "append" for bpf-iptables -A."""
+    if req.prog == "save":
+        return True, ""
+    if req.prog != "iptables":
+        return False, ""
+    from ..cmdline import parse as P
+
+    try:
+        parsed = P.CommandParser(["bpf-iptables", *req.argv], help_printer=lambda m: "").parse()
+    except BaseException:
+        return False, ""
+    if parsed.command == P.CMD_APPEND:
+        return False, "append"
+    return parsed.command in {getattr(P, name) for name in READ_ONLY}, ""
+
+
+def _store_key(directory: Path) -> tuple | None:
+    """What identifies the stored rule set: the generation and its files'
+    identities (another process's save writes new files)."""
+    try:
+        gen = (directory / "current").read_text().strip()
+        snap = os.stat(directory / f"snapshot-{gen}")
+    except (OSError, ValueError):
+        return None
+    try:
+        journal = os.stat(directory / f"journal-{gen}")
+        jkey = (journal.st_ino, journal.st_size, journal.st_mtime_ns)
+    except OSError:
+        jkey = None
+    return gen, snap.st_ino, snap.st_mtime_ns, jkey
+
+
+def _journal_size(directory: Path) -> int | None:
+    """The size of the stored generation's journal (0 without one); None
+    without a stored generation."""
+    try:
+        gen = (directory / "current").read_text().strip()
+    except OSError:
+        return None
+    try:
+        return os.stat(directory / f"journal-{gen}").st_size
+    except OSError:
+        return 0
+
+
+@dataclass
+class Prestore:
+    """A child process writing the new rule set's snapshot into ``tmp``
+    (an ordinary state.Store there, seeded with the current generation)."""
+
+    pid: int
+    tmp: Path
+    ruleset: object
+    current: str | None     # ``current`` when it began
+
+    def wait(self) -> bool:
+        _, status = os.waitpid(self.pid, 0)
+        self.pid = 0
+        return os.waitstatus_to_exitcode(status) == 0
+
+    def abort(self) -> None:
+        if self.pid:
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            os.waitpid(self.pid, 0)
+            self.pid = 0
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def _read_current(directory: Path) -> str | None:
+    try:
+        return (directory / "current").read_text()
+    except OSError:
+        return None
+
+
+class CachedStore(state.Store):
+    """A state.Store whose load() hands out the rule set in memory when
+    the stored one is still that rule set."""
+
+    def __init__(self, directory: Path, cache: Cache):
+        super().__init__(directory)
+        self.cache = cache
+
+    def load(self):
+        key = _store_key(self.directory)
+        c = self.cache
+        if key is None or key != c.key or c.lent:
+            c.drop()
+            ruleset = super().load()
+            c.key, c.ruleset = key, ruleset
+        c.lent, c.tables = True, tuple(c.ruleset.tables)
+        c.chains = [(t.name, ch.name, ch.policy, list(ch.rules))
+                    for t in c.ruleset.tables.values() for ch in t.chains.values()]
+        return c.ruleset
+
+    def appended(self, ruleset) -> tuple[str, str, list] | None:
+        """(table, chain, rules) when ``ruleset`` is the stored rule set
+        lent to this request with rules appended to one chain and nothing
+        else changed (same tables, chains, policies, the same rule objects
+        before the new ones): what a journal record stores."""
+        c = self.cache
+        if not (c.append_ok and c.lent and ruleset is c.ruleset
+                and tuple(ruleset.tables) == c.tables):
+            return None
+        now = [(t.name, ch.name, ch.policy, ch.rules)
+               for t in ruleset.tables.values() for ch in t.chains.values()]
+        if [x[:3] for x in now] != [x[:3] for x in c.chains]:
+            return None
+        grown = None
+        for (table, chain, _, rules), (_, _, _, before) in zip(now, c.chains):
+            if len(rules) == len(before):
+                if rules and rules[-1] is not before[-1]:
+                    return None   # (an append never touches another chain)
+                continue
+            if grown is not None or len(rules) < len(before) \
+                    or not all(a is b for a, b in zip(rules, before)):
+                return None
+            grown = (table, chain, rules[len(before):])
+        return grown
+
+    def prestore(self, ruleset) -> None:
+        """Called by live.AttachedStore.save with the rule set it is about
+        to put into the data path (which does not change it): a child
+        process pickles and writes its snapshot meanwhile, on the other
+        CPU, into a directory of its own; save() moves the files in and
+        switches ``current`` (the commit point, as in state.Store.save)
+        once the data path switched. Without a child (an append, or fork
+        failed), save() stores as usual."""
+        c = self.cache
+        c.abort_prestore()
+        if self.appended(ruleset) is not None:
+            return
+        tmp = self.directory / f".prestore-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        current = _read_current(self.directory)
+        try:
+            tmp.mkdir(mode=0o700)
+            if current is not None:
+                (tmp / "current").write_text(current)
+            pid = os.fork()
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+            return
+        if pid == 0:   # the child: no lock, no client socket, no output
+            status = 1
+            try:
+                os.closerange(3, 1 << 16)
+                state.Store(tmp).save(ruleset)
+                status = 0
+            finally:
+                os._exit(status)
+        c.prestore = Prestore(pid, tmp, ruleset, current)
+
+    def _commit_prestored(self, ruleset) -> bool:
+        pre, self.cache.prestore = self.cache.prestore, None
+        if pre is None:
+            return False
+        try:
+            if pre.ruleset is not ruleset or _read_current(self.directory) != pre.current \
+                    or not pre.wait():
+                return False
+            names = sorted(os.listdir(pre.tmp))
+            if "current" not in names:
+                return False
+            for name in names:
+                if name != "current" and not name.endswith(".tmp"):
+                    os.replace(pre.tmp / name, self.directory / name)
+            os.replace(pre.tmp / "current", self.directory / "current")   # stored
+            if pre.current is not None:
+                old = int(pre.current)
+                for kind in ("snapshot", "index", "journal"):
+                    self._file(kind, old).unlink(missing_ok=True)
+            return True
+        finally:
+            pre.abort()
+
+    def save(self, ruleset) -> None:
+        """An append (``appended()``) is stored as a journal record, as an
+        unattached -A is: no snapshot of the whole rule set. The snapshot's
+        counters may then be older than the data path's; an attached
+        namespace's commands take the data path's (live.AttachedStore.load),
+        and detach stores them in a new snapshot. Anything else is the
+        snapshot prestore() wrote, or an ordinary save."""
+        c = self.cache
+        grown = self.appended(ruleset)
+        c.drop()
+        journal_size = _journal_size(self.directory)
+        if grown is not None and journal_size is not None \
+                and journal_size < self.JOURNAL_LIMIT:
+            c.abort_prestore()
+            self.append(*grown)
+        elif not self._commit_prestored(ruleset):
+            super().save(ruleset)
+        key = _store_key(self.directory)
+        if key is not None:
+            c.key, c.ruleset = key, ruleset
+
+
+# -- one request --------------------------------------------------------------------------
+
+@dataclass
+class Request:
+    prog: str
+    request_id: str
+    umask: int
+    argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def decode(data: bytes) -> Request:
+    words = data.split(b"\0")
+    prog, rid, umask, n = words[0].decode(), words[1].decode(), int(words[2]), int(words[3])
+    argv = [os.fsdecode(w) for w in words[4:4 + n]]
+    env = {}
+    for w in words[4 + n:]:
+        k, _, v = os.fsdecode(w).partition("=")
+        env[k] = v
+    return Request(prog, rid, umask, argv, env)
+
+
+def fixed_env(env) -> dict[str, str]:
+    return {k: v for k, v in env.items() if k.startswith("BPF_IPTABLES_")
+            and k not in PER_CALL_ENV and k != LOG_ENV}
+
+
+def _runner(prog: str):
+    if prog == "iptables":
+        from ..cli.iptables import run
+    elif prog == "restore":
+        from ..cli.restore import run
+    elif prog == "save":
+        from ..cli.save import run
+    else:
+        raise ValueError(prog)
+    return run
+
+
+class Server:
+    def __init__(self, directory: Path):
+        self.directory = directory
+        self.cache = Cache()
+        self.request: Request | None = None
+        self.busy = False
+        self.stop_after = False
+        self.base_env = {k: v for k, v in os.environ.items()
+                         if not k.startswith(client.ENV_PREFIXES)}
+        self.name = client.socket_name()
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.sock.bind(self.name)   # EADDRINUSE: one runs already
+        self.sock.listen(16)
+        self.served = 0
+        self.log_requests = bool(os.environ.get(LOG_ENV))
+        self.fixed_env = fixed_env(os.environ)
+
+    # the xtables lock, as the CLIs take it, noting which request holds it
+    @contextmanager
+    def locked(self, wait: int) -> Iterator[state.Store]:
+        with ORIGINAL_LOCKED(wait) as store:
+            req = self.request
+            if req is not None:
+                tmp = store.directory / (client.MARK_FILE + ".tmp")
+                tmp.write_text(f"{req.request_id} {client.stored(store.directory)}\n")
+                os.replace(tmp, store.directory / client.MARK_FILE)
+            if store.directory != self.directory:
+                yield store   # not our namespace's state (cannot happen: same env)
+            else:
+                yield CachedStore(store.directory, self.cache)
+
+    def serve_one(self, conn: socket.socket) -> None:
+        creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
+        if int.from_bytes(creds[4:8], sys.byteorder) != 0:
+            return   # the client runs it itself (and fails as it would)
+        try:
+            conn.sendall(b"R")
+        except OSError:
+            return   # the client gave up waiting: it runs the command itself
+        conn.settimeout(5.0)
+        try:
+            data, ancdata, _, _ = conn.recvmsg(1 << 16, socket.CMSG_SPACE(4 * 4))
+        except OSError:
+            return
+        fds = array.array("i")
+        for level, kind, payload in ancdata:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds.frombytes(payload[:len(payload) - len(payload) % fds.itemsize])
+        try:
+            if not data or len(fds) != 4:
+                return   # closed: the client runs it itself
+            req = decode(data)
+            if req.prog not in client.PROGS or any(k in req.env for k in REFUSED_ENV) \
+                    or fixed_env(req.env) != self.fixed_env:
+                conn.sendall(b"F")
+                return
+            status = self.run(req, list(fds))
+            try:
+                conn.sendall(b"E%d" % status)
+            except OSError:
+                pass   # the client is gone; the command was done
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+    def run(self, req: Request, fds: list[int]) -> int:
+        """The CLI's run() with the client's descriptors, directory, umask, environment."""
+        if req.env.get(DIE_AT) == "begin":
+            os._exit(137)
+        readonly, command = classify(req)   # before the client's descriptors: it prints nothing
+        self.cache.append_ok = command == "append"
+        self.request, self.busy = req, True
+        old_umask = os.umask(req.umask)
+        os.environ.clear()
+        os.environ.update(self.base_env)
+        os.environ.update(req.env)
+        for i in range(3):
+            os.dup2(fds[i], i)
+        os.fchdir(fds[3])
+        streams = (sys.stdin, sys.stdout, sys.stderr)
+        sys.stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False), encoding="utf-8",
+                                     errors="surrogateescape")
+        sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), encoding="utf-8",
+                                      errors="surrogateescape", line_buffering=os.isatty(1))
+        sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), encoding="utf-8",
+                                      errors="backslashreplace", line_buffering=True)
+        status = 1
+        steps = sys.modules.get("bpf_iptables.datapath.live")
+        if steps:
+            steps.STEPS.clear()
+        began, cpu = time.perf_counter(), time.process_time()
+        profile = req.env.get(PROFILE_ENV)
+        try:
+            if profile:
+                import cProfile
+
+                prof = cProfile.Profile()
+                try:
+                    status = prof.runcall(_runner(req.prog), req.argv)
+                finally:
+                    prof.dump_stats(profile)
+            else:
+                status = _runner(req.prog)(req.argv)
+            if req.env.get(DIE_AT) == "done":
+                os._exit(137)
+        except SystemExit as stop:
+            code = stop.code
+            status = code if isinstance(code, int) else (0 if code is None else 1)
+            if code is not None and not isinstance(code, int):
+                sys.stderr.write(f"{code}\n")
+        except BaseException:   # what would have been a traceback in-process
+            traceback.print_exc()
+            status = 1
+        finally:
+            for stream in (sys.stdout, sys.stderr):
+                try:
+                    stream.flush()
+                except OSError:
+                    status = 120 if status == 0 else status   # as Python's exit does
+            sys.stdin, sys.stdout, sys.stderr = streams
+            for i in range(3):
+                os.dup2(SAVED[i], i)
+            os.chdir("/")
+            os.umask(old_umask)
+            os.environ.clear()
+            os.environ.update(self.base_env)
+            self.cache.abort_prestore()   # the update failed before storing
+            self.cache.returned(readonly)
+            self.cache.append_ok = False
+            self.request, self.busy = None, False
+            self.served += 1
+            if self.log_requests:
+                detail = " ".join(f"{k} {v * 1000:.1f}" for k, v in steps.STEPS.items()) \
+                    if steps else ""
+                _log(f"{req.prog} {' '.join(req.argv)[:60]}: status {status} in "
+                     f"{(time.perf_counter() - began) * 1000:.1f} ms, cpu "
+                     f"{(time.process_time() - cpu) * 1000:.1f} ms (update ms: {detail})")
+        return status
+
+    def loop(self) -> int:
+        collected = True
+        while not self.stop_after:
+            self.sock.settimeout(None if collected else IDLE_GC)
+            try:
+                conn, _ = self.sock.accept()
+            except socket.timeout:
+                gc.collect()   # off the requests' path
+                collected = True
+                continue
+            with conn:
+                try:
+                    self.serve_one(conn)
+                except Exception:
+                    _log("request failed: " + traceback.format_exc())
+            collected = False
+            self.after_switch()
+        return 0
+
+    def after_switch(self) -> None:
+        """After an update switched generations, wait for the RCU grace
+        period now, while no one waits, rather than in the next update
+        (live.quiesce; ~10-30 ms when the last switch is recent)."""
+        live = sys.modules.get("bpf_iptables.datapath.live")
+        if live is None or "flip+carry" not in live.STEPS:
+            return
+        live.STEPS.clear()
+        try:
+            live.grace_period()
+        except Exception:
+            _log("grace period: " + traceback.format_exc())
+
+    def warm(self) -> None:
+        """Import what commands use and load the stored rule set, before
+        the first request needs them. Without the lock: a rule set stored
+        meanwhile only makes the cache miss."""
+        from ..cli import iptables, restore, save  # noqa: F401
+        from . import live  # noqa: F401
+
+        try:
+            CachedStore(self.directory, self.cache).load()
+            self.cache.lent = False
+        except Exception:
+            self.cache.drop()
+
+
+ORIGINAL_LOCKED = state.locked
+
+
+def _on_term(server: Server):
+    def handler(signum, frame):
+        # the watcher is gone (parent death) or we are told to stop: never
+        # in the middle of a command (the data path's update is not
+        # interrupted by us), else at once
+        if server.busy:
+            server.stop_after = True
+        else:
+            raise SystemExit(0)
+    return handler
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 2 or argv[0] != "serve":
+        sys.stderr.write(f"usage: python -m {MODULE} serve DIR\n")
+        return 2
+    directory = Path(argv[1])
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    parent = os.getppid()
+    if parent == 1 or directory != state.run_dir() / f"netns-{state.netns_cookie()}":
+        return 1   # the watcher is already gone, or the wrong namespace
+    gc.disable()   # as the CLIs do; collected when idle instead
+    SAVED.extend(os.dup(i) for i in range(3))
+    try:
+        server = Server(directory)
+    except OSError as exc:
+        _log(f"not serving: {exc}")
+        return 1
+    signal.signal(signal.SIGTERM, _on_term(server))
+    state.locked = server.locked   # the CLIs look it up at call time
+    server.warm()
+    _log(f"serving {directory}")
+    return server.loop()
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
