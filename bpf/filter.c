@@ -21,6 +21,40 @@
 #include "lib/bitvector.h"
 #include "lib/parse.h"
 #include "lib/ranges.h"
+#if CONNTRACK
+#include "lib/conntrack_defs.h"
+/* the namespace's conntrack maps, pinned outside the generations (opened
+ * when pinned, created and pinned otherwise); accessors for
+ * lib/conntrack.h, since bcc rewrites map calls in this file only */
+BPF_TABLE_PINNED("lru_hash", struct ct_key, struct ct_entry, ct_table, CT_MAX, CT_PIN_DIR "/table");
+BPF_TABLE_PINNED("array", u32, u32, ct_config, CT_NCONFIG, CT_PIN_DIR "/config");
+BPF_TABLE_PINNED("percpu_array", u32, u64, ct_stats, CT_NSTATS, CT_PIN_DIR "/stats");
+BPF_PERCPU_ARRAY(ct_scratch, struct ct_seen, 1);
+static __always_inline struct ct_entry *ct_lookup(struct ct_key *k)
+{
+	return ct_table.lookup(k);
+}
+static __always_inline void ct_delete(struct ct_key *k)
+{
+	ct_table.delete(k);
+}
+static __always_inline void ct_insert(struct ct_key *k, struct ct_entry *e)
+{
+	ct_table.update(k, e);
+}
+static __always_inline u32 ct_config_get(u32 slot)
+{
+	u32 *v = ct_config.lookup(&slot);
+	return v ? *v : 0;
+}
+static __always_inline void ct_stat(u32 slot)
+{
+	u64 *v = ct_stats.lookup(&slot);
+	if (v)
+		*v += 1;
+}
+#include "lib/conntrack.h"
+#endif
 
 #define VERDICT_CONTINUE 0xFFFFFFFFu
 
@@ -248,6 +282,16 @@ BPF_HASH(mac_map, u64, struct bitvector, MAC_MAX);
 #else
 #define TERM_MAC(m, ix)
 #endif
+#if FIELD_CTSTATE
+#if !CONNTRACK
+#error "FIELD_CTSTATE needs CONNTRACK"
+#endif
+/* index: the packet's ctstate + 4 * its direction (lib/conntrack.h) */
+BPF_ARRAY(ctstate_map, struct bitvector, 8);
+#define TERM_CTSTATE(m, ix) &f_ctstate->m[ix]
+#else
+#define TERM_CTSTATE(m, ix)
+#endif
 #if FIELD_PKTTYPE
 /* index: PACKET_HOST, PACKET_BROADCAST or PACKET_MULTICAST (parse.h) */
 BPF_ARRAY(pkttype_map, struct bitvector, 3);
@@ -263,7 +307,7 @@ BPF_ARRAY(pkttype_map, struct bitvector, 3);
 		       TERM_SPORT(m, ix) TERM_DPORT(m, ix) TERM_ICMP(m, ix)              \
 		       TERM_LENGTH(m, ix) TERM_TTL(m, ix) TERM_TOS(m, ix)                \
 		       TERM_PORTS(m, ix) TERM_OIF(m, ix) TERM_MAC(m, ix)                 \
-		       TERM_PKTTYPE(m, ix))
+		       TERM_PKTTYPE(m, ix) TERM_CTSTATE(m, ix))
 #define AND_WORD(ix) AND_OF(word, ix)
 #define AND_SUM(ix) AND_OF(summary, ix)
 
@@ -290,6 +334,18 @@ int xdp_filter(CTX_TYPE *ctx)
 	struct bitvector *live = live_map.lookup(&zero);
 	if (!cfg || !live)
 		return RET(XDP_ABORTED);
+	struct resume *rs = resume_map.lookup(&zero);
+	if (!rs)
+		return RET(XDP_ABORTED);
+#if CONNTRACK
+	/* tracked once per packet: a tail call resuming the scan finds the
+	 * result in the per-CPU slot */
+	struct ct_seen *cts = ct_scratch.lookup(&zero);
+	if (!cts)
+		return RET(XDP_ABORTED);
+	if (!rs->active)
+		ct_track(data, data_end, &pf, cts);
+#endif
 
 	/* One lookup per field; the bitvectors are then read in place. */
 #if FIELD_SRC
@@ -447,6 +503,12 @@ int xdp_filter(CTX_TYPE *ctx)
 	if (!f_pkttype)
 		return RET(XDP_ABORTED);
 #endif
+#if FIELD_CTSTATE
+	u32 ctkey = (cts->state + 4 * cts->dir) & 7;
+	struct bitvector *f_ctstate = ctstate_map.lookup(&ctkey);
+	if (!f_ctstate)
+		return RET(XDP_ABORTED);
+#endif
 #if FIELD_TOS
 	u32 toskey = pf.tos & 0xFF;
 	struct bitvector *f_tos = tos_map.lookup(&toskey);
@@ -454,9 +516,6 @@ int xdp_filter(CTX_TYPE *ctx)
 		return RET(XDP_ABORTED);
 #endif
 
-	struct resume *rs = resume_map.lookup(&zero);
-	if (!rs)
-		return RET(XDP_ABORTED);
 	rs->evil = pf.evil;
 	/* once per packet (and per tail call): the words where every field
 	 * can have a bit; the scan loads no other word */
@@ -511,8 +570,15 @@ int xdp_filter(CTX_TYPE *ctx)
 		if (rs->evil & en->tcp)
 			return RET(XDP_DROP); /* hotdrop: the rule is not counted */
 		count(en->counter, length);
-		if (en->verdict != VERDICT_CONTINUE)
+		if (en->verdict != VERDICT_CONTINUE) {
+#if CONNTRACK
+			/* netfilter confirms a new connection only when the
+			 * packet is accepted */
+			if (en->verdict == XDP_PASS)
+				ct_confirm(cts);
+#endif
 			return RET(en->verdict);
+		}
 		/* continue at en->next: reload its word, masking earlier bits,
 		 * and the summary from the word after it (none past the last) */
 		u32 next = en->next;

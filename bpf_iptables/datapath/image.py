@@ -156,6 +156,8 @@ def map_image(c: Compiled, shape: Shape) -> list[MapImage]:
                             clear=True))
     if "pkttype" in fields:
         out.append(MapImage("pkttype_map", [(u32(i), bv(v)) for i, v in enumerate(c.pkttype)]))
+    if "ctstate" in fields:
+        out.append(MapImage("ctstate_map", [(u32(i), bv(v)) for i, v in enumerate(c.ctstate)]))
     if "tos" in fields:
         assert len(c.tos) == 256
         out.append(MapImage("tos_map", [(u32(i), bv(v)) for i, v in enumerate(c.tos)]))

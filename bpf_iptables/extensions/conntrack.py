@@ -321,6 +321,41 @@ class ConntrackDataMatch(MatchExtension):
     def matches(self, data: ConntrackData, packet: "Packet") -> bool:
         return conntrack_matches(data, packet)
 
+    def lower(self, data: ConntrackData, rule: Any) -> list[Any]:
+        """--ctstate / --state and --ctdir on the ctstate field (slot: the
+        packet's state + 4 * its direction, bpf/lib/conntrack.h): the slots
+        for which conntrack_matches() holds. The other options are refused."""
+        from ..datapath import fields as dp  # only when compiling for the data path
+        from ..errors import NotSupported
+
+        if data.match_flags & ~(F_STATE | F_STATE_ALIAS | F_DIRECTION):
+            raise NotSupported("conntrack options other than --ctstate and --ctdir "
+                               "in the eBPF data path")
+        if data.has(F_STATE) and data.state_mask & (S_SNAT | S_DNAT):
+            raise NotSupported("--ctstate SNAT/DNAT (bpf-iptables has no NAT)")
+        slots = 0
+        for slot in range(dp.CT_SLOTS):
+            state, direction = slot & 3, slot >> 2
+            if slot_matches(data, state, direction):
+                slots |= 1 << slot
+        return [dp.CtstateConstraint(slots)]
+
+
+_SLOT_STATE_BITS = (S_INVALID, S_NEW, S_ESTABLISHED, S_RELATED)
+
+
+def slot_matches(d: ConntrackData, state: int, direction: int) -> bool:
+    """conntrack_matches() for a packet whose only known facts are its
+    ctstate (0 INVALID, 1 NEW, 2 ESTABLISHED, 3 RELATED) and direction."""
+    statebit = _SLOT_STATE_BITS[state]
+    if d.has(F_STATE) and bool(d.state_mask & statebit) == d.inv(F_STATE):
+        return False
+    if state == 0:
+        return d.has(F_STATE)
+    if d.has(F_DIRECTION) and (direction == 0) == d.inv(F_DIRECTION):
+        return False
+    return True
+
 
 class ConntrackMatch(XtOptionsExtension, ConntrackDataMatch):
     name = "conntrack"
