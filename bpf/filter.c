@@ -323,10 +323,22 @@ static __always_inline void count(u32 slot, u32 length)
 
 int xdp_filter(CTX_TYPE *ctx)
 {
+#if HOOK_TC
+	/* An skb's direct access covers its linear part only: a GSO packet
+	 * (a socket's 64 KB TCP send at egress, a GRO'd one at ingress) has
+	 * its payload in fragments. Make the headers linear (at most 128
+	 * bytes: Ethernet, IP and TCP headers with options, an ICMP error's
+	 * quote), and judge the IP total length against the whole skb. */
+	u32 pull = ctx->len < 128 ? ctx->len : 128;
+	bpf_skb_pull_data(ctx, pull);
+	u32 wire_len = ctx->len;
+#else
+	u32 wire_len = 0;
+#endif
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
 	struct packet_fields pf = {};
-	if (parse_packet(data, data_end, &pf) != PARSE_OK)
+	if (parse_packet(data, data_end, &pf, wire_len) != PARSE_OK)
 		return RET(XDP_PASS);
 
 	u32 zero = 0;
