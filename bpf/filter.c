@@ -482,7 +482,7 @@ int xdp_filter(CTX_TYPE *ctx)
 	fib.family = AF_INET;
 	fib.tos = pf.tos;
 	fib.l4_protocol = pf.proto;
-	fib.tot_len = pf.length;
+	fib.tot_len = 0;	/* no MTU check, as the dispatcher (root.c) */
 	fib.ipv4_src = pf.saddr;
 	fib.ipv4_dst = pf.daddr;
 	fib.ifindex = ctx->ingress_ifindex;

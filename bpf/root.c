@@ -61,7 +61,12 @@ static __always_inline int ingress_hook(void *ctx, void *data, void *data_end, u
 	p.family = AF_INET;
 	p.tos = ip->tos;
 	p.l4_protocol = ip->protocol;
-	p.tot_len = bpf_ntohs(ip->tot_len);
+	/* no MTU check (tot_len 0): a GRO/GSO aggregate is longer than the
+	 * MTU and is forwarded (segmented on output); the lookup would say
+	 * FRAG_NEEDED and the packet would bypass FORWARD. (A real oversize
+	 * DF packet, which ip_forward() drops before FORWARD, is classified
+	 * by FORWARD instead.) */
+	p.tot_len = 0;
 	p.ipv4_src = ip->saddr;
 	p.ipv4_dst = ip->daddr;
 	p.ifindex = ifindex;
