@@ -212,3 +212,110 @@ def test_stateful_router_same_as_iptables_legacy():
         assert got == want
         listing = legacy.router.iptables("-L", "-v", "-x", "-n").stdout
         assert ours.router.bpf_iptables("-L", "-v", "-x", "-n").stdout == listing
+
+
+TIMEOUT_RULES = """\
+*filter
+:INPUT ACCEPT [0:0]
+:FORWARD ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+-A INPUT -p udp -m conntrack --ctstate NEW
+-A INPUT -p udp -m conntrack --ctstate ESTABLISHED
+-A INPUT -p icmp -m conntrack --ctstate NEW
+-A INPUT -p icmp -m conntrack --ctstate ESTABLISHED
+COMMIT
+"""
+
+
+def conversation(pair: Pair, pause: float) -> int:
+    """Client port 40000 -> server:7000, the server answers, the client
+    speaks again, then after ``pause`` once more; answers received."""
+    with inside(pair.server):
+        srv = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with inside(pair.client):
+        cli = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with srv, cli:
+        srv.bind((SERVER_IP, 7000))
+        cli.bind((CLIENT_IP, 40000))
+        srv.settimeout(WAIT)
+        cli.settimeout(WAIT)
+        cli.sendto(b"hello", (SERVER_IP, 7000))
+        _, peer = srv.recvfrom(64)
+        srv.sendto(b"hi", peer)
+        got = len(cli.recv(64))
+        cli.sendto(b"again", (SERVER_IP, 7000))
+        srv.recv(64)
+        time.sleep(pause)
+        cli.sendto(b"later", (SERVER_IP, 7000))   # after the timeout: NEW again
+        srv.recv(64)
+    return got
+
+
+def test_short_timeouts_make_idle_flows_new_again():
+    """nf_conntrack_udp_timeout / icmp_timeout of 2 s: with netfilter by
+    sysctl, with bpf-iptables by bpf-iptables-conntrack --set (same names)."""
+    ensure_bpffs()
+    with topology("ctlt") as legacy, topology("ctbt") as ours:
+        assert legacy.server.run(["iptables-legacy-restore"], input=TIMEOUT_RULES).returncode == 0
+        for name in ("nf_conntrack_udp_timeout", "nf_conntrack_icmp_timeout"):
+            r = legacy.server.run(["sysctl", "-qw", f"net.netfilter.{name}=2"])
+            assert r.returncode == 0, r.stderr
+        r = ours.server.run(bpf_command("iptables-restore"), input=TIMEOUT_RULES)
+        assert r.returncode == 0, r.stderr
+        r = ours.server.run(datapath_command("attach"))
+        assert r.returncode == 0, r.stderr
+        r = ours.server.run(conntrack_command("--set", "nf_conntrack_udp_timeout=2",
+                                              "--set", "nf_conntrack_icmp_timeout=2"))
+        assert r.returncode == 0, r.stderr
+        assert "nf_conntrack_udp_timeout = 2" in ours.server.run(conntrack_command("-T")).stdout
+        for pair in (legacy, ours):
+            assert conversation(pair, 3.0) == 2
+            assert ping(pair, 1) == 1
+            time.sleep(3.0)
+            assert ping(pair, 1) == 1
+        listing = legacy.server.iptables("-L", "-v", "-x", "-n").stdout
+        # udp NEW: the first datagram and the one after the pause; udp
+        # ESTABLISHED: the one in between; icmp NEW: both pings
+        assert [int(x.split()[0]) for x in listing.splitlines()[2:6]] == [2, 1, 2, 0], listing
+        mine = ours.server.bpf_iptables("-L", "-v", "-x", "-n").stdout
+        assert mine == listing, f"iptables-legacy:\n{listing}\nbpf-iptables:\n{mine}"
+
+
+def conntrack_command(*args: str) -> list[str]:
+    import sys
+
+    return [sys.executable, "-m", "bpf_iptables.cli.conntrack", *args]
+
+
+def test_conntrack_listing_flush_and_count():
+    ensure_bpffs()
+    with topology("ctbl") as ours:
+        r = ours.server.run(bpf_command("iptables-restore"), input=SERVER_RULES)
+        assert r.returncode == 0, r.stderr
+        r = ours.server.run(datapath_command("attach"))
+        assert r.returncode == 0, r.stderr
+        assert ping(ours, 1) == 1
+        assert tcp(ours, 8080, 1) == 1
+        r = ours.server.run(conntrack_command("-L"))
+        assert r.returncode == 0, r.stderr
+        lines = r.stdout.splitlines()
+        assert len(lines) == 2 and "2 flow entries have been shown." in r.stderr
+        icmp = next(x for x in lines if x.startswith("icmp"))
+        assert icmp.startswith("icmp     1 ")
+        assert f"src={CLIENT_IP} dst={SERVER_IP} type=8 code=0 id=" in icmp
+        assert f"src={SERVER_IP} dst={CLIENT_IP} type=0 code=0 id=" in icmp
+        assert icmp.endswith("mark=0 use=1") and "[UNREPLIED]" not in icmp
+        tcp_line = next(x for x in lines if x.startswith("tcp"))
+        assert tcp_line.startswith("tcp      6 ")
+        state = tcp_line.split()[3]
+        assert state in ("TIME_WAIT", "CLOSE", "LAST_ACK", "FIN_WAIT", "CLOSE_WAIT")
+        assert f"dport=8080 src={SERVER_IP} dst={CLIENT_IP} sport=8080" in tcp_line
+        assert "[ASSURED]" in tcp_line
+        assert ours.server.run(conntrack_command("-C")).stdout.strip() == "2"
+        stats = ours.server.run(conntrack_command("-S")).stdout
+        assert "entries=2 " in stats and "evictions=0" in stats
+        r = ours.server.run(conntrack_command("-F"))
+        assert r.returncode == 0 and "emptied" in r.stderr
+        assert ours.server.run(conntrack_command("-C")).stdout.strip() == "0"
+        r = ours.server.run(conntrack_command("--set", "nf_conntrack_bogus=3"))
+        assert r.returncode == 2
