@@ -26,9 +26,16 @@
 /* the namespace's conntrack maps, pinned outside the generations (opened
  * when pinned, created and pinned otherwise); accessors for
  * lib/conntrack.h, since bcc rewrites map calls in this file only */
+#ifdef CT_PIN_DIR
 BPF_TABLE_PINNED("lru_hash", struct ct_key, struct ct_entry, ct_table, CT_MAX, CT_PIN_DIR "/table");
 BPF_TABLE_PINNED("array", u32, u32, ct_config, CT_NCONFIG, CT_PIN_DIR "/config");
 BPF_TABLE_PINNED("percpu_array", u32, u64, ct_stats, CT_NSTATS, CT_PIN_DIR "/stats");
+#else
+/* a program of its own (tests): private maps */
+BPF_TABLE("lru_hash", struct ct_key, struct ct_entry, ct_table, CT_MAX);
+BPF_ARRAY(ct_config, u32, CT_NCONFIG);
+BPF_PERCPU_ARRAY(ct_stats, u64, CT_NSTATS);
+#endif
 BPF_PERCPU_ARRAY(ct_scratch, struct ct_seen, 1);
 static __always_inline struct ct_entry *ct_lookup(struct ct_key *k)
 {

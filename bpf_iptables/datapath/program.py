@@ -29,11 +29,6 @@ SOURCE = BPF_DIR / "filter.c"
 FUNCTION = "xdp_filter"
 
 
-# where a classifier with the tracker finds (or creates) the namespace's
-# pinned conntrack maps when its loader names no directory (tests)
-CT_DIR_ENV = "BPF_IPTABLES_CT_DIR"
-
-
 def cflags(shape: Shape, tc: bool = False, ct_dir: str | None = None) -> list[str]:
     flags = [f"-I{BPF_DIR}", f"-DHOOK_TC={int(tc)}",
              f"-DNWORDS={shape.nwords}", f"-DNENTRIES={shape.nentries}",
@@ -44,10 +39,11 @@ def cflags(shape: Shape, tc: bool = False, ct_dir: str | None = None) -> list[st
     for name in FIELD_ORDER:
         flags.append(f"-DFIELD_{name.upper()}={int(name in shape.fields)}")
     if "ctstate" in shape.fields:
-        # the tracker (bpf/lib/conntrack.h) comes with its field
-        if not ct_dir:
-            raise ValueError("a classifier with connection tracking needs its pin directory")
-        flags += ["-DCONNTRACK=1", f'-DCT_PIN_DIR="{ct_dir}"']
+        # the tracker (bpf/lib/conntrack.h) comes with its field; its maps
+        # are the namespace's (pinned in ct_dir), or private without one
+        flags.append("-DCONNTRACK=1")
+        if ct_dir:
+            flags.append(f'-DCT_PIN_DIR="{ct_dir}"')
     return flags
 
 
@@ -81,10 +77,10 @@ class LoadedProgram:
         INPUT/FORWARD at ingress in --mode tc (the interface field is
         skb->ifindex, the device the packet is on either way). ``ct_dir``:
         the bpffs directory of the namespace's conntrack maps (created, or
-        opened when pinned already; default $BPF_IPTABLES_CT_DIR)."""
+        opened when pinned already; without it the tracker's maps are the
+        program's own)."""
         from bcc import BPF  # imported late: only the data path needs bcc
 
-        ct_dir = ct_dir or os.environ.get(CT_DIR_ENV)
         if ct_dir and "ctstate" in shape.fields:
             os.makedirs(ct_dir, mode=0o700, exist_ok=True)
 
