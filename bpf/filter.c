@@ -293,8 +293,8 @@ BPF_HASH(mac_map, u64, struct bitvector, MAC_MAX);
 #if !CONNTRACK
 #error "FIELD_CTSTATE needs CONNTRACK"
 #endif
-/* index: the packet's ctstate + 4 * its direction (lib/conntrack.h) */
-BPF_ARRAY(ctstate_map, struct bitvector, 8);
+/* index: the packet's ctstate, direction and status bits (CT_SLOT) */
+BPF_ARRAY(ctstate_map, struct bitvector, CT_SLOTS);
 #define TERM_CTSTATE(m, ix) &f_ctstate->m[ix]
 #else
 #define TERM_CTSTATE(m, ix)
@@ -523,7 +523,7 @@ int xdp_filter(CTX_TYPE *ctx)
 		return RET(XDP_ABORTED);
 #endif
 #if FIELD_CTSTATE
-	u32 ctkey = (cts->state + 4 * cts->dir) & 7;
+	u32 ctkey = CT_SLOT(cts);
 	struct bitvector *f_ctstate = ctstate_map.lookup(&ctkey);
 	if (!f_ctstate)
 		return RET(XDP_ABORTED);

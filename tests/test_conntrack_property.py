@@ -58,6 +58,19 @@ RULESETS = [
      "-A INPUT -p udp -m conntrack --ctstate NEW --ctdir REPLY -j DROP",
      "-A INPUT -m state ! --state INVALID -j ACCEPT",
      "-P INPUT DROP"],
+    ["-A INPUT -m conntrack --ctstatus ASSURED",
+     "-A INPUT -m conntrack --ctstatus SEEN_REPLY --ctdir ORIGINAL",
+     "-A INPUT -m conntrack ! --ctstatus CONFIRMED",
+     "-A INPUT -m conntrack --ctstate NEW --ctproto tcp --ctorigdst 10.0.0.2 "
+     "--ctorigdstport 80 -j ACCEPT",
+     "-A INPUT -m conntrack --ctstate ESTABLISHED --ctdir REPLY --ctreplsrc 10.0.0.1 "
+     "--ctproto tcp --ctreplsrcport 40000:40000 -j ACCEPT",
+     "-A INPUT -m conntrack --ctstate NEW,ESTABLISHED ! --ctproto udp -m conntrack "
+     "! --ctstatus ASSURED -j ACCEPT",
+     "-A INPUT -m conntrack --ctstate ESTABLISHED --ctdir ORIGINAL ! --ctorigsrc 10.0.0.3 "
+     "-j DROP",
+     "-A INPUT -m conntrack --ctstate RELATED --ctstatus ASSURED -j ACCEPT",
+     "-P INPUT DROP"],
 ]
 
 

@@ -255,6 +255,7 @@ static __always_inline void ct_track(void *data, void *data_end, struct packet_f
 	s->state = CT_INVALID;
 	s->dir = CT_ORIGINAL;
 	s->pending = 0;
+	s->status = 0;
 	struct iphdr *ip = data + sizeof(struct ethhdr);
 	if ((void *)(ip + 1) > data_end)
 		return;
@@ -306,6 +307,7 @@ static __always_inline void ct_track(void *data, void *data_end, struct packet_f
 				return;
 			s->state = CT_RELATED;
 			s->dir = (idir ^ e->swapped ^ 1) & 1;
+			s->status = e->status;
 			return;
 		}
 		sport = ((u32)l4[4] << 8) | l4[5];
@@ -332,6 +334,9 @@ static __always_inline void ct_track(void *data, void *data_end, struct packet_f
 			return;
 		}
 		if (r == 3) {
+			/* the packet keeps the killed connection (netfilter
+			 * still marks it SEEN_REPLY for a reply) */
+			s->status = e->status | (d == CT_REPLY ? IPS_SEEN_REPLY : 0);
 			ct_delete(&s->key);
 			ct_stat(CT_S_DELETES);
 			s->state = state;
@@ -354,6 +359,7 @@ static __always_inline void ct_track(void *data, void *data_end, struct packet_f
 		e->status |= IPS_SEEN_REPLY;
 	s->state = state;
 	s->dir = d;
+	s->status = e->status;
 }
 
 /* The packet was accepted: a new connection enters the table. */

@@ -9,7 +9,8 @@
 #define CT_MAX 65536
 #endif
 
-/* ctstate (the ctstate field's slot is state + 4 * direction) */
+/* ctstate (the ctstate field's slot: state + 4 * direction + 8 * the
+ * status bits SEEN_REPLY, ASSURED, CONFIRMED as bits 0-2; CT_SLOT) */
 #define CT_INVALID 0
 #define CT_NEW 1
 #define CT_ESTABLISHED 2
@@ -57,6 +58,8 @@
 #define CT_NSTATS 4
 
 #define NSEC 1000000000ULL
+#define CT_SLOTS 64
+#define CT_SLOT(s) (((s)->state + 4 * (s)->dir + 8 * (((s)->status >> 1) & 7)) & (CT_SLOTS - 1))
 
 struct ct_key {
 	u32 a_addr;	/* host byte order; TCP/UDP/generic: the lower endpoint */
@@ -82,7 +85,7 @@ struct ct_seen {
 	u32 state;
 	u32 dir;
 	u32 pending;	/* entry is new: insert it on ACCEPT */
-	u32 pad;
+	u32 status;	/* the connection's IPS_* bits after this packet */
 	struct ct_key key;
 	struct ct_entry entry;
 };

@@ -61,7 +61,7 @@ SIZE_ATTRS = ("src_max", "dst_max", "src_bsize", "dst_bsize", "src_probes", "dst
 ICMP_OTHER, ICMP_NONE = 0x10000, 0x10001   # icmp-table keys (filter.c, parse.h)
 MAC_OTHER, MAC_NONE = 1 << 48, (1 << 48) + 1  # mac-table keys (filter.c)
 PKTTYPES = 3   # pkttype-table slots: PACKET_HOST, _BROADCAST, _MULTICAST (parse.h)
-CTSTATES = 8   # ctstate-table slots: state + 4 * direction (conntrack.h)
+CTSTATES = 64  # ctstate-table slots: state, direction, status bits (conntrack_defs.h)
 
 
 @dataclass

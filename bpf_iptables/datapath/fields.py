@@ -203,16 +203,24 @@ class IcmpConstraint:
     invert: bool = False
 
 
-# the ctstate field's slots: state + 4 * direction (bpf/lib/conntrack.h)
-CT_SLOTS = 8
+# the ctstate field's slots: state + 4 * direction + 8 * status bits
+# (SEEN_REPLY, ASSURED, CONFIRMED as bits 0-2; bpf/lib/conntrack_defs.h CT_SLOT)
+CT_SLOTS = 64
 CT_INVALID, CT_NEW, CT_ESTABLISHED, CT_RELATED = 0, 1, 2, 3
 
 
 @dataclass(frozen=True)
 class CtstateConstraint:
-    """The packet's conntrack slot (state + 4 * direction) is one of
-    those whose bit is set in ``slots``."""
+    """The packet's conntrack slot (CT_SLOTS) is one of those whose bit is
+    set in ``slots``."""
     slots: int
+
+
+@dataclass(frozen=True)
+class ProtoConstraint:
+    """The packet's protocol is ``proto``, or not."""
+    proto: int
+    invert: bool = False
 
 
 @dataclass(frozen=True)
@@ -222,7 +230,8 @@ class Never:
 
 Constraint = (AddrConstraint | PortConstraint | RangeConstraint | TosConstraint | PortsEither
               | MacConstraint | PkttypeConstraint | NeedsL4 | NotFragment
-              | TcpFlagsConstraint | IcmpConstraint | CtstateConstraint | Never)
+              | TcpFlagsConstraint | IcmpConstraint | CtstateConstraint | ProtoConstraint
+              | Never)
 
 
 def prefixes_of_range(lo: int, hi: int) -> list[IPv4Net]:
@@ -414,6 +423,14 @@ def apply(f: EntryFields, c: Constraint) -> bool:
         return True
     if isinstance(c, IcmpConstraint):
         f.icmp.append((c.type, c.code_min, c.code_max, c.invert))
+        return True
+    if isinstance(c, ProtoConstraint):
+        if c.invert:
+            f.proto_not.append(c.proto)
+            return f.proto != c.proto
+        if f.proto not in (None, c.proto) or c.proto in f.proto_not:
+            return False
+        f.proto = c.proto
         return True
     if isinstance(c, CtstateConstraint):
         f.ctstate.append(c.slots)
