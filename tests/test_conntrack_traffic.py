@@ -260,12 +260,13 @@ def test_short_timeouts_make_idle_flows_new_again():
         for name in ("nf_conntrack_udp_timeout", "nf_conntrack_icmp_timeout"):
             r = legacy.server.run(["sysctl", "-qw", f"net.netfilter.{name}=2"])
             assert r.returncode == 0, r.stderr
+        # set before the tracker exists: kept with the namespace, applied on attach
+        r = ours.server.run(conntrack_command("--set", "nf_conntrack_udp_timeout=2",
+                                              "--set", "nf_conntrack_icmp_timeout=2"))
+        assert r.returncode == 0, r.stderr
         r = ours.server.run(bpf_command("iptables-restore"), input=TIMEOUT_RULES)
         assert r.returncode == 0, r.stderr
         r = ours.server.run(datapath_command("attach"))
-        assert r.returncode == 0, r.stderr
-        r = ours.server.run(conntrack_command("--set", "nf_conntrack_udp_timeout=2",
-                                              "--set", "nf_conntrack_icmp_timeout=2"))
         assert r.returncode == 0, r.stderr
         assert "nf_conntrack_udp_timeout = 2" in ours.server.run(conntrack_command("-T")).stdout
         for pair in (legacy, ours):

@@ -2,7 +2,8 @@
 namespace it runs in (``ip netns exec NS bpf-iptables-conntrack -L``), in
 conntrack-tools' formats: -L lists, -F flushes, -C counts. Also: -S
 statistics (entries, inserts, deletes, LRU evictions), --set NAME=SECONDS
-to set a timeout by its sysctl name (nf_conntrack_udp_timeout, ...), -T to
+to set a timeout by its sysctl name (nf_conntrack_udp_timeout, ...; kept
+with the namespace's state, so it holds across detach and attach), -T to
 show the timeouts in force.
 
 The table exists once the namespace's attached rule set uses conntrack."""
@@ -35,7 +36,23 @@ def run(argv: list[str]) -> int:
                            "nf_conntrack_tcp_loose=0|1")
     args = parser.parse_args(argv)
     # no xtables lock: the table is the data path's, not the rule set's
-    d = T.conntrack_dir(A.ns_pins(state.namespace_dir()))
+    directory = state.namespace_dir()
+    d = T.conntrack_dir(A.ns_pins(directory))
+    if args.set:
+        values = {}
+        for item in args.set:
+            name, _, value = item.partition("=")
+            try:
+                values[name.strip()] = int(value)
+            except ValueError:
+                parser.error(f"--set {item}: SECONDS must be an integer")
+        try:
+            T.save_settings(directory, values)   # kept for later attaches
+        except (KeyError, ValueError) as exc:
+            sys.stderr.write(f"{PROG}: {exc.args[0]}\n")
+            return 2
+        T.apply_settings(directory, d)
+        return 0
     if True:
         if not (d / "table").exists():
             if args.dump:
@@ -62,22 +79,9 @@ def run(argv: list[str]) -> int:
             s = T.stats(d)
             print(f"entries={s.entries} inserts={s.inserts} deletes={s.deletes} "
                   f"evictions={s.evictions}")
-        elif args.timeouts:
+        else:
             for name, value in sorted(T.timeouts(d).items()):
                 print(f"{name} = {value}")
-        else:
-            values = {}
-            for item in args.set:
-                name, _, value = item.partition("=")
-                try:
-                    values[name.strip()] = int(value)
-                except ValueError:
-                    parser.error(f"--set {item}: SECONDS must be an integer")
-            try:
-                T.set_timeouts(d, values)
-            except (KeyError, ValueError) as exc:
-                sys.stderr.write(f"{PROG}: {exc.args[0]}\n")
-                return 2
     return 0
 
 

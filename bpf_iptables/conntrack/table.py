@@ -167,3 +167,40 @@ def timeouts(d: Path) -> dict[str, int]:
         return out
     finally:
         os.close(fd)
+
+
+# -- settings kept with the namespace's state (they outlive the maps) -------------
+
+SETTINGS_FILE = "conntrack.json"
+
+
+def saved_settings(state_dir: Path) -> dict[str, int]:
+    import json
+
+    try:
+        return json.loads((state_dir / SETTINGS_FILE).read_text())
+    except (FileNotFoundError, ValueError):
+        return {}
+
+
+def save_settings(state_dir: Path, values: dict[str, int]) -> None:
+    """Remember timeouts (and nf_conntrack_tcp_loose) for the namespace: the
+    maps are re-created when the data path is attached again."""
+    import json
+
+    for name, value in values.items():
+        if name != "nf_conntrack_tcp_loose" and name not in DEFAULT_TIMEOUTS:
+            raise KeyError(f"unknown conntrack setting {name}")
+        if name != "nf_conntrack_tcp_loose" and not 0 < value < 1 << 32:
+            raise ValueError(f"{name}: {value} is not a timeout in seconds")
+    merged = {**saved_settings(state_dir), **values}
+    tmp = state_dir / (SETTINGS_FILE + ".tmp")
+    tmp.write_text(json.dumps(merged))
+    os.replace(tmp, state_dir / SETTINGS_FILE)
+
+
+def apply_settings(state_dir: Path, d: Path) -> None:
+    """Write the remembered settings into the namespace's config map."""
+    values = saved_settings(state_dir)
+    if values and (d / "config").exists():
+        set_timeouts(d, values)

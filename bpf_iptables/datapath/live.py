@@ -283,6 +283,10 @@ def update(store, att: A.Attachment, ruleset: RuleSet, carried: dict[int, int],
         raise DatapathError(f"cannot load the eBPF program: {exc}") from None
     except OSError as exc:
         raise DatapathError(f"cannot prepare the eBPF program: {exc}") from None
+    if "ctstate" in compiled["INPUT"].shape.fields:
+        # the tracker's maps may be new: the timeouts set for the namespace
+        from ..conntrack import table as cttable
+        cttable.apply_settings(directory, cttable.conntrack_dir(A.ns_pins(directory)))
     _maybe_die("prepared")
     ifaces = sync_interfaces(directory, att.mode, att.interfaces, here)
     route = "FORWARD" in compiled or forwarding()
