@@ -86,6 +86,10 @@ struct config {
 	u32 first_word;	  /* always 0; read from the map so the verifier treats
 			   * the word index as a range, not as a constant per
 			   * path (constants would defeat state pruning) */
+#if CONNTRACK
+	u32 fast_counter; /* fast path (compiler.fast_path): the first entry's */
+	u64 fast_slots;	  /* conntrack slots it accepts on, alone */
+#endif
 };
 
 struct entry {
@@ -362,8 +366,17 @@ int xdp_filter(CTX_TYPE *ctx)
 	struct ct_seen *cts = ct_scratch.lookup(&zero);
 	if (!cts)
 		return RET(XDP_ABORTED);
-	if (!rs->active)
+	if (!rs->active) {
 		ct_track(data, data_end, &pf, cts);
+		/* fast path: the first entry accepts on the conntrack slot
+		 * alone (e.g. --ctstate ESTABLISHED,RELATED -j ACCEPT): no
+		 * other field, no scan; counted as that rule */
+		if ((cfg->fast_slots >> CT_SLOT(cts)) & 1) {
+			count(cfg->fast_counter, pf.length);
+			ct_confirm(cts);
+			return RET(XDP_PASS);
+		}
+	}
 #endif
 
 	/* One lookup per field; the bitvectors are then read in place. */

@@ -202,6 +202,10 @@ class Compiled:
     mac: dict[int, int] = field(default_factory=dict)        # MAC_OTHER, MAC_NONE included
     pkttype: list[int] = field(default_factory=list)         # PKTTYPES slots
     ctstate: list[int] = field(default_factory=list)         # CTSTATES slots
+    # fast path (filter.c): a packet whose conntrack slot is in fast_slots
+    # is accepted by entry 0 without the scan, counted in fast_counter
+    fast_slots: int = 0
+    fast_counter: int = 0
 
 
 def summary_words(nwords: int) -> int:
@@ -598,6 +602,7 @@ def compile_chain(table: Table, hook: str = "INPUT", interfaces: dict[str, int] 
     if "ctstate" in used:
         c.ctstate = [bits(i for i, f in live_entries if all(m >> slot & 1 for m in f.ctstate))
                      for slot in range(CTSTATES)]
+        c.fast_slots, c.fast_counter = fast_path(entries)
     if "icmp" in used:
         c.icmp = icmp_table(live, live_entries)
         shape.icmp_max = len(c.icmp)
@@ -608,6 +613,25 @@ def compile_chain(table: Table, hook: str = "INPUT", interfaces: dict[str, int] 
                                "non-terminating rules in one chain in the eBPF data path")
         fill_unused(c)
     return c
+
+
+def fast_path(entries: list[Entry]) -> tuple[int, int]:
+    """(slots, counter) when the first entry accepts on its conntrack slot
+    alone (``-m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT`` first
+    in the chain): the first matching entry for every packet with such a
+    slot, so the classifier may accept those packets before looking up any
+    other field (counted in the rule's own slot). (0, 0): no fast path."""
+    if not entries:
+        return 0, 0
+    e = entries[0]
+    f = e.fields
+    if (f.never or f.uses() != {"ctstate"} or e.verdict != VERDICTS["ACCEPT"] or e.tcp
+            or f.src.residual or f.dst.residual):
+        return 0, 0
+    slots = (1 << CTSTATES) - 1
+    for m in f.ctstate:
+        slots &= m
+    return slots, e.counter
 
 
 CONNTRACK_MATCHES = ("conntrack", "state")
