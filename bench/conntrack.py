@@ -14,7 +14,9 @@ netfilter's, in the same run.
    tracker), with it switched off (the full lookup and scan), and of a NEW
    packet to the last rule's port (tracker plus scan).
 
-Writes bench/results/conntrack.md."""
+Writes bench/results/conntrack.md. On this shared 2-core machine the
+connection rates swing by 3x between runs (other jobs): compare figures of
+one run only."""
 from __future__ import annotations
 
 import argparse
@@ -37,7 +39,8 @@ from bpf_iptables.datapath.testrun import test_run
 from bpf_iptables.netaddr import ip_to_int
 from bpf_iptables.reference.packet import Packet
 
-from .live import BPF_NAME, CLIENT_IP, LEGACY_NAME, SERVER_IP, ensure_bpffs, load, topology
+from .live import (BPF_NAME, CLIENT_IP, DATAPATH, LEGACY_NAME, SERVER_IP, ensure_bpffs, load,
+                   topology)
 from .tools import REPO
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -121,13 +124,16 @@ def connections(client: str, server: str, count: int) -> float:
 def connection_rates(count: int, fillers: list[str], runs: int) -> dict[str, float]:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     out = {}
-    for system in (LEGACY_NAME, BPF_NAME):
+    for system, mode in ((LEGACY_NAME, None), (BPF_NAME, "xdp"), (BPF_NAME, "xdpgeneric"),
+                         (BPF_NAME, "tc")):
         rates = []
         for _ in range(runs):
             with topology(env, SERVER_IP) as topo:
                 load(topo, system, rules_text(fillers), env)
+                if mode not in (None, "xdp"):
+                    topo.server.run([*DATAPATH, "attach", "--mode", mode], env=env)
                 rates.append(connections(topo.client.name, topo.server.name, count))
-        out[system] = max(rates)
+        out[system if mode is None else f"bpf-iptables, --mode {mode}"] = max(rates)
     return out
 
 
