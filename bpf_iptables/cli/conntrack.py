@@ -53,35 +53,34 @@ def run(argv: list[str]) -> int:
             return 2
         T.apply_settings(directory, d)
         return 0
-    if True:
-        if not (d / "table").exists():
-            if args.dump:
-                sys.stderr.write(f"{VERSION}: 0 flow entries have been shown.\n")
-                return 0
-            if args.count:
-                print(0)
-                return 0
-            sys.stderr.write(f"{PROG}: no connection tracking in this network namespace "
-                             "(no attached rule uses conntrack)\n")
-            return 1
+    if not (d / "table").exists():
         if args.dump:
-            now = time.monotonic()
-            rows = sorted(T.read(d), key=lambda r: r.key)
-            for r in rows:
-                print(listing.line(r.as_entry(), now))
-            sys.stderr.write(f"{VERSION}: {len(rows)} flow entries have been shown.\n")
-        elif args.count:
-            print(len(T.read(d)))
-        elif args.flush:
-            T.flush(d)
-            sys.stderr.write(f"{VERSION}: connection tracking table has been emptied.\n")
-        elif args.stats:
-            s = T.stats(d)
-            print(f"entries={s.entries} inserts={s.inserts} deletes={s.deletes} "
-                  f"evictions={s.evictions}")
-        else:
-            for name, value in sorted(T.timeouts(d).items()):
-                print(f"{name} = {value}")
+            sys.stderr.write(f"{VERSION}: 0 flow entries have been shown.\n")
+            return 0
+        if args.count:
+            print(0)
+            return 0
+        sys.stderr.write(f"{PROG}: no connection tracking in this network namespace "
+                         "(no attached rule uses conntrack)\n")
+        return 1
+    if args.dump:
+        now = time.monotonic()
+        rows = sorted(T.read(d), key=lambda r: r.key)
+        for r in rows:
+            print(listing.line(r.as_entry(), now))
+        sys.stderr.write(f"{VERSION}: {len(rows)} flow entries have been shown.\n")
+    elif args.count:
+        print(len(T.read(d)))
+    elif args.flush:
+        T.flush(d)
+        sys.stderr.write(f"{VERSION}: connection tracking table has been emptied.\n")
+    elif args.stats:
+        s = T.stats(d)
+        print(f"entries={s.entries} inserts={s.inserts} deletes={s.deletes} "
+              f"evictions={s.evictions}")
+    else:
+        for name, value in sorted(T.timeouts(d).items()):
+            print(f"{name} = {value}")
     return 0
 
 
