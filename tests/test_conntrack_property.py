@@ -213,3 +213,26 @@ def test_handshake_then_reply_ack(program):
         reference_run(table, tracker, pkt)
     ebpf = {r.key: (r.tcp_state, r.status, r.swapped) for r in cttable.read(d)}
     assert ebpf == model_rows(tracker, time.monotonic())
+
+
+def test_expired_entries_are_swept(program):
+    """An entry past its timeout is not listed and gc() deletes it."""
+    prog, shape, d = program
+    table = table_from_lines(RULESETS[0])
+    prog.install(compile_chain(table, "INPUT", {}, min_shape=shape))
+    cttable.flush(d)
+    cttable.set_timeouts(d, {"nf_conntrack_udp_timeout": 1})
+    try:
+        dns = packet_of(3, False, 0, False)
+        dns.length = header_length(dns)
+        assert XDP_TO_VERDICT[run_frame(prog.fd, frame(dns)).verdict] == "ACCEPT"
+        assert len(cttable.read(d)) == 1
+        time.sleep(1.1)
+        assert cttable.read(d) == [] and len(cttable.read(d, live_only=False)) == 1
+        before = cttable.stats(d)
+        assert cttable.gc(d) == 1
+        after = cttable.stats(d)
+        assert after.entries == 0 and after.deletes == before.deletes + 1
+        assert after.evictions == before.evictions
+    finally:
+        cttable.set_timeouts(d, {"nf_conntrack_udp_timeout": 30})

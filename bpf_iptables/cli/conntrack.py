@@ -1,7 +1,8 @@
 """bpf-iptables-conntrack: the eBPF connection tracking table of the network
 namespace it runs in (``ip netns exec NS bpf-iptables-conntrack -L``), in
 conntrack-tools' formats: -L lists, -F flushes, -C counts. Also: -S
-statistics (entries, inserts, deletes, LRU evictions), --set NAME=SECONDS
+statistics (entries, inserts, deletes, LRU evictions; every command first
+deletes the expired entries), --set NAME=SECONDS
 to set a timeout by its sysctl name (nf_conntrack_udp_timeout, ...; kept
 with the namespace's state, so it holds across detach and attach), -T to
 show the timeouts in force.
@@ -63,6 +64,7 @@ def run(argv: list[str]) -> int:
         sys.stderr.write(f"{PROG}: no connection tracking in this network namespace "
                          "(no attached rule uses conntrack)\n")
         return 1
+    T.gc(d)   # expired entries go (and leave the statistics exact)
     if args.dump:
         now = time.monotonic()
         rows = sorted(T.read(d), key=lambda r: r.key)

@@ -78,6 +78,24 @@ def read(d: Path, live_only: bool = True) -> list[Row]:
         os.close(fd)
 
 
+def gc(d: Path) -> int:
+    """Delete the expired entries (the programs delete one when a packet
+    finds it; the others would wait for the LRU); the count."""
+    fd = _open(d, "table")
+    try:
+        now = time.monotonic_ns()
+        n = 0
+        for k in bpfsys.map_keys(fd, KEY.size):
+            v = bpfsys.map_lookup(fd, k, VALUE.size)
+            if v is not None and VALUE.unpack(v)[0] <= now and bpfsys.map_delete(fd, k):
+                n += 1
+    finally:
+        os.close(fd)
+    if n:
+        _add_stat(d, STAT_DELETES, n)
+    return n
+
+
 def flush(d: Path) -> int:
     """Delete every entry; the count (kept as deletions in the statistics)."""
     fd = _open(d, "table")
