@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import struct
 import time
 
 import pytest
@@ -236,3 +237,30 @@ def test_expired_entries_are_swept(program):
         assert after.evictions == before.evictions
     finally:
         cttable.set_timeouts(d, {"nf_conntrack_udp_timeout": 30})
+
+
+def test_a_full_table_evicts_the_least_recently_used(program):
+    """65,536 entries: more flows than that evict the oldest, counted."""
+    prog, shape, d = program
+    table = table_from_lines(["-A INPUT -p udp -j ACCEPT"])
+    prog.install(compile_chain(table, "INPUT", {}, min_shape=shape))
+    cttable.flush(d)
+    before = cttable.stats(d)
+    base = packet_of(3, False, 0, False)
+    base.length = header_length(base)
+    data = bytearray(frame(base))
+    flows = 70_000
+    for i in range(flows):
+        # the flow: UDP source port and the source address's last byte
+        # (10.0.0.3, then 10.0.0.4: above B, so B is the key's first end)
+        struct.pack_into("!H", data, 34, 1024 + i % 60000)
+        data[29] = 3 + i // 60000
+        run_frame(prog.fd, bytes(data))
+    after = cttable.stats(d)
+    assert after.inserts - before.inserts == flows
+    assert after.entries <= 65536
+    assert after.evictions - before.evictions >= flows - 65536
+    keys = {r.key for r in cttable.read(d)}
+    assert (B, ip_to_int("10.0.0.3"), 53, 1024, 17) not in keys      # the oldest: evicted
+    assert (B, ip_to_int("10.0.0.4"), 53, 1024 + (flows - 1) % 60000, 17) in keys
+    cttable.flush(d)
