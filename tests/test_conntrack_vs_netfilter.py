@@ -85,6 +85,7 @@ def router() -> Iterator[Router]:
     tag = uuid.uuid4().hex[:8]
     r, i = f"ctnf-r-{tag}", f"ctnf-i-{tag}"
     made = []
+    sockets: list[socket.socket] = []
     try:
         for n in (r, i):
             sh("ip", "netns", "add", n)
@@ -112,11 +113,12 @@ def router() -> Iterator[Router]:
         with netns(i):
             for dev in ("ia", "ib"):
                 s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+                sockets.append(s)
                 s.bind((dev, 0))
                 t.sockets[dev] = s
         yield t
     finally:
-        for s in locals().get("t", Router("", "")).sockets.values():
+        for s in sockets:
             s.close()
         for n in made:
             subprocess.run(["ip", "netns", "del", n], check=False)
