@@ -196,7 +196,7 @@ def routed():
 EXAMPLES = itertools.count(1)
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
 @given(seq=sequences())
 def test_model_gives_the_states_netfilter_gives(routed, seq):
     t = routed
