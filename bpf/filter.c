@@ -21,6 +21,47 @@
 #include "lib/bitvector.h"
 #include "lib/parse.h"
 #include "lib/ranges.h"
+#if CONNTRACK
+#include "lib/conntrack_defs.h"
+/* the namespace's conntrack maps, pinned outside the generations (opened
+ * when pinned, created and pinned otherwise); accessors for
+ * lib/conntrack.h, since bcc rewrites map calls in this file only */
+#ifdef CT_PIN_DIR
+BPF_TABLE_PINNED("lru_hash", struct ct_key, struct ct_entry, ct_table, CT_MAX, CT_PIN_DIR "/table");
+BPF_TABLE_PINNED("array", u32, u32, ct_config, CT_NCONFIG, CT_PIN_DIR "/config");
+BPF_TABLE_PINNED("percpu_array", u32, u64, ct_stats, CT_NSTATS, CT_PIN_DIR "/stats");
+#else
+/* a program of its own (tests): private maps */
+BPF_TABLE("lru_hash", struct ct_key, struct ct_entry, ct_table, CT_MAX);
+BPF_ARRAY(ct_config, u32, CT_NCONFIG);
+BPF_PERCPU_ARRAY(ct_stats, u64, CT_NSTATS);
+#endif
+BPF_PERCPU_ARRAY(ct_scratch, struct ct_seen, 1);
+static __always_inline struct ct_entry *ct_lookup(struct ct_key *k)
+{
+	return ct_table.lookup(k);
+}
+static __always_inline void ct_delete(struct ct_key *k)
+{
+	ct_table.delete(k);
+}
+static __always_inline void ct_insert(struct ct_key *k, struct ct_entry *e)
+{
+	ct_table.update(k, e);
+}
+static __always_inline u32 ct_config_get(u32 slot)
+{
+	u32 *v = ct_config.lookup(&slot);
+	return v ? *v : 0;
+}
+static __always_inline void ct_stat(u32 slot)
+{
+	u64 *v = ct_stats.lookup(&slot);
+	if (v)
+		*v += 1;
+}
+#include "lib/conntrack.h"
+#endif
 
 #define VERDICT_CONTINUE 0xFFFFFFFFu
 
@@ -45,6 +86,10 @@ struct config {
 	u32 first_word;	  /* always 0; read from the map so the verifier treats
 			   * the word index as a range, not as a constant per
 			   * path (constants would defeat state pruning) */
+#if CONNTRACK
+	u32 fast_counter; /* fast path (compiler.fast_path): the first entry's */
+	u64 fast_slots;	  /* conntrack slots it accepts on, alone */
+#endif
 };
 
 struct entry {
@@ -248,6 +293,16 @@ BPF_HASH(mac_map, u64, struct bitvector, MAC_MAX);
 #else
 #define TERM_MAC(m, ix)
 #endif
+#if FIELD_CTSTATE
+#if !CONNTRACK
+#error "FIELD_CTSTATE needs CONNTRACK"
+#endif
+/* index: the packet's ctstate, direction and status bits (CT_SLOT) */
+BPF_ARRAY(ctstate_map, struct bitvector, CT_SLOTS);
+#define TERM_CTSTATE(m, ix) &f_ctstate->m[ix]
+#else
+#define TERM_CTSTATE(m, ix)
+#endif
 #if FIELD_PKTTYPE
 /* index: PACKET_HOST, PACKET_BROADCAST or PACKET_MULTICAST (parse.h) */
 BPF_ARRAY(pkttype_map, struct bitvector, 3);
@@ -263,7 +318,7 @@ BPF_ARRAY(pkttype_map, struct bitvector, 3);
 		       TERM_SPORT(m, ix) TERM_DPORT(m, ix) TERM_ICMP(m, ix)              \
 		       TERM_LENGTH(m, ix) TERM_TTL(m, ix) TERM_TOS(m, ix)                \
 		       TERM_PORTS(m, ix) TERM_OIF(m, ix) TERM_MAC(m, ix)                 \
-		       TERM_PKTTYPE(m, ix))
+		       TERM_PKTTYPE(m, ix) TERM_CTSTATE(m, ix))
 #define AND_WORD(ix) AND_OF(word, ix)
 #define AND_SUM(ix) AND_OF(summary, ix)
 
@@ -279,10 +334,22 @@ static __always_inline void count(u32 slot, u32 length)
 
 int xdp_filter(CTX_TYPE *ctx)
 {
+#if HOOK_TC
+	/* An skb's direct access covers its linear part only: a GSO packet
+	 * (a socket's 64 KB TCP send at egress, a GRO'd one at ingress) has
+	 * its payload in fragments. Make the headers linear (at most 128
+	 * bytes: Ethernet, IP and TCP headers with options, an ICMP error's
+	 * quote), and judge the IP total length against the whole skb. */
+	u32 pull = ctx->len < 128 ? ctx->len : 128;
+	bpf_skb_pull_data(ctx, pull);
+	u32 wire_len = ctx->len;
+#else
+	u32 wire_len = 0;
+#endif
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
 	struct packet_fields pf = {};
-	if (parse_packet(data, data_end, &pf) != PARSE_OK)
+	if (parse_packet(data, data_end, &pf, wire_len) != PARSE_OK)
 		return RET(XDP_PASS);
 
 	u32 zero = 0;
@@ -290,6 +357,27 @@ int xdp_filter(CTX_TYPE *ctx)
 	struct bitvector *live = live_map.lookup(&zero);
 	if (!cfg || !live)
 		return RET(XDP_ABORTED);
+	struct resume *rs = resume_map.lookup(&zero);
+	if (!rs)
+		return RET(XDP_ABORTED);
+#if CONNTRACK
+	/* tracked once per packet: a tail call resuming the scan finds the
+	 * result in the per-CPU slot */
+	struct ct_seen *cts = ct_scratch.lookup(&zero);
+	if (!cts)
+		return RET(XDP_ABORTED);
+	if (!rs->active) {
+		ct_track(data, data_end, &pf, cts);
+		/* fast path: the first entry accepts on the conntrack slot
+		 * alone (e.g. --ctstate ESTABLISHED,RELATED -j ACCEPT): no
+		 * other field, no scan; counted as that rule */
+		if ((cfg->fast_slots >> CT_SLOT(cts)) & 1) {
+			count(cfg->fast_counter, pf.length);
+			ct_confirm(cts);
+			return RET(XDP_PASS);
+		}
+	}
+#endif
 
 	/* One lookup per field; the bitvectors are then read in place. */
 #if FIELD_SRC
@@ -414,7 +502,7 @@ int xdp_filter(CTX_TYPE *ctx)
 	fib.family = AF_INET;
 	fib.tos = pf.tos;
 	fib.l4_protocol = pf.proto;
-	fib.tot_len = pf.length;
+	fib.tot_len = 0;	/* no MTU check, as the dispatcher (root.c) */
 	fib.ipv4_src = pf.saddr;
 	fib.ipv4_dst = pf.daddr;
 	fib.ifindex = ctx->ingress_ifindex;
@@ -447,6 +535,12 @@ int xdp_filter(CTX_TYPE *ctx)
 	if (!f_pkttype)
 		return RET(XDP_ABORTED);
 #endif
+#if FIELD_CTSTATE
+	u32 ctkey = CT_SLOT(cts);
+	struct bitvector *f_ctstate = ctstate_map.lookup(&ctkey);
+	if (!f_ctstate)
+		return RET(XDP_ABORTED);
+#endif
 #if FIELD_TOS
 	u32 toskey = pf.tos & 0xFF;
 	struct bitvector *f_tos = tos_map.lookup(&toskey);
@@ -454,9 +548,6 @@ int xdp_filter(CTX_TYPE *ctx)
 		return RET(XDP_ABORTED);
 #endif
 
-	struct resume *rs = resume_map.lookup(&zero);
-	if (!rs)
-		return RET(XDP_ABORTED);
 	rs->evil = pf.evil;
 	/* once per packet (and per tail call): the words where every field
 	 * can have a bit; the scan loads no other word */
@@ -511,8 +602,15 @@ int xdp_filter(CTX_TYPE *ctx)
 		if (rs->evil & en->tcp)
 			return RET(XDP_DROP); /* hotdrop: the rule is not counted */
 		count(en->counter, length);
-		if (en->verdict != VERDICT_CONTINUE)
+		if (en->verdict != VERDICT_CONTINUE) {
+#if CONNTRACK
+			/* netfilter confirms a new connection only when the
+			 * packet is accepted */
+			if (en->verdict == XDP_PASS)
+				ct_confirm(cts);
+#endif
 			return RET(en->verdict);
+		}
 		/* continue at en->next: reload its word, masking earlier bits,
 		 * and the summary from the word after it (none past the last) */
 		u32 next = en->next;

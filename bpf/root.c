@@ -61,12 +61,22 @@ static __always_inline int ingress_hook(void *ctx, void *data, void *data_end, u
 	p.family = AF_INET;
 	p.tos = ip->tos;
 	p.l4_protocol = ip->protocol;
-	p.tot_len = bpf_ntohs(ip->tot_len);
+	/* no MTU check (tot_len 0): a GRO/GSO aggregate is longer than the
+	 * MTU and is forwarded (segmented on output); the lookup would say
+	 * FRAG_NEEDED and the packet would bypass FORWARD. (A real oversize
+	 * DF packet, which ip_forward() drops before FORWARD, is classified
+	 * by FORWARD instead.) */
+	p.tot_len = 0;
 	p.ipv4_src = ip->saddr;
 	p.ipv4_dst = ip->daddr;
 	p.ifindex = ifindex;
 	int rc = bpf_fib_lookup(ctx, &p, sizeof(p), 0);
-	if (rc == BPF_FIB_LKUP_RET_NOT_FWDED)
+	/* FWD_DISABLED: the lookup stops before the route when the device does
+	 * not forward, so it cannot tell local from foreign destinations; the
+	 * kernel forwards nothing then, and a packet for this host goes to
+	 * INPUT (one for another host, which the kernel drops, is classified
+	 * by INPUT too: never a bypass of INPUT) */
+	if (rc == BPF_FIB_LKUP_RET_NOT_FWDED || rc == BPF_FIB_LKUP_RET_FWD_DISABLED)
 		return HOOK_INPUT;
 	if ((rc == BPF_FIB_LKUP_RET_SUCCESS || rc == BPF_FIB_LKUP_RET_NO_NEIGH) && ip->ttl > 1)
 		return HOOK_FORWARD;

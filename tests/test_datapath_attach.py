@@ -125,7 +125,7 @@ def test_changes_take_effect_before_the_command_returns():
     ("-A", "FORWARD", "-m", "limit", "--limit", "1/s", "-j", "DROP"),
     ("-A", "OUTPUT", "-j", "REJECT"),
     ("-A", "INPUT", "-p", "tcp", "-j", "REJECT"),
-    ("-A", "INPUT", "-m", "conntrack", "--ctstate", "NEW", "-j", "DROP"),
+    ("-A", "INPUT", "-m", "conntrack", "--ctexpire", "10", "-j", "DROP"),
 ])
 def test_unenforceable_changes_are_refused_while_attached(args):
     with topology("dpn") as t:

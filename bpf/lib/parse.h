@@ -55,7 +55,7 @@ struct packet_fields {
 };
 
 static __always_inline int parse_packet(void *data, void *data_end,
-					struct packet_fields *f)
+					struct packet_fields *f, u32 wire_len)
 {
 	struct ethhdr *eth = data;
 	if ((void *)(eth + 1) > data_end)
@@ -76,7 +76,9 @@ static __always_inline int parse_packet(void *data, void *data_end,
 		return PARSE_MALFORMED;
 	u32 hlen = (ip->ihl & 0xF) * 4;
 	u32 total = bpf_ntohs(ip->tot_len);
-	u64 avail = (u64)(data_end - (void *)ip);
+	/* wire_len: an skb's whole length (its payload may lie beyond
+	 * data_end, in fragments); 0: the frame is data..data_end (XDP) */
+	u64 avail = wire_len ? (u64)wire_len - sizeof(*eth) : (u64)(data_end - (void *)ip);
 	if (total < hlen || total > avail)
 		return PARSE_MALFORMED;
 

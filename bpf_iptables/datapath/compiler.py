@@ -53,7 +53,7 @@ BASE_FIELDS = 9
 # 31: a root program tail-calls the classifier (one of the 33)
 MAX_CHUNKS = 31
 FIELD_ORDER = ("src", "dst", "proto", "iif", "frag", "flags", "sport", "dport", "icmp",
-               "length", "ttl", "tos", "ports", "oif", "mac", "pkttype")
+               "length", "ttl", "tos", "ports", "oif", "mac", "pkttype", "ctstate")
 # Shape attributes that size a field's map (-D<NAME upper>)
 SIZE_ATTRS = ("src_max", "dst_max", "src_bsize", "dst_bsize", "src_probes", "dst_probes",
               "proto_max", "iif_max", "sport_bsize", "dport_bsize",
@@ -61,6 +61,7 @@ SIZE_ATTRS = ("src_max", "dst_max", "src_bsize", "dst_bsize", "src_probes", "dst
 ICMP_OTHER, ICMP_NONE = 0x10000, 0x10001   # icmp-table keys (filter.c, parse.h)
 MAC_OTHER, MAC_NONE = 1 << 48, (1 << 48) + 1  # mac-table keys (filter.c)
 PKTTYPES = 3   # pkttype-table slots: PACKET_HOST, _BROADCAST, _MULTICAST (parse.h)
+CTSTATES = 64  # ctstate-table slots: state, direction, status bits (conntrack_defs.h)
 
 
 @dataclass
@@ -200,6 +201,11 @@ class Compiled:
     ports_d: list[int] = field(default_factory=list)
     mac: dict[int, int] = field(default_factory=dict)        # MAC_OTHER, MAC_NONE included
     pkttype: list[int] = field(default_factory=list)         # PKTTYPES slots
+    ctstate: list[int] = field(default_factory=list)         # CTSTATES slots
+    # fast path (filter.c): a packet whose conntrack slot is in fast_slots
+    # is accepted by entry 0 without the scan, counted in fast_counter
+    fast_slots: int = 0
+    fast_counter: int = 0
 
 
 def summary_words(nwords: int) -> int:
@@ -512,6 +518,10 @@ def compile_chain(table: Table, hook: str = "INPUT", interfaces: dict[str, int] 
     # bitvector word, see bpf/lib/bitvector.h) and each candidate word at
     # most once, and visits at most every continuing entry plus one verdict.
     needed = nwords + summary_words(nwords) + nonterminal + 2
+    if uses_conntrack(table):
+        # the namespace tracks connections: every hook's classifier runs
+        # the tracker (and carries the field), used by its rules or not
+        used.add("ctstate")
     limit = max_steps(used | (min_shape.fields if min_shape is not None else set()))
     steps = min(needed, limit)
     if -(-needed // steps) > MAX_CHUNKS:
@@ -589,6 +599,10 @@ def compile_chain(table: Table, hook: str = "INPUT", interfaces: dict[str, int] 
         c.pkttype = [bits(i for i, f in live_entries
                           if all((t == slot) != inv for t, inv in f.pkttype))
                      for slot in range(PKTTYPES)]
+    if "ctstate" in used:
+        c.ctstate = [bits(i for i, f in live_entries if all(m >> slot & 1 for m in f.ctstate))
+                     for slot in range(CTSTATES)]
+        c.fast_slots, c.fast_counter = fast_path(entries)
     if "icmp" in used:
         c.icmp = icmp_table(live, live_entries)
         shape.icmp_max = len(c.icmp)
@@ -599,6 +613,36 @@ def compile_chain(table: Table, hook: str = "INPUT", interfaces: dict[str, int] 
                                "non-terminating rules in one chain in the eBPF data path")
         fill_unused(c)
     return c
+
+
+def fast_path(entries: list[Entry]) -> tuple[int, int]:
+    """(slots, counter) when the first entry accepts on its conntrack slot
+    alone (``-m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT`` first
+    in the chain): the first matching entry for every packet with such a
+    slot, so the classifier may accept those packets before looking up any
+    other field (counted in the rule's own slot). (0, 0): no fast path."""
+    if not entries:
+        return 0, 0
+    e = entries[0]
+    f = e.fields
+    if (f.never or f.uses() != {"ctstate"} or e.verdict != VERDICTS["ACCEPT"] or e.tcp
+            or f.src.residual or f.dst.residual):
+        return 0, 0
+    slots = (1 << CTSTATES) - 1
+    for m in f.ctstate:
+        slots &= m
+    return slots, e.counter
+
+
+CONNTRACK_MATCHES = ("conntrack", "state")
+
+
+def uses_conntrack(table: Table) -> bool:
+    """Whether any rule of the table matches on conntrack: then the
+    namespace tracks connections (as netfilter registers its tracker in a
+    namespace once a rule needs it), in every hook."""
+    return any(m.name in CONNTRACK_MATCHES
+               for chain in table.chains.values() for r in chain.rules for m in r.matches)
 
 
 def fill_unused(c: Compiled) -> None:
@@ -634,6 +678,8 @@ def fill_unused(c: Compiled) -> None:
         c.mac = {MAC_OTHER: live, MAC_NONE: live}
     if "pkttype" in c.shape.fields and not c.pkttype:
         c.pkttype = [live] * PKTTYPES
+    if "ctstate" in c.shape.fields and not c.ctstate:
+        c.ctstate = [live] * CTSTATES
     if "tos" in c.shape.fields and not c.tos:
         c.tos = [live] * 256
     if "ttl" in c.shape.fields and not c.ttl:

@@ -203,6 +203,26 @@ class IcmpConstraint:
     invert: bool = False
 
 
+# the ctstate field's slots: state + 4 * direction + 8 * status bits
+# (SEEN_REPLY, ASSURED, CONFIRMED as bits 0-2; bpf/lib/conntrack_defs.h CT_SLOT)
+CT_SLOTS = 64
+CT_INVALID, CT_NEW, CT_ESTABLISHED, CT_RELATED = 0, 1, 2, 3
+
+
+@dataclass(frozen=True)
+class CtstateConstraint:
+    """The packet's conntrack slot (CT_SLOTS) is one of those whose bit is
+    set in ``slots``."""
+    slots: int
+
+
+@dataclass(frozen=True)
+class ProtoConstraint:
+    """The packet's protocol is ``proto``, or not."""
+    proto: int
+    invert: bool = False
+
+
 @dataclass(frozen=True)
 class Never:
     """The match never holds (e.g. a reversed iprange)."""
@@ -210,7 +230,8 @@ class Never:
 
 Constraint = (AddrConstraint | PortConstraint | RangeConstraint | TosConstraint | PortsEither
               | MacConstraint | PkttypeConstraint | NeedsL4 | NotFragment
-              | TcpFlagsConstraint | IcmpConstraint | Never)
+              | TcpFlagsConstraint | IcmpConstraint | CtstateConstraint | ProtoConstraint
+              | Never)
 
 
 def prefixes_of_range(lo: int, hi: int) -> list[IPv4Net]:
@@ -262,6 +283,7 @@ class EntryFields:
     either: tuple[tuple[int, int], ...] | None = None
     mac: list[tuple[int, bool]] = field(default_factory=list)        # (source MAC, invert)
     pkttype: list[tuple[int, bool]] = field(default_factory=list)    # (PACKET_*, invert)
+    ctstate: list[int] = field(default_factory=list)    # CtstateConstraint.slots, all must hold
 
     def range_field(self, which: str) -> RangeField:
         return {"sport": self.sport, "dport": self.dport, "length": self.length,
@@ -296,6 +318,8 @@ class EntryFields:
             used.add("mac")
         if self.pkttype:
             used.add("pkttype")
+        if self.ctstate:
+            used.add("ctstate")
         if self.either is not None:
             used |= {"ports", "sport", "dport"}
         for name in ("length", "ttl"):
@@ -400,6 +424,17 @@ def apply(f: EntryFields, c: Constraint) -> bool:
     if isinstance(c, IcmpConstraint):
         f.icmp.append((c.type, c.code_min, c.code_max, c.invert))
         return True
+    if isinstance(c, ProtoConstraint):
+        if c.invert:
+            f.proto_not.append(c.proto)
+            return f.proto != c.proto
+        if f.proto not in (None, c.proto) or c.proto in f.proto_not:
+            return False
+        f.proto = c.proto
+        return True
+    if isinstance(c, CtstateConstraint):
+        f.ctstate.append(c.slots)
+        return c.slots != 0
     if isinstance(c, Never):
         return False
     raise TypeError(f"unknown data-path constraint {c!r}")

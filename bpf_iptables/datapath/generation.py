@@ -139,7 +139,8 @@ def load_new(directory: Path, gen: int, hook: str, shape: Shape, mode: str) -> d
     from .program import LoadedProgram  # bcc: only when a new shape is needed
 
     try:
-        prog = LoadedProgram(shape, tc=is_tc(mode, hook))
+        prog = LoadedProgram(shape, tc=is_tc(mode, hook),
+                             ct_dir=str(A.ns_pins(directory) / "conntrack"))
     except Exception as exc:  # bcc reports compile/verifier errors as Exception
         raise LoadError(str(exc)) from None
     d = hook_dir(directory, gen, hook)

@@ -133,7 +133,10 @@ def map_image(c: Compiled, shape: Shape) -> list[MapImage]:
     nw = shape.nwords
     bv = lambda v: bitvector(v, nw)  # noqa: E731 - a local shorthand
     fields = shape.fields
-    out = [MapImage("config_map", [(u32(0), u32(0))]),
+    # struct config (filter.c): first_word, and with the tracker the fast path
+    config = (struct.pack("<IIQ", 0, c.fast_counter, c.fast_slots) if "ctstate" in fields
+              else u32(0))
+    out = [MapImage("config_map", [(u32(0), config)]),
            MapImage("live_map", [(u32(0), bv(c.live))]),
            MapImage("entry_map", [(u32(i), entry_bytes(e)) for i, e in enumerate(c.entries)])]
     for name, iv, bsize in (("src", c.src_iv, shape.src_bsize), ("dst", c.dst_iv, shape.dst_bsize)):
@@ -156,6 +159,8 @@ def map_image(c: Compiled, shape: Shape) -> list[MapImage]:
                             clear=True))
     if "pkttype" in fields:
         out.append(MapImage("pkttype_map", [(u32(i), bv(v)) for i, v in enumerate(c.pkttype)]))
+    if "ctstate" in fields:
+        out.append(MapImage("ctstate_map", [(u32(i), bv(v)) for i, v in enumerate(c.ctstate)]))
     if "tos" in fields:
         assert len(c.tos) == 256
         out.append(MapImage("tos_map", [(u32(i), bv(v)) for i, v in enumerate(c.tos)]))

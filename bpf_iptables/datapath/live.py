@@ -50,7 +50,8 @@ from . import attachment as A
 from . import generation as G
 from . import links
 from . import support
-from .compiler import FIRST_RULE_COUNTER, POLICY_COUNTER, Compiled, compile_chain
+from .compiler import (FIRST_RULE_COUNTER, POLICY_COUNTER, Compiled, compile_chain,
+                       uses_conntrack)
 
 MODES = links.MODES
 # tests only: die (as a crash would) right after the named step of an update
@@ -119,8 +120,12 @@ def interfaces_here() -> dict[str, int]:
 
 def needs(table: Table, hook: str) -> bool:
     """Whether a hook chain can change a packet's fate or count anything:
-    without rules and with policy ACCEPT it needs no program."""
+    without rules and with policy ACCEPT it needs no program. When the rule
+    set tracks connections every hook needs one: the tracker must see the
+    packets of both directions (a server's replies leave through OUTPUT)."""
     chain = table.chains.get(hook)
+    if chain is not None and uses_conntrack(table) and (hook != "FORWARD" or forwarding()):
+        return True
     return chain is not None and bool(chain.rules or (chain.policy or "ACCEPT") != "ACCEPT")
 
 
@@ -336,6 +341,10 @@ def update(store, att: A.Attachment, ruleset: RuleSet, carried: dict[int, int],
         raise DatapathError(f"cannot load the eBPF program: {exc}") from None
     except OSError as exc:
         raise DatapathError(f"cannot prepare the eBPF program: {exc}") from None
+    if "ctstate" in compiled["INPUT"].shape.fields:
+        # the tracker's maps may be new: the timeouts set for the namespace
+        from ..conntrack import table as cttable
+        cttable.apply_settings(directory, cttable.conntrack_dir(A.ns_pins(directory)))
     _maybe_die("prepared")
     ifaces = sync_interfaces(directory, att.mode, att.interfaces, here)
     clock("slots+interfaces")

@@ -59,8 +59,23 @@ def l4_header(pkt: Packet) -> bytes:
     if pkt.proto == UDP:
         return struct.pack("!HHHH", pkt.sport, pkt.dport, 8, 0)
     if pkt.proto == ICMP:
-        return struct.pack("!BBHI", pkt.icmp_type, pkt.icmp_code, 0, 0)
+        head = struct.pack("!BBHHH", pkt.icmp_type, pkt.icmp_code, 0, pkt.icmp_id, 0)
+        if pkt.icmp_inner is not None:
+            # an error quotes the offending packet's IP header and the
+            # first 8 bytes of its transport header (conntrack reads them)
+            head += quoted(pkt.icmp_inner)
+        return head
     return b""
+
+
+def quoted(inner: Packet) -> bytes:
+    """What an ICMP error carries of ``inner``: its IP header, 8 bytes of L4."""
+    l4 = l4_header(inner)[:8]
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, inner.tos, max(inner.length, 20 + len(l4)),
+                     inner.ip_id, 0, inner.ttl, inner.proto, 0,
+                     inner.src.to_bytes(4, "big"), inner.dst.to_bytes(4, "big"))
+    ip = ip[:10] + struct.pack("!H", checksum(ip)) + ip[12:]
+    return ip + l4 + b"\0" * (8 - len(l4))
 
 
 def header_length(pkt: Packet) -> int:

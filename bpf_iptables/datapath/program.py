@@ -29,7 +29,7 @@ SOURCE = BPF_DIR / "filter.c"
 FUNCTION = "xdp_filter"
 
 
-def cflags(shape: Shape, tc: bool = False) -> list[str]:
+def cflags(shape: Shape, tc: bool = False, ct_dir: str | None = None) -> list[str]:
     flags = [f"-I{BPF_DIR}", f"-DHOOK_TC={int(tc)}",
              f"-DNWORDS={shape.nwords}", f"-DNENTRIES={shape.nentries}",
              f"-DNCOUNTERS={shape.ncounters}", f"-DSTEPS={shape.steps}"]
@@ -38,6 +38,12 @@ def cflags(shape: Shape, tc: bool = False) -> list[str]:
     flags += [f"-D{k.upper()}={getattr(shape, k)}" for k in SIZE_ATTRS]
     for name in FIELD_ORDER:
         flags.append(f"-DFIELD_{name.upper()}={int(name in shape.fields)}")
+    if "ctstate" in shape.fields:
+        # the tracker (bpf/lib/conntrack.h) comes with its field; its maps
+        # are the namespace's (pinned in ct_dir), or private without one
+        flags.append("-DCONNTRACK=1")
+        if ct_dir:
+            flags.append(f'-DCT_PIN_DIR="{ct_dir}"')
     return flags
 
 
@@ -65,17 +71,24 @@ def _stderr_kept_back():
 class LoadedProgram:
     """One loaded XDP program and its maps (owned by a bcc BPF object)."""
 
-    def __init__(self, shape: Shape, debug: int = 0, tc: bool = False):
+    def __init__(self, shape: Shape, debug: int = 0, tc: bool = False,
+                 ct_dir: str | None = None):
         """``tc``: a TC (cls_bpf/tcx) program, not XDP: OUTPUT at egress, and
         INPUT/FORWARD at ingress in --mode tc (the interface field is
-        skb->ifindex, the device the packet is on either way)."""
+        skb->ifindex, the device the packet is on either way). ``ct_dir``:
+        the bpffs directory of the namespace's conntrack maps (created, or
+        opened when pinned already; without it the tracker's maps are the
+        program's own)."""
         from bcc import BPF  # imported late: only the data path needs bcc
+
+        if ct_dir and "ctstate" in shape.fields:
+            os.makedirs(ct_dir, mode=0o700, exist_ok=True)
 
         start = time.monotonic()
         steps = shape.steps
         while True:
             self.shape = replace(shape, steps=steps, scan=shape.scan_steps)
-            self.bpf = BPF(src_file=str(SOURCE).encode(), cflags=cflags(self.shape, tc),
+            self.bpf = BPF(src_file=str(SOURCE).encode(), cflags=cflags(self.shape, tc, ct_dir),
                            debug=debug)
             try:
                 with _stderr_kept_back() as kept:

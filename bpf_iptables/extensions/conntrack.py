@@ -321,6 +321,109 @@ class ConntrackDataMatch(MatchExtension):
     def matches(self, data: ConntrackData, packet: "Packet") -> bool:
         return conntrack_matches(data, packet)
 
+    def lower(self, data: ConntrackData, rule: Any) -> list[Any]:
+        """On the ctstate field (slot: the packet's state, direction and
+        status bits after the tracker saw it, bpf/lib/conntrack_defs.h):
+        --ctstate/--state, --ctdir and --ctstatus select slots. --ctproto,
+        the tuple addresses and ports become protocol, address and port
+        constraints (no NAT: a NEW or ESTABLISHED packet's tuple is its own,
+        turned around in the reply direction), which needs --ctstate to
+        allow only NEW and ESTABLISHED (an INVALID packet skips those checks
+        in xt_conntrack, a disjunction; a RELATED one carries another
+        connection's tuple), and for addresses and ports one direction for
+        every slot the match allows (--ctdir, or --ctstate NEW).
+        --ctexpire is refused (a per-candidate check not built)."""
+        from ..datapath import fields as dp  # only when compiling for the data path
+        from ..errors import NotSupported
+        from ..netaddr import IPv4Net
+
+        if data.has(F_EXPIRES):
+            raise NotSupported("--ctexpire in the eBPF data path")
+        if data.has(F_STATE) and data.state_mask & (S_SNAT | S_DNAT):
+            raise NotSupported("--ctstate SNAT/DNAT (bpf-iptables has no NAT)")
+        slots = 0
+        for slot in range(dp.CT_SLOTS):
+            state, direction, status = slot & 3, (slot >> 2) & 1, (slot >> 3) << 1
+            if slot_matches(data, state, direction, status):
+                slots |= 1 << slot
+        out: list[Any] = [dp.CtstateConstraint(slots)]
+        tuple_flags = F_PROTO | _ADDR_FLAGS | _PORT_FLAGS
+        if not data.match_flags & tuple_flags:
+            return out
+        allowed = [s for s in range(dp.CT_SLOTS) if slots >> s & 1 and slot_occurs(s)]
+        if any(s & 3 in (0, 3) for s in allowed):
+            # INVALID skips the tuple checks (a disjunction); a RELATED
+            # packet (an ICMP error) is not its connection's tuple
+            raise NotSupported("--ctproto, conntrack addresses or ports unless --ctstate "
+                               "allows only NEW and ESTABLISHED in the eBPF data path")
+        if data.has(F_PROTO):
+            out.append(dp.ProtoConstraint(data.l4proto, data.inv(F_PROTO)))
+        if not data.match_flags & (_ADDR_FLAGS | _PORT_FLAGS):
+            return out
+        dirs = {(s >> 2) & 1 for s in allowed}
+        if len(dirs) != 1:
+            raise NotSupported("conntrack tuple addresses or ports without one direction "
+                               "(--ctdir, or --ctstate NEW) in the eBPF data path")
+        reply = dirs.pop() == 1
+        # the packet's own field for each tuple end (original direction:
+        # orig src = packet src; reply tuple = orig turned around)
+        own = {F_ORIGSRC: "src", F_ORIGDST: "dst", F_REPLSRC: "dst", F_REPLDST: "src",
+               F_ORIGSRC_PORT: "sport", F_ORIGDST_PORT: "dport", F_REPLSRC_PORT: "dport",
+               F_REPLDST_PORT: "sport"}
+        turn = {"src": "dst", "dst": "src", "sport": "dport", "dport": "sport"}
+        for _, flag, attr in _ADDR_OPTS:
+            if data.has(flag):
+                addr, mask = getattr(data, attr)
+                which = turn[own[flag]] if reply else own[flag]
+                out.append(dp.AddrConstraint(which, IPv4Net(addr & mask, mask), data.inv(flag)))
+        if data.match_flags & _PORT_FLAGS:
+            if not data.has(F_PROTO) or data.inv(F_PROTO) or data.l4proto not in (6, 17):
+                # other protocols' tuples hold identifiers, types, keys there
+                raise NotSupported("conntrack tuple ports without --ctproto tcp or udp "
+                                   "in the eBPF data path")
+            out.append(dp.NeedsL4())
+            for _, flag, attr in _PORT_OPTS:
+                if data.has(flag):
+                    lo, hi = getattr(data, attr)
+                    which = turn[own[flag]] if reply else own[flag]
+                    out.append(dp.PortConstraint(which, lo, hi, data.inv(flag)))
+        return out
+
+
+_SLOT_STATE_BITS = (S_INVALID, S_NEW, S_ESTABLISHED, S_RELATED)
+_ADDR_FLAGS = F_ORIGSRC | F_ORIGDST | F_REPLSRC | F_REPLDST
+_PORT_FLAGS = F_ORIGSRC_PORT | F_ORIGDST_PORT | F_REPLSRC_PORT | F_REPLDST_PORT
+
+
+def slot_occurs(slot: int) -> bool:
+    """Whether the tracker can give a packet this slot: INVALID has no
+    direction or status; NEW is the original direction before any reply;
+    ESTABLISHED has seen a reply; RELATED belongs to a confirmed entry."""
+    state, direction, status = slot & 3, (slot >> 2) & 1, (slot >> 3) << 1
+    if state == 0:
+        return direction == 0 and status == 0
+    if state == 1:
+        return direction == 0 and not status & (IPS_SEEN_REPLY | IPS_ASSURED)
+    if state == 2:
+        return bool(status & IPS_SEEN_REPLY) and bool(status & IPS_CONFIRMED)
+    return bool(status & IPS_CONFIRMED)
+
+
+def slot_matches(d: ConntrackData, state: int, direction: int, status: int = 0) -> bool:
+    """conntrack_matches() for a packet whose only known facts are its
+    ctstate (0 INVALID, 1 NEW, 2 ESTABLISHED, 3 RELATED), direction and
+    status bits (tuple checks aside)."""
+    statebit = _SLOT_STATE_BITS[state]
+    if d.has(F_STATE) and bool(d.state_mask & statebit) == d.inv(F_STATE):
+        return False
+    if state == 0:
+        return d.has(F_STATE)
+    if d.has(F_DIRECTION) and (direction == 0) == d.inv(F_DIRECTION):
+        return False
+    if d.has(F_STATUS) and bool(d.status_mask & status) == d.inv(F_STATUS):
+        return False
+    return True
+
 
 class ConntrackMatch(XtOptionsExtension, ConntrackDataMatch):
     name = "conntrack"

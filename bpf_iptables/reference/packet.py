@@ -54,6 +54,8 @@ class Packet:
     tcp_options: bytes = b""
     icmp_type: int = 0
     icmp_code: int = 0
+    icmp_id: int = 0             # echo/timestamp/info identifier (conntrack keys on it)
+    icmp_inner: "Packet | None" = None   # an ICMP error's quoted packet (headers only)
     src_mac: bytes | None = None
     pkttype: str = "host"        # host, broadcast, multicast, otherhost
     mark: int = 0

@@ -1,0 +1,93 @@
+/* Connection tracking: constants and layouts shared by the classifier's
+ * maps (declared in filter.c, see conntrack.h) and bpf_iptables/conntrack/table.py. */
+#ifndef BPF_IPTABLES_CONNTRACK_DEFS_H
+#define BPF_IPTABLES_CONNTRACK_DEFS_H
+
+/* CT_PIN_DIR: the namespace's conntrack pin directory (without it the
+ * program has private maps) */
+#ifndef CT_MAX
+#define CT_MAX 65536
+#endif
+
+/* ctstate (the ctstate field's slot: state + 4 * direction + 8 * the
+ * status bits SEEN_REPLY, ASSURED, CONFIRMED as bits 0-2; CT_SLOT) */
+#define CT_INVALID 0
+#define CT_NEW 1
+#define CT_ESTABLISHED 2
+#define CT_RELATED 3
+#define CT_ORIGINAL 0
+#define CT_REPLY 1
+
+#define IPS_SEEN_REPLY 2
+#define IPS_ASSURED 4
+#define IPS_CONFIRMED 8
+
+/* TCP states (enum tcp_conntrack); IV: invalid, IG: ignored */
+#define sNO 0
+#define sSS 1
+#define sSR 2
+#define sES 3
+#define sFW 4
+#define sCW 5
+#define sLA 6
+#define sTW 7
+#define sCL 8
+#define sS2 9
+#define sIV 10
+#define sIG 11
+/* flag classes (get_conntrack_index) */
+#define I_SYN 0
+#define I_SYNACK 1
+#define I_FIN 2
+#define I_ACK 3
+#define I_RST 4
+#define I_NONE 5
+
+/* config slots: timeouts in seconds (0: netfilter's default), TCP states
+ * by number, then these; CT_C_NO_LOOSE: 1 when nf_conntrack_tcp_loose=0 */
+#define CT_T_UNACK 10
+#define CT_T_UDP 11
+#define CT_T_UDP_STREAM 12
+#define CT_T_ICMP 13
+#define CT_T_GENERIC 14
+#define CT_C_NO_LOOSE 15
+#define CT_NCONFIG 16
+/* stats slots (per-CPU): entries inserted, entries deleted by the programs */
+#define CT_S_INSERTS 0
+#define CT_S_DELETES 1
+#define CT_NSTATS 4
+
+#define NSEC 1000000000ULL
+#define CT_SLOTS 64
+#define CT_SLOT(s) (((s)->state + 4 * (s)->dir + 8 * (((s)->status >> 1) & 7)) & (CT_SLOTS - 1))
+
+struct ct_key {
+	u32 a_addr;	/* host byte order; TCP/UDP/generic: the lower endpoint */
+	u32 b_addr;
+	u16 a_port;	/* ICMP: the identifier */
+	u16 b_port;	/* ICMP: request type << 8 | code */
+	u32 proto;
+};
+
+struct ct_entry {
+	u64 expires;	/* bpf_ktime_get_ns() deadline */
+	u64 stream_ts;	/* UDP: when the stream timeout starts to apply */
+	u8 swapped;	/* the original direction is b -> a */
+	u8 tcp_state;
+	u8 status;	/* IPS_* */
+	u8 close_init;
+	u8 last_index;
+	u8 last_dir;
+	u8 pad[2];
+};
+
+struct ct_seen {
+	u32 state;
+	u32 dir;
+	u32 pending;	/* entry is new: insert it on ACCEPT */
+	u32 status;	/* the connection's IPS_* bits after this packet */
+	struct ct_key key;
+	struct ct_entry entry;
+};
+
+#endif

@@ -1,0 +1,50 @@
+"""What the data path enforces of -m conntrack / -m state, and what it
+refuses (NotSupported, exit 2) instead of ignoring. Compile only; the
+packets are test_conntrack_property's."""
+from __future__ import annotations
+
+import pytest
+
+from bpf_iptables.datapath.compiler import compile_chain
+from bpf_iptables.datapath.harness import table_from_lines
+from bpf_iptables.errors import NotSupported
+
+ENFORCED = [
+    ("-m state --state ESTABLISHED,RELATED -j ACCEPT", {"ctstate"}),
+    ("-m conntrack ! --ctstate INVALID --ctdir REPLY", {"ctstate"}),
+    ("-m conntrack --ctstatus ASSURED,SEEN_REPLY", {"ctstate"}),
+    ("-m conntrack --ctstate NEW --ctproto tcp --ctorigdst 10.0.0.0/8 --ctorigdstport 80:90",
+     {"ctstate", "proto", "dst", "dport"}),
+    ("-m conntrack --ctstate ESTABLISHED --ctdir REPLY --ctrepldst 10.1.0.0/16",
+     {"ctstate", "dst"}),
+    ("-m conntrack --ctstate NEW,ESTABLISHED ! --ctproto icmp", {"ctstate", "proto"}),
+]
+REFUSED = [
+    "-m conntrack --ctexpire 10:20",
+    "-m conntrack --ctstate SNAT",
+    "-m conntrack --ctstate DNAT,NEW",
+    "-m conntrack --ctproto tcp",                                  # INVALID skips it
+    "-m conntrack --ctstate RELATED --ctproto udp",                # an ICMP error's tuple
+    "-m conntrack --ctstate ESTABLISHED --ctorigsrc 10.0.0.1",     # either direction
+    "-m conntrack --ctstate NEW --ctorigsrcport 1024:65535",       # ports need tcp/udp
+]
+
+
+@pytest.mark.parametrize("match,fields", ENFORCED)
+def test_enforced_as_fields(match, fields):
+    c = compile_chain(table_from_lines([f"-A INPUT {match}"]), "INPUT", {})
+    assert fields <= c.shape.fields
+
+
+@pytest.mark.parametrize("match", REFUSED)
+def test_refused(match):
+    with pytest.raises(NotSupported):
+        compile_chain(table_from_lines([f"-A INPUT {match}"]), "INPUT", {})
+
+
+def test_every_hook_tracks_when_one_rule_uses_conntrack():
+    table = table_from_lines(["-A FORWARD -m state --state NEW -j DROP", "-A OUTPUT -p udp"])
+    for hook in ("INPUT", "FORWARD", "OUTPUT"):
+        assert "ctstate" in compile_chain(table, hook, {}).shape.fields
+    plain = table_from_lines(["-A INPUT -p udp -j DROP"])
+    assert "ctstate" not in compile_chain(plain, "INPUT", {}).shape.fields

@@ -1,0 +1,67 @@
+"""Three ways packets passed the data path unclassified (found while adding
+connection tracking), each against iptables-legacy with real traffic:
+
+- a FORWARD classifier in a namespace that does not forward: the root's
+  route lookup answered FWD_DISABLED for every packet, and INPUT was skipped;
+- OUTPUT at TC egress: a 64 KB TCP send (GSO) failed the IP length check
+  against the skb's linear part and passed uncounted;
+- FORWARD: a GRO aggregate got FRAG_NEEDED from the route lookup (longer
+  than the MTU) and passed unclassified."""
+from __future__ import annotations
+
+from tests.support.netns import bpf_command
+from tests.test_conntrack_traffic import transfer
+from tests.test_datapath_traffic import (FAR_IP, Pair, datapath_command, ensure_bpffs, routed,
+                                         topology, udp)
+
+SERVER_RULES = """\
+*filter
+:INPUT ACCEPT [0:0]
+:FORWARD DROP [0:0]
+:OUTPUT ACCEPT [0:0]
+-A INPUT -p udp -m udp --dport 5001 -j DROP
+-A OUTPUT -p tcp -m tcp --sport 8080
+COMMIT
+"""
+
+ROUTER_RULES = """\
+*filter
+:INPUT ACCEPT [0:0]
+:FORWARD ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+-A FORWARD -p tcp -m tcp --sport 8080
+-A FORWARD -p tcp -m tcp --dport 8080
+COMMIT
+"""
+
+
+def test_input_and_large_output_in_a_namespace_that_does_not_forward():
+    ensure_bpffs()
+    with topology("bpl") as legacy, topology("bpb") as ours:
+        assert legacy.server.run(["iptables-legacy-restore"], input=SERVER_RULES).returncode == 0
+        r = ours.server.run(bpf_command("iptables-restore"), input=SERVER_RULES)
+        assert r.returncode == 0, r.stderr
+        r = ours.server.run(datapath_command("attach", "--mode", "xdpgeneric"))
+        assert r.returncode == 0, r.stderr
+        for pair in (legacy, ours):
+            assert udp(pair, 5001, 3) == 0     # INPUT enforced despite the FORWARD program
+            assert udp(pair, 5002, 2) == 2
+            assert transfer(pair, 8080, 64 * 1024) == 64 * 1024
+        listing = legacy.server.iptables("-L", "-v", "-x", "-n").stdout
+        mine = ours.server.bpf_iptables("-L", "-v", "-x", "-n").stdout
+        assert mine == listing, f"iptables-legacy:\n{listing}\nbpf-iptables:\n{mine}"
+
+
+def test_large_forwarded_segments_are_classified():
+    ensure_bpffs()
+    with routed("bprl") as legacy, routed("bprb") as ours:
+        assert legacy.router.run(["iptables-legacy-restore"], input=ROUTER_RULES).returncode == 0
+        r = ours.router.run(bpf_command("iptables-restore"), input=ROUTER_RULES)
+        assert r.returncode == 0, r.stderr
+        r = ours.router.run(datapath_command("attach"))
+        assert r.returncode == 0, r.stderr
+        for t in (legacy, ours):
+            assert transfer(Pair(t.client, t.server), 8080, 64 * 1024, FAR_IP) == 64 * 1024
+        listing = legacy.router.iptables("-L", "-v", "-x", "-n").stdout
+        mine = ours.router.bpf_iptables("-L", "-v", "-x", "-n").stdout
+        assert mine == listing, f"iptables-legacy:\n{listing}\nbpf-iptables:\n{mine}"
