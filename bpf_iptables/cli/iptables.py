@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import errno
-import gc
 import sys
 
 from ..cmdline import parse as P
@@ -12,7 +11,7 @@ from ..model import BUILTIN_CHAINS
 from ..validate import validate_table
 from .. import state
 from ..datapath import attachment as datapath_hook
-from .common import PROGRAM_VERSION, report, try_help
+from .common import PROGRAM_VERSION, report, short_lived, try_help
 from .help import help_text
 
 PROG = "bpf-iptables"
@@ -97,10 +96,7 @@ def table_error(exc: TableOpError) -> int:
 
 
 def main() -> None:
-    # One short-lived process per command creates no garbage cycles worth
-    # collecting, but unpickling a large rule set would trigger many
-    # collections: without them loading 10k rules takes half the time.
-    gc.disable()
+    short_lived()
     sys.exit(run(sys.argv[1:]))
 
 

@@ -10,7 +10,7 @@ from ..restore import Output, RestoreOptions, Restorer
 from ..restore_getopt import GetoptError, LongOpt, OPTIONAL_ARGUMENT, PermutingGetopt
 from ..restore_input import read_statements
 from .. import state
-from .common import PROGRAM_VERSION
+from .common import PROGRAM_VERSION, short_lived
 from .help import help_text
 
 PROG = "bpf-iptables-restore"
@@ -136,6 +136,7 @@ def run(argv: list[str]) -> int:
 
 
 def main() -> None:
+    short_lived()
     status = run(sys.argv[1:])
     sys.stdout.flush()
     sys.exit(status)
