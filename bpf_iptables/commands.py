@@ -60,9 +60,13 @@ def append_with_index(p: P.ParsedCommand, index, out: Outcome) -> list | None:
     return rules
 
 
-def execute(p: P.ParsedCommand, table: Table, out: Outcome | None = None) -> Outcome:
+def execute(p: P.ParsedCommand, table: Table, out: Outcome | None = None,
+            commit: bool = True) -> Outcome:
     """Apply ``p`` to ``table``. TableOpError propagates to the caller;
-    what was printed before the failure is in ``out`` (pass one in)."""
+    what was printed before the failure is in ``out`` (pass one in).
+
+    ``commit``: the change is committed on its own, so the policy counters
+    restart as libiptc's commit makes them (a restore commits at COMMIT)."""
     out = out if out is not None else Outcome()
     cmd = p.command
     verbose = bool(p.options & P.OPT_VERBOSE)
@@ -151,7 +155,7 @@ def execute(p: P.ParsedCommand, table: Table, out: Outcome | None = None) -> Out
         counters = Counters(p.pcnt, p.bcnt) if p.options & P.OPT_COUNTERS else None
         tableops.set_policy(table, p.chain, p.policy, counters)
         out.changed = True
-    if out.changed:
+    if out.changed and commit:
         keep = p.chain if cmd == P.CMD_SET_POLICY and p.options & P.OPT_COUNTERS else None
         tableops.reset_policy_counters(table, keep)
     return out

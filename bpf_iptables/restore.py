@@ -20,6 +20,7 @@ from .commands import Outcome, execute
 from .errors import (NotSupported, TableOpError, XtablesError, OTHER_PROBLEM, PARAMETER_PROBLEM,
                      VERSION_PROBLEM)
 from .model import BUILTIN_CHAINS, STANDARD_VERDICTS, Chain, Counters, RuleSet, Table
+from .restore_cache import ParseCache
 from .restore_grammar import Statement, parse_lines, split_words
 from .restore_input import read_statements
 from .validate import validate_table
@@ -100,6 +101,7 @@ class Restorer:
         self.announced: set[str] = set()        # chains named by ":" lines
         self.stored_names: set[str] | None = None
         self.saved = False
+        self.parse_cache = ParseCache()
 
     # -- the main loop (ip46tables_restore_main) ----------------------------
 
@@ -249,7 +251,9 @@ class Restorer:
         policy = st.fields[1]
         if policy != "-":
             self.set_policy(table, chain, policy, st)
-        self.announced.add(chain)
+        if chain not in self.announced:
+            self.announced.add(chain)
+            self.parse_cache.clear()  # -j CHAIN parses differently now
 
     def set_policy(self, table: Table, chain: str, policy: str, st: Statement) -> None:
         line = st.line
@@ -282,9 +286,9 @@ class Restorer:
         self.check_argv_limits(len(argv), words, command, st.line)
         argv.extend(words)
         try:
-            parsed = P.CommandParser(argv, table=self.curtable, restore=True,
-                                     help_printer=self.help_printer,
-                                     notargets=self.announced).parse()
+            parsed = self.parse_cache.parse(argv, lambda: P.CommandParser(
+                argv, table=self.curtable, restore=True, help_printer=self.help_printer,
+                notargets=self.announced))
         except P.LineIgnored:
             return True
         except P.HelpRequested as h:
@@ -298,10 +302,12 @@ class Restorer:
             raise RestoreExit(t.status) from None
         except XtablesError as exc:
             raise self.out.xtables_error(exc, st.line) from None
-        saved = {c.name: c.counters for c in table.chains.values() if c.builtin}
         outcome = Outcome()
         try:
-            execute(parsed, table, outcome)
+            # not committed on its own: the policy counters set by
+            # ":CHAIN POLICY [p:b]" earlier in the block last until COMMIT,
+            # except where this command sets (-P -c) or zeroes (-Z) them
+            execute(parsed, table, outcome, commit=False)
         except TableOpError:
             # with -v, the rules printed before the failing call still show
             self.out.out("".join(outcome.stdout))
@@ -311,8 +317,6 @@ class Restorer:
             raise self.out.xtables_error(exc, st.line) from None
         if outcome.stdout:
             self.out.out("".join(outcome.stdout))
-        if outcome.changed:
-            keep_policy_counters(parsed, table, saved)
         return True
 
     def check_argv_limits(self, argc: int, words: list[str], command: str, line: int) -> None:
@@ -358,25 +362,6 @@ class Restorer:
         self.working.tables[table.name] = table
         self.committed = True
         return True
-
-
-def keep_policy_counters(parsed: P.ParsedCommand, table: Table,
-                         saved: dict[str, Counters]) -> None:
-    """Undo execute()'s per-commit reset of policy counters.
-
-    A command line in a restore is not committed on its own: the policy
-    counters set by ":CHAIN POLICY [p:b]" earlier in the block last until
-    COMMIT, except where this command itself sets (-P -c) or zeroes (-Z)
-    them."""
-    cmd = parsed.command
-    for name, counters in saved.items():
-        if cmd == P.CMD_SET_POLICY and parsed.options & P.OPT_COUNTERS and name == parsed.chain:
-            continue
-        if cmd & P.CMD_ZERO and parsed.chain in (None, name):
-            continue
-        chain = table.chains.get(name)
-        if chain is not None:
-            chain.counters = counters
 
 
 def tokenize_rule_counters(text: str, line: int,
