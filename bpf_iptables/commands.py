@@ -17,6 +17,7 @@ class Outcome:
     ok: bool = True
     changed: bool = False
     stdout: list[str] = field(default_factory=list)
+    rules: list = field(default_factory=list)   # the command's rules (-A -D -C -I -R)
 
 
 def resolve_target(p: P.ParsedCommand, table: Table) -> Target:
@@ -72,7 +73,7 @@ def execute(p: P.ParsedCommand, table: Table, out: Outcome | None = None,
     verbose = bool(p.options & P.OPT_VERBOSE)
     rules = []
     if cmd in (P.CMD_APPEND, P.CMD_DELETE, P.CMD_CHECK, P.CMD_INSERT, P.CMD_REPLACE):
-        rules = p.rules(resolve_target(p, table))
+        rules = out.rules = p.rules(resolve_target(p, table))
 
     def show(rule) -> None:
         if verbose:

@@ -152,10 +152,13 @@ class Store:
 
     A generation G is a snapshot of the whole rule set (``snapshot-G``),
     an index of its chains (``index-G``) and a journal of rules appended
-    since (``journal-G``); the file ``current`` names G. ``-A`` only adds a
-    journal record, so appending to a large rule set does not rewrite it;
-    every other change writes generation G+1 and then switches
-    ``current``, so a crash at any point leaves a consistent generation."""
+    or deleted since (``journal-G``); the file ``current`` names G. ``-A``
+    and ``-D`` only add a journal record, so changing a large rule set does
+    not rewrite it; every other change writes generation G+1 and then
+    switches ``current``, so a crash at any point leaves a consistent
+    generation. The index stays true while the journal grows: neither an
+    appended nor a deleted rule may jump to a user chain (those change
+    which hooks reach a chain, and take the full path)."""
 
     # past this size the journal is folded into a new snapshot
     JOURNAL_LIMIT = 4 << 20
@@ -180,10 +183,20 @@ class Store:
             version, ruleset = pickle.load(fh)
         if version != FORMAT_VERSION:
             raise RuntimeError(f"state format {version} in {self.directory} is not {FORMAT_VERSION}")
-        for table_name, chain, rules in self._journal(gen):
-            table = ruleset.table(table_name)
-            table.chains[chain].rules.extend(rules)
-            # what the append's own commit did (see tableops.reset_policy_counters)
+        for record in self._journal(gen):
+            if len(record) == 3:  # an append: (table, chain, rules)
+                table_name, chain, rules = record
+                table = ruleset.table(table_name)
+                table.chains[chain].rules.extend(rules)
+            else:
+                op, table_name, chain, what = record
+                table = ruleset.table(table_name)
+                if op == "delete":  # rules by content, as -D found them
+                    for rule in what:
+                        tableops.delete(table, chain, rule)
+                else:  # "delete_num": by index
+                    tableops.delete_num(table, chain, what)
+            # what the command's own commit did (see tableops.reset_policy_counters)
             tableops.reset_policy_counters(table)
         return ruleset
 
@@ -230,9 +243,20 @@ class Store:
             return None
 
     def append(self, table: str, chain: str, rules: list[Rule]) -> None:
+        self._record((table, chain, rules))
+
+    def delete(self, table: str, chain: str, rules: list[Rule]) -> None:
+        """-D by rule: each rule's first match is deleted, in order."""
+        self._record(("delete", table, chain, rules))
+
+    def delete_num(self, table: str, chain: str, index: int) -> None:
+        """-D by number (``index`` counts from 0)."""
+        self._record(("delete_num", table, chain, index))
+
+    def _record(self, record: tuple) -> None:
         gen = self._generation()
-        assert gen is not None, "append needs a saved generation"
-        record = pickle.dumps((table, chain, rules), protocol=pickle.HIGHEST_PROTOCOL)
+        assert gen is not None, "a journal record needs a saved generation"
+        record = pickle.dumps(record, protocol=pickle.HIGHEST_PROTOCOL)
         fd = os.open(self._file("journal", gen), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         try:
             os.write(fd, len(record).to_bytes(4, "little") + record)
