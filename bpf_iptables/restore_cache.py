@@ -18,12 +18,13 @@ stderr (a warning must be printed per line), and any hit whose addresses do
 not parse (so the error is the full parser's own)."""
 from __future__ import annotations
 
+import re
 import sys
 from typing import Callable
 
 from .cmdline import parse as P
 from .model import IPv4Net
-from .netaddr import _PLAIN_DOTTED, cidr_to_mask, ipparse_multiple
+from .netaddr import cidr_to_mask, ipparse_multiple
 
 ADDRESS_OPTIONS = frozenset(("-s", "-d", "--source", "--src", "--destination", "--dst"))
 # a template: the parsed command and the argv index of its -s and -d address
@@ -115,15 +116,27 @@ def replay(template: Template, argv: list[str]) -> P.ParsedCommand | None:
     return p
 
 
+_OCTET = r"(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+# "a.b.c.d/len" as saves print it: decimal bytes and a decimal length up to
+# 32, without leading zeros (which strtoul would read as octal)
+_SAVED_NET = re.compile(rf"{_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}/(3[0-2]|[12]?[0-9])")
+# text -> net, for texts of that form only: no name lookups, so the answer
+# never changes; nets are immutable, and sharing them also shrinks the store
+_NETS: dict[str, IPv4Net] = {}
+
+
 def addresses(text: str) -> list[IPv4Net]:
     """xtables_ipparse_multiple(); "a.b.c.d/len" (what saves print) directly."""
-    host, slash, length = text.partition("/")
-    if (slash and 0 < len(length) <= 2 and length.isdigit() and length.isascii()
-            and (length[0] != "0" or length == "0") and _PLAIN_DOTTED.fullmatch(host)):
-        bits = int(length)
-        if bits <= 32:
-            mask = cidr_to_mask(bits)
-            a, b, c, d = host.split(".")
-            addr = (int(a) << 24) | (int(b) << 16) | (int(c) << 8) | int(d)
-            return [IPv4Net(addr & mask, mask)]
-    return ipparse_multiple(text)
+    net = _NETS.get(text)
+    if net is not None:
+        return [net]
+    m = _SAVED_NET.fullmatch(text)
+    if m is None:
+        return ipparse_multiple(text)
+    a, b, c, d, bits = m.groups()
+    mask = cidr_to_mask(int(bits))
+    net = IPv4Net(((int(a) << 24) | (int(b) << 16) | (int(c) << 8) | int(d)) & mask, mask)
+    if len(_NETS) > 1 << 16:
+        _NETS.clear()
+    _NETS[text] = net
+    return [net]
