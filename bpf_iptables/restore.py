@@ -102,6 +102,7 @@ class Restorer:
         self.stored_names: set[str] | None = None
         self.saved = False
         self.parse_cache = ParseCache()
+        self.skeleton: set[str] = set()  # stored tables whose rules were not loaded
 
     # -- the main loop (ip46tables_restore_main) ----------------------------
 
@@ -118,7 +119,7 @@ class Restorer:
                 if self.committed and not self.opts.test:
                     assert self.store is not None and self.working is not None
                     try:
-                        self.store.save(self.working)
+                        self.store.save(self.finished())
                     except XtablesError as exc:  # the data path refused or failed
                         self.out.err(f"{self.out.prog}: {exc.message}\n")
                         return exc.status
@@ -177,7 +178,7 @@ class Restorer:
             self.store = self.stack.enter_context(self.open_store(self.opts.wait))
             # attached namespaces: commits go through the data path first
             self.store = datapath_hook.wrap(self.store)
-            self.working = self.store.load()
+            self.working = self.load_working()
             self.stored_names = set(self.working.tables)
         if not st.fields:
             raise self.out.xtables_error(XtablesError(
@@ -188,6 +189,33 @@ class Restorer:
             return False
         self.table = self.create_handle(name, st.line)
         return True
+
+    def load_working(self) -> RuleSet:
+        """The stored rule set to work on. A restore that flushes the tables
+        it names needs only their built-in chains' policies: those come
+        from the store's small index (``self.skeleton`` names the tables
+        that are placeholders), and the rules of a stored table are loaded
+        only if the restore leaves that table as it was (see finish())."""
+        assert self.store is not None
+        load_skeleton = getattr(self.store, "load_skeleton", None)  # the plain store's
+        if load_skeleton is not None and not self.opts.noflush and not self.opts.verbose:
+            skeleton = load_skeleton()
+            if skeleton is not None:
+                self.skeleton = set(skeleton.tables)
+                return skeleton
+        return self.store.load()
+
+    def finished(self) -> RuleSet:
+        """The rule set to save: the committed tables, and the stored ones
+        the restore did not replace (in the stored order either way)."""
+        assert self.store is not None and self.working is not None
+        if not self.skeleton:
+            return self.working
+        full = self.store.load()
+        for name, table in self.working.tables.items():
+            if name not in self.skeleton:
+                full.tables[name] = table
+        return full
 
     def create_handle(self, name: str, line: int) -> Table:
         if name not in BUILTIN_CHAINS:
@@ -360,6 +388,7 @@ class Restorer:
         except TableOpError:
             return False
         self.working.tables[table.name] = table
+        self.skeleton.discard(table.name)
         self.committed = True
         return True
 

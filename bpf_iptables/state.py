@@ -25,7 +25,7 @@ from typing import Iterator
 
 from .errors import RESOURCE_PROBLEM
 from . import tableops, validate
-from .model import Rule, RuleSet
+from .model import Chain, Rule, RuleSet, Table
 
 SO_NETNS_COOKIE = 71
 FORMAT_VERSION = 2
@@ -139,6 +139,9 @@ class ChainIndex:
 
     builtin: dict[str, bool]
     hooks: dict[str, frozenset[str]]
+    # the built-in chains' policies: all a restore that flushes the table
+    # keeps of it (absent from indexes written before it was added)
+    policies: dict[str, str] | None = None
 
     def is_chain(self, name: str) -> bool:
         return name in self.builtin
@@ -218,7 +221,8 @@ class Store:
         old = self._generation()
         gen = (old or 0) + 1
         index = {name: ChainIndex({c.name: c.builtin for c in table.chains.values()},
-                                  validate.chain_hooks(table))
+                                  validate.chain_hooks(table),
+                                  {c.name: c.policy for c in table.chains.values() if c.builtin})
                  for name, table in ruleset.tables.items()}
         _write(self._file("snapshot", gen), pickle.dumps((FORMAT_VERSION, ruleset),
                                                           protocol=pickle.HIGHEST_PROTOCOL))
@@ -227,6 +231,29 @@ class Store:
         if old is not None:
             for kind in ("snapshot", "index", "journal"):
                 self._file(kind, old).unlink(missing_ok=True)
+
+    def load_skeleton(self) -> RuleSet | None:
+        """The stored tables with their built-in chains and policies only
+        (no rules, no user chains, zero counters): what a restore that
+        flushes every table it names needs, read from the small index
+        instead of the snapshot. None when the index cannot tell."""
+        gen = self._generation()
+        if gen is None:
+            return None
+        try:
+            with open(self._file("index", gen), "rb") as fh:
+                index = pickle.load(fh)
+        except FileNotFoundError:
+            return None
+        ruleset = RuleSet()
+        for name, entry in index.items():
+            policies = getattr(entry, "policies", None)
+            if policies is None:
+                return None
+            table = ruleset.tables[name] = Table(name)
+            for chain, policy in policies.items():
+                table.chains[chain] = Chain(chain, policy=policy)
+        return ruleset
 
     def load_index(self, table: str) -> ChainIndex | None:
         """The chain index for an append, or None when the slow path must run."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from bpf_iptables.state import Store
-from tests.support.netns import namespace
+from tests.support.netns import bpf_command, namespace
 from tests.test_state_gc import state_dir
 
 RULES = ["-N X", "-A INPUT -s 10.0.0.1 -j ACCEPT", "-A X -p tcp --dport 22 -j DROP",
@@ -105,3 +105,37 @@ def test_deleting_a_jump_to_a_user_chain_updates_which_hooks_reach_it():
                               "-A OUTPUT -j X", "-D OUTPUT 1", "-D X 1", "-A OUTPUT -j X",
                               "-D X 1", "-A OUTPUT -j X"])
         assert real.iptables("-S").stdout == ours.bpf_iptables("-S").stdout
+
+
+DUMP_A = """*filter
+:INPUT DROP [1:2]
+:FORWARD ACCEPT [0:0]
+:OUTPUT ACCEPT [3:4]
+:U - [0:0]
+[5:6] -A INPUT -s 10.0.0.1/32 -j U
+-A U -p tcp -m tcp --dport 22 -j ACCEPT
+COMMIT
+"""
+DUMP_B = """*filter
+:V - [0:0]
+-A INPUT -s 10.0.0.2/32 -j V
+-A OUTPUT -j ACCEPT
+COMMIT
+"""
+
+
+def test_a_restore_replacing_a_stored_table_is_like_iptables():
+    """Such a restore reads only the index's policies (store.load_skeleton);
+    whatever it keeps of the old table must still be what iptables keeps."""
+    steps = [([], DUMP_A), (["-c"], DUMP_B), (["-n"], DUMP_A), (["-v"], DUMP_B),
+             (["-t"], DUMP_A), ([], DUMP_A.replace("COMMIT", "-A NOPE -j DROP\nCOMMIT")),
+             ([], "*filter\n")]
+    with namespace() as real, namespace() as ours:
+        for i, (options, dump) in enumerate(steps):
+            r = real.run(["iptables-legacy-restore", *options], input=dump)
+            o = ours.run(bpf_command("iptables-restore", *options), input=dump)
+            assert (r.returncode, r.stdout) == (o.returncode, o.stdout), i
+            run_both(real, ours, ["-P OUTPUT DROP"] if i == 2 else ["-A FORWARD -j DROP"])
+            assert real.iptables("-S", "-v").stdout == ours.bpf_iptables("-S", "-v").stdout, i
+        args = ["-L", "-v", "-x", "-n"]
+        assert real.iptables(*args).stdout == ours.bpf_iptables(*args).stdout
