@@ -195,7 +195,7 @@ class Restorer:
         it names needs only their built-in chains' policies: those come
         from the store's small index (``self.skeleton`` names the tables
         that are placeholders), and the rules of a stored table are loaded
-        only if the restore leaves that table as it was (see finish())."""
+        only if the restore leaves that table as it was (see finished())."""
         assert self.store is not None
         load_skeleton = getattr(self.store, "load_skeleton", None)  # the plain store's
         if load_skeleton is not None and not self.opts.noflush and not self.opts.verbose:

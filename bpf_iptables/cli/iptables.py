@@ -7,7 +7,7 @@ import sys
 from ..cmdline import parse as P
 from ..commands import Outcome, append_with_index, execute
 from ..errors import NotSupported, TableOpError, XtablesError, VERSION_PROBLEM
-from ..model import BUILTIN_CHAINS
+from ..model import BUILTIN_CHAINS, Rule, Table
 from ..validate import validate_table
 from .. import state
 from ..datapath import attachment as datapath_hook
@@ -107,7 +107,7 @@ ONLY_REMOVE = (P.CMD_DELETE | P.CMD_DELETE_NUM | P.CMD_FLUSH | P.CMD_ZERO | P.CM
                | P.CMD_DELETE_CHAIN | P.CMD_LIST | P.CMD_LIST_RULES)
 
 
-def deleted_rules(parsed: P.ParsedCommand, table) -> list:
+def deleted_rules(parsed: P.ParsedCommand, table: Table) -> list[Rule]:
     """The rule -D NUM will delete (none if there is no such rule)."""
     chain = table.chains.get(parsed.chain)
     if parsed.command != P.CMD_DELETE_NUM or chain is None:
@@ -115,7 +115,7 @@ def deleted_rules(parsed: P.ParsedCommand, table) -> list:
     return chain.rules[parsed.rulenum - 1:parsed.rulenum]
 
 
-def jumps_to_user_chain(rule, table) -> bool:
+def jumps_to_user_chain(rule: Rule, table: Table) -> bool:
     target = rule.target
     return target.is_standard and target.name in table.chains \
         and not table.chains[target.name].builtin
