@@ -17,6 +17,21 @@ class Outcome:
     ok: bool = True
     changed: bool = False
     stdout: list[str] = field(default_factory=list)
+    rules: list = field(default_factory=list)   # the command's rules (-A -D -C -I -R)
+
+
+# Targets are immutable: the rules of a table share one per verdict or
+# chain name, which keeps a stored 10k-rule set smaller and quicker to load.
+_STANDARD_TARGETS: dict[tuple[str, bool], Target] = {}
+
+
+def standard_target(name: str, goto: bool) -> Target:
+    target = _STANDARD_TARGETS.get((name, goto))
+    if target is None:
+        if len(_STANDARD_TARGETS) > 4096:
+            _STANDARD_TARGETS.clear()
+        target = _STANDARD_TARGETS[(name, goto)] = Target(name=name, goto=goto)
+    return target
 
 
 def resolve_target(p: P.ParsedCommand, table: Table) -> Target:
@@ -28,7 +43,7 @@ def resolve_target(p: P.ParsedCommand, table: Table) -> Target:
         ext = None
     if ext is None or ext.name == "standard":
         if name == "" or table.is_chain(name) or ext is not None:
-            return Target(name=name, goto=p.goto)
+            return standard_target(name, p.goto)
         if p.goto:
             raise XtablesError(f"goto '{name}' is not a chain")
         registry.require_target(name)  # raises "Couldn't load target" / not supported
@@ -60,15 +75,19 @@ def append_with_index(p: P.ParsedCommand, index, out: Outcome) -> list | None:
     return rules
 
 
-def execute(p: P.ParsedCommand, table: Table, out: Outcome | None = None) -> Outcome:
+def execute(p: P.ParsedCommand, table: Table, out: Outcome | None = None,
+            commit: bool = True) -> Outcome:
     """Apply ``p`` to ``table``. TableOpError propagates to the caller;
-    what was printed before the failure is in ``out`` (pass one in)."""
+    what was printed before the failure is in ``out`` (pass one in).
+
+    ``commit``: the change is committed on its own, so the policy counters
+    restart as libiptc's commit makes them (a restore commits at COMMIT)."""
     out = out if out is not None else Outcome()
     cmd = p.command
     verbose = bool(p.options & P.OPT_VERBOSE)
     rules = []
     if cmd in (P.CMD_APPEND, P.CMD_DELETE, P.CMD_CHECK, P.CMD_INSERT, P.CMD_REPLACE):
-        rules = p.rules(resolve_target(p, table))
+        rules = out.rules = p.rules(resolve_target(p, table))
 
     def show(rule) -> None:
         if verbose:
@@ -151,7 +170,7 @@ def execute(p: P.ParsedCommand, table: Table, out: Outcome | None = None) -> Out
         counters = Counters(p.pcnt, p.bcnt) if p.options & P.OPT_COUNTERS else None
         tableops.set_policy(table, p.chain, p.policy, counters)
         out.changed = True
-    if out.changed:
+    if out.changed and commit:
         keep = p.chain if cmd == P.CMD_SET_POLICY and p.options & P.OPT_COUNTERS else None
         tableops.reset_policy_counters(table, keep)
     return out

@@ -20,6 +20,7 @@ from .commands import Outcome, execute
 from .errors import (NotSupported, TableOpError, XtablesError, OTHER_PROBLEM, PARAMETER_PROBLEM,
                      VERSION_PROBLEM)
 from .model import BUILTIN_CHAINS, STANDARD_VERDICTS, Chain, Counters, RuleSet, Table
+from .restore_cache import ParseCache
 from .restore_grammar import Statement, parse_lines, split_words
 from .restore_input import read_statements
 from .validate import validate_table
@@ -100,6 +101,8 @@ class Restorer:
         self.announced: set[str] = set()        # chains named by ":" lines
         self.stored_names: set[str] | None = None
         self.saved = False
+        self.parse_cache = ParseCache()
+        self.skeleton: set[str] = set()  # stored tables whose rules were not loaded
 
     # -- the main loop (ip46tables_restore_main) ----------------------------
 
@@ -116,7 +119,7 @@ class Restorer:
                 if self.committed and not self.opts.test:
                     assert self.store is not None and self.working is not None
                     try:
-                        self.store.save(self.working)
+                        self.store.save(self.finished())
                     except XtablesError as exc:  # the data path refused or failed
                         self.out.err(f"{self.out.prog}: {exc.message}\n")
                         return exc.status
@@ -175,7 +178,7 @@ class Restorer:
             self.store = self.stack.enter_context(self.open_store(self.opts.wait))
             # attached namespaces: commits go through the data path first
             self.store = datapath_hook.wrap(self.store)
-            self.working = self.store.load()
+            self.working = self.load_working()
             self.stored_names = set(self.working.tables)
         if not st.fields:
             raise self.out.xtables_error(XtablesError(
@@ -186,6 +189,33 @@ class Restorer:
             return False
         self.table = self.create_handle(name, st.line)
         return True
+
+    def load_working(self) -> RuleSet:
+        """The stored rule set to work on. A restore that flushes the tables
+        it names needs only their built-in chains' policies: those come
+        from the store's small index (``self.skeleton`` names the tables
+        that are placeholders), and the rules of a stored table are loaded
+        only if the restore leaves that table as it was (see finished())."""
+        assert self.store is not None
+        load_skeleton = getattr(self.store, "load_skeleton", None)  # the plain store's
+        if load_skeleton is not None and not self.opts.noflush and not self.opts.verbose:
+            skeleton = load_skeleton()
+            if skeleton is not None:
+                self.skeleton = set(skeleton.tables)
+                return skeleton
+        return self.store.load()
+
+    def finished(self) -> RuleSet:
+        """The rule set to save: the committed tables, and the stored ones
+        the restore did not replace (in the stored order either way)."""
+        assert self.store is not None and self.working is not None
+        if not self.skeleton:
+            return self.working
+        full = self.store.load()
+        for name, table in self.working.tables.items():
+            if name not in self.skeleton:
+                full.tables[name] = table
+        return full
 
     def create_handle(self, name: str, line: int) -> Table:
         if name not in BUILTIN_CHAINS:
@@ -249,7 +279,9 @@ class Restorer:
         policy = st.fields[1]
         if policy != "-":
             self.set_policy(table, chain, policy, st)
-        self.announced.add(chain)
+        if chain not in self.announced:
+            self.announced.add(chain)
+            self.parse_cache.clear()  # -j CHAIN parses differently now
 
     def set_policy(self, table: Table, chain: str, policy: str, st: Statement) -> None:
         line = st.line
@@ -282,9 +314,9 @@ class Restorer:
         self.check_argv_limits(len(argv), words, command, st.line)
         argv.extend(words)
         try:
-            parsed = P.CommandParser(argv, table=self.curtable, restore=True,
-                                     help_printer=self.help_printer,
-                                     notargets=self.announced).parse()
+            parsed = self.parse_cache.parse(argv, lambda: P.CommandParser(
+                argv, table=self.curtable, restore=True, help_printer=self.help_printer,
+                notargets=self.announced))
         except P.LineIgnored:
             return True
         except P.HelpRequested as h:
@@ -298,10 +330,12 @@ class Restorer:
             raise RestoreExit(t.status) from None
         except XtablesError as exc:
             raise self.out.xtables_error(exc, st.line) from None
-        saved = {c.name: c.counters for c in table.chains.values() if c.builtin}
         outcome = Outcome()
         try:
-            execute(parsed, table, outcome)
+            # not committed on its own: the policy counters set by
+            # ":CHAIN POLICY [p:b]" earlier in the block last until COMMIT,
+            # except where this command sets (-P -c) or zeroes (-Z) them
+            execute(parsed, table, outcome, commit=False)
         except TableOpError:
             # with -v, the rules printed before the failing call still show
             self.out.out("".join(outcome.stdout))
@@ -311,8 +345,6 @@ class Restorer:
             raise self.out.xtables_error(exc, st.line) from None
         if outcome.stdout:
             self.out.out("".join(outcome.stdout))
-        if outcome.changed:
-            keep_policy_counters(parsed, table, saved)
         return True
 
     def check_argv_limits(self, argc: int, words: list[str], command: str, line: int) -> None:
@@ -356,27 +388,9 @@ class Restorer:
         except TableOpError:
             return False
         self.working.tables[table.name] = table
+        self.skeleton.discard(table.name)
         self.committed = True
         return True
-
-
-def keep_policy_counters(parsed: P.ParsedCommand, table: Table,
-                         saved: dict[str, Counters]) -> None:
-    """Undo execute()'s per-commit reset of policy counters.
-
-    A command line in a restore is not committed on its own: the policy
-    counters set by ":CHAIN POLICY [p:b]" earlier in the block last until
-    COMMIT, except where this command itself sets (-P -c) or zeroes (-Z)
-    them."""
-    cmd = parsed.command
-    for name, counters in saved.items():
-        if cmd == P.CMD_SET_POLICY and parsed.options & P.OPT_COUNTERS and name == parsed.chain:
-            continue
-        if cmd & P.CMD_ZERO and parsed.chain in (None, name):
-            continue
-        chain = table.chains.get(name)
-        if chain is not None:
-            chain.counters = counters
 
 
 def tokenize_rule_counters(text: str, line: int,

@@ -25,7 +25,7 @@ from typing import Iterator
 
 from .errors import RESOURCE_PROBLEM
 from . import tableops, validate
-from .model import Rule, RuleSet
+from .model import Chain, Rule, RuleSet, Table
 
 SO_NETNS_COOKIE = 71
 FORMAT_VERSION = 2
@@ -139,6 +139,9 @@ class ChainIndex:
 
     builtin: dict[str, bool]
     hooks: dict[str, frozenset[str]]
+    # the built-in chains' policies: all a restore that flushes the table
+    # keeps of it (absent from indexes written before it was added)
+    policies: dict[str, str] | None = None
 
     def is_chain(self, name: str) -> bool:
         return name in self.builtin
@@ -152,10 +155,13 @@ class Store:
 
     A generation G is a snapshot of the whole rule set (``snapshot-G``),
     an index of its chains (``index-G``) and a journal of rules appended
-    since (``journal-G``); the file ``current`` names G. ``-A`` only adds a
-    journal record, so appending to a large rule set does not rewrite it;
-    every other change writes generation G+1 and then switches
-    ``current``, so a crash at any point leaves a consistent generation."""
+    or deleted since (``journal-G``); the file ``current`` names G. ``-A``
+    and ``-D`` only add a journal record, so changing a large rule set does
+    not rewrite it; every other change writes generation G+1 and then
+    switches ``current``, so a crash at any point leaves a consistent
+    generation. The index stays true while the journal grows: neither an
+    appended nor a deleted rule may jump to a user chain (those change
+    which hooks reach a chain, and take the full path)."""
 
     # past this size the journal is folded into a new snapshot
     JOURNAL_LIMIT = 4 << 20
@@ -180,10 +186,20 @@ class Store:
             version, ruleset = pickle.load(fh)
         if version != FORMAT_VERSION:
             raise RuntimeError(f"state format {version} in {self.directory} is not {FORMAT_VERSION}")
-        for table_name, chain, rules in self._journal(gen):
-            table = ruleset.table(table_name)
-            table.chains[chain].rules.extend(rules)
-            # what the append's own commit did (see tableops.reset_policy_counters)
+        for record in self._journal(gen):
+            if len(record) == 3:  # an append: (table, chain, rules)
+                table_name, chain, rules = record
+                table = ruleset.table(table_name)
+                table.chains[chain].rules.extend(rules)
+            else:
+                op, table_name, chain, what = record
+                table = ruleset.table(table_name)
+                if op == "delete":  # rules by content, as -D found them
+                    for rule in what:
+                        tableops.delete(table, chain, rule)
+                else:  # "delete_num": by index
+                    tableops.delete_num(table, chain, what)
+            # what the command's own commit did (see tableops.reset_policy_counters)
             tableops.reset_policy_counters(table)
         return ruleset
 
@@ -205,7 +221,8 @@ class Store:
         old = self._generation()
         gen = (old or 0) + 1
         index = {name: ChainIndex({c.name: c.builtin for c in table.chains.values()},
-                                  validate.chain_hooks(table))
+                                  validate.chain_hooks(table),
+                                  {c.name: c.policy for c in table.chains.values() if c.builtin})
                  for name, table in ruleset.tables.items()}
         _write(self._file("snapshot", gen), pickle.dumps((FORMAT_VERSION, ruleset),
                                                           protocol=pickle.HIGHEST_PROTOCOL))
@@ -214,6 +231,29 @@ class Store:
         if old is not None:
             for kind in ("snapshot", "index", "journal"):
                 self._file(kind, old).unlink(missing_ok=True)
+
+    def load_skeleton(self) -> RuleSet | None:
+        """The stored tables with their built-in chains and policies only
+        (no rules, no user chains, zero counters): what a restore that
+        flushes every table it names needs, read from the small index
+        instead of the snapshot. None when the index cannot tell."""
+        gen = self._generation()
+        if gen is None:
+            return None
+        try:
+            with open(self._file("index", gen), "rb") as fh:
+                index = pickle.load(fh)
+        except FileNotFoundError:
+            return None
+        ruleset = RuleSet()
+        for name, entry in index.items():
+            policies = getattr(entry, "policies", None)
+            if policies is None:
+                return None
+            table = ruleset.tables[name] = Table(name)
+            for chain, policy in policies.items():
+                table.chains[chain] = Chain(chain, policy=policy)
+        return ruleset
 
     def load_index(self, table: str) -> ChainIndex | None:
         """The chain index for an append, or None when the slow path must run."""
@@ -230,9 +270,20 @@ class Store:
             return None
 
     def append(self, table: str, chain: str, rules: list[Rule]) -> None:
+        self._record((table, chain, rules))
+
+    def delete(self, table: str, chain: str, rules: list[Rule]) -> None:
+        """-D by rule: each rule's first match is deleted, in order."""
+        self._record(("delete", table, chain, rules))
+
+    def delete_num(self, table: str, chain: str, index: int) -> None:
+        """-D by number (``index`` counts from 0)."""
+        self._record(("delete_num", table, chain, index))
+
+    def _record(self, record: tuple) -> None:
         gen = self._generation()
-        assert gen is not None, "append needs a saved generation"
-        record = pickle.dumps((table, chain, rules), protocol=pickle.HIGHEST_PROTOCOL)
+        assert gen is not None, "a journal record needs a saved generation"
+        record = pickle.dumps(record, protocol=pickle.HIGHEST_PROTOCOL)
         fd = os.open(self._file("journal", gen), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         try:
             os.write(fd, len(record).to_bytes(4, "little") + record)

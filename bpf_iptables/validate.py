@@ -47,9 +47,11 @@ def validate_rule(rule: Rule, hooks: frozenset[str], chains: "ChainLookup") -> N
     if target.is_standard and chains.is_builtin_chain(target.name):
         # the kernel refuses a jump or goto into a built-in chain
         raise TableOpError(errno.EINVAL)
-    exts = [(registry.matches()[m.name], m.data) for m in rule.matches]
+    # by name, not through registry.matches(): that imports every
+    # extension, which is most of the work of one -A
+    exts = [(registry.match_named(m.name), m.data) for m in rule.matches]
     if not target.is_standard:
-        exts.append((registry.targets()[target.name], target.data))
+        exts.append((registry.target_named(target.name), target.data))
     for ext, data in exts:
         if ext.required_proto is not None and (
                 rule.proto != ext.required_proto or rule.proto_inv):

@@ -6,9 +6,10 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from bpf_iptables.restore_grammar import parse_lines, split_words, word_parser
+from bpf_iptables.restore_grammar import parse_lines, parse_lines_lark, split_words, word_parser
 from bpf_iptables.restore_input import BUFFER_SIZE, read_statements
 from tests.support.netns import bpf_command, namespace
+from tests.support.shared import ruleset
 
 
 def kinds(text: str) -> list[tuple[str, int]]:
@@ -202,3 +203,27 @@ def test_fgets_quirks_against_real_restore(dump: str) -> None:
     assert (ours.returncode, norm(ours.stderr), ours.stdout) == (
         real.returncode, real.stderr, real.stdout)
     assert our_rules == real_rules
+
+
+# -- the loop that classifies lines without lark -----------------------------------
+
+@settings(max_examples=800, deadline=None)
+@given(st.lists(st.sampled_from(["COMMIT", "COMMIT ", "*", "* filter", ":", ":X\tY [1:2]", "#",
+                                 "# c", "[", "[1:2]", "[1:2] -A X", "[]", "]", "-A X [", " ",
+                                 "\t", "", "x", "\r", "[a]b]c", "C"]),
+                max_size=8),
+       st.booleans())
+def test_line_loop_equals_restore_grammar(lines: list[str], final_newline: bool) -> None:
+    text = "\n".join(lines) + ("\n" if final_newline else "")
+    assert parse_lines(text) == parse_lines_lark(text)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text(alphabet="COMIT*:#[]-A \t\nx", max_size=40))
+def test_line_loop_equals_restore_grammar_on_any_text(text: str) -> None:
+    assert parse_lines(text) == parse_lines_lark(text)
+
+
+def test_line_loop_on_a_classbench_dump() -> None:
+    text = ruleset("classbench-fw1-1k.rules").read_text()
+    assert parse_lines(text) == parse_lines_lark(text)

@@ -1,6 +1,7 @@
 """Message formatting shared by the command-line programs."""
 from __future__ import annotations
 
+import gc
 import sys
 
 from .. import VERSION
@@ -23,3 +24,13 @@ def try_help(prog: str, line: int = -1) -> None:
     if line != -1:
         sys.stderr.write(f"Error occurred at line: {line}\n")
     sys.stderr.write(f"Try `{prog} -h' or '{prog} --help' for more information.\n")
+
+
+def short_lived() -> None:
+    """Settings for a process that runs one command and exits.
+
+    It makes no garbage cycles worth collecting, but building or unpickling
+    10k rules would trigger hundreds of collections, each walking every
+    object made so far: without them a 10k restore or load takes a third
+    less time (and unpickling a fifth of it)."""
+    gc.disable()

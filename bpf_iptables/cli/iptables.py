@@ -6,17 +6,16 @@ if __name__ == "__main__":   # an attached namespace's server runs it (see cli/c
     forward("iptables")
 
 import errno
-import gc
 import sys
 
 from ..cmdline import parse as P
 from ..commands import Outcome, append_with_index, execute
 from ..errors import NotSupported, TableOpError, XtablesError, VERSION_PROBLEM
-from ..model import BUILTIN_CHAINS
+from ..model import BUILTIN_CHAINS, Rule, Table
 from ..validate import validate_table
 from .. import state
 from ..datapath import attachment as datapath_hook
-from .common import PROGRAM_VERSION, report, try_help
+from .common import PROGRAM_VERSION, report, short_lived, try_help
 from .help import help_text
 
 PROG = "bpf-iptables"
@@ -76,8 +75,9 @@ def apply(parsed: P.ParsedCommand, store: state.Store, outcome: Outcome) -> None
     """Carry out the command on the namespace's stored rule set.
 
     An append goes to the journal when the chain index can vouch for it, so
-    -A does not load and rewrite a large rule set; anything else loads the
-    rule set, changes it, checks it as the kernel would and saves it."""
+    -A does not load and rewrite a large rule set; a delete loads the rule
+    set to find its rule but only journals the change; anything else loads
+    the rule set, changes it, checks it as the kernel would and saves it."""
     if parsed.command == P.CMD_APPEND:
         index = store.load_index(parsed.table)
         if index is not None:
@@ -86,12 +86,47 @@ def apply(parsed: P.ParsedCommand, store: state.Store, outcome: Outcome) -> None
                 store.append(parsed.table, parsed.chain, rules)
                 return
             outcome.stdout.clear()
-    ruleset = store.load()
-    table = ruleset.table(parsed.table)
-    execute(parsed, table, outcome)
+    if parsed.command in (P.CMD_DELETE, P.CMD_DELETE_NUM) \
+            and store.load_index(parsed.table) is not None:
+        ruleset = store.load()
+        table = ruleset.table(parsed.table)
+        gone = deleted_rules(parsed, table)
+        execute(parsed, table, outcome)
+        if not any(jumps_to_user_chain(rule, table) for rule in gone or outcome.rules):
+            if parsed.command == P.CMD_DELETE:
+                store.delete(parsed.table, parsed.chain, outcome.rules)
+            else:
+                store.delete_num(parsed.table, parsed.chain, parsed.rulenum - 1)
+            return
+    else:
+        ruleset = store.load()
+        table = ruleset.table(parsed.table)
+        execute(parsed, table, outcome)
     if outcome.changed:
-        validate_table(table)
+        if parsed.command & ~ONLY_REMOVE:
+            validate_table(table)
         store.save(ruleset)
+
+
+# Commands that only remove rules or chains, or zero counters: a table the
+# kernel accepted stays acceptable (every check of validate.py holds for
+# fewer rules, and for fewer hooks reaching a chain), so they skip the check.
+ONLY_REMOVE = (P.CMD_DELETE | P.CMD_DELETE_NUM | P.CMD_FLUSH | P.CMD_ZERO | P.CMD_ZERO_NUM
+               | P.CMD_DELETE_CHAIN | P.CMD_LIST | P.CMD_LIST_RULES)
+
+
+def deleted_rules(parsed: P.ParsedCommand, table: Table) -> list[Rule]:
+    """The rule -D NUM will delete (none if there is no such rule)."""
+    chain = table.chains.get(parsed.chain)
+    if parsed.command != P.CMD_DELETE_NUM or chain is None:
+        return []
+    return chain.rules[parsed.rulenum - 1:parsed.rulenum]
+
+
+def jumps_to_user_chain(rule: Rule, table: Table) -> bool:
+    target = rule.target
+    return target.is_standard and target.name in table.chains \
+        and not table.chains[target.name].builtin
 
 
 def table_error(exc: TableOpError) -> int:
@@ -108,10 +143,7 @@ def main() -> None:
     from .client import forward
 
     forward("iptables")   # returns when the command runs here
-    # One short-lived process per command creates no garbage cycles worth
-    # collecting, but unpickling a large rule set would trigger many
-    # collections: without them loading 10k rules takes half the time.
-    gc.disable()
+    short_lived()
     sys.exit(run(sys.argv[1:]))
 
 

@@ -14,7 +14,7 @@ from ..restore import Output, RestoreOptions, Restorer
 from ..restore_getopt import GetoptError, LongOpt, OPTIONAL_ARGUMENT, PermutingGetopt
 from ..restore_input import read_statements
 from .. import state
-from .common import PROGRAM_VERSION
+from .common import PROGRAM_VERSION, short_lived
 from .help import help_text
 
 PROG = "bpf-iptables-restore"
@@ -143,6 +143,7 @@ def main() -> None:
     from .client import forward
 
     forward("restore")   # returns when the command runs here
+    short_lived()
     status = run(sys.argv[1:])
     sys.stdout.flush()
     sys.exit(status)

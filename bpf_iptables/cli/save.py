@@ -14,7 +14,7 @@ from ..render.save import save_table
 from ..restore_getopt import GetoptError, LongOpt, PermutingGetopt
 from .. import state
 from ..datapath import attachment as datapath_hook
-from .common import PROGRAM_VERSION
+from .common import PROGRAM_VERSION, short_lived
 
 PROG = "bpf-iptables-save"
 OPTSTRING = "bcdt:M:f:V"
@@ -114,6 +114,7 @@ def main() -> None:
     from .client import forward
 
     forward("save")   # returns when the command runs here
+    short_lived()
     status = run(sys.argv[1:])
     sys.stdout.flush()
     sys.exit(status)

@@ -96,6 +96,13 @@ class Getopt:
             if self.optind >= self.argc:
                 return None
             arg = self.argv[self.optind]
+            if len(arg) == 2 and arg[0] == "-" and self.optind + 1 < self.argc:
+                # the common "-s ADDR": what _short_option() does with a
+                # lone option letter that takes the next word
+                c = arg[1]
+                if self._short.get(c) == REQUIRED_ARGUMENT and c not in ":;":
+                    self.optind += 2
+                    return GetoptResult(c, self.argv[self.optind - 1])
             if arg == "--":
                 self.optind += 1
                 # everything after "--" is left for the caller as non-options

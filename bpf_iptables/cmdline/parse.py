@@ -179,11 +179,17 @@ class ParsedCommand:
     def rules(self, target: Target) -> list[Rule]:
         """The rule, once per source x destination (iptables' a,b lists)."""
         out = []
+        b = self.base_rule
+        matches = tuple(self.match_data)
         for s in self.sources:
             for d in self.destinations:
-                rule = replace(self.base_rule, src=s, dst=d, matches=tuple(self.match_data),
-                               target=target, counters=Counters(self.pcnt, self.bcnt))
-                out.append(rule)
+                # Rule(...) rather than dataclasses.replace: a restore makes
+                # 10k of them, and replace() costs three times as much
+                out.append(Rule(src=s, dst=d, src_inv=b.src_inv, dst_inv=b.dst_inv,
+                                in_iface=b.in_iface, out_iface=b.out_iface, in_inv=b.in_inv,
+                                out_inv=b.out_inv, proto=b.proto, proto_inv=b.proto_inv,
+                                fragment=b.fragment, frag_inv=b.frag_inv, matches=matches,
+                                target=target, counters=Counters(self.pcnt, self.bcnt)))
         return out
 
     @property
@@ -249,6 +255,9 @@ class CommandParser:
         self.ctx = ParseContext()
         self.shost: str | None = None
         self.dhost: str | None = None
+        # where -s and -d found their address: argv index by letter (restore's
+        # parse cache replays a parse with other addresses there)
+        self.address_words: dict[str, int] = {}
         self.help_printer = help_printer
         self.getopt = Getopt(argv, IPT_OPTSTRING, _ORIGINAL_LONGOPTS)
         self.ctx.argv = self.getopt
@@ -323,7 +332,7 @@ class CommandParser:
             raise XtablesError("Invalid target name (too short)")
         if len(name.encode()) >= 29:
             raise XtablesError(f"Invalid target name `{name}' (28 chars max)")
-        if any(c.isspace() for c in name):
+        if not name.isalnum() and any(c.isspace() for c in name):
             raise XtablesError(f"Invalid target name `{name}'")
         return name
 
@@ -339,7 +348,12 @@ class CommandParser:
             if res is None:
                 break
             c, optarg = res.code, res.optarg
-            if c == "A":
+            if type(c) is tuple:
+                # an extension's option (see command_default): tested
+                # first, so it does not go through every letter below
+                if self.command_default(c, optarg):
+                    continue
+            elif c == "A":
                 self.add_command(CMD_APPEND, CMD_NONE)
                 p.chain = optarg
             elif c == "C":
@@ -425,9 +439,11 @@ class CommandParser:
             elif c == "s":
                 self.set_option(OPT_SOURCE)
                 self.shost = self.attached_word()
+                self.address_words["s"] = g.optind - 1
             elif c == "d":
                 self.set_option(OPT_DESTINATION)
                 self.dhost = self.attached_word()
+                self.address_words["d"] = g.optind - 1
             elif c == "g":
                 self.set_option(OPT_JUMP)
                 p.goto = True

@@ -82,6 +82,17 @@ def targets() -> dict[str, TargetExtension]:
     return _registry()[1]
 
 
+def match_named(name: str) -> MatchExtension:
+    """The match of a rule that was parsed (so it exists), importing only
+    its module when that is named after it."""
+    return _quick("match", name) or matches()[name]  # type: ignore[return-value]
+
+
+def target_named(name: str) -> TargetExtension:
+    """The extension target of a parsed rule (see match_named)."""
+    return _quick("target", name) or targets()[name]  # type: ignore[return-value]
+
+
 def find_match(name: str) -> MatchExtension:
     """xtables_find_match(XTF_LOAD_MUST_SUCCEED)."""
     ext = _quick("match", name) or matches().get(name)
