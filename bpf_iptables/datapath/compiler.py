@@ -21,15 +21,17 @@ rules of the table from 2 on (in chain order), so each inlined copy of a
 rule bumps the rule's own counters."""
 from __future__ import annotations
 
+import gc
 import socket
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
 from ..errors import NotSupported
 from ..model import Rule, Table
 from ..netaddr import iface_matches
-from .fields import ICMP_ANY, EntryFields, Prefix, RangeField, decompose
+from .fields import ICMP_ANY, EntryFields, Prefix, PrefixField, RangeField, decompose
 
 XDP_ABORTED, XDP_DROP, XDP_PASS = 0, 1, 2
 VERDICT_CONTINUE = 0xFFFFFFFF
@@ -175,9 +177,7 @@ class Compiled:
     live: int
     policy: int
     counter_of: dict[tuple[str, int], int]   # (chain, rule index) -> slot
-    src: dict[Prefix, int] = field(default_factory=dict)     # prefix -> entries
-    dst: dict[Prefix, int] = field(default_factory=dict)
-    src_iv: "Intervals | None" = None                        # the same, as address intervals
+    src_iv: "Intervals | None" = None     # address intervals (see address_table)
     dst_iv: "Intervals | None" = None
     proto: dict[int, int] = field(default_factory=dict)      # PROTO_DEFAULT included
     iif: dict[int, int] = field(default_factory=dict)        # ifindex 0: unknown
@@ -234,24 +234,99 @@ def hotdrop_guard(rule: Rule) -> Rule | None:
     return replace(rule, matches=rule.matches[:at + 1])
 
 
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """The garbage collector off for a compile: it allocates tens of
+    thousands of objects that all live until it returns, and each
+    collection the allocations trigger walks the whole heap (the rule set
+    too) for nothing; at 10k rules that was half the compile time."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+def rule_key(rule: Rule) -> tuple:
+    """What ``fields.decompose`` reads of a rule (not its target or counters)."""
+    return (rule.src, rule.dst, rule.src_inv, rule.dst_inv, rule.in_iface, rule.out_iface,
+            rule.in_inv, rule.out_inv, rule.proto, rule.proto_inv, rule.fragment,
+            rule.frag_inv, rule.matches)
+
+
+class FieldsCache:
+    """Decompositions of the previous compile of one hook, for the next.
+
+    Keyed by content (the ``rule_key`` of every rule on the entry's path),
+    so a rule changed in place or a new rule object with another rule's
+    content cannot get stale constraints. Finding a rule by content means
+    hashing its matches (Python-level hashes of frozen dataclasses, ~1 us
+    a rule), so a rule object seen last time is first looked up by
+    identity: the cache holds a reference to it (its id cannot be reused)
+    and its key, and the key is compared again (cheap: an unchanged rule's
+    fields are the very objects the key holds). Memory stays bounded: a
+    compile keeps only what it used."""
+
+    def __init__(self) -> None:
+        self.by_key: dict[tuple, EntryFields] = {}
+        self.by_id: dict[int, tuple[Rule, tuple, EntryFields]] = {}
+
+    def fields(self, path: list[Rule], hook: str, into: "FieldsCache",
+               guard: bool = False) -> EntryFields:
+        """The decomposition of ``path`` (``guard``: of the hot-drop guard
+        entry: the last rule cut after its tcp match), recorded in ``into``."""
+        last = path[-1]
+        if len(path) == 1 and not guard:
+            hit = self.by_id.get(id(last))
+            if hit is not None and hit[0] is last:
+                key = rule_key(last)
+                if key == hit[1]:
+                    into.by_id[id(last)] = hit
+                    into.by_key[(hook, False, key)] = hit[2]
+                    return hit[2]
+        key = (hook, guard, *map(rule_key, path))
+        f = self.by_key.get(key)
+        if f is None:
+            f = into.by_key.get(key)
+        if f is None:
+            rules = path[:-1] + [hotdrop_guard(last)] if guard else path
+            f = decompose(rules, hook)
+        into.by_key[key] = f
+        if len(path) == 1 and not guard:
+            into.by_id[id(last)] = (last, key[2], f)
+        return f
+
+
+# hook -> the decompositions of its last compile (see FieldsCache)
+_fields_cache: dict[str, FieldsCache] = {}
+
+
+def clear_caches() -> None:
+    """Forget every cached decomposition (tests: compare with a cold compile)."""
+    _fields_cache.clear()
+
+
 def inline(table: Table, hook: str, slots: dict[tuple[str, int], int]) -> list[Entry]:
     entries: list[Entry] = []
     end = _Label()
+    cache = _fields_cache.get(hook) or FieldsCache()
+    fresh = FieldsCache()
 
     def emit(path: list[Rule], counter: int, verdict: int = VERDICT_CONTINUE,
              next_: "_Label | None" = None) -> None:
         if len(entries) >= MAX_ENTRIES:
             raise NotSupported(f"more than {MAX_ENTRIES} rules after inlining user chains")
         own_tcp = counter != SCRATCH_COUNTER and any(m.name == "tcp" for m in path[-1].matches)
-        guard = hotdrop_guard(path[-1]) if own_tcp else None
-        if guard is not None:
+        if own_tcp and hotdrop_guard(path[-1]) is not None:
             # xt_tcpudp hot-drops an offset-1 TCP fragment before the matches
             # after it run, but their constraints sit on shared fields (e.g.
             # iprange on the address tries): an uncounted entry without them
             # is the candidate that hot-drops; any other packet passes it by
-            entries.append(Entry(decompose(path[:-1] + [guard], hook), SCRATCH_COUNTER,
+            entries.append(Entry(cache.fields(path, hook, fresh, guard=True), SCRATCH_COUNTER,
                                  tcp=True))
-        entries.append(Entry(decompose(path, hook), counter, verdict, next_, own_tcp))
+        entries.append(Entry(cache.fields(path, hook, fresh), counter, verdict, next_, own_tcp))
 
     def walk(chain_name: str, guard: list[Rule], ret: _Label, depth: int) -> None:
         if depth > MAX_DEPTH:
@@ -281,6 +356,7 @@ def inline(table: Table, hook: str, slots: dict[tuple[str, int], int]) -> list[E
                 raise NotSupported(f"target `{target.name}' in the eBPF data path")
 
     walk(hook, [], end, 0)
+    _fields_cache[hook] = fresh
     end.index = len(entries)
     # the policy: an entry without constraints, so every scan ends here
     policy = VERDICTS[table.chains[hook].policy or "ACCEPT"]
@@ -300,42 +376,82 @@ def resolve(entries: list[Entry]) -> None:
 # -- step 2: field tables -------------------------------------------------------
 
 def bits(indices) -> int:
-    v = 0
-    for i in indices:
-        v |= 1 << i
-    return v
+    """The int with bit i set for every i in ``indices``. OR-ing ``1 << i``
+    into a growing int costs its size each time (quadratic at 10k
+    entries); a string of binary digits converts in one linear step."""
+    idx = indices if isinstance(indices, list) else list(indices)
+    if len(idx) < 32:
+        v = 0
+        for i in idx:
+            v |= 1 << i
+        return v
+    top = max(idx)
+    digits = bytearray(b"0") * (top + 1)
+    for i in idx:
+        digits[top - i] = 49   # "1"
+    return int(digits, 2)
 
 
-def prefix_table(live: int, per_entry: list[tuple[int, object]]) -> dict[Prefix, int]:
-    """LPM contents: for each prefix in use (and 0/0), the entries that hold
-    for an address whose longest listed prefix it is. An entry holds when
-    its positive prefix (if any) is an ancestor-or-self of that prefix and
-    none of its negated ones is; computed down the prefix tree."""
-    pos: dict[Prefix, int] = {}
-    neg: dict[Prefix, int] = {}
-    no_positive = live
+def _prefix_vectors(live: int, per_entry: list[tuple[int, PrefixField]]
+                    ) -> tuple[list[tuple[int, int]], list[int]]:
+    """The prefixes in use (and 0/0) as (addr, length), sorted by address
+    then length, and per prefix the entries that hold for an address
+    whose longest listed prefix it is. An entry holds when its positive
+    prefix (if any) is an ancestor-or-self of that prefix and none of its
+    negated ones is; computed down the prefix tree, walked in address
+    order with a stack of the enclosing prefixes (prefixes are nested or
+    disjoint, so the stack's top that contains a prefix is its nearest
+    listed ancestor). Keys are (addr, length) tuples: hashing ``Prefix``
+    dataclasses in Python cost more than all the rest."""
+    pos: dict[tuple[int, int], list[int]] = {}
+    neg: dict[tuple[int, int], list[int]] = {}
+    positive: list[int] = []
     for e, pf in per_entry:
-        if pf.positive is not None:
-            pos[pf.positive] = pos.get(pf.positive, 0) | (1 << e)
-            no_positive &= ~(1 << e)
+        p = pf.positive
+        if p is not None:
+            key = (p.addr, p.length)
+            if key in pos:
+                pos[key].append(e)
+            else:
+                pos[key] = [e]
+            positive.append(e)
         for p in pf.negative:
-            neg[p] = neg.get(p, 0) | (1 << e)
-    prefixes = sorted({Prefix(0, 0), *pos, *neg}, key=lambda p: p.length)
-    known = set(prefixes)
-    acc: dict[Prefix, tuple[int, int]] = {}
-    table: dict[Prefix, int] = {}
-    for p in prefixes:
-        ok, bad = 0, 0
-        for length in range(p.length - 1, -1, -1):
-            parent = Prefix(p.addr & ((0xFFFFFFFF << (32 - length)) & 0xFFFFFFFF), length)
-            if parent in known:
-                ok, bad = acc[parent]
-                break
-        ok |= pos.get(p, 0)
-        bad |= neg.get(p, 0)
-        acc[p] = (ok, bad)
-        table[p] = (ok | no_positive) & ~bad & live
-    return table
+            key = (p.addr, p.length)
+            if key in neg:
+                neg[key].append(e)
+            else:
+                neg[key] = [e]
+    no_positive = live & ~bits(positive)
+    order = sorted({(0, 0), *pos, *neg})
+    vectors = []
+    stack: list[tuple[int, int, int]] = []    # (end, ok, bad) of the enclosing prefixes
+    for addr, length in order:
+        while stack and stack[-1][0] <= addr:
+            stack.pop()
+        ok, bad = (stack[-1][1], stack[-1][2]) if stack else (0, 0)
+        here = pos.get((addr, length))
+        if here is not None:
+            ok |= bits(here)
+        here = neg.get((addr, length))
+        if here is not None:
+            bad |= bits(here)
+        stack.append((addr + (1 << (32 - length)), ok, bad))
+        vectors.append((ok | no_positive) & ~bad & live)
+    return order, vectors
+
+
+def prefix_table(live: int, per_entry: list[tuple[int, PrefixField]]) -> dict[Prefix, int]:
+    """LPM contents: for each prefix in use (and 0/0), the entries that hold
+    for an address whose longest listed prefix it is (``_prefix_vectors``)."""
+    order, vectors = _prefix_vectors(live, per_entry)
+    return {Prefix(a, n): v for (a, n), v in zip(order, vectors)}
+
+
+def address_table(live: int, per_entry: list[tuple[int, PrefixField]]) -> Intervals:
+    """An address field's intervals straight from the entries (what
+    ``address_intervals(prefix_table(...))`` gives, without Prefix keys)."""
+    order, vectors = _prefix_vectors(live, per_entry)
+    return _intervals(order, vectors)
 
 
 def address_intervals(prefixes: dict[Prefix, int]) -> Intervals:
@@ -345,29 +461,35 @@ def address_intervals(prefixes: dict[Prefix, int]) -> Intervals:
     over the interval starts (bpf/lib/ranges.h) costs about half an LPM
     trie lookup here (measured: 35 vs 89 ns with 6,672 prefixes), and the
     bitvectors, stored once each, stay out of the search structure."""
-    order = sorted(prefixes, key=lambda p: (p.addr, p.length))
-    assert order and order[0] == Prefix(0, 0), "0/0 is always in the table"
-    ends = {p: p.addr + (1 << (32 - p.length)) for p in order}
-    cuts = sorted({0, *(p.addr for p in order), *(e for e in ends.values() if e < 1 << 32)})
-    stack: list[Prefix] = []
-    # one bitvector per prefix that is the longest match somewhere (keyed
-    # by prefix: hashing 8 KiB integers would cost more than the rest)
-    ids: dict[Prefix, int] = {}
+    items = sorted(((p.addr, p.length), v) for p, v in prefixes.items())
+    assert items and items[0][0] == (0, 0), "0/0 is always in the table"
+    return _intervals([k for k, _ in items], [v for _, v in items])
+
+
+def _intervals(order: list[tuple[int, int]], values: list[int]) -> Intervals:
+    """``order``: (addr, length) sorted, 0/0 first; ``values`` their bitvectors."""
+    ends = [a + (1 << (32 - n)) for a, n in order]
+    cuts = sorted({0, *(a for a, _ in order), *(e for e in ends if e < 1 << 32)})
+    stack: list[int] = []      # positions in ``order``
+    # one bitvector per prefix that is the longest match somewhere
+    ids: dict[int, int] = {}
     vectors: list[int] = []
     index: list[int] = []
     nxt = 0
+    count = len(order)
     for start in cuts:
         while stack and ends[stack[-1]] <= start:
             stack.pop()
         # prefixes starting here, shortest first: nested, so the last is the longest
-        while nxt < len(order) and order[nxt].addr == start:
-            stack.append(order[nxt])
+        while nxt < count and order[nxt][0] == start:
+            stack.append(nxt)
             nxt += 1
         top = stack[-1]
-        if top not in ids:
-            ids[top] = len(vectors)
-            vectors.append(prefixes[top])
-        index.append(ids[top])
+        at = ids.get(top)
+        if at is None:
+            at = ids[top] = len(vectors)
+            vectors.append(values[top])
+        index.append(at)
     return with_buckets(Intervals(cuts, index, vectors))
 
 
@@ -489,6 +611,12 @@ def compile_chain(table: Table, hook: str = "INPUT", interfaces: dict[str, int] 
     ifindexes now, from ``interfaces`` (default: this namespace's); an
     interface that appears later is seen as matching no -i name until the
     chain is compiled again."""
+    with gc_paused():
+        return _compile_chain(table, hook, interfaces, min_shape)
+
+
+def _compile_chain(table: Table, hook: str, interfaces: dict[str, int] | None,
+                   min_shape: Shape | None) -> Compiled:
     if hook not in ("INPUT", "FORWARD", "OUTPUT"):
         raise NotSupported(f"the {hook} chain in the eBPF data path")
     if interfaces is None:
@@ -528,13 +656,11 @@ def compile_chain(table: Table, hook: str = "INPUT", interfaces: dict[str, int] 
     live_entries = [(i, e.fields) for i, e in enumerate(entries) if not e.fields.never]
 
     if "src" in used:
-        c.src = prefix_table(live, [(i, f.src) for i, f in live_entries])
-        c.src_iv = address_intervals(c.src)
+        c.src_iv = address_table(live, [(i, f.src) for i, f in live_entries])
         shape.src_max, shape.src_bsize = len(c.src_iv.vectors), bsize_of(c.src_iv)
         shape.src_nbounds, shape.src_probes = len(c.src_iv.bounds), c.src_iv.probes
     if "dst" in used:
-        c.dst = prefix_table(live, [(i, f.dst) for i, f in live_entries])
-        c.dst_iv = address_intervals(c.dst)
+        c.dst_iv = address_table(live, [(i, f.dst) for i, f in live_entries])
         shape.dst_max, shape.dst_bsize = len(c.dst_iv.vectors), bsize_of(c.dst_iv)
         shape.dst_nbounds, shape.dst_probes = len(c.dst_iv.bounds), c.dst_iv.probes
     if "proto" in used:
@@ -605,12 +731,10 @@ def fill_unused(c: Compiled) -> None:
     """Fields compiled into a reused program that this rule set does not
     use: one all-entries bitvector, so they do not constrain anything."""
     live = c.live
-    if "src" in c.shape.fields and not c.src:
-        c.src = {Prefix(0, 0): live}
-        c.src_iv = address_intervals(c.src)
-    if "dst" in c.shape.fields and not c.dst:
-        c.dst = {Prefix(0, 0): live}
-        c.dst_iv = address_intervals(c.dst)
+    if "src" in c.shape.fields and c.src_iv is None:
+        c.src_iv = _intervals([(0, 0)], [live])
+    if "dst" in c.shape.fields and c.dst_iv is None:
+        c.dst_iv = _intervals([(0, 0)], [live])
     if "proto" in c.shape.fields and not c.proto:
         c.proto = {PROTO_DEFAULT: live}
     if "iif" in c.shape.fields and not c.iif:
