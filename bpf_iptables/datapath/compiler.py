@@ -526,44 +526,48 @@ def range_table(live: int, per_entry: list[tuple[int, RangeField]], top: int,
     [b[i], b[i+1]), the entries whose ranges hold there. Ranges are cut at
     every boundary, so each range contains an interval or is disjoint from
     it; one sweep gives every interval's bitvector. ``extra_cuts``: more
-    boundaries (of another table sharing these intervals)."""
+    boundaries (of another table sharing these intervals). Entries with
+    the same ranges are swept as one group (one bitvector)."""
+    groups = grouped(per_entry, lambda rf: (rf.positive, tuple(rf.negative)))
     cuts = {0, *extra_cuts}
-    for _, rf in per_entry:
-        for lo, hi in ([rf.positive] if rf.positive else []) + rf.negative:
+    for (positive, negative), _ in groups:
+        for lo, hi in ([positive] if positive else []) + list(negative):
             cuts.add(lo)
             if hi < top:
                 cuts.add(hi + 1)
     bounds = sorted(cuts)
-    # sweep: entries start/stop being covered at interval indices
+    # sweep: groups start/stop being covered at interval indices
     index = {b: i for i, b in enumerate(bounds)}
     events: dict[int, list[tuple[int, bool, int]]] = {}
     no_positive = live
-    for e, rf in per_entry:
-        if rf.positive:
-            no_positive &= ~(1 << e)
-        for lo, hi in ([rf.positive] if rf.positive else []):
-            events.setdefault(index[lo], []).append((e, True, +1))
+    for g, ((positive, negative), vec) in enumerate(groups):
+        if positive:
+            no_positive &= ~vec
+            lo, hi = positive
+            events.setdefault(index[lo], []).append((g, True, +1))
             if hi < top:
-                events.setdefault(index[hi + 1], []).append((e, True, -1))
-        for lo, hi in rf.negative:
-            events.setdefault(index[lo], []).append((e, False, +1))
+                events.setdefault(index[hi + 1], []).append((g, True, -1))
+        for lo, hi in negative:
+            events.setdefault(index[lo], []).append((g, False, +1))
             if hi < top:
-                events.setdefault(index[hi + 1], []).append((e, False, -1))
+                events.setdefault(index[hi + 1], []).append((g, False, -1))
     pos_active, neg_active = 0, 0
     neg_count: dict[int, int] = {}
     vectors = []
     for i in range(len(bounds)):
-        for e, positive, delta in events.get(i, []):
+        for g, positive, delta in events.get(i, ()):
+            vec = groups[g][1]
             if positive:
-                pos_active ^= 1 << e  # one positive range per entry
+                pos_active ^= vec  # one positive range per group
             else:
-                n = neg_count.get(e, 0) + delta
-                neg_count[e] = n
+                n = neg_count.get(g, 0) + delta
+                neg_count[g] = n
                 if n:
-                    neg_active |= 1 << e
+                    neg_active |= vec
                 else:
-                    neg_active &= ~(1 << e)
-        vectors.append((pos_active | no_positive) & ~neg_active & live)
+                    neg_active &= ~vec
+        v = pos_active | no_positive
+        vectors.append(v & ~neg_active if neg_active else v)
     return bounds, vectors
 
 
@@ -579,8 +583,8 @@ def port_table(live: int, per_entry: list[tuple[int, RangeField]], l4_entries: i
 def either_cuts(live_entries: list[tuple[int, EntryFields]]) -> set[int]:
     """The boundaries of every multiport --ports list (cut into both port fields)."""
     cuts: set[int] = set()
-    for _, f in live_entries:
-        for lo, hi in f.either or ():
+    for ranges in {f.either for _, f in live_entries if f.either is not None}:
+        for lo, hi in ranges:
             cuts.add(lo)
             if hi < 0xFFFF:
                 cuts.add(hi + 1)
@@ -593,10 +597,16 @@ def either_table(live: int, live_entries: list[tuple[int, EntryFields]],
     boundary), the entries whose --ports list holds the interval, plus
     every entry without --ports; then no L4 header (no --ports entry) and
     the offset-1 fragment (all: NotFragment excludes it elsewhere)."""
-    free = bits(i for i, f in live_entries if f.either is None)
-    lists = [(i, f.either) for i, f in live_entries if f.either is not None]
-    out = [free | bits(i for i, ranges in lists if any(lo <= b <= hi for lo, hi in ranges))
-           for b in bounds]
+    groups = grouped(live_entries, lambda f: f.either)
+    free = sum(vec for ranges, vec in groups if ranges is None)
+    lists = [(ranges, vec) for ranges, vec in groups if ranges is not None]
+    out = []
+    for b in bounds:
+        v = free
+        for ranges, vec in lists:
+            if any(lo <= b <= hi for lo, hi in ranges):
+                v |= vec
+        out.append(v)
     return out + [free, live]
 
 
@@ -673,8 +683,7 @@ def _compile_chain(table: Table, hook: str, interfaces: dict[str, int] | None,
         c.oif = iif_table(live, live_entries, interfaces, lambda f: f.oif)
         shape.oif_max = len(c.oif)
     if "frag" in used:
-        c.frag = [bits(i for i, f in live_entries if f.fragment is not True),
-                  bits(i for i, f in live_entries if f.fragment is not False)]
+        c.frag = frag_table(live_entries)
     if "flags" in used:
         c.flags = flags_table(live, live_entries)
     l4 = bits(i for i, f in live_entries if f.l4)
@@ -712,9 +721,7 @@ def _compile_chain(table: Table, hook: str, interfaces: dict[str, int] | None,
         c.mac = mac_table(live_entries)
         shape.mac_max = len(c.mac)
     if "pkttype" in used:
-        c.pkttype = [bits(i for i, f in live_entries
-                          if all((t == slot) != inv for t, inv in f.pkttype))
-                     for slot in range(PKTTYPES)]
+        c.pkttype = pkttype_table(live_entries)
     if "icmp" in used:
         c.icmp = icmp_table(live, live_entries)
         shape.icmp_max = len(c.icmp)
@@ -766,17 +773,40 @@ def fill_unused(c: Compiled) -> None:
         c.icmp = {ICMP_OTHER: live, ICMP_NONE: live}
 
 
+def grouped(live_entries: list[tuple[int, object]], key: Callable[[object], object]
+            ) -> list[tuple[object, int]]:
+    """The entries as (key, bitvector of the entries with that key), in
+    order of first appearance: a table computes each value's bitvector
+    from the few distinct constraints instead of from every entry."""
+    groups: dict[object, list[int]] = {}
+    for i, f in live_entries:
+        k = key(f)
+        members = groups.get(k)
+        if members is None:
+            groups[k] = [i]
+        else:
+            members.append(i)
+    return [(k, bits(members)) for k, members in groups.items()]
+
+
+def union(groups: list[tuple[object, int]], holds: Callable[[object], bool]) -> int:
+    """The entries of the groups whose key satisfies ``holds``."""
+    v = 0
+    for k, vec in groups:
+        if holds(k):
+            v |= vec
+    return v
+
+
 def proto_table(live: int, live_entries: list[tuple[int, EntryFields]]) -> dict[int, int]:
+    groups = grouped(live_entries, lambda f: (f.proto, tuple(f.proto_not)))
     protos = {PROTO_DEFAULT}
-    for _, f in live_entries:
-        if f.proto is not None:
-            protos.add(f.proto)
-        protos.update(f.proto_not)
-    table = {}
-    for p in protos:
-        table[p] = bits(i for i, f in live_entries
-                        if f.proto in (None, p) and p not in f.proto_not) & live
-    return table
+    for (proto, nots), _ in groups:
+        if proto is not None:
+            protos.add(proto)
+        protos.update(nots)
+    return {p: union(groups, lambda k: k[0] in (None, p) and p not in k[1]) & live
+            for p in protos}
 
 
 def iif_table(live: int, live_entries: list[tuple[int, EntryFields]],
@@ -785,24 +815,29 @@ def iif_table(live: int, live_entries: list[tuple[int, EntryFields]],
               ) -> dict[int, int]:
     """ifindex -> entries whose interface patterns (-i, or ``patterns``:
     FORWARD's -o) hold for that interface's name."""
-    def holds(f: EntryFields, name: str | None) -> bool:
+    def holds(pats: tuple[tuple[str, bool], ...], name: str | None) -> bool:
         # name None: an interface unknown at compile time matches no pattern
-        return all((name is not None and iface_matches(pat, name)) != inv
-                   for pat, inv in patterns(f))
+        return all((name is not None and iface_matches(pat, name)) != inv for pat, inv in pats)
 
-    table = {0: bits(i for i, f in live_entries if holds(f, None))}
+    groups = grouped(live_entries, lambda f: tuple(patterns(f)))
+    table = {0: union(groups, lambda k: holds(k, None))}
     for name, index in interfaces.items():
-        table[index] = bits(i for i, f in live_entries if holds(f, name))
+        table[index] = union(groups, lambda k: holds(k, name))
     return table
 
 
+def frag_table(live_entries: list[tuple[int, EntryFields]]) -> list[int]:
+    """[not a fragment, a non-first fragment] -> entries."""
+    groups = grouped(live_entries, lambda f: f.fragment)
+    return [union(groups, lambda k: k is not True), union(groups, lambda k: k is not False)]
+
+
 def flags_table(live: int, live_entries: list[tuple[int, EntryFields]]) -> list[int]:
-    out = []
-    for flags in range(TCP_FLAGS_NONE):
-        out.append(bits(i for i, f in live_entries
-                        if all(((flags & m) == cmp) != inv for m, cmp, inv in f.flags)))
+    groups = grouped(live_entries, lambda f: tuple(f.flags))
+    out = [union(groups, lambda k: all(((flags & m) == cmp) != inv for m, cmp, inv in k))
+           for flags in range(TCP_FLAGS_NONE)]
     # no TCP header: only entries without a flags test (the others need tcp anyway)
-    out.append(bits(i for i, f in live_entries if not f.flags))
+    out.append(union(groups, lambda k: not k))
     out.append(live)  # offset-1 TCP fragment: tcp entries hot-drop before any test
     return out
 
@@ -811,26 +846,25 @@ def icmp_table(live: int, live_entries: list[tuple[int, EntryFields]]) -> dict[i
     """type << 8 | code -> entries, for every code of every listed type;
     ICMP_OTHER for the other types, ICMP_NONE without an ICMP header (only
     entries without an icmp constraint)."""
-    types = sorted({t for _, f in live_entries for t, _, _, _ in f.icmp if t != ICMP_ANY})
+    groups = grouped(live_entries, lambda f: tuple(f.icmp))
+    types = sorted({t for k, _ in groups for t, _, _, _ in k if t != ICMP_ANY})
 
-    def holds(f: EntryFields, itype: int, code: int) -> bool:
+    def holds(tests, itype: int, code: int) -> bool:
         return all((t == ICMP_ANY or (t == itype and lo <= code <= hi)) != inv
-                   for t, lo, hi, inv in f.icmp)
+                   for t, lo, hi, inv in tests)
 
-    table = {ICMP_OTHER: bits(i for i, f in live_entries if holds(f, -1, 0)),
-             ICMP_NONE: bits(i for i, f in live_entries if not f.icmp)}
+    table = {ICMP_OTHER: union(groups, lambda k: holds(k, -1, 0)),
+             ICMP_NONE: union(groups, lambda k: not k)}
     for t in types:
         for code in range(256):
-            table[t << 8 | code] = bits(i for i, f in live_entries if holds(f, t, code))
+            table[t << 8 | code] = union(groups, lambda k: holds(k, t, code))
     return table
 
 
 def tos_table(live_entries: list[tuple[int, EntryFields]]) -> list[int]:
     """One bitvector per TOS byte value (xt_tos, xt_dscp)."""
-    free = bits(i for i, f in live_entries if not f.tos)
-    tested = [(i, f.tos) for i, f in live_entries if f.tos]
-    return [free | bits(i for i, tests in tested
-                        if all(((tos & m) == v) != inv for m, v, inv in tests))
+    groups = grouped(live_entries, lambda f: tuple(f.tos))
+    return [union(groups, lambda k: all(((tos & m) == v) != inv for m, v, inv in k))
             for tos in range(256)]
 
 
@@ -838,12 +872,21 @@ def mac_table(live_entries: list[tuple[int, EntryFields]]) -> dict[int, int]:
     """Source MAC -> entries, for every listed MAC; MAC_OTHER for the other
     addresses, MAC_NONE for a device without an Ethernet header (xt_mac
     is false there, even inverted: only entries without a mac test)."""
-    def holds(f: EntryFields, mac: int) -> bool:
-        return all((mac == a) != inv for a, inv in f.mac)
+    def holds(tests, mac: int) -> bool:
+        return all((mac == a) != inv for a, inv in tests)
 
-    macs = {a for _, f in live_entries for a, _ in f.mac}
-    table = {MAC_OTHER: bits(i for i, f in live_entries if holds(f, -1)),
-             MAC_NONE: bits(i for i, f in live_entries if not f.mac)}
+    groups = grouped(live_entries, lambda f: tuple(f.mac))
+    # the same insertion order as listing every entry's addresses (the
+    # set's iteration order is the hash map's key order)
+    macs = {a for k, _ in groups for a, _ in k}
+    table = {MAC_OTHER: union(groups, lambda k: holds(k, -1)),
+             MAC_NONE: union(groups, lambda k: not k)}
     for m in macs:
-        table[m] = bits(i for i, f in live_entries if holds(f, m))
+        table[m] = union(groups, lambda k: holds(k, m))
     return table
+
+
+def pkttype_table(live_entries: list[tuple[int, EntryFields]]) -> list[int]:
+    groups = grouped(live_entries, lambda f: tuple(f.pkttype))
+    return [union(groups, lambda k: all((t == slot) != inv for t, inv in k))
+            for slot in range(PKTTYPES)]
