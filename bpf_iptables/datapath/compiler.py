@@ -256,6 +256,25 @@ def rule_key(rule: Rule) -> tuple:
             rule.frag_inv, rule.matches)
 
 
+@dataclass(frozen=True)
+class Decomposed:
+    """What ``inline`` needs of an entry's path: its constraints, those of
+    the hot-drop guard entry (the last rule cut after its tcp match; None
+    when nothing follows the tcp match), and whether the rule has a tcp match."""
+
+    fields: EntryFields
+    guard: EntryFields | None
+    tcp: bool
+
+
+def decomposed(path: list[Rule], hook: str) -> Decomposed:
+    last = path[-1]
+    tcp = any(m.name == "tcp" for m in last.matches)
+    cut = hotdrop_guard(last) if tcp else None
+    return Decomposed(decompose(path, hook), None if cut is None else
+                      decompose(path[:-1] + [cut], hook), tcp)
+
+
 class FieldsCache:
     """Decompositions of the previous compile of one hook, for the next.
 
@@ -270,33 +289,30 @@ class FieldsCache:
     compile keeps only what it used."""
 
     def __init__(self) -> None:
-        self.by_key: dict[tuple, EntryFields] = {}
-        self.by_id: dict[int, tuple[Rule, tuple, EntryFields]] = {}
+        self.by_key: dict[tuple, Decomposed] = {}
+        self.by_id: dict[int, tuple[Rule, tuple, Decomposed]] = {}
 
-    def fields(self, path: list[Rule], hook: str, into: "FieldsCache",
-               guard: bool = False) -> EntryFields:
-        """The decomposition of ``path`` (``guard``: of the hot-drop guard
-        entry: the last rule cut after its tcp match), recorded in ``into``."""
+    def get(self, path: list[Rule], hook: str, into: "FieldsCache") -> Decomposed:
+        """The decomposition of ``path``, recorded in ``into``."""
         last = path[-1]
-        if len(path) == 1 and not guard:
+        if len(path) == 1:
             hit = self.by_id.get(id(last))
             if hit is not None and hit[0] is last:
                 key = rule_key(last)
                 if key == hit[1]:
                     into.by_id[id(last)] = hit
-                    into.by_key[(hook, False, key)] = hit[2]
+                    into.by_key[(hook, key)] = hit[2]
                     return hit[2]
-        key = (hook, guard, *map(rule_key, path))
-        f = self.by_key.get(key)
-        if f is None:
-            f = into.by_key.get(key)
-        if f is None:
-            rules = path[:-1] + [hotdrop_guard(last)] if guard else path
-            f = decompose(rules, hook)
-        into.by_key[key] = f
-        if len(path) == 1 and not guard:
-            into.by_id[id(last)] = (last, key[2], f)
-        return f
+        key = (hook, *map(rule_key, path))
+        d = self.by_key.get(key)
+        if d is None:
+            d = into.by_key.get(key)
+        if d is None:
+            d = decomposed(path, hook)
+        into.by_key[key] = d
+        if len(path) == 1:
+            into.by_id[id(last)] = (last, key[1], d)
+        return d
 
 
 # hook -> the decompositions of its last compile (see FieldsCache)
@@ -318,15 +334,15 @@ def inline(table: Table, hook: str, slots: dict[tuple[str, int], int]) -> list[E
              next_: "_Label | None" = None) -> None:
         if len(entries) >= MAX_ENTRIES:
             raise NotSupported(f"more than {MAX_ENTRIES} rules after inlining user chains")
-        own_tcp = counter != SCRATCH_COUNTER and any(m.name == "tcp" for m in path[-1].matches)
-        if own_tcp and hotdrop_guard(path[-1]) is not None:
+        d = cache.get(path, hook, fresh)
+        own_tcp = d.tcp and counter != SCRATCH_COUNTER
+        if own_tcp and d.guard is not None:
             # xt_tcpudp hot-drops an offset-1 TCP fragment before the matches
             # after it run, but their constraints sit on shared fields (e.g.
             # iprange on the address tries): an uncounted entry without them
             # is the candidate that hot-drops; any other packet passes it by
-            entries.append(Entry(cache.fields(path, hook, fresh, guard=True), SCRATCH_COUNTER,
-                                 tcp=True))
-        entries.append(Entry(cache.fields(path, hook, fresh), counter, verdict, next_, own_tcp))
+            entries.append(Entry(d.guard, SCRATCH_COUNTER, tcp=True))
+        entries.append(Entry(d.fields, counter, verdict, next_, own_tcp))
 
     def walk(chain_name: str, guard: list[Rule], ret: _Label, depth: int) -> None:
         if depth > MAX_DEPTH:
@@ -436,7 +452,8 @@ def _prefix_vectors(live: int, per_entry: list[tuple[int, PrefixField]]
         if here is not None:
             bad |= bits(here)
         stack.append((addr + (1 << (32 - length)), ok, bad))
-        vectors.append((ok | no_positive) & ~bad & live)
+        # ok and no_positive hold live entries only
+        vectors.append((ok | no_positive) & ~bad if bad else ok | no_positive)
     return order, vectors
 
 
@@ -633,17 +650,28 @@ def _compile_chain(table: Table, hook: str, interfaces: dict[str, int] | None,
         interfaces = interfaces_here()
     slots = counter_slots(table)
     entries = inline(table, hook, slots)
-    resolve(entries)
     n = len(entries)
-    live = bits(i for i, e in enumerate(entries) if not e.fields.never)
-    used: set[str] = set()
-    for e in entries:
-        if not e.fields.never:
-            used |= e.fields.uses()
-    # entries the scan may visit without stopping: continuing ones, and
-    # terminal ones whose per-candidate check can fail
-    nonterminal = sum(1 for e in entries if e.verdict == VERDICT_CONTINUE
-                      or e.fields.src.residual or e.fields.dst.residual)
+    # one pass: targets resolved, the live entries, the fields in use (each
+    # decomposition knows its own) and the entries a scan may pass by:
+    # continuing ones, and terminal ones whose per-candidate check can fail
+    live_entries: list[tuple[int, EntryFields]] = []
+    uses: set[frozenset[str]] = set()
+    nonterminal = 0
+    for i, e in enumerate(entries):
+        nxt = e.next
+        if nxt is None:
+            e.next = i + 1
+        elif isinstance(nxt, _Label):
+            assert nxt.index is not None
+            e.next = nxt.index
+        f = e.fields
+        if not f.never:
+            live_entries.append((i, f))
+            uses.add(f.used if f.used is not None else frozenset(f.uses()))
+        if e.verdict == VERDICT_CONTINUE or f.src.residual or f.dst.residual:
+            nonterminal += 1
+    live = bits([i for i, _ in live_entries])
+    used: set[str] = set().union(*uses)
     nwords = pow2_at_least((n + 63) // 64)
     # A scan only moves forward (continuations and RETURN/goto targets lie
     # after the entry), so it reads each summary word (one bit per
@@ -663,7 +691,6 @@ def _compile_chain(table: Table, hook: str, interfaces: dict[str, int] | None,
     if min_shape is not None:
         used |= set(min_shape.fields)
     shape.fields = frozenset(used)
-    live_entries = [(i, e.fields) for i, e in enumerate(entries) if not e.fields.never]
 
     if "src" in used:
         c.src_iv = address_table(live, [(i, f.src) for i, f in live_entries])

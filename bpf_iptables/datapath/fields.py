@@ -262,6 +262,8 @@ class EntryFields:
     either: tuple[tuple[int, int], ...] | None = None
     mac: list[tuple[int, bool]] = field(default_factory=list)        # (source MAC, invert)
     pkttype: list[tuple[int, bool]] = field(default_factory=list)    # (PACKET_*, invert)
+    # uses(), fixed once decompose() has built the entry
+    used: frozenset[str] | None = field(default=None, compare=False, repr=False)
 
     def range_field(self, which: str) -> RangeField:
         return {"sport": self.sport, "dport": self.dport, "length": self.length,
@@ -311,6 +313,7 @@ def decompose(path: list[Rule], hook: str = "INPUT") -> EntryFields:
     for rule in path:
         if not add_rule(f, rule, hook):
             f.never = True
+    f.used = frozenset(f.uses())
     return f
 
 
