@@ -65,7 +65,7 @@ MAC_OTHER, MAC_NONE = 1 << 48, (1 << 48) + 1  # mac-table keys (filter.c)
 PKTTYPES = 3   # pkttype-table slots: PACKET_HOST, _BROADCAST, _MULTICAST (parse.h)
 
 
-@dataclass
+@dataclass(slots=True)   # slots: ~10k of them per compile, no __dict__ each
 class Entry:
     fields: EntryFields
     counter: int
@@ -276,46 +276,57 @@ def decomposed(path: list[Rule], hook: str) -> Decomposed:
 
 
 class FieldsCache:
-    """Decompositions of the previous compile of one hook, for the next.
+    """Decompositions of earlier compiles of one hook, for the next.
 
     Keyed by content (the ``rule_key`` of every rule on the entry's path),
     so a rule changed in place or a new rule object with another rule's
     content cannot get stale constraints. Finding a rule by content means
     hashing its matches (Python-level hashes of frozen dataclasses, ~1 us
-    a rule), so a rule object seen last time is first looked up by
-    identity: the cache holds a reference to it (its id cannot be reused)
-    and its key, and the key is compared again (cheap: an unchanged rule's
-    fields are the very objects the key holds). Memory stays bounded: a
-    compile keeps only what it used."""
+    a rule), so a rule object of the previous compile is first looked up
+    by identity: ``by_id`` holds a reference to it (its id cannot be
+    reused) and its key, and the key is compared again (cheap: an
+    unchanged rule's fields are the very objects the key holds). Memory
+    stays bounded: ``by_id`` holds the previous compile's rules only, and
+    the content maps are emptied when they outgrow it (rules found by
+    identity are not re-entered there, which would mean hashing them)."""
 
     def __init__(self) -> None:
-        self.by_key: dict[tuple, Decomposed] = {}
+        self.by_rule: dict[tuple, Decomposed] = {}        # rule_key -> (paths of one rule)
+        self.by_path: dict[tuple, Decomposed] = {}        # rule_keys along longer paths
         self.by_id: dict[int, tuple[Rule, tuple, Decomposed]] = {}
+        self.next_by_id: dict[int, tuple[Rule, tuple, Decomposed]] = {}
 
-    def get(self, path: list[Rule], hook: str, into: "FieldsCache") -> Decomposed:
-        """The decomposition of ``path``, recorded in ``into``."""
+    def get(self, path: list[Rule], hook: str) -> Decomposed:
+        """The decomposition of ``path``."""
         last = path[-1]
         if len(path) == 1:
             hit = self.by_id.get(id(last))
-            if hit is not None and hit[0] is last:
-                key = rule_key(last)
-                if key == hit[1]:
-                    into.by_id[id(last)] = hit
-                    into.by_key[(hook, key)] = hit[2]
-                    return hit[2]
-        key = (hook, *map(rule_key, path))
-        d = self.by_key.get(key)
+            if hit is not None and hit[0] is last and rule_key(last) == hit[1]:
+                self.next_by_id[id(last)] = hit
+                return hit[2]
+            key = rule_key(last)
+            d = self.by_rule.get(key)
+            if d is None:
+                d = self.by_rule[key] = decomposed(path, hook)
+            self.next_by_id[id(last)] = (last, key, d)
+            return d
+        key = tuple(map(rule_key, path))
+        d = self.by_path.get(key)
         if d is None:
-            d = into.by_key.get(key)
-        if d is None:
-            d = decomposed(path, hook)
-        into.by_key[key] = d
-        if len(path) == 1:
-            into.by_id[id(last)] = (last, key[1], d)
+            d = self.by_path[key] = decomposed(path, hook)
         return d
 
+    def done(self, entries: int) -> None:
+        """The compile succeeded: its rules are the next one's identity map."""
+        self.by_id, self.next_by_id = self.next_by_id, {}
+        if len(self.by_rule) + len(self.by_path) > 4 * entries + 4096:
+            self.by_rule, self.by_path = {}, {}
 
-# hook -> the decompositions of its last compile (see FieldsCache)
+    def abandon(self) -> None:
+        self.next_by_id = {}
+
+
+# hook -> its decompositions (see FieldsCache)
 _fields_cache: dict[str, FieldsCache] = {}
 
 
@@ -327,14 +338,13 @@ def clear_caches() -> None:
 def inline(table: Table, hook: str, slots: dict[tuple[str, int], int]) -> list[Entry]:
     entries: list[Entry] = []
     end = _Label()
-    cache = _fields_cache.get(hook) or FieldsCache()
-    fresh = FieldsCache()
+    cache = _fields_cache.setdefault(hook, FieldsCache())
 
     def emit(path: list[Rule], counter: int, verdict: int = VERDICT_CONTINUE,
              next_: "_Label | None" = None) -> None:
         if len(entries) >= MAX_ENTRIES:
             raise NotSupported(f"more than {MAX_ENTRIES} rules after inlining user chains")
-        d = cache.get(path, hook, fresh)
+        d = cache.get(path, hook)
         own_tcp = d.tcp and counter != SCRATCH_COUNTER
         if own_tcp and d.guard is not None:
             # xt_tcpudp hot-drops an offset-1 TCP fragment before the matches
@@ -371,8 +381,12 @@ def inline(table: Table, hook: str, slots: dict[tuple[str, int], int]) -> list[E
             else:
                 raise NotSupported(f"target `{target.name}' in the eBPF data path")
 
-    walk(hook, [], end, 0)
-    _fields_cache[hook] = fresh
+    try:
+        walk(hook, [], end, 0)
+    except BaseException:
+        cache.abandon()
+        raise
+    cache.done(len(entries))
     end.index = len(entries)
     # the policy: an entry without constraints, so every scan ends here
     policy = VERDICTS[table.chains[hook].policy or "ACCEPT"]
