@@ -53,3 +53,82 @@ def test_classbench_matches_the_golden_images(name):
     got = G.digest(compile_chain(table, "INPUT", G.INTERFACES))
     want = GOLDEN["classbench"][name]
     assert {k: v for k, v in got.items() if v != want[k]} == {}
+
+
+def images(c) -> list[tuple[str, bool, bytes, bytes]]:
+    from bpf_iptables.datapath.image import joined, map_image
+    return [(m.name, m.clear, *joined(m.items)) for m in map_image(c, c.shape)]
+
+
+def cold(table: Table, hook: str = "INPUT"):
+    compiler.clear_caches()
+    try:
+        return images(compile_chain(table, hook, G.INTERFACES))
+    finally:
+        compiler.clear_caches()
+
+
+def variants(table: Table) -> list[tuple[str, Table]]:
+    """``table`` with one INPUT rule appended, deleted in the middle,
+    inserted at position 1, replaced in place (same object, other
+    content), and as a deep copy (same content, other objects)."""
+    rules = table.chains["INPUT"].rules
+    extra = table_from_lines(["-A INPUT -s 192.0.2.7 -p tcp --dport 22 -j DROP"]
+                             ).chains["INPUT"].rules[0]
+
+    def with_rules(new_rules) -> Table:
+        t = copy.copy(table)
+        t.chains = dict(table.chains)
+        t.chains["INPUT"] = copy.copy(table.chains["INPUT"])
+        t.chains["INPUT"].rules = new_rules
+        return t
+
+    mid = len(rules) // 2
+    changed = with_rules(list(rules))
+    if rules:
+        # a rule mutated in place: the identity map must not serve its old constraints
+        victim = copy.copy(rules[mid])
+        changed.chains["INPUT"].rules[mid] = victim
+    out = [("append", with_rules(rules + [extra])),
+           ("delete", with_rules(rules[:mid] + rules[mid + 1:])),
+           ("insert1", with_rules([extra] + rules)),
+           ("copy", copy.deepcopy(table))]
+    if rules:
+        out.append(("mutated", changed))
+    return out
+
+
+@pytest.mark.parametrize("name", ["classbench-fw1-1k.rules", "classbench-acl1-1k.rules"])
+def test_warm_compiles_equal_cold_ones(name):
+    table = table_from_save(ruleset(name).read_text())
+    for label, variant in variants(table):
+        compiler.clear_caches()
+        compile_chain(table, "INPUT", G.INTERFACES)      # the cache now holds ``table``
+        if label == "mutated":
+            victim = variant.chains["INPUT"].rules[len(table.chains["INPUT"].rules) // 2]
+            compile_chain(variant, "INPUT", G.INTERFACES)   # cached by identity...
+            victim.dst_inv = not victim.dst_inv                # ...then changed in place
+        warm = images(compile_chain(variant, "INPUT", G.INTERFACES))
+        assert warm == cold(variant), label
+
+
+def test_warm_compiles_of_random_rule_sets_equal_cold_ones():
+    """User chains, -g, RETURN, every field: each golden case compiled
+    after the previous one (caches warm, many rules shared by content),
+    then after its own variants."""
+    compiler.clear_caches()
+    rng = random.Random(5)
+    picked = rng.sample(cases("INPUT"), 40) + rng.sample(cases("FORWARD"), 15)
+    wrong = []
+    for case in picked:
+        table = table_from_lines(G.unsqueeze(case["lines"]))
+        hook = case["hook"]
+        warm = images(compile_chain(table, hook, G.INTERFACES))
+        if warm != cold(table, hook):
+            wrong.append(case["lines"])
+        if hook == "INPUT":
+            for label, variant in variants(table):
+                compile_chain(table, hook, G.INTERFACES)
+                if images(compile_chain(variant, hook, G.INTERFACES)) != cold(variant, hook):
+                    wrong.append((label, case["lines"]))
+    assert not wrong, wrong[:2]
