@@ -295,6 +295,7 @@ class FieldsCache:
         self.by_path: dict[tuple, Decomposed] = {}        # rule_keys along longer paths
         self.by_id: dict[int, tuple[Rule, tuple, Decomposed]] = {}
         self.next_by_id: dict[int, tuple[Rule, tuple, Decomposed]] = {}
+        self.misses = 0       # rules of this compile not found by identity
 
     def get(self, path: list[Rule], hook: str) -> Decomposed:
         """The decomposition of ``path``."""
@@ -305,9 +306,12 @@ class FieldsCache:
                 self.next_by_id[id(last)] = hit
                 return hit[2]
             key = rule_key(last)
-            d = self.by_rule.get(key)
+            self.misses += 1
+            if self.misses == INDEX_AFTER:
+                self.index()
+            d = self.by_rule.get(key) if self.misses >= INDEX_AFTER else None
             if d is None:
-                d = self.by_rule[key] = decomposed(path, hook)
+                d = decomposed(path, hook)
             self.next_by_id[id(last)] = (last, key, d)
             return d
         key = tuple(map(rule_key, path))
@@ -316,16 +320,29 @@ class FieldsCache:
             d = self.by_path[key] = decomposed(path, hook)
         return d
 
+    def index(self) -> None:
+        """Enter the previous compile's rules in the content map: many
+        rules were not found by identity (a rule set read again, or
+        copied), so hashing them all (~1 us a rule) beats decomposing
+        them again (~10 us). A fresh process (nothing to find) or a few
+        new rules never pay for it."""
+        for _, key, d in self.by_id.values():
+            self.by_rule[key] = d
+        for _, key, d in self.next_by_id.values():
+            self.by_rule[key] = d
+
     def done(self, entries: int) -> None:
         """The compile succeeded: its rules are the next one's identity map."""
-        self.by_id, self.next_by_id = self.next_by_id, {}
+        self.by_id, self.next_by_id, self.misses = self.next_by_id, {}, 0
         if len(self.by_rule) + len(self.by_path) > 4 * entries + 4096:
             self.by_rule, self.by_path = {}, {}
 
     def abandon(self) -> None:
-        self.next_by_id = {}
+        self.next_by_id, self.misses = {}, 0
 
 
+# rules not found by identity before a compile looks them up by content
+INDEX_AFTER = 64
 # hook -> its decompositions (see FieldsCache)
 _fields_cache: dict[str, FieldsCache] = {}
 

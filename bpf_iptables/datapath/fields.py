@@ -51,7 +51,7 @@ class Prefix:
         return self.length <= other.length and (other.addr & self.mask) == self.addr
 
 
-@dataclass
+@dataclass(slots=True)   # slots: two per entry, ~10k entries
 class PrefixField:
     """A conjunction of prefix constraints on one address."""
 
@@ -84,7 +84,7 @@ class PrefixField:
         return False  # two disjoint prefixes
 
 
-@dataclass
+@dataclass(slots=True)
 class RangeField:
     """A conjunction of range constraints (inclusive) on a value in [0, top]:
     ports, the IP total length, the TTL."""
@@ -238,7 +238,7 @@ def complement_ranges(ranges: list[tuple[int, int]], top: int) -> list[tuple[int
     return gaps
 
 
-@dataclass
+@dataclass(slots=True)
 class EntryFields:
     """Everything the field tables need to know about one entry."""
 
