@@ -297,23 +297,23 @@ class FieldsCache:
         self.next_by_id: dict[int, tuple[Rule, tuple, Decomposed]] = {}
         self.misses = 0       # rules of this compile not found by identity
 
-    def get(self, path: list[Rule], hook: str) -> Decomposed:
-        """The decomposition of ``path``."""
-        last = path[-1]
-        if len(path) == 1:
-            hit = self.by_id.get(id(last))
-            if hit is not None and hit[0] is last and rule_key(last) == hit[1]:
-                self.next_by_id[id(last)] = hit
+    def get(self, guard: list[Rule], rule: Rule, hook: str) -> Decomposed:
+        """The decomposition of the path ``guard`` + [``rule``]."""
+        if not guard:
+            hit = self.by_id.get(id(rule))
+            if hit is not None and hit[0] is rule and rule_key(rule) == hit[1]:
+                self.next_by_id[id(rule)] = hit
                 return hit[2]
-            key = rule_key(last)
+            key = rule_key(rule)
             self.misses += 1
             if self.misses == INDEX_AFTER:
                 self.index()
             d = self.by_rule.get(key) if self.misses >= INDEX_AFTER else None
             if d is None:
-                d = decomposed(path, hook)
-            self.next_by_id[id(last)] = (last, key, d)
+                d = decomposed([rule], hook)
+            self.next_by_id[id(rule)] = (rule, key, d)
             return d
+        path = guard + [rule]
         key = tuple(map(rule_key, path))
         d = self.by_path.get(key)
         if d is None:
@@ -357,11 +357,11 @@ def inline(table: Table, hook: str, slots: dict[tuple[str, int], int]) -> list[E
     end = _Label()
     cache = _fields_cache.setdefault(hook, FieldsCache())
 
-    def emit(path: list[Rule], counter: int, verdict: int = VERDICT_CONTINUE,
+    def emit(guard: list[Rule], rule: Rule, counter: int, verdict: int = VERDICT_CONTINUE,
              next_: "_Label | None" = None) -> None:
         if len(entries) >= MAX_ENTRIES:
             raise NotSupported(f"more than {MAX_ENTRIES} rules after inlining user chains")
-        d = cache.get(path, hook)
+        d = cache.get(guard, rule, hook)
         own_tcp = d.tcp and counter != SCRATCH_COUNTER
         if own_tcp and d.guard is not None:
             # xt_tcpudp hot-drops an offset-1 TCP fragment before the matches
@@ -374,29 +374,33 @@ def inline(table: Table, hook: str, slots: dict[tuple[str, int], int]) -> list[E
     def walk(chain_name: str, guard: list[Rule], ret: _Label, depth: int) -> None:
         if depth > MAX_DEPTH:
             raise NotSupported("user chains nested deeper than 64")
-        for i, rule in enumerate(table.chains[chain_name].rules):
-            path = guard + [rule]
-            slot = slots[(chain_name, i)]
+        rules = table.chains[chain_name].rules
+        # a chain's counter slots are consecutive (counter_slots)
+        base = slots[(chain_name, 0)] if rules else 0
+        for i, rule in enumerate(rules):
+            slot = base + i
             target = rule.target
             if not target.is_standard:
                 raise NotSupported(f"target `{target.name}' in the eBPF data path")
-            if target.name == "":
-                emit(path, slot)
-            elif target.name in VERDICTS:
-                emit(path, slot, VERDICTS[target.name])
-            elif target.name == "RETURN":
-                emit(path, slot, next_=ret)
-            elif target.name in table.chains:
-                emit(path, slot)
+            name = target.name
+            if name == "":
+                emit(guard, rule, slot)
+            elif name in VERDICTS:
+                emit(guard, rule, slot, VERDICTS[name])
+            elif name == "RETURN":
+                emit(guard, rule, slot, next_=ret)
+            elif name in table.chains:
+                emit(guard, rule, slot)
+                path = guard + [rule]
                 if target.goto:
-                    walk(target.name, path, ret, depth + 1)
-                    emit(path, SCRATCH_COUNTER, next_=ret)
+                    walk(name, path, ret, depth + 1)
+                    emit(guard, rule, SCRATCH_COUNTER, next_=ret)
                 else:
                     after = _Label()
-                    walk(target.name, path, after, depth + 1)
+                    walk(name, path, after, depth + 1)
                     after.index = len(entries)
             else:
-                raise NotSupported(f"target `{target.name}' in the eBPF data path")
+                raise NotSupported(f"target `{name}' in the eBPF data path")
 
     try:
         walk(hook, [], end, 0)
@@ -450,41 +454,37 @@ def _prefix_vectors(live: int, per_entry: list[tuple[int, PrefixField]]
     disjoint, so the stack's top that contains a prefix is its nearest
     listed ancestor). Keys are (addr, length) tuples: hashing ``Prefix``
     dataclasses in Python cost more than all the rest."""
-    pos: dict[tuple[int, int], list[int]] = {}
-    neg: dict[tuple[int, int], list[int]] = {}
+    pos: dict[tuple[int, int], int] = {}
+    neg: dict[tuple[int, int], int] = {}
     positive: list[int] = []
     for e, pf in per_entry:
         p = pf.positive
         if p is not None:
             key = (p.addr, p.length)
-            if key in pos:
-                pos[key].append(e)
-            else:
-                pos[key] = [e]
+            pos[key] = pos.get(key, 0) | 1 << e
             positive.append(e)
-        for p in pf.negative:
-            key = (p.addr, p.length)
-            if key in neg:
-                neg[key].append(e)
-            else:
-                neg[key] = [e]
+        if pf.negative:
+            for p in pf.negative:
+                key = (p.addr, p.length)
+                neg[key] = neg.get(key, 0) | 1 << e
     no_positive = live & ~bits(positive)
     order = sorted({(0, 0), *pos, *neg})
     vectors = []
-    stack: list[tuple[int, int, int]] = []    # (end, ok, bad) of the enclosing prefixes
-    for addr, length in order:
-        while stack and stack[-1][0] <= addr:
+    append = vectors.append
+    pos_get, neg_get = pos.get, neg.get
+    stack: list[tuple[int, int, int]] = [(1 << 33, 0, 0)]    # (end, ok, bad), enclosing
+    for key in order:
+        addr = key[0]
+        while stack[-1][0] <= addr:
             stack.pop()
-        ok, bad = (stack[-1][1], stack[-1][2]) if stack else (0, 0)
-        here = pos.get((addr, length))
-        if here is not None:
-            ok |= bits(here)
-        here = neg.get((addr, length))
-        if here is not None:
-            bad |= bits(here)
-        stack.append((addr + (1 << (32 - length)), ok, bad))
+        _, ok, bad = stack[-1]
+        ok |= pos_get(key, 0)
+        b = neg_get(key)
+        if b is not None:
+            bad |= b
+        stack.append((addr + (1 << (32 - key[1])), ok, bad))
         # ok and no_positive hold live entries only
-        vectors.append((ok | no_positive) & ~bad if bad else ok | no_positive)
+        append((ok | no_positive) & ~bad if bad else ok | no_positive)
     return order, vectors
 
 
