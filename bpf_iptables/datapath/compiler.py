@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import gc
 import socket
+from array import array
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -163,7 +164,7 @@ class Intervals:
     bounds: list[int]
     index: list[int]
     vectors: list[int]
-    top: list[int] = field(default_factory=list)
+    top: "array[int]" = field(default_factory=lambda: array("I"))   # 65,536 u32
     probes: int = 0
 
 
@@ -520,7 +521,7 @@ def _intervals(order: list[tuple[int, int]], values: list[int]) -> Intervals:
     cuts = sorted({0, *(a for a, _ in order), *(e for e in ends if e < 1 << 32)})
     stack: list[int] = []      # positions in ``order``
     # one bitvector per prefix that is the longest match somewhere
-    ids: dict[int, int] = {}
+    ids = [-1] * len(order)
     vectors: list[int] = []
     index: list[int] = []
     nxt = 0
@@ -533,8 +534,8 @@ def _intervals(order: list[tuple[int, int]], values: list[int]) -> Intervals:
             stack.append(nxt)
             nxt += 1
         top = stack[-1]
-        at = ids.get(top)
-        if at is None:
+        at = ids[top]
+        if at < 0:
             at = ids[top] = len(vectors)
             vectors.append(values[top])
         index.append(at)
@@ -547,13 +548,14 @@ def with_buckets(iv: Intervals) -> Intervals:
     many probes as the most crowded /16 needs (measured on fw1-10k's
     destinations: 14 probes -> a handful)."""
     bounds = iv.bounds
-    top = [0] * (1 << 16)
+    top = array("I", bytes(4 << 16))
     # interval i holds the /16 starts from bounds[i] up to bounds[i + 1]
-    for i, lo in enumerate(bounds):
-        first = (lo + 0xFFFF) >> 16
-        last = ((bounds[i + 1] + 0xFFFF) >> 16) if i + 1 < len(bounds) else 1 << 16
+    firsts = [(lo + 0xFFFF) >> 16 for lo in bounds]
+    firsts.append(1 << 16)
+    for i in range(len(bounds)):
+        first, last = firsts[i], firsts[i + 1]
         if first < last:
-            top[first:last] = [i] * (last - first)
+            top[first:last] = array("I", [i]) * (last - first)
     # from top[h], the search moves past the interval starts inside the /16
     inside = Counter(b >> 16 for b in bounds if b & 0xFFFF)
     widest = max(inside.values(), default=0)
