@@ -179,6 +179,9 @@ class NeedsL4:
     """The packet has a TCP/UDP header (a first fragment, not truncated)."""
 
 
+NEEDS_L4 = NeedsL4()
+
+
 @dataclass(frozen=True)
 class NotFragment:
     """The packet is not a non-first fragment."""
