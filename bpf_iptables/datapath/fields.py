@@ -56,7 +56,7 @@ class PrefixField:
     """A conjunction of prefix constraints on one address."""
 
     positive: Prefix | None = None
-    negative: list[Prefix] = field(default_factory=list)
+    negative: tuple[Prefix, ...] = ()
     # a non-contiguous mask has no place in an LPM trie: it is checked per
     # candidate after the bitvector step (one such constraint per entry)
     residual: tuple[int, int, bool] | None = None   # (addr, mask, invert)
@@ -73,7 +73,7 @@ class PrefixField:
             return True
         p = Prefix.of(net)
         if invert:
-            self.negative.append(p)
+            self.negative += (p,)
             return True
         if self.positive is None or p.contains(self.positive):
             self.positive = self.positive or p
@@ -90,7 +90,7 @@ class RangeField:
     ports, the IP total length, the TTL."""
 
     positive: tuple[int, int] | None = None
-    negative: list[tuple[int, int]] = field(default_factory=list)
+    negative: tuple[tuple[int, int], ...] = ()
     top: int = 0xFFFF
 
     def add(self, lo: int, hi: int, invert: bool) -> bool:
@@ -100,7 +100,7 @@ class RangeField:
                 return True  # "! empty range" always holds
             if lo == 0 and hi == self.top:
                 return False
-            self.negative.append((lo, hi))
+            self.negative += ((lo, hi),)
             return True
         if lo == 0 and hi == self.top:
             return True
@@ -241,32 +241,59 @@ def complement_ranges(ranges: list[tuple[int, int]], top: int) -> list[tuple[int
     return gaps
 
 
+# Shared by every EntryFields until it gets a constraint of that kind
+# (copy on write, ``EntryFields.own``): ~10k entries per compile, most
+# with a few kinds of constraint, would otherwise each carry six such
+# objects (and the collector would walk them all). Never mutated.
+NO_PREFIX = PrefixField()
+NO_RANGE = RangeField()
+NO_TTL = RangeField(top=0xFF)
+
+
 @dataclass(slots=True)
 class EntryFields:
-    """Everything the field tables need to know about one entry."""
+    """Everything the field tables need to know about one entry. Lists of
+    constraints are tuples (the empty one is shared); the prefix and range
+    fields start as the shared NO_* objects, replaced by ``own()`` before
+    a constraint is added. Not changed once ``decompose`` returned it."""
 
     never: bool = False                 # statically false: no bit anywhere
-    src: PrefixField = field(default_factory=PrefixField)
-    dst: PrefixField = field(default_factory=PrefixField)
+    # (default_factory: dataclasses refuse a mutable default, though never mutated)
+    src: PrefixField = field(default_factory=lambda: NO_PREFIX)
+    dst: PrefixField = field(default_factory=lambda: NO_PREFIX)
     proto: int | None = None            # required protocol
-    proto_not: list[int] = field(default_factory=list)
-    iif: list[tuple[str, bool]] = field(default_factory=list)  # (pattern, invert)
-    oif: list[tuple[str, bool]] = field(default_factory=list)  # FORWARD's -o
+    proto_not: tuple[int, ...] = ()
+    iif: tuple[tuple[str, bool], ...] = ()  # (pattern, invert)
+    oif: tuple[tuple[str, bool], ...] = ()  # FORWARD's -o
     fragment: bool | None = None        # required non-first-fragment state
     l4: bool = False                    # needs ports (a tcp/udp match)
-    sport: RangeField = field(default_factory=RangeField)
-    dport: RangeField = field(default_factory=RangeField)
-    flags: list[tuple[int, int, bool]] = field(default_factory=list)  # (mask, cmp, invert)
-    icmp: list[tuple[int, int, int, bool]] = field(default_factory=list)  # (type, lo, hi, invert)
-    length: RangeField = field(default_factory=RangeField)      # IP total length
-    ttl: RangeField = field(default_factory=lambda: RangeField(top=0xFF))
-    tos: list[tuple[int, int, bool]] = field(default_factory=list)  # (mask, value, invert)
+    sport: RangeField = field(default_factory=lambda: NO_RANGE)
+    dport: RangeField = field(default_factory=lambda: NO_RANGE)
+    flags: tuple[tuple[int, int, bool], ...] = ()  # (mask, cmp, invert)
+    icmp: tuple[tuple[int, int, int, bool], ...] = ()  # (type, lo, hi, invert)
+    length: RangeField = field(default_factory=lambda: NO_RANGE)   # IP total length
+    ttl: RangeField = field(default_factory=lambda: NO_TTL)
+    tos: tuple[tuple[int, int, bool], ...] = ()  # (mask, value, invert)
     # sport or dport in one of these ranges (multiport --ports); one per entry
     either: tuple[tuple[int, int], ...] | None = None
-    mac: list[tuple[int, bool]] = field(default_factory=list)        # (source MAC, invert)
-    pkttype: list[tuple[int, bool]] = field(default_factory=list)    # (PACKET_*, invert)
+    mac: tuple[tuple[int, bool], ...] = ()        # (source MAC, invert)
+    pkttype: tuple[tuple[int, bool], ...] = ()    # (PACKET_*, invert)
     # uses(), fixed once decompose() has built the entry
     used: frozenset[str] | None = field(default=None, compare=False, repr=False)
+
+    def own(self, which: str) -> "PrefixField | RangeField":
+        """This entry's own (writable) prefix or range field ``which``."""
+        current = getattr(self, which)
+        if current is NO_PREFIX:
+            current = PrefixField()
+        elif current is NO_RANGE:
+            current = RangeField()
+        elif current is NO_TTL:
+            current = RangeField(top=0xFF)
+        else:
+            return current
+        setattr(self, which, current)
+        return current
 
     def range_field(self, which: str) -> RangeField:
         return {"sport": self.sport, "dport": self.dport, "length": self.length,
@@ -322,10 +349,13 @@ def decompose(path: list[Rule], hook: str = "INPUT") -> EntryFields:
 
 def add_rule(f: EntryFields, rule: Rule, hook: str) -> bool:
     """Add one rule's matches; False when the entry can never match."""
-    ok = f.src.add(rule.src, rule.src_inv) and f.dst.add(rule.dst, rule.dst_inv)
+    # "0/0" always holds and "! 0/0" never: no constraint to keep
+    ok = ((not rule.src_inv if rule.src.mask == 0 else f.own("src").add(rule.src, rule.src_inv))
+          and (not rule.dst_inv if rule.dst.mask == 0
+               else f.own("dst").add(rule.dst, rule.dst_inv)))
     if rule.proto:
         if rule.proto_inv:
-            f.proto_not.append(rule.proto)
+            f.proto_not += (rule.proto,)
         elif f.proto not in (None, rule.proto):
             ok = False
         else:
@@ -334,16 +364,16 @@ def add_rule(f: EntryFields, rule: Rule, hook: str) -> bool:
         ok = False  # "! -p all"
     if rule.in_iface or rule.in_inv:
         if hook in ("INPUT", "FORWARD"):
-            f.iif.append((rule.in_iface, rule.in_inv))
+            f.iif += ((rule.in_iface, rule.in_inv),)
         elif iface_matches(rule.in_iface, "") == rule.in_inv:
             ok = False
     if rule.out_iface or rule.out_inv:
         if hook == "OUTPUT":
             # the OUTPUT program runs at egress: its "iif" field is the output device
-            f.iif.append((rule.out_iface, rule.out_inv))
+            f.iif += ((rule.out_iface, rule.out_inv),)
         elif hook == "FORWARD":
             # the egress device of the kernel's route (filter.c: bpf_fib_lookup)
-            f.oif.append((rule.out_iface, rule.out_inv))
+            f.oif += ((rule.out_iface, rule.out_inv),)
         # INPUT has no output device: the kernel compares against ""
         elif iface_matches(rule.out_iface, "") == rule.out_inv:
             ok = False
@@ -365,16 +395,16 @@ def add_rule(f: EntryFields, rule: Rule, hook: str) -> bool:
         # (though the dispatcher sends it there): decided here
         if not all((t == PACKET_HOST) != inv for t, inv in f.pkttype):
             ok = False
-        f.pkttype.clear()
+        f.pkttype = ()
     return ok
 
 
 def apply(f: EntryFields, c: Constraint) -> bool:
     """Fold one constraint into the entry; False when it can never match."""
     if isinstance(c, AddrConstraint):
-        return (f.src if c.which == "src" else f.dst).add(c.net, c.invert)
+        return f.own("src" if c.which == "src" else "dst").add(c.net, c.invert)
     if isinstance(c, (PortConstraint, RangeConstraint)):
-        return f.range_field(c.which).add(c.lo, c.hi, c.invert)
+        return f.own(c.which).add(c.lo, c.hi, c.invert)
     if isinstance(c, NeedsL4):
         f.l4 = True
         return True
@@ -384,7 +414,7 @@ def apply(f: EntryFields, c: Constraint) -> bool:
         f.fragment = False
         return True
     if isinstance(c, TcpFlagsConstraint):
-        f.flags.append((c.mask, c.cmp, c.invert))
+        f.flags += ((c.mask, c.cmp, c.invert),)
         return True
     if isinstance(c, PortsEither):
         if f.either is not None:
@@ -395,16 +425,16 @@ def apply(f: EntryFields, c: Constraint) -> bool:
         f.either = c.ranges
         return True
     if isinstance(c, MacConstraint):
-        f.mac.append((c.addr, c.invert))
+        f.mac += ((c.addr, c.invert),)
         return True
     if isinstance(c, PkttypeConstraint):
-        f.pkttype.append((c.pkttype, c.invert))
+        f.pkttype += ((c.pkttype, c.invert),)
         return True
     if isinstance(c, TosConstraint):
-        f.tos.append((c.mask, c.value, c.invert))
+        f.tos += ((c.mask, c.value, c.invert),)
         return True
     if isinstance(c, IcmpConstraint):
-        f.icmp.append((c.type, c.code_min, c.code_max, c.invert))
+        f.icmp += ((c.type, c.code_min, c.code_max, c.invert),)
         return True
     if isinstance(c, Never):
         return False
