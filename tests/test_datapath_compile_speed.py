@@ -132,3 +132,21 @@ def test_warm_compiles_of_random_rule_sets_equal_cold_ones():
                 if images(compile_chain(variant, hook, G.INTERFACES)) != cold(variant, hook):
                     wrong.append((label, case["lines"]))
     assert not wrong, wrong[:2]
+
+
+def test_bitvectors_laid_out_together_equal_one_by_one(monkeypatch):
+    """The numpy layout (in chunks, shared values once) equals bitvector()
+    of each value: dense, sparse (zero words: summary bits clear), empty, full."""
+    from bpf_iptables.datapath import image
+    rng = random.Random(3)
+    for nwords in (1, 2, 4, 64, 128, 256):
+        top = nwords * 64
+        values = [rng.getrandbits(top) for _ in range(10)]
+        values += [sum(1 << rng.randrange(top) for _ in range(k)) for k in range(1, 12)]
+        values += [0, (1 << top) - 1]
+        values += [values[4]] * 5          # one object, several slots
+        want = b"".join(image.bitvector(v, nwords) for v in values)
+        assert image.bitvectors(values, nwords) == want
+        monkeypatch.setattr(image, "CHUNK_BYTES", nwords * 8 * 3)
+        assert image.bitvectors(values, nwords) == want
+        monkeypatch.undo()

@@ -125,8 +125,6 @@ def bitvectors(values: list[int], nwords: int) -> bytes:
     rules: ~10k vectors of 2 KiB)."""
     if len(values) < 16:
         return b"".join(bitvector(v, nwords) for v in values)
-    import numpy as np   # only processes that write maps pay its import
-
     first: dict[int, int] = {}
     order: list[int] = []
     unique: list[int] = []
@@ -136,17 +134,36 @@ def bitvectors(values: list[int], nwords: int) -> bytes:
             at = first[id(v)] = len(unique)
             unique.append(v)
         order.append(at)
+    rows = _rows(unique, nwords)
+    if len(unique) == len(values):
+        return rows
+    size = (nwords + summary_words(nwords)) * 8
+    return b"".join([rows[at * size:(at + 1) * size] for at in order])
+
+
+# words laid out per numpy pass: bounds the temporaries (64k rules: 8 KiB
+# vectors, tens of thousands of them) to a few times this
+CHUNK_BYTES = 1 << 24
+
+
+def _rows(values: list[int], nwords: int) -> bytes:
+    import numpy as np   # only processes that write maps pay its import
+
     size = nwords * 8
-    words = np.frombuffer(b"".join([v.to_bytes(size, "little") for v in unique]),
-                          dtype="<u8").reshape(len(unique), nwords)
-    rows = np.zeros((len(unique), size + summary_words(nwords) * 8), dtype=np.uint8)
-    rows[:, :size] = words.view(np.uint8)
-    # bit j of the summary: word j is not zero (little-endian bit order)
-    flags = np.packbits(words != 0, axis=1, bitorder="little")
-    rows[:, size:size + flags.shape[1]] = flags
-    if len(unique) < len(values):
-        rows = rows[np.array(order, dtype=np.intp)]
-    return rows.tobytes()
+    total = size + summary_words(nwords) * 8
+    step = max(1, CHUNK_BYTES // size)
+    chunks = []
+    for start in range(0, len(values), step):
+        part = values[start:start + step]
+        words = np.frombuffer(b"".join([v.to_bytes(size, "little") for v in part]),
+                              dtype="<u8").reshape(len(part), nwords)
+        rows = np.zeros((len(part), total), dtype=np.uint8)
+        rows[:, :size] = words.view(np.uint8)
+        # bit j of the summary: word j is not zero (little-endian bit order)
+        flags = np.packbits(words != 0, axis=1, bitorder="little")
+        rows[:, size:size + flags.shape[1]] = flags
+        chunks.append(rows.tobytes())
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def vector_items(keys: "list[int] | range", values: list[int], nwords: int,
