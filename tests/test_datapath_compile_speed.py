@@ -12,6 +12,7 @@ No timing here (speed is measured by ``bench``): equivalence only.
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import random
 
@@ -150,3 +151,25 @@ def test_bitvectors_laid_out_together_equal_one_by_one(monkeypatch):
         monkeypatch.setattr(image, "CHUNK_BYTES", nwords * 8 * 3)
         assert image.bitvectors(values, nwords) == want
         monkeypatch.undo()
+
+
+def test_packed_images_read_like_lists_of_pairs():
+    """Hash maps (iif, icmp) are written as Packed batches; the writer
+    that deletes stale keys iterates them as (key, value) pairs."""
+    from bpf_iptables.datapath.image import Packed, map_image
+    table = table_from_lines([
+        "-A INPUT -i dp0 -p icmp --icmp-type 8 -j DROP",
+        "-A INPUT -m mac --mac-source 0a:00:00:00:00:01 -j ACCEPT",
+        "-A INPUT -i lo -j ACCEPT"])
+    c = compile_chain(table, "INPUT", G.INTERFACES)
+    seen = []
+    for m in map_image(c, c.shape):
+        if isinstance(m.items, Packed):
+            # (bounded: an iteration that never ends must fail, not hang)
+            pairs = list(itertools.islice(m.items, len(m.items) + 1))
+            assert len(pairs) == len(m.items)
+            assert b"".join(k for k, _ in pairs) == m.items.keys
+            assert b"".join(v for _, v in pairs) == m.items.values
+            assert m.items[-1] == pairs[-1]
+            seen.append(m.name) if m.clear else None
+    assert seen == ["iif_map", "icmp_map"]

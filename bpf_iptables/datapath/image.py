@@ -41,6 +41,11 @@ class Packed(Sequence):
         return len(self.keys) // self.key_size
 
     def __getitem__(self, i):  # (key, value), as the writers' fallback reads them
+        n = len(self)
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError(i)   # ends iteration (Sequence.__iter__), as for a list
         k, v = self.key_size, self.value_size
         return self.keys[i * k:(i + 1) * k], self.values[i * v:(i + 1) * v]
 
