@@ -349,8 +349,10 @@ _fields_cache: dict[str, FieldsCache] = {}
 
 
 def clear_caches() -> None:
-    """Forget every cached decomposition (tests: compare with a cold compile)."""
+    """Forget every cached decomposition and address layout (tests:
+    compare with a cold compile)."""
     _fields_cache.clear()
+    _layouts.clear()
 
 
 def inline(table: Table, hook: str, slots: dict[tuple[str, int], int]) -> list[Entry]:
@@ -515,14 +517,49 @@ def address_intervals(prefixes: dict[Prefix, int]) -> Intervals:
     return _intervals([k for k, _ in items], [v for _, v in items])
 
 
+@dataclass
+class _Layout:
+    """The part of an address table that depends on the prefixes only,
+    not on the entries: the interval starts, per interval the id of its
+    bitvector, which prefix (position in ``order``) each id is, the /16
+    table and the probes. Shared by the Intervals made from it (nothing
+    writes them)."""
+
+    order: list[tuple[int, int]]
+    bounds: list[int]
+    index: list[int]
+    owners: list[int]
+    top: "array[int]"
+    probes: int
+
+
+# the last few address layouts: an update that leaves the prefixes of a
+# field as they were (most single-rule changes, for one of the two
+# addresses at least) skips the interval sweep and the /16 table
+_layouts: list[_Layout] = []
+LAYOUTS_KEPT = 6
+
+
 def _intervals(order: list[tuple[int, int]], values: list[int]) -> Intervals:
     """``order``: (addr, length) sorted, 0/0 first; ``values`` their bitvectors."""
+    for layout in _layouts:
+        if layout.order == order:
+            break
+    else:
+        layout = _layout(order)
+        _layouts.insert(0, layout)
+        del _layouts[LAYOUTS_KEPT:]
+    return Intervals(layout.bounds, layout.index, [values[p] for p in layout.owners],
+                     layout.top, layout.probes)
+
+
+def _layout(order: list[tuple[int, int]]) -> _Layout:
     ends = [a + (1 << (32 - n)) for a, n in order]
     cuts = sorted({0, *(a for a, _ in order), *(e for e in ends if e < 1 << 32)})
     stack: list[int] = []      # positions in ``order``
     # one bitvector per prefix that is the longest match somewhere
     ids = [-1] * len(order)
-    vectors: list[int] = []
+    owners: list[int] = []
     index: list[int] = []
     nxt = 0
     count = len(order)
@@ -536,10 +573,11 @@ def _intervals(order: list[tuple[int, int]], values: list[int]) -> Intervals:
         top = stack[-1]
         at = ids[top]
         if at < 0:
-            at = ids[top] = len(vectors)
-            vectors.append(values[top])
+            at = ids[top] = len(owners)
+            owners.append(top)
         index.append(at)
-    return with_buckets(Intervals(cuts, index, vectors))
+    iv = with_buckets(Intervals(cuts, index, []))
+    return _Layout(list(order), cuts, index, owners, iv.top, iv.probes)
 
 
 def with_buckets(iv: Intervals) -> Intervals:
