@@ -21,15 +21,18 @@ rules of the table from 2 on (in chain order), so each inlined copy of a
 rule bumps the rule's own counters."""
 from __future__ import annotations
 
+import gc
 import socket
+from array import array
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
 from ..errors import NotSupported
 from ..model import Rule, Table
 from ..netaddr import iface_matches
-from .fields import ICMP_ANY, EntryFields, Prefix, RangeField, decompose
+from .fields import ICMP_ANY, EntryFields, Prefix, PrefixField, RangeField, decompose
 
 XDP_ABORTED, XDP_DROP, XDP_PASS = 0, 1, 2
 VERDICT_CONTINUE = 0xFFFFFFFF
@@ -64,7 +67,7 @@ PKTTYPES = 3   # pkttype-table slots: PACKET_HOST, _BROADCAST, _MULTICAST (parse
 CTSTATES = 64  # ctstate-table slots: state, direction, status bits (conntrack_defs.h)
 
 
-@dataclass
+@dataclass(slots=True)   # slots: ~10k of them per compile, no __dict__ each
 class Entry:
     fields: EntryFields
     counter: int
@@ -162,7 +165,7 @@ class Intervals:
     bounds: list[int]
     index: list[int]
     vectors: list[int]
-    top: list[int] = field(default_factory=list)
+    top: "array[int]" = field(default_factory=lambda: array("I"))   # 65,536 u32
     probes: int = 0
 
 
@@ -176,9 +179,7 @@ class Compiled:
     live: int
     policy: int
     counter_of: dict[tuple[str, int], int]   # (chain, rule index) -> slot
-    src: dict[Prefix, int] = field(default_factory=dict)     # prefix -> entries
-    dst: dict[Prefix, int] = field(default_factory=dict)
-    src_iv: "Intervals | None" = None                        # the same, as address intervals
+    src_iv: "Intervals | None" = None     # address intervals (see address_table)
     dst_iv: "Intervals | None" = None
     proto: dict[int, int] = field(default_factory=dict)      # PROTO_DEFAULT included
     iif: dict[int, int] = field(default_factory=dict)        # ifindex 0: unknown
@@ -240,53 +241,182 @@ def hotdrop_guard(rule: Rule) -> Rule | None:
     return replace(rule, matches=rule.matches[:at + 1])
 
 
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """The garbage collector off for a compile: it allocates tens of
+    thousands of objects that all live until it returns, and each
+    collection the allocations trigger walks the whole heap (the rule set
+    too) for nothing; at 10k rules that was half the compile time."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+def rule_key(rule: Rule) -> tuple:
+    """What ``fields.decompose`` reads of a rule (not its target or counters)."""
+    return (rule.src, rule.dst, rule.src_inv, rule.dst_inv, rule.in_iface, rule.out_iface,
+            rule.in_inv, rule.out_inv, rule.proto, rule.proto_inv, rule.fragment,
+            rule.frag_inv, rule.matches)
+
+
+@dataclass(frozen=True)
+class Decomposed:
+    """What ``inline`` needs of an entry's path: its constraints, those of
+    the hot-drop guard entry (the last rule cut after its tcp match; None
+    when nothing follows the tcp match), and whether the rule has a tcp match."""
+
+    fields: EntryFields
+    guard: EntryFields | None
+    tcp: bool
+
+
+def decomposed(path: list[Rule], hook: str) -> Decomposed:
+    last = path[-1]
+    tcp = any(m.name == "tcp" for m in last.matches)
+    cut = hotdrop_guard(last) if tcp else None
+    return Decomposed(decompose(path, hook), None if cut is None else
+                      decompose(path[:-1] + [cut], hook), tcp)
+
+
+class FieldsCache:
+    """Decompositions of earlier compiles of one hook, for the next.
+
+    Keyed by content (the ``rule_key`` of every rule on the entry's path),
+    so a rule changed in place or a new rule object with another rule's
+    content cannot get stale constraints. Finding a rule by content means
+    hashing its matches (Python-level hashes of frozen dataclasses, ~1 us
+    a rule), so a rule object of the previous compile is first looked up
+    by identity: ``by_id`` holds a reference to it (its id cannot be
+    reused) and its key, and the key is compared again (cheap: an
+    unchanged rule's fields are the very objects the key holds). Memory
+    stays bounded: ``by_id`` holds the previous compile's rules only, and
+    the content maps are emptied when they outgrow it (rules found by
+    identity are not re-entered there, which would mean hashing them)."""
+
+    def __init__(self) -> None:
+        self.by_rule: dict[tuple, Decomposed] = {}        # rule_key -> (paths of one rule)
+        self.by_path: dict[tuple, Decomposed] = {}        # rule_keys along longer paths
+        self.by_id: dict[int, tuple[Rule, tuple, Decomposed]] = {}
+        self.next_by_id: dict[int, tuple[Rule, tuple, Decomposed]] = {}
+        self.misses = 0       # rules of this compile not found by identity
+
+    def get(self, guard: list[Rule], rule: Rule, hook: str) -> Decomposed:
+        """The decomposition of the path ``guard`` + [``rule``]."""
+        if not guard:
+            hit = self.by_id.get(id(rule))
+            if hit is not None and hit[0] is rule and rule_key(rule) == hit[1]:
+                self.next_by_id[id(rule)] = hit
+                return hit[2]
+            key = rule_key(rule)
+            self.misses += 1
+            if self.misses == INDEX_AFTER:
+                self.index()
+            d = self.by_rule.get(key) if self.misses >= INDEX_AFTER else None
+            if d is None:
+                d = decomposed([rule], hook)
+            self.next_by_id[id(rule)] = (rule, key, d)
+            return d
+        path = guard + [rule]
+        key = tuple(map(rule_key, path))
+        d = self.by_path.get(key)
+        if d is None:
+            d = self.by_path[key] = decomposed(path, hook)
+        return d
+
+    def index(self) -> None:
+        """Enter the previous compile's rules in the content map: many
+        rules were not found by identity (a rule set read again, or
+        copied), so hashing them all (~1 us a rule) beats decomposing
+        them again (~10 us). A fresh process (nothing to find) or a few
+        new rules never pay for it."""
+        for _, key, d in self.by_id.values():
+            self.by_rule[key] = d
+        for _, key, d in self.next_by_id.values():
+            self.by_rule[key] = d
+
+    def done(self, entries: int) -> None:
+        """The compile succeeded: its rules are the next one's identity map."""
+        self.by_id, self.next_by_id, self.misses = self.next_by_id, {}, 0
+        if len(self.by_rule) + len(self.by_path) > 4 * entries + 4096:
+            self.by_rule, self.by_path = {}, {}
+
+    def abandon(self) -> None:
+        self.next_by_id, self.misses = {}, 0
+
+
+# rules not found by identity before a compile looks them up by content
+INDEX_AFTER = 64
+# hook -> its decompositions (see FieldsCache)
+_fields_cache: dict[str, FieldsCache] = {}
+
+
+def clear_caches() -> None:
+    """Forget every cached decomposition and address layout (tests:
+    compare with a cold compile)."""
+    _fields_cache.clear()
+    _layouts.clear()
+
+
 def inline(table: Table, hook: str, slots: dict[tuple[str, int], int]) -> list[Entry]:
     entries: list[Entry] = []
     end = _Label()
+    cache = _fields_cache.setdefault(hook, FieldsCache())
 
-    def emit(path: list[Rule], counter: int, verdict: int = VERDICT_CONTINUE,
+    def emit(guard: list[Rule], rule: Rule, counter: int, verdict: int = VERDICT_CONTINUE,
              next_: "_Label | None" = None) -> None:
         if len(entries) >= MAX_ENTRIES:
             raise NotSupported(f"more than {MAX_ENTRIES} rules after inlining user chains")
-        own_tcp = counter != SCRATCH_COUNTER and any(m.name == "tcp" for m in path[-1].matches)
-        guard = hotdrop_guard(path[-1]) if own_tcp else None
-        if guard is not None:
+        d = cache.get(guard, rule, hook)
+        own_tcp = d.tcp and counter != SCRATCH_COUNTER
+        if own_tcp and d.guard is not None:
             # xt_tcpudp hot-drops an offset-1 TCP fragment before the matches
             # after it run, but their constraints sit on shared fields (e.g.
             # iprange on the address tries): an uncounted entry without them
             # is the candidate that hot-drops; any other packet passes it by
-            entries.append(Entry(decompose(path[:-1] + [guard], hook), SCRATCH_COUNTER,
-                                 tcp=True))
-        entries.append(Entry(decompose(path, hook), counter, verdict, next_, own_tcp))
+            entries.append(Entry(d.guard, SCRATCH_COUNTER, tcp=True))
+        entries.append(Entry(d.fields, counter, verdict, next_, own_tcp))
 
     def walk(chain_name: str, guard: list[Rule], ret: _Label, depth: int) -> None:
         if depth > MAX_DEPTH:
             raise NotSupported("user chains nested deeper than 64")
-        for i, rule in enumerate(table.chains[chain_name].rules):
-            path = guard + [rule]
-            slot = slots[(chain_name, i)]
+        rules = table.chains[chain_name].rules
+        # a chain's counter slots are consecutive (counter_slots)
+        base = slots[(chain_name, 0)] if rules else 0
+        for i, rule in enumerate(rules):
+            slot = base + i
             target = rule.target
             if not target.is_standard:
                 raise NotSupported(f"target `{target.name}' in the eBPF data path")
-            if target.name == "":
-                emit(path, slot)
-            elif target.name in VERDICTS:
-                emit(path, slot, VERDICTS[target.name])
-            elif target.name == "RETURN":
-                emit(path, slot, next_=ret)
-            elif target.name in table.chains:
-                emit(path, slot)
+            name = target.name
+            if name == "":
+                emit(guard, rule, slot)
+            elif name in VERDICTS:
+                emit(guard, rule, slot, VERDICTS[name])
+            elif name == "RETURN":
+                emit(guard, rule, slot, next_=ret)
+            elif name in table.chains:
+                emit(guard, rule, slot)
+                path = guard + [rule]
                 if target.goto:
-                    walk(target.name, path, ret, depth + 1)
-                    emit(path, SCRATCH_COUNTER, next_=ret)
+                    walk(name, path, ret, depth + 1)
+                    emit(guard, rule, SCRATCH_COUNTER, next_=ret)
                 else:
                     after = _Label()
-                    walk(target.name, path, after, depth + 1)
+                    walk(name, path, after, depth + 1)
                     after.index = len(entries)
             else:
-                raise NotSupported(f"target `{target.name}' in the eBPF data path")
+                raise NotSupported(f"target `{name}' in the eBPF data path")
 
-    walk(hook, [], end, 0)
+    try:
+        walk(hook, [], end, 0)
+    except BaseException:
+        cache.abandon()
+        raise
+    cache.done(len(entries))
     end.index = len(entries)
     # the policy: an entry without constraints, so every scan ends here
     policy = VERDICTS[table.chains[hook].policy or "ACCEPT"]
@@ -306,42 +436,79 @@ def resolve(entries: list[Entry]) -> None:
 # -- step 2: field tables -------------------------------------------------------
 
 def bits(indices) -> int:
-    v = 0
-    for i in indices:
-        v |= 1 << i
-    return v
+    """The int with bit i set for every i in ``indices``. OR-ing ``1 << i``
+    into a growing int costs its size each time (quadratic at 10k
+    entries); a string of binary digits converts in one linear step."""
+    idx = indices if isinstance(indices, list) else list(indices)
+    if len(idx) < 32:
+        v = 0
+        for i in idx:
+            v |= 1 << i
+        return v
+    top = max(idx)
+    digits = bytearray(b"0") * (top + 1)
+    for i in idx:
+        digits[top - i] = 49   # "1"
+    return int(digits, 2)
 
 
-def prefix_table(live: int, per_entry: list[tuple[int, object]]) -> dict[Prefix, int]:
-    """LPM contents: for each prefix in use (and 0/0), the entries that hold
-    for an address whose longest listed prefix it is. An entry holds when
-    its positive prefix (if any) is an ancestor-or-self of that prefix and
-    none of its negated ones is; computed down the prefix tree."""
-    pos: dict[Prefix, int] = {}
-    neg: dict[Prefix, int] = {}
-    no_positive = live
+def _prefix_vectors(live: int, per_entry: list[tuple[int, PrefixField]]
+                    ) -> tuple[list[tuple[int, int]], list[int]]:
+    """The prefixes in use (and 0/0) as (addr, length), sorted by address
+    then length, and per prefix the entries that hold for an address
+    whose longest listed prefix it is. An entry holds when its positive
+    prefix (if any) is an ancestor-or-self of that prefix and none of its
+    negated ones is; computed down the prefix tree, walked in address
+    order with a stack of the enclosing prefixes (prefixes are nested or
+    disjoint, so the stack's top that contains a prefix is its nearest
+    listed ancestor). Keys are (addr, length) tuples: hashing ``Prefix``
+    dataclasses in Python cost more than all the rest."""
+    pos: dict[tuple[int, int], int] = {}
+    neg: dict[tuple[int, int], int] = {}
+    positive: list[int] = []
     for e, pf in per_entry:
-        if pf.positive is not None:
-            pos[pf.positive] = pos.get(pf.positive, 0) | (1 << e)
-            no_positive &= ~(1 << e)
-        for p in pf.negative:
-            neg[p] = neg.get(p, 0) | (1 << e)
-    prefixes = sorted({Prefix(0, 0), *pos, *neg}, key=lambda p: p.length)
-    known = set(prefixes)
-    acc: dict[Prefix, tuple[int, int]] = {}
-    table: dict[Prefix, int] = {}
-    for p in prefixes:
-        ok, bad = 0, 0
-        for length in range(p.length - 1, -1, -1):
-            parent = Prefix(p.addr & ((0xFFFFFFFF << (32 - length)) & 0xFFFFFFFF), length)
-            if parent in known:
-                ok, bad = acc[parent]
-                break
-        ok |= pos.get(p, 0)
-        bad |= neg.get(p, 0)
-        acc[p] = (ok, bad)
-        table[p] = (ok | no_positive) & ~bad & live
-    return table
+        p = pf.positive
+        if p is not None:
+            key = (p.addr, p.length)
+            pos[key] = pos.get(key, 0) | 1 << e
+            positive.append(e)
+        if pf.negative:
+            for p in pf.negative:
+                key = (p.addr, p.length)
+                neg[key] = neg.get(key, 0) | 1 << e
+    no_positive = live & ~bits(positive)
+    order = sorted({(0, 0), *pos, *neg})
+    vectors = []
+    append = vectors.append
+    pos_get, neg_get = pos.get, neg.get
+    stack: list[tuple[int, int, int]] = [(1 << 33, 0, 0)]    # (end, ok, bad), enclosing
+    for key in order:
+        addr = key[0]
+        while stack[-1][0] <= addr:
+            stack.pop()
+        _, ok, bad = stack[-1]
+        ok |= pos_get(key, 0)
+        b = neg_get(key)
+        if b is not None:
+            bad |= b
+        stack.append((addr + (1 << (32 - key[1])), ok, bad))
+        # ok and no_positive hold live entries only
+        append((ok | no_positive) & ~bad if bad else ok | no_positive)
+    return order, vectors
+
+
+def prefix_table(live: int, per_entry: list[tuple[int, PrefixField]]) -> dict[Prefix, int]:
+    """LPM contents: for each prefix in use (and 0/0), the entries that hold
+    for an address whose longest listed prefix it is (``_prefix_vectors``)."""
+    order, vectors = _prefix_vectors(live, per_entry)
+    return {Prefix(a, n): v for (a, n), v in zip(order, vectors)}
+
+
+def address_table(live: int, per_entry: list[tuple[int, PrefixField]]) -> Intervals:
+    """An address field's intervals straight from the entries (what
+    ``address_intervals(prefix_table(...))`` gives, without Prefix keys)."""
+    order, vectors = _prefix_vectors(live, per_entry)
+    return _intervals(order, vectors)
 
 
 def address_intervals(prefixes: dict[Prefix, int]) -> Intervals:
@@ -351,30 +518,72 @@ def address_intervals(prefixes: dict[Prefix, int]) -> Intervals:
     over the interval starts (bpf/lib/ranges.h) costs about half an LPM
     trie lookup here (measured: 35 vs 89 ns with 6,672 prefixes), and the
     bitvectors, stored once each, stay out of the search structure."""
-    order = sorted(prefixes, key=lambda p: (p.addr, p.length))
-    assert order and order[0] == Prefix(0, 0), "0/0 is always in the table"
-    ends = {p: p.addr + (1 << (32 - p.length)) for p in order}
-    cuts = sorted({0, *(p.addr for p in order), *(e for e in ends.values() if e < 1 << 32)})
-    stack: list[Prefix] = []
-    # one bitvector per prefix that is the longest match somewhere (keyed
-    # by prefix: hashing 8 KiB integers would cost more than the rest)
-    ids: dict[Prefix, int] = {}
-    vectors: list[int] = []
+    items = sorted(((p.addr, p.length), v) for p, v in prefixes.items())
+    assert items and items[0][0] == (0, 0), "0/0 is always in the table"
+    return _intervals([k for k, _ in items], [v for _, v in items])
+
+
+@dataclass
+class _Layout:
+    """The part of an address table that depends on the prefixes only,
+    not on the entries: the interval starts, per interval the id of its
+    bitvector, which prefix (position in ``order``) each id is, the /16
+    table and the probes. Shared by the Intervals made from it (nothing
+    writes them)."""
+
+    order: list[tuple[int, int]]
+    bounds: list[int]
+    index: list[int]
+    owners: list[int]
+    top: "array[int]"
+    probes: int
+
+
+# the last few address layouts: an update that leaves the prefixes of a
+# field as they were (most single-rule changes, for one of the two
+# addresses at least) skips the interval sweep and the /16 table
+_layouts: list[_Layout] = []
+LAYOUTS_KEPT = 6
+
+
+def _intervals(order: list[tuple[int, int]], values: list[int]) -> Intervals:
+    """``order``: (addr, length) sorted, 0/0 first; ``values`` their bitvectors."""
+    for layout in _layouts:
+        if layout.order == order:
+            break
+    else:
+        layout = _layout(order)
+        _layouts.insert(0, layout)
+        del _layouts[LAYOUTS_KEPT:]
+    return Intervals(layout.bounds, layout.index, [values[p] for p in layout.owners],
+                     layout.top, layout.probes)
+
+
+def _layout(order: list[tuple[int, int]]) -> _Layout:
+    ends = [a + (1 << (32 - n)) for a, n in order]
+    cuts = sorted({0, *(a for a, _ in order), *(e for e in ends if e < 1 << 32)})
+    stack: list[int] = []      # positions in ``order``
+    # one bitvector per prefix that is the longest match somewhere
+    ids = [-1] * len(order)
+    owners: list[int] = []
     index: list[int] = []
     nxt = 0
+    count = len(order)
     for start in cuts:
         while stack and ends[stack[-1]] <= start:
             stack.pop()
         # prefixes starting here, shortest first: nested, so the last is the longest
-        while nxt < len(order) and order[nxt].addr == start:
-            stack.append(order[nxt])
+        while nxt < count and order[nxt][0] == start:
+            stack.append(nxt)
             nxt += 1
         top = stack[-1]
-        if top not in ids:
-            ids[top] = len(vectors)
-            vectors.append(prefixes[top])
-        index.append(ids[top])
-    return with_buckets(Intervals(cuts, index, vectors))
+        at = ids[top]
+        if at < 0:
+            at = ids[top] = len(owners)
+            owners.append(top)
+        index.append(at)
+    iv = with_buckets(Intervals(cuts, index, []))
+    return _Layout(list(order), cuts, index, owners, iv.top, iv.probes)
 
 
 def with_buckets(iv: Intervals) -> Intervals:
@@ -383,13 +592,14 @@ def with_buckets(iv: Intervals) -> Intervals:
     many probes as the most crowded /16 needs (measured on fw1-10k's
     destinations: 14 probes -> a handful)."""
     bounds = iv.bounds
-    top = [0] * (1 << 16)
+    top = array("I", bytes(4 << 16))
     # interval i holds the /16 starts from bounds[i] up to bounds[i + 1]
-    for i, lo in enumerate(bounds):
-        first = (lo + 0xFFFF) >> 16
-        last = ((bounds[i + 1] + 0xFFFF) >> 16) if i + 1 < len(bounds) else 1 << 16
+    firsts = [(lo + 0xFFFF) >> 16 for lo in bounds]
+    firsts.append(1 << 16)
+    for i in range(len(bounds)):
+        first, last = firsts[i], firsts[i + 1]
         if first < last:
-            top[first:last] = [i] * (last - first)
+            top[first:last] = array("I", [i]) * (last - first)
     # from top[h], the search moves past the interval starts inside the /16
     inside = Counter(b >> 16 for b in bounds if b & 0xFFFF)
     widest = max(inside.values(), default=0)
@@ -410,44 +620,48 @@ def range_table(live: int, per_entry: list[tuple[int, RangeField]], top: int,
     [b[i], b[i+1]), the entries whose ranges hold there. Ranges are cut at
     every boundary, so each range contains an interval or is disjoint from
     it; one sweep gives every interval's bitvector. ``extra_cuts``: more
-    boundaries (of another table sharing these intervals)."""
+    boundaries (of another table sharing these intervals). Entries with
+    the same ranges are swept as one group (one bitvector)."""
+    groups = grouped(per_entry, lambda rf: (rf.positive, tuple(rf.negative)))
     cuts = {0, *extra_cuts}
-    for _, rf in per_entry:
-        for lo, hi in ([rf.positive] if rf.positive else []) + rf.negative:
+    for (positive, negative), _ in groups:
+        for lo, hi in ([positive] if positive else []) + list(negative):
             cuts.add(lo)
             if hi < top:
                 cuts.add(hi + 1)
     bounds = sorted(cuts)
-    # sweep: entries start/stop being covered at interval indices
+    # sweep: groups start/stop being covered at interval indices
     index = {b: i for i, b in enumerate(bounds)}
     events: dict[int, list[tuple[int, bool, int]]] = {}
     no_positive = live
-    for e, rf in per_entry:
-        if rf.positive:
-            no_positive &= ~(1 << e)
-        for lo, hi in ([rf.positive] if rf.positive else []):
-            events.setdefault(index[lo], []).append((e, True, +1))
+    for g, ((positive, negative), vec) in enumerate(groups):
+        if positive:
+            no_positive &= ~vec
+            lo, hi = positive
+            events.setdefault(index[lo], []).append((g, True, +1))
             if hi < top:
-                events.setdefault(index[hi + 1], []).append((e, True, -1))
-        for lo, hi in rf.negative:
-            events.setdefault(index[lo], []).append((e, False, +1))
+                events.setdefault(index[hi + 1], []).append((g, True, -1))
+        for lo, hi in negative:
+            events.setdefault(index[lo], []).append((g, False, +1))
             if hi < top:
-                events.setdefault(index[hi + 1], []).append((e, False, -1))
+                events.setdefault(index[hi + 1], []).append((g, False, -1))
     pos_active, neg_active = 0, 0
     neg_count: dict[int, int] = {}
     vectors = []
     for i in range(len(bounds)):
-        for e, positive, delta in events.get(i, []):
+        for g, positive, delta in events.get(i, ()):
+            vec = groups[g][1]
             if positive:
-                pos_active ^= 1 << e  # one positive range per entry
+                pos_active ^= vec  # one positive range per group
             else:
-                n = neg_count.get(e, 0) + delta
-                neg_count[e] = n
+                n = neg_count.get(g, 0) + delta
+                neg_count[g] = n
                 if n:
-                    neg_active |= 1 << e
+                    neg_active |= vec
                 else:
-                    neg_active &= ~(1 << e)
-        vectors.append((pos_active | no_positive) & ~neg_active & live)
+                    neg_active &= ~vec
+        v = pos_active | no_positive
+        vectors.append(v & ~neg_active if neg_active else v)
     return bounds, vectors
 
 
@@ -463,8 +677,8 @@ def port_table(live: int, per_entry: list[tuple[int, RangeField]], l4_entries: i
 def either_cuts(live_entries: list[tuple[int, EntryFields]]) -> set[int]:
     """The boundaries of every multiport --ports list (cut into both port fields)."""
     cuts: set[int] = set()
-    for _, f in live_entries:
-        for lo, hi in f.either or ():
+    for ranges in {f.either for _, f in live_entries if f.either is not None}:
+        for lo, hi in ranges:
             cuts.add(lo)
             if hi < 0xFFFF:
                 cuts.add(hi + 1)
@@ -477,10 +691,16 @@ def either_table(live: int, live_entries: list[tuple[int, EntryFields]],
     boundary), the entries whose --ports list holds the interval, plus
     every entry without --ports; then no L4 header (no --ports entry) and
     the offset-1 fragment (all: NotFragment excludes it elsewhere)."""
-    free = bits(i for i, f in live_entries if f.either is None)
-    lists = [(i, f.either) for i, f in live_entries if f.either is not None]
-    out = [free | bits(i for i, ranges in lists if any(lo <= b <= hi for lo, hi in ranges))
-           for b in bounds]
+    groups = grouped(live_entries, lambda f: f.either)
+    free = sum(vec for ranges, vec in groups if ranges is None)
+    lists = [(ranges, vec) for ranges, vec in groups if ranges is not None]
+    out = []
+    for b in bounds:
+        v = free
+        for ranges, vec in lists:
+            if any(lo <= b <= hi for lo, hi in ranges):
+                v |= vec
+        out.append(v)
     return out + [free, live]
 
 
@@ -495,23 +715,40 @@ def compile_chain(table: Table, hook: str = "INPUT", interfaces: dict[str, int] 
     ifindexes now, from ``interfaces`` (default: this namespace's); an
     interface that appears later is seen as matching no -i name until the
     chain is compiled again."""
+    with gc_paused():
+        return _compile_chain(table, hook, interfaces, min_shape)
+
+
+def _compile_chain(table: Table, hook: str, interfaces: dict[str, int] | None,
+                   min_shape: Shape | None) -> Compiled:
     if hook not in ("INPUT", "FORWARD", "OUTPUT"):
         raise NotSupported(f"the {hook} chain in the eBPF data path")
     if interfaces is None:
         interfaces = interfaces_here()
     slots = counter_slots(table)
     entries = inline(table, hook, slots)
-    resolve(entries)
     n = len(entries)
-    live = bits(i for i, e in enumerate(entries) if not e.fields.never)
-    used: set[str] = set()
-    for e in entries:
-        if not e.fields.never:
-            used |= e.fields.uses()
-    # entries the scan may visit without stopping: continuing ones, and
-    # terminal ones whose per-candidate check can fail
-    nonterminal = sum(1 for e in entries if e.verdict == VERDICT_CONTINUE
-                      or e.fields.src.residual or e.fields.dst.residual)
+    # one pass: targets resolved, the live entries, the fields in use (each
+    # decomposition knows its own) and the entries a scan may pass by:
+    # continuing ones, and terminal ones whose per-candidate check can fail
+    live_entries: list[tuple[int, EntryFields]] = []
+    uses: set[frozenset[str]] = set()
+    nonterminal = 0
+    for i, e in enumerate(entries):
+        nxt = e.next
+        if nxt is None:
+            e.next = i + 1
+        elif isinstance(nxt, _Label):
+            assert nxt.index is not None
+            e.next = nxt.index
+        f = e.fields
+        if not f.never:
+            live_entries.append((i, f))
+            uses.add(f.used if f.used is not None else frozenset(f.uses()))
+        if e.verdict == VERDICT_CONTINUE or f.src.residual or f.dst.residual:
+            nonterminal += 1
+    live = bits([i for i, _ in live_entries])
+    used: set[str] = set().union(*uses)
     nwords = pow2_at_least((n + 63) // 64)
     # A scan only moves forward (continuations and RETURN/goto targets lie
     # after the entry), so it reads each summary word (one bit per
@@ -535,16 +772,13 @@ def compile_chain(table: Table, hook: str = "INPUT", interfaces: dict[str, int] 
     if min_shape is not None:
         used |= set(min_shape.fields)
     shape.fields = frozenset(used)
-    live_entries = [(i, e.fields) for i, e in enumerate(entries) if not e.fields.never]
 
     if "src" in used:
-        c.src = prefix_table(live, [(i, f.src) for i, f in live_entries])
-        c.src_iv = address_intervals(c.src)
+        c.src_iv = address_table(live, [(i, f.src) for i, f in live_entries])
         shape.src_max, shape.src_bsize = len(c.src_iv.vectors), bsize_of(c.src_iv)
         shape.src_nbounds, shape.src_probes = len(c.src_iv.bounds), c.src_iv.probes
     if "dst" in used:
-        c.dst = prefix_table(live, [(i, f.dst) for i, f in live_entries])
-        c.dst_iv = address_intervals(c.dst)
+        c.dst_iv = address_table(live, [(i, f.dst) for i, f in live_entries])
         shape.dst_max, shape.dst_bsize = len(c.dst_iv.vectors), bsize_of(c.dst_iv)
         shape.dst_nbounds, shape.dst_probes = len(c.dst_iv.bounds), c.dst_iv.probes
     if "proto" in used:
@@ -557,8 +791,7 @@ def compile_chain(table: Table, hook: str = "INPUT", interfaces: dict[str, int] 
         c.oif = iif_table(live, live_entries, interfaces, lambda f: f.oif)
         shape.oif_max = len(c.oif)
     if "frag" in used:
-        c.frag = [bits(i for i, f in live_entries if f.fragment is not True),
-                  bits(i for i, f in live_entries if f.fragment is not False)]
+        c.frag = frag_table(live_entries)
     if "flags" in used:
         c.flags = flags_table(live, live_entries)
     l4 = bits(i for i, f in live_entries if f.l4)
@@ -596,9 +829,7 @@ def compile_chain(table: Table, hook: str = "INPUT", interfaces: dict[str, int] 
         c.mac = mac_table(live_entries)
         shape.mac_max = len(c.mac)
     if "pkttype" in used:
-        c.pkttype = [bits(i for i, f in live_entries
-                          if all((t == slot) != inv for t, inv in f.pkttype))
-                     for slot in range(PKTTYPES)]
+        c.pkttype = pkttype_table(live_entries)
     if "ctstate" in used:
         c.ctstate = [bits(i for i, f in live_entries if all(m >> slot & 1 for m in f.ctstate))
                      for slot in range(CTSTATES)]
@@ -649,12 +880,10 @@ def fill_unused(c: Compiled) -> None:
     """Fields compiled into a reused program that this rule set does not
     use: one all-entries bitvector, so they do not constrain anything."""
     live = c.live
-    if "src" in c.shape.fields and not c.src:
-        c.src = {Prefix(0, 0): live}
-        c.src_iv = address_intervals(c.src)
-    if "dst" in c.shape.fields and not c.dst:
-        c.dst = {Prefix(0, 0): live}
-        c.dst_iv = address_intervals(c.dst)
+    if "src" in c.shape.fields and c.src_iv is None:
+        c.src_iv = _intervals([(0, 0)], [live])
+    if "dst" in c.shape.fields and c.dst_iv is None:
+        c.dst_iv = _intervals([(0, 0)], [live])
     if "proto" in c.shape.fields and not c.proto:
         c.proto = {PROTO_DEFAULT: live}
     if "iif" in c.shape.fields and not c.iif:
@@ -688,17 +917,40 @@ def fill_unused(c: Compiled) -> None:
         c.icmp = {ICMP_OTHER: live, ICMP_NONE: live}
 
 
+def grouped(live_entries: list[tuple[int, object]], key: Callable[[object], object]
+            ) -> list[tuple[object, int]]:
+    """The entries as (key, bitvector of the entries with that key), in
+    order of first appearance: a table computes each value's bitvector
+    from the few distinct constraints instead of from every entry."""
+    groups: dict[object, list[int]] = {}
+    for i, f in live_entries:
+        k = key(f)
+        members = groups.get(k)
+        if members is None:
+            groups[k] = [i]
+        else:
+            members.append(i)
+    return [(k, bits(members)) for k, members in groups.items()]
+
+
+def union(groups: list[tuple[object, int]], holds: Callable[[object], bool]) -> int:
+    """The entries of the groups whose key satisfies ``holds``."""
+    v = 0
+    for k, vec in groups:
+        if holds(k):
+            v |= vec
+    return v
+
+
 def proto_table(live: int, live_entries: list[tuple[int, EntryFields]]) -> dict[int, int]:
+    groups = grouped(live_entries, lambda f: (f.proto, tuple(f.proto_not)))
     protos = {PROTO_DEFAULT}
-    for _, f in live_entries:
-        if f.proto is not None:
-            protos.add(f.proto)
-        protos.update(f.proto_not)
-    table = {}
-    for p in protos:
-        table[p] = bits(i for i, f in live_entries
-                        if f.proto in (None, p) and p not in f.proto_not) & live
-    return table
+    for (proto, nots), _ in groups:
+        if proto is not None:
+            protos.add(proto)
+        protos.update(nots)
+    return {p: union(groups, lambda k: k[0] in (None, p) and p not in k[1]) & live
+            for p in protos}
 
 
 def iif_table(live: int, live_entries: list[tuple[int, EntryFields]],
@@ -707,24 +959,29 @@ def iif_table(live: int, live_entries: list[tuple[int, EntryFields]],
               ) -> dict[int, int]:
     """ifindex -> entries whose interface patterns (-i, or ``patterns``:
     FORWARD's -o) hold for that interface's name."""
-    def holds(f: EntryFields, name: str | None) -> bool:
+    def holds(pats: tuple[tuple[str, bool], ...], name: str | None) -> bool:
         # name None: an interface unknown at compile time matches no pattern
-        return all((name is not None and iface_matches(pat, name)) != inv
-                   for pat, inv in patterns(f))
+        return all((name is not None and iface_matches(pat, name)) != inv for pat, inv in pats)
 
-    table = {0: bits(i for i, f in live_entries if holds(f, None))}
+    groups = grouped(live_entries, lambda f: tuple(patterns(f)))
+    table = {0: union(groups, lambda k: holds(k, None))}
     for name, index in interfaces.items():
-        table[index] = bits(i for i, f in live_entries if holds(f, name))
+        table[index] = union(groups, lambda k: holds(k, name))
     return table
 
 
+def frag_table(live_entries: list[tuple[int, EntryFields]]) -> list[int]:
+    """[not a fragment, a non-first fragment] -> entries."""
+    groups = grouped(live_entries, lambda f: f.fragment)
+    return [union(groups, lambda k: k is not True), union(groups, lambda k: k is not False)]
+
+
 def flags_table(live: int, live_entries: list[tuple[int, EntryFields]]) -> list[int]:
-    out = []
-    for flags in range(TCP_FLAGS_NONE):
-        out.append(bits(i for i, f in live_entries
-                        if all(((flags & m) == cmp) != inv for m, cmp, inv in f.flags)))
+    groups = grouped(live_entries, lambda f: tuple(f.flags))
+    out = [union(groups, lambda k: all(((flags & m) == cmp) != inv for m, cmp, inv in k))
+           for flags in range(TCP_FLAGS_NONE)]
     # no TCP header: only entries without a flags test (the others need tcp anyway)
-    out.append(bits(i for i, f in live_entries if not f.flags))
+    out.append(union(groups, lambda k: not k))
     out.append(live)  # offset-1 TCP fragment: tcp entries hot-drop before any test
     return out
 
@@ -733,26 +990,25 @@ def icmp_table(live: int, live_entries: list[tuple[int, EntryFields]]) -> dict[i
     """type << 8 | code -> entries, for every code of every listed type;
     ICMP_OTHER for the other types, ICMP_NONE without an ICMP header (only
     entries without an icmp constraint)."""
-    types = sorted({t for _, f in live_entries for t, _, _, _ in f.icmp if t != ICMP_ANY})
+    groups = grouped(live_entries, lambda f: tuple(f.icmp))
+    types = sorted({t for k, _ in groups for t, _, _, _ in k if t != ICMP_ANY})
 
-    def holds(f: EntryFields, itype: int, code: int) -> bool:
+    def holds(tests, itype: int, code: int) -> bool:
         return all((t == ICMP_ANY or (t == itype and lo <= code <= hi)) != inv
-                   for t, lo, hi, inv in f.icmp)
+                   for t, lo, hi, inv in tests)
 
-    table = {ICMP_OTHER: bits(i for i, f in live_entries if holds(f, -1, 0)),
-             ICMP_NONE: bits(i for i, f in live_entries if not f.icmp)}
+    table = {ICMP_OTHER: union(groups, lambda k: holds(k, -1, 0)),
+             ICMP_NONE: union(groups, lambda k: not k)}
     for t in types:
         for code in range(256):
-            table[t << 8 | code] = bits(i for i, f in live_entries if holds(f, t, code))
+            table[t << 8 | code] = union(groups, lambda k: holds(k, t, code))
     return table
 
 
 def tos_table(live_entries: list[tuple[int, EntryFields]]) -> list[int]:
     """One bitvector per TOS byte value (xt_tos, xt_dscp)."""
-    free = bits(i for i, f in live_entries if not f.tos)
-    tested = [(i, f.tos) for i, f in live_entries if f.tos]
-    return [free | bits(i for i, tests in tested
-                        if all(((tos & m) == v) != inv for m, v, inv in tests))
+    groups = grouped(live_entries, lambda f: tuple(f.tos))
+    return [union(groups, lambda k: all(((tos & m) == v) != inv for m, v, inv in k))
             for tos in range(256)]
 
 
@@ -760,12 +1016,21 @@ def mac_table(live_entries: list[tuple[int, EntryFields]]) -> dict[int, int]:
     """Source MAC -> entries, for every listed MAC; MAC_OTHER for the other
     addresses, MAC_NONE for a device without an Ethernet header (xt_mac
     is false there, even inverted: only entries without a mac test)."""
-    def holds(f: EntryFields, mac: int) -> bool:
-        return all((mac == a) != inv for a, inv in f.mac)
+    def holds(tests, mac: int) -> bool:
+        return all((mac == a) != inv for a, inv in tests)
 
-    macs = {a for _, f in live_entries for a, _ in f.mac}
-    table = {MAC_OTHER: bits(i for i, f in live_entries if holds(f, -1)),
-             MAC_NONE: bits(i for i, f in live_entries if not f.mac)}
+    groups = grouped(live_entries, lambda f: tuple(f.mac))
+    # the same insertion order as listing every entry's addresses (the
+    # set's iteration order is the hash map's key order)
+    macs = {a for k, _ in groups for a, _ in k}
+    table = {MAC_OTHER: union(groups, lambda k: holds(k, -1)),
+             MAC_NONE: union(groups, lambda k: not k)}
     for m in macs:
-        table[m] = bits(i for i, f in live_entries if holds(f, m))
+        table[m] = union(groups, lambda k: holds(k, m))
     return table
+
+
+def pkttype_table(live_entries: list[tuple[int, EntryFields]]) -> list[int]:
+    groups = grouped(live_entries, lambda f: tuple(f.pkttype))
+    return [union(groups, lambda k: all((t == slot) != inv for t, inv in k))
+            for slot in range(PKTTYPES)]

@@ -23,16 +23,23 @@ folds into the entry. A match without a lowering is NotSupported."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from ..errors import NotSupported
 from ..extensions import find_match
 from ..model import Rule
-from ..netaddr import IPv4Net, iface_matches, mask_to_cidr
+from ..netaddr import IPv4Net, cidr_to_mask, iface_matches, mask_to_cidr
 
 
 
-@dataclass(frozen=True)
-class Prefix:
+# contiguous mask -> prefix length (mask_to_cidr without its loop; ~26k calls at 10k rules)
+PREFIX_LENGTHS = {cidr_to_mask(n): n for n in range(33)}
+
+
+class Prefix(NamedTuple):
+    """An address prefix (a tuple: built ~13k times per 10k rules, and
+    hashed; a frozen dataclass costs several times more for both)."""
+
     addr: int
     length: int
 
@@ -51,12 +58,12 @@ class Prefix:
         return self.length <= other.length and (other.addr & self.mask) == self.addr
 
 
-@dataclass
+@dataclass(slots=True)   # slots: two per entry, ~10k entries
 class PrefixField:
     """A conjunction of prefix constraints on one address."""
 
     positive: Prefix | None = None
-    negative: list[Prefix] = field(default_factory=list)
+    negative: tuple[Prefix, ...] = ()
     # a non-contiguous mask has no place in an LPM trie: it is checked per
     # candidate after the bitvector step (one such constraint per entry)
     residual: tuple[int, int, bool] | None = None   # (addr, mask, invert)
@@ -65,15 +72,16 @@ class PrefixField:
         """Add one constraint; False when the conjunction became empty."""
         if net.mask == 0:
             return not invert  # "0/0" always holds, "! 0/0" never
-        if mask_to_cidr(net.mask) < 0:
+        length = PREFIX_LENGTHS.get(net.mask, -1)
+        if length < 0:
             if self.residual is not None:
                 raise NotSupported("two non-contiguous masks on one address "
                                    "along a chain path in the eBPF data path")
             self.residual = (net.addr & net.mask, net.mask, invert)
             return True
-        p = Prefix.of(net)
+        p = Prefix(net.addr & net.mask, length)
         if invert:
-            self.negative.append(p)
+            self.negative += (p,)
             return True
         if self.positive is None or p.contains(self.positive):
             self.positive = self.positive or p
@@ -84,13 +92,13 @@ class PrefixField:
         return False  # two disjoint prefixes
 
 
-@dataclass
+@dataclass(slots=True)
 class RangeField:
     """A conjunction of range constraints (inclusive) on a value in [0, top]:
     ports, the IP total length, the TTL."""
 
     positive: tuple[int, int] | None = None
-    negative: list[tuple[int, int]] = field(default_factory=list)
+    negative: tuple[tuple[int, int], ...] = ()
     top: int = 0xFFFF
 
     def add(self, lo: int, hi: int, invert: bool) -> bool:
@@ -100,7 +108,7 @@ class RangeField:
                 return True  # "! empty range" always holds
             if lo == 0 and hi == self.top:
                 return False
-            self.negative.append((lo, hi))
+            self.negative += ((lo, hi),)
             return True
         if lo == 0 and hi == self.top:
             return True
@@ -177,6 +185,9 @@ class PkttypeConstraint:
 @dataclass(frozen=True)
 class NeedsL4:
     """The packet has a TCP/UDP header (a first fragment, not truncated)."""
+
+
+NEEDS_L4 = NeedsL4()
 
 
 @dataclass(frozen=True)
@@ -259,31 +270,60 @@ def complement_ranges(ranges: list[tuple[int, int]], top: int) -> list[tuple[int
     return gaps
 
 
-@dataclass
+# Shared by every EntryFields until it gets a constraint of that kind
+# (copy on write, ``EntryFields.own``): ~10k entries per compile, most
+# with a few kinds of constraint, would otherwise each carry six such
+# objects (and the collector would walk them all). Never mutated.
+NO_PREFIX = PrefixField()
+NO_RANGE = RangeField()
+NO_TTL = RangeField(top=0xFF)
+
+
+@dataclass(slots=True)
 class EntryFields:
-    """Everything the field tables need to know about one entry."""
+    """Everything the field tables need to know about one entry. Lists of
+    constraints are tuples (the empty one is shared); the prefix and range
+    fields start as the shared NO_* objects, replaced by ``own()`` before
+    a constraint is added. Not changed once ``decompose`` returned it."""
 
     never: bool = False                 # statically false: no bit anywhere
-    src: PrefixField = field(default_factory=PrefixField)
-    dst: PrefixField = field(default_factory=PrefixField)
+    # (default_factory: dataclasses refuse a mutable default, though never mutated)
+    src: PrefixField = field(default_factory=lambda: NO_PREFIX)
+    dst: PrefixField = field(default_factory=lambda: NO_PREFIX)
     proto: int | None = None            # required protocol
-    proto_not: list[int] = field(default_factory=list)
-    iif: list[tuple[str, bool]] = field(default_factory=list)  # (pattern, invert)
-    oif: list[tuple[str, bool]] = field(default_factory=list)  # FORWARD's -o
+    proto_not: tuple[int, ...] = ()
+    iif: tuple[tuple[str, bool], ...] = ()  # (pattern, invert)
+    oif: tuple[tuple[str, bool], ...] = ()  # FORWARD's -o
     fragment: bool | None = None        # required non-first-fragment state
     l4: bool = False                    # needs ports (a tcp/udp match)
-    sport: RangeField = field(default_factory=RangeField)
-    dport: RangeField = field(default_factory=RangeField)
-    flags: list[tuple[int, int, bool]] = field(default_factory=list)  # (mask, cmp, invert)
-    icmp: list[tuple[int, int, int, bool]] = field(default_factory=list)  # (type, lo, hi, invert)
-    length: RangeField = field(default_factory=RangeField)      # IP total length
-    ttl: RangeField = field(default_factory=lambda: RangeField(top=0xFF))
-    tos: list[tuple[int, int, bool]] = field(default_factory=list)  # (mask, value, invert)
+    sport: RangeField = field(default_factory=lambda: NO_RANGE)
+    dport: RangeField = field(default_factory=lambda: NO_RANGE)
+    flags: tuple[tuple[int, int, bool], ...] = ()  # (mask, cmp, invert)
+    icmp: tuple[tuple[int, int, int, bool], ...] = ()  # (type, lo, hi, invert)
+    length: RangeField = field(default_factory=lambda: NO_RANGE)   # IP total length
+    ttl: RangeField = field(default_factory=lambda: NO_TTL)
+    tos: tuple[tuple[int, int, bool], ...] = ()  # (mask, value, invert)
     # sport or dport in one of these ranges (multiport --ports); one per entry
     either: tuple[tuple[int, int], ...] | None = None
-    mac: list[tuple[int, bool]] = field(default_factory=list)        # (source MAC, invert)
-    pkttype: list[tuple[int, bool]] = field(default_factory=list)    # (PACKET_*, invert)
-    ctstate: list[int] = field(default_factory=list)    # CtstateConstraint.slots, all must hold
+    mac: tuple[tuple[int, bool], ...] = ()        # (source MAC, invert)
+    pkttype: tuple[tuple[int, bool], ...] = ()    # (PACKET_*, invert)
+    ctstate: tuple[int, ...] = ()    # CtstateConstraint.slots, all must hold
+    # uses(), fixed once decompose() has built the entry
+    used: frozenset[str] | None = field(default=None, compare=False, repr=False)
+
+    def own(self, which: str) -> "PrefixField | RangeField":
+        """This entry's own (writable) prefix or range field ``which``."""
+        current = getattr(self, which)
+        if current is NO_PREFIX:
+            current = PrefixField()
+        elif current is NO_RANGE:
+            current = RangeField()
+        elif current is NO_TTL:
+            current = RangeField(top=0xFF)
+        else:
+            return current
+        setattr(self, which, current)
+        return current
 
     def range_field(self, which: str) -> RangeField:
         return {"sport": self.sport, "dport": self.dport, "length": self.length,
@@ -322,10 +362,10 @@ class EntryFields:
             used.add("ctstate")
         if self.either is not None:
             used |= {"ports", "sport", "dport"}
-        for name in ("length", "ttl"):
-            rf = self.range_field(name)
-            if rf.positive or rf.negative:
-                used.add(name)
+        if self.length is not NO_RANGE and (self.length.positive or self.length.negative):
+            used.add("length")
+        if self.ttl is not NO_TTL and (self.ttl.positive or self.ttl.negative):
+            used.add("ttl")
         return used
 
 
@@ -335,15 +375,31 @@ def decompose(path: list[Rule], hook: str = "INPUT") -> EntryFields:
     for rule in path:
         if not add_rule(f, rule, hook):
             f.never = True
+    f.used = frozenset(f.uses())
     return f
 
 
 def add_rule(f: EntryFields, rule: Rule, hook: str) -> bool:
     """Add one rule's matches; False when the entry can never match."""
-    ok = f.src.add(rule.src, rule.src_inv) and f.dst.add(rule.dst, rule.dst_inv)
+    # "0/0" always holds and "! 0/0" never: no constraint to keep
+    ok = True
+    if rule.src.mask:
+        if f.src is NO_PREFIX:
+            f.src = PrefixField()
+        ok = f.src.add(rule.src, rule.src_inv)
+    elif rule.src_inv:
+        ok = False
+    if not ok:
+        pass   # as "src and dst": the destination is not looked at
+    elif rule.dst.mask:
+        if f.dst is NO_PREFIX:
+            f.dst = PrefixField()
+        ok = f.dst.add(rule.dst, rule.dst_inv)
+    elif rule.dst_inv:
+        ok = False
     if rule.proto:
         if rule.proto_inv:
-            f.proto_not.append(rule.proto)
+            f.proto_not += (rule.proto,)
         elif f.proto not in (None, rule.proto):
             ok = False
         else:
@@ -352,16 +408,16 @@ def add_rule(f: EntryFields, rule: Rule, hook: str) -> bool:
         ok = False  # "! -p all"
     if rule.in_iface or rule.in_inv:
         if hook in ("INPUT", "FORWARD"):
-            f.iif.append((rule.in_iface, rule.in_inv))
+            f.iif += ((rule.in_iface, rule.in_inv),)
         elif iface_matches(rule.in_iface, "") == rule.in_inv:
             ok = False
     if rule.out_iface or rule.out_inv:
         if hook == "OUTPUT":
             # the OUTPUT program runs at egress: its "iif" field is the output device
-            f.iif.append((rule.out_iface, rule.out_inv))
+            f.iif += ((rule.out_iface, rule.out_inv),)
         elif hook == "FORWARD":
             # the egress device of the kernel's route (filter.c: bpf_fib_lookup)
-            f.oif.append((rule.out_iface, rule.out_inv))
+            f.oif += ((rule.out_iface, rule.out_inv),)
         # INPUT has no output device: the kernel compares against ""
         elif iface_matches(rule.out_iface, "") == rule.out_inv:
             ok = False
@@ -383,16 +439,16 @@ def add_rule(f: EntryFields, rule: Rule, hook: str) -> bool:
         # (though the dispatcher sends it there): decided here
         if not all((t == PACKET_HOST) != inv for t, inv in f.pkttype):
             ok = False
-        f.pkttype.clear()
+        f.pkttype = ()
     return ok
 
 
 def apply(f: EntryFields, c: Constraint) -> bool:
     """Fold one constraint into the entry; False when it can never match."""
     if isinstance(c, AddrConstraint):
-        return (f.src if c.which == "src" else f.dst).add(c.net, c.invert)
+        return f.own("src" if c.which == "src" else "dst").add(c.net, c.invert)
     if isinstance(c, (PortConstraint, RangeConstraint)):
-        return f.range_field(c.which).add(c.lo, c.hi, c.invert)
+        return f.own(c.which).add(c.lo, c.hi, c.invert)
     if isinstance(c, NeedsL4):
         f.l4 = True
         return True
@@ -402,7 +458,7 @@ def apply(f: EntryFields, c: Constraint) -> bool:
         f.fragment = False
         return True
     if isinstance(c, TcpFlagsConstraint):
-        f.flags.append((c.mask, c.cmp, c.invert))
+        f.flags += ((c.mask, c.cmp, c.invert),)
         return True
     if isinstance(c, PortsEither):
         if f.either is not None:
@@ -413,27 +469,27 @@ def apply(f: EntryFields, c: Constraint) -> bool:
         f.either = c.ranges
         return True
     if isinstance(c, MacConstraint):
-        f.mac.append((c.addr, c.invert))
+        f.mac += ((c.addr, c.invert),)
         return True
     if isinstance(c, PkttypeConstraint):
-        f.pkttype.append((c.pkttype, c.invert))
+        f.pkttype += ((c.pkttype, c.invert),)
         return True
     if isinstance(c, TosConstraint):
-        f.tos.append((c.mask, c.value, c.invert))
+        f.tos += ((c.mask, c.value, c.invert),)
         return True
     if isinstance(c, IcmpConstraint):
-        f.icmp.append((c.type, c.code_min, c.code_max, c.invert))
+        f.icmp += ((c.type, c.code_min, c.code_max, c.invert),)
         return True
     if isinstance(c, ProtoConstraint):
         if c.invert:
-            f.proto_not.append(c.proto)
+            f.proto_not += (c.proto,)
             return f.proto != c.proto
         if f.proto not in (None, c.proto) or c.proto in f.proto_not:
             return False
         f.proto = c.proto
         return True
     if isinstance(c, CtstateConstraint):
-        f.ctstate.append(c.slots)
+        f.ctstate += (c.slots,)
         return c.slots != 0
     if isinstance(c, Never):
         return False

@@ -218,15 +218,39 @@ class TcpMatch(MatchExtension):
         return True
 
     def lower(self, d: TcpData, rule: Any) -> list[Any]:
-        from ..datapath import fields as dp  # only when compiling for the data path
+        dp = datapath_fields()
         if d.option or d.option_inv:
             raise NotSupported("--tcp-option in the eBPF data path")
-        out: list[Any] = [dp.NeedsL4(),
-                          dp.PortConstraint("sport", d.sport.lo, d.sport.hi, d.sport.invert),
-                          dp.PortConstraint("dport", d.dport.lo, d.dport.hi, d.dport.invert)]
+        out = port_constraints(d)
         if d.flg_mask or d.flags_inv:
             out.append(dp.TcpFlagsConstraint(d.flg_mask, d.flg_cmp, d.flags_inv))
         return out
+
+
+_datapath_fields: Any = None
+
+
+def datapath_fields() -> Any:
+    """``bpf_iptables.datapath.fields``, imported on the first lowering
+    (the front end never loads the data path); an import statement in
+    every lower() cost more than the rest of it (~10k rules)."""
+    global _datapath_fields
+    if _datapath_fields is None:
+        from ..datapath import fields
+        _datapath_fields = fields
+    return _datapath_fields
+
+
+def port_constraints(d: Any) -> list[Any]:
+    """A tcp/udp match's lowering: an L4 header, and each port range that
+    constrains anything (a full range without "!" holds for every port:
+    left out, as RangeField.add would ignore it)."""
+    dp = datapath_fields()
+    out: list[Any] = [dp.NEEDS_L4]
+    for which, r in (("sport", d.sport), ("dport", d.dport)):
+        if r.invert or r.lo > 0 or r.hi < 0xFFFF:
+            out.append(dp.PortConstraint(which, r.lo, r.hi, r.invert))
+    return out
 
 
 EXTENSIONS = [TcpMatch()]

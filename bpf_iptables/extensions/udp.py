@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .base import MatchExtension, ParseContext, T, XtOption, XtOptionsExtension, XtState
-from .tcp import PortRange, print_ports, save_ports
+from .tcp import PortRange, port_constraints, print_ports, save_ports
 
 
 @dataclass(frozen=True)
@@ -58,10 +58,7 @@ class UdpMatch(XtOptionsExtension, MatchExtension):
         return d.sport.matches(pkt.sport) and d.dport.matches(pkt.dport)
 
     def lower(self, d: UdpData, rule: Any) -> list[Any]:
-        from ..datapath import fields as dp  # only when compiling for the data path
-        return [dp.NeedsL4(),
-                dp.PortConstraint("sport", d.sport.lo, d.sport.hi, d.sport.invert),
-                dp.PortConstraint("dport", d.dport.lo, d.dport.hi, d.dport.invert)]
+        return port_constraints(d)
 
 
 EXTENSIONS = [UdpMatch()]

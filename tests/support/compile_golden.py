@@ -1,0 +1,104 @@
+"""Digests of map images, to check that a faster compiler writes the same bytes.
+
+``tests/data/compile_golden.json`` holds random rule sets (drawn once from
+the property test's generators) and the digests of every map image the
+compiler and ``image.map_image`` produced for them at commit 831eb0e
+(before the compile-speed work), without and with the property test's
+``min_shape`` (fields the rule set does not use filled in). Regenerate
+only with a known-good compiler: ``python -m tests.support.compile_golden``."""
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import warnings
+from dataclasses import asdict
+from pathlib import Path
+
+from bpf_iptables.datapath.compiler import Compiled, Shape, compile_chain
+from bpf_iptables.datapath.image import joined, map_image
+from bpf_iptables.errors import NotSupported, TableOpError, XtablesError
+from bpf_iptables.model import Table
+
+GOLDEN = Path(__file__).resolve().parent.parent / "data" / "compile_golden.json"
+INTERFACES = {"lo": 1, "dp0": 2, "dp1": 3}
+
+
+CLASSBENCH = ("classbench-fw1-1k.rules", "classbench-acl1-1k.rules",
+              "classbench-fw1-10k.rules", "classbench-acl1-10k.rules")
+
+
+def squeeze(lines: list[str]) -> list[list]:
+    """Runs of equal lines as [count, line] (the filler blocks)."""
+    out: list[list] = []
+    for line in lines:
+        if out and out[-1][1] == line:
+            out[-1][0] += 1
+        else:
+            out.append([1, line])
+    return out
+
+
+def unsqueeze(runs: list[list]) -> list[str]:
+    return [line for count, line in runs for _ in range(count)]
+
+
+def digest(c: Compiled) -> dict:
+    """Every map's name, clear flag, keys and values (as one hash each), and the shape."""
+    out = {}
+    for image in map_image(c, c.shape):
+        keys, values = joined(image.items)
+        h = hashlib.sha256(keys)
+        h.update(b"|")
+        h.update(values)
+        out[image.name] = f"{int(image.clear)}:{len(image.items)}:{h.hexdigest()[:24]}"
+    shape = asdict(c.shape)
+    shape["fields"] = sorted(shape["fields"])   # a frozenset's order varies by process
+    out["shape"] = repr(sorted(shape.items()))
+    out["counter_of"] = hashlib.sha256(repr(sorted(c.counter_of.items())).encode()).hexdigest()[:24]
+    return out
+
+
+def compile_digest(table: Table, hook: str, min_shape: Shape | None) -> str:
+    """One hash of ``digest()`` (its parts are kept for the ClassBench sets only)."""
+    try:
+        d = digest(compile_chain(table, hook, INTERFACES, min_shape))
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:20]
+    except NotSupported as exc:
+        return f"NotSupported: {exc}"
+
+
+def main() -> None:
+    from bpf_iptables.datapath.harness import table_from_lines, table_from_save
+    from tests.support.shared import ruleset
+    from tests.test_datapath_property import SHAPE, rule_sets
+
+    warnings.simplefilter("ignore")
+    ifnames = sorted(INTERFACES)
+    cases = []
+    if "--keep-cases" in sys.argv:   # new digests of the same rule sets
+        for case in json.loads(GOLDEN.read_text())["cases"]:
+            table = table_from_lines(unsqueeze(case["lines"]))
+            cases.append({**case, "plain": compile_digest(table, case["hook"], None),
+                          "min_shape": compile_digest(table, case["hook"], SHAPE)})
+    for base, count in (("INPUT", 160), ("FORWARD", 80), ("OUTPUT", 40)):
+        while sum(c["hook"] == base for c in cases) < count:
+            lines, _ = rule_sets(ifnames, base).example()
+            if base == "OUTPUT":   # the generator's -i: -o at OUTPUT
+                lines = [line.replace("-i ", "-o ") for line in lines]
+            try:
+                table = table_from_lines(lines)
+            except (XtablesError, TableOpError):
+                continue
+            cases.append({"lines": squeeze(lines), "hook": base,
+                          "plain": compile_digest(table, base, None),
+                          "min_shape": compile_digest(table, base, SHAPE)})
+    sets = {}
+    for name in CLASSBENCH:
+        table = table_from_save(ruleset(name).read_text())
+        sets[name] = digest(compile_chain(table, "INPUT", INTERFACES))
+    GOLDEN.write_text(json.dumps({"classbench": sets, "cases": cases}, indent=0, sort_keys=True) + "\n")
+
+
+if __name__ == "__main__":
+    main()
