@@ -62,19 +62,39 @@ def _more(n: int, share: int, least: int) -> int:
     return n + max(least, n // share)
 
 
+def quantised(n: int, per_octave: int = 4) -> int:
+    """The least value >= n on a grid of ``per_octave`` steps per power of
+    two (4: 8, 10, 12, 14, 16, 20, 24, ...; at most 25 % more). Shapes are
+    built from such values so that rule sets of similar size ask for the
+    same shape, which the object cache then has compiled already."""
+    if n <= 2 * per_octave:
+        return max(n, 1)
+    low = 1 << (n.bit_length() - 1)          # the power of two below n
+    unit = low // per_octave
+    return -(-n // unit) * unit
+
+
 def roomy(c: Compiled) -> Shape:
     """``c``'s shape grown so that the next few changes still fit it: more
     entries (+1/8, at least 16), counters, prefixes, protocols, interfaces,
     ICMP types and port boundaries. Only map sizes grow (LPM tries and
     hashes allocate per element; arrays of bitvectors a little memory),
-    never the fields: an unused field would cost every packet a lookup."""
+    never the fields: an unused field would cost every packet a lookup.
+    Sizes are rounded up on a coarse grid (``quantised``; bitvector words
+    and boundary slots are powers of two anyway) so that the shape of the
+    next update, or of a restore of a similar rule set, is likely the same
+    one, loaded from the object cache instead of compiled. Bigger maps cost
+    memory, not time per packet: a lookup's cost does not depend on a
+    map's size, and the scan stops at the first match whatever STEPS is."""
     s = c.shape
     n = len(c.entries)
     nwords = pow2_at_least((_more(n, 8, 16) + 63) // 64)
     # steps needed grow with the words (see compile_chain); keep room for
-    # a few more continuing entries too
+    # a few more continuing entries too. A finer grid than the map sizes:
+    # the verifier's work grows with the steps.
     limit = max_steps(s.fields)
-    steps = s.steps if s.steps >= limit else min(limit, s.steps + (nwords - s.nwords) + 8)
+    steps = s.steps if s.steps >= limit else \
+        min(limit, quantised(s.steps + (nwords - s.nwords) + 8, 8))
 
     def bsize(bounds: list[int], current: int) -> int:
         return max(current, pow2_at_least(_more(len(bounds), 8, 4)))
@@ -88,17 +108,18 @@ def roomy(c: Compiled) -> Shape:
         return {f"{a}_probes": probes,
                 f"{a}_bsize": max(getattr(s, f"{a}_bsize"), pow2_at_least(room))}
 
+    q = quantised
     # replace(): every size the compiler knows carries over, grown where
     # rules add to it
-    return replace(s, nwords=nwords, steps=steps, ncounters=_more(s.ncounters, 8, 32),
-                   src_max=_more(s.src_max, 4, 64), dst_max=_more(s.dst_max, 4, 64),
-                   proto_max=s.proto_max + 8, iif_max=s.iif_max + 16,
+    return replace(s, nwords=nwords, steps=steps, ncounters=q(_more(s.ncounters, 8, 32)),
+                   src_max=q(_more(s.src_max, 4, 64)), dst_max=q(_more(s.dst_max, 4, 64)),
+                   proto_max=q(s.proto_max + 8), iif_max=q(s.iif_max + 16),
                    sport_bsize=bsize(c.sport_bounds, s.sport_bsize),
                    dport_bsize=bsize(c.dport_bounds, s.dport_bsize),
                    length_bsize=bsize(c.length_bounds, s.length_bsize),
                    ttl_bsize=min(256, bsize(c.ttl_bounds, s.ttl_bsize)),
-                   oif_max=s.oif_max + 16, mac_max=_more(s.mac_max, 4, 16),
-                   icmp_max=s.icmp_max + (256 if "icmp" in s.fields else 0),
+                   oif_max=q(s.oif_max + 16), mac_max=q(_more(s.mac_max, 4, 16)),
+                   icmp_max=q(s.icmp_max + (256 if "icmp" in s.fields else 0)),
                    **address("src"), **address("dst"))
 
 
