@@ -1,12 +1,16 @@
-"""Compile bpf/filter.c for a Shape with bcc, load it, and fill its maps.
+"""Load bpf/filter.c compiled for a Shape, and fill its maps; the roots.
 
 The C source is one template whose shape comes from -D flags. Compiling
 costs about a second, so a loaded program is reused for any compiled rule
-set whose shape it covers (Shape.covers): only map contents change.
+set whose shape it covers (Shape.covers): only map contents change. A
+shape compiled before on this machine comes from the object cache
+(objcache.py: raw bpf(2), no bcc, no clang); otherwise bcc compiles it and
+the result is cached. Either way the program and its maps are plain file
+descriptors this module owns, written and read by raw bpf(2) (bpfsys).
 
-Needs bcc (Debian's python3-bpfcc, importable from /usr/bin/python3 or a
-venv with system site packages) and kernel headers under
-/lib/modules/$(uname -r)/build (see the field notes)."""
+Compiling needs bcc (Debian's python3-bpfcc, importable from
+/usr/bin/python3 or a venv with system site packages) and kernel headers
+under /lib/modules/$(uname -r)/build (see the field notes)."""
 from __future__ import annotations
 
 import os
