@@ -232,3 +232,14 @@ def test_a_namespace_attaches_and_updates_from_the_cache_without_bcc(tmp_path):
         assert ping(t, 1) == 0
         assert s.run(bpf_command("iptables", "-D", *rule[1:]), env=env).returncode == 0
         assert ping(t, 1) == 1
+
+
+def test_the_least_recently_used_entries_go_first(tmp_path):
+    import os
+
+    for i in range(5):
+        (tmp_path / f"{i}.obj").write_bytes(b"x")
+        os.utime(tmp_path / f"{i}.obj", (1000 + i, 1000 + i))
+    os.utime(tmp_path / "0.obj", (5000, 5000))            # just used
+    objcache.evict(tmp_path, keep=3)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["0.obj", "3.obj", "4.obj"]

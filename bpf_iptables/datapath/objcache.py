@@ -39,6 +39,9 @@ from . import bpfsys
 FORMAT = 1
 MAGIC = b"bpf-iptables-objcache %d\n" % FORMAT
 DEFAULT_DIR = Path("/var/cache/bpf-iptables/objects")
+# entries kept (the least recently used go first): ~10 KiB each, and a
+# machine's rule sets use a handful of shapes
+MAX_ENTRIES = 256
 
 # instruction encoding (uapi/linux/bpf.h)
 LD_IMM64 = 0x18
@@ -238,7 +241,13 @@ def lookup(k: str) -> Module | None:
         data = p.read_bytes()
     except OSError:
         return None
-    return _parse(k, data)
+    m = _parse(k, data)
+    if m is not None:
+        try:
+            os.utime(p)   # recently used: the last to be evicted
+        except OSError:
+            pass
+    return m
 
 
 def store(k: str, m: Module) -> None:
@@ -260,8 +269,24 @@ def store(k: str, m: Module) -> None:
         except BaseException:
             os.unlink(tmp)
             raise
+        evict(p.parent)
     except OSError:
         pass
+
+
+def evict(directory: Path, keep: int = MAX_ENTRIES) -> None:
+    """Remove the least recently used entries beyond ``keep``."""
+    entries = []
+    for e in directory.glob("*.obj"):
+        try:
+            entries.append((e.stat().st_mtime, e))
+        except OSError:
+            continue
+    for _, e in sorted(entries, reverse=True)[keep:]:
+        try:
+            e.unlink()
+        except OSError:
+            pass
 
 
 # -- loading without bcc ------------------------------------------------------------------
