@@ -5,6 +5,7 @@ Each test points BPF_IPTABLES_OBJCACHE_DIR at a directory of its own, so a
 first load is a miss (bcc compiles) and the next one a hit."""
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import shutil
@@ -130,6 +131,14 @@ def redigest(path: Path, edit) -> None:
     path.write_bytes(objcache.MAGIC + hashlib.sha256(raw).hexdigest().encode() + b"\n" + raw)
 
 
+def unverifiable(body: dict) -> None:
+    """Checks out (digest, relocations), but the verifier refuses it."""
+    f = body["funcs"][program.FUNCTION]
+    insns = bytearray(base64.b64decode(f["insns"]))
+    insns[0:8] = bytes([0x95, 0, 0, 0, 0, 0, 0, 0])  # exit with r0 unset
+    f["insns"] = base64.b64encode(bytes(insns)).decode()
+
+
 def test_a_damaged_entry_is_rejected_and_rebuilt(cache):
     LoadedProgram(SHAPE).close()
     path = entry_path(SHAPE)
@@ -167,12 +176,6 @@ def test_an_entry_the_kernel_refuses_is_compiled_again(cache):
     path = entry_path(SHAPE)
     good = path.read_bytes()
 
-    def unverifiable(body):   # checks out, but the verifier refuses it: exit without r0
-        f = body["funcs"][program.FUNCTION]
-        import base64
-        insns = bytearray(base64.b64decode(f["insns"]))
-        insns[0:8] = bytes([0x95, 0, 0, 0, 0, 0, 0, 0])  # exit with r0 unset
-        f["insns"] = base64.b64encode(bytes(insns)).decode()
     redigest(path, unverifiable)
     prog = LoadedProgram(SHAPE)
     try:
@@ -223,6 +226,10 @@ def test_a_namespace_attaches_and_updates_from_the_cache_without_bcc(tmp_path):
         assert ping(t, 1) == 1
         first = s.run([sys.executable, "-c", WARM, *rule], env=env)   # compiles: the cache fills
         assert first.stdout.split()[-2:] == ["0", "True"], first.stderr
+        # the roots and this rule set's classifier
+        entry = next(p for p in (tmp_path / "objects").glob("*.obj")
+                     if b'"xdp_filter"' in p.read_bytes())
+        good = entry.read_bytes()
         assert ping(t, 1) == 0
         assert s.run(datapath_command("detach"), env=env).returncode == 0
         assert ping(t, 1) == 1
@@ -232,6 +239,14 @@ def test_a_namespace_attaches_and_updates_from_the_cache_without_bcc(tmp_path):
         assert ping(t, 1) == 0
         assert s.run(bpf_command("iptables", "-D", *rule[1:]), env=env).returncode == 0
         assert ping(t, 1) == 1
+
+        # a cached classifier the kernel refuses (verified while its maps
+        # are written): compiled again, the rule still enforced
+        assert s.run(datapath_command("detach"), env=env).returncode == 0
+        redigest(entry, unverifiable)
+        third = s.run([sys.executable, "-c", WARM, *rule], env=env)
+        assert third.stdout.split()[-2:] == ["0", "True"], third.stderr
+        assert ping(t, 1) == 0 and entry.read_bytes() == good
 
 
 def test_the_least_recently_used_entries_go_first(tmp_path):

@@ -155,22 +155,40 @@ def verified_hooks(directory: Path, att: A.Attachment, gen: int) -> dict[str, di
     return hooks
 
 
-def load_new(directory: Path, gen: int, hook: str, shape: Shape, mode: str) -> dict:
-    """Compile and load a classifier for ``shape`` and pin it with its maps."""
-    from .program import LoadedProgram  # bcc: only when a new shape is needed
+def start_new(directory: Path, gen: int, hook: str, shape: Shape, mode: str,
+              background: bool = True):
+    """A classifier for ``shape`` with its maps pinned; from the object
+    cache the program may still be verifying (``finish_new``), so that its
+    maps are written meanwhile. Without ``background``, a cached program
+    the kernel refuses is compiled again (bcc)."""
+    from .program import LoadedProgram  # bcc: only when the cache misses
 
     try:
-        prog = LoadedProgram(shape, tc=is_tc(mode, hook))
+        prog = LoadedProgram(shape, tc=is_tc(mode, hook), background=background)
     except Exception as exc:  # bcc reports compile/verifier errors as Exception
         raise LoadError(str(exc)) from None
     d = hook_dir(directory, gen, hook)
     shutil.rmtree(d, ignore_errors=True)
     d.mkdir(parents=True, mode=0o700)
-    bpfsys.obj_pin(prog.fd, str(d / "prog"))
     for name, fd in prog.map_fds().items():
         bpfsys.obj_pin(fd, str(d / name))
+    return prog
+
+
+def finish_new(directory: Path, gen: int, hook: str, prog) -> dict:
+    """Pin the program once loaded (OSError: the kernel refused a cached
+    one; its maps' pins are left to the caller's retry to replace)."""
+    prog.finish()
+    bpfsys.obj_pin(prog.fd, str(hook_dir(directory, gen, hook) / "prog"))
     # prog.shape: the loader may have taken fewer steps per invocation
     return {"prog_id": bpfsys.obj_id(prog.fd), "shape": shape_json(prog.shape), "on": False}
+
+
+def load_new(directory: Path, gen: int, hook: str, shape: Shape, mode: str) -> dict:
+    """Compile (or load from the cache) a classifier for ``shape`` and pin
+    it with its maps."""
+    return finish_new(directory, gen, hook,
+                      start_new(directory, gen, hook, shape, mode, background=False))
 
 
 def write_maps(directory: Path, gen: int, hook: str, c: Compiled, shape: Shape) -> None:
@@ -192,21 +210,35 @@ def prepare(directory: Path, att: A.Attachment, gen: int, compiled: dict[str, Co
             mode: str) -> tuple[dict[str, dict], list[str]]:
     """Programs of generation ``gen`` holding ``compiled`` (one per hook);
     returns the generation's hooks (for the record) and the hooks that
-    needed a new program. Raises LoadError (bcc) or OSError (bpf(2))."""
+    needed a new program. Raises LoadError (bcc) or OSError (bpf(2)).
+    A new program from the object cache is verified by the kernel while
+    its maps are written."""
     hooks = verified_hooks(directory, att, gen)
-    built = []
+    pending = {}
     for hook, c in compiled.items():
         have = hooks.get(hook)
         if have is None or not shape_of(have["shape"]).covers(c.shape):
-            hooks[hook] = load_new(directory, gen, hook, roomy(c), mode)
-            built.append(hook)
+            wanted = roomy(c)
+            prog = start_new(directory, gen, hook, wanted, mode)
+            pending[hook] = (wanted, prog)
+            hooks[hook] = {"shape": shape_json(prog.shape)}
     for hook, c in compiled.items():
         shape = shape_of(hooks[hook]["shape"])
         fit(c, shape)
         write_maps(directory, gen, hook, c, shape)
+    for hook, (wanted, prog) in pending.items():
+        try:
+            hooks[hook] = finish_new(directory, gen, hook, prog)
+        except OSError:
+            # the kernel refused the cached program (the entry is rebuilt by
+            # this load): new maps, written again
+            hooks[hook] = load_new(directory, gen, hook, wanted, mode)
+            shape = shape_of(hooks[hook]["shape"])
+            fit(compiled[hook], shape)
+            write_maps(directory, gen, hook, compiled[hook], shape)
     for hook in hooks:
         hooks[hook]["on"] = hook in compiled
-    return hooks, built
+    return hooks, list(pending)
 
 
 def write_counters(directory: Path, gen: int, values: dict[str, dict[int, tuple[int, int]]],

@@ -86,14 +86,16 @@ def _keep(key: str | None, bpf, funcs: dict[str, int], meta: dict) -> None:
         pass
 
 
-def _from_cache(key: str | None, need: set[str]) -> tuple[objcache.Loaded, dict] | None:
+def _from_cache(key: str | None, need: set[str], background: bool = False
+                ) -> tuple[objcache.Loaded, dict] | None:
     """The cached module of ``key`` loaded by raw bpf(2); None on a miss or
-    when the entry does not load (the caller compiles, which rewrites it)."""
+    when the entry does not load (the caller compiles, which rewrites it).
+    ``background``: the programs still verifying (``Loaded.wait()``)."""
     entry = objcache.lookup(key) if key is not None else None
     if entry is None or not need <= {m.name for m in entry.maps}:
         return None
     try:
-        return objcache.load(entry), entry.meta
+        return objcache.load(entry, background=background), entry.meta
     except OSError:
         return None
 
@@ -104,29 +106,45 @@ class LoadedProgram:
     compiled before on this machine (no bcc import, no clang), otherwise
     compiled by bcc (and then cached)."""
 
-    def __init__(self, shape: Shape, debug: int = 0, tc: bool = False):
+    def __init__(self, shape: Shape, debug: int = 0, tc: bool = False,
+                 background: bool = False):
         """``tc``: a TC (cls_bpf/tcx) program, not XDP: OUTPUT at egress, and
         INPUT/FORWARD at ingress in --mode tc (the interface field is
-        skb->ifindex, the device the packet is on either way)."""
+        skb->ifindex, the device the packet is on either way).
+        ``background``: on a cache hit, return once the maps exist (they can
+        be written) while the kernel verifies the program; ``finish()``
+        (or ``fd``) waits for it and raises OSError if the kernel refused
+        the cached program (then everything is closed: load it again)."""
         start = time.monotonic()
         prog_type = SCHED_CLS if tc else XDP
         key = None if debug else objcache.key(SOURCE, cflags(shape, tc), {FUNCTION: prog_type})
-        hit = _from_cache(key, set(map_names(shape)))
+        hit = _from_cache(key, set(map_names(shape)), background)
         steps = hit[1].get("steps") if hit else None
         if hit and not (isinstance(steps, int) and 0 < steps <= shape.steps):
             hit[0].close()
             hit = None
         self.cache_hit = hit is not None
         if hit is not None:
-            loaded = hit[0]
+            self._loaded = hit[0]
         else:
-            loaded, steps = self._compile(shape, tc, debug, key)
+            self._loaded, steps = self._compile(shape, tc, debug, key)
         self.shape = replace(shape, steps=steps, scan=shape.scan_steps)
-        self.maps, self._fd = loaded.maps, loaded.progs[FUNCTION]
+        self.maps = self._loaded.maps
+        self._fd = -1
+        self.compiled: Compiled | None = None
+        self._start = start
+        if not background:
+            self.finish()
+
+    def finish(self) -> None:
+        """Wait for the program's load (a no-op once loaded)."""
+        if self._fd >= 0:
+            return
+        self._loaded.wait()
+        self._fd = self._loaded.progs[FUNCTION]
         # long scans continue in a tail call of the program itself
         bpfsys.map_update(self.maps["self_map"], u32(0), u32(self._fd))
-        self.compile_seconds = time.monotonic() - start
-        self.compiled: Compiled | None = None
+        self.compile_seconds = time.monotonic() - self._start
 
     @staticmethod
     def _compile(shape: Shape, tc: bool, debug: int, key: str | None
@@ -162,13 +180,14 @@ class LoadedProgram:
 
     @property
     def fd(self) -> int:
+        self.finish()
         return self._fd
 
     def map_fds(self) -> dict[str, int]:
         return {name: self.maps[name] for name in map_names(self.shape)}
 
     def close(self) -> None:
-        objcache.Loaded(self.maps, {FUNCTION: self._fd}).close()
+        self._loaded.close()
 
     # -- writing maps ---------------------------------------------------------
 
