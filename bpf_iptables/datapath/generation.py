@@ -23,11 +23,15 @@ import shutil
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import attachment as A
 from . import bpfsys
 from .compiler import Compiled, Shape, fill_unused, max_steps, pow2_at_least
 from .image import map_image, u32
+
+if TYPE_CHECKING:
+    from .program import LoadedProgram
 
 HOOK_INDEX = {"INPUT": 0, "FORWARD": 1, "OUTPUT": 2}
 ACTIVE_ROUTE = 2
@@ -156,7 +160,7 @@ def verified_hooks(directory: Path, att: A.Attachment, gen: int) -> dict[str, di
 
 
 def start_new(directory: Path, gen: int, hook: str, shape: Shape, mode: str,
-              background: bool = True):
+              background: bool = True) -> "LoadedProgram":
     """A classifier for ``shape`` with its maps pinned; from the object
     cache the program may still be verifying (``finish_new``), so that its
     maps are written meanwhile. Without ``background``, a cached program
@@ -175,7 +179,7 @@ def start_new(directory: Path, gen: int, hook: str, shape: Shape, mode: str,
     return prog
 
 
-def finish_new(directory: Path, gen: int, hook: str, prog) -> dict:
+def finish_new(directory: Path, gen: int, hook: str, prog: "LoadedProgram") -> dict:
     """Pin the program once loaded (OSError: the kernel refused a cached
     one; its maps' pins are left to the caller's retry to replace)."""
     prog.finish()
@@ -214,7 +218,7 @@ def prepare(directory: Path, att: A.Attachment, gen: int, compiled: dict[str, Co
     A new program from the object cache is verified by the kernel while
     its maps are written."""
     hooks = verified_hooks(directory, att, gen)
-    pending = {}
+    pending: dict[str, tuple[Shape, LoadedProgram]] = {}
     for hook, c in compiled.items():
         have = hooks.get(hook)
         if have is None or not shape_of(have["shape"]).covers(c.shape):
