@@ -221,7 +221,7 @@ def test_a_namespace_attaches_and_updates_from_the_cache_without_bcc(tmp_path):
     ensure_bpffs()
     env = {"BPF_IPTABLES_OBJCACHE_DIR": str(tmp_path / "objects"), "BPF_IPTABLES_DATAPATH": "on"}
     rule = ["-A", "INPUT", "-p", "icmp", "-j", "DROP"]
-    with topology("dpo") as t:
+    with topology("dpoc") as t:
         s = t.server
         assert ping(t, 1) == 1
         first = s.run([sys.executable, "-c", WARM, *rule], env=env)   # compiles: the cache fills
