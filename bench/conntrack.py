@@ -31,6 +31,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from bpf_iptables.datapath import bpfsys
 from bpf_iptables.datapath.compiler import compile_chain
 from bpf_iptables.datapath.harness import table_from_lines
 from bpf_iptables.datapath.packets import frame, header_length
@@ -161,11 +162,11 @@ def packet_costs(fillers: list[str], repeat: int) -> dict[str, float]:
                                      for _ in range(5))
 
         out = {"established, fast path": ns(ack)}
-        config = prog.bpf[b"config_map"]
-        key = config.Key(0)
-        value = config[key]
-        value.fast_slots = 0
-        config[key] = value
+        # struct config (filter.c): first_word, fast_counter, fast_slots
+        config, key = prog.maps["config_map"], struct.pack("<I", 0)
+        first_word, fast_counter, _ = struct.unpack(
+            "<IIQ", bpfsys.map_lookup(config, key, 16))
+        bpfsys.map_update(config, key, struct.pack("<IIQ", first_word, fast_counter, 0))
         out["established, fast path off"] = ns(ack)
         # a NEW packet each run: a port whose SYN the rules drop is never
         # confirmed, so every run sees it NEW (tracker lookup + full scan)

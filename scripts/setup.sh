@@ -105,6 +105,13 @@ bcc.BPF(text="int noop(void *ctx) { return 0; }")
 print("==> bcc compiles a BPF program")
 EOF
 
+# The eBPF object cache (bpf_iptables/datapath/objcache.py): compile once what
+# a first attach needs, and a first restore of the ClassBench 10k rule set
+# when it is at hand, so those load without clang (a few seconds, here once).
+log "filling the eBPF object cache (/var/cache/bpf-iptables/objects)"
+RULES="${BPF_IPTABLES_SHARED_DIR:-$REPO/../shared}/rulesets/classbench-fw1-10k.rules"
+.venv/bin/python -m bpf_iptables.datapath.warm $([[ -f $RULES ]] && echo "$RULES")
+
 # --- 5. demo -----------------------------------------------------------------
 bash "$REPO/scripts/demo.sh"
 echo

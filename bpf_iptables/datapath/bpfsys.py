@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 SYS_BPF = 321  # x86_64
+BPF_MAP_CREATE, BPF_PROG_LOAD = 0, 5
 BPF_MAP_LOOKUP_ELEM, BPF_MAP_UPDATE_ELEM, BPF_MAP_DELETE_ELEM, BPF_MAP_GET_NEXT_KEY = 1, 2, 3, 4
 BPF_OBJ_PIN, BPF_OBJ_GET = 6, 7
 BPF_OBJ_GET_INFO_BY_FD, BPF_PROG_QUERY = 15, 16
@@ -72,6 +73,70 @@ def _bpf(cmd: int, attr: ctypes.Structure, what: str) -> int:
         err = ctypes.get_errno()
         raise OSError(err, f"{what}: {os.strerror(err)}")
     return rc
+
+
+class _MapCreateAttr(ctypes.Structure):
+    _fields_ = [("map_type", ctypes.c_uint32), ("key_size", ctypes.c_uint32),
+                ("value_size", ctypes.c_uint32), ("max_entries", ctypes.c_uint32),
+                ("map_flags", ctypes.c_uint32), ("inner_map_fd", ctypes.c_uint32),
+                ("numa_node", ctypes.c_uint32), ("map_name", ctypes.c_char * 16),
+                ("_pad", ctypes.c_uint64 * 12)]
+
+
+class _ProgLoadAttr(ctypes.Structure):
+    _fields_ = [("prog_type", ctypes.c_uint32), ("insn_cnt", ctypes.c_uint32),
+                ("insns", ctypes.c_uint64), ("license", ctypes.c_uint64),
+                ("log_level", ctypes.c_uint32), ("log_size", ctypes.c_uint32),
+                ("log_buf", ctypes.c_uint64), ("kern_version", ctypes.c_uint32),
+                ("prog_flags", ctypes.c_uint32), ("prog_name", ctypes.c_char * 16),
+                ("prog_ifindex", ctypes.c_uint32), ("expected_attach_type", ctypes.c_uint32),
+                ("_pad", ctypes.c_uint64 * 12)]
+
+
+def map_create(map_type: int, key_size: int, value_size: int, max_entries: int,
+               flags: int, name: str) -> int:
+    """A new map (its fd). No BTF: the data path's maps are plain arrays,
+    hashes and prog arrays, which the kernel creates without type info."""
+    attr = _MapCreateAttr(map_type=map_type, key_size=key_size, value_size=value_size,
+                          max_entries=max_entries, map_flags=flags,
+                          map_name=name.encode()[:15])
+    return _bpf(BPF_MAP_CREATE, attr, f"create map {name}")
+
+
+def prog_load(prog_type: int, insns: bytes, license: str, name: str,
+              expected_attach_type: int = 0, log_size: int = 0) -> int:
+    """BPF_PROG_LOAD of ready instructions (map fds already patched in);
+    the verifier runs as for any load. With ``log_size``, a failure's
+    OSError carries the verifier's log (``.verifier_log``)."""
+    code = ctypes.create_string_buffer(insns, len(insns))
+    lic = ctypes.create_string_buffer(license.encode())
+    log = ctypes.create_string_buffer(log_size) if log_size else None
+    attr = _ProgLoadAttr(prog_type=prog_type, insn_cnt=len(insns) // 8,
+                         insns=ctypes.addressof(code), license=ctypes.addressof(lic),
+                         log_level=1 if log else 0, log_size=log_size,
+                         log_buf=ctypes.addressof(log) if log else 0,
+                         prog_name=name.encode()[:15],
+                         expected_attach_type=expected_attach_type)
+    try:
+        return _bpf(BPF_PROG_LOAD, attr, f"load program {name}")
+    except OSError as exc:
+        exc.verifier_log = log.value.decode(errors="replace") if log else ""  # type: ignore[attr-defined]
+        raise
+
+
+@dataclass
+class MapInfo:
+    type: int
+    key_size: int
+    value_size: int
+    max_entries: int
+    flags: int
+
+
+def map_info(fd: int) -> MapInfo:
+    """struct bpf_map_info: type, id, key_size, value_size, max_entries, map_flags."""
+    info = _info(fd)
+    return MapInfo(info[0], info[2], info[3], info[4], info[5])
 
 
 def obj_pin(fd: int, path: str) -> None:

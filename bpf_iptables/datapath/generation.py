@@ -23,11 +23,15 @@ import shutil
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import attachment as A
 from . import bpfsys
 from .compiler import Compiled, Shape, fill_unused, max_steps, pow2_at_least
 from .image import map_image, u32
+
+if TYPE_CHECKING:
+    from .program import LoadedProgram
 
 HOOK_INDEX = {"INPUT": 0, "FORWARD": 1, "OUTPUT": 2}
 ACTIVE_ROUTE = 2
@@ -62,19 +66,39 @@ def _more(n: int, share: int, least: int) -> int:
     return n + max(least, n // share)
 
 
+def quantised(n: int, per_octave: int = 4) -> int:
+    """The least value >= n on a grid of ``per_octave`` steps per power of
+    two (4: 8, 10, 12, 14, 16, 20, 24, ...; at most 25 % more). Shapes are
+    built from such values so that rule sets of similar size ask for the
+    same shape, which the object cache then has compiled already."""
+    if n <= 2 * per_octave:
+        return max(n, 1)
+    low = 1 << (n.bit_length() - 1)          # the power of two below n
+    unit = low // per_octave
+    return -(-n // unit) * unit
+
+
 def roomy(c: Compiled) -> Shape:
     """``c``'s shape grown so that the next few changes still fit it: more
     entries (+1/8, at least 16), counters, prefixes, protocols, interfaces,
     ICMP types and port boundaries. Only map sizes grow (LPM tries and
     hashes allocate per element; arrays of bitvectors a little memory),
-    never the fields: an unused field would cost every packet a lookup."""
+    never the fields: an unused field would cost every packet a lookup.
+    Sizes are rounded up on a coarse grid (``quantised``; bitvector words
+    and boundary slots are powers of two anyway) so that the shape of the
+    next update, or of a restore of a similar rule set, is likely the same
+    one, loaded from the object cache instead of compiled. Bigger maps cost
+    memory, not time per packet: a lookup's cost does not depend on a
+    map's size, and the scan stops at the first match whatever STEPS is."""
     s = c.shape
     n = len(c.entries)
     nwords = pow2_at_least((_more(n, 8, 16) + 63) // 64)
     # steps needed grow with the words (see compile_chain); keep room for
-    # a few more continuing entries too
+    # a few more continuing entries too. A finer grid than the map sizes:
+    # the verifier's work grows with the steps.
     limit = max_steps(s.fields)
-    steps = s.steps if s.steps >= limit else min(limit, s.steps + (nwords - s.nwords) + 8)
+    steps = s.steps if s.steps >= limit else \
+        min(limit, quantised(s.steps + (nwords - s.nwords) + 8, 8))
 
     def bsize(bounds: list[int], current: int) -> int:
         return max(current, pow2_at_least(_more(len(bounds), 8, 4)))
@@ -88,17 +112,18 @@ def roomy(c: Compiled) -> Shape:
         return {f"{a}_probes": probes,
                 f"{a}_bsize": max(getattr(s, f"{a}_bsize"), pow2_at_least(room))}
 
+    q = quantised
     # replace(): every size the compiler knows carries over, grown where
     # rules add to it
-    return replace(s, nwords=nwords, steps=steps, ncounters=_more(s.ncounters, 8, 32),
-                   src_max=_more(s.src_max, 4, 64), dst_max=_more(s.dst_max, 4, 64),
-                   proto_max=s.proto_max + 8, iif_max=s.iif_max + 16,
+    return replace(s, nwords=nwords, steps=steps, ncounters=q(_more(s.ncounters, 8, 32)),
+                   src_max=q(_more(s.src_max, 4, 64)), dst_max=q(_more(s.dst_max, 4, 64)),
+                   proto_max=q(s.proto_max + 8), iif_max=q(s.iif_max + 16),
                    sport_bsize=bsize(c.sport_bounds, s.sport_bsize),
                    dport_bsize=bsize(c.dport_bounds, s.dport_bsize),
                    length_bsize=bsize(c.length_bounds, s.length_bsize),
                    ttl_bsize=min(256, bsize(c.ttl_bounds, s.ttl_bsize)),
-                   oif_max=s.oif_max + 16, mac_max=_more(s.mac_max, 4, 16),
-                   icmp_max=s.icmp_max + (256 if "icmp" in s.fields else 0),
+                   oif_max=q(s.oif_max + 16), mac_max=q(_more(s.mac_max, 4, 16)),
+                   icmp_max=q(s.icmp_max + (256 if "icmp" in s.fields else 0)),
                    **address("src"), **address("dst"))
 
 
@@ -134,23 +159,41 @@ def verified_hooks(directory: Path, att: A.Attachment, gen: int) -> dict[str, di
     return hooks
 
 
-def load_new(directory: Path, gen: int, hook: str, shape: Shape, mode: str) -> dict:
-    """Compile and load a classifier for ``shape`` and pin it with its maps."""
-    from .program import LoadedProgram  # bcc: only when a new shape is needed
+def start_new(directory: Path, gen: int, hook: str, shape: Shape, mode: str,
+              background: bool = True) -> "LoadedProgram":
+    """A classifier for ``shape`` with its maps pinned; from the object
+    cache the program may still be verifying (``finish_new``), so that its
+    maps are written meanwhile. Without ``background``, a cached program
+    the kernel refuses is compiled again (bcc)."""
+    from .program import LoadedProgram  # bcc: only when the cache misses
 
     try:
-        prog = LoadedProgram(shape, tc=is_tc(mode, hook),
+        prog = LoadedProgram(shape, tc=is_tc(mode, hook), background=background,
                              ct_dir=str(A.ns_pins(directory) / "conntrack"))
     except Exception as exc:  # bcc reports compile/verifier errors as Exception
         raise LoadError(str(exc)) from None
     d = hook_dir(directory, gen, hook)
     shutil.rmtree(d, ignore_errors=True)
     d.mkdir(parents=True, mode=0o700)
-    bpfsys.obj_pin(prog.fd, str(d / "prog"))
     for name, fd in prog.map_fds().items():
         bpfsys.obj_pin(fd, str(d / name))
+    return prog
+
+
+def finish_new(directory: Path, gen: int, hook: str, prog: "LoadedProgram") -> dict:
+    """Pin the program once loaded (OSError: the kernel refused a cached
+    one; its maps' pins are left to the caller's retry to replace)."""
+    prog.finish()
+    bpfsys.obj_pin(prog.fd, str(hook_dir(directory, gen, hook) / "prog"))
     # prog.shape: the loader may have taken fewer steps per invocation
     return {"prog_id": bpfsys.obj_id(prog.fd), "shape": shape_json(prog.shape), "on": False}
+
+
+def load_new(directory: Path, gen: int, hook: str, shape: Shape, mode: str) -> dict:
+    """Compile (or load from the cache) a classifier for ``shape`` and pin
+    it with its maps."""
+    return finish_new(directory, gen, hook,
+                      start_new(directory, gen, hook, shape, mode, background=False))
 
 
 def write_maps(directory: Path, gen: int, hook: str, c: Compiled, shape: Shape) -> None:
@@ -172,21 +215,35 @@ def prepare(directory: Path, att: A.Attachment, gen: int, compiled: dict[str, Co
             mode: str) -> tuple[dict[str, dict], list[str]]:
     """Programs of generation ``gen`` holding ``compiled`` (one per hook);
     returns the generation's hooks (for the record) and the hooks that
-    needed a new program. Raises LoadError (bcc) or OSError (bpf(2))."""
+    needed a new program. Raises LoadError (bcc) or OSError (bpf(2)).
+    A new program from the object cache is verified by the kernel while
+    its maps are written."""
     hooks = verified_hooks(directory, att, gen)
-    built = []
+    pending: dict[str, tuple[Shape, LoadedProgram]] = {}
     for hook, c in compiled.items():
         have = hooks.get(hook)
         if have is None or not shape_of(have["shape"]).covers(c.shape):
-            hooks[hook] = load_new(directory, gen, hook, roomy(c), mode)
-            built.append(hook)
+            wanted = roomy(c)
+            prog = start_new(directory, gen, hook, wanted, mode)
+            pending[hook] = (wanted, prog)
+            hooks[hook] = {"shape": shape_json(prog.shape)}
     for hook, c in compiled.items():
         shape = shape_of(hooks[hook]["shape"])
         fit(c, shape)
         write_maps(directory, gen, hook, c, shape)
+    for hook, (wanted, prog) in pending.items():
+        try:
+            hooks[hook] = finish_new(directory, gen, hook, prog)
+        except OSError:
+            # the kernel refused the cached program (the entry is rebuilt by
+            # this load): new maps, written again
+            hooks[hook] = load_new(directory, gen, hook, wanted, mode)
+            shape = shape_of(hooks[hook]["shape"])
+            fit(compiled[hook], shape)
+            write_maps(directory, gen, hook, compiled[hook], shape)
     for hook in hooks:
         hooks[hook]["on"] = hook in compiled
-    return hooks, built
+    return hooks, list(pending)
 
 
 def write_counters(directory: Path, gen: int, values: dict[str, dict[int, tuple[int, int]]],

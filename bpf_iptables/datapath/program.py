@@ -1,15 +1,18 @@
-"""Compile bpf/filter.c for a Shape with bcc, load it, and fill its maps.
+"""Load bpf/filter.c compiled for a Shape, and fill its maps; the roots.
 
 The C source is one template whose shape comes from -D flags. Compiling
 costs about a second, so a loaded program is reused for any compiled rule
-set whose shape it covers (Shape.covers): only map contents change.
+set whose shape it covers (Shape.covers): only map contents change. A
+shape compiled before on this machine comes from the object cache
+(objcache.py: raw bpf(2), no bcc, no clang); otherwise bcc compiles it and
+the result is cached. Either way the program and its maps are plain file
+descriptors this module owns, written and read by raw bpf(2) (bpfsys).
 
-Needs bcc (Debian's python3-bpfcc, importable from /usr/bin/python3 or a
-venv with system site packages) and kernel headers under
-/lib/modules/$(uname -r)/build (see the field notes)."""
+Compiling needs bcc (Debian's python3-bpfcc, importable from
+/usr/bin/python3 or a venv with system site packages) and kernel headers
+under /lib/modules/$(uname -r)/build (see the field notes)."""
 from __future__ import annotations
 
-import ctypes
 import os
 import tempfile
 from contextlib import contextmanager
@@ -18,8 +21,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .compiler import FIELD_ORDER, MAX_CHUNKS, POLICY_COUNTER, SIZE_ATTRS, Compiled, Shape
-from .bpfsys import write_mappable
-from .image import joined, map_image
+from . import bpfsys, objcache
+from .image import map_image, u32
 
 # BPF_IPTABLES_BPF_DIR: another source tree (tests use a broken one to
 # check that a program that fails to load leaves the attached one in place)
@@ -53,111 +56,196 @@ class RuleCounters:
     bytes: int
 
 
+@dataclass
+class _Kept:
+    data: bytes = b""
+
+
 @contextmanager
 def _stderr_kept_back():
     """bcc prints the verifier's log to file descriptor 2 when a load
-    fails; a failure we recover from must not reach the user's terminal."""
+    fails; a failure we recover from must not reach the user's terminal.
+    What was printed is in the yielded object's ``data`` afterwards (the
+    temporary file itself is gone by then)."""
     saved = os.dup(2)
+    kept = _Kept()
     with tempfile.TemporaryFile() as buf:
         os.dup2(buf.fileno(), 2)
         try:
-            yield buf
+            yield kept
         finally:
             os.dup2(saved, 2)
             os.close(saved)
             buf.seek(0)
+            kept.data = buf.read()
+
+
+XDP, SCHED_CLS = 6, 3   # enum bpf_prog_type
+
+
+def _dup_fds(bpf, funcs: list[str]) -> objcache.Loaded:
+    """bcc's map and program fds as our own (dup'ed: bcc closes its own at
+    cleanup), so that a program bcc loaded is used exactly like one the
+    cache loaded."""
+    maps = {name: os.dup(fd) for name, fd in objcache.table_fds(bpf).items()}
+    return objcache.Loaded(maps, {f: os.dup(bpf.funcs[f.encode()].fd) for f in funcs})
+
+
+def _keep(key: str | None, bpf, funcs: dict[str, int], meta: dict) -> None:
+    """Store what bcc just loaded in the object cache (when it can be)."""
+    if key is None:
+        return
+    try:
+        objcache.store(key, objcache.capture(bpf, funcs, meta))
+    except objcache.Uncacheable:
+        pass
+
+
+def _from_cache(key: str | None, need: set[str], background: bool = False
+                ) -> tuple[objcache.Loaded, dict] | None:
+    """The cached module of ``key`` loaded by raw bpf(2); None on a miss or
+    when the entry does not load (the caller compiles, which rewrites it).
+    ``background``: the programs still verifying (``Loaded.wait()``)."""
+    entry = objcache.lookup(key) if key is not None else None
+    if entry is None or not need <= {m.name for m in entry.maps}:
+        return None
+    try:
+        return objcache.load(entry, background=background), entry.meta
+    except OSError:
+        return None
 
 
 class LoadedProgram:
-    """One loaded XDP program and its maps (owned by a bcc BPF object)."""
+    """One loaded classifier (XDP or TC) and its maps, as file descriptors
+    this object owns. Loaded from the object cache when this shape was
+    compiled before on this machine (no bcc import, no clang), otherwise
+    compiled by bcc (and then cached)."""
 
     def __init__(self, shape: Shape, debug: int = 0, tc: bool = False,
-                 ct_dir: str | None = None):
+                 background: bool = False, ct_dir: str | None = None):
         """``tc``: a TC (cls_bpf/tcx) program, not XDP: OUTPUT at egress, and
         INPUT/FORWARD at ingress in --mode tc (the interface field is
-        skb->ifindex, the device the packet is on either way). ``ct_dir``:
-        the bpffs directory of the namespace's conntrack maps (created, or
-        opened when pinned already; without it the tracker's maps are the
-        program's own)."""
-        from bcc import BPF  # imported late: only the data path needs bcc
-
-        if ct_dir and "ctstate" in shape.fields:
+        skb->ifindex, the device the packet is on either way).
+        ``background``: on a cache hit, return once the maps exist (they can
+        be written) while the kernel verifies the program; ``finish()``
+        (or ``fd``) waits for it and raises OSError if the kernel refused
+        the cached program (then everything is closed: load it again).
+        ``ct_dir``: the bpffs directory of the namespace's conntrack maps
+        (created, or opened when pinned already; without it the tracker's
+        maps are the program's own)."""
+        tracked = bool(ct_dir) and "ctstate" in shape.fields
+        if tracked:
             os.makedirs(ct_dir, mode=0o700, exist_ok=True)
-
         start = time.monotonic()
+        prog_type = SCHED_CLS if tc else XDP
+        # bcc opens (or creates and pins) the namespace's conntrack maps by
+        # path; the raw loader would make private ones: such programs are
+        # always compiled
+        key = (None if debug or tracked
+               else objcache.key(SOURCE, cflags(shape, tc), {FUNCTION: prog_type}))
+        hit = _from_cache(key, set(map_names(shape)), background)
+        steps = hit[1].get("steps") if hit else None
+        if hit and not (isinstance(steps, int) and 0 < steps <= shape.steps):
+            hit[0].close()
+            hit = None
+        self.cache_hit = hit is not None
+        if hit is not None:
+            self._loaded = hit[0]
+        else:
+            self._loaded, steps = self._compile(shape, tc, debug, key,
+                                                ct_dir if tracked else None)
+        self.shape = replace(shape, steps=steps, scan=shape.scan_steps)
+        self.maps = self._loaded.maps
+        self._fd = -1
+        self.compiled: Compiled | None = None
+        self._start = start
+        if not background:
+            self.finish()
+
+    def finish(self) -> None:
+        """Wait for the program's load (a no-op once loaded)."""
+        if self._fd >= 0:
+            return
+        self._loaded.wait()
+        self._fd = self._loaded.progs[FUNCTION]
+        # long scans continue in a tail call of the program itself
+        bpfsys.map_update(self.maps["self_map"], u32(0), u32(self._fd))
+        self.compile_seconds = time.monotonic() - self._start
+
+    @staticmethod
+    def _compile(shape: Shape, tc: bool, debug: int, key: str | None,
+                 ct_dir: str | None = None) -> tuple[objcache.Loaded, int]:
+        from bcc import BPF  # imported late: only a cache miss needs bcc
+
         steps = shape.steps
         while True:
-            self.shape = replace(shape, steps=steps, scan=shape.scan_steps)
-            self.bpf = BPF(src_file=str(SOURCE).encode(), cflags=cflags(self.shape, tc, ct_dir),
-                           debug=debug)
+            bpf = BPF(src_file=str(SOURCE).encode(),
+                      cflags=cflags(replace(shape, steps=steps), tc, ct_dir), debug=debug)
             try:
                 with _stderr_kept_back() as kept:
-                    self.fn = self.bpf.load_func(FUNCTION.encode(),
-                                                 BPF.SCHED_CLS if tc else BPF.XDP)
+                    bpf.load_func(FUNCTION.encode(), BPF.SCHED_CLS if tc else BPF.XDP)
                 break
             except Exception as exc:
                 # E2BIG: the verifier gave up (it walks every iteration of
                 # the scan loop, and how many states it keeps depends on
                 # the fields compiled in). Fewer steps per invocation,
                 # more tail calls, same scans.
-                self.bpf.cleanup()
+                bpf.cleanup()
                 fewer = steps * 2 // 3
                 if ("Argument list too long" not in str(exc)
                         or fewer < 16 or -(-shape.scan_steps // fewer) > MAX_CHUNKS):
-                    os.write(2, kept.read())  # the verifier's log says why
+                    os.write(2, kept.data)  # the verifier's log says why
                     raise
                 steps = fewer
-        # long scans continue in a tail call of the program itself
-        self.bpf[b"self_map"][ctypes.c_int(0)] = ctypes.c_int(self.fn.fd)
-        self.compile_seconds = time.monotonic() - start
-        self.compiled: Compiled | None = None
+        try:
+            # cached under the shape asked for, with the steps that verified
+            _keep(key, bpf, {FUNCTION: SCHED_CLS if tc else XDP}, {"steps": steps})
+            return _dup_fds(bpf, [FUNCTION]), steps
+        finally:
+            bpf.cleanup()
 
     @property
     def fd(self) -> int:
-        return self.fn.fd
+        self.finish()
+        return self._fd
 
     def map_fds(self) -> dict[str, int]:
-        return {name: self.bpf[name.encode()].map_fd for name in map_names(self.shape)}
+        return {name: self.maps[name] for name in map_names(self.shape)}
 
     def close(self) -> None:
-        self.bpf.cleanup()
+        self._loaded.close()
 
     # -- writing maps ---------------------------------------------------------
 
     def install(self, c: Compiled) -> None:
-        """Write ``c`` into the maps (counters zeroed)."""
+        """Write ``c`` into the maps (counters zeroed): by raw bpf(2), as
+        generation.write_maps does for a pinned program."""
         for image in map_image(c, self.shape):
-            table = self.bpf[image.name.encode()]
+            fd = self.maps[image.name]
             if image.clear:
-                for key in list(table.keys()):
-                    del table[key]
-            # one BPF_MAP_UPDATE_BATCH per map: a 64k-rule set writes
-            # hundreds of thousands of values
-            n = len(image.items)
-            key_blob, value_blob = joined(image.items)
-            if getattr(image.items, "dense", False) and write_mappable(table.map_fd, value_blob):
-                continue
-            keys = (table.Key * n).from_buffer_copy(key_blob)
-            values = (table.Leaf * n).from_buffer_copy(value_blob)
-            table.items_update_batch(keys, values)
+                keep = {k for k, _ in image.items}
+                for key in bpfsys.map_keys(fd, bpfsys.map_info(fd).key_size):
+                    if key not in keep:
+                        bpfsys.map_delete(fd, key)
+            bpfsys.map_update_many(fd, image.items)
         self.zero_counters()
         self.compiled = c
 
     # -- counters -------------------------------------------------------------
 
     def zero_counters(self) -> None:
-        table = self.bpf[b"counter_map"]
-        zero = table.Leaf()  # one zeroed value per possible CPU
-        for i in range(self.shape.ncounters):
-            table[ctypes.c_int(i)] = zero
+        bpfsys.write_counters(self.maps["counter_map"], {}, self.shape.ncounters)
+
+    def _counters(self) -> list[tuple[int, int]]:
+        return bpfsys.read_counters(self.maps["counter_map"], self.shape.ncounters)
 
     def counter(self, slot: int) -> RuleCounters:
-        values = self.bpf[b"counter_map"][ctypes.c_int(slot)]
-        return RuleCounters(sum(v.packets for v in values), sum(v.bytes for v in values))
+        return RuleCounters(*self._counters()[slot])
 
     def rule_counters(self) -> dict[tuple[str, int], RuleCounters]:
         assert self.compiled is not None
-        return {key: self.counter(slot) for key, slot in self.compiled.counter_of.items()}
+        values = self._counters()
+        return {key: RuleCounters(*values[slot]) for key, slot in self.compiled.counter_of.items()}
 
     def policy_counters(self) -> RuleCounters:
         return self.counter(POLICY_COUNTER)
@@ -187,24 +275,41 @@ class ProgramCache:
 class Roots:
     """bpf/root.c: the programs attached to every interface for the
     namespace's lifetime, their prog arrays and the active-generation word
-    (one bcc module, so both roots share that one map)."""
+    (one module, so both roots share that one map). From the object cache
+    when it has them (no bcc), else compiled by bcc and cached."""
 
-    FUNCTIONS = {"xdp_root": "XDP", "tc_ingress_root": "SCHED_CLS",
-                 "tc_egress_root": "SCHED_CLS"}
+    FUNCTIONS = {"xdp_root": XDP, "tc_ingress_root": SCHED_CLS, "tc_egress_root": SCHED_CLS}
     MAPS = ("active_map", "xdp_slots", "tc_slots")
 
     def __init__(self, functions: list[str]):
+        source = BPF_DIR / "root.c"
+        funcs = {name: self.FUNCTIONS[name] for name in functions}
+        key = objcache.key(source, [f"-I{BPF_DIR}"], funcs)
+        hit = _from_cache(key, set(self.MAPS))
+        self.cache_hit = hit is not None
+        self.loaded = hit[0] if hit is not None else self._compile(source, funcs, key)
+
+    @staticmethod
+    def _compile(source: Path, funcs: dict[str, int], key: str) -> objcache.Loaded:
         from bcc import BPF
 
-        self.bpf = BPF(src_file=str(BPF_DIR / "root.c").encode(), cflags=[f"-I{BPF_DIR}"])
-        self.fns = {name: self.bpf.load_func(name.encode(), getattr(BPF, self.FUNCTIONS[name]))
-                    for name in functions}
+        bpf = BPF(src_file=str(source).encode(), cflags=[f"-I{BPF_DIR}"])
+        try:
+            for name, prog_type in funcs.items():
+                bpf.load_func(name.encode(), prog_type)
+            _keep(key, bpf, funcs, {})
+            return _dup_fds(bpf, list(funcs))
+        finally:
+            bpf.cleanup()
 
     def prog_fds(self) -> dict[str, int]:
-        return {name: fn.fd for name, fn in self.fns.items()}
+        return dict(self.loaded.progs)
 
     def map_fds(self) -> dict[str, int]:
-        return {name: self.bpf[name.encode()].map_fd for name in self.MAPS}
+        return {name: self.loaded.maps[name] for name in self.MAPS}
+
+    def close(self) -> None:
+        self.loaded.close()
 
 
 def map_names(shape: Shape) -> list[str]:

@@ -30,6 +30,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import importlib
+import importlib.util
 import os
 import subprocess
 import sys
@@ -59,9 +60,12 @@ class NoEbpfSupport(XtablesError):
 
 def bcc_problem() -> str | None:
     try:
-        importlib.import_module("bcc")  # imports libbcc too (ctypes); attach needs it next
+        # found, not imported: programs loaded from the object cache
+        # (objcache.py) need no bcc, and importing it (libbcc) costs ~0.1 s
+        if importlib.util.find_spec("bcc") is None:
+            raise ImportError("No module named 'bcc'")
         return None
-    except (ImportError, OSError) as exc:
+    except (ImportError, OSError, ValueError) as exc:
         reason = f"{type(exc).__name__}: {exc}"
     if DEBIAN_BCC.is_dir() and sys.flags.no_site:
         return (f"bcc is installed ({DEBIAN_BCC}) but this Python was started with -S "
