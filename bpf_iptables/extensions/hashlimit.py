@@ -351,7 +351,7 @@ class HashlimitMatch(XtOptionsExtension, MatchExtension):
             srcmask=v.get("hashlimit-srcmask", 32), dstmask=v.get("hashlimit-dstmask", 32),
             interval=v.get("interval", 0), name=v["hashlimit-name"])
 
-    def _common(self, d: HashlimitData, prefix: str, print_period: bool) -> str:
+    def _common(self, d: HashlimitData, prefix: str, print_period: bool) -> tuple[str, int]:
         out = ""
         if d.mode & BYTES:
             text, quantum = bytes_text(d.avg, d.burst, prefix if prefix else "")
@@ -364,7 +364,7 @@ class HashlimitMatch(XtOptionsExtension, MatchExtension):
             out += text + f" {prefix}burst {d.burst}"
         if d.mode & HASH_ALL:
             out += f" {prefix}mode" + mode_text(d.mode, "," if prefix else "-")
-        return out, quantum  # type: ignore[return-value]
+        return out, quantum
 
     def _tail(self, d: HashlimitData, quantum: int, p: str) -> str:
         out = ""
@@ -457,9 +457,10 @@ class HashlimitMatch(XtOptionsExtension, MatchExtension):
 
 
 def user2credits_byte(user: int) -> int:
-    """xt_hashlimit's user2credits_byte(): (user * (HZ * CPJ_BYTES)) >> 32."""
-    cpj_bytes = (1 << (32 - BYTE_SHIFT)) // HZ   # CREDITS_PER_JIFFY_BYTES is 2^(32-4)/HZ
-    return ((user & U64) * HZ * cpj_bytes & U64) >> 32
+    """xt_hashlimit's user2credits_byte(): (u32)((user * HZ * CPJ_BYTES) >> 32)."""
+    max_cpj_bytes = U32 // HZ
+    cpj_bytes = 1 << (max_cpj_bytes.bit_length() - 1)   # POW2_BELOW32(MAX_CPJ_BYTES)
+    return (((user & U64) * HZ * cpj_bytes) & U64) >> 32
 
 
 EXTENSIONS = [HashlimitMatch()]

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import errno
 import socket
 import sys
 from dataclasses import dataclass
