@@ -10,11 +10,14 @@ command by command: every command's output and exit status (including the
 -C checks and the failing ones) must agree."""
 from __future__ import annotations
 
+import os
 import shlex
+import subprocess
 from pathlib import Path
 
 import pytest
 
+from tests.support.netns import REPO, bpf_command, namespace
 from tests.support.pair import pair
 
 DATA = Path(__file__).resolve().parent / "data" / "realworld"
@@ -72,3 +75,19 @@ def test_fail2ban_multiport_action() -> None:
         assert "f2b-sshd" not in final.stdout
     # the script exercises both outcomes of -C (and the failing -N/-D)
     assert failures > 50
+
+
+def test_ufw_ruleset_refused_when_attached() -> None:
+    """ufw's rate limiting (recent) cannot be enforced by the eBPF data
+    path yet: an attached namespace refuses the whole restore (exit 2,
+    "not supported") and keeps its empty table, never half-loaded."""
+    env = dict(os.environ, PYTHONPATH=str(REPO), BPF_IPTABLES_DATAPATH="on")
+    with namespace("bpfrwa") as ns:
+        def run(tool: str, text: str | None = None) -> subprocess.CompletedProcess:
+            return subprocess.run(["ip", "netns", "exec", ns.name, *bpf_command(tool)],
+                                  input=text, capture_output=True, text=True, env=env,
+                                  timeout=120)
+        restore = run("iptables-restore", (DATA / "ufw.rules").read_text())
+        assert restore.returncode == 2, restore
+        assert "not supported" in restore.stderr
+        assert rules_in(run("iptables-save").stdout) == 0
