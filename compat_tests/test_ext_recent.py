@@ -97,6 +97,8 @@ EXTRA: dict[str, list[str]] = {
         "-m set --match-set abcdefghijabcdefghijabcdefghijabcdef src",
         "-m set --return-nomatch",
         "-m set ! --match-set foo dst --packets-eq 0x10 --bytes-gt 18446744073709551615",
+        "-m set --match-set v6 src",
+        "-m set --match-set ports dst",
     ],
 }
 
@@ -128,9 +130,9 @@ def check_rule(p: Pair, chains: tuple[str, ...], rule: str, ok: bool | None = No
     p.assert_same("-F")
 
 
-def make_ipset(p: Pair, name: str) -> None:
+def make_ipset(p: Pair, name: str, *spec: str) -> None:
     for ns in (p.real, p.ours):
-        subprocess.run(["ip", "netns", "exec", ns.name, "ipset", "create", name, "hash:ip"],
+        subprocess.run(["ip", "netns", "exec", ns.name, "ipset", "create", name, *spec],
                        check=True, capture_output=True)
 
 
@@ -145,7 +147,9 @@ def test_against_iptables(t_file: str) -> None:
                        line.save if line.ok and not dependent else None)
         if t_file == "libxt_set.t":
             # libxt_set.t's lines expect "foo" not to exist; ours need it
-            make_ipset(p, "foo")
+            make_ipset(p, "foo", "hash:ip")
+            make_ipset(p, "v6", "hash:ip", "family", "inet6")   # refused: IPv6
+            make_ipset(p, "ports", "bitmap:port", "range", "0-1000")
         for rule in EXTRA[t_file]:
             check_rule(p, IN, rule)
 
