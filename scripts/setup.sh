@@ -30,7 +30,7 @@ fi
 # --- 1. Debian packages ------------------------------------------------------
 # util-linux: nsenter, mountpoint; procps: sysctl (tests forward packets).
 PACKAGES=(python3-bpfcc linux-headers-amd64 iptables iproute2 python3-venv bpftool
-          util-linux procps python3-numpy)
+          util-linux procps python3-numpy ipset)
 missing=()
 for pkg in "${PACKAGES[@]}"; do
     status="$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)"
