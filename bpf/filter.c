@@ -21,6 +21,9 @@
 #include "lib/bitvector.h"
 #include "lib/parse.h"
 #include "lib/ranges.h"
+#if NLIMITS
+#include "lib/limit.h"
+#endif
 #if CONNTRACK
 #include "lib/conntrack_defs.h"
 /* the namespace's conntrack maps, pinned outside the generations (opened
@@ -138,6 +141,12 @@ BPF_PROG_ARRAY(self_map, 1);
 BPF_ARRAY(live_map, struct bitvector, 1);
 BPF_ARRAY(entry_map, struct entry, NENTRIES);
 BPF_PERCPU_ARRAY(counter_map, struct counter, NCOUNTERS);
+#if NLIMITS
+/* -m limit (lib/limit.h): per entry its rule's bucket (0: no limit), the
+ * buckets (slot 0 unused), shared by all CPUs */
+BPF_ARRAY(entry_limit_map, u32, NENTRIES);
+BPF_ARRAY(limit_map, struct limit_state, NLIMITS);
+#endif
 
 #if FIELD_SRC
 /* addresses as intervals (compiler.address_intervals): the interval
@@ -601,6 +610,24 @@ int xdp_filter(CTX_TYPE *ctx)
 		}
 		if (rs->evil & en->tcp)
 			return RET(XDP_DROP); /* hotdrop: the rule is not counted */
+#if NLIMITS
+		/* the rule's limit match, its last (the compiler refuses other
+		 * orders): evaluated only when every other match held, as in
+		 * netfilter; no token, no match: the candidate is skipped */
+		u32 *lslot = entry_limit_map.lookup(&e);
+		if (!lslot)
+			return RET(XDP_ABORTED);
+		if (*lslot) {
+			struct limit_state *ls = limit_map.lookup(lslot);
+			if (!ls)
+				return RET(XDP_ABORTED);
+			u64 now = bpf_jiffies64();
+			if (!limit_take(ls, now)) {
+				cur &= cur - 1;
+				continue;
+			}
+		}
+#endif
 		count(en->counter, length);
 		if (en->verdict != VERDICT_CONTINUE) {
 #if CONNTRACK

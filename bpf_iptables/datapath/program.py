@@ -217,5 +217,5 @@ def map_names(shape: Shape) -> list[str]:
     from .compiler import compile_chain
 
     empty = compile_chain(Table.empty("filter"), "INPUT", {},
-                          Shape(1, 1, 2, shape.fields))
+                          Shape(1, 1, 2, shape.fields, nlimits=shape.nlimits))
     return [image.name for image in map_image(empty, empty.shape)] + ["counter_map", "self_map"]
