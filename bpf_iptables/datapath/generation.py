@@ -99,6 +99,9 @@ def roomy(c: Compiled) -> Shape:
                    ttl_bsize=min(256, bsize(c.ttl_bounds, s.ttl_bsize)),
                    oif_max=s.oif_max + 16, mac_max=_more(s.mac_max, 4, 16),
                    icmp_max=s.icmp_max + (256 if "icmp" in s.fields else 0),
+                   # limit buckets: room for a few more limit rules (none
+                   # compiled in stays none: the per-candidate lookup costs)
+                   nlimits=_more(s.nlimits, 8, 8) if s.nlimits else 0,
                    **address("src"), **address("dst"))
 
 

@@ -54,6 +54,8 @@ def digest(c: Compiled) -> dict:
         out[image.name] = f"{int(image.clear)}:{len(image.items)}:{h.hexdigest()[:24]}"
     shape = asdict(c.shape)
     shape["fields"] = sorted(shape["fields"])   # a frozenset's order varies by process
+    if not shape.get("nlimits"):
+        del shape["nlimits"]   # added with -m limit; 0 keeps the digests made before it
     out["shape"] = repr(sorted(shape.items()))
     out["counter_of"] = hashlib.sha256(repr(sorted(c.counter_of.items())).encode()).hexdigest()[:24]
     return out
