@@ -64,7 +64,8 @@ FIELD_ORDER = ("src", "dst", "proto", "iif", "frag", "flags", "sport", "dport", 
 # Shape attributes that size a field's map (-D<NAME upper>)
 SIZE_ATTRS = ("src_max", "dst_max", "src_bsize", "dst_bsize", "src_probes", "dst_probes",
               "proto_max", "iif_max", "sport_bsize", "dport_bsize",
-              "icmp_max", "length_bsize", "ttl_bsize", "oif_max", "mac_max", "nlimits")
+              "icmp_max", "length_bsize", "ttl_bsize", "oif_max", "mac_max", "nlimits",
+              "nlogs")
 ICMP_OTHER, ICMP_NONE = 0x10000, 0x10001   # icmp-table keys (filter.c, parse.h)
 MAC_OTHER, MAC_NONE = 1 << 48, (1 << 48) + 1  # mac-table keys (filter.c)
 PKTTYPES = 3   # pkttype-table slots: PACKET_HOST, _BROADCAST, _MULTICAST (parse.h)
@@ -79,6 +80,7 @@ class Entry:
     next: "int | _Label | None" = None   # None: the following entry
     tcp: bool = False    # own rule has a tcp match: hot-drops offset-1 TCP fragments
     limit: int = 0       # the rule's -m limit bucket (limit_map slot), 0: none
+    log: int = 0         # the rule's -j LOG (log_map slot), 0: none
 
     def residual(self, which: str) -> tuple[int, int, bool]:
         """(addr, mask, invert) checked per candidate; mask 0 checks nothing."""
@@ -119,6 +121,7 @@ class Shape:
     oif_max: int = 1
     mac_max: int = 2
     nlimits: int = 0                 # limit_map slots (slot 0 unused); 0: no limit code
+    nlogs: int = 0                   # log_map slots (slot 0 unused); 0: no LOG code
     # steps the longest scan may need (0: ``steps``); one invocation runs
     # ``steps`` of them and continues in tail calls, so a program whose
     # verifier budget forced fewer steps per invocation still fits
@@ -215,6 +218,8 @@ class Compiled:
     fast_counter: int = 0
     # -m limit: per limit_map slot (from 1) the rule's (credit_cap, cost)
     limits: list[tuple[int, int]] = field(default_factory=list)
+    # -j LOG: per log_map slot (from 1) the rule's LogData
+    logs: list = field(default_factory=list)
 
 
 def summary_words(nwords: int) -> int:
@@ -385,8 +390,23 @@ def rule_limit(rule: Rule) -> "LimitData | None":
     return rule.matches[at].data
 
 
+XT_LOG_UID = 0x08
+
+
+def check_log(data, hook: str) -> None:
+    """What the logger cannot write as the kernel does is refused."""
+    if hook == "FORWARD":
+        # the line needs OUT=, the egress device of the route: not looked up yet
+        raise NotSupported("target `LOG' in FORWARD in the eBPF data path")
+    if data.logflags & XT_LOG_UID:
+        # UID= and GID= come from the socket's file credentials, which no
+        # eBPF program at XDP or TC can read
+        raise NotSupported("target `LOG' with --log-uid in the eBPF data path")
+
+
 def inline(table: Table, hook: str, slots: dict[tuple[str, int], int],
-           limits: "list[tuple[int, int]] | None" = None) -> list[Entry]:
+           limits: "list[tuple[int, int]] | None" = None,
+           logs: "list | None" = None) -> list[Entry]:
     """The hook chain as entries. ``limits`` receives (credit_cap, cost) per
     limit bucket; entry.limit is its slot + 1 (one bucket per rule, shared
     by every inlined copy, as the kernel keeps one per rule)."""
@@ -396,6 +416,9 @@ def inline(table: Table, hook: str, slots: dict[tuple[str, int], int],
     limit_slot: dict[int, int] = {}   # counter slot -> limit slot
     if limits is None:
         limits = []
+    if logs is None:
+        logs = []
+    log_slot: dict[int, int] = {}     # counter slot -> log slot
 
     def emit(guard: list[Rule], rule: Rule, counter: int, verdict: int = VERDICT_CONTINUE,
              next_: "_Label | None" = None) -> None:
@@ -417,7 +440,13 @@ def inline(table: Table, hook: str, slots: dict[tuple[str, int], int],
                 if not lim:
                     limits.append((data.credit_cap, data.cost))
                     lim = limit_slot[counter] = len(limits)
-        entries.append(Entry(d.fields, counter, verdict, next_, own_tcp, lim))
+        log = 0
+        if counter != SCRATCH_COUNTER and rule.target.name == "LOG" and not rule.target.is_standard:
+            log = log_slot.get(counter, 0)
+            if not log:
+                logs.append(rule.target.data)
+                log = log_slot[counter] = len(logs)
+        entries.append(Entry(d.fields, counter, verdict, next_, own_tcp, lim, log))
 
     def walk(chain_name: str, guard: list[Rule], ret: _Label, depth: int) -> None:
         if depth > MAX_DEPTH:
@@ -429,7 +458,12 @@ def inline(table: Table, hook: str, slots: dict[tuple[str, int], int],
             slot = base + i
             target = rule.target
             if not target.is_standard:
-                raise NotSupported(f"target `{target.name}' in the eBPF data path")
+                if target.name != "LOG":
+                    raise NotSupported(f"target `{target.name}' in the eBPF data path")
+                check_log(target.data, hook)
+                # non-terminal: counted, logged, and the scan goes on
+                emit(guard, rule, slot)
+                continue
             name = target.name
             if name == "":
                 emit(guard, rule, slot)
@@ -771,7 +805,8 @@ def _compile_chain(table: Table, hook: str, interfaces: dict[str, int] | None,
         interfaces = interfaces_here()
     slots = counter_slots(table)
     limits: list[tuple[int, int]] = []
-    entries = inline(table, hook, slots, limits)
+    logs: list = []
+    entries = inline(table, hook, slots, limits, logs)
     if limits:
         shared_limits(table)
     n = len(entries)
@@ -818,6 +853,8 @@ def _compile_chain(table: Table, hook: str, interfaces: dict[str, int] | None,
     shape = c.shape
     c.limits = limits
     shape.nlimits = len(limits) + 1 if limits else 0
+    c.logs = logs
+    shape.nlogs = len(logs) + 1 if logs else 0
     if min_shape is not None:
         used |= set(min_shape.fields)
     shape.fields = frozenset(used)

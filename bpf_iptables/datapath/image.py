@@ -218,6 +218,8 @@ def map_image(c: Compiled, shape: Shape) -> list[MapImage]:
                                         entry_blob(c.entries), dense=True))]
     if shape.nlimits:
         out.extend(limit_images(c))
+    if shape.nlogs:
+        out.extend(log_images(c))
     for name, iv, bsize in (("src", c.src_iv, shape.src_bsize), ("dst", c.dst_iv, shape.dst_bsize)):
         if name in fields:
             assert iv is not None
@@ -282,6 +284,23 @@ def limit_images(c: Compiled) -> list[MapImage]:
     return [MapImage("entry_limit_map", Packed(4, 4, array_keys(len(c.entries)), slots,
                                                dense=True)),
             MapImage("limit_map", states)]
+
+
+HOOK_NUMBERS = {"INPUT": 0, "FORWARD": 1, "OUTPUT": 2}
+
+
+def log_images(c: Compiled) -> list[MapImage]:
+    """-j LOG (bpf/lib/log.h): per entry its log_map slot; per slot
+    ``struct log_info`` {level, flags, hook, pad, prefix[32]}."""
+    slots = array("I", [e.log for e in c.entries]).tobytes()
+    infos = []
+    for i, data in enumerate(c.logs, start=1):
+        prefix = data.prefix.encode("utf-8", "surrogateescape")[:31]
+        infos.append((u32(i), struct.pack("<IIII32s", data.level, data.logflags,
+                                          HOOK_NUMBERS[c.hook], 0, prefix)))
+    return [MapImage("entry_log_map", Packed(4, 4, array_keys(len(c.entries)), slots,
+                                             dense=True)),
+            MapImage("log_map", infos)]
 
 
 def address_images(name: str, iv: Intervals, bsize: int, nwords: int) -> list[MapImage]:

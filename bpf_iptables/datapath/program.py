@@ -44,7 +44,15 @@ def cflags(shape: Shape, tc: bool = False, ct_dir: str | None = None) -> list[st
         flags.append("-DCONNTRACK=1")
         if ct_dir:
             flags.append(f'-DCT_PIN_DIR="{ct_dir}"')
+    if shape.nlogs and ct_dir:
+        # LOG's ring and loss counter: the namespace's, next to conntrack's
+        flags.append(f'-DLOG_PIN_DIR="{log_dir(ct_dir)}"')
     return flags
+
+
+def log_dir(ct_dir: str) -> str:
+    """The bpffs directory of the namespace's LOG ring (logger.py reads it)."""
+    return os.path.join(os.path.dirname(ct_dir), "log")
 
 
 @dataclass
@@ -83,6 +91,8 @@ class LoadedProgram:
 
         if ct_dir and "ctstate" in shape.fields:
             os.makedirs(ct_dir, mode=0o700, exist_ok=True)
+        if ct_dir and shape.nlogs:
+            os.makedirs(log_dir(ct_dir), mode=0o700, exist_ok=True)
 
         start = time.monotonic()
         steps = shape.steps
@@ -217,5 +227,6 @@ def map_names(shape: Shape) -> list[str]:
     from .compiler import compile_chain
 
     empty = compile_chain(Table.empty("filter"), "INPUT", {},
-                          Shape(1, 1, 2, shape.fields, nlimits=shape.nlimits))
+                          Shape(1, 1, 2, shape.fields, nlimits=shape.nlimits,
+                                nlogs=shape.nlogs))
     return [image.name for image in map_image(empty, empty.shape)] + ["counter_map", "self_map"]
