@@ -150,6 +150,18 @@ def test_refused(line, why):
 # -- the daemon's logger, end to end --------------------------------------------
 
 ON = {"BPF_IPTABLES_DATAPATH": "on"}
+# three echo requests of 84 bytes (no ping here); the kernel answers them
+PING = """
+import socket, struct, time
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+for seq in (1, 2, 3):
+    body = struct.pack("!BBHHH", 8, 0, 0, 99, seq) + bytes(56)
+    c = sum(struct.unpack("!%dH" % (len(body) // 2), body))
+    c = (c & 0xFFFF) + (c >> 16)
+    c = ~((c & 0xFFFF) + (c >> 16)) & 0xFFFF
+    s.sendto(body[:2] + struct.pack("!H", c) + body[4:], ("127.0.0.1", 0))
+    time.sleep(0.1)
+"""
 
 
 def test_logger_writes_the_lines_of_real_traffic():
@@ -183,5 +195,25 @@ def test_logger_writes_the_lines_of_real_traffic():
             assert all(want.fullmatch(x) for x in lines), lines
             counts = ns.run(bpf_command("iptables", "-L", "INPUT", "-v", "-x", "-n")).stdout
             assert [int(x.split()[0]) for x in counts.splitlines()[2:4]] == [3, 3], counts
+            # OUTPUT (TC egress) shares the ring: IN= empty, OUT= the device,
+            # no MAC; a LOG rule with a limit logs the burst only (ufw's form)
+            for rule in (["-A", "OUTPUT", "-p", "icmp", "-j", "LOG", "--log-prefix", "out: "],
+                         ["-A", "INPUT", "-p", "icmp", "-m", "limit", "--limit", "1/h",
+                          "--limit-burst", "2", "-j", "LOG", "--log-prefix", "in: "]):
+                r = ns.run(bpf_command("iptables", *rule), env=ON)
+                assert r.returncode == 0, r.stderr
+            assert ns.run([sys.executable, "-c", PING]).returncode == 0
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and len(lines) < 3 + 6 + 2:
+                time.sleep(0.2)
+                with open(path) as fh:
+                    lines = fh.read().splitlines()
+            out = [x for x in lines if x.startswith("out: ")]
+            inp = [x for x in lines if x.startswith("in: ")]
+            assert len(out) == 6 and len(inp) == 2, lines
+            assert all(re.fullmatch(r"out: IN= OUT=lo SRC=127\.0\.0\.1 DST=127\.0\.0\.1 LEN=84 "
+                                    r"TOS=0x00 PREC=0x00 TTL=64 ID=\d+ (DF )?PROTO=ICMP "
+                                    r"TYPE=(8|0) CODE=0 ID=\d+ SEQ=[123] ", x) for x in out), out
+            assert all(" MAC=" in x and "PROTO=ICMP TYPE=" in x for x in inp), inp
         finally:
             ns.run(datapath_command("detach"))
