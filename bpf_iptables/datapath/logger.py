@@ -333,8 +333,12 @@ def emit(sink: Sink, raw: bytes) -> None:
 
 
 def main(argv: list[str]) -> int:
+    if len(argv) == 2 and argv[0] == "lost":
+        print(lost(argv[1]))
+        return 0
     if len(argv) != 3 or argv[0] != "run":
-        print("usage: python -m bpf_iptables.datapath.logger run PINDIR LOGFILE", file=sys.stderr)
+        print("usage: python -m bpf_iptables.datapath.logger run PINDIR LOGFILE | lost PINDIR",
+              file=sys.stderr)
         return 2
     # the daemon's death is ours (as the command server's)
     libc = ctypes.CDLL(None, use_errno=True)
