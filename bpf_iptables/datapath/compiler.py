@@ -380,9 +380,12 @@ def rule_limit(rule: Rule) -> "LimitData | None":
     limit is the rule's last match (comments aside, which always hold and
     have no effect). A limit before other matches takes a token in
     netfilter even when a later match fails: refused."""
-    names = [m.name for m in rule.matches]
-    if "limit" not in names:
+    for m in rule.matches:   # the common case, no limit, without a list
+        if m.name == "limit":
+            break
+    else:
         return None
+    names = [m.name for m in rule.matches]
     at = names.index("limit")
     if names.count("limit") > 1 or any(n != "comment" for n in names[at + 1:]):
         raise NotSupported("match `limit' in the eBPF data path only as the rule's last match "

@@ -102,6 +102,7 @@ def roomy(c: Compiled) -> Shape:
                    # limit buckets: room for a few more limit rules (none
                    # compiled in stays none: the per-candidate lookup costs)
                    nlimits=_more(s.nlimits, 8, 8) if s.nlimits else 0,
+                   nlogs=_more(s.nlogs, 8, 8) if s.nlogs else 0,
                    **address("src"), **address("dst"))
 
 
