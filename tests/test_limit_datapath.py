@@ -193,3 +193,48 @@ def test_refused_on_the_command_line_with_exit_2():
             assert ns.run(bpf_command("iptables", "-S", "INPUT")).stdout == "-P INPUT ACCEPT\n"
         finally:
             ns.run(datapath_command("detach"))
+
+
+# -- against the reference model: chains, copies, LOG ------------------------------
+
+def test_user_chains_log_and_limit_against_the_reference():
+    """Every verdict and counter as reference.evaluate: a limit rule in a
+    chain called from two places keeps one bucket (the kernel's one per
+    rule), LOG rules count and continue, RETURN and -g around them. (1/h
+    refills nothing while the test runs: the outcome does not depend on
+    timing.)"""
+    from bpf_iptables.datapath.compiler import FIELD_ORDER, Shape
+
+    lines = ["-N LIM", "-N G",
+             "-A LIM -p udp -j LOG --log-prefix lim",
+             "-A LIM -p udp -m limit --limit 1/h --limit-burst 3 -j ACCEPT",
+             "-A LIM -p udp --dport 7 -j RETURN",
+             "-A LIM -j DROP",
+             "-A G -p tcp -m limit --limit 1/h --limit-burst 2 -m comment --comment g -j RETURN",
+             "-A G -j LOG",
+             "-A G -p tcp -j DROP",
+             "-A INPUT -p udp --dport 1:10 -j LIM",
+             "-A INPUT -p udp --dport 11:20 -j LIM",
+             "-A INPUT -p tcp -g G",
+             "-A INPUT -p udp -m limit --limit 1/h --limit-burst 1 -j LOG",
+             "-P INPUT DROP"]
+    shape = Shape(nwords=1, steps=60, ncounters=32,
+                  fields=frozenset({"proto", "flags", "sport", "dport"}), proto_max=8,
+                  sport_bsize=16, dport_bsize=16, nlimits=8, nlogs=8)
+    assert set(shape.fields) <= set(FIELD_ORDER)
+    with entered("bpflimr"):
+        h = Harness(shape)
+        try:
+            table = table_from_lines(lines)
+            packets = []
+            for i in range(30):
+                proto = (17, 6, 17)[i % 3]
+                packets.append(Packet(in_iface="lo", src=ip_to_int("10.1.1.1"),
+                                      dst=ip_to_int("10.1.1.2"), proto=proto, sport=999,
+                                      dport=1 + i % 20, length=60))
+            report = h.check(table, packets)
+            assert report.mismatches == []
+            counts = [r.counters.packets for r in table.chains["LIM"].rules]
+            assert counts[1] == 3   # one bucket for both call sites
+        finally:
+            h.close()
