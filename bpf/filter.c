@@ -177,7 +177,8 @@ BPF_PERCPU_ARRAY(log_lost, u64, 1);
 
 /* Send the LOG event for entry e (when it has a LOG rule). Never fails
  * the packet: a full ring counts a loss. */
-static __always_inline void log_packet(CTX_TYPE *ctx, u32 e, u32 wire)
+static __always_inline void log_packet(CTX_TYPE *ctx, u32 e, u32 wire,
+				       struct packet_fields *pf)
 {
 	u32 *slot = entry_log_map.lookup(&e);
 	if (!slot || !*slot)
@@ -202,7 +203,22 @@ static __always_inline void log_packet(CTX_TYPE *ctx, u32 e, u32 wire)
 #endif
 	ev->level = li->level;
 	ev->flags = li->flags;
-	ev->pad = 0;
+	ev->oif = 0;
+	if (li->hook == 1) {
+		/* FORWARD's OUT=: the route the kernel takes (as FORWARD's
+		 * -o, see FIELD_OIF; the dispatcher sent only SUCCESS and
+		 * NO_NEIGH here, both of which fill in the device) */
+		struct bpf_fib_lookup fib = {};
+		fib.family = 2;	/* AF_INET */
+		fib.tos = pf->tos;
+		fib.l4_protocol = pf->proto;
+		fib.ipv4_src = pf->saddr;
+		fib.ipv4_dst = pf->daddr;
+		fib.ifindex = CTX_IFINDEX(ctx);
+		long rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), 0);
+		if (rc == BPF_FIB_LKUP_RET_SUCCESS || rc == BPF_FIB_LKUP_RET_NO_NEIGH)
+			ev->oif = fib.ifindex;
+	}
 	__builtin_memcpy(ev->prefix, li->prefix, LOG_PREFIX);
 	ev->wire_len = wire;
 	/* 1..LOG_CAP, in a form the verifier bounds (the frame has at
@@ -709,7 +725,7 @@ int xdp_filter(CTX_TYPE *ctx)
 #endif
 		count(en->counter, length);
 #if NLOGS
-		log_packet(ctx, e, frame_len);
+		log_packet(ctx, e, frame_len, &pf);
 #endif
 		if (en->verdict != VERDICT_CONTINUE) {
 #if CONNTRACK

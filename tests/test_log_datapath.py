@@ -33,10 +33,11 @@ MAC_LO = "MAC=02:00:00:00:00:01:02:00:00:00:00:02:08:00 "   # packets.frame()'s 
 
 @pytest.fixture(scope="module")
 def harness():
-    with entered("bpflog"):
+    with entered("bpflog") as ns:
         # one program for every test: the fields they use, room for 4 LOG rules
         h = Harness(Shape(nwords=1, steps=40, ncounters=16, fields=frozenset({"proto", "flags", "sport", "dport"}),
                           proto_max=8, nlogs=4))
+        h.namespace = ns.name
         yield h
         h.close()
 
@@ -137,14 +138,41 @@ def test_a_full_ring_loses_events_and_counts_them_never_the_packet(harness):
     assert prog.rule_counters()[("INPUT", 1)].packets >= n
 
 
-@pytest.mark.parametrize("line, why", [
-    ("-A FORWARD -j LOG", "FORWARD"),
-    ("-A INPUT -j LOG --log-uid", "log-uid"),
-])
-def test_refused(line, why):
-    table = table_from_lines([line])
-    with pytest.raises(NotSupported, match=why):
-        compile_chain(table, line.split()[1], {"lo": 1})
+def test_refused_log_uid():
+    # UID= and GID= need the socket's file credentials: no eBPF program has them
+    table = table_from_lines(["-A INPUT -j LOG --log-uid"])
+    with pytest.raises(NotSupported, match="log-uid"):
+        compile_chain(table, "INPUT", {"lo": 1})
+
+
+def test_forward_has_both_devices_and_the_decremented_ttl(harness):
+    """FORWARD: IN= the receiving device, OUT= the route's device (the
+    namespace routes 10.9.2.0/24 to dp1), MAC=, and the TTL netfilter sees
+    after ip_forward() lowered it."""
+    import subprocess
+
+    ns = harness.namespace
+    subprocess.run(["ip", "-n", ns, "addr", "add", "10.9.2.1/24", "dev", "dp1"], check=True)
+    subprocess.run(["ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.ip_forward=1"],
+                   check=True)
+    fwd = Harness(harness.min_shape, harness.interfaces, hook="FORWARD")
+    try:
+        prog, _ = fwd.load(table_from_lines(["-A FORWARD -j LOG --log-prefix fwd:",
+                                             "-A FORWARD -j DROP"]))
+        ring = RingReader(prog.bpf[b"log_ring"].map_fd)
+        ring.drain()
+        p = pkt(hook="FORWARD", in_iface="dp0", proto=17, sport=1, dport=2, length=28, ttl=63,
+                dst=ip_to_int("10.9.2.5"))
+        assert run_frame(prog.fd, frame(p), ifindex=fwd.interfaces["dp0"]).name == "DROP"
+        names = {i: n for n, i in fwd.interfaces.items()}
+        [line] = [format_line(Event.parse(r), names.__getitem__) for r in ring.drain()]
+        ring.close()
+        assert line.startswith("fwd:IN=dp0 OUT=dp1 MAC=")
+        # packets.frame() writes TTL 64 on the wire for a FORWARD packet of TTL 63
+        assert "DST=10.9.2.5 LEN=28 TOS=0x00 PREC=0x00 TTL=63 ID=0 PROTO=UDP SPT=1 DPT=2 " \
+            "LEN=8 " in line, line
+    finally:
+        fwd.close()
 
 
 # -- the daemon's logger, end to end --------------------------------------------

@@ -27,13 +27,13 @@ struct log_info {	/* per LOG rule (log_map slot), written by user space */
 
 struct log_event {
 	u32 hook;	/* 0 INPUT, 1 FORWARD, 2 OUTPUT */
-	u32 ifindex;	/* the device: input (INPUT) or output (OUTPUT) */
+	u32 ifindex;	/* the device: input (INPUT, FORWARD) or output (OUTPUT) */
 	u32 mark;
 	u32 level;
 	u32 flags;
 	u32 wire_len;	/* bytes of the frame */
 	u32 cap_len;	/* bytes of it in data[] */
-	u32 pad;
+	u32 oif;	/* FORWARD: the egress device of the kernel's route */
 	char prefix[LOG_PREFIX];
 	u8 data[LOG_CAP];
 };

@@ -398,9 +398,6 @@ XT_LOG_UID = 0x08
 
 def check_log(data, hook: str) -> None:
     """What the logger cannot write as the kernel does is refused."""
-    if hook == "FORWARD":
-        # the line needs OUT=, the egress device of the route: not looked up yet
-        raise NotSupported("target `LOG' in FORWARD in the eBPF data path")
     if data.logflags & XT_LOG_UID:
         # UID= and GID= come from the socket's file credentials, which no
         # eBPF program at XDP or TC can read

@@ -33,7 +33,7 @@ XT_LOG_TCPSEQ, XT_LOG_TCPOPT, XT_LOG_IPOPT, XT_LOG_UID, XT_LOG_MACDECODE = 1, 2,
 ETH_HLEN = 14
 LOOPBACK_IFINDEX = 1
 # struct log_event (bpf/lib/log.h): eight u32, prefix[32], data[256]
-EVENT = struct.Struct("<8I32s")
+EVENT = struct.Struct("<8I32s")   # hook ifindex mark level flags wire cap oif, prefix
 LOG_CAP = 256
 # ICMP types whose header the kernel wants whole before decoding (required_len[])
 ICMP_REQUIRED = {0: 4, 3: 28, 4: 28, 5: 28, 8: 4, 11: 28, 12: 28, 13: 20, 14: 20, 17: 12, 18: 12}
@@ -49,13 +49,14 @@ class Event:
     flags: int
     prefix: str
     frame: bytes      # from the Ethernet header, at most LOG_CAP bytes
+    oif: int = 0      # FORWARD: the route's output device
 
     @classmethod
     def parse(cls, raw: bytes) -> "Event":
-        hook, ifindex, mark, level, flags, _wire, cap, _pad, prefix = EVENT.unpack_from(raw)
+        hook, ifindex, mark, level, flags, _wire, cap, oif, prefix = EVENT.unpack_from(raw)
         data = raw[EVENT.size:EVENT.size + min(cap, LOG_CAP)]
         text = prefix.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
-        return cls(hook, ifindex, mark, level, flags, text, data)
+        return cls(hook, ifindex, mark, level, flags, text, data, oif)
 
 
 def ip4(b: bytes) -> str:
@@ -70,12 +71,18 @@ def format_line(ev: Event, ifname=lambda i: socket.if_indextoname(i)) -> str:
     """nf_log_ip_packet() for this event: the common part, the MAC header
     (for the hooks with an input device), the IPv4 packet."""
     name = _name(ifname, ev.ifindex)
-    inp, out = (name, "") if HOOKS[ev.hook] != "OUTPUT" else ("", name)
+    hook = HOOKS[ev.hook]
+    inp, out = (name, "") if hook == "INPUT" else ("", name) if hook == "OUTPUT" \
+        else (name, _name(ifname, ev.oif) if ev.oif else "")
     out_text = f"{ev.prefix}IN={inp} OUT={out} "
     frame = ev.frame
     if inp:
         out_text += mac_header(ev, frame)
     ip = frame[ETH_HLEN:]
+    if hook == "FORWARD" and len(ip) > 8:
+        # ip_forward() lowers the TTL before the FORWARD hook; the frame
+        # (XDP, TC ingress) still carries the received one
+        ip = ip[:8] + bytes([(ip[8] - 1) & 0xFF]) + ip[9:]
     # netfilter sees the datagram trimmed to its total length: skb->len
     tot_len = struct.unpack_from("!H", ip, 2)[0] if len(ip) >= 4 else len(ip)
     return out_text + ipv4(ip, tot_len, ev.flags, 0, ev.mark)
