@@ -38,6 +38,7 @@ LOG_CAP = 256
 # ICMP types whose header the kernel wants whole before decoding (required_len[])
 ICMP_REQUIRED = {0: 4, 3: 28, 4: 28, 5: 28, 8: 4, 11: 28, 12: 28, 13: 20, 14: 20, 17: 12, 18: 12}
 LOG_KERN = 0
+ROTATE = 64 << 20   # the file becomes <file>.1 (replacing the previous one) past this
 
 
 @dataclass
@@ -284,7 +285,8 @@ class Sink:
     """Where lines go: ``<file>`` (appended, one line each) and syslog."""
 
     def __init__(self, path: str):
-        self.file = open(path, "a", buffering=1, encoding="utf-8", errors="surrogateescape")
+        self.path = path
+        self.file = self._open()
         self.syslog: socket.socket | None = None
         if os.path.exists("/dev/log"):
             try:
@@ -293,8 +295,16 @@ class Sink:
             except OSError:
                 self.syslog = None
 
+    def _open(self):
+        return open(self.path, "a", buffering=1, encoding="utf-8", errors="surrogateescape")
+
     def write(self, level: int, line: str) -> None:
         self.file.write(line + "\n")
+        if self.file.tell() > ROTATE:
+            # bounded on disk under floods: one previous file kept
+            self.file.close()
+            os.replace(self.path, self.path + ".1")
+            self.file = self._open()
         if self.syslog is not None:
             stamp = time.strftime("%b %e %H:%M:%S")
             msg = f"<{LOG_KERN * 8 + level}>{stamp} kernel: {line}"
