@@ -16,8 +16,9 @@
 #ifndef BPF_IPTABLES_LIMIT_H
 #define BPF_IPTABLES_LIMIT_H
 
-/* POW2_BELOW32(0xFFFFFFFF / (HZ * 60 * 60 * 24)) for HZ = 250 (limit.py
- * computes the same from its HZ; program.py passes it when it differs) */
+/* POW2_BELOW32(0xFFFFFFFF / (HZ * 60 * 60 * 24)), 128 for HZ = 250;
+ * program.py passes limit.py's, which computed the costs (its HZ must be
+ * the kernel's: bpf_jiffies64() counts the kernel's jiffies) */
 #ifndef LIMIT_CREDITS_PER_JIFFY
 #define LIMIT_CREDITS_PER_JIFFY 128
 #endif

@@ -44,6 +44,11 @@ def cflags(shape: Shape, tc: bool = False, ct_dir: str | None = None) -> list[st
         flags.append("-DCONNTRACK=1")
         if ct_dir:
             flags.append(f'-DCT_PIN_DIR="{ct_dir}"')
+    if shape.nlimits:
+        # the refill per jiffy of the credits limit.py computed costs with
+        from ..extensions.limit import CREDITS_PER_JIFFY
+
+        flags.append(f"-DLIMIT_CREDITS_PER_JIFFY={CREDITS_PER_JIFFY}")
     if shape.nlogs and ct_dir:
         # LOG's ring and loss counter: the namespace's, next to conntrack's
         flags.append(f'-DLOG_PIN_DIR="{log_dir(ct_dir)}"')
