@@ -138,6 +138,23 @@ def test_a_full_ring_loses_events_and_counts_them_never_the_packet(harness):
     assert prog.rule_counters()[("INPUT", 1)].packets >= n
 
 
+def test_macdecode_on_ethernet_raw_on_lo(harness):
+    prog, _ = harness.load(table_from_lines(["-A INPUT -j LOG --log-macdecode"]))
+    ring = RingReader(prog.bpf[b"log_ring"].map_fd)
+    ring.drain()
+    f = frame(pkt(proto=17, length=28))
+    names = {i: n for n, i in harness.interfaces.items()}
+    lines = []
+    for dev in ("dp0", "lo"):
+        assert run_frame(prog.fd, f, ifindex=harness.interfaces[dev]).name == "PASS"
+        lines += [format_line(Event.parse(r), names.__getitem__) for r in ring.drain()]
+    ring.close()
+    assert lines[0].startswith("IN=dp0 OUT= MACSRC=02:00:00:00:00:02 MACDST=02:00:00:00:00:01 "
+                               "MACPROTO=0800 SRC=10.0.0.1 "), lines
+    # lo is no ARPHRD_ETHER device: dump_mac_header() falls back to MAC=
+    assert lines[1].startswith("IN=lo OUT= " + MAC_LO + "SRC="), lines
+
+
 def test_refused_log_uid():
     # UID= and GID= need the socket's file credentials: no eBPF program has them
     table = table_from_lines(["-A INPUT -j LOG --log-uid"])
