@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import sys
 import time
 
@@ -35,8 +34,8 @@ MAC_LO = "MAC=02:00:00:00:00:01:02:00:00:00:00:02:08:00 "   # packets.frame()'s 
 def harness():
     with entered("bpflog") as ns:
         # one program for every test: the fields they use, room for 4 LOG rules
-        h = Harness(Shape(nwords=1, steps=40, ncounters=16, fields=frozenset({"proto", "flags", "sport", "dport"}),
-                          proto_max=8, nlogs=4))
+        fields = frozenset({"proto", "flags", "sport", "dport"})
+        h = Harness(Shape(nwords=1, steps=40, ncounters=16, fields=fields, proto_max=8, nlogs=4))
         h.namespace = ns.name
         yield h
         h.close()
@@ -106,7 +105,8 @@ def test_icmp_echo_and_error_with_its_quoted_packet(harness):
     err = pkt(proto=1, icmp_type=3, icmp_code=4, icmp_inner=inner, length=56)
     [line] = logged(harness, ["-A INPUT -p icmp -j LOG"], err)
     assert line.endswith("PROTO=ICMP TYPE=3 CODE=4 [SRC=192.168.7.9 DST=10.0.0.1 LEN=40 TOS=0x00 "
-                         "PREC=0x00 TTL=1 ID=3 PROTO=UDP SPT=5000 DPT=53 LEN=8 ] MTU=0 ")  # the quoted header says 8
+                         # LEN=8: what the quoted UDP header says
+                         "PREC=0x00 TTL=1 ID=3 PROTO=UDP SPT=5000 DPT=53 LEN=8 ] MTU=0 ")
 
 
 def test_other_protocol_and_non_terminal_scan(harness):
@@ -234,7 +234,8 @@ def test_logger_writes_the_lines_of_real_traffic():
                     with open(path) as fh:
                         lines = fh.read().splitlines()
             assert len(lines) == 3, lines
-            want = re.compile(r"probe: IN=lo OUT= MAC=(00:){12}08:00 SRC=127\.0\.0\.1 DST=127\.0\.0\.1 "
+            want = re.compile(r"probe: IN=lo OUT= MAC=(00:){12}08:00 "
+                              r"SRC=127\.0\.0\.1 DST=127\.0\.0\.1 "
                               r"LEN=31 TOS=0x00 PREC=0x00 TTL=64 ID=\d+ (DF )?PROTO=UDP SPT=4321 "
                               r"DPT=9999 LEN=11 $")
             assert all(want.fullmatch(x) for x in lines), lines

@@ -973,8 +973,9 @@ def shared_limits(table: Table) -> None:
     for name, hooks in reach.items():
         if len(hooks) > 1 and any(m.name == "limit" for r in table.chains[name].rules
                                   for m in r.matches):
-            raise NotSupported(f"match `limit' in chain `{name}', which {' and '.join(sorted(hooks))}"
-                               " both reach, in the eBPF data path (one bucket per hook there)")
+            both = " and ".join(sorted(hooks))
+            raise NotSupported(f"match `limit' in chain `{name}', which {both} both reach, "
+                               "in the eBPF data path (one bucket per hook there)")
 
 
 CONNTRACK_MATCHES = ("conntrack", "state")
