@@ -21,6 +21,12 @@
 #include "lib/bitvector.h"
 #include "lib/parse.h"
 #include "lib/ranges.h"
+#if NLIMITS
+#include "lib/limit.h"
+#endif
+#if NLOGS
+#include "lib/log.h"
+#endif
 #if CONNTRACK
 #include "lib/conntrack_defs.h"
 /* the namespace's conntrack maps, pinned outside the generations (opened
@@ -138,6 +144,97 @@ BPF_PROG_ARRAY(self_map, 1);
 BPF_ARRAY(live_map, struct bitvector, 1);
 BPF_ARRAY(entry_map, struct entry, NENTRIES);
 BPF_PERCPU_ARRAY(counter_map, struct counter, NCOUNTERS);
+#if NLIMITS
+/* -m limit (lib/limit.h): per entry its rule's bucket (0: no limit), the
+ * buckets (slot 0 unused), shared by all CPUs */
+BPF_ARRAY(entry_limit_map, u32, NENTRIES);
+BPF_ARRAY(limit_map, struct limit_state, NLIMITS);
+#endif
+#if NLOGS
+/* -j LOG (lib/log.h): per entry its rule's log_map slot (0: none); the
+ * ring and the loss counter are the namespace's (LOG_PIN_DIR), shared by
+ * every classifier and generation, or private (tests) */
+BPF_ARRAY(entry_log_map, u32, NENTRIES);
+BPF_ARRAY(log_map, struct log_info, NLOGS);
+#ifdef LOG_PIN_DIR
+/* BPF_RINGBUF_OUTPUT, pinned (bcc opens the pin, or creates and pins it) */
+struct log_ring_table_t {
+	int key;
+	u32 leaf;
+	int (*ringbuf_output)(void *, u64, u64);
+	void *(*ringbuf_reserve)(u64);
+	void (*ringbuf_discard)(void *, u64);
+	void (*ringbuf_submit)(void *, u64);
+	u32 max_entries;
+};
+__attribute__((section("maps/ringbuf:" LOG_PIN_DIR "/ring")))
+struct log_ring_table_t log_ring = { .max_entries = LOG_RING_BYTES };
+BPF_TABLE_PINNED("percpu_array", u32, u64, log_lost, 1, LOG_PIN_DIR "/lost");
+#else
+BPF_RINGBUF_OUTPUT(log_ring, LOG_RING_BYTES / 4096);
+BPF_PERCPU_ARRAY(log_lost, u64, 1);
+#endif
+
+/* Send the LOG event for entry e (when it has a LOG rule). Never fails
+ * the packet: a full ring counts a loss. */
+static __always_inline void log_packet(CTX_TYPE *ctx, u32 e, u32 wire,
+				       struct packet_fields *pf)
+{
+	u32 *slot = entry_log_map.lookup(&e);
+	if (!slot || !*slot)
+		return;
+	struct log_info *li = log_map.lookup(slot);
+	if (!li)
+		return;
+	struct log_event *ev = log_ring.ringbuf_reserve(sizeof(struct log_event));
+	if (!ev) {
+		u32 zero = 0;
+		u64 *lost = log_lost.lookup(&zero);
+		if (lost)
+			*lost += 1;
+		return;
+	}
+	ev->hook = li->hook;
+	ev->ifindex = CTX_IFINDEX(ctx);
+#if HOOK_TC
+	ev->mark = ctx->mark;
+#else
+	ev->mark = 0;
+#endif
+	ev->level = li->level;
+	ev->flags = li->flags;
+	ev->oif = 0;
+	if (li->hook == 1) {
+		/* FORWARD's OUT=: the route the kernel takes (as FORWARD's
+		 * -o, see FIELD_OIF; the dispatcher sent only SUCCESS and
+		 * NO_NEIGH here, both of which fill in the device) */
+		struct bpf_fib_lookup fib = {};
+		fib.family = 2;	/* AF_INET */
+		fib.tos = pf->tos;
+		fib.l4_protocol = pf->proto;
+		fib.ipv4_src = pf->saddr;
+		fib.ipv4_dst = pf->daddr;
+		fib.ifindex = CTX_IFINDEX(ctx);
+		long rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), 0);
+		if (rc == BPF_FIB_LKUP_RET_SUCCESS || rc == BPF_FIB_LKUP_RET_NO_NEIGH)
+			ev->oif = fib.ifindex;
+	}
+	__builtin_memcpy(ev->prefix, li->prefix, LOG_PREFIX);
+	ev->wire_len = wire;
+	/* 1..LOG_CAP, in a form the verifier bounds (the frame has at
+	 * least its Ethernet and IP headers) */
+	u32 cap = wire < LOG_CAP ? wire : LOG_CAP;
+	cap = ((cap - 1) & (LOG_CAP - 1)) + 1;
+	ev->cap_len = 0;
+#if HOOK_TC
+	if (bpf_skb_load_bytes(ctx, 0, ev->data, cap) == 0)
+#else
+	if (bpf_xdp_load_bytes(ctx, 0, ev->data, cap) == 0)
+#endif
+		ev->cap_len = cap;
+	log_ring.ringbuf_submit(ev, 0);
+}
+#endif
 
 #if FIELD_SRC
 /* addresses as intervals (compiler.address_intervals): the interval
@@ -570,6 +667,13 @@ int xdp_filter(CTX_TYPE *ctx)
 		scur = rs->sum[k];
 	}
 	u32 length = pf.length;
+#if NLOGS
+#if HOOK_TC
+	u32 frame_len = ctx->len;
+#else
+	u32 frame_len = (u32)(data_end - data);
+#endif
+#endif
 	/* STEPS bounds summary and word loads plus entries visited in one
 	 * invocation (compiler.py computes what a scan can need). */
 #pragma clang loop unroll(disable)
@@ -601,7 +705,28 @@ int xdp_filter(CTX_TYPE *ctx)
 		}
 		if (rs->evil & en->tcp)
 			return RET(XDP_DROP); /* hotdrop: the rule is not counted */
+#if NLIMITS
+		/* the rule's limit match, its last (the compiler refuses other
+		 * orders): evaluated only when every other match held, as in
+		 * netfilter; no token, no match: the candidate is skipped */
+		u32 *lslot = entry_limit_map.lookup(&e);
+		if (!lslot)
+			return RET(XDP_ABORTED);
+		if (*lslot) {
+			struct limit_state *ls = limit_map.lookup(lslot);
+			if (!ls)
+				return RET(XDP_ABORTED);
+			u64 now = bpf_jiffies64();
+			if (!limit_take(ls, now)) {
+				cur &= cur - 1;
+				continue;
+			}
+		}
+#endif
 		count(en->counter, length);
+#if NLOGS
+		log_packet(ctx, e, frame_len, &pf);
+#endif
 		if (en->verdict != VERDICT_CONTINUE) {
 #if CONNTRACK
 			/* netfilter confirms a new connection only when the

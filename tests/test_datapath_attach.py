@@ -122,7 +122,8 @@ def test_changes_take_effect_before_the_command_returns():
 
 
 @pytest.mark.parametrize("args", [
-    ("-A", "FORWARD", "-m", "limit", "--limit", "1/s", "-j", "DROP"),
+    ("-A", "FORWARD", "-m", "limit", "--limit", "1/s", "-m", "length", "--length", "1:2",
+     "-j", "DROP"),   # limit before another match: refused
     ("-A", "OUTPUT", "-j", "REJECT"),
     ("-A", "INPUT", "-p", "tcp", "-j", "REJECT"),
     ("-A", "INPUT", "-m", "conntrack", "--ctexpire", "10", "-j", "DROP"),
@@ -150,7 +151,7 @@ def test_restore_refused_while_attached_changes_nothing():
         s = t.server
         assert s.run(datapath_command("attach")).returncode == 0
         before = (s.bpf_iptables("-S").stdout, record(s))
-        rules = "*filter\n:INPUT DROP [0:0]\n-A FORWARD -m limit --limit 1/s -j DROP\nCOMMIT\n"
+        rules = "*filter\n:INPUT DROP [0:0]\n-A FORWARD -m limit --limit 1/s -m length --length 1:2 -j DROP\nCOMMIT\n"
         r = s.run(bpf_command("iptables-restore"), input=rules)
         assert r.returncode == 2 and "limit' in the eBPF data path" in r.stderr
         assert (s.bpf_iptables("-S").stdout, record(s)) == before
@@ -160,8 +161,8 @@ def test_restore_refused_while_attached_changes_nothing():
 def test_attach_refuses_an_unenforceable_rule_set():
     with topology("dpf") as t:
         s = t.server
-        assert s.bpf_iptables("-A", "FORWARD", "-m", "limit", "--limit", "1/s",
-                              "-j", "DROP").returncode == 0
+        assert s.bpf_iptables("-A", "FORWARD", "-m", "limit", "--limit", "1/s", "-m", "length",
+                              "--length", "1:2", "-j", "DROP").returncode == 0
         r = s.run(datapath_command("attach"))
         assert r.returncode == 2 and "limit' in the eBPF data path" in r.stderr
         assert record(s) is None and set(xdp_prog_ids(s).values()) == {0}

@@ -78,7 +78,8 @@ def test_a_rule_set_with_nothing_to_enforce_does_not_attach():
 def test_what_the_data_path_cannot_enforce_is_refused_and_changes_nothing():
     with topology("daf") as t:
         s = t.server
-        r = ours(s, "-A", "INPUT", "-m", "limit", "--limit", "1/s", "-j", "ACCEPT")
+        r = ours(s, "-A", "INPUT", "-m", "limit", "--limit", "1/s", "-m", "length", "--length", "1:2",
+                 "-j", "ACCEPT")   # limit before another match: refused
         assert r.returncode == 2, r.stderr
         assert "not supported" in r.stderr or "eBPF" in r.stderr, r.stderr
         assert not attached(s)

@@ -156,7 +156,7 @@ COMMANDS = [
     "-C INPUT -s 10.0.0.1 -j DROP",
     "-C INPUT -s 10.0.0.9 -j DROP",
     "-D INPUT -s 10.9.9.9 -j DROP",
-    "-A INPUT -j LOG",
+    "-A INPUT -j LOG --log-uid",   # refused (the data path has no socket credentials)
     "-A INPUT --bogus",
     "-L NOSUCH",
     "-N CH", "-A CH -s 10.1.0.0/16 -j RETURN", "-A INPUT -j CH",
@@ -198,7 +198,7 @@ def test_served_equals_in_process(attached: Attached) -> None:
             runs: list[tuple[str, list[str], str | None, str]] = \
                 [("iptables", line.split(), None, line) for line in COMMANDS]
             runs += [("iptables-restore", ["-n"], RESTORE, "restore -n"),
-                     ("iptables-restore", ["-t"], "*filter\n-A INPUT -j LOG\nCOMMIT\n",
+                     ("iptables-restore", ["-t"], "*filter\n-A INPUT -j LOG --log-uid\nCOMMIT\n",
                       "restore -t (refused)"),
                      ("iptables-restore", ["--bogus"], "", "restore --bogus"),
                      ("iptables-save", ["-c"], None, "save -c"),

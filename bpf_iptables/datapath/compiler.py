@@ -28,11 +28,15 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 from ..errors import NotSupported
 from ..model import Rule, Table
 from ..netaddr import iface_matches
 from .fields import ICMP_ANY, EntryFields, Prefix, PrefixField, RangeField, decompose
+
+if TYPE_CHECKING:
+    from ..extensions.limit import LimitData
 
 XDP_ABORTED, XDP_DROP, XDP_PASS = 0, 1, 2
 VERDICT_CONTINUE = 0xFFFFFFFF
@@ -60,7 +64,8 @@ FIELD_ORDER = ("src", "dst", "proto", "iif", "frag", "flags", "sport", "dport", 
 # Shape attributes that size a field's map (-D<NAME upper>)
 SIZE_ATTRS = ("src_max", "dst_max", "src_bsize", "dst_bsize", "src_probes", "dst_probes",
               "proto_max", "iif_max", "sport_bsize", "dport_bsize",
-              "icmp_max", "length_bsize", "ttl_bsize", "oif_max", "mac_max")
+              "icmp_max", "length_bsize", "ttl_bsize", "oif_max", "mac_max", "nlimits",
+              "nlogs")
 ICMP_OTHER, ICMP_NONE = 0x10000, 0x10001   # icmp-table keys (filter.c, parse.h)
 MAC_OTHER, MAC_NONE = 1 << 48, (1 << 48) + 1  # mac-table keys (filter.c)
 PKTTYPES = 3   # pkttype-table slots: PACKET_HOST, _BROADCAST, _MULTICAST (parse.h)
@@ -74,6 +79,8 @@ class Entry:
     verdict: int = VERDICT_CONTINUE
     next: "int | _Label | None" = None   # None: the following entry
     tcp: bool = False    # own rule has a tcp match: hot-drops offset-1 TCP fragments
+    limit: int = 0       # the rule's -m limit bucket (limit_map slot), 0: none
+    log: int = 0         # the rule's -j LOG (log_map slot), 0: none
 
     def residual(self, which: str) -> tuple[int, int, bool]:
         """(addr, mask, invert) checked per candidate; mask 0 checks nothing."""
@@ -113,6 +120,8 @@ class Shape:
     ttl_bsize: int = 2
     oif_max: int = 1
     mac_max: int = 2
+    nlimits: int = 0                 # limit_map slots (slot 0 unused); 0: no limit code
+    nlogs: int = 0                   # log_map slots (slot 0 unused); 0: no LOG code
     # steps the longest scan may need (0: ``steps``); one invocation runs
     # ``steps`` of them and continues in tail calls, so a program whose
     # verifier budget forced fewer steps per invocation still fits
@@ -207,6 +216,10 @@ class Compiled:
     # is accepted by entry 0 without the scan, counted in fast_counter
     fast_slots: int = 0
     fast_counter: int = 0
+    # -m limit: per limit_map slot (from 1) the rule's (credit_cap, cost)
+    limits: list[tuple[int, int]] = field(default_factory=list)
+    # -j LOG: per log_map slot (from 1) the rule's LogData
+    logs: list = field(default_factory=list)
 
 
 def summary_words(nwords: int) -> int:
@@ -361,10 +374,51 @@ def clear_caches() -> None:
     _layouts.clear()
 
 
-def inline(table: Table, hook: str, slots: dict[tuple[str, int], int]) -> list[Entry]:
+def rule_limit(rule: Rule) -> "LimitData | None":
+    """The rule's ``-m limit`` when the data path can take its token as
+    netfilter does: evaluated only once every other match held, i.e. the
+    limit is the rule's last match (comments aside, which always hold and
+    have no effect). A limit before other matches takes a token in
+    netfilter even when a later match fails: refused."""
+    for m in rule.matches:   # the common case, no limit, without a list
+        if m.name == "limit":
+            break
+    else:
+        return None
+    names = [m.name for m in rule.matches]
+    at = names.index("limit")
+    if names.count("limit") > 1 or any(n != "comment" for n in names[at + 1:]):
+        raise NotSupported("match `limit' in the eBPF data path only as the rule's last match "
+                           "(netfilter takes the token before the matches after it)")
+    return rule.matches[at].data
+
+
+XT_LOG_UID = 0x08
+
+
+def check_log(data, hook: str) -> None:
+    """What the logger cannot write as the kernel does is refused."""
+    if data.logflags & XT_LOG_UID:
+        # UID= and GID= come from the socket's file credentials, which no
+        # eBPF program at XDP or TC can read
+        raise NotSupported("target `LOG' with --log-uid in the eBPF data path")
+
+
+def inline(table: Table, hook: str, slots: dict[tuple[str, int], int],
+           limits: "list[tuple[int, int]] | None" = None,
+           logs: "list | None" = None) -> list[Entry]:
+    """The hook chain as entries. ``limits`` receives (credit_cap, cost) per
+    limit bucket; entry.limit is its slot + 1 (one bucket per rule, shared
+    by every inlined copy, as the kernel keeps one per rule)."""
     entries: list[Entry] = []
     end = _Label()
     cache = _fields_cache.setdefault(hook, FieldsCache())
+    limit_slot: dict[int, int] = {}   # counter slot -> limit slot
+    if limits is None:
+        limits = []
+    if logs is None:
+        logs = []
+    log_slot: dict[int, int] = {}     # counter slot -> log slot
 
     def emit(guard: list[Rule], rule: Rule, counter: int, verdict: int = VERDICT_CONTINUE,
              next_: "_Label | None" = None) -> None:
@@ -378,7 +432,21 @@ def inline(table: Table, hook: str, slots: dict[tuple[str, int], int]) -> list[E
             # iprange on the address tries): an uncounted entry without them
             # is the candidate that hot-drops; any other packet passes it by
             entries.append(Entry(d.guard, SCRATCH_COUNTER, tcp=True))
-        entries.append(Entry(d.fields, counter, verdict, next_, own_tcp))
+        lim = 0
+        if counter != SCRATCH_COUNTER:
+            data = rule_limit(rule)
+            if data is not None:
+                lim = limit_slot.get(counter, 0)
+                if not lim:
+                    limits.append((data.credit_cap, data.cost))
+                    lim = limit_slot[counter] = len(limits)
+        log = 0
+        if counter != SCRATCH_COUNTER and rule.target.name == "LOG" and not rule.target.is_standard:
+            log = log_slot.get(counter, 0)
+            if not log:
+                logs.append(rule.target.data)
+                log = log_slot[counter] = len(logs)
+        entries.append(Entry(d.fields, counter, verdict, next_, own_tcp, lim, log))
 
     def walk(chain_name: str, guard: list[Rule], ret: _Label, depth: int) -> None:
         if depth > MAX_DEPTH:
@@ -390,7 +458,12 @@ def inline(table: Table, hook: str, slots: dict[tuple[str, int], int]) -> list[E
             slot = base + i
             target = rule.target
             if not target.is_standard:
-                raise NotSupported(f"target `{target.name}' in the eBPF data path")
+                if target.name != "LOG":
+                    raise NotSupported(f"target `{target.name}' in the eBPF data path")
+                check_log(target.data, hook)
+                # non-terminal: counted, logged, and the scan goes on
+                emit(guard, rule, slot)
+                continue
             name = target.name
             if name == "":
                 emit(guard, rule, slot)
@@ -399,6 +472,11 @@ def inline(table: Table, hook: str, slots: dict[tuple[str, int], int]) -> list[E
             elif name == "RETURN":
                 emit(guard, rule, slot, next_=ret)
             elif name in table.chains:
+                if rule_limit(rule) is not None:
+                    # the token is taken once at the jump; inlined, the
+                    # guard would take one per rule of the called chain
+                    raise NotSupported("match `limit' on a rule that jumps to a user chain "
+                                       "in the eBPF data path")
                 emit(guard, rule, slot)
                 path = guard + [rule]
                 if target.goto:
@@ -726,7 +804,11 @@ def _compile_chain(table: Table, hook: str, interfaces: dict[str, int] | None,
     if interfaces is None:
         interfaces = interfaces_here()
     slots = counter_slots(table)
-    entries = inline(table, hook, slots)
+    limits: list[tuple[int, int]] = []
+    logs: list = []
+    entries = inline(table, hook, slots, limits, logs)
+    if limits:
+        shared_limits(table)
     n = len(entries)
     # one pass: targets resolved, the live entries, the fields in use (each
     # decomposition knows its own) and the entries a scan may pass by:
@@ -745,7 +827,7 @@ def _compile_chain(table: Table, hook: str, interfaces: dict[str, int] | None,
         if not f.never:
             live_entries.append((i, f))
             uses.add(f.used if f.used is not None else frozenset(f.uses()))
-        if e.verdict == VERDICT_CONTINUE or f.src.residual or f.dst.residual:
+        if e.verdict == VERDICT_CONTINUE or f.src.residual or f.dst.residual or e.limit:
             nonterminal += 1
     live = bits([i for i, _ in live_entries])
     used: set[str] = set().union(*uses)
@@ -769,6 +851,10 @@ def _compile_chain(table: Table, hook: str, interfaces: dict[str, int] | None,
                              scan=needed),
                  entries, live, policy, slots)
     shape = c.shape
+    c.limits = limits
+    shape.nlimits = len(limits) + 1 if limits else 0
+    c.logs = logs
+    shape.nlogs = len(logs) + 1 if logs else 0
     if min_shape is not None:
         used |= set(min_shape.fields)
     shape.fields = frozenset(used)
@@ -857,12 +943,39 @@ def fast_path(entries: list[Entry]) -> tuple[int, int]:
     e = entries[0]
     f = e.fields
     if (f.never or f.uses() != {"ctstate"} or e.verdict != VERDICTS["ACCEPT"] or e.tcp
-            or f.src.residual or f.dst.residual):
+            or e.limit or f.src.residual or f.dst.residual):
         return 0, 0
     slots = (1 << CTSTATES) - 1
     for m in f.ctstate:
         slots &= m
     return slots, e.counter
+
+
+def shared_limits(table: Table) -> None:
+    """Refuse a limit rule in a user chain that more than one of INPUT,
+    FORWARD and OUTPUT reaches: the kernel keeps one bucket per rule, the
+    data path one per rule and classifier."""
+    reach: dict[str, set[str]] = {}
+    for hook in ("INPUT", "FORWARD", "OUTPUT"):
+        if hook not in table.chains:
+            continue
+        seen: set[str] = set()
+        todo = [hook]
+        while todo:
+            name = todo.pop()
+            if name in seen:
+                continue
+            seen.add(name)
+            todo.extend(r.target.name for r in table.chains[name].rules
+                        if r.target.is_standard and r.target.name in table.chains)
+        for name in seen:
+            reach.setdefault(name, set()).add(hook)
+    for name, hooks in reach.items():
+        if len(hooks) > 1 and any(m.name == "limit" for r in table.chains[name].rules
+                                  for m in r.matches):
+            both = " and ".join(sorted(hooks))
+            raise NotSupported(f"match `limit' in chain `{name}', which {both} both reach, "
+                               "in the eBPF data path (one bucket per hook there)")
 
 
 CONNTRACK_MATCHES = ("conntrack", "state")

@@ -124,6 +124,10 @@ def roomy(c: Compiled) -> Shape:
                    ttl_bsize=min(256, bsize(c.ttl_bounds, s.ttl_bsize)),
                    oif_max=q(s.oif_max + 16), mac_max=q(_more(s.mac_max, 4, 16)),
                    icmp_max=q(s.icmp_max + (256 if "icmp" in s.fields else 0)),
+                   # limit buckets: room for a few more limit rules (none
+                   # compiled in stays none: the per-candidate lookup costs)
+                   nlimits=q(_more(s.nlimits, 8, 8)) if s.nlimits else 0,
+                   nlogs=q(_more(s.nlogs, 8, 8)) if s.nlogs else 0,
                    **address("src"), **address("dst"))
 
 

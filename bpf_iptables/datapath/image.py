@@ -216,6 +216,10 @@ def map_image(c: Compiled, shape: Shape) -> list[MapImage]:
            MapImage("live_map", [(u32(0), bv(c.live))]),
            MapImage("entry_map", Packed(4, 40, array_keys(len(c.entries)),
                                         entry_blob(c.entries), dense=True))]
+    if shape.nlimits:
+        out.extend(limit_images(c))
+    if shape.nlogs:
+        out.extend(log_images(c))
     for name, iv, bsize in (("src", c.src_iv, shape.src_bsize), ("dst", c.dst_iv, shape.dst_bsize)):
         if name in fields:
             assert iv is not None
@@ -267,6 +271,36 @@ def map_image(c: Compiled, shape: Shape) -> list[MapImage]:
             keys = list(range(len(vectors) - 2)) + [bsize, bsize + 1]
             out.append(MapImage(f"{name}_map", vector_items(keys, vectors, nw)))
     return out
+
+
+def limit_images(c: Compiled) -> list[MapImage]:
+    """-m limit (bpf/lib/limit.h): per entry its bucket slot; per bucket
+    ``struct limit_state`` {lock, credit, credit_cap, cost, started, pad,
+    prev} with started 0, so the first packet finds the bucket full (every
+    write restarts the buckets, as a table replace does in the kernel)."""
+    slots = array("I", [e.limit for e in c.entries]).tobytes()
+    states = [(u32(i), struct.pack("<IIIIIIQ", 0, 0, cap, cost, 0, 0, 0))
+              for i, (cap, cost) in enumerate(c.limits, start=1)]
+    return [MapImage("entry_limit_map", Packed(4, 4, array_keys(len(c.entries)), slots,
+                                               dense=True)),
+            MapImage("limit_map", states)]
+
+
+HOOK_NUMBERS = {"INPUT": 0, "FORWARD": 1, "OUTPUT": 2}
+
+
+def log_images(c: Compiled) -> list[MapImage]:
+    """-j LOG (bpf/lib/log.h): per entry its log_map slot; per slot
+    ``struct log_info`` {level, flags, hook, pad, prefix[32]}."""
+    slots = array("I", [e.log for e in c.entries]).tobytes()
+    infos = []
+    for i, data in enumerate(c.logs, start=1):
+        prefix = data.prefix.encode("utf-8", "surrogateescape")[:31]
+        infos.append((u32(i), struct.pack("<IIII32s", data.level, data.logflags,
+                                          HOOK_NUMBERS[c.hook], 0, prefix)))
+    return [MapImage("entry_log_map", Packed(4, 4, array_keys(len(c.entries)), slots,
+                                             dense=True)),
+            MapImage("log_map", infos)]
 
 
 def address_images(name: str, iv: Intervals, bsize: int, nwords: int) -> list[MapImage]:

@@ -47,7 +47,20 @@ def cflags(shape: Shape, tc: bool = False, ct_dir: str | None = None) -> list[st
         flags.append("-DCONNTRACK=1")
         if ct_dir:
             flags.append(f'-DCT_PIN_DIR="{ct_dir}"')
+    if shape.nlimits:
+        # the refill per jiffy of the credits limit.py computed costs with
+        from ..extensions.limit import CREDITS_PER_JIFFY
+
+        flags.append(f"-DLIMIT_CREDITS_PER_JIFFY={CREDITS_PER_JIFFY}")
+    if shape.nlogs and ct_dir:
+        # LOG's ring and loss counter: the namespace's, next to conntrack's
+        flags.append(f'-DLOG_PIN_DIR="{log_dir(ct_dir)}"')
     return flags
+
+
+def log_dir(ct_dir: str) -> str:
+    """The bpffs directory of the namespace's LOG ring (logger.py reads it)."""
+    return os.path.join(os.path.dirname(ct_dir), "log")
 
 
 @dataclass
@@ -136,12 +149,16 @@ class LoadedProgram:
         tracked = bool(ct_dir) and "ctstate" in shape.fields
         if tracked:
             os.makedirs(ct_dir, mode=0o700, exist_ok=True)
+        if ct_dir and shape.nlogs:
+            os.makedirs(log_dir(ct_dir), mode=0o700, exist_ok=True)
+        # maps bcc opens (or creates and pins) by path: the namespace's
+        # conntrack table and LOG ring
+        pinned = bool(ct_dir) and (tracked or bool(shape.nlogs))
         start = time.monotonic()
         prog_type = SCHED_CLS if tc else XDP
-        # bcc opens (or creates and pins) the namespace's conntrack maps by
-        # path; the raw loader would make private ones: such programs are
-        # always compiled
-        key = (None if debug or tracked
+        # the raw loader would make private ones: programs with pinned maps
+        # are always compiled
+        key = (None if debug or pinned
                else objcache.key(SOURCE, cflags(shape, tc), {FUNCTION: prog_type}))
         hit = _from_cache(key, set(map_names(shape)), background)
         steps = hit[1].get("steps") if hit else None
@@ -153,7 +170,7 @@ class LoadedProgram:
             self._loaded = hit[0]
         else:
             self._loaded, steps = self._compile(shape, tc, debug, key,
-                                                ct_dir if tracked else None)
+                                                ct_dir if pinned else None)
         self.shape = replace(shape, steps=steps, scan=shape.scan_steps)
         self.maps = self._loaded.maps
         self._fd = -1
@@ -322,5 +339,6 @@ def map_names(shape: Shape) -> list[str]:
     from .compiler import compile_chain
 
     empty = compile_chain(Table.empty("filter"), "INPUT", {},
-                          Shape(1, 1, 2, shape.fields))
+                          Shape(1, 1, 2, shape.fields, nlimits=shape.nlimits,
+                                nlogs=shape.nlogs))
     return [image.name for image in map_image(empty, empty.shape)] + ["counter_map", "self_map"]

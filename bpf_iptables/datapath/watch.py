@@ -64,6 +64,10 @@ ended with the daemon (the server has the daemon's death as its SIGTERM,
 so ``stop()``, a kill, or the daemon's own exit all end it). A server
 that is not there only makes commands run in their own process.
 
+It supervises the LOG target's logger (logger.py) the same way, from the
+moment a LOG rule has created the namespace's ring (``<pins>/log/ring``):
+the logger writes ``<state dir>/log`` and syslog.
+
 Not covered: an XDP program removed from an interface by hand is not put
 back (``status`` reports it)."""
 from __future__ import annotations
@@ -373,6 +377,8 @@ class Daemon:
         self.server_began = 0.0
         self.server_at = 0.0
         self.server_backoff = SERVER_BACKOFF[0]
+        self.logger: subprocess.Popen | None = None   # LOG's logger (logger.py)
+        self.logger_at = 0.0
 
     def write_pid(self) -> None:
         tmp = self.directory / (PID_FILE + ".tmp")
@@ -423,7 +429,8 @@ class Daemon:
         if self.named:
             return not _names_of(self.ns)
         skip = ({os.getpid()} | ({self.child.pid} if self.child else set())
-                | ({self.server.pid} if self.server else set()))
+                | ({self.server.pid} if self.server else set())
+                | ({self.logger.pid} if self.logger else set()))
         if _held_by_process_or_mount(self.ns, skip):
             return False
         if time.monotonic() < self.fd_held_until:
@@ -504,15 +511,34 @@ class Daemon:
                                         str(self.directory)], stdin=subprocess.DEVNULL)
         self.server_began = time.monotonic()
 
+    def supervise_logger(self) -> None:
+        """Run the logger while the namespace's LOG ring exists (restarted
+        SERVER_BACKOFF[0] after it exits)."""
+        if self.logger is not None:
+            if self.logger.poll() is None:
+                return
+            _log(f"logger exited (status {self.logger.returncode})")
+            self.logger = None
+            self.logger_at = time.monotonic() + SERVER_BACKOFF[0]
+        ring = A.ns_pins(self.directory) / "log" / "ring"
+        if time.monotonic() < self.logger_at or not ring.exists():
+            return
+        from . import logger
+
+        self.logger = subprocess.Popen([sys.executable, "-m", logger.MODULE, "run",
+                                        str(ring.parent), str(self.directory / "log")],
+                                       stdin=subprocess.DEVNULL)
+
     def end_server(self) -> None:
-        if self.server is not None and self.server.poll() is None:
-            self.server.terminate()
-            try:
-                self.server.wait(STOP_WAIT)
-            except subprocess.TimeoutExpired:
-                self.server.kill()
-                self.server.wait()
-        self.server = None
+        for proc in (self.server, self.logger):
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(STOP_WAIT)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+        self.server = self.logger = None
 
     def reap(self) -> None:
         if self.child is None or self.child.poll() is None:
@@ -540,6 +566,7 @@ class Daemon:
     def _run(self) -> int:
         while True:
             self.supervise()
+            self.supervise_logger()
             if select.select([self.sock], [], [], POLL)[0]:
                 self._drain()
             self.reap()

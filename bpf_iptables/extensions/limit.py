@@ -190,6 +190,12 @@ class LimitMatch(XtOptionsExtension, MatchExtension):
             raise TableOpError(errno.ERANGE)
         return True
 
+    def lower(self, data: LimitData, rule: "Rule") -> list[Any]:
+        """No field constraint: the bucket is a per-candidate check the
+        compiler attaches to the rule's entry (compiler.rule_limit, which
+        refuses a limit that is not the rule's last match)."""
+        return []
+
     def matches(self, data: LimitData, packet: "Packet") -> bool:
         """limit_mt(): refill CREDITS_PER_JIFFY per elapsed jiffy up to the
         cap, then take ``cost`` if there is enough."""

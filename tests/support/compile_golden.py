@@ -54,6 +54,9 @@ def digest(c: Compiled) -> dict:
         out[image.name] = f"{int(image.clear)}:{len(image.items)}:{h.hexdigest()[:24]}"
     shape = asdict(c.shape)
     shape["fields"] = sorted(shape["fields"])   # a frozenset's order varies by process
+    for k in ("nlimits", "nlogs"):   # added with limit and LOG; 0 keeps the older digests
+        if not shape.get(k):
+            del shape[k]
     out["shape"] = repr(sorted(shape.items()))
     out["counter_of"] = hashlib.sha256(repr(sorted(c.counter_of.items())).encode()).hexdigest()[:24]
     return out
