@@ -81,6 +81,7 @@ static __always_inline void ct_stat(u32 slot)
 #define CTX_IFINDEX(ctx) ((ctx)->ingress_ifindex)
 #define RET(v) (v)
 #endif
+#include "lib/reject.h"
 
 struct config {
 	u32 first_word;	  /* always 0; read from the map so the verifier treats
@@ -129,6 +130,8 @@ struct resume {
 	u32 evil;	/* pf.evil, read back from here inside the scan: a
 			 * value from a map is unknown to the verifier, so it
 			 * does not verify the loop once per constant */
+	u32 reject;	/* a REJECT verdict (lib/reject.h) handed to the
+			 * invocation that builds the reply, 0: none */
 	u64 sum[NSUM];	/* the AND of the fields' summaries for this packet */
 };
 
@@ -360,6 +363,13 @@ int xdp_filter(CTX_TYPE *ctx)
 	struct resume *rs = resume_map.lookup(&zero);
 	if (!rs)
 		return RET(XDP_ABORTED);
+	if (rs->reject) {
+		/* the scan ended on a REJECT (counted there): build the reply
+		 * here, on one path for the verifier (lib/reject.h) */
+		u32 rv = rs->reject;
+		rs->reject = 0;
+		return reject_reply(ctx, rv, &pf);
+	}
 #if CONNTRACK
 	/* tracked once per packet: a tail call resuming the scan finds the
 	 * result in the per-CPU slot */
@@ -609,6 +619,12 @@ int xdp_filter(CTX_TYPE *ctx)
 			if (en->verdict == XDP_PASS)
 				ct_confirm(cts);
 #endif
+			if (en->verdict & VERDICT_REJECT) {
+				rs->reject = en->verdict;
+				self_map.call(ctx, 0);
+				rs->reject = 0;	/* tail call failed: drop */
+				return RET(XDP_DROP);
+			}
 			return RET(en->verdict);
 		}
 		/* continue at en->next: reload its word, masking earlier bits,
