@@ -220,7 +220,7 @@ static __always_inline int reject_fill_rst(void *data, void *data_end, struct re
 
 /* eth | IP | ICMP | quote (q bytes) in data..data_end (REJECT_ICMP_LEN + q) */
 static __always_inline int reject_fill_icmp(void *data, void *data_end, struct reject_orig *o,
-					    u32 code, u32 saddr, u32 ttl, u32 q)
+					    u32 code, u32 saddr, u32 ttl, u32 q, u32 forward)
 {
 	if (data + REJECT_ICMP_LEN > data_end)
 		return -1;
@@ -238,6 +238,17 @@ static __always_inline int reject_fill_icmp(void *data, void *data_end, struct r
 	icmp[1] = code;
 	*(u32 *)(icmp + 2) = 0;	/* checksum, and the first half of "unused" */
 	*(u16 *)(icmp + 6) = 0;
+	if (forward) {
+		/* netfilter's FORWARD sees (and icmp_send quotes) the packet
+		 * after ip_forward()'s ip_decrease_ttl(): the same here */
+		struct iphdr *quote = (void *)(icmp + 8);
+		if ((void *)(quote + 1) > data_end)
+			return -1;
+		u32 check = quote->check;
+		check += bpf_htons(0x0100);
+		quote->check = check + (check >= 0xFFFF);
+		quote->ttl -= 1;
+	}
 	/* the checksum over the header and the quote, 16 bits at a time */
 	u32 len = 8 + q;
 	u64 sum = 0;
@@ -314,7 +325,8 @@ static __always_inline int reject_reply(struct __sk_buff *skb, u32 v, struct pac
 			return TC_ACT_SHOT;
 		data = (void *)(long)skb->data;
 		data_end = (void *)(long)skb->data_end;
-		if (reject_fill_icmp(data, data_end, &o, reject_icmp_code(type), saddr, ttl, q))
+		if (reject_fill_icmp(data, data_end, &o, reject_icmp_code(type), saddr, ttl, q,
+				     v & REJECT_FORWARD))
 			return TC_ACT_SHOT;
 	}
 	return bpf_redirect(ifindex, (v & REJECT_OUTPUT) ? BPF_F_INGRESS : 0);
@@ -354,7 +366,8 @@ static __always_inline int reject_reply(struct xdp_md *ctx, u32 v, struct packet
 		return XDP_DROP;
 	data = (void *)(long)ctx->data;
 	data_end = (void *)(long)ctx->data_end;
-	if (reject_fill_icmp(data, data_end, &o, reject_icmp_code(type), saddr, ttl, q))
+	if (reject_fill_icmp(data, data_end, &o, reject_icmp_code(type), saddr, ttl, q,
+				     v & REJECT_FORWARD))
 		return XDP_DROP;
 	return XDP_TX;
 }
