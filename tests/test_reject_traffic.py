@@ -29,6 +29,7 @@ from tests.test_datapath_traffic import (
 
 IP_RECVERR = 11
 ETH_P_IP = 0x0800
+ETH_P_ALL = 0x0003
 PACKET_OUTGOING = 4
 CLIENT_PORT = 40000   # fixed, so the quoted datagrams are the same bytes
 
@@ -104,6 +105,8 @@ def tcp_errno(client: Namespace, dst: str, port: int) -> int:
     with inside(client):
         c = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     with c:
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        c.bind(("0.0.0.0", CLIENT_PORT + 1))   # the same ports in both resets
         c.settimeout(1.5)
         try:
             c.connect((dst, port))
@@ -137,8 +140,9 @@ def ip_id_free(frame: bytes) -> bytes:
 
 def capture(client: Namespace, dev: str) -> socket.socket:
     with inside(client):
-        s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_IP))
-    s.bind((dev, ETH_P_IP))
+        # ETH_P_ALL: only those sockets see outgoing frames (the SYN)
+        s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+    s.bind((dev, ETH_P_ALL))
     s.setblocking(False)
     return s
 
@@ -152,8 +156,40 @@ def replies(sock: socket.socket) -> list[bytes]:
             data, addr = sock.recvfrom(4096)
         except BlockingIOError:
             return out
-        if addr[2] != PACKET_OUTGOING and data[23] == 1 and data[34] == 3:
+        if (addr[1] == ETH_P_IP and addr[2] != PACKET_OUTGOING and data[23] == 1
+                and data[34] == 3):
             out.append(data)
+
+
+def resets(sock: socket.socket) -> list[bytes]:
+    """The TCP resets received since the socket was opened, normalised:
+    checksum checked and zeroed, ack_seq as an offset from the sequence
+    number of the client's SYN before it (random per connection)."""
+    out = []
+    syn_seq = None
+    time.sleep(0.1)
+    while True:
+        try:
+            data, addr = sock.recvfrom(4096)
+        except BlockingIOError:
+            return out
+        if addr[1] != ETH_P_IP or data[23] != 6:
+            continue
+        b = bytearray(data[14:54])
+        seq, ack = struct.unpack_from("!II", b, 24)
+        if addr[2] == PACKET_OUTGOING and b[33] & 0x02:
+            syn_seq = seq
+        elif addr[2] != PACKET_OUTGOING and b[33] & 0x04 and syn_seq is not None:
+            pseudo = bytes(b[12:20]) + struct.pack("!HH", 6, 20)
+            # complete, or (iptables on a veth) CHECKSUM_PARTIAL: the
+            # pseudo header's sum, which a NIC would complete
+            partial = ~_checksum(pseudo) & 0xFFFF
+            assert (_checksum(pseudo + bytes(b[20:40])) == 0
+                    or struct.unpack_from("!H", b, 36)[0] == partial)
+            assert _checksum(bytes(b[:20])) == 0
+            struct.pack_into("!I", b, 28, (ack - syn_seq) & 0xFFFFFFFF)
+            b[36:38] = b"\0\0"
+            out.append(bytes(b))
 
 
 def exercise(client: Namespace, dev: str, dst: str) -> dict:
@@ -163,8 +199,11 @@ def exercise(client: Namespace, dev: str, dst: str) -> dict:
     with cap:
         udp = {port: udp_error(client, dst, port) for port, _, _ in UDP_TYPES}
         frames = [ip_id_free(f) for f in replies(cap)]
+    cap = capture(client, dev)
+    with cap:
         tcp = {port: tcp_errno(client, dst, port) for port, _, _ in TCP_TYPES}
-    return {"udp": udp, "tcp": tcp, "frames": frames}
+        rsts = resets(cap)
+    return {"udp": udp, "tcp": tcp, "frames": frames, "resets": rsts}
 
 
 def expected_udp(out: dict) -> None:
@@ -174,6 +213,7 @@ def expected_udp(out: dict) -> None:
     for port, _, want in TCP_TYPES:
         assert out["tcp"][port] == want, port
     assert len(out["frames"]) == len(UDP_TYPES)
+    assert len(out["resets"]) == 1 and out["resets"][0][33] == 0x14   # RST, ACK
 
 
 def no_icmp_ratelimit(*nss: Namespace) -> None:
