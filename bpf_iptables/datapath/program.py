@@ -27,6 +27,7 @@ BPF_DIR = Path(os.environ.get("BPF_IPTABLES_BPF_DIR")
                or Path(__file__).resolve().parents[2] / "bpf")
 SOURCE = BPF_DIR / "filter.c"
 FUNCTION = "xdp_filter"
+REJECT_FUNCTION = "xdp_reject"
 
 
 def cflags(shape: Shape, tc: bool = False, ct_dir: str | None = None) -> list[str]:
@@ -109,6 +110,10 @@ class LoadedProgram:
                 steps = fewer
         # long scans continue in a tail call of the program itself
         self.bpf[b"self_map"][ctypes.c_int(0)] = ctypes.c_int(self.fn.fd)
+        # -j REJECT: the reply is built by a program of its own (filter.c)
+        self.reject_fn = self.bpf.load_func(REJECT_FUNCTION.encode(),
+                                            BPF.SCHED_CLS if tc else BPF.XDP)
+        self.bpf[b"self_map"][ctypes.c_int(1)] = ctypes.c_int(self.reject_fn.fd)
         self.compile_seconds = time.monotonic() - start
         self.compiled: Compiled | None = None
 
