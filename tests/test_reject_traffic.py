@@ -7,9 +7,9 @@ client's connected UDP socket with IP_RECVERR must get the same error
 the same errno (ECONNREFUSED for tcp-reset), and the reply frames captured
 on the client's link must be the same bytes except the IP ids and the
 checksums covering them (those are checked valid on both sides); the
-rejecting chain's counters must be the same. INPUT (XDP and TC ingress),
-FORWARD (the router topology) and OUTPUT (TC egress, the reply turned
-into the stack)."""
+rejecting chain's counters must be the same. INPUT (XDP and TC ingress;
+on a link and on lo), FORWARD (the router topology, XDP and TC ingress)
+and OUTPUT (TC egress, the reply turned into the stack)."""
 from __future__ import annotations
 
 import errno
@@ -247,7 +247,8 @@ def test_input_reject_as_iptables_legacy(mode):
         assert chain_listing(ours.server, "INPUT", True) == chain_listing(legacy.server, "INPUT", False)
 
 
-def test_forward_reject_as_iptables_legacy():
+@pytest.mark.parametrize("mode", ["xdpgeneric", "tc"])
+def test_forward_reject_as_iptables_legacy(mode):
     ensure_bpffs()
     with routed("rjf") as legacy, routed("rjg") as ours:
         no_icmp_ratelimit(legacy.router, ours.router)
@@ -255,7 +256,7 @@ def test_forward_reject_as_iptables_legacy():
         assert legacy.router.run(["iptables-legacy-restore"], input=text).returncode == 0
         r = ours.router.run(bpf_command("iptables-restore"), input=text)
         assert r.returncode == 0, r.stderr
-        r = ours.router.run(datapath_command("attach"))
+        r = ours.router.run(datapath_command("attach", "--mode", mode))
         assert r.returncode == 0, r.stderr
         want = exercise(legacy.client, "c0", FAR_IP)
         got = exercise(ours.client, "c0", FAR_IP)
@@ -300,3 +301,36 @@ def output_case(legacy: Namespace, ours: Namespace) -> None:
     assert mine[1:] == theirs[1:]
     assert mine[0] == "Chain OUTPUT (policy ACCEPT 0 packets, 0 bytes)"
     assert theirs[0].startswith(f"Chain OUTPUT (policy ACCEPT {len(UDP_TYPES) + len(TCP_TYPES)} ")
+
+
+LOOPBACK_RULES = """\
+*filter
+:INPUT ACCEPT [0:0]
+-A INPUT -p udp -m udp --dport 6001 -j REJECT --reject-with icmp-host-unreachable
+-A INPUT -p tcp -m tcp --dport 7000 -j REJECT --reject-with tcp-reset
+COMMIT
+"""
+
+
+@pytest.mark.parametrize("mode", ["xdpgeneric", "tc"])
+def test_loopback_reject_as_iptables_legacy(mode):
+    """Local traffic on lo: the reply goes back out lo and comes in again,
+    classified by INPUT as iptables' reply is (its policy counts it)."""
+    from tests.support.netns import namespace
+
+    ensure_bpffs()
+    with namespace("rjl") as legacy, namespace("rjm") as ours:
+        try:
+            for ns in (legacy, ours):
+                assert ns.run(["ip", "link", "set", "lo", "up"]).returncode == 0
+            assert legacy.run(["iptables-legacy-restore"], input=LOOPBACK_RULES).returncode == 0
+            assert ours.run(bpf_command("iptables-restore"), input=LOOPBACK_RULES).returncode == 0
+            r = ours.run(datapath_command("attach", "--mode", mode))
+            assert r.returncode == 0, r.stderr
+            want = (udp_error(legacy, "127.0.0.1", 6001), tcp_errno(legacy, "127.0.0.1", 7000))
+            got = (udp_error(ours, "127.0.0.1", 6001), tcp_errno(ours, "127.0.0.1", 7000))
+            assert want == (Err(errno.EHOSTUNREACH, 2, 3, 1), errno.ECONNREFUSED)
+            assert got == want
+            assert chain_listing(ours, "INPUT", True) == chain_listing(legacy, "INPUT", False)
+        finally:
+            ours.run(datapath_command("detach"))
