@@ -246,3 +246,35 @@ def test_reply_ttl_is_the_namespace_default(tmp_path):
         with open(path, "w") as f:
             f.write(old)
         h.close()
+
+
+def test_reject_in_user_chains_vs_the_reference():
+    """REJECT entries among jumps, gotos and RETURNs: verdicts (XDP_TX for
+    a reply) and every counter as reference.evaluate says."""
+    lines = ["-N A", "-N B",
+             "-A INPUT -p tcp --dport 80 -j ACCEPT",
+             "-A INPUT -p udp -j A",
+             "-A INPUT -p tcp -g B",
+             "-A INPUT -j REJECT --reject-with icmp-admin-prohibited",
+             "-A A -p udp --dport 53 -j RETURN",
+             "-A A -p udp --dport 1000:2000 -j REJECT --reject-with icmp-net-prohibited",
+             "-A A -s 10.0.0.0/8 -j REJECT",
+             "-A A -j DROP",
+             "-A B -p tcp --dport 22 -j REJECT --reject-with tcp-reset",
+             "-A B -p tcp --dport 23 -j DROP",
+             "-P INPUT ACCEPT"]
+    packets = []
+    for src in ("10.1.2.3", "192.168.0.9"):
+        for dport in (53, 1500, 3000):
+            packets.append(pkt(proto=17, sport=5000, dport=dport, src=ip_to_int(src)))
+        for dport in (22, 23, 80, 443):
+            packets.append(pkt(proto=6, sport=5000, dport=dport, tcp_flags=0x02,
+                               src=ip_to_int(src)))
+        packets.append(pkt(proto=1, icmp_type=8, src=ip_to_int(src)))
+    h = Harness()
+    try:
+        report = h.check(table_from_lines(lines), packets)
+    finally:
+        h.close()
+    assert report.packets == len(packets)
+    assert report.mismatches == []
