@@ -334,3 +334,54 @@ def test_loopback_reject_as_iptables_legacy(mode):
             assert chain_listing(ours, "INPUT", True) == chain_listing(legacy, "INPUT", False)
         finally:
             ours.run(datapath_command("detach"))
+
+
+ESTABLISHED_RULES = """\
+*filter
+:OUTPUT ACCEPT [0:0]
+-A OUTPUT -p tcp -m tcp --dport 7100 -m length --length 100:65535 -j REJECT --reject-with tcp-reset
+COMMIT
+"""
+
+
+def reset_while_established(pair) -> str:
+    """Connect, then a 100-byte segment the OUTPUT rule rejects: the errno
+    the client's socket reports (the reset has seq = the segment's ack)."""
+    with inside(pair.server):
+        listener = socket.socket()
+    with inside(pair.client):
+        c = socket.socket()
+    with listener, c:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((SERVER_IP, 7100))
+        listener.listen(1)
+        c.settimeout(2)
+        c.connect((SERVER_IP, 7100))
+        conn, _ = listener.accept()
+        with conn:
+            try:
+                c.send(b"x" * 100)
+                time.sleep(0.3)
+                c.send(b"y")
+                c.recv(10)
+            except OSError as exc:
+                return errno.errorcode[exc.errno or 0]
+    return "no error"
+
+
+def test_output_reset_of_an_established_connection():
+    ensure_bpffs()
+    with topology("rjq") as legacy, topology("rjr") as ours:
+        try:
+            assert legacy.client.run(["iptables-legacy-restore"],
+                                     input=ESTABLISHED_RULES).returncode == 0
+            assert ours.client.run(bpf_command("iptables-restore"),
+                                   input=ESTABLISHED_RULES).returncode == 0
+            assert ours.client.run(datapath_command("attach")).returncode == 0
+            assert reset_while_established(legacy) == "ECONNRESET"
+            assert reset_while_established(ours) == "ECONNRESET"
+            mine = chain_listing(ours.client, "OUTPUT", True).split("\n")
+            theirs = chain_listing(legacy.client, "OUTPUT", False).split("\n")
+            assert mine[1:] == theirs[1:]   # the policy: iptables' reset passes OUTPUT
+        finally:
+            ours.client.run(datapath_command("detach"))
