@@ -614,8 +614,8 @@ int xdp_filter(CTX_TYPE *ctx)
 			if (en->verdict == XDP_PASS)
 				ct_confirm(cts);
 #endif
-			/* after the loop: a REJECT branch in here would cost
-			 * the verifier states at every step */
+			/* decided after the loop: the REJECT branch and its
+			 * tail call in one place, not in every step */
 			verdict = en->verdict;
 			break;
 		}
