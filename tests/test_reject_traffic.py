@@ -332,6 +332,14 @@ def test_loopback_reject_as_iptables_legacy(mode):
             assert want == (Err(errno.EHOSTUNREACH, 2, 3, 1), errno.ECONNREFUSED)
             assert got == want
             assert chain_listing(ours, "INPUT", True) == chain_listing(legacy, "INPUT", False)
+            # a REJECT added while attached (an update of the live programs) replies at once
+            rule = ("-I", "INPUT", "-p", "udp", "--dport", "6009", "-j", "REJECT",
+                    "--reject-with", "icmp-net-prohibited")
+            assert legacy.iptables(*rule).returncode == 0
+            assert ours.bpf_iptables(*rule).returncode == 0
+            want = udp_error(legacy, "127.0.0.1", 6009)
+            assert want == Err(errno.ENETUNREACH, 2, 3, 9)
+            assert udp_error(ours, "127.0.0.1", 6009) == want
         finally:
             ours.run(datapath_command("detach"))
 
