@@ -87,6 +87,7 @@ static __always_inline void ct_stat(u32 slot)
 #define CTX_IFINDEX(ctx) ((ctx)->ingress_ifindex)
 #define RET(v) (v)
 #endif
+#include "lib/reject.h"
 
 struct config {
 	u32 first_word;	  /* always 0; read from the map so the verifier treats
@@ -135,12 +136,15 @@ struct resume {
 	u32 evil;	/* pf.evil, read back from here inside the scan: a
 			 * value from a map is unknown to the verifier, so it
 			 * does not verify the loop once per constant */
+	u32 reject;	/* a REJECT verdict (lib/reject.h) handed to the
+			 * invocation that builds the reply, 0: none */
 	u64 sum[NSUM];	/* the AND of the fields' summaries for this packet */
 };
 
 BPF_ARRAY(config_map, struct config, 1);
 BPF_PERCPU_ARRAY(resume_map, struct resume, 1);
-BPF_PROG_ARRAY(self_map, 1);
+/* 0: this program (a long scan continues there), 1: xdp_reject below */
+BPF_PROG_ARRAY(self_map, 2);
 BPF_ARRAY(live_map, struct bitvector, 1);
 BPF_ARRAY(entry_map, struct entry, NENTRIES);
 BPF_PERCPU_ARRAY(counter_map, struct counter, NCOUNTERS);
@@ -674,6 +678,7 @@ int xdp_filter(CTX_TYPE *ctx)
 	u32 frame_len = (u32)(data_end - data);
 #endif
 #endif
+	u32 verdict = VERDICT_CONTINUE;
 	/* STEPS bounds summary and word loads plus entries visited in one
 	 * invocation (compiler.py computes what a scan can need). */
 #pragma clang loop unroll(disable)
@@ -734,7 +739,10 @@ int xdp_filter(CTX_TYPE *ctx)
 			if (en->verdict == XDP_PASS)
 				ct_confirm(cts);
 #endif
-			return RET(en->verdict);
+			/* decided after the loop: the REJECT branch and its
+			 * tail call in one place, not in every step */
+			verdict = en->verdict;
+			break;
 		}
 		/* continue at en->next: reload its word, masking earlier bits,
 		 * and the summary from the word after it (none past the last) */
@@ -746,6 +754,18 @@ int xdp_filter(CTX_TYPE *ctx)
 		k = (after >> 6) & (NSUM - 1);
 		scur = rs->sum[k] & (~0ULL << (after & 63)) & keep;
 	}
+	if (verdict != VERDICT_CONTINUE) {
+		if (verdict & VERDICT_REJECT) {
+			/* counted; the reply is built by xdp_reject, a program
+			 * of its own: even a branch to it in here costs the
+			 * scan loop's verification a third more */
+			rs->reject = verdict;
+			self_map.call(ctx, 1);
+			rs->reject = 0;	/* the tail call failed: drop */
+			return RET(XDP_DROP);
+		}
+		return RET(verdict);
+	}
 	rs->active = 1;
 	rs->word = w;
 	rs->cur = cur;
@@ -756,4 +776,27 @@ int xdp_filter(CTX_TYPE *ctx)
 	 * within the limit): fail closed, visibly */
 	rs->active = 0;
 	return RET(XDP_ABORTED);
+}
+
+/* The reply to a packet the classifier's REJECT entry counted (the verdict
+ * in the per-CPU resume slot); tail-called from xdp_filter through
+ * self_map slot 1, verified on its own. */
+int xdp_reject(CTX_TYPE *ctx)
+{
+#if HOOK_TC
+	u32 pull = ctx->len < 128 ? ctx->len : 128;
+	bpf_skb_pull_data(ctx, pull);
+	u32 wire_len = ctx->len;
+#else
+	u32 wire_len = 0;
+#endif
+	u32 zero = 0;
+	struct resume *rs = resume_map.lookup(&zero);
+	if (!rs)
+		return RET(XDP_DROP);
+	u32 v = rs->reject;
+	rs->reject = 0;
+	if (!(v & VERDICT_REJECT) || v == VERDICT_CONTINUE)
+		return RET(XDP_DROP);
+	return reject_packet(ctx, v, wire_len);
 }

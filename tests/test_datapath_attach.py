@@ -124,8 +124,8 @@ def test_changes_take_effect_before_the_command_returns():
 @pytest.mark.parametrize("args", [
     ("-A", "FORWARD", "-m", "limit", "--limit", "1/s", "-m", "length", "--length", "1:2",
      "-j", "DROP"),   # limit before another match: refused
-    ("-A", "OUTPUT", "-j", "REJECT"),
-    ("-A", "INPUT", "-p", "tcp", "-j", "REJECT"),
+    ("-A", "OUTPUT", "-p", "sctp", "-m", "multiport", "--dports", "9", "-j", "DROP"),
+    ("-A", "INPUT", "-p", "tcp", "--tcp-option", "2", "-j", "DROP"),
     ("-A", "INPUT", "-m", "conntrack", "--ctexpire", "10", "-j", "DROP"),
 ])
 def test_unenforceable_changes_are_refused_while_attached(args):

@@ -147,7 +147,6 @@ def test_in_interface_wildcards_and_unknown_interfaces(harness):
 
 
 @pytest.mark.parametrize("lines, hook", [
-    (["-A INPUT -p tcp -j REJECT"], "INPUT"),
     (["-A INPUT -m limit --limit 1/s -m length --length 1:2 -j ACCEPT"], "INPUT"),
     (["-N X", "-A X -s 10.0.0.0/255.0.255.0", "-A INPUT -s 10.0.0.0/255.0.255.0 -j X",
       "-A INPUT ! -s 10.0.0.0/255.0.0.255 -g X"], "INPUT"),

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from ..errors import NotSupported
+from ..extensions.reject import RejectData, default_ttl, reject_verdict
 from ..model import Rule, Table
 from ..netaddr import iface_matches
 from .fields import ICMP_ANY, EntryFields, Prefix, PrefixField, RangeField, decompose
@@ -448,6 +449,13 @@ def inline(table: Table, hook: str, slots: dict[tuple[str, int], int],
                 log = log_slot[counter] = len(logs)
         entries.append(Entry(d.fields, counter, verdict, next_, own_tcp, lim, log))
 
+    reject_ttl: list[int] = []   # read once, when a REJECT is met
+
+    def rejecting(data: RejectData) -> int:
+        if not reject_ttl:
+            reject_ttl.append(default_ttl())
+        return reject_verdict(data, hook, reject_ttl[0])
+
     def walk(chain_name: str, guard: list[Rule], ret: _Label, depth: int) -> None:
         if depth > MAX_DEPTH:
             raise NotSupported("user chains nested deeper than 64")
@@ -457,6 +465,10 @@ def inline(table: Table, hook: str, slots: dict[tuple[str, int], int],
         for i, rule in enumerate(rules):
             slot = base + i
             target = rule.target
+            if target.name == "REJECT" and isinstance(target.data, RejectData):
+                # the classifier builds and sends the reply (bpf/lib/reject.h)
+                emit(guard, rule, slot, rejecting(target.data))
+                continue
             if not target.is_standard:
                 if target.name != "LOG":
                     raise NotSupported(f"target `{target.name}' in the eBPF data path")

@@ -20,7 +20,8 @@ from .packets import DEFAULT_SRC_MAC, frame
 from .program import LoadedProgram, ProgramCache
 from .testrun import test_run
 
-XDP_TO_VERDICT = {1: "DROP", 2: "ACCEPT"}
+# XDP_TX: a REJECT whose reply was built (a packet due no reply is dropped)
+XDP_TO_VERDICT = {1: "DROP", 2: "ACCEPT", 3: "REJECT"}
 
 
 def table_from_lines(lines: list[str], table: Table | None = None) -> Table:

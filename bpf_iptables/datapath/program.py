@@ -30,6 +30,7 @@ BPF_DIR = Path(os.environ.get("BPF_IPTABLES_BPF_DIR")
                or Path(__file__).resolve().parents[2] / "bpf")
 SOURCE = BPF_DIR / "filter.c"
 FUNCTION = "xdp_filter"
+REJECT_FUNCTION = "xdp_reject"
 
 
 def cflags(shape: Shape, tc: bool = False, ct_dir: str | None = None) -> list[str]:
@@ -159,7 +160,8 @@ class LoadedProgram:
         # the raw loader would make private ones: programs with pinned maps
         # are always compiled
         key = (None if debug or pinned
-               else objcache.key(SOURCE, cflags(shape, tc), {FUNCTION: prog_type}))
+               else objcache.key(SOURCE, cflags(shape, tc),
+                                 {FUNCTION: prog_type, REJECT_FUNCTION: prog_type}))
         hit = _from_cache(key, set(map_names(shape)), background)
         steps = hit[1].get("steps") if hit else None
         if hit and not (isinstance(steps, int) and 0 < steps <= shape.steps):
@@ -187,6 +189,9 @@ class LoadedProgram:
         self._fd = self._loaded.progs[FUNCTION]
         # long scans continue in a tail call of the program itself
         bpfsys.map_update(self.maps["self_map"], u32(0), u32(self._fd))
+        # -j REJECT: the reply is built by a program of its own (filter.c)
+        bpfsys.map_update(self.maps["self_map"], u32(1),
+                          u32(self._loaded.progs[REJECT_FUNCTION]))
         self.compile_seconds = time.monotonic() - self._start
 
     @staticmethod
@@ -215,9 +220,13 @@ class LoadedProgram:
                     raise
                 steps = fewer
         try:
+            # -j REJECT: the reply is built by a program of its own (filter.c)
+            bpf.load_func(REJECT_FUNCTION.encode(), BPF.SCHED_CLS if tc else BPF.XDP)
+            prog_type = SCHED_CLS if tc else XDP
             # cached under the shape asked for, with the steps that verified
-            _keep(key, bpf, {FUNCTION: SCHED_CLS if tc else XDP}, {"steps": steps})
-            return _dup_fds(bpf, [FUNCTION]), steps
+            _keep(key, bpf, {FUNCTION: prog_type, REJECT_FUNCTION: prog_type},
+                  {"steps": steps})
+            return _dup_fds(bpf, [FUNCTION, REJECT_FUNCTION]), steps
         finally:
             bpf.cleanup()
 

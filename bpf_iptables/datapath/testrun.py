@@ -49,6 +49,12 @@ class RunResult:
 
 
 def test_run(prog_fd: int, frame: bytes, repeat: int = 1, ifindex: int = 0) -> RunResult:
+    return test_run_out(prog_fd, frame, repeat, ifindex)[0]
+
+
+def test_run_out(prog_fd: int, frame: bytes, repeat: int = 1,
+                 ifindex: int = 0) -> tuple[RunResult, bytes]:
+    """``test_run`` and the frame as the program left it (a REJECT reply)."""
     data_in = ctypes.create_string_buffer(frame, len(frame))
     data_out = ctypes.create_string_buffer(len(frame) + 256)
     attr = _TestAttr()
@@ -67,4 +73,4 @@ def test_run(prog_fd: int, frame: bytes, repeat: int = 1, ifindex: int = 0) -> R
     if rc < 0:
         err = ctypes.get_errno()
         raise OSError(err, f"BPF_PROG_TEST_RUN: {os.strerror(err)}")
-    return RunResult(attr.retval, attr.duration)
+    return RunResult(attr.retval, attr.duration), data_out.raw[:attr.data_size_out]

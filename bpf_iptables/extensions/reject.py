@@ -22,6 +22,14 @@ if TYPE_CHECKING:
 
 IPPROTO_TCP = 6
 
+# How an entry's verdict carries a REJECT (bpf/lib/reject.h): a code above
+# every XDP action, the reject type in the low byte, where the classifier
+# runs, and the TTL of the reply.
+VERDICT_REJECT = 0x100
+REJECT_FORWARD = 0x200   # ICMP source from the route back to the sender
+REJECT_OUTPUT = 0x400    # TC egress: the reply goes into the stack at ingress
+DEFAULT_TTL_SYSCTL = "/proc/sys/net/ipv4/ip_default_ttl"
+
 
 @dataclass(frozen=True)
 class RejectType:
@@ -116,6 +124,24 @@ class RejectTarget(XtOptionsExtension, TargetExtension):
 
     def verdict(self, data: RejectData, packet: "Packet") -> Verdict:
         return Verdict("reject", data.with_)
+
+
+def default_ttl() -> int:
+    """The TTL the kernel gives its ICMP errors and resets
+    (ip4_dst_hoplimit: the namespace's ip_default_ttl, routes without a
+    hoplimit metric); read in the namespace the rules are compiled in."""
+    try:
+        with open(DEFAULT_TTL_SYSCTL) as f:
+            return int(f.read()) & 0xFF
+    except (OSError, ValueError):
+        return 64
+
+
+def reject_verdict(data: RejectData, hook: str, ttl: int) -> int:
+    """The entry verdict for ``-j REJECT`` in the classifier of ``hook``."""
+    number = next(t.number for t in REJECT_TYPES if t.name == data.with_)
+    where = {"FORWARD": REJECT_FORWARD, "OUTPUT": REJECT_OUTPUT}.get(hook, 0)
+    return VERDICT_REJECT | number | where | (ttl & 0xFF) << 16
 
 
 EXTENSIONS = [RejectTarget()]
