@@ -46,7 +46,7 @@ def cache(tmp_path, monkeypatch) -> Path:
 
 
 def entry_path(shape: Shape) -> Path:
-    k = objcache.key(program.SOURCE, cflags(shape), {program.FUNCTION: program.XDP})
+    k = program.object_key(shape)
     path = objcache.path_of(k)
     assert path is not None
     return path

@@ -59,6 +59,14 @@ def cflags(shape: Shape, tc: bool = False, ct_dir: str | None = None) -> list[st
     return flags
 
 
+def object_key(shape: Shape, tc: bool = False) -> str:
+    """The object cache's key of the classifier for ``shape``: the
+    classifier and the REJECT reply builder, loaded from one compile."""
+    prog_type = SCHED_CLS if tc else XDP
+    return objcache.key(SOURCE, cflags(shape, tc),
+                        {FUNCTION: prog_type, REJECT_FUNCTION: prog_type})
+
+
 def log_dir(ct_dir: str) -> str:
     """The bpffs directory of the namespace's LOG ring (logger.py reads it)."""
     return os.path.join(os.path.dirname(ct_dir), "log")
@@ -160,8 +168,7 @@ class LoadedProgram:
         # the raw loader would make private ones: programs with pinned maps
         # are always compiled
         key = (None if debug or pinned
-               else objcache.key(SOURCE, cflags(shape, tc),
-                                 {FUNCTION: prog_type, REJECT_FUNCTION: prog_type}))
+               else object_key(shape, tc))
         hit = _from_cache(key, set(map_names(shape)), background)
         steps = hit[1].get("steps") if hit else None
         if hit and not (isinstance(steps, int) and 0 < steps <= shape.steps):
