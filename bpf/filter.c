@@ -303,6 +303,14 @@ BPF_ARRAY(ctstate_map, struct bitvector, CT_SLOTS);
 #else
 #define TERM_CTSTATE(m, ix)
 #endif
+#if FIELD_CTCHECK
+#if !CONNTRACK
+#error "FIELD_CTCHECK needs CONNTRACK"
+#endif
+/* per entry: xt_conntrack's tuple and --ctexpire tests (not a bitvector:
+ * checked per candidate, see ct_check_miss) */
+BPF_ARRAY(ctcheck_map, struct ct_check, NENTRIES);
+#endif
 #if FIELD_PKTTYPE
 /* index: PACKET_HOST, PACKET_BROADCAST or PACKET_MULTICAST (parse.h) */
 BPF_ARRAY(pkttype_map, struct bitvector, 3);
@@ -595,6 +603,12 @@ int xdp_filter(CTX_TYPE *ctx)
 		/* residual checks: a candidate that fails them is skipped */
 		u64 miss = (differs(pf.saddr, en->src_mask, en->src_addr) ^ en->src_inv) |
 			   (differs(pf.daddr, en->dst_mask, en->dst_addr) ^ en->dst_inv);
+#if FIELD_CTCHECK
+		struct ct_check *cc = ctcheck_map.lookup(&e);
+		if (!cc)
+			return RET(XDP_ABORTED);
+		miss |= ct_check_miss(cc, cts);
+#endif
 		if (miss) {
 			cur &= cur - 1; /* drop the candidate, go on */
 			continue;

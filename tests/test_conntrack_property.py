@@ -72,6 +72,22 @@ RULESETS = [
      "-j DROP",
      "-A INPUT -m conntrack --ctstate RELATED --ctstatus ASSURED -j ACCEPT",
      "-P INPUT DROP"],
+    # tuple options with INVALID/RELATED, either direction, ICMP and
+    # generic tuples, --ctexpire (per-candidate checks, ctcheck_map)
+    ["-A INPUT -m conntrack --ctstate INVALID,RELATED --ctproto udp",
+     "-A INPUT -m conntrack --ctorigsrc 10.0.0.1 --ctrepldst 10.0.0.1",
+     "-A INPUT -m conntrack --ctstate RELATED --ctorigdst 10.0.0.2 --ctproto tcp "
+     "--ctorigdstport 80 -j ACCEPT",
+     "-A INPUT -m conntrack --ctstate ESTABLISHED ! --ctreplsrc 10.0.0.2/31 -j DROP",
+     "-A INPUT -m conntrack --ctproto icmp --ctorigsrcport 7 --ctrepldstport 0:0",
+     "-A INPUT -m conntrack --ctproto icmp --ctorigdstport 2048 ! --ctreplsrcport 9",
+     "-A INPUT -m conntrack --ctproto 47 --ctreplsrcport 0 --ctexpire 600",
+     "-A INPUT -m conntrack --ctexpire 0 -j ACCEPT",
+     "-A INPUT -m conntrack --ctexpire 29:30",
+     "-A INPUT -m conntrack --ctstate NEW,INVALID --ctreplsrcport 80 --ctdir ORIGINAL -j ACCEPT",
+     "-A INPUT -m conntrack ! --ctexpire 100:500000 -m conntrack --ctorigsrcport 40000 -j DROP",
+     "-A INPUT -m state --state ESTABLISHED -m conntrack --ctrepldst 10.0.0.3 -j ACCEPT",
+     "-P INPUT DROP"],
 ]
 
 

@@ -248,10 +248,9 @@ static __always_inline void ct_new(struct ct_seen *s, int kdir, u32 proto, u32 f
 
 /* The packet's ctstate into *s; a known entry is updated. pf comes from
  * parse_packet() (which accepted the IPv4 header). */
-static __always_inline void ct_track(void *data, void *data_end, struct packet_fields *pf,
-				     struct ct_seen *s)
+static __always_inline void ct_track_state(void *data, void *data_end,
+					   struct packet_fields *pf, struct ct_seen *s, u64 now)
 {
-	u64 now = bpf_ktime_get_ns();
 	s->state = CT_INVALID;
 	s->dir = CT_ORIGINAL;
 	s->pending = 0;
@@ -308,6 +307,8 @@ static __always_inline void ct_track(void *data, void *data_end, struct packet_f
 			s->state = CT_RELATED;
 			s->dir = (idir ^ e->swapped ^ 1) & 1;
 			s->status = e->status;
+			s->swapped = e->swapped;
+			s->expires = e->expires;	/* not refreshed */
 			return;
 		}
 		sport = ((u32)l4[4] << 8) | l4[5];
@@ -337,6 +338,8 @@ static __always_inline void ct_track(void *data, void *data_end, struct packet_f
 			/* the packet keeps the killed connection (netfilter
 			 * still marks it SEEN_REPLY for a reply) */
 			s->status = e->status | (d == CT_REPLY ? IPS_SEEN_REPLY : 0);
+			s->swapped = e->swapped;
+			s->expires = e->expires;	/* killed before the refresh */
 			ct_delete(&s->key);
 			ct_stat(CT_S_DELETES);
 			s->state = state;
@@ -360,6 +363,83 @@ static __always_inline void ct_track(void *data, void *data_end, struct packet_f
 	s->state = state;
 	s->dir = d;
 	s->status = e->status;
+	s->swapped = e->swapped;
+	s->expires = e->expires;
+}
+
+/* The connection's tuples and remaining lifetime, as xt_conntrack reads
+ * them (no NAT: the reply tuple is the original turned around; ICMP's
+ * reply tuple has the answer's type). */
+static __always_inline void ct_view(struct ct_seen *s)
+{
+	s->tracked = s->state != CT_INVALID;
+	if (!s->tracked)
+		return;
+	struct ct_key *k = &s->key;
+	u32 sw = s->pending ? s->entry.swapped : s->swapped;
+	u64 expires = s->pending ? s->entry.expires : s->expires;
+	u32 osrc = sw ? k->b_addr : k->a_addr, odst = sw ? k->a_addr : k->b_addr;
+	u32 osport = sw ? k->b_port : k->a_port, odport = sw ? k->a_port : k->b_port;
+	s->tup[0] = osrc;
+	s->tup[1] = odst;
+	s->tup[2] = odst;
+	s->tup[3] = osrc;
+	s->tport[0] = osport;
+	s->tport[1] = odport;
+	s->tport[2] = odport;
+	s->tport[3] = osport;
+	s->tproto = k->proto;
+	if (k->proto == IPPROTO_ICMP) {
+		u32 type = (odport >> 8) & 0xFF;
+		s->tport[2] = osport;	/* the identifier, both ways */
+		s->tport[3] = (((type == 8 ? 0 : type + 1) & 0xFF) << 8) | (odport & 0xFF);
+	}
+	u64 left = expires > s->now ? expires - s->now : 0;
+	if (s->pending) {
+		/* an unconfirmed entry's ct->timeout holds the timeout itself,
+		 * not a deadline (__nf_ct_refresh_acct adds the time stamp only
+		 * when confirmed), and nf_ct_expires() still subtracts the
+		 * 32-bit jiffies from it: what xt_conntrack sees for a NEW
+		 * packet depends on the uptime (usually 0) */
+		s32 j = (s32)((u32)(left / NSEC * CT_HZ) - (u32)bpf_jiffies64());
+		s->remaining = j > 0 ? (u32)j / CT_HZ : 0;
+	} else {
+		s->remaining = left / NSEC;
+	}
+}
+
+static __always_inline void ct_track(void *data, void *data_end, struct packet_fields *pf,
+				     struct ct_seen *s)
+{
+	u64 now = bpf_ktime_get_ns();
+	s->now = now;
+	ct_track_state(data, data_end, pf, s, now);
+	ct_view(s);
+}
+
+/* 1 when a tracked packet fails the rule's tuple or expiry tests (an
+ * untracked one skips them: xt_conntrack returns after the state test) */
+static __always_inline u64 ct_check_miss(struct ct_check *c, struct ct_seen *s)
+{
+	u32 f = c->flags, inv = c->inv;
+	if (!f || !s->tracked)
+		return 0;
+	u64 miss = 0;
+#pragma unroll
+	for (int i = 0; i < 4; i++) {
+		if (f & (CTC_ADDR0 << i))
+			miss |= (((s->tup[i] ^ c->addr[i]) & c->mask[i]) == 0) ==
+				!!(inv & (CTC_ADDR0 << i));
+		if (f & (CTC_PORT0 << i))
+			miss |= (s->tport[i] >= c->plo[i] && s->tport[i] <= c->phi[i]) ==
+				!!(inv & (CTC_PORT0 << i));
+	}
+	if (f & CTC_PROTO)
+		miss |= (s->tproto == c->proto) == !!(inv & CTC_PROTO);
+	if (f & CTC_EXPIRES)
+		miss |= (s->remaining >= c->exp_lo && s->remaining <= c->exp_hi) ==
+			!!(inv & CTC_EXPIRES);
+	return miss;
 }
 
 /* The packet was accepted: a new connection enters the table. */

@@ -88,6 +88,37 @@ struct ct_seen {
 	u32 status;	/* the connection's IPS_* bits after this packet */
 	struct ct_key key;
 	struct ct_entry entry;
+	/* what xt_conntrack's tuple and expiry checks read (ct_view): the
+	 * entry's tuples (for RELATED: the quoted flow's), its remaining
+	 * lifetime in seconds; tracked 0 for INVALID (no entry) */
+	u64 now;
+	u64 expires;	/* the entry's deadline after this packet */
+	u32 swapped;
+	u32 tracked;
+	u32 tup[4];	/* orig src, orig dst, reply src, reply dst (host order) */
+	u32 tport[4];	/* their ports (ICMP: id, type << 8 | code) */
+	u32 tproto;
+	u32 remaining;	/* nf_ct_expires() / HZ */
+};
+
+/* A rule's xt_conntrack tuple and expiry tests, checked per candidate
+ * (ctcheck_map, one per classifier entry; flags 0: nothing to check).
+ * flags/inv are xt_conntrack's match_flags/invert_flags bits. */
+#define CTC_PROTO (1 << 1)
+#define CTC_ADDR0 (1 << 2)	/* origsrc, origdst, replsrc, repldst: << i */
+#define CTC_EXPIRES (1 << 7)
+#define CTC_PORT0 (1 << 8)	/* origsrcport ... repldstport: << i */
+struct ct_check {
+	u32 flags;
+	u32 inv;
+	u32 addr[4];
+	u32 mask[4];
+	u32 plo[4];
+	u32 phi[4];
+	u32 proto;
+	u32 exp_lo;
+	u32 exp_hi;
+	u32 pad;
 };
 
 #endif

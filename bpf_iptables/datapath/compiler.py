@@ -56,7 +56,8 @@ BASE_FIELDS = 9
 # 31: a root program tail-calls the classifier (one of the 33)
 MAX_CHUNKS = 31
 FIELD_ORDER = ("src", "dst", "proto", "iif", "frag", "flags", "sport", "dport", "icmp",
-               "length", "ttl", "tos", "ports", "oif", "mac", "pkttype", "ctstate")
+               "length", "ttl", "tos", "ports", "oif", "mac", "pkttype", "ctstate",
+               "ctcheck")
 # Shape attributes that size a field's map (-D<NAME upper>)
 SIZE_ATTRS = ("src_max", "dst_max", "src_bsize", "dst_bsize", "src_probes", "dst_probes",
               "proto_max", "iif_max", "sport_bsize", "dport_bsize",
@@ -745,7 +746,8 @@ def _compile_chain(table: Table, hook: str, interfaces: dict[str, int] | None,
         if not f.never:
             live_entries.append((i, f))
             uses.add(f.used if f.used is not None else frozenset(f.uses()))
-        if e.verdict == VERDICT_CONTINUE or f.src.residual or f.dst.residual:
+        if (e.verdict == VERDICT_CONTINUE or f.src.residual or f.dst.residual
+                or f.ctcheck is not None):
             nonterminal += 1
     live = bits([i for i, _ in live_entries])
     used: set[str] = set().union(*uses)

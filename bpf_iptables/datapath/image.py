@@ -200,6 +200,21 @@ def entry_bytes(e) -> bytes:
             + be32(sa) + be32(sm) + u32(int(si)) + be32(da) + be32(dm) + u32(int(di)))
 
 
+CTCHECK_SIZE = 88   # struct ct_check (lib/conntrack_defs.h)
+
+
+def ctcheck_blob(entries) -> bytes:
+    """ctcheck_map's memory image: every entry's struct ct_check (zeros:
+    no check), so that a stale check of an earlier rule set never stays."""
+    out = bytearray(CTCHECK_SIZE * len(entries))
+    for i, e in enumerate(entries):
+        k = e.fields.ctcheck
+        if k is not None:
+            struct.pack_into("<22I", out, CTCHECK_SIZE * i, k.flags, k.inv, *k.addr, *k.mask,
+                             *k.plo, *k.phi, k.proto, k.exp_lo, k.exp_hi, 0)
+    return bytes(out)
+
+
 def map_image(c: Compiled, shape: Shape) -> list[MapImage]:
     """Every map's contents for ``c`` in a program compiled for ``shape``
     (which must cover ``c.shape``). Entries beyond the new list keep stale
@@ -238,6 +253,9 @@ def map_image(c: Compiled, shape: Shape) -> list[MapImage]:
         out.append(MapImage("pkttype_map", [(u32(i), bv(v)) for i, v in enumerate(c.pkttype)]))
     if "ctstate" in fields:
         out.append(MapImage("ctstate_map", [(u32(i), bv(v)) for i, v in enumerate(c.ctstate)]))
+    if "ctcheck" in fields:
+        out.append(MapImage("ctcheck_map", Packed(4, CTCHECK_SIZE, array_keys(len(c.entries)),
+                                                  ctcheck_blob(c.entries), dense=True)))
     if "tos" in fields:
         assert len(c.tos) == 256
         out.append(MapImage("tos_map", vector_items(range(256), c.tos, nw, dense=True)))
