@@ -57,6 +57,14 @@ static __always_inline u64 ct_timeout(u32 slot)
 	return sec * NSEC;
 }
 
+/* A confirmed entry's new deadline, t ns from now: in ns for the
+ * expiry, and in jiffies as netfilter's ct->timeout (for --ctexpire) */
+static __always_inline void ct_refresh(struct ct_entry *e, u64 now, u64 t)
+{
+	e->expires = now + t;
+	e->jexpires = (u32)bpf_jiffies64() + (u32)(t / NSEC * CT_HZ);
+}
+
 /* tcp_conntracks[dir][index][old], each row 10 states of 4 bits */
 #define ROW(a, b, c, d, e, f, g, h, i, j)                                              \
 	((u64)(a) | (u64)(b) << 4 | (u64)(c) << 8 | (u64)(d) << 12 | (u64)(e) << 16 | \
@@ -204,7 +212,7 @@ static __always_inline int ct_tcp(struct ct_entry *e, u32 d, u32 flags, u64 now)
 	} else if (!(e->status & IPS_ASSURED) && (old == sSR || old == sES) && new == sES) {
 		e->status |= IPS_ASSURED;
 	}
-	e->expires = now + t;
+	ct_refresh(e, now, t);
 	return 0;
 }
 
@@ -241,6 +249,10 @@ static __always_inline void ct_new(struct ct_seen *s, int kdir, u32 proto, u32 f
 	} else {
 		e->expires = now + ct_timeout(CT_T_GENERIC);
 	}
+	/* unconfirmed: ct->timeout holds the timeout itself, not a deadline
+	 * (__nf_ct_refresh_acct adds the time stamp only to a confirmed
+	 * entry; __nf_conntrack_confirm adds it on confirmation) */
+	e->jexpires = (u32)((e->expires - now) / NSEC * CT_HZ);
 	s->state = CT_NEW;
 	s->dir = CT_ORIGINAL;
 	s->pending = 1;
@@ -308,7 +320,7 @@ static __always_inline void ct_track_state(void *data, void *data_end,
 			s->dir = (idir ^ e->swapped ^ 1) & 1;
 			s->status = e->status;
 			s->swapped = e->swapped;
-			s->expires = e->expires;	/* not refreshed */
+			s->jexpires = e->jexpires;	/* not refreshed */
 			return;
 		}
 		sport = ((u32)l4[4] << 8) | l4[5];
@@ -339,7 +351,7 @@ static __always_inline void ct_track_state(void *data, void *data_end,
 			 * still marks it SEEN_REPLY for a reply) */
 			s->status = e->status | (d == CT_REPLY ? IPS_SEEN_REPLY : 0);
 			s->swapped = e->swapped;
-			s->expires = e->expires;	/* killed before the refresh */
+			s->jexpires = e->jexpires;	/* killed before the refresh */
 			ct_delete(&s->key);
 			ct_stat(CT_S_DELETES);
 			s->state = state;
@@ -348,15 +360,15 @@ static __always_inline void ct_track_state(void *data, void *data_end,
 		}
 	} else if (proto == IPPROTO_UDP) {
 		if ((e->status & IPS_SEEN_REPLY) && now > e->stream_ts) {
-			e->expires = now + ct_timeout(CT_T_UDP_STREAM);
+			ct_refresh(e, now, ct_timeout(CT_T_UDP_STREAM));
 			e->status |= IPS_ASSURED;
 		} else {
-			e->expires = now + ct_timeout(CT_T_UDP);
+			ct_refresh(e, now, ct_timeout(CT_T_UDP));
 		}
 	} else if (proto == IPPROTO_ICMP) {
-		e->expires = now + ct_timeout(CT_T_ICMP);
+		ct_refresh(e, now, ct_timeout(CT_T_ICMP));
 	} else {
-		e->expires = now + ct_timeout(CT_T_GENERIC);
+		ct_refresh(e, now, ct_timeout(CT_T_GENERIC));
 	}
 	if (d == CT_REPLY)
 		e->status |= IPS_SEEN_REPLY;
@@ -364,7 +376,7 @@ static __always_inline void ct_track_state(void *data, void *data_end,
 	s->dir = d;
 	s->status = e->status;
 	s->swapped = e->swapped;
-	s->expires = e->expires;
+	s->jexpires = e->jexpires;
 }
 
 /* The connection's tuples and remaining lifetime, as xt_conntrack reads
@@ -377,7 +389,7 @@ static __always_inline void ct_view(struct ct_seen *s)
 		return;
 	struct ct_key *k = &s->key;
 	u32 sw = s->pending ? s->entry.swapped : s->swapped;
-	u64 expires = s->pending ? s->entry.expires : s->expires;
+	u32 jexpires = s->pending ? s->entry.jexpires : s->jexpires;
 	u32 osrc = sw ? k->b_addr : k->a_addr, odst = sw ? k->a_addr : k->b_addr;
 	u32 osport = sw ? k->b_port : k->a_port, odport = sw ? k->a_port : k->b_port;
 	s->tup[0] = osrc;
@@ -394,18 +406,12 @@ static __always_inline void ct_view(struct ct_seen *s)
 		s->tport[2] = osport;	/* the identifier, both ways */
 		s->tport[3] = (((type == 8 ? 0 : type + 1) & 0xFF) << 8) | (odport & 0xFF);
 	}
-	u64 left = expires > s->now ? expires - s->now : 0;
-	if (s->pending) {
-		/* an unconfirmed entry's ct->timeout holds the timeout itself,
-		 * not a deadline (__nf_ct_refresh_acct adds the time stamp only
-		 * when confirmed), and nf_ct_expires() still subtracts the
-		 * 32-bit jiffies from it: what xt_conntrack sees for a NEW
-		 * packet depends on the uptime (usually 0) */
-		s32 j = (s32)((u32)(left / NSEC * CT_HZ) - (u32)bpf_jiffies64());
-		s->remaining = j > 0 ? (u32)j / CT_HZ : 0;
-	} else {
-		s->remaining = left / NSEC;
-	}
+	/* nf_ct_expires(): ct->timeout - 32-bit jiffies, at least 0; for an
+	 * unconfirmed entry ct->timeout is the timeout itself, so what a NEW
+	 * packet sees depends on the uptime (usually 0) */
+	s32 j = (s32)(jexpires - (u32)bpf_jiffies64());
+	s->remaining = j > 0 ? (u32)j / CT_HZ : 0;
+
 }
 
 static __always_inline void ct_track(void *data, void *data_end, struct packet_fields *pf,
@@ -449,6 +455,7 @@ static __always_inline void ct_confirm(struct ct_seen *s)
 		return;
 	s->pending = 0;
 	s->entry.status |= IPS_CONFIRMED;
+	s->entry.jexpires += (u32)bpf_jiffies64();
 	ct_insert(&s->key, &s->entry);
 	ct_stat(CT_S_INSERTS);
 }

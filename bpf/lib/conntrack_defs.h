@@ -79,6 +79,10 @@ struct ct_entry {
 	u8 last_index;
 	u8 last_dir;
 	u8 pad[2];
+	/* ct->timeout as netfilter keeps it, for --ctexpire: a deadline in
+	 * 32-bit jiffies, or while unconfirmed the timeout itself */
+	u32 jexpires;
+	u32 pad2;
 };
 
 struct ct_seen {
@@ -92,7 +96,7 @@ struct ct_seen {
 	 * entry's tuples (for RELATED: the quoted flow's), its remaining
 	 * lifetime in seconds; tracked 0 for INVALID (no entry) */
 	u64 now;
-	u64 expires;	/* the entry's deadline after this packet */
+	u32 jexpires;	/* the entry's ct_entry.jexpires after this packet */
 	u32 swapped;
 	u32 tracked;
 	u32 tup[4];	/* orig src, orig dst, reply src, reply dst (host order) */

@@ -4,7 +4,8 @@ bpf(2) (no bcc): entries, timeouts (sysctl names), statistics.
 Layouts are bpf/lib/conntrack_defs.h's: key ``struct ct_key`` (a_addr,
 b_addr host order, a_port, b_port, proto), value ``struct ct_entry``
 (expires and stream_ts in CLOCK_MONOTONIC ns, then swapped, tcp_state,
-status, close_init, last_index, last_dir)."""
+status, close_init, last_index, last_dir, then the deadline in 32-bit
+jiffies that --ctexpire reads)."""
 from __future__ import annotations
 
 import os
@@ -17,7 +18,7 @@ from ..datapath import bpfsys
 from .tracker import DEFAULT_TIMEOUTS, TIMEOUT_SLOTS, Entry
 
 KEY = struct.Struct("<IIHHI")
-VALUE = struct.Struct("<QQBBBBBB2x")
+VALUE = struct.Struct("<QQBBBBBB2xI4x")
 CONFIG_SLOTS = 16
 NO_LOOSE_SLOT = 15
 STAT_INSERTS, STAT_DELETES, NSTATS = 0, 1, 4
@@ -69,7 +70,7 @@ def read(d: Path, live_only: bool = True) -> list[Row]:
             v = bpfsys.map_lookup(fd, k, VALUE.size)
             if v is None:
                 continue
-            exp, sts, sw, st, status, ci, li, ld = VALUE.unpack(v)
+            exp, sts, sw, st, status, ci, li, ld, _ = VALUE.unpack(v)
             if live_only and exp <= now:
                 continue
             rows.append(Row(KEY.unpack(k), exp, sts, bool(sw), st, status, bool(ci), li, ld))
