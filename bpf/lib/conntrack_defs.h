@@ -55,6 +55,7 @@
 /* stats slots (per-CPU): entries inserted, entries deleted by the programs */
 #define CT_S_INSERTS 0
 #define CT_S_DELETES 1
+/* slot 2: expired entries the namespace daemon swept (table.py, not here) */
 #define CT_NSTATS 4
 
 #define NSEC 1000000000ULL

@@ -21,7 +21,7 @@ KEY = struct.Struct("<IIHHI")
 VALUE = struct.Struct("<QQBBBBBB2xI4x")
 CONFIG_SLOTS = 16
 NO_LOOSE_SLOT = 15
-STAT_INSERTS, STAT_DELETES, NSTATS = 0, 1, 4
+STAT_INSERTS, STAT_DELETES, STAT_SWEPT, NSTATS = 0, 1, 2, 4
 NSEC = 1_000_000_000
 
 
@@ -79,21 +79,31 @@ def read(d: Path, live_only: bool = True) -> list[Row]:
         os.close(fd)
 
 
-def gc(d: Path) -> int:
+def gc(d: Path, sweeper: bool = False) -> int:
     """Delete the expired entries (the programs delete one when a packet
-    finds it; the others would wait for the LRU); the count."""
+    finds it; the namespace's daemon sweeps the others periodically,
+    ``sweeper``, counted apart; every bpf-iptables-conntrack command
+    sweeps too); the count. An entry is looked up again just before its
+    deletion: a packet may have replaced it by a new connection meanwhile
+    (the window left is the two syscalls between, netfilter closes it
+    with a lock)."""
     fd = _open(d, "table")
     try:
-        now = time.monotonic_ns()
         n = 0
         for k in bpfsys.map_keys(fd, KEY.size):
             v = bpfsys.map_lookup(fd, k, VALUE.size)
-            if v is not None and VALUE.unpack(v)[0] <= now and bpfsys.map_delete(fd, k):
+            if v is None or VALUE.unpack(v)[0] > time.monotonic_ns():
+                continue
+            v = bpfsys.map_lookup(fd, k, VALUE.size)
+            if v is not None and VALUE.unpack(v)[0] <= time.monotonic_ns() \
+                    and bpfsys.map_delete(fd, k):
                 n += 1
     finally:
         os.close(fd)
     if n:
         _add_stat(d, STAT_DELETES, n)
+        if sweeper:
+            _add_stat(d, STAT_SWEPT, n)
     return n
 
 
@@ -131,6 +141,7 @@ class Stats:
     entries: int
     inserts: int
     deletes: int
+    swept: int = 0      # of the deletes: expired entries the daemon's sweeps removed
 
     @property
     def evictions(self) -> int:
@@ -144,9 +155,10 @@ def stats(d: Path) -> Stats:
     try:
         inserts = sum(_stat_values(fd, STAT_INSERTS))
         deletes = sum(_stat_values(fd, STAT_DELETES))
+        swept = sum(_stat_values(fd, STAT_SWEPT))
     finally:
         os.close(fd)
-    return Stats(len(read(d, live_only=False)), inserts, deletes)
+    return Stats(len(read(d, live_only=False)), inserts, deletes, swept)
 
 
 def set_timeouts(d: Path, values: dict[str, int]) -> None:
