@@ -310,6 +310,9 @@ BPF_ARRAY(ctstate_map, struct bitvector, CT_SLOTS);
 /* per entry: xt_conntrack's tuple and --ctexpire tests (not a bitvector:
  * checked per candidate, see ct_check_miss) */
 BPF_ARRAY(ctcheck_map, struct ct_check, NENTRIES);
+/* an entry's further checks (conntrack matches repeating an option),
+ * chained by ct_check.next */
+BPF_ARRAY(ctextra_map, struct ct_check, CTEXTRA_MAX);
 #endif
 #if FIELD_PKTTYPE
 /* index: PACKET_HOST, PACKET_BROADCAST or PACKET_MULTICAST (parse.h) */
@@ -608,6 +611,17 @@ int xdp_filter(CTX_TYPE *ctx)
 		if (!cc)
 			return RET(XDP_ABORTED);
 		miss |= ct_check_miss(cc, cts);
+		u32 nx = cc->next;
+#pragma unroll
+		for (int j = 1; j < CT_CHECKS_MAX; j++) {
+			if (!nx)
+				break;
+			struct ct_check *cx = ctextra_map.lookup(&nx);
+			if (!cx)
+				return RET(XDP_ABORTED);
+			miss |= ct_check_miss(cx, cts);
+			nx = cx->next;
+		}
 #endif
 		if (miss) {
 			cur &= cur - 1; /* drop the candidate, go on */

@@ -33,8 +33,8 @@ CHECKED = [
 REFUSED = [
     "-m conntrack --ctstate SNAT",
     "-m conntrack --ctstate DNAT,NEW",
-    # one check per entry: the same option twice on one path
-    "-m conntrack --ctexpire 1:5 -m conntrack --ctexpire 3",
+    # more than CT_CHECKS_MAX checks repeating an option on one path
+    " ".join(f"-m conntrack --ctexpire {i}" for i in range(5)),
 ]
 
 
@@ -42,7 +42,15 @@ REFUSED = [
 def test_enforced_per_candidate(match):
     c = compile_chain(table_from_lines([f"-A INPUT {match}"]), "INPUT", {})
     assert {"ctstate", "ctcheck"} <= c.shape.fields
-    assert c.entries[0].fields.ctcheck is not None
+    assert c.entries[0].fields.ctcheck
+
+
+def test_repeated_options_chain_checks():
+    rule = "-m conntrack --ctexpire 1:5 -m conntrack --ctexpire 3 -m conntrack --ctproto 6"
+    c = compile_chain(table_from_lines([f"-A INPUT {rule}"]), "INPUT", {})
+    checks = c.entries[0].fields.ctcheck
+    assert len(checks) == 2 and checks[0].flags == (1 << 7) | (1 << 1)
+    assert c.shape.ctextra_max == 2
 
 
 @pytest.mark.parametrize("match,fields", ENFORCED)

@@ -123,7 +123,8 @@ struct ct_check {
 	u32 proto;
 	u32 exp_lo;
 	u32 exp_hi;
-	u32 pad;
+	u32 next;	/* the entry's next check: a ctextra_map slot (0: none) */
 };
+#define CT_CHECKS_MAX 4	/* checks per entry (fields.CT_CHECKS_MAX) */
 
 #endif

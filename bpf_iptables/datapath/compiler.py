@@ -61,7 +61,7 @@ FIELD_ORDER = ("src", "dst", "proto", "iif", "frag", "flags", "sport", "dport", 
 # Shape attributes that size a field's map (-D<NAME upper>)
 SIZE_ATTRS = ("src_max", "dst_max", "src_bsize", "dst_bsize", "src_probes", "dst_probes",
               "proto_max", "iif_max", "sport_bsize", "dport_bsize",
-              "icmp_max", "length_bsize", "ttl_bsize", "oif_max", "mac_max")
+              "icmp_max", "length_bsize", "ttl_bsize", "oif_max", "mac_max", "ctextra_max")
 ICMP_OTHER, ICMP_NONE = 0x10000, 0x10001   # icmp-table keys (filter.c, parse.h)
 MAC_OTHER, MAC_NONE = 1 << 48, (1 << 48) + 1  # mac-table keys (filter.c)
 PKTTYPES = 3   # pkttype-table slots: PACKET_HOST, _BROADCAST, _MULTICAST (parse.h)
@@ -114,6 +114,7 @@ class Shape:
     ttl_bsize: int = 2
     oif_max: int = 1
     mac_max: int = 2
+    ctextra_max: int = 1             # conntrack checks beyond an entry's first (+1)
     # steps the longest scan may need (0: ``steps``); one invocation runs
     # ``steps`` of them and continues in tail calls, so a program whose
     # verifier budget forced fewer steps per invocation still fits
@@ -747,7 +748,7 @@ def _compile_chain(table: Table, hook: str, interfaces: dict[str, int] | None,
             live_entries.append((i, f))
             uses.add(f.used if f.used is not None else frozenset(f.uses()))
         if (e.verdict == VERDICT_CONTINUE or f.src.residual or f.dst.residual
-                or f.ctcheck is not None):
+                or f.ctcheck):
             nonterminal += 1
     live = bits([i for i, _ in live_entries])
     used: set[str] = set().union(*uses)
@@ -832,6 +833,9 @@ def _compile_chain(table: Table, hook: str, interfaces: dict[str, int] | None,
         shape.mac_max = len(c.mac)
     if "pkttype" in used:
         c.pkttype = pkttype_table(live_entries)
+    if "ctcheck" in used:
+        # every entry's (image.ctcheck_blobs writes dead ones' too)
+        shape.ctextra_max = 1 + sum(max(0, len(e.fields.ctcheck) - 1) for e in entries)
     if "ctstate" in used:
         c.ctstate = [bits(i for i, f in live_entries if all(m >> slot & 1 for m in f.ctstate))
                      for slot in range(CTSTATES)]

@@ -227,6 +227,9 @@ class CtstateConstraint:
     slots: int
 
 
+CT_CHECKS_MAX = 4   # per entry (filter.c follows ct_check.next this often)
+
+
 @dataclass(frozen=True)
 class CtCheck:
     """xt_conntrack's tuple and --ctexpire tests, checked per candidate
@@ -244,14 +247,11 @@ class CtCheck:
     exp_lo: int = 0
     exp_hi: int = 0
 
-    def merge(self, other: "CtCheck") -> "CtCheck":
-        """Both checks (two conntrack matches on one entry's path); the
-        same option twice does not fit one check."""
-        from ..errors import NotSupported
-
+    def merge(self, other: "CtCheck") -> "CtCheck | None":
+        """Both checks as one (two conntrack matches on one entry's path),
+        or None when they test the same option (then both are kept)."""
         if self.flags & other.flags:
-            raise NotSupported("the same conntrack tuple or --ctexpire option in two "
-                               "matches of one rule path in the eBPF data path")
+            return None
         pick = lambda a, b, i, bit: b[i] if other.flags & (bit << i) else a[i]  # noqa: E731
         return CtCheck(self.flags | other.flags, self.inv | other.inv,
                        tuple(pick(self.addr, other.addr, i, 4) for i in range(4)),
@@ -344,7 +344,7 @@ class EntryFields:
     mac: tuple[tuple[int, bool], ...] = ()        # (source MAC, invert)
     pkttype: tuple[tuple[int, bool], ...] = ()    # (PACKET_*, invert)
     ctstate: tuple[int, ...] = ()    # CtstateConstraint.slots, all must hold
-    ctcheck: CtCheck | None = None   # per-candidate conntrack tuple/expiry tests
+    ctcheck: tuple[CtCheck, ...] = ()   # per-candidate conntrack tuple/expiry tests, all must hold
     # uses(), fixed once decompose() has built the entry
     used: frozenset[str] | None = field(default=None, compare=False, repr=False)
 
@@ -397,7 +397,7 @@ class EntryFields:
             used.add("pkttype")
         if self.ctstate:
             used.add("ctstate")
-        if self.ctcheck is not None:
+        if self.ctcheck:
             used.add("ctcheck")
         if self.either is not None:
             used |= {"ports", "sport", "dport"}
@@ -531,7 +531,21 @@ def apply(f: EntryFields, c: Constraint) -> bool:
         f.ctstate += (c.slots,)
         return c.slots != 0
     if isinstance(c, CtCheck):
-        f.ctcheck = c if f.ctcheck is None else f.ctcheck.merge(c)
+        if c in f.ctcheck:
+            return True
+        for i, k in enumerate(f.ctcheck):
+            both = k.merge(c)
+            if both is not None:
+                f.ctcheck = f.ctcheck[:i] + (both,) + f.ctcheck[i + 1:]
+                return True
+        if len(f.ctcheck) == CT_CHECKS_MAX:
+            from ..errors import NotSupported
+            # the classifier follows at most this many per candidate (a
+            # bounded loop the verifier unrolls in every scan step)
+            raise NotSupported(f"more than {CT_CHECKS_MAX} conntrack matches repeating a "
+                               "tuple or --ctexpire option on one rule path in the eBPF "
+                               "data path")
+        f.ctcheck += (c,)
         return True
     if isinstance(c, Never):
         return False

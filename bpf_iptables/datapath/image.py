@@ -203,16 +203,23 @@ def entry_bytes(e) -> bytes:
 CTCHECK_SIZE = 88   # struct ct_check (lib/conntrack_defs.h)
 
 
-def ctcheck_blob(entries) -> bytes:
-    """ctcheck_map's memory image: every entry's struct ct_check (zeros:
-    no check), so that a stale check of an earlier rule set never stays."""
-    out = bytearray(CTCHECK_SIZE * len(entries))
+def ctcheck_blobs(entries) -> tuple[bytes, bytes]:
+    """ctcheck_map's memory image (every entry's first struct ct_check;
+    zeros: no check, so a stale check of an earlier rule set never stays)
+    and ctextra_map's (the further checks, slot 0 unused), chained by
+    ``next`` (a ctextra_map slot, 0: the last)."""
+    first = bytearray(CTCHECK_SIZE * len(entries))
+    extra = [bytes(CTCHECK_SIZE)]
+    pack = lambda k, nxt: struct.pack("<22I", k.flags, k.inv, *k.addr, *k.mask,  # noqa: E731
+                                      *k.plo, *k.phi, k.proto, k.exp_lo, k.exp_hi, nxt)
     for i, e in enumerate(entries):
-        k = e.fields.ctcheck
-        if k is not None:
-            struct.pack_into("<22I", out, CTCHECK_SIZE * i, k.flags, k.inv, *k.addr, *k.mask,
-                             *k.plo, *k.phi, k.proto, k.exp_lo, k.exp_hi, 0)
-    return bytes(out)
+        checks = e.fields.ctcheck
+        if not checks:
+            continue
+        slots = list(range(len(extra), len(extra) + len(checks) - 1)) + [0]
+        first[CTCHECK_SIZE * i:CTCHECK_SIZE * (i + 1)] = pack(checks[0], slots[0])
+        extra += [pack(k, slots[j + 1]) for j, k in enumerate(checks[1:])]
+    return bytes(first), b"".join(extra)
 
 
 def map_image(c: Compiled, shape: Shape) -> list[MapImage]:
@@ -254,8 +261,12 @@ def map_image(c: Compiled, shape: Shape) -> list[MapImage]:
     if "ctstate" in fields:
         out.append(MapImage("ctstate_map", [(u32(i), bv(v)) for i, v in enumerate(c.ctstate)]))
     if "ctcheck" in fields:
+        first, extra = ctcheck_blobs(c.entries)
         out.append(MapImage("ctcheck_map", Packed(4, CTCHECK_SIZE, array_keys(len(c.entries)),
-                                                  ctcheck_blob(c.entries), dense=True)))
+                                                  first, dense=True)))
+        out.append(MapImage("ctextra_map", Packed(4, CTCHECK_SIZE,
+                                                  array_keys(len(extra) // CTCHECK_SIZE),
+                                                  extra, dense=True)))
     if "tos" in fields:
         assert len(c.tos) == 256
         out.append(MapImage("tos_map", vector_items(range(256), c.tos, nw, dense=True)))
