@@ -378,7 +378,11 @@ int xdp_filter(CTX_TYPE *ctx)
 	if (!cts)
 		return RET(XDP_ABORTED);
 	if (!rs->active) {
-		ct_track(data, data_end, &pf, cts);
+		/* a frame that left through lo (the loopback's all-zero
+		 * source MAC; BPF_PROG_TEST_RUN's frames, injected on lo,
+		 * carry MACs of their own) was tracked at OUTPUT */
+		ct_track(data, data_end, &pf, cts,
+			 ctx->ingress_ifindex == CT_LO_IFINDEX && pf.src_mac == 0);
 		/* fast path: the first entry accepts on the conntrack slot
 		 * alone (e.g. --ctstate ESTABLISHED,RELATED -j ACCEPT): no
 		 * other field, no scan; counted as that rule */
@@ -612,7 +616,8 @@ int xdp_filter(CTX_TYPE *ctx)
 			return RET(XDP_ABORTED);
 		miss |= ct_check_miss(cc, cts);
 		u32 nx = cc->next;
-#pragma unroll
+		/* a bounded loop (clang does not unroll it with the break) */
+#pragma clang loop unroll(disable)
 		for (int j = 1; j < CT_CHECKS_MAX; j++) {
 			if (!nx)
 				break;

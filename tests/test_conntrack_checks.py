@@ -26,8 +26,8 @@ RULES = f"""\
 -A INPUT -m conntrack --ctstate NEW --ctexpire 0
 -A INPUT -m conntrack --ctstate NEW ! --ctexpire 0
 -A INPUT -m conntrack --ctstate ESTABLISHED --ctexpire 100:432000
--A INPUT -m conntrack --ctexpire 30
--A INPUT -m conntrack --ctexpire 1:29
+-A INPUT -m conntrack --ctexpire 29:30
+-A INPUT -m conntrack --ctexpire 1:28
 -A INPUT -m conntrack --ctstate RELATED --ctproto udp --ctorigsrc {SERVER_IP} --ctreplsrc {CLIENT_IP} --ctorigdstport 9
 -A INPUT -m conntrack --ctstate RELATED,INVALID --ctproto tcp
 -A INPUT -m conntrack --ctorigsrc {CLIENT_IP}

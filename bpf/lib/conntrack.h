@@ -163,11 +163,14 @@ static __always_inline int ct_make_key(u32 src, u32 dst, u32 proto, u32 sport, u
 	return CT_REPLY;
 }
 
-/* Look up a key; an expired entry is deleted and not found. */
-static __always_inline struct ct_entry *ct_find(struct ct_key *k, u64 now)
+/* Look up a key; an expired or killed entry is deleted and not found,
+ * except for a second look (again: see ct_track), which changes nothing. */
+static __always_inline struct ct_entry *ct_find(struct ct_key *k, u64 now, int again)
 {
 	struct ct_entry *e = ct_lookup(k);
-	if (e && e->expires <= now) {
+	if (!e || again)
+		return e;
+	if (e->expires <= now || e->dying) {
 		ct_delete(k);
 		ct_stat(CT_S_DELETES);
 		return 0;
@@ -261,7 +264,8 @@ static __always_inline void ct_new(struct ct_seen *s, int kdir, u32 proto, u32 f
 /* The packet's ctstate into *s; a known entry is updated. pf comes from
  * parse_packet() (which accepted the IPv4 header). */
 static __always_inline void ct_track_state(void *data, void *data_end,
-					   struct packet_fields *pf, struct ct_seen *s, u64 now)
+					   struct packet_fields *pf, struct ct_seen *s, u64 now,
+					   int again)
 {
 	s->state = CT_INVALID;
 	s->dir = CT_ORIGINAL;
@@ -313,7 +317,7 @@ static __always_inline void ct_track_state(void *data, void *data_end,
 			int idir = ct_make_key(isrc, idst, iproto, isport, idport, &s->key);
 			if (idir < 0)
 				return;
-			struct ct_entry *e = ct_find(&s->key, now);
+			struct ct_entry *e = ct_find(&s->key, now, again);
 			if (!e || dst != isrc)
 				return;
 			s->state = CT_RELATED;
@@ -329,10 +333,26 @@ static __always_inline void ct_track_state(void *data, void *data_end,
 	kdir = ct_make_key(src, dst, proto, sport, dport, &s->key);
 	if (kdir < 0)
 		return;
-	struct ct_entry *e = ct_find(&s->key, now);
+	struct ct_entry *e = ct_find(&s->key, now, again);
 	if (!e) {
 		ct_new(s, kdir, proto, flags, now);
 		return;
+	}
+	/* keep clang from computing field addresses of e before the null
+	 * check (the verifier refuses arithmetic on a maybe-null pointer) */
+	asm volatile("" : "+r"(e));
+	/* a second look works on a copy: the packet's effect on the entry
+	 * was applied when it left (netfilter tracks it once, the skb keeps
+	 * its entry). The copy only tells whether the first look found the
+	 * packet INVALID (a valid transition's result never makes the same
+	 * packet invalid, an invalid one left the state as it was); status
+	 * and timeout are the entry's, as the first look left them (running
+	 * a FIN twice would move FIN_WAIT on to LAST_ACK). */
+	struct ct_entry copy;
+	struct ct_entry *real = e;
+	if (again) {
+		__builtin_memcpy(&copy, e, sizeof(copy));
+		e = &copy;
 	}
 	u32 d = (kdir ^ e->swapped) & 1;
 	u32 state = (d == CT_REPLY || (e->status & IPS_SEEN_REPLY)) ? CT_ESTABLISHED : CT_NEW;
@@ -341,6 +361,15 @@ static __always_inline void ct_track_state(void *data, void *data_end,
 		if (r == 1)
 			return;
 		if (r == 2) {
+			if (again) {
+				/* (not expected: the first look replaced the
+				 * entry) nothing to insert a second time */
+				ct_new(s, kdir, proto, flags, now);
+				s->pending = 0;
+				s->swapped = s->entry.swapped;
+				s->jexpires = s->entry.jexpires;
+				return;
+			}
 			ct_delete(&s->key);
 			ct_stat(CT_S_DELETES);
 			ct_new(s, kdir, proto, flags, now);
@@ -352,8 +381,10 @@ static __always_inline void ct_track_state(void *data, void *data_end,
 			s->status = e->status | (d == CT_REPLY ? IPS_SEEN_REPLY : 0);
 			s->swapped = e->swapped;
 			s->jexpires = e->jexpires;	/* killed before the refresh */
-			ct_delete(&s->key);
-			ct_stat(CT_S_DELETES);
+			/* gone for every later lookup (deleted by the next one
+			 * or the sweep), but a packet on lo still finds it at
+			 * INPUT, as netfilter's skb keeps its dying entry */
+			e->dying = 1;
 			s->state = state;
 			s->dir = d;
 			return;
@@ -377,6 +408,10 @@ static __always_inline void ct_track_state(void *data, void *data_end,
 	s->status = e->status;
 	s->swapped = e->swapped;
 	s->jexpires = e->jexpires;
+	if (again) {
+		s->status = real->status;
+		s->jexpires = real->jexpires;
+	}
 }
 
 /* The connection's tuples and remaining lifetime, as xt_conntrack reads
@@ -414,12 +449,15 @@ static __always_inline void ct_view(struct ct_seen *s)
 
 }
 
+/* again: the packet arrives on lo, so it was tracked when it left
+ * through lo (OUTPUT, egress): look at the entry without changing it
+ * (netfilter's PREROUTING skips a packet that carries its entry). */
 static __always_inline void ct_track(void *data, void *data_end, struct packet_fields *pf,
-				     struct ct_seen *s)
+				     struct ct_seen *s, int again)
 {
 	u64 now = bpf_ktime_get_ns();
 	s->now = now;
-	ct_track_state(data, data_end, pf, s, now);
+	ct_track_state(data, data_end, pf, s, now, again);
 	ct_view(s);
 }
 

@@ -59,6 +59,8 @@
 #define CT_NSTATS 4
 
 #define NSEC 1000000000ULL
+/* a packet arriving on lo was tracked when it left through lo (OUTPUT) */
+#define CT_LO_IFINDEX 1
 #define CT_SLOTS 64
 #define CT_SLOT(s) (((s)->state + 4 * (s)->dir + 8 * (((s)->status >> 1) & 7)) & (CT_SLOTS - 1))
 
@@ -79,7 +81,9 @@ struct ct_entry {
 	u8 close_init;
 	u8 last_index;
 	u8 last_dir;
-	u8 pad[2];
+	u8 dying;	/* killed (a RST before any reply): gone for every lookup
+			 * but the loopback's second look at the same packet */
+	u8 pad;
 	/* ct->timeout as netfilter keeps it, for --ctexpire: a deadline in
 	 * 32-bit jiffies, or while unconfirmed the timeout itself */
 	u32 jexpires;

@@ -4,8 +4,8 @@ bpf(2) (no bcc): entries, timeouts (sysctl names), statistics.
 Layouts are bpf/lib/conntrack_defs.h's: key ``struct ct_key`` (a_addr,
 b_addr host order, a_port, b_port, proto), value ``struct ct_entry``
 (expires and stream_ts in CLOCK_MONOTONIC ns, then swapped, tcp_state,
-status, close_init, last_index, last_dir, then the deadline in 32-bit
-jiffies that --ctexpire reads)."""
+status, close_init, last_index, last_dir, dying (killed: never listed,
+swept), then the deadline in 32-bit jiffies that --ctexpire reads)."""
 from __future__ import annotations
 
 import os
@@ -18,7 +18,7 @@ from ..datapath import bpfsys
 from .tracker import DEFAULT_TIMEOUTS, TIMEOUT_SLOTS, Entry
 
 KEY = struct.Struct("<IIHHI")
-VALUE = struct.Struct("<QQBBBBBB2xI4x")
+VALUE = struct.Struct("<QQBBBBBBBxI4x")
 CONFIG_SLOTS = 16
 NO_LOOSE_SLOT = 15
 STAT_INSERTS, STAT_DELETES, STAT_SWEPT, NSTATS = 0, 1, 2, 4
@@ -70,8 +70,8 @@ def read(d: Path, live_only: bool = True) -> list[Row]:
             v = bpfsys.map_lookup(fd, k, VALUE.size)
             if v is None:
                 continue
-            exp, sts, sw, st, status, ci, li, ld, _ = VALUE.unpack(v)
-            if live_only and exp <= now:
+            exp, sts, sw, st, status, ci, li, ld, dying, _ = VALUE.unpack(v)
+            if live_only and (exp <= now or dying):
                 continue
             rows.append(Row(KEY.unpack(k), exp, sts, bool(sw), st, status, bool(ci), li, ld))
         return rows
@@ -91,12 +91,9 @@ def gc(d: Path, sweeper: bool = False) -> int:
     try:
         n = 0
         for k in bpfsys.map_keys(fd, KEY.size):
-            v = bpfsys.map_lookup(fd, k, VALUE.size)
-            if v is None or VALUE.unpack(v)[0] > time.monotonic_ns():
+            if not _gone(bpfsys.map_lookup(fd, k, VALUE.size)):
                 continue
-            v = bpfsys.map_lookup(fd, k, VALUE.size)
-            if v is not None and VALUE.unpack(v)[0] <= time.monotonic_ns() \
-                    and bpfsys.map_delete(fd, k):
+            if _gone(bpfsys.map_lookup(fd, k, VALUE.size)) and bpfsys.map_delete(fd, k):
                 n += 1
     finally:
         os.close(fd)
@@ -105,6 +102,14 @@ def gc(d: Path, sweeper: bool = False) -> int:
         if sweeper:
             _add_stat(d, STAT_SWEPT, n)
     return n
+
+
+def _gone(v: bytes | None) -> bool:
+    """An entry value that is expired or killed (``dying``)."""
+    if v is None:
+        return False
+    fields = VALUE.unpack(v)
+    return fields[0] <= time.monotonic_ns() or bool(fields[8])
 
 
 def flush(d: Path) -> int:
