@@ -539,9 +539,8 @@ def apply(f: EntryFields, c: Constraint) -> bool:
                 f.ctcheck = f.ctcheck[:i] + (both,) + f.ctcheck[i + 1:]
                 return True
         if len(f.ctcheck) == CT_CHECKS_MAX:
-            from ..errors import NotSupported
             # the classifier follows at most this many per candidate (a
-            # bounded loop the verifier unrolls in every scan step)
+            # bounded loop the verifier walks in every scan step)
             raise NotSupported(f"more than {CT_CHECKS_MAX} conntrack matches repeating a "
                                "tuple or --ctexpire option on one rule path in the eBPF "
                                "data path")
