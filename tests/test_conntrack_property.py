@@ -165,11 +165,13 @@ def program():
     shape = compile_chain(tables[0], "INPUT", {}).shape
     for t in tables[1:]:
         shape = shape.union(compile_chain(t, "INPUT", {}).shape)
-    prog = LoadedProgram(shape, ct_dir=d)
-    try:
+    prog = None
+    try:   # the pins go even when the load fails
+        prog = LoadedProgram(shape, ct_dir=d)
         yield prog, shape, cttable.Path(d)
     finally:
-        prog.close()
+        if prog is not None:
+            prog.close()
         shutil.rmtree(d, ignore_errors=True)
 
 
