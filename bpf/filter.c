@@ -404,6 +404,17 @@ BPF_ARRAY(ctstate_map, struct bitvector, CT_SLOTS);
 #else
 #define TERM_CTSTATE(m, ix)
 #endif
+#if FIELD_CTCHECK
+#if !CONNTRACK
+#error "FIELD_CTCHECK needs CONNTRACK"
+#endif
+/* per entry: xt_conntrack's tuple and --ctexpire tests (not a bitvector:
+ * checked per candidate, see ct_check_miss) */
+BPF_ARRAY(ctcheck_map, struct ct_check, NENTRIES);
+/* an entry's further checks (conntrack matches repeating an option),
+ * chained by ct_check.next */
+BPF_ARRAY(ctextra_map, struct ct_check, CTEXTRA_MAX);
+#endif
 #if FIELD_PKTTYPE
 /* index: PACKET_HOST, PACKET_BROADCAST or PACKET_MULTICAST (parse.h) */
 BPF_ARRAY(pkttype_map, struct bitvector, 3);
@@ -468,7 +479,11 @@ int xdp_filter(CTX_TYPE *ctx)
 	if (!cts)
 		return RET(XDP_ABORTED);
 	if (!rs->active) {
-		ct_track(data, data_end, &pf, cts);
+		/* a frame that left through lo (the loopback's all-zero
+		 * source MAC; BPF_PROG_TEST_RUN's frames, injected on lo,
+		 * carry MACs of their own) was tracked at OUTPUT */
+		ct_track(data, data_end, &pf, cts,
+			 ctx->ingress_ifindex == CT_LO_IFINDEX && pf.src_mac == 0);
 		/* fast path: the first entry accepts on the conntrack slot
 		 * alone (e.g. --ctstate ESTABLISHED,RELATED -j ACCEPT): no
 		 * other field, no scan; counted as that rule */
@@ -704,6 +719,24 @@ int xdp_filter(CTX_TYPE *ctx)
 		/* residual checks: a candidate that fails them is skipped */
 		u64 miss = (differs(pf.saddr, en->src_mask, en->src_addr) ^ en->src_inv) |
 			   (differs(pf.daddr, en->dst_mask, en->dst_addr) ^ en->dst_inv);
+#if FIELD_CTCHECK
+		struct ct_check *cc = ctcheck_map.lookup(&e);
+		if (!cc)
+			return RET(XDP_ABORTED);
+		miss |= ct_check_miss(cc, cts);
+		u32 nx = cc->next;
+		/* a bounded loop (clang does not unroll it with the break) */
+#pragma clang loop unroll(disable)
+		for (int j = 1; j < CT_CHECKS_MAX; j++) {
+			if (!nx)
+				break;
+			struct ct_check *cx = ctextra_map.lookup(&nx);
+			if (!cx)
+				return RET(XDP_ABORTED);
+			miss |= ct_check_miss(cx, cts);
+			nx = cx->next;
+		}
+#endif
 		if (miss) {
 			cur &= cur - 1; /* drop the candidate, go on */
 			continue;

@@ -19,15 +19,38 @@ ENFORCED = [
      {"ctstate", "dst"}),
     ("-m conntrack --ctstate NEW,ESTABLISHED ! --ctproto icmp", {"ctstate", "proto"}),
 ]
-REFUSED = [
+# per-candidate checks (ctcheck_map): the connection's tuple or lifetime is
+# not the packet's own, or the match lets packets without one through
+CHECKED = [
     "-m conntrack --ctexpire 10:20",
+    "-m conntrack ! --ctexpire 0",
+    "-m conntrack --ctproto tcp",                                  # INVALID skips it
+    "-m conntrack --ctstate RELATED --ctproto udp",                # an ICMP error's flow
+    "-m conntrack --ctstate ESTABLISHED --ctorigsrc 10.0.0.1",     # either direction
+    "-m conntrack --ctstate NEW --ctorigsrcport 1024:65535",       # any protocol's tuple
+    "-m conntrack --ctstate INVALID,UNTRACKED --ctreplsrc 10.0.0.0/8 --ctrepldstport 5",
+]
+REFUSED = [
     "-m conntrack --ctstate SNAT",
     "-m conntrack --ctstate DNAT,NEW",
-    "-m conntrack --ctproto tcp",                                  # INVALID skips it
-    "-m conntrack --ctstate RELATED --ctproto udp",                # an ICMP error's tuple
-    "-m conntrack --ctstate ESTABLISHED --ctorigsrc 10.0.0.1",     # either direction
-    "-m conntrack --ctstate NEW --ctorigsrcport 1024:65535",       # ports need tcp/udp
+    # more than CT_CHECKS_MAX checks repeating an option on one path
+    " ".join(f"-m conntrack --ctexpire {i}" for i in range(5)),
 ]
+
+
+@pytest.mark.parametrize("match", CHECKED)
+def test_enforced_per_candidate(match):
+    c = compile_chain(table_from_lines([f"-A INPUT {match}"]), "INPUT", {})
+    assert {"ctstate", "ctcheck"} <= c.shape.fields
+    assert c.entries[0].fields.ctcheck
+
+
+def test_repeated_options_chain_checks():
+    rule = "-m conntrack --ctexpire 1:5 -m conntrack --ctexpire 3 -m conntrack --ctproto 6"
+    c = compile_chain(table_from_lines([f"-A INPUT {rule}"]), "INPUT", {})
+    checks = c.entries[0].fields.ctcheck
+    assert len(checks) == 2 and checks[0].flags == (1 << 7) | (1 << 1)
+    assert c.shape.ctextra_max == 2
 
 
 @pytest.mark.parametrize("match,fields", ENFORCED)

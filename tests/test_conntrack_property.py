@@ -72,6 +72,25 @@ RULESETS = [
      "-j DROP",
      "-A INPUT -m conntrack --ctstate RELATED --ctstatus ASSURED -j ACCEPT",
      "-P INPUT DROP"],
+    # tuple options with INVALID/RELATED, either direction, ICMP and
+    # generic tuples, --ctexpire (per-candidate checks, ctcheck_map)
+    ["-A INPUT -m conntrack --ctstate INVALID,RELATED --ctproto udp",
+     "-A INPUT -m conntrack --ctorigsrc 10.0.0.1 --ctrepldst 10.0.0.1",
+     "-A INPUT -m conntrack --ctstate RELATED --ctorigdst 10.0.0.2 --ctproto tcp "
+     "--ctorigdstport 80 -j ACCEPT",
+     "-A INPUT -m conntrack --ctstate ESTABLISHED ! --ctreplsrc 10.0.0.2/31 -j DROP",
+     "-A INPUT -m conntrack --ctproto icmp --ctorigsrcport 7 --ctrepldstport 0:0",
+     "-A INPUT -m conntrack --ctproto icmp --ctorigdstport 2048 ! --ctreplsrcport 9",
+     # (ranges take in both a full timeout and a second less: a packet that
+     # does not refresh its entry (RELATED) in the jiffy of the refresh
+     # still sees the full timeout, which the model's clock cannot know)
+     "-A INPUT -m conntrack --ctproto 47 --ctreplsrcport 0 --ctexpire 599:600",
+     "-A INPUT -m conntrack --ctexpire 0 -j ACCEPT",
+     "-A INPUT -m conntrack --ctexpire 29:30",
+     "-A INPUT -m conntrack --ctstate NEW,INVALID --ctreplsrcport 80 --ctdir ORIGINAL -j ACCEPT",
+     "-A INPUT -m conntrack ! --ctexpire 100:500000 -m conntrack --ctorigsrcport 40000 -j DROP",
+     "-A INPUT -m state --state ESTABLISHED -m conntrack --ctrepldst 10.0.0.3 -j ACCEPT",
+     "-P INPUT DROP"],
 ]
 
 
@@ -146,11 +165,13 @@ def program():
     shape = compile_chain(tables[0], "INPUT", {}).shape
     for t in tables[1:]:
         shape = shape.union(compile_chain(t, "INPUT", {}).shape)
-    prog = LoadedProgram(shape, ct_dir=d)
-    try:
+    prog = None
+    try:   # the pins go even when the load fails
+        prog = LoadedProgram(shape, ct_dir=d)
         yield prog, shape, cttable.Path(d)
     finally:
-        prog.close()
+        if prog is not None:
+            prog.close()
         shutil.rmtree(d, ignore_errors=True)
 
 

@@ -57,6 +57,14 @@ static __always_inline u64 ct_timeout(u32 slot)
 	return sec * NSEC;
 }
 
+/* A confirmed entry's new deadline, t ns from now: in ns for the
+ * expiry, and in jiffies as netfilter's ct->timeout (for --ctexpire) */
+static __always_inline void ct_refresh(struct ct_entry *e, u64 now, u64 t)
+{
+	e->expires = now + t;
+	e->jexpires = (u32)bpf_jiffies64() + (u32)(t / NSEC * CT_HZ);
+}
+
 /* tcp_conntracks[dir][index][old], each row 10 states of 4 bits */
 #define ROW(a, b, c, d, e, f, g, h, i, j)                                              \
 	((u64)(a) | (u64)(b) << 4 | (u64)(c) << 8 | (u64)(d) << 12 | (u64)(e) << 16 | \
@@ -155,11 +163,14 @@ static __always_inline int ct_make_key(u32 src, u32 dst, u32 proto, u32 sport, u
 	return CT_REPLY;
 }
 
-/* Look up a key; an expired entry is deleted and not found. */
-static __always_inline struct ct_entry *ct_find(struct ct_key *k, u64 now)
+/* Look up a key; an expired or killed entry is deleted and not found,
+ * except for a second look (again: see ct_track), which changes nothing. */
+static __always_inline struct ct_entry *ct_find(struct ct_key *k, u64 now, int again)
 {
 	struct ct_entry *e = ct_lookup(k);
-	if (e && e->expires <= now) {
+	if (!e || again)
+		return e;
+	if (e->expires <= now || e->dying) {
 		ct_delete(k);
 		ct_stat(CT_S_DELETES);
 		return 0;
@@ -204,7 +215,7 @@ static __always_inline int ct_tcp(struct ct_entry *e, u32 d, u32 flags, u64 now)
 	} else if (!(e->status & IPS_ASSURED) && (old == sSR || old == sES) && new == sES) {
 		e->status |= IPS_ASSURED;
 	}
-	e->expires = now + t;
+	ct_refresh(e, now, t);
 	return 0;
 }
 
@@ -241,6 +252,10 @@ static __always_inline void ct_new(struct ct_seen *s, int kdir, u32 proto, u32 f
 	} else {
 		e->expires = now + ct_timeout(CT_T_GENERIC);
 	}
+	/* unconfirmed: ct->timeout holds the timeout itself, not a deadline
+	 * (__nf_ct_refresh_acct adds the time stamp only to a confirmed
+	 * entry; __nf_conntrack_confirm adds it on confirmation) */
+	e->jexpires = (u32)((e->expires - now) / NSEC * CT_HZ);
 	s->state = CT_NEW;
 	s->dir = CT_ORIGINAL;
 	s->pending = 1;
@@ -248,10 +263,10 @@ static __always_inline void ct_new(struct ct_seen *s, int kdir, u32 proto, u32 f
 
 /* The packet's ctstate into *s; a known entry is updated. pf comes from
  * parse_packet() (which accepted the IPv4 header). */
-static __always_inline void ct_track(void *data, void *data_end, struct packet_fields *pf,
-				     struct ct_seen *s)
+static __always_inline void ct_track_state(void *data, void *data_end,
+					   struct packet_fields *pf, struct ct_seen *s, u64 now,
+					   int again)
 {
-	u64 now = bpf_ktime_get_ns();
 	s->state = CT_INVALID;
 	s->dir = CT_ORIGINAL;
 	s->pending = 0;
@@ -302,12 +317,14 @@ static __always_inline void ct_track(void *data, void *data_end, struct packet_f
 			int idir = ct_make_key(isrc, idst, iproto, isport, idport, &s->key);
 			if (idir < 0)
 				return;
-			struct ct_entry *e = ct_find(&s->key, now);
+			struct ct_entry *e = ct_find(&s->key, now, again);
 			if (!e || dst != isrc)
 				return;
 			s->state = CT_RELATED;
 			s->dir = (idir ^ e->swapped ^ 1) & 1;
 			s->status = e->status;
+			s->swapped = e->swapped;
+			s->jexpires = e->jexpires;	/* not refreshed */
 			return;
 		}
 		sport = ((u32)l4[4] << 8) | l4[5];
@@ -316,10 +333,26 @@ static __always_inline void ct_track(void *data, void *data_end, struct packet_f
 	kdir = ct_make_key(src, dst, proto, sport, dport, &s->key);
 	if (kdir < 0)
 		return;
-	struct ct_entry *e = ct_find(&s->key, now);
+	struct ct_entry *e = ct_find(&s->key, now, again);
 	if (!e) {
 		ct_new(s, kdir, proto, flags, now);
 		return;
+	}
+	/* keep clang from computing field addresses of e before the null
+	 * check (the verifier refuses arithmetic on a maybe-null pointer) */
+	asm volatile("" : "+r"(e));
+	/* a second look works on a copy: the packet's effect on the entry
+	 * was applied when it left (netfilter tracks it once, the skb keeps
+	 * its entry). The copy only tells whether the first look found the
+	 * packet INVALID (a valid transition's result never makes the same
+	 * packet invalid, an invalid one left the state as it was); status
+	 * and timeout are the entry's, as the first look left them (running
+	 * a FIN twice would move FIN_WAIT on to LAST_ACK). */
+	struct ct_entry copy;
+	struct ct_entry *real = e;
+	if (again) {
+		__builtin_memcpy(&copy, e, sizeof(copy));
+		e = &copy;
 	}
 	u32 d = (kdir ^ e->swapped) & 1;
 	u32 state = (d == CT_REPLY || (e->status & IPS_SEEN_REPLY)) ? CT_ESTABLISHED : CT_NEW;
@@ -328,6 +361,15 @@ static __always_inline void ct_track(void *data, void *data_end, struct packet_f
 		if (r == 1)
 			return;
 		if (r == 2) {
+			if (again) {
+				/* (not expected: the first look replaced the
+				 * entry) nothing to insert a second time */
+				ct_new(s, kdir, proto, flags, now);
+				s->pending = 0;
+				s->swapped = s->entry.swapped;
+				s->jexpires = s->entry.jexpires;
+				return;
+			}
 			ct_delete(&s->key);
 			ct_stat(CT_S_DELETES);
 			ct_new(s, kdir, proto, flags, now);
@@ -337,29 +379,111 @@ static __always_inline void ct_track(void *data, void *data_end, struct packet_f
 			/* the packet keeps the killed connection (netfilter
 			 * still marks it SEEN_REPLY for a reply) */
 			s->status = e->status | (d == CT_REPLY ? IPS_SEEN_REPLY : 0);
-			ct_delete(&s->key);
-			ct_stat(CT_S_DELETES);
+			s->swapped = e->swapped;
+			s->jexpires = e->jexpires;	/* killed before the refresh */
+			/* gone for every later lookup (deleted by the next one
+			 * or the sweep), but a packet on lo still finds it at
+			 * INPUT, as netfilter's skb keeps its dying entry */
+			e->dying = 1;
 			s->state = state;
 			s->dir = d;
 			return;
 		}
 	} else if (proto == IPPROTO_UDP) {
 		if ((e->status & IPS_SEEN_REPLY) && now > e->stream_ts) {
-			e->expires = now + ct_timeout(CT_T_UDP_STREAM);
+			ct_refresh(e, now, ct_timeout(CT_T_UDP_STREAM));
 			e->status |= IPS_ASSURED;
 		} else {
-			e->expires = now + ct_timeout(CT_T_UDP);
+			ct_refresh(e, now, ct_timeout(CT_T_UDP));
 		}
 	} else if (proto == IPPROTO_ICMP) {
-		e->expires = now + ct_timeout(CT_T_ICMP);
+		ct_refresh(e, now, ct_timeout(CT_T_ICMP));
 	} else {
-		e->expires = now + ct_timeout(CT_T_GENERIC);
+		ct_refresh(e, now, ct_timeout(CT_T_GENERIC));
 	}
 	if (d == CT_REPLY)
 		e->status |= IPS_SEEN_REPLY;
 	s->state = state;
 	s->dir = d;
 	s->status = e->status;
+	s->swapped = e->swapped;
+	s->jexpires = e->jexpires;
+	if (again) {
+		s->status = real->status;
+		s->jexpires = real->jexpires;
+	}
+}
+
+/* The connection's tuples and remaining lifetime, as xt_conntrack reads
+ * them (no NAT: the reply tuple is the original turned around; ICMP's
+ * reply tuple has the answer's type). */
+static __always_inline void ct_view(struct ct_seen *s)
+{
+	s->tracked = s->state != CT_INVALID;
+	if (!s->tracked)
+		return;
+	struct ct_key *k = &s->key;
+	u32 sw = s->pending ? s->entry.swapped : s->swapped;
+	u32 jexpires = s->pending ? s->entry.jexpires : s->jexpires;
+	u32 osrc = sw ? k->b_addr : k->a_addr, odst = sw ? k->a_addr : k->b_addr;
+	u32 osport = sw ? k->b_port : k->a_port, odport = sw ? k->a_port : k->b_port;
+	s->tup[0] = osrc;
+	s->tup[1] = odst;
+	s->tup[2] = odst;
+	s->tup[3] = osrc;
+	s->tport[0] = osport;
+	s->tport[1] = odport;
+	s->tport[2] = odport;
+	s->tport[3] = osport;
+	s->tproto = k->proto;
+	if (k->proto == IPPROTO_ICMP) {
+		u32 type = (odport >> 8) & 0xFF;
+		s->tport[2] = osport;	/* the identifier, both ways */
+		s->tport[3] = (((type == 8 ? 0 : type + 1) & 0xFF) << 8) | (odport & 0xFF);
+	}
+	/* nf_ct_expires(): ct->timeout - 32-bit jiffies, at least 0; for an
+	 * unconfirmed entry ct->timeout is the timeout itself, so what a NEW
+	 * packet sees depends on the uptime (usually 0) */
+	s32 j = (s32)(jexpires - (u32)bpf_jiffies64());
+	s->remaining = j > 0 ? (u32)j / CT_HZ : 0;
+
+}
+
+/* again: the packet arrives on lo, so it was tracked when it left
+ * through lo (OUTPUT, egress): look at the entry without changing it
+ * (netfilter's PREROUTING skips a packet that carries its entry). */
+static __always_inline void ct_track(void *data, void *data_end, struct packet_fields *pf,
+				     struct ct_seen *s, int again)
+{
+	u64 now = bpf_ktime_get_ns();
+	s->now = now;
+	ct_track_state(data, data_end, pf, s, now, again);
+	ct_view(s);
+}
+
+/* 1 when a tracked packet fails the rule's tuple or expiry tests (an
+ * untracked one skips them: xt_conntrack returns after the state test) */
+static __always_inline u64 ct_check_miss(struct ct_check *c, struct ct_seen *s)
+{
+	u32 f = c->flags, inv = c->inv;
+	if (!f || !s->tracked)
+		return 0;
+	u64 miss = 0;
+#pragma unroll
+	for (int i = 0; i < 4; i++) {
+		if (f & (CTC_ADDR0 << i))
+			miss |= (((s->tup[i] ^ c->addr[i]) & c->mask[i]) == 0) ==
+				!!(inv & (CTC_ADDR0 << i));
+		if (f & (CTC_PORT0 << i))
+			miss |= (s->tport[i] >= c->plo[i] && s->tport[i] <= c->phi[i]) ==
+				!!(inv & (CTC_PORT0 << i));
+	}
+	if (f & CTC_PROTO)
+		miss |= (s->tproto == c->proto) == !!(inv & CTC_PROTO);
+	if (f & CTC_EXPIRES)
+		miss |= (s->remaining >= c->exp_lo && s->remaining <= c->exp_hi) ==
+			!!(inv & CTC_EXPIRES);
+	return miss;
 }
 
 /* The packet was accepted: a new connection enters the table. */
@@ -369,6 +493,7 @@ static __always_inline void ct_confirm(struct ct_seen *s)
 		return;
 	s->pending = 0;
 	s->entry.status |= IPS_CONFIRMED;
+	s->entry.jexpires += (u32)bpf_jiffies64();
 	ct_insert(&s->key, &s->entry);
 	ct_stat(CT_S_INSERTS);
 }

@@ -55,9 +55,12 @@
 /* stats slots (per-CPU): entries inserted, entries deleted by the programs */
 #define CT_S_INSERTS 0
 #define CT_S_DELETES 1
+/* slot 2: expired entries the namespace daemon swept (table.py, not here) */
 #define CT_NSTATS 4
 
 #define NSEC 1000000000ULL
+/* a packet arriving on lo was tracked when it left through lo (OUTPUT) */
+#define CT_LO_IFINDEX 1
 #define CT_SLOTS 64
 #define CT_SLOT(s) (((s)->state + 4 * (s)->dir + 8 * (((s)->status >> 1) & 7)) & (CT_SLOTS - 1))
 
@@ -78,7 +81,13 @@ struct ct_entry {
 	u8 close_init;
 	u8 last_index;
 	u8 last_dir;
-	u8 pad[2];
+	u8 dying;	/* killed (a RST before any reply): gone for every lookup
+			 * but the loopback's second look at the same packet */
+	u8 pad;
+	/* ct->timeout as netfilter keeps it, for --ctexpire: a deadline in
+	 * 32-bit jiffies, or while unconfirmed the timeout itself */
+	u32 jexpires;
+	u32 pad2;
 };
 
 struct ct_seen {
@@ -88,6 +97,38 @@ struct ct_seen {
 	u32 status;	/* the connection's IPS_* bits after this packet */
 	struct ct_key key;
 	struct ct_entry entry;
+	/* what xt_conntrack's tuple and expiry checks read (ct_view): the
+	 * entry's tuples (for RELATED: the quoted flow's), its remaining
+	 * lifetime in seconds; tracked 0 for INVALID (no entry) */
+	u64 now;
+	u32 jexpires;	/* the entry's ct_entry.jexpires after this packet */
+	u32 swapped;
+	u32 tracked;
+	u32 tup[4];	/* orig src, orig dst, reply src, reply dst (host order) */
+	u32 tport[4];	/* their ports (ICMP: id, type << 8 | code) */
+	u32 tproto;
+	u32 remaining;	/* nf_ct_expires() / HZ */
 };
+
+/* A rule's xt_conntrack tuple and expiry tests, checked per candidate
+ * (ctcheck_map, one per classifier entry; flags 0: nothing to check).
+ * flags/inv are xt_conntrack's match_flags/invert_flags bits. */
+#define CTC_PROTO (1 << 1)
+#define CTC_ADDR0 (1 << 2)	/* origsrc, origdst, replsrc, repldst: << i */
+#define CTC_EXPIRES (1 << 7)
+#define CTC_PORT0 (1 << 8)	/* origsrcport ... repldstport: << i */
+struct ct_check {
+	u32 flags;
+	u32 inv;
+	u32 addr[4];
+	u32 mask[4];
+	u32 plo[4];
+	u32 phi[4];
+	u32 proto;
+	u32 exp_lo;
+	u32 exp_hi;
+	u32 next;	/* the entry's next check: a ctextra_map slot (0: none) */
+};
+#define CT_CHECKS_MAX 4	/* checks per entry (fields.CT_CHECKS_MAX) */
 
 #endif

@@ -1,8 +1,8 @@
 """bpf-iptables-conntrack: the eBPF connection tracking table of the network
 namespace it runs in (``ip netns exec NS bpf-iptables-conntrack -L``), in
 conntrack-tools' formats: -L lists, -F flushes, -C counts. Also: -S
-statistics (entries, inserts, deletes, LRU evictions; every command first
-deletes the expired entries), --set NAME=SECONDS
+statistics (entries, inserts, deletes, LRU evictions, expired entries the
+namespace's daemon swept; every command first deletes the expired entries), --set NAME=SECONDS
 to set a timeout by its sysctl name (nf_conntrack_udp_timeout, ...; kept
 with the namespace's state, so it holds across detach and attach), -T to
 show the timeouts in force.
@@ -79,7 +79,7 @@ def run(argv: list[str]) -> int:
     elif args.stats:
         s = T.stats(d)
         print(f"entries={s.entries} inserts={s.inserts} deletes={s.deletes} "
-              f"evictions={s.evictions}")
+              f"evictions={s.evictions} swept={s.swept}")
     else:
         for name, value in sorted(T.timeouts(d).items()):
             print(f"{name} = {value}")

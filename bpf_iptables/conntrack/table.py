@@ -4,7 +4,8 @@ bpf(2) (no bcc): entries, timeouts (sysctl names), statistics.
 Layouts are bpf/lib/conntrack_defs.h's: key ``struct ct_key`` (a_addr,
 b_addr host order, a_port, b_port, proto), value ``struct ct_entry``
 (expires and stream_ts in CLOCK_MONOTONIC ns, then swapped, tcp_state,
-status, close_init, last_index, last_dir)."""
+status, close_init, last_index, last_dir, dying (killed: never listed,
+swept), then the deadline in 32-bit jiffies that --ctexpire reads)."""
 from __future__ import annotations
 
 import os
@@ -17,10 +18,10 @@ from ..datapath import bpfsys
 from .tracker import DEFAULT_TIMEOUTS, TIMEOUT_SLOTS, Entry
 
 KEY = struct.Struct("<IIHHI")
-VALUE = struct.Struct("<QQBBBBBB2x")
+VALUE = struct.Struct("<QQBBBBBBBxI4x")
 CONFIG_SLOTS = 16
 NO_LOOSE_SLOT = 15
-STAT_INSERTS, STAT_DELETES, NSTATS = 0, 1, 4
+STAT_INSERTS, STAT_DELETES, STAT_SWEPT, NSTATS = 0, 1, 2, 4
 NSEC = 1_000_000_000
 
 
@@ -69,8 +70,8 @@ def read(d: Path, live_only: bool = True) -> list[Row]:
             v = bpfsys.map_lookup(fd, k, VALUE.size)
             if v is None:
                 continue
-            exp, sts, sw, st, status, ci, li, ld = VALUE.unpack(v)
-            if live_only and exp <= now:
+            exp, sts, sw, st, status, ci, li, ld, dying, _ = VALUE.unpack(v)
+            if live_only and (exp <= now or dying):
                 continue
             rows.append(Row(KEY.unpack(k), exp, sts, bool(sw), st, status, bool(ci), li, ld))
         return rows
@@ -78,22 +79,37 @@ def read(d: Path, live_only: bool = True) -> list[Row]:
         os.close(fd)
 
 
-def gc(d: Path) -> int:
+def gc(d: Path, sweeper: bool = False) -> int:
     """Delete the expired entries (the programs delete one when a packet
-    finds it; the others would wait for the LRU); the count."""
+    finds it; the namespace's daemon sweeps the others periodically,
+    ``sweeper``, counted apart; every bpf-iptables-conntrack command
+    sweeps too); the count. An entry is looked up again just before its
+    deletion: a packet may have replaced it by a new connection meanwhile
+    (the window left is the two syscalls between, netfilter closes it
+    with a lock)."""
     fd = _open(d, "table")
     try:
-        now = time.monotonic_ns()
         n = 0
         for k in bpfsys.map_keys(fd, KEY.size):
-            v = bpfsys.map_lookup(fd, k, VALUE.size)
-            if v is not None and VALUE.unpack(v)[0] <= now and bpfsys.map_delete(fd, k):
+            if not _gone(bpfsys.map_lookup(fd, k, VALUE.size)):
+                continue
+            if _gone(bpfsys.map_lookup(fd, k, VALUE.size)) and bpfsys.map_delete(fd, k):
                 n += 1
     finally:
         os.close(fd)
     if n:
         _add_stat(d, STAT_DELETES, n)
+        if sweeper:
+            _add_stat(d, STAT_SWEPT, n)
     return n
+
+
+def _gone(v: bytes | None) -> bool:
+    """An entry value that is expired or killed (``dying``)."""
+    if v is None:
+        return False
+    fields = VALUE.unpack(v)
+    return fields[0] <= time.monotonic_ns() or bool(fields[8])
 
 
 def flush(d: Path) -> int:
@@ -130,6 +146,7 @@ class Stats:
     entries: int
     inserts: int
     deletes: int
+    swept: int = 0      # of the deletes: expired entries the daemon's sweeps removed
 
     @property
     def evictions(self) -> int:
@@ -143,9 +160,10 @@ def stats(d: Path) -> Stats:
     try:
         inserts = sum(_stat_values(fd, STAT_INSERTS))
         deletes = sum(_stat_values(fd, STAT_DELETES))
+        swept = sum(_stat_values(fd, STAT_SWEPT))
     finally:
         os.close(fd)
-    return Stats(len(read(d, live_only=False)), inserts, deletes)
+    return Stats(len(read(d, live_only=False)), inserts, deletes, swept)
 
 
 def set_timeouts(d: Path, values: dict[str, int]) -> None:

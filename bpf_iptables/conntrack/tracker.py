@@ -349,4 +349,6 @@ class Tracker:
 
     def remaining(self, e: Entry, now: float) -> int:
         """Seconds left, as ctnetlink and --ctexpire see it."""
-        return max(0, int(e.expires - now))
+        # rounded first: a deadline just set (now + 600.0) minus now is
+        # 599.99999... in floating point, and the floor would lose a second
+        return max(0, int(round(e.expires - now, 6)))

@@ -61,12 +61,13 @@ BASE_FIELDS = 9
 # 31: a root program tail-calls the classifier (one of the 33)
 MAX_CHUNKS = 31
 FIELD_ORDER = ("src", "dst", "proto", "iif", "frag", "flags", "sport", "dport", "icmp",
-               "length", "ttl", "tos", "ports", "oif", "mac", "pkttype", "ctstate")
+               "length", "ttl", "tos", "ports", "oif", "mac", "pkttype", "ctstate",
+               "ctcheck")
 # Shape attributes that size a field's map (-D<NAME upper>)
 SIZE_ATTRS = ("src_max", "dst_max", "src_bsize", "dst_bsize", "src_probes", "dst_probes",
               "proto_max", "iif_max", "sport_bsize", "dport_bsize",
               "icmp_max", "length_bsize", "ttl_bsize", "oif_max", "mac_max", "nlimits",
-              "nlogs")
+              "nlogs", "ctextra_max")
 ICMP_OTHER, ICMP_NONE = 0x10000, 0x10001   # icmp-table keys (filter.c, parse.h)
 MAC_OTHER, MAC_NONE = 1 << 48, (1 << 48) + 1  # mac-table keys (filter.c)
 PKTTYPES = 3   # pkttype-table slots: PACKET_HOST, _BROADCAST, _MULTICAST (parse.h)
@@ -123,6 +124,7 @@ class Shape:
     mac_max: int = 2
     nlimits: int = 0                 # limit_map slots (slot 0 unused); 0: no limit code
     nlogs: int = 0                   # log_map slots (slot 0 unused); 0: no LOG code
+    ctextra_max: int = 1             # conntrack checks beyond an entry's first (+1)
     # steps the longest scan may need (0: ``steps``); one invocation runs
     # ``steps`` of them and continues in tail calls, so a program whose
     # verifier budget forced fewer steps per invocation still fits
@@ -839,7 +841,8 @@ def _compile_chain(table: Table, hook: str, interfaces: dict[str, int] | None,
         if not f.never:
             live_entries.append((i, f))
             uses.add(f.used if f.used is not None else frozenset(f.uses()))
-        if e.verdict == VERDICT_CONTINUE or f.src.residual or f.dst.residual or e.limit:
+        if (e.verdict == VERDICT_CONTINUE or f.src.residual or f.dst.residual
+                or e.limit or f.ctcheck):
             nonterminal += 1
     live = bits([i for i, _ in live_entries])
     used: set[str] = set().union(*uses)
@@ -928,6 +931,9 @@ def _compile_chain(table: Table, hook: str, interfaces: dict[str, int] | None,
         shape.mac_max = len(c.mac)
     if "pkttype" in used:
         c.pkttype = pkttype_table(live_entries)
+    if "ctcheck" in used:
+        # every entry's (image.ctcheck_blobs writes dead ones' too)
+        shape.ctextra_max = 1 + sum(max(0, len(e.fields.ctcheck) - 1) for e in entries)
     if "ctstate" in used:
         c.ctstate = [bits(i for i, f in live_entries if all(m >> slot & 1 for m in f.ctstate))
                      for slot in range(CTSTATES)]

@@ -227,6 +227,42 @@ class CtstateConstraint:
     slots: int
 
 
+CT_CHECKS_MAX = 4   # per entry (filter.c follows ct_check.next this often)
+
+
+@dataclass(frozen=True)
+class CtCheck:
+    """xt_conntrack's tuple and --ctexpire tests, checked per candidate
+    against the packet's connection (struct ct_check, lib/conntrack_defs.h;
+    ``flags``/``inv`` use xt_conntrack's match/invert bits: proto 1<<1,
+    addresses 1<<2.. (origsrc, origdst, replsrc, repldst), expires 1<<7,
+    ports 1<<8..). Skipped for packets without a connection."""
+    flags: int = 0
+    inv: int = 0
+    addr: tuple[int, int, int, int] = (0, 0, 0, 0)
+    mask: tuple[int, int, int, int] = (0, 0, 0, 0)
+    plo: tuple[int, int, int, int] = (0, 0, 0, 0)
+    phi: tuple[int, int, int, int] = (0, 0, 0, 0)
+    proto: int = 0
+    exp_lo: int = 0
+    exp_hi: int = 0
+
+    def merge(self, other: "CtCheck") -> "CtCheck | None":
+        """Both checks as one (two conntrack matches on one entry's path),
+        or None when they test the same option (then both are kept)."""
+        if self.flags & other.flags:
+            return None
+        pick = lambda a, b, i, bit: b[i] if other.flags & (bit << i) else a[i]  # noqa: E731
+        return CtCheck(self.flags | other.flags, self.inv | other.inv,
+                       tuple(pick(self.addr, other.addr, i, 4) for i in range(4)),
+                       tuple(pick(self.mask, other.mask, i, 4) for i in range(4)),
+                       tuple(pick(self.plo, other.plo, i, 256) for i in range(4)),
+                       tuple(pick(self.phi, other.phi, i, 256) for i in range(4)),
+                       other.proto if other.flags & 2 else self.proto,
+                       other.exp_lo if other.flags & 128 else self.exp_lo,
+                       other.exp_hi if other.flags & 128 else self.exp_hi)
+
+
 @dataclass(frozen=True)
 class ProtoConstraint:
     """The packet's protocol is ``proto``, or not."""
@@ -242,7 +278,7 @@ class Never:
 Constraint = (AddrConstraint | PortConstraint | RangeConstraint | TosConstraint | PortsEither
               | MacConstraint | PkttypeConstraint | NeedsL4 | NotFragment
               | TcpFlagsConstraint | IcmpConstraint | CtstateConstraint | ProtoConstraint
-              | Never)
+              | CtCheck | Never)
 
 
 def prefixes_of_range(lo: int, hi: int) -> list[IPv4Net]:
@@ -308,6 +344,7 @@ class EntryFields:
     mac: tuple[tuple[int, bool], ...] = ()        # (source MAC, invert)
     pkttype: tuple[tuple[int, bool], ...] = ()    # (PACKET_*, invert)
     ctstate: tuple[int, ...] = ()    # CtstateConstraint.slots, all must hold
+    ctcheck: tuple[CtCheck, ...] = ()   # per-candidate conntrack tuple/expiry tests, all must hold
     # uses(), fixed once decompose() has built the entry
     used: frozenset[str] | None = field(default=None, compare=False, repr=False)
 
@@ -360,6 +397,8 @@ class EntryFields:
             used.add("pkttype")
         if self.ctstate:
             used.add("ctstate")
+        if self.ctcheck:
+            used.add("ctcheck")
         if self.either is not None:
             used |= {"ports", "sport", "dport"}
         if self.length is not NO_RANGE and (self.length.positive or self.length.negative):
@@ -491,6 +530,22 @@ def apply(f: EntryFields, c: Constraint) -> bool:
     if isinstance(c, CtstateConstraint):
         f.ctstate += (c.slots,)
         return c.slots != 0
+    if isinstance(c, CtCheck):
+        if c in f.ctcheck:
+            return True
+        for i, k in enumerate(f.ctcheck):
+            both = k.merge(c)
+            if both is not None:
+                f.ctcheck = f.ctcheck[:i] + (both,) + f.ctcheck[i + 1:]
+                return True
+        if len(f.ctcheck) == CT_CHECKS_MAX:
+            # the classifier follows at most this many per candidate (a
+            # bounded loop the verifier walks in every scan step)
+            raise NotSupported(f"more than {CT_CHECKS_MAX} conntrack matches repeating a "
+                               "tuple or --ctexpire option on one rule path in the eBPF "
+                               "data path")
+        f.ctcheck += (c,)
+        return True
     if isinstance(c, Never):
         return False
     raise TypeError(f"unknown data-path constraint {c!r}")

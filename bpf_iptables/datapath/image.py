@@ -200,6 +200,28 @@ def entry_bytes(e) -> bytes:
             + be32(sa) + be32(sm) + u32(int(si)) + be32(da) + be32(dm) + u32(int(di)))
 
 
+CTCHECK_SIZE = 88   # struct ct_check (lib/conntrack_defs.h)
+
+
+def ctcheck_blobs(entries) -> tuple[bytes, bytes]:
+    """ctcheck_map's memory image (every entry's first struct ct_check;
+    zeros: no check, so a stale check of an earlier rule set never stays)
+    and ctextra_map's (the further checks, slot 0 unused), chained by
+    ``next`` (a ctextra_map slot, 0: the last)."""
+    first = bytearray(CTCHECK_SIZE * len(entries))
+    extra = [bytes(CTCHECK_SIZE)]
+    pack = lambda k, nxt: struct.pack("<22I", k.flags, k.inv, *k.addr, *k.mask,  # noqa: E731
+                                      *k.plo, *k.phi, k.proto, k.exp_lo, k.exp_hi, nxt)
+    for i, e in enumerate(entries):
+        checks = e.fields.ctcheck
+        if not checks:
+            continue
+        slots = list(range(len(extra), len(extra) + len(checks) - 1)) + [0]
+        first[CTCHECK_SIZE * i:CTCHECK_SIZE * (i + 1)] = pack(checks[0], slots[0])
+        extra += [pack(k, slots[j + 1]) for j, k in enumerate(checks[1:])]
+    return bytes(first), b"".join(extra)
+
+
 def map_image(c: Compiled, shape: Shape) -> list[MapImage]:
     """Every map's contents for ``c`` in a program compiled for ``shape``
     (which must cover ``c.shape``). Entries beyond the new list keep stale
@@ -242,6 +264,13 @@ def map_image(c: Compiled, shape: Shape) -> list[MapImage]:
         out.append(MapImage("pkttype_map", [(u32(i), bv(v)) for i, v in enumerate(c.pkttype)]))
     if "ctstate" in fields:
         out.append(MapImage("ctstate_map", [(u32(i), bv(v)) for i, v in enumerate(c.ctstate)]))
+    if "ctcheck" in fields:
+        first, extra = ctcheck_blobs(c.entries)
+        out.append(MapImage("ctcheck_map", Packed(4, CTCHECK_SIZE, array_keys(len(c.entries)),
+                                                  first, dense=True)))
+        out.append(MapImage("ctextra_map", Packed(4, CTCHECK_SIZE,
+                                                  array_keys(len(extra) // CTCHECK_SIZE),
+                                                  extra, dense=True)))
     if "tos" in fields:
         assert len(c.tos) == 256
         out.append(MapImage("tos_map", vector_items(range(256), c.tos, nw, dense=True)))

@@ -46,6 +46,8 @@ def cflags(shape: Shape, tc: bool = False, ct_dir: str | None = None) -> list[st
         # the tracker (bpf/lib/conntrack.h) comes with its field; its maps
         # are the namespace's (pinned in ct_dir), or private without one
         flags.append("-DCONNTRACK=1")
+        from ..conntrack.hz import kernel_hz  # --ctexpire of unconfirmed entries
+        flags.append(f"-DCT_HZ={kernel_hz()}")
         if ct_dir:
             flags.append(f'-DCT_PIN_DIR="{ct_dir}"')
     if shape.nlimits:

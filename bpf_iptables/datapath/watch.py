@@ -57,6 +57,10 @@ does not see interfaces created inside namespaces. Also rejected:
 pyroute2's IPRoute for the events: their content is not needed, and a
 plain socket keeps the daemon's imports and memory minimal.
 
+The daemon also sweeps the namespace's conntrack table (``sweep()``):
+expired entries are deleted every few seconds without traffic or
+commands, as netfilter's gc worker does.
+
 The daemon also supervises the namespace's command server (server.py),
 its child: started when the daemon starts, restarted (after a backoff,
 1 s doubling to 60 s, reset when it served for a minute) when it exits,
@@ -100,6 +104,11 @@ CLEANUP_LOCK_WAIT = 3   # seconds (see Daemon.cleanup)
 SERVER_BACKOFF = (1.0, 60.0)
 SERVER_STEADY = 60.0    # a server that ran this long restarts at once when it dies
 FD_RESCAN = 10.0        # seconds (see Daemon.namespace_deleted)
+# conntrack sweeps (Daemon.sweep): netfilter's gc worker rescans its table
+# every 1 to 60 s by the entries' timeouts; here every 5 s, stretched so a
+# sweep of a large table costs at most 2% of a core
+SWEEP_EVERY = 5.0
+SWEEP_SHARE = 0.02
 
 # resync() outcomes, also the child's exit status
 RESYNCED, CURRENT, FAILED, DETACHED = 0, 10, 1, 11
@@ -379,6 +388,7 @@ class Daemon:
         self.server_backoff = SERVER_BACKOFF[0]
         self.logger: subprocess.Popen | None = None   # LOG's logger (logger.py)
         self.logger_at = 0.0
+        self.sweep_at = 0.0
 
     def write_pid(self) -> None:
         tmp = self.directory / (PID_FILE + ".tmp")
@@ -556,6 +566,24 @@ class Daemon:
         _log(f"resync failed (status {rc}); next try on a change or in {self.backoff:.0f} s")
         self.backoff = min(self.backoff * 2, BACKOFF[1])
 
+    def sweep(self) -> None:
+        """Delete the namespace's expired conntrack entries (the data path
+        deletes one only when a packet finds it): an idle table empties
+        itself as netfilter's does. Counted (``-S``: swept)."""
+        if time.monotonic() < self.sweep_at:
+            return
+        began = time.monotonic()
+        d = A.ns_pins(self.directory) / "conntrack"
+        try:
+            if (d / "table").exists():
+                from ..conntrack import table as cttable   # bpf(2) by ctypes, no bcc
+
+                cttable.gc(d, sweeper=True)
+        except OSError as exc:   # the maps went away with a detach: next time
+            _log(f"conntrack sweep: {exc}")
+        took = time.monotonic() - began
+        self.sweep_at = time.monotonic() + max(SWEEP_EVERY, took / SWEEP_SHARE)
+
     def run(self) -> int:
         _log(f"watching {self.directory} (netns {'named' if self.named else 'unnamed'})")
         try:
@@ -567,6 +595,7 @@ class Daemon:
         while True:
             self.supervise()
             self.supervise_logger()
+            self.sweep()
             if select.select([self.sock], [], [], POLL)[0]:
                 self._drain()
             self.reap()

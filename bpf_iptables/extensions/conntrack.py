@@ -324,21 +324,20 @@ class ConntrackDataMatch(MatchExtension):
     def lower(self, data: ConntrackData, rule: Any) -> list[Any]:
         """On the ctstate field (slot: the packet's state, direction and
         status bits after the tracker saw it, bpf/lib/conntrack_defs.h):
-        --ctstate/--state, --ctdir and --ctstatus select slots. --ctproto,
-        the tuple addresses and ports become protocol, address and port
-        constraints (no NAT: a NEW or ESTABLISHED packet's tuple is its own,
-        turned around in the reply direction), which needs --ctstate to
-        allow only NEW and ESTABLISHED (an INVALID packet skips those checks
-        in xt_conntrack, a disjunction; a RELATED one carries another
-        connection's tuple), and for addresses and ports one direction for
-        every slot the match allows (--ctdir, or --ctstate NEW).
-        --ctexpire is refused (a per-candidate check not built)."""
+        --ctstate/--state, --ctdir and --ctstatus select slots.
+
+        --ctproto, the tuple addresses and ports and --ctexpire compare the
+        connection's tuples and lifetime (for RELATED: the flow the ICMP
+        error quotes), and are skipped for a packet without a connection
+        (INVALID, UNTRACKED: xt_conntrack returns after the state test).
+        When --ctstate allows only NEW and ESTABLISHED in one direction, the
+        tuple is the packet's own (no NAT), so they become ordinary
+        protocol, address and port constraints; otherwise (and always for
+        --ctexpire) a per-candidate check (fields.CtCheck, ctcheck_map).
+        SNAT/DNAT states are refused: there is no NAT to give them."""
         from ..datapath import fields as dp  # only when compiling for the data path
         from ..errors import NotSupported
-        from ..netaddr import IPv4Net
 
-        if data.has(F_EXPIRES):
-            raise NotSupported("--ctexpire in the eBPF data path")
         if data.has(F_STATE) and data.state_mask & (S_SNAT | S_DNAT):
             raise NotSupported("--ctstate SNAT/DNAT (bpf-iptables has no NAT)")
         slots = 0
@@ -348,51 +347,77 @@ class ConntrackDataMatch(MatchExtension):
                 slots |= 1 << slot
         out: list[Any] = [dp.CtstateConstraint(slots)]
         tuple_flags = F_PROTO | _ADDR_FLAGS | _PORT_FLAGS
-        if not data.match_flags & tuple_flags:
+        if not data.match_flags & (tuple_flags | F_EXPIRES):
             return out
-        allowed = [s for s in range(dp.CT_SLOTS) if slots >> s & 1 and slot_occurs(s)]
-        if any(s & 3 in (0, 3) for s in allowed):
-            # INVALID skips the tuple checks (a disjunction); a RELATED
-            # packet (an ICMP error) is not its connection's tuple
-            raise NotSupported("--ctproto, conntrack addresses or ports unless --ctstate "
-                               "allows only NEW and ESTABLISHED in the eBPF data path")
-        if data.has(F_PROTO):
-            out.append(dp.ProtoConstraint(data.l4proto, data.inv(F_PROTO)))
-        if not data.match_flags & (_ADDR_FLAGS | _PORT_FLAGS):
-            return out
-        dirs = {(s >> 2) & 1 for s in allowed}
-        if len(dirs) != 1:
-            raise NotSupported("conntrack tuple addresses or ports without one direction "
-                               "(--ctdir, or --ctstate NEW) in the eBPF data path")
-        reply = dirs.pop() == 1
-        # the packet's own field for each tuple end (original direction:
-        # orig src = packet src; reply tuple = orig turned around)
-        own = {F_ORIGSRC: "src", F_ORIGDST: "dst", F_REPLSRC: "dst", F_REPLDST: "src",
-               F_ORIGSRC_PORT: "sport", F_ORIGDST_PORT: "dport", F_REPLSRC_PORT: "dport",
-               F_REPLDST_PORT: "sport"}
-        turn = {"src": "dst", "dst": "src", "sport": "dport", "dport": "sport"}
-        for _, flag, attr in _ADDR_OPTS:
-            if data.has(flag):
-                addr, mask = getattr(data, attr)
-                which = turn[own[flag]] if reply else own[flag]
-                out.append(dp.AddrConstraint(which, IPv4Net(addr & mask, mask), data.inv(flag)))
-        if data.match_flags & _PORT_FLAGS:
-            if not data.has(F_PROTO) or data.inv(F_PROTO) or data.l4proto not in (6, 17):
-                # other protocols' tuples hold identifiers, types, keys there
-                raise NotSupported("conntrack tuple ports without --ctproto tcp or udp "
-                                   "in the eBPF data path")
-            out.append(dp.NeedsL4())
-            for _, flag, attr in _PORT_OPTS:
-                if data.has(flag):
-                    lo, hi = getattr(data, attr)
-                    which = turn[own[flag]] if reply else own[flag]
-                    out.append(dp.PortConstraint(which, lo, hi, data.inv(flag)))
-        return out
+        fields = _as_fields(data, slots)
+        if fields is not None:
+            return out + fields
+        return out + [ct_check(data)]
 
 
 _SLOT_STATE_BITS = (S_INVALID, S_NEW, S_ESTABLISHED, S_RELATED)
 _ADDR_FLAGS = F_ORIGSRC | F_ORIGDST | F_REPLSRC | F_REPLDST
 _PORT_FLAGS = F_ORIGSRC_PORT | F_ORIGDST_PORT | F_REPLSRC_PORT | F_REPLDST_PORT
+
+
+def ct_check(data: ConntrackData) -> Any:
+    """The tuple and expiry tests of ``data`` as a per-candidate check."""
+    from ..datapath.fields import CtCheck
+
+    keep = F_PROTO | _ADDR_FLAGS | _PORT_FLAGS | F_EXPIRES
+    addrs = [getattr(data, attr) for _, _, attr in _ADDR_OPTS]
+    ports = [getattr(data, attr) for _, _, attr in _PORT_OPTS]
+    return CtCheck(flags=data.match_flags & keep, inv=data.invert_flags & keep,
+                   addr=tuple(a & m for a, m in addrs), mask=tuple(m for _, m in addrs),
+                   plo=tuple(lo for lo, _ in ports), phi=tuple(hi for _, hi in ports),
+                   proto=data.l4proto, exp_lo=data.expires[0], exp_hi=data.expires[1])
+
+
+def _as_fields(data: ConntrackData, slots: int) -> list[Any] | None:
+    """The tuple tests as the packet's own protocol, address and port
+    constraints, when every slot the match lets through is a NEW or
+    ESTABLISHED packet of one direction (its connection's tuple is then
+    its own, turned around in the reply direction) and no --ctexpire;
+    None otherwise."""
+    from ..datapath import fields as dp
+    from ..netaddr import IPv4Net
+
+    if data.has(F_EXPIRES):
+        return None
+    allowed = [s for s in range(dp.CT_SLOTS) if slots >> s & 1 and slot_occurs(s)]
+    if any(s & 3 in (0, 3) for s in allowed):
+        return None
+    out: list[Any] = []
+    if data.has(F_PROTO):
+        out.append(dp.ProtoConstraint(data.l4proto, data.inv(F_PROTO)))
+    if not data.match_flags & (_ADDR_FLAGS | _PORT_FLAGS):
+        return out
+    dirs = {(s >> 2) & 1 for s in allowed}
+    if len(dirs) != 1:
+        return None
+    if data.match_flags & _PORT_FLAGS and (not data.has(F_PROTO) or data.inv(F_PROTO)
+                                           or data.l4proto not in (6, 17)):
+        return None   # other protocols' tuples hold identifiers, types there
+    reply = dirs.pop() == 1
+    # the packet's own field for each tuple end (original direction:
+    # orig src = packet src; reply tuple = orig turned around)
+    own = {F_ORIGSRC: "src", F_ORIGDST: "dst", F_REPLSRC: "dst", F_REPLDST: "src",
+           F_ORIGSRC_PORT: "sport", F_ORIGDST_PORT: "dport", F_REPLSRC_PORT: "dport",
+           F_REPLDST_PORT: "sport"}
+    turn = {"src": "dst", "dst": "src", "sport": "dport", "dport": "sport"}
+    for _, flag, attr in _ADDR_OPTS:
+        if data.has(flag):
+            addr, mask = getattr(data, attr)
+            which = turn[own[flag]] if reply else own[flag]
+            out.append(dp.AddrConstraint(which, IPv4Net(addr & mask, mask), data.inv(flag)))
+    if data.match_flags & _PORT_FLAGS:
+        out.append(dp.NeedsL4())
+        for _, flag, attr in _PORT_OPTS:
+            if data.has(flag):
+                lo, hi = getattr(data, attr)
+                which = turn[own[flag]] if reply else own[flag]
+                out.append(dp.PortConstraint(which, lo, hi, data.inv(flag)))
+    return out
 
 
 def slot_occurs(slot: int) -> bool:
