@@ -83,10 +83,19 @@ json.dump({"rules": results, "left": left, "rules_before": rules_of(before),
 '''
 
 
+# python-iptables 1.2.0 cannot build hashlimit rules (the kernel refuses its
+# commit, EINVAL, and within a larger batch the process dies of SIGFPE), and
+# cannot re-add a recent rule from its dictionary (IPTCError): the oracle has
+# nothing to say about them
+PYTHON_IPTABLES_CANNOT = ("libxt_hashlimit.t", "libxt_recent.t")
+
+
 def cases() -> list[tuple[str, str, str]]:
-    """(test id, chain, rule text) of every OK/NOMATCH line."""
+    """(test id, chain, rule text) of every OK/NOMATCH line python-iptables
+    can build."""
     return [(s.test_id, s.line.chains[0], s.line.rule) for s in select().lines
-            if s.expect in (Expect.OK, Expect.NOMATCH)]
+            if s.expect in (Expect.OK, Expect.NOMATCH)
+            and not s.test_id.startswith(PYTHON_IPTABLES_CANNOT)]
 
 
 def run_driver(prefix: str, backend: str, payload: str, tmp) -> dict:
