@@ -54,8 +54,10 @@ def digest(c: Compiled) -> dict:
         out[image.name] = f"{int(image.clear)}:{len(image.items)}:{h.hexdigest()[:24]}"
     shape = asdict(c.shape)
     shape["fields"] = sorted(shape["fields"])   # a frozenset's order varies by process
-    for k in ("nlimits", "nlogs"):   # added with limit and LOG; 0 keeps the older digests
-        if not shape.get(k):
+    # added with limit, LOG and conntrack's checks: at their defaults they are
+    # left out, which keeps the older digests
+    for k, default in (("nlimits", 0), ("nlogs", 0), ("ctextra_max", 1)):
+        if shape.get(k) == default:
             del shape[k]
     out["shape"] = repr(sorted(shape.items()))
     out["counter_of"] = hashlib.sha256(repr(sorted(c.counter_of.items())).encode()).hexdigest()[:24]
