@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from tests.support.acks import differ_only_by_pure_acks
 from tests.support.netns import bpf_command
 from tests.test_datapath_traffic import (CLIENT_IP, FAR_IP, SERVER_IP, Pair, Routed,
                                          datapath_command, ensure_bpffs, inside, ping, routed,
@@ -163,7 +164,10 @@ def test_stateful_server_same_as_iptables_legacy(mode):
         assert got == want
         listing = legacy.server.iptables("-L", "-v", "-x", "-n").stdout
         mine = ours.server.bpf_iptables("-L", "-v", "-x", "-n").stdout
-        assert mine == listing, f"iptables-legacy:\n{listing}\nbpf-iptables:\n{mine}"
+        # the pure ACKs of the bulk transfer vary with timing
+        acks = ("INPUT", "OUTPUT")
+        assert mine == listing or differ_only_by_pure_acks(listing, mine, acks), \
+            f"iptables-legacy:\n{listing}\nbpf-iptables:\n{mine}"
         if mode == "xdpgeneric":
             check_listing(ours)
 
@@ -214,7 +218,10 @@ def test_stateful_router_same_as_iptables_legacy():
                         "udp5002": 3, "icmp_related": 1, "server_tcp": 0}
         assert got == want
         listing = legacy.router.iptables("-L", "-v", "-x", "-n").stdout
-        assert ours.router.bpf_iptables("-L", "-v", "-x", "-n").stdout == listing
+        mine = ours.router.bpf_iptables("-L", "-v", "-x", "-n").stdout
+        # the pure ACKs of the bulk transfer vary with timing
+        assert mine == listing or differ_only_by_pure_acks(listing, mine, ("FORWARD",)), \
+            f"iptables-legacy:\n{listing}\nbpf-iptables:\n{mine}"
 
 
 TIMEOUT_RULES = """\

@@ -9,6 +9,7 @@ connection tracking), each against iptables-legacy with real traffic:
   than the MTU) and passed unclassified."""
 from __future__ import annotations
 
+from tests.support.acks import differ_only_by_pure_acks
 from tests.support.netns import bpf_command
 from tests.test_conntrack_traffic import transfer
 from tests.test_datapath_traffic import (FAR_IP, Pair, datapath_command, ensure_bpffs, routed,
@@ -49,7 +50,9 @@ def test_input_and_large_output_in_a_namespace_that_does_not_forward():
             assert transfer(pair, 8080, 64 * 1024) == 64 * 1024
         listing = legacy.server.iptables("-L", "-v", "-x", "-n").stdout
         mine = ours.server.bpf_iptables("-L", "-v", "-x", "-n").stdout
-        assert mine == listing, f"iptables-legacy:\n{listing}\nbpf-iptables:\n{mine}"
+        # the pure ACKs of the bulk transfer vary with timing
+        assert mine == listing or differ_only_by_pure_acks(listing, mine, ("INPUT", "OUTPUT")), \
+            f"iptables-legacy:\n{listing}\nbpf-iptables:\n{mine}"
 
 
 def test_large_forwarded_segments_are_classified():
@@ -64,4 +67,6 @@ def test_large_forwarded_segments_are_classified():
             assert transfer(Pair(t.client, t.server), 8080, 64 * 1024, FAR_IP) == 64 * 1024
         listing = legacy.router.iptables("-L", "-v", "-x", "-n").stdout
         mine = ours.router.bpf_iptables("-L", "-v", "-x", "-n").stdout
-        assert mine == listing, f"iptables-legacy:\n{listing}\nbpf-iptables:\n{mine}"
+        # the pure ACKs of the bulk transfer vary with timing
+        assert mine == listing or differ_only_by_pure_acks(listing, mine, ("FORWARD",)), \
+            f"iptables-legacy:\n{listing}\nbpf-iptables:\n{mine}"
