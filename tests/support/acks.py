@@ -2,8 +2,8 @@
 bulk TCP transfer.
 
 How many pure ACKs the receiving side sends during a transfer (delayed
-ACKs, window updates) depends on scheduling: the same transfer, run twice
-against iptables-legacy alone, can differ by one. The counters of the
+ACKs, window updates) depends on scheduling: a clean-clone CI run saw one
+more ACK in one of the two namespaces. The counters of the
 chains that see those ACKs (both ends send them) may then differ by whole
 pure ACKs; everything else must be identical."""
 from __future__ import annotations
