@@ -16,6 +16,7 @@ import pytest
 
 from tests.support.acks import differ_only_by_pure_acks
 from tests.support.netns import bpf_command
+from tests.support.twins import load_twins
 from tests.test_datapath_traffic import (CLIENT_IP, FAR_IP, SERVER_IP, Pair, Routed,
                                          datapath_command, ensure_bpffs, inside, ping, routed,
                                          tcp, topology, udp)
@@ -151,11 +152,7 @@ def server_traffic(pair: Pair) -> dict[str, int]:
 def test_stateful_server_same_as_iptables_legacy(mode):
     ensure_bpffs()
     with topology("ctl") as legacy, topology("ctb") as ours:
-        assert legacy.server.run(["iptables-legacy-restore"], input=SERVER_RULES).returncode == 0
-        r = ours.server.run(bpf_command("iptables-restore"), input=SERVER_RULES)
-        assert r.returncode == 0, r.stderr
-        r = ours.server.run(datapath_command("attach", "--mode", mode))
-        assert r.returncode == 0, r.stderr
+        load_twins(legacy.server, ours.server, SERVER_RULES, "--mode", mode)
         want = server_traffic(legacy)
         got = server_traffic(ours)
         assert want == {"ping": 3, "tcp8080": 2, "tcp8081": 0, "transfer": 64 * 1024,
@@ -207,11 +204,7 @@ def routed_traffic(t: Routed) -> dict[str, int]:
 def test_stateful_router_same_as_iptables_legacy():
     ensure_bpffs()
     with routed("ctrl") as legacy, routed("ctrb") as ours:
-        assert legacy.router.run(["iptables-legacy-restore"], input=ROUTER_RULES).returncode == 0
-        r = ours.router.run(bpf_command("iptables-restore"), input=ROUTER_RULES)
-        assert r.returncode == 0, r.stderr
-        r = ours.router.run(datapath_command("attach"))
-        assert r.returncode == 0, r.stderr
+        load_twins(legacy.router, ours.router, ROUTER_RULES)
         want = routed_traffic(legacy)
         got = routed_traffic(ours)
         assert want == {"ping": 2, "tcp8080": 2, "tcp8081": 0, "transfer": 32 * 1024,

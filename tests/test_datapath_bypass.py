@@ -10,9 +10,9 @@ connection tracking), each against iptables-legacy with real traffic:
 from __future__ import annotations
 
 from tests.support.acks import differ_only_by_pure_acks
-from tests.support.netns import bpf_command
+from tests.support.twins import load_twins
 from tests.test_conntrack_traffic import transfer
-from tests.test_datapath_traffic import (FAR_IP, Pair, datapath_command, ensure_bpffs, routed,
+from tests.test_datapath_traffic import (FAR_IP, Pair, ensure_bpffs, routed,
                                          topology, udp)
 
 SERVER_RULES = """\
@@ -39,11 +39,7 @@ COMMIT
 def test_input_and_large_output_in_a_namespace_that_does_not_forward():
     ensure_bpffs()
     with topology("bpl") as legacy, topology("bpb") as ours:
-        assert legacy.server.run(["iptables-legacy-restore"], input=SERVER_RULES).returncode == 0
-        r = ours.server.run(bpf_command("iptables-restore"), input=SERVER_RULES)
-        assert r.returncode == 0, r.stderr
-        r = ours.server.run(datapath_command("attach", "--mode", "xdpgeneric"))
-        assert r.returncode == 0, r.stderr
+        load_twins(legacy.server, ours.server, SERVER_RULES, "--mode", "xdpgeneric")
         for pair in (legacy, ours):
             assert udp(pair, 5001, 3) == 0     # INPUT enforced despite the FORWARD program
             assert udp(pair, 5002, 2) == 2
@@ -58,11 +54,7 @@ def test_input_and_large_output_in_a_namespace_that_does_not_forward():
 def test_large_forwarded_segments_are_classified():
     ensure_bpffs()
     with routed("bprl") as legacy, routed("bprb") as ours:
-        assert legacy.router.run(["iptables-legacy-restore"], input=ROUTER_RULES).returncode == 0
-        r = ours.router.run(bpf_command("iptables-restore"), input=ROUTER_RULES)
-        assert r.returncode == 0, r.stderr
-        r = ours.router.run(datapath_command("attach"))
-        assert r.returncode == 0, r.stderr
+        load_twins(legacy.router, ours.router, ROUTER_RULES)
         for t in (legacy, ours):
             assert transfer(Pair(t.client, t.server), 8080, 64 * 1024, FAR_IP) == 64 * 1024
         listing = legacy.router.iptables("-L", "-v", "-x", "-n").stdout

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import pytest
 
 from tests.support.netns import Namespace, bpf_command
+from tests.support.twins import load_twins
 from tests.test_datapath_traffic import (
     CLIENT_IP, FAR_IP, SERVER_IP, _checksum, datapath_command, ensure_bpffs, inside, routed,
     topology,
@@ -235,11 +236,7 @@ def test_input_reject_as_iptables_legacy(mode):
     with topology("rji") as legacy, topology("rjb") as ours:
         no_icmp_ratelimit(legacy.server, ours.server)
         text = rules("INPUT")
-        assert legacy.server.run(["iptables-legacy-restore"], input=text).returncode == 0
-        r = ours.server.run(bpf_command("iptables-restore"), input=text)
-        assert r.returncode == 0, r.stderr
-        r = ours.server.run(datapath_command("attach", "--mode", mode))
-        assert r.returncode == 0, r.stderr
+        load_twins(legacy.server, ours.server, text, "--mode", mode)
         want = exercise(legacy.client, "c0", SERVER_IP)
         got = exercise(ours.client, "c0", SERVER_IP)
         expected_udp(want)
@@ -253,11 +250,7 @@ def test_forward_reject_as_iptables_legacy(mode):
     with routed("rjf") as legacy, routed("rjg") as ours:
         no_icmp_ratelimit(legacy.router, ours.router)
         text = rules("FORWARD")
-        assert legacy.router.run(["iptables-legacy-restore"], input=text).returncode == 0
-        r = ours.router.run(bpf_command("iptables-restore"), input=text)
-        assert r.returncode == 0, r.stderr
-        r = ours.router.run(datapath_command("attach", "--mode", mode))
-        assert r.returncode == 0, r.stderr
+        load_twins(legacy.router, ours.router, text, "--mode", mode)
         want = exercise(legacy.client, "c0", FAR_IP)
         got = exercise(ours.client, "c0", FAR_IP)
         expected_udp(want)
