@@ -20,16 +20,13 @@ one run only."""
 from __future__ import annotations
 
 import argparse
-import ctypes
 import os
 import socket
 import statistics
 import struct
 import threading
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from bpf_iptables.datapath import bpfsys
 from bpf_iptables.datapath.compiler import compile_chain
@@ -38,32 +35,14 @@ from bpf_iptables.datapath.packets import frame, header_length
 from bpf_iptables.datapath.program import LoadedProgram
 from bpf_iptables.datapath.testrun import test_run
 from bpf_iptables.netaddr import ip_to_int
+from bpf_iptables.nsthread import inside
 from bpf_iptables.reference.packet import Packet
 
 from .live import (BPF_NAME, CLIENT_IP, DATAPATH, LEGACY_NAME, SERVER_IP, ensure_bpffs, load,
                    topology)
 from .tools import REPO
 
-_libc = ctypes.CDLL(None, use_errno=True)
-CLONE_NEWNET = 0x40000000
 PORT = 8080
-
-
-@contextmanager
-def inside(ns: str) -> Iterator[None]:
-    """This thread in namespace ``ns`` while sockets are made."""
-    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-    target = os.open(f"/run/netns/{ns}", os.O_RDONLY)
-    try:
-        if _libc.setns(target, CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), "setns")
-        try:
-            yield
-        finally:
-            _libc.setns(home, CLONE_NEWNET)
-    finally:
-        os.close(home)
-        os.close(target)
 
 
 def filler_rules(n: int) -> list[str]:

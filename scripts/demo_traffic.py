@@ -29,7 +29,6 @@ machine); what must not arrive is looked for after something sent later
 on the same link has arrived, plus a grace period."""
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import re
@@ -37,38 +36,18 @@ import socket
 import struct
 import sys
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from typing import Iterator
+
+from bpf_iptables.datapath.packets import checksum
+from bpf_iptables.nsthread import inside
 
 CLIENT_IP, SERVER_IP = "10.200.0.1", "10.200.0.2"
-CLONE_NEWNET = 0x40000000
 ARRIVAL_WAIT = 5.0      # for what must arrive (generous: a loaded 2-core machine)
 GRACE = 0.3             # after the last expected arrival, for what must not arrive
 DROPPED_CONNECT_WAIT = 0.5   # a dropped SYN: give up well before its first retransmission
 PING_PAYLOAD = 56       # as ping(8): 84 bytes of IP per echo request
 UDP_PAYLOAD = 32        # 60 bytes of IP per datagram
 TCP_ACCEPTED, TCP_DROPPED = 8080, 8081
-
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-@contextmanager
-def inside(ns: str) -> Iterator[None]:
-    """This thread in network namespace ``ns`` for a moment."""
-    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-    target = os.open(f"/run/netns/{ns}", os.O_RDONLY)
-    try:
-        if _libc.setns(target, CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), f"setns {ns}")
-        try:
-            yield
-        finally:
-            if _libc.setns(home, CLONE_NEWNET) != 0:
-                raise OSError(ctypes.get_errno(), "setns back")
-    finally:
-        os.close(home)
-        os.close(target)
 
 
 def sock(ns: str, kind: int, proto: int = 0) -> socket.socket:
@@ -97,15 +76,6 @@ class Step:
     bytes: int | None
 
 
-def _checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    s = (s >> 16) + (s & 0xFFFF)
-    s += s >> 16
-    return ~s & 0xFFFF
-
-
 def ping(client: str, count: int) -> Step:
     """ICMP echo requests, one at a time, each waiting for its reply."""
     s = sock(client, socket.SOCK_RAW, socket.IPPROTO_ICMP)
@@ -114,7 +84,7 @@ def ping(client: str, count: int) -> Step:
         for seq in range(count):
             payload = bytes(range(PING_PAYLOAD))
             head = struct.pack("!BBHHH", 8, 0, 0, ident, seq)
-            head = struct.pack("!BBHHH", 8, 0, _checksum(head + payload), ident, seq)
+            head = struct.pack("!BBHHH", 8, 0, checksum(head + payload), ident, seq)
             s.sendto(head + payload, (SERVER_IP, 0))
             deadline = time.monotonic() + ARRIVAL_WAIT
             while (left := deadline - time.monotonic()) > 0:

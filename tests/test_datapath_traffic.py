@@ -21,6 +21,8 @@ from typing import Iterator
 
 import pytest
 
+from bpf_iptables.datapath.packets import checksum as _checksum  # (the reject tests import it from here)
+
 from tests.support.netns import Namespace, REPO, bpf_command
 from tests.support.wire import netns
 
@@ -106,15 +108,6 @@ def inside(ns: Namespace) -> Iterator[None]:
     """This thread in ``ns`` for a moment: sockets made here stay in ns."""
     with netns(ns.name):
         yield
-
-
-def _checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    s = (s >> 16) + (s & 0xFFFF)
-    s += s >> 16
-    return ~s & 0xFFFF
 
 
 # How long to wait for something that may have been dropped. Generous, so a

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
+from bpf_iptables.nsthread import setns
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -62,18 +64,6 @@ def namespace(prefix: str = "bpft") -> Iterator[Namespace]:
         subprocess.run(["ip", "netns", "del", name], check=False)
 
 
-_CLONE_NEWNET = 0x40000000
-
-
-def _setns(fd: int) -> None:
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.setns(fd, _CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-
-
 @contextmanager
 def entered(prefix: str = "bpfdp") -> Iterator[Namespace]:
     """Move this process into a fresh namespace with a veth pair, then back.
@@ -89,11 +79,11 @@ def entered(prefix: str = "bpfdp") -> Iterator[Namespace]:
         home = os.open("/proc/self/ns/net", os.O_RDONLY)
         target = os.open(f"/run/netns/{ns.name}", os.O_RDONLY)
         try:
-            _setns(target)
+            setns(target)
             try:
                 yield ns
             finally:
-                _setns(home)
+                setns(home, "setns back")
         finally:
             os.close(target)
             os.close(home)
