@@ -21,6 +21,8 @@ from bpf_iptables.netaddr import int_to_ip
 from bpf_iptables.nsthread import inside
 from bpf_iptables.reference.packet import Packet
 
+SO_RCVBUFFORCE = 33  # <asm-generic/socket.h>; not in Python's socket module
+
 # tests name it netns(); one implementation for tests, bench and demo
 netns = inside
 
@@ -59,6 +61,9 @@ def send_and_collect(client: str, dev: str, server: str, server_dev: str,
         with netns(server):
             for proto in protos:
                 rx = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_RAW, proto))
+                # room for every copy: a full default buffer (~200 KiB, a few
+                # hundred small frames) would drop what the stack delivered
+                rx.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 16 << 20)
                 rx.setblocking(False)
                 receivers.append(rx)
         with netns(client):
