@@ -240,7 +240,11 @@ def covers(att: A.Attachment, here: dict[str, int]) -> bool:
 
 
 def interfaces() -> dict[str, int]:
-    return {name: index for index, name in socket.if_nameindex()}
+    """The interfaces that carry the roots: all but bridge ports, so a port
+    enslaved or released after the last update differs too (bridges.py)."""
+    from .bridges import attachable
+
+    return attachable()
 
 
 def renamed(att: A.Attachment, here: dict[str, int]) -> A.Attachment:
@@ -280,7 +284,10 @@ def resync() -> int:
             return CURRENT   # a command updated it meanwhile
         from . import live
 
-        attached = live.AttachedStore(store, renamed(att, interfaces()))
+        # renamed among all interfaces: a port just enslaved must stay in
+        # the record, for the update to take its roots off
+        every = {name: index for index, name in socket.if_nameindex()}
+        attached = live.AttachedStore(store, renamed(att, every))
         # load() through the attached store: the data path's counters are
         # carried into the new programs (the stored ones may be older)
         attached.save(attached.load())
