@@ -110,6 +110,17 @@ def test_bridge_carries_the_roots_ports_do_not():
         assert ping(Pair(C2, H), 1, BRIDGE_IP) == 1
         assert counts(H, "INPUT") == [4, 0, 2]
         assert w.datapath("status").returncode == 0
+
+        # br_netfilter switched on later: a command is refused, but the
+        # watcher still covers a new bridge (and says why it went on)
+        sh("ip", "netns", "exec", host, "sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=1")
+        r = H.bpf_iptables("-A", "FORWARD", "-i", "br0", "-j", "ACCEPT")
+        assert r.returncode == 2 and "br_netfilter" in r.stderr, r.stderr
+        sh("ip", "-n", host, "link", "add", "br1", "type", "bridge")
+        wait_for("br1 attached", lambda: "br1" in (w.record() or {}).get("interfaces", {})
+                 and xdp_id(host, "br1") == root)
+        assert "frames bridged between ports are not filtered" in (w.dir / "watch.log").read_text()
+        assert counts(H, "FORWARD") == [0]
     finally:
         if host in made:
             in_ns(host)(datapath_command("detach"))

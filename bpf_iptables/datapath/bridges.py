@@ -120,6 +120,19 @@ def br_netfilter_on() -> bool:
         return False
 
 
+# False only in the watcher's resync (watch.resync): refusing there would
+# leave new interfaces without the roots, which filters less, not more
+REFUSE_BR_NETFILTER = True
+
+
+def refused_here(forward_has_work: bool, found: list[Link] | None = None) -> list[str]:
+    """The bridges that make ``check_br_netfilter`` refuse ([] when it would not)."""
+    if not forward_has_work or not br_netfilter_on():
+        return []
+    found = links() if found is None else found
+    return sorted(link.name for link in found if link.kind == "bridge")
+
+
 def check_br_netfilter(forward_has_work: bool, found: list[Link] | None = None) -> None:
     """Refuse (NotSupported, exit 2) what the data path would leave
     unenforced: with br_netfilter on (``net.bridge.bridge-nf-call-iptables
@@ -128,11 +141,8 @@ def check_br_netfilter(forward_has_work: bool, found: list[Link] | None = None) 
     the data path never sees them (no roots on ports, and the bridge's own
     hooks do not see port-to-port frames). Only when FORWARD has something
     to enforce and a bridge exists."""
-    if not forward_has_work or not br_netfilter_on():
-        return
-    found = links() if found is None else found
-    names = sorted(link.name for link in found if link.kind == "bridge")
-    if names:
+    names = refused_here(forward_has_work, found)
+    if names and REFUSE_BR_NETFILTER:
         raise NotSupported(
             f"FORWARD rules beside bridge {', '.join(names)} with br_netfilter on "
             "(net.bridge.bridge-nf-call-iptables=1: frames bridged between ports pass "

@@ -288,9 +288,18 @@ def resync() -> int:
         # the record, for the update to take its roots off
         every = {name: index for index, name in socket.if_nameindex()}
         attached = live.AttachedStore(store, renamed(att, every))
+        from . import bridges
+
         # load() through the attached store: the data path's counters are
         # carried into the new programs (the stored ones may be older)
-        attached.save(attached.load())
+        ruleset = attached.load()
+        if bridges.refused_here(live.needs(ruleset.table("filter"), "FORWARD")):
+            # a command would be refused; a resync must still cover the
+            # interfaces (a new bridge's INPUT), so it goes on, and says so
+            _log("warning: FORWARD rules beside a bridge with br_netfilter on: frames "
+                 "bridged between ports are not filtered (bridges.py)")
+            bridges.REFUSE_BR_NETFILTER = False
+        attached.save(ruleset)
         return RESYNCED
 
 
