@@ -10,11 +10,12 @@ namespaces on veths enslaved to it (10.97.0.2, 10.97.0.3), all in one
 test (setting up namespaces is what costs)."""
 from __future__ import annotations
 
+import socket
 import subprocess
 import uuid
 
 from tests.support.netns import Namespace, bpf_command
-from tests.test_datapath_traffic import Pair, datapath_command, ping, sh
+from tests.test_datapath_traffic import Pair, datapath_command, inside, ping, sh
 from tests.test_datapath_watch import Watched, in_ns, reaper, wait_for, xdp_id  # noqa: F401
 
 ON = {"BPF_IPTABLES_DATAPATH": "on"}   # conftest keeps namespaces model-only
@@ -28,6 +29,7 @@ RULES = """\
 -A INPUT -i br0 -p icmp
 -A INPUT -i p1 -p icmp
 -A INPUT -i p2 -p icmp
+-A INPUT -i br0 -p tcp -m tcp --dport 9 -j REJECT --reject-with tcp-reset
 -A FORWARD -i br0 -o br0
 COMMIT
 """
@@ -36,6 +38,26 @@ COMMIT
 def counts(ns: Namespace, chain: str) -> list[int]:
     out = ns.bpf_iptables("-L", chain, "-v", "-x", "-n").stdout
     return [int(line.split()[0]) for line in out.splitlines()[2:] if line.strip()]
+
+
+def connect(client: Namespace, server: Namespace, port: int) -> str:
+    """A TCP connect client -> the bridge's address, with a listener there."""
+    with inside(server):
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    with inside(client):
+        c = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    with listener, c:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((BRIDGE_IP, port))
+        listener.listen(1)
+        c.settimeout(2)
+        try:
+            c.connect((BRIDGE_IP, port))
+        except ConnectionRefusedError:
+            return "refused"
+        except OSError as exc:
+            return str(exc)
+        return "connected"
 
 
 def test_bridge_carries_the_roots_ports_do_not():
@@ -88,7 +110,12 @@ def test_bridge_carries_the_roots_ports_do_not():
         # to the bridge's address: INPUT with -i br0, never the port
         assert ping(Pair(C1, H), 2, BRIDGE_IP) == 2
         assert ping(Pair(C2, H), 1, BRIDGE_IP) == 1
-        assert counts(H, "INPUT") == [3, 0, 0]
+        assert counts(H, "INPUT") == [3, 0, 0, 0]
+        # REJECT's reply goes back out of the bridge (XDP_TX / redirect to
+        # it), which delivers it to the port the frame came in on
+        assert connect(C1, H, 9) == "refused"
+        assert connect(C1, H, 10) == "connected"
+        assert counts(H, "INPUT") == [3, 0, 0, 1]
         # container to container: bridged at layer 2, FORWARD (policy DROP) never sees it
         assert ping(Pair(C1, C2), 2, C2_IP) == 2
         assert counts(H, "FORWARD") == [0]
@@ -101,14 +128,14 @@ def test_bridge_carries_the_roots_ports_do_not():
         wait_for("p2 attached", lambda: "p2" in (w.record() or {}).get("interfaces", {})
                  and xdp_id(host, "p2") == root)
         assert ping(Pair(C2, H), 2, "10.96.0.1") == 2
-        assert counts(H, "INPUT") == [3, 0, 2]
+        assert counts(H, "INPUT") == [3, 0, 2, 1]
         # enslaved again: its roots are taken off
         sh("ip", "-n", host, "addr", "flush", "dev", "p2")
         sh("ip", "-n", host, "link", "set", "p2", "master", "br0")
         wait_for("p2 detached", lambda: "p2" not in (w.record() or {}).get("interfaces", {})
                  and xdp_id(host, "p2") == 0)
         assert ping(Pair(C2, H), 1, BRIDGE_IP) == 1
-        assert counts(H, "INPUT") == [4, 0, 2]
+        assert counts(H, "INPUT") == [4, 0, 2, 1]
         assert w.datapath("status").returncode == 0
 
         # br_netfilter switched on later: a command is refused, but the
