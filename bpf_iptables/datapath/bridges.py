@@ -125,23 +125,33 @@ def br_netfilter_on() -> bool:
 REFUSE_BR_NETFILTER = True
 
 
-def refused_here(forward_has_work: bool, found: list[Link] | None = None) -> list[str]:
-    """The bridges that make ``check_br_netfilter`` refuse ([] when it would not)."""
-    if not forward_has_work or not br_netfilter_on():
+def forward_has_work(table) -> bool:
+    """Whether FORWARD can change a bridged frame's fate or count it: rules,
+    or a policy other than ACCEPT. (The tracker missing bridged frames does
+    not matter: a flow bridged between two ports never reaches INPUT or
+    OUTPUT.)"""
+    chain = table.chains.get("FORWARD")
+    return chain is not None and bool(chain.rules or (chain.policy or "ACCEPT") != "ACCEPT")
+
+
+def refused_here(table, found: list[Link] | None = None) -> list[str]:
+    """The bridges that make ``check_br_netfilter`` refuse ``table`` ([]
+    when it would not)."""
+    if not forward_has_work(table) or not br_netfilter_on():
         return []
     found = links() if found is None else found
     return sorted(link.name for link in found if link.kind == "bridge")
 
 
-def check_br_netfilter(forward_has_work: bool, found: list[Link] | None = None) -> None:
+def check_br_netfilter(table, found: list[Link] | None = None) -> None:
     """Refuse (NotSupported, exit 2) what the data path would leave
     unenforced: with br_netfilter on (``net.bridge.bridge-nf-call-iptables
     = 1``), frames a bridge forwards between its ports at layer 2 traverse
     iptables' FORWARD (``-i``/``-o`` the bridge, ``-m physdev`` the ports);
     the data path never sees them (no roots on ports, and the bridge's own
     hooks do not see port-to-port frames). Only when FORWARD has something
-    to enforce and a bridge exists."""
-    names = refused_here(forward_has_work, found)
+    to enforce (``forward_has_work``) and a bridge exists."""
+    names = refused_here(table, found)
     if names and REFUSE_BR_NETFILTER:
         raise NotSupported(
             f"FORWARD rules beside bridge {', '.join(names)} with br_netfilter on "

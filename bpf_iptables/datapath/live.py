@@ -297,7 +297,7 @@ def compile_all(table: Table, here: dict[str, int]) -> dict[str, Compiled]:
     """INPUT always (it holds the carried rule counters); FORWARD and
     OUTPUT when they have work to do. NotSupported (exit 2) before anything."""
     hooks = ["INPUT"] + [h for h in ("FORWARD", "OUTPUT") if needs(table, h)]
-    bridges.check_br_netfilter("FORWARD" in hooks)
+    bridges.check_br_netfilter(table)
     return {h: compile_chain(table, h, here) for h in hooks}
 
 

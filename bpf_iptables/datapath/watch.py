@@ -293,7 +293,7 @@ def resync() -> int:
         # load() through the attached store: the data path's counters are
         # carried into the new programs (the stored ones may be older)
         ruleset = attached.load()
-        if bridges.refused_here(live.needs(ruleset.table("filter"), "FORWARD")):
+        if bridges.refused_here(ruleset.table("filter")):
             # a command would be refused; a resync must still cover the
             # interfaces (a new bridge's INPUT), so it goes on, and says so
             _log("warning: FORWARD rules beside a bridge with br_netfilter on: frames "

@@ -75,11 +75,10 @@ def refuse_bridged(plan: Plan) -> None:
     (bridges with br_netfilter on, see datapath/bridges.py): stop before
     anything is backed up or loaded."""
     from ..datapath import bridges
-    from ..datapath.live import needs
     from ..errors import NotSupported
 
     try:
-        bridges.check_br_netfilter(needs(plan.table, "FORWARD"))
+        bridges.check_br_netfilter(plan.table)
     except NotSupported as exc:
         raise MigrateError(f"stopping: {exc.message.strip()}; nothing changed", 2) from None
 
