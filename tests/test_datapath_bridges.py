@@ -10,6 +10,7 @@ namespaces on veths enslaved to it (10.97.0.2, 10.97.0.3), all in one
 test (setting up namespaces is what costs)."""
 from __future__ import annotations
 
+import re
 import socket
 import subprocess
 import uuid
@@ -137,6 +138,14 @@ def test_bridge_carries_the_roots_ports_do_not():
         assert ping(Pair(C2, H), 1, BRIDGE_IP) == 1
         assert counts(H, "INPUT") == [4, 0, 2, 1]
         assert w.datapath("status").returncode == 0
+        # --mode xdp: a bridge has no native XDP, the generic fallback covers it
+        r = w.datapath("attach", "--mode", "xdp")
+        assert r.returncode == 0, r.stderr
+        r = w.datapath("status")
+        assert r.returncode == 0 and re.search(r"br0 ifindex \d+ xdpgeneric ok", r.stdout), r.stdout
+        root = w.record()["roots"]["xdp_root"]
+        assert ping(Pair(C1, H), 1, BRIDGE_IP) == 1
+        assert counts(H, "INPUT") == [5, 0, 2, 1]
 
         # br_netfilter switched on later: a command is refused, but the
         # watcher still covers a new bridge (and says why it went on)
