@@ -154,7 +154,7 @@ def check_br_netfilter(table, found: list[Link] | None = None) -> None:
     names = refused_here(table, found)
     if names and REFUSE_BR_NETFILTER:
         raise NotSupported(
-            f"FORWARD rules beside bridge {', '.join(names)} with br_netfilter on "
-            "(net.bridge.bridge-nf-call-iptables=1: frames bridged between ports pass "
-            "iptables' FORWARD, and the data path does not see them; set it to 0 in this "
-            "namespace)")
+            f"a FORWARD chain with rules or a DROP policy beside bridge {', '.join(names)} "
+            "while br_netfilter is on (net.bridge.bridge-nf-call-iptables=1: frames bridged "
+            "between ports pass iptables' FORWARD, and the data path does not see them; set "
+            "it to 0 in this namespace)")
