@@ -369,12 +369,11 @@ BPF_ARRAY(ports_d_map, struct bitvector, DPORT_BSIZE + 2);
 #endif
 
 #if FIELD_OIF
-#if HOOK_TC
-#error "FIELD_OIF is FORWARD's (XDP); OUTPUT's output device is the iif field"
-#endif
 /* FORWARD's -o: key is the egress ifindex of the kernel's own route
  * (bpf_fib_lookup with the dispatcher's parameters), 0 for an interface
- * unknown at compile time or no route */
+ * unknown at compile time or no route. FORWARD only (OUTPUT's output
+ * device is the iif field); built for TC as well, for FORWARD at TC
+ * ingress in --mode tc, where the receiving device is skb->ifindex. */
 #define AF_INET 2
 BPF_HASH(oif_map, u32, struct bitvector, OIF_MAX);
 #define TERM_OIF(m, ix) &f_oif->m[ix]
@@ -621,7 +620,7 @@ int xdp_filter(CTX_TYPE *ctx)
 	fib.tot_len = 0;	/* no MTU check, as the dispatcher (root.c) */
 	fib.ipv4_src = pf.saddr;
 	fib.ipv4_dst = pf.daddr;
-	fib.ifindex = ctx->ingress_ifindex;
+	fib.ifindex = CTX_IFINDEX(ctx);
 	long fib_rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), 0);
 	/* the dispatcher calls FORWARD only for these two results; the
 	 * lookup fills in the egress ifindex for both */

@@ -48,6 +48,7 @@ from ..errors import NotSupported, XtablesError, OTHER_PROBLEM
 from ..model import RuleSet, Table
 from . import attachment as A
 from . import generation as G
+from . import bridges
 from . import links
 from . import support
 from .compiler import (FIRST_RULE_COUNTER, POLICY_COUNTER, Compiled, compile_chain,
@@ -296,6 +297,7 @@ def compile_all(table: Table, here: dict[str, int]) -> dict[str, Compiled]:
     """INPUT always (it holds the carried rule counters); FORWARD and
     OUTPUT when they have work to do. NotSupported (exit 2) before anything."""
     hooks = ["INPUT"] + [h for h in ("FORWARD", "OUTPUT") if needs(table, h)]
+    bridges.check_br_netfilter(table)
     return {h: compile_chain(table, h, here) for h in hooks}
 
 
@@ -346,7 +348,8 @@ def update(store, att: A.Attachment, ruleset: RuleSet, carried: dict[int, int],
         from ..conntrack import table as cttable
         cttable.apply_settings(directory, cttable.conntrack_dir(A.ns_pins(directory)))
     _maybe_die("prepared")
-    ifaces = sync_interfaces(directory, att.mode, att.interfaces, here)
+    # not on bridge ports: the bridge carries the roots (bridges.py)
+    ifaces = sync_interfaces(directory, att.mode, att.interfaces, bridges.attachable())
     clock("slots+interfaces")
     route = "FORWARD" in compiled or forwarding()
     ncounters = FIRST_RULE_COUNTER + len(compiled["INPUT"].counter_of)

@@ -7,11 +7,11 @@ the recorded one, or an update left pending by a call that died (the
 next bpf-iptables call resolves it)."""
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 from . import attachment as A
 from . import generation as G
+from . import bridges
 from . import links
 
 
@@ -44,11 +44,19 @@ def report(directory: Path) -> tuple[list[str], bool]:
         if info and info["on"]:
             where = ("TC ingress" if att.mode == "tc" else "XDP") if hook != "OUTPUT" else "TC egress"
             out.append(f"{hook} program {info['prog_id']} at {where}")
-    here = {name: index for index, name in socket.if_nameindex()}
+    found = bridges.links()
+    here = bridges.attachable(found)
+    ports = bridges.bridge_ports(found)
     for name, (index, flags) in sorted(att.interfaces.items(), key=lambda kv: kv[1][0]):
         mode = "tc" if att.mode == "tc" else ("xdpgeneric" if flags == links.XDP_FLAGS_SKB_MODE
                                               else "xdp")
         seen = links.check(directory, att.mode, index, att.roots)
+        if name in ports:
+            # enslaved since the last update: classified as itself, not as the bridge
+            out.append(f"  {name} ifindex {index} now a port of bridge {ports[name]}: its roots "
+                       "go at the next update")
+            ok = False
+            continue
         if here.get(name) != index:
             out.append(f"  {name} ifindex {index} gone (forgotten at the next update)")
             continue
@@ -61,4 +69,8 @@ def report(directory: Path) -> tuple[list[str], bool]:
         # covered from the next update on (any bpf-iptables change, or the watcher)
         out.append(f"  {name} not attached (created after the last update)")
         ok = False
+    for name, bridge in sorted(ports.items()):
+        if name in att.interfaces:
+            continue
+        out.append(f"  {name} port of bridge {bridge}: no roots (the bridge carries them)")
     return out, ok

@@ -240,7 +240,11 @@ def covers(att: A.Attachment, here: dict[str, int]) -> bool:
 
 
 def interfaces() -> dict[str, int]:
-    return {name: index for index, name in socket.if_nameindex()}
+    """The interfaces that carry the roots: all but bridge ports, so a port
+    enslaved or released after the last update differs too (bridges.py)."""
+    from .bridges import attachable
+
+    return attachable()
 
 
 def renamed(att: A.Attachment, here: dict[str, int]) -> A.Attachment:
@@ -280,10 +284,22 @@ def resync() -> int:
             return CURRENT   # a command updated it meanwhile
         from . import live
 
-        attached = live.AttachedStore(store, renamed(att, interfaces()))
+        # renamed among all interfaces: a port just enslaved must stay in
+        # the record, for the update to take its roots off
+        every = {name: index for index, name in socket.if_nameindex()}
+        attached = live.AttachedStore(store, renamed(att, every))
+        from . import bridges
+
         # load() through the attached store: the data path's counters are
         # carried into the new programs (the stored ones may be older)
-        attached.save(attached.load())
+        ruleset = attached.load()
+        if bridges.refused_here(ruleset.table("filter")):
+            # a command would be refused; a resync must still cover the
+            # interfaces (a new bridge's INPUT), so it goes on, and says so
+            _log("warning: FORWARD rules beside a bridge with br_netfilter on: frames "
+                 "bridged between ports are not filtered (bridges.py)")
+            bridges.REFUSE_BR_NETFILTER = False
+        attached.save(ruleset)
         return RESYNCED
 
 

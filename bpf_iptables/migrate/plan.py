@@ -79,13 +79,18 @@ def make_plan(text: str) -> Plan:
     table = Table.empty("filter")
     plan = Plan(table)
     rule_lines: list[tuple[str, list[str], Counters | None]] = []
+    policy_counters: dict[str, Counters] = {}
     for line in lines:
         if line.startswith(":"):
-            name, policy = line[1:].split()[:2]
+            words = line[1:].split()
+            name, policy = words[:2]
             if policy == "-":
                 _command(table, ["-N", name])
             else:
                 _command(table, ["-P", name, policy])
+                if len(words) > 2 and words[2].startswith("["):
+                    p, b = words[2].strip("[]").split(":")
+                    policy_counters[name] = Counters(int(p), int(b))
             continue
         counters = None
         if line.startswith("["):
@@ -118,5 +123,9 @@ def make_plan(text: str) -> Plan:
                 plan.refused.append(Refused(rule_line(chain.name, rule).strip(), why))
         chain.rules = kept
     validate_table(table)
+    for name, counters in policy_counters.items():
+        # the policies' counters come along, as the rules' do (set last: the
+        # commands above may give the chains fresh counters)
+        table.chains[name].counters = counters
     plan.rules = sum(len(c.rules) for c in table.chains.values())
     return plan

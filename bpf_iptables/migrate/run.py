@@ -70,6 +70,19 @@ def enforced(directory: Path, plan: Plan) -> bool:
     return attachment.read(directory) is not None
 
 
+def refuse_bridged(plan: Plan) -> None:
+    """What the load would refuse for the namespace rather than for a rule
+    (bridges with br_netfilter on, see datapath/bridges.py): stop before
+    anything is backed up or loaded."""
+    from ..datapath import bridges
+    from ..errors import NotSupported
+
+    try:
+        bridges.check_br_netfilter(plan.table)
+    except NotSupported as exc:
+        raise MigrateError(f"stopping: {exc.message.strip()}; nothing changed", 2) from None
+
+
 def report_plan(plan: Plan, kind: str, out: TextIO) -> None:
     out.write(f"netfilter ({kind}) filter table: {plan.rules + len(plan.refused)} rules, "
               f"{plan.rules} enforceable by bpf-iptables, {len(plan.refused)} not\n")
@@ -90,6 +103,7 @@ def migrate(opts: Options, out: TextIO) -> Result:
     if plan.refused and not opts.partial:
         raise MigrateError("stopping: rules above cannot be enforced; nothing changed "
                            "(--partial loads the others, which changes what the rule set does)", 2)
+    refuse_bridged(plan)
     if opts.verify:
         from .verify import verify
 
