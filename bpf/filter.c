@@ -415,6 +415,15 @@ BPF_ARRAY(ctcheck_map, struct ct_check, NENTRIES);
  * chained by ct_check.next */
 BPF_ARRAY(ctextra_map, struct ct_check, CTEXTRA_MAX);
 #endif
+#if FIELD_MARK
+/* per entry: -m mark tests, checked per candidate (not a bitvector: a
+ * 32-bit value under any mask); mask 0 / value 0 / invert 0 tests nothing */
+struct mark_check {
+	u32 mask0, value0, inv0;
+	u32 mask1, value1, inv1;
+};
+BPF_ARRAY(mark_map, struct mark_check, NENTRIES);
+#endif
 #if FIELD_PKTTYPE
 /* index: PACKET_HOST, PACKET_BROADCAST or PACKET_MULTICAST (parse.h) */
 BPF_ARRAY(pkttype_map, struct bitvector, 3);
@@ -664,6 +673,17 @@ int xdp_filter(CTX_TYPE *ctx)
 		return RET(XDP_ABORTED);
 #endif
 
+#if FIELD_MARK
+#if HOOK_TC
+	u32 pkt_mark = ctx->mark;
+#else
+	/* XDP has no skb: nothing has marked a packet that arrives from a
+	 * device (a packet entering a namespace has its mark cleared), so
+	 * the mark is 0 here; what XDP cannot see (a mark kept on lo, marks
+	 * set after it) is in the data path's README */
+	u32 pkt_mark = 0;
+#endif
+#endif
 	rs->evil = pf.evil;
 	/* once per packet (and per tail call): the words where every field
 	 * can have a bit; the scan loads no other word */
@@ -736,6 +756,13 @@ int xdp_filter(CTX_TYPE *ctx)
 			miss |= ct_check_miss(cx, cts);
 			nx = cx->next;
 		}
+#endif
+#if FIELD_MARK
+		struct mark_check *mc = mark_map.lookup(&e);
+		if (!mc)
+			return RET(XDP_ABORTED);
+		miss |= (differs(pkt_mark, mc->mask0, mc->value0) ^ mc->inv0) |
+			(differs(pkt_mark, mc->mask1, mc->value1) ^ mc->inv1);
 #endif
 		if (miss) {
 			cur &= cur - 1; /* drop the candidate, go on */

@@ -34,6 +34,7 @@ from ..errors import NotSupported
 from ..extensions.reject import RejectData, default_ttl, reject_verdict
 from ..model import Rule, Table
 from ..netaddr import iface_matches
+from . import addrtypes
 from .fields import ICMP_ANY, EntryFields, Prefix, PrefixField, RangeField, decompose
 
 if TYPE_CHECKING:
@@ -62,7 +63,7 @@ BASE_FIELDS = 9
 MAX_CHUNKS = 31
 FIELD_ORDER = ("src", "dst", "proto", "iif", "frag", "flags", "sport", "dport", "icmp",
                "length", "ttl", "tos", "ports", "oif", "mac", "pkttype", "ctstate",
-               "ctcheck")
+               "ctcheck", "mark")
 # Shape attributes that size a field's map (-D<NAME upper>)
 SIZE_ATTRS = ("src_max", "dst_max", "src_bsize", "dst_bsize", "src_probes", "dst_probes",
               "proto_max", "iif_max", "sport_bsize", "dport_bsize",
@@ -817,6 +818,10 @@ def _compile_chain(table: Table, hook: str, interfaces: dict[str, int] | None,
         raise NotSupported(f"the {hook} chain in the eBPF data path")
     if interfaces is None:
         interfaces = interfaces_here()
+    if uses_addrtype(table) and addrtypes.refresh():
+        # -m addrtype was lowered from the routes: decompositions made
+        # with other routes are stale
+        clear_caches()
     slots = counter_slots(table)
     limits: list[tuple[int, int]] = []
     logs: list = []
@@ -842,7 +847,7 @@ def _compile_chain(table: Table, hook: str, interfaces: dict[str, int] | None,
             live_entries.append((i, f))
             uses.add(f.used if f.used is not None else frozenset(f.uses()))
         if (e.verdict == VERDICT_CONTINUE or f.src.residual or f.dst.residual
-                or e.limit or f.ctcheck):
+                or e.limit or f.ctcheck or f.mark):
             nonterminal += 1
     live = bits([i for i, _ in live_entries])
     used: set[str] = set().union(*uses)
@@ -961,7 +966,7 @@ def fast_path(entries: list[Entry]) -> tuple[int, int]:
     e = entries[0]
     f = e.fields
     if (f.never or f.uses() != {"ctstate"} or e.verdict != VERDICTS["ACCEPT"] or e.tcp
-            or e.limit or f.src.residual or f.dst.residual):
+            or e.limit or f.src.residual or f.dst.residual or f.mark):
         return 0, 0
     slots = (1 << CTSTATES) - 1
     for m in f.ctstate:
@@ -1004,6 +1009,11 @@ def uses_conntrack(table: Table) -> bool:
     namespace tracks connections (as netfilter registers its tracker in a
     namespace once a rule needs it), in every hook."""
     return any(m.name in CONNTRACK_MATCHES
+               for chain in table.chains.values() for r in chain.rules for m in r.matches)
+
+
+def uses_addrtype(table: Table) -> bool:
+    return any(m.name == "addrtype"
                for chain in table.chains.values() for r in chain.rules for m in r.matches)
 
 

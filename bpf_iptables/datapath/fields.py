@@ -263,6 +263,18 @@ class CtCheck:
                        other.exp_hi if other.flags & 128 else self.exp_hi)
 
 
+MARK_CHECKS_MAX = 2   # per entry (struct mark_check in filter.c)
+
+
+@dataclass(frozen=True)
+class MarkConstraint:
+    """(skb->mark & mask) == value, or not (xt_mark); checked per
+    candidate (filter.c FIELD_MARK: the mark at TC hooks, 0 at XDP)."""
+    mask: int
+    value: int
+    invert: bool = False
+
+
 @dataclass(frozen=True)
 class ProtoConstraint:
     """The packet's protocol is ``proto``, or not."""
@@ -278,7 +290,7 @@ class Never:
 Constraint = (AddrConstraint | PortConstraint | RangeConstraint | TosConstraint | PortsEither
               | MacConstraint | PkttypeConstraint | NeedsL4 | NotFragment
               | TcpFlagsConstraint | IcmpConstraint | CtstateConstraint | ProtoConstraint
-              | CtCheck | Never)
+              | CtCheck | MarkConstraint | Never)
 
 
 def prefixes_of_range(lo: int, hi: int) -> list[IPv4Net]:
@@ -345,6 +357,9 @@ class EntryFields:
     pkttype: tuple[tuple[int, bool], ...] = ()    # (PACKET_*, invert)
     ctstate: tuple[int, ...] = ()    # CtstateConstraint.slots, all must hold
     ctcheck: tuple[CtCheck, ...] = ()   # per-candidate conntrack tuple/expiry tests, all must hold
+    # per-candidate mark tests (mask, value, invert), all must hold; the
+    # positive ones merged into the first (MarkConstraint)
+    mark: tuple[tuple[int, int, bool], ...] = ()
     # uses(), fixed once decompose() has built the entry
     used: frozenset[str] | None = field(default=None, compare=False, repr=False)
 
@@ -399,6 +414,8 @@ class EntryFields:
             used.add("ctstate")
         if self.ctcheck:
             used.add("ctcheck")
+        if self.mark:
+            used.add("mark")
         if self.either is not None:
             used |= {"ports", "sport", "dport"}
         if self.length is not NO_RANGE and (self.length.positive or self.length.negative):
@@ -546,6 +563,31 @@ def apply(f: EntryFields, c: Constraint) -> bool:
                                "data path")
         f.ctcheck += (c,)
         return True
+    if isinstance(c, MarkConstraint):
+        return add_mark(f, c)
     if isinstance(c, Never):
         return False
     raise TypeError(f"unknown data-path constraint {c!r}")
+
+
+def add_mark(f: EntryFields, c: MarkConstraint) -> bool:
+    """Fold a mark test into the entry's (at most MARK_CHECKS_MAX)."""
+    if c.value & ~c.mask & 0xFFFFFFFF:
+        # xt_mark does not mask the value: (mark & mask) never equals it
+        return c.invert
+    if c.mask == 0:
+        return not c.invert   # (mark & 0) == 0 always holds
+    if not c.invert:
+        for i, (m, v, inv) in enumerate(f.mark):
+            if not inv:
+                if (v ^ c.value) & m & c.mask:
+                    return False   # two positive tests no mark meets
+                f.mark = f.mark[:i] + ((m | c.mask, v | c.value, False),) + f.mark[i + 1:]
+                return True
+    elif (c.mask, c.value, c.invert) in f.mark:
+        return True
+    if len(f.mark) == MARK_CHECKS_MAX:
+        raise NotSupported(f"more than {MARK_CHECKS_MAX} -m mark tests (one of them "
+                           "positive at most, merged) on one rule path in the eBPF data path")
+    f.mark += ((c.mask, c.value, c.invert),)
+    return True

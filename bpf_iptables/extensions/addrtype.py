@@ -6,7 +6,7 @@ import errno
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..errors import TableOpError, XtablesError
+from ..errors import NotSupported, TableOpError, XtablesError
 from .base import MatchExtension, ParseContext, T, XtOption, XtOptionsExtension, XtState
 
 if TYPE_CHECKING:
@@ -158,6 +158,48 @@ class AddrtypeMatch(XtOptionsExtension, MatchExtension):
         if d.dest and self._hit(d.dest, packet.dst_type) == bool(d.flags & INVERT_DEST):
             return False
         return True
+
+    def lower(self, d: AddrtypeData, rule: "Rule") -> list[Any]:
+        """The addresses of the types asked for, from the namespace's
+        routes when the rule set was compiled (``datapath.addrtypes``), as
+        prefix constraints on the address: the smallest block holding
+        them, less the blocks of it that hold none. ``!`` takes the other
+        types. With --limit-iface-in/out the type depends on the device
+        too (a route on another device gives UNICAST): exact only when
+        the rule's own ``-i``/``-o`` names that one device."""
+        from ..datapath import addrtypes as at  # only when compiling for the data path
+        from ..datapath import fields as dp
+
+        types = at.current()
+        if d.flags & (LIMIT_IFACE_IN | LIMIT_IFACE_OUT):
+            types = at.current_for(self._device(d, rule))
+        out: list[Any] = []
+        for which, mask, inv in (("src", d.source, d.flags & INVERT_SOURCE),
+                                 ("dst", d.dest, d.flags & INVERT_DEST)):
+            if not mask:
+                continue
+            if inv:
+                mask = ~mask & ((1 << len(RTN_NAMES)) - 1)
+            shape = at.as_prefixes(types.ranges(mask))
+            if shape is None:
+                return [dp.Never()]
+            positive, holes = shape
+            if positive is not None:
+                out.append(dp.AddrConstraint(which, at.net(*positive)))
+            out += [dp.AddrConstraint(which, at.net(*h), True) for h in holes]
+        return out
+
+    @staticmethod
+    def _device(d: AddrtypeData, rule: "Rule") -> str:
+        """The one device the limit refers to: the rule's own -i (in) or
+        -o (out), a name without wildcard and not inverted."""
+        name, inv, opt = ((rule.in_iface, rule.in_inv, "-i") if d.flags & LIMIT_IFACE_IN
+                          else (rule.out_iface, rule.out_inv, "-o"))
+        if not name or inv or name.endswith("+"):
+            limit = "in" if d.flags & LIMIT_IFACE_IN else "out"
+            raise NotSupported(f"-m addrtype --limit-iface-{limit} without the rule's own "
+                               f"{opt} naming one interface in the eBPF data path")
+        return name
 
     @staticmethod
     def _hit(mask: int, types: frozenset[str]) -> bool:
