@@ -78,6 +78,29 @@ def test_prefix_form_covers_exactly_the_set(ns):
             assert inside == bool(mask >> types.type_of(a) & 1), (addr, mask)
 
 
+def test_a_later_compile_of_the_same_rules_sees_new_routes(ns):
+    """The compiler caches decompositions by rule (a long-lived command
+    server compiles again and again): a route change must not leave the
+    old types in them."""
+    from bpf_iptables.datapath.compiler import compile_chain
+
+    table = table_from_lines(["-A INPUT -m addrtype --dst-type LOCAL -j DROP"])
+    new = ip_to_int("10.55.0.1")
+
+    def local_new() -> bool:
+        f = compile_chain(table, "INPUT").entries[0].fields.dst
+        return not any(within(new, p.addr, p.length) for p in f.negative) and \
+            (f.positive is None or within(new, f.positive.addr, f.positive.length))
+
+    assert not local_new()
+    subprocess.run(["ip", "addr", "add", "10.55.0.1/32", "dev", "dp0"], check=True)
+    try:
+        assert local_new()
+    finally:
+        subprocess.run(["ip", "addr", "del", "10.55.0.1/32", "dev", "dp0"], check=True)
+    assert not local_new()
+
+
 RULES = [
     "-A INPUT -m addrtype --dst-type LOCAL",
     "-A INPUT -m addrtype ! --dst-type LOCAL,UNICAST",

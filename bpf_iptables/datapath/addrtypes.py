@@ -16,8 +16,9 @@ So the type is a function of the address alone (without
 ``--limit-iface-in/out``), a partition of the address space this module
 reads by netlink (RTM_GETROUTE, RTM_GETRULE dumps: no pyroute2 import,
 ~1 ms for a namespace's few routes) and turns into address constraints.
-The compiler takes a snapshot when a rule set uses addrtype
-(``compiler._compile_chain``); the interface watcher re-runs the update
+The first addrtype match a process lowers takes a snapshot; from then on
+every compile of the process reads the routes again and drops cached
+decompositions when they changed (``compiler._compile_chain``); the interface watcher re-runs the update
 when addresses or routes change (``watch.py``)."""
 from __future__ import annotations
 
@@ -250,6 +251,10 @@ def net(addr: int, length: int) -> IPv4Net:
 _current: AddressTypes | None = None
 _current_key: tuple | None = None
 _per_device: dict[str, AddressTypes] = {}
+# whether this process lowered an addrtype match: only then does a compile
+# read the routes again (``compiler._compile_chain``), so rule sets without
+# addrtype pay nothing
+used = False
 
 
 def refresh() -> bool:
@@ -270,6 +275,8 @@ def refresh() -> bool:
 
 def current() -> AddressTypes:
     """The snapshot taken by the last ``refresh()`` (one first if none)."""
+    global used
+    used = True
     if _current is None:
         refresh()
     assert _current is not None

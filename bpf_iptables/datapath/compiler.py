@@ -818,9 +818,9 @@ def _compile_chain(table: Table, hook: str, interfaces: dict[str, int] | None,
         raise NotSupported(f"the {hook} chain in the eBPF data path")
     if interfaces is None:
         interfaces = interfaces_here()
-    if uses_addrtype(table) and addrtypes.refresh():
-        # -m addrtype was lowered from the routes: decompositions made
-        # with other routes are stale
+    if addrtypes.used and addrtypes.refresh():
+        # -m addrtype was lowered from the routes (by this process, so
+        # maybe cached): decompositions made with other routes are stale
         clear_caches()
     slots = counter_slots(table)
     limits: list[tuple[int, int]] = []
