@@ -29,6 +29,12 @@ ROUTES = [
     "route add blackhole 10.98.0.0/16",                 # a lookup error: UNICAST
     "route add anycast 10.96.0.1 dev dp0 table local",
     "route add 172.16.0.0/12 dev dp0",
+    # one prefix in both tables: the local table's route, whatever the metrics
+    "route add 10.88.0.1/32 dev dp0", "route add local 10.88.0.1 dev dp0 table local",
+    "route add local 10.87.0.0/16 dev lo table local metric 5",
+    "route add 10.87.0.0/16 dev dp0 metric 1",
+    "route add broadcast 10.85.0.1 dev dp0 table main",
+    "route add local 10.85.0.1 dev dp0 table local",
 ]
 # address -> its type, as xt_addrtype says (without a device)
 EXPECTED = {
@@ -37,7 +43,7 @@ EXPECTED = {
     "255.255.255.255": "BROADCAST", "224.0.0.1": "MULTICAST", "239.255.0.9": "MULTICAST",
     "10.0.0.7": "UNICAST", "8.8.8.8": "UNICAST", "172.20.1.1": "UNICAST",
     "10.99.3.4": "LOCAL", "10.98.3.4": "UNICAST", "10.96.0.1": "ANYCAST", "10.96.0.2": "UNICAST",
-    "240.0.0.1": "UNICAST",
+    "240.0.0.1": "UNICAST", "10.88.0.1": "LOCAL", "10.87.1.1": "LOCAL", "10.85.0.1": "LOCAL",
 }
 # as seen from lo (--limit-iface-in/out lo): a route on another device is UNICAST
 FROM_LO = {"10.0.0.1": "UNICAST", "127.0.0.1": "LOCAL", "10.99.3.4": "LOCAL",
@@ -65,6 +71,52 @@ def test_types_follow_the_routes(ns):
 
 def within(addr: int, base: int, length: int) -> bool:
     return length == 0 or addr >> (32 - length) == base >> (32 - length)
+
+
+def naive_type(routes: list[at.Route], merged: bool, addr: int, dev: int | None) -> int:
+    """__inet_dev_addr_type() written out: the special ranges, then the
+    most specific route (local table first, lowest priority), an error
+    type or another device meaning UNICAST."""
+    if addr >> 24 == 0 or addr == at.TOP:
+        return at.RTN_BROADCAST
+    if addr >> 28 == 0xE:
+        return at.RTN_MULTICAST
+    hits = [r for r in routes if (merged or r.table == at.RT_TABLE_LOCAL)
+            and within(addr, r.addr, r.length)]
+    if not hits:
+        return at.RTN_UNICAST
+    best = min(hits, key=lambda r: (-r.length, r.table != at.RT_TABLE_LOCAL, r.priority))
+    if best.type in at.LOOKUP_ERRORS or (dev is not None and best.oif != dev):
+        return at.RTN_UNICAST
+    return best.type
+
+
+def test_intervals_agree_with_a_naive_lookup_on_random_tables():
+    """The interval walk against the lookup written out, on random nested
+    and overlapping routes, at every route's edges and random addresses."""
+    import random
+
+    rng = random.Random(5)
+    for _ in range(150):
+        routes = []
+        for _ in range(rng.randint(0, 12)):
+            length = rng.choice([0, 1, 4, 8, 12, 16, 24, 30, 31, 32])
+            base = rng.choice([0x0A000000, 0x7F000000, 0xE0000000, 0xFFFFFF00, 0, 0xC0A80100])
+            addr = (base | rng.getrandbits(32) >> length) & (at.TOP << (32 - length)) & at.TOP
+            routes.append(at.Route(rng.choice([at.RT_TABLE_LOCAL, at.RT_TABLE_MAIN]), addr,
+                                   length, rng.randrange(12), rng.choice([0, 0, 5]),
+                                   rng.choice([1, 2, 3])))
+        merged = rng.random() < 0.7
+        dev = rng.choice([None, 1, 2])
+        types = at.address_types(tuple(routes), merged, dev)
+        probes = {0, at.TOP, 0x00FFFFFF, 0x01000000, 0xDFFFFFFF, 0xE0000000, 0xEFFFFFFF,
+                  0xF0000000, 0xFFFFFFFE}
+        for r in routes:
+            end = r.addr + (1 << (32 - r.length)) - 1
+            probes |= {r.addr, end, max(r.addr - 1, 0), min(end + 1, at.TOP)}
+        probes |= {rng.getrandbits(32) for _ in range(20)}
+        for a in probes:
+            assert types.type_of(a) == naive_type(routes, merged, a, dev), (routes, hex(a))
 
 
 def test_prefix_form_covers_exactly_the_set(ns):
