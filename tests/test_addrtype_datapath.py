@@ -47,7 +47,12 @@ EXPECTED = {
 }
 # as seen from lo (--limit-iface-in/out lo): a route on another device is UNICAST
 FROM_LO = {"10.0.0.1": "UNICAST", "127.0.0.1": "LOCAL", "10.99.3.4": "LOCAL",
-           "10.0.0.255": "UNICAST", "224.0.0.1": "MULTICAST", "0.1.2.3": "BROADCAST"}
+           "10.0.0.255": "UNICAST", "224.0.0.1": "MULTICAST", "0.1.2.3": "BROADCAST",
+           "10.87.1.1": "LOCAL", "10.96.0.1": "UNICAST", "255.255.255.255": "BROADCAST"}
+FROM_DP0 = {"10.0.0.1": "LOCAL", "127.0.0.1": "UNICAST", "10.99.3.4": "UNICAST",
+            "10.0.0.255": "BROADCAST", "224.0.0.1": "MULTICAST", "0.1.2.3": "BROADCAST",
+            "10.87.1.1": "UNICAST", "10.96.0.1": "ANYCAST", "10.88.0.1": "LOCAL",
+            "10.98.3.4": "UNICAST", "8.8.8.8": "UNICAST"}
 
 
 @pytest.fixture(scope="module")
@@ -64,9 +69,10 @@ def test_types_follow_the_routes(ns):
     types = at.current()
     for addr, want in EXPECTED.items():
         assert RTN_NAMES[types.type_of(ip_to_int(addr))] == want, addr
-    lo = at.current_for("lo")
-    for addr, want in FROM_LO.items():
-        assert RTN_NAMES[lo.type_of(ip_to_int(addr))] == want, addr
+    for dev, expected in (("lo", FROM_LO), ("dp0", FROM_DP0)):
+        types = at.current_for(dev)
+        for addr, want in expected.items():
+            assert RTN_NAMES[types.type_of(ip_to_int(addr))] == want, (dev, addr)
 
 
 def within(addr: int, base: int, length: int) -> bool:
@@ -175,7 +181,7 @@ def test_verdicts_and_counters_match_the_reference(ns):
     on lo, where each address has FROM_LO's type or EXPECTED's)."""
     # one program for both rule sets: the fields either uses
     h = Harness(Shape(nwords=1, steps=40, ncounters=16,
-                      fields=frozenset({"src", "dst", "proto", "iif", "dport"})))
+                      fields=frozenset({"src", "dst", "proto", "iif", "dport", "atcheck"})))
     try:
         addrs = list(EXPECTED)
         packets = []
@@ -196,6 +202,22 @@ def test_verdicts_and_counters_match_the_reference(ns):
                                            "--limit-iface-in -j ACCEPT", "-P INPUT DROP"]),
                          lo_packets)
         assert report.packets == len(FROM_LO) and not report.mismatches, report.mismatches
+        # without the rule's own -i: tested per packet with the device it is on
+        limited = table_from_lines([
+            "-A INPUT -m addrtype --dst-type LOCAL --limit-iface-in -j ACCEPT",
+            "-A INPUT -m addrtype ! --dst-type UNICAST,BROADCAST --src-type LOCAL "
+            "--limit-iface-in",
+            "-N c", "-A INPUT -p udp -m addrtype --dst-type ANYCAST,MULTICAST,UNICAST "
+            "--limit-iface-in -j c", "-A c -m addrtype ! --dst-type UNICAST --limit-iface-in "
+            "-j DROP", "-A c -m addrtype --src-type UNICAST --limit-iface-in -j ACCEPT",
+            "-P INPUT DROP"])
+        both = [Packet(src=ip_to_int(s), dst=ip_to_int(d), proto=17, sport=5, dport=9,
+                       length=40, in_iface=dev, src_type=frozenset({expected[s]}),
+                       dst_type=frozenset({expected[d]}))
+                for dev, expected in (("lo", FROM_LO), ("dp0", FROM_DP0))
+                for s in expected for d in expected]
+        report = h.check(limited, both)
+        assert report.packets == len(both) and not report.mismatches, report.mismatches[:5]
     finally:
         h.close()
 
@@ -229,6 +251,7 @@ TRAFFIC_RULES = """*filter
 -A INPUT -p udp --dport 10 -m addrtype --src-type UNICAST ! --dst-type LOCAL
 -A INPUT -i lo -p udp --dport 10 -m addrtype --dst-type LOCAL --limit-iface-in
 -A INPUT -i d0 -p udp --dport 10 -m addrtype --dst-type BROADCAST,MULTICAST --limit-iface-in
+-A INPUT -p udp --dport 10 -m addrtype --dst-type LOCAL --limit-iface-in
 -A INPUT -p udp --dport 10 -d 10.0.0.50 -m addrtype --dst-type LOCAL -j DROP
 -A OUTPUT -p udp --dport 9 -m addrtype --dst-type LOCAL
 -A OUTPUT -p udp --dport 9 -m addrtype --dst-type BROADCAST
@@ -236,6 +259,7 @@ TRAFFIC_RULES = """*filter
 -A OUTPUT -p udp --dport 9 -m addrtype --dst-type UNICAST
 -A OUTPUT -p udp --dport 9 -m addrtype ! --dst-type UNICAST,LOCAL
 -A OUTPUT -o d0 -p udp --dport 9 -m addrtype --dst-type BROADCAST --limit-iface-out
+-A OUTPUT -p udp --dport 9 -m addrtype --dst-type BROADCAST,LOCAL --limit-iface-out
 -A OUTPUT -p udp --dport 9 -d 10.0.0.50 -m addrtype --dst-type UNICAST
 COMMIT
 """
@@ -281,9 +305,9 @@ def test_real_traffic_matches_iptables_legacy_and_follows_new_addresses():
                 want = counts(real, False, chain)
                 assert counts(ours, True, chain) == want, chain
             # every kind of destination was counted somewhere; on lo,
-            # 10.0.0.1 (a route on d0) is UNICAST for --limit-iface-in
-            assert [c[0] for c in counts(real, False, "OUTPUT")] == [2, 2, 1, 2, 3, 2, 0]
-            assert [c[0] for c in counts(real, False, "INPUT")] == [3, 2, 1, 3, 1, 3, 0]
+            # 10.0.0.1 (a route on d0) is UNICAST for --limit-iface-in/out
+            assert [c[0] for c in counts(real, False, "OUTPUT")] == [2, 2, 1, 2, 3, 2, 3, 0]
+            assert [c[0] for c in counts(real, False, "INPUT")] == [3, 2, 1, 3, 1, 3, 2, 0]
 
             # an address added while attached: LOCAL from then on (the
             # watcher recompiles; netfilter looks the type up per packet)
@@ -292,7 +316,7 @@ def test_real_traffic_matches_iptables_legacy_and_follows_new_addresses():
             began = time.monotonic()
             while True:
                 peer_o.run([sys.executable, "-c", SENDER, "10", "10.0.0.50"])
-                if counts(ours, True, "INPUT")[6][0]:
+                if counts(ours, True, "INPUT")[7][0]:
                     break
                 assert time.monotonic() - began < 10, "the new address never became LOCAL"
                 time.sleep(0.2)
@@ -300,20 +324,21 @@ def test_real_traffic_matches_iptables_legacy_and_follows_new_addresses():
             print(f"new address LOCAL after {took:.2f} s")
             peer_r.run([sys.executable, "-c", SENDER, "10", "10.0.0.50"])
             # the last packet to it was LOCAL and dropped at INPUT, as with iptables
-            assert counts(real, False, "INPUT")[6][0] == 1
-            assert counts(ours, True, "INPUT")[6][0] == 1
+            assert counts(real, False, "INPUT")[7][0] == 1
+            assert counts(ours, True, "INPUT")[7][0] == 1
         finally:
             ours.run(datapath_command("detach"))
 
 
-def test_limit_iface_without_the_rules_own_device_is_refused():
+def test_limit_iface_out_in_forward_without_its_own_o_is_refused():
+    """FORWARD's output device is the route's, not the packet's."""
     ensure_bpffs()
     with namespace("atx") as ns:
         try:
             ns.run(["ip", "link", "set", "lo", "up"])
-            r = ns.run(bpf_command("iptables", "-A", "INPUT", "-m", "addrtype", "--dst-type",
-                                   "LOCAL", "--limit-iface-in", "-j", "DROP"), env=ON)
-            assert r.returncode == 2 and "--limit-iface-in" in r.stderr, r
-            assert ns.run(bpf_command("iptables", "-S", "INPUT")).stdout == "-P INPUT ACCEPT\n"
+            r = ns.run(bpf_command("iptables", "-A", "FORWARD", "-m", "addrtype", "--dst-type",
+                                   "LOCAL", "--limit-iface-out", "-j", "DROP"), env=ON)
+            assert r.returncode == 2 and "--limit-iface-out" in r.stderr, r
+            assert ns.run(bpf_command("iptables", "-S", "FORWARD")).stdout == "-P FORWARD ACCEPT\n"
         finally:
             ns.run(datapath_command("detach"))

@@ -159,22 +159,28 @@ def _paint(intervals: list[tuple[int, int, int]], lo: int, hi: int, t: int
     return sorted(out)
 
 
-def address_types(routes: tuple[Route, ...], merged: bool, dev: int | None = None
-                  ) -> AddressTypes:
-    """__inet_dev_addr_type() for every address, without a device (None)
-    or for device ``dev`` (--limit-iface-in/out: a route whose first next
-    hop is on another device gives UNICAST)."""
+def _winners(routes: tuple[Route, ...], merged: bool) -> dict[tuple[int, int], Route]:
+    """Per prefix (addr, length), the route a lookup meets first: the
+    local table's (checked against iptables-legacy: whatever the metrics),
+    then the lowest priority."""
     best: dict[tuple[int, int], Route] = {}
     for r in routes:
         if r.table != RT_TABLE_LOCAL and not merged:
             continue
         key = (r.addr, r.length)
-        # one prefix in both tables or at several priorities: the local
-        # table's first, then the lowest priority (what the lookup meets first)
         rank = (r.table != RT_TABLE_LOCAL, r.priority)
         have = best.get(key)
         if have is None or rank < (have.table != RT_TABLE_LOCAL, have.priority):
             best[key] = r
+    return best
+
+
+def address_types(routes: tuple[Route, ...], merged: bool, dev: int | None = None
+                  ) -> AddressTypes:
+    """__inet_dev_addr_type() for every address, without a device (None)
+    or for device ``dev`` (--limit-iface-in/out: a route whose first next
+    hop is on another device gives UNICAST)."""
+    best = _winners(routes, merged)
     # the most specific route decides: walk the (nesting) prefixes in
     # address order, longest last, with a stack of the open ones
     out: list[tuple[int, int, int]] = []
@@ -204,6 +210,34 @@ def address_types(routes: tuple[Route, ...], merged: bool, dev: int | None = Non
     intervals = _paint(intervals, 0xE0000000, 0xEFFFFFFF, RTN_MULTICAST)
     intervals = _paint(intervals, TOP, TOP, RTN_BROADCAST)              # ipv4_is_lbcast
     return AddressTypes(tuple(intervals))
+
+
+ANY_DEVICE = 0xFFFFFFFF   # an lpm_items() type that holds on every device
+LPM_MAX = 4096            # atype_lpm's size (filter.c): routes + 4
+
+
+def lpm_items(routes: tuple[Route, ...], merged: bool) -> list[tuple[int, int, int, int]]:
+    """The routes as the data path's LPM trie for --limit-iface-in/out
+    (filter.c FIELD_ATCHECK): (length, addr, type, device), the device
+    being the route's first next hop, whose packets see ``type`` (others
+    UNICAST), or ANY_DEVICE. The special ranges come first in the kernel
+    (``__inet_dev_addr_type``), so routes inside them are left out and
+    the ranges themselves put in; a lookup error (or no route) is UNICAST."""
+    specials = {(0, 8): RTN_BROADCAST, (0xE0000000, 4): RTN_MULTICAST, (TOP, 32): RTN_BROADCAST}
+    items = {(0, 0): (RTN_UNICAST, ANY_DEVICE)}
+    for (addr, length), r in _winners(routes, merged).items():
+        if any(length >= n and addr >> (32 - n) == a >> (32 - n) for a, n in specials):
+            continue
+        items[(addr, length)] = ((RTN_UNICAST, ANY_DEVICE) if r.type in LOOKUP_ERRORS
+                                 else (r.type, r.oif))
+    for key, t in specials.items():
+        items[key] = (t, ANY_DEVICE)
+    if len(items) > LPM_MAX:
+        from ..errors import NotSupported
+
+        raise NotSupported(f"-m addrtype --limit-iface-in/out with more than {LPM_MAX - 4} "
+                           "routes in the eBPF data path")
+    return [(length, addr, t, dev) for (addr, length), (t, dev) in sorted(items.items())]
 
 
 def prefixes_of(lo: int, hi: int) -> list[tuple[int, int]]:
@@ -298,6 +332,15 @@ def current_for(device: str) -> AddressTypes:
             index = -1
         types = _per_device[device] = address_types(*_current_key, dev=index)
     return types
+
+
+def current_lpm() -> list[tuple[int, int, int, int]]:
+    """``lpm_items()`` of the snapshot."""
+    current()
+    assert _current_key is not None
+    if _current_key[0] == "fixed":
+        raise ValueError("a fixed snapshot has no routes")
+    return lpm_items(*_current_key)
 
 
 def set_current(types: AddressTypes | None) -> None:

@@ -63,7 +63,7 @@ BASE_FIELDS = 9
 MAX_CHUNKS = 31
 FIELD_ORDER = ("src", "dst", "proto", "iif", "frag", "flags", "sport", "dport", "icmp",
                "length", "ttl", "tos", "ports", "oif", "mac", "pkttype", "ctstate",
-               "ctcheck", "mark")
+               "ctcheck", "mark", "atcheck")
 # Shape attributes that size a field's map (-D<NAME upper>)
 SIZE_ATTRS = ("src_max", "dst_max", "src_bsize", "dst_bsize", "src_probes", "dst_probes",
               "proto_max", "iif_max", "sport_bsize", "dport_bsize",
@@ -224,6 +224,8 @@ class Compiled:
     limits: list[tuple[int, int]] = field(default_factory=list)
     # -j LOG: per log_map slot (from 1) the rule's LogData
     logs: list = field(default_factory=list)
+    # -m addrtype --limit-iface-*: the routes' LPM trie (addrtypes.lpm_items)
+    atype_lpm: list = field(default_factory=list)
 
 
 def summary_words(nwords: int) -> int:
@@ -847,7 +849,7 @@ def _compile_chain(table: Table, hook: str, interfaces: dict[str, int] | None,
             live_entries.append((i, f))
             uses.add(f.used if f.used is not None else frozenset(f.uses()))
         if (e.verdict == VERDICT_CONTINUE or f.src.residual or f.dst.residual
-                or e.limit or f.ctcheck or f.mark):
+                or e.limit or f.ctcheck or f.mark or f.atcheck):
             nonterminal += 1
     live = bits([i for i, _ in live_entries])
     used: set[str] = set().union(*uses)
@@ -936,6 +938,8 @@ def _compile_chain(table: Table, hook: str, interfaces: dict[str, int] | None,
         shape.mac_max = len(c.mac)
     if "pkttype" in used:
         c.pkttype = pkttype_table(live_entries)
+    if "atcheck" in used:
+        c.atype_lpm = addrtypes.current_lpm()
     if "ctcheck" in used:
         # every entry's (image.ctcheck_blobs writes dead ones' too)
         shape.ctextra_max = 1 + sum(max(0, len(e.fields.ctcheck) - 1) for e in entries)
@@ -1056,6 +1060,9 @@ def fill_unused(c: Compiled) -> None:
         c.ttl_bounds, c.ttl = [0], [live]
     if "icmp" in c.shape.fields and not c.icmp:
         c.icmp = {ICMP_OTHER: live, ICMP_NONE: live}
+    if "atcheck" in c.shape.fields and not c.atype_lpm:
+        # every lookup must find something (/0): no entry tests it
+        c.atype_lpm = [(0, 0, addrtypes.RTN_UNICAST, addrtypes.ANY_DEVICE)]
 
 
 def grouped(live_entries: list[tuple[int, object]], key: Callable[[object], object]

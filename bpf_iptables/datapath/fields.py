@@ -263,6 +263,21 @@ class CtCheck:
                        other.exp_hi if other.flags & 128 else self.exp_hi)
 
 
+@dataclass(frozen=True)
+class AddrtypeCheck:
+    """-m addrtype --limit-iface-in/out: the types of the source and
+    destination address that fail the match (bit t: RTN_* t), as the
+    packet's device sees them; checked per candidate against the routes'
+    LPM trie (filter.c FIELD_ATCHECK). ``out``: the device is the output
+    one (OUTPUT's, the egress device at TC egress)."""
+    src_miss: int
+    dst_miss: int
+    out: bool = False
+
+
+ATYPE_ALL = 0xFFF   # the twelve RTN_* types
+
+
 MARK_CHECKS_MAX = 2   # per entry (struct mark_check in filter.c)
 
 
@@ -290,7 +305,7 @@ class Never:
 Constraint = (AddrConstraint | PortConstraint | RangeConstraint | TosConstraint | PortsEither
               | MacConstraint | PkttypeConstraint | NeedsL4 | NotFragment
               | TcpFlagsConstraint | IcmpConstraint | CtstateConstraint | ProtoConstraint
-              | CtCheck | MarkConstraint | Never)
+              | CtCheck | MarkConstraint | AddrtypeCheck | Never)
 
 
 def prefixes_of_range(lo: int, hi: int) -> list[IPv4Net]:
@@ -360,6 +375,8 @@ class EntryFields:
     # per-candidate mark tests (mask, value, invert), all must hold; the
     # positive ones merged into the first (MarkConstraint)
     mark: tuple[tuple[int, int, bool], ...] = ()
+    # -m addrtype --limit-iface-*: (source, destination) types that miss
+    atcheck: tuple[int, int] | None = None
     # uses(), fixed once decompose() has built the entry
     used: frozenset[str] | None = field(default=None, compare=False, repr=False)
 
@@ -416,6 +433,8 @@ class EntryFields:
             used.add("ctcheck")
         if self.mark:
             used.add("mark")
+        if self.atcheck is not None:
+            used.add("atcheck")
         if self.either is not None:
             used |= {"ports", "sport", "dport"}
         if self.length is not NO_RANGE and (self.length.positive or self.length.negative):
@@ -484,6 +503,10 @@ def add_rule(f: EntryFields, rule: Rule, hook: str) -> bool:
         f.fragment = want
     for match in rule.matches:
         for c in find_match(match.name).lower(match.data, rule):
+            if hook == "FORWARD" and isinstance(c, AddrtypeCheck) and c.out:
+                # the output device there is the route's (FIELD_OIF), not the packet's
+                raise NotSupported("-m addrtype --limit-iface-out in FORWARD without the "
+                                   "rule's own -o in the eBPF data path")
             ok = apply(f, c) and ok
     if hook == "OUTPUT" and f.mac:
         # the kernel refuses xt_mac at OUTPUT (the front end does too)
@@ -565,6 +588,10 @@ def apply(f: EntryFields, c: Constraint) -> bool:
         return True
     if isinstance(c, MarkConstraint):
         return add_mark(f, c)
+    if isinstance(c, AddrtypeCheck):
+        s, d = f.atcheck or (0, 0)
+        f.atcheck = (s | c.src_miss, d | c.dst_miss)
+        return ATYPE_ALL not in f.atcheck
     if isinstance(c, Never):
         return False
     raise TypeError(f"unknown data-path constraint {c!r}")

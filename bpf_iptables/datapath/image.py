@@ -285,6 +285,16 @@ def map_image(c: Compiled, shape: Shape) -> list[MapImage]:
         out.append(MapImage("ctextra_map", Packed(4, CTCHECK_SIZE,
                                                   array_keys(len(extra) // CTCHECK_SIZE),
                                                   extra, dense=True)))
+    if "atcheck" in fields:
+        checks = array("I", bytes(8 * len(c.entries)))
+        for i, e in enumerate(c.entries):
+            if e.fields.atcheck is not None:
+                checks[2 * i:2 * i + 2] = array("I", e.fields.atcheck)
+        out.append(MapImage("atcheck_map", Packed(4, 8, array_keys(len(c.entries)),
+                                                  checks.tobytes(), dense=True)))
+        # struct at_key {prefixlen, addr (network order)} -> struct at_val {type, dev}
+        out.append(MapImage("atype_lpm", [(u32(n) + be32(a), struct.pack("<II", t, d))
+                                          for n, a, t, d in c.atype_lpm], clear=True))
     if "mark" in fields:
         out.append(MapImage("mark_map", Packed(4, MARK_CHECK_SIZE, array_keys(len(c.entries)),
                                                mark_blob(c.entries), dense=True)))

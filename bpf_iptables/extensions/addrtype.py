@@ -6,7 +6,7 @@ import errno
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..errors import NotSupported, TableOpError, XtablesError
+from ..errors import TableOpError, XtablesError
 from .base import MatchExtension, ParseContext, T, XtOption, XtOptionsExtension, XtState
 
 if TYPE_CHECKING:
@@ -165,14 +165,19 @@ class AddrtypeMatch(XtOptionsExtension, MatchExtension):
         prefix constraints on the address: the smallest block holding
         them, less the blocks of it that hold none. ``!`` takes the other
         types. With --limit-iface-in/out the type depends on the device
-        too (a route on another device gives UNICAST): exact only when
-        the rule's own ``-i``/``-o`` names that one device."""
+        too (a route on another device gives UNICAST): decided here when
+        the rule's own ``-i``/``-o`` names that one device, otherwise a
+        per-candidate test against the routes' LPM trie with the packet's
+        device (``_check``)."""
         from ..datapath import addrtypes as at  # only when compiling for the data path
         from ..datapath import fields as dp
 
         types = at.current()
         if d.flags & (LIMIT_IFACE_IN | LIMIT_IFACE_OUT):
-            types = at.current_for(self._device(d, rule))
+            device = self._device(d, rule)
+            if device is None:
+                return [self._check(d)]
+            types = at.current_for(device)
         out: list[Any] = []
         for which, mask, inv in (("src", d.source, d.flags & INVERT_SOURCE),
                                  ("dst", d.dest, d.flags & INVERT_DEST)):
@@ -190,16 +195,32 @@ class AddrtypeMatch(XtOptionsExtension, MatchExtension):
         return out
 
     @staticmethod
-    def _device(d: AddrtypeData, rule: "Rule") -> str:
-        """The one device the limit refers to: the rule's own -i (in) or
-        -o (out), a name without wildcard and not inverted."""
-        name, inv, opt = ((rule.in_iface, rule.in_inv, "-i") if d.flags & LIMIT_IFACE_IN
-                          else (rule.out_iface, rule.out_inv, "-o"))
+    def _device(d: AddrtypeData, rule: "Rule") -> str | None:
+        """The one device the limit refers to when the rule's own -i (in)
+        or -o (out) names it (no wildcard, not inverted): then the types
+        are decided at compile time. None: checked per packet."""
+        name, inv = ((rule.in_iface, rule.in_inv) if d.flags & LIMIT_IFACE_IN
+                     else (rule.out_iface, rule.out_inv))
         if not name or inv or name.endswith("+"):
-            limit = "in" if d.flags & LIMIT_IFACE_IN else "out"
-            raise NotSupported(f"-m addrtype --limit-iface-{limit} without the rule's own "
-                               f"{opt} naming one interface in the eBPF data path")
+            return None
         return name
+
+    @staticmethod
+    def _check(d: AddrtypeData) -> Any:
+        """The per-candidate test of the types as the packet's device sees
+        them (datapath filter.c FIELD_ATCHECK): the types that miss."""
+        from ..datapath import fields as dp
+
+        every = (1 << len(RTN_NAMES)) - 1
+
+        def miss(mask: int, inv: int) -> int:
+            if not mask:
+                return 0
+            return mask if inv else every & ~mask
+
+        return dp.AddrtypeCheck(miss(d.source, d.flags & INVERT_SOURCE),
+                                miss(d.dest, d.flags & INVERT_DEST),
+                                bool(d.flags & LIMIT_IFACE_OUT))
 
     @staticmethod
     def _hit(mask: int, types: frozenset[str]) -> bool:
