@@ -938,7 +938,8 @@ def _compile_chain(table: Table, hook: str, interfaces: dict[str, int] | None,
         shape.mac_max = len(c.mac)
     if "pkttype" in used:
         c.pkttype = pkttype_table(live_entries)
-    if "atcheck" in used:
+    if any(f.atcheck is not None for _, f in live_entries):
+        # (a shape asking for the field alone gets fill_unused's /0)
         c.atype_lpm = addrtypes.current_lpm()
     if "ctcheck" in used:
         # every entry's (image.ctcheck_blobs writes dead ones' too)
