@@ -62,7 +62,7 @@ def ns():
             subprocess.run(["ip", *line.split()], check=True)
         at.refresh()
         yield ns
-    at.set_current(None)
+    at.forget()
 
 
 def test_types_follow_the_routes(ns):

@@ -15,11 +15,18 @@ UNICAST. Routes with a TOS are skipped (the lookup's TOS is 0).
 So the type is a function of the address alone (without
 ``--limit-iface-in/out``), a partition of the address space this module
 reads by netlink (RTM_GETROUTE, RTM_GETRULE dumps: no pyroute2 import,
-~1 ms for a namespace's few routes) and turns into address constraints.
+~1 ms for a namespace's few routes) and turns into address constraints
+(``address_types``, ``as_prefixes``). With a limit, a route on another
+device than the packet's gives UNICAST: the compiler decides that for a
+device the rule names, and otherwise the data path tests it per packet
+against the routes as an LPM trie (``lpm_items``).
+
 The first addrtype match a process lowers takes a snapshot; from then on
 every compile of the process reads the routes again and drops cached
-decompositions when they changed (``compiler._compile_chain``); the interface watcher re-runs the update
-when addresses or routes change (``watch.py``)."""
+decompositions when they changed (``compiler._compile_chain``); the
+interface watcher re-runs the update when addresses or routes change
+(``watch.py``). Not modelled: VRF devices (a device enslaved to one looks
+up the VRF's table) and dead next hops (the kernel skips them)."""
 from __future__ import annotations
 
 import os
@@ -296,8 +303,6 @@ def refresh() -> bool:
     since the last refresh of this process (decompositions made with the
     old ones are stale)."""
     global _current, _current_key
-    if _current_key is not None and _current_key[0] == "fixed":
-        return False
     routes, merged = read_routes()
     key = (routes, merged)
     if key == _current_key:
@@ -324,8 +329,6 @@ def current_for(device: str) -> AddressTypes:
     if types is None:
         current()
         assert _current_key is not None
-        if _current_key[0] == "fixed":
-            raise ValueError("a fixed snapshot has no routes per device")
         try:
             index = socket.if_nametoindex(device)
         except OSError:
@@ -338,15 +341,14 @@ def current_lpm() -> list[tuple[int, int, int, int]]:
     """``lpm_items()`` of the snapshot."""
     current()
     assert _current_key is not None
-    if _current_key[0] == "fixed":
-        raise ValueError("a fixed snapshot has no routes")
     return lpm_items(*_current_key)
 
 
-def set_current(types: AddressTypes | None) -> None:
-    """Use ``types`` instead of the namespace's (tests); None: read again."""
-    global _current, _current_key
-    _current, _current_key = types, (("fixed", id(types)) if types is not None else None)
+def forget() -> None:
+    """Drop the snapshot (tests: the namespace they read is gone)."""
+    global _current, _current_key, used
+    _current, _current_key, used = None, None, False
+    _per_device.clear()
 
 
 def digest() -> tuple:
