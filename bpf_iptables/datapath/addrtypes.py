@@ -26,7 +26,7 @@ every compile of the process reads the routes again and drops cached
 decompositions when they changed (``compiler._compile_chain``); the
 interface watcher re-runs the update when addresses or routes change
 (``watch.py``). Not modelled: VRF devices (a device enslaved to one looks
-up the VRF's table) and dead next hops (the kernel skips them)."""
+up the VRF's table) and a multipath route's dead first next hop."""
 from __future__ import annotations
 
 import os
@@ -47,6 +47,7 @@ RTM_GETROUTE, RTM_GETRULE = 26, 34
 NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
 RTA_DST, RTA_OIF, RTA_PRIORITY, RTA_MULTIPATH, RTA_TABLE = 1, 4, 6, 9, 15
 FRA_PRIORITY, FRA_TABLE = 6, 15
+RTNH_F_DEAD = 1
 # the three rules of a namespace without policy routing: (priority, table)
 DEFAULT_RULES = frozenset({(0, RT_TABLE_LOCAL), (32766, RT_TABLE_MAIN), (32767, 253)})
 
@@ -106,10 +107,10 @@ def read_routes() -> tuple[tuple[Route, ...], bool]:
     rtmsg = struct.pack("=BBBBBBBBI", socket.AF_INET, 0, 0, 0, 0, 0, 0, 0, 0)
     routes = []
     for fixed, attrs in _dump(RTM_GETROUTE, rtmsg):
-        _, dst_len, _, tos, table, _, _, rtype, _ = struct.unpack("=BBBBBBBBI", fixed)
+        _, dst_len, _, tos, table, _, _, rtype, flags = struct.unpack("=BBBBBBBBI", fixed)
         table = _u32(attrs, RTA_TABLE, table)
-        if table not in (RT_TABLE_LOCAL, RT_TABLE_MAIN) or tos:
-            continue
+        if table not in (RT_TABLE_LOCAL, RT_TABLE_MAIN) or tos or flags & RTNH_F_DEAD:
+            continue   # lookups skip routes with a TOS (theirs is 0) and dead ones
         dst = attrs.get(RTA_DST)
         addr = struct.unpack("!I", dst[:4])[0] if dst else 0
         oif = _u32(attrs, RTA_OIF)
