@@ -105,6 +105,52 @@ def test_tc_verdicts_and_counters_match_the_reference(progs, rules):
         assert (c.packets, c.bytes) == (ref.packets, ref.bytes), (chain, index)
 
 
+def test_random_mark_rule_sets_match_the_reference(progs):
+    """Random chains of mark tests (masks, values inside and outside them,
+    `!`, tests on the jump into a user chain and on its rules): verdicts
+    and counters of the TC classifier equal the reference's for marks made
+    of the same values; sets needing more than two tests per path are
+    refused, never compiled wrong."""
+    import random
+
+    tc, _ = progs
+    rng = random.Random(11)
+    shape = Shape(nwords=1, steps=40, ncounters=16, fields=frozenset({"proto", "mark"}),
+                  proto_max=4)
+    bits = [0x1, 0x2, 0x4, 0x4000, 0x8000, 0xF, 0xFF00]
+
+    def test() -> str:
+        mask = rng.choice(bits + [0xFFFFFFFF, 0x0])
+        value = rng.choice(bits + [0]) & (mask if rng.random() < 0.85 else 0xFFFFFFFF)
+        return f"-m mark {'! ' if rng.random() < 0.4 else ''}--mark 0x{value:x}/0x{mask:x}"
+
+    compiled = refused = 0
+    for _ in range(60):
+        rules = ["-N k", f"-A OUTPUT {test()} -j k"]
+        rules += [f"-A k {test()} -j {rng.choice(['ACCEPT', 'DROP', 'RETURN'])}"
+                  for _ in range(rng.randint(1, 3))]
+        rules += [f"-A OUTPUT {test()} -j DROP", f"-P OUTPUT {rng.choice(['ACCEPT', 'DROP'])}"]
+        table = table_from_lines(rules)
+        try:
+            tc.install(compile_chain(table, "OUTPUT", {"lo": 1}, shape))
+        except NotSupported:
+            refused += 1
+            continue
+        compiled += 1
+        for _ in range(12):
+            mark = 0
+            for b in rng.sample(bits, rng.randint(0, 3)):
+                mark |= b
+            pkt = packet(mark)
+            want = evaluate(table, pkt).verdict
+            got = tc_run(tc.fd, frame(pkt), mark)
+            assert {TC_ACT_OK: "ACCEPT", TC_ACT_SHOT: "DROP"}[got] == want, (rules, hex(mark))
+        for (chain, index), c in tc.rule_counters().items():
+            ref = table.chains[chain].rules[index].counters
+            assert (c.packets, c.bytes) == (ref.packets, ref.bytes), (rules, chain, index)
+    assert compiled >= 40, (compiled, refused)
+
+
 def test_xdp_tests_mark_zero(progs):
     """INPUT at XDP: every packet is tested as if its mark were 0."""
     _, xdp = progs
