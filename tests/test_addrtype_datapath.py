@@ -253,6 +253,7 @@ TRAFFIC_RULES = """*filter
 -A INPUT -i d0 -p udp --dport 10 -m addrtype --dst-type BROADCAST,MULTICAST --limit-iface-in
 -A INPUT -p udp --dport 10 -m addrtype --dst-type LOCAL --limit-iface-in
 -A INPUT -p udp --dport 10 -d 10.0.0.50 -m addrtype --dst-type LOCAL -j DROP
+-A INPUT -p udp --dport 10 -d 10.0.9.1 -m addrtype --dst-type LOCAL -j DROP
 -A OUTPUT -p udp --dport 9 -m addrtype --dst-type LOCAL
 -A OUTPUT -p udp --dport 9 -m addrtype --dst-type BROADCAST
 -A OUTPUT -p udp --dport 9 -m addrtype --dst-type MULTICAST
@@ -307,25 +308,28 @@ def test_real_traffic_matches_iptables_legacy_and_follows_new_addresses():
             # every kind of destination was counted somewhere; on lo,
             # 10.0.0.1 (a route on d0) is UNICAST for --limit-iface-in/out
             assert [c[0] for c in counts(real, False, "OUTPUT")] == [2, 2, 1, 2, 3, 2, 3, 0]
-            assert [c[0] for c in counts(real, False, "INPUT")] == [3, 2, 1, 3, 1, 3, 2, 0]
+            assert [c[0] for c in counts(real, False, "INPUT")] == [3, 2, 1, 3, 1, 3, 2, 0, 0]
 
-            # an address added while attached: LOCAL from then on (the
-            # watcher recompiles; netfilter looks the type up per packet)
-            for ns in (real, ours):
-                assert ns.run(["ip", "addr", "add", "10.0.0.50/24", "dev", "d0"]).returncode == 0
-            began = time.monotonic()
-            while True:
-                peer_o.run([sys.executable, "-c", SENDER, "10", "10.0.0.50"])
-                if counts(ours, True, "INPUT")[7][0]:
-                    break
-                assert time.monotonic() - began < 10, "the new address never became LOCAL"
-                time.sleep(0.2)
-            took = time.monotonic() - began
-            print(f"new address LOCAL after {took:.2f} s")
-            peer_r.run([sys.executable, "-c", SENDER, "10", "10.0.0.50"])
-            # the last packet to it was LOCAL and dropped at INPUT, as with iptables
-            assert counts(real, False, "INPUT")[7][0] == 1
-            assert counts(ours, True, "INPUT")[7][0] == 1
+            # an address added while attached, then a local route: LOCAL
+            # from then on (the watcher recompiles on address and on route
+            # events; netfilter looks the type up per packet)
+            for change, dst, rule in ((["addr", "add", "10.0.0.50/24", "dev", "d0"], "10.0.0.50", 7),
+                                      (["route", "add", "local", "10.0.9.0/24", "dev", "lo",
+                                        "table", "main"], "10.0.9.1", 8)):
+                for ns in (real, ours):
+                    assert ns.run(["ip", *change]).returncode == 0
+                began = time.monotonic()
+                while True:
+                    peer_o.run([sys.executable, "-c", SENDER, "10", dst])
+                    if counts(ours, True, "INPUT")[rule][0]:
+                        break
+                    assert time.monotonic() - began < 10, f"{dst} never became LOCAL"
+                    time.sleep(0.2)
+                print(f"{' '.join(change)}: LOCAL after {time.monotonic() - began:.2f} s")
+                peer_r.run([sys.executable, "-c", SENDER, "10", dst])
+                # the last packet to it was LOCAL and dropped at INPUT, as with iptables
+                assert counts(real, False, "INPUT")[rule][0] == 1
+                assert counts(ours, True, "INPUT")[rule][0] == 1
         finally:
             ours.run(datapath_command("detach"))
 
