@@ -414,6 +414,39 @@ BPF_ARRAY(ctcheck_map, struct ct_check, NENTRIES);
  * chained by ct_check.next */
 BPF_ARRAY(ctextra_map, struct ct_check, CTEXTRA_MAX);
 #endif
+#if FIELD_MARK
+/* per entry: -m mark tests, checked per candidate (not a bitvector: a
+ * 32-bit value under any mask); mask 0 / value 0 / invert 0 tests nothing */
+struct mark_check {
+	u32 mask0, value0, inv0;
+	u32 mask1, value1, inv1;
+};
+BPF_ARRAY(mark_map, struct mark_check, NENTRIES);
+#endif
+#if FIELD_ATCHECK
+/* -m addrtype --limit-iface-in/out (datapath/addrtypes.py): the routes as
+ * an LPM trie, address -> its type and the device of the route's first
+ * next hop (AT_ANY: the type holds on every device); a packet on another
+ * device sees UNICAST (__inet_dev_addr_type). Per entry, the source and
+ * destination types that miss (bit t: RTN_* t), checked per candidate. */
+#define AT_ANY 0xFFFFFFFFu
+#define AT_UNICAST 1
+#define AT_LPM_MAX 4096
+struct at_key {
+	u32 prefixlen;
+	u32 addr;
+};
+struct at_val {
+	u32 type;
+	u32 dev;
+};
+struct at_check {
+	u32 src_miss;
+	u32 dst_miss;
+};
+BPF_LPM_TRIE(atype_lpm, struct at_key, struct at_val, AT_LPM_MAX);
+BPF_ARRAY(atcheck_map, struct at_check, NENTRIES);
+#endif
 #if FIELD_PKTTYPE
 /* index: PACKET_HOST, PACKET_BROADCAST or PACKET_MULTICAST (parse.h) */
 BPF_ARRAY(pkttype_map, struct bitvector, 3);
@@ -663,6 +696,31 @@ int xdp_filter(CTX_TYPE *ctx)
 		return RET(XDP_ABORTED);
 #endif
 
+#if FIELD_ATCHECK
+	/* the device the limit refers to: the input one at ingress, the
+	 * output one at TC egress (OUTPUT); FORWARD's output device is
+	 * refused by the compiler */
+	u32 at_dev = CTX_IFINDEX(ctx);
+	struct at_key akey = {32, pf.saddr};
+	struct at_val *sv = atype_lpm.lookup(&akey);
+	akey.addr = pf.daddr;
+	struct at_val *dv = atype_lpm.lookup(&akey);
+	if (!sv || !dv)
+		return RET(XDP_ABORTED);	/* the trie always holds /0 */
+	u32 at_src = (sv->dev == AT_ANY || sv->dev == at_dev) ? (sv->type & 31) : AT_UNICAST;
+	u32 at_dst = (dv->dev == AT_ANY || dv->dev == at_dev) ? (dv->type & 31) : AT_UNICAST;
+#endif
+#if FIELD_MARK
+#if HOOK_TC
+	u32 pkt_mark = ctx->mark;
+#else
+	/* XDP has no skb: nothing has marked a packet that arrives from a
+	 * device (a packet entering a namespace has its mark cleared), so
+	 * the mark is 0 here; what XDP cannot see (a mark kept on lo, marks
+	 * set after it) is in the data path's README */
+	u32 pkt_mark = 0;
+#endif
+#endif
 	rs->evil = pf.evil;
 	/* once per packet (and per tail call): the words where every field
 	 * can have a bit; the scan loads no other word */
@@ -735,6 +793,19 @@ int xdp_filter(CTX_TYPE *ctx)
 			miss |= ct_check_miss(cx, cts);
 			nx = cx->next;
 		}
+#endif
+#if FIELD_ATCHECK
+		struct at_check *ac = atcheck_map.lookup(&e);
+		if (!ac)
+			return RET(XDP_ABORTED);
+		miss |= ((ac->src_miss >> at_src) | (ac->dst_miss >> at_dst)) & 1;
+#endif
+#if FIELD_MARK
+		struct mark_check *mc = mark_map.lookup(&e);
+		if (!mc)
+			return RET(XDP_ABORTED);
+		miss |= (differs(pkt_mark, mc->mask0, mc->value0) ^ mc->inv0) |
+			(differs(pkt_mark, mc->mask1, mc->value1) ^ mc->inv1);
 #endif
 		if (miss) {
 			cur &= cur - 1; /* drop the candidate, go on */

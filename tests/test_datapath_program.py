@@ -24,7 +24,7 @@ from bpf_iptables.reference.packet import Packet
 pytestmark = pytest.mark.usefixtures("private_netns")
 
 # the tracker and its ctstate field: tests/test_conntrack_*.py (a costlier compile)
-ALL_FIELDS = frozenset(compiler.FIELD_ORDER) - {"ctstate", "ctcheck"}
+ALL_FIELDS = frozenset(compiler.FIELD_ORDER) - {"ctstate", "ctcheck", "mark", "atcheck"}
 SHAPE = Shape(nwords=4, steps=300, ncounters=64, fields=ALL_FIELDS, src_max=32, dst_max=32,
               src_bsize=128, dst_bsize=128, src_probes=6, dst_probes=6,
               proto_max=8, iif_max=16, sport_bsize=32, dport_bsize=32, length_bsize=32,

@@ -34,6 +34,7 @@ from ..errors import NotSupported
 from ..extensions.reject import RejectData, default_ttl, reject_verdict
 from ..model import Rule, Table
 from ..netaddr import iface_matches
+from . import addrtypes
 from .fields import ICMP_ANY, EntryFields, Prefix, PrefixField, RangeField, decompose
 
 if TYPE_CHECKING:
@@ -62,7 +63,7 @@ BASE_FIELDS = 9
 MAX_CHUNKS = 31
 FIELD_ORDER = ("src", "dst", "proto", "iif", "frag", "flags", "sport", "dport", "icmp",
                "length", "ttl", "tos", "ports", "oif", "mac", "pkttype", "ctstate",
-               "ctcheck")
+               "ctcheck", "mark", "atcheck")
 # Shape attributes that size a field's map (-D<NAME upper>)
 SIZE_ATTRS = ("src_max", "dst_max", "src_bsize", "dst_bsize", "src_probes", "dst_probes",
               "proto_max", "iif_max", "sport_bsize", "dport_bsize",
@@ -223,6 +224,8 @@ class Compiled:
     limits: list[tuple[int, int]] = field(default_factory=list)
     # -j LOG: per log_map slot (from 1) the rule's LogData
     logs: list = field(default_factory=list)
+    # -m addrtype --limit-iface-*: the routes' LPM trie (addrtypes.lpm_items)
+    atype_lpm: list = field(default_factory=list)
 
 
 def summary_words(nwords: int) -> int:
@@ -817,6 +820,10 @@ def _compile_chain(table: Table, hook: str, interfaces: dict[str, int] | None,
         raise NotSupported(f"the {hook} chain in the eBPF data path")
     if interfaces is None:
         interfaces = interfaces_here()
+    if addrtypes.used and addrtypes.refresh():
+        # -m addrtype was lowered from the routes (by this process, so
+        # maybe cached): decompositions made with other routes are stale
+        clear_caches()
     slots = counter_slots(table)
     limits: list[tuple[int, int]] = []
     logs: list = []
@@ -842,7 +849,7 @@ def _compile_chain(table: Table, hook: str, interfaces: dict[str, int] | None,
             live_entries.append((i, f))
             uses.add(f.used if f.used is not None else frozenset(f.uses()))
         if (e.verdict == VERDICT_CONTINUE or f.src.residual or f.dst.residual
-                or e.limit or f.ctcheck):
+                or e.limit or f.ctcheck or f.mark or f.atcheck):
             nonterminal += 1
     live = bits([i for i, _ in live_entries])
     used: set[str] = set().union(*uses)
@@ -931,6 +938,9 @@ def _compile_chain(table: Table, hook: str, interfaces: dict[str, int] | None,
         shape.mac_max = len(c.mac)
     if "pkttype" in used:
         c.pkttype = pkttype_table(live_entries)
+    if any(f.atcheck is not None for _, f in live_entries):
+        # (a shape asking for the field alone gets fill_unused's /0)
+        c.atype_lpm = addrtypes.current_lpm()
     if "ctcheck" in used:
         # every entry's (image.ctcheck_blobs writes dead ones' too)
         shape.ctextra_max = 1 + sum(max(0, len(e.fields.ctcheck) - 1) for e in entries)
@@ -961,7 +971,7 @@ def fast_path(entries: list[Entry]) -> tuple[int, int]:
     e = entries[0]
     f = e.fields
     if (f.never or f.uses() != {"ctstate"} or e.verdict != VERDICTS["ACCEPT"] or e.tcp
-            or e.limit or f.src.residual or f.dst.residual):
+            or e.limit or f.src.residual or f.dst.residual or f.mark):
         return 0, 0
     slots = (1 << CTSTATES) - 1
     for m in f.ctstate:
@@ -1007,6 +1017,11 @@ def uses_conntrack(table: Table) -> bool:
                for chain in table.chains.values() for r in chain.rules for m in r.matches)
 
 
+def uses_addrtype(table: Table) -> bool:
+    return any(m.name == "addrtype"
+               for chain in table.chains.values() for r in chain.rules for m in r.matches)
+
+
 def fill_unused(c: Compiled) -> None:
     """Fields compiled into a reused program that this rule set does not
     use: one all-entries bitvector, so they do not constrain anything."""
@@ -1046,6 +1061,9 @@ def fill_unused(c: Compiled) -> None:
         c.ttl_bounds, c.ttl = [0], [live]
     if "icmp" in c.shape.fields and not c.icmp:
         c.icmp = {ICMP_OTHER: live, ICMP_NONE: live}
+    if "atcheck" in c.shape.fields and not c.atype_lpm:
+        # every lookup must find something (/0): no entry tests it
+        c.atype_lpm = [(0, 0, addrtypes.RTN_UNICAST, addrtypes.ANY_DEVICE)]
 
 
 def grouped(live_entries: list[tuple[int, object]], key: Callable[[object], object]

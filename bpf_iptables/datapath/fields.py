@@ -264,6 +264,33 @@ class CtCheck:
 
 
 @dataclass(frozen=True)
+class AddrtypeCheck:
+    """-m addrtype --limit-iface-in/out: the types of the source and
+    destination address that fail the match (bit t: RTN_* t), as the
+    packet's device sees them; checked per candidate against the routes'
+    LPM trie (filter.c FIELD_ATCHECK). ``out``: the device is the output
+    one (OUTPUT's, the egress device at TC egress)."""
+    src_miss: int
+    dst_miss: int
+    out: bool = False
+
+
+ATYPE_ALL = 0xFFF   # the twelve RTN_* types
+
+
+MARK_CHECKS_MAX = 2   # per entry (struct mark_check in filter.c)
+
+
+@dataclass(frozen=True)
+class MarkConstraint:
+    """(skb->mark & mask) == value, or not (xt_mark); checked per
+    candidate (filter.c FIELD_MARK: the mark at TC hooks, 0 at XDP)."""
+    mask: int
+    value: int
+    invert: bool = False
+
+
+@dataclass(frozen=True)
 class ProtoConstraint:
     """The packet's protocol is ``proto``, or not."""
     proto: int
@@ -278,7 +305,7 @@ class Never:
 Constraint = (AddrConstraint | PortConstraint | RangeConstraint | TosConstraint | PortsEither
               | MacConstraint | PkttypeConstraint | NeedsL4 | NotFragment
               | TcpFlagsConstraint | IcmpConstraint | CtstateConstraint | ProtoConstraint
-              | CtCheck | Never)
+              | CtCheck | MarkConstraint | AddrtypeCheck | Never)
 
 
 def prefixes_of_range(lo: int, hi: int) -> list[IPv4Net]:
@@ -345,6 +372,11 @@ class EntryFields:
     pkttype: tuple[tuple[int, bool], ...] = ()    # (PACKET_*, invert)
     ctstate: tuple[int, ...] = ()    # CtstateConstraint.slots, all must hold
     ctcheck: tuple[CtCheck, ...] = ()   # per-candidate conntrack tuple/expiry tests, all must hold
+    # per-candidate mark tests (mask, value, invert), all must hold; the
+    # positive ones merged into the first (MarkConstraint)
+    mark: tuple[tuple[int, int, bool], ...] = ()
+    # -m addrtype --limit-iface-*: (source, destination) types that miss
+    atcheck: tuple[int, int] | None = None
     # uses(), fixed once decompose() has built the entry
     used: frozenset[str] | None = field(default=None, compare=False, repr=False)
 
@@ -399,6 +431,10 @@ class EntryFields:
             used.add("ctstate")
         if self.ctcheck:
             used.add("ctcheck")
+        if self.mark:
+            used.add("mark")
+        if self.atcheck is not None:
+            used.add("atcheck")
         if self.either is not None:
             used |= {"ports", "sport", "dport"}
         if self.length is not NO_RANGE and (self.length.positive or self.length.negative):
@@ -467,6 +503,10 @@ def add_rule(f: EntryFields, rule: Rule, hook: str) -> bool:
         f.fragment = want
     for match in rule.matches:
         for c in find_match(match.name).lower(match.data, rule):
+            if hook == "FORWARD" and isinstance(c, AddrtypeCheck) and c.out:
+                # the output device there is the route's (FIELD_OIF), not the packet's
+                raise NotSupported("-m addrtype --limit-iface-out in FORWARD without the "
+                                   "rule's own -o in the eBPF data path")
             ok = apply(f, c) and ok
     if hook == "OUTPUT" and f.mac:
         # the kernel refuses xt_mac at OUTPUT (the front end does too)
@@ -546,6 +586,35 @@ def apply(f: EntryFields, c: Constraint) -> bool:
                                "data path")
         f.ctcheck += (c,)
         return True
+    if isinstance(c, MarkConstraint):
+        return add_mark(f, c)
+    if isinstance(c, AddrtypeCheck):
+        s, d = f.atcheck or (0, 0)
+        f.atcheck = (s | c.src_miss, d | c.dst_miss)
+        return ATYPE_ALL not in f.atcheck
     if isinstance(c, Never):
         return False
     raise TypeError(f"unknown data-path constraint {c!r}")
+
+
+def add_mark(f: EntryFields, c: MarkConstraint) -> bool:
+    """Fold a mark test into the entry's (at most MARK_CHECKS_MAX)."""
+    if c.value & ~c.mask & 0xFFFFFFFF:
+        # xt_mark does not mask the value: (mark & mask) never equals it
+        return c.invert
+    if c.mask == 0:
+        return not c.invert   # (mark & 0) == 0 always holds
+    if not c.invert:
+        for i, (m, v, inv) in enumerate(f.mark):
+            if not inv:
+                if (v ^ c.value) & m & c.mask:
+                    return False   # two positive tests no mark meets
+                f.mark = f.mark[:i] + ((m | c.mask, v | c.value, False),) + f.mark[i + 1:]
+                return True
+    elif (c.mask, c.value, c.invert) in f.mark:
+        return True
+    if len(f.mark) == MARK_CHECKS_MAX:
+        raise NotSupported(f"more than {MARK_CHECKS_MAX} -m mark tests (one of them "
+                           "positive at most, merged) on one rule path in the eBPF data path")
+    f.mark += ((c.mask, c.value, c.invert),)
+    return True

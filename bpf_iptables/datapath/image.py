@@ -222,6 +222,20 @@ def ctcheck_blobs(entries) -> tuple[bytes, bytes]:
     return bytes(first), b"".join(extra)
 
 
+MARK_CHECK_SIZE = 24   # struct mark_check (filter.c): two (mask, value, invert)
+
+
+def mark_blob(entries) -> bytes:
+    """mark_map's memory image: per entry two tests of the packet's mark,
+    (mask, value, invert); zeros test nothing (a stale test of an earlier
+    rule set never stays)."""
+    out = array("I", bytes(MARK_CHECK_SIZE * len(entries)))
+    for i, e in enumerate(entries):
+        for j, (mask, value, inv) in enumerate(e.fields.mark):
+            out[6 * i + 3 * j:6 * i + 3 * j + 3] = array("I", [mask, value, int(inv)])
+    return out.tobytes()
+
+
 def map_image(c: Compiled, shape: Shape) -> list[MapImage]:
     """Every map's contents for ``c`` in a program compiled for ``shape``
     (which must cover ``c.shape``). Entries beyond the new list keep stale
@@ -271,6 +285,19 @@ def map_image(c: Compiled, shape: Shape) -> list[MapImage]:
         out.append(MapImage("ctextra_map", Packed(4, CTCHECK_SIZE,
                                                   array_keys(len(extra) // CTCHECK_SIZE),
                                                   extra, dense=True)))
+    if "atcheck" in fields:
+        checks = array("I", bytes(8 * len(c.entries)))
+        for i, e in enumerate(c.entries):
+            if e.fields.atcheck is not None:
+                checks[2 * i:2 * i + 2] = array("I", e.fields.atcheck)
+        out.append(MapImage("atcheck_map", Packed(4, 8, array_keys(len(c.entries)),
+                                                  checks.tobytes(), dense=True)))
+        # struct at_key {prefixlen, addr (network order)} -> struct at_val {type, dev}
+        out.append(MapImage("atype_lpm", [(u32(n) + be32(a), struct.pack("<II", t, d))
+                                          for n, a, t, d in c.atype_lpm], clear=True))
+    if "mark" in fields:
+        out.append(MapImage("mark_map", Packed(4, MARK_CHECK_SIZE, array_keys(len(c.entries)),
+                                               mark_blob(c.entries), dense=True)))
     if "tos" in fields:
         assert len(c.tos) == 256
         out.append(MapImage("tos_map", vector_items(range(256), c.tos, nw, dense=True)))

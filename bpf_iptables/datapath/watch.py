@@ -72,6 +72,15 @@ It supervises the LOG target's logger (logger.py) the same way, from the
 moment a LOG rule has created the namespace's ring (``<pins>/log/ring``):
 the logger writes ``<state dir>/log`` and syslog.
 
+Addresses and routes: ``-m addrtype`` is compiled from the namespace's
+routes (``addrtypes.py``), so the daemon also listens to IPv4 address and
+route events; after a burst of them it compares the routes with what it
+saw last and, when they differ, runs a resync (``resync DIR routes``) that
+re-runs the update when the stored rule set uses addrtype (and does
+nothing otherwise). An address added or removed changes the verdicts
+within the debounce plus the resync's update (about 0.2-1.5 s; netfilter
+looks the type up per packet, so there it is immediate).
+
 Not covered: an XDP program removed from an interface by hand is not put
 back (``status`` reports it)."""
 from __future__ import annotations
@@ -81,6 +90,7 @@ import os
 import select
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -93,6 +103,9 @@ LOG_FILE = "watch.log"
 MODULE = "bpf_iptables.datapath.watch"
 
 RTMGRP_LINK = 1
+# -m addrtype is compiled from the addresses and routes: their events too
+RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE = 0x10, 0x40
+RTM_NEWADDR, RTM_NEWROUTE, RTM_DELROUTE = 20, 24, 25   # RTM_DELADDR = 21
 DEBOUNCE = 0.1          # quiet time that ends a burst of link events
 BURST_CAP = 1.0         # resync at the latest this long after a burst started
 POLL = 1.0              # look at interfaces, record and namespace this often
@@ -270,20 +283,24 @@ def renamed(att: A.Attachment, here: dict[str, int]) -> A.Attachment:
     return dataclasses.replace(att, interfaces=ifaces)
 
 
-def resync() -> int:
+def resync(routes: bool = False) -> int:
     """Under the lock: re-run the data-path update with the stored rule set
-    if the record no longer matches the interfaces. RESYNCED, CURRENT,
-    DETACHED; raises what the update raises."""
+    if the record no longer matches the interfaces, or (``routes``) if the
+    rule set uses -m addrtype. RESYNCED, CURRENT, DETACHED; raises what
+    the update raises."""
     from .. import state
 
     with state.locked(0) as store:
         att = A.read(store.directory)
         if att is None:
             return DETACHED
-        if covers(att, interfaces()):
-            return CURRENT   # a command updated it meanwhile
         from . import live
 
+        if covers(att, interfaces()):
+            from .compiler import uses_addrtype
+
+            if not routes or not uses_addrtype(store.load().table("filter")):
+                return CURRENT   # a command updated it meanwhile, or no addrtype
         # renamed among all interfaces: a port just enslaved must stay in
         # the record, for the update to take its roots off
         every = {name: index for index, name in socket.if_nameindex()}
@@ -303,11 +320,34 @@ def resync() -> int:
         return RESYNCED
 
 
-def _resync_main() -> int:
+def _route_event(data: bytes) -> bool:
+    """Whether a batch of rtnetlink messages holds an address or route event."""
+    off = 0
+    while off + 16 <= len(data):
+        length, kind = struct.unpack_from("=IH", data, off)
+        if RTM_NEWADDR <= kind <= RTM_DELROUTE:
+            return True
+        if length < 16:
+            break
+        off += (length + 3) & ~3
+    return False
+
+
+def _routes() -> tuple | None:
+    """What -m addrtype depends on (None: could not be read)."""
+    from . import addrtypes
+
+    try:
+        return addrtypes.digest()
+    except OSError:
+        return None
+
+
+def _resync_main(routes: bool = False) -> int:
     from ..errors import XtablesError
 
     try:
-        return resync()
+        return resync(routes)
     except XtablesError as exc:
         _log(f"resync failed: {exc.message}")
         return FAILED
@@ -387,7 +427,7 @@ class Daemon:
         self.start = _start_time(os.getpid())
         self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-        self.sock.bind((0, RTMGRP_LINK))
+        self.sock.bind((0, RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE))
         self.sock.setblocking(False)
         self._record_key: tuple | None = None
         self._record: A.Attachment | None = None
@@ -405,6 +445,8 @@ class Daemon:
         self.logger: subprocess.Popen | None = None   # LOG's logger (logger.py)
         self.logger_at = 0.0
         self.sweep_at = 0.0
+        self.routes_dirty = False   # an address or route event since the last look
+        self.routes_seen = _routes()
 
     def write_pid(self) -> None:
         tmp = self.directory / (PID_FILE + ".tmp")
@@ -416,13 +458,14 @@ class Daemon:
         first = time.monotonic()
         while True:
             try:
-                while self.sock.recv(1 << 16):
-                    pass
+                while data := self.sock.recv(1 << 16):
+                    self.routes_dirty |= _route_event(data)
             except BlockingIOError:
                 pass
             except OSError as exc:   # ENOBUFS: events were lost; we look anyway
                 if exc.errno != errno.ENOBUFS:
                     raise
+                self.routes_dirty = True
                 continue
             wait = min(DEBOUNCE, first + BURST_CAP - time.monotonic())
             if wait <= 0 or not select.select([self.sock], [], [], wait)[0]:
@@ -507,6 +550,7 @@ class Daemon:
         here = interfaces()
         if covers(att, here):
             self.failed, self.backoff = None, BACKOFF[0]
+            self.check_routes()
             return
         key = (att.generation, tuple(sorted(here.items())))
         if key == self.failed and time.monotonic() < self.retry_at:
@@ -516,6 +560,20 @@ class Daemon:
         self.child = subprocess.Popen([sys.executable, "-m", MODULE, "resync", str(self.directory)],
                                       stdin=subprocess.DEVNULL)
         self.child_key, self.child_began = key, time.monotonic()
+
+    def check_routes(self) -> None:
+        """After address or route events: a resync (which recompiles
+        -m addrtype, if the rule set has it) when the routes changed."""
+        if not self.routes_dirty:
+            return
+        self.routes_dirty = False
+        now = _routes()
+        if now == self.routes_seen:
+            return
+        self.routes_seen = now
+        self.child = subprocess.Popen([sys.executable, "-m", MODULE, "resync",
+                                       str(self.directory), "routes"], stdin=subprocess.DEVNULL)
+        self.child_key, self.child_began = ("routes", ()), time.monotonic()
 
     def supervise(self) -> None:
         """(Re)start the command server when it is not running."""
@@ -571,6 +629,13 @@ class Daemon:
             return
         rc, key, took = self.child.returncode, self.child_key, time.monotonic() - self.child_began
         self.child = None
+        if key[0] == "routes":
+            if rc == RESYNCED:
+                _log(f"resynced in {took:.2f} s: addresses or routes changed")
+            elif rc not in (CURRENT, DETACHED):
+                _log(f"resync after a route change failed (status {rc})")
+                self.routes_seen = None   # the next event tries again
+            return
         if rc in (RESYNCED, CURRENT, DETACHED):
             if rc == RESYNCED:
                 _log(f"resynced in {took:.2f} s: interfaces {' '.join(n for n, _ in key[1])}")
@@ -657,7 +722,9 @@ def main(argv: list[str]) -> int:
         return _daemon_main(Path(argv[1]), int(argv[2]))
     if argv[:1] == ["resync"] and len(argv) == 2:
         return _resync_main()
-    sys.stderr.write(f"usage: python -m {MODULE} daemon DIR FD | resync DIR\n")
+    if argv[:1] == ["resync"] and len(argv) == 3 and argv[2] == "routes":
+        return _resync_main(routes=True)
+    sys.stderr.write(f"usage: python -m {MODULE} daemon DIR FD | resync DIR [routes]\n")
     return 2
 
 

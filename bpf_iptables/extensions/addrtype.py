@@ -159,6 +159,69 @@ class AddrtypeMatch(XtOptionsExtension, MatchExtension):
             return False
         return True
 
+    def lower(self, d: AddrtypeData, rule: "Rule") -> list[Any]:
+        """The addresses of the types asked for, from the namespace's
+        routes when the rule set was compiled (``datapath.addrtypes``), as
+        prefix constraints on the address: the smallest block holding
+        them, less the blocks of it that hold none. ``!`` takes the other
+        types. With --limit-iface-in/out the type depends on the device
+        too (a route on another device gives UNICAST): decided here when
+        the rule's own ``-i``/``-o`` names that one device, otherwise a
+        per-candidate test against the routes' LPM trie with the packet's
+        device (``_check``)."""
+        from ..datapath import addrtypes as at  # only when compiling for the data path
+        from ..datapath import fields as dp
+
+        types = at.current()
+        if d.flags & (LIMIT_IFACE_IN | LIMIT_IFACE_OUT):
+            device = self._device(d, rule)
+            if device is None:
+                return [self._check(d)]
+            types = at.current_for(device)
+        out: list[Any] = []
+        for which, mask, inv in (("src", d.source, d.flags & INVERT_SOURCE),
+                                 ("dst", d.dest, d.flags & INVERT_DEST)):
+            if not mask:
+                continue
+            if inv:
+                mask = ~mask & ((1 << len(RTN_NAMES)) - 1)
+            shape = at.as_prefixes(types.ranges(mask))
+            if shape is None:
+                return [dp.Never()]
+            positive, holes = shape
+            if positive is not None:
+                out.append(dp.AddrConstraint(which, at.net(*positive)))
+            out += [dp.AddrConstraint(which, at.net(*h), True) for h in holes]
+        return out
+
+    @staticmethod
+    def _device(d: AddrtypeData, rule: "Rule") -> str | None:
+        """The one device the limit refers to when the rule's own -i (in)
+        or -o (out) names it (no wildcard, not inverted): then the types
+        are decided at compile time. None: checked per packet."""
+        name, inv = ((rule.in_iface, rule.in_inv) if d.flags & LIMIT_IFACE_IN
+                     else (rule.out_iface, rule.out_inv))
+        if not name or inv or name.endswith("+"):
+            return None
+        return name
+
+    @staticmethod
+    def _check(d: AddrtypeData) -> Any:
+        """The per-candidate test of the types as the packet's device sees
+        them (datapath filter.c FIELD_ATCHECK): the types that miss."""
+        from ..datapath import fields as dp
+
+        every = (1 << len(RTN_NAMES)) - 1
+
+        def miss(mask: int, inv: int) -> int:
+            if not mask:
+                return 0
+            return mask if inv else every & ~mask
+
+        return dp.AddrtypeCheck(miss(d.source, d.flags & INVERT_SOURCE),
+                                miss(d.dest, d.flags & INVERT_DEST),
+                                bool(d.flags & LIMIT_IFACE_OUT))
+
     @staticmethod
     def _hit(mask: int, types: frozenset[str]) -> bool:
         return any(mask & (1 << RTN_NAMES.index(t.upper())) for t in types

@@ -72,5 +72,12 @@ class MarkMatch(XtOptionsExtension, MatchExtension):
         # the value is not masked at parse time: "0xff/0xf" never matches
         return ((pkt.mark & d.mask) == d.mark) != d.invert
 
+    def lower(self, d: MarkData, rule: Any) -> list[Any]:
+        """A per-candidate test of the packet's mark (filter.c FIELD_MARK):
+        ``skb->mark`` at the TC hooks (OUTPUT; INPUT/FORWARD in --mode tc),
+        0 at XDP, which has no skb (see the data path's README)."""
+        from ..datapath import fields as dp  # only when compiling for the data path
+        return [dp.MarkConstraint(d.mask, d.mark, d.invert)]
+
 
 EXTENSIONS = [MarkMatch()]
