@@ -226,9 +226,9 @@ def counts(ns, ours: bool, chain: str) -> list[int]:
 
 @pytest.mark.parametrize("mode", ["tc", "xdpgeneric"])
 def test_so_mark_traffic_matches_iptables_legacy(mode):
-    """OUTPUT (TC egress: the socket's mark) always; INPUT over lo keeps
-    the sender's mark: the same as iptables in --mode tc, mark 0 at XDP
-    (with the warning)."""
+    """OUTPUT (TC egress: the socket's mark) and INPUT over lo, which keeps
+    the sender's mark: the same as iptables in --mode tc. At XDP (no mark)
+    the rule set is refused, exit 2, and nothing changes."""
     ensure_bpffs()
     with namespace("mkr") as real, namespace("mko") as ours:
         try:
@@ -238,15 +238,19 @@ def test_so_mark_traffic_matches_iptables_legacy(mode):
             r = ours.run(datapath_command("attach", "--mode", mode))
             assert r.returncode == 0, r.stderr
             r = ours.run(bpf_command("iptables-restore"), input=RULES, env=ON)
+            if mode != "tc":
+                assert r.returncode == 2, r.stderr
+                assert re.search(r"-m mark in INPUT at XDP, which has no packet mark .*"
+                                 r"--mode tc.* is not supported by bpf-iptables", r.stderr)
+                assert "-A " not in ours.run(bpf_command("iptables-save")).stdout
+                return
             assert r.returncode == 0, r.stderr
-            warned = re.search(r"warning: -m mark in INPUT is tested at XDP", r.stderr)
-            assert bool(warned) == (mode != "tc"), r.stderr
             for ns in (real, ours):
                 ns.run([sys.executable, "-c", SENDER, *SENT])
             assert counts(real, False, "OUTPUT") == [3, 2, 1, 2]
             assert counts(ours, True, "OUTPUT") == counts(real, False, "OUTPUT")
             # the marked ones that OUTPUT let through reach INPUT with their mark
             assert counts(real, False, "INPUT") == [0, 2, 2]
-            assert counts(ours, True, "INPUT") == ([0, 2, 2] if mode == "tc" else [0, 0, 4])
+            assert counts(ours, True, "INPUT") == [0, 2, 2]
         finally:
             ours.run(datapath_command("detach"))

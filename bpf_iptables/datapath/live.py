@@ -301,19 +301,19 @@ def compile_all(table: Table, here: dict[str, int]) -> dict[str, Compiled]:
     return {h: compile_chain(table, h, here) for h in hooks}
 
 
-def warn_mark_at_xdp(compiled: dict[str, Compiled], mode: str) -> None:
-    """-m mark in a chain classified at XDP is tested against mark 0 (XDP
-    has no skb, see the README): exact for packets that arrive from a
-    device, not for a mark kept on lo or set after XDP. Said on every
-    update, so the choice is visible."""
+def refuse_mark_at_xdp(compiled: dict[str, Compiled], mode: str) -> None:
+    """-m mark in a chain classified at XDP cannot be enforced: XDP has no
+    skb and so no mark, while netfilter's INPUT sees the mark a packet
+    kept on lo (SO_MARK) or got from tc. Testing mark 0 there would be
+    exact for packets from a device and wrong for those: refused, with
+    the mode that can do it named."""
     if mode == "tc":
         return
     hooks = [h for h in ("INPUT", "FORWARD") if h in compiled and "mark" in compiled[h].shape.fields]
     if hooks:
-        sys.stderr.write(f"warning: -m mark in {'/'.join(hooks)} is tested at XDP, which has "
-                         "no packet mark: the data path sees mark 0 there (a mark kept on lo "
-                         "or set by tc or another table is not seen); attach with --mode tc "
-                         "to test skb->mark\n")
+        raise NotSupported(f"-m mark in {'/'.join(hooks)} at XDP, which has no packet mark "
+                           "(attach with `bpf-iptables-datapath attach --mode tc' to test "
+                           "skb->mark),")
 
 
 def sync_interfaces(directory: Path, mode: str, have: dict[str, list[int]],
@@ -346,7 +346,7 @@ def update(store, att: A.Attachment, ruleset: RuleSet, carried: dict[int, int],
     table = ruleset.table("filter")
     here = interfaces_here()
     compiled = compile_all(table, here)
-    warn_mark_at_xdp(compiled, att.mode)
+    refuse_mark_at_xdp(compiled, att.mode)
     clock("compile")
     gen = 1 - att.active
     quiesce(att)
