@@ -27,6 +27,9 @@
 #if NLOGS
 #include "lib/log.h"
 #endif
+#if NHASHLIMITS
+#include "lib/hashlimit.h"
+#endif
 #if CONNTRACK
 #include "lib/conntrack_defs.h"
 /* the namespace's conntrack maps, pinned outside the generations (opened
@@ -153,6 +156,96 @@ BPF_PERCPU_ARRAY(counter_map, struct counter, NCOUNTERS);
  * buckets (slot 0 unused), shared by all CPUs */
 BPF_ARRAY(entry_limit_map, u32, NENTRIES);
 BPF_ARRAY(limit_map, struct limit_state, NLIMITS);
+#endif
+#if NHASHLIMITS
+/* -m hashlimit (lib/hashlimit.h): per entry its rule's table (0: none);
+ * the tables and their buckets are the namespace's (HL_PIN_DIR), shared
+ * by every hook and generation, or private (tests) */
+BPF_ARRAY(entry_hl_map, struct hl_rule, NENTRIES);
+#ifdef HL_PIN_DIR
+BPF_TABLE_PINNED("hash", u64, struct hl_table, hl_tables, HL_NTABLES, HL_PIN_DIR "/tables");
+BPF_TABLE_PINNED("hash", u64, u64, hl_added, HL_NTABLES, HL_PIN_DIR "/added");
+BPF_TABLE_PINNED("hash", struct hl_key, struct hl_bucket, hl_buckets, HL_CAPACITY,
+		 HL_PIN_DIR "/buckets", BPF_F_NO_PREALLOC);
+#else
+BPF_TABLE("hash", u64, struct hl_table, hl_tables, HL_NTABLES);
+BPF_TABLE("hash", u64, u64, hl_added, HL_NTABLES);
+BPF_F_TABLE("hash", struct hl_key, struct hl_bucket, hl_buckets, HL_CAPACITY,
+	    BPF_F_NO_PREALLOC);
+#endif
+
+/* The rule's hashlimit for this packet: 1 match, 0 no match, -1 hot-drop
+ * (hashlimit_init_dst() cannot read the ports, or the table is full, as
+ * in the kernel; or the table is missing: fail closed). */
+static __always_inline int hl_check(CTX_TYPE *ctx, struct hl_rule *hr,
+				    struct packet_fields *pf)
+{
+	struct hl_table *t = hl_tables.lookup(&hr->table);
+	if (!t)
+		return -1;
+	struct hl_key key = {};
+	key.table = hr->table;
+	if (t->mode & HL_HASH_DIP)
+		key.dst = pf->daddr & t->dstmask;
+	if (t->mode & HL_HASH_SIP)
+		key.src = pf->saddr & t->srcmask;
+	if (t->mode & (HL_HASH_DPT | HL_HASH_SPT)) {
+		int poff = hl_ports_offset(pf->proto);
+		if (poff >= 0) {
+			/* the bytes at the transport offset, as the kernel
+			 * reads them (a non-first fragment's too) */
+			u8 vihl = 0;
+			u16 ports[2] = {};
+#if HOOK_TC
+			if (bpf_skb_load_bytes(ctx, 14, &vihl, 1))
+				return -1;
+#else
+			if (bpf_xdp_load_bytes(ctx, 14, &vihl, 1))
+				return -1;
+#endif
+			u32 off = (vihl & 0xF) * 4 + (u32)poff;
+			if (off + 4 > pf->length)
+				return -1;
+			off = (off + 14) & 0xFFFF;
+#if HOOK_TC
+			if (bpf_skb_load_bytes(ctx, off, ports, 4))
+				return -1;
+#else
+			if (bpf_xdp_load_bytes(ctx, off, ports, 4))
+				return -1;
+#endif
+			if (t->mode & HL_HASH_SPT)
+				key.sport = ports[0];
+			if (t->mode & HL_HASH_DPT)
+				key.dport = ports[1];
+		}
+	}
+	u64 now = bpf_jiffies64();
+	u64 now_ns = bpf_ktime_get_ns();
+	struct hl_bucket *b = hl_buckets.lookup(&key);
+	if (!b) {
+		u64 *added = hl_added.lookup(&hr->table);
+		if (!added)
+			return -1;
+		/* dsthash_alloc_init(): a full table hot-drops */
+		if (t->max && *added - t->removed >= t->max)
+			return -1;
+		struct hl_bucket nb = {};
+		nb.credit = t->cap;
+		nb.prev = now;
+		nb.expires = now + t->expire;
+		nb.deadline = now_ns + t->expire_ns;
+		int rc = hl_buckets.insert(&key, &nb);
+		if (rc == 0)
+			__sync_fetch_and_add(added, 1);
+		else if (rc != -17)	/* -EEXIST: another CPU made it */
+			return -1;
+		b = hl_buckets.lookup(&key);
+		if (!b)
+			return -1;
+	}
+	return (int)(hl_take(b, t, now, now_ns) ^ (hr->invert & 1));
+}
 #endif
 #if NLOGS
 /* -j LOG (lib/log.h): per entry its rule's log_map slot (0: none); the
@@ -756,6 +849,23 @@ int xdp_filter(CTX_TYPE *ctx)
 				return RET(XDP_ABORTED);
 			u64 now = bpf_jiffies64();
 			if (!limit_take(ls, now)) {
+				cur &= cur - 1;
+				continue;
+			}
+		}
+#endif
+#if NHASHLIMITS
+		/* the rule's hashlimit match, its last (compiler.rule_hashlimit
+		 * refuses other orders): evaluated only when every other match
+		 * held, as in netfilter */
+		struct hl_rule *hr = entry_hl_map.lookup(&e);
+		if (!hr)
+			return RET(XDP_ABORTED);
+		if (hr->table) {
+			int hl = hl_check(ctx, hr, &pf);
+			if (hl < 0)
+				return RET(XDP_DROP); /* hotdrop: not counted */
+			if (!hl) {
 				cur &= cur - 1;
 				continue;
 			}

@@ -242,6 +242,8 @@ def map_image(c: Compiled, shape: Shape) -> list[MapImage]:
         out.extend(limit_images(c))
     if shape.nlogs:
         out.extend(log_images(c))
+    if shape.nhashlimits:
+        out.append(hashlimit_image(c))
     for name, iv, bsize in (("src", c.src_iv, shape.src_bsize), ("dst", c.dst_iv, shape.dst_bsize)):
         if name in fields:
             assert iv is not None
@@ -313,6 +315,19 @@ def limit_images(c: Compiled) -> list[MapImage]:
     return [MapImage("entry_limit_map", Packed(4, 4, array_keys(len(c.entries)), slots,
                                                dense=True)),
             MapImage("limit_map", states)]
+
+
+def hashlimit_image(c: Compiled) -> MapImage:
+    """-m hashlimit (bpf/lib/hashlimit.h): per entry ``struct hl_rule``
+    {table id, invert, pad}, table 0 for entries without one. The tables
+    themselves are the namespace's (datapath/hashlimit_tables.py)."""
+    from ..extensions.hashlimit import INVERT, table_id
+
+    rules = [struct.pack("<QII", table_id(d.name), 1 if d.mode & INVERT else 0, 0)
+             for d in c.hashlimits]
+    none = bytes(16)
+    blob = b"".join(rules[e.hashlimit - 1] if e.hashlimit else none for e in c.entries)
+    return MapImage("entry_hl_map", Packed(4, 16, array_keys(len(c.entries)), blob, dense=True))
 
 
 HOOK_NUMBERS = {"INPUT": 0, "FORWARD": 1, "OUTPUT": 2}

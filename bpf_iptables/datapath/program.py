@@ -58,6 +58,14 @@ def cflags(shape: Shape, tc: bool = False, ct_dir: str | None = None) -> list[st
     if shape.nlogs and ct_dir:
         # LOG's ring and loss counter: the namespace's, next to conntrack's
         flags.append(f'-DLOG_PIN_DIR="{log_dir(ct_dir)}"')
+    if shape.nhashlimits:
+        # hashlimit's credits per jiffy (64-bit) and, attached, the
+        # namespace's tables (hashlimit_tables.py)
+        from ..extensions.hashlimit import CREDITS_PER_JIFFY as HL_CPJ
+
+        flags.append(f"-DHL_CREDITS_PER_JIFFY={HL_CPJ}ULL")
+        if ct_dir:
+            flags.append(f'-DHL_PIN_DIR="{hashlimit_dir(ct_dir)}"')
     return flags
 
 
@@ -67,6 +75,11 @@ def object_key(shape: Shape, tc: bool = False) -> str:
     prog_type = SCHED_CLS if tc else XDP
     return objcache.key(SOURCE, cflags(shape, tc),
                         {FUNCTION: prog_type, REJECT_FUNCTION: prog_type})
+
+
+def hashlimit_dir(ct_dir: str) -> str:
+    """The bpffs directory of the namespace's hashlimit tables."""
+    return os.path.join(os.path.dirname(ct_dir), "hashlimit")
 
 
 def log_dir(ct_dir: str) -> str:
@@ -162,9 +175,11 @@ class LoadedProgram:
             os.makedirs(ct_dir, mode=0o700, exist_ok=True)
         if ct_dir and shape.nlogs:
             os.makedirs(log_dir(ct_dir), mode=0o700, exist_ok=True)
+        if ct_dir and shape.nhashlimits:
+            os.makedirs(hashlimit_dir(ct_dir), mode=0o700, exist_ok=True)
         # maps bcc opens (or creates and pins) by path: the namespace's
-        # conntrack table and LOG ring
-        pinned = bool(ct_dir) and (tracked or bool(shape.nlogs))
+        # conntrack table, LOG ring and hashlimit tables
+        pinned = bool(ct_dir) and (tracked or bool(shape.nlogs) or bool(shape.nhashlimits))
         start = time.monotonic()
         prog_type = SCHED_CLS if tc else XDP
         # the raw loader would make private ones: programs with pinned maps
@@ -263,6 +278,11 @@ class LoadedProgram:
                     if key not in keep:
                         bpfsys.map_delete(fd, key)
             bpfsys.map_update_many(fd, image.items)
+        if c.hashlimits and "hl_tables" in self.maps:
+            # a private program (tests): its own hashlimit tables, created
+            # as an attached namespace's update does (hashlimit_tables.py)
+            from .hashlimit_tables import creators, ensure_fds
+            ensure_fds(self.maps["hl_tables"], self.maps["hl_added"], creators(c.hashlimits))
         self.zero_counters()
         self.compiled = c
 
@@ -358,5 +378,5 @@ def map_names(shape: Shape) -> list[str]:
 
     empty = compile_chain(Table.empty("filter"), "INPUT", {},
                           Shape(1, 1, 2, shape.fields, nlimits=shape.nlimits,
-                                nlogs=shape.nlogs))
+                                nlogs=shape.nlogs, nhashlimits=shape.nhashlimits))
     return [image.name for image in map_image(empty, empty.shape)] + ["counter_map", "self_map"]

@@ -7,11 +7,14 @@ that of the rule that created it (htable_find_get() in the kernel).
 
 Reference semantics cover packet rates (``--hashlimit-upto/above N/unit``);
 byte rates and ``--hashlimit-rate-match`` are refused there (NotSupported).
-The eBPF data path cannot enforce hashlimit yet: ``lower()`` refuses (the
-base class), so an attached namespace refuses such rules with exit 2."""
+The eBPF data path enforces packet rates as a per-candidate check
+(``bpf/lib/hashlimit.h``, ``compiler.rule_hashlimit``, the namespace's
+tables in ``datapath/hashlimit_tables.py``); byte rates and rate-match are
+refused there too (exit 2)."""
 from __future__ import annotations
 
 import errno
+import hashlib
 import math
 import socket
 from dataclasses import dataclass
@@ -50,6 +53,9 @@ _UNITS = (("m", 1024 * 1024), ("k", 1024), ("", 1))
 _MODE_WORDS = (("srcip", HASH_SIP), ("srcport", HASH_SPT), ("dstip", HASH_DIP),
                ("dstport", HASH_DPT))
 _PORT_PROTOS = frozenset((6, 17, 33, 132, 136))   # tcp udp dccp sctp udplite
+# (the kernel's proto_ports_offset() also reads ESP's and AH's SPI as the
+# "ports"; the reference packet has no such bytes, the data path reads them)
+HTABLE_DEFAULT_SIZE = 8192        # htable_create() on machines with > 1 GiB
 
 
 def c_atoll(text: str) -> int:
@@ -408,6 +414,15 @@ class HashlimitMatch(XtOptionsExtension, MatchExtension):
         # the table is a /proc/net/ipt_hashlimit entry: no "/" in its name
         return "/" not in d.name
 
+    def lower(self, d: HashlimitData, rule: "Rule") -> list[Any]:
+        """No field constraint: the bucket is a per-candidate check the
+        compiler attaches to the rule's entry (compiler.rule_hashlimit,
+        which refuses a hashlimit that is not the rule's last match)."""
+        if d.mode & (BYTES | RATE_MATCH):
+            raise NotSupported("hashlimit byte rates and --hashlimit-rate-match "
+                               "in the eBPF data path")
+        return []
+
     def matches(self, d: HashlimitData, pkt: "Packet") -> bool:
         """hashlimit_mt_common() for packet rates."""
         table = self.tables.get(d.name)
@@ -454,6 +469,36 @@ class HashlimitMatch(XtOptionsExtension, MatchExtension):
         if cfg.mode & HASH_SPT:
             key.append(pkt.sport if ports else 0)
         return tuple(key)
+
+
+def table_id(name: str) -> int:
+    """The table's key in the data path's maps: 64 bits of a hash of the
+    name (tables are found by name alone, as htable_find_get() does), never
+    0 (an entry without hashlimit)."""
+    return int.from_bytes(hashlib.blake2b(name.encode("utf-8", "surrogateescape"),
+                                          digest_size=8).digest(), "little") | 1
+
+
+def default_size() -> int:
+    """htable_create()'s bucket count for --hashlimit-htable-size 0: 8192
+    above 1 GiB of RAM, else RAM / 16 KiB / 8 (at least 16)."""
+    try:
+        with open("/proc/meminfo") as f:
+            kb = int(f.readline().split()[1])
+    except (OSError, ValueError, IndexError):
+        return HTABLE_DEFAULT_SIZE
+    if kb * 1024 > 1 << 30:
+        return HTABLE_DEFAULT_SIZE
+    return max(16, kb * 1024 // 16384 // 8)
+
+
+def table_max(d: HashlimitData) -> int:
+    """The table's entry limit as htable_create() sets it: 8 * size when
+    not given, never below size."""
+    size = d.size or default_size()
+    if d.max == 0:
+        return 8 * size
+    return max(d.max, size)
 
 
 def user2credits_byte(user: int) -> int:

@@ -1,0 +1,128 @@
+/* -m hashlimit in the data path: xt_hashlimit's token buckets per hashed key
+ * (net/netfilter/xt_hashlimit.c, revision 3, packet rates).
+ *
+ * The kernel keeps per namespace one table per --hashlimit-name (found by
+ * name alone, htable_find_get(); its configuration is the rule's that
+ * created it), and in it one bucket per key: the masked addresses and the
+ * ports the table's mode names. Per packet reaching the match:
+ *     bucket found: expires = now + expire; rateinfo_recalc():
+ *         credit += (now - prev) * CREDITS_PER_JIFFY (u64), prev = now,
+ *         capped at credit_cap;
+ *     none: a new one (count >= max: hot-drop) with credit = credit_cap
+ *         = user2credits(avg * burst), cost = user2credits(avg);
+ *     credit >= cost: credit -= cost, match (unless --hashlimit-above).
+ * Here the tables are pinned per namespace (``HL_PIN_DIR``: every hook,
+ * classifier and generation shares them): ``hl_tables`` (table id ->
+ * configuration, written by user space when a rule set first names the
+ * table), ``hl_added`` (buckets ever created, counted by the programs)
+ * and ``hl_buckets`` (table id + key -> bucket, under a bpf_spin_lock as
+ * the kernel's dh->lock). User space (datapath/hashlimit_tables.py)
+ * creates and destroys tables and sweeps expired buckets, counting them
+ * in the table's ``removed``; added - removed is the kernel's ht->count.
+ * A bucket found expired is started again here (the kernel's gc worker
+ * frees it up to gc_interval later; see the data path README). */
+#ifndef BPF_IPTABLES_HASHLIMIT_H
+#define BPF_IPTABLES_HASHLIMIT_H
+
+/* xt_hashlimit's CREDITS_PER_JIFFY for revisions 2 and 3:
+ * POW2_BELOW64(U64_MAX / (HZ * 60 * 60 * 24)); program.py passes the one
+ * hashlimit.py computed the costs with (HZ 250: 2^39) */
+#ifndef HL_CREDITS_PER_JIFFY
+#define HL_CREDITS_PER_JIFFY (1ULL << 39)
+#endif
+/* the namespace's buckets, all tables together (the kernel's
+ * HASHLIMIT_MAX_SIZE per table; the compiler refuses rule sets whose
+ * tables' maxima add up to more) */
+#ifndef HL_CAPACITY
+#define HL_CAPACITY (1 << 20)
+#endif
+
+/* tables (names) per namespace */
+#ifndef HL_NTABLES
+#define HL_NTABLES 1024
+#endif
+
+#define HL_HASH_DIP 1
+#define HL_HASH_DPT 2
+#define HL_HASH_SIP 4
+#define HL_HASH_SPT 8
+
+struct hl_key {
+	u64 table;	/* the table's id (hashlimit.table_id(name)) */
+	u32 src;	/* masked addresses, network byte order; 0 if not hashed */
+	u32 dst;
+	u16 sport;	/* network byte order, 0 if not hashed */
+	u16 dport;
+	u32 pad;
+};
+
+struct hl_table {
+	u64 cost;	/* user2credits(avg) */
+	u64 cap;	/* user2credits(avg * burst) */
+	u64 expire;	/* msecs_to_jiffies(expire) */
+	u64 expire_ns;	/* the same in ns, for the sweeper's deadline */
+	u32 mode;	/* XT_HASHLIMIT_HASH_* of the creating rule */
+	u32 srcmask;	/* network byte order masks */
+	u32 dstmask;
+	u32 max;	/* entries (the kernel's cfg.max after htable_create) */
+	u64 removed;	/* buckets the sweeper freed (user space writes it) */
+};
+
+struct hl_bucket {
+	struct bpf_spin_lock lock;
+	u32 pad;
+	u64 credit;
+	u64 prev;	/* jiffies of the last packet */
+	u64 expires;	/* jiffies */
+	u64 deadline;	/* CLOCK_MONOTONIC ns of ``expires``: the sweeper's */
+};
+
+/* per entry: its rule's table (0: no hashlimit) and --hashlimit-above */
+struct hl_rule {
+	u64 table;
+	u32 invert;
+	u32 pad;
+};
+
+/* The bucket's refill and the token: 1 when a token was taken. ``now``
+ * in jiffies, ``now_ns`` CLOCK_MONOTONIC (read by the caller: no helper
+ * runs under the lock). */
+static __always_inline u32 hl_take(struct hl_bucket *b, const struct hl_table *t,
+				   u64 now, u64 now_ns)
+{
+	u32 ok = 0;
+	bpf_spin_lock(&b->lock);
+	if ((s64)(now - b->expires) >= 0) {
+		/* idle past expire: what the gc worker would have freed */
+		b->credit = t->cap;
+		b->prev = now;
+	} else if (now != b->prev) {
+		b->credit += (now - b->prev) * HL_CREDITS_PER_JIFFY;
+		b->prev = now;
+		if (b->credit > t->cap)
+			b->credit = t->cap;
+	}
+	b->expires = now + t->expire;
+	b->deadline = now_ns + t->expire_ns;
+	if (b->credit >= t->cost) {
+		b->credit -= t->cost;
+		ok = 1;
+	}
+	bpf_spin_unlock(&b->lock);
+	return ok;
+}
+
+/* proto_ports_offset(): where the two ports lie in the transport header,
+ * -1 for protocols without (their ports hash as 0) */
+static __always_inline int hl_ports_offset(u32 proto)
+{
+	switch (proto) {
+	case 6: case 17: case 33: case 50: case 132: case 136:
+		return 0;	/* tcp udp dccp esp sctp udplite */
+	case 51:
+		return 4;	/* ah */
+	}
+	return -1;
+}
+
+#endif
