@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 import struct
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -106,12 +106,16 @@ def ensure_fds(tables_fd: int, added_fd: int, wanted: dict[int, HashlimitData]) 
     return made
 
 
-def collect_fds(tables_fd: int, added_fd: int, buckets_fd: int, keep: set[int]) -> int:
+def collect_fds(tables_fd: int, added_fd: int, buckets_fd: int, keep: set[int],
+                wait: Callable[[], None] = lambda: None) -> int:
     """Destroy every table not in ``keep`` (htable_put() at use 0): its
-    buckets first, then its configuration. The buckets destroyed."""
+    buckets first, then its configuration. ``wait`` runs first when there
+    is something to destroy (a grace period: no packet still runs a
+    program naming it). The buckets destroyed."""
     gone = {ADDED.unpack(k)[0] for k in bpfsys.map_keys(tables_fd, ADDED.size)} - keep
     if not gone:
         return 0
+    wait()
     n = 0
     for k in bpfsys.map_keys(buckets_fd, KEY.size):
         if KEY.unpack(k)[0] in gone and bpfsys.map_delete(buckets_fd, k):
@@ -165,13 +169,13 @@ def ensure(ns_pins: Path, table: "Table") -> list[int]:
         return ensure_fds(m.fds["tables"], m.fds["added"], wanted)
 
 
-def collect(ns_pins: Path, table: "Table") -> int:
-    """After the switch (and a grace period): the tables no rule names."""
+def collect(ns_pins: Path, table: "Table", wait: Callable[[], None] = lambda: None) -> int:
+    """After the switch: the tables no rule names (after ``wait``)."""
     with Maps(ns_pins) as m:
         if not m.present:
             return 0
         return collect_fds(m.fds["tables"], m.fds["added"], m.fds["buckets"],
-                           set(named(table)))
+                           set(named(table)), wait)
 
 
 def sweep(ns_pins: Path) -> int:

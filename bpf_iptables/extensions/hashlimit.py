@@ -441,6 +441,10 @@ class HashlimitMatch(XtOptionsExtension, MatchExtension):
             # runs every gc_interval ms, this drops them as soon as expired)
             del table.buckets[key]
             bucket = None
+        if bucket is None and len(table.buckets) >= table_max(cfg):
+            # dsthash_alloc_init(): "max count reached", the packet is dropped
+            from ..reference.evaluate import HotDrop
+            raise HotDrop()
         if bucket is None:
             cap = user2credits(cfg.avg * cfg.burst)
             bucket = table.buckets[key] = _Bucket(cap, now, now + expire)
