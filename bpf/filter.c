@@ -73,6 +73,10 @@ static __always_inline void ct_stat(u32 slot)
 #endif
 
 #define VERDICT_CONTINUE 0xFFFFFFFFu
+/* not an entry's verdict: the scan stopped at a candidate whose hashlimit
+ * check runs in xdp_hashlimit */
+#define VERDICT_HASHLIMIT 0xFFFFFFFEu
+#define ENTRY_HASHLIMIT 2
 
 /* HOOK_TC: the same classifier as a TC program (tail-called by the TC
  * roots of bpf/root.c): OUTPUT at egress, and INPUT/FORWARD at ingress
@@ -106,7 +110,8 @@ struct entry {
 	u32 counter;	/* per-CPU counter slot of the rule (1: scratch) */
 	u32 verdict;	/* XDP verdict, or VERDICT_CONTINUE */
 	u32 next;	/* entry to continue the scan at */
-	u32 tcp;	/* the rule has a tcp match: hot-drops evil fragments */
+	u32 tcp;	/* bit 0: the rule has a tcp match, hot-drops evil
+			 * fragments; bit 1 (ENTRY_HASHLIMIT): a hashlimit */
 	/* per-candidate check of what does not decompose into fields: an
 	 * address under a non-contiguous mask (mask 0: nothing to check) */
 	u32 src_addr, src_mask, src_inv;
@@ -142,12 +147,22 @@ struct resume {
 	u32 reject;	/* a REJECT verdict (lib/reject.h) handed to the
 			 * invocation that builds the reply, 0: none */
 	u64 sum[NSUM];	/* the AND of the fields' summaries for this packet */
+#if NHASHLIMITS
+	/* the scan's hand-over to xdp_hashlimit and back */
+	u32 hl_entry;	/* the candidate being checked */
+	u32 hl_done;	/* hl_entry + 1 once its result is in hl_result, else 0 */
+	u32 hl_result;	/* 1: the match holds */
+#endif
 };
 
 BPF_ARRAY(config_map, struct config, 1);
 BPF_PERCPU_ARRAY(resume_map, struct resume, 1);
-/* 0: this program (a long scan continues there), 1: xdp_reject below */
-BPF_PROG_ARRAY(self_map, 2);
+/* 0: this program (a long scan continues there), 1: xdp_reject below,
+ * 2: xdp_hashlimit (with NHASHLIMITS) */
+#ifndef NHASHLIMITS
+#define NHASHLIMITS 0
+#endif
+BPF_PROG_ARRAY(self_map, 2 + NHASHLIMITS);
 BPF_ARRAY(live_map, struct bitvector, 1);
 BPF_ARRAY(entry_map, struct entry, NENTRIES);
 BPF_PERCPU_ARRAY(counter_map, struct counter, NCOUNTERS);
@@ -173,78 +188,94 @@ BPF_TABLE("hash", u64, u64, hl_added, HL_NTABLES);
 BPF_F_TABLE("hash", struct hl_key, struct hl_bucket, hl_buckets, HL_CAPACITY,
 	    BPF_F_NO_PREALLOC);
 #endif
+BPF_PERCPU_ARRAY(hl_scratch, struct hl_scratch, 1);
 
 /* The rule's hashlimit for this packet: 1 match, 0 no match, -1 hot-drop
  * (hashlimit_init_dst() cannot read the ports, or the table is full, as
- * in the kernel; or the table is missing: fail closed). */
+ * in the kernel; or the table is missing: fail closed). Only ``sc`` is
+ * kept across helper calls (see struct hl_scratch). */
 static __always_inline int hl_check(CTX_TYPE *ctx, struct hl_rule *hr,
 				    struct packet_fields *pf)
 {
+	struct hl_scratch *sc = hl_scratch.lookup(&hr->zero);
+	if (!sc)
+		return -1;
 	struct hl_table *t = hl_tables.lookup(&hr->table);
 	if (!t)
 		return -1;
-	struct hl_key key = {};
-	key.table = hr->table;
-	if (t->mode & HL_HASH_DIP)
-		key.dst = pf->daddr & t->dstmask;
-	if (t->mode & HL_HASH_SIP)
-		key.src = pf->saddr & t->srcmask;
-	if (t->mode & (HL_HASH_DPT | HL_HASH_SPT)) {
-		int poff = hl_ports_offset(pf->proto);
-		if (poff >= 0) {
-			/* the bytes at the transport offset, as the kernel
-			 * reads them (a non-first fragment's too) */
-			u8 vihl = 0;
-			u16 ports[2] = {};
+	sc->key.table = hr->table;
+	sc->invert = hr->invert & 1;
+	sc->mode = t->mode;
+	sc->cost = t->cost;
+	sc->cap = t->cap;
+	sc->expire = t->expire;
+	sc->expire_ns = t->expire_ns;
+	sc->max = t->max;
+	sc->removed = t->removed;
+	sc->key.src = (t->mode & HL_HASH_SIP) ? pf->saddr & t->srcmask : 0;
+	sc->key.dst = (t->mode & HL_HASH_DIP) ? pf->daddr & t->dstmask : 0;
+	sc->key.sport = 0;
+	sc->key.dport = 0;
+	sc->key.pad = 0;
+	sc->ports[0] = 0;
+	sc->ports[1] = 0;
+	int poff = hl_ports_offset(pf->proto);
+	if ((sc->mode & (HL_HASH_DPT | HL_HASH_SPT)) && poff >= 0) {
+		/* the bytes at the transport offset, as the kernel reads
+		 * them (a non-first fragment's too); past the datagram:
+		 * hot-drop */
+		sc->vihl = 0;
 #if HOOK_TC
-			if (bpf_skb_load_bytes(ctx, 14, &vihl, 1))
-				return -1;
+		if (bpf_skb_load_bytes(ctx, 14, &sc->vihl, 1))
+			return -1;
 #else
-			if (bpf_xdp_load_bytes(ctx, 14, &vihl, 1))
-				return -1;
+		if (bpf_xdp_load_bytes(ctx, 14, &sc->vihl, 1))
+			return -1;
 #endif
-			u32 off = (vihl & 0xF) * 4 + (u32)poff;
-			if (off + 4 > pf->length)
-				return -1;
-			off = (off + 14) & 0xFFFF;
+		/* (pf is on the caller's stack: nothing kept across the call) */
+		u32 off = (sc->vihl & 0xF) * 4 + (u32)hl_ports_offset(pf->proto);
+		if (off + 4 > pf->length)
+			return -1;
+		off = (off + 14) & 0xFFFF;
 #if HOOK_TC
-			if (bpf_skb_load_bytes(ctx, off, ports, 4))
-				return -1;
+		if (bpf_skb_load_bytes(ctx, off, sc->ports, 4))
+			return -1;
 #else
-			if (bpf_xdp_load_bytes(ctx, off, ports, 4))
-				return -1;
+		if (bpf_xdp_load_bytes(ctx, off, sc->ports, 4))
+			return -1;
 #endif
-			if (t->mode & HL_HASH_SPT)
-				key.sport = ports[0];
-			if (t->mode & HL_HASH_DPT)
-				key.dport = ports[1];
-		}
+		if (sc->mode & HL_HASH_SPT)
+			sc->key.sport = sc->ports[0];
+		if (sc->mode & HL_HASH_DPT)
+			sc->key.dport = sc->ports[1];
 	}
-	u64 now = bpf_jiffies64();
-	u64 now_ns = bpf_ktime_get_ns();
-	struct hl_bucket *b = hl_buckets.lookup(&key);
+	sc->now = bpf_jiffies64();
+	sc->now_ns = bpf_ktime_get_ns();
+	struct hl_bucket *b = hl_buckets.lookup(&sc->key);
 	if (!b) {
-		u64 *added = hl_added.lookup(&hr->table);
-		if (!added)
-			return -1;
+		u64 *added = hl_added.lookup(&sc->key.table);
 		/* dsthash_alloc_init(): a full table hot-drops */
-		if (t->max && *added - t->removed >= t->max)
+		if (!added || *added - sc->removed >= sc->max)
 			return -1;
-		struct hl_bucket nb = {};
-		nb.credit = t->cap;
-		nb.prev = now;
-		nb.expires = now + t->expire;
-		nb.deadline = now_ns + t->expire_ns;
-		int rc = hl_buckets.insert(&key, &nb);
-		if (rc == 0)
-			__sync_fetch_and_add(added, 1);
-		else if (rc != -17)	/* -EEXIST: another CPU made it */
+		sc->lock = 0;
+		sc->pad = 0;
+		sc->credit = sc->cap;
+		sc->prev = sc->now;
+		sc->expires = sc->now + sc->expire;
+		sc->deadline = sc->now_ns + sc->expire_ns;
+		int rc = hl_buckets.insert(&sc->key, (struct hl_bucket *)&sc->lock);
+		if (rc == 0) {
+			added = hl_added.lookup(&sc->key.table);
+			if (added)
+				__sync_fetch_and_add(added, 1);
+		} else if (rc != -17) {	/* -EEXIST: another CPU made it */
 			return -1;
-		b = hl_buckets.lookup(&key);
+		}
+		b = hl_buckets.lookup(&sc->key);
 		if (!b)
 			return -1;
 	}
-	return (int)(hl_take(b, t, now, now_ns) ^ (hr->invert & 1));
+	return (int)(hl_take(b, sc) ^ sc->invert);
 }
 #endif
 #if NLOGS
@@ -773,6 +804,9 @@ int xdp_filter(CTX_TYPE *ctx)
 		k = rs->sword & (NSUM - 1);
 		scur = rs->scur;
 	} else {
+#if NHASHLIMITS
+		rs->hl_done = 0;	/* a fresh scan: no result pending */
+#endif
 		k = cfg->first_word & (NSUM - 1);
 		w = 0;
 		cur = 0;
@@ -857,15 +891,19 @@ int xdp_filter(CTX_TYPE *ctx)
 #if NHASHLIMITS
 		/* the rule's hashlimit match, its last (compiler.rule_hashlimit
 		 * refuses other orders): evaluated only when every other match
-		 * held, as in netfilter */
-		struct hl_rule *hr = entry_hl_map.lookup(&e);
-		if (!hr)
-			return RET(XDP_ABORTED);
-		if (hr->table) {
-			int hl = hl_check(ctx, hr, &pf);
-			if (hl < 0)
-				return RET(XDP_DROP); /* hotdrop: not counted */
-			if (!hl) {
+		 * held, as in netfilter. By xdp_hashlimit, a program of its
+		 * own (in here, its branches cost the verifier most of the
+		 * steps and the stack its last bytes), tail-called after the
+		 * loop; it resumes the scan at this candidate with the result
+		 * in the resume slot. */
+		if (en->tcp & ENTRY_HASHLIMIT) {
+			if (rs->hl_done != e + 1) {
+				rs->hl_entry = e;
+				verdict = VERDICT_HASHLIMIT;
+				break;
+			}
+			rs->hl_done = 0;
+			if (!rs->hl_result) {
 				cur &= cur - 1;
 				continue;
 			}
@@ -898,6 +936,20 @@ int xdp_filter(CTX_TYPE *ctx)
 		scur = rs->sum[k] & (~0ULL << (after & 63)) & keep;
 	}
 	if (verdict != VERDICT_CONTINUE) {
+#if NHASHLIMITS
+		if (verdict == VERDICT_HASHLIMIT) {
+			/* xdp_hashlimit checks the candidate and resumes the
+			 * scan at it (w and cur still hold its bit) */
+			rs->active = 1;
+			rs->word = w;
+			rs->cur = cur;
+			rs->sword = k;
+			rs->scur = scur;
+			self_map.call(ctx, 2);
+			rs->active = 0;
+			return RET(XDP_ABORTED);
+		}
+#endif
 		if (verdict & VERDICT_REJECT) {
 			/* counted; the reply is built by xdp_reject, a program
 			 * of its own: even a branch to it in here costs the
@@ -942,4 +994,47 @@ int xdp_reject(CTX_TYPE *ctx)
 	if (!(v & VERDICT_REJECT) || v == VERDICT_CONTINUE)
 		return RET(XDP_DROP);
 	return reject_packet(ctx, v, wire_len);
+}
+
+/* -m hashlimit's check for the candidate the classifier stopped at
+ * (the resume slot's hl_entry), verified on its own (see the scan loop); tail-called
+ * through self_map slot 2, it hands the result back and tail-calls the
+ * classifier, which resumes the scan at that candidate. A hot-drop drops
+ * here (the rule is not counted). */
+int xdp_hashlimit(CTX_TYPE *ctx)
+{
+#if NHASHLIMITS
+#if HOOK_TC
+	u32 wire_len = ctx->len;
+#else
+	u32 wire_len = 0;
+#endif
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct packet_fields pf = {};
+	if (parse_packet(data, data_end, &pf, wire_len) != PARSE_OK)
+		return RET(XDP_DROP);
+	u32 zero = 0;
+	struct resume *rs = resume_map.lookup(&zero);
+	if (!rs)
+		return RET(XDP_DROP);
+	u32 e = rs->hl_entry & (NENTRIES - 1);
+	struct hl_rule *hr = entry_hl_map.lookup(&e);
+	if (!hr)
+		return RET(XDP_DROP);
+	int r = hl_check(ctx, hr, &pf);
+	if (r < 0)
+		return RET(XDP_DROP);
+	rs = resume_map.lookup(&zero);
+	if (!rs)
+		return RET(XDP_DROP);
+	rs->hl_result = r;
+	rs->hl_done = e + 1;
+	self_map.call(ctx, 0);
+	rs->hl_done = 0;
+	rs->active = 0;
+	return RET(XDP_ABORTED);
+#else
+	return RET(XDP_DROP);
+#endif
 }

@@ -77,35 +77,65 @@ struct hl_bucket {
 	u64 deadline;	/* CLOCK_MONOTONIC ns of ``expires``: the sweeper's */
 };
 
+/* Everything the check keeps across helper calls, in a per-CPU slot
+ * rather than on the stack: the classifier's stack is nearly full with
+ * every field compiled in, and each value live across a call would take a
+ * slot of its own. ``lock`` .. ``deadline`` are a new bucket's image
+ * (``lock`` is the place of its bpf_spin_lock, which a per-CPU map may
+ * not hold; the kernel does not copy that word into the map). */
+struct hl_scratch {
+	struct hl_key key;
+	u32 lock;
+	u32 pad;
+	u64 credit;
+	u64 prev;
+	u64 expires;
+	u64 deadline;
+	/* the table's configuration, copied */
+	u64 cost;
+	u64 cap;
+	u64 expire;
+	u64 expire_ns;
+	u64 max;
+	u64 removed;
+	u64 now;	/* jiffies */
+	u64 now_ns;
+	u32 mode;
+	u32 invert;
+	u16 ports[2];
+	u32 vihl;
+};
+
 /* per entry: its rule's table (0: no hashlimit) and --hashlimit-above */
 struct hl_rule {
 	u64 table;
 	u32 invert;
-	u32 pad;
+	u32 zero;	/* always 0: the hl_scratch key, here rather than on
+			 * the stack */
 };
 
-/* The bucket's refill and the token: 1 when a token was taken. ``now``
- * in jiffies, ``now_ns`` CLOCK_MONOTONIC (read by the caller: no helper
- * runs under the lock). */
-static __always_inline u32 hl_take(struct hl_bucket *b, const struct hl_table *t,
-				   u64 now, u64 now_ns)
+/* The bucket's refill and the token: 1 when a token was taken. The
+ * times were read by the caller into ``sc`` (no helper runs under the
+ * lock). */
+static __always_inline u32 hl_take(struct hl_bucket *b, const struct hl_scratch *sc)
 {
 	u32 ok = 0;
+	u64 now = sc->now;
 	bpf_spin_lock(&b->lock);
 	if ((s64)(now - b->expires) >= 0) {
 		/* idle past expire: what the gc worker would have freed */
-		b->credit = t->cap;
+		b->credit = sc->cap;
 		b->prev = now;
 	} else if (now != b->prev) {
 		b->credit += (now - b->prev) * HL_CREDITS_PER_JIFFY;
 		b->prev = now;
-		if (b->credit > t->cap)
-			b->credit = t->cap;
+		if (b->credit > sc->cap)
+			b->credit = sc->cap;
 	}
-	b->expires = now + t->expire;
-	b->deadline = now_ns + t->expire_ns;
-	if (b->credit >= t->cost) {
-		b->credit -= t->cost;
+	b->expires = now + sc->expire;
+	b->deadline = sc->now_ns + sc->expire_ns;
+	if (b->credit >= sc->cost) {
+		b->credit -= sc->cost;
 		ok = 1;
 	}
 	bpf_spin_unlock(&b->lock);

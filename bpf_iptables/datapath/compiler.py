@@ -915,6 +915,14 @@ def _compile_chain(table: Table, hook: str, interfaces: dict[str, int] | None,
     if -(-needed // steps) > MAX_CHUNKS:
         raise NotSupported(f"more than {MAX_CHUNKS * limit - nwords - 2} "
                            "non-terminating rules in one chain in the eBPF data path")
+    if hashlimits:
+        # each hashlimit candidate costs two tail calls (to xdp_hashlimit
+        # and back, filter.c) out of the kernel's 33
+        nhl = sum(1 for e in entries if e.hashlimit)
+        if -(-needed // steps) + 2 * nhl > MAX_CHUNKS:
+            raise NotSupported(f"{nhl} hashlimit rules (after inlining) in one chain with "
+                               f"{len(entries)} rules in the eBPF data path (each hashlimit "
+                               "check costs two of the kernel's 33 tail calls)")
     policy = VERDICTS[table.chains[hook].policy or "ACCEPT"]
     c = Compiled(hook, Shape(nwords, steps, FIRST_RULE_COUNTER + len(slots), frozenset(),
                              scan=needed),

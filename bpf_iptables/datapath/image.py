@@ -186,17 +186,26 @@ def entry_blob(entries) -> bytes:
     out[0::10] = array("I", [e.counter for e in entries])
     out[1::10] = array("I", [e.verdict & 0xFFFFFFFF for e in entries])
     out[2::10] = array("I", [e.next for e in entries])
-    out[3::10] = array("I", [1 if e.tcp else 0 for e in entries])
+    out[3::10] = array("I", [tcp_word(e) for e in entries])
     for i, e in enumerate(entries):
         if e.fields.src.residual or e.fields.dst.residual:
             out[10 * i:10 * i + 10] = array("I", entry_bytes(e))
     return out.tobytes()
 
 
+ENTRY_HASHLIMIT = 2   # struct entry's tcp word, bit 1: the rule has a hashlimit (filter.c)
+
+
+def tcp_word(e) -> int:
+    """struct entry's ``tcp``: bit 0 hot-drops offset-1 TCP fragments, bit
+    1 marks a hashlimit check (so the scan loop reads no other map)."""
+    return (1 if e.tcp else 0) | (ENTRY_HASHLIMIT if e.hashlimit else 0)
+
+
 def entry_bytes(e) -> bytes:
     sa, sm, si = e.residual("src")
     da, dm, di = e.residual("dst")
-    return (u32(e.counter) + u32(e.verdict) + u32(e.next) + u32(int(e.tcp))
+    return (u32(e.counter) + u32(e.verdict) + u32(e.next) + u32(tcp_word(e))
             + be32(sa) + be32(sm) + u32(int(si)) + be32(da) + be32(dm) + u32(int(di)))
 
 

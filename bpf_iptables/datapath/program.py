@@ -31,6 +31,13 @@ BPF_DIR = Path(os.environ.get("BPF_IPTABLES_BPF_DIR")
 SOURCE = BPF_DIR / "filter.c"
 FUNCTION = "xdp_filter"
 REJECT_FUNCTION = "xdp_reject"
+HASHLIMIT_FUNCTION = "xdp_hashlimit"   # with -m hashlimit only (self_map slot 2)
+
+
+def functions(shape: Shape) -> list[str]:
+    """The object's programs: the classifier, the REJECT reply builder and,
+    for rule sets with hashlimit, its check (filter.c)."""
+    return [FUNCTION, REJECT_FUNCTION] + ([HASHLIMIT_FUNCTION] if shape.nhashlimits else [])
 
 
 def cflags(shape: Shape, tc: bool = False, ct_dir: str | None = None) -> list[str]:
@@ -74,7 +81,7 @@ def object_key(shape: Shape, tc: bool = False) -> str:
     classifier and the REJECT reply builder, loaded from one compile."""
     prog_type = SCHED_CLS if tc else XDP
     return objcache.key(SOURCE, cflags(shape, tc),
-                        {FUNCTION: prog_type, REJECT_FUNCTION: prog_type})
+                        {name: prog_type for name in functions(shape)})
 
 
 def hashlimit_dir(ct_dir: str) -> str:
@@ -216,6 +223,9 @@ class LoadedProgram:
         # -j REJECT: the reply is built by a program of its own (filter.c)
         bpfsys.map_update(self.maps["self_map"], u32(1),
                           u32(self._loaded.progs[REJECT_FUNCTION]))
+        if HASHLIMIT_FUNCTION in self._loaded.progs:
+            bpfsys.map_update(self.maps["self_map"], u32(2),
+                              u32(self._loaded.progs[HASHLIMIT_FUNCTION]))
         self.compile_seconds = time.monotonic() - self._start
 
     @staticmethod
@@ -244,13 +254,15 @@ class LoadedProgram:
                     raise
                 steps = fewer
         try:
-            # -j REJECT: the reply is built by a program of its own (filter.c)
-            bpf.load_func(REJECT_FUNCTION.encode(), BPF.SCHED_CLS if tc else BPF.XDP)
+            # -j REJECT: the reply is built by a program of its own (filter.c),
+            # and so is -m hashlimit's check
+            names = functions(shape)
+            for name in names[1:]:
+                bpf.load_func(name.encode(), BPF.SCHED_CLS if tc else BPF.XDP)
             prog_type = SCHED_CLS if tc else XDP
             # cached under the shape asked for, with the steps that verified
-            _keep(key, bpf, {FUNCTION: prog_type, REJECT_FUNCTION: prog_type},
-                  {"steps": steps})
-            return _dup_fds(bpf, [FUNCTION, REJECT_FUNCTION]), steps
+            _keep(key, bpf, {name: prog_type for name in names}, {"steps": steps})
+            return _dup_fds(bpf, names), steps
         finally:
             bpf.cleanup()
 
