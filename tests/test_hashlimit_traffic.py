@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 
 from tests.support.netns import bpf_command, namespace
 from tests.test_datapath_traffic import datapath_command, ensure_bpffs
@@ -115,5 +116,69 @@ def test_tables_live_as_long_as_a_rule_names_them_as_in_iptables_legacy():
             # (the last rule counts the port-unreachable errors the
             # accepted datagrams draw: nothing listens on port 9999)
             assert counts(real, False) == counts(ours, True) == [3, 3, 6, 6]
+        finally:
+            ours.run(datapath_command("detach"))
+
+
+PORTS_SENDER = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for port in [int(p) for p in sys.argv[1].split(",")]:
+    for _ in range(3):
+        try:
+            s.sendto(b"x", ("127.0.0.1", port))
+        except OSError:
+            pass   # iptables' OUTPUT drop fails sendto() with EPERM
+"""
+
+
+def entries(ns, ours: bool, name: str) -> list[str]:
+    """The table's keys: /proc/net/ipt_hashlimit/NAME, or ours in its format."""
+    argv = ([sys.executable, "-m", "bpf_iptables.datapath.hashlimit_tables", "show", name]
+            if ours else ["cat", f"/proc/net/ipt_hashlimit/{name}"])
+    res = ns.run(argv, env=ON)
+    return sorted(line.split()[1] for line in res.stdout.splitlines())
+
+
+def test_output_dstport_full_table_and_expiry_match_iptables_legacy():
+    """OUTPUT (TC egress) with mode dstport: a table of 3 entries takes
+    three ports and hot-drops the others (uncounted, as the kernel); its
+    keys as /proc/net/ipt_hashlimit shows them; expired entries freed (the
+    kernel's gc every 100 ms, ours by an explicit sweep) make room again."""
+    ensure_bpffs()
+    with namespace("hlor") as real, namespace("hloo") as ours:
+        try:
+            for ns in (real, ours):
+                ns.run(["ip", "link", "set", "lo", "up"])
+            both(real, ours, "-A", "OUTPUT", "-p", "udp", "--dport", "9000:9010",
+                 "-m", "hashlimit", "--hashlimit-upto", "1/min", "--hashlimit-burst", "2",
+                 "--hashlimit-mode", "dstport", "--hashlimit-name", "out",
+                 "--hashlimit-htable-size", "1", "--hashlimit-htable-max", "3",
+                 "--hashlimit-htable-expire", "300", "--hashlimit-htable-gcinterval", "100",
+                 "-j", "ACCEPT")
+            both(real, ours, "-A", "OUTPUT", "-p", "udp", "--dport", "9000:9010", "-j", "DROP")
+
+            def send(ports: str) -> None:
+                argv = [sys.executable, "-c", PORTS_SENDER, ports]
+                real.run(argv)
+                ours.run(argv)
+
+            def out_counts(ns, mine: bool) -> list[int]:
+                argv = (bpf_command("iptables", "-L", "OUTPUT", "-v", "-x", "-n") if mine
+                        else ["iptables-legacy", "-L", "OUTPUT", "-v", "-x", "-n"])
+                out = ns.run(argv, env=ON).stdout
+                return [int(line.split()[0]) for line in out.splitlines()[2:] if line.strip()]
+
+            send("9000,9001,9002,9003,9004")
+            assert out_counts(real, False) == out_counts(ours, True) == [6, 3]
+            keys = entries(real, False, "out")
+            assert keys == entries(ours, True, "out") == [
+                f"0.0.0.0:0->0.0.0.0:{p}" for p in (9000, 9001, 9002)]
+            time.sleep(0.6)
+            assert ours.run([sys.executable, "-m", "bpf_iptables.datapath.hashlimit_tables",
+                             "sweep"], env=ON).stdout.strip() == "3"
+            assert entries(real, False, "out") == entries(ours, True, "out") == []
+            send("9003,9004")
+            assert out_counts(real, False) == out_counts(ours, True) == [10, 5]
         finally:
             ours.run(datapath_command("detach"))

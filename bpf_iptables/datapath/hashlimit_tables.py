@@ -225,3 +225,74 @@ def buckets(ns_pins: Path, name: str) -> list[tuple[tuple[int, int, int, int], i
             if t == tid and v is not None:
                 out.append(((src, dst, sport, dport), BUCKET.unpack(v)[2]))
     return out
+
+
+# -- inspection: /proc/net/ipt_hashlimit/NAME ------------------------------------
+
+def show(ns_pins: Path, name: str) -> list[str]:
+    """The table's buckets as the kernel's /proc/net/ipt_hashlimit/NAME
+    lists them for revision 3 (dl_seq_real_show_v2): seconds until expiry,
+    ``src:sport->dst:dport`` (0 where not hashed), credit (refilled to
+    now, as the kernel recalculates before printing), credit cap, cost.
+    Sorted (the kernel's order is its hash's). Empty when no such table."""
+    from ..extensions.hashlimit import CREDITS_PER_JIFFY
+
+    tid = table_id(name)
+    lines = []
+    with Maps(ns_pins) as m:
+        if not m.present:
+            return lines
+        raw = bpfsys.map_lookup(m.fds["tables"], ADDED.pack(tid), TABLE.size)
+        if raw is None:
+            return lines
+        cost, cap, _, expire_ns = TABLE.unpack(raw)[:4]
+        now = time.monotonic_ns()
+        fd = m.fds["buckets"]
+        for k in bpfsys.map_keys(fd, KEY.size):
+            t, src, dst, sport, dport, _ = KEY.unpack(k)
+            v = bpfsys.map_lookup(fd, k, BUCKET.size)
+            if t != tid or v is None:
+                continue
+            _, _, credit, _, _, deadline = BUCKET.unpack(v)
+            idle = max(0, now - (deadline - expire_ns)) * HZ // 1_000_000_000
+            credit = min(cap, credit + idle * CREDITS_PER_JIFFY)
+            left = (deadline - now) // 1_000_000_000 if deadline >= now else \
+                -((now - deadline) // 1_000_000_000)
+            lines.append(f"{left} {_addr(src)}:{_port(sport)}->{_addr(dst)}:{_port(dport)} "
+                         f"{credit} {cap} {cost}")
+    return sorted(lines)
+
+
+def _addr(v: int) -> str:
+    return ".".join(str(b) for b in v.to_bytes(4, "little"))
+
+
+def _port(v: int) -> int:
+    return int.from_bytes(v.to_bytes(2, "little"), "big")
+
+
+def main(argv: list[str]) -> int:
+    """``show NAME`` (the kernel's /proc/net/ipt_hashlimit/NAME) or
+    ``sweep`` (free the expired buckets now), in the current namespace."""
+    import sys
+
+    from ..state import namespace_dir
+    from .attachment import ns_pins
+
+    pins = ns_pins(namespace_dir())
+    if argv[:1] == ["show"] and len(argv) == 2:
+        for line in show(pins, argv[1]):
+            print(line)
+        return 0
+    if argv == ["sweep"]:
+        print(sweep(pins))
+        return 0
+    sys.stderr.write("usage: python -m bpf_iptables.datapath.hashlimit_tables "
+                     "show NAME | sweep\n")
+    return 2
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main(sys.argv[1:]))
