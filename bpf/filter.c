@@ -224,25 +224,31 @@ static __always_inline int hl_check(CTX_TYPE *ctx, struct hl_rule *hr,
 		/* the bytes at the transport offset, as the kernel reads
 		 * them (a non-first fragment's too); past the datagram:
 		 * hot-drop */
-		sc->vihl = 0;
 #if HOOK_TC
+		sc->vihl = 0;
 		if (bpf_skb_load_bytes(ctx, 14, &sc->vihl, 1))
 			return -1;
-#else
-		if (bpf_xdp_load_bytes(ctx, 14, &sc->vihl, 1))
-			return -1;
-#endif
 		/* (pf is on the caller's stack: nothing kept across the call) */
 		u32 off = (sc->vihl & 0xF) * 4 + (u32)hl_ports_offset(pf->proto);
 		if (off + 4 > pf->length)
 			return -1;
 		off = (off + 14) & 0xFFFF;
-#if HOOK_TC
 		if (bpf_skb_load_bytes(ctx, off, sc->ports, 4))
 			return -1;
 #else
-		if (bpf_xdp_load_bytes(ctx, off, sc->ports, 4))
+		/* XDP: the frame is linear, read in place */
+		void *data = (void *)(long)ctx->data;
+		void *data_end = (void *)(long)ctx->data_end;
+		u8 *ihl = data + 14;
+		if ((void *)(ihl + 1) > data_end)
 			return -1;
+		u32 off = (*ihl & 0xF) * 4 + (u32)hl_ports_offset(pf->proto);
+		if (off + 4 > pf->length)
+			return -1;
+		u8 *at = data + 14 + (off & 0x7F);
+		if ((void *)(at + 4) > data_end)
+			return -1;
+		__builtin_memcpy(sc->ports, at, 4);
 #endif
 		if (sc->mode & HL_HASH_SPT)
 			sc->key.sport = sc->ports[0];
