@@ -105,7 +105,8 @@ def test_set_refused_in_reference() -> None:
 
 @pytest.mark.parametrize("rule", [
     ("-m", "recent", "--set"),
-    ("-m", "hashlimit", "--hashlimit-upto", "1/sec", "--hashlimit-name", "x"),
+    # packet rates are enforced (tests/test_hashlimit_*.py); byte rates not
+    ("-m", "hashlimit", "--hashlimit-upto", "1mb/s", "--hashlimit-name", "x"),
 ])
 def test_lowering_refuses(rule: tuple[str, ...]) -> None:
     match_data, base = parsed(*rule)
@@ -120,7 +121,7 @@ def test_attached_namespace_refuses_with_exit_2() -> None:
         subprocess.run(["ip", "netns", "exec", ns.name, "ipset", "create", "foo", "hash:ip"],
                        check=True)
         for rule in (["-m", "recent", "--rcheck", "--seconds", "30"],
-                     ["-m", "hashlimit", "--hashlimit-above", "5/sec", "--hashlimit-name", "y"],
+                     ["-m", "hashlimit", "--hashlimit-above", "5kb/s", "--hashlimit-name", "y"],
                      ["-m", "set", "--match-set", "foo", "src"]):
             run = subprocess.run(["ip", "netns", "exec", ns.name, sys.executable, "-m",
                                   "bpf_iptables.cli.iptables", "-A", "INPUT", *rule, "-j", "DROP"],
