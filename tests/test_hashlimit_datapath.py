@@ -169,3 +169,22 @@ def test_what_cannot_be_exact_is_refused(lines, why):
     table = table_from_lines(lines)
     with pytest.raises(NotSupported, match=why):
         compile_chain(table, "INPUT", {"lo": 1})
+
+
+def test_forward_classifier_against_the_reference():
+    """The same check in the FORWARD classifier (srcip,dstip with masks)."""
+    with entered("bpfhlf"):
+        h = Harness(hook="FORWARD")
+        try:
+            table = table_from_lines([
+                f"-A FORWARD -p udp {HL} fwd --hashlimit-upto 1/h --hashlimit-burst 2 "
+                "--hashlimit-mode srcip,dstip --hashlimit-srcmask 16 --hashlimit-dstmask 24 "
+                "-j ACCEPT",
+                "-P FORWARD DROP"])
+            packets = [pkt(f"10.{i % 2}.{i % 3}.1", f"192.0.{i // 2 % 2}.{1 + i % 4}")
+                       for i in range(24)]
+            report = h.check(table, packets)
+            assert report.mismatches == []
+            assert table.chains["FORWARD"].rules[0].counters.packets == 2 * 2 * 2
+        finally:
+            h.close()
