@@ -160,11 +160,11 @@ def ensure(ns_pins: Path, table: "Table") -> list[int]:
     """Before the switch: the tables the new rule set names (the maps exist
     once a classifier with a hashlimit rule was loaded; without one there
     is nothing to create)."""
-    wanted = named(table)
-    if not wanted:
-        return []
+    if not (pin_dir(ns_pins) / "tables").exists():
+        return []   # no rule set with hashlimit yet: no walk over the rules
     with Maps(ns_pins) as m:
-        if not m.present:
+        wanted = named(table)
+        if not m.present or not wanted:
             return []
         return ensure_fds(m.fds["tables"], m.fds["added"], wanted)
 
