@@ -204,7 +204,8 @@ static __always_inline int hl_check(CTX_TYPE *ctx, struct hl_rule *hr,
 	if (!t)
 		return -1;
 	sc->key.table = hr->table;
-	sc->invert = hr->invert & 1;
+	sc->flags = hr->flags;
+	sc->len = pf->length;
 	sc->mode = t->mode;
 	sc->cost = t->cost;
 	sc->cap = t->cap;
@@ -255,6 +256,9 @@ static __always_inline int hl_check(CTX_TYPE *ctx, struct hl_rule *hr,
 		if (sc->mode & HL_HASH_DPT)
 			sc->key.dport = sc->ports[1];
 	}
+	/* rateinfo_init()'s bucket, also a bucket started again */
+	sc->credit = (sc->mode & HL_BYTES) ? HL_BYTES_FULL : sc->cap;
+	sc->bcap = sc->cap;
 	sc->now = bpf_jiffies64();
 	sc->now_ns = bpf_ktime_get_ns();
 	struct hl_bucket *b = hl_buckets.lookup(&sc->key);
@@ -265,7 +269,6 @@ static __always_inline int hl_check(CTX_TYPE *ctx, struct hl_rule *hr,
 			return -1;
 		sc->lock = 0;
 		sc->pad = 0;
-		sc->credit = sc->cap;
 		sc->prev = sc->now;
 		sc->expires = sc->now + sc->expire;
 		sc->deadline = sc->now_ns + sc->expire_ns;
@@ -281,7 +284,7 @@ static __always_inline int hl_check(CTX_TYPE *ctx, struct hl_rule *hr,
 		if (!b)
 			return -1;
 	}
-	return (int)(hl_take(b, sc) ^ sc->invert);
+	return (int)(hl_take(b, sc) ^ (sc->flags & HL_RULE_INVERT));
 }
 #endif
 #if NLOGS

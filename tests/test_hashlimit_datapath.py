@@ -156,12 +156,44 @@ def test_paced_train_follows_xt_hashlimit_within_5_percent(harness):
         assert abs(o - e) <= max(1, 0.05 * e), (ours, expected)
 
 
+def test_byte_rates_follow_xt_hashlimit_within_5_percent(harness):
+    """--hashlimit-upto 50kb/s --hashlimit-burst 100kb: 16-byte chunks, a
+    full second of credit, then two refills from the burst
+    (hashlimit_byte_cost()); 1,000-byte datagrams at 200/s for 2 s, mixed
+    with 100-byte ones, each source against xt_hashlimit's arithmetic."""
+    table = table_from_lines([f"-A INPUT -p udp {HL} bytes --hashlimit-upto 50kb/s "
+                              "--hashlimit-burst 100kb --hashlimit-mode srcip -j ACCEPT",
+                              "-A INPUT -p udp -j DROP"])
+    prog, _ = harness.load(table)
+    model, data = HashlimitMatch(), table.chains["INPUT"].rules[0].matches[-1].data
+    sizes = (1000, 100)
+    frames = {}
+    for n in sizes:
+        p = pkt("10.0.0.1")
+        p.length = n
+        frames[n] = frame(p)
+    ours = expected = 0
+    start = time.monotonic()
+    for i in range(400):
+        while time.monotonic() < start + i * 0.005:
+            pass
+        now = time.monotonic()
+        n = sizes[1] if i % 5 == 4 else sizes[0]
+        ours += run_frame(prog.fd, frames[n]).name == "PASS"
+        p = pkt("10.0.0.1")
+        p.length, p.time = n, now
+        expected += model.matches(data, p)
+    assert 150 < expected < 400
+    assert abs(ours - expected) <= max(1, 0.05 * expected), (ours, expected)
+
+
 @pytest.mark.parametrize("lines, why", [
     ([f"-A INPUT {HL} x --hashlimit-upto 1/s -p tcp -m tcp --dport 22 -j ACCEPT"],
      "last match"),
     (["-N c", "-A c -j ACCEPT", f"-A INPUT {HL} x --hashlimit-upto 1/s -j c"],
      "jumps to a user chain"),
-    ([f"-A INPUT {HL} x --hashlimit-upto 1mb/s -j ACCEPT"], "byte rates"),
+    ([f"-A INPUT {HL} x --hashlimit-upto 1/s --hashlimit-rate-match -j ACCEPT"],
+     "rate-match"),
     ([f"-A INPUT {HL} a{i} --hashlimit-upto 1/s --hashlimit-htable-max 1048576 -j ACCEPT"
       for i in range(2)], "entries"),
 ])

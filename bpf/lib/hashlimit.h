@@ -30,6 +30,14 @@
 #ifndef HL_CREDITS_PER_JIFFY
 #define HL_CREDITS_PER_JIFFY (1ULL << 39)
 #endif
+/* byte rates: CREDITS_PER_JIFFY_BYTES = POW2_BELOW32(0xFFFFFFFF / HZ)
+ * and a second's worth of it, a byte bucket's full credit */
+#ifndef HL_CPJ_BYTES
+#define HL_CPJ_BYTES (1ULL << 24)
+#endif
+#ifndef HL_BYTES_FULL
+#define HL_BYTES_FULL (HL_CPJ_BYTES * 250)
+#endif
 /* the namespace's buckets, all tables together (the kernel's
  * HASHLIMIT_MAX_SIZE per table; the compiler refuses rule sets whose
  * tables' maxima add up to more) */
@@ -46,6 +54,9 @@
 #define HL_HASH_DPT 2
 #define HL_HASH_SIP 4
 #define HL_HASH_SPT 8
+#define HL_BYTES 32	/* XT_HASHLIMIT_BYTES */
+#define HL_RULE_INVERT 1	/* struct hl_rule's flags */
+#define HL_RULE_BYTES 2
 
 struct hl_key {
 	u64 table;	/* the table's id (hashlimit.table_id(name)) */
@@ -57,11 +68,11 @@ struct hl_key {
 };
 
 struct hl_table {
-	u64 cost;	/* user2credits(avg) */
-	u64 cap;	/* user2credits(avg * burst) */
+	u64 cost;	/* user2credits(avg); bytes: user2credits_byte(avg) */
+	u64 cap;	/* user2credits(avg * burst); bytes: burst (refills) */
 	u64 expire;	/* msecs_to_jiffies(expire) */
 	u64 expire_ns;	/* the same in ns, for the sweeper's deadline */
-	u32 mode;	/* XT_HASHLIMIT_HASH_* of the creating rule */
+	u32 mode;	/* XT_HASHLIMIT_HASH_* and _BYTES of the creating rule */
 	u32 srcmask;	/* network byte order masks */
 	u32 dstmask;
 	u32 max;	/* entries (the kernel's cfg.max after htable_create) */
@@ -75,6 +86,8 @@ struct hl_bucket {
 	u64 prev;	/* jiffies of the last packet */
 	u64 expires;	/* jiffies */
 	u64 deadline;	/* CLOCK_MONOTONIC ns of ``expires``: the sweeper's */
+	u64 cap;	/* rateinfo.credit_cap (bytes: refills left, it only
+			 * goes down) */
 };
 
 /* Everything the check keeps across helper calls, in a per-CPU slot
@@ -91,6 +104,7 @@ struct hl_scratch {
 	u64 prev;
 	u64 expires;
 	u64 deadline;
+	u64 bcap;
 	/* the table's configuration, copied */
 	u64 cost;
 	u64 cap;
@@ -101,22 +115,26 @@ struct hl_scratch {
 	u64 now;	/* jiffies */
 	u64 now_ns;
 	u32 mode;
-	u32 invert;
+	u32 flags;	/* the rule's (struct hl_rule) */
+	u32 len;	/* skb->len: the IP datagram's length */
+	u32 pad2;
 	u16 ports[2];
 	u32 vihl;
 };
 
-/* per entry: its rule's table (0: no hashlimit) and --hashlimit-above */
+/* per entry: its rule's table (0: no hashlimit), --hashlimit-above and
+ * whether its rate is in bytes (the rule's own, the table's may differ) */
 struct hl_rule {
 	u64 table;
-	u32 invert;
+	u32 flags;	/* HL_RULE_INVERT, HL_RULE_BYTES */
 	u32 zero;	/* always 0: the hl_scratch key, here rather than on
 			 * the stack */
 };
 
 /* The bucket's refill and the token: 1 when a token was taken. The
  * times were read by the caller into ``sc`` (no helper runs under the
- * lock). */
+ * lock). rateinfo_recalc() by the table's mode, hashlimit_byte_cost() by
+ * the rule's. */
 static __always_inline u32 hl_take(struct hl_bucket *b, const struct hl_scratch *sc)
 {
 	u32 ok = 0;
@@ -124,18 +142,38 @@ static __always_inline u32 hl_take(struct hl_bucket *b, const struct hl_scratch 
 	bpf_spin_lock(&b->lock);
 	if ((s64)(now - b->expires) >= 0) {
 		/* idle past expire: what the gc worker would have freed */
-		b->credit = sc->cap;
+		b->credit = sc->credit;
+		b->cap = sc->bcap;
 		b->prev = now;
 	} else if (now != b->prev) {
-		b->credit += (now - b->prev) * HL_CREDITS_PER_JIFFY;
+		u64 delta = now - b->prev;
 		b->prev = now;
-		if (b->credit > sc->cap)
-			b->credit = sc->cap;
+		if (sc->mode & HL_BYTES) {
+			u64 tmp = b->credit;
+			b->credit += HL_CPJ_BYTES * delta;
+			if (tmp >= b->credit || b->credit > HL_BYTES_FULL)
+				b->credit = HL_BYTES_FULL;	/* overflow or cap */
+		} else {
+			b->credit += delta * HL_CREDITS_PER_JIFFY;
+			if (b->credit > b->cap)
+				b->credit = b->cap;
+		}
 	}
 	b->expires = now + sc->expire;
 	b->deadline = sc->now_ns + sc->expire_ns;
-	if (b->credit >= sc->cost) {
-		b->credit -= sc->cost;
+	u64 cost = sc->cost;
+	if (sc->flags & HL_RULE_BYTES) {
+		cost = (u64)((sc->len >> 4) + 1) * sc->cost;
+		if (cost > HL_BYTES_FULL)
+			cost = HL_BYTES_FULL;
+		if (b->credit < cost && b->cap) {
+			b->cap--;
+			b->credit = HL_BYTES_FULL;
+		}
+		cost = (u32)cost;
+	}
+	if (b->credit >= cost) {
+		b->credit -= cost;
 		ok = 1;
 	}
 	bpf_spin_unlock(&b->lock);

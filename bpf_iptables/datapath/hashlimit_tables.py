@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 
 from . import bpfsys
 from ..extensions.hashlimit import (BYTES, HASH_ALL, RATE_MATCH, HashlimitData, table_id,
-                                    table_max, user2credits)
+                                    table_max, user2credits, user2credits_byte)
 from ..extensions.limit import HZ
 
 if TYPE_CHECKING:
@@ -39,8 +39,8 @@ if TYPE_CHECKING:
 TABLE = struct.Struct("<QQQQIIIIQ")
 # struct hl_key {table, src, dst, sport, dport, pad}
 KEY = struct.Struct("<QIIHHI")
-# struct hl_bucket {lock, pad, credit, prev, expires, deadline}
-BUCKET = struct.Struct("<IIQQQQ")
+# struct hl_bucket {lock, pad, credit, prev, expires, deadline, cap}
+BUCKET = struct.Struct("<IIQQQQQ")
 ADDED = struct.Struct("<Q")
 BUILTIN_ORDER = ("INPUT", "FORWARD", "OUTPUT")
 
@@ -61,11 +61,17 @@ def expire_jiffies(ms: int) -> int:
 
 
 def table_value(d: HashlimitData, removed: int = 0) -> bytes:
-    """htable_create()'s configuration for the creating rule ``d``."""
+    """htable_create()'s configuration for the creating rule ``d``, with
+    what rateinfo_init() gives its buckets: cost and credit_cap (byte
+    rates: user2credits_byte(avg) and the burst, the refills)."""
     expire = expire_jiffies(d.expire)
-    return TABLE.pack(user2credits(d.avg), user2credits(d.avg * d.burst), expire,
-                      expire * 1_000_000_000 // HZ, d.mode & HASH_ALL, _mask(d.srcmask),
-                      _mask(d.dstmask), table_max(d), removed)
+    if d.mode & BYTES:
+        cost, cap = user2credits_byte(d.avg), d.burst
+    else:
+        cost, cap = user2credits(d.avg), user2credits(d.avg * d.burst)
+    return TABLE.pack(cost, cap, expire, expire * 1_000_000_000 // HZ,
+                      d.mode & (HASH_ALL | BYTES), _mask(d.srcmask), _mask(d.dstmask),
+                      table_max(d), removed)
 
 
 def named(table: "Table") -> dict[int, HashlimitData]:
@@ -73,14 +79,14 @@ def named(table: "Table") -> dict[int, HashlimitData]:
     the order of the kernel's checks (the chains as iptables-legacy lays
     them out: INPUT, FORWARD, OUTPUT, then user chains by name). Every rule
     counts, reachable or not, as every rule is checked by the kernel;
-    rules the data path refuses (byte rates, rate-match) never reach it."""
+    rules the data path refuses (rate-match) never reach it."""
     order = [c for c in BUILTIN_ORDER if c in table.chains]
     order += sorted(c for c in table.chains if c not in BUILTIN_ORDER)
     out: dict[int, HashlimitData] = {}
     for chain in order:
         for rule in table.chains[chain].rules:
             for m in rule.matches:
-                if m.name == "hashlimit" and not m.data.mode & (BYTES | RATE_MATCH):
+                if m.name == "hashlimit" and not m.data.mode & RATE_MATCH:
                     out.setdefault(table_id(m.data.name), m.data)
     return out
 
@@ -235,7 +241,7 @@ def show(ns_pins: Path, name: str) -> list[str]:
     ``src:sport->dst:dport`` (0 where not hashed), credit (refilled to
     now, as the kernel recalculates before printing), credit cap, cost.
     Sorted (the kernel's order is its hash's). Empty when no such table."""
-    from ..extensions.hashlimit import CREDITS_PER_JIFFY
+    from ..extensions.hashlimit import BYTES_FULL, CPJ_BYTES, CREDITS_PER_JIFFY
 
     tid = table_id(name)
     lines = []
@@ -245,7 +251,7 @@ def show(ns_pins: Path, name: str) -> list[str]:
         raw = bpfsys.map_lookup(m.fds["tables"], ADDED.pack(tid), TABLE.size)
         if raw is None:
             return lines
-        cost, cap, _, expire_ns = TABLE.unpack(raw)[:4]
+        cost, _, _, expire_ns, mode = TABLE.unpack(raw)[:5]
         now = time.monotonic_ns()
         fd = m.fds["buckets"]
         for k in bpfsys.map_keys(fd, KEY.size):
@@ -253,9 +259,12 @@ def show(ns_pins: Path, name: str) -> list[str]:
             v = bpfsys.map_lookup(fd, k, BUCKET.size)
             if t != tid or v is None:
                 continue
-            _, _, credit, _, _, deadline = BUCKET.unpack(v)
+            _, _, credit, _, _, deadline, cap = BUCKET.unpack(v)
             idle = max(0, now - (deadline - expire_ns)) * HZ // 1_000_000_000
-            credit = min(cap, credit + idle * CREDITS_PER_JIFFY)
+            if mode & BYTES:
+                credit = min(BYTES_FULL, credit + idle * CPJ_BYTES)
+            else:
+                credit = min(cap, credit + idle * CREDITS_PER_JIFFY)
             left = (deadline - now) // 1_000_000_000 if deadline >= now else \
                 -((now - deadline) // 1_000_000_000)
             lines.append(f"{left} {_addr(src)}:{_port(sport)}->{_addr(dst)}:{_port(dport)} "

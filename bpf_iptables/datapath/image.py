@@ -328,11 +328,13 @@ def limit_images(c: Compiled) -> list[MapImage]:
 
 def hashlimit_image(c: Compiled) -> MapImage:
     """-m hashlimit (bpf/lib/hashlimit.h): per entry ``struct hl_rule``
-    {table id, invert, pad}, table 0 for entries without one. The tables
-    themselves are the namespace's (datapath/hashlimit_tables.py)."""
-    from ..extensions.hashlimit import INVERT, table_id
+    {table id, flags (1: --hashlimit-above, 2: a byte rate), zero}, table
+    0 for entries without one. The tables themselves are the namespace's
+    (datapath/hashlimit_tables.py)."""
+    from ..extensions.hashlimit import BYTES, INVERT, table_id
 
-    rules = [struct.pack("<QII", table_id(d.name), 1 if d.mode & INVERT else 0, 0)
+    rules = [struct.pack("<QII", table_id(d.name), (1 if d.mode & INVERT else 0)
+                         | (2 if d.mode & BYTES else 0), 0)
              for d in c.hashlimits]
     none = bytes(16)
     blob = b"".join(rules[e.hashlimit - 1] if e.hashlimit else none for e in c.entries)

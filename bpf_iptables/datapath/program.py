@@ -68,9 +68,11 @@ def cflags(shape: Shape, tc: bool = False, ct_dir: str | None = None) -> list[st
     if shape.nhashlimits:
         # hashlimit's credits per jiffy (64-bit) and, attached, the
         # namespace's tables (hashlimit_tables.py)
+        from ..extensions.hashlimit import BYTES_FULL, CPJ_BYTES
         from ..extensions.hashlimit import CREDITS_PER_JIFFY as HL_CPJ
 
-        flags.append(f"-DHL_CREDITS_PER_JIFFY={HL_CPJ}ULL")
+        flags += [f"-DHL_CREDITS_PER_JIFFY={HL_CPJ}ULL", f"-DHL_CPJ_BYTES={CPJ_BYTES}ULL",
+                  f"-DHL_BYTES_FULL={BYTES_FULL}ULL"]
         if ct_dir:
             flags.append(f'-DHL_PIN_DIR="{hashlimit_dir(ct_dir)}"')
     return flags
