@@ -214,3 +214,24 @@ def test_output_dstport_full_table_and_expiry_match_iptables_legacy():
             assert out_counts(real, False) == out_counts(ours, True) == [10, 5]
         finally:
             ours.run(datapath_command("detach"))
+
+
+def test_after_a_conntrack_match_as_guards_write_it():
+    """``-m conntrack --ctstate NEW -m hashlimit ...``, the brute-force
+    guard's form: the conntrack check runs first (per candidate too), the
+    bucket is taken only for NEW packets, as in netfilter."""
+    ensure_bpffs()
+    with namespace("hlcr") as real, namespace("hlco") as ours:
+        try:
+            for ns in (real, ours):
+                ns.run(["ip", "link", "set", "lo", "up"])
+            for r in rules("guard", "1/min", 3):
+                if "-m" in r:
+                    at = r.index("-m")
+                    r[at:at] = ["-m", "conntrack", "--ctstate", "NEW"]
+                both(real, ours, *r)
+            send_both(real, ours, 10, 0.01)
+            assert counts(real, False) == counts(ours, True)
+            assert counts(ours, True)[2] > 0
+        finally:
+            ours.run(datapath_command("detach"))
