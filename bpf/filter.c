@@ -27,6 +27,9 @@
 #if NLOGS
 #include "lib/log.h"
 #endif
+#if NHASHLIMITS
+#include "lib/hashlimit.h"
+#endif
 #if CONNTRACK
 #include "lib/conntrack_defs.h"
 /* the namespace's conntrack maps, pinned outside the generations (opened
@@ -70,6 +73,10 @@ static __always_inline void ct_stat(u32 slot)
 #endif
 
 #define VERDICT_CONTINUE 0xFFFFFFFFu
+/* not an entry's verdict: the scan stopped at a candidate whose hashlimit
+ * check runs in xdp_hashlimit */
+#define VERDICT_HASHLIMIT 0xFFFFFFFEu
+#define ENTRY_HASHLIMIT 2
 
 /* HOOK_TC: the same classifier as a TC program (tail-called by the TC
  * roots of bpf/root.c): OUTPUT at egress, and INPUT/FORWARD at ingress
@@ -103,7 +110,8 @@ struct entry {
 	u32 counter;	/* per-CPU counter slot of the rule (1: scratch) */
 	u32 verdict;	/* XDP verdict, or VERDICT_CONTINUE */
 	u32 next;	/* entry to continue the scan at */
-	u32 tcp;	/* the rule has a tcp match: hot-drops evil fragments */
+	u32 tcp;	/* bit 0: the rule has a tcp match, hot-drops evil
+			 * fragments; bit 1 (ENTRY_HASHLIMIT): a hashlimit */
 	/* per-candidate check of what does not decompose into fields: an
 	 * address under a non-contiguous mask (mask 0: nothing to check) */
 	u32 src_addr, src_mask, src_inv;
@@ -139,12 +147,22 @@ struct resume {
 	u32 reject;	/* a REJECT verdict (lib/reject.h) handed to the
 			 * invocation that builds the reply, 0: none */
 	u64 sum[NSUM];	/* the AND of the fields' summaries for this packet */
+#if NHASHLIMITS
+	/* the scan's hand-over to xdp_hashlimit and back */
+	u32 hl_entry;	/* the candidate being checked */
+	u32 hl_done;	/* hl_entry + 1 once its result is in hl_result, else 0 */
+	u32 hl_result;	/* 1: the match holds */
+#endif
 };
 
 BPF_ARRAY(config_map, struct config, 1);
 BPF_PERCPU_ARRAY(resume_map, struct resume, 1);
-/* 0: this program (a long scan continues there), 1: xdp_reject below */
-BPF_PROG_ARRAY(self_map, 2);
+/* 0: this program (a long scan continues there), 1: xdp_reject below,
+ * 2: xdp_hashlimit (with NHASHLIMITS) */
+#ifndef NHASHLIMITS
+#define NHASHLIMITS 0
+#endif
+BPF_PROG_ARRAY(self_map, 2 + NHASHLIMITS);
 BPF_ARRAY(live_map, struct bitvector, 1);
 BPF_ARRAY(entry_map, struct entry, NENTRIES);
 BPF_PERCPU_ARRAY(counter_map, struct counter, NCOUNTERS);
@@ -153,6 +171,121 @@ BPF_PERCPU_ARRAY(counter_map, struct counter, NCOUNTERS);
  * buckets (slot 0 unused), shared by all CPUs */
 BPF_ARRAY(entry_limit_map, u32, NENTRIES);
 BPF_ARRAY(limit_map, struct limit_state, NLIMITS);
+#endif
+#if NHASHLIMITS
+/* -m hashlimit (lib/hashlimit.h): per entry its rule's table (0: none);
+ * the tables and their buckets are the namespace's (HL_PIN_DIR), shared
+ * by every hook and generation, or private (tests) */
+BPF_ARRAY(entry_hl_map, struct hl_rule, NENTRIES);
+#ifdef HL_PIN_DIR
+BPF_TABLE_PINNED("hash", u64, struct hl_table, hl_tables, HL_NTABLES, HL_PIN_DIR "/tables");
+BPF_TABLE_PINNED("hash", u64, u64, hl_added, HL_NTABLES, HL_PIN_DIR "/added");
+BPF_TABLE_PINNED("hash", struct hl_key, struct hl_bucket, hl_buckets, HL_CAPACITY,
+		 HL_PIN_DIR "/buckets", BPF_F_NO_PREALLOC);
+#else
+BPF_TABLE("hash", u64, struct hl_table, hl_tables, HL_NTABLES);
+BPF_TABLE("hash", u64, u64, hl_added, HL_NTABLES);
+BPF_F_TABLE("hash", struct hl_key, struct hl_bucket, hl_buckets, HL_CAPACITY,
+	    BPF_F_NO_PREALLOC);
+#endif
+BPF_PERCPU_ARRAY(hl_scratch, struct hl_scratch, 1);
+
+/* The rule's hashlimit for this packet: 1 match, 0 no match, -1 hot-drop
+ * (hashlimit_init_dst() cannot read the ports, or the table is full, as
+ * in the kernel; or the table is missing: fail closed). Only ``sc`` is
+ * kept across helper calls (see struct hl_scratch). */
+static __always_inline int hl_check(CTX_TYPE *ctx, struct hl_rule *hr,
+				    struct packet_fields *pf)
+{
+	struct hl_scratch *sc = hl_scratch.lookup(&hr->zero);
+	if (!sc)
+		return -1;
+	struct hl_table *t = hl_tables.lookup(&hr->table);
+	if (!t)
+		return -1;
+	sc->key.table = hr->table;
+	sc->flags = hr->flags;
+	sc->len = pf->length;
+	sc->mode = t->mode;
+	sc->cost = t->cost;
+	sc->cap = t->cap;
+	sc->expire = t->expire;
+	sc->expire_ns = t->expire_ns;
+	sc->max = t->max;
+	sc->removed = t->removed;
+	sc->key.src = (t->mode & HL_HASH_SIP) ? pf->saddr & t->srcmask : 0;
+	sc->key.dst = (t->mode & HL_HASH_DIP) ? pf->daddr & t->dstmask : 0;
+	sc->key.sport = 0;
+	sc->key.dport = 0;
+	sc->key.pad = 0;
+	sc->ports[0] = 0;
+	sc->ports[1] = 0;
+	int poff = hl_ports_offset(pf->proto);
+	if ((sc->mode & (HL_HASH_DPT | HL_HASH_SPT)) && poff >= 0) {
+		/* the bytes at the transport offset, as the kernel reads
+		 * them (a non-first fragment's too); past the datagram:
+		 * hot-drop */
+#if HOOK_TC
+		sc->vihl = 0;
+		if (bpf_skb_load_bytes(ctx, 14, &sc->vihl, 1))
+			return -1;
+		/* (pf is on the caller's stack: nothing kept across the call) */
+		u32 off = (sc->vihl & 0xF) * 4 + (u32)hl_ports_offset(pf->proto);
+		if (off + 4 > pf->length)
+			return -1;
+		off = (off + 14) & 0xFFFF;
+		if (bpf_skb_load_bytes(ctx, off, sc->ports, 4))
+			return -1;
+#else
+		/* XDP: the frame is linear, read in place */
+		void *data = (void *)(long)ctx->data;
+		void *data_end = (void *)(long)ctx->data_end;
+		u8 *ihl = data + 14;
+		if ((void *)(ihl + 1) > data_end)
+			return -1;
+		u32 off = (*ihl & 0xF) * 4 + (u32)hl_ports_offset(pf->proto);
+		if (off + 4 > pf->length)
+			return -1;
+		u8 *at = data + 14 + (off & 0x7F);
+		if ((void *)(at + 4) > data_end)
+			return -1;
+		__builtin_memcpy(sc->ports, at, 4);
+#endif
+		if (sc->mode & HL_HASH_SPT)
+			sc->key.sport = sc->ports[0];
+		if (sc->mode & HL_HASH_DPT)
+			sc->key.dport = sc->ports[1];
+	}
+	/* rateinfo_init()'s bucket, also a bucket started again */
+	sc->credit = (sc->mode & HL_BYTES) ? HL_BYTES_FULL : sc->cap;
+	sc->bcap = sc->cap;
+	sc->now = bpf_jiffies64();
+	sc->now_ns = bpf_ktime_get_ns();
+	struct hl_bucket *b = hl_buckets.lookup(&sc->key);
+	if (!b) {
+		u64 *added = hl_added.lookup(&sc->key.table);
+		/* dsthash_alloc_init(): a full table hot-drops */
+		if (!added || *added - sc->removed >= sc->max)
+			return -1;
+		sc->lock = 0;
+		sc->pad = 0;
+		sc->prev = sc->now;
+		sc->expires = sc->now + sc->expire;
+		sc->deadline = sc->now_ns + sc->expire_ns;
+		int rc = hl_buckets.insert(&sc->key, (struct hl_bucket *)&sc->lock);
+		if (rc == 0) {
+			added = hl_added.lookup(&sc->key.table);
+			if (added)
+				__sync_fetch_and_add(added, 1);
+		} else if (rc != -17) {	/* -EEXIST: another CPU made it */
+			return -1;
+		}
+		b = hl_buckets.lookup(&sc->key);
+		if (!b)
+			return -1;
+	}
+	return (int)(hl_take(b, sc) ^ (sc->flags & HL_RULE_INVERT));
+}
 #endif
 #if NLOGS
 /* -j LOG (lib/log.h): per entry its rule's log_map slot (0: none); the
@@ -737,6 +870,9 @@ int xdp_filter(CTX_TYPE *ctx)
 		k = rs->sword & (NSUM - 1);
 		scur = rs->scur;
 	} else {
+#if NHASHLIMITS
+		rs->hl_done = 0;	/* a fresh scan: no result pending */
+#endif
 		k = cfg->first_word & (NSUM - 1);
 		w = 0;
 		cur = 0;
@@ -831,6 +967,27 @@ int xdp_filter(CTX_TYPE *ctx)
 			}
 		}
 #endif
+#if NHASHLIMITS
+		/* the rule's hashlimit match, its last (compiler.rule_hashlimit
+		 * refuses other orders): evaluated only when every other match
+		 * held, as in netfilter. By xdp_hashlimit, a program of its
+		 * own (in here, its branches cost the verifier most of the
+		 * steps and the stack its last bytes), tail-called after the
+		 * loop; it resumes the scan at this candidate with the result
+		 * in the resume slot. */
+		if (en->tcp & ENTRY_HASHLIMIT) {
+			if (rs->hl_done != e + 1) {
+				rs->hl_entry = e;
+				verdict = VERDICT_HASHLIMIT;
+				break;
+			}
+			rs->hl_done = 0;
+			if (!rs->hl_result) {
+				cur &= cur - 1;
+				continue;
+			}
+		}
+#endif
 		count(en->counter, length);
 #if NLOGS
 		log_packet(ctx, e, frame_len, &pf);
@@ -858,6 +1015,20 @@ int xdp_filter(CTX_TYPE *ctx)
 		scur = rs->sum[k] & (~0ULL << (after & 63)) & keep;
 	}
 	if (verdict != VERDICT_CONTINUE) {
+#if NHASHLIMITS
+		if (verdict == VERDICT_HASHLIMIT) {
+			/* xdp_hashlimit checks the candidate and resumes the
+			 * scan at it (w and cur still hold its bit) */
+			rs->active = 1;
+			rs->word = w;
+			rs->cur = cur;
+			rs->sword = k;
+			rs->scur = scur;
+			self_map.call(ctx, 2);
+			rs->active = 0;
+			return RET(XDP_ABORTED);
+		}
+#endif
 		if (verdict & VERDICT_REJECT) {
 			/* counted; the reply is built by xdp_reject, a program
 			 * of its own: even a branch to it in here costs the
@@ -902,4 +1073,47 @@ int xdp_reject(CTX_TYPE *ctx)
 	if (!(v & VERDICT_REJECT) || v == VERDICT_CONTINUE)
 		return RET(XDP_DROP);
 	return reject_packet(ctx, v, wire_len);
+}
+
+/* -m hashlimit's check for the candidate the classifier stopped at
+ * (the resume slot's hl_entry), verified on its own (see the scan loop); tail-called
+ * through self_map slot 2, it hands the result back and tail-calls the
+ * classifier, which resumes the scan at that candidate. A hot-drop drops
+ * here (the rule is not counted). */
+int xdp_hashlimit(CTX_TYPE *ctx)
+{
+#if NHASHLIMITS
+#if HOOK_TC
+	u32 wire_len = ctx->len;
+#else
+	u32 wire_len = 0;
+#endif
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct packet_fields pf = {};
+	if (parse_packet(data, data_end, &pf, wire_len) != PARSE_OK)
+		return RET(XDP_DROP);
+	u32 zero = 0;
+	struct resume *rs = resume_map.lookup(&zero);
+	if (!rs)
+		return RET(XDP_DROP);
+	u32 e = rs->hl_entry & (NENTRIES - 1);
+	struct hl_rule *hr = entry_hl_map.lookup(&e);
+	if (!hr)
+		return RET(XDP_DROP);
+	int r = hl_check(ctx, hr, &pf);
+	if (r < 0)
+		return RET(XDP_DROP);
+	rs = resume_map.lookup(&zero);
+	if (!rs)
+		return RET(XDP_DROP);
+	rs->hl_result = r;
+	rs->hl_done = e + 1;
+	self_map.call(ctx, 0);
+	rs->hl_done = 0;
+	rs->active = 0;
+	return RET(XDP_ABORTED);
+#else
+	return RET(XDP_DROP);
+#endif
 }

@@ -92,9 +92,10 @@ def test_hashlimit_per_source_buckets() -> None:
                    "--hashlimit-name", "h3")
     assert ext.matches(srcmask, pkt("198.51.100.1", 1.0))
     assert not ext.matches(srcmask, pkt("198.51.100.200", 1.0))   # same /24 key
-    byte_rate = data("-m", "hashlimit", "--hashlimit-upto", "4kb/s", "--hashlimit-name", "h4")
+    rate_match = data("-m", "hashlimit", "--hashlimit-upto", "4/s", "--hashlimit-rate-match",
+                      "--hashlimit-name", "h4")
     with pytest.raises(NotSupported):
-        ext.matches(byte_rate, pkt("192.0.2.1", 1.0))
+        ext.matches(rate_match, pkt("192.0.2.1", 1.0))
 
 
 def test_set_refused_in_reference() -> None:
@@ -105,7 +106,9 @@ def test_set_refused_in_reference() -> None:
 
 @pytest.mark.parametrize("rule", [
     ("-m", "recent", "--set"),
-    ("-m", "hashlimit", "--hashlimit-upto", "1/sec", "--hashlimit-name", "x"),
+    # rates are enforced (tests/test_hashlimit_*.py); rate-match is not
+    ("-m", "hashlimit", "--hashlimit-upto", "1/sec", "--hashlimit-rate-match",
+     "--hashlimit-name", "x"),
 ])
 def test_lowering_refuses(rule: tuple[str, ...]) -> None:
     match_data, base = parsed(*rule)
@@ -120,7 +123,8 @@ def test_attached_namespace_refuses_with_exit_2() -> None:
         subprocess.run(["ip", "netns", "exec", ns.name, "ipset", "create", "foo", "hash:ip"],
                        check=True)
         for rule in (["-m", "recent", "--rcheck", "--seconds", "30"],
-                     ["-m", "hashlimit", "--hashlimit-above", "5/sec", "--hashlimit-name", "y"],
+                     ["-m", "hashlimit", "--hashlimit-above", "5/s", "--hashlimit-rate-match",
+                      "--hashlimit-name", "y"],
                      ["-m", "set", "--match-set", "foo", "src"]):
             run = subprocess.run(["ip", "netns", "exec", ns.name, sys.executable, "-m",
                                   "bpf_iptables.cli.iptables", "-A", "INPUT", *rule, "-j", "DROP"],

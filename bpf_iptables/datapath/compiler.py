@@ -68,7 +68,7 @@ FIELD_ORDER = ("src", "dst", "proto", "iif", "frag", "flags", "sport", "dport", 
 SIZE_ATTRS = ("src_max", "dst_max", "src_bsize", "dst_bsize", "src_probes", "dst_probes",
               "proto_max", "iif_max", "sport_bsize", "dport_bsize",
               "icmp_max", "length_bsize", "ttl_bsize", "oif_max", "mac_max", "nlimits",
-              "nlogs", "ctextra_max")
+              "nlogs", "ctextra_max", "nhashlimits")
 ICMP_OTHER, ICMP_NONE = 0x10000, 0x10001   # icmp-table keys (filter.c, parse.h)
 MAC_OTHER, MAC_NONE = 1 << 48, (1 << 48) + 1  # mac-table keys (filter.c)
 PKTTYPES = 3   # pkttype-table slots: PACKET_HOST, _BROADCAST, _MULTICAST (parse.h)
@@ -84,6 +84,7 @@ class Entry:
     tcp: bool = False    # own rule has a tcp match: hot-drops offset-1 TCP fragments
     limit: int = 0       # the rule's -m limit bucket (limit_map slot), 0: none
     log: int = 0         # the rule's -j LOG (log_map slot), 0: none
+    hashlimit: int = 0   # the rule's -m hashlimit (Compiled.hashlimits slot), 0: none
 
     def residual(self, which: str) -> tuple[int, int, bool]:
         """(addr, mask, invert) checked per candidate; mask 0 checks nothing."""
@@ -126,6 +127,7 @@ class Shape:
     nlimits: int = 0                 # limit_map slots (slot 0 unused); 0: no limit code
     nlogs: int = 0                   # log_map slots (slot 0 unused); 0: no LOG code
     ctextra_max: int = 1             # conntrack checks beyond an entry's first (+1)
+    nhashlimits: int = 0             # 1: hashlimit code compiled in (bpf/lib/hashlimit.h)
     # steps the longest scan may need (0: ``steps``); one invocation runs
     # ``steps`` of them and continues in tail calls, so a program whose
     # verifier budget forced fewer steps per invocation still fits
@@ -226,6 +228,8 @@ class Compiled:
     logs: list = field(default_factory=list)
     # -m addrtype --limit-iface-*: the routes' LPM trie (addrtypes.lpm_items)
     atype_lpm: list = field(default_factory=list)
+    # -m hashlimit: per slot (from 1) the rule's HashlimitData
+    hashlimits: list = field(default_factory=list)
 
 
 def summary_words(nwords: int) -> int:
@@ -399,6 +403,39 @@ def rule_limit(rule: Rule) -> "LimitData | None":
     return rule.matches[at].data
 
 
+def rule_hashlimit(rule: Rule):
+    """The rule's ``-m hashlimit`` (its HashlimitData) when the data path
+    can run it as netfilter does: as the rule's last match (comments
+    aside), since netfilter updates the bucket before the matches after it
+    run, and the data path runs it once every field of the entry held."""
+    for m in rule.matches:
+        if m.name == "hashlimit":
+            break
+    else:
+        return None
+    names = [m.name for m in rule.matches]
+    at = names.index("hashlimit")
+    if names.count("hashlimit") > 1 or any(n != "comment" for n in names[at + 1:]):
+        raise NotSupported("match `hashlimit' in the eBPF data path only as the rule's last "
+                           "match (netfilter updates the bucket before the matches after it)")
+    return rule.matches[at].data
+
+
+# all tables' buckets of a namespace (HL_CAPACITY, bpf/lib/hashlimit.h)
+HASHLIMIT_CAPACITY = 1 << 20
+
+
+def check_hashlimit_capacity(datas: list) -> None:
+    from ..extensions.hashlimit import table_max
+
+    maxima: dict[str, int] = {}
+    for d in datas:
+        maxima.setdefault(d.name, table_max(d))
+    if sum(maxima.values()) > HASHLIMIT_CAPACITY:
+        raise NotSupported(f"hashlimit tables with more than {HASHLIMIT_CAPACITY} entries "
+                           "(--hashlimit-htable-max) in all in the eBPF data path")
+
+
 XT_LOG_UID = 0x08
 
 
@@ -412,7 +449,7 @@ def check_log(data, hook: str) -> None:
 
 def inline(table: Table, hook: str, slots: dict[tuple[str, int], int],
            limits: "list[tuple[int, int]] | None" = None,
-           logs: "list | None" = None) -> list[Entry]:
+           logs: "list | None" = None, hashlimits: "list | None" = None) -> list[Entry]:
     """The hook chain as entries. ``limits`` receives (credit_cap, cost) per
     limit bucket; entry.limit is its slot + 1 (one bucket per rule, shared
     by every inlined copy, as the kernel keeps one per rule)."""
@@ -425,6 +462,9 @@ def inline(table: Table, hook: str, slots: dict[tuple[str, int], int],
     if logs is None:
         logs = []
     log_slot: dict[int, int] = {}     # counter slot -> log slot
+    if hashlimits is None:
+        hashlimits = []
+    hl_slot: dict[int, int] = {}      # counter slot -> hashlimit slot
 
     def emit(guard: list[Rule], rule: Rule, counter: int, verdict: int = VERDICT_CONTINUE,
              next_: "_Label | None" = None) -> None:
@@ -452,7 +492,15 @@ def inline(table: Table, hook: str, slots: dict[tuple[str, int], int],
             if not log:
                 logs.append(rule.target.data)
                 log = log_slot[counter] = len(logs)
-        entries.append(Entry(d.fields, counter, verdict, next_, own_tcp, lim, log))
+        hl = 0
+        if counter != SCRATCH_COUNTER:
+            hdata = rule_hashlimit(rule)
+            if hdata is not None:
+                hl = hl_slot.get(counter, 0)
+                if not hl:
+                    hashlimits.append(hdata)
+                    hl = hl_slot[counter] = len(hashlimits)
+        entries.append(Entry(d.fields, counter, verdict, next_, own_tcp, lim, log, hl))
 
     reject_ttl: list[int] = []   # read once, when a REJECT is met
 
@@ -493,6 +541,9 @@ def inline(table: Table, hook: str, slots: dict[tuple[str, int], int],
                     # the token is taken once at the jump; inlined, the
                     # guard would take one per rule of the called chain
                     raise NotSupported("match `limit' on a rule that jumps to a user chain "
+                                       "in the eBPF data path")
+                if rule_hashlimit(rule) is not None:
+                    raise NotSupported("match `hashlimit' on a rule that jumps to a user chain "
                                        "in the eBPF data path")
                 emit(guard, rule, slot)
                 path = guard + [rule]
@@ -827,9 +878,12 @@ def _compile_chain(table: Table, hook: str, interfaces: dict[str, int] | None,
     slots = counter_slots(table)
     limits: list[tuple[int, int]] = []
     logs: list = []
-    entries = inline(table, hook, slots, limits, logs)
+    hashlimits: list = []
+    entries = inline(table, hook, slots, limits, logs, hashlimits)
     if limits:
         shared_limits(table)
+    if hashlimits:
+        check_hashlimit_capacity(hashlimits)
     n = len(entries)
     # one pass: targets resolved, the live entries, the fields in use (each
     # decomposition knows its own) and the entries a scan may pass by:
@@ -849,7 +903,7 @@ def _compile_chain(table: Table, hook: str, interfaces: dict[str, int] | None,
             live_entries.append((i, f))
             uses.add(f.used if f.used is not None else frozenset(f.uses()))
         if (e.verdict == VERDICT_CONTINUE or f.src.residual or f.dst.residual
-                or e.limit or f.ctcheck or f.mark or f.atcheck):
+                or e.limit or e.hashlimit or f.ctcheck or f.mark or f.atcheck):
             nonterminal += 1
     live = bits([i for i, _ in live_entries])
     used: set[str] = set().union(*uses)
@@ -868,6 +922,14 @@ def _compile_chain(table: Table, hook: str, interfaces: dict[str, int] | None,
     if -(-needed // steps) > MAX_CHUNKS:
         raise NotSupported(f"more than {MAX_CHUNKS * limit - nwords - 2} "
                            "non-terminating rules in one chain in the eBPF data path")
+    if hashlimits:
+        # each hashlimit candidate costs two tail calls (to xdp_hashlimit
+        # and back, filter.c) out of the kernel's 33
+        nhl = sum(1 for e in entries if e.hashlimit)
+        if -(-needed // steps) + 2 * nhl > MAX_CHUNKS:
+            raise NotSupported(f"{nhl} hashlimit rules (after inlining) in one chain with "
+                               f"{len(entries)} rules in the eBPF data path (each hashlimit "
+                               "check costs two of the kernel's 33 tail calls)")
     policy = VERDICTS[table.chains[hook].policy or "ACCEPT"]
     c = Compiled(hook, Shape(nwords, steps, FIRST_RULE_COUNTER + len(slots), frozenset(),
                              scan=needed),
@@ -877,6 +939,8 @@ def _compile_chain(table: Table, hook: str, interfaces: dict[str, int] | None,
     shape.nlimits = len(limits) + 1 if limits else 0
     c.logs = logs
     shape.nlogs = len(logs) + 1 if logs else 0
+    c.hashlimits = hashlimits
+    shape.nhashlimits = 1 if hashlimits else 0
     if min_shape is not None:
         used |= set(min_shape.fields)
     shape.fields = frozenset(used)
@@ -971,7 +1035,7 @@ def fast_path(entries: list[Entry]) -> tuple[int, int]:
     e = entries[0]
     f = e.fields
     if (f.never or f.uses() != {"ctstate"} or e.verdict != VERDICTS["ACCEPT"] or e.tcp
-            or e.limit or f.src.residual or f.dst.residual or f.mark):
+            or e.limit or e.hashlimit or f.src.residual or f.dst.residual or f.mark):
         return 0, 0
     slots = (1 << CTSTATES) - 1
     for m in f.ctstate:

@@ -186,17 +186,26 @@ def entry_blob(entries) -> bytes:
     out[0::10] = array("I", [e.counter for e in entries])
     out[1::10] = array("I", [e.verdict & 0xFFFFFFFF for e in entries])
     out[2::10] = array("I", [e.next for e in entries])
-    out[3::10] = array("I", [1 if e.tcp else 0 for e in entries])
+    out[3::10] = array("I", [tcp_word(e) for e in entries])
     for i, e in enumerate(entries):
         if e.fields.src.residual or e.fields.dst.residual:
             out[10 * i:10 * i + 10] = array("I", entry_bytes(e))
     return out.tobytes()
 
 
+ENTRY_HASHLIMIT = 2   # struct entry's tcp word, bit 1: the rule has a hashlimit (filter.c)
+
+
+def tcp_word(e) -> int:
+    """struct entry's ``tcp``: bit 0 hot-drops offset-1 TCP fragments, bit
+    1 marks a hashlimit check (so the scan loop reads no other map)."""
+    return (1 if e.tcp else 0) | (ENTRY_HASHLIMIT if e.hashlimit else 0)
+
+
 def entry_bytes(e) -> bytes:
     sa, sm, si = e.residual("src")
     da, dm, di = e.residual("dst")
-    return (u32(e.counter) + u32(e.verdict) + u32(e.next) + u32(int(e.tcp))
+    return (u32(e.counter) + u32(e.verdict) + u32(e.next) + u32(tcp_word(e))
             + be32(sa) + be32(sm) + u32(int(si)) + be32(da) + be32(dm) + u32(int(di)))
 
 
@@ -256,6 +265,8 @@ def map_image(c: Compiled, shape: Shape) -> list[MapImage]:
         out.extend(limit_images(c))
     if shape.nlogs:
         out.extend(log_images(c))
+    if shape.nhashlimits:
+        out.append(hashlimit_image(c))
     for name, iv, bsize in (("src", c.src_iv, shape.src_bsize), ("dst", c.dst_iv, shape.dst_bsize)):
         if name in fields:
             assert iv is not None
@@ -340,6 +351,21 @@ def limit_images(c: Compiled) -> list[MapImage]:
     return [MapImage("entry_limit_map", Packed(4, 4, array_keys(len(c.entries)), slots,
                                                dense=True)),
             MapImage("limit_map", states)]
+
+
+def hashlimit_image(c: Compiled) -> MapImage:
+    """-m hashlimit (bpf/lib/hashlimit.h): per entry ``struct hl_rule``
+    {table id, flags (1: --hashlimit-above, 2: a byte rate), zero}, table
+    0 for entries without one. The tables themselves are the namespace's
+    (datapath/hashlimit_tables.py)."""
+    from ..extensions.hashlimit import BYTES, INVERT, table_id
+
+    rules = [struct.pack("<QII", table_id(d.name), (1 if d.mode & INVERT else 0)
+                         | (2 if d.mode & BYTES else 0), 0)
+             for d in c.hashlimits]
+    none = bytes(16)
+    blob = b"".join(rules[e.hashlimit - 1] if e.hashlimit else none for e in c.entries)
+    return MapImage("entry_hl_map", Packed(4, 16, array_keys(len(c.entries)), blob, dense=True))
 
 
 HOOK_NUMBERS = {"INPUT": 0, "FORWARD": 1, "OUTPUT": 2}

@@ -49,6 +49,7 @@ from ..model import RuleSet, Table
 from . import attachment as A
 from . import generation as G
 from . import bridges
+from . import hashlimit_tables as HL
 from . import links
 from . import support
 from .compiler import (FIRST_RULE_COUNTER, POLICY_COUNTER, Compiled, compile_chain,
@@ -363,6 +364,12 @@ def update(store, att: A.Attachment, ruleset: RuleSet, carried: dict[int, int],
         # the tracker's maps may be new: the timeouts set for the namespace
         from ..conntrack import table as cttable
         cttable.apply_settings(directory, cttable.conntrack_dir(A.ns_pins(directory)))
+    try:
+        # -m hashlimit: the tables the new rule set names and that do not
+        # exist yet, before the switch (as the kernel's checkentry)
+        HL.ensure(A.ns_pins(directory), table)
+    except OSError as exc:
+        raise DatapathError(f"cannot create the hashlimit tables: {exc}") from None
     _maybe_die("prepared")
     # not on bridge ports: the bridge carries the roots (bridges.py)
     ifaces = sync_interfaces(directory, att.mode, att.interfaces, bridges.attachable())
@@ -412,6 +419,12 @@ def update(store, att: A.Attachment, ruleset: RuleSet, carried: dict[int, int],
     new.pending = None
     A.write(directory, new)
     clock("record")
+    try:
+        # the tables no rule names any more, once no packet runs the old
+        # generation (as the kernel's destroy after a table replace)
+        HL.collect(A.ns_pins(directory), table, grace_period)
+    except OSError:
+        pass   # left to the next update
     return new
 
 

@@ -31,6 +31,13 @@ BPF_DIR = Path(os.environ.get("BPF_IPTABLES_BPF_DIR")
 SOURCE = BPF_DIR / "filter.c"
 FUNCTION = "xdp_filter"
 REJECT_FUNCTION = "xdp_reject"
+HASHLIMIT_FUNCTION = "xdp_hashlimit"   # with -m hashlimit only (self_map slot 2)
+
+
+def functions(shape: Shape) -> list[str]:
+    """The object's programs: the classifier, the REJECT reply builder and,
+    for rule sets with hashlimit, its check (filter.c)."""
+    return [FUNCTION, REJECT_FUNCTION] + ([HASHLIMIT_FUNCTION] if shape.nhashlimits else [])
 
 
 def cflags(shape: Shape, tc: bool = False, ct_dir: str | None = None) -> list[str]:
@@ -58,6 +65,16 @@ def cflags(shape: Shape, tc: bool = False, ct_dir: str | None = None) -> list[st
     if shape.nlogs and ct_dir:
         # LOG's ring and loss counter: the namespace's, next to conntrack's
         flags.append(f'-DLOG_PIN_DIR="{log_dir(ct_dir)}"')
+    if shape.nhashlimits:
+        # hashlimit's credits per jiffy (64-bit) and, attached, the
+        # namespace's tables (hashlimit_tables.py)
+        from ..extensions.hashlimit import BYTES_FULL, CPJ_BYTES
+        from ..extensions.hashlimit import CREDITS_PER_JIFFY as HL_CPJ
+
+        flags += [f"-DHL_CREDITS_PER_JIFFY={HL_CPJ}ULL", f"-DHL_CPJ_BYTES={CPJ_BYTES}ULL",
+                  f"-DHL_BYTES_FULL={BYTES_FULL}ULL"]
+        if ct_dir:
+            flags.append(f'-DHL_PIN_DIR="{hashlimit_dir(ct_dir)}"')
     return flags
 
 
@@ -66,7 +83,12 @@ def object_key(shape: Shape, tc: bool = False) -> str:
     classifier and the REJECT reply builder, loaded from one compile."""
     prog_type = SCHED_CLS if tc else XDP
     return objcache.key(SOURCE, cflags(shape, tc),
-                        {FUNCTION: prog_type, REJECT_FUNCTION: prog_type})
+                        {name: prog_type for name in functions(shape)})
+
+
+def hashlimit_dir(ct_dir: str) -> str:
+    """The bpffs directory of the namespace's hashlimit tables."""
+    return os.path.join(os.path.dirname(ct_dir), "hashlimit")
 
 
 def log_dir(ct_dir: str) -> str:
@@ -162,9 +184,11 @@ class LoadedProgram:
             os.makedirs(ct_dir, mode=0o700, exist_ok=True)
         if ct_dir and shape.nlogs:
             os.makedirs(log_dir(ct_dir), mode=0o700, exist_ok=True)
+        if ct_dir and shape.nhashlimits:
+            os.makedirs(hashlimit_dir(ct_dir), mode=0o700, exist_ok=True)
         # maps bcc opens (or creates and pins) by path: the namespace's
-        # conntrack table and LOG ring
-        pinned = bool(ct_dir) and (tracked or bool(shape.nlogs))
+        # conntrack table, LOG ring and hashlimit tables
+        pinned = bool(ct_dir) and (tracked or bool(shape.nlogs) or bool(shape.nhashlimits))
         start = time.monotonic()
         prog_type = SCHED_CLS if tc else XDP
         # the raw loader would make private ones: programs with pinned maps
@@ -201,6 +225,9 @@ class LoadedProgram:
         # -j REJECT: the reply is built by a program of its own (filter.c)
         bpfsys.map_update(self.maps["self_map"], u32(1),
                           u32(self._loaded.progs[REJECT_FUNCTION]))
+        if HASHLIMIT_FUNCTION in self._loaded.progs:
+            bpfsys.map_update(self.maps["self_map"], u32(2),
+                              u32(self._loaded.progs[HASHLIMIT_FUNCTION]))
         self.compile_seconds = time.monotonic() - self._start
 
     @staticmethod
@@ -229,13 +256,15 @@ class LoadedProgram:
                     raise
                 steps = fewer
         try:
-            # -j REJECT: the reply is built by a program of its own (filter.c)
-            bpf.load_func(REJECT_FUNCTION.encode(), BPF.SCHED_CLS if tc else BPF.XDP)
+            # -j REJECT: the reply is built by a program of its own (filter.c),
+            # and so is -m hashlimit's check
+            names = functions(shape)
+            for name in names[1:]:
+                bpf.load_func(name.encode(), BPF.SCHED_CLS if tc else BPF.XDP)
             prog_type = SCHED_CLS if tc else XDP
             # cached under the shape asked for, with the steps that verified
-            _keep(key, bpf, {FUNCTION: prog_type, REJECT_FUNCTION: prog_type},
-                  {"steps": steps})
-            return _dup_fds(bpf, [FUNCTION, REJECT_FUNCTION]), steps
+            _keep(key, bpf, {name: prog_type for name in names}, {"steps": steps})
+            return _dup_fds(bpf, names), steps
         finally:
             bpf.cleanup()
 
@@ -263,6 +292,11 @@ class LoadedProgram:
                     if key not in keep:
                         bpfsys.map_delete(fd, key)
             bpfsys.map_update_many(fd, image.items)
+        if c.hashlimits and "hl_tables" in self.maps:
+            # a private program (tests): its own hashlimit tables, created
+            # as an attached namespace's update does (hashlimit_tables.py)
+            from .hashlimit_tables import creators, ensure_fds
+            ensure_fds(self.maps["hl_tables"], self.maps["hl_added"], creators(c.hashlimits))
         self.zero_counters()
         self.compiled = c
 
@@ -358,5 +392,5 @@ def map_names(shape: Shape) -> list[str]:
 
     empty = compile_chain(Table.empty("filter"), "INPUT", {},
                           Shape(1, 1, 2, shape.fields, nlimits=shape.nlimits,
-                                nlogs=shape.nlogs))
+                                nlogs=shape.nlogs, nhashlimits=shape.nhashlimits))
     return [image.name for image in map_image(empty, empty.shape)] + ["counter_map", "self_map"]

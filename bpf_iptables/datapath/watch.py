@@ -650,7 +650,8 @@ class Daemon:
     def sweep(self) -> None:
         """Delete the namespace's expired conntrack entries (the data path
         deletes one only when a packet finds it): an idle table empties
-        itself as netfilter's does. Counted (``-S``: swept)."""
+        itself as netfilter's does. Counted (``-S``: swept). Then
+        hashlimit's expired buckets."""
         if time.monotonic() < self.sweep_at:
             return
         began = time.monotonic()
@@ -662,6 +663,13 @@ class Daemon:
                 cttable.gc(d, sweeper=True)
         except OSError as exc:   # the maps went away with a detach: next time
             _log(f"conntrack sweep: {exc}")
+        try:
+            # -m hashlimit's expired buckets (the kernel's htable_gc)
+            from . import hashlimit_tables   # bpf(2) by ctypes, no bcc
+
+            hashlimit_tables.sweep(A.ns_pins(self.directory))
+        except OSError as exc:
+            _log(f"hashlimit sweep: {exc}")
         took = time.monotonic() - began
         self.sweep_at = time.monotonic() + max(SWEEP_EVERY, took / SWEEP_SHARE)
 

@@ -5,13 +5,16 @@ iptables compares for -C/-D). The buckets are run-time state in a table per
 ``--hashlimit-name``, shared by every rule naming it, whose configuration is
 that of the rule that created it (htable_find_get() in the kernel).
 
-Reference semantics cover packet rates (``--hashlimit-upto/above N/unit``);
-byte rates and ``--hashlimit-rate-match`` are refused there (NotSupported).
-The eBPF data path cannot enforce hashlimit yet: ``lower()`` refuses (the
-base class), so an attached namespace refuses such rules with exit 2."""
+Reference semantics cover packet and byte rates (``--hashlimit-upto/above
+N/unit``, ``Nkb/s``); ``--hashlimit-rate-match`` is refused there
+(NotSupported). The eBPF data path enforces them as a per-candidate check
+(``bpf/lib/hashlimit.h``, ``compiler.rule_hashlimit``, the namespace's
+tables in ``datapath/hashlimit_tables.py``); rate-match is refused there
+too (exit 2)."""
 from __future__ import annotations
 
 import errno
+import hashlib
 import math
 import socket
 from dataclasses import dataclass
@@ -50,6 +53,9 @@ _UNITS = (("m", 1024 * 1024), ("k", 1024), ("", 1))
 _MODE_WORDS = (("srcip", HASH_SIP), ("srcport", HASH_SPT), ("dstip", HASH_DIP),
                ("dstport", HASH_DPT))
 _PORT_PROTOS = frozenset((6, 17, 33, 132, 136))   # tcp udp dccp sctp udplite
+# (the kernel's proto_ports_offset() also reads ESP's and AH's SPI as the
+# "ports"; the reference packet has no such bytes, the data path reads them)
+HTABLE_DEFAULT_SIZE = 8192        # htable_create() on machines with > 1 GiB
 
 
 def c_atoll(text: str) -> int:
@@ -210,6 +216,8 @@ class _Bucket:
     credit: int
     prev: int
     expires: int
+    cap: int        # rateinfo.credit_cap (bytes: refills left)
+    cost: int
 
 
 @dataclass
@@ -408,15 +416,25 @@ class HashlimitMatch(XtOptionsExtension, MatchExtension):
         # the table is a /proc/net/ipt_hashlimit entry: no "/" in its name
         return "/" not in d.name
 
+    def lower(self, d: HashlimitData, rule: "Rule") -> list[Any]:
+        """No field constraint: the bucket is a per-candidate check the
+        compiler attaches to the rule's entry (compiler.rule_hashlimit,
+        which refuses a hashlimit that is not the rule's last match)."""
+        if d.mode & RATE_MATCH:
+            raise NotSupported("--hashlimit-rate-match in the eBPF data path")
+        return []
+
     def matches(self, d: HashlimitData, pkt: "Packet") -> bool:
-        """hashlimit_mt_common() for packet rates."""
+        """hashlimit_mt_common() (revision 3) for packet and byte rates:
+        the table's configuration (its creator's) keys, starts and refills
+        the bucket; this rule's decides whether the cost is per packet or
+        per byte, and the sense (--hashlimit-above)."""
         table = self.tables.get(d.name)
         if table is None:
             table = self.tables[d.name] = _Table(d, {})
         cfg = table.cfg          # the creating rule's configuration
-        if cfg.mode & (BYTES | RATE_MATCH) or d.mode & (BYTES | RATE_MATCH):
-            raise NotSupported("hashlimit byte rates and --hashlimit-rate-match "
-                               "in the reference semantics")
+        if cfg.mode & RATE_MATCH or d.mode & RATE_MATCH:
+            raise NotSupported("--hashlimit-rate-match in the reference semantics")
         key = self._key(cfg, pkt)
         now = jiffies(pkt.time)
         bucket = table.buckets.get(key)
@@ -426,16 +444,25 @@ class HashlimitMatch(XtOptionsExtension, MatchExtension):
             # runs every gc_interval ms, this drops them as soon as expired)
             del table.buckets[key]
             bucket = None
+        if bucket is None and len(table.buckets) >= table_max(cfg):
+            # dsthash_alloc_init(): "max count reached", the packet is dropped
+            from ..reference.evaluate import HotDrop
+            raise HotDrop()
         if bucket is None:
-            cap = user2credits(cfg.avg * cfg.burst)
-            bucket = table.buckets[key] = _Bucket(cap, now, now + expire)
+            # rateinfo_init()
+            if cfg.mode & BYTES:
+                bucket = _Bucket(BYTES_FULL, now, now + expire, cfg.burst,
+                                 user2credits_byte(cfg.avg))
+            else:
+                cap = user2credits(cfg.avg * cfg.burst)
+                bucket = _Bucket(cap, now, now + expire, cap, user2credits(cfg.avg))
+            table.buckets[key] = bucket
         else:
             bucket.expires = now + expire
-            delta = now - bucket.prev
-            bucket.prev = now
-            bucket.credit = min(bucket.credit + delta * CREDITS_PER_JIFFY,
-                                user2credits(cfg.avg * cfg.burst))
-        cost = user2credits(cfg.avg)
+            _recalc(bucket, now, cfg.mode)
+        cost = bucket.cost
+        if d.mode & BYTES:
+            cost = _byte_cost(pkt.length, bucket)
         if bucket.credit >= cost:
             bucket.credit -= cost
             return not d.mode & INVERT
@@ -456,11 +483,78 @@ class HashlimitMatch(XtOptionsExtension, MatchExtension):
         return tuple(key)
 
 
+def table_id(name: str) -> int:
+    """The table's key in the data path's maps: 64 bits of a hash of the
+    name (tables are found by name alone, as htable_find_get() does), never
+    0 (an entry without hashlimit)."""
+    return int.from_bytes(hashlib.blake2b(name.encode("utf-8", "surrogateescape"),
+                                          digest_size=8).digest(), "little") | 1
+
+
+def default_size() -> int:
+    """htable_create()'s bucket count for --hashlimit-htable-size 0: 8192
+    above 1 GiB of RAM, else RAM / 16 KiB / 8 (at least 16)."""
+    try:
+        with open("/proc/meminfo") as f:
+            kb = int(f.readline().split()[1])
+    except (OSError, ValueError, IndexError):
+        return HTABLE_DEFAULT_SIZE
+    if kb * 1024 > 1 << 30:
+        return HTABLE_DEFAULT_SIZE
+    return max(16, kb * 1024 // 16384 // 8)
+
+
+def table_max(d: HashlimitData) -> int:
+    """The table's entry limit as htable_create() sets it: 8 * size when
+    not given, never below size."""
+    size = d.size or default_size()
+    if d.max == 0:
+        return 8 * size
+    return max(d.max, size)
+
+
+def _recalc(b: "_Bucket", now: int, mode: int) -> None:
+    """rateinfo_recalc() (revision 3; the table's mode), u64 credits."""
+    delta = now - b.prev
+    if delta == 0:
+        return
+    b.prev = now
+    if mode & BYTES:
+        tmp = b.credit
+        b.credit = (b.credit + CPJ_BYTES * delta) & U64
+        if tmp >= b.credit:      # overflow
+            b.credit = BYTES_FULL
+            return
+        cap = BYTES_FULL
+    else:
+        b.credit = (b.credit + delta * CREDITS_PER_JIFFY) & U64
+        cap = b.cap
+    b.credit = min(b.credit, cap)
+
+
+def _byte_cost(length: int, b: "_Bucket") -> int:
+    """hashlimit_byte_cost(): 16-byte chunks of skb->len (the IP datagram
+    at these hooks) times the cost, at most a second's credit; a bucket
+    without enough credit refills once from its burst (credit_cap, which
+    only ever goes down until the entry expires)."""
+    tmp = ((length & U32) >> BYTE_SHIFT) + 1
+    tmp = min(tmp * b.cost, BYTES_FULL)
+    if b.credit < tmp and b.cap:
+        b.cap -= 1
+        b.credit = BYTES_FULL
+    return tmp & U32
+
+
 def user2credits_byte(user: int) -> int:
-    """xt_hashlimit's user2credits_byte(): (u32)((user * HZ * CPJ_BYTES) >> 32)."""
+    """xt_hashlimit's user2credits_byte(): (u32)((user * HZ * CPJ_BYTES) >> 32),
+    ``user`` a u32."""
     max_cpj_bytes = U32 // HZ
     cpj_bytes = 1 << (max_cpj_bytes.bit_length() - 1)   # POW2_BELOW32(MAX_CPJ_BYTES)
-    return (((user & U64) * HZ * cpj_bytes) & U64) >> 32
+    return ((((user & U32) * HZ * cpj_bytes) & U64) >> 32) & U32
 
+
+# CREDITS_PER_JIFFY_BYTES = POW2_BELOW32(0xFFFFFFFF / HZ), and a second's worth
+CPJ_BYTES = 1 << ((U32 // HZ).bit_length() - 1)
+BYTES_FULL = CPJ_BYTES * HZ
 
 EXTENSIONS = [HashlimitMatch()]
