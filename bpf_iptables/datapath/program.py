@@ -190,7 +190,6 @@ class LoadedProgram:
         # conntrack table, LOG ring and hashlimit tables
         pinned = bool(ct_dir) and (tracked or bool(shape.nlogs) or bool(shape.nhashlimits))
         start = time.monotonic()
-        prog_type = SCHED_CLS if tc else XDP
         # the raw loader would make private ones: programs with pinned maps
         # are always compiled
         key = (None if debug or pinned
