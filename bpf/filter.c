@@ -27,6 +27,9 @@
 #if NLOGS
 #include "lib/log.h"
 #endif
+#if NRECENT
+#include "lib/recent.h"
+#endif
 #if CONNTRACK
 #include "lib/conntrack_defs.h"
 /* the namespace's conntrack maps, pinned outside the generations (opened
@@ -138,13 +141,27 @@ struct resume {
 			 * does not verify the loop once per constant */
 	u32 reject;	/* a REJECT verdict (lib/reject.h) handed to the
 			 * invocation that builds the reply, 0: none */
+	/* per packet (reset when its scan starts): bit i set when the
+	 * stateful matches (limit, recent) of jump rule i held at its jump
+	 * entry, read by the entries it guards (compiler.py: memo bits) */
+	u64 memo;
+	/* -m recent: entry + 1 whose recent match xdp_recent evaluated for
+	 * this packet and its result; the candidate asked about (entry + 1)
+	 * and the packet's addresses and TTL for it */
+	u32 rdone;
+	u32 rres;
+	u32 rat;
+	u32 rttl;
+	u32 raddr_s;
+	u32 raddr_d;
 	u64 sum[NSUM];	/* the AND of the fields' summaries for this packet */
 };
 
 BPF_ARRAY(config_map, struct config, 1);
 BPF_PERCPU_ARRAY(resume_map, struct resume, 1);
-/* 0: this program (a long scan continues there), 1: xdp_reject below */
-BPF_PROG_ARRAY(self_map, 2);
+/* 0: this program (a long scan continues there), 1: xdp_reject below,
+ * 2: xdp_recent (with -m recent) */
+BPF_PROG_ARRAY(self_map, 3);
 BPF_ARRAY(live_map, struct bitvector, 1);
 BPF_ARRAY(entry_map, struct entry, NENTRIES);
 BPF_PERCPU_ARRAY(counter_map, struct counter, NCOUNTERS);
@@ -153,6 +170,30 @@ BPF_PERCPU_ARRAY(counter_map, struct counter, NCOUNTERS);
  * buckets (slot 0 unused), shared by all CPUs */
 BPF_ARRAY(entry_limit_map, u32, NENTRIES);
 BPF_ARRAY(limit_map, struct limit_state, NLIMITS);
+#endif
+#if NRECENT || MEMO
+/* per entry: the memo bits of the jump rules guarding it (all must be
+ * set), the bit its own stateful matches set when they hold (a jump
+ * rule's), its -m recent match (recent_rule_map slot, 0: none) */
+struct entry_state {
+	u64 need;
+	u64 set;
+	u32 recent;
+	u32 pad;
+};
+BPF_ARRAY(entry_state_map, struct entry_state, NENTRIES);
+#endif
+#if NRECENT
+BPF_ARRAY(recent_rule_map, struct recent_rule, NRECENT);
+BPF_PERCPU_ARRAY(recent_scratch, struct recent_scan, 1);
+/* the namespace's tables (datapath/recent.py), shared by every classifier
+ * of both generations and kept across updates; private in tests */
+#ifdef RECENT_PIN_DIR
+BPF_TABLE_PINNED("hash", u64, struct recent_table, recent_tables, RECENT_TABLES,
+		 RECENT_PIN_DIR "/tables");
+#else
+BPF_HASH(recent_tables, u64, struct recent_table, RECENT_TABLES);
+#endif
 #endif
 #if NLOGS
 /* -j LOG (lib/log.h): per entry its rule's log_map slot (0: none); the
@@ -684,6 +725,9 @@ int xdp_filter(CTX_TYPE *ctx)
 		w = 0;
 		cur = 0;
 		scur = rs->sum[k];
+		/* a new packet: no stateful result yet */
+		rs->memo = 0;
+		rs->rdone = 0;
 	}
 	u32 length = pf.length;
 #if NLOGS
@@ -694,6 +738,9 @@ int xdp_filter(CTX_TYPE *ctx)
 #endif
 #endif
 	u32 verdict = VERDICT_CONTINUE;
+#if NRECENT
+	u32 recent_at = 0;	/* entry + 1 whose recent match is asked for */
+#endif
 	/* STEPS bounds summary and word loads plus entries visited in one
 	 * invocation (compiler.py computes what a scan can need). */
 #pragma clang loop unroll(disable)
@@ -743,6 +790,19 @@ int xdp_filter(CTX_TYPE *ctx)
 		}
 		if (rs->evil & en->tcp)
 			return RET(XDP_DROP); /* hotdrop: the rule is not counted */
+#if NRECENT || MEMO
+		/* a rule in a called chain holds only when the stateful matches
+		 * of the jump rules on its path held: evaluated once, at their
+		 * jump entry (a candidate before this one whenever this one is:
+		 * its stateless fields are a subset of this entry's) */
+		struct entry_state *es = entry_state_map.lookup(&e);
+		if (!es)
+			return RET(XDP_ABORTED);
+		if ((rs->memo & es->need) != es->need) {
+			cur &= cur - 1;
+			continue;
+		}
+#endif
 #if NLIMITS
 		/* the rule's limit match, its last (the compiler refuses other
 		 * orders): evaluated only when every other match held, as in
@@ -760,6 +820,25 @@ int xdp_filter(CTX_TYPE *ctx)
 				continue;
 			}
 		}
+#endif
+#if NRECENT
+		/* the rule's recent match, its last (as limit): evaluated by
+		 * xdp_recent, which resumes the scan at this candidate with the
+		 * result (rdone) */
+		if (es->recent) {
+			if (rs->rdone != e + 1) {
+				recent_at = e + 1;
+				break;
+			}
+			rs->rdone = 0;
+			if (!rs->rres) {
+				cur &= cur - 1;
+				continue;
+			}
+		}
+#endif
+#if NRECENT || MEMO
+		rs->memo |= es->set;
 #endif
 		count(en->counter, length);
 #if NLOGS
@@ -787,6 +866,23 @@ int xdp_filter(CTX_TYPE *ctx)
 		k = (after >> 6) & (NSUM - 1);
 		scur = rs->sum[k] & (~0ULL << (after & 63)) & keep;
 	}
+#if NRECENT
+	if (recent_at) {
+		/* the scan resumes at this candidate once xdp_recent answered */
+		rs->active = 1;
+		rs->word = w;
+		rs->cur = cur;
+		rs->sword = k;
+		rs->scur = scur;
+		rs->rat = recent_at;
+		rs->rttl = pf.ttl;
+		rs->raddr_s = pf.saddr;
+		rs->raddr_d = pf.daddr;
+		self_map.call(ctx, 2);
+		rs->active = 0;
+		return RET(XDP_ABORTED);
+	}
+#endif
 	if (verdict != VERDICT_CONTINUE) {
 		if (verdict & VERDICT_REJECT) {
 			/* counted; the reply is built by xdp_reject, a program
@@ -833,3 +929,42 @@ int xdp_reject(CTX_TYPE *ctx)
 		return RET(XDP_DROP);
 	return reject_packet(ctx, v, wire_len);
 }
+
+#if NRECENT
+/* -m recent (lib/recent.h) for the candidate the classifier asked about
+ * (resume slot), then back to the classifier, which resumes its scan at
+ * that candidate; a program of its own, verified once, since its loops
+ * over the table inside the scan loop would be walked at every step. */
+int xdp_recent(CTX_TYPE *ctx)
+{
+	u32 zero = 0;
+	struct resume *rs = resume_map.lookup(&zero);
+	if (!rs)
+		return RET(XDP_ABORTED);
+	u32 e = (rs->rat - 1) & (NENTRIES - 1);
+	struct entry_state *es = entry_state_map.lookup(&e);
+	if (!es)
+		return RET(XDP_ABORTED);
+	u32 slot = es->recent;
+	struct recent_rule *r = recent_rule_map.lookup(&slot);
+	if (!r)
+		return RET(XDP_ABORTED);
+	u64 key = r->table;
+	struct recent_table *t = recent_tables.lookup(&key);
+	struct recent_scan *sc = recent_scratch.lookup(&zero);
+	if (!sc)
+		return RET(XDP_ABORTED);
+	/* the table is made when its rules are written; without it, an
+	 * empty table's answer */
+	u32 res = r->invert ? 1 : 0;
+	if (t) {
+		u32 addr = bpf_ntohl(r->side_dest ? rs->raddr_d : rs->raddr_s);
+		res = recent_op(t, r, sc, addr, rs->rttl & 0xFF, bpf_jiffies64());
+	}
+	rs->rres = res;
+	rs->rdone = rs->rat;
+	self_map.call(ctx, 0);
+	rs->active = 0;
+	return RET(XDP_ABORTED);
+}
+#endif

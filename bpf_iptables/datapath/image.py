@@ -242,6 +242,9 @@ def map_image(c: Compiled, shape: Shape) -> list[MapImage]:
         out.extend(limit_images(c))
     if shape.nlogs:
         out.extend(log_images(c))
+    if shape.nrecent or shape.memo:
+        from .recent import images as stateful_images   # -m recent, memo bits
+        out.extend(stateful_images(c, shape))
     for name, iv, bsize in (("src", c.src_iv, shape.src_bsize), ("dst", c.dst_iv, shape.dst_bsize)):
         if name in fields:
             assert iv is not None

@@ -341,6 +341,13 @@ def update(store, att: A.Attachment, ruleset: RuleSet, carried: dict[int, int],
         raise DatapathError(f"cannot load the eBPF program: {exc}") from None
     except OSError as exc:
         raise DatapathError(f"cannot prepare the eBPF program: {exc}") from None
+    try:
+        # -m recent: the namespace's tables as xt_recent keeps them across
+        # a table replace (new lists made, unnamed ones freed)
+        from .recent import sync_pinned, table_needs
+        sync_pinned(A.ns_pins(directory), table_needs(table))
+    except OSError as exc:
+        raise DatapathError(f"cannot prepare the recent tables: {exc}") from None
     if "ctstate" in compiled["INPUT"].shape.fields:
         # the tracker's maps may be new: the timeouts set for the namespace
         from ..conntrack import table as cttable

@@ -31,6 +31,12 @@ BPF_DIR = Path(os.environ.get("BPF_IPTABLES_BPF_DIR")
 SOURCE = BPF_DIR / "filter.c"
 FUNCTION = "xdp_filter"
 REJECT_FUNCTION = "xdp_reject"
+RECENT_FUNCTION = "xdp_recent"   # with -m recent (filter.c)
+
+
+def functions(shape: Shape) -> list[str]:
+    """The programs of the classifier's module for ``shape``."""
+    return [FUNCTION, REJECT_FUNCTION] + ([RECENT_FUNCTION] if shape.nrecent else [])
 
 
 def cflags(shape: Shape, tc: bool = False, ct_dir: str | None = None) -> list[str]:
@@ -58,6 +64,14 @@ def cflags(shape: Shape, tc: bool = False, ct_dir: str | None = None) -> list[st
     if shape.nlogs and ct_dir:
         # LOG's ring and loss counter: the namespace's, next to conntrack's
         flags.append(f'-DLOG_PIN_DIR="{log_dir(ct_dir)}"')
+    if shape.nrecent:
+        from ..extensions.limit import HZ
+        from .recent import recent_dir
+
+        flags.append(f"-DRECENT_HZ={HZ}")
+        if ct_dir:
+            # the recent tables: the namespace's, next to conntrack's
+            flags.append(f'-DRECENT_PIN_DIR="{recent_dir(ct_dir)}"')
     return flags
 
 
@@ -65,8 +79,7 @@ def object_key(shape: Shape, tc: bool = False) -> str:
     """The object cache's key of the classifier for ``shape``: the
     classifier and the REJECT reply builder, loaded from one compile."""
     prog_type = SCHED_CLS if tc else XDP
-    return objcache.key(SOURCE, cflags(shape, tc),
-                        {FUNCTION: prog_type, REJECT_FUNCTION: prog_type})
+    return objcache.key(SOURCE, cflags(shape, tc), {f: prog_type for f in functions(shape)})
 
 
 def log_dir(ct_dir: str) -> str:
@@ -162,9 +175,12 @@ class LoadedProgram:
             os.makedirs(ct_dir, mode=0o700, exist_ok=True)
         if ct_dir and shape.nlogs:
             os.makedirs(log_dir(ct_dir), mode=0o700, exist_ok=True)
+        if ct_dir and shape.nrecent:
+            from .recent import recent_dir
+            os.makedirs(recent_dir(ct_dir), mode=0o700, exist_ok=True)
         # maps bcc opens (or creates and pins) by path: the namespace's
-        # conntrack table and LOG ring
-        pinned = bool(ct_dir) and (tracked or bool(shape.nlogs))
+        # conntrack table, LOG ring and recent tables
+        pinned = bool(ct_dir) and (tracked or bool(shape.nlogs) or bool(shape.nrecent))
         start = time.monotonic()
         prog_type = SCHED_CLS if tc else XDP
         # the raw loader would make private ones: programs with pinned maps
@@ -201,6 +217,10 @@ class LoadedProgram:
         # -j REJECT: the reply is built by a program of its own (filter.c)
         bpfsys.map_update(self.maps["self_map"], u32(1),
                           u32(self._loaded.progs[REJECT_FUNCTION]))
+        if RECENT_FUNCTION in self._loaded.progs:
+            # -m recent: evaluated by a program of its own (filter.c)
+            bpfsys.map_update(self.maps["self_map"], u32(2),
+                              u32(self._loaded.progs[RECENT_FUNCTION]))
         self.compile_seconds = time.monotonic() - self._start
 
     @staticmethod
@@ -229,13 +249,15 @@ class LoadedProgram:
                     raise
                 steps = fewer
         try:
-            # -j REJECT: the reply is built by a program of its own (filter.c)
-            bpf.load_func(REJECT_FUNCTION.encode(), BPF.SCHED_CLS if tc else BPF.XDP)
+            # -j REJECT: the reply is built by a program of its own (filter.c),
+            # as -m recent is evaluated
+            funcs = functions(shape)
+            for f in funcs[1:]:
+                bpf.load_func(f.encode(), BPF.SCHED_CLS if tc else BPF.XDP)
             prog_type = SCHED_CLS if tc else XDP
             # cached under the shape asked for, with the steps that verified
-            _keep(key, bpf, {FUNCTION: prog_type, REJECT_FUNCTION: prog_type},
-                  {"steps": steps})
-            return _dup_fds(bpf, [FUNCTION, REJECT_FUNCTION]), steps
+            _keep(key, bpf, {f: prog_type for f in funcs}, {"steps": steps})
+            return _dup_fds(bpf, funcs), steps
         finally:
             bpf.cleanup()
 
@@ -263,6 +285,11 @@ class LoadedProgram:
                     if key not in keep:
                         bpfsys.map_delete(fd, key)
             bpfsys.map_update_many(fd, image.items)
+        if self.shape.nrecent:
+            # the recent tables the rules name (private to this program
+            # without a namespace's pins)
+            from .recent import sync
+            sync(self.maps["recent_tables"], _recent_needs(c))
         self.zero_counters()
         self.compiled = c
 
@@ -358,5 +385,17 @@ def map_names(shape: Shape) -> list[str]:
 
     empty = compile_chain(Table.empty("filter"), "INPUT", {},
                           Shape(1, 1, 2, shape.fields, nlimits=shape.nlimits,
-                                nlogs=shape.nlogs))
+                                nlogs=shape.nlogs, nrecent=shape.nrecent, memo=shape.memo))
     return [image.name for image in map_image(empty, empty.shape)] + ["counter_map", "self_map"]
+
+
+def _recent_needs(c: Compiled) -> dict[str, tuple[int, int]]:
+    """The tables ``c``'s recent rules name (a program loaded without a
+    rule set to look at: tests)."""
+    from .recent import stamps_mask
+
+    needs: dict[str, tuple[int, int]] = {}
+    for d in c.recents:
+        have = needs.get(d.name)
+        needs[d.name] = (d.mask, max(stamps_mask(d.hit_count), have[1] if have else 0))
+    return needs
