@@ -1,5 +1,5 @@
 """Reference semantics of recent and hashlimit, and the refusals: -m set in
-the reference (no set store yet) and all three in the eBPF data path
+the reference (no set store yet) and hashlimit and set in the eBPF data path
 (NotSupported at lowering; exit 2 in an attached namespace)."""
 from __future__ import annotations
 
@@ -104,7 +104,6 @@ def test_set_refused_in_reference() -> None:
 
 
 @pytest.mark.parametrize("rule", [
-    ("-m", "recent", "--set"),
     ("-m", "hashlimit", "--hashlimit-upto", "1/sec", "--hashlimit-name", "x"),
 ])
 def test_lowering_refuses(rule: tuple[str, ...]) -> None:
@@ -119,8 +118,7 @@ def test_attached_namespace_refuses_with_exit_2() -> None:
     with namespace("bpfrw") as ns:
         subprocess.run(["ip", "netns", "exec", ns.name, "ipset", "create", "foo", "hash:ip"],
                        check=True)
-        for rule in (["-m", "recent", "--rcheck", "--seconds", "30"],
-                     ["-m", "hashlimit", "--hashlimit-above", "5/sec", "--hashlimit-name", "y"],
+        for rule in (["-m", "hashlimit", "--hashlimit-above", "5/sec", "--hashlimit-name", "y"],
                      ["-m", "set", "--match-set", "foo", "src"]):
             run = subprocess.run(["ip", "netns", "exec", ns.name, sys.executable, "-m",
                                   "bpf_iptables.cli.iptables", "-A", "INPUT", *rule, "-j", "DROP"],

@@ -78,8 +78,8 @@ def test_fail2ban_multiport_action() -> None:
 
 
 def test_ufw_ruleset_refused_when_attached() -> None:
-    """ufw's rate limiting (recent) cannot be enforced by the eBPF data
-    path yet: an attached namespace refuses the whole restore (exit 2,
+    """ufw's rule set cannot be enforced by the eBPF data path yet (its
+    addrtype matches; recent and limit on jump rules are enforced now): an attached namespace refuses the whole restore (exit 2,
     "not supported") and keeps its empty table, never half-loaded."""
     env = dict(os.environ, PYTHONPATH=str(REPO), BPF_IPTABLES_DATAPATH="on")
     with namespace("bpfrwa") as ns:
