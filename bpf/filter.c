@@ -73,6 +73,10 @@ static __always_inline void ct_stat(u32 slot)
 #endif
 
 #define VERDICT_CONTINUE 0xFFFFFFFFu
+/* not an entry's verdict: the scan stopped to have xdp_recent evaluate a
+ * candidate's -m recent match (REJECT verdicts have bit 8 set and TTL
+ * bits above 16, never all of these) */
+#define VERDICT_RECENT 0xFFFFFFFEu
 
 /* HOOK_TC: the same classifier as a TC program (tail-called by the TC
  * roots of bpf/root.c): OUTPUT at egress, and INPUT/FORWARD at ingress
@@ -738,9 +742,6 @@ int xdp_filter(CTX_TYPE *ctx)
 #endif
 #endif
 	u32 verdict = VERDICT_CONTINUE;
-#if NRECENT
-	u32 recent_at = 0;	/* entry + 1 whose recent match is asked for */
-#endif
 	/* STEPS bounds summary and word loads plus entries visited in one
 	 * invocation (compiler.py computes what a scan can need). */
 #pragma clang loop unroll(disable)
@@ -827,7 +828,10 @@ int xdp_filter(CTX_TYPE *ctx)
 		 * result (rdone) */
 		if (es->recent) {
 			if (rs->rdone != e + 1) {
-				recent_at = e + 1;
+				/* the candidate in map memory, not in a register:
+				 * the verifier then sees this exit as a verdict's */
+				rs->rat = e + 1;
+				verdict = VERDICT_RECENT;
 				break;
 			}
 			rs->rdone = 0;
@@ -867,14 +871,13 @@ int xdp_filter(CTX_TYPE *ctx)
 		scur = rs->sum[k] & (~0ULL << (after & 63)) & keep;
 	}
 #if NRECENT
-	if (recent_at) {
+	if (verdict == VERDICT_RECENT) {
 		/* the scan resumes at this candidate once xdp_recent answered */
 		rs->active = 1;
 		rs->word = w;
 		rs->cur = cur;
 		rs->sword = k;
 		rs->scur = scur;
-		rs->rat = recent_at;
 		rs->rttl = pf.ttl;
 		rs->raddr_s = pf.saddr;
 		rs->raddr_d = pf.daddr;
