@@ -61,6 +61,17 @@ for i in range(int(sys.argv[1])):
 """
 
 
+PACED = """
+import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+start = time.monotonic()
+for i in range(int(sys.argv[1])):
+    while time.monotonic() < start + i / 40:
+        time.sleep(0.001)
+    s.sendto(b"x", ("127.0.0.1", 9999))
+"""
+
+
 def iptables(ns: Namespace, ours: bool, *args: str):
     argv = bpf_command("iptables", *args) if ours else ["iptables-legacy", *args]
     return ns.run(argv, env=ON)
@@ -166,7 +177,10 @@ def test_ufw_rate_limit_like_iptables_legacy():
             ours.run(datapath_command("detach"))
 
 
-def test_limit_on_a_jump_rule_like_iptables_legacy():
+def test_limit_on_a_jump_rule_and_recent_at_output_like_iptables_legacy():
+    """A limit on a jump rule: one token per packet, the same counts in the
+    calling and the called chain. A list set at OUTPUT (TC egress) on the
+    destination, and a --seconds window over a paced train at INPUT."""
     ensure_bpffs()
     with namespace("recjr") as real, namespace("recjo") as ours:
         try:
@@ -177,10 +191,29 @@ def test_limit_on_a_jump_rule_like_iptables_legacy():
                          ["-A", "C", "-p", "udp", "-j", "DROP"],
                          ["-A", "INPUT", "-p", "udp", "--dport", "9999", "-m", "limit",
                           "--limit", "1/min", "--limit-burst", "3", "-j", "C"],
-                         ["-A", "INPUT", "-p", "udp", "--dport", "9999", "-j", "ACCEPT"]):
+                         ["-A", "INPUT", "-p", "udp", "--dport", "9999", "-j", "ACCEPT"],
+                         ["-A", "OUTPUT", "-p", "udp", "--dport", "9999", "-m", "recent",
+                          "--set", "--rdest", "--name", "OUT"]):
                 both(real, ours, *rule)
             run_both(real, ours, UDP, 10)
             assert counts(real, False, "INPUT") == counts(ours, True, "INPUT") == [3, 7]
             assert counts(real, False, "C") == counts(ours, True, "C") == [3, 3]
+            want = entries(proc(real, "OUT").stdout)
+            assert want == [("127.0.0.1", 64, 10, 10)]
+            assert entries(recent_cli(ours, "OUT").stdout) == want
+            # a window: a packet is dropped while 8 accepted ones lie within
+            # the last second (--rcheck: dropped packets leave no stamp)
+            for ns, mine in ((real, False), (ours, True)):
+                for args in (["-F", "INPUT"],
+                             ["-A", "INPUT", "-p", "udp", "--dport", "9999", "-m", "recent",
+                              "--rcheck", "--seconds", "1", "--hitcount", "8", "--name", "P",
+                              "-j", "DROP"],
+                             ["-A", "INPUT", "-p", "udp", "--dport", "9999", "-m", "recent",
+                              "--set", "--name", "P"],
+                             ["-A", "INPUT", "-p", "udp", "--dport", "9999", "-j", "ACCEPT"]):
+                    assert iptables(ns, mine, *args).returncode == 0
+            run_both(real, ours, PACED, 100)        # 40/s for 2.5 s
+            r, o = counts(real, False, "INPUT")[2], counts(ours, True, "INPUT")[2]
+            assert 16 <= r <= 32 and abs(r - o) <= max(1, 0.05 * r), (r, o)
         finally:
             ours.run(datapath_command("detach"))
