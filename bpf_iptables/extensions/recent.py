@@ -214,7 +214,18 @@ class RecentMatch(XtOptionsExtension, MatchExtension):
         if d.check_set & REAP and not d.seconds:
             return False
         # the list is a /proc/net/xt_recent entry: no "/" in its name
-        return bool(d.name) and "/" not in d.name
+        if not d.name or "/" in d.name:
+            return False
+        # the rule holds its list, sized for the most demanding rule: a rule
+        # needing more stamps than the list keeps flushes it (as the kernel
+        # does when the rule is loaded; the model's lists then keep what
+        # the kernel's keep from the first packet on)
+        need = stamps_kept(d.hit_count)
+        have = self.tables.stamps.get(d.name)
+        if have is not None and need > have:
+            self.tables.table(d.name).clear()
+        self.tables.stamps[d.name] = max(have or 0, need)
+        return True
 
     def lower(self, d: RecentData, rule: "Rule") -> list[Any]:
         """No field constraint: the list is consulted per candidate, once
