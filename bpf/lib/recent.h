@@ -110,8 +110,9 @@ static __always_inline u32 recent_op(struct recent_table *t, struct recent_rule 
 	u32 want_ttl = (cs & RECENT_TTL) ? ttl : 0;
 	bpf_spin_lock(&t->lock);
 	addr &= t->mask;
-	/* one pass: the entry (recent_entry_lookup), the oldest entry (the
-	 * LRU head) and a free slot */
+	/* the entry (recent_entry_lookup; an address has at most one: only
+	 * --set creates entries, and it looks up with TTL 0, which matches
+	 * any) */
 	sc->found = RECENT_MAX;
 	sc->oldest = RECENT_MAX;
 	sc->free = RECENT_MAX;
@@ -120,18 +121,28 @@ static __always_inline u32 recent_op(struct recent_table *t, struct recent_rule 
 #pragma clang loop unroll(disable)
 	for (u32 i = 0; i < RECENT_MAX; i++) {
 		struct recent_slot *s = &t->slots[i];
-		if (!s->used) {
-			if (sc->free >= RECENT_MAX)
-				sc->free = i;
-			continue;
-		}
-		if (s->lru < sc->oldest_lru) {
-			sc->oldest_lru = s->lru;
-			sc->oldest = i;
-		}
-		if (sc->found >= RECENT_MAX && s->addr == addr &&
-		    (want_ttl == s->ttl || want_ttl == 0 || s->ttl == 0))
+		if (s->used && s->addr == addr &&
+		    (want_ttl == s->ttl || want_ttl == 0 || s->ttl == 0)) {
 			sc->found = i;
+			break;
+		}
+	}
+	/* the oldest entry (the LRU head) and a free slot, only when they
+	 * can be needed: a new entry, or --reap */
+	if ((cs & RECENT_REAP) || (sc->found >= RECENT_MAX && (cs & RECENT_SET))) {
+#pragma clang loop unroll(disable)
+		for (u32 i = 0; i < RECENT_MAX; i++) {
+			struct recent_slot *s = &t->slots[i];
+			if (!s->used) {
+				if (sc->free >= RECENT_MAX)
+					sc->free = i;
+				continue;
+			}
+			if (s->lru < sc->oldest_lru) {
+				sc->oldest_lru = s->lru;
+				sc->oldest = i;
+			}
+		}
 	}
 	u32 found = sc->found, oldest = sc->oldest, free = sc->free;
 	if (found >= RECENT_MAX) {
