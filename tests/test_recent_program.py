@@ -307,3 +307,25 @@ def test_random_rule_sets_against_the_model():
             h.close()
     assert seen == {"ACCEPT", "DROP"} and entries > 40 and len(programs) == 1, \
         (seen, entries, programs)
+
+
+def test_ufw_rules_compile_but_for_addrtype():
+    """tests/data/realworld/ufw.rules: its recent rules, the limit on a jump
+    (ufw-not-local) and the limited LOGs compile; only addrtype (another
+    extension's work) is still refused."""
+    from pathlib import Path
+
+    from bpf_iptables.datapath.harness import table_from_save
+
+    text = (Path(__file__).resolve().parent / "data" / "realworld" / "ufw.rules").read_text()
+    with pytest.raises(NotSupported, match="addrtype"):
+        compile_chain(table_from_save(text), "INPUT", {"lo": 1})
+    table = table_from_save("\n".join(line for line in text.splitlines()
+                                      if "addrtype" not in line))
+    c = compile_chain(table, "INPUT", {"lo": 1})
+    assert [(d.name, d.check_set) for d in c.recents] == [("DEFAULT", 2), ("DEFAULT", 4)]
+    jumps = {c.counter_of[k]: k for k in c.counter_of}
+    stateful_jumps = sorted(jumps[e.counter] for e in c.entries if e.set)
+    assert stateful_jumps == [("ufw-not-local", 0), ("ufw-user-input", 1)]
+    for hook in ("FORWARD", "OUTPUT"):
+        compile_chain(table, hook, {"lo": 1})
