@@ -329,3 +329,32 @@ def test_ufw_rules_compile_but_for_addrtype():
     assert stateful_jumps == [("ufw-not-local", 0), ("ufw-user-input", 1)]
     for hook in ("FORWARD", "OUTPUT"):
         compile_chain(table, hook, {"lo": 1})
+
+
+def test_forward_stores_the_ttl_the_packet_arrived_with():
+    """In FORWARD the kernel's recent_mt() adds the forwarding decrement back
+    (a packet with an output device and no socket): the TTL listed is the
+    frame's, one more than netfilter's FORWARD sees, and --rttl compares
+    that."""
+    lines = ["-A FORWARD -m recent --set --name FW",
+             "-A FORWARD -m recent --rcheck --rttl --hitcount 2 --name FW -j DROP"]
+    with entered("bpfrecf"):
+        h = Harness(hook="FORWARD")
+        try:
+            find_match("recent").tables.clear()
+            table = table_from_lines(lines)
+            prog, _ = h.load(table)
+            train = []
+            for ttl in (63, 63, 40, 40):
+                p = packet(ttl=ttl)
+                p.hook, p.out_iface = "FORWARD", "dp1"
+                train.append(p)
+            out = [(VERDICT.get(run_frame(prog.fd, frame(p)).verdict), evaluate(table, p).verdict)
+                   for p in train]
+            # the second packet: two stamps, same TTL; the third: --set
+            # stamps it with TTL 41, --rttl then finds 3 stamps
+            assert out == [("ACCEPT", "ACCEPT"), ("DROP", "DROP"), ("DROP", "DROP"),
+                           ("DROP", "DROP")], out
+            assert listed(prog, "FW") == model_listed("FW") == [("10.0.0.1", 41, 4)]
+        finally:
+            h.close()
