@@ -150,6 +150,15 @@ def test_ufw_rate_limit_like_iptables_legacy():
             both(real, ours, "-A", "INPUT", "-p", "icmp")
             assert entries(recent_cli(ours, "DEFAULT").stdout) == want \
                 == entries(proc(real, "DEFAULT").stdout)
+            # a rule needing more stamps than the list keeps flushes it
+            grow = ["INPUT", "-m", "recent", "--rcheck", "--hitcount", "40", "--name", "DEFAULT"]
+            both(real, ours, "-A", *grow)
+            assert proc(real, "DEFAULT").stdout == recent_cli(ours, "DEFAULT").stdout == ""
+            both(real, ours, "-D", *grow)
+            r, o = run_both(real, ours, CONNECTS, 2)
+            assert r == o == "ok ok"
+            assert entries(recent_cli(ours, "DEFAULT").stdout) \
+                == entries(proc(real, "DEFAULT").stdout) == [("127.0.0.1", 64, 2, 2)]
             # the writes /proc takes: remove, add, flush
             real.run(["sh", "-c", "echo -127.0.0.1 > /proc/net/xt_recent/DEFAULT"])
             assert recent_cli(ours, "DEFAULT", "-127.0.0.1").returncode == 0
