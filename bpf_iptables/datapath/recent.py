@@ -244,18 +244,19 @@ def read_tables(fd: int) -> dict[str, Table]:
     return out
 
 
-def sync(fd: int, needs: dict[str, tuple[int, int]]) -> None:
+def sync(fd: int, needs: dict[str, tuple[int, int]], remove: bool = True) -> None:
     """Make the tables what xt_recent would hold after loading a rule set
     naming ``needs``: tables no rule names any more are freed, a table whose
     rules now need more stamps is flushed (recent_mt_check), new names get
     an empty table with the mask of their rules; the rest keep their
-    entries (the kernel's table outlives a table replace)."""
+    entries (the kernel's table outlives a table replace). ``remove``
+    False: the unnamed lists stay (the old rules may still run)."""
     have = {}
     for raw_key in bpfsys.map_keys(fd, 8):
         have[struct.unpack("<Q", raw_key)[0]] = raw_key
     wanted = {table_key(n): n for n in needs}
     for key, raw_key in have.items():
-        if key not in wanted:
+        if remove and key not in wanted:
             bpfsys.map_delete(fd, raw_key)
     for key, name in wanted.items():
         mask, smask = needs[name]
@@ -280,7 +281,7 @@ def recent_dir(ct_dir: str) -> str:
     return os.path.join(os.path.dirname(ct_dir), "recent")
 
 
-def sync_pinned(ns_pins: Path, needs: dict[str, tuple[int, int]]) -> None:
+def sync_pinned(ns_pins: Path, needs: dict[str, tuple[int, int]], remove: bool = True) -> None:
     """``sync()`` on the namespace's pinned tables, when they exist (no
     rule ever named a list: nothing to do)."""
     pin = tables_pin(ns_pins)
@@ -288,7 +289,7 @@ def sync_pinned(ns_pins: Path, needs: dict[str, tuple[int, int]]) -> None:
         return
     fd = bpfsys.obj_get(str(pin))
     try:
-        sync(fd, needs)
+        sync(fd, needs, remove)
     finally:
         os.close(fd)
 
