@@ -28,7 +28,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..errors import NotSupported
 from ..extensions.reject import RejectData, default_ttl, reject_verdict
@@ -390,7 +390,7 @@ def clear_caches() -> None:
 STATEFUL_MATCHES = ("limit", "recent")
 
 
-def rule_stateful(rule: Rule) -> "tuple[str, object] | None":
+def rule_stateful(rule: Rule) -> "tuple[str, Any] | None":
     """The rule's stateful match (limit or recent) as (name, data) when the
     data path can evaluate it as netfilter does: only once every other
     match held, i.e. it is the rule's last match (comments aside, which
@@ -419,12 +419,6 @@ def rule_limit(rule: Rule) -> "LimitData | None":
     """The rule's ``-m limit`` (see rule_stateful)."""
     st = rule_stateful(rule)
     return st[1] if st is not None and st[0] == "limit" else None  # type: ignore[return-value]
-
-
-def rule_recent(rule: Rule):
-    """The rule's ``-m recent`` (see rule_stateful)."""
-    st = rule_stateful(rule)
-    return st[1] if st is not None and st[0] == "recent" else None
 
 
 # memo bits per hook: one per inlined jump rule with a stateful match
