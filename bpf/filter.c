@@ -842,6 +842,10 @@ int xdp_filter(CTX_TYPE *ctx)
 		}
 #endif
 #if NRECENT || MEMO
+		/* every stateful check of the candidate held (a new one, e.g.
+		 * hashlimit, goes above this line and joins
+		 * compiler.STATEFUL_MATCHES): a jump rule records it for the
+		 * entries it guards */
 		rs->memo |= es->set;
 #endif
 		count(en->counter, length);
