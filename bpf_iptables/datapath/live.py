@@ -329,6 +329,8 @@ def update(store, att: A.Attachment, ruleset: RuleSet, carried: dict[int, int],
     table = ruleset.table("filter")
     here = interfaces_here()
     compiled = compile_all(table, here)
+    from .recent import sync_pinned, table_needs
+    recent_needs = table_needs(table)   # NotSupported here, before anything changed
     clock("compile")
     gen = 1 - att.active
     quiesce(att)
@@ -341,8 +343,6 @@ def update(store, att: A.Attachment, ruleset: RuleSet, carried: dict[int, int],
         raise DatapathError(f"cannot load the eBPF program: {exc}") from None
     except OSError as exc:
         raise DatapathError(f"cannot prepare the eBPF program: {exc}") from None
-    from .recent import sync_pinned, table_needs
-    recent_needs = table_needs(table)
     try:
         # -m recent: the lists the new rules name exist (made, or flushed
         # when they need more stamps) before the switch, as xt_recent's
