@@ -6,7 +6,9 @@ ufw's rate limit (``ufw limit``: --set, then --update --seconds 30
 connections to a listening socket -> the same connections accepted and
 refused, the same counters, and bpf-iptables-recent listing what
 /proc/net/xt_recent/DEFAULT lists (address, TTL, stamps); the lists
-outlive an update and go with their last rule; the writes /proc accepts.
+outlive an update, are flushed by a rule needing more stamps and go with
+their last rule; the writes /proc accepts; a recent match that is not its
+rule's last is refused with exit 2.
 A limit on a jump rule: the same counts in the calling and called chain."""
 from __future__ import annotations
 
@@ -182,6 +184,12 @@ def test_ufw_rate_limit_like_iptables_legacy():
             both(real, ours, "-D", "INPUT", "1")
             assert proc(real, "DEFAULT").returncode != 0
             assert recent_cli(ours, "DEFAULT").returncode == 1
+            # what cannot be exact is refused: exit 2, nothing changed
+            before = iptables(ours, True, "-S").stdout
+            r = iptables(ours, True, "-A", "INPUT", "-m", "recent", "--set", "-p", "tcp",
+                         "-m", "tcp", "--dport", "1")
+            assert r.returncode == 2 and "last match" in r.stderr, r
+            assert iptables(ours, True, "-S").stdout == before
         finally:
             ours.run(datapath_command("detach"))
 
