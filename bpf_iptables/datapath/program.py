@@ -65,10 +65,10 @@ def cflags(shape: Shape, tc: bool = False, ct_dir: str | None = None) -> list[st
         # LOG's ring and loss counter: the namespace's, next to conntrack's
         flags.append(f'-DLOG_PIN_DIR="{log_dir(ct_dir)}"')
     if shape.nrecent:
-        from ..extensions.limit import HZ
+        from ..conntrack.hz import kernel_hz  # --seconds * HZ, as xt_recent
         from .recent import recent_dir
 
-        flags.append(f"-DRECENT_HZ={HZ}")
+        flags.append(f"-DRECENT_HZ={kernel_hz()}")
         if ct_dir:
             # the recent tables: the namespace's, next to conntrack's
             flags.append(f'-DRECENT_PIN_DIR="{recent_dir(ct_dir)}"')
