@@ -30,6 +30,9 @@
 #if NHASHLIMITS
 #include "lib/hashlimit.h"
 #endif
+#if NRECENT
+#include "lib/recent.h"
+#endif
 #if CONNTRACK
 #include "lib/conntrack_defs.h"
 /* the namespace's conntrack maps, pinned outside the generations (opened
@@ -73,10 +76,28 @@ static __always_inline void ct_stat(u32 slot)
 #endif
 
 #define VERDICT_CONTINUE 0xFFFFFFFFu
-/* not an entry's verdict: the scan stopped at a candidate whose hashlimit
- * check runs in xdp_hashlimit */
-#define VERDICT_HASHLIMIT 0xFFFFFFFEu
+/* not an entry's verdict: the scan stopped at a candidate whose stateful
+ * match (hashlimit, recent) is evaluated by a program of its own
+ * (xdp_hashlimit, xdp_recent), which resumes the scan at it (REJECT
+ * verdicts have bit 8 set and TTL bits above 16, never all of these) */
+#define VERDICT_STATEFUL 0xFFFFFFFEu
+/* struct entry's tcp word: bit 0 the tcp hot-drop, then the stateful
+ * match that stops the scan, and the self_map slot of its program */
 #define ENTRY_HASHLIMIT 2
+#define ENTRY_RECENT 4
+#define ENTRY_STATEFUL (ENTRY_HASHLIMIT | ENTRY_RECENT)
+#define SLOT_HASHLIMIT 2
+#define SLOT_RECENT 3
+#ifndef NHASHLIMITS
+#define NHASHLIMITS 0
+#endif
+#ifndef NRECENT
+#define NRECENT 0
+#endif
+#ifndef MEMO
+#define MEMO 0
+#endif
+#define STATEFUL_PROGS (NHASHLIMITS || NRECENT)
 
 /* HOOK_TC: the same classifier as a TC program (tail-called by the TC
  * roots of bpf/root.c): OUTPUT at egress, and INPUT/FORWARD at ingress
@@ -111,7 +132,8 @@ struct entry {
 	u32 verdict;	/* XDP verdict, or VERDICT_CONTINUE */
 	u32 next;	/* entry to continue the scan at */
 	u32 tcp;	/* bit 0: the rule has a tcp match, hot-drops evil
-			 * fragments; bit 1 (ENTRY_HASHLIMIT): a hashlimit */
+			 * fragments; bit 1 (ENTRY_HASHLIMIT): a hashlimit,
+			 * bit 2 (ENTRY_RECENT): a recent match */
 	/* per-candidate check of what does not decompose into fields: an
 	 * address under a non-contiguous mask (mask 0: nothing to check) */
 	u32 src_addr, src_mask, src_inv;
@@ -146,23 +168,29 @@ struct resume {
 			 * does not verify the loop once per constant */
 	u32 reject;	/* a REJECT verdict (lib/reject.h) handed to the
 			 * invocation that builds the reply, 0: none */
+	/* per packet (reset when its scan starts): bit i set when the
+	 * stateful match (limit, recent, hashlimit) of jump rule i held at
+	 * its jump entry, read by the entries it guards (compiler.py: memo
+	 * bits) */
+	u64 memo;
+	/* the scan's hand-over to a stateful match's program (xdp_hashlimit,
+	 * xdp_recent) and back */
+	u32 st_entry;	/* the candidate being checked */
+	u32 st_slot;	/* self_map slot of its program */
+	u32 st_done;	/* st_entry + 1 once its result is in st_result, else 0 */
+	u32 st_result;	/* 1: the match holds */
+	/* -m recent: the packet's addresses and TTL, as the scan saw them */
+	u32 rttl;
+	u32 raddr_s;
+	u32 raddr_d;
 	u64 sum[NSUM];	/* the AND of the fields' summaries for this packet */
-#if NHASHLIMITS
-	/* the scan's hand-over to xdp_hashlimit and back */
-	u32 hl_entry;	/* the candidate being checked */
-	u32 hl_done;	/* hl_entry + 1 once its result is in hl_result, else 0 */
-	u32 hl_result;	/* 1: the match holds */
-#endif
 };
 
 BPF_ARRAY(config_map, struct config, 1);
 BPF_PERCPU_ARRAY(resume_map, struct resume, 1);
 /* 0: this program (a long scan continues there), 1: xdp_reject below,
- * 2: xdp_hashlimit (with NHASHLIMITS) */
-#ifndef NHASHLIMITS
-#define NHASHLIMITS 0
-#endif
-BPF_PROG_ARRAY(self_map, 2 + NHASHLIMITS);
+ * 2: xdp_hashlimit (with -m hashlimit), 3: xdp_recent (with -m recent) */
+BPF_PROG_ARRAY(self_map, 2 + 2 * STATEFUL_PROGS);
 BPF_ARRAY(live_map, struct bitvector, 1);
 BPF_ARRAY(entry_map, struct entry, NENTRIES);
 BPF_PERCPU_ARRAY(counter_map, struct counter, NCOUNTERS);
@@ -286,6 +314,30 @@ static __always_inline int hl_check(CTX_TYPE *ctx, struct hl_rule *hr,
 	}
 	return (int)(hl_take(b, sc) ^ (sc->flags & HL_RULE_INVERT));
 }
+#endif
+#if NRECENT || MEMO
+/* per entry: the memo bits of the jump rules guarding it (all must be
+ * set), the bit its own stateful matches set when they hold (a jump
+ * rule's), its -m recent match (recent_rule_map slot, 0: none) */
+struct entry_state {
+	u64 need;
+	u64 set;
+	u32 recent;
+	u32 pad;
+};
+BPF_ARRAY(entry_state_map, struct entry_state, NENTRIES);
+#endif
+#if NRECENT
+BPF_ARRAY(recent_rule_map, struct recent_rule, NRECENT);
+BPF_PERCPU_ARRAY(recent_scratch, struct recent_scan, 1);
+/* the namespace's tables (datapath/recent.py), shared by every classifier
+ * of both generations and kept across updates; private in tests */
+#ifdef RECENT_PIN_DIR
+BPF_TABLE_PINNED("hash", u64, struct recent_table, recent_tables, RECENT_TABLES,
+		 RECENT_PIN_DIR "/tables");
+#else
+BPF_HASH(recent_tables, u64, struct recent_table, RECENT_TABLES);
+#endif
 #endif
 #if NLOGS
 /* -j LOG (lib/log.h): per entry its rule's log_map slot (0: none); the
@@ -870,13 +922,13 @@ int xdp_filter(CTX_TYPE *ctx)
 		k = rs->sword & (NSUM - 1);
 		scur = rs->scur;
 	} else {
-#if NHASHLIMITS
-		rs->hl_done = 0;	/* a fresh scan: no result pending */
-#endif
 		k = cfg->first_word & (NSUM - 1);
 		w = 0;
 		cur = 0;
 		scur = rs->sum[k];
+		/* a new packet: no stateful result yet */
+		rs->memo = 0;
+		rs->st_done = 0;
 	}
 	u32 length = pf.length;
 #if NLOGS
@@ -949,6 +1001,19 @@ int xdp_filter(CTX_TYPE *ctx)
 		}
 		if (rs->evil & en->tcp)
 			return RET(XDP_DROP); /* hotdrop: the rule is not counted */
+#if MEMO
+		/* a rule in a called chain holds only when the stateful matches
+		 * of the jump rules on its path held: evaluated once, at their
+		 * jump entry (a candidate before this one whenever this one is:
+		 * its stateless fields are a subset of this entry's) */
+		struct entry_state *es = entry_state_map.lookup(&e);
+		if (!es)
+			return RET(XDP_ABORTED);
+		if ((rs->memo & es->need) != es->need) {
+			cur &= cur - 1;
+			continue;
+		}
+#endif
 #if NLIMITS
 		/* the rule's limit match, its last (the compiler refuses other
 		 * orders): evaluated only when every other match held, as in
@@ -967,26 +1032,37 @@ int xdp_filter(CTX_TYPE *ctx)
 			}
 		}
 #endif
-#if NHASHLIMITS
-		/* the rule's hashlimit match, its last (compiler.rule_hashlimit
+#if STATEFUL_PROGS
+		/* the rule's hashlimit or recent match, its last (the compiler
 		 * refuses other orders): evaluated only when every other match
-		 * held, as in netfilter. By xdp_hashlimit, a program of its
-		 * own (in here, its branches cost the verifier most of the
-		 * steps and the stack its last bytes), tail-called after the
-		 * loop; it resumes the scan at this candidate with the result
-		 * in the resume slot. */
-		if (en->tcp & ENTRY_HASHLIMIT) {
-			if (rs->hl_done != e + 1) {
-				rs->hl_entry = e;
-				verdict = VERDICT_HASHLIMIT;
+		 * held, as in netfilter. By a program of its own (xdp_hashlimit,
+		 * xdp_recent: in here their branches and loops cost the verifier
+		 * most of the steps, and the stack its last bytes), tail-called
+		 * after the loop; it resumes the scan at this candidate with the
+		 * result in the resume slot. */
+		u32 stateful = en->tcp & ENTRY_STATEFUL;
+		if (stateful) {
+			if (rs->st_done != e + 1) {
+				/* the candidate in map memory, not in a register:
+				 * the verifier then sees this exit as a verdict's */
+				rs->st_entry = e;
+				rs->st_slot = (stateful & ENTRY_HASHLIMIT) ? SLOT_HASHLIMIT
+									   : SLOT_RECENT;
+				verdict = VERDICT_STATEFUL;
 				break;
 			}
-			rs->hl_done = 0;
-			if (!rs->hl_result) {
+			rs->st_done = 0;
+			if (!rs->st_result) {
 				cur &= cur - 1;
 				continue;
 			}
 		}
+#endif
+#if MEMO
+		/* every stateful check of the candidate held (a new one goes
+		 * above this line and joins compiler.STATEFUL_MATCHES): a jump
+		 * rule records it for the entries it guards */
+		rs->memo |= es->set;
 #endif
 		count(en->counter, length);
 #if NLOGS
@@ -1014,21 +1090,26 @@ int xdp_filter(CTX_TYPE *ctx)
 		k = (after >> 6) & (NSUM - 1);
 		scur = rs->sum[k] & (~0ULL << (after & 63)) & keep;
 	}
-	if (verdict != VERDICT_CONTINUE) {
-#if NHASHLIMITS
-		if (verdict == VERDICT_HASHLIMIT) {
-			/* xdp_hashlimit checks the candidate and resumes the
-			 * scan at it (w and cur still hold its bit) */
-			rs->active = 1;
-			rs->word = w;
-			rs->cur = cur;
-			rs->sword = k;
-			rs->scur = scur;
-			self_map.call(ctx, 2);
-			rs->active = 0;
-			return RET(XDP_ABORTED);
-		}
+#if STATEFUL_PROGS
+	if (verdict == VERDICT_STATEFUL) {
+		/* the candidate's program (st_slot) evaluates its match and
+		 * resumes the scan at it (w and cur still hold its bit) */
+		rs->active = 1;
+		rs->word = w;
+		rs->cur = cur;
+		rs->sword = k;
+		rs->scur = scur;
+#if NRECENT
+		rs->rttl = pf.ttl;
+		rs->raddr_s = pf.saddr;
+		rs->raddr_d = pf.daddr;
 #endif
+		self_map.call(ctx, rs->st_slot);
+		rs->active = 0;
+		return RET(XDP_ABORTED);
+	}
+#endif
+	if (verdict != VERDICT_CONTINUE) {
 		if (verdict & VERDICT_REJECT) {
 			/* counted; the reply is built by xdp_reject, a program
 			 * of its own: even a branch to it in here costs the
@@ -1076,7 +1157,7 @@ int xdp_reject(CTX_TYPE *ctx)
 }
 
 /* -m hashlimit's check for the candidate the classifier stopped at
- * (the resume slot's hl_entry), verified on its own (see the scan loop); tail-called
+ * (the resume slot's st_entry), verified on its own (see the scan loop); tail-called
  * through self_map slot 2, it hands the result back and tail-calls the
  * classifier, which resumes the scan at that candidate. A hot-drop drops
  * here (the rule is not counted). */
@@ -1097,7 +1178,7 @@ int xdp_hashlimit(CTX_TYPE *ctx)
 	struct resume *rs = resume_map.lookup(&zero);
 	if (!rs)
 		return RET(XDP_DROP);
-	u32 e = rs->hl_entry & (NENTRIES - 1);
+	u32 e = rs->st_entry & (NENTRIES - 1);
 	struct hl_rule *hr = entry_hl_map.lookup(&e);
 	if (!hr)
 		return RET(XDP_DROP);
@@ -1107,13 +1188,53 @@ int xdp_hashlimit(CTX_TYPE *ctx)
 	rs = resume_map.lookup(&zero);
 	if (!rs)
 		return RET(XDP_DROP);
-	rs->hl_result = r;
-	rs->hl_done = e + 1;
+	rs->st_result = r;
+	rs->st_done = e + 1;
 	self_map.call(ctx, 0);
-	rs->hl_done = 0;
+	rs->st_done = 0;
 	rs->active = 0;
 	return RET(XDP_ABORTED);
 #else
 	return RET(XDP_DROP);
 #endif
 }
+
+#if NRECENT
+/* -m recent (lib/recent.h) for the candidate the classifier stopped at
+ * (the resume slot's st_entry, self_map slot 3), then back to the classifier, which resumes its scan at
+ * that candidate; a program of its own, verified once, since its loops
+ * over the table inside the scan loop would be walked at every step. */
+int xdp_recent(CTX_TYPE *ctx)
+{
+	u32 zero = 0;
+	struct resume *rs = resume_map.lookup(&zero);
+	if (!rs)
+		return RET(XDP_ABORTED);
+	u32 e = rs->st_entry & (NENTRIES - 1);
+	struct entry_state *es = entry_state_map.lookup(&e);
+	if (!es)
+		return RET(XDP_ABORTED);
+	u32 slot = es->recent;
+	struct recent_rule *r = recent_rule_map.lookup(&slot);
+	if (!r)
+		return RET(XDP_ABORTED);
+	u64 key = r->table;
+	struct recent_table *t = recent_tables.lookup(&key);
+	struct recent_scan *sc = recent_scratch.lookup(&zero);
+	if (!sc)
+		return RET(XDP_ABORTED);
+	/* the table is made when its rules are written; without it, an
+	 * empty table's answer */
+	u32 res = r->invert ? 1 : 0;
+	if (t) {
+		u32 addr = bpf_ntohl(r->side_dest ? rs->raddr_d : rs->raddr_s);
+		res = recent_op(t, r, sc, addr, rs->rttl & 0xFF, bpf_jiffies64());
+	}
+	rs->st_result = res;
+	rs->st_done = e + 1;
+	self_map.call(ctx, 0);
+	rs->st_done = 0;
+	rs->active = 0;
+	return RET(XDP_ABORTED);
+}
+#endif

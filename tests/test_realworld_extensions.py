@@ -1,6 +1,7 @@
 """Reference semantics of recent and hashlimit, and the refusals: -m set in
-the reference (no set store yet) and all three in the eBPF data path
-(NotSupported at lowering; exit 2 in an attached namespace)."""
+the reference (no set store yet), and in the eBPF data path hashlimit's
+--hashlimit-rate-match and set (NotSupported at lowering; exit 2 in an
+attached namespace)."""
 from __future__ import annotations
 
 import os
@@ -105,7 +106,6 @@ def test_set_refused_in_reference() -> None:
 
 
 @pytest.mark.parametrize("rule", [
-    ("-m", "recent", "--set"),
     # rates are enforced (tests/test_hashlimit_*.py); rate-match is not
     ("-m", "hashlimit", "--hashlimit-upto", "1/sec", "--hashlimit-rate-match",
      "--hashlimit-name", "x"),
@@ -122,8 +122,7 @@ def test_attached_namespace_refuses_with_exit_2() -> None:
     with namespace("bpfrw") as ns:
         subprocess.run(["ip", "netns", "exec", ns.name, "ipset", "create", "foo", "hash:ip"],
                        check=True)
-        for rule in (["-m", "recent", "--rcheck", "--seconds", "30"],
-                     ["-m", "hashlimit", "--hashlimit-above", "5/s", "--hashlimit-rate-match",
+        for rule in (["-m", "hashlimit", "--hashlimit-above", "5/s", "--hashlimit-rate-match",
                       "--hashlimit-name", "y"],
                      ["-m", "set", "--match-set", "foo", "src"]):
             run = subprocess.run(["ip", "netns", "exec", ns.name, sys.executable, "-m",

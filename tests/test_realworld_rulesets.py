@@ -1,8 +1,8 @@
 """Real-world rule sets (tests/data/realworld/, see scripts/realworld/)
 load into bpf-iptables and print back exactly as with iptables-legacy.
 
-Model only (BPF_IPTABLES_DATAPATH=off, tests/conftest.py): ufw's set uses
-recent, limit and LOG, which the eBPF data path refuses today. For each
+Model only (BPF_IPTABLES_DATAPATH=off, tests/conftest.py), except the
+test that restores ufw's set into an attached namespace. For each
 stored rule set: iptables-restore of the same input in a fresh namespace
 per tool, then iptables-save, -S and -L -n -v -x must be identical
 (normalised as every comparison test does). fail2ban's action is replayed
@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import shlex
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -77,17 +78,22 @@ def test_fail2ban_multiport_action() -> None:
     assert failures > 50
 
 
-def test_ufw_ruleset_refused_when_attached() -> None:
-    """ufw's rate limiting (recent) cannot be enforced by the eBPF data
-    path yet: an attached namespace refuses the whole restore (exit 2,
-    "not supported") and keeps its empty table, never half-loaded."""
+def test_ufw_ruleset_enforced_when_attached() -> None:
+    """ufw's rule set (recent, limit on jump rules, addrtype, conntrack,
+    LOG) is enforced by the eBPF data path: an attached namespace takes the
+    whole restore (exit 0) and prints it back; before, it was refused."""
     env = dict(os.environ, PYTHONPATH=str(REPO), BPF_IPTABLES_DATAPATH="on")
+    text = (DATA / "ufw.rules").read_text()
     with namespace("bpfrwa") as ns:
         def run(tool: str, text: str | None = None) -> subprocess.CompletedProcess:
             return subprocess.run(["ip", "netns", "exec", ns.name, *bpf_command(tool)],
                                   input=text, capture_output=True, text=True, env=env,
                                   timeout=120)
-        restore = run("iptables-restore", (DATA / "ufw.rules").read_text())
-        assert restore.returncode == 2, restore
-        assert "not supported" in restore.stderr
-        assert rules_in(run("iptables-save").stdout) == 0
+        try:
+            restore = run("iptables-restore", text)
+            assert restore.returncode == 0, restore
+            assert rules_in(run("iptables-save").stdout) == rules_in(text)
+        finally:
+            subprocess.run(["ip", "netns", "exec", ns.name, sys.executable, "-m",
+                            "bpf_iptables.cli.datapath", "detach"], env=env,
+                           capture_output=True, timeout=60)

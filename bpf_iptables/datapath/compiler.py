@@ -28,7 +28,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..errors import NotSupported
 from ..extensions.reject import RejectData, default_ttl, reject_verdict
@@ -68,7 +68,7 @@ FIELD_ORDER = ("src", "dst", "proto", "iif", "frag", "flags", "sport", "dport", 
 SIZE_ATTRS = ("src_max", "dst_max", "src_bsize", "dst_bsize", "src_probes", "dst_probes",
               "proto_max", "iif_max", "sport_bsize", "dport_bsize",
               "icmp_max", "length_bsize", "ttl_bsize", "oif_max", "mac_max", "nlimits",
-              "nlogs", "ctextra_max", "nhashlimits")
+              "nlogs", "ctextra_max", "nhashlimits", "nrecent", "memo")
 ICMP_OTHER, ICMP_NONE = 0x10000, 0x10001   # icmp-table keys (filter.c, parse.h)
 MAC_OTHER, MAC_NONE = 1 << 48, (1 << 48) + 1  # mac-table keys (filter.c)
 PKTTYPES = 3   # pkttype-table slots: PACKET_HOST, _BROADCAST, _MULTICAST (parse.h)
@@ -85,6 +85,12 @@ class Entry:
     limit: int = 0       # the rule's -m limit bucket (limit_map slot), 0: none
     log: int = 0         # the rule's -j LOG (log_map slot), 0: none
     hashlimit: int = 0   # the rule's -m hashlimit (Compiled.hashlimits slot), 0: none
+    # stateful matches on jump rules (memo bits, filter.c entry_state):
+    # the bits of the jump rules guarding this entry, which must all be
+    # set, and the bit this entry sets when its own stateful match holds
+    need: int = 0
+    set: int = 0
+    recent: int = 0      # the rule's -m recent (recent_rule_map slot), 0: none
 
     def residual(self, which: str) -> tuple[int, int, bool]:
         """(addr, mask, invert) checked per candidate; mask 0 checks nothing."""
@@ -128,6 +134,8 @@ class Shape:
     nlogs: int = 0                   # log_map slots (slot 0 unused); 0: no LOG code
     ctextra_max: int = 1             # conntrack checks beyond an entry's first (+1)
     nhashlimits: int = 0             # 1: hashlimit code compiled in (bpf/lib/hashlimit.h)
+    nrecent: int = 0                 # recent_rule_map slots (slot 0 unused); 0: no recent code
+    memo: int = 0                    # 1: jump rules with stateful matches (memo bits)
     # steps the longest scan may need (0: ``steps``); one invocation runs
     # ``steps`` of them and continues in tail calls, so a program whose
     # verifier budget forced fewer steps per invocation still fits
@@ -230,6 +238,8 @@ class Compiled:
     atype_lpm: list = field(default_factory=list)
     # -m hashlimit: per slot (from 1) the rule's HashlimitData
     hashlimits: list = field(default_factory=list)
+    # -m recent: per recent_rule_map slot (from 1) the rule's RecentData
+    recents: list = field(default_factory=list)
 
 
 def summary_words(nwords: int) -> int:
@@ -384,23 +394,42 @@ def clear_caches() -> None:
     _layouts.clear()
 
 
-def rule_limit(rule: Rule) -> "LimitData | None":
-    """The rule's ``-m limit`` when the data path can take its token as
-    netfilter does: evaluated only once every other match held, i.e. the
-    limit is the rule's last match (comments aside, which always hold and
-    have no effect). A limit before other matches takes a token in
-    netfilter even when a later match fails: refused."""
-    for m in rule.matches:   # the common case, no limit, without a list
-        if m.name == "limit":
+STATEFUL_MATCHES = ("limit", "recent")
+
+
+def rule_stateful(rule: Rule) -> "tuple[str, Any] | None":
+    """The rule's stateful match (limit or recent) as (name, data) when the
+    data path can evaluate it as netfilter does: only once every other
+    match held, i.e. it is the rule's last match (comments aside, which
+    always hold and have no effect). One before other matches changes its
+    state in netfilter even when a later match fails: refused, as are two
+    stateful matches on one rule."""
+    for m in rule.matches:   # the common case, none, without a list
+        if m.name in STATEFUL_MATCHES:
             break
     else:
         return None
     names = [m.name for m in rule.matches]
-    at = names.index("limit")
-    if names.count("limit") > 1 or any(n != "comment" for n in names[at + 1:]):
-        raise NotSupported("match `limit' in the eBPF data path only as the rule's last match "
-                           "(netfilter takes the token before the matches after it)")
-    return rule.matches[at].data
+    found = [i for i, n in enumerate(names) if n in STATEFUL_MATCHES]
+    if len(found) > 1:
+        raise NotSupported("more than one of the matches `limit' and `recent' on one rule "
+                           "in the eBPF data path")
+    at = found[0]
+    name = names[at]
+    if any(n != "comment" for n in names[at + 1:]):
+        raise NotSupported(f"match `{name}' in the eBPF data path only as the rule's last match "
+                           "(netfilter updates its state before the matches after it)")
+    return name, rule.matches[at].data
+
+
+def rule_limit(rule: Rule) -> "LimitData | None":
+    """The rule's ``-m limit`` (see rule_stateful)."""
+    st = rule_stateful(rule)
+    return st[1] if st is not None and st[0] == "limit" else None  # type: ignore[return-value]
+
+
+# memo bits per hook: one per inlined jump rule with a stateful match
+MAX_MEMO = 64
 
 
 def rule_hashlimit(rule: Rule):
@@ -449,7 +478,8 @@ def check_log(data, hook: str) -> None:
 
 def inline(table: Table, hook: str, slots: dict[tuple[str, int], int],
            limits: "list[tuple[int, int]] | None" = None,
-           logs: "list | None" = None, hashlimits: "list | None" = None) -> list[Entry]:
+           logs: "list | None" = None, hashlimits: "list | None" = None,
+           recents: "list | None" = None) -> list[Entry]:
     """The hook chain as entries. ``limits`` receives (credit_cap, cost) per
     limit bucket; entry.limit is its slot + 1 (one bucket per rule, shared
     by every inlined copy, as the kernel keeps one per rule)."""
@@ -465,9 +495,13 @@ def inline(table: Table, hook: str, slots: dict[tuple[str, int], int],
     if hashlimits is None:
         hashlimits = []
     hl_slot: dict[int, int] = {}      # counter slot -> hashlimit slot
+    if recents is None:
+        recents = []
+    recent_slot: dict[int, int] = {}  # counter slot -> recent slot
+    memo_bits = [0]                   # memo bits handed out so far
 
     def emit(guard: list[Rule], rule: Rule, counter: int, verdict: int = VERDICT_CONTINUE,
-             next_: "_Label | None" = None) -> None:
+             next_: "_Label | None" = None, need: int = 0, sets: int = 0) -> None:
         if len(entries) >= MAX_ENTRIES:
             raise NotSupported(f"more than {MAX_ENTRIES} rules after inlining user chains")
         d = cache.get(guard, rule, hook)
@@ -477,15 +511,20 @@ def inline(table: Table, hook: str, slots: dict[tuple[str, int], int],
             # after it run, but their constraints sit on shared fields (e.g.
             # iprange on the address tries): an uncounted entry without them
             # is the candidate that hot-drops; any other packet passes it by
-            entries.append(Entry(d.guard, SCRATCH_COUNTER, tcp=True))
-        lim = 0
-        if counter != SCRATCH_COUNTER:
-            data = rule_limit(rule)
-            if data is not None:
-                lim = limit_slot.get(counter, 0)
-                if not lim:
-                    limits.append((data.credit_cap, data.cost))
-                    lim = limit_slot[counter] = len(limits)
+            entries.append(Entry(d.guard, SCRATCH_COUNTER, tcp=True, need=need))
+        lim = rec = 0
+        st = rule_stateful(rule) if counter != SCRATCH_COUNTER else None
+        if st is not None and st[0] == "limit":
+            data = st[1]
+            lim = limit_slot.get(counter, 0)
+            if not lim:
+                limits.append((data.credit_cap, data.cost))
+                lim = limit_slot[counter] = len(limits)
+        elif st is not None:
+            rec = recent_slot.get(counter, 0)
+            if not rec:
+                recents.append(st[1])
+                rec = recent_slot[counter] = len(recents)
         log = 0
         if counter != SCRATCH_COUNTER and rule.target.name == "LOG" and not rule.target.is_standard:
             log = log_slot.get(counter, 0)
@@ -500,7 +539,8 @@ def inline(table: Table, hook: str, slots: dict[tuple[str, int], int],
                 if not hl:
                     hashlimits.append(hdata)
                     hl = hl_slot[counter] = len(hashlimits)
-        entries.append(Entry(d.fields, counter, verdict, next_, own_tcp, lim, log, hl))
+        entries.append(Entry(d.fields, counter, verdict, next_, own_tcp, lim, log,
+                             hashlimit=hl, need=need, set=sets, recent=rec))
 
     reject_ttl: list[int] = []   # read once, when a REJECT is met
 
@@ -509,7 +549,8 @@ def inline(table: Table, hook: str, slots: dict[tuple[str, int], int],
             reject_ttl.append(default_ttl())
         return reject_verdict(data, hook, reject_ttl[0])
 
-    def walk(chain_name: str, guard: list[Rule], ret: _Label, depth: int) -> None:
+    def walk(chain_name: str, guard: list[Rule], ret: _Label, depth: int, need: int) -> None:
+        """``need``: the memo bits of the stateful jump rules in ``guard``."""
         if depth > MAX_DEPTH:
             raise NotSupported("user chains nested deeper than 64")
         rules = table.chains[chain_name].rules
@@ -520,45 +561,53 @@ def inline(table: Table, hook: str, slots: dict[tuple[str, int], int],
             target = rule.target
             if target.name == "REJECT" and isinstance(target.data, RejectData):
                 # the classifier builds and sends the reply (bpf/lib/reject.h)
-                emit(guard, rule, slot, rejecting(target.data))
+                emit(guard, rule, slot, rejecting(target.data), need=need)
                 continue
             if not target.is_standard:
                 if target.name != "LOG":
                     raise NotSupported(f"target `{target.name}' in the eBPF data path")
                 check_log(target.data, hook)
                 # non-terminal: counted, logged, and the scan goes on
-                emit(guard, rule, slot)
+                emit(guard, rule, slot, need=need)
                 continue
             name = target.name
             if name == "":
-                emit(guard, rule, slot)
+                emit(guard, rule, slot, need=need)
             elif name in VERDICTS:
-                emit(guard, rule, slot, VERDICTS[name])
+                emit(guard, rule, slot, VERDICTS[name], need=need)
             elif name == "RETURN":
-                emit(guard, rule, slot, next_=ret)
+                emit(guard, rule, slot, next_=ret, need=need)
             elif name in table.chains:
-                if rule_limit(rule) is not None:
-                    # the token is taken once at the jump; inlined, the
-                    # guard would take one per rule of the called chain
-                    raise NotSupported("match `limit' on a rule that jumps to a user chain "
-                                       "in the eBPF data path")
                 if rule_hashlimit(rule) is not None:
                     raise NotSupported("match `hashlimit' on a rule that jumps to a user chain "
                                        "in the eBPF data path")
-                emit(guard, rule, slot)
+                # a stateful match on the jump (limit's token, recent's
+                # update) runs once, at the jump entry, which records the
+                # outcome in a memo bit; the called chain's entries, guarded
+                # by the jump's other matches, require that bit
+                inner = need
+                sets = 0
+                if rule_stateful(rule) is not None:
+                    if memo_bits[0] >= MAX_MEMO:
+                        raise NotSupported(f"more than {MAX_MEMO} jumps with `limit' or `recent' "
+                                           f"in {hook} in the eBPF data path")
+                    sets = 1 << memo_bits[0]
+                    memo_bits[0] += 1
+                    inner = need | sets
+                emit(guard, rule, slot, need=need, sets=sets)
                 path = guard + [rule]
                 if target.goto:
-                    walk(name, path, ret, depth + 1)
-                    emit(guard, rule, SCRATCH_COUNTER, next_=ret)
+                    walk(name, path, ret, depth + 1, inner)
+                    emit(guard, rule, SCRATCH_COUNTER, next_=ret, need=inner)
                 else:
                     after = _Label()
-                    walk(name, path, after, depth + 1)
+                    walk(name, path, after, depth + 1, inner)
                     after.index = len(entries)
             else:
                 raise NotSupported(f"target `{name}' in the eBPF data path")
 
     try:
-        walk(hook, [], end, 0)
+        walk(hook, [], end, 0, 0)
     except BaseException:
         cache.abandon()
         raise
@@ -879,11 +928,15 @@ def _compile_chain(table: Table, hook: str, interfaces: dict[str, int] | None,
     limits: list[tuple[int, int]] = []
     logs: list = []
     hashlimits: list = []
-    entries = inline(table, hook, slots, limits, logs, hashlimits)
+    recents: list = []
+    entries = inline(table, hook, slots, limits, logs, hashlimits, recents)
     if limits:
         shared_limits(table)
     if hashlimits:
         check_hashlimit_capacity(hashlimits)
+    if recents:
+        from .recent import table_needs
+        table_needs(table)   # refuses what the tables cannot hold
     n = len(entries)
     # one pass: targets resolved, the live entries, the fields in use (each
     # decomposition knows its own) and the entries a scan may pass by:
@@ -891,6 +944,7 @@ def _compile_chain(table: Table, hook: str, interfaces: dict[str, int] | None,
     live_entries: list[tuple[int, EntryFields]] = []
     uses: set[frozenset[str]] = set()
     nonterminal = 0
+    nstateful = 0   # entries whose check is a program of its own (hashlimit, recent)
     for i, e in enumerate(entries):
         nxt = e.next
         if nxt is None:
@@ -903,8 +957,11 @@ def _compile_chain(table: Table, hook: str, interfaces: dict[str, int] | None,
             live_entries.append((i, f))
             uses.add(f.used if f.used is not None else frozenset(f.uses()))
         if (e.verdict == VERDICT_CONTINUE or f.src.residual or f.dst.residual
-                or e.limit or e.hashlimit or f.ctcheck or f.mark or f.atcheck):
+                or e.limit or e.hashlimit or e.recent or e.need or f.ctcheck or f.mark
+                or f.atcheck):
             nonterminal += 1
+        if e.hashlimit or e.recent:
+            nstateful += 1
     live = bits([i for i, _ in live_entries])
     used: set[str] = set().union(*uses)
     nwords = pow2_at_least((n + 63) // 64)
@@ -922,14 +979,7 @@ def _compile_chain(table: Table, hook: str, interfaces: dict[str, int] | None,
     if -(-needed // steps) > MAX_CHUNKS:
         raise NotSupported(f"more than {MAX_CHUNKS * limit - nwords - 2} "
                            "non-terminating rules in one chain in the eBPF data path")
-    if hashlimits:
-        # each hashlimit candidate costs two tail calls (to xdp_hashlimit
-        # and back, filter.c) out of the kernel's 33
-        nhl = sum(1 for e in entries if e.hashlimit)
-        if -(-needed // steps) + 2 * nhl > MAX_CHUNKS:
-            raise NotSupported(f"{nhl} hashlimit rules (after inlining) in one chain with "
-                               f"{len(entries)} rules in the eBPF data path (each hashlimit "
-                               "check costs two of the kernel's 33 tail calls)")
+    check_stateful_calls(needed, steps, nstateful)
     policy = VERDICTS[table.chains[hook].policy or "ACCEPT"]
     c = Compiled(hook, Shape(nwords, steps, FIRST_RULE_COUNTER + len(slots), frozenset(),
                              scan=needed),
@@ -941,6 +991,9 @@ def _compile_chain(table: Table, hook: str, interfaces: dict[str, int] | None,
     shape.nlogs = len(logs) + 1 if logs else 0
     c.hashlimits = hashlimits
     shape.nhashlimits = 1 if hashlimits else 0
+    c.recents = recents
+    shape.nrecent = len(recents) + 1 if recents else 0
+    shape.memo = int(any(e.set for e in entries))
     if min_shape is not None:
         used |= set(min_shape.fields)
     shape.fields = frozenset(used)
@@ -1020,6 +1073,7 @@ def _compile_chain(table: Table, hook: str, interfaces: dict[str, int] | None,
         if -(-needed // c.shape.steps) > MAX_CHUNKS:   # fewer steps with min_shape's fields
             raise NotSupported(f"more than {MAX_CHUNKS * c.shape.steps - nwords - 2} "
                                "non-terminating rules in one chain in the eBPF data path")
+        check_stateful_calls(needed, c.shape.steps, nstateful)
         fill_unused(c)
     return c
 
@@ -1035,12 +1089,25 @@ def fast_path(entries: list[Entry]) -> tuple[int, int]:
     e = entries[0]
     f = e.fields
     if (f.never or f.uses() != {"ctstate"} or e.verdict != VERDICTS["ACCEPT"] or e.tcp
-            or e.limit or e.hashlimit or f.src.residual or f.dst.residual or f.mark):
+            or e.limit or e.hashlimit or e.recent or e.need or f.src.residual
+            or f.dst.residual or f.mark):
         return 0, 0
     slots = (1 << CTSTATES) - 1
     for m in f.ctstate:
         slots &= m
     return slots, e.counter
+
+
+def check_stateful_calls(needed: int, steps: int, nstateful: int) -> None:
+    """Each -m hashlimit or -m recent candidate costs two tail calls (to its
+    program, xdp_hashlimit or xdp_recent, and back; the resumed scan starts
+    a fresh invocation): they come out of the same 31 as the scan's
+    continuations (a packet meets each such entry at most once)."""
+    if nstateful and -(-needed // steps) + 2 * nstateful > MAX_CHUNKS:
+        raise NotSupported(f"{nstateful} rules with `hashlimit' or `recent' (after inlining) in "
+                           "one chain in the eBPF data path (at most "
+                           f"{max(0, (MAX_CHUNKS - -(-needed // steps)) // 2)} here: each costs "
+                           "two of the kernel's 33 tail calls)")
 
 
 def shared_limits(table: Table) -> None:

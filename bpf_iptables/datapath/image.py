@@ -193,13 +193,18 @@ def entry_blob(entries) -> bytes:
     return out.tobytes()
 
 
-ENTRY_HASHLIMIT = 2   # struct entry's tcp word, bit 1: the rule has a hashlimit (filter.c)
+# struct entry's tcp word (filter.c): bit 1 the rule has a hashlimit, bit 2
+# a recent match; either stops the scan for the match's own program
+ENTRY_HASHLIMIT = 2
+ENTRY_RECENT = 4
 
 
 def tcp_word(e) -> int:
-    """struct entry's ``tcp``: bit 0 hot-drops offset-1 TCP fragments, bit
-    1 marks a hashlimit check (so the scan loop reads no other map)."""
-    return (1 if e.tcp else 0) | (ENTRY_HASHLIMIT if e.hashlimit else 0)
+    """struct entry's ``tcp``: bit 0 hot-drops offset-1 TCP fragments, bits
+    1 and 2 mark a hashlimit or recent check (so the scan loop reads no
+    other map to know it must stop there)."""
+    return ((1 if e.tcp else 0) | (ENTRY_HASHLIMIT if e.hashlimit else 0)
+            | (ENTRY_RECENT if e.recent else 0))
 
 
 def entry_bytes(e) -> bytes:
@@ -267,6 +272,9 @@ def map_image(c: Compiled, shape: Shape) -> list[MapImage]:
         out.extend(log_images(c))
     if shape.nhashlimits:
         out.append(hashlimit_image(c))
+    if shape.nrecent or shape.memo:
+        from .recent import images as stateful_images   # -m recent, memo bits
+        out.extend(stateful_images(c, shape))
     for name, iv, bsize in (("src", c.src_iv, shape.src_bsize), ("dst", c.dst_iv, shape.dst_bsize)):
         if name in fields:
             assert iv is not None

@@ -348,6 +348,8 @@ def update(store, att: A.Attachment, ruleset: RuleSet, carried: dict[int, int],
     here = interfaces_here()
     compiled = compile_all(table, here)
     refuse_mark_at_xdp(compiled, att.mode)
+    from .recent import sync_pinned, table_needs
+    recent_needs = table_needs(table)   # NotSupported here, before anything changed
     clock("compile")
     gen = 1 - att.active
     quiesce(att)
@@ -360,6 +362,14 @@ def update(store, att: A.Attachment, ruleset: RuleSet, carried: dict[int, int],
         raise DatapathError(f"cannot load the eBPF program: {exc}") from None
     except OSError as exc:
         raise DatapathError(f"cannot prepare the eBPF program: {exc}") from None
+    try:
+        # -m recent: the lists the new rules name exist (made, or flushed
+        # when they need more stamps) before the switch, as xt_recent's
+        # checks run before a table replace; lists no rule names any more
+        # go after the switch
+        sync_pinned(A.ns_pins(directory), recent_needs, remove=False)
+    except OSError as exc:
+        raise DatapathError(f"cannot prepare the recent tables: {exc}") from None
     if "ctstate" in compiled["INPUT"].shape.fields:
         # the tracker's maps may be new: the timeouts set for the namespace
         from ..conntrack import table as cttable
@@ -402,6 +412,10 @@ def update(store, att: A.Attachment, ruleset: RuleSet, carried: dict[int, int],
     _maybe_die("counted")
     G.flip(directory, G.word(gen, route))
     new.switched_at = time.monotonic()
+    try:
+        sync_pinned(A.ns_pins(directory), recent_needs)
+    except OSError:
+        pass   # left for the next update, which frees them as well
     if now:
         # what the old generation counted since ``now``: carried in the record
         try:

@@ -31,13 +31,18 @@ BPF_DIR = Path(os.environ.get("BPF_IPTABLES_BPF_DIR")
 SOURCE = BPF_DIR / "filter.c"
 FUNCTION = "xdp_filter"
 REJECT_FUNCTION = "xdp_reject"
-HASHLIMIT_FUNCTION = "xdp_hashlimit"   # with -m hashlimit only (self_map slot 2)
+# the stateful matches' own programs and their self_map slots (filter.c
+# SLOT_HASHLIMIT, SLOT_RECENT), each loaded only for rule sets using it
+HASHLIMIT_FUNCTION = "xdp_hashlimit"
+RECENT_FUNCTION = "xdp_recent"
+STATEFUL_SLOTS = {HASHLIMIT_FUNCTION: 2, RECENT_FUNCTION: 3}
 
 
 def functions(shape: Shape) -> list[str]:
     """The object's programs: the classifier, the REJECT reply builder and,
-    for rule sets with hashlimit, its check (filter.c)."""
-    return [FUNCTION, REJECT_FUNCTION] + ([HASHLIMIT_FUNCTION] if shape.nhashlimits else [])
+    for rule sets with hashlimit or recent, their checks (filter.c)."""
+    return ([FUNCTION, REJECT_FUNCTION] + ([HASHLIMIT_FUNCTION] if shape.nhashlimits else [])
+            + ([RECENT_FUNCTION] if shape.nrecent else []))
 
 
 def cflags(shape: Shape, tc: bool = False, ct_dir: str | None = None) -> list[str]:
@@ -75,6 +80,14 @@ def cflags(shape: Shape, tc: bool = False, ct_dir: str | None = None) -> list[st
                   f"-DHL_BYTES_FULL={BYTES_FULL}ULL"]
         if ct_dir:
             flags.append(f'-DHL_PIN_DIR="{hashlimit_dir(ct_dir)}"')
+    if shape.nrecent:
+        from ..conntrack.hz import kernel_hz  # --seconds * HZ, as xt_recent
+        from .recent import recent_dir
+
+        flags.append(f"-DRECENT_HZ={kernel_hz()}")
+        if ct_dir:
+            # the recent tables: the namespace's, next to conntrack's
+            flags.append(f'-DRECENT_PIN_DIR="{recent_dir(ct_dir)}"')
     return flags
 
 
@@ -186,9 +199,13 @@ class LoadedProgram:
             os.makedirs(log_dir(ct_dir), mode=0o700, exist_ok=True)
         if ct_dir and shape.nhashlimits:
             os.makedirs(hashlimit_dir(ct_dir), mode=0o700, exist_ok=True)
+        if ct_dir and shape.nrecent:
+            from .recent import recent_dir
+            os.makedirs(recent_dir(ct_dir), mode=0o700, exist_ok=True)
         # maps bcc opens (or creates and pins) by path: the namespace's
-        # conntrack table, LOG ring and hashlimit tables
-        pinned = bool(ct_dir) and (tracked or bool(shape.nlogs) or bool(shape.nhashlimits))
+        # conntrack table, LOG ring, hashlimit and recent tables
+        pinned = bool(ct_dir) and (tracked or bool(shape.nlogs) or bool(shape.nhashlimits)
+                                   or bool(shape.nrecent))
         start = time.monotonic()
         # the raw loader would make private ones: programs with pinned maps
         # are always compiled
@@ -224,9 +241,11 @@ class LoadedProgram:
         # -j REJECT: the reply is built by a program of its own (filter.c)
         bpfsys.map_update(self.maps["self_map"], u32(1),
                           u32(self._loaded.progs[REJECT_FUNCTION]))
-        if HASHLIMIT_FUNCTION in self._loaded.progs:
-            bpfsys.map_update(self.maps["self_map"], u32(2),
-                              u32(self._loaded.progs[HASHLIMIT_FUNCTION]))
+        for name, slot in STATEFUL_SLOTS.items():
+            if name in self._loaded.progs:
+                # -m hashlimit, -m recent: evaluated by programs of their own
+                bpfsys.map_update(self.maps["self_map"], u32(slot),
+                                  u32(self._loaded.progs[name]))
         self.compile_seconds = time.monotonic() - self._start
 
     @staticmethod
@@ -256,7 +275,7 @@ class LoadedProgram:
                 steps = fewer
         try:
             # -j REJECT: the reply is built by a program of its own (filter.c),
-            # and so is -m hashlimit's check
+            # and so are -m hashlimit's and -m recent's checks
             names = functions(shape)
             for name in names[1:]:
                 bpf.load_func(name.encode(), BPF.SCHED_CLS if tc else BPF.XDP)
@@ -296,6 +315,11 @@ class LoadedProgram:
             # as an attached namespace's update does (hashlimit_tables.py)
             from .hashlimit_tables import creators, ensure_fds
             ensure_fds(self.maps["hl_tables"], self.maps["hl_added"], creators(c.hashlimits))
+        if self.shape.nrecent:
+            # the recent tables the rules name (private to this program
+            # without a namespace's pins)
+            from .recent import sync
+            sync(self.maps["recent_tables"], _recent_needs(c))
         self.zero_counters()
         self.compiled = c
 
@@ -391,5 +415,18 @@ def map_names(shape: Shape) -> list[str]:
 
     empty = compile_chain(Table.empty("filter"), "INPUT", {},
                           Shape(1, 1, 2, shape.fields, nlimits=shape.nlimits,
-                                nlogs=shape.nlogs, nhashlimits=shape.nhashlimits))
+                                nlogs=shape.nlogs, nhashlimits=shape.nhashlimits,
+                                nrecent=shape.nrecent, memo=shape.memo))
     return [image.name for image in map_image(empty, empty.shape)] + ["counter_map", "self_map"]
+
+
+def _recent_needs(c: Compiled) -> dict[str, tuple[int, int]]:
+    """The tables ``c``'s recent rules name (a program loaded without a
+    rule set to look at: tests)."""
+    from .recent import stamps_mask
+
+    needs: dict[str, tuple[int, int]] = {}
+    for d in c.recents:
+        have = needs.get(d.name)
+        needs[d.name] = (d.mask, max(stamps_mask(d.hit_count), have[1] if have else 0))
+    return needs

@@ -5,8 +5,9 @@ ufw's rate limiting (``ufw limit``) is built on it. The rule's data is
 by every rule naming the same list, kept apart in ``RecentTables`` as the
 kernel keeps them per network namespace (/proc/net/xt_recent/NAME).
 
-The eBPF data path cannot enforce it yet: ``lower()`` refuses (the base
-class), so an attached namespace refuses such rules with exit 2."""
+In the eBPF data path the lists are the namespace's pinned tables
+(``datapath/recent.py``, ``bpf/lib/recent.h``) and the match is a
+per-candidate check: ``lower()`` adds no field constraint."""
 from __future__ import annotations
 
 import socket
@@ -213,7 +214,24 @@ class RecentMatch(XtOptionsExtension, MatchExtension):
         if d.check_set & REAP and not d.seconds:
             return False
         # the list is a /proc/net/xt_recent entry: no "/" in its name
-        return bool(d.name) and "/" not in d.name
+        if not d.name or "/" in d.name:
+            return False
+        # the rule holds its list, sized for the most demanding rule: a rule
+        # needing more stamps than the list keeps flushes it (as the kernel
+        # does when the rule is loaded; the model's lists then keep what
+        # the kernel's keep from the first packet on)
+        need = stamps_kept(d.hit_count)
+        have = self.tables.stamps.get(d.name)
+        if have is not None and need > have:
+            self.tables.table(d.name).clear()
+        self.tables.stamps[d.name] = max(have or 0, need)
+        return True
+
+    def lower(self, d: RecentData, rule: "Rule") -> list[Any]:
+        """No field constraint: the list is consulted per candidate, once
+        every other match of the rule held (compiler.rule_stateful refuses
+        a recent match that is not the rule's last)."""
+        return []
 
     def matches(self, d: RecentData, pkt: "Packet") -> bool:
         """recent_mt() for IPv4."""
@@ -231,7 +249,9 @@ class RecentMatch(XtOptionsExtension, MatchExtension):
                                          stamps_kept(d.hit_count))
         ret = d.invert
         entry = table.get(addr)
-        if entry is not None and d.check_set & TTL and entry.ttl != ttl:
+        # recent_entry_lookup(): a TTL of 0 on either side matches any
+        want = ttl if d.check_set & TTL else 0
+        if entry is not None and not (want == entry.ttl or want == 0 or entry.ttl == 0):
             entry = None
         if entry is None:
             if not d.check_set & SET:
@@ -246,7 +266,7 @@ class RecentMatch(XtOptionsExtension, MatchExtension):
             del table[addr]
             return not ret
         else:
-            since = now - d.seconds * HZ
+            since = now - ((d.seconds * HZ) & 0xFFFFFFFF)   # u32 in the kernel
             hits = 0
             for stamp in entry.stamps:
                 if d.seconds and since > stamp:
@@ -255,11 +275,14 @@ class RecentMatch(XtOptionsExtension, MatchExtension):
                 if not d.hit_count or hits >= d.hit_count:
                     ret = not ret
                     break
-            if d.check_set & REAP:
-                entry.stamps = [s for s in entry.stamps if s >= since]
-                if not entry.stamps:
-                    del table[addr]
-                    return ret
+            if d.check_set & REAP and table:
+                # recent_entry_reap(): the table's oldest entry goes when its
+                # newest stamp is older than the window (not this entry's)
+                oldest = next(iter(table))
+                if since > table[oldest].stamps[-1]:
+                    del table[oldest]
+                    if oldest == addr:
+                        return ret
         if d.check_set & SET or (d.check_set & UPDATE and ret):
             keep = self.tables.stamps.get(d.name, 32)
             entry.stamps = (entry.stamps + [now])[-keep:]
