@@ -394,11 +394,11 @@ def clear_caches() -> None:
     _layouts.clear()
 
 
-STATEFUL_MATCHES = ("limit", "recent")
+STATEFUL_MATCHES = ("limit", "recent", "hashlimit")
 
 
 def rule_stateful(rule: Rule) -> "tuple[str, Any] | None":
-    """The rule's stateful match (limit or recent) as (name, data) when the
+    """The rule's stateful match (limit, recent or hashlimit) as (name, data) when the
     data path can evaluate it as netfilter does: only once every other
     match held, i.e. it is the rule's last match (comments aside, which
     always hold and have no effect). One before other matches changes its
@@ -412,8 +412,8 @@ def rule_stateful(rule: Rule) -> "tuple[str, Any] | None":
     names = [m.name for m in rule.matches]
     found = [i for i, n in enumerate(names) if n in STATEFUL_MATCHES]
     if len(found) > 1:
-        raise NotSupported("more than one of the matches `limit' and `recent' on one rule "
-                           "in the eBPF data path")
+        raise NotSupported("more than one of the matches `limit', `recent' and `hashlimit' "
+                           "on one rule in the eBPF data path")
     at = found[0]
     name = names[at]
     if any(n != "comment" for n in names[at + 1:]):
@@ -433,21 +433,11 @@ MAX_MEMO = 64
 
 
 def rule_hashlimit(rule: Rule):
-    """The rule's ``-m hashlimit`` (its HashlimitData) when the data path
-    can run it as netfilter does: as the rule's last match (comments
-    aside), since netfilter updates the bucket before the matches after it
-    run, and the data path runs it once every field of the entry held."""
-    for m in rule.matches:
-        if m.name == "hashlimit":
-            break
-    else:
-        return None
-    names = [m.name for m in rule.matches]
-    at = names.index("hashlimit")
-    if names.count("hashlimit") > 1 or any(n != "comment" for n in names[at + 1:]):
-        raise NotSupported("match `hashlimit' in the eBPF data path only as the rule's last "
-                           "match (netfilter updates the bucket before the matches after it)")
-    return rule.matches[at].data
+    """The rule's ``-m hashlimit`` (its HashlimitData; see rule_stateful:
+    netfilter updates the bucket before the matches after it run, and the
+    data path runs it once every field of the entry held)."""
+    st = rule_stateful(rule)
+    return st[1] if st is not None and st[0] == "hashlimit" else None
 
 
 # all tables' buckets of a namespace (HL_CAPACITY, bpf/lib/hashlimit.h)
@@ -512,7 +502,7 @@ def inline(table: Table, hook: str, slots: dict[tuple[str, int], int],
             # iprange on the address tries): an uncounted entry without them
             # is the candidate that hot-drops; any other packet passes it by
             entries.append(Entry(d.guard, SCRATCH_COUNTER, tcp=True, need=need))
-        lim = rec = 0
+        lim = rec = hl = 0
         st = rule_stateful(rule) if counter != SCRATCH_COUNTER else None
         if st is not None and st[0] == "limit":
             data = st[1]
@@ -520,25 +510,22 @@ def inline(table: Table, hook: str, slots: dict[tuple[str, int], int],
             if not lim:
                 limits.append((data.credit_cap, data.cost))
                 lim = limit_slot[counter] = len(limits)
-        elif st is not None:
+        elif st is not None and st[0] == "recent":
             rec = recent_slot.get(counter, 0)
             if not rec:
                 recents.append(st[1])
                 rec = recent_slot[counter] = len(recents)
+        elif st is not None:
+            hl = hl_slot.get(counter, 0)
+            if not hl:
+                hashlimits.append(st[1])
+                hl = hl_slot[counter] = len(hashlimits)
         log = 0
         if counter != SCRATCH_COUNTER and rule.target.name == "LOG" and not rule.target.is_standard:
             log = log_slot.get(counter, 0)
             if not log:
                 logs.append(rule.target.data)
                 log = log_slot[counter] = len(logs)
-        hl = 0
-        if counter != SCRATCH_COUNTER:
-            hdata = rule_hashlimit(rule)
-            if hdata is not None:
-                hl = hl_slot.get(counter, 0)
-                if not hl:
-                    hashlimits.append(hdata)
-                    hl = hl_slot[counter] = len(hashlimits)
         entries.append(Entry(d.fields, counter, verdict, next_, own_tcp, lim, log,
                              hashlimit=hl, need=need, set=sets, recent=rec))
 
@@ -578,19 +565,17 @@ def inline(table: Table, hook: str, slots: dict[tuple[str, int], int],
             elif name == "RETURN":
                 emit(guard, rule, slot, next_=ret, need=need)
             elif name in table.chains:
-                if rule_hashlimit(rule) is not None:
-                    raise NotSupported("match `hashlimit' on a rule that jumps to a user chain "
-                                       "in the eBPF data path")
                 # a stateful match on the jump (limit's token, recent's
-                # update) runs once, at the jump entry, which records the
-                # outcome in a memo bit; the called chain's entries, guarded
-                # by the jump's other matches, require that bit
+                # update, hashlimit's bucket) runs once, at the jump entry,
+                # which records the outcome in a memo bit; the called
+                # chain's entries, guarded by the jump's other matches,
+                # require that bit
                 inner = need
                 sets = 0
                 if rule_stateful(rule) is not None:
                     if memo_bits[0] >= MAX_MEMO:
-                        raise NotSupported(f"more than {MAX_MEMO} jumps with `limit' or `recent' "
-                                           f"in {hook} in the eBPF data path")
+                        raise NotSupported(f"more than {MAX_MEMO} jumps with `limit', `recent' "
+                                           f"or `hashlimit' in {hook} in the eBPF data path")
                     sets = 1 << memo_bits[0]
                     memo_bits[0] += 1
                     inner = need | sets
