@@ -203,6 +203,27 @@ def test_what_cannot_be_exact_is_refused(lines, why):
         compile_chain(table, "INPUT", {"lo": 1})
 
 
+def test_the_tail_call_budget_counts_the_stateful_programs():
+    """Two tail calls per hashlimit/recent entry come out of the scan's 31:
+    a loaded program whose steps leave too few (the verifier's E2BIG
+    retries cut them) does not cover the rule set, though its scan alone
+    would fit; the compiler refuses past the budget."""
+    from dataclasses import replace
+
+    lines = [f"-A INPUT -p udp --dport {2000 + i} {HL} b{i % 2} --hashlimit-upto 1/s -j ACCEPT"
+             for i in range(5)]
+    lines += [f"-A INPUT -p udp --dport {3000 + i} -m recent --set --name r{i}" for i in range(5)]
+    c = compile_chain(table_from_lines(lines), "INPUT", {"lo": 1})
+    assert c.shape.stateful == 10 and c.shape.invocations(c.shape.steps) == 1 + 20
+    one_step = replace(c.shape, steps=1)
+    assert -(-c.shape.scan_steps // 1) <= 31 < c.shape.invocations(1)
+    assert not one_step.covers(c.shape)
+    assert one_step.covers(replace(c.shape, stateful=0))
+    with pytest.raises(NotSupported, match="tail calls"):
+        compile_chain(table_from_lines(lines + [f"-A INPUT {HL} b0 --hashlimit-upto 1/s"] * 6),
+                      "INPUT", {"lo": 1})
+
+
 def test_on_jump_rules_a_bucket_is_taken_once_per_packet(harness):
     """hashlimit on a jump and on a goto (memo bits, as limit and recent):
     the bucket is taken once, at the jump entry, not once per inlined rule

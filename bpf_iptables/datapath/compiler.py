@@ -140,6 +140,9 @@ class Shape:
     # ``steps`` of them and continues in tail calls, so a program whose
     # verifier budget forced fewer steps per invocation still fits
     scan: int = 0
+    # entries whose check is a program of its own (hashlimit, recent): two
+    # more tail calls each, out of the same budget (check_stateful_calls)
+    stateful: int = 0
 
     @property
     def nentries(self) -> int:
@@ -149,6 +152,12 @@ class Shape:
     def scan_steps(self) -> int:
         return self.scan or self.steps
 
+    def invocations(self, steps: int) -> int:
+        """Tail calls of the classifier's module a packet may need when one
+        invocation runs ``steps``: the scan's invocations, and two for each
+        hashlimit or recent candidate (to its program and back)."""
+        return -(-self.scan_steps // steps) + 2 * self.stateful
+
     def covers(self, other: "Shape") -> bool:
         # an address search takes this program's probes from an interval
         # of the bucket; the slots after the last interval must hold them
@@ -156,7 +165,7 @@ class Shape:
                         and getattr(other, f"{a}_nbounds") + (1 << getattr(self, f"{a}_probes"))
                         <= getattr(self, f"{a}_bsize") for a in ("src", "dst"))
         return (addresses and other.fields <= self.fields and self.nwords >= other.nwords
-                and self.steps * MAX_CHUNKS >= other.scan_steps
+                and other.invocations(self.steps) <= MAX_CHUNKS
                 and self.ncounters >= other.ncounters
                 and all(getattr(self, k) >= getattr(other, k) for k in SIZE_ATTRS))
 
@@ -964,11 +973,11 @@ def _compile_chain(table: Table, hook: str, interfaces: dict[str, int] | None,
     if -(-needed // steps) > MAX_CHUNKS:
         raise NotSupported(f"more than {MAX_CHUNKS * limit - nwords - 2} "
                            "non-terminating rules in one chain in the eBPF data path")
-    check_stateful_calls(needed, steps, nstateful)
     policy = VERDICTS[table.chains[hook].policy or "ACCEPT"]
     c = Compiled(hook, Shape(nwords, steps, FIRST_RULE_COUNTER + len(slots), frozenset(),
-                             scan=needed),
+                             scan=needed, stateful=nstateful),
                  entries, live, policy, slots)
+    check_stateful_calls(c.shape, steps)
     shape = c.shape
     c.limits = limits
     shape.nlimits = len(limits) + 1 if limits else 0
@@ -1058,7 +1067,7 @@ def _compile_chain(table: Table, hook: str, interfaces: dict[str, int] | None,
         if -(-needed // c.shape.steps) > MAX_CHUNKS:   # fewer steps with min_shape's fields
             raise NotSupported(f"more than {MAX_CHUNKS * c.shape.steps - nwords - 2} "
                                "non-terminating rules in one chain in the eBPF data path")
-        check_stateful_calls(needed, c.shape.steps, nstateful)
+        check_stateful_calls(c.shape, c.shape.steps)
         fill_unused(c)
     return c
 
@@ -1083,15 +1092,18 @@ def fast_path(entries: list[Entry]) -> tuple[int, int]:
     return slots, e.counter
 
 
-def check_stateful_calls(needed: int, steps: int, nstateful: int) -> None:
+def check_stateful_calls(shape: Shape, steps: int) -> None:
     """Each -m hashlimit or -m recent candidate costs two tail calls (to its
     program, xdp_hashlimit or xdp_recent, and back; the resumed scan starts
     a fresh invocation): they come out of the same 31 as the scan's
-    continuations (a packet meets each such entry at most once)."""
-    if nstateful and -(-needed // steps) + 2 * nstateful > MAX_CHUNKS:
-        raise NotSupported(f"{nstateful} rules with `hashlimit' or `recent' (after inlining) in "
-                           "one chain in the eBPF data path (at most "
-                           f"{max(0, (MAX_CHUNKS - -(-needed // steps)) // 2)} here: each costs "
+    continuations (a packet meets each such entry at most once). The same
+    sum (Shape.invocations) decides whether a loaded program covers a rule
+    set and how far the verifier's E2BIG retries may cut the steps."""
+    if shape.stateful and shape.invocations(steps) > MAX_CHUNKS:
+        scan = -(-shape.scan_steps // steps)
+        raise NotSupported(f"{shape.stateful} rules with `hashlimit' or `recent' (after inlining) "
+                           "in one chain in the eBPF data path (at most "
+                           f"{max(0, (MAX_CHUNKS - scan) // 2)} here: each costs "
                            "two of the kernel's 33 tail calls)")
 
 

@@ -269,7 +269,7 @@ class LoadedProgram:
                 bpf.cleanup()
                 fewer = steps * 2 // 3
                 if ("Argument list too long" not in str(exc)
-                        or fewer < 16 or -(-shape.scan_steps // fewer) > MAX_CHUNKS):
+                        or fewer < 16 or shape.invocations(fewer) > MAX_CHUNKS):
                     os.write(2, kept.data)  # the verifier's log says why
                     raise
                 steps = fewer
