@@ -5,7 +5,8 @@ path attached), the same UDP trains sent on lo in both at the same time,
 from two source addresses (127.0.0.1 and 127.0.0.2) into one table in mode
 srcip: bursts exactly as the kernel's, paced trains within 5%, and the
 table's life across rule-set changes as in iptables-legacy (kept while a
-rule names it, new once no rule did)."""
+rule names it, new once no rule did), and a hashlimit on a jump rule taken
+once per packet."""
 from __future__ import annotations
 
 import sys
@@ -52,9 +53,9 @@ def both(real, ours, *args: str) -> None:
     assert res.returncode == 0, res.stderr
 
 
-def counts(ns, ours: bool) -> list[int]:
-    argv = (bpf_command("iptables", "-L", "INPUT", "-v", "-x", "-n") if ours
-            else ["iptables-legacy", "-L", "INPUT", "-v", "-x", "-n"])
+def counts(ns, ours: bool, chain: str = "INPUT") -> list[int]:
+    argv = (bpf_command("iptables", "-L", chain, "-v", "-x", "-n") if ours
+            else ["iptables-legacy", "-L", chain, "-v", "-x", "-n"])
     out = ns.run(argv, env=ON).stdout
     return [int(line.split()[0]) for line in out.splitlines()[2:] if line.strip()]
 
@@ -84,6 +85,29 @@ def test_bursts_and_paced_trains_from_two_sources_match_iptables_legacy():
             r, o = counts(real, False), counts(ours, True)
             for i in (0, 1):
                 assert r[i] >= 20 and abs(r[i] - o[i]) <= max(1, 0.05 * r[i]), (r, o)
+        finally:
+            ours.run(datapath_command("detach"))
+
+
+def test_a_hashlimit_on_a_jump_takes_one_token_per_packet_as_iptables_legacy():
+    """The jump's bucket is taken once per packet (memo bits), not once per
+    rule of the called chain: a burst from each source lands in the chain
+    exactly as with iptables-legacy."""
+    ensure_bpffs()
+    with namespace("hljr") as real, namespace("hljo") as ours:
+        try:
+            for ns in (real, ours):
+                ns.run(["ip", "link", "set", "lo", "up"])
+            for r in (["-N", "HL"], ["-A", "HL", "-s", "127.0.0.2", "-j", "ACCEPT"],
+                      ["-A", "HL", "-j", "ACCEPT"],
+                      ["-A", "INPUT", "-p", "udp", "--dport", "9999", "-m", "hashlimit",
+                       "--hashlimit-upto", "1/min", "--hashlimit-burst", "4",
+                       "--hashlimit-mode", "srcip", "--hashlimit-name", "jump", "-j", "HL"],
+                      ["-A", "INPUT", "-p", "udp", "--dport", "9999", "-j", "DROP"]):
+                both(real, ours, *r)
+            send_both(real, ours, 10, 0)
+            assert counts(real, False, "HL") == counts(ours, True, "HL") == [4, 4]
+            assert counts(real, False) == counts(ours, True) == [8, 12]
         finally:
             ours.run(datapath_command("detach"))
 
