@@ -7,10 +7,13 @@ compares verdicts and every rule and policy counter with
 from __future__ import annotations
 
 import shlex
+import time
 from dataclasses import dataclass, field
 
 from ..cmdline import parse as P
 from ..commands import execute
+from ..conntrack.reference import run as track_and_evaluate
+from ..conntrack.tracker import Tracker
 from ..model import Table
 from ..reference.evaluate import evaluate
 from ..reference.packet import Packet
@@ -85,16 +88,28 @@ class Harness:
         prog.install(compiled)
         return prog, compiled
 
-    def check(self, table: Table, packets: list[Packet]) -> Report:
-        """Run ``packets``; ``table``'s counters must start at zero."""
+    def check(self, table: Table, packets: list[Packet], stateful: bool = False) -> Report:
+        """Run ``packets``; ``table``'s counters must start at zero.
+
+        ``stateful``: the packets are a sequence in time, as the data path
+        sees them: each is stamped with the clock when it runs (limit,
+        recent and hashlimit count time), and netfilter's tracker model
+        gives it its conntrack state and confirms what is accepted, as the
+        program's own (fresh) table does."""
         prog, _ = self.load(table)
         report = Report()
+        tracker = Tracker() if stateful else None
         for pkt in packets:
             pkt.hook = self.hook
             normalise(pkt)
             ifindex = self.interfaces[pkt.in_iface] if pkt.in_iface else 0
+            if tracker is not None:
+                pkt.time = time.monotonic()
             got = test_run(prog.fd, frame(pkt), ifindex=ifindex)
-            want = evaluate(table, pkt).verdict
+            if tracker is not None:
+                want = track_and_evaluate(table, tracker, pkt)[0].verdict
+            else:
+                want = evaluate(table, pkt).verdict
             report.packets += 1
             if XDP_TO_VERDICT.get(got.verdict) != want:
                 report.mismatches.append(f"{pkt}: data path {got.name}, reference {want}")

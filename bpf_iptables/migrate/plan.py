@@ -59,16 +59,18 @@ def _command(table: Table, words: list[str]) -> P.ParsedCommand:
 
 def enforceable(rule: Rule, hooks: frozenset[str]) -> str | None:
     """None, or why the data path cannot enforce ``rule``."""
-    from ..datapath.compiler import check_log, rule_limit
+    from ..datapath.compiler import check_log, rule_stateful
 
-    if not rule.target.is_standard and rule.target.name != "LOG":
+    # the targets the compiler takes (compile_chain): standard ones, LOG
+    # and REJECT, built in the data path
+    if not rule.target.is_standard and rule.target.name not in ("LOG", "REJECT"):
         return f"target `{rule.target.name}' in the eBPF data path is not supported by bpf-iptables"
     try:
         for hook in sorted(hooks):
-            if not rule.target.is_standard:
+            if rule.target.name == "LOG":
                 check_log(rule.target.data, hook)   # LOG: what the logger cannot write
             add_rule(EntryFields(), rule, hook)
-        rule_limit(rule)   # limit: only as the rule's last match
+        rule_stateful(rule)   # limit, recent, hashlimit: only as the rule's last match
     except NotSupported as exc:
         return exc.message
     return None

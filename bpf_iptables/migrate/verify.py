@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 
-from ..datapath.compiler import compile_chain, interfaces_here
+from ..datapath.compiler import compile_chain, interfaces_here, uses_addrtype
 from ..datapath.harness import Harness
 from ..model import Counters, Table
 from ..validate import chain_hooks
@@ -36,6 +36,18 @@ def _zeroed(table: Table) -> Table:
     return t
 
 
+def _address_types(packets: list) -> None:
+    """The probes' address types as the namespace's routes give them (what
+    the compiled -m addrtype tests), for the reference to agree on."""
+    from ..datapath.addrtypes import current
+    from ..extensions.addrtype import RTN_NAMES
+
+    types = current()
+    for pkt in packets:
+        pkt.src_type = frozenset({RTN_NAMES[types.type_of(pkt.src)]})
+        pkt.dst_type = frozenset({RTN_NAMES[types.type_of(pkt.dst)]})
+
+
 def verify(table: Table) -> Verification:
     out = Verification()
     here = interfaces_here()
@@ -55,7 +67,9 @@ def verify(table: Table) -> Verification:
             if hook == "FORWARD":
                 for pkt in packets:
                     pkt.in_iface, pkt.ttl = "", 64
-            report = harness.check(_zeroed(table), packets)
+            if uses_addrtype(table):
+                _address_types(packets)
+            report = harness.check(_zeroed(table), packets, stateful=True)
         finally:
             harness.close()
         out.packets[hook] = report.packets
