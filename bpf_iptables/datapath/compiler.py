@@ -35,6 +35,7 @@ from ..extensions.reject import RejectData, default_ttl, reject_verdict
 from ..model import Rule, Table
 from ..netaddr import iface_matches
 from .fields import ICMP_ANY, EntryFields, Prefix, PrefixField, RangeField, decompose
+from .sets import assign as assign_sets
 
 if TYPE_CHECKING:
     from ..extensions.limit import LimitData
@@ -67,7 +68,7 @@ FIELD_ORDER = ("src", "dst", "proto", "iif", "frag", "flags", "sport", "dport", 
 SIZE_ATTRS = ("src_max", "dst_max", "src_bsize", "dst_bsize", "src_probes", "dst_probes",
               "proto_max", "iif_max", "sport_bsize", "dport_bsize",
               "icmp_max", "length_bsize", "ttl_bsize", "oif_max", "mac_max", "nlimits",
-              "nlogs", "ctextra_max")
+              "nlogs", "ctextra_max", "nsets")
 ICMP_OTHER, ICMP_NONE = 0x10000, 0x10001   # icmp-table keys (filter.c, parse.h)
 MAC_OTHER, MAC_NONE = 1 << 48, (1 << 48) + 1  # mac-table keys (filter.c)
 PKTTYPES = 3   # pkttype-table slots: PACKET_HOST, _BROADCAST, _MULTICAST (parse.h)
@@ -83,6 +84,7 @@ class Entry:
     tcp: bool = False    # own rule has a tcp match: hot-drops offset-1 TCP fragments
     limit: int = 0       # the rule's -m limit bucket (limit_map slot), 0: none
     log: int = 0         # the rule's -j LOG (log_map slot), 0: none
+    sets: int = 0        # the entry's first -m set check (set_check_map slot), 0: none
 
     def residual(self, which: str) -> tuple[int, int, bool]:
         """(addr, mask, invert) checked per candidate; mask 0 checks nothing."""
@@ -125,6 +127,7 @@ class Shape:
     nlimits: int = 0                 # limit_map slots (slot 0 unused); 0: no limit code
     nlogs: int = 0                   # log_map slots (slot 0 unused); 0: no LOG code
     ctextra_max: int = 1             # conntrack checks beyond an entry's first (+1)
+    nsets: int = 0                   # set_check_map slots (slot 0 unused); 0: no set code
     # steps the longest scan may need (0: ``steps``); one invocation runs
     # ``steps`` of them and continues in tail calls, so a program whose
     # verifier budget forced fewer steps per invocation still fits
@@ -223,6 +226,8 @@ class Compiled:
     limits: list[tuple[int, int]] = field(default_factory=list)
     # -j LOG: per log_map slot (from 1) the rule's LogData
     logs: list = field(default_factory=list)
+    # -m set: per set_check_map slot (from 1) a struct set_check (datapath/sets.py)
+    set_records: list[bytes] = field(default_factory=list)
 
 
 def summary_words(nwords: int) -> int:
@@ -823,6 +828,7 @@ def _compile_chain(table: Table, hook: str, interfaces: dict[str, int] | None,
     entries = inline(table, hook, slots, limits, logs)
     if limits:
         shared_limits(table)
+    set_records = assign_sets(entries)
     n = len(entries)
     # one pass: targets resolved, the live entries, the fields in use (each
     # decomposition knows its own) and the entries a scan may pass by:
@@ -842,7 +848,7 @@ def _compile_chain(table: Table, hook: str, interfaces: dict[str, int] | None,
             live_entries.append((i, f))
             uses.add(f.used if f.used is not None else frozenset(f.uses()))
         if (e.verdict == VERDICT_CONTINUE or f.src.residual or f.dst.residual
-                or e.limit or f.ctcheck):
+                or e.limit or f.ctcheck or e.sets):
             nonterminal += 1
     live = bits([i for i, _ in live_entries])
     used: set[str] = set().union(*uses)
@@ -870,6 +876,8 @@ def _compile_chain(table: Table, hook: str, interfaces: dict[str, int] | None,
     shape.nlimits = len(limits) + 1 if limits else 0
     c.logs = logs
     shape.nlogs = len(logs) + 1 if logs else 0
+    c.set_records = set_records
+    shape.nsets = len(set_records) + 1 if set_records else 0
     if min_shape is not None:
         used |= set(min_shape.fields)
     shape.fields = frozenset(used)
@@ -961,7 +969,7 @@ def fast_path(entries: list[Entry]) -> tuple[int, int]:
     e = entries[0]
     f = e.fields
     if (f.never or f.uses() != {"ctstate"} or e.verdict != VERDICTS["ACCEPT"] or e.tcp
-            or e.limit or f.src.residual or f.dst.residual):
+            or e.limit or e.sets or f.src.residual or f.dst.residual):
         return 0, 0
     slots = (1 << CTSTATES) - 1
     for m in f.ctstate:

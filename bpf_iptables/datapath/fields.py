@@ -263,6 +263,20 @@ class CtCheck:
                        other.exp_hi if other.flags & 128 else self.exp_hi)
 
 
+SET_CHECKS_MAX = 4   # per entry (filter.c follows set_check.next this often)
+
+
+@dataclass(frozen=True)
+class SetCheck:
+    """-m set: the packet is (``invert``: is not) in the set ``name`` under
+    the directions ``dirs``; checked per candidate (bpf/lib/set.h). The set
+    is resolved to its type and id when the chain is compiled
+    (datapath/sets.py): its contents are the set's maps, not the rules'."""
+    name: str
+    dirs: tuple[str, ...]
+    invert: bool = False
+
+
 @dataclass(frozen=True)
 class ProtoConstraint:
     """The packet's protocol is ``proto``, or not."""
@@ -278,7 +292,7 @@ class Never:
 Constraint = (AddrConstraint | PortConstraint | RangeConstraint | TosConstraint | PortsEither
               | MacConstraint | PkttypeConstraint | NeedsL4 | NotFragment
               | TcpFlagsConstraint | IcmpConstraint | CtstateConstraint | ProtoConstraint
-              | CtCheck | Never)
+              | CtCheck | SetCheck | Never)
 
 
 def prefixes_of_range(lo: int, hi: int) -> list[IPv4Net]:
@@ -345,6 +359,7 @@ class EntryFields:
     pkttype: tuple[tuple[int, bool], ...] = ()    # (PACKET_*, invert)
     ctstate: tuple[int, ...] = ()    # CtstateConstraint.slots, all must hold
     ctcheck: tuple[CtCheck, ...] = ()   # per-candidate conntrack tuple/expiry tests, all must hold
+    sets: tuple[SetCheck, ...] = ()     # per-candidate set membership tests, all must hold
     # uses(), fixed once decompose() has built the entry
     used: frozenset[str] | None = field(default=None, compare=False, repr=False)
 
@@ -545,6 +560,14 @@ def apply(f: EntryFields, c: Constraint) -> bool:
                                "tuple or --ctexpire option on one rule path in the eBPF "
                                "data path")
         f.ctcheck += (c,)
+        return True
+    if isinstance(c, SetCheck):
+        if c in f.sets:
+            return True
+        if len(f.sets) == SET_CHECKS_MAX:
+            raise NotSupported(f"more than {SET_CHECKS_MAX} set matches on one rule path in "
+                               "the eBPF data path")
+        f.sets += (c,)
         return True
     if isinstance(c, Never):
         return False

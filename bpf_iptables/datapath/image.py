@@ -242,6 +242,10 @@ def map_image(c: Compiled, shape: Shape) -> list[MapImage]:
         out.extend(limit_images(c))
     if shape.nlogs:
         out.extend(log_images(c))
+    if shape.nsets:
+        from .sets import set_images
+
+        out.extend(set_images(c))
     for name, iv, bsize in (("src", c.src_iv, shape.src_bsize), ("dst", c.dst_iv, shape.dst_bsize)):
         if name in fields:
             assert iv is not None

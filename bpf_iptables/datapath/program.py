@@ -58,6 +58,14 @@ def cflags(shape: Shape, tc: bool = False, ct_dir: str | None = None) -> list[st
     if shape.nlogs and ct_dir:
         # LOG's ring and loss counter: the namespace's, next to conntrack's
         flags.append(f'-DLOG_PIN_DIR="{log_dir(ct_dir)}"')
+    if shape.nsets:
+        # -m set: the namespace's set maps (ipset/maps.py, pinned by
+        # bpf-iptables-set next to conntrack's), private ones without ct_dir
+        from ..ipset.maps import BITMAP_SETS, BITMAP_WORDS, MAX_ELEMS
+
+        flags += [f"-DSET_MAX_ELEMS={MAX_ELEMS}", f"-DSET_BITMAP_SLOTS={BITMAP_SETS * BITMAP_WORDS}"]
+        if ct_dir:
+            flags.append(f'-DSET_PIN_DIR="{set_dir(ct_dir)}"')
     return flags
 
 
@@ -67,6 +75,11 @@ def object_key(shape: Shape, tc: bool = False) -> str:
     prog_type = SCHED_CLS if tc else XDP
     return objcache.key(SOURCE, cflags(shape, tc),
                         {FUNCTION: prog_type, REJECT_FUNCTION: prog_type})
+
+
+def set_dir(ct_dir: str) -> str:
+    """The bpffs directory of the namespace's set maps (ipset/store.py)."""
+    return os.path.join(os.path.dirname(ct_dir), "sets")
 
 
 def log_dir(ct_dir: str) -> str:
@@ -162,9 +175,15 @@ class LoadedProgram:
             os.makedirs(ct_dir, mode=0o700, exist_ok=True)
         if ct_dir and shape.nlogs:
             os.makedirs(log_dir(ct_dir), mode=0o700, exist_ok=True)
+        if ct_dir and shape.nsets:
+            # created by us (not bcc) and filled from the set store first
+            from ..ipset.store import ensure_maps
+            from ..state import namespace_dir
+
+            ensure_maps(namespace_dir())
         # maps bcc opens (or creates and pins) by path: the namespace's
-        # conntrack table and LOG ring
-        pinned = bool(ct_dir) and (tracked or bool(shape.nlogs))
+        # conntrack table, LOG ring and sets
+        pinned = bool(ct_dir) and (tracked or bool(shape.nlogs) or bool(shape.nsets))
         start = time.monotonic()
         prog_type = SCHED_CLS if tc else XDP
         # the raw loader would make private ones: programs with pinned maps
@@ -358,5 +377,5 @@ def map_names(shape: Shape) -> list[str]:
 
     empty = compile_chain(Table.empty("filter"), "INPUT", {},
                           Shape(1, 1, 2, shape.fields, nlimits=shape.nlimits,
-                                nlogs=shape.nlogs))
+                                nlogs=shape.nlogs, nsets=shape.nsets))
     return [image.name for image in map_image(empty, empty.shape)] + ["counter_map", "self_map"]

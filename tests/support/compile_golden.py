@@ -56,7 +56,7 @@ def digest(c: Compiled) -> dict:
     shape["fields"] = sorted(shape["fields"])   # a frozenset's order varies by process
     # added with limit, LOG and conntrack's checks: at their defaults they are
     # left out, which keeps the older digests
-    for k, default in (("nlimits", 0), ("nlogs", 0), ("ctextra_max", 1)):
+    for k, default in (("nlimits", 0), ("nlogs", 0), ("ctextra_max", 1), ("nsets", 0)):
         if shape.get(k) == default:
             del shape[k]
     out["shape"] = repr(sorted(shape.items()))
