@@ -50,6 +50,7 @@ class Options:
     names: bool = False
     sorted: bool = False
     file: str | None = None
+    stdin: TextIO | None = None   # restore's input without -f (sys.stdin)
 
 
 @dataclass
@@ -246,6 +247,10 @@ class Session:
         secs = s.timeout if timeout is None else timeout
         expires = now_ns() + secs * NS if secs else 0
         added: list = []
+        if s.type == "bitmap:port":
+            # the kernel checks a port range against the set's before adding
+            for elem, _ in elems:
+                self._check_elem(s, elem)
         try:
             for elem, _ in elems:
                 self._check_elem(s, elem)
@@ -306,6 +311,8 @@ class Session:
     # -- whole sets ---------------------------------------------------------------
 
     def _names(self, args: list[str]) -> list[IpSet]:
+        if len(args) > 1:
+            raise parameter_error(f"Unknown argument {args[1]}")
         if args:
             return [self.store.get(args[0])]
         return list(self.store.sets.values())
@@ -334,7 +341,7 @@ class Session:
         self.out.stdout.append("\n".join(blocks))
 
     def _ordered(self, s: IpSet, live: list) -> list:
-        if self.opts.sorted:
+        if self.opts.sorted or s.type == "bitmap:port":   # a bitmap lists in port order
             return sorted(live, key=lambda em: em[0])
         return live
 
@@ -342,8 +349,6 @@ class Session:
         now = now_ns()
         for s in self._names(args):
             self.out.stdout.append(f"create {s.name} {s.type} {s.header()}\n")
-            if self.opts.terse:
-                continue
             for e, m in self._ordered(s, s.live_members(now)):
                 self.out.stdout.append(f"add {s.name} {s.member_text(e, m, now)}\n")
 
@@ -387,7 +392,7 @@ class Session:
         a = self.store.get(args[0])
         b = self.store.sets.get(args[1])
         if b is None:
-            raise IpsetError("Second set does not exist")
+            raise IpsetError("Sets cannot be swapped: the second set does not exist")
         if a.type != b.type:
             raise IpsetError("The sets cannot be swapped: their type does not match")
         old_a = IpSet(a.name, a.type, a.id, members=dict(a.members))
@@ -404,7 +409,7 @@ class Session:
         self.changed = True
 
     def do_restore(self, args: list[str]) -> None:
-        text = read_input(self.opts.file)
+        text = read_input(self.opts.file, self.opts.stdin or sys.stdin)
         for number, line in enumerate(text.splitlines(), start=1):
             words = line.split()
             if not words or words[0].startswith("#") or words[0] == "COMMIT":
@@ -427,9 +432,9 @@ class _TestFailed(Exception):
     """``test``: the element is not in the set (exit 1, message already out)."""
 
 
-def read_input(path: str | None) -> str:
+def read_input(path: str | None, stdin: TextIO) -> str:
     if path is None:
-        return sys.stdin.read()
+        return stdin.read()
     try:
         with open(path) as fh:
             return fh.read()
@@ -500,16 +505,16 @@ Supported set types (bpf-iptables): {", ".join(TYPES)} (family inet)
 """
 
 
-def execute(argv: list[str], directory: Path, stdout: TextIO, stderr: TextIO) -> int:
+def execute(argv: list[str], directory: Path, stdout: TextIO, stderr: TextIO,
+            stdin: TextIO | None = None) -> int:
     """Run one command line; its exit status."""
-    opts = Options()
+    opts = Options(stdin=stdin)
     out = Out()
     status = 0
     try:
         words = split_options(argv, opts)
         if not words:
             raise parameter_error("No command specified.")
-        cmd = COMMANDS.get(words[0])
         with locked(directory):
             session = Session(directory, opts, out)
             try:
@@ -520,7 +525,6 @@ def execute(argv: list[str], directory: Path, stdout: TextIO, stderr: TextIO) ->
                         session.store.save()
             finally:
                 session.store.close()
-        del cmd
     except _TestFailed:
         status = 1
     except IpsetError as exc:

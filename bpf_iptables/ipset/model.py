@@ -229,7 +229,9 @@ def parse_ip_range(text: str, net: bool) -> list[tuple[int, int]]:
         if not c.isdigit():
             raise IpsetError(f"Syntax error: '{c}' is invalid as number")
         cidr = int(c)
-        if not (1 if net else 1) <= cidr <= 32:
+        if cidr > 32:
+            raise IpsetError(f"Syntax error: '{c}' is out of range 0-32")
+        if cidr == 0:
             raise IpsetError("The value of the CIDR parameter of the IP address is invalid")
         return [(addr & mask_of(cidr), cidr)]
     return [(parse_ip(text), 32)]
