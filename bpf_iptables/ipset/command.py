@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, TextIO
 
-from .model import (DEFAULT_BUCKETSIZE, DEFAULT_HASHSIZE, DEFAULT_MAXELEM, HASH_TYPES,
+from .model import (DEFAULT_BUCKETSIZE, DEFAULT_HASHSIZE, HASH_TYPES,
                     MAX_TIMEOUT, NS, REVISION, TYPES, IpSet, IpsetError, Member, format_elem,
                     new_initval, now_ns, parameter_error, parse_elems, parse_uint)
 from .store import SetStore, locked, references
@@ -395,6 +395,13 @@ class Session:
             raise IpsetError("Sets cannot be swapped: the second set does not exist")
         if a.type != b.type:
             raise IpsetError("The sets cannot be swapped: their type does not match")
+        if a.type == "bitmap:port" and (a.timeout is None) != (b.timeout is None):
+            refs = references(self.directory)
+            if refs.get(a.name) or refs.get(b.name):
+                # a rule would then use a bitmap:port set with timeouts,
+                # which the data path refuses (datapath/sets.py)
+                raise IpsetError("bpf-iptables-set: swapping a bitmap:port set with timeout "
+                                 "into a rule's set is not supported")
         old_a = IpSet(a.name, a.type, a.id, members=dict(a.members))
         old_b = IpSet(b.name, b.type, b.id, members=dict(b.members))
         for attr in ("hashsize", "maxelem", "bucketsize", "initval", "timeout", "first_port",

@@ -11,16 +11,28 @@ if TYPE_CHECKING:
     from ..ipset.model import IpSet
 
 _override: "list[dict[str, IpSet]]" = []
+_cache: list = []   # [(file identity), sets] of the last read
 
 
 def current_sets() -> "dict[str, IpSet]":
     """Set name -> set, as the rules of this namespace see them."""
     if _override:
         return _override[-1]
-    from ..ipset.store import read_sets
+    from ..ipset.store import FILE, read_sets
     from ..state import netns_cookie, run_dir
 
-    return read_sets(run_dir() / f"netns-{netns_cookie()}")
+    directory = run_dir() / f"netns-{netns_cookie()}"
+    try:
+        st = (directory / FILE).stat()
+        stamp = (str(directory), st.st_mtime_ns, st.st_size, st.st_ino)
+    except FileNotFoundError:
+        return {}
+    # a restore parses every rule: read the file once while it is unchanged
+    if _cache and _cache[0] == stamp:
+        return _cache[1]
+    sets = read_sets(directory)
+    _cache[:] = [stamp, sets]
+    return sets
 
 
 def lookup(name: str) -> "IpSet | None":
