@@ -84,7 +84,8 @@ class Entry:
     tcp: bool = False    # own rule has a tcp match: hot-drops offset-1 TCP fragments
     limit: int = 0       # the rule's -m limit bucket (limit_map slot), 0: none
     log: int = 0         # the rule's -j LOG (log_map slot), 0: none
-    sets: int = 0        # the entry's first -m set check (set_check_map slot), 0: none
+    set_mask: int = 0    # -m set: the set checks (bits of the packet's mask) it needs
+    set_want: int = 0    # ... and the outcome wanted (0 for "! --match-set")
 
     def residual(self, which: str) -> tuple[int, int, bool]:
         """(addr, mask, invert) checked per candidate; mask 0 checks nothing."""
@@ -226,7 +227,8 @@ class Compiled:
     limits: list[tuple[int, int]] = field(default_factory=list)
     # -j LOG: per log_map slot (from 1) the rule's LogData
     logs: list = field(default_factory=list)
-    # -m set: per set_check_map slot (from 1) a struct set_check (datapath/sets.py)
+    # -m set: per set_check_map slot (from 1) a distinct struct set_check
+    # (datapath/sets.py); slot k is bit k - 1 of the packet's membership mask
     set_records: list[bytes] = field(default_factory=list)
 
 
@@ -848,7 +850,7 @@ def _compile_chain(table: Table, hook: str, interfaces: dict[str, int] | None,
             live_entries.append((i, f))
             uses.add(f.used if f.used is not None else frozenset(f.uses()))
         if (e.verdict == VERDICT_CONTINUE or f.src.residual or f.dst.residual
-                or e.limit or f.ctcheck or e.sets):
+                or e.limit or f.ctcheck or e.set_mask):
             nonterminal += 1
     live = bits([i for i, _ in live_entries])
     used: set[str] = set().union(*uses)
@@ -969,7 +971,7 @@ def fast_path(entries: list[Entry]) -> tuple[int, int]:
     e = entries[0]
     f = e.fields
     if (f.never or f.uses() != {"ctstate"} or e.verdict != VERDICTS["ACCEPT"] or e.tcp
-            or e.limit or e.sets or f.src.residual or f.dst.residual):
+            or e.limit or e.set_mask or f.src.residual or f.dst.residual):
         return 0, 0
     slots = (1 << CTSTATES) - 1
     for m in f.ctstate:

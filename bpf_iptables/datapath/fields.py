@@ -263,9 +263,6 @@ class CtCheck:
                        other.exp_hi if other.flags & 128 else self.exp_hi)
 
 
-SET_CHECKS_MAX = 4   # per entry (filter.c follows set_check.next this often)
-
-
 @dataclass(frozen=True)
 class SetCheck:
     """-m set: the packet is (``invert``: is not) in the set ``name`` under
@@ -562,12 +559,8 @@ def apply(f: EntryFields, c: Constraint) -> bool:
         f.ctcheck += (c,)
         return True
     if isinstance(c, SetCheck):
-        if c in f.sets:
-            return True
-        if len(f.sets) == SET_CHECKS_MAX:
-            raise NotSupported(f"more than {SET_CHECKS_MAX} set matches on one rule path in "
-                               "the eBPF data path")
-        f.sets += (c,)
+        if c not in f.sets:
+            f.sets += (c,)
         return True
     if isinstance(c, Never):
         return False

@@ -245,7 +245,7 @@ def map_image(c: Compiled, shape: Shape) -> list[MapImage]:
     if shape.nsets:
         from .sets import set_images
 
-        out.extend(set_images(c))
+        out.extend(set_images(c, shape.nsets))
     for name, iv, bsize in (("src", c.src_iv, shape.src_bsize), ("dst", c.dst_iv, shape.dst_bsize)):
         if name in fields:
             assert iv is not None

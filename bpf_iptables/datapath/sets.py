@@ -1,15 +1,17 @@
-"""-m set's per-entry tables (bpf/lib/set.h): the set checks of every entry,
-resolved against the namespace's sets (bpf-iptables-set's store).
+"""-m set's tables (bpf/lib/set.h): the chain's distinct set checks and what
+every entry wants of them, resolved against the namespace's sets
+(bpf-iptables-set's store).
 
-An entry's checks are ``struct set_check`` records {type, id, flags,
-next} in ``set_check_map`` (slot 0 unused), the first one's slot in
-``entry_set_map`` (0: none). The records name a set by id: the members
-themselves are in the namespace's set maps (ipset/maps.py), which
-bpf-iptables-set writes in place, so a set change never recompiles."""
+A check is a (set, directions) pair: ``struct set_check`` {type, id,
+flags} in ``set_check_map`` slot k (from 1), looked up once per packet
+into bit k - 1 of the packet's membership mask. An entry's set matches
+are ``struct set_want`` {mask, want} in ``entry_set_map``: the bits it
+needs and their wanted values (0 for ``! --match-set``). The records name
+a set by id; the members are in the namespace's set maps (ipset/maps.py),
+which bpf-iptables-set writes in place, so a set change never recompiles."""
 from __future__ import annotations
 
 import struct
-from array import array
 from typing import TYPE_CHECKING
 
 from ..errors import NotSupported
@@ -21,12 +23,14 @@ if TYPE_CHECKING:
     from .image import MapImage
 
 SET_TYPE = {"hash:ip": 1, "hash:net": 2, "hash:ip,port": 3, "bitmap:port": 4}
-SET_SRC0, SET_SRC1, SET_INV, SET_DIMS = 1, 2, 4, 8
+SET_SRC0, SET_SRC1, SET_DIMS = 1, 2, 8
+MAX_CHECKS = 63           # bits of the packet's mask; bit 63 is never set:
+NEVER = 1 << 63           # an entry wanting it (both outcomes of one check) never holds
 RECORD = struct.Struct("<IIII")
 
 
-def resolve(check: SetCheck, sets: "dict[str, IpSet]") -> tuple[int, int, int]:
-    """(type, id, flags) of one check; NotSupported for what set.h cannot
+def resolve(check: SetCheck, sets: "dict[str, IpSet]") -> bytes:
+    """The check's ``struct set_check``; NotSupported for what set.h cannot
     look up as the kernel does."""
     s = sets.get(check.name)
     if s is None:
@@ -35,21 +39,17 @@ def resolve(check: SetCheck, sets: "dict[str, IpSet]") -> tuple[int, int, int]:
                            "set, in the eBPF data path")
     if s.type == "bitmap:port" and s.timeout is not None:
         raise NotSupported("match `set' on a bitmap:port set with timeout in the eBPF data path")
-    flags = SET_INV if check.invert else 0
-    if check.dirs[0] == "src":
-        flags |= SET_SRC0
+    flags = SET_SRC0 if check.dirs[0] == "src" else 0
     if len(check.dirs) > 1 and check.dirs[1] == "src":
         flags |= SET_SRC1
     if len(check.dirs) >= s.dimension:
         flags |= SET_DIMS
-    return SET_TYPE[s.type], s.id, flags
+    return RECORD.pack(SET_TYPE[s.type], s.id, flags, 0)
 
 
 def assign(entries: "list[Entry]", sets: "dict[str, IpSet] | None" = None) -> list[bytes]:
-    """Give every entry with set matches its chain of records (``Entry.sets``
-    = the first record's slot); the records, from slot 1. Entries reached
-    through the same rule path share nothing: each has its own chain (they
-    are few, and sharing would need the path's identity)."""
+    """Set every entry's (set_mask, set_want); the distinct checks' records."""
+    slot: dict[tuple[str, tuple[str, ...]], int] = {}
     records: list[bytes] = []
     for e in entries:
         checks = e.fields.sets
@@ -59,20 +59,36 @@ def assign(entries: "list[Entry]", sets: "dict[str, IpSet] | None" = None) -> li
             from ..reference.sets import current_sets
 
             sets = current_sets()
-        first = len(records) + 1
-        for i, check in enumerate(checks):
-            stype, sid, flags = resolve(check, sets)
-            nxt = first + i + 1 if i + 1 < len(checks) else 0
-            records.append(RECORD.pack(stype, sid, flags, nxt))
-        e.sets = first
+        mask = want = 0
+        for check in checks:
+            key = (check.name, check.dirs)
+            k = slot.get(key)
+            if k is None:
+                if len(records) == MAX_CHECKS:
+                    raise NotSupported(f"more than {MAX_CHECKS} distinct set matches in one "
+                                       "chain in the eBPF data path")
+                records.append(resolve(check, sets))
+                k = slot[key] = len(records) - 1
+            bit = 1 << k
+            if mask & bit and bool(want & bit) == check.invert:
+                mask |= NEVER   # in the set and not in it
+                want |= NEVER
+            mask |= bit
+            if not check.invert:
+                want |= bit
+        e.set_mask, e.set_want = mask, want
     return records
 
 
-def set_images(c: "Compiled") -> "list[MapImage]":
+def set_images(c: "Compiled", nsets: int) -> "list[MapImage]":
+    """The maps of a program with ``nsets`` set_check_map slots: slots past
+    the chain's checks are cleared (type 0 ends the per-packet loop)."""
     from .image import MapImage, Packed, array_keys
 
-    first = array("I", [e.sets for e in c.entries]).tobytes()
-    return [MapImage("entry_set_map", Packed(4, 4, array_keys(len(c.entries)), first,
+    wants = b"".join(struct.pack("<QQ", e.set_mask, e.set_want) for e in c.entries)
+    # slot 0 unused; type 0 after the last ends the per-packet loop
+    records = c.set_records + [RECORD.pack(0, 0, 0, 0)] * (nsets - 1 - len(c.set_records))
+    return [MapImage("entry_set_map", Packed(4, 16, array_keys(len(c.entries)), wants,
                                              dense=True)),
             MapImage("set_check_map", [(struct.pack("<I", i), r)
-                                       for i, r in enumerate(c.set_records, start=1)])]
+                                       for i, r in enumerate(records, start=1)])]
