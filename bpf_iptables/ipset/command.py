@@ -512,6 +512,14 @@ Supported set types (bpf-iptables): {", ".join(TYPES)} (family inet)
 """
 
 
+def words_command(argv: list[str]) -> str | None:
+    """The command of a command line (its first word that names one)."""
+    for a in argv:
+        if a in COMMANDS:
+            return COMMANDS[a]
+    return None
+
+
 def execute(argv: list[str], directory: Path, stdout: TextIO, stderr: TextIO,
             stdin: TextIO | None = None) -> int:
     """Run one command line; its exit status."""
@@ -540,7 +548,18 @@ def execute(argv: list[str], directory: Path, stdout: TextIO, stderr: TextIO,
             out.stderr.append(f"{PROG} v{VERSION}: {exc.message}\n")
             if status == 2:
                 out.stderr.append(f"Try `{PROG} help' for more information.\n")
-    stdout.write("".join(out.stdout))
+    text = "".join(out.stdout)
+    if opts.file is not None and text and words_command(argv) in ("save", "list"):
+        # -f: save (and list) write to the file instead
+        try:
+            with open(opts.file, "w") as fh:
+                fh.write(text)
+            text = ""
+        except OSError as exc:
+            out.stderr.append(f"{PROG} v{VERSION}: Cannot open {opts.file} for writing: "
+                              f"{exc.strerror}\n")
+            status = status or 1
+    stdout.write(text)
     stdout.flush()
     stderr.write("".join(out.stderr))
     return status
