@@ -718,9 +718,9 @@ int xdp_filter(CTX_TYPE *ctx)
 		 * (spilled as the key, the verifier would lose its value) */
 		sres->slot = k;
 		struct set_check *ck = set_check_map.lookup(&sres->slot);
-		/* no early exit: one state leaves the loop (each exit would
-		 * have the scan loop verified again) */
-		if (ck && ck->type && set_hit(ck, sres))
+		if (!ck || !ck->type)
+			break;	/* the chain's checks end (the map has headroom) */
+		if (set_hit(ck, sres))
 			sres->bits |= 1ULL << ((k - 1) & 63);
 	}
 #endif
