@@ -712,15 +712,24 @@ int xdp_filter(CTX_TYPE *ctx)
 		return RET(XDP_ABORTED);
 	set_packet_of(ctx, &pf, sres);
 	sres->bits = 0;
+	/* slot 0 holds the number of checks in its id: the slots after them
+	 * (headroom) are passed over without a lookup, and the loop always
+	 * runs to its end (an early exit would leave one verifier state per
+	 * exit, and the scan loop would be verified for each) */
+	sres->slot = 0;
+	struct set_check *head = set_check_map.lookup(&sres->slot);
+	if (!head)
+		return RET(XDP_ABORTED);
+	u64 nchecks = head->id;
 #pragma clang loop unroll(disable)
 	for (u64 k = 1; k < NSETS; k++) {
+		if (k > nchecks)
+			continue;
 		/* the key in map memory: the counter stays in a register
 		 * (spilled as the key, the verifier would lose its value) */
 		sres->slot = k;
 		struct set_check *ck = set_check_map.lookup(&sres->slot);
-		if (!ck || !ck->type)
-			break;	/* the chain's checks end (the map has headroom) */
-		if (set_hit(ck, sres))
+		if (ck && set_hit(ck, sres))
 			sres->bits |= 1ULL << ((k - 1) & 63);
 	}
 #endif

@@ -31,7 +31,7 @@
 
 #define SET_BITMAP_WORDS 1024	/* 65,536 bits per bitmap:port set */
 
-/* set_check_map slot k (from 1; type 0 ends the list): a distinct check */
+/* set_check_map slot k (from 1): a distinct check; slot 0: their number in id */
 struct set_check {
 	u32 type;
 	u32 id;

@@ -3,8 +3,8 @@ every entry wants of them, resolved against the namespace's sets
 (bpf-iptables-set's store).
 
 A check is a (set, directions) pair: ``struct set_check`` {type, id,
-flags} in ``set_check_map`` slot k (from 1), looked up once per packet
-into bit k - 1 of the packet's membership mask. An entry's set matches
+flags} in ``set_check_map`` slot k (from 1; slot 0 holds their number),
+looked up once per packet into bit k - 1 of the packet's membership mask. An entry's set matches
 are ``struct set_want`` {mask, want} in ``entry_set_map``: the bits it
 needs and their wanted values (0 for ``! --match-set``). The records name
 a set by id; the members are in the namespace's set maps (ipset/maps.py),
@@ -81,14 +81,14 @@ def assign(entries: "list[Entry]", sets: "dict[str, IpSet] | None" = None) -> li
 
 
 def set_images(c: "Compiled", nsets: int) -> "list[MapImage]":
-    """The maps of a program with ``nsets`` set_check_map slots: slots past
-    the chain's checks are cleared (type 0 ends the per-packet loop)."""
+    """The maps of a program with ``nsets`` set_check_map slots."""
     from .image import MapImage, Packed, array_keys
 
     wants = b"".join(struct.pack("<QQ", e.set_mask, e.set_want) for e in c.entries)
-    # slot 0 unused; type 0 after the last ends the per-packet loop
-    records = c.set_records + [RECORD.pack(0, 0, 0, 0)] * (nsets - 1 - len(c.set_records))
+    # slot 0: the number of checks (in its id); the slots after them cleared
+    records = ([RECORD.pack(0, len(c.set_records), 0, 0)] + c.set_records
+               + [RECORD.pack(0, 0, 0, 0)] * (nsets - 1 - len(c.set_records)))
     return [MapImage("entry_set_map", Packed(4, 16, array_keys(len(c.entries)), wants,
                                              dense=True)),
             MapImage("set_check_map", [(struct.pack("<I", i), r)
-                                       for i, r in enumerate(records, start=1)])]
+                                       for i, r in enumerate(records)])]
