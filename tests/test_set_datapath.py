@@ -158,3 +158,31 @@ def test_what_cannot_be_exact_is_refused(lines, sets, why):
         table = table_from_lines(lines)
     with using(sets), pytest.raises(NotSupported, match=why):
         compile_chain(table, "INPUT", {"lo": 1})
+
+
+def test_sctp_and_udplite_ports_read_by_the_data_path(harness):
+    """parse.h reads no SCTP/UDPLITE ports; set.h reads them itself (the
+    12 or 8 bytes ipset needs within the IP total length)."""
+    sets = {"svc": IpSet("svc", "hash:ip,port", 4, members={
+        (ip("10.0.0.9"), 132, 9): Member(), (ip("10.0.0.9"), 136, 7): Member()})}
+    with using(sets):
+        table = table_from_lines(["-A INPUT -m set --match-set svc dst,dst -j DROP"])
+        own = Harness()   # a program of this rule set's own shape (no other fields)
+        try:
+            prog, _ = own.load(table)
+            set_maps(prog).write_all(list(sets.values()))
+            check_ports(prog)
+        finally:
+            own.close()
+
+
+def check_ports(prog) -> None:
+    cases = [(132, 9, 60, "DROP"), (132, 10, 60, "PASS"), (136, 7, 60, "DROP"),
+             (136, 9, 60, "PASS"), (132, 9, 31, "PASS"),   # 11 bytes of SCTP: too short
+             (136, 7, 28, "DROP")]                         # 8 bytes of UDPLITE: enough
+    for proto, dport, length, want in cases:
+        pkt = Packet(in_iface="lo", src=ip("10.0.0.1"), dst=ip("10.0.0.9"), proto=proto,
+                     sport=5, dport=dport, length=length)
+        f = bytearray(frame(pkt))
+        f[34:38] = (5).to_bytes(2, "big") + dport.to_bytes(2, "big")   # after a 20-byte IP header
+        assert run_frame(prog.fd, bytes(f)).name == want, (proto, dport, length)
