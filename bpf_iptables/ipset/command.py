@@ -14,6 +14,7 @@ from typing import Callable, TextIO
 from .model import (DEFAULT_BUCKETSIZE, DEFAULT_HASHSIZE, HASH_TYPES,
                     MAX_TIMEOUT, NS, REVISION, TYPES, IpSet, IpsetError, Member, format_elem,
                     new_initval, now_ns, parameter_error, parse_elems, parse_uint)
+from .maps import SetMaps
 from .store import SetStore, locked, references
 
 PROG = "bpf-iptables-set"
@@ -127,7 +128,7 @@ class Session:
         if n >= 2 and len(args) < 2:
             raise parameter_error(f"Missing second mandatory argument to command {cmd}")
 
-    def _maps(self):
+    def _maps(self) -> "SetMaps | None":
         return self.store.maps()
 
     # -- create ----------------------------------------------------------------
