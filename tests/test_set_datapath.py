@@ -4,7 +4,7 @@ the reference semantics (ipset/match.py), through BPF_PROG_TEST_RUN.
 Every set type, source and destination directions, inversion, a set
 match on a jump rule (its check guards every rule of the called chain),
 fewer directions than dimensions, an expired member, hash:net's most
-specific prefix and ``nomatch``, hash:ip,port's protocols (TCP, UDP,
+specific prefix, ``nomatch`` and ``--return-nomatch``, hash:ip,port's protocols (TCP, UDP,
 SCTP, UDPLITE, ICMP type/code, port-less GRE, fragments), bitmap:port's
 TCP/UDP-only rule. The sets are the program's private maps here, written
 by the same code that writes a namespace's pinned ones (ipset/maps.py);
@@ -60,6 +60,7 @@ RULES = [
     "-A INPUT -m set ! --match-set svc dst -j LOG",             # ... so inverted: always
     "-A INPUT -p udp -m set --match-set ports dst -j DROP",
     "-A INPUT -m set --match-set ports src,dst -j GUARDED",
+    "-A INPUT -m set --match-set nets src --return-nomatch",
     "-A INPUT -m set ! --match-set ban dst -m set --match-set nets src -j ACCEPT",
     "-P INPUT DROP",
 ]
@@ -99,7 +100,7 @@ def test_every_set_type_against_the_reference(harness):
     with using(sets):
         table = table_from_lines(RULES)
         prog, c = harness.load(table)
-        assert prog.shape.nsets == len(c.set_records) + 1 == 10   # distinct (set, dirs)
+        assert prog.shape.nsets == len(c.set_records) + 1 == 11   # distinct (set, dirs, flag)
         set_maps(prog).write_all(list(sets.values()))
         pkts = packets()
         report = harness.check(table, pkts)
@@ -107,7 +108,7 @@ def test_every_set_type_against_the_reference(harness):
     assert report.mismatches == []
     counts = [r.counters.packets for r in table.chains["INPUT"].rules]
     assert all(counts[i] for i in (0, 1, 2, 3, 5, 6, 7)), counts   # the rules are exercised
-    assert counts[4] == 0 and counts[5] > 0
+    assert counts[4] == 0 and counts[5] > 0 and counts[8] > 0   # 8: --return-nomatch
 
 
 def test_changes_reach_the_program_without_a_reload(harness):
@@ -143,8 +144,6 @@ def check_in_place(prog, sets: dict[str, IpSet]) -> None:
 
 
 @pytest.mark.parametrize("lines, sets, why", [
-    (["-A INPUT -m set --match-set ban src --return-nomatch -j DROP"],
-     {"ban": IpSet("ban", "hash:ip", 1)}, "return-nomatch"),
     (["-A INPUT -m set --match-set ban src -j DROP"], {}, "not a bpf-iptables-set set"),
     (["-A INPUT -m set --match-set p dst -j DROP"],
      {"p": IpSet("p", "bitmap:port", 0, timeout=5, last_port=9)}, "bitmap:port set with timeout"),

@@ -6,7 +6,7 @@ FORWARD chain of counting rules with set matches under iptables-legacy;
 the reference evaluates the same packets with the same sets as
 bpf-iptables-set keeps them. Every counter must be equal. This checks the
 readings of the kernel that the data path follows too (its tests compare
-it with the reference): hash:net's most specific prefix and ``nomatch``,
+it with the reference): hash:net's most specific prefix, ``nomatch`` and ``--return-nomatch``,
 hash:ip,port's protocols (SCTP and UDPLITE ports, ICMP type/code, GRE
 with port 0, fragments), bitmap:port's TCP/UDP-only rule, too few
 directions."""
@@ -87,6 +87,10 @@ RULES = (
     "-A FORWARD -m set --match-set ports dst",
     "-A FORWARD -m set --match-set ports src,dst",
     "-A FORWARD -m set ! --match-set ports src",
+    # hash:net: the nomatch elements match instead; other types ignore it
+    "-A FORWARD -m set --match-set nets src --return-nomatch",
+    "-A FORWARD -m set ! --match-set nets src --return-nomatch",
+    "-A FORWARD -m set --match-set ban src --return-nomatch",
     "-A FORWARD -m set --match-set ban src -j DROP",
 )
 

@@ -28,6 +28,8 @@
 #define SET_SRC1 2		/* dimension 2 (the port of hash:ip,port) is the source */
 #define SET_DIMS 8		/* the rule gives as many directions as the set has
 				 * dimensions (else ip_set_test() says no) */
+#define SET_RETURN_NOMATCH 16	/* --return-nomatch: hash:net's nomatch elements
+				 * are the ones that match */
 
 #define SET_BITMAP_WORDS 1024	/* 65,536 bits per bitmap:port set */
 
@@ -200,7 +202,8 @@ static __always_inline u32 set_hit(struct set_check *ck, struct set_scratch *sc)
 			sc->net.id = bpf_htonl(ck->id);
 			sc->net.addr = addr;
 			struct set_val *v = set_net_get(&sc->net);
-			hit = v && !v->nomatch && set_alive(v);
+			u32 want_nomatch = (f & SET_RETURN_NOMATCH) ? 1 : 0;
+			hit = v && v->nomatch == want_nomatch && set_alive(v);
 		} else if (ck->type == SET_TYPE_IPPORT) {
 			if (sp->ports_ok) {
 				sc->ipport.id = ck->id;

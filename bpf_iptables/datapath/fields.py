@@ -272,6 +272,7 @@ class SetCheck:
     name: str
     dirs: tuple[str, ...]
     invert: bool = False
+    return_nomatch: bool = False    # hash:net: a nomatch element is what matches
 
 
 @dataclass(frozen=True)

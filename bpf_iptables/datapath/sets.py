@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from .image import MapImage
 
 SET_TYPE = {"hash:ip": 1, "hash:net": 2, "hash:ip,port": 3, "bitmap:port": 4}
-SET_SRC0, SET_SRC1, SET_DIMS = 1, 2, 8
+SET_SRC0, SET_SRC1, SET_DIMS, SET_RETURN_NOMATCH = 1, 2, 8, 16
 MAX_CHECKS = 63           # bits of the packet's mask; bit 63 is never set:
 NEVER = 1 << 63           # an entry wanting it (both outcomes of one check) never holds
 RECORD = struct.Struct("<IIII")
@@ -44,12 +44,14 @@ def resolve(check: SetCheck, sets: "dict[str, IpSet]") -> bytes:
         flags |= SET_SRC1
     if len(check.dirs) >= s.dimension:
         flags |= SET_DIMS
+    if check.return_nomatch:
+        flags |= SET_RETURN_NOMATCH
     return RECORD.pack(SET_TYPE[s.type], s.id, flags, 0)
 
 
 def assign(entries: "list[Entry]", sets: "dict[str, IpSet] | None" = None) -> list[bytes]:
     """Set every entry's (set_mask, set_want); the distinct checks' records."""
-    slot: dict[tuple[str, tuple[str, ...]], int] = {}
+    slot: dict[tuple[str, tuple[str, ...], bool], int] = {}
     records: list[bytes] = []
     for e in entries:
         checks = e.fields.sets
@@ -61,7 +63,7 @@ def assign(entries: "list[Entry]", sets: "dict[str, IpSet] | None" = None) -> li
             sets = current_sets()
         mask = want = 0
         for check in checks:
-            key = (check.name, check.dirs)
+            key = (check.name, check.dirs, check.return_nomatch)
             k = slot.get(key)
             if k is None:
                 if len(records) == MAX_CHECKS:

@@ -12,8 +12,10 @@ names, so the name identifies the set exactly as iptables' index does.
 
 Reference semantics and the data path (a per-candidate check, see
 datapath/sets.py and bpf/lib/set.h) use the store's sets; a set only the
-kernel has (made by the real ``ipset``) is refused (NotSupported), and so
-is ``--return-nomatch``. The counter options (``--packets-*``,
+kernel has (made by the real ``ipset``) is refused (NotSupported).
+``--return-nomatch`` makes a hash:net set match where its most specific
+element is ``nomatch`` (and only there); other types ignore it (as
+measured against xt_set). The counter options (``--packets-*``,
 ``--bytes-*``, ``! --update-counters``) act on sets created with
 ``counters`` only, which bpf-iptables-set does not make: the kernel skips
 them for every other set, and so do these."""
@@ -244,29 +246,24 @@ class SetMatch(MatchExtension):
     def print(self, d: SetData, numeric: bool) -> str:
         return self._text(d, "match-set", "")
 
-    def _usable(self, d: SetData) -> None:
-        if d.flags & RETURN_NOMATCH:
-            raise NotSupported("match `set' with --return-nomatch")
-
     def matches(self, d: SetData, pkt: "Packet") -> bool:
         """xt_set's set_match_v4 on a set without counters (see above)."""
         from ..ipset.match import packet_in_set
         from ..ipset.model import now_ns
         from ..reference.sets import lookup
 
-        self._usable(d)
         s = lookup(d.name)
         if s is None:
             raise NotSupported(f"match `set' on `{d.name}', which is not a bpf-iptables-set set, "
                                "in the reference semantics")
-        return packet_in_set(s, d.dirs, pkt, now_ns()) != d.invert
+        return packet_in_set(s, d.dirs, pkt, now_ns(),
+                             bool(d.flags & RETURN_NOMATCH)) != d.invert
 
     def lower(self, d: SetData, rule: "Rule") -> list[Any]:
         """A per-candidate check (datapath/sets.py resolves the set)."""
         from ..datapath.fields import SetCheck
 
-        self._usable(d)
-        return [SetCheck(d.name, d.dirs, d.invert)]
+        return [SetCheck(d.name, d.dirs, d.invert, bool(d.flags & RETURN_NOMATCH))]
 
 
 EXTENSIONS = [SetMatch()]

@@ -22,15 +22,16 @@ if TYPE_CHECKING:
     from ..reference.packet import Packet
 
 
-def net_lookup(s: IpSet, addr: int, now: int) -> bool:
-    """hash:net: the most specific live element holding ``addr``."""
+def net_lookup(s: IpSet, addr: int, now: int, return_nomatch: bool = False) -> bool:
+    """hash:net: the most specific live element holding ``addr`` is a plain
+    one (``return_nomatch``: a ``nomatch`` one)."""
     best = None
     for (net, cidr), m in s.members.items():
         if not m.alive(now) or (addr & mask_of(cidr)) != net:
             continue
         if best is None or cidr > best[0]:
             best = (cidr, m)
-    return best is not None and not best[1].nomatch
+    return best is not None and best[1].nomatch == return_nomatch
 
 
 def contains_elem(s: IpSet, elem: Elem, now: int) -> bool:
@@ -56,7 +57,10 @@ def packet_port(pkt: "Packet", src: bool) -> tuple[int, int] | None:
     return proto, 0
 
 
-def packet_in_set(s: IpSet, dirs: tuple[str, ...], pkt: "Packet", now: int) -> bool:
+def packet_in_set(s: IpSet, dirs: tuple[str, ...], pkt: "Packet", now: int,
+                  return_nomatch: bool = False) -> bool:
+    """xt_set's test; ``return_nomatch`` (--return-nomatch) reverses hash:net's
+    nomatch elements only (the other types have none)."""
     if len(dirs) < s.dimension:
         return False    # ip_set_test(): fewer directions than dimensions
     src = dirs[0] == "src"
@@ -64,7 +68,7 @@ def packet_in_set(s: IpSet, dirs: tuple[str, ...], pkt: "Packet", now: int) -> b
     if s.type == "hash:ip":
         return contains_elem(s, (addr,), now)
     if s.type == "hash:net":
-        return net_lookup(s, addr, now)
+        return net_lookup(s, addr, now, return_nomatch)
     if s.type == "hash:ip,port":
         pp = packet_port(pkt, dirs[1] == "src")
         return pp is not None and contains_elem(s, (addr, pp[0], pp[1]), now)
