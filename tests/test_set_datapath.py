@@ -4,9 +4,9 @@ the reference semantics (ipset/match.py), through BPF_PROG_TEST_RUN.
 Every set type, source and destination directions, inversion, a set
 match on a jump rule (its check guards every rule of the called chain),
 fewer directions than dimensions, an expired member, hash:net's most
-specific prefix, ``nomatch`` and ``--return-nomatch``, hash:ip,port's protocols (TCP, UDP,
-SCTP, UDPLITE, ICMP type/code, port-less GRE, fragments), bitmap:port's
-TCP/UDP-only rule. The sets are the program's private maps here, written
+specific prefix, ``nomatch`` and ``--return-nomatch``, hash:ip,port's
+protocols (TCP, UDP, SCTP, UDPLITE, ICMP type/code, port-less GRE,
+fragments), bitmap:port's TCP/UDP-only rule. The sets are the program's private maps here, written
 by the same code that writes a namespace's pinned ones (ipset/maps.py);
 changing them changes verdicts without touching the program or its
 rules. What cannot be exact is refused (NotSupported)."""

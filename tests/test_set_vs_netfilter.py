@@ -6,10 +6,10 @@ FORWARD chain of counting rules with set matches under iptables-legacy;
 the reference evaluates the same packets with the same sets as
 bpf-iptables-set keeps them. Every counter must be equal. This checks the
 readings of the kernel that the data path follows too (its tests compare
-it with the reference): hash:net's most specific prefix, ``nomatch`` and ``--return-nomatch``,
-hash:ip,port's protocols (SCTP and UDPLITE ports, ICMP type/code, GRE
-with port 0, fragments), bitmap:port's TCP/UDP-only rule, too few
-directions."""
+it with the reference): hash:net's most specific prefix, ``nomatch``
+and ``--return-nomatch``, hash:ip,port's protocols (SCTP and UDPLITE
+ports, ICMP type/code, GRE with port 0, fragments), bitmap:port's
+TCP/UDP-only rule, too few directions."""
 from __future__ import annotations
 
 import struct
