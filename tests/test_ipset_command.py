@@ -123,6 +123,15 @@ save
     ("restore", "create r3 hash:ip\nadd r3 1.1.1.x\n"),
     ("-exist restore", "create r hash:ip\nadd r 1.1.1.1\n\n# a comment\nCOMMIT\n"),
     ("save r", ""),
+    # what `ipset save' writes restores as it is
+    ("restore", "create s hash:net family inet hashsize 1024 maxelem 65536 timeout 30 "
+                "bucketsize 12 initval 0x12345678\nadd s 10.0.0.0/8 timeout 20\n"
+                "add s 10.1.0.0/16 timeout 0 nomatch\n"
+                "create s2 bitmap:port range 0-100 timeout 5\nadd s2 7 timeout 0\n"
+                "create s3 hash:ip,port family inet hashsize 64 maxelem 10 bucketsize 12 "
+                "initval 0x1\nadd s3 1.2.3.4,udp:53\nadd s3 1.2.3.4,icmp:echo-request\n"),
+    ("save", ""),
+    ("list s3", ""),
     ("destroy", ""),
     ("list", ""),
 ]
