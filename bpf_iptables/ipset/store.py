@@ -82,10 +82,13 @@ class SetStore:
                 maps.remove(s, dead)
 
     def maps(self) -> SetMaps | None:
-        """The pinned maps, when the namespace has a bpffs to pin them in."""
+        """The pinned maps, when the namespace's data path has a pin
+        directory (it is attached, or was and keeps its pins): otherwise
+        nothing is pinned, and the first classifier with a set match
+        creates the maps from the store (ensure_maps)."""
         if not self._maps_tried:
             self._maps_tried = True
-            if bpffs_here():
+            if bpffs_here() and pin_dir(self.directory).parent.is_dir():
                 self._maps, created = SetMaps.open_or_create(pin_dir(self.directory))
                 if created:
                     self._maps.write_all(list(self.sets.values()))
