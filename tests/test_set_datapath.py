@@ -39,7 +39,10 @@ def make_sets() -> dict[str, IpSet]:
             (ip("10.0.0.3"),): Member(later), (ip("172.16.0.1"),): Member()}),
         "nets": IpSet("nets", "hash:net", 2, members={
             (ip("10.0.0.0"), 8): Member(), (ip("10.1.0.0"), 16): Member(nomatch=True),
-            (ip("10.1.2.0"), 24): Member(), (ip("192.168.0.8"), 29): Member()}),
+            (ip("10.1.2.0"), 24): Member(), (ip("192.168.0.8"), 29): Member(),
+            # expired, more specific: passed over for the /24 (and the /16 under it)
+            (ip("10.1.2.0"), 28): Member(past), (ip("10.1.2.0"), 26): Member(nomatch=True,
+                                                                              expires=past)}),
         "svc": IpSet("svc", "hash:ip,port", 3, members={
             (ip("192.168.0.9"), 6, 80): Member(), (ip("192.168.0.9"), 17, 53): Member(),
             (ip("192.168.0.9"), 1, 8 << 8): Member(), (ip("192.168.0.9"), 47, 0): Member(),

@@ -32,6 +32,7 @@
 				 * are the ones that match */
 
 #define SET_BITMAP_WORDS 1024	/* 65,536 bits per bitmap:port set */
+#define SET_NET_RETRIES 4	/* hash:net: expired prefixes passed over per lookup */
 
 /* set_check_map slot k (from 1): a distinct check; slot 0: their number in id */
 struct set_check {
@@ -201,9 +202,25 @@ static __always_inline u32 set_hit(struct set_check *ck, struct set_scratch *sc)
 			sc->net.prefixlen = 64;
 			sc->net.id = bpf_htonl(ck->id);
 			sc->net.addr = addr;
-			struct set_val *v = set_net_get(&sc->net);
 			u32 want_nomatch = (f & SET_RETURN_NOMATCH) ? 1 : 0;
-			hit = v && v->nomatch == want_nomatch && set_alive(v);
+			/* the most specific live element: an expired one is passed
+			 * over for the next shorter prefix, as the kernel's walk
+			 * over the set's prefix lengths does (the next command
+			 * removes expired elements from the map) */
+#pragma clang loop unroll(disable)
+			for (int r = 0; r < SET_NET_RETRIES; r++) {
+				struct set_val *v = set_net_get(&sc->net);
+				if (!v)
+					break;
+				if (set_alive(v)) {
+					hit = v->nomatch == want_nomatch;
+					break;
+				}
+				u32 cidr = v->cidr & 63;
+				if (cidr == 0)
+					break;
+				sc->net.prefixlen = 32 + cidr - 1;
+			}
 		} else if (ck->type == SET_TYPE_IPPORT) {
 			if (sp->ports_ok) {
 				sc->ipport.id = ck->id;
