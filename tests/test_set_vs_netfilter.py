@@ -96,6 +96,9 @@ RULES = (
     "-A FORWARD -m set --match-set nets src --return-nomatch",
     "-A FORWARD -m set ! --match-set nets src --return-nomatch",
     "-A FORWARD -m set --match-set ban src --return-nomatch",
+    # counter tests and updates act on sets with counters only
+    "-A FORWARD -m set --match-set ban src --packets-gt 5 ! --update-counters",
+    "-A FORWARD -m set ! --match-set ban src --bytes-lt 1 ! --update-subcounters",
     "-A FORWARD -m set --match-set ban src -j DROP",
 )
 
