@@ -343,6 +343,9 @@ class Session:
 
     def _ordered(self, s: IpSet, live: list) -> list:
         if self.opts.sorted or s.type == "bitmap:port":   # a bitmap lists in port order
+            if s.type == "hash:net":
+                # as ipset -s: by address, the longer prefix first
+                return sorted(live, key=lambda em: (em[0][0], -em[0][1]))
             return sorted(live, key=lambda em: em[0])
         return live
 
