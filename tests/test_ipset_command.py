@@ -11,6 +11,7 @@ one test runs the installed command line as a subprocess."""
 from __future__ import annotations
 
 import io
+import os
 import re
 import subprocess
 import sys
@@ -238,3 +239,36 @@ def test_what_is_not_kept_is_refused_clearly(argv, message):
         out = io.StringIO()
         assert execute(["list", "-n"], namespace_dir(), out, io.StringIO()) == 0
         assert out.getvalue() == ""
+
+
+def test_full_maps_leave_store_and_maps_as_they_were(monkeypatch):
+    """A map write that fails (here: a hash:ip map of 3 elements) is an
+    error, the store is not saved, and the maps hold what the store says."""
+    import shutil
+
+    from bpf_iptables.datapath import attachment, bpfsys
+    from bpf_iptables.ipset import maps
+
+    monkeypatch.setitem(maps.SPECS, "ip", (maps.HASH, 8, maps.VALUE.size, 3, maps.NO_PREALLOC))
+    with entered("bpfsetf"):
+        directory = namespace_dir()
+        pins = attachment.ns_pins(directory)
+        pins.mkdir(parents=True, exist_ok=True)    # as an attached namespace has
+        try:
+            for argv in (["create", "a", "hash:ip"], ["add", "a", "1.1.1.1"]):
+                assert execute(argv, directory, io.StringIO(), io.StringIO()) == 0
+            err = io.StringIO()
+            assert execute(["add", "a", "1.1.1.2-1.1.1.5"], directory, io.StringIO(), err) == 1
+            assert err.getvalue() == ("bpf-iptables-set v7.17: bpf-iptables-set: writing the set "
+                                      "maps failed: more than 1048576 elements of one set type "
+                                      "in a namespace\n")
+            out = io.StringIO()
+            assert execute(["save", "a"], directory, out, io.StringIO()) == 0
+            assert out.getvalue().splitlines()[1:] == ["add a 1.1.1.1"]
+            fd = bpfsys.obj_get(str(pins / "sets" / "ip"))
+            try:
+                assert len(bpfsys.map_keys(fd, 8)) == 1
+            finally:
+                os.close(fd)
+        finally:
+            shutil.rmtree(pins, ignore_errors=True)

@@ -6,6 +6,7 @@ maps pinned, to the maps (the data path reads them directly: rules are
 neither touched nor recompiled)."""
 from __future__ import annotations
 
+import errno
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,8 +15,8 @@ from typing import Callable, TextIO
 from .model import (DEFAULT_BUCKETSIZE, DEFAULT_HASHSIZE, HASH_TYPES,
                     MAX_TIMEOUT, NS, REVISION, TYPES, IpSet, IpsetError, Member, format_elem,
                     new_initval, now_ns, parameter_error, parse_elems, parse_uint)
-from .maps import SetMaps
-from .store import SetStore, locked, references
+from .maps import MAX_ELEMS, SetMaps
+from .store import SetStore, locked, read_sets, references
 
 PROG = "bpf-iptables-set"
 VERSION = "7.17"
@@ -119,6 +120,21 @@ class Session:
         if restoring and cmd in ("restore", "help", "version", "list", "save"):
             raise parameter_error(f"Command `{cmd}' is invalid in restore mode.")
         handler(args)
+
+    def restore_maps(self) -> None:
+        """After a failed map write: the maps as the saved store has them."""
+        maps = self.store._maps
+        if maps is None:
+            return
+        saved = read_sets(self.directory)
+        now = {(s.type, s.id): s for s in self.store.sets.values()}
+        try:
+            for prev in saved.values():
+                maps.write_set(prev, now.pop((prev.type, prev.id), None))
+            for gone in now.values():
+                maps.clear_set(gone)
+        except OSError:
+            pass   # as much as could be written; the next command writes again
 
     # -- helpers ---------------------------------------------------------------
 
@@ -539,6 +555,15 @@ def execute(argv: list[str], directory: Path, stdout: TextIO, stderr: TextIO,
             try:
                 try:
                     session.run(words)
+                except OSError as exc:
+                    # a map write failed (the maps are full, no memory): the
+                    # store is not saved, and the maps are put back as it says
+                    session.changed = False
+                    session.restore_maps()
+                    why = (f"more than {MAX_ELEMS} elements of one set type in a namespace"
+                           if exc.errno == errno.E2BIG else exc.strerror or str(exc))
+                    raise IpsetError(f"bpf-iptables-set: writing the set maps failed: {why}"
+                                     ) from None
                 finally:
                     if session.changed:
                         session.store.save()
