@@ -92,8 +92,8 @@ static __always_inline void ct_stat(u32 slot)
 #include "lib/set.h"
 /* -m set (lib/set.h): the namespace's sets, one map per type keyed by set
  * id (SET_PIN_DIR: pinned outside the generations, written in place by
- * bpf-iptables-set; private maps without it, tests), and per entry its
- * first set check (0: none) */
+ * bpf-iptables-set; private maps without it, tests); the chain's distinct
+ * checks, and per entry the checks it needs (struct set_want) */
 #ifdef SET_PIN_DIR
 BPF_TABLE_PINNED("hash", struct set_ip_key, struct set_val, set_ip, SET_MAX_ELEMS, SET_PIN_DIR "/ip", BPF_F_NO_PREALLOC);
 BPF_TABLE_PINNED("lpm_trie", struct set_net_key, struct set_val, set_net, SET_MAX_ELEMS, SET_PIN_DIR "/net", BPF_F_NO_PREALLOC);
