@@ -17,7 +17,8 @@ import sys
 import time
 from dataclasses import dataclass
 
-from bpf_iptables.ipset.command import Options, Out, Session
+from bpf_iptables.ipset.cmdline import Options, Out
+from bpf_iptables.ipset.command import Session
 from bpf_iptables.ipset.model import IpSet
 from bpf_iptables.reference.evaluate import evaluate
 from bpf_iptables.reference.packet import ICMP, Packet
