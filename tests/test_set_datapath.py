@@ -188,3 +188,24 @@ def check_ports(prog) -> None:
         f = bytearray(frame(pkt))
         f[34:38] = (5).to_bytes(2, "big") + dport.to_bytes(2, "big")   # after a 20-byte IP header
         assert run_frame(prog.fd, bytes(f)).name == want, (proto, dport, length)
+
+
+def test_a_set_match_before_limit_takes_no_token_when_it_fails(harness):
+    """The set check runs with the residual checks, before the rule's limit
+    (its last match) takes a token: packets not in the set leave the bucket
+    alone, as in netfilter."""
+    sets = {"ban": IpSet("ban", "hash:ip", 9, members={(ip("10.0.0.1"),): Member()})}
+    with using(sets):
+        table = table_from_lines(["-A INPUT -m set --match-set ban src -m limit --limit 1/h "
+                                  "--limit-burst 2 -j DROP"])
+        own = Harness()
+        try:
+            prog, _ = own.load(table)
+            set_maps(prog).write_all(list(sets.values()))
+            other, banned = (frame(Packet(in_iface="lo", src=ip(a), dst=ip("10.0.0.9"), proto=17,
+                                          sport=1, dport=2, length=40))
+                             for a in ("10.0.0.2", "10.0.0.1"))
+            assert [run_frame(prog.fd, other).name for _ in range(5)] == ["PASS"] * 5
+            assert [run_frame(prog.fd, banned).name for _ in range(3)] == ["DROP", "DROP", "PASS"]
+        finally:
+            own.close()
