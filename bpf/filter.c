@@ -116,6 +116,47 @@ static __always_inline void ct_stat(u32 slot)
 #define RET(v) (v)
 #endif
 #include "lib/reject.h"
+#if NSETS
+#include "lib/set.h"
+/* -m set (lib/set.h): the namespace's sets, one map per type keyed by set
+ * id (SET_PIN_DIR: pinned outside the generations, written in place by
+ * bpf-iptables-set; private maps without it, tests); the chain's distinct
+ * checks, and per entry the checks it needs (struct set_want) */
+#ifdef SET_PIN_DIR
+BPF_TABLE_PINNED("hash", struct set_ip_key, struct set_val, set_ip, SET_MAX_ELEMS, SET_PIN_DIR "/ip", BPF_F_NO_PREALLOC);
+BPF_TABLE_PINNED("lpm_trie", struct set_net_key, struct set_val, set_net, SET_MAX_ELEMS, SET_PIN_DIR "/net", BPF_F_NO_PREALLOC);
+BPF_TABLE_PINNED("hash", struct set_ipport_key, struct set_val, set_ipport, SET_MAX_ELEMS, SET_PIN_DIR "/ipport", BPF_F_NO_PREALLOC);
+BPF_TABLE_PINNED("array", u32, u64, set_port, SET_BITMAP_SLOTS, SET_PIN_DIR "/port");
+#else
+BPF_F_TABLE("hash", struct set_ip_key, struct set_val, set_ip, SET_MAX_ELEMS, BPF_F_NO_PREALLOC);
+BPF_F_TABLE("lpm_trie", struct set_net_key, struct set_val, set_net, SET_MAX_ELEMS, BPF_F_NO_PREALLOC);
+BPF_F_TABLE("hash", struct set_ipport_key, struct set_val, set_ipport, SET_MAX_ELEMS, BPF_F_NO_PREALLOC);
+BPF_ARRAY(set_port, u64, SET_BITMAP_SLOTS);
+#endif
+BPF_ARRAY(entry_set_map, struct set_want, NENTRIES);
+BPF_ARRAY(set_check_map, struct set_check, NSETS);
+/* the packet's membership bits and what they were computed from, in map
+ * memory (per CPU), not on the stack: the verifier does not track it, so
+ * every path through the lookups leaves the same state (else the scan loop
+ * would be verified once per path) */
+BPF_PERCPU_ARRAY(set_result, struct set_scratch, 1);
+static __always_inline struct set_val *set_ip_get(struct set_ip_key *k)
+{
+	return set_ip.lookup(k);
+}
+static __always_inline struct set_val *set_net_get(struct set_net_key *k)
+{
+	return set_net.lookup(k);
+}
+static __always_inline struct set_val *set_ipport_get(struct set_ipport_key *k)
+{
+	return set_ipport.lookup(k);
+}
+static __always_inline u64 *set_port_get(u32 *k)
+{
+	return set_port.lookup(k);
+}
+#endif
 
 struct config {
 	u32 first_word;	  /* always 0; read from the map so the verifier treats
@@ -906,6 +947,34 @@ int xdp_filter(CTX_TYPE *ctx)
 	u32 pkt_mark = 0;
 #endif
 #endif
+#if NSETS
+	/* every distinct set check of the chain, once per packet (lib/set.h) */
+	struct set_scratch *sres = set_result.lookup(&zero);
+	if (!sres)
+		return RET(XDP_ABORTED);
+	set_packet_of(ctx, &pf, sres);
+	sres->bits = 0;
+	/* slot 0 holds the number of checks in its id: the slots after them
+	 * (headroom) are passed over without a lookup, and the loop always
+	 * runs to its end (an early exit would leave one verifier state per
+	 * exit, and the scan loop would be verified for each) */
+	sres->slot = 0;
+	struct set_check *head = set_check_map.lookup(&sres->slot);
+	if (!head)
+		return RET(XDP_ABORTED);
+	u64 nchecks = head->id;
+#pragma clang loop unroll(disable)
+	for (u64 k = 1; k < NSETS; k++) {
+		if (k > nchecks)
+			continue;
+		/* the key in map memory: the counter stays in a register
+		 * (spilled as the key, the verifier would lose its value) */
+		sres->slot = k;
+		struct set_check *ck = set_check_map.lookup(&sres->slot);
+		if (ck && set_hit(ck, sres))
+			sres->bits |= 1ULL << ((k - 1) & 63);
+	}
+#endif
 	rs->evil = pf.evil;
 	/* once per packet (and per tail call): the words where every field
 	 * can have a bit; the scan loads no other word */
@@ -994,6 +1063,15 @@ int xdp_filter(CTX_TYPE *ctx)
 			return RET(XDP_ABORTED);
 		miss |= (differs(pkt_mark, mc->mask0, mc->value0) ^ mc->inv0) |
 			(differs(pkt_mark, mc->mask1, mc->value1) ^ mc->inv1);
+#endif
+#if NSETS
+		/* the rule's (and its jump rules') set matches: the packet's
+		 * membership bits against the ones the entry wants */
+		struct set_want *sw = entry_set_map.lookup(&e);
+		if (!sw)
+			return RET(XDP_ABORTED);
+		u64 sdiff = (sres->bits ^ sw->want) & sw->mask;
+		miss |= (sdiff | (0 - sdiff)) >> 63;
 #endif
 		if (miss) {
 			cur &= cur - 1; /* drop the candidate, go on */

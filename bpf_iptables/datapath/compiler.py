@@ -36,6 +36,7 @@ from ..model import Rule, Table
 from ..netaddr import iface_matches
 from . import addrtypes
 from .fields import ICMP_ANY, EntryFields, Prefix, PrefixField, RangeField, decompose
+from .sets import assign as assign_sets
 
 if TYPE_CHECKING:
     from ..extensions.limit import LimitData
@@ -68,7 +69,7 @@ FIELD_ORDER = ("src", "dst", "proto", "iif", "frag", "flags", "sport", "dport", 
 SIZE_ATTRS = ("src_max", "dst_max", "src_bsize", "dst_bsize", "src_probes", "dst_probes",
               "proto_max", "iif_max", "sport_bsize", "dport_bsize",
               "icmp_max", "length_bsize", "ttl_bsize", "oif_max", "mac_max", "nlimits",
-              "nlogs", "ctextra_max", "nhashlimits", "nrecent", "memo")
+              "nlogs", "ctextra_max", "nhashlimits", "nrecent", "memo", "nsets")
 ICMP_OTHER, ICMP_NONE = 0x10000, 0x10001   # icmp-table keys (filter.c, parse.h)
 MAC_OTHER, MAC_NONE = 1 << 48, (1 << 48) + 1  # mac-table keys (filter.c)
 PKTTYPES = 3   # pkttype-table slots: PACKET_HOST, _BROADCAST, _MULTICAST (parse.h)
@@ -91,6 +92,8 @@ class Entry:
     need: int = 0
     set: int = 0
     recent: int = 0      # the rule's -m recent (recent_rule_map slot), 0: none
+    set_mask: int = 0    # -m set: the set checks (bits of the packet's mask) it needs
+    set_want: int = 0    # ... and the outcome wanted (0 for "! --match-set")
 
     def residual(self, which: str) -> tuple[int, int, bool]:
         """(addr, mask, invert) checked per candidate; mask 0 checks nothing."""
@@ -136,6 +139,7 @@ class Shape:
     nhashlimits: int = 0             # 1: hashlimit code compiled in (bpf/lib/hashlimit.h)
     nrecent: int = 0                 # recent_rule_map slots (slot 0 unused); 0: no recent code
     memo: int = 0                    # 1: jump rules with stateful matches (memo bits)
+    nsets: int = 0                   # set_check_map slots (slot 0 unused); 0: no set code
     # steps the longest scan may need (0: ``steps``); one invocation runs
     # ``steps`` of them and continues in tail calls, so a program whose
     # verifier budget forced fewer steps per invocation still fits
@@ -249,6 +253,9 @@ class Compiled:
     hashlimits: list = field(default_factory=list)
     # -m recent: per recent_rule_map slot (from 1) the rule's RecentData
     recents: list = field(default_factory=list)
+    # -m set: per set_check_map slot (from 1) a distinct struct set_check
+    # (datapath/sets.py); slot k is bit k - 1 of the packet's membership mask
+    set_records: list[bytes] = field(default_factory=list)
 
 
 def summary_words(nwords: int) -> int:
@@ -931,6 +938,7 @@ def _compile_chain(table: Table, hook: str, interfaces: dict[str, int] | None,
     if recents:
         from .recent import table_needs
         table_needs(table)   # refuses what the tables cannot hold
+    set_records = assign_sets(entries)
     n = len(entries)
     # one pass: targets resolved, the live entries, the fields in use (each
     # decomposition knows its own) and the entries a scan may pass by:
@@ -952,7 +960,7 @@ def _compile_chain(table: Table, hook: str, interfaces: dict[str, int] | None,
             uses.add(f.used if f.used is not None else frozenset(f.uses()))
         if (e.verdict == VERDICT_CONTINUE or f.src.residual or f.dst.residual
                 or e.limit or e.hashlimit or e.recent or e.need or f.ctcheck or f.mark
-                or f.atcheck):
+                or f.atcheck or e.set_mask):
             nonterminal += 1
         if e.hashlimit or e.recent:
             nstateful += 1
@@ -988,6 +996,8 @@ def _compile_chain(table: Table, hook: str, interfaces: dict[str, int] | None,
     c.recents = recents
     shape.nrecent = len(recents) + 1 if recents else 0
     shape.memo = int(any(e.set for e in entries))
+    c.set_records = set_records
+    shape.nsets = len(set_records) + 1 if set_records else 0
     if min_shape is not None:
         used |= set(min_shape.fields)
     shape.fields = frozenset(used)
@@ -1083,7 +1093,7 @@ def fast_path(entries: list[Entry]) -> tuple[int, int]:
     e = entries[0]
     f = e.fields
     if (f.never or f.uses() != {"ctstate"} or e.verdict != VERDICTS["ACCEPT"] or e.tcp
-            or e.limit or e.hashlimit or e.recent or e.need or f.src.residual
+            or e.limit or e.hashlimit or e.recent or e.need or e.set_mask or f.src.residual
             or f.dst.residual or f.mark):
         return 0, 0
     slots = (1 << CTSTATES) - 1

@@ -291,6 +291,18 @@ class MarkConstraint:
 
 
 @dataclass(frozen=True)
+class SetCheck:
+    """-m set: the packet is (``invert``: is not) in the set ``name`` under
+    the directions ``dirs``; checked per candidate (bpf/lib/set.h). The set
+    is resolved to its type and id when the chain is compiled
+    (datapath/sets.py): its contents are the set's maps, not the rules'."""
+    name: str
+    dirs: tuple[str, ...]
+    invert: bool = False
+    return_nomatch: bool = False    # hash:net: a nomatch element is what matches
+
+
+@dataclass(frozen=True)
 class ProtoConstraint:
     """The packet's protocol is ``proto``, or not."""
     proto: int
@@ -305,7 +317,7 @@ class Never:
 Constraint = (AddrConstraint | PortConstraint | RangeConstraint | TosConstraint | PortsEither
               | MacConstraint | PkttypeConstraint | NeedsL4 | NotFragment
               | TcpFlagsConstraint | IcmpConstraint | CtstateConstraint | ProtoConstraint
-              | CtCheck | MarkConstraint | AddrtypeCheck | Never)
+              | CtCheck | MarkConstraint | AddrtypeCheck | SetCheck | Never)
 
 
 def prefixes_of_range(lo: int, hi: int) -> list[IPv4Net]:
@@ -377,6 +389,7 @@ class EntryFields:
     mark: tuple[tuple[int, int, bool], ...] = ()
     # -m addrtype --limit-iface-*: (source, destination) types that miss
     atcheck: tuple[int, int] | None = None
+    sets: tuple[SetCheck, ...] = ()     # per-candidate set membership tests, all must hold
     # uses(), fixed once decompose() has built the entry
     used: frozenset[str] | None = field(default=None, compare=False, repr=False)
 
@@ -592,6 +605,10 @@ def apply(f: EntryFields, c: Constraint) -> bool:
         s, d = f.atcheck or (0, 0)
         f.atcheck = (s | c.src_miss, d | c.dst_miss)
         return ATYPE_ALL not in f.atcheck
+    if isinstance(c, SetCheck):
+        if c not in f.sets:
+            f.sets += (c,)
+        return True
     if isinstance(c, Never):
         return False
     raise TypeError(f"unknown data-path constraint {c!r}")

@@ -129,6 +129,7 @@ def roomy(c: Compiled) -> Shape:
                    nlimits=q(_more(s.nlimits, 8, 8)) if s.nlimits else 0,
                    nlogs=q(_more(s.nlogs, 8, 8)) if s.nlogs else 0,
                    nrecent=q(_more(s.nrecent, 8, 8)) if s.nrecent else 0,
+                   nsets=q(_more(s.nsets, 8, 8)) if s.nsets else 0,
                    **address("src"), **address("dst"))
 
 

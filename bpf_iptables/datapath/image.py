@@ -275,6 +275,10 @@ def map_image(c: Compiled, shape: Shape) -> list[MapImage]:
     if shape.nrecent or shape.memo:
         from .recent import images as stateful_images   # -m recent, memo bits
         out.extend(stateful_images(c, shape))
+    if shape.nsets:
+        from .sets import set_images
+
+        out.extend(set_images(c, shape.nsets))
     for name, iv, bsize in (("src", c.src_iv, shape.src_bsize), ("dst", c.dst_iv, shape.dst_bsize)):
         if name in fields:
             assert iv is not None

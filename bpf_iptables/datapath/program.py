@@ -88,6 +88,14 @@ def cflags(shape: Shape, tc: bool = False, ct_dir: str | None = None) -> list[st
         if ct_dir:
             # the recent tables: the namespace's, next to conntrack's
             flags.append(f'-DRECENT_PIN_DIR="{recent_dir(ct_dir)}"')
+    if shape.nsets:
+        # -m set: the namespace's set maps (ipset/maps.py, pinned by
+        # bpf-iptables-set next to conntrack's), private ones without ct_dir
+        from ..ipset.maps import BITMAP_SETS, BITMAP_WORDS, MAX_ELEMS
+
+        flags += [f"-DSET_MAX_ELEMS={MAX_ELEMS}", f"-DSET_BITMAP_SLOTS={BITMAP_SETS * BITMAP_WORDS}"]
+        if ct_dir:
+            flags.append(f'-DSET_PIN_DIR="{set_dir(ct_dir)}"')
     return flags
 
 
@@ -102,6 +110,11 @@ def object_key(shape: Shape, tc: bool = False) -> str:
 def hashlimit_dir(ct_dir: str) -> str:
     """The bpffs directory of the namespace's hashlimit tables."""
     return os.path.join(os.path.dirname(ct_dir), "hashlimit")
+
+
+def set_dir(ct_dir: str) -> str:
+    """The bpffs directory of the namespace's set maps (ipset/store.py)."""
+    return os.path.join(os.path.dirname(ct_dir), "sets")
 
 
 def log_dir(ct_dir: str) -> str:
@@ -202,10 +215,16 @@ class LoadedProgram:
         if ct_dir and shape.nrecent:
             from .recent import recent_dir
             os.makedirs(recent_dir(ct_dir), mode=0o700, exist_ok=True)
+        if ct_dir and shape.nsets:
+            # created by us (not bcc) and filled from the set store first
+            from ..ipset.store import ensure_maps
+            from ..state import namespace_dir
+
+            ensure_maps(namespace_dir())
         # maps bcc opens (or creates and pins) by path: the namespace's
-        # conntrack table, LOG ring, hashlimit and recent tables
+        # conntrack table, LOG ring, hashlimit and recent tables, sets
         pinned = bool(ct_dir) and (tracked or bool(shape.nlogs) or bool(shape.nhashlimits)
-                                   or bool(shape.nrecent))
+                                   or bool(shape.nrecent) or bool(shape.nsets))
         start = time.monotonic()
         # the raw loader would make private ones: programs with pinned maps
         # are always compiled
@@ -416,7 +435,8 @@ def map_names(shape: Shape) -> list[str]:
     empty = compile_chain(Table.empty("filter"), "INPUT", {},
                           Shape(1, 1, 2, shape.fields, nlimits=shape.nlimits,
                                 nlogs=shape.nlogs, nhashlimits=shape.nhashlimits,
-                                nrecent=shape.nrecent, memo=shape.memo))
+                                nrecent=shape.nrecent, memo=shape.memo,
+                                nsets=shape.nsets))
     return [image.name for image in map_image(empty, empty.shape)] + ["counter_map", "self_map"]
 
 

@@ -3,14 +3,22 @@
 iptables resolves the set name to the kernel's set index while parsing
 (getsockopt SO_IP_SET on a raw socket), so a rule naming a set that does
 not exist in the namespace is refused there with "Set NAME doesn't exist."
-bpf-iptables asks the namespace's kernel ipset the same way (``IpsetKernel``)
-and keeps the name in the rule. Differences that follow: iptables holds a
-reference on the set (``ipset destroy`` fails while a rule uses it) and
-prints the set's current name after ``ipset rename``; bpf-iptables does
-neither, as it has no set store of its own yet.
+bpf-iptables looks the name up in the namespace's bpf-iptables-set store
+(bpf_iptables/ipset) first, then in the kernel's ipset the same way as
+iptables (``IpsetKernel``), and keeps the name in the rule. A set of the
+store cannot be destroyed or renamed while a rule names it (the store
+counts the rules, as the kernel counts references), and ``swap`` keeps
+names, so the name identifies the set exactly as iptables' index does.
 
-Reference semantics need the set's contents: refused (NotSupported). The
-eBPF data path cannot enforce sets yet: ``lower()`` refuses (the base class)."""
+Reference semantics and the data path (a per-candidate check, see
+datapath/sets.py and bpf/lib/set.h) use the store's sets; a set only the
+kernel has (made by the real ``ipset``) is refused (NotSupported).
+``--return-nomatch`` makes a hash:net set match where its most specific
+element is ``nomatch`` (and only there); other types ignore it (as
+measured against xt_set). The counter options (``--packets-*``,
+``--bytes-*``, ``! --update-counters``) act on sets created with
+``counters`` only, which bpf-iptables-set does not make: the kernel skips
+them for every other set, and so do these."""
 from __future__ import annotations
 
 import ctypes
@@ -25,6 +33,7 @@ from ..numbers import UINT64_MAX, strtoul
 from .base import MatchExtension, ParseContext
 
 if TYPE_CHECKING:
+    from ..model import Rule
     from ..reference.packet import Packet
 
 IPSET_MAXNAMELEN = 32
@@ -202,9 +211,12 @@ class SetMatch(MatchExtension):
             if len(name.encode("utf-8", "surrogateescape")) > IPSET_MAXNAMELEN - 1:
                 raise XtablesError(f"setname `{name}' too long, max "
                                    f"{IPSET_MAXNAMELEN - 1} characters.")
-            if self.kernel is None:
-                self.kernel = IpsetKernel()
-            self.kernel.lookup(name)
+            from ..reference.sets import lookup
+
+            if lookup(name) is None:
+                if self.kernel is None:
+                    self.kernel = IpsetKernel()
+                self.kernel.lookup(name)
             state["dirs"] = parse_dirs(reader.take())
             state["name"] = name
 
@@ -235,7 +247,23 @@ class SetMatch(MatchExtension):
         return self._text(d, "match-set", "")
 
     def matches(self, d: SetData, pkt: "Packet") -> bool:
-        raise NotSupported("match `set' in the reference semantics (no set store yet)")
+        """xt_set's set_match_v4 on a set without counters (see above)."""
+        from ..ipset.match import packet_in_set
+        from ..ipset.model import now_ns
+        from ..reference.sets import lookup
+
+        s = lookup(d.name)
+        if s is None:
+            raise NotSupported(f"match `set' on `{d.name}', which is not a bpf-iptables-set set, "
+                               "in the reference semantics")
+        return packet_in_set(s, d.dirs, pkt, now_ns(),
+                             bool(d.flags & RETURN_NOMATCH)) != d.invert
+
+    def lower(self, d: SetData, rule: "Rule") -> list[Any]:
+        """A per-candidate check (datapath/sets.py resolves the set)."""
+        from ..datapath.fields import SetCheck
+
+        return [SetCheck(d.name, d.dirs, d.invert, bool(d.flags & RETURN_NOMATCH))]
 
 
 EXTENSIONS = [SetMatch()]

@@ -57,7 +57,7 @@ def digest(c: Compiled) -> dict:
     # added with limit, LOG and conntrack's checks: at their defaults they are
     # left out, which keeps the older digests
     for k, default in (("nlimits", 0), ("nlogs", 0), ("ctextra_max", 1), ("nhashlimits", 0),
-                       ("nrecent", 0), ("memo", 0), ("stateful", 0)):
+                       ("nrecent", 0), ("memo", 0), ("stateful", 0), ("nsets", 0)):
         if shape.get(k) == default:
             del shape[k]
     out["shape"] = repr(sorted(shape.items()))
