@@ -18,16 +18,16 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import re
 import sys
 import threading
 from contextlib import contextmanager
 from typing import Iterator
 
+from bpf_iptables import nsthread
 from bpf_iptables.ipset.command import execute
 from bpf_iptables.state import namespace_dir
-from tests.support.netns import Namespace, _setns, bpf_command, namespace
+from tests.support.netns import Namespace, bpf_command, namespace
 from tests.test_datapath_traffic import datapath_command, ensure_bpffs
 
 ON = {"BPF_IPTABLES_DATAPATH": "on"}
@@ -73,18 +73,9 @@ print(json.dumps(got))
 
 @contextmanager
 def inside(ns: Namespace) -> Iterator[None]:
-    """This process in ``ns`` (for in-process commands), then back."""
-    home = os.open("/proc/self/ns/net", os.O_RDONLY)
-    target = os.open(f"/run/netns/{ns.name}", os.O_RDONLY)
-    try:
-        _setns(target)
-        try:
-            yield
-        finally:
-            _setns(home)
-    finally:
-        os.close(target)
-        os.close(home)
+    """This (main) thread in ``ns`` (for in-process commands), then back."""
+    with nsthread.inside(ns.name):
+        yield
 
 
 def send(ns: Namespace, per: int = 3, seconds: float = 0.0) -> dict[str, int]:
