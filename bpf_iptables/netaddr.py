@@ -59,6 +59,20 @@ _PLAIN_DOTTED = re.compile(r"(?:(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\
                            r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])")
 
 
+def cidr_blocks(lo: int, hi: int) -> list[tuple[int, int]]:
+    """The inclusive address range [lo, hi] as the fewest CIDR blocks
+    (addr, prefix length), lowest first."""
+    out = []
+    while lo <= hi:
+        # the largest aligned block starting at lo that stays within hi
+        size = lo & -lo if lo else 1 << 32
+        while lo + size - 1 > hi:
+            size >>= 1
+        out.append((lo, 33 - size.bit_length()))
+        lo += size
+    return out
+
+
 def numeric_to_ipaddr(dotted: str, is_mask: bool = False) -> int | None:
     """__numeric_to_ipaddr: 1-4 dotted parts, short forms pad with zeros."""
     if _PLAIN_DOTTED.fullmatch(dotted):

@@ -34,7 +34,7 @@ import socket
 import struct
 from dataclasses import dataclass
 
-from ..netaddr import IPv4Net
+from ..netaddr import IPv4Net, cidr_blocks
 
 RTN_UNSPEC, RTN_UNICAST, RTN_LOCAL, RTN_BROADCAST, RTN_ANYCAST, RTN_MULTICAST = range(6)
 # fib_props[type].error < 0: fib_table_lookup() fails on these
@@ -248,16 +248,7 @@ def lpm_items(routes: tuple[Route, ...], merged: bool) -> list[tuple[int, int, i
     return [(length, addr, t, dev) for (addr, length), (t, dev) in sorted(items.items())]
 
 
-def prefixes_of(lo: int, hi: int) -> list[tuple[int, int]]:
-    """[lo, hi] as the fewest (addr, length) blocks."""
-    out = []
-    while lo <= hi:
-        size = lo & -lo if lo else 1 << 32
-        while lo + size - 1 > hi:
-            size >>= 1
-        out.append((lo, 33 - size.bit_length()))
-        lo += size
-    return out
+prefixes_of = cidr_blocks   # [lo, hi] as the fewest (addr, length) blocks
 
 
 def as_prefixes(ranges: list[tuple[int, int]]) -> tuple[tuple[int, int] | None,

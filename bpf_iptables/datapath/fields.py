@@ -28,7 +28,7 @@ from typing import NamedTuple
 from ..errors import NotSupported
 from ..extensions import find_match
 from ..model import Rule
-from ..netaddr import IPv4Net, cidr_to_mask, iface_matches, mask_to_cidr
+from ..netaddr import IPv4Net, cidr_blocks, cidr_to_mask, iface_matches, mask_to_cidr
 
 
 
@@ -322,15 +322,7 @@ Constraint = (AddrConstraint | PortConstraint | RangeConstraint | TosConstraint 
 
 def prefixes_of_range(lo: int, hi: int) -> list[IPv4Net]:
     """The inclusive address range [lo, hi] as the fewest CIDR blocks."""
-    out: list[IPv4Net] = []
-    while lo <= hi:
-        # the largest aligned block starting at lo that stays within hi
-        size = lo & -lo if lo else 1 << 32
-        while lo + size - 1 > hi:
-            size >>= 1
-        out.append(IPv4Net(lo, (0xFFFFFFFF << (size.bit_length() - 1)) & 0xFFFFFFFF))
-        lo += size
-    return out
+    return [IPv4Net(addr, cidr_to_mask(length)) for addr, length in cidr_blocks(lo, hi)]
 
 
 def complement_ranges(ranges: list[tuple[int, int]], top: int) -> list[tuple[int, int]]:

@@ -15,6 +15,8 @@ import socket
 import time
 from dataclasses import dataclass, field
 
+from ..netaddr import cidr_blocks
+
 Elem = tuple[int, ...]
 HASH_TYPES = ("hash:ip", "hash:net", "hash:ip,port")
 TYPES = HASH_TYPES + ("bitmap:port",)
@@ -200,18 +202,6 @@ def parse_uint(text: str, lo: int, hi: int) -> int:
 
 def mask_of(cidr: int) -> int:
     return (0xFFFFFFFF << (32 - cidr)) & 0xFFFFFFFF if cidr else 0
-
-
-def cidr_blocks(lo: int, hi: int) -> list[tuple[int, int]]:
-    """[lo, hi] as the fewest CIDR blocks (addr, cidr), lowest first."""
-    out = []
-    while lo <= hi:
-        size = lo & -lo if lo else 1 << 32
-        while lo + size - 1 > hi:
-            size >>= 1
-        out.append((lo, 33 - size.bit_length()))
-        lo += size
-    return out
 
 
 def parse_ip_range(text: str, net: bool) -> list[tuple[int, int]]:
