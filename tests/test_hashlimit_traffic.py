@@ -231,8 +231,12 @@ def test_output_dstport_full_table_and_expiry_match_iptables_legacy():
                 f"0.0.0.0:0->0.0.0.0:{p}" for p in (9000, 9001, 9002)]
             # (4 s: the checks above must see the entries on a busy machine)
             time.sleep(max(0.0, sent + 4.5 - time.monotonic()))
-            assert ours.run([sys.executable, "-m", "bpf_iptables.datapath.hashlimit_tables",
-                             "sweep"], env=ON).stdout.strip() == "3"
+            swept = ours.run([sys.executable, "-m", "bpf_iptables.datapath.hashlimit_tables",
+                              "sweep"], env=ON).stdout.strip()
+            # the namespace daemon sweeps every 5 s as well: its sweep may
+            # have freed the three expired entries just before this one
+            # (a clean-clone CI run saw "0"); either way they are gone
+            assert swept in ("3", "0"), swept
             assert entries(real, False, "out") == entries(ours, True, "out") == []
             send("9003,9004")
             assert out_counts(real, False) == out_counts(ours, True) == [10, 5]
