@@ -1234,6 +1234,22 @@ int xdp_reject(CTX_TYPE *ctx)
 	return reject_packet(ctx, v, wire_len);
 }
 
+#if NHASHLIMITS || NRECENT
+/* The end of a stateful match's own program (xdp_hashlimit, xdp_recent):
+ * hand the result for candidate ``e`` back through the resume slot and
+ * tail-call the classifier, which resumes its scan at that candidate. A
+ * failed tail call clears the slot and aborts (fails closed). */
+static __always_inline int stateful_resume(CTX_TYPE *ctx, struct resume *rs, u32 e, u32 result)
+{
+	rs->st_result = result;
+	rs->st_done = e + 1;
+	self_map.call(ctx, 0);
+	rs->st_done = 0;
+	rs->active = 0;
+	return RET(XDP_ABORTED);
+}
+#endif
+
 /* -m hashlimit's check for the candidate the classifier stopped at
  * (the resume slot's st_entry), verified on its own (see the scan loop); tail-called
  * through self_map slot 2, it hands the result back and tail-calls the
@@ -1266,12 +1282,7 @@ int xdp_hashlimit(CTX_TYPE *ctx)
 	rs = resume_map.lookup(&zero);
 	if (!rs)
 		return RET(XDP_DROP);
-	rs->st_result = r;
-	rs->st_done = e + 1;
-	self_map.call(ctx, 0);
-	rs->st_done = 0;
-	rs->active = 0;
-	return RET(XDP_ABORTED);
+	return stateful_resume(ctx, rs, e, r);
 #else
 	return RET(XDP_DROP);
 #endif
@@ -1308,11 +1319,6 @@ int xdp_recent(CTX_TYPE *ctx)
 		u32 addr = bpf_ntohl(r->side_dest ? rs->raddr_d : rs->raddr_s);
 		res = recent_op(t, r, sc, addr, rs->rttl & 0xFF, bpf_jiffies64());
 	}
-	rs->st_result = res;
-	rs->st_done = e + 1;
-	self_map.call(ctx, 0);
-	rs->st_done = 0;
-	rs->active = 0;
-	return RET(XDP_ABORTED);
+	return stateful_resume(ctx, rs, e, res);
 }
 #endif
