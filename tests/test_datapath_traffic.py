@@ -95,12 +95,17 @@ def topology(prefix: str) -> Iterator[Pair]:
             sh("ip", "-n", ns, "link", "set", "lo", "up")
         yield Pair(Namespace(client), Namespace(server))
     finally:
-        for n in made:
-            if n == names[1]:
-                # detach first so no pins outlive the namespace
-                subprocess.run(["ip", "netns", "exec", n, *datapath_command("detach")],
-                               capture_output=True, env={**os.environ, "PYTHONPATH": str(REPO)})
-            subprocess.run(["ip", "netns", "del", n], check=False)
+        remove_namespaces(made, attached=names[1])
+
+
+def remove_namespaces(made: list[str], attached: str) -> None:
+    """Delete a topology's namespaces (those made so far), detaching the
+    data path of ``attached`` first so no pins outlive it."""
+    for n in made:
+        if n == attached:
+            subprocess.run(["ip", "netns", "exec", n, *datapath_command("detach")],
+                           capture_output=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+        subprocess.run(["ip", "netns", "del", n], check=False)
 
 
 @contextmanager
@@ -168,14 +173,19 @@ def datagrams(src: Namespace, dst: Namespace, dst_ip: str, port: int, count: int
                 tx.sendto(payload % i, (dst_ip, port))
             except PermissionError:
                 pass
-        got = 0
-        rx.settimeout(REPLY_WAIT)
-        try:
-            while True:
-                rx.recv(2048)
-                got += 1
-        except socket.timeout:
-            pass
+        return received(rx)
+
+
+def received(rx: socket.socket) -> int:
+    """How many datagrams ``rx`` gets until REPLY_WAIT passes without one."""
+    got = 0
+    rx.settimeout(REPLY_WAIT)
+    try:
+        while True:
+            rx.recv(2048)
+            got += 1
+    except socket.timeout:
+        pass
     return got
 
 
@@ -324,11 +334,7 @@ def routed(prefix: str) -> Iterator[Routed]:
         sh("ip", "netns", "exec", router, "sysctl", "-qw", "net.ipv4.ip_forward=1")
         yield Routed(Namespace(client), Namespace(router), Namespace(server))
     finally:
-        for n in made:
-            if n == names[1]:
-                subprocess.run(["ip", "netns", "exec", n, *datapath_command("detach")],
-                               capture_output=True, env={**os.environ, "PYTHONPATH": str(REPO)})
-            subprocess.run(["ip", "netns", "del", n], check=False)
+        remove_namespaces(made, attached=names[1])
 
 
 def routed_traffic(t: Routed) -> dict[str, int]:

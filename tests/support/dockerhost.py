@@ -14,8 +14,6 @@ not report link-local multicast groups (see below), so OUTPUT counts only
 the probes' packets."""
 from __future__ import annotations
 
-import os
-import subprocess
 import time
 import uuid
 from contextlib import contextmanager
@@ -23,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from tests.support.netns import REPO, Namespace
-from tests.test_datapath_traffic import Pair, datapath_command, ping, sh, tcp, udp
+from tests.support.netns import Namespace
+from tests.test_datapath_traffic import Pair, ping, remove_namespaces, sh, tcp, udp
 
 DOCKER_RULES = (Path(__file__).resolve().parents[1] / "data" / "realworld" / "docker.rules"
                 ).read_text()
@@ -81,11 +79,7 @@ def docker_host(prefix: str, br_netfilter: bool = False) -> Iterator[DockerHost]
            f"net.bridge.bridge-nf-call-iptables={int(br_netfilter)}")
         yield DockerHost(*(Namespace(n) for n in names))
     finally:
-        for n in made:
-            if n == names[1]:
-                subprocess.run(["ip", "netns", "exec", n, *datapath_command("detach")],
-                               capture_output=True, env={**os.environ, "PYTHONPATH": str(REPO)})
-            subprocess.run(["ip", "netns", "del", n], check=False)
+        remove_namespaces(made, attached=names[1])
 
 
 def probes(d: DockerHost) -> dict[str, int]:
