@@ -451,10 +451,13 @@ def _live_method(res: DatapathResults) -> list[str]:
         "the kernel bills that softirq to the thread, because other tasks of a shared "
         "machine take turns on the CPU), i.e. the *whole* per-packet cost (generating, "
         "veth, receive, classification), and after `;` the difference to the same system's "
-        "empty rule set (N=0, policy DROP), i.e. the cost the N rules add. The frame walks "
-        "the most rules: for ClassBench it falls through to the policy DROP, or (when a "
-        "catch-all rule ends the set) first-matches the last reachable rule; for the "
-        "synthetic set it misses N-1 rules on `--dport` and is dropped by the last. "
+        "empty rule set (N=0, policy DROP), i.e. the cost the N rules add. The frame is "
+        "dropped, as by the bare XDP ceiling, after walking the most rules: for ClassBench "
+        "it falls through to the policy DROP, or (when a catch-all ACCEPT ends the set, as "
+        "in fw1-10k and acl1-10k) first-matches the latest DROP rule a drawn packet reaches "
+        "(an accepted frame would go on into the stack, whose socket lookup and ICMP port "
+        "unreachable would then be most of what is measured); for the synthetic set it "
+        "misses N-1 rules on `--dport` and is dropped by the last. "
         f"Counted = sent over all live runs: {live_sent:,} sent, {live_counted:,} counted"
         f"{'' if live_sent == live_counted else ' (MISMATCH: see csv)'}.",
     ]

@@ -216,13 +216,34 @@ def source_probes(source: str, table: Table) -> list[Probe]:
     return synthetic_probes(table) if source == SYNTHETIC else probes(table)
 
 
+def deepest_dropped(table: Table, seed: int = 11) -> Probe:
+    """The dropped packet that walks the most rules: the policy one when the
+    policy drops and some packet reaches it, else one first-matching the
+    latest DROP rule a drawn packet reaches. A live frame must be dropped:
+    an accepted one goes on into the stack (socket lookup, an ICMP port
+    unreachable back through OUTPUT), which then dominates its cost and is
+    not the classifier's (a catch-all ACCEPT ends fw1-10k and acl1-10k)."""
+    rng = random.Random(seed)
+    pol = policy_probe(table, rng)
+    if pol is not None and pol.verdict == "DROP":
+        return pol
+    rules = table.chains["INPUT"].rules
+    for index in range(len(rules) - 1, -1, -1):
+        if rules[index].target.name != "DROP":
+            continue
+        probe = probe_for(table, index, "deepest-drop", rng)
+        if probe.verdict == "DROP":
+            return probe
+    return deepest(table, seed)
+
+
 def live_probe(source: str, table: Table) -> Probe:
     """The live frame: for the synthetic set the one that misses N-1 rules
-    on their last field and matches the final rule; for ClassBench the one
-    walking the most rules (deepest)."""
+    on their last field and matches the final rule; for ClassBench the
+    dropped one walking the most rules (deepest_dropped)."""
     if source == SYNTHETIC:
         return next(p for p in synthetic_probes(table) if p.position == "last")
-    return deepest(table)
+    return deepest_dropped(table)
 
 
 # -- the traffic mix -------------------------------------------------------
