@@ -160,9 +160,14 @@ def live_aims(res: DatapathResults) -> list[Aim]:
             continue
         if legacy is not None:
             r = ours.mpps / legacy.mpps
+            measured = f"{ours.mpps:.3f} / {legacy.mpps:.4f} Mpps = {r:,.1f}x"
+            if bare is not None:
+                # what any XDP program can reach here: where the ceiling is
+                # under the aim, the aim cannot be met on this machine
+                measured += (f" (the bare XDP drop itself: {bare.mpps / legacy.mpps:,.1f}x "
+                             "iptables-legacy)")
             out.append(Aim(f"{what} >= {AIM_LIVE_LEGACY:.0f}x iptables-legacy",
-                           f"{ours.mpps:.3f} / {legacy.mpps:.4f} Mpps = {r:,.1f}x",
-                           "PASS" if r >= AIM_LIVE_LEGACY else "MISS"))
+                           measured, "PASS" if r >= AIM_LIVE_LEGACY else "MISS"))
         if bare is not None:
             r = ours.mpps / bare.mpps
             out.append(Aim(f"{what} >= {AIM_LIVE_BARE:.0%} of the bare XDP drop",
