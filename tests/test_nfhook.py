@@ -1,0 +1,110 @@
+"""A BPF_PROG_TYPE_NETFILTER program at netfilter's hooks sees what the
+nat table did (the feasibility of a ``--mode netfilter``, README
+"Netfilter hooks").
+
+A client namespace connects to 10.99.0.2:80 on a server namespace whose
+nat table (real iptables-legacy) marks the SYN 0x4000 and DNATs it to
+:8080. ``bpf/nfhook.c`` attached at LOCAL_IN priority 0 (where the filter
+table's INPUT runs) must count it as 10.99.0.2:8080 with the DNAT bit and
+the mark; the same program at PRE_ROUTING priority -300 (before conntrack
+and DNAT) as :80 without either. Then it drops the DNATed port and the
+client's connect times out. Both ways to the packet bytes are run: probe
+reads and dynptr kfuncs."""
+from __future__ import annotations
+
+import ctypes
+import socket
+import struct
+import subprocess
+from contextlib import ExitStack
+
+import pytest
+
+from bpf_iptables import nsthread
+from bpf_iptables.datapath import nfhook
+from tests.support.netns import namespace
+
+SERVER, CLIENT = "10.99.0.2", "10.99.0.1"
+IPS_DST_NAT = 1 << 5
+
+
+def _ip(ns: str, *args: str) -> None:
+    subprocess.run(["ip", "-n", ns, *args], check=True)
+
+
+def _connect(ns: str, timeout: float) -> bool:
+    """Whether a TCP connect from namespace ``ns`` to SERVER:80 completes."""
+    with nsthread.inside(ns):
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        s.settimeout(timeout)
+        s.connect((SERVER, 80))
+        return True
+    except (socket.timeout, TimeoutError):
+        return False
+    finally:
+        s.close()
+
+
+def _counts(loaded: nfhook.Loaded) -> dict[tuple[str, int, int, int, int], int]:
+    """(daddr, dport, dnat, proto, mark) -> packets."""
+    out = {}
+    for k, v in loaded.table("counts").items():
+        daddr = socket.inet_ntoa(struct.pack("<I", k.daddr))
+        out[(daddr, k.dport, k.dnat, k.proto, k.mark)] = v.value
+    return out
+
+
+@pytest.mark.parametrize("dynptr", [False, True], ids=["probe_read", "dynptr"])
+def test_sees_post_nat_packet_and_drops_it(dynptr: bool) -> None:
+    with ExitStack() as stack:
+        server = stack.enter_context(namespace("nfhs")).name
+        client = stack.enter_context(namespace("nfhc")).name
+        _ip(client, "link", "add", "c0", "type", "veth", "peer", "name", "s0", "netns", server)
+        _ip(client, "addr", "add", f"{CLIENT}/24", "dev", "c0")
+        _ip(server, "addr", "add", f"{SERVER}/24", "dev", "s0")
+        for ns, dev in ((client, "c0"), (server, "s0"), (client, "lo"), (server, "lo")):
+            _ip(ns, "link", "set", dev, "up")
+        nat = ["ip", "netns", "exec", server, "iptables-legacy", "-t", "nat", "-A", "PREROUTING",
+               "-p", "tcp", "-d", SERVER, "--dport", "80"]
+        subprocess.run([*nat, "-j", "MARK", "--set-xmark", "0x4000/0x4000"], check=True)
+        subprocess.run([*nat, "-j", "DNAT", "--to-destination", f"{SERVER}:8080"], check=True)
+        with nsthread.inside(server):
+            listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        stack.callback(listener.close)
+        listener.bind(("0.0.0.0", 8080))
+        listener.listen(16)
+        s0 = int(subprocess.run(["ip", "netns", "exec", server, "cat",
+                                 "/sys/class/net/s0/ifindex"], capture_output=True,
+                                text=True, check=True).stdout)
+
+        loaded = nfhook.load(dynptr=dynptr)
+        stack.callback(loaded.close)
+        # links are closed (hooks unregistered) before the namespaces go
+        stack.enter_context(nfhook.attached(loaded.prog_fd, server, nfhook.LOCAL_IN, 0))
+        stack.enter_context(nfhook.attached(loaded.prog_fd, server, nfhook.PRE_ROUTING, -300))
+
+        assert _connect(client, 5.0)
+        counts = _counts(loaded)
+        # the SYN at LOCAL_IN: after DNAT, with the mark the nat table set
+        assert counts.get((SERVER, 8080, 1, 6, 0x4000), 0) >= 1, counts
+        # the same SYN at PRE_ROUTING before conntrack: what XDP/TC see
+        assert counts.get((SERVER, 80, 0, 6, 0), 0) >= 1, counts
+        # nothing at LOCAL_IN was still addressed to :80
+        assert not any(k[1] == 80 and k[2] for k in counts), counts
+
+        seen = loaded.table("last")[ctypes.c_int(0)]
+        assert seen.hook == nfhook.LOCAL_IN
+        assert seen.in_ifindex == s0 and seen.out_ifindex == 0
+        assert seen.status & IPS_DST_NAT
+        assert seen.orig_daddr == struct.unpack("<I", socket.inet_aton(SERVER))[0]
+        assert (seen.orig_dport, seen.reply_sport) == (80, 8080)
+        assert seen.timeout > 0
+
+        loaded.table("config")[ctypes.c_int(0)] = ctypes.c_uint32(8080)
+        before = _counts(loaded).get((SERVER, 8080, 1, 6, 0x4000), 0)
+        assert not _connect(client, 2.5)
+        # the dropped SYN (and its retransmissions) reached the program
+        assert _counts(loaded).get((SERVER, 8080, 1, 6, 0x4000), 0) > before
+        cost = loaded.table("cost")[ctypes.c_int(0)]
+        assert sum(c.packets for c in cost) >= 4
