@@ -16,12 +16,13 @@ import ctypes
 import socket
 import struct
 import subprocess
+import uuid
 from contextlib import ExitStack
 
 import pytest
 
 from bpf_iptables import nsthread
-from bpf_iptables.datapath import nfhook
+from bpf_iptables.datapath import attachment, nfhook
 from tests.support.netns import namespace
 
 SERVER, CLIENT = "10.99.0.2", "10.99.0.1"
@@ -55,8 +56,8 @@ def _counts(loaded: nfhook.Loaded) -> dict[tuple[str, int, int, int, int], int]:
     return out
 
 
-@pytest.mark.parametrize("dynptr", [False, True], ids=["probe_read", "dynptr"])
-def test_sees_post_nat_packet_and_drops_it(dynptr: bool) -> None:
+@pytest.mark.parametrize("fast", [False, True], ids=["probe_read", "dynptr_btf"])
+def test_sees_post_nat_packet_and_drops_it(fast: bool) -> None:
     with ExitStack() as stack:
         server = stack.enter_context(namespace("nfhs")).name
         client = stack.enter_context(namespace("nfhc")).name
@@ -78,10 +79,14 @@ def test_sees_post_nat_packet_and_drops_it(dynptr: bool) -> None:
                                  "/sys/class/net/s0/ifindex"], capture_output=True,
                                 text=True, check=True).stdout)
 
-        loaded = nfhook.load(dynptr=dynptr)
+        # probe_read: bcc loads it (load_func with the attach type); the
+        # fast build has kfunc calls (dynptr, rdonly_cast): loaded raw
+        loaded = nfhook.load(dynptr=fast, read_btf=fast)
+        assert loaded.how == ("raw" if fast else "bcc")
         stack.callback(loaded.close)
         # links are closed (hooks unregistered) before the namespaces go
-        stack.enter_context(nfhook.attached(loaded.prog_fd, server, nfhook.LOCAL_IN, 0))
+        local_in = stack.enter_context(
+            nfhook.attached(loaded.prog_fd, server, nfhook.LOCAL_IN, 0))
         stack.enter_context(nfhook.attached(loaded.prog_fd, server, nfhook.PRE_ROUTING, -300))
 
         assert _connect(client, 5.0)
@@ -108,3 +113,12 @@ def test_sees_post_nat_packet_and_drops_it(dynptr: bool) -> None:
         assert _counts(loaded).get((SERVER, 8080, 1, 6, 0x4000), 0) > before
         cost = loaded.table("cost")[ctypes.c_int(0)]
         assert sum(c.packets for c in cost) >= 4
+
+        # a pinned link outlives its fd; removing the pin detaches
+        pin = attachment.ensure_bpffs() / f"nfhook-test-{uuid.uuid4().hex[:10]}"
+        local_in.pin(str(pin))
+        stack.callback(lambda: pin.unlink(missing_ok=True))
+        local_in.close()
+        assert not _connect(client, 1.5)
+        pin.unlink()
+        assert _connect(client, 5.0)

@@ -26,7 +26,7 @@ from typing import Iterator
 
 from .. import nsthread
 from . import bpfsys
-from .nfhook_btf import BTF, vmlinux
+from .nfhook_btf import BTF, STRUCT, vmlinux
 
 SOURCE = Path(__file__).resolve().parents[2] / "bpf" / "nfhook.c"
 FUNCTION = "nf_count"
@@ -42,7 +42,8 @@ BPF_F_NETFILTER_IP_DEFRAG = 1
 
 # fake helper ids the C calls where it means a kfunc (far above real helpers)
 KFUNCS = {"KFUNC_FROM_SKB": (0x7F001, "bpf_dynptr_from_skb"),
-          "KFUNC_SLICE": (0x7F002, "bpf_dynptr_slice")}
+          "KFUNC_SLICE": (0x7F002, "bpf_dynptr_slice"),
+          "KFUNC_RDONLY_CAST": (0x7F003, "bpf_rdonly_cast")}
 CALL, PSEUDO_KFUNC_CALL = 0x85, 2
 
 
@@ -64,13 +65,15 @@ def offsets(btf: BTF) -> dict[str, int]:
         "OFF_CT_ORIG_DST_PORT": btf.offset_of("nf_conn", "tuplehash[0].tuple.dst.u.all"),
         "OFF_CT_REPLY_SRC_IP": btf.offset_of("nf_conn", "tuplehash[1].tuple.src.u3"),
         "OFF_CT_REPLY_SRC_PORT": btf.offset_of("nf_conn", "tuplehash[1].tuple.src.u.all"),
+        "NF_CONN_BTF_ID": btf.id_of(STRUCT, "nf_conn"),
     }
 
 
-def cflags(dynptr: bool) -> list[str]:
+def cflags(dynptr: bool, read_btf: bool, defines: dict[str, int] | None = None) -> list[str]:
     flags = [f"-D{k}={v}" for k, v in offsets(vmlinux()).items()]
     flags += [f"-D{k}={imm:#x}" for k, (imm, _) in KFUNCS.items()]
-    return flags + [f"-DREAD_DYNPTR={int(dynptr)}"]
+    flags += [f"-D{k}={v}" for k, v in (defines or {}).items()]
+    return flags + [f"-DREAD_DYNPTR={int(dynptr)}", f"-DREAD_BTF={int(read_btf)}"]
 
 
 def kfunc_calls(insns: bytes, btf: BTF) -> bytes:
@@ -103,14 +106,18 @@ class Loaded:
         self.bpf.cleanup()  # type: ignore[attr-defined]
 
 
-def load(dynptr: bool = False, prefer_bcc: bool = True) -> Loaded:
+def load(dynptr: bool = False, read_btf: bool = False, defines: dict[str, int] | None = None,
+         prefer_bcc: bool = True) -> Loaded:
     """Compile and load nf_count (OSError with ``verifier_log`` when the
-    kernel refuses). A dynptr build always loads raw (kfunc rewrite)."""
+    kernel refuses). ``dynptr``: packet bytes by kfuncs (always loaded
+    raw: the kfunc rewrite); ``read_btf``: skb and hook-state fields by
+    plain loads and the nf_conn by ``bpf_rdonly_cast`` (kfunc: loaded raw
+    too); ``defines``: more -D flags (the bench's builds)."""
     from bcc import BPF   # imported late: only loading needs bcc
 
-    bpf = BPF(src_file=str(SOURCE).encode(), cflags=cflags(dynptr))
+    bpf = BPF(src_file=str(SOURCE).encode(), cflags=cflags(dynptr, read_btf, defines))
     try:
-        if prefer_bcc and not dynptr:
+        if prefer_bcc and not dynptr and not read_btf:
             try:
                 fn = bpf.load_func(FUNCTION.encode(), BPF_PROG_TYPE_NETFILTER,
                                    attach_type=BPF_NETFILTER)
@@ -118,7 +125,7 @@ def load(dynptr: bool = False, prefer_bcc: bool = True) -> Loaded:
             except Exception:   # bcc raises a bare Exception on a refused load
                 pass
         insns = bytes(bpf.dump_func(FUNCTION.encode()))
-        if dynptr:
+        if dynptr or read_btf:
             insns = kfunc_calls(insns, vmlinux())
         fd = bpfsys.prog_load(BPF_PROG_TYPE_NETFILTER, insns, "GPL", FUNCTION,
                               expected_attach_type=BPF_NETFILTER, log_size=1 << 20)
@@ -145,15 +152,30 @@ def link_create(prog_fd: int, hooknum: int, priority: int, pf: int = NFPROTO_IPV
     return bpfsys._bpf(bpfsys.BPF_LINK_CREATE, attr, "netfilter link")
 
 
+@dataclass
+class Link:
+    """A netfilter link's fd. Closing the last fd detaches the program
+    (unregisters the hook) unless the link is pinned in bpffs: then
+    removing the pin does."""
+    fd: int
+
+    def pin(self, path: str) -> None:
+        bpfsys.obj_pin(self.fd, path)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
 @contextmanager
 def attached(prog_fd: int, netns: str, hooknum: int = LOCAL_IN,
-             priority: int = NF_IP_PRI_FILTER) -> Iterator[int]:
+             priority: int = NF_IP_PRI_FILTER) -> Iterator[Link]:
     """The program at ``hooknum`` of namespace ``netns`` while the block
-    runs; the link fd is closed (the hook unregistered) on the way out,
-    also on failure."""
+    runs; the link fd is closed on the way out, also on failure."""
     with nsthread.inside(netns):
-        fd = link_create(prog_fd, hooknum, priority)
+        link = Link(link_create(prog_fd, hooknum, priority))
     try:
-        yield fd
+        yield link
     finally:
-        os.close(fd)
+        link.close()
