@@ -22,7 +22,7 @@ from contextlib import ExitStack
 import pytest
 
 from bpf_iptables import nsthread
-from bpf_iptables.datapath import attachment, nfhook
+from bpf_iptables.datapath import attachment, nfhook, nfhook_reject
 from tests.support.netns import namespace
 
 SERVER, CLIENT = "10.99.0.2", "10.99.0.1"
@@ -33,16 +33,40 @@ def _ip(ns: str, *args: str) -> None:
     subprocess.run(["ip", "-n", ns, *args], check=True)
 
 
-def _connect(ns: str, timeout: float) -> bool:
-    """Whether a TCP connect from namespace ``ns`` to SERVER:80 completes."""
+def _pair(stack: ExitStack) -> tuple[str, str]:
+    """(client, server) namespaces joined by a veth pair c0 -- s0,
+    deleted when ``stack`` closes."""
+    server = stack.enter_context(namespace("nfhs")).name
+    client = stack.enter_context(namespace("nfhc")).name
+    _ip(client, "link", "add", "c0", "type", "veth", "peer", "name", "s0", "netns", server)
+    _ip(client, "addr", "add", f"{CLIENT}/24", "dev", "c0")
+    _ip(server, "addr", "add", f"{SERVER}/24", "dev", "s0")
+    for ns, dev in ((client, "c0"), (server, "s0"), (client, "lo"), (server, "lo")):
+        _ip(ns, "link", "set", dev, "up")
+    return client, server
+
+
+def _listen(stack: ExitStack, ns: str, port: int) -> None:
+    with nsthread.inside(ns):
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    stack.callback(listener.close)
+    listener.bind(("0.0.0.0", port))
+    listener.listen(16)
+
+
+def _connect(ns: str, timeout: float, port: int = 80) -> bool | str:
+    """Whether a TCP connect from namespace ``ns`` to SERVER:port
+    completes (True), times out (False) or is refused ("refused")."""
     with nsthread.inside(ns):
         s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
         s.settimeout(timeout)
-        s.connect((SERVER, 80))
+        s.connect((SERVER, port))
         return True
     except (socket.timeout, TimeoutError):
         return False
+    except ConnectionRefusedError:
+        return "refused"
     finally:
         s.close()
 
@@ -59,22 +83,12 @@ def _counts(loaded: nfhook.Loaded) -> dict[tuple[str, int, int, int, int], int]:
 @pytest.mark.parametrize("fast", [False, True], ids=["probe_read", "dynptr_btf"])
 def test_sees_post_nat_packet_and_drops_it(fast: bool) -> None:
     with ExitStack() as stack:
-        server = stack.enter_context(namespace("nfhs")).name
-        client = stack.enter_context(namespace("nfhc")).name
-        _ip(client, "link", "add", "c0", "type", "veth", "peer", "name", "s0", "netns", server)
-        _ip(client, "addr", "add", f"{CLIENT}/24", "dev", "c0")
-        _ip(server, "addr", "add", f"{SERVER}/24", "dev", "s0")
-        for ns, dev in ((client, "c0"), (server, "s0"), (client, "lo"), (server, "lo")):
-            _ip(ns, "link", "set", dev, "up")
+        client, server = _pair(stack)
         nat = ["ip", "netns", "exec", server, "iptables-legacy", "-t", "nat", "-A", "PREROUTING",
                "-p", "tcp", "-d", SERVER, "--dport", "80"]
         subprocess.run([*nat, "-j", "MARK", "--set-xmark", "0x4000/0x4000"], check=True)
         subprocess.run([*nat, "-j", "DNAT", "--to-destination", f"{SERVER}:8080"], check=True)
-        with nsthread.inside(server):
-            listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        stack.callback(listener.close)
-        listener.bind(("0.0.0.0", 8080))
-        listener.listen(16)
+        _listen(stack, server, 8080)
         s0 = int(subprocess.run(["ip", "netns", "exec", server, "cat",
                                  "/sys/class/net/s0/ifindex"], capture_output=True,
                                 text=True, check=True).stdout)
@@ -89,7 +103,7 @@ def test_sees_post_nat_packet_and_drops_it(fast: bool) -> None:
             nfhook.attached(loaded.prog_fd, server, nfhook.LOCAL_IN, 0))
         stack.enter_context(nfhook.attached(loaded.prog_fd, server, nfhook.PRE_ROUTING, -300))
 
-        assert _connect(client, 5.0)
+        assert _connect(client, 5.0) is True
         counts = _counts(loaded)
         # the SYN at LOCAL_IN: after DNAT, with the mark the nat table set
         assert counts.get((SERVER, 8080, 1, 6, 0x4000), 0) >= 1, counts
@@ -108,7 +122,7 @@ def test_sees_post_nat_packet_and_drops_it(fast: bool) -> None:
 
         loaded.table("config")[ctypes.c_int(0)] = ctypes.c_uint32(8080)
         before = _counts(loaded).get((SERVER, 8080, 1, 6, 0x4000), 0)
-        assert not _connect(client, 2.5)
+        assert _connect(client, 2.5) is False
         # the dropped SYN (and its retransmissions) reached the program
         assert _counts(loaded).get((SERVER, 8080, 1, 6, 0x4000), 0) > before
         cost = loaded.table("cost")[ctypes.c_int(0)]
@@ -119,6 +133,30 @@ def test_sees_post_nat_packet_and_drops_it(fast: bool) -> None:
         local_in.pin(str(pin))
         stack.callback(lambda: pin.unlink(missing_ok=True))
         local_in.close()
-        assert not _connect(client, 1.5)
+        assert _connect(client, 1.5) is False
         pin.unlink()
-        assert _connect(client, 5.0)
+        assert _connect(client, 5.0) is True
+
+
+def test_reject_handoff_from_local_out_to_tc_egress() -> None:
+    """REJECT option 1 of the README: the netfilter program at LOCAL_OUT
+    records the skb by its address and accepts it; the TC egress program
+    on the way out finds the same skb and carries the verdict out (here:
+    drops it, where lib/reject.h would turn it into the reply)."""
+    with ExitStack() as stack:
+        client, server = _pair(stack)
+        _listen(stack, server, 8080)
+        handoff = nfhook_reject.load()
+        stack.callback(handoff.close)
+        stack.enter_context(nfhook.attached(handoff.nf_fd, client, nfhook.LOCAL_OUT, 0))
+        stack.enter_context(nfhook_reject.tc_egress(handoff.tc_fd, client, "c0"))
+        stats = handoff.table("stats")
+        # nothing to reject yet: the closed port answers with a RST
+        assert _connect(client, 5.0, 8081) == "refused"
+        handoff.table("reject_port")[ctypes.c_int(0)] = ctypes.c_uint32(8081)
+        assert _connect(client, 2.5, 8081) is False
+        assert _connect(client, 5.0, 8080) is True
+        recorded, taken = stats[ctypes.c_int(0)].value, stats[ctypes.c_int(1)].value
+        # the SYN and its retransmission, each found again at TC egress
+        assert recorded >= 2 and taken == recorded, (recorded, taken)
+        assert len(handoff.table("pending")) == 0

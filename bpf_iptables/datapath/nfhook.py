@@ -43,7 +43,8 @@ BPF_F_NETFILTER_IP_DEFRAG = 1
 # fake helper ids the C calls where it means a kfunc (far above real helpers)
 KFUNCS = {"KFUNC_FROM_SKB": (0x7F001, "bpf_dynptr_from_skb"),
           "KFUNC_SLICE": (0x7F002, "bpf_dynptr_slice"),
-          "KFUNC_RDONLY_CAST": (0x7F003, "bpf_rdonly_cast")}
+          "KFUNC_RDONLY_CAST": (0x7F003, "bpf_rdonly_cast"),
+          "KFUNC_CAST_TO_KERN_CTX": (0x7F004, "bpf_cast_to_kern_ctx")}
 CALL, PSEUDO_KFUNC_CALL = 0x85, 2
 
 
