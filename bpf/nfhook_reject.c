@@ -10,16 +10,24 @@
  * and acts on it. A recorded skb that never reaches TC egress (dropped on
  * the way) leaves an entry behind whose address a later skb may reuse:
  * the entry also holds the packet's destination, IP id and length, which
- * must match too. Here the TC program only drops and counts (the reply
- * would be built by lib/reject.h's TC code). Offsets as in nfhook.c
- * (-D flags from BTF); fake helper ids become kfunc calls (nfhook.py). */
+ * must match too. The TC program then builds the reply with the TC
+ * data path's own code (lib/reject.h, as filter.c's xdp_reject does for
+ * OUTPUT) and turns it into the stack at the device's ingress. Here TCP
+ * gets tcp-reset and UDP icmp-port-unreachable. Fake helper ids become
+ * kfunc calls (nfhook.py). */
 #include <uapi/linux/bpf.h>
-#include <uapi/linux/if_ether.h>
-#include <uapi/linux/ip.h>
 #include <uapi/linux/pkt_cls.h>
+
+#define HOOK_TC 1
+#define CTX_TYPE struct __sk_buff
+#define RET(v) ((v) == XDP_PASS ? TC_ACT_OK : TC_ACT_SHOT)
+#include "lib/parse.h"
+#include "lib/reject.h"
 
 #define NF_ACCEPT 1
 #define PROTO_TCP 6
+#define PROTO_UDP 17
+#define DEFAULT_TTL 64
 
 struct nf_ctx {
 	void *state;
@@ -30,7 +38,7 @@ struct pending {
 	u32 daddr;
 	u16 id;
 	u16 tot_len;
-	u32 reject_with;   /* enum ipt_reject_with, for the reply builder */
+	u32 verdict;       /* VERDICT_REJECT | type | REJECT_OUTPUT | TTL << 16 */
 	u32 _pad;
 };
 
@@ -65,7 +73,7 @@ int nf_reject_out(struct nf_ctx *ctx)
 	if (kf_dynptr_from_skb(skb, 0, &p))
 		return NF_ACCEPT;
 	u8 *ip = kf_dynptr_slice(&p, 0, buf, 24);   /* 20-byte header + ports */
-	if (!ip || (ip[0] & 0xf) != 5 || ip[9] != PROTO_TCP)
+	if (!ip || (ip[0] & 0xf) != 5 || (ip[9] != PROTO_TCP && ip[9] != PROTO_UDP))
 		return NF_ACCEPT;
 	if (((u32)ip[22] << 8 | ip[23]) != *port)
 		return NF_ACCEPT;
@@ -73,7 +81,8 @@ int nf_reject_out(struct nf_ctx *ctx)
 	__builtin_memcpy(&v.daddr, ip + 16, 4);
 	v.id = (u16)ip[4] << 8 | ip[5];
 	v.tot_len = (u16)ip[2] << 8 | ip[3];
-	v.reject_with = 3;   /* IPT_TCP_RESET */
+	v.verdict = VERDICT_REJECT | REJECT_OUTPUT | (DEFAULT_TTL << 16) |
+		(ip[9] == PROTO_TCP ? IPT_TCP_RESET : IPT_ICMP_PORT_UNREACHABLE);
 	u64 addr = (u64)skb;
 	pending.update(&addr, &v);
 	bump(0);
@@ -86,17 +95,19 @@ int tc_take_reject(struct __sk_buff *ctx)
 	struct pending *v = pending.lookup(&addr);
 	if (!v)
 		return TC_ACT_OK;
+	u32 verdict = v->verdict;
+	u32 daddr = v->daddr, id = v->id, tot_len = v->tot_len;
+	pending.delete(&addr);
+	u32 pull = ctx->len < 128 ? ctx->len : 128;
+	bpf_skb_pull_data(ctx, pull);
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
 	struct ethhdr *eth = data;
 	struct iphdr *ip = (void *)(eth + 1);
 	if ((void *)(ip + 1) > data_end)
 		return TC_ACT_OK;
-	int same = ip->daddr == v->daddr && bpf_ntohs(ip->id) == v->id
-		&& bpf_ntohs(ip->tot_len) == v->tot_len;
-	pending.delete(&addr);
-	if (!same)
+	if (ip->daddr != daddr || bpf_ntohs(ip->id) != id || bpf_ntohs(ip->tot_len) != tot_len)
 		return TC_ACT_OK;   /* a stale entry: another skb at that address */
 	bump(1);
-	return TC_ACT_SHOT;     /* lib/reject.h would build and send the reply */
+	return reject_packet(ctx, verdict, ctx->len);
 }

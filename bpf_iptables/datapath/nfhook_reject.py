@@ -1,6 +1,7 @@
 """REJECT hand-off prototype: a netfilter program at LOCAL_OUT records
 the skb it rejects, a TC egress program acts on it (``bpf/nfhook_reject.c``;
-README "Netfilter hooks", REJECT option 1).
+README "Netfilter hooks", REJECT option 1): the TC program builds the
+reply with the data path's ``lib/reject.h`` and turns it into the stack.
 
 Both functions come from one bcc module, so they share its maps; both have
 kfunc calls and are loaded raw (``nfhook.kfunc_calls``). The TC program
@@ -43,7 +44,7 @@ def load() -> Handoff:
     from bcc import BPF
 
     flags = [f"-D{k}={imm:#x}" for k, (imm, _) in nfhook.KFUNCS.items()]
-    bpf = BPF(src_file=str(SOURCE).encode(), cflags=flags)
+    bpf = BPF(src_file=str(SOURCE).encode(), cflags=[*flags, f"-I{SOURCE.parent}"])
     fds: list[int] = []
     try:
         for name, prog_type, attach in (("nf_reject_out", nfhook.BPF_PROG_TYPE_NETFILTER,
