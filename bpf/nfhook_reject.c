@@ -111,3 +111,28 @@ int tc_take_reject(struct __sk_buff *ctx)
 	bump(1);
 	return reject_packet(ctx, verdict, ctx->len);
 }
+
+/* REJECT option 3 (INPUT, where nothing of ours runs after LOCAL_IN): the
+ * same record, made at LOCAL_IN before the filter table (priority -1), is
+ * found by this socket filter, which iptables-legacy runs as a match
+ * (`-m bpf --object-pinned P -j REJECT`, priority 0): the kernel's own
+ * ipt_REJECT sends the reply. xt_bpf runs it with skb->data at the IP
+ * header; non-zero: the rule matches. */
+int sf_take_reject(struct __sk_buff *ctx)
+{
+	u64 addr = (u64)kf_cast_to_kern_ctx(ctx);
+	struct pending *v = pending.lookup(&addr);
+	if (!v)
+		return 0;
+	u32 daddr = v->daddr, id = v->id, tot_len = v->tot_len;
+	pending.delete(&addr);
+	u8 ip[20];
+	if (bpf_skb_load_bytes(ctx, 0, ip, 20))
+		return 0;
+	u32 d;
+	__builtin_memcpy(&d, ip + 16, 4);
+	if (d != daddr || ((u32)ip[4] << 8 | ip[5]) != id || ((u32)ip[2] << 8 | ip[3]) != tot_len)
+		return 0;
+	bump(1);
+	return 1;
+}

@@ -23,7 +23,7 @@ from contextlib import ExitStack
 import pytest
 
 from bpf_iptables import nsthread
-from bpf_iptables.datapath import attachment, nfhook, nfhook_reject
+from bpf_iptables.datapath import attachment, bpfsys, nfhook, nfhook_reject
 from tests.support.netns import namespace
 
 SERVER, CLIENT = "10.99.0.2", "10.99.0.1"
@@ -180,3 +180,36 @@ def test_reject_handoff_from_local_out_to_tc_egress() -> None:
             udp.recv(16)
         assert stats[ctypes.c_int(1)].value == 2
         assert len(handoff.table("pending")) == 0
+
+
+def test_reject_at_input_through_xtables() -> None:
+    """REJECT option 3 of the README, for INPUT: the netfilter program at
+    LOCAL_IN priority -1 records the skb; iptables-legacy's INPUT (priority
+    0) runs the pinned socket filter as `-m bpf`, which matches exactly that
+    skb, and the kernel's REJECT sends the RST."""
+    with ExitStack() as stack:
+        client, server = _pair(stack)
+        _listen(stack, server, 8080)
+        _listen(stack, server, 8081)
+        handoff = nfhook_reject.load()
+        stack.callback(handoff.close)
+        pin = attachment.ensure_bpffs() / f"nfhook-test-{uuid.uuid4().hex[:10]}"
+        bpfsys.obj_pin(handoff.sf_fd, str(pin))
+        stack.callback(lambda: pin.unlink(missing_ok=True))
+        subprocess.run(["ip", "netns", "exec", server, "iptables-legacy", "-A", "INPUT", "-p",
+                        "tcp", "-m", "bpf", "--object-pinned", str(pin), "-j", "REJECT",
+                        "--reject-with", "tcp-reset"], check=True)
+        stack.enter_context(nfhook.attached(handoff.nf_fd, server, nfhook.LOCAL_IN, -1))
+        handoff.table("reject_port")[ctypes.c_int(0)] = ctypes.c_uint32(8081)
+        started = time.monotonic()
+        assert _connect(client, 5.0, 8081) == "refused"
+        assert time.monotonic() - started < 1.0
+        assert _connect(client, 5.0, 8080) is True
+        stats = handoff.table("stats")
+        assert stats[ctypes.c_int(0)].value == stats[ctypes.c_int(1)].value == 1
+        assert len(handoff.table("pending")) == 0
+        listing = subprocess.run(["ip", "netns", "exec", server, "iptables-legacy", "-L",
+                                  "INPUT", "-v", "-n", "-x"], capture_output=True, text=True,
+                                 check=True).stdout
+        rule = next(line for line in listing.splitlines() if "REJECT" in line)
+        assert rule.split()[0] == "1", listing   # the SYN, and nothing else

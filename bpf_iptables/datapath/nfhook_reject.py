@@ -20,7 +20,7 @@ from . import bpfsys, nfhook
 from .nfhook_btf import vmlinux
 
 SOURCE = Path(__file__).resolve().parents[2] / "bpf" / "nfhook_reject.c"
-SCHED_CLS = 3
+SCHED_CLS, SOCKET_FILTER = 3, 1
 
 
 @dataclass
@@ -28,15 +28,16 @@ class Handoff:
     bpf: object
     nf_fd: int      # nf_reject_out, BPF_PROG_TYPE_NETFILTER
     tc_fd: int      # tc_take_reject, SCHED_CLS
+    sf_fd: int      # sf_take_reject, SOCKET_FILTER (for iptables' -m bpf)
 
     def table(self, name: str):
         return self.bpf[name.encode()]  # type: ignore[index]
 
     def close(self) -> None:
-        for fd in (self.nf_fd, self.tc_fd):
+        for fd in (self.nf_fd, self.tc_fd, self.sf_fd):
             if fd >= 0:
                 os.close(fd)
-        self.nf_fd = self.tc_fd = -1
+        self.nf_fd = self.tc_fd = self.sf_fd = -1
         self.bpf.cleanup()  # type: ignore[attr-defined]
 
 
@@ -49,11 +50,12 @@ def load() -> Handoff:
     try:
         for name, prog_type, attach in (("nf_reject_out", nfhook.BPF_PROG_TYPE_NETFILTER,
                                          nfhook.BPF_NETFILTER),
-                                        ("tc_take_reject", SCHED_CLS, 0)):
+                                        ("tc_take_reject", SCHED_CLS, 0),
+                                        ("sf_take_reject", SOCKET_FILTER, 0)):
             insns = nfhook.kfunc_calls(bytes(bpf.dump_func(name.encode())), vmlinux())
             fds.append(bpfsys.prog_load(prog_type, insns, "GPL", name,
                                         expected_attach_type=attach, log_size=1 << 20))
-        return Handoff(bpf, fds[0], fds[1])
+        return Handoff(bpf, *fds)
     except BaseException:
         for fd in fds:
             os.close(fd)
