@@ -23,7 +23,7 @@ from contextlib import ExitStack
 import pytest
 
 from bpf_iptables import nsthread
-from bpf_iptables.datapath import attachment, bpfsys, nfhook, nfhook_reject
+from bpf_iptables.datapath import attachment, bpfsys, nfhook, nfhook_btf, nfhook_reject
 from tests.support.netns import namespace
 
 SERVER, CLIENT = "10.99.0.2", "10.99.0.1"
@@ -213,3 +213,30 @@ def test_reject_at_input_through_xtables() -> None:
                                  check=True).stdout
         rule = next(line for line in listing.splitlines() if "REJECT" in line)
         assert rule.split()[0] == "1", listing   # the SYN, and nothing else
+
+
+def test_btf_offsets_and_ids() -> None:
+    """The BTF parser against layouts fixed by the uapi and against
+    bpftool's reading of the same file."""
+    btf = nfhook_btf.vmlinux()
+    assert btf.member("iphdr", "daddr") == (16, 4)       # inside an anonymous union
+    assert btf.member("tcphdr", "dest") == (2, 2)
+    assert btf.member("bpf_nf_ctx", "skb") == (8, 8)
+    assert btf.bitfield("tcphdr", "doff") == (12, 4, 4)
+    assert btf.bitfield("tcphdr", "syn") == (13, 1, 1)
+    with pytest.raises(LookupError):
+        btf.member("tcphdr", "syn")
+    hash0 = btf.offset_of("nf_conn", "tuplehash[0]")
+    size = btf.size_of(btf.id_of(nfhook_btf.STRUCT, "nf_conntrack_tuple_hash"))
+    assert btf.offset_of("nf_conn", "tuplehash[1]") == hash0 + size
+    dump = subprocess.run(["bpftool", "btf", "dump", "file", str(nfhook_btf.VMLINUX)],
+                          capture_output=True, text=True, check=True).stdout
+    checked = 0
+    for line in dump.splitlines():
+        if line.startswith("[") and (" FUNC 'bpf_dynptr_from_skb' " in line
+                                     or " STRUCT 'nf_conn' " in line):
+            tid = int(line[1:line.index("]")])
+            kind = nfhook_btf.FUNC if " FUNC " in line else nfhook_btf.STRUCT
+            assert btf.id_of(kind, line.split("'")[1]) == tid, line
+            checked += 1
+    assert checked == 2

@@ -36,6 +36,7 @@ class Member:
     name: str
     type: int
     bit_offset: int
+    bit_size: int = 0     # a bitfield's width (0: not a bitfield)
 
 
 @dataclass
@@ -71,7 +72,8 @@ class BTF:
                     m_name, m_type, m_off = struct.unpack_from("<III", data, pos + 12 * i)
                     # kind_flag: the offset's top 8 bits are a bitfield's size
                     t.members.append(Member(name(m_name) if m_name else "", m_type,
-                                            m_off & 0xFFFFFF if kflag else m_off))
+                                            m_off & 0xFFFFFF if kflag else m_off,
+                                            m_off >> 24 if kflag else 0))
             elif kind == ARRAY:
                 elem, _index, count = struct.unpack_from("<III", data, pos)
                 t.array = (elem, count)
@@ -101,35 +103,52 @@ class BTF:
             return t.array[1] * self.size_of(t.array[0])
         return t.size_or_type
 
-    def _find(self, tid: int, member: str) -> tuple[int, int] | None:
-        """(bit offset, type) of ``member`` in struct/union ``tid``,
-        looking into anonymous members."""
+    def _find(self, tid: int, member: str) -> tuple[int, int, int] | None:
+        """(bit offset, type, bitfield width) of ``member`` in struct/union
+        ``tid``, looking into anonymous members."""
         for m in self.types[self.resolve(tid)].members:
             if m.name == member:
-                return m.bit_offset, m.type
+                return m.bit_offset, m.type, m.bit_size
             if not m.name and self.types[self.resolve(m.type)].kind in (STRUCT, UNION):
                 inner = self._find(m.type, member)
                 if inner is not None:
-                    return m.bit_offset + inner[0], inner[1]
+                    return m.bit_offset + inner[0], inner[1], inner[2]
         return None
 
-    def member(self, struct_name: str, path: str) -> tuple[int, int]:
-        """(byte offset, size) of ``path`` ("a.b", "tuplehash[1].tuple")
-        in ``struct <struct_name>``."""
-        tid, bits = self.id_of(STRUCT, struct_name), 0
+    def _walk(self, struct_name: str, path: str) -> tuple[int, int, int]:
+        """(bit offset, type, bitfield width) of ``path`` ("a.b",
+        "tuplehash[1].tuple") in ``struct <struct_name>``."""
+        tid, bits, width = self.id_of(STRUCT, struct_name), 0, 0
         for part in path.split("."):
             part, _, index = part.partition("[")
             found = self._find(tid, part)
             if found is None:
                 raise LookupError(f"struct {struct_name} has no {path!r}")
-            bits, tid = bits + found[0], found[1]
+            bits, tid, width = bits + found[0], found[1], found[2]
             if index:
                 arr = self.types[self.resolve(tid)]
                 tid = arr.array[0]
                 bits += 8 * int(index.rstrip("]")) * self.size_of(tid)
-        if bits % 8:
+        return bits, tid, width
+
+    def member(self, struct_name: str, path: str) -> tuple[int, int]:
+        """(byte offset, size) of a member that is not a bitfield."""
+        bits, tid, width = self._walk(struct_name, path)
+        if width or bits % 8:
             raise LookupError(f"{struct_name}.{path} is a bitfield")
         return bits // 8, self.size_of(tid)
+
+    def bitfield(self, struct_name: str, path: str) -> tuple[int, int, int]:
+        """(byte offset, shift, width) of a bitfield (``sk_buff.pkt_type``):
+        the value is ``(byte at offset >> shift) & ((1 << width) - 1)`` for
+        a field within one byte (little-endian bit numbering, as BTF's
+        offsets are on x86)."""
+        bits, _tid, width = self._walk(struct_name, path)
+        if not width:
+            raise LookupError(f"{struct_name}.{path} is not a bitfield")
+        if bits // 8 != (bits + width - 1) // 8:
+            raise LookupError(f"{struct_name}.{path} spans two bytes")
+        return bits // 8, bits % 8, width
 
     def offset_of(self, struct_name: str, path: str) -> int:
         return self.member(struct_name, path)[0]
