@@ -240,3 +240,54 @@ def test_btf_offsets_and_ids() -> None:
             assert btf.id_of(kind, line.split("'")[1]) == tid, line
             checked += 1
     assert checked == 2
+
+
+def test_bridged_frames_reach_forward_with_br_netfilter() -> None:
+    """With br_netfilter on (bridge-nf-call-iptables = 1), IPv4 frames
+    bridged between two ports pass NF_INET_FORWARD, so a program there sees
+    them (what the XDP/TC data path cannot, hence its refusal in
+    "Bridges"), with the bridge as in and out device; with it off, not."""
+    with ExitStack() as stack:
+        host = stack.enter_context(namespace("nfhh")).name
+        a = stack.enter_context(namespace("nfha")).name
+        b = stack.enter_context(namespace("nfhb")).name
+        _ip(host, "link", "add", "br0", "type", "bridge")
+        for ns, port, addr in ((a, "pa", "10.97.0.1"), (b, "pb", "10.97.0.2")):
+            _ip(host, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", ns)
+            _ip(host, "link", "set", port, "master", "br0")
+            _ip(host, "link", "set", port, "up")
+            _ip(ns, "addr", "add", f"{addr}/24", "dev", "eth0")
+            _ip(ns, "link", "set", "eth0", "up")
+        _ip(host, "link", "set", "br0", "up")
+        sysctl = "/proc/sys/net/bridge/bridge-nf-call-iptables"
+        br0 = int(subprocess.run(["ip", "netns", "exec", host, "cat",
+                                  "/sys/class/net/br0/ifindex"], capture_output=True,
+                                 text=True, check=True).stdout)
+        loaded = nfhook.load(dynptr=True, read_btf=True)
+        stack.callback(loaded.close)
+        stack.enter_context(nfhook.attached(loaded.prog_fd, host, nfhook.FORWARD, 0))
+        counts = loaded.table("counts")
+        with nsthread.inside(b):
+            rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        stack.callback(rx.close)
+        rx.bind(("10.97.0.2", 9997))
+        rx.settimeout(5.0)
+
+        def send() -> int:
+            """Datagrams to b's port 9997 that FORWARD counted."""
+            with nsthread.inside(a):
+                tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            with tx:
+                tx.sendto(b"x", ("10.97.0.2", 9997))
+            rx.recv(16)   # delivered either way
+            return sum(v.value for k, v in counts.items() if k.dport == 9997)
+
+        subprocess.run(["ip", "netns", "exec", host, "sh", "-c", f"echo 1 > {sysctl}"],
+                       check=True)
+        assert send() == 1
+        seen = loaded.table("last")[ctypes.c_int(0)]
+        assert seen.hook == nfhook.FORWARD
+        assert (seen.in_ifindex, seen.out_ifindex) == (br0, br0)
+        subprocess.run(["ip", "netns", "exec", host, "sh", "-c", f"echo 0 > {sysctl}"],
+                       check=True)
+        assert send() == 1   # bridged at layer 2 only: no hook saw it
