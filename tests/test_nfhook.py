@@ -12,7 +12,9 @@ client's connect times out. Both ways to the packet bytes are run: probe
 reads and dynptr kfuncs."""
 from __future__ import annotations
 
+import atexit
 import ctypes
+import functools
 import socket
 import struct
 import subprocess
@@ -23,7 +25,9 @@ from contextlib import ExitStack
 import pytest
 
 from bpf_iptables import nsthread
-from bpf_iptables.datapath import attachment, bpfsys, nfhook, nfhook_btf, nfhook_reject
+from bpf_iptables.datapath import (attachment, bpfsys, nfhook, nfhook_bench, nfhook_btf,
+                                   nfhook_reject, packets)
+from bpf_iptables.reference.packet import Packet
 from tests.support.netns import namespace
 
 SERVER, CLIENT = "10.99.0.2", "10.99.0.1"
@@ -291,3 +295,40 @@ def test_bridged_frames_reach_forward_with_br_netfilter() -> None:
         subprocess.run(["ip", "netns", "exec", host, "sh", "-c", f"echo 0 > {sysctl}"],
                        check=True)
         assert send() == 1   # bridged at layer 2 only: no hook saw it
+
+
+@pytest.mark.parametrize("pkt", [
+    Packet(src=1, dst=2, proto=6, sport=1234, dport=80, length=60, tcp_flags=0x12),
+    Packet(src=1, dst=2, proto=6, sport=1, dport=2, length=1400, tcp_flags=0x10,
+           ip_options=b"\x01" * 40),                        # IHL 15, past the window
+    Packet(src=1, dst=2, proto=17, sport=53, dport=5353, length=40, ip_options=b"\x01" * 8),
+    Packet(src=1, dst=2, proto=1, icmp_type=8, icmp_code=0, length=28),
+    Packet(src=1, dst=2, proto=6, length=60, frag_offset=1),  # offset 1: "evil"
+], ids=["tcp", "tcp_options_long", "udp_options", "icmp", "fragment"])
+def test_classifier_parser_runs_on_a_header_window(pkt: Packet) -> None:
+    """lib/parse.h, unchanged, over a stack copy of the packet's first
+    bytes (bpf/nfhook_parse.c): the verifier accepts it in a netfilter
+    program, and it reads what the packet holds (BPF_PROG_TEST_RUN, which
+    the kernel has for this program type)."""
+    loaded = _parse_program()
+    nfhook_bench.test_run_ns(loaded.prog_fd, packets.frame(pkt), repeat=1)
+    out = loaded.table("out")[ctypes.c_int(0)]
+    f = out.f
+    assert out.rc == 0
+    assert (f.proto, f.length, f.fragment, f.evil) == (pkt.proto, pkt.length,
+                                                       int(pkt.frag_offset > 0),
+                                                       int(pkt.frag_offset == 1))
+    if pkt.proto in (6, 17) and not pkt.frag_offset:
+        assert (f.l4, f.sport, f.dport) == (1, pkt.sport, pkt.dport)
+    if pkt.proto == 6 and not pkt.frag_offset:
+        assert f.tcp_flags == pkt.tcp_flags
+    if pkt.proto == 1:
+        assert f.icmp == pkt.icmp_type << 8 | pkt.icmp_code
+
+
+@functools.cache
+def _parse_program() -> nfhook.Loaded:
+    """Compiled once for the parametrized test (closed at exit)."""
+    loaded = nfhook.load_function(nfhook.SOURCE.parent / "nfhook_parse.c", "nf_parse")
+    atexit.register(loaded.close)
+    return loaded

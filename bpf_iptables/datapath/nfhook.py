@@ -136,6 +136,23 @@ def load(dynptr: bool = False, read_btf: bool = False, defines: dict[str, int] |
         raise
 
 
+def load_function(source: Path, function: str, defines: dict[str, int] | None = None) -> Loaded:
+    """Another netfilter-hook source of ``bpf/`` (the kernel offsets, the
+    fake kfunc ids and ``-I bpf`` given), loaded raw with its kfunc calls."""
+    from bcc import BPF
+
+    bpf = BPF(src_file=str(source).encode(),
+              cflags=[*cflags(False, False, defines), f"-I{SOURCE.parent}"])
+    try:
+        insns = kfunc_calls(bytes(bpf.dump_func(function.encode())), vmlinux())
+        fd = bpfsys.prog_load(BPF_PROG_TYPE_NETFILTER, insns, "GPL", function,
+                              expected_attach_type=BPF_NETFILTER, log_size=1 << 22)
+        return Loaded(bpf, fd, "raw", _owned=True)
+    except BaseException:
+        bpf.cleanup()
+        raise
+
+
 class _NetfilterLinkAttr(ctypes.Structure):
     """union bpf_attr's link_create with its netfilter member."""
     _fields_ = [("prog_fd", ctypes.c_uint32), ("target_fd", ctypes.c_uint32),
