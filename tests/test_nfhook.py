@@ -127,7 +127,7 @@ def test_sees_post_nat_packet_and_drops_it(fast: bool) -> None:
 
         loaded.table("config")[ctypes.c_int(0)] = ctypes.c_uint32(8080)
         before = _counts(loaded).get((SERVER, 8080, 1, 6, 0x4000), 0)
-        assert _connect(client, 2.5) is False
+        assert _connect(client, 1.5) is False
         # the dropped SYN (and its retransmissions) reached the program
         assert _counts(loaded).get((SERVER, 8080, 1, 6, 0x4000), 0) > before
         cost = loaded.table("cost")[ctypes.c_int(0)]
