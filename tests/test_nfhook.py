@@ -117,6 +117,7 @@ def test_sees_post_nat_packet_and_drops_it(fast: bool) -> None:
         # nothing at LOCAL_IN was still addressed to :80
         assert not any(k[1] == 80 and k[2] for k in counts), counts
 
+        assert nfhook.link_info(local_in.fd) == (nfhook.NFPROTO_IPV4, nfhook.LOCAL_IN, 0)
         seen = loaded.table("last")[ctypes.c_int(0)]
         assert seen.hook == nfhook.LOCAL_IN
         assert seen.in_ifindex == s0 and seen.out_ifindex == 0
@@ -186,11 +187,13 @@ def test_reject_handoff_from_local_out_to_tc_egress() -> None:
         assert len(handoff.table("pending")) == 0
 
 
-def test_reject_at_input_through_xtables() -> None:
-    """REJECT option 3 of the README, for INPUT: the netfilter program at
-    LOCAL_IN priority -1 records the skb; iptables-legacy's INPUT (priority
-    0) runs the pinned socket filter as `-m bpf`, which matches exactly that
-    skb, and the kernel's REJECT sends the RST."""
+@pytest.mark.parametrize("chain", ["INPUT", "OUTPUT"])
+def test_reject_through_xtables(chain: str) -> None:
+    """REJECT option 2 of the README: the netfilter program at priority -1
+    (LOCAL_IN on the server, LOCAL_OUT on the client) records the skb;
+    iptables-legacy's chain there (priority 0) runs the pinned socket
+    filter as `-m bpf`, which matches exactly that skb, and the kernel's
+    REJECT sends the RST."""
     with ExitStack() as stack:
         client, server = _pair(stack)
         _listen(stack, server, 8080)
@@ -200,10 +203,11 @@ def test_reject_at_input_through_xtables() -> None:
         pin = attachment.ensure_bpffs() / f"nfhook-test-{uuid.uuid4().hex[:10]}"
         bpfsys.obj_pin(handoff.sf_fd, str(pin))
         stack.callback(lambda: pin.unlink(missing_ok=True))
-        subprocess.run(["ip", "netns", "exec", server, "iptables-legacy", "-A", "INPUT", "-p",
+        ns, hook = (server, nfhook.LOCAL_IN) if chain == "INPUT" else (client, nfhook.LOCAL_OUT)
+        subprocess.run(["ip", "netns", "exec", ns, "iptables-legacy", "-A", chain, "-p",
                         "tcp", "-m", "bpf", "--object-pinned", str(pin), "-j", "REJECT",
                         "--reject-with", "tcp-reset"], check=True)
-        stack.enter_context(nfhook.attached(handoff.nf_fd, server, nfhook.LOCAL_IN, -1))
+        stack.enter_context(nfhook.attached(handoff.nf_fd, ns, hook, -1))
         handoff.table("reject_port")[ctypes.c_int(0)] = ctypes.c_uint32(8081)
         started = time.monotonic()
         assert _connect(client, 5.0, 8081) == "refused"
@@ -212,8 +216,8 @@ def test_reject_at_input_through_xtables() -> None:
         stats = handoff.table("stats")
         assert stats[ctypes.c_int(0)].value == stats[ctypes.c_int(1)].value == 1
         assert len(handoff.table("pending")) == 0
-        listing = subprocess.run(["ip", "netns", "exec", server, "iptables-legacy", "-L",
-                                  "INPUT", "-v", "-n", "-x"], capture_output=True, text=True,
+        listing = subprocess.run(["ip", "netns", "exec", ns, "iptables-legacy", "-L",
+                                  chain, "-v", "-n", "-x"], capture_output=True, text=True,
                                  check=True).stdout
         rule = next(line for line in listing.splitlines() if "REJECT" in line)
         assert rule.split()[0] == "1", listing   # the SYN, and nothing else

@@ -186,6 +186,15 @@ class Link:
             self.fd = -1
 
 
+def link_info(fd: int) -> tuple[int, int, int]:
+    """(pf, hooknum, priority) of a netfilter link: struct bpf_link_info
+    is type (10: netfilter), id, prog_id, then pf, hooknum, priority."""
+    info = bpfsys._info(fd)
+    if info[0] != 10:
+        raise ValueError(f"link type {info[0]}, not netfilter")
+    return info[4], info[5], ctypes.c_int32(info[6]).value
+
+
 @contextmanager
 def attached(prog_fd: int, netns: str, hooknum: int = LOCAL_IN,
              priority: int = NF_IP_PRI_FILTER) -> Iterator[Link]:
