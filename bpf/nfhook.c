@@ -5,8 +5,9 @@
  * priority above NF_IP_PRI_NAT_DST (-100) it sees the packet after
  * conntrack and the nat table's DNAT, with the mark the nat or mangle
  * table set. It counts packets per (daddr, dport, DNAT bit, mark), keeps
- * what the last packet showed (interfaces, conntrack entry) and drops the
- * DNATed packets of one configured port: the feasibility test of a
+ * what the last packet of each hook showed (interfaces, conntrack entry)
+ * and drops the DNATed packets of one configured port: the feasibility
+ * test of a
  * `--mode netfilter` (see the README's "Netfilter hooks" section).
  *
  * Its context is struct bpf_nf_ctx { const struct nf_hook_state *state;
@@ -85,7 +86,8 @@ struct cost {
 };
 
 BPF_HASH(counts, struct count_key, u64, 1024);
-BPF_ARRAY(last, struct seen, 1);
+/* by hook (NF_INET_*): the program may be linked at several */
+BPF_ARRAY(last, struct seen, 5);
 /* slot 0: drop DNATed packets to this (post-NAT) port; 0: drop nothing */
 BPF_ARRAY(config, u32, 1);
 BPF_PERCPU_ARRAY(cost, struct cost, 1);
@@ -216,7 +218,8 @@ int nf_count(struct nf_ctx *ctx)
 		s.reply_sport = bpf_ntohs(port);
 		k.dnat = !!(s.status & IPS_DST_NAT);
 	}
-	last.update(&zero, &s);
+	u32 slot = hook;
+	last.update(&slot, &s);
 
 	u64 one = 1;
 	u64 *n = counts.lookup(&k);

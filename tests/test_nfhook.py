@@ -118,7 +118,7 @@ def test_sees_post_nat_packet_and_drops_it(fast: bool) -> None:
         assert not any(k[1] == 80 and k[2] for k in counts), counts
 
         assert nfhook.link_info(local_in.fd) == (nfhook.NFPROTO_IPV4, nfhook.LOCAL_IN, 0)
-        seen = loaded.table("last")[ctypes.c_int(0)]
+        seen = loaded.table("last")[ctypes.c_int(nfhook.LOCAL_IN)]
         assert seen.hook == nfhook.LOCAL_IN
         assert seen.in_ifindex == s0 and seen.out_ifindex == 0
         assert seen.status & IPS_DST_NAT
@@ -293,7 +293,7 @@ def test_bridged_frames_reach_forward_with_br_netfilter() -> None:
         subprocess.run(["ip", "netns", "exec", host, "sh", "-c", f"echo 1 > {sysctl}"],
                        check=True)
         assert send() == 1
-        seen = loaded.table("last")[ctypes.c_int(0)]
+        seen = loaded.table("last")[ctypes.c_int(nfhook.FORWARD)]
         assert seen.hook == nfhook.FORWARD
         assert (seen.in_ifindex, seen.out_ifindex) == (br0, br0)
         subprocess.run(["ip", "netns", "exec", host, "sh", "-c", f"echo 0 > {sysctl}"],
