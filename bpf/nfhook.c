@@ -7,8 +7,7 @@
  * table set. It counts packets per (daddr, dport, DNAT bit, mark), keeps
  * what the last packet of each hook showed (interfaces, conntrack entry)
  * and drops the DNATed packets of one configured port: the feasibility
- * test of a
- * `--mode netfilter` (see the README's "Netfilter hooks" section).
+ * test of a `--mode netfilter` (see the README's "Netfilter hooks").
  *
  * Its context is struct bpf_nf_ctx { const struct nf_hook_state *state;
  * struct sk_buff *skb; }: kernel structures no uapi header describes, and
