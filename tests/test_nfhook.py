@@ -336,3 +336,32 @@ def _parse_program() -> nfhook.Loaded:
     loaded = nfhook.load_function(nfhook.SOURCE.parent / "nfhook_parse.c", "nf_parse")
     atexit.register(loaded.close)
     return loaded
+
+
+def test_root_tail_calls_the_active_generation() -> None:
+    """The netfilter root (bpf/nfhook_root.c) tail-calls the program of
+    the active slot: tail calls between netfilter programs work, so a
+    generation switch is one map write, with the link untouched."""
+    from bcc import BPF
+
+    bpf = BPF(src_file=str(nfhook.SOURCE.parent / "nfhook_root.c").encode())
+    try:
+        fns = {name: bpf.load_func(name.encode(), nfhook.BPF_PROG_TYPE_NETFILTER,
+                                   attach_type=nfhook.BPF_NETFILTER)
+               for name in ("nf_root", "nf_leaf_drop", "nf_leaf_accept")}
+        frame = packets.frame(Packet(src=1, dst=2, proto=17, sport=1, dport=2, length=28))
+        root = fns["nf_root"].fd
+
+        def verdict() -> int:
+            return nfhook_bench.verdict(root, frame)
+
+        assert verdict() == 1                      # empty slot: accept
+        bpf[b"slots"][ctypes.c_int(0)] = ctypes.c_int(fns["nf_leaf_drop"].fd)
+        bpf[b"slots"][ctypes.c_int(1)] = ctypes.c_int(fns["nf_leaf_accept"].fd)
+        assert verdict() == 0                      # generation 0: drop
+        bpf[b"active"][ctypes.c_int(0)] = ctypes.c_uint32(1)
+        assert verdict() == 1                      # switched
+        ran = bpf[b"ran"]
+        assert (ran[ctypes.c_int(0)].value, ran[ctypes.c_int(1)].value) == (1, 1)
+    finally:
+        bpf.cleanup()

@@ -39,6 +39,15 @@ SERVER, CLIENT = "10.98.0.2", "10.98.0.1"
 def test_run_ns(prog_fd: int, frame: bytes, repeat: int = 100_000) -> int:
     """Mean ns per run at LOCAL_IN (ctx_in: struct nf_hook_state's hook
     and pf, the only members the kernel takes from user space)."""
+    return _test_run(prog_fd, frame, repeat)[1]
+
+
+def verdict(prog_fd: int, frame: bytes) -> int:
+    """The program's return value for one run at LOCAL_IN."""
+    return _test_run(prog_fd, frame, 1)[0]
+
+
+def _test_run(prog_fd: int, frame: bytes, repeat: int) -> tuple[int, int]:
     attr = testrun._TestAttr()
     data = ctypes.create_string_buffer(frame, len(frame))
     attr.prog_fd, attr.repeat = prog_fd, repeat
@@ -49,7 +58,7 @@ def test_run_ns(prog_fd: int, frame: bytes, repeat: int = 100_000) -> int:
     if testrun._libc.syscall(testrun.SYS_BPF, testrun.BPF_PROG_TEST_RUN, ctypes.byref(attr),
                              ctypes.sizeof(attr)) < 0:
         raise OSError(ctypes.get_errno(), "BPF_PROG_TEST_RUN")
-    return attr.duration
+    return attr.retval, attr.duration
 
 
 def bench_test_run(runs: int = 5) -> dict[str, int]:
