@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import struct
 from array import array
+from bisect import bisect_left
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -456,19 +457,22 @@ def _every(vectors: list[int], live: int) -> int:
 
 def _buckets(iv: Intervals, spec: int) -> list[int]:
     """Per top-PAIR_BITS bucket, the OR of the SPEC entries of every
-    interval meeting it (a superset of any address's there)."""
+    interval meeting it (a superset of any address's there): the OR of
+    the bucket's distinct vectors, masked once (interval starts are
+    sorted, so a bucket's intervals are a run of them)."""
     shift = 32 - PAIR_BITS
-    out = [0] * (1 << PAIR_BITS)
-    specific = [v & spec for v in iv.vectors]
-    bounds = iv.bounds
-    last = len(bounds) - 1
-    for i, lo in enumerate(bounds):
-        v = specific[iv.index[i]]
-        if not v:
-            continue
-        hi = (bounds[i + 1] - 1) if i < last else 0xFFFFFFFF
-        for b in range(lo >> shift, (hi >> shift) + 1):
-            out[b] |= v
+    vectors, index = iv.vectors, iv.index
+    out = []
+    first = 0     # the interval holding the bucket's first address
+    for b in range(1 << PAIR_BITS):
+        end = bisect_left(iv.bounds, (b + 1) << shift, first)   # past the bucket's
+        acc = 0
+        for x in set(index[first:end]):
+            acc |= vectors[x]
+        out.append(acc & spec)
+        # the next bucket starts inside the last interval of this one
+        # unless an interval starts exactly there
+        first = end if end < len(iv.bounds) and iv.bounds[end] == (b + 1) << shift else end - 1
     return out
 
 
@@ -488,12 +492,14 @@ def _words(values: list[int], nwords: int):
                          dtype="<u8").reshape(len(values), nwords)
 
 
-def _flags(words, mask, nsum: int):
-    """Per row, bit j: word j of (row & mask) is not zero, in nsum words."""
+def _flags(words, mask, nsum: int, out=None):
+    """Per row, bit j: word j of (row & mask) is not zero, in nsum words
+    (into ``out``, uint8 rows of nsum * 8 bytes, when given)."""
     import numpy as np
 
     flags = np.packbits((words & mask) != 0, axis=1, bitorder="little")
-    out = np.zeros((words.shape[0], nsum * 8), dtype=np.uint8)
+    if out is None:
+        out = np.zeros((words.shape[0], nsum * 8), dtype=np.uint8)
     out[:, :flags.shape[1]] = flags
     return out
 
@@ -505,14 +511,19 @@ def address_vectors(values: list[int], nwords: int, summary_mask: int, spec_mask
     import numpy as np
 
     nsum = summary_words(nwords)
+    size = nwords * 8
+    total = size + 2 * nsum * 8
     masks = _words([summary_mask, spec_mask], nwords)
-    step = max(1, CHUNK_BYTES // (nwords * 8))
+    step = max(1, CHUNK_BYTES // size)
     chunks = []
     for start in range(0, len(values), step):
         words = _words(values[start:start + step], nwords)
-        chunks.append(np.hstack([words.view(np.uint8), _flags(words, masks[0], nsum),
-                                 _flags(words, masks[1], nsum)]).tobytes())
-    return b"".join(chunks)
+        rows = np.zeros((words.shape[0], total), dtype=np.uint8)
+        rows[:, :size] = words.view(np.uint8)
+        _flags(words, masks[0], nsum, rows[:, size:size + nsum * 8])
+        _flags(words, masks[1], nsum, rows[:, size + nsum * 8:])
+        chunks.append(rows.tobytes())
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def pair_table(parts: PairParts, nwords: int) -> bytes:
