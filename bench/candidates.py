@@ -8,10 +8,13 @@ names the word, yet no entry in it matches all fields).
 For every packet of the bench's traffic mix (workload.traffic_mix, the
 same draw as bench/testrun_worker.py) and its probes (first / middle / last
 rule, policy): each field's bitvector as filter.c looks it up, the AND of
-the summaries the program computes (``Compiled`` with or without the
-combined pair tables), and the words the scan loads before its first match
-(the rule sets measured here have no continuing entries: the first
-candidate that matches ends the scan)."""
+the summaries under each scheme (SCHEMES: the fields' own summaries, as
+before the pair summary; filter.c's pair summary, image.pair_parts; exact
+tables over field groups, for comparison), and the words the scan loads
+before its first match (the rule sets measured here have no continuing
+entries: the first candidate that matches ends the scan). Note: the mix
+draws fewer policy packets when none reaches the policy (fw1 has a
+catch-all rule)."""
 from __future__ import annotations
 
 import argparse
