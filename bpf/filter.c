@@ -466,6 +466,52 @@ static __always_inline void log_packet(CTX_TYPE *ctx, u32 e, u32 wire,
 }
 #endif
 
+/* The source x destination pair summary (compiler.pair_summary,
+ * image.pair_parts). ANDing the two address fields' own summaries names
+ * words where the source has entries and the destination has entries but
+ * none in common (at fw1-10k: 13 of the 14 words a packet loaded). With
+ * SW (DW) the entries in every source (destination) vector, e.g. -s 0/0,
+ * and SPEC the entries in neither:
+ *   src & dst = (src & DW) | (dst & SW & ~DW) | (src & SPEC & dst & SPEC)
+ * exactly, so its summary lies within
+ *   src.summary | dst.summary | (src.spec & dst.spec & pair[a][b])
+ * where an address vector's summary is that of src & DW (of dst & SW &
+ * ~DW), spec that of its SPEC entries, and pair[a][b] the summary of the
+ * SPEC entries of every source piece meeting the /8 a ANDed with those of
+ * every destination piece meeting the /8 b (a, b: the addresses' top 8
+ * bits). A superset of the words where both fields have a common entry,
+ * as the scan needs, and at fw1-10k about one word a packet more than
+ * that. Small rule sets (a summary of a few bits) go without it. */
+#define PAIR (FIELD_SRC && FIELD_DST && NWORDS >= 8)
+#if PAIR
+struct addr_vector {
+	u64 word[NWORDS];
+	u64 summary[NSUM];	/* src: of src & DW; dst: of dst & SW & ~DW */
+	u64 spec[NSUM];		/* of its SPEC entries */
+};
+#define ADDR_VECTOR struct addr_vector
+struct pair_sum {
+	u64 sum[NSUM];
+};
+/* key: source top 8 bits << 8 | destination top 8 bits. Mappable: an
+ * update writes it by one copy (a batch of 65,536 elements took 31 ms) */
+BPF_F_TABLE("array", u32, struct pair_sum, pair_map, 65536, BPF_F_MMAPABLE);
+#define TERM_SRC_summary(ix)
+#define TERM_DST_summary(ix)
+#define TERM_PAIR(m, ix) TERM_PAIR_##m(ix)
+#define TERM_PAIR_word(ix)
+#define TERM_PAIR_summary(ix)                                                  \
+	&(f_src->summary[ix] | f_dst->summary[ix] |                           \
+	  (f_src->spec[ix] & f_dst->spec[ix] & f_pair->sum[ix]))
+#else
+#define ADDR_VECTOR struct bitvector
+#define TERM_SRC_summary(ix) &f_src->summary[ix]
+#define TERM_DST_summary(ix) &f_dst->summary[ix]
+#define TERM_PAIR(m, ix)
+#endif
+#define TERM_SRC_word(ix) &f_src->word[ix]
+#define TERM_DST_word(ix) &f_dst->word[ix]
+
 #if FIELD_SRC
 /* addresses as intervals (compiler.address_intervals): the interval
  * starts, per interval the id of its bitvector, the distinct bitvectors */
@@ -473,8 +519,8 @@ DEFINE_ADDRESS_SEARCH(src, SRC_BSIZE, SRC_PROBES)
 BPF_F_TABLE("array", u32, u32, src_top_map, 65536, BPF_F_MMAPABLE);
 BPF_ARRAY(src_bounds_map, struct src_bounds, 1);
 BPF_ARRAY(src_index_map, u32, SRC_BSIZE);
-BPF_ARRAY(src_map, struct bitvector, SRC_MAX);
-#define TERM_SRC(m, ix) &f_src->m[ix]
+BPF_ARRAY(src_map, ADDR_VECTOR, SRC_MAX);
+#define TERM_SRC(m, ix) TERM_SRC_##m(ix)
 #else
 #define TERM_SRC(m, ix)
 #endif
@@ -483,8 +529,8 @@ DEFINE_ADDRESS_SEARCH(dst, DST_BSIZE, DST_PROBES)
 BPF_F_TABLE("array", u32, u32, dst_top_map, 65536, BPF_F_MMAPABLE);
 BPF_ARRAY(dst_bounds_map, struct dst_bounds, 1);
 BPF_ARRAY(dst_index_map, u32, DST_BSIZE);
-BPF_ARRAY(dst_map, struct bitvector, DST_MAX);
-#define TERM_DST(m, ix) &f_dst->m[ix]
+BPF_ARRAY(dst_map, ADDR_VECTOR, DST_MAX);
+#define TERM_DST(m, ix) TERM_DST_##m(ix)
 #else
 #define TERM_DST(m, ix)
 #endif
@@ -688,7 +734,7 @@ BPF_ARRAY(pkttype_map, struct bitvector, 3);
 		       TERM_SPORT(m, ix) TERM_DPORT(m, ix) TERM_ICMP(m, ix)              \
 		       TERM_LENGTH(m, ix) TERM_TTL(m, ix) TERM_TOS(m, ix)                \
 		       TERM_PORTS(m, ix) TERM_OIF(m, ix) TERM_MAC(m, ix)                 \
-		       TERM_PKTTYPE(m, ix) TERM_CTSTATE(m, ix))
+		       TERM_PKTTYPE(m, ix) TERM_CTSTATE(m, ix) TERM_PAIR(m, ix))
 #define AND_WORD(ix) AND_OF(word, ix)
 #define AND_SUM(ix) AND_OF(summary, ix)
 
@@ -767,7 +813,7 @@ int xdp_filter(CTX_TYPE *ctx)
 	u32 *sid = src_index_map.lookup(&sidx);
 	if (!sid)
 		return RET(XDP_ABORTED);
-	struct bitvector *f_src = src_map.lookup(sid);
+	ADDR_VECTOR *f_src = src_map.lookup(sid);
 	if (!f_src)
 		return RET(XDP_ABORTED);
 #endif
@@ -784,8 +830,14 @@ int xdp_filter(CTX_TYPE *ctx)
 	u32 *did = dst_index_map.lookup(&didx);
 	if (!did)
 		return RET(XDP_ABORTED);
-	struct bitvector *f_dst = dst_map.lookup(did);
+	ADDR_VECTOR *f_dst = dst_map.lookup(did);
 	if (!f_dst)
+		return RET(XDP_ABORTED);
+#endif
+#if PAIR
+	u32 pair_key = ((saddr_h >> 24) << 8) | (daddr_h >> 24);
+	struct pair_sum *f_pair = pair_map.lookup(&pair_key);
+	if (!f_pair)
 		return RET(XDP_ABORTED);
 #endif
 #if FIELD_PROTO

@@ -283,16 +283,18 @@ def write_mappable(fd: int, values: bytes) -> bool:
     """Write an array map's values from index 0 through a shared mapping
     (one copy, where a batch update costs a syscall's work per element);
     False when the map was not created BPF_F_MMAPABLE. The kernel lays the
-    elements out 8-byte aligned (u32 values take 8 bytes each)."""
+    elements out 8-byte aligned (u32 values take 8 bytes each; values of
+    a multiple of 8 bytes, e.g. filter.c's pair_map, lie back to back)."""
     info = _info(fd)   # bpf_map_info: type, id, key_size, value_size, max_entries, map_flags
     value_size, max_entries = info[3], info[4]
-    if not info[5] & BPF_F_MMAPABLE or value_size not in (4, 8):
+    if not info[5] & BPF_F_MMAPABLE or (value_size != 4 and value_size % 8):
         return False
     if value_size == 4:
         values = array("Q", array("I", values)).tobytes()
-    if len(values) > 8 * max_entries:
+    size = max(8, value_size) * max_entries
+    if len(values) > size:
         return False
-    with mmap.mmap(fd, 8 * max_entries, mmap.MAP_SHARED,
+    with mmap.mmap(fd, size, mmap.MAP_SHARED,
                    mmap.PROT_READ | mmap.PROT_WRITE) as mem:
         mem[:len(values)] = values
     return True

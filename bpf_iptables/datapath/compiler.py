@@ -263,6 +263,19 @@ def summary_words(nwords: int) -> int:
     return max(1, nwords // 64)
 
 
+# The source x destination pair summary (filter.c PAIR, image.pair_parts):
+# compiled in with both address fields and at least this many words (with
+# fewer, a summary of a few bits names few words anyway); the pair table
+# is keyed by the top PAIR_BITS bits of each address.
+PAIR_MIN_WORDS = 8
+PAIR_BITS = 8
+
+
+def pair_summary(shape: "Shape") -> bool:
+    """Whether a program of ``shape`` has the pair summary (filter.c PAIR)."""
+    return "src" in shape.fields and "dst" in shape.fields and shape.nwords >= PAIR_MIN_WORDS
+
+
 def pow2_at_least(n: int) -> int:
     p = 1
     while p < n:

@@ -433,7 +433,7 @@ def map_names(shape: Shape) -> list[str]:
     from .compiler import compile_chain
 
     empty = compile_chain(Table.empty("filter"), "INPUT", {},
-                          Shape(1, 1, 2, shape.fields, nlimits=shape.nlimits,
+                          Shape(shape.nwords, 1, 2, shape.fields, nlimits=shape.nlimits,
                                 nlogs=shape.nlogs, nhashlimits=shape.nhashlimits,
                                 nrecent=shape.nrecent, memo=shape.memo,
                                 nsets=shape.nsets))
