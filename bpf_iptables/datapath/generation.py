@@ -294,6 +294,10 @@ def fill_slots(directory: Path, gen: int, hooks: dict[str, dict], mode: str) -> 
     finally:
         for fd in arrays.values():
             os.close(fd)
+    # REJECT replies pass OUTPUT (--mode tc): the ingress classifiers'
+    # reply builders tail-call this generation's OUTPUT classifier
+    from .reject_output import link_output
+    link_output(lambda hook: hook_dir(directory, gen, hook), hooks, lambda hook: is_tc(mode, hook))
 
 
 def word(gen: int, route: bool) -> int:

@@ -1,0 +1,75 @@
+"""REJECT replies pass OUTPUT, as iptables' own (icmp_send, nf_send_reset).
+
+Twin namespaces (iptables-legacy in one, bpf-iptables attached in the
+other), --mode tc: INPUT (the server) and FORWARD (the router) reject, and
+OUTPUT holds rules that count the replies by their conntrack view
+(RELATED, the reply direction, the original's tuple: nf_conntrack_attach)
+and rules that drop some of them. The client sees the same errors, and a
+timeout where OUTPUT dropped the reply (not ECONNREFUSED, no ICMP error);
+every counter of INPUT/FORWARD and OUTPUT is the same
+(bpf_iptables/datapath/README.md, "REJECT")."""
+from __future__ import annotations
+
+import pytest
+
+from tests.support.netns import Namespace
+from tests.support.twins import load_twins
+from tests.test_datapath_traffic import FAR_IP, SERVER_IP, ensure_bpffs, routed, topology
+from tests.test_reject_traffic import no_icmp_ratelimit, tcp_errno, udp_error
+
+ICMP_ERROR = 11   # SO_EE_ORIGIN_ICMP's errno for a port unreachable: ECONNREFUSED
+
+
+def rules(chain: str) -> str:
+    return "\n".join([
+        "*filter", ":INPUT ACCEPT [0:0]", ":FORWARD ACCEPT [0:0]", ":OUTPUT ACCEPT [0:0]",
+        f"-A {chain} -p udp -m udp --dport 6003 -j REJECT --reject-with icmp-port-unreachable",
+        f"-A {chain} -p udp -m udp --dport 6006 -j REJECT --reject-with icmp-host-prohibited",
+        f"-A {chain} -p tcp -m tcp --dport 7000 -j REJECT --reject-with tcp-reset",
+        f"-A {chain} -p tcp -m tcp --dport 7003 -j REJECT --reject-with icmp-port-unreachable",
+        f"-A {chain} -p tcp -m tcp --dport 7100 -j REJECT --reject-with tcp-reset",
+        # the replies as OUTPUT sees them: RELATED to the original, in the
+        # reply direction, with its tuple (counting rules: no verdict)
+        "-A OUTPUT -p icmp -m conntrack --ctstate RELATED --ctdir REPLY",
+        "-A OUTPUT -p tcp -m tcp --tcp-flags RST RST -m conntrack --ctstate RELATED"
+        " --ctorigdstport 7000",
+        "-A OUTPUT -m conntrack --ctstate NEW,INVALID,ESTABLISHED",
+        "-A OUTPUT -p icmp -m conntrack --ctproto udp --ctorigdstport 6003",
+        # dropped: the client gets nothing
+        "-A OUTPUT -p icmp -m icmp --icmp-type 3/10 -j DROP",
+        "-A OUTPUT -p tcp -m tcp --sport 7100 --tcp-flags RST RST -j DROP",
+        "COMMIT", ""])
+
+
+def probe(client: Namespace, dst: str) -> dict:
+    err = udp_error(client, dst, 6003)
+    return {"udp6003": err and (err.type, err.code),
+            "udp6006": udp_error(client, dst, 6006),   # dropped in OUTPUT: None
+            "tcp": {port: tcp_errno(client, dst, port) for port in (7000, 7003, 7100)}}
+
+
+EXPECTED = {"udp6003": (3, 3), "udp6006": None,
+            "tcp": {7000: 111, 7003: 111, 7100: -1}}   # ECONNREFUSED; timeout
+
+
+def listing(ns: Namespace, ours: bool) -> str:
+    argv = ("-L", "-v", "-x", "-n")
+    return (ns.bpf_iptables(*argv) if ours else ns.iptables(*argv)).stdout
+
+
+@pytest.mark.parametrize("hook", ["INPUT", "FORWARD"])
+def test_reject_replies_pass_output_as_iptables_legacy_tc(hook):
+    ensure_bpffs()
+    make, dst = (topology, SERVER_IP) if hook == "INPUT" else (routed, FAR_IP)
+    with make("rqa") as legacy, make("rqb") as ours:
+        side = "server" if hook == "INPUT" else "router"
+        a, b = getattr(legacy, side), getattr(ours, side)
+        no_icmp_ratelimit(a, b)
+        load_twins(a, b, rules(hook), "--mode", "tc")
+        want = probe(legacy.client, dst)
+        assert want == EXPECTED
+        assert probe(ours.client, dst) == want
+        mine, theirs = listing(b, True), listing(a, False)
+        assert mine == theirs
+        # the counting rules saw every reply (not a vacuous equality)
+        assert "RELATED ctdir REPLY" in theirs and " 0        0            icmp" not in theirs
