@@ -744,11 +744,11 @@ int xdp_filter(CTX_TYPE *ctx)
 		/* a frame that left through lo (the loopback's all-zero
 		 * source MAC; BPF_PROG_TEST_RUN's frames, injected on lo,
 		 * carry MACs of their own) was tracked at OUTPUT */
-#if HOOK_TC
+#if REPLY_MODE
 		/* a REJECT reply handed over by xdp_reject: the original's
 		 * entry, RELATED (lib/reject_out.h) */
 		if (reply_pending(ctx))
-			ct_reply(data, data_end, &pf, cts, ctx->cb[1], ctx->cb[2]);
+			ct_reply(data, data_end, &pf, cts, reply_word(ctx), reply_jexpires(ctx));
 		else
 #endif
 		ct_track(data, data_end, &pf, cts,
@@ -1200,7 +1200,7 @@ int xdp_filter(CTX_TYPE *ctx)
 #endif
 	if (verdict != VERDICT_CONTINUE) {
 		if (verdict & VERDICT_REJECT) {
-#if HOOK_TC
+#if REPLY_MODE
 			/* OUTPUT rejecting a REJECT reply: no reply to an
 			 * ICMP error or a RST, the reply is dropped */
 			if (reply_pending(ctx))
@@ -1267,6 +1267,26 @@ int xdp_reject(CTX_TYPE *ctx)
 		self_map.call(ctx, SLOT_OUTPUT);
 		/* no OUTPUT classifier (nothing to do there): sent as is */
 		reply_clear(ctx);
+	}
+#else
+	if (act == XDP_TX && !(v & REJECT_OUTPUT) && bpf_xdp_adjust_meta(ctx, -16) == 0) {
+		/* the same through OUTPUT's XDP twin (lib/reject_out.h) */
+		struct reply_meta *m = reply_meta_of(ctx);
+		if (m) {
+			m->magic0 = REPLY_MAGIC0;
+			m->magic3 = REPLY_MAGIC3;
+			m->word = 0;
+			m->jexpires = 0;
+#if CONNTRACK
+			struct ct_seen *cts = ct_scratch.lookup(&zero);
+			if (cts) {
+				m->word = reply_ct_word(cts);
+				m->jexpires = reply_ct_jexpires(cts);
+			}
+#endif
+			self_map.call(ctx, SLOT_OUTPUT);
+		}
+		bpf_xdp_adjust_meta(ctx, 16);
 	}
 #endif
 	return act;

@@ -1,7 +1,7 @@
 """REJECT replies pass OUTPUT, as iptables' own (icmp_send, nf_send_reset).
 
 Twin namespaces (iptables-legacy in one, bpf-iptables attached in the
-other), --mode tc: INPUT (the server) and FORWARD (the router) reject, and
+other), --mode tc and xdpgeneric (OUTPUT's XDP twin): INPUT (the server) and FORWARD (the router) reject, and
 OUTPUT holds rules that count the replies by their conntrack view
 (RELATED, the reply direction, the original's tuple: nf_conntrack_attach)
 and rules that drop some of them. The client sees the same errors, and a
@@ -16,9 +16,6 @@ from tests.support.netns import Namespace
 from tests.support.twins import load_twins
 from tests.test_datapath_traffic import FAR_IP, SERVER_IP, ensure_bpffs, routed, topology
 from tests.test_reject_traffic import no_icmp_ratelimit, tcp_errno, udp_error
-
-ICMP_ERROR = 11   # SO_EE_ORIGIN_ICMP's errno for a port unreachable: ECONNREFUSED
-
 
 def rules(chain: str) -> str:
     return "\n".join([
@@ -57,19 +54,24 @@ def listing(ns: Namespace, ours: bool) -> str:
     return (ns.bpf_iptables(*argv) if ours else ns.iptables(*argv)).stdout
 
 
+@pytest.mark.parametrize("mode", ["tc", "xdpgeneric"])
 @pytest.mark.parametrize("hook", ["INPUT", "FORWARD"])
-def test_reject_replies_pass_output_as_iptables_legacy_tc(hook):
+def test_reject_replies_pass_output_as_iptables_legacy(hook, mode):
     ensure_bpffs()
     make, dst = (topology, SERVER_IP) if hook == "INPUT" else (routed, FAR_IP)
     with make("rqa") as legacy, make("rqb") as ours:
         side = "server" if hook == "INPUT" else "router"
         a, b = getattr(legacy, side), getattr(ours, side)
         no_icmp_ratelimit(a, b)
-        load_twins(a, b, rules(hook), "--mode", "tc")
+        load_twins(a, b, rules(hook), "--mode", mode)
         want = probe(legacy.client, dst)
         assert want == EXPECTED
         assert probe(ours.client, dst) == want
         mine, theirs = listing(b, True), listing(a, False)
         assert mine == theirs
-        # the counting rules saw every reply (not a vacuous equality)
-        assert "RELATED ctdir REPLY" in theirs and " 0        0            icmp" not in theirs
+        # OUTPUT's rules saw every reply (not a vacuous equality): 3 ICMP
+        # errors RELATED in the reply direction, the RST to 7000, none
+        # NEW/INVALID/ESTABLISHED, the UDP 6003 error by its original's
+        # tuple, the dropped error and the two dropped RSTs (SYN retried)
+        rules_out = theirs.split("Chain OUTPUT")[1].splitlines()[2:]
+        assert [int(line.split()[0]) for line in rules_out if line.strip()] == [3, 1, 0, 1, 1, 2]

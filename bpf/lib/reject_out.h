@@ -41,11 +41,25 @@
 #define REPLY_CT_SWAPPED(w) (((w) >> 1) & 1)
 #define REPLY_CT_STATUS(w) (((w) >> 8) & 0xFF)
 
+#ifndef REPLY_XDP
+#define REPLY_XDP 0
+#endif
+
 #if HOOK_TC
 /* 1 when the skb is a REJECT reply handed over for OUTPUT's verdict */
 static __always_inline int reply_pending(struct __sk_buff *skb)
 {
 	return skb->cb[0] == REPLY_MAGIC0 && skb->cb[3] == REPLY_MAGIC3;
+}
+
+static __always_inline u32 reply_word(struct __sk_buff *skb)
+{
+	return skb->cb[1];
+}
+
+static __always_inline u32 reply_jexpires(struct __sk_buff *skb)
+{
+	return skb->cb[2];
 }
 
 static __always_inline void reply_clear(struct __sk_buff *skb)
@@ -63,8 +77,55 @@ static __always_inline int reply_verdict(struct __sk_buff *skb, u32 v)
 		return bpf_redirect(skb->ifindex, 0);
 	return TC_ACT_SHOT;
 }
+#define REPLY_MODE 1
+#else
+/* XDP: the hand-over in the frame's metadata (bpf_xdp_adjust_meta), which
+ * XDP_TX ignores. The OUTPUT classifier's XDP twin (REPLY_XDP, loaded by
+ * datapath/reject_output.py with OUTPUT's own maps) reads it; the
+ * ingress classifiers' xdp_reject writes it. */
+struct reply_meta {
+	u32 magic0;
+	u32 word;
+	u32 jexpires;
+	u32 magic3;
+};
 
-/* A classifier's exit for verdict v: a reply's, or the usual TC action */
+static __always_inline struct reply_meta *reply_meta_of(struct xdp_md *ctx)
+{
+	struct reply_meta *m = (void *)(long)ctx->data_meta;
+	if ((void *)(m + 1) > (void *)(long)ctx->data)
+		return 0;
+	return m;
+}
+
+static __always_inline int reply_pending(struct xdp_md *ctx)
+{
+	struct reply_meta *m = reply_meta_of(ctx);
+	return m && m->magic0 == REPLY_MAGIC0 && m->magic3 == REPLY_MAGIC3;
+}
+
+static __always_inline u32 reply_word(struct xdp_md *ctx)
+{
+	struct reply_meta *m = reply_meta_of(ctx);
+	return m ? m->word : 0;
+}
+
+static __always_inline u32 reply_jexpires(struct xdp_md *ctx)
+{
+	struct reply_meta *m = reply_meta_of(ctx);
+	return m ? m->jexpires : 0;
+}
+
+/* accepted by OUTPUT: transmitted back where the original came from */
+static __always_inline int reply_verdict(struct xdp_md *ctx, u32 v)
+{
+	return v == XDP_PASS ? XDP_TX : XDP_DROP;
+}
+#define REPLY_MODE REPLY_XDP
+#endif
+
+/* A classifier's exit for verdict v: a reply's, or the usual action */
+#if REPLY_MODE
 #define RET_OUT(ctx, v) (reply_pending(ctx) ? reply_verdict(ctx, v) : RET(v))
 #else
 #define RET_OUT(ctx, v) RET(v)

@@ -357,7 +357,8 @@ def update(store, att: A.Attachment, ruleset: RuleSet, carried: dict[int, int],
     try:
         hooks, _ = G.prepare(directory, att, gen, compiled, att.mode)
         clock("prepare")
-        G.fill_slots(directory, gen, hooks, att.mode)
+        from .reject_output import rejecting
+        G.fill_slots(directory, gen, hooks, att.mode, rejecting(compiled))
     except G.LoadError as exc:
         raise DatapathError(f"cannot load the eBPF program: {exc}") from None
     except OSError as exc:
