@@ -75,3 +75,31 @@ def test_reject_replies_pass_output_as_iptables_legacy(hook, mode):
         # tuple, the dropped error and the two dropped RSTs (SYN retried)
         rules_out = theirs.split("Chain OUTPUT")[1].splitlines()[2:]
         assert [int(line.split()[0]) for line in rules_out if line.strip()] == [3, 1, 0, 1, 1, 2]
+
+
+def test_reject_with_scans_past_the_tail_call_limit_is_refused():
+    """A reply takes the root's tail call, the rejecting chain's scan,
+    xdp_reject and OUTPUT's scan: past the kernel's 33 tail calls OUTPUT
+    could not classify it, so the rule set is refused, not half enforced."""
+    from bpf_iptables.datapath.compiler import compile_chain
+    from bpf_iptables.datapath.harness import table_from_lines
+    from bpf_iptables.datapath.reject_output import check_tail_calls
+    from bpf_iptables.errors import NotSupported
+
+    def compiled(n: int) -> dict:
+        # n counting rules (each continues the scan) per chain
+        lines = [f"-A INPUT -p tcp --dport {i + 1}" for i in range(n)]
+        lines += ["-A INPUT -p tcp -j REJECT --reject-with tcp-reset"]
+        lines += [f"-A OUTPUT -p udp --sport {i + 1}" for i in range(n)]
+        table = table_from_lines(lines)
+        return {hook: compile_chain(table, hook, {}) for hook in ("INPUT", "OUTPUT")}
+
+    short = compiled(100)
+    check_tail_calls(short)
+    long = compiled(10000)
+    steps = [c.shape.invocations(c.shape.steps) for c in long.values()]
+    assert sum(steps) + 1 > 33, steps
+    with pytest.raises(NotSupported, match="33 tail calls"):
+        check_tail_calls(long)
+    del long["OUTPUT"]
+    check_tail_calls(long)   # no OUTPUT classifier: nothing to pass

@@ -348,6 +348,8 @@ def update(store, att: A.Attachment, ruleset: RuleSet, carried: dict[int, int],
     here = interfaces_here()
     compiled = compile_all(table, here)
     refuse_mark_at_xdp(compiled, att.mode)
+    from .reject_output import check_tail_calls
+    check_tail_calls(compiled)   # REJECT replies through OUTPUT: NotSupported
     from .recent import sync_pinned, table_needs
     recent_needs = table_needs(table)   # NotSupported here, before anything changed
     clock("compile")

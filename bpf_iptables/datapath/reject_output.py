@@ -28,6 +28,7 @@ import os
 from pathlib import Path
 from typing import Callable
 
+from ..errors import NotSupported
 from . import bpfsys, objcache
 from .compiler import MAX_CHUNKS, VERDICT_CONTINUE, Compiled, Shape
 from .image import u32
@@ -49,6 +50,29 @@ def rejecting(compiled: dict[str, Compiled]) -> bool:
     """Whether INPUT or FORWARD has a REJECT entry (its reply needs OUTPUT)."""
     return any(e.verdict != VERDICT_CONTINUE and e.verdict & VERDICT_REJECT
                for hook in INGRESS_HOOKS if hook in compiled for e in compiled[hook].entries)
+
+
+# the kernel's tail calls per packet (MAX_TAIL_CALL_CNT)
+TAIL_CALLS = 33
+
+
+def check_tail_calls(compiled: dict[str, Compiled]) -> None:
+    """A reply's path: the root's tail call, the rejecting chain's scan
+    invocations, xdp_reject, then OUTPUT's scan invocations; past the
+    kernel's 33 tail calls OUTPUT could not classify it (the reply would
+    leave unclassified or be dropped), so such a rule set is refused."""
+    output = compiled.get("OUTPUT")
+    if output is None:
+        return
+    m = output.shape.invocations(output.shape.steps)
+    for hook in INGRESS_HOOKS:
+        c = compiled.get(hook)
+        if c is None or not rejecting({hook: c}):
+            continue
+        if 1 + c.shape.invocations(c.shape.steps) + m > TAIL_CALLS:
+            raise NotSupported(f"REJECT in {hook} with chains this long: its replies pass "
+                               "OUTPUT, and the two scans need more than the kernel's "
+                               f"{TAIL_CALLS} tail calls per packet in the eBPF data path")
 
 
 def link_output(hook_dir: Callable[[str], Path], hooks: dict[str, dict], mode: str,
