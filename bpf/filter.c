@@ -1269,9 +1269,11 @@ int xdp_reject(CTX_TYPE *ctx)
 		reply_clear(ctx);
 	}
 #else
-	if (act == XDP_TX && !(v & REJECT_OUTPUT) && bpf_xdp_adjust_meta(ctx, -16) == 0) {
-		/* the same through OUTPUT's XDP twin (lib/reject_out.h) */
-		struct reply_meta *m = reply_meta_of(ctx);
+	if (act == XDP_TX && !(v & REJECT_OUTPUT)) {
+		/* the same through OUTPUT's XDP twin (lib/reject_out.h), the
+		 * hand-over in the frame's metadata where the driver has it */
+		int meta = bpf_xdp_adjust_meta(ctx, -16) == 0;
+		struct reply_meta *m = meta ? reply_meta_of(ctx) : 0;
 		if (m) {
 			m->magic0 = REPLY_MAGIC0;
 			m->magic3 = REPLY_MAGIC3;
@@ -1284,9 +1286,10 @@ int xdp_reject(CTX_TYPE *ctx)
 				m->jexpires = reply_ct_jexpires(cts);
 			}
 #endif
-			self_map.call(ctx, SLOT_OUTPUT);
 		}
-		bpf_xdp_adjust_meta(ctx, 16);
+		self_map.call(ctx, SLOT_OUTPUT);
+		if (meta)
+			bpf_xdp_adjust_meta(ctx, 16);
 	}
 #endif
 	return act;

@@ -1,17 +1,18 @@
-/* REJECT replies through OUTPUT (TC builds: --mode tc, and the OUTPUT
- * classifier at egress).
+/* REJECT replies through OUTPUT.
  *
  * iptables' replies (icmp_send(), nf_send_reset()) leave through the
  * local output path: the filter table's OUTPUT chain counts them and its
  * verdict decides whether they are sent. Here xdp_reject, once the reply
- * is built at TC ingress (INPUT or FORWARD), tail-calls the generation's
- * OUTPUT classifier (self_map slot SLOT_OUTPUT, filled by
- * generation.fill_slots in --mode tc) with the reply in the skb and a
- * hand-over in skb->cb: that classifier counts the reply in OUTPUT's own
- * counters, and sends it (bpf_redirect out of the device it came in on)
- * only when OUTPUT accepts it; DROP, or a REJECT, drops it. An empty slot
- * (no OUTPUT classifier: no rules, policy ACCEPT) fails the tail call and
- * the reply leaves as before.
+ * is built (INPUT or FORWARD), tail-calls a classifier of OUTPUT's rules
+ * through self_map slot SLOT_OUTPUT (filled by generation.fill_slots,
+ * datapath/reject_output.py) with the reply and a hand-over: at TC
+ * ingress (--mode tc) OUTPUT's own classifier, the hand-over in skb->cb;
+ * at XDP OUTPUT's XDP twin (this file built with -DREPLY_XDP=1, sharing
+ * OUTPUT's maps), the hand-over in the frame's metadata. It counts the
+ * reply in OUTPUT's counters and sends it (TC: bpf_redirect out of the
+ * device it came in on; XDP: XDP_TX) only when OUTPUT accepts it; DROP,
+ * or a REJECT, drops it. An empty slot (no OUTPUT classifier: no rules,
+ * policy ACCEPT) fails the tail call and the reply leaves as before.
  *
  * Conntrack (net/netfilter/nf_conntrack_core.c nf_conntrack_attach(),
  * reached from nf_send_reset() and, for ICMP errors, icmp_glue_bits()):
@@ -98,21 +99,31 @@ static __always_inline struct reply_meta *reply_meta_of(struct xdp_md *ctx)
 	return m;
 }
 
-static __always_inline int reply_pending(struct xdp_md *ctx)
+/* the hand-over, if the driver keeps metadata (generic XDP and veth do) */
+static __always_inline struct reply_meta *reply_handed(struct xdp_md *ctx)
 {
 	struct reply_meta *m = reply_meta_of(ctx);
-	return m && m->magic0 == REPLY_MAGIC0 && m->magic3 == REPLY_MAGIC3;
+	if (m && m->magic0 == REPLY_MAGIC0 && m->magic3 == REPLY_MAGIC3)
+		return m;
+	return 0;
+}
+
+/* the twin classifies nothing but replies (without the hand-over, the
+ * reply is tracked as any packet: conntrack's view may then differ) */
+static __always_inline int reply_pending(struct xdp_md *ctx)
+{
+	return 1;
 }
 
 static __always_inline u32 reply_word(struct xdp_md *ctx)
 {
-	struct reply_meta *m = reply_meta_of(ctx);
+	struct reply_meta *m = reply_handed(ctx);
 	return m ? m->word : 0;
 }
 
 static __always_inline u32 reply_jexpires(struct xdp_md *ctx)
 {
-	struct reply_meta *m = reply_meta_of(ctx);
+	struct reply_meta *m = reply_handed(ctx);
 	return m ? m->jexpires : 0;
 }
 
