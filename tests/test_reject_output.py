@@ -77,6 +77,34 @@ def test_reject_replies_pass_output_as_iptables_legacy(hook, mode):
         assert [int(line.split()[0]) for line in rules_out if line.strip()] == [3, 1, 0, 1, 1, 2]
 
 
+STATEFUL = "\n".join([
+    "*filter", ":INPUT ACCEPT [0:0]", ":FORWARD ACCEPT [0:0]", ":OUTPUT ACCEPT [0:0]",
+    "-A INPUT -p tcp -m tcp --dport 7000 -j REJECT --reject-with tcp-reset",
+    "-A INPUT -p udp -m udp --dport 6003 -j REJECT --reject-with icmp-port-unreachable",
+    # OUTPUT's twin shares the namespace's limit, recent, hashlimit and
+    # LOG maps and continues through its own stateful programs
+    "-A OUTPUT -p tcp -m limit --limit 100/sec",
+    "-A OUTPUT -m recent --set --name rq --mask 255.255.255.255 --rsource",
+    "-A OUTPUT -m hashlimit --hashlimit-upto 100/sec --hashlimit-name rq",
+    "-A OUTPUT -p icmp -m recent --rcheck --name rq --mask 255.255.255.255 --rsource"
+    " -j LOG --log-prefix \"rq \"",
+    "COMMIT", ""])
+
+
+def test_reject_replies_pass_stateful_output_rules_xdp():
+    ensure_bpffs()
+    with topology("rqs") as legacy, topology("rqt") as ours:
+        no_icmp_ratelimit(legacy.server, ours.server)
+        load_twins(legacy.server, ours.server, STATEFUL, "--mode", "xdpgeneric")
+        want = [tcp_errno(legacy.client, SERVER_IP, 7000), udp_error(legacy.client, SERVER_IP, 6003)]
+        got = [tcp_errno(ours.client, SERVER_IP, 7000), udp_error(ours.client, SERVER_IP, 6003)]
+        assert want[0] == 111 and want[1] is not None and got == want
+        mine, theirs = listing(ours.server, True), listing(legacy.server, False)
+        assert mine == theirs
+        rules_out = theirs.split("Chain OUTPUT")[1].splitlines()[2:]
+        assert [int(line.split()[0]) for line in rules_out if line.strip()] == [1, 2, 2, 1]
+
+
 def test_reject_with_scans_past_the_tail_call_limit_is_refused():
     """A reply takes the root's tail call, the rejecting chain's scan,
     xdp_reject and OUTPUT's scan: past the kernel's 33 tail calls OUTPUT

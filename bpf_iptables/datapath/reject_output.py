@@ -222,13 +222,19 @@ def _compile(shape: Shape, funcs: dict[str, int]) -> objcache.Module:
             with _stderr_kept_back() as kept:
                 for name in funcs:
                     bpf.load_func(name.encode(), BPF.XDP)
-            return objcache.capture(bpf, funcs, {"steps": steps})
         except Exception as exc:
+            bpf.cleanup()
             fewer = steps * 2 // 3
             if ("Argument list too long" not in str(exc)
                     or fewer < 16 or shape.invocations(fewer) > MAX_CHUNKS):
                 os.write(2, kept.data)
                 raise TwinError(f"OUTPUT's XDP twin does not load: {exc}") from None
             steps = fewer
+            continue
+        try:
+            return objcache.capture(bpf, funcs, {"steps": steps})
+        except objcache.Uncacheable as exc:
+            # the loader (ensure_twin) needs the captured module
+            raise TwinError(f"OUTPUT's XDP twin cannot be loaded raw: {exc}") from None
         finally:
             bpf.cleanup()
