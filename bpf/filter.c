@@ -116,6 +116,8 @@ static __always_inline void ct_stat(u32 slot)
 #define RET(v) (v)
 #endif
 #include "lib/reject.h"
+/* REJECT replies through OUTPUT (--mode tc): the hand-over and exits */
+#include "lib/reject_out.h"
 #if NSETS
 #include "lib/set.h"
 /* -m set (lib/set.h): the namespace's sets, one map per type keyed by set
@@ -230,8 +232,10 @@ struct resume {
 BPF_ARRAY(config_map, struct config, 1);
 BPF_PERCPU_ARRAY(resume_map, struct resume, 1);
 /* 0: this program (a long scan continues there), 1: xdp_reject below,
- * 2: xdp_hashlimit (with -m hashlimit), 3: xdp_recent (with -m recent) */
-BPF_PROG_ARRAY(self_map, 2 + 2 * STATEFUL_PROGS);
+ * 2: xdp_hashlimit (with -m hashlimit), 3: xdp_recent (with -m recent),
+ * 4 (SLOT_OUTPUT, TC builds of INPUT/FORWARD): the generation's OUTPUT
+ * classifier, which decides a REJECT reply's fate (lib/reject_out.h) */
+BPF_PROG_ARRAY(self_map, SLOT_OUTPUT + 1);
 BPF_ARRAY(live_map, struct bitvector, 1);
 BPF_ARRAY(entry_map, struct entry, NENTRIES);
 BPF_PERCPU_ARRAY(counter_map, struct counter, NCOUNTERS);
@@ -766,7 +770,7 @@ int xdp_filter(CTX_TYPE *ctx)
 	void *data_end = (void *)(long)ctx->data_end;
 	struct packet_fields pf = {};
 	if (parse_packet(data, data_end, &pf, wire_len) != PARSE_OK)
-		return RET(XDP_PASS);
+		return RET_OUT(ctx, XDP_PASS);
 
 	u32 zero = 0;
 	struct config *cfg = config_map.lookup(&zero);
@@ -786,6 +790,13 @@ int xdp_filter(CTX_TYPE *ctx)
 		/* a frame that left through lo (the loopback's all-zero
 		 * source MAC; BPF_PROG_TEST_RUN's frames, injected on lo,
 		 * carry MACs of their own) was tracked at OUTPUT */
+#if REPLY_MODE
+		/* a REJECT reply handed over by xdp_reject: the original's
+		 * entry, RELATED (lib/reject_out.h) */
+		if (reply_pending(ctx))
+			ct_reply(data, data_end, &pf, cts, reply_word(ctx), reply_jexpires(ctx));
+		else
+#endif
 		ct_track(data, data_end, &pf, cts,
 			 ctx->ingress_ifindex == CT_LO_IFINDEX && pf.src_mac == 0);
 		/* fast path: the first entry accepts on the conntrack slot
@@ -794,7 +805,7 @@ int xdp_filter(CTX_TYPE *ctx)
 		if ((cfg->fast_slots >> CT_SLOT(cts)) & 1) {
 			count(cfg->fast_counter, pf.length);
 			ct_confirm(cts);
-			return RET(XDP_PASS);
+			return RET_OUT(ctx, XDP_PASS);
 		}
 	}
 #endif
@@ -1241,6 +1252,12 @@ int xdp_filter(CTX_TYPE *ctx)
 #endif
 	if (verdict != VERDICT_CONTINUE) {
 		if (verdict & VERDICT_REJECT) {
+#if REPLY_MODE
+			/* OUTPUT rejecting a REJECT reply: no reply to an
+			 * ICMP error or a RST, the reply is dropped */
+			if (reply_pending(ctx))
+				return reply_verdict(ctx, XDP_DROP);
+#endif
 			/* counted; the reply is built by xdp_reject, a program
 			 * of its own: even a branch to it in here costs the
 			 * scan loop's verification a third more */
@@ -1249,7 +1266,7 @@ int xdp_filter(CTX_TYPE *ctx)
 			rs->reject = 0;	/* the tail call failed: drop */
 			return RET(XDP_DROP);
 		}
-		return RET(verdict);
+		return RET_OUT(ctx, verdict);
 	}
 	rs->active = 1;
 	rs->word = w;
@@ -1283,7 +1300,51 @@ int xdp_reject(CTX_TYPE *ctx)
 	rs->reject = 0;
 	if (!(v & VERDICT_REJECT) || v == VERDICT_CONTINUE)
 		return RET(XDP_DROP);
-	return reject_packet(ctx, v, wire_len);
+	int act = reject_packet(ctx, v, wire_len);
+#if HOOK_TC
+	if (act == TC_ACT_REDIRECT && !(v & REJECT_OUTPUT)) {
+		/* the reply passes OUTPUT first (lib/reject_out.h): the
+		 * generation's OUTPUT classifier sends or drops it */
+		ctx->cb[0] = REPLY_MAGIC0;
+		ctx->cb[3] = REPLY_MAGIC3;
+		ctx->cb[1] = 0;
+		ctx->cb[2] = 0;
+#if CONNTRACK
+		struct ct_seen *cts = ct_scratch.lookup(&zero);
+		if (cts) {
+			ctx->cb[1] = reply_ct_word(cts);
+			ctx->cb[2] = reply_ct_jexpires(cts);
+		}
+#endif
+		self_map.call(ctx, SLOT_OUTPUT);
+		/* no OUTPUT classifier (nothing to do there): sent as is */
+		reply_clear(ctx);
+	}
+#else
+	if (act == XDP_TX && !(v & REJECT_OUTPUT)) {
+		/* the same through OUTPUT's XDP twin (lib/reject_out.h), the
+		 * hand-over in the frame's metadata where the driver has it */
+		int meta = bpf_xdp_adjust_meta(ctx, -16) == 0;
+		struct reply_meta *m = meta ? reply_meta_of(ctx) : 0;
+		if (m) {
+			m->magic0 = REPLY_MAGIC0;
+			m->magic3 = REPLY_MAGIC3;
+			m->word = 0;
+			m->jexpires = 0;
+#if CONNTRACK
+			struct ct_seen *cts = ct_scratch.lookup(&zero);
+			if (cts) {
+				m->word = reply_ct_word(cts);
+				m->jexpires = reply_ct_jexpires(cts);
+			}
+#endif
+		}
+		self_map.call(ctx, SLOT_OUTPUT);
+		if (meta)
+			bpf_xdp_adjust_meta(ctx, 16);
+	}
+#endif
+	return act;
 }
 
 #if NHASHLIMITS || NRECENT

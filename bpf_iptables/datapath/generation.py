@@ -274,9 +274,11 @@ def read_counters(directory: Path, gen: int, hooks: list[str], nslots: int
     return out
 
 
-def fill_slots(directory: Path, gen: int, hooks: dict[str, dict], mode: str) -> None:
+def fill_slots(directory: Path, gen: int, hooks: dict[str, dict], mode: str,
+               rejects: bool = True) -> None:
     """Point the roots' prog array slots of ``gen`` at its hooks that are
-    on; empty the others (the packet passes)."""
+    on; empty the others (the packet passes). ``rejects``: INPUT or
+    FORWARD may send REJECT replies (reject_output.rejecting)."""
     root = A.ns_pins(directory) / "root"
     arrays = {name: bpfsys.obj_get(str(root / name)) for name in ("xdp_slots", "tc_slots")}
     try:
@@ -294,6 +296,11 @@ def fill_slots(directory: Path, gen: int, hooks: dict[str, dict], mode: str) -> 
     finally:
         for fd in arrays.values():
             os.close(fd)
+    # REJECT replies pass OUTPUT: the ingress classifiers' reply builders
+    # tail-call this generation's OUTPUT classifier (or its XDP twin)
+    from .reject_output import link_output
+    link_output(lambda hook: hook_dir(directory, gen, hook), hooks, mode, A.ns_pins(directory),
+                rejects)
 
 
 def word(gen: int, route: bool) -> int:

@@ -348,6 +348,8 @@ def update(store, att: A.Attachment, ruleset: RuleSet, carried: dict[int, int],
     here = interfaces_here()
     compiled = compile_all(table, here)
     refuse_mark_at_xdp(compiled, att.mode)
+    from .reject_output import check_tail_calls
+    check_tail_calls(compiled)   # REJECT replies through OUTPUT: NotSupported
     from .recent import sync_pinned, table_needs
     recent_needs = table_needs(table)   # NotSupported here, before anything changed
     clock("compile")
@@ -357,7 +359,8 @@ def update(store, att: A.Attachment, ruleset: RuleSet, carried: dict[int, int],
     try:
         hooks, _ = G.prepare(directory, att, gen, compiled, att.mode)
         clock("prepare")
-        G.fill_slots(directory, gen, hooks, att.mode)
+        from .reject_output import rejecting
+        G.fill_slots(directory, gen, hooks, att.mode, rejecting(compiled))
     except G.LoadError as exc:
         raise DatapathError(f"cannot load the eBPF program: {exc}") from None
     except OSError as exc:
