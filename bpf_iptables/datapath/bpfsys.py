@@ -298,6 +298,36 @@ def write_mappable(fd: int, values: bytes) -> bool:
     return True
 
 
+def _address(blob: bytes) -> int:
+    """The address of a bytes object's own buffer (no copy: the kernel only
+    reads it during the call, while the caller holds the object)."""
+    return ctypes.cast(ctypes.c_char_p(blob), ctypes.c_void_p).value or 0
+
+
+def map_update_packed(fd: int, key_size: int, value_size: int, keys: bytes,
+                      values: bytes) -> bool:
+    """One BPF_MAP_UPDATE_BATCH of keys and values laid out back to back;
+    False when the map type has no batch update (LPM tries), so that the
+    caller writes element by element."""
+    count = len(keys) // key_size
+    if not count:
+        return True
+    if len(values) != count * value_size:
+        raise ValueError("map update: keys and values differ in count")
+    mtype = _info(fd)[0]
+    if not _batch_ok.get(mtype, True):
+        return False
+    attr = _BatchAttr(keys=_address(keys), values=_address(values), count=count, map_fd=fd)
+    rc = _libc.syscall(SYS_BPF, BPF_MAP_UPDATE_BATCH, ctypes.byref(attr), ctypes.sizeof(attr))
+    if rc >= 0:
+        return True
+    err = ctypes.get_errno()
+    if err not in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, 524):  # 524: ENOTSUPP
+        raise OSError(err, f"map update: {os.strerror(err)}")
+    _batch_ok[mtype] = False
+    return False
+
+
 def map_update_many(fd: int, items: list[tuple[bytes, bytes]]) -> None:
     """Write many elements: one BPF_MAP_UPDATE_BATCH where the map type
     has it (arrays, hashes), element by element otherwise (LPM tries)."""
@@ -308,23 +338,13 @@ def map_update_many(fd: int, items: list[tuple[bytes, bytes]]) -> None:
             and write_mappable(fd, items.joined()[1]):
         return
     key_size, value_size = len(items[0][0]), len(items[0][1])
-    mtype = _info(fd)[0]
-    if _batch_ok.get(mtype, True):
-        # items laid out already (image.Packed) or pairs
-        key_blob, value_blob = (items.joined() if hasattr(items, "joined") else
-                                (b"".join(k for k, _ in items), b"".join(v for _, v in items)))
-        keys = ctypes.create_string_buffer(key_blob, key_size * len(items))
-        values = ctypes.create_string_buffer(value_blob, value_size * len(items))
-        attr = _BatchAttr(keys=ctypes.addressof(keys), values=ctypes.addressof(values),
-                          count=len(items), map_fd=fd)
-        rc = _libc.syscall(SYS_BPF, BPF_MAP_UPDATE_BATCH, ctypes.byref(attr), ctypes.sizeof(attr))
-        if rc >= 0:
-            return
-        err = ctypes.get_errno()
-        if err not in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, 524):  # 524: ENOTSUPP
-            raise OSError(err, f"map update: {os.strerror(err)}")
-        _batch_ok[mtype] = False
-        # a batch that failed part way wrote some elements: all are rewritten below
+    # items laid out already (image.Packed) or pairs
+    key_blob, value_blob = (items.joined() if hasattr(items, "joined") else
+                            (b"".join(k for k, _ in items), b"".join(v for _, v in items)))
+    if map_update_packed(fd, key_size, value_size, key_blob, value_blob):
+        return
+    # no batches for this map type; a batch that failed part way wrote
+    # some elements: all are rewritten
     for key, value in items:
         map_update(fd, key, value)
 

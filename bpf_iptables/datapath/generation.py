@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import attachment as A
-from . import bpfsys
+from . import bpfsys, shadow
 from .compiler import Compiled, Shape, fill_unused, max_steps, pow2_at_least
 from .image import map_image, u32
 
@@ -202,19 +202,29 @@ def load_new(directory: Path, gen: int, hook: str, shape: Shape, mode: str) -> d
                       start_new(directory, gen, hook, shape, mode, background=False))
 
 
+# the last prepare's split (seconds): building the images, writing them;
+# and how many elements were written (live.py adds them to its STEPS)
+TIMES: dict[str, float] = {}
+
+
 def write_maps(directory: Path, gen: int, hook: str, c: Compiled, shape: Shape) -> None:
+    """The image of ``c`` into the generation's maps, only what differs
+    from what they hold where this process knows it (shadow.py)."""
     d = hook_dir(directory, gen, hook)
-    for image in map_image(c, shape):
+    began = time.perf_counter()
+    images = map_image(c, shape)
+    built = time.perf_counter()
+    written = 0
+    for image in images:
         fd = bpfsys.obj_get(str(d / image.name))
         try:
-            if image.clear:
-                keep = {k for k, _ in image.items}
-                for key in bpfsys.map_keys(fd, len(image.items[0][0])):
-                    if key not in keep:
-                        bpfsys.map_delete(fd, key)
-            bpfsys.map_update_many(fd, image.items)
+            written += shadow.write(fd, image.name, image.items, image.clear)[0]
         finally:
             os.close(fd)
+    done = time.perf_counter()
+    TIMES["image"] = TIMES.get("image", 0.0) + built - began
+    TIMES["write"] = TIMES.get("write", 0.0) + done - built
+    TIMES["elements"] = TIMES.get("elements", 0) + written
 
 
 def prepare(directory: Path, att: A.Attachment, gen: int, compiled: dict[str, Compiled],
@@ -224,6 +234,8 @@ def prepare(directory: Path, att: A.Attachment, gen: int, compiled: dict[str, Co
     needed a new program. Raises LoadError (bcc) or OSError (bpf(2)).
     A new program from the object cache is verified by the kernel while
     its maps are written."""
+    TIMES.clear()
+    shadow.claim(directory, gen)   # before any of its maps is written
     hooks = verified_hooks(directory, att, gen)
     pending: dict[str, tuple[Shape, LoadedProgram]] = {}
     for hook, c in compiled.items():

@@ -357,6 +357,8 @@ def update(store, att: A.Attachment, ruleset: RuleSet, carried: dict[int, int],
     try:
         hooks, _ = G.prepare(directory, att, gen, compiled, att.mode)
         clock("prepare")
+        for what, value in G.TIMES.items():   # the split, and elements written ("#")
+            STEPS["prepare:" + what + ("#" if what == "elements" else "")] = value
         G.fill_slots(directory, gen, hooks, att.mode)
     except G.LoadError as exc:
         raise DatapathError(f"cannot load the eBPF program: {exc}") from None

@@ -486,8 +486,9 @@ class Server:
             self.request, self.busy = None, False
             self.served += 1
             if self.log_requests:
-                detail = " ".join(f"{k} {v * 1000:.1f}" for k, v in steps.STEPS.items()) \
-                    if steps else ""
+                # names ending in "#" are counts, the others seconds
+                detail = " ".join(f"{k} {v:.0f}" if k.endswith("#") else f"{k} {v * 1000:.1f}"
+                                  for k, v in steps.STEPS.items()) if steps else ""
                 _log(f"{req.prog} {' '.join(req.argv)[:60]}: status {status} in "
                      f"{(time.perf_counter() - began) * 1000:.1f} ms, cpu "
                      f"{(time.process_time() - cpu) * 1000:.1f} ms (update ms: {detail})")
@@ -565,6 +566,8 @@ def main(argv: list[str]) -> int:
     if parent == 1 or directory != state.run_dir() / f"netns-{state.netns_cookie()}":
         return 1   # the watcher is already gone, or the wrong namespace
     gc.disable()   # as the CLIs do; collected when idle instead
+    from . import shadow
+    shadow.enabled = True   # this process writes the maps again: differences only
     SAVED.extend(os.dup(i) for i in range(3))
     try:
         server = Server(directory)
