@@ -28,10 +28,13 @@ overlays them on the stored rule set), so commands move, keep and zero
 them exactly as they do stored counters (they follow their rule through
 -I, -D, -R of other rules, -E, ...). The new generation starts from those
 values, plus what the old one counted while the new one was being
-prepared (read again just before the flip); what the old generation
-counts between that read and the flip is read after the flip and kept in
-the record (``carry``), added by every read and folded in by the next
-update."""
+prepared (read again just before the flip, when preparing took longer
+than ``REREAD_AFTER``); what the old generation counts between that read
+(or load()'s) and the flip is read after the flip and kept in the record
+(``carry``), added by every read and folded in by the next update. A
+quick update skips the read before the flip (one batch read of every
+slot, ~3.5 ms at 10k rules): the carry then holds what was counted
+since load(), a few slots unless traffic hit many rules meanwhile."""
 from __future__ import annotations
 
 import os
@@ -72,6 +75,9 @@ PAUSE_AT = "BPF_IPTABLES_DATAPATH_PAUSE_AT"
 
 # the last update's steps (name -> seconds, in order): the server logs them
 STEPS: dict[str, float] = {}
+# seconds since load() after which the counters are read again before the
+# flip (the carry in the record then stays small after a slow update)
+REREAD_AFTER = 0.25
 
 
 class _Clock:
@@ -339,7 +345,7 @@ def sync_interfaces(directory: Path, mode: str, have: dict[str, list[int]],
 
 
 def update(store, att: A.Attachment, ruleset: RuleSet, carried: dict[int, int],
-           base: Counts | None) -> A.Attachment:
+           base: Counts | None, base_at: float = 0.0) -> A.Attachment:
     """Put ``ruleset`` into the inactive generation and make it the live
     one (module doc). Returns the new record."""
     directory = store.directory
@@ -397,7 +403,9 @@ def update(store, att: A.Attachment, ruleset: RuleSet, carried: dict[int, int],
         # counters last, right before the flip: what the old programs
         # counted since load() is carried over (see the module doc)
         delta, now = None, {}
-        if base is not None:
+        if base is not None and time.perf_counter() - base_at <= REREAD_AFTER:
+            now = base   # quick: what was counted since, by the carry alone
+        elif base is not None:
             now = read_live(directory, att)
             delta = {h: [(n[0] - b[0], n[1] - b[1]) for n, b in zip(now[h], base[h])]
                      for h in now}
@@ -484,6 +492,7 @@ class AttachedStore:
         self.directory = inner.directory
         self._carried: dict[int, int] = {}
         self._base: Counts | None = None
+        self._base_at = 0.0   # perf_counter() of the read of _base
         self._recovered = False
 
     def _recover(self) -> None:
@@ -502,6 +511,7 @@ class AttachedStore:
         ruleset = self.inner.load()
         clock("load:rules")
         try:
+            self._base_at = time.perf_counter()
             self._base = read_live(self.directory, self.att)
         except OSError as exc:
             raise DatapathError(f"cannot read the data path's counters: {exc}; run "
@@ -527,6 +537,7 @@ class AttachedStore:
             # stored counters are those of the last update; take the data
             # path's, by the live layout, so nothing counted since is lost
             try:
+                self._base_at = time.perf_counter()
                 self._base = read_live(self.directory, self.att)
             except OSError as exc:
                 raise DatapathError(f"cannot read the data path's counters: {exc}") from None
@@ -534,7 +545,8 @@ class AttachedStore:
         prestore = getattr(self.inner, "prestore", None)
         if prestore is not None:
             prestore(ruleset)   # the command server writes the snapshot meanwhile
-        self.att = update(self.inner, self.att, ruleset, self._carried, self._base)
+        self.att = update(self.inner, self.att, ruleset, self._carried, self._base,
+                          self._base_at)
         self._base, self._carried = None, {}
 
 
