@@ -126,15 +126,20 @@ def interfaces_here() -> dict[str, int]:
     return {name: index for index, name in socket.if_nameindex()}
 
 
-def needs(table: Table, hook: str) -> bool:
+def needs(table: Table, hook: str, conntrack: Callable[[], bool] | None = None) -> bool:
     """Whether a hook chain can change a packet's fate or count anything:
     without rules and with policy ACCEPT it needs no program. When the rule
     set tracks connections every hook needs one: the tracker must see the
-    packets of both directions (a server's replies leave through OUTPUT)."""
+    packets of both directions (a server's replies leave through OUTPUT).
+    ``conntrack``: uses_conntrack(table), remembered by the caller (a scan
+    of every rule, made only for an empty chain)."""
     chain = table.chains.get(hook)
-    if chain is not None and uses_conntrack(table) and (hook != "FORWARD" or forwarding()):
+    if chain is None:
+        return False
+    if chain.rules or (chain.policy or "ACCEPT") != "ACCEPT":
         return True
-    return chain is not None and bool(chain.rules or (chain.policy or "ACCEPT") != "ACCEPT")
+    tracks = conntrack() if conntrack is not None else uses_conntrack(table)
+    return tracks and (hook != "FORWARD" or forwarding())
 
 
 def forwarding() -> bool:
@@ -233,12 +238,12 @@ def overlay(ruleset: RuleSet, att: A.Attachment, values: Counts) -> dict[int, in
     sums = totals(values)
     nsums = len(sums)
     for chain, count, first in att.counters:
-        rules = table.chains[chain].rules if chain in table.chains else []
-        for slot, rule in enumerate(rules[:count], first):
-            if slot < nsums:
-                c = rule.counters
-                c.packets, c.bytes = sums[slot]
-            slot_of[id(rule)] = slot
+        rules = table.chains[chain].rules[:count] if chain in table.chains else []
+        slot_of.update(zip(map(id, rules), range(first, first + len(rules))))
+        for rule, (packets, nbytes) in zip(rules, sums[first:first + len(rules)]):
+            c = rule.counters
+            c.packets = packets
+            c.bytes = nbytes
     for hook, v in values.items():
         policy = table.chains[hook].counters
         policy.packets, policy.bytes = v[POLICY_COUNTER]
@@ -303,7 +308,8 @@ def counter_layout(table: Table) -> list[list]:
 def compile_all(table: Table, here: dict[str, int]) -> dict[str, Compiled]:
     """INPUT always (it holds the carried rule counters); FORWARD and
     OUTPUT when they have work to do. NotSupported (exit 2) before anything."""
-    hooks = ["INPUT"] + [h for h in ("FORWARD", "OUTPUT") if needs(table, h)]
+    conntrack = lru_cache(lambda: uses_conntrack(table))   # one scan, and only if asked
+    hooks = ["INPUT"] + [h for h in ("FORWARD", "OUTPUT") if needs(table, h, conntrack)]
     bridges.check_br_netfilter(table)
     return {h: compile_chain(table, h, here) for h in hooks}
 
