@@ -290,7 +290,9 @@ def write_mappable(fd: int, values: bytes) -> bool:
     if not info[5] & BPF_F_MMAPABLE or value_size not in (4, 8):
         return False
     if value_size == 4:
-        values = array("Q", array("I", values)).tobytes()
+        np = sys.modules.get("numpy")   # where imported already: ~20x faster
+        values = (np.frombuffer(values, np.uint32).astype(np.uint64).tobytes() if np is not None
+                  else array("Q", array("I", values)).tobytes())
     if len(values) > 8 * max_entries:
         return False
     with mmap.mmap(fd, 8 * max_entries, mmap.MAP_SHARED,

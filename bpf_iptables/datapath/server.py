@@ -39,6 +39,7 @@ import ctypes
 import gc
 import io
 import os
+import select
 import shutil
 import signal
 import socket
@@ -370,6 +371,7 @@ class Server:
         self.served = 0
         self.log_requests = bool(os.environ.get(LOG_ENV))
         self.fixed_env = fixed_env(os.environ)
+        self.later: list = []   # warm-up steps left for idle time (warm_later)
 
     # the xtables lock, as the CLIs take it, noting which request holds it
     @contextmanager
@@ -497,6 +499,9 @@ class Server:
     def loop(self) -> int:
         collected = True
         while not self.stop_after:
+            if self.later and not _pending(self.sock):
+                self.warm_later()
+                continue
             self.sock.settimeout(None if collected else IDLE_GC)
             try:
                 conn, _ = self.sock.accept()
@@ -526,6 +531,16 @@ class Server:
         except Exception:
             _log("grace period: " + traceback.format_exc())
 
+    def warm_later(self) -> None:
+        """One step of the warm-up left for idle time (``later``): each
+        takes a fraction of a second, and a client waits at most
+        client.READY_WAIT for the server's attention."""
+        step = self.later.pop(0)
+        try:
+            step()
+        except Exception:
+            _log(f"warm-up: {traceback.format_exc()}")
+
     def warm(self) -> None:
         """Import what commands use and load the stored rule set, before
         the first request needs them. Without the lock: a rule set stored
@@ -538,6 +553,29 @@ class Server:
             self.cache.lent = False
         except Exception:
             self.cache.drop()
+        self.later = [_import_update_path, _after_attach_grace]
+
+
+def _pending(sock: socket.socket) -> bool:
+    """Whether a client is waiting to be accepted."""
+    return bool(select.select([sock], [], [], 0)[0])
+
+
+def _import_update_path() -> None:
+    """What the first update imports (~0.1 s: numpy alone ~60 ms, first
+    needed by program.map_names and image.map_image)."""
+    import numpy  # noqa: F401
+
+    from . import compiler, generation, image, objcache, program, shadow  # noqa: F401
+
+
+def _after_attach_grace() -> None:
+    """An RCU grace period after the attach's switch (which was made by
+    another process): the first update need not wait for one
+    (live.quiesce, 5-20 ms when the switch was recent)."""
+    from . import live
+
+    live.grace_period()
 
 
 ORIGINAL_LOCKED = state.locked
