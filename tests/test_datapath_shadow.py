@@ -118,3 +118,20 @@ def test_a_process_without_shadows_writes_in_full(tmp_path, monkeypatch):
         assert shadow.writer_file(tmp_path, 0).read_text() == shadow.TOKEN
     finally:
         os.close(fd)
+
+
+def test_another_writer_of_one_generation_leaves_the_others_shadows(writer):
+    fds = [bpfsys.map_create(ARRAY, 4, SIZE, 8, 0, f"shadow_g{g}") for g in (0, 1)]
+    try:
+        rows = [bytes([i]) * SIZE for i in range(8)]
+        for gen, fd in enumerate(fds):
+            shadow.claim(writer, gen)
+            assert shadow.write(fd, "src_map", dense(rows), False)[0] == 8
+        shadow.writer_file(writer, 1).write_text("other")   # generation 1 written elsewhere
+        assert shadow.claim(writer, 1) is False
+        assert shadow.write(fds[1], "src_map", dense(rows), False)[0] == 8
+        assert shadow.claim(writer, 0) is True
+        assert shadow.write(fds[0], "src_map", dense(rows), False)[0] == 0
+    finally:
+        for fd in fds:
+            os.close(fd)

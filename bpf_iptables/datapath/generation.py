@@ -227,6 +227,42 @@ def write_maps(directory: Path, gen: int, hook: str, c: Compiled, shape: Shape) 
     TIMES["elements"] = TIMES.get("elements", 0) + written
 
 
+# the shapes this process's last prepare() loaded new programs for:
+# (generation, hook) -> the shape asked for (the command server loads the
+# same into the other generation while idle: mirror())
+LOADED: dict[tuple[int, str], Shape] = {}
+
+
+def mirror(directory: Path, att: A.Attachment) -> list[str]:
+    """Load into the inactive generation a program of the shape the active
+    one was given a new program for by this process's last prepare(),
+    where the inactive generation's does not cover it: updates alternate
+    between the generations, so the next one would otherwise load (and
+    verify) that program itself. Its maps are left empty (the next update
+    writes them in full: no shadow knows them); ``att``'s inactive slot
+    gets the new programs, "on" false; the caller writes the record.
+    Returns the hooks loaded. Under the lock, with no update pending and
+    the active generation the one LOADED names."""
+    other = 1 - att.active
+    wanted = {hook: shape for (gen, hook), shape in LOADED.items() if gen == att.active}
+    LOADED.clear()
+    if att.pending is not None or not wanted:
+        return []
+    hooks = verified_hooks(directory, att, other)
+    done = []
+    for hook, shape in wanted.items():
+        have = hooks.get(hook)
+        if have is not None and shape_of(have["shape"]).covers(shape):
+            continue
+        hooks[hook] = load_new(directory, other, hook, shape, att.mode)
+        done.append(hook)
+    if done:
+        slot = dict(att.slots[other])
+        slot["hooks"] = hooks
+        att.slots[other] = slot
+    return done
+
+
 def prepare(directory: Path, att: A.Attachment, gen: int, compiled: dict[str, Compiled],
             mode: str) -> tuple[dict[str, dict], list[str]]:
     """Programs of generation ``gen`` holding ``compiled`` (one per hook);
@@ -235,6 +271,7 @@ def prepare(directory: Path, att: A.Attachment, gen: int, compiled: dict[str, Co
     A new program from the object cache is verified by the kernel while
     its maps are written."""
     TIMES.clear()
+    LOADED.clear()
     shadow.claim(directory, gen)   # before any of its maps is written
     hooks = verified_hooks(directory, att, gen)
     pending: dict[str, tuple[Shape, LoadedProgram]] = {}
@@ -244,6 +281,7 @@ def prepare(directory: Path, att: A.Attachment, gen: int, compiled: dict[str, Co
             wanted = roomy(c)
             prog = start_new(directory, gen, hook, wanted, mode)
             pending[hook] = (wanted, prog)
+            LOADED[(gen, hook)] = wanted
             hooks[hook] = {"shape": shape_json(prog.shape)}
     for hook, c in compiled.items():
         shape = shape_of(hooks[hook]["shape"])

@@ -51,10 +51,12 @@ class Shadow:
     value_size: int
     values: bytes = b""
     items: dict[bytes, bytes] | None = None
+    gen: int = 0    # the generation the map belongs to
 
 
 # map id -> its shadow
 _shadows: dict[int, Shadow] = {}
+_claimed = 0   # the generation being written (claim())
 # whether this process keeps shadows: the command server does (it writes
 # again); a command run in-process does not (it exits after one update)
 enabled = False
@@ -69,6 +71,8 @@ def claim(directory: Path, gen: int) -> bool:
     any of its maps is written; under the xtables lock); True when it was
     already the last one, so that its shadows hold. A process that keeps
     no shadows claims too: it makes the server's stale."""
+    global _claimed
+    _claimed = gen
     path = writer_file(directory, gen)
     try:
         was = path.read_text()
@@ -79,13 +83,15 @@ def claim(directory: Path, gen: int) -> bool:
         tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
         tmp.write_text(TOKEN)
         os.replace(tmp, path)
-        forget()
+        forget(gen)
     return mine
 
 
-def forget() -> None:
-    """Trust no shadow (another writer was here)."""
-    _shadows.clear()
+def forget(gen: int | None = None) -> None:
+    """Trust no shadow of generation ``gen`` (another writer was there),
+    or of any generation."""
+    for map_id in [k for k, v in _shadows.items() if gen is None or v.gen == gen]:
+        del _shadows[map_id]
 
 
 def _dense_keys(items) -> bool:
@@ -144,7 +150,7 @@ def write(fd: int, name: str, items, clear: bool) -> tuple[int, int]:
             for key in gone:
                 bpfsys.map_delete(fd, key)
             if keep and name not in MUTABLE:
-                _shadows[map_id] = Shadow(False, 0, items={})
+                _shadows[map_id] = Shadow(False, 0, items={}, gen=_claimed)
             return 0, len(gone)
         return 0, 0
     dense = _dense_keys(items) and not clear
@@ -162,7 +168,7 @@ def write(fd: int, name: str, items, clear: bool) -> tuple[int, int]:
             written = len(changes[0]) // 4
         if keep and name not in MUTABLE:
             rest = old.values[len(values):] if old is not None and old.dense else b""
-            _shadows[map_id] = Shadow(True, size, values=values + rest)
+            _shadows[map_id] = Shadow(True, size, values=values + rest, gen=_claimed)
         return written, 0
     pairs = list(items) if not isinstance(items, list) else items
     if old is not None and old.items is not None:
@@ -188,5 +194,5 @@ def write(fd: int, name: str, items, clear: bool) -> tuple[int, int]:
         written = len(changed)
     if keep and name not in MUTABLE:
         now = dict(pairs) if clear or was is None else {**was, **dict(pairs)}
-        _shadows[map_id] = Shadow(False, 0, items=now)
+        _shadows[map_id] = Shadow(False, 0, items=now, gen=_claimed)
     return written, deleted
