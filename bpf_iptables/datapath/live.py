@@ -487,19 +487,6 @@ def recover(store, att: A.Attachment) -> A.Attachment:
     return att
 
 
-def mirror_inactive(directory: Path) -> list[str]:
-    """The command server's idle step after an update that loaded new
-    programs: the same programs into the inactive generation (G.mirror),
-    recorded. The caller holds the lock. Returns the hooks loaded."""
-    att = A.read(directory)
-    if att is None:
-        return []
-    done = G.mirror(directory, att)
-    if done:
-        A.write(directory, att)
-    return done
-
-
 # -- the store of an attached namespace ------------------------------------------------
 
 class AttachedStore:

@@ -374,6 +374,7 @@ class Server:
         self.fixed_env = fixed_env(os.environ)
         self.later: list = []   # warm-up steps left for idle time (warm_later)
         self.last_env: dict[str, str] = {}   # the last request's environment
+        self.mirroring: Mirroring | None = None
 
     # the xtables lock, as the CLIs take it, noting which request holds it
     @contextmanager
@@ -538,41 +539,103 @@ class Server:
         if live.G.LOADED:
             # the lock the request took (state.lock_path() in its environment)
             lock = Path(self.last_env.get("XTABLES_LOCKFILE") or state.XT_LOCK_NAME)
-            self.later.append(lambda: self.mirror(lock))
+            self.later.append(lambda: self.mirror_start(lock))
 
-    def mirror(self, lock: Path) -> None:
-        """Load the programs the last update loaded into the other
-        generation as well (live.mirror_inactive), so that the next update
-        (which prepares that generation) is map-only: ~0.3-0.9 s at 10k
-        rules (the object cache's load and the verifier) off the first
-        update after a restore. Only if the lock is free now: a command
-        holding it is not waited for (the next update then loads them)."""
-        from . import live
+    # -- the other generation, while idle ------------------------------------------------
 
-        fd = os.open(lock, os.O_CREAT | os.O_RDONLY, 0o600)
+    def mirror_start(self, lock: Path) -> bool:
+        """Load (from the object cache, not pinned) the programs the last
+        update loaded, for the other generation (generation.mirror_plan),
+        as spares (generation.SPARE): the kernel verifies them in a thread
+        while requests are served, and an update that needs such a program
+        (the next one, which prepares that generation) takes its spare
+        rather than loading one. Without the lock: nothing shared changes
+        here."""
+        from . import attachment as A, generation as G
+
+        self.mirror_drop()
+        att = A.read(self.directory)
+        if att is None:
+            G.LOADED.clear()
+            return False
+        plan = G.mirror_plan(self.directory, att)
+        if not plan:
+            return False
+        for hook, shape in plan.items():
+            G.SPARE[(hook, G.is_tc(att.mode, hook))] = \
+                G.mirror_load(self.directory, hook, shape, att.mode)
+        self.mirroring = Mirroring(att.serial, att.active, lock, time.perf_counter())
+        self.later.append(self.mirror_finish)
+        return False
+
+    def mirror_finish(self) -> bool:
+        """Once the spares are verified and no update took them: under the
+        lock (only if free now: a command is never delayed by this), and
+        only if no update happened since mirror_start, pin them as the
+        inactive generation's programs and record them; the next update is
+        then map-only (~0.3-0.9 s at 10k rules off the first update after
+        a restore). True: not yet (asked again shortly)."""
+        from . import attachment as A, generation as G
+
+        m = self.mirroring
+        if m is None or not G.SPARE:
+            return self.mirror_drop()   # taken by an update meanwhile
+        if any(G.verifying(p) for p in G.SPARE.values()):
+            return time.perf_counter() - m.began < MIRROR_GIVE_UP or self.mirror_drop()
+        fd = os.open(m.lock, os.O_CREAT | os.O_RDONLY, 0o600)
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                live.G.LOADED.clear()
-                return
-            began = time.perf_counter()
-            done = live.mirror_inactive(self.directory)
-            if done and self.log_requests:
-                _log(f"loaded {', '.join(done)} into the inactive generation in "
-                     f"{(time.perf_counter() - began) * 1000:.1f} ms")
+                return time.perf_counter() - m.began < MIRROR_GIVE_UP or self.mirror_drop()
+            att = A.read(self.directory)
+            if att is None or att.serial != m.serial or att.active != m.active \
+                    or att.pending is not None:
+                return self.mirror_drop()   # an update came first
+            done = []
+            for (hook, _), prog in list(G.SPARE.items()):
+                try:
+                    if G.mirror_pin(self.directory, att, hook, prog):
+                        done.append(hook)
+                except OSError as exc:   # the kernel refused it: the next update loads one
+                    _log(f"mirror {hook}: {exc}")
+                    break
+            if done:
+                A.write(self.directory, att)
+                if self.log_requests:
+                    _log(f"loaded {', '.join(done)} into the inactive generation in "
+                         f"{(time.perf_counter() - m.began) * 1000:.1f} ms")
+            return self.mirror_drop()
         finally:
             os.close(fd)   # (releases the lock)
 
+    def mirror_drop(self) -> bool:
+        """Close the spares (the pins hold those mirror_finish pinned)."""
+        from . import generation as G
+
+        self.mirroring = None
+        for prog in G.SPARE.values():
+            try:
+                prog.close()
+            except OSError:
+                pass
+        G.SPARE.clear()
+        return False
+
     def warm_later(self) -> None:
-        """One step of the warm-up left for idle time (``later``): each
-        takes a fraction of a second, and a client waits at most
-        client.READY_WAIT for the server's attention."""
+        """One step of the work left for idle time (``later``): each takes
+        a fraction of a second (a client waits at most client.READY_WAIT
+        for the server's attention); a step that answers True is asked
+        again after 10 ms without a client."""
         step = self.later.pop(0)
         try:
-            step()
+            again = step()
         except Exception:
-            _log(f"warm-up: {traceback.format_exc()}")
+            _log(f"idle step: {traceback.format_exc()}")
+            again = False
+        if again:
+            self.later.append(step)
+            select.select([self.sock], [], [], 0.01)
 
     def warm(self) -> None:
         """Import what commands use and load the stored rule set before the
@@ -595,6 +658,19 @@ class Server:
 def _import_commands() -> None:
     from ..cli import iptables, restore, save  # noqa: F401
     from . import live  # noqa: F401
+
+
+MIRROR_GIVE_UP = 10.0   # seconds: programs not pinned by then are dropped
+
+
+@dataclass
+class Mirroring:
+    """Spares loaded for the inactive generation (Server.mirror_start)."""
+
+    serial: int                 # the record's when they were planned
+    active: int
+    lock: Path
+    began: float
 
 
 def _pending(sock: socket.socket) -> bool:
