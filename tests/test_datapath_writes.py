@@ -139,3 +139,22 @@ def test_the_other_generation_gets_the_new_program_while_idle(attached) -> None:
     live_maps_match_a_full_image(ns, directory)
     r = ns.run(datapath_command("status"))
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_rules_checked_before_are_checked_again_for_new_hooks(attached) -> None:
+    """The server's memo of validated rules (server.ValidatedRules): a rule
+    checked when INPUT reached its chain is checked again once OUTPUT does
+    (-m mac is refused in OUTPUT, as the kernel's checkentry does)."""
+    ns, directory = attached
+    for args in (["-N", "X"], ["-A", "X", "-m", "mac", "--mac-source", "00:11:22:33:44:55",
+                                "-j", "ACCEPT"], ["-A", "INPUT", "-j", "X"],
+                 ["-A", "INPUT", "-s", "10.1.1.1", "-j", "DROP"]):
+        served(ns, directory, args)
+    before = mark(directory)
+    r = ns.run(bpf_command("iptables", "-A", "OUTPUT", "-j", "X"))
+    assert mark(directory) not in ("", before)   # served
+    off = ns.run(bpf_command("iptables", "-A", "OUTPUT", "-j", "X"),
+                 env={"BPF_IPTABLES_SERVER": "off"})
+    assert r.returncode != 0 and (r.returncode, r.stdout, r.stderr) == \
+        (off.returncode, off.stdout, off.stderr)
+    assert "-A OUTPUT -j X" not in ns.run(bpf_command("iptables", "-S")).stdout

@@ -347,6 +347,7 @@ def fixed_env(env) -> dict[str, str]:
 def _runner(prog: str):
     if prog == "iptables":
         from ..cli.iptables import run
+        _install_validated()
     elif prog == "restore":
         from ..cli.restore import run
     elif prog == "save":
@@ -659,6 +660,15 @@ def _import_commands() -> None:
     from ..cli import iptables, restore, save  # noqa: F401
     from . import live  # noqa: F401
 
+    _install_validated()
+
+
+def _install_validated() -> None:
+    from ..cli import iptables
+
+    if not isinstance(iptables.validate_table, ValidatedRules):
+        iptables.validate_table = ValidatedRules()   # looked up at call time by apply()
+
 
 MIRROR_GIVE_UP = 10.0   # seconds: programs not pinned by then are dropped
 
@@ -696,6 +706,34 @@ def _after_attach_grace() -> None:
 
 
 ORIGINAL_LOCKED = state.locked
+
+
+class ValidatedRules:
+    """validate.validate_table for the commands the server runs: a rule
+    object checked before for the same hooks is not checked again (~12 ms
+    of an -A or -I at 10k rules went to checking 10k unchanged rules).
+    Sound because a rule is never changed in place once parsed (commands
+    replace rule objects: -R, -E), its checks depend only on the rule and
+    the hooks that reach its chain (jumps into built-in chains: names no
+    user chain can have), and the memo holds the rules it names, so their
+    ids stay theirs. Only the last table's rules are remembered."""
+
+    def __init__(self) -> None:
+        self.seen: dict[int, tuple[object, frozenset[str]]] = {}
+
+    def __call__(self, table) -> None:
+        from ..validate import chain_hooks, validate_rule
+
+        hooks = chain_hooks(table)
+        seen, now = self.seen, {}
+        for chain in table.chains.values():
+            reach = hooks[chain.name]
+            for rule in chain.rules:
+                got = seen.get(id(rule))
+                if got is None or got[0] is not rule or got[1] != reach:
+                    validate_rule(rule, reach, table)   # TableOpError: nothing remembered
+                now[id(rule)] = (rule, reach)
+        self.seen = now
 
 
 def _on_term(server: Server):
