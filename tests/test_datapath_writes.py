@@ -158,3 +158,25 @@ def test_rules_checked_before_are_checked_again_for_new_hooks(attached) -> None:
     assert r.returncode != 0 and (r.returncode, r.stdout, r.stderr) == \
         (off.returncode, off.stdout, off.stderr)
     assert "-A OUTPUT -j X" not in ns.run(bpf_command("iptables", "-S")).stdout
+
+
+ENTRY = ("import sys; sys.argv = ['bpf-iptables', {args}]; "
+         "from bpf_iptables.cli.entry import iptables; iptables()")
+
+
+def test_installed_commands_forward_before_importing_the_front_end(attached) -> None:
+    """What pyproject's bpf-iptables script runs (cli/entry.py): served,
+    importing only the client; without a server it runs here, alike."""
+    ns, directory = attached
+    served(ns, directory, ["-A", "INPUT", "-s", "10.2.2.2", "-j", "DROP"])
+    before = mark(directory)
+    code = ENTRY.format(args="'-S', 'INPUT'")
+    r = ns.run([sys.executable, "-X", "importtime", "-c", code])
+    assert r.returncode == 0 and "-A INPUT -s 10.2.2.2/32 -j DROP\n" in r.stdout, r.stderr
+    assert mark(directory) not in ("", before)
+    ours = {line.split("|")[-1].strip() for line in r.stderr.splitlines()
+            if line.startswith("import time:")}
+    assert {m for m in ours if m.startswith("bpf_iptables")} == \
+        {"bpf_iptables", "bpf_iptables.cli", "bpf_iptables.cli.client", "bpf_iptables.cli.entry"}
+    off = ns.run([sys.executable, "-c", code], env={"BPF_IPTABLES_SERVER": "off"})
+    assert (off.returncode, off.stdout) == (0, r.stdout)
