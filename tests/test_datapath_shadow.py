@@ -135,3 +135,18 @@ def test_another_writer_of_one_generation_leaves_the_others_shadows(writer):
     finally:
         for fd in fds:
             os.close(fd)
+
+
+def test_shadows_past_the_budget_are_not_kept(writer, monkeypatch):
+    monkeypatch.setattr(shadow, "BUDGET", 8 * SIZE + 10)   # one 8-row map, not two
+    fds = [bpfsys.map_create(ARRAY, 4, SIZE, 8, 0, f"shadow_b{i}") for i in (0, 1)]
+    try:
+        rows = [bytes([i]) * SIZE for i in range(8)]
+        shadow.claim(writer, 0)
+        for fd in fds:
+            assert shadow.write(fd, "src_map", dense(rows), False)[0] == 8
+        assert shadow.write(fds[0], "src_map", dense(rows), False)[0] == 0   # kept
+        assert shadow.write(fds[1], "src_map", dense(rows), False)[0] == 8   # over budget
+    finally:
+        for fd in fds:
+            os.close(fd)

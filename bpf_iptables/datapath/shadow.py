@@ -56,6 +56,23 @@ class Shadow:
 
 # map id -> its shadow
 _shadows: dict[int, Shadow] = {}
+# the bytes shadows may hold in all (they keep the images' bytes alive):
+# at 10k rules a generation's maps are ~23 MB; at 64k ~1 GB, whose big
+# maps are then written in full, as without shadows
+BUDGET = 256 << 20
+
+
+def _held() -> int:
+    return sum(len(v.values) + (len(v.items) * 64 if v.items else 0)
+               for v in _shadows.values())
+
+
+def _keep(map_id: int, shadow: Shadow) -> None:
+    """Remember ``shadow`` unless that passes BUDGET (then the map has
+    none: written in full next time)."""
+    size = len(shadow.values) + (len(shadow.items) * 64 if shadow.items else 0)
+    if _held() + size <= BUDGET:
+        _shadows[map_id] = shadow
 _claimed = 0   # the generation being written (claim())
 # whether this process keeps shadows: the command server does (it writes
 # again); a command run in-process does not (it exits after one update)
@@ -150,7 +167,7 @@ def write(fd: int, name: str, items, clear: bool) -> tuple[int, int]:
             for key in gone:
                 bpfsys.map_delete(fd, key)
             if keep and name not in MUTABLE:
-                _shadows[map_id] = Shadow(False, 0, items={}, gen=_claimed)
+                _keep(map_id, Shadow(False, 0, items={}, gen=_claimed))
             return 0, len(gone)
         return 0, 0
     dense = _dense_keys(items) and not clear
@@ -168,7 +185,7 @@ def write(fd: int, name: str, items, clear: bool) -> tuple[int, int]:
             written = len(changes[0]) // 4
         if keep and name not in MUTABLE:
             rest = old.values[len(values):] if old is not None and old.dense else b""
-            _shadows[map_id] = Shadow(True, size, values=values + rest, gen=_claimed)
+            _keep(map_id, Shadow(True, size, values=values + rest, gen=_claimed))
         return written, 0
     pairs = list(items) if not isinstance(items, list) else items
     if old is not None and old.items is not None:
@@ -194,5 +211,5 @@ def write(fd: int, name: str, items, clear: bool) -> tuple[int, int]:
         written = len(changed)
     if keep and name not in MUTABLE:
         now = dict(pairs) if clear or was is None else {**was, **dict(pairs)}
-        _shadows[map_id] = Shadow(False, 0, items=now, gen=_claimed)
+        _keep(map_id, Shadow(False, 0, items=now, gen=_claimed))
     return written, deleted
