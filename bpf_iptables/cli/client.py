@@ -3,9 +3,10 @@
 A command in an attached namespace is handed to the server, which holds
 the rule set, compiled classifiers and map images in memory and runs the
 very same ``run()`` in-process; this process only forwards and waits. It
-must decide cheaply: only the standard library's socket, os, sys and
-array are imported here (never the model, bcc, numpy or lark), and a
-namespace without a server costs one refused ``connect()``.
+must decide cheaply: only the standard library's _socket (the C module:
+``socket`` adds enum and selectors, ~5 ms), os, sys and array are
+imported here (never the model, bcc, numpy or lark), and a namespace
+without a server costs one refused ``connect()``.
 
 Protocol (one command per connection, on the abstract unix socket of the
 namespace, which no other network namespace can reach):
@@ -32,9 +33,9 @@ the rerun resolves before running) -> run it here; changed -> it was
 applied: say so on stderr and exit 0."""
 from __future__ import annotations
 
+import _socket
 import array
 import os
-import socket
 import sys
 
 SOCKET_NAME = b"\0bpf-iptables"
@@ -70,9 +71,9 @@ def encode(prog: str, argv: list[str], request_id: str) -> bytes:
     return b"\0".join(words)
 
 
-def _connect() -> socket.socket | None:
+def _connect() -> _socket.socket | None:
     try:
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_SEQPACKET)
     except OSError:
         return None
     try:
@@ -80,7 +81,7 @@ def _connect() -> socket.socket | None:
         s.connect(socket_name())
         # only root's server is trusted with a root command (anyone in the
         # namespace could bind the name first)
-        uid = int.from_bytes(s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)[4:8],
+        uid = int.from_bytes(s.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, 12)[4:8],
                              sys.byteorder)
         if uid != 0 or s.recv(1) != b"R":
             s.close()
@@ -113,7 +114,7 @@ def forward(prog: str, argv: list[str] | None = None) -> None:
         s.settimeout(None)   # from here on the command may wait for the lock (-w)
         try:
             s.sendmsg([encode(prog, argv, request_id)],
-                      [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds.tobytes())])
+                      [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fds.tobytes())])
         except OSError:   # not sent (e.g. a closed stdout: EBADF): nothing was done
             return
         try:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import attachment as A
-from . import bpfsys
+from . import bpfsys, shadow
 from .compiler import Compiled, Shape, fill_unused, max_steps, pow2_at_least
 from .image import map_image, u32
 
@@ -178,12 +178,18 @@ def start_new(directory: Path, gen: int, hook: str, shape: Shape, mode: str,
                              ct_dir=str(A.ns_pins(directory) / "conntrack"))
     except Exception as exc:  # bcc reports compile/verifier errors as Exception
         raise LoadError(str(exc)) from None
+    pin_maps(directory, gen, hook, prog)
+    return prog
+
+
+def pin_maps(directory: Path, gen: int, hook: str, prog: "LoadedProgram") -> None:
+    """``prog``'s maps as the generation's ``hook`` (what was pinned there
+    before removed)."""
     d = hook_dir(directory, gen, hook)
     shutil.rmtree(d, ignore_errors=True)
     d.mkdir(parents=True, mode=0o700)
     for name, fd in prog.map_fds().items():
         bpfsys.obj_pin(fd, str(d / name))
-    return prog
 
 
 def finish_new(directory: Path, gen: int, hook: str, prog: "LoadedProgram") -> dict:
@@ -198,23 +204,112 @@ def finish_new(directory: Path, gen: int, hook: str, prog: "LoadedProgram") -> d
 def load_new(directory: Path, gen: int, hook: str, shape: Shape, mode: str) -> dict:
     """Compile (or load from the cache) a classifier for ``shape`` and pin
     it with its maps."""
-    return finish_new(directory, gen, hook,
-                      start_new(directory, gen, hook, shape, mode, background=False))
+    prog = start_new(directory, gen, hook, shape, mode, background=False)
+    try:
+        return finish_new(directory, gen, hook, prog)
+    finally:
+        prog.close()   # the pins hold it (a long-lived process must not)
+
+
+# the last prepare's split (seconds): building the images, writing them;
+# and how many elements were written (live.py adds them to its STEPS)
+TIMES: dict[str, float] = {}
 
 
 def write_maps(directory: Path, gen: int, hook: str, c: Compiled, shape: Shape) -> None:
+    """The image of ``c`` into the generation's maps, only what differs
+    from what they hold where this process knows it (shadow.py)."""
     d = hook_dir(directory, gen, hook)
-    for image in map_image(c, shape):
+    began = time.perf_counter()
+    images = map_image(c, shape)
+    built = time.perf_counter()
+    written = 0
+    for image in images:
         fd = bpfsys.obj_get(str(d / image.name))
         try:
-            if image.clear:
-                keep = {k for k, _ in image.items}
-                for key in bpfsys.map_keys(fd, len(image.items[0][0])):
-                    if key not in keep:
-                        bpfsys.map_delete(fd, key)
-            bpfsys.map_update_many(fd, image.items)
+            written += shadow.write(fd, image.name, image.items, image.clear)[0]
         finally:
             os.close(fd)
+    done = time.perf_counter()
+    TIMES["image"] = TIMES.get("image", 0.0) + built - began
+    TIMES["write"] = TIMES.get("write", 0.0) + done - built
+    TIMES["elements"] = TIMES.get("elements", 0) + written
+
+
+# programs the command server loaded while idle (mirror_load), not pinned
+# yet: (hook, tc) -> program; prepare() takes one whose shape covers the
+# compiled one instead of loading its own (the verifier may be done)
+SPARE: dict[tuple[str, bool], "LoadedProgram"] = {}
+
+# the shapes this process's last prepare() loaded new programs for:
+# (generation, hook) -> the shape asked for (the command server loads the
+# same into the other generation while idle: mirror_plan() and after)
+LOADED: dict[tuple[int, str], Shape] = {}
+
+
+def mirror_plan(directory: Path, att: A.Attachment) -> dict[str, Shape]:
+    """What to load into the inactive generation: the shapes the active one
+    was given new programs for by this process's last prepare() (LOADED),
+    where the inactive generation's program does not cover them and the
+    object cache has the program (never a bcc compile here: shapes with
+    maps pinned by path are compiled by bcc, so they are left out).
+    Updates alternate between the generations, so the next update would
+    otherwise load (and verify) that program itself."""
+    from .program import object_key
+    from . import objcache
+
+    wanted = {hook: shape for (gen, hook), shape in LOADED.items() if gen == att.active}
+    LOADED.clear()
+    if att.pending is not None:
+        return {}
+    have = att.slots[1 - att.active].get("hooks", {})
+    plan = {}
+    for hook, shape in wanted.items():
+        info = have.get(hook)
+        if info is not None and shape_of(info["shape"]).covers(shape):
+            continue
+        if "ctstate" in shape.fields or shape.nlogs or shape.nhashlimits or shape.nrecent \
+                or shape.nsets:
+            continue
+        if objcache.lookup(object_key(shape, is_tc(att.mode, hook))) is not None:
+            plan[hook] = shape
+    return plan
+
+
+def mirror_load(directory: Path, hook: str, shape: Shape, mode: str) -> "LoadedProgram":
+    """A program of ``plan``'s shape from the object cache, not pinned, the
+    kernel verifying it in a thread (``verifying()``); nothing recorded."""
+    from .program import LoadedProgram
+
+    return LoadedProgram(shape, tc=is_tc(mode, hook), background=True,
+                         ct_dir=str(A.ns_pins(directory) / "conntrack"))
+
+
+def verifying(prog: "LoadedProgram") -> bool:
+    """Whether the kernel still verifies a program loaded in the background
+    (objcache.Loaded's thread)."""
+    thread = getattr(prog._loaded, "_thread", None)
+    return thread is not None and thread.is_alive()
+
+
+def mirror_pin(directory: Path, att: A.Attachment, hook: str, prog: "LoadedProgram") -> bool:
+    """Pin ``prog`` (loaded by mirror_load) and its maps as the inactive
+    generation's ``hook``, recorded in ``att`` with its slot off (the
+    caller writes the record, under the lock it holds). False, changing
+    nothing, when the inactive generation covers the shape by now. Its
+    maps are empty: the next update writes them in full (no shadow knows
+    them)."""
+    other = 1 - att.active
+    hooks = verified_hooks(directory, att, other)
+    have = hooks.get(hook)
+    if have is not None and shape_of(have["shape"]).covers(prog.shape):
+        return False
+    pin_maps(directory, other, hook, prog)
+    hooks[hook] = finish_new(directory, other, hook, prog)
+    slot = dict(att.slots[other])
+    slot["hooks"] = hooks
+    att.slots[other] = slot
+    return True
 
 
 def prepare(directory: Path, att: A.Attachment, gen: int, compiled: dict[str, Compiled],
@@ -224,29 +319,47 @@ def prepare(directory: Path, att: A.Attachment, gen: int, compiled: dict[str, Co
     needed a new program. Raises LoadError (bcc) or OSError (bpf(2)).
     A new program from the object cache is verified by the kernel while
     its maps are written."""
+    TIMES.clear()
+    LOADED.clear()
+    shadow.claim(directory, gen)   # before any of its maps is written
     hooks = verified_hooks(directory, att, gen)
     pending: dict[str, tuple[Shape, LoadedProgram]] = {}
-    for hook, c in compiled.items():
-        have = hooks.get(hook)
-        if have is None or not shape_of(have["shape"]).covers(c.shape):
-            wanted = roomy(c)
-            prog = start_new(directory, gen, hook, wanted, mode)
-            pending[hook] = (wanted, prog)
-            hooks[hook] = {"shape": shape_json(prog.shape)}
-    for hook, c in compiled.items():
-        shape = shape_of(hooks[hook]["shape"])
-        fit(c, shape)
-        write_maps(directory, gen, hook, c, shape)
-    for hook, (wanted, prog) in pending.items():
-        try:
-            hooks[hook] = finish_new(directory, gen, hook, prog)
-        except OSError:
-            # the kernel refused the cached program (the entry is rebuilt by
-            # this load): new maps, written again
-            hooks[hook] = load_new(directory, gen, hook, wanted, mode)
+    try:
+        for hook, c in compiled.items():
+            have = hooks.get(hook)
+            if have is None or not shape_of(have["shape"]).covers(c.shape):
+                spare = SPARE.pop((hook, is_tc(mode, hook)), None)
+                if spare is not None and spare.shape.covers(c.shape):
+                    # loaded (and maybe verified) by the server while idle
+                    wanted, prog = spare.shape, spare
+                    pin_maps(directory, gen, hook, prog)
+                else:
+                    if spare is not None:
+                        spare.close()
+                    wanted = roomy(c)
+                    prog = start_new(directory, gen, hook, wanted, mode)
+                pending[hook] = (wanted, prog)
+                LOADED[(gen, hook)] = wanted
+                hooks[hook] = {"shape": shape_json(prog.shape)}
+        for hook, c in compiled.items():
             shape = shape_of(hooks[hook]["shape"])
-            fit(compiled[hook], shape)
-            write_maps(directory, gen, hook, compiled[hook], shape)
+            fit(c, shape)
+            write_maps(directory, gen, hook, c, shape)
+        for hook, (wanted, prog) in pending.items():
+            try:
+                hooks[hook] = finish_new(directory, gen, hook, prog)
+            except OSError:
+                # the kernel refused the cached program (the entry is rebuilt by
+                # this load): new maps, written again
+                hooks[hook] = load_new(directory, gen, hook, wanted, mode)
+                shape = shape_of(hooks[hook]["shape"])
+                fit(compiled[hook], shape)
+                write_maps(directory, gen, hook, compiled[hook], shape)
+    finally:
+        # the pins hold what was pinned: the command server (a process that
+        # stays) kept every program it loaded, and its maps, alive before
+        for _, prog in pending.values():
+            prog.close()
     for hook in hooks:
         hooks[hook]["on"] = hook in compiled
     return hooks, list(pending)

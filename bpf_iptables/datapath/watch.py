@@ -709,6 +709,29 @@ class Daemon:
                 self.check()
 
 
+SERVER_LISTEN_WAIT = 2.0   # seconds attach waits at most for the command server
+
+
+def server_listening(wait: float) -> bool:
+    """Whether the namespace's command server listens (its abstract socket
+    in /proc/net/unix, which lists this network namespace's sockets),
+    waiting up to ``wait`` seconds for it."""
+    from ..cli import client
+
+    name = b"@" + client.socket_name()[1:]
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            with open("/proc/net/unix", "rb") as f:
+                if any(line.rstrip(b"\n").split(b" ")[-1] == name for line in f):
+                    return True
+        except OSError:
+            return False
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.01)
+
+
 def _daemon_main(directory: Path, ready_fd: int) -> int:
     if os.fork():
         os._exit(0)   # the session leader goes: the daemon can never get a terminal
@@ -719,6 +742,10 @@ def _daemon_main(directory: Path, ready_fd: int) -> int:
         return 1
     daemon = Daemon(directory)   # subscribed before "ready": no event is missed
     daemon.write_pid()
+    # the command server first, listening before "ready": a command sent as
+    # soon as attach returns (a restore) is served, not run in-process
+    daemon.supervise()
+    server_listening(SERVER_LISTEN_WAIT)
     os.write(ready_fd, b"ready\n")
     os.close(ready_fd)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)

@@ -1,0 +1,215 @@
+"""Write a generation's maps by difference: only the elements whose bytes
+differ from what the map already holds.
+
+Why: an update rewrote every map of the inactive generation (about 23 MB
+at 10k rules) although one rule changed; most rows of most tables are
+the same bytes as the generation's last write. A long-lived writer (the
+command server) keeps, per map, a *shadow* of the bytes it last wrote
+there, and writes only the rows that differ from it. The generation
+being prepared was last written two updates ago, so the difference also
+carries the change it missed (the one the other generation got): the
+shadow is what the map holds, not what the last update changed.
+
+When the shadow is trusted:
+- it is keyed by the map's kernel id (a map made anew, by a new program
+  or a new attach, has none: written in full);
+- every writer of a generation's maps first names itself in the
+  generation's writer file (``gen-G.writer`` in the namespace's state
+  directory) under the xtables lock; a shadow is used only while that
+  file still names this process's token, so a write by any other process
+  (a command run in-process, the watcher's resync child) makes every
+  shadow of that generation stale;
+- a write that fails part way drops the map's shadow (a batch may have
+  written some elements);
+- maps the program itself writes (``MUTABLE``: the limit buckets) are
+  always written in full, which restarts them as a table replace does.
+
+Rows are compared with numpy (imported by the image already): the whole
+image is compared, and only rows that differ reach the kernel, in one
+batch per map."""
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import bpfsys
+
+# maps the classifier writes (lib/limit.h keeps its token buckets there)
+MUTABLE = frozenset({"limit_map"})
+TOKEN = f"{os.getpid()}-{secrets.token_hex(8)}"
+
+
+@dataclass
+class Shadow:
+    """What one map holds, as this process last wrote it: either the
+    values of keys 0..n-1 of an array (``dense``) back to back, or key ->
+    value."""
+
+    dense: bool
+    value_size: int
+    values: bytes = b""
+    items: dict[bytes, bytes] | None = None
+    gen: int = 0    # the generation the map belongs to
+
+
+# map id -> its shadow
+_shadows: dict[int, Shadow] = {}
+# the bytes shadows may hold in all (they keep the images' bytes alive):
+# at 10k rules a generation's maps are ~23 MB; at 64k ~1 GB, whose big
+# maps are then written in full, as without shadows
+BUDGET = 256 << 20
+
+
+def _held() -> int:
+    return sum(len(v.values) + (len(v.items) * 64 if v.items else 0)
+               for v in _shadows.values())
+
+
+def _keep(map_id: int, shadow: Shadow) -> None:
+    """Remember ``shadow`` unless that passes BUDGET (then the map has
+    none: written in full next time)."""
+    size = len(shadow.values) + (len(shadow.items) * 64 if shadow.items else 0)
+    if _held() + size <= BUDGET:
+        _shadows[map_id] = shadow
+_claimed = 0   # the generation being written (claim())
+# whether this process keeps shadows: the command server does (it writes
+# again); a command run in-process does not (it exits after one update)
+enabled = False
+
+
+def writer_file(directory: Path, gen: int) -> Path:
+    return directory / f"gen-{gen}.writer"
+
+
+def claim(directory: Path, gen: int) -> bool:
+    """Name this process as the last writer of generation ``gen`` (before
+    any of its maps is written; under the xtables lock); True when it was
+    already the last one, so that its shadows hold. A process that keeps
+    no shadows claims too: it makes the server's stale."""
+    global _claimed
+    _claimed = gen
+    path = writer_file(directory, gen)
+    try:
+        was = path.read_text()
+    except OSError:
+        was = ""
+    mine = was == TOKEN
+    if not mine:
+        tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+        tmp.write_text(TOKEN)
+        os.replace(tmp, path)
+        forget(gen)
+    return mine
+
+
+def forget(gen: int | None = None) -> None:
+    """Trust no shadow of generation ``gen`` (another writer was there),
+    or of any generation."""
+    for map_id in [k for k, v in _shadows.items() if gen is None or v.gen == gen]:
+        del _shadows[map_id]
+
+
+def _dense_keys(items) -> bool:
+    return bool(getattr(items, "dense", False))
+
+
+def _rows(blob: bytes, size: int):
+    import numpy as np
+
+    if size % 8 == 0:
+        return np.frombuffer(blob, np.uint64).reshape(-1, size // 8)
+    if size % 4 == 0:
+        return np.frombuffer(blob, np.uint32).reshape(-1, size // 4)
+    return np.frombuffer(blob, np.uint8).reshape(-1, size)
+
+
+def _dense_changes(old: Shadow, values: bytes, size: int) -> tuple[bytes, bytes] | None:
+    """Keys and values (back to back) of the rows of ``values`` that
+    differ from the shadow's; None when all of them do."""
+    import numpy as np
+
+    n = len(values) // size
+    m = len(old.values) // size
+    common = min(n, m)
+    if common == 0:
+        return None
+    new_rows, old_rows = _rows(values, size), _rows(old.values, size)
+    differ = (new_rows[:common] != old_rows[:common]).any(axis=1)
+    index = np.flatnonzero(differ)
+    if n > m:
+        index = np.concatenate([index, np.arange(m, n)])
+    if len(index) == n:
+        return None
+    index = index.astype(np.uint32)
+    raw = np.frombuffer(values, np.uint8).reshape(n, size)
+    return index.tobytes(), raw[index].tobytes()
+
+
+def _update_rows(fd: int, size: int, keys: bytes, values: bytes) -> None:
+    if not bpfsys.map_update_packed(fd, 4, size, keys, values):
+        bpfsys.map_update_many(fd, [(keys[i * 4:i * 4 + 4], values[i * size:(i + 1) * size])
+                                    for i in range(len(keys) // 4)])
+
+
+def write(fd: int, name: str, items, clear: bool) -> tuple[int, int]:
+    """Write ``items`` (pairs or an image.Packed) into the map ``fd``
+    named ``name`` of a generation claim()ed first; with ``clear``, keys
+    not in ``items`` are deleted. Returns (elements written, deleted)."""
+    keep = enabled
+    map_id = bpfsys.obj_id(fd) if keep else 0
+    old = _shadows.pop(map_id, None) if keep and name not in MUTABLE else None
+    if not items:
+        if clear:
+            gone = list(old.items) if old is not None and old.items is not None \
+                else bpfsys.map_keys(fd, bpfsys.map_info(fd).key_size)
+            for key in gone:
+                bpfsys.map_delete(fd, key)
+            if keep and name not in MUTABLE:
+                _keep(map_id, Shadow(False, 0, items={}, gen=_claimed))
+            return 0, len(gone)
+        return 0, 0
+    dense = _dense_keys(items) and not clear
+    written = deleted = 0
+    if dense:
+        size = items.value_size
+        values = items.joined()[1]
+        changes = _dense_changes(old, values, size) \
+            if old is not None and old.dense and old.value_size == size else None
+        if changes is None:
+            bpfsys.map_update_many(fd, items)
+            written = len(items)
+        elif changes[0]:
+            _update_rows(fd, size, *changes)
+            written = len(changes[0]) // 4
+        if keep and name not in MUTABLE:
+            rest = old.values[len(values):] if old is not None and old.dense else b""
+            _keep(map_id, Shadow(True, size, values=values + rest, gen=_claimed))
+        return written, 0
+    pairs = list(items) if not isinstance(items, list) else items
+    if old is not None and old.items is not None:
+        was = old.items
+        changed = [(k, v) for k, v in pairs if was.get(k) != v]
+        if clear:
+            now_keys = {k for k, _ in pairs}
+            gone = [k for k in was if k not in now_keys]
+        else:
+            gone = []
+    else:
+        was = None
+        changed = pairs
+        gone = []
+        if clear:
+            keep_keys = {k for k, _ in pairs}
+            gone = [k for k in bpfsys.map_keys(fd, len(pairs[0][0])) if k not in keep_keys]
+    for key in gone:
+        bpfsys.map_delete(fd, key)
+    deleted = len(gone)
+    if changed:
+        bpfsys.map_update_many(fd, changed)
+        written = len(changed)
+    if keep and name not in MUTABLE:
+        now = dict(pairs) if clear or was is None else {**was, **dict(pairs)}
+        _keep(map_id, Shadow(False, 0, items=now, gen=_claimed))
+    return written, deleted
