@@ -17,6 +17,7 @@ slots of this generation are filled (``fill_slots``) and the active word
 flipped (``flip``)."""
 from __future__ import annotations
 
+import copy
 import ctypes
 import os
 import shutil
@@ -34,6 +35,11 @@ if TYPE_CHECKING:
     from .program import LoadedProgram
 
 HOOK_INDEX = {"INPUT": 0, "FORWARD": 1, "OUTPUT": 2}
+# XDP modes: INPUT built for TC as well, for the host's own looped-back
+# multicast/broadcast copies that only TC ingress can classify
+# (bpf/lib/loopback.h); tc_loop_root calls it from tc_slots' INPUT slot,
+# which the XDP modes leave free. Its rule counts are INPUT's (live.read_live).
+LOOPED = "LOOPED"
 ACTIVE_ROUTE = 2
 _libc = ctypes.CDLL(None, use_errno=True)
 SYS_MEMBARRIER, MEMBARRIER_CMD_GLOBAL = 324, 1
@@ -48,8 +54,18 @@ def hook_dir(directory: Path, gen: int, hook: str) -> Path:
 
 
 def is_tc(mode: str, hook: str) -> bool:
-    """OUTPUT always runs at TC egress; INPUT and FORWARD at TC ingress in tc mode."""
-    return hook == "OUTPUT" or mode == "tc"
+    """OUTPUT always runs at TC egress; INPUT and FORWARD at TC ingress in tc
+    mode; the looped copies' INPUT at TC ingress."""
+    return hook in ("OUTPUT", LOOPED) or mode == "tc"
+
+
+def with_looped(compiled: dict[str, Compiled], mode: str) -> dict[str, Compiled]:
+    """The classifiers a generation holds: ``compiled``, plus in the XDP
+    modes INPUT's chain once more for TC (a shallow copy: preparing fits
+    its shape to its own program's)."""
+    if mode == "tc":
+        return compiled
+    return {**compiled, LOOPED: copy.copy(compiled["INPUT"])}
 
 
 def shape_json(shape: Shape) -> dict:
@@ -280,7 +296,10 @@ def fill_slots(directory: Path, gen: int, hooks: dict[str, dict], mode: str) -> 
     root = A.ns_pins(directory) / "root"
     arrays = {name: bpfsys.obj_get(str(root / name)) for name in ("xdp_slots", "tc_slots")}
     try:
-        for hook, index in HOOK_INDEX.items():
+        slots = dict(HOOK_INDEX)
+        if mode != "tc":
+            slots[LOOPED] = HOOK_INDEX["INPUT"]   # tc_slots' INPUT slot is free then
+        for hook, index in slots.items():
             arr = arrays["tc_slots" if is_tc(mode, hook) else "xdp_slots"]
             key = u32(gen * 3 + index)
             if hook in hooks and hooks[hook]["on"]:

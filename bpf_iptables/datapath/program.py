@@ -389,7 +389,8 @@ class Roots:
     (one module, so both roots share that one map). From the object cache
     when it has them (no bcc), else compiled by bcc and cached."""
 
-    FUNCTIONS = {"xdp_root": XDP, "tc_ingress_root": SCHED_CLS, "tc_egress_root": SCHED_CLS}
+    FUNCTIONS = {"xdp_root": XDP, "tc_ingress_root": SCHED_CLS, "tc_egress_root": SCHED_CLS,
+                 "tc_loop_root": SCHED_CLS}
     MAPS = ("active_map", "xdp_slots", "tc_slots")
 
     def __init__(self, functions: list[str]):
