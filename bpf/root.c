@@ -92,8 +92,8 @@ static __always_inline int ingress_hook(void *ctx, void *data, void *data_end, u
  * the frame is classified here: native XDP never sees looped copies. */
 static __always_inline int xdp_leave_looped(struct xdp_md *ctx)
 {
-	if (!loop_shaped((void *)(long)ctx->data, (void *)(long)ctx->data_end,
-			 bpf_xdp_get_buff_len(ctx)))
+	u32 total = loop_shaped((void *)(long)ctx->data, (void *)(long)ctx->data_end);
+	if (!total || total != bpf_xdp_get_buff_len(ctx))
 		return 0;
 	if (bpf_xdp_adjust_meta(ctx, -(int)sizeof(u32)))
 		return 0;

@@ -31,21 +31,19 @@
 /* XDP metadata word of a frame the XDP root left to TC ingress */
 #define LOOP_TAG 0x6c6f6f70u	/* "loop" */
 
-/* Does the frame data..data_end (len bytes in all, fragments included)
- * start with a complete IPv4 header whose total length is the frame's
- * length and whose checksum holds? Every looped copy does (its header
- * was finished by ip_local_out() before the clone); an Ethernet frame
- * does only when its destination MAC begins 4X:..:LL:LL with LL:LL the
- * frame's length and its first 20-60 bytes happen to sum to a valid IP
- * checksum. */
-static __always_inline int loop_shaped(const u8 *p, const void *data_end, u32 len)
+/* When the frame data..data_end starts with a complete IPv4 header whose
+ * checksum holds: its total length, which the caller compares with the
+ * frame's whole length; else 0. Every looped copy has that shape (its
+ * header was finished by ip_local_out() before the clone); an Ethernet
+ * frame has it only when its destination MAC begins 4X:..:LL:LL with
+ * LL:LL the frame's length and its first 20-60 bytes happen to sum to a
+ * valid IP checksum. Most frames leave at the first byte. */
+static __always_inline u32 loop_shaped(const u8 *p, const void *data_end)
 {
 	if ((const void *)(p + 20) > data_end)
 		return 0;
 	u32 v = p[0];
 	if ((v >> 4) != 4 || (v & 0xF) < 5)
-		return 0;
-	if ((((u32)p[2] << 8) | p[3]) != len)
 		return 0;
 	u32 words = (v & 0xF) * 2;
 	u32 sum = 0;
@@ -59,7 +57,7 @@ static __always_inline int loop_shaped(const u8 *p, const void *data_end, u32 le
 	}
 	sum = (sum & 0xFFFF) + (sum >> 16);
 	sum = (sum & 0xFFFF) + (sum >> 16);
-	return sum == 0xFFFF;
+	return sum == 0xFFFF ? (((u32)p[2] << 8) | p[3]) : 0;
 }
 
 #endif

@@ -71,6 +71,11 @@ def attach(directory: Path, mode: str, name: str, ifindex: int) -> int:
     done: list[Path] = []
     try:
         for suffix, root, attach_type in hooks_for(mode):
+            if suffix == "loop" and not (root_dir(directory) / root).exists():
+                # attached before looped copies were classified: the other
+                # roots as before; status names the missing link (exit 1)
+                # until the namespace is attached again
+                continue
             try:
                 fd = _link(directory, root, ifindex, attach_type,
                            flags if attach_type == bpfsys.BPF_XDP else 0)
