@@ -218,19 +218,33 @@ def load_new(directory: Path, gen: int, hook: str, shape: Shape, mode: str) -> d
                       start_new(directory, gen, hook, shape, mode, background=False))
 
 
-def write_maps(directory: Path, gen: int, hook: str, c: Compiled, shape: Shape) -> None:
-    d = hook_dir(directory, gen, hook)
+def write_maps(directory: Path, gen: int, hook: str, c: Compiled, shape: Shape,
+               also: tuple[str, ...] = ()) -> None:
+    """The image of ``c`` into ``hook``'s maps, and into those of the hooks
+    ``also`` (same shape, same contents: each image is built once)."""
+    dirs = [hook_dir(directory, gen, h) for h in (hook, *also)]
     for image in map_image(c, shape):
-        fd = bpfsys.obj_get(str(d / image.name))
-        try:
-            if image.clear:
-                keep = {k for k, _ in image.items}
-                for key in bpfsys.map_keys(fd, len(image.items[0][0])):
-                    if key not in keep:
-                        bpfsys.map_delete(fd, key)
-            bpfsys.map_update_many(fd, image.items)
-        finally:
-            os.close(fd)
+        for d in dirs:
+            fd = bpfsys.obj_get(str(d / image.name))
+            try:
+                if image.clear:
+                    keep = {k for k, _ in image.items}
+                    for key in bpfsys.map_keys(fd, len(image.items[0][0])):
+                        if key not in keep:
+                            bpfsys.map_delete(fd, key)
+                bpfsys.map_update_many(fd, image.items)
+            finally:
+                os.close(fd)
+
+
+def twins(hooks: dict[str, dict], compiled: dict[str, Compiled]) -> dict[str, tuple[str, ...]]:
+    """INPUT -> (LOOPED,) when the looped copies' classifier has INPUT's
+    shape: it holds INPUT's chain, so its maps get INPUT's image (built
+    once per update, not twice)."""
+    if LOOPED in compiled and "INPUT" in compiled and \
+            hooks[LOOPED]["shape"] == hooks["INPUT"]["shape"]:
+        return {"INPUT": (LOOPED,)}
+    return {}
 
 
 def prepare(directory: Path, att: A.Attachment, gen: int, compiled: dict[str, Compiled],
@@ -249,10 +263,14 @@ def prepare(directory: Path, att: A.Attachment, gen: int, compiled: dict[str, Co
             prog = start_new(directory, gen, hook, wanted, mode)
             pending[hook] = (wanted, prog)
             hooks[hook] = {"shape": shape_json(prog.shape)}
+    shared = twins(hooks, compiled)
+    written = {h for hs in shared.values() for h in hs}
     for hook, c in compiled.items():
+        if hook in written:
+            continue
         shape = shape_of(hooks[hook]["shape"])
         fit(c, shape)
-        write_maps(directory, gen, hook, c, shape)
+        write_maps(directory, gen, hook, c, shape, shared.get(hook, ()))
     for hook, (wanted, prog) in pending.items():
         try:
             hooks[hook] = finish_new(directory, gen, hook, prog)
