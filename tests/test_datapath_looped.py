@@ -139,6 +139,9 @@ def test_own_multicast_and_broadcast_copies_as_iptables_legacy(mode):
         assert r.returncode == 0, r.stderr
         status = ours.server.run(datapath_command("status"))
         assert status.returncode == 0, status.stdout + status.stderr
+        if mode != "tc":
+            # INPUT's TC build next to the XDP root, linked on every interface
+            assert "INPUT (looped copies) program" in status.stdout, status.stdout
 
         want = own_sends(legacy.server)
         assert want == {"multicast": 3, "broadcast": 3}
