@@ -256,7 +256,13 @@ BPF_PERCPU_ARRAY(counter_map, struct counter, NCOUNTERS);
 /* -m limit (lib/limit.h): per entry its rule's bucket (0: no limit), the
  * buckets (slot 0 unused), shared by all CPUs */
 BPF_ARRAY(entry_limit_map, u32, NENTRIES);
+#ifdef LIMIT_PIN
+/* the looped copies' INPUT (TC build, lib/loopback.h) takes its tokens
+ * from INPUT's own buckets: netfilter has one per rule */
+BPF_TABLE_PINNED("array", u32, struct limit_state, limit_map, NLIMITS, LIMIT_PIN);
+#else
 BPF_ARRAY(limit_map, struct limit_state, NLIMITS);
+#endif
 #endif
 #if NHASHLIMITS
 /* -m hashlimit (lib/hashlimit.h): per entry its rule's table (0: none);

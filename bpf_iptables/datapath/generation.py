@@ -181,6 +181,12 @@ def verified_hooks(directory: Path, att: A.Attachment, gen: int) -> dict[str, di
     return hooks
 
 
+def limit_pin(directory: Path, gen: int, hook: str) -> str | None:
+    """The looped copies' INPUT takes -m limit's tokens from INPUT's
+    buckets (one per rule, as netfilter): their pinned map."""
+    return str(hook_dir(directory, gen, "INPUT") / "limit_map") if hook == LOOPED else None
+
+
 def start_new(directory: Path, gen: int, hook: str, shape: Shape, mode: str,
               background: bool = True) -> "LoadedProgram":
     """A classifier for ``shape`` with its maps pinned; from the object
@@ -191,7 +197,8 @@ def start_new(directory: Path, gen: int, hook: str, shape: Shape, mode: str,
 
     try:
         prog = LoadedProgram(shape, tc=is_tc(mode, hook), background=background,
-                             ct_dir=str(A.ns_pins(directory) / "conntrack"))
+                             ct_dir=str(A.ns_pins(directory) / "conntrack"),
+                             limit_pin=limit_pin(directory, gen, hook))
     except Exception as exc:  # bcc reports compile/verifier errors as Exception
         raise LoadError(str(exc)) from None
     d = hook_dir(directory, gen, hook)
@@ -258,7 +265,10 @@ def prepare(directory: Path, att: A.Attachment, gen: int, compiled: dict[str, Co
     pending: dict[str, tuple[Shape, LoadedProgram]] = {}
     for hook, c in compiled.items():
         have = hooks.get(hook)
-        if have is None or not shape_of(have["shape"]).covers(c.shape):
+        # a new INPUT program has new limit buckets, which the looped
+        # copies' program must open (limit_pin)
+        renew = hook == LOOPED and "INPUT" in pending and c.shape.nlimits > 0
+        if have is None or renew or not shape_of(have["shape"]).covers(c.shape):
             wanted = roomy(c)
             prog = start_new(directory, gen, hook, wanted, mode)
             pending[hook] = (wanted, prog)
@@ -281,6 +291,15 @@ def prepare(directory: Path, att: A.Attachment, gen: int, compiled: dict[str, Co
             shape = shape_of(hooks[hook]["shape"])
             fit(compiled[hook], shape)
             write_maps(directory, gen, hook, compiled[hook], shape)
+            if hook == "INPUT" and LOOPED in pending and compiled[LOOPED].shape.nlimits:
+                # INPUT's new buckets: the looped copies' program is loaded
+                # after it (its finish below) would hold the old ones
+                pending[LOOPED][1].close()
+                again = start_new(directory, gen, LOOPED, pending[LOOPED][0], mode,
+                                  background=False)
+                pending[LOOPED] = (pending[LOOPED][0], again)
+                fit(compiled[LOOPED], again.shape)
+                write_maps(directory, gen, LOOPED, compiled[LOOPED], again.shape)
     for hook in hooks:
         hooks[hook]["on"] = hook in compiled
     return hooks, list(pending)
