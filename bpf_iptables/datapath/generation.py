@@ -266,8 +266,11 @@ def prepare(directory: Path, att: A.Attachment, gen: int, compiled: dict[str, Co
     for hook, c in compiled.items():
         have = hooks.get(hook)
         # a new INPUT program has new limit buckets, which the looped
-        # copies' program must open (limit_pin)
-        renew = hook == LOOPED and "INPUT" in pending and c.shape.nlimits > 0
+        # copies' program must open (limit_pin) if it has buckets at all
+        # (its loaded shape: a rule set without limits may be followed by
+        # one with, map-only)
+        renew = (hook == LOOPED and "INPUT" in pending and have is not None
+                 and shape_of(have["shape"]).nlimits > 0)
         if have is None or renew or not shape_of(have["shape"]).covers(c.shape):
             wanted = roomy(c)
             prog = start_new(directory, gen, hook, wanted, mode)
@@ -291,7 +294,7 @@ def prepare(directory: Path, att: A.Attachment, gen: int, compiled: dict[str, Co
             shape = shape_of(hooks[hook]["shape"])
             fit(compiled[hook], shape)
             write_maps(directory, gen, hook, compiled[hook], shape)
-            if hook == "INPUT" and LOOPED in pending and compiled[LOOPED].shape.nlimits:
+            if hook == "INPUT" and LOOPED in pending and pending[LOOPED][0].nlimits:
                 # INPUT's new buckets: the looped copies' program is loaded
                 # after it (its finish below) would hold the old ones
                 pending[LOOPED][1].close()
