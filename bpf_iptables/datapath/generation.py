@@ -263,23 +263,30 @@ def prepare(directory: Path, att: A.Attachment, gen: int, compiled: dict[str, Co
     its maps are written."""
     hooks = verified_hooks(directory, att, gen)
     pending: dict[str, tuple[Shape, LoadedProgram]] = {}
+    # the looped copies' program with limit buckets opens INPUT's pinned
+    # ones (limit_pin): loaded once INPUT's program, and so its maps, is
+    # final (a cached INPUT refused by the kernel is loaded again, new maps)
+    later: Shape | None = None
     for hook, c in compiled.items():
         have = hooks.get(hook)
         # a new INPUT program has new limit buckets, which the looped
-        # copies' program must open (limit_pin) if it has buckets at all
-        # (its loaded shape: a rule set without limits may be followed by
-        # one with, map-only)
+        # copies' program must open if it has buckets at all (its loaded
+        # shape: a rule set without limits may be followed by one with,
+        # map-only)
         renew = (hook == LOOPED and "INPUT" in pending and have is not None
                  and shape_of(have["shape"]).nlimits > 0)
         if have is None or renew or not shape_of(have["shape"]).covers(c.shape):
             wanted = roomy(c)
+            if hook == LOOPED and wanted.nlimits:
+                later = wanted
+                continue
             prog = start_new(directory, gen, hook, wanted, mode)
             pending[hook] = (wanted, prog)
             hooks[hook] = {"shape": shape_json(prog.shape)}
-    shared = twins(hooks, compiled)
+    shared = twins(hooks, compiled) if later is None else {}
     written = {h for hs in shared.values() for h in hs}
     for hook, c in compiled.items():
-        if hook in written:
+        if hook in written or (hook == LOOPED and later is not None):
             continue
         shape = shape_of(hooks[hook]["shape"])
         fit(c, shape)
@@ -294,18 +301,16 @@ def prepare(directory: Path, att: A.Attachment, gen: int, compiled: dict[str, Co
             shape = shape_of(hooks[hook]["shape"])
             fit(compiled[hook], shape)
             write_maps(directory, gen, hook, compiled[hook], shape)
-            if hook == "INPUT" and LOOPED in pending and pending[LOOPED][0].nlimits:
-                # INPUT's new buckets: the looped copies' program is loaded
-                # after it (its finish below) would hold the old ones
-                pending[LOOPED][1].close()
-                again = start_new(directory, gen, LOOPED, pending[LOOPED][0], mode,
-                                  background=False)
-                pending[LOOPED] = (pending[LOOPED][0], again)
-                fit(compiled[LOOPED], again.shape)
-                write_maps(directory, gen, LOOPED, compiled[LOOPED], again.shape)
+    new = list(pending)
+    if later is not None:
+        hooks[LOOPED] = load_new(directory, gen, LOOPED, later, mode)
+        shape = shape_of(hooks[LOOPED]["shape"])
+        fit(compiled[LOOPED], shape)
+        write_maps(directory, gen, LOOPED, compiled[LOOPED], shape)
+        new.append(LOOPED)
     for hook in hooks:
         hooks[hook]["on"] = hook in compiled
-    return hooks, list(pending)
+    return hooks, new
 
 
 def write_counters(directory: Path, gen: int, values: dict[str, dict[int, tuple[int, int]]],
