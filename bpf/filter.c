@@ -115,6 +115,23 @@ static __always_inline void ct_stat(u32 slot)
 #define CTX_IFINDEX(ctx) ((ctx)->ingress_ifindex)
 #define RET(v) (v)
 #endif
+/* -- looped copies (lib/loopback.h) -- LOOPED(ctx): the packet is the
+ * host's own multicast/broadcast copy (TC ingress only: the root gave it
+ * a zeroed Ethernet header; XDP never classifies one) */
+#include "lib/loopback.h"
+#if HOOK_TC
+#define LOOPED(ctx) ((ctx)->pkt_type == PACKET_LOOPBACK_TYPE)
+#else
+#define LOOPED(ctx) 0
+#endif
+/* xt_pkttype on PACKET_LOOPBACK: multicast for a multicast destination,
+ * else broadcast */
+static __always_inline u32 looped_pkttype(u32 daddr)
+{
+	return (bpf_ntohl(daddr) >> 28) == 0xE ? PACKET_MULTICAST : PACKET_BROADCAST;
+}
+/* LOG event flag: no MAC header (logger.py prints what nf_log does) */
+#define LOG_LOOPED 0x100
 #include "lib/reject.h"
 /* REJECT replies through OUTPUT (--mode tc): the hand-over and exits */
 #include "lib/reject_out.h"
@@ -243,7 +260,13 @@ BPF_PERCPU_ARRAY(counter_map, struct counter, NCOUNTERS);
 /* -m limit (lib/limit.h): per entry its rule's bucket (0: no limit), the
  * buckets (slot 0 unused), shared by all CPUs */
 BPF_ARRAY(entry_limit_map, u32, NENTRIES);
+#ifdef LIMIT_PIN
+/* the looped copies' INPUT (TC build, lib/loopback.h) takes its tokens
+ * from INPUT's own buckets: netfilter has one per rule */
+BPF_TABLE_PINNED("array", u32, struct limit_state, limit_map, NLIMITS, LIMIT_PIN);
+#else
 BPF_ARRAY(limit_map, struct limit_state, NLIMITS);
+#endif
 #endif
 #if NHASHLIMITS
 /* -m hashlimit (lib/hashlimit.h): per entry its rule's table (0: none);
@@ -436,7 +459,7 @@ static __always_inline void log_packet(CTX_TYPE *ctx, u32 e, u32 wire,
 	ev->mark = 0;
 #endif
 	ev->level = li->level;
-	ev->flags = li->flags;
+	ev->flags = li->flags | (LOOPED(ctx) ? LOG_LOOPED : 0);
 	ev->oif = 0;
 	if (li->hook == 1) {
 		/* FORWARD's OUT=: the route the kernel takes (as FORWARD's
@@ -771,6 +794,9 @@ int xdp_filter(CTX_TYPE *ctx)
 	struct packet_fields pf = {};
 	if (parse_packet(data, data_end, &pf, wire_len) != PARSE_OK)
 		return RET_OUT(ctx, XDP_PASS);
+	u32 looped = LOOPED(ctx);
+	if (looped)
+		pf.pkttype = looped_pkttype(pf.daddr);
 
 	u32 zero = 0;
 	struct config *cfg = config_map.lookup(&zero);
@@ -798,7 +824,7 @@ int xdp_filter(CTX_TYPE *ctx)
 		else
 #endif
 		ct_track(data, data_end, &pf, cts,
-			 ctx->ingress_ifindex == CT_LO_IFINDEX && pf.src_mac == 0);
+			 (ctx->ingress_ifindex == CT_LO_IFINDEX && pf.src_mac == 0) || looped);
 		/* fast path: the first entry accepts on the conntrack slot
 		 * alone (e.g. --ctstate ESTABLISHED,RELATED -j ACCEPT): no
 		 * other field, no scan; counted as that rule */
@@ -957,7 +983,8 @@ int xdp_filter(CTX_TYPE *ctx)
 	}
 #endif
 #if FIELD_MAC
-	u64 mkey = CTX_IFINDEX(ctx) == LOOPBACK_IFINDEX ? MAC_NONE : pf.src_mac;
+	/* a looped copy has no MAC header: xt_mac never matches, as on lo */
+	u64 mkey = (CTX_IFINDEX(ctx) == LOOPBACK_IFINDEX || looped) ? MAC_NONE : pf.src_mac;
 	struct bitvector *f_mac = mac_map.lookup(&mkey);
 	if (!f_mac) {
 		mkey = MAC_OTHER;
@@ -1251,6 +1278,9 @@ int xdp_filter(CTX_TYPE *ctx)
 	}
 #endif
 	if (verdict != VERDICT_CONTINUE) {
+		if ((verdict & VERDICT_REJECT) && looped)
+			return RET_OUT(ctx, XDP_DROP);	/* sent with a broadcast or multicast
+						 * route: the kernel answers no copy */
 		if (verdict & VERDICT_REJECT) {
 #if REPLY_MODE
 			/* OUTPUT rejecting a REJECT reply: no reply to an

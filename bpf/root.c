@@ -26,6 +26,7 @@
 #include <uapi/linux/ip.h>
 #include <uapi/linux/in.h>
 #include <uapi/linux/pkt_cls.h>
+#include "lib/loopback.h"
 
 #define AF_INET 2
 #define ACTIVE_GEN 1u
@@ -83,8 +84,78 @@ static __always_inline int ingress_hook(void *ctx, void *data, void *data_end, u
 	return -1;
 }
 
+/* -- looped copies (lib/loopback.h) ------------------------------------ */
+
+/* A frame that starts like a bare IPv4 datagram (a looped copy, which only
+ * generic XDP sees) is left to TC ingress, tagged in the metadata;
+ * returns 1 when it is. Without metadata (a native driver that has none)
+ * the frame is classified here: native XDP never sees looped copies. */
+static __always_inline int xdp_leave_looped(struct xdp_md *ctx)
+{
+	u32 total = loop_shaped((void *)(long)ctx->data, (void *)(long)ctx->data_end);
+	if (!total || total != bpf_xdp_get_buff_len(ctx))
+		return 0;
+	if (bpf_xdp_adjust_meta(ctx, -(int)sizeof(u32)))
+		return 0;
+	u32 *meta = (void *)(long)ctx->data_meta;
+	if ((void *)(meta + 1) > (void *)(long)ctx->data)
+		return 0;
+	*meta = LOOP_TAG;
+	return 1;
+}
+
+/* A PACKET_LOOPBACK IPv4 packet through INPUT (the TC build, slot
+ * base + HOOK_INPUT), with a zeroed Ethernet header pushed so that the
+ * classifier reads it as a frame (the kernel's TC ingress pulls it again
+ * when the program returns). It is always INPUT's: a looped copy is
+ * delivered locally by the route it was sent with. */
+static __always_inline int tc_looped_input(struct __sk_buff *skb, u32 base)
+{
+	if (skb->protocol != bpf_htons(ETH_P_IP))
+		return TC_ACT_OK;
+	if (bpf_skb_change_head(skb, ETH_HLEN, 0))
+		return TC_ACT_SHOT;	/* no memory: fail closed */
+	u16 proto = bpf_htons(ETH_P_IP);
+	if (bpf_skb_store_bytes(skb, 12, &proto, sizeof(proto), 0))
+		return TC_ACT_SHOT;
+	tc_slots.call(skb, base + HOOK_INPUT);
+	return TC_ACT_OK;	/* an empty slot (before the first switch): passes */
+}
+
+/* XDP modes: TC ingress next to the XDP root, for what XDP cannot
+ * classify: looped copies (skb->pkt_type PACKET_LOOPBACK) and frames the
+ * XDP root left here because they looked like one (LOOP_TAG). Everything
+ * else passes at once. */
+int tc_loop_root(struct __sk_buff *skb)
+{
+	u32 word;
+	if (skb->pkt_type == PACKET_LOOPBACK_TYPE) {
+		word = active_word();
+		return tc_looped_input(skb, (word & ACTIVE_GEN) * 3);
+	}
+	u32 *meta = (void *)(long)skb->data_meta;
+	void *data = (void *)(long)skb->data;
+	if ((void *)(meta + 1) > data || *meta != LOOP_TAG)
+		return TC_ACT_OK;
+	/* a received Ethernet frame that XDP did not classify: INPUT here;
+	 * this mode has no FORWARD classifier at TC, so one the host would
+	 * forward is dropped (fail closed: only a frame built to look like a
+	 * bare datagram gets here, see loop_shaped()) */
+	word = active_word();
+	int hook = HOOK_INPUT;
+	if (word & ACTIVE_ROUTE)
+		hook = ingress_hook(skb, data, (void *)(long)skb->data_end, skb->ifindex);
+	if (hook == HOOK_FORWARD)
+		return TC_ACT_SHOT;
+	if (hook == HOOK_INPUT)
+		tc_slots.call(skb, (word & ACTIVE_GEN) * 3 + HOOK_INPUT);
+	return TC_ACT_OK;
+}
+
 int xdp_root(struct xdp_md *ctx)
 {
+	if (xdp_leave_looped(ctx))
+		return XDP_PASS;
 	u32 word = active_word();
 	u32 base = (word & ACTIVE_GEN) * 3;
 	int hook = HOOK_INPUT;
@@ -101,6 +172,8 @@ int tc_ingress_root(struct __sk_buff *skb)
 {
 	u32 word = active_word();
 	u32 base = (word & ACTIVE_GEN) * 3;
+	if (skb->pkt_type == PACKET_LOOPBACK_TYPE)
+		return tc_looped_input(skb, base);	/* no Ethernet header */
 	int hook = HOOK_INPUT;
 	if (word & ACTIVE_ROUTE)
 		hook = ingress_hook(skb, (void *)(long)skb->data, (void *)(long)skb->data_end,

@@ -72,9 +72,11 @@ def test_attach_status_detach():
         assert sorted(os.listdir(base)) == ["gen-0", "link", "root"]
         assert {"prog", "counter_map", "self_map", "entry_map", "live_map", "dport_map"} <= \
             set(os.listdir(f"{pins}/input"))
-        assert sorted(os.listdir(f"{base}/root")) == ["active_map", "tc_egress_root", "tc_slots",
+        assert sorted(os.listdir(f"{base}/root")) == ["active_map", "tc_egress_root",
+                                                     "tc_loop_root", "tc_slots",
                                                      "xdp_root", "xdp_slots"]
-        assert sorted(os.listdir(f"{base}/link")) == ["1-egress", "1-xdp", "2-egress", "2-xdp"]
+        assert sorted(os.listdir(f"{base}/link")) == ["1-egress", "1-loop", "1-xdp",
+                                                     "2-egress", "2-loop", "2-xdp"]
         r = s.run(datapath_command("status"))
         assert r.returncode == 0 and "s0 ifindex 2 xdpgeneric ok" in r.stdout, r.stdout
         # the same state seen through nsenter (host mounts, not ip netns exec's)
@@ -290,15 +292,16 @@ def test_output_program_comes_and_goes_with_its_rules():
     with topology("dpo") as t:
         s = t.server
         assert s.run(datapath_command("attach")).returncode == 0
-        assert set(live_hooks(record(s))) == {"INPUT"}
+        # LOOPED: INPUT's TC build for the host's own looped copies (XDP modes)
+        assert set(live_hooks(record(s))) == {"INPUT", "LOOPED"}
         assert s.bpf_iptables("-A", "OUTPUT", "-p", "udp", "--dport", "5003", "-j",
                               "DROP").returncode == 0
-        assert set(live_hooks(record(s))) == {"INPUT", "OUTPUT"}
+        assert set(live_hooks(record(s))) == {"INPUT", "LOOPED", "OUTPUT"}
         r = s.run(datapath_command("status"))
         assert r.returncode == 0 and "OUTPUT program" in r.stdout and "s0 egress ok" in r.stdout
         assert udp(t, 5003, 2, reverse=True) == 0 and udp(t, 5004, 2, reverse=True) == 2
         assert s.bpf_iptables("-F", "OUTPUT").returncode == 0
-        assert set(live_hooks(record(s))) == {"INPUT"}
+        assert set(live_hooks(record(s))) == {"INPUT", "LOOPED"}
         assert udp(t, 5003, 2, reverse=True) == 2
 
 

@@ -17,6 +17,7 @@ slots of this generation are filled (``fill_slots``) and the active word
 flipped (``flip``)."""
 from __future__ import annotations
 
+import copy
 import ctypes
 import os
 import shutil
@@ -34,6 +35,11 @@ if TYPE_CHECKING:
     from .program import LoadedProgram
 
 HOOK_INDEX = {"INPUT": 0, "FORWARD": 1, "OUTPUT": 2}
+# XDP modes: INPUT built for TC as well, for the host's own looped-back
+# multicast/broadcast copies that only TC ingress can classify
+# (bpf/lib/loopback.h); tc_loop_root calls it from tc_slots' INPUT slot,
+# which the XDP modes leave free. Its rule counts are INPUT's (live.read_live).
+LOOPED = "LOOPED"
 ACTIVE_ROUTE = 2
 _libc = ctypes.CDLL(None, use_errno=True)
 SYS_MEMBARRIER, MEMBARRIER_CMD_GLOBAL = 324, 1
@@ -48,8 +54,18 @@ def hook_dir(directory: Path, gen: int, hook: str) -> Path:
 
 
 def is_tc(mode: str, hook: str) -> bool:
-    """OUTPUT always runs at TC egress; INPUT and FORWARD at TC ingress in tc mode."""
-    return hook == "OUTPUT" or mode == "tc"
+    """OUTPUT always runs at TC egress; INPUT and FORWARD at TC ingress in tc
+    mode; the looped copies' INPUT at TC ingress."""
+    return hook in ("OUTPUT", LOOPED) or mode == "tc"
+
+
+def with_looped(compiled: dict[str, Compiled], mode: str) -> dict[str, Compiled]:
+    """The classifiers a generation holds: ``compiled``, plus in the XDP
+    modes INPUT's chain once more for TC (a shallow copy: preparing fits
+    its shape to its own program's)."""
+    if mode == "tc":
+        return compiled
+    return {**compiled, LOOPED: copy.copy(compiled["INPUT"])}
 
 
 def shape_json(shape: Shape) -> dict:
@@ -165,6 +181,12 @@ def verified_hooks(directory: Path, att: A.Attachment, gen: int) -> dict[str, di
     return hooks
 
 
+def limit_pin(directory: Path, gen: int, hook: str) -> str | None:
+    """The looped copies' INPUT takes -m limit's tokens from INPUT's
+    buckets (one per rule, as netfilter): their pinned map."""
+    return str(hook_dir(directory, gen, "INPUT") / "limit_map") if hook == LOOPED else None
+
+
 def start_new(directory: Path, gen: int, hook: str, shape: Shape, mode: str,
               background: bool = True) -> "LoadedProgram":
     """A classifier for ``shape`` with its maps pinned; from the object
@@ -175,7 +197,8 @@ def start_new(directory: Path, gen: int, hook: str, shape: Shape, mode: str,
 
     try:
         prog = LoadedProgram(shape, tc=is_tc(mode, hook), background=background,
-                             ct_dir=str(A.ns_pins(directory) / "conntrack"))
+                             ct_dir=str(A.ns_pins(directory) / "conntrack"),
+                             limit_pin=limit_pin(directory, gen, hook))
     except Exception as exc:  # bcc reports compile/verifier errors as Exception
         raise LoadError(str(exc)) from None
     pin_maps(directory, gen, hook, prog)
@@ -216,20 +239,24 @@ def load_new(directory: Path, gen: int, hook: str, shape: Shape, mode: str) -> d
 TIMES: dict[str, float] = {}
 
 
-def write_maps(directory: Path, gen: int, hook: str, c: Compiled, shape: Shape) -> None:
-    """The image of ``c`` into the generation's maps, only what differs
-    from what they hold where this process knows it (shadow.py)."""
-    d = hook_dir(directory, gen, hook)
+def write_maps(directory: Path, gen: int, hook: str, c: Compiled, shape: Shape,
+               also: tuple[str, ...] = ()) -> None:
+    """The image of ``c`` into the generation's maps of ``hook`` and of the
+    hooks ``also`` (same shape, same contents: each image is built once),
+    only what differs from what they hold where this process knows it
+    (shadow.py)."""
+    dirs = [hook_dir(directory, gen, h) for h in (hook, *also)]
     began = time.perf_counter()
     images = map_image(c, shape)
     built = time.perf_counter()
     written = 0
     for image in images:
-        fd = bpfsys.obj_get(str(d / image.name))
-        try:
-            written += shadow.write(fd, image.name, image.items, image.clear)[0]
-        finally:
-            os.close(fd)
+        for d in dirs:
+            fd = bpfsys.obj_get(str(d / image.name))
+            try:
+                written += shadow.write(fd, image.name, image.items, image.clear)[0]
+            finally:
+                os.close(fd)
     done = time.perf_counter()
     TIMES["image"] = TIMES.get("image", 0.0) + built - began
     TIMES["write"] = TIMES.get("write", 0.0) + done - built
@@ -312,6 +339,16 @@ def mirror_pin(directory: Path, att: A.Attachment, hook: str, prog: "LoadedProgr
     return True
 
 
+def twins(hooks: dict[str, dict], compiled: dict[str, Compiled]) -> dict[str, tuple[str, ...]]:
+    """INPUT -> (LOOPED,) when the looped copies' classifier has INPUT's
+    shape: it holds INPUT's chain, so its maps get INPUT's image (built
+    once per update, not twice)."""
+    if LOOPED in compiled and "INPUT" in compiled and \
+            hooks[LOOPED]["shape"] == hooks["INPUT"]["shape"]:
+        return {"INPUT": (LOOPED,)}
+    return {}
+
+
 def prepare(directory: Path, att: A.Attachment, gen: int, compiled: dict[str, Compiled],
             mode: str) -> tuple[dict[str, dict], list[str]]:
     """Programs of generation ``gen`` holding ``compiled`` (one per hook);
@@ -324,11 +361,23 @@ def prepare(directory: Path, att: A.Attachment, gen: int, compiled: dict[str, Co
     shadow.claim(directory, gen)   # before any of its maps is written
     hooks = verified_hooks(directory, att, gen)
     pending: dict[str, tuple[Shape, LoadedProgram]] = {}
+    # the looped copies' program with limit buckets opens INPUT's pinned
+    # ones (limit_pin): loaded once INPUT's program, and so its maps, is
+    # final (a cached INPUT refused by the kernel is loaded again, new maps)
+    later: Shape | None = None
     try:
         for hook, c in compiled.items():
             have = hooks.get(hook)
-            if have is None or not shape_of(have["shape"]).covers(c.shape):
-                spare = SPARE.pop((hook, is_tc(mode, hook)), None)
+            # a new INPUT program has new limit buckets, which the looped
+            # copies' program must open if it has buckets at all (its loaded
+            # shape: a rule set without limits may be followed by one with,
+            # map-only)
+            renew = (hook == LOOPED and "INPUT" in pending and have is not None
+                     and shape_of(have["shape"]).nlimits > 0)
+            if have is None or renew or not shape_of(have["shape"]).covers(c.shape):
+                # no spare for the looped copies' program (it may need
+                # INPUT's limit buckets, see `later`)
+                spare = SPARE.pop((hook, is_tc(mode, hook)), None) if hook != LOOPED else None
                 if spare is not None and spare.shape.covers(c.shape):
                     # loaded (and maybe verified) by the server while idle
                     wanted, prog = spare.shape, spare
@@ -337,14 +386,22 @@ def prepare(directory: Path, att: A.Attachment, gen: int, compiled: dict[str, Co
                     if spare is not None:
                         spare.close()
                     wanted = roomy(c)
+                    if hook == LOOPED and wanted.nlimits:
+                        later = wanted
+                        continue
                     prog = start_new(directory, gen, hook, wanted, mode)
                 pending[hook] = (wanted, prog)
-                LOADED[(gen, hook)] = wanted
+                if hook != LOOPED:
+                    LOADED[(gen, hook)] = wanted
                 hooks[hook] = {"shape": shape_json(prog.shape)}
+        shared = twins(hooks, compiled) if later is None else {}
+        written = {h for hs in shared.values() for h in hs}
         for hook, c in compiled.items():
+            if hook in written or (hook == LOOPED and later is not None):
+                continue
             shape = shape_of(hooks[hook]["shape"])
             fit(c, shape)
-            write_maps(directory, gen, hook, c, shape)
+            write_maps(directory, gen, hook, c, shape, shared.get(hook, ()))
         for hook, (wanted, prog) in pending.items():
             try:
                 hooks[hook] = finish_new(directory, gen, hook, prog)
@@ -360,9 +417,16 @@ def prepare(directory: Path, att: A.Attachment, gen: int, compiled: dict[str, Co
         # stays) kept every program it loaded, and its maps, alive before
         for _, prog in pending.values():
             prog.close()
+    new = list(pending)
+    if later is not None:
+        hooks[LOOPED] = load_new(directory, gen, LOOPED, later, mode)
+        shape = shape_of(hooks[LOOPED]["shape"])
+        fit(compiled[LOOPED], shape)
+        write_maps(directory, gen, LOOPED, compiled[LOOPED], shape)
+        new.append(LOOPED)
     for hook in hooks:
         hooks[hook]["on"] = hook in compiled
-    return hooks, list(pending)
+    return hooks, new
 
 
 def write_counters(directory: Path, gen: int, values: dict[str, dict[int, tuple[int, int]]],
@@ -395,7 +459,10 @@ def fill_slots(directory: Path, gen: int, hooks: dict[str, dict], mode: str,
     root = A.ns_pins(directory) / "root"
     arrays = {name: bpfsys.obj_get(str(root / name)) for name in ("xdp_slots", "tc_slots")}
     try:
-        for hook, index in HOOK_INDEX.items():
+        slots = dict(HOOK_INDEX)
+        if mode != "tc":
+            slots[LOOPED] = HOOK_INDEX["INPUT"]   # tc_slots' INPUT slot is free then
+        for hook, index in slots.items():
             arr = arrays["tc_slots" if is_tc(mode, hook) else "xdp_slots"]
             key = u32(gen * 3 + index)
             if hook in hooks and hooks[hook]["on"]:

@@ -26,6 +26,9 @@ MODES = {"xdp": XDP_FLAGS_DRV_MODE, "xdpgeneric": XDP_FLAGS_SKB_MODE, "tc": 0}
 INGRESS_XDP = ("xdp", "xdp_root", bpfsys.BPF_XDP)
 INGRESS_TC = ("ingress", "tc_ingress_root", bpfsys.BPF_TCX_INGRESS)
 EGRESS = ("egress", "tc_egress_root", bpfsys.BPF_TCX_EGRESS)
+# XDP modes: TC ingress for the host's own looped-back multicast/broadcast
+# copies, which XDP cannot classify (bpf/lib/loopback.h)
+INGRESS_LOOP = ("loop", "tc_loop_root", bpfsys.BPF_TCX_INGRESS)
 
 
 def link_dir(directory: Path) -> Path:
@@ -37,7 +40,14 @@ def root_dir(directory: Path) -> Path:
 
 
 def hooks_for(mode: str) -> list[tuple[str, str, int]]:
-    return [INGRESS_TC if mode == "tc" else INGRESS_XDP, EGRESS]
+    if mode == "tc":
+        return [INGRESS_TC, EGRESS]   # tc_ingress_root sees looped copies itself
+    return [INGRESS_XDP, INGRESS_LOOP, EGRESS]
+
+
+def root_functions(mode: str) -> list[str]:
+    """The root programs (bpf/root.c) a mode attaches."""
+    return [root for _, root, _ in hooks_for(mode)]
 
 
 class AttachError(OSError):
@@ -61,6 +71,11 @@ def attach(directory: Path, mode: str, name: str, ifindex: int) -> int:
     done: list[Path] = []
     try:
         for suffix, root, attach_type in hooks_for(mode):
+            if suffix == "loop" and not (root_dir(directory) / root).exists():
+                # attached before looped copies were classified: the other
+                # roots as before; status names the missing link (exit 1)
+                # until the namespace is attached again
+                continue
             try:
                 fd = _link(directory, root, ifindex, attach_type,
                            flags if attach_type == bpfsys.BPF_XDP else 0)

@@ -174,6 +174,11 @@ def read_live(directory: Path, att: A.Attachment) -> Counts:
     """The live generation's counters, plus the record's carry (what the
     previous generation counted between the last read and the switch)."""
     out = G.read_counters(directory, att.active, att.live_hooks(), att.ncounters)
+    looped = att.slots[att.active].get("hooks", {}).get(G.LOOPED)
+    if looped and looped["on"] and "INPUT" in out:
+        # the looped copies' INPUT (TC) counts as INPUT: same rules, same slots
+        extra = G.read_counters(directory, att.active, [G.LOOPED], att.ncounters)[G.LOOPED]
+        out["INPUT"] = [(a[0] + b[0], a[1] + b[1]) for a, b in zip(out["INPUT"], extra)]
     for hook, slots in att.carry.items():
         v = out.get(hook)
         if v is not None:
@@ -368,7 +373,7 @@ def update(store, att: A.Attachment, ruleset: RuleSet, carried: dict[int, int],
     quiesce(att)
     clock("quiesce")
     try:
-        hooks, _ = G.prepare(directory, att, gen, compiled, att.mode)
+        hooks, _ = G.prepare(directory, att, gen, G.with_looped(compiled, att.mode), att.mode)
         clock("prepare")
         for what, value in G.TIMES.items():   # the split, and elements written ("#")
             STEPS["prepare:" + what + ("#" if what == "elements" else "")] = value
@@ -417,8 +422,10 @@ def update(store, att: A.Attachment, ruleset: RuleSet, carried: dict[int, int],
             now = read_live(directory, att)
             delta = {h: [(n[0] - b[0], n[1] - b[1]) for n, b in zip(now[h], base[h])]
                      for h in now}
-        G.write_counters(directory, gen, initial_counters(list(compiled), compiled["INPUT"],
-                                                          table, carried, delta), ncounters)
+        values = initial_counters(list(compiled), compiled["INPUT"], table, carried, delta)
+        if G.LOOPED in hooks:
+            values[G.LOOPED] = {}   # zeroed: INPUT's program holds the counts so far
+        G.write_counters(directory, gen, values, ncounters)
     except OSError as exc:
         raise DatapathError(f"cannot write the eBPF program's counters: {exc}") from None
     clock("counters")
@@ -567,7 +574,7 @@ def load_roots(directory: Path, mode: str) -> dict[str, int]:
     from .program import Roots
     from . import bpfsys
 
-    functions = ["tc_ingress_root" if mode == "tc" else "xdp_root", "tc_egress_root"]
+    functions = links.root_functions(mode)
     try:
         roots = Roots(functions)
     except Exception as exc:  # bcc

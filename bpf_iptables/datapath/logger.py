@@ -33,6 +33,7 @@ XT_LOG_TCPSEQ, XT_LOG_TCPOPT, XT_LOG_IPOPT, XT_LOG_UID, XT_LOG_MACDECODE = 1, 2,
 ETH_HLEN = 14
 LOOPBACK_IFINDEX = 1
 # struct log_event (bpf/lib/log.h): eight u32, prefix[32], data[256]
+LOG_LOOPED = 0x100   # event flag (bpf/filter.c): a looped multicast/broadcast copy
 EVENT = struct.Struct("<8I32s")   # hook ifindex mark level flags wire cap oif, prefix
 LOG_CAP = 256
 # ICMP types whose header the kernel wants whole before decoding (required_len[])
@@ -99,6 +100,16 @@ def _name(ifname, index: int) -> str:
 def mac_header(ev: Event, frame: bytes) -> str:
     """dump_mac_header(): decoded on Ethernet devices with --log-macdecode,
     else the raw hard header (14 bytes on Ethernet and on lo)."""
+    if ev.flags & LOG_LOOPED:
+        # a looped copy (bpf/lib/loopback.h) has no MAC header: its MAC
+        # header pointer is the IP header's, which --log-macdecode decodes
+        # as Ethernet and the raw dump shows as nothing; the event's frame
+        # carries a zeroed Ethernet header in front of the IP header
+        ip = frame[ETH_HLEN:]
+        if ev.flags & XT_LOG_MACDECODE and len(ip) >= ETH_HLEN:
+            return (f"MACSRC={mac(ip[6:12])} MACDST={mac(ip[0:6])} "
+                    f"MACPROTO={struct.unpack_from('!H', ip, 12)[0]:04x} ")
+        return "MAC= "
     if ev.flags & XT_LOG_MACDECODE and ev.ifindex != LOOPBACK_IFINDEX:
         return (f"MACSRC={mac(frame[6:12])} MACDST={mac(frame[0:6])} "
                 f"MACPROTO={struct.unpack_from('!H', frame, 12)[0]:04x} ")

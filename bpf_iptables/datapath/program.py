@@ -45,7 +45,8 @@ def functions(shape: Shape) -> list[str]:
             + ([RECENT_FUNCTION] if shape.nrecent else []))
 
 
-def cflags(shape: Shape, tc: bool = False, ct_dir: str | None = None) -> list[str]:
+def cflags(shape: Shape, tc: bool = False, ct_dir: str | None = None,
+           limit_pin: str | None = None) -> list[str]:
     flags = [f"-I{BPF_DIR}", f"-DHOOK_TC={int(tc)}",
              f"-DNWORDS={shape.nwords}", f"-DNENTRIES={shape.nentries}",
              f"-DNCOUNTERS={shape.ncounters}", f"-DSTEPS={shape.steps}"]
@@ -67,6 +68,9 @@ def cflags(shape: Shape, tc: bool = False, ct_dir: str | None = None) -> list[st
         from ..extensions.limit import CREDITS_PER_JIFFY
 
         flags.append(f"-DLIMIT_CREDITS_PER_JIFFY={CREDITS_PER_JIFFY}")
+        if limit_pin:
+            # another program's buckets (the looped copies' INPUT shares INPUT's)
+            flags.append(f'-DLIMIT_PIN="{limit_pin}"')
     if shape.nlogs and ct_dir:
         # LOG's ring and loss counter: the namespace's, next to conntrack's
         flags.append(f'-DLOG_PIN_DIR="{log_dir(ct_dir)}"')
@@ -194,7 +198,8 @@ class LoadedProgram:
     compiled by bcc (and then cached)."""
 
     def __init__(self, shape: Shape, debug: int = 0, tc: bool = False,
-                 background: bool = False, ct_dir: str | None = None):
+                 background: bool = False, ct_dir: str | None = None,
+                 limit_pin: str | None = None):
         """``tc``: a TC (cls_bpf/tcx) program, not XDP: OUTPUT at egress, and
         INPUT/FORWARD at ingress in --mode tc (the interface field is
         skb->ifindex, the device the packet is on either way).
@@ -225,6 +230,9 @@ class LoadedProgram:
         # conntrack table, LOG ring, hashlimit and recent tables, sets
         pinned = bool(ct_dir) and (tracked or bool(shape.nlogs) or bool(shape.nhashlimits)
                                    or bool(shape.nrecent) or bool(shape.nsets))
+        # limit_pin: -m limit's buckets are the pinned map of another program
+        limit_pin = limit_pin if shape.nlimits else None
+        pinned = pinned or bool(limit_pin)
         start = time.monotonic()
         # the raw loader would make private ones: programs with pinned maps
         # are always compiled
@@ -240,7 +248,7 @@ class LoadedProgram:
             self._loaded = hit[0]
         else:
             self._loaded, steps = self._compile(shape, tc, debug, key,
-                                                ct_dir if pinned else None)
+                                                ct_dir if pinned else None, limit_pin)
         self.shape = replace(shape, steps=steps, scan=shape.scan_steps)
         self.maps = self._loaded.maps
         self._fd = -1
@@ -269,13 +277,15 @@ class LoadedProgram:
 
     @staticmethod
     def _compile(shape: Shape, tc: bool, debug: int, key: str | None,
-                 ct_dir: str | None = None) -> tuple[objcache.Loaded, int]:
+                 ct_dir: str | None = None, limit_pin: str | None = None
+                 ) -> tuple[objcache.Loaded, int]:
         from bcc import BPF  # imported late: only a cache miss needs bcc
 
         steps = shape.steps
         while True:
             bpf = BPF(src_file=str(SOURCE).encode(),
-                      cflags=cflags(replace(shape, steps=steps), tc, ct_dir), debug=debug)
+                      cflags=cflags(replace(shape, steps=steps), tc, ct_dir, limit_pin),
+                      debug=debug)
             try:
                 with _stderr_kept_back() as kept:
                     bpf.load_func(FUNCTION.encode(), BPF.SCHED_CLS if tc else BPF.XDP)
@@ -389,7 +399,8 @@ class Roots:
     (one module, so both roots share that one map). From the object cache
     when it has them (no bcc), else compiled by bcc and cached."""
 
-    FUNCTIONS = {"xdp_root": XDP, "tc_ingress_root": SCHED_CLS, "tc_egress_root": SCHED_CLS}
+    FUNCTIONS = {"xdp_root": XDP, "tc_ingress_root": SCHED_CLS, "tc_egress_root": SCHED_CLS,
+                 "tc_loop_root": SCHED_CLS}
     MAPS = ("active_map", "xdp_slots", "tc_slots")
 
     def __init__(self, functions: list[str]):

@@ -44,6 +44,9 @@ def report(directory: Path) -> tuple[list[str], bool]:
         if info and info["on"]:
             where = ("TC ingress" if att.mode == "tc" else "XDP") if hook != "OUTPUT" else "TC egress"
             out.append(f"{hook} program {info['prog_id']} at {where}")
+    looped = hooks.get(G.LOOPED)
+    if looped and looped["on"]:
+        out.append(f"INPUT (looped copies) program {looped['prog_id']} at TC ingress")
     found = bridges.links()
     here = bridges.attachable(found)
     ports = bridges.bridge_ports(found)

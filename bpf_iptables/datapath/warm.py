@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from ..model import Table
+from . import links
 from .compiler import Shape
 from .generation import is_tc, roomy
 from .program import LoadedProgram, Roots
@@ -28,12 +29,15 @@ def shapes_of(table: Table) -> list[tuple[Shape, bool]]:
     the default (xdpgeneric) mode."""
     from .live import compile_all
 
-    return [(roomy(c), is_tc("xdpgeneric", hook)) for hook, c in compile_all(table, LO).items()]
+    from .generation import with_looped
+
+    return [(roomy(c), is_tc("xdpgeneric", hook))
+            for hook, c in with_looped(compile_all(table, LO), "xdpgeneric").items()]
 
 
 def warm(paths: list[Path]) -> list[str]:
     done = []
-    for functions in (["xdp_root", "tc_egress_root"], ["tc_ingress_root", "tc_egress_root"]):
+    for functions in (links.root_functions("xdpgeneric"), links.root_functions("tc")):
         r = Roots(functions)
         done.append(f"roots {'+'.join(functions)}: {'cached' if r.cache_hit else 'compiled'}")
         r.close()
