@@ -21,7 +21,7 @@ from bpf_iptables.datapath.logger import (LOG_LOOPED, XT_LOG_MACDECODE, Event,
 from bpf_iptables.datapath.packets import checksum
 from tests.support.netns import Namespace, bpf_command
 from tests.test_datapath_traffic import (CLIENT_IP, SERVER_IP, Pair, datapath_command,
-                                         ensure_bpffs, inside, topology)
+                                         ensure_bpffs, inside, received, topology)
 
 GROUP, BCAST = "224.0.0.251", "10.99.0.255"
 MPORT, BPORT = 5353, 5354
@@ -53,15 +53,7 @@ WAIT = 0.5   # local delivery: no wire, no peer
 
 
 def collect(rx: socket.socket) -> int:
-    got = 0
-    rx.settimeout(WAIT)
-    try:
-        while True:
-            rx.recv(2048)
-            got += 1
-    except socket.timeout:
-        pass
-    return got
+    return received(rx, WAIT)
 
 
 def own_sends(ns: Namespace, count: int = 3) -> dict[str, int]:

@@ -176,10 +176,10 @@ def datagrams(src: Namespace, dst: Namespace, dst_ip: str, port: int, count: int
         return received(rx)
 
 
-def received(rx: socket.socket) -> int:
-    """How many datagrams ``rx`` gets until REPLY_WAIT passes without one."""
+def received(rx: socket.socket, wait: float = REPLY_WAIT) -> int:
+    """How many datagrams ``rx`` gets until ``wait`` seconds pass without one."""
     got = 0
-    rx.settimeout(REPLY_WAIT)
+    rx.settimeout(wait)
     try:
         while True:
             rx.recv(2048)
