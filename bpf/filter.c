@@ -110,12 +110,98 @@ static __always_inline void ct_stat(u32 slot)
 #define CTX_TYPE struct __sk_buff
 #define CTX_IFINDEX(ctx) ((ctx)->ifindex)
 #define RET(v) ((v) == XDP_PASS ? TC_ACT_OK : TC_ACT_SHOT)
+#elif HOOK_NF
+/* HOOK_NF (--mode netfilter, README "Netfilter hooks"): the classifier as
+ * a BPF_PROG_TYPE_NETFILTER program at LOCAL_IN/FORWARD/LOCAL_OUT,
+ * tail-called by bpf/nfroot.c. Context struct bpf_nf_ctx { state, skb },
+ * kernel structures read by plain loads at offsets from the running
+ * kernel's BTF (-DOFF_*, nfmode.py); no direct packet access: lib/parse.h
+ * runs over a header window (nf_window). The interface field is the
+ * input device (LOCAL_IN, FORWARD) or the output device (LOCAL_OUT);
+ * FORWARD's -o is state->out. Verdicts: PASS -> NF_ACCEPT, anything else
+ * -> NF_DROP (the only two a netfilter program may return). */
+#define NF_DROP 0
+#define NF_ACCEPT 1
+#define NF_HOOK_FORWARD 2
+#define NF_HOOK_LOCAL_OUT 3
+#ifndef NF_WINDOW
+#define NF_WINDOW 120	/* IP header with options (60) + TCP header with options (60) */
+#endif
+/* the frame starts 2 bytes in (IP header 4-byte aligned: the verifier
+ * checks stack alignment); 60 bytes of slack past the window because the
+ * verifier bounds the parser's variable offsets by their masks, not by
+ * data_end (a stack pointer) */
+#define NF_BUF (2 + 14 + NF_WINDOW + 60)
+struct nf_ctx {
+	void *state;	/* const struct nf_hook_state * */
+	void *skb;	/* struct sk_buff * */
+};
+#define CTX_TYPE struct nf_ctx
+#define CTX_IFINDEX(ctx) nf_ifindex(ctx)
+#define RET(v) ((v) == XDP_PASS ? NF_ACCEPT : NF_DROP)
+/* kfunc, called by a fake helper id that nfhook.kfunc_calls() rewrites */
+static long (*kf_dynptr_from_skb)(void *skb, u64 flags, struct bpf_dynptr *p) =
+	(void *)KFUNC_FROM_SKB;
+static __always_inline u32 nf_hooknum(CTX_TYPE *ctx)
+{
+	return *(u8 *)((char *)ctx->state + OFF_STATE_HOOK);
+}
+static __always_inline u32 nf_dev(CTX_TYPE *ctx, u32 off)
+{
+	void *dev = *(void **)((char *)ctx->state + off);
+	return dev ? *(int *)((char *)dev + OFF_DEV_IFINDEX) : 0;
+}
+static __always_inline u32 nf_ifindex(CTX_TYPE *ctx)
+{
+	return nf_dev(ctx, nf_hooknum(ctx) == NF_HOOK_LOCAL_OUT ? OFF_STATE_OUT : OFF_STATE_IN);
+}
+/* the window lives in per-CPU map memory: on the stack its ~200 bytes
+ * push a classifier with many fields past the 512-byte stack limit */
+struct nf_window {
+	u8 buf[NF_BUF];
+} __attribute__((aligned(8)));
+BPF_PERCPU_ARRAY(nf_window_map, struct nf_window, 1);
+/* Copy the IP packet's first NF_WINDOW bytes (fewer when shorter) behind
+ * a made-up Ethernet header (MACs zero: -m mac and pkttype are refused in
+ * this mode) at buf + 2; returns the bytes copied, -1 on failure. Bytes
+ * past the copy may be an earlier packet's: the parser reads nothing
+ * beyond data_end. *len: skb->len, the IP packet's length (linear part
+ * and fragments). */
+static __always_inline int nf_window(CTX_TYPE *ctx, u8 *buf, u32 *len)
+{
+	u8 *frame = buf + 2;
+	__builtin_memset(frame, 0, 14);
+	frame[12] = 0x08;	/* h_proto ETH_P_IP */
+	struct bpf_dynptr p;
+	if (kf_dynptr_from_skb(ctx->skb, 0, &p))
+		return -1;
+	u32 l = *(u32 *)((char *)ctx->skb + OFF_SKB_LEN);
+	u32 n = l < NF_WINDOW ? l : NF_WINDOW;
+	long rc = bpf_dynptr_read(frame + 14, n, &p, 0, 0);
+	/* overwrite the dynptr now: clang reuses its stack slots for spills
+	 * on some paths only, and states holding a dynptr there never equal
+	 * states holding a scalar (the scan loop is then verified once per
+	 * mix; five times more instructions with a few fields) */
+	*(volatile u64 *)&p = 0;
+	*((volatile u64 *)&p + 1) = 0;
+	if (rc)
+		return -1;
+	*len = l;
+	return n;
+}
+#if NLOGS || NHASHLIMITS || NSETS || CONNTRACK || FIELD_MAC || FIELD_PKTTYPE
+#error "not in --mode netfilter (nfmode.refuse names it)"
+#endif
 #else
 #define CTX_TYPE struct xdp_md
 #define CTX_IFINDEX(ctx) ((ctx)->ingress_ifindex)
 #define RET(v) (v)
 #endif
+#if !HOOK_NF
 #include "lib/reject.h"
+#else
+#define VERDICT_REJECT 0x100u	/* lib/reject.h's; no reply built here */
+#endif
 #if NSETS
 #include "lib/set.h"
 /* -m set (lib/set.h): the namespace's sets, one map per type keyed by set
@@ -713,14 +799,37 @@ int xdp_filter(CTX_TYPE *ctx)
 	u32 pull = ctx->len < 128 ? ctx->len : 128;
 	bpf_skb_pull_data(ctx, pull);
 	u32 wire_len = ctx->len;
+#elif HOOK_NF
+	/* the header window (nf_window) as the parser's frame */
+	u32 nfzero = 0;
+	struct nf_window *nfw = nf_window_map.lookup(&nfzero);
+	if (!nfw)
+		return NF_DROP;
+	u8 *nfbuf = nfw->buf;
+	u32 iplen = 0;
+	int nfn = nf_window(ctx, nfbuf, &iplen);
+	if (nfn < 0)
+		return NF_ACCEPT;	/* as a frame parse_packet does not take */
+	u32 wire_len = 14 + iplen;
+	void *data = nfbuf + 2;
+	void *data_end = nfbuf + 2 + 14 + (nfn & 0xFF);
 #else
 	u32 wire_len = 0;
 #endif
+#if !HOOK_NF
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
+#endif
 	struct packet_fields pf = {};
 	if (parse_packet(data, data_end, &pf, wire_len) != PARSE_OK)
 		return RET(XDP_PASS);
+#if HOOK_NF
+	/* ip_forward() lowered the TTL before the FORWARD hook; the compiler
+	 * keys FORWARD's ttl table by the frame's TTL, one higher (what XDP
+	 * and TC ingress see) */
+	if (nf_hooknum(ctx) == NF_HOOK_FORWARD)
+		pf.ttl += 1;
+#endif
 
 	u32 zero = 0;
 	struct config *cfg = config_map.lookup(&zero);
@@ -872,6 +981,10 @@ int xdp_filter(CTX_TYPE *ctx)
 		return RET(XDP_ABORTED);
 #endif
 #if FIELD_OIF
+#if HOOK_NF
+	/* the hook knows the output device (no route lookup: none allowed) */
+	u32 okey = nf_dev(ctx, OFF_STATE_OUT);
+#else
 	struct bpf_fib_lookup fib = {};
 	fib.family = AF_INET;
 	fib.tos = pf.tos;
@@ -885,6 +998,7 @@ int xdp_filter(CTX_TYPE *ctx)
 	 * lookup fills in the egress ifindex for both */
 	u32 okey = (fib_rc == BPF_FIB_LKUP_RET_SUCCESS ||
 		    fib_rc == BPF_FIB_LKUP_RET_NO_NEIGH) ? fib.ifindex : 0;
+#endif
 	struct bitvector *f_oif = oif_map.lookup(&okey);
 	if (!f_oif) {
 		okey = 0;
@@ -939,6 +1053,8 @@ int xdp_filter(CTX_TYPE *ctx)
 #if FIELD_MARK
 #if HOOK_TC
 	u32 pkt_mark = ctx->mark;
+#elif HOOK_NF
+	u32 pkt_mark = *(u32 *)((char *)ctx->skb + OFF_SKB_MARK);
 #else
 	/* XDP has no skb: nothing has marked a packet that arrives from a
 	 * device (a packet entering a namespace has its mark cleared), so
@@ -1231,7 +1347,12 @@ int xdp_reject(CTX_TYPE *ctx)
 	rs->reject = 0;
 	if (!(v & VERDICT_REJECT) || v == VERDICT_CONTINUE)
 		return RET(XDP_DROP);
+#if HOOK_NF
+	/* a netfilter program cannot send (nfmode.refuse: REJECT refused) */
+	return NF_DROP;
+#else
 	return reject_packet(ctx, v, wire_len);
+#endif
 }
 
 #if NHASHLIMITS || NRECENT

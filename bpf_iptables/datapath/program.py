@@ -45,13 +45,18 @@ def functions(shape: Shape) -> list[str]:
             + ([RECENT_FUNCTION] if shape.nrecent else []))
 
 
-def cflags(shape: Shape, tc: bool = False, ct_dir: str | None = None) -> list[str]:
+def cflags(shape: Shape, tc: bool = False, ct_dir: str | None = None,
+           nf: bool = False) -> list[str]:
     flags = [f"-I{BPF_DIR}", f"-DHOOK_TC={int(tc)}",
              f"-DNWORDS={shape.nwords}", f"-DNENTRIES={shape.nentries}",
              f"-DNCOUNTERS={shape.ncounters}", f"-DSTEPS={shape.steps}"]
     # every field kind and map size the compiler knows (compiler.FIELD_ORDER,
     # SIZE_ATTRS): a new field needs no edit here
     flags += [f"-D{k.upper()}={getattr(shape, k)}" for k in SIZE_ATTRS]
+    if nf:
+        # --mode netfilter (nfmode.py): kernel offsets and kfunc ids
+        from .nfmode import cflags as nf_cflags
+        flags += nf_cflags()
     for name in FIELD_ORDER:
         flags.append(f"-DFIELD_{name.upper()}={int(name in shape.fields)}")
     if "ctstate" in shape.fields:
@@ -194,7 +199,7 @@ class LoadedProgram:
     compiled by bcc (and then cached)."""
 
     def __init__(self, shape: Shape, debug: int = 0, tc: bool = False,
-                 background: bool = False, ct_dir: str | None = None):
+                 background: bool = False, ct_dir: str | None = None, nf: bool = False):
         """``tc``: a TC (cls_bpf/tcx) program, not XDP: OUTPUT at egress, and
         INPUT/FORWARD at ingress in --mode tc (the interface field is
         skb->ifindex, the device the packet is on either way).
@@ -204,7 +209,9 @@ class LoadedProgram:
         the cached program (then everything is closed: load it again).
         ``ct_dir``: the bpffs directory of the namespace's conntrack maps
         (created, or opened when pinned already; without it the tracker's
-        maps are the program's own)."""
+        maps are the program's own).
+        ``nf``: a netfilter-hook program (--mode netfilter, nfmode.py):
+        always compiled (the object cache does not keep kfunc calls)."""
         tracked = bool(ct_dir) and "ctstate" in shape.fields
         if tracked:
             os.makedirs(ct_dir, mode=0o700, exist_ok=True)
@@ -228,7 +235,7 @@ class LoadedProgram:
         start = time.monotonic()
         # the raw loader would make private ones: programs with pinned maps
         # are always compiled
-        key = (None if debug or pinned
+        key = (None if debug or pinned or nf
                else object_key(shape, tc))
         hit = _from_cache(key, set(map_names(shape)), background)
         steps = hit[1].get("steps") if hit else None
@@ -240,7 +247,7 @@ class LoadedProgram:
             self._loaded = hit[0]
         else:
             self._loaded, steps = self._compile(shape, tc, debug, key,
-                                                ct_dir if pinned else None)
+                                                ct_dir if pinned else None, nf)
         self.shape = replace(shape, steps=steps, scan=shape.scan_steps)
         self.maps = self._loaded.maps
         self._fd = -1
@@ -269,9 +276,11 @@ class LoadedProgram:
 
     @staticmethod
     def _compile(shape: Shape, tc: bool, debug: int, key: str | None,
-                 ct_dir: str | None = None) -> tuple[objcache.Loaded, int]:
+                 ct_dir: str | None = None, nf: bool = False) -> tuple[objcache.Loaded, int]:
         from bcc import BPF  # imported late: only a cache miss needs bcc
 
+        if nf:
+            return _compile_nf(shape, debug)
         steps = shape.steps
         while True:
             bpf = BPF(src_file=str(SOURCE).encode(),
@@ -362,17 +371,50 @@ class LoadedProgram:
         return self.counter(POLICY_COUNTER)
 
 
+def _compile_nf(shape: Shape, debug: int) -> tuple[objcache.Loaded, int]:
+    """The HOOK_NF build (--mode netfilter): compiled by bcc, loaded raw
+    with its kfunc calls (nfmode.load_raw); fewer steps per invocation
+    when the verifier gives up, as ``_compile``."""
+    import errno
+
+    from bcc import BPF
+    from .nfmode import load_raw
+
+    steps = shape.steps
+    while True:
+        bpf = BPF(src_file=str(SOURCE).encode(),
+                  cflags=cflags(replace(shape, steps=steps), nf=True), debug=debug)
+        progs: dict[str, int] = {}
+        try:
+            for name in functions(shape):
+                progs[name] = load_raw(bpf, name)
+            maps = {name: os.dup(fd) for name, fd in objcache.table_fds(bpf).items()}
+            return objcache.Loaded(maps, progs), steps
+        except OSError as exc:
+            for fd in progs.values():
+                os.close(fd)
+            fewer = steps * 2 // 3
+            if (exc.errno != errno.E2BIG or fewer < 16
+                    or shape.invocations(fewer) > MAX_CHUNKS):
+                log = getattr(exc, "verifier_log", "")
+                raise OSError(exc.errno, f"{exc.strerror}: {log[-2000:]}") from None
+            steps = fewer
+        finally:
+            bpf.cleanup()
+
+
 class ProgramCache:
     """Reuse one loaded program for every rule set its shape covers."""
 
-    def __init__(self) -> None:
+    def __init__(self, nf: bool = False) -> None:
         self.programs: list[LoadedProgram] = []
+        self.nf = nf   # netfilter-hook programs (--mode netfilter)
 
     def get(self, shape: Shape) -> LoadedProgram:
         for p in self.programs:
             if p.shape.covers(shape):
                 return p
-        prog = LoadedProgram(shape)
+        prog = LoadedProgram(shape, nf=self.nf)
         self.programs.append(prog)
         return prog
 
