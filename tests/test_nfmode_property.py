@@ -75,3 +75,25 @@ def test_output_at_local_out(harnesses, rule, pkt, verdict):
     report = harnesses["OUTPUT"].check(table, [pkt])
     assert report.mismatches == []
     assert table.chains["OUTPUT"].rules[0].counters.packets == (verdict == "DROP")
+
+
+@pytest.mark.parametrize("name", ["classbench-fw1-1k.rules", "classbench-acl1-1k.rules"])
+def test_classbench_1k(name):
+    """The ClassBench 1k sets at LOCAL_IN: verdicts and every counter."""
+    from bpf_iptables.datapath.harness import table_from_save
+    from bpf_iptables.reference.evaluate import evaluate
+    from tests.support.shared import ruleset
+    from tests.test_datapath_classbench import packets
+
+    table = table_from_save(ruleset(name).read_text())
+    h = Harness(None, {"lo": 1}, hook="INPUT", nf=True)
+    try:
+        pkts = packets(table, "lo", 300)
+        report = h.check(table, pkts)
+    finally:
+        h.close()
+    assert report.packets == 300
+    assert report.mismatches == []
+    hits = {evaluate(table, p, count=False).hits[0] for p in pkts
+            if evaluate(table, p, count=False).hits}
+    assert len(hits) > 50   # the classifier, not only the policy
