@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from .program import LoadedProgram
 
 HOOK_INDEX = {"INPUT": 0, "FORWARD": 1, "OUTPUT": 2}
+NETFILTER = "netfilter"   # --mode netfilter (nfmode.py): one prog array, nf_slots
 ACTIVE_ROUTE = 2
 _libc = ctypes.CDLL(None, use_errno=True)
 SYS_MEMBARRIER, MEMBARRIER_CMD_GLOBAL = 324, 1
@@ -48,8 +49,9 @@ def hook_dir(directory: Path, gen: int, hook: str) -> Path:
 
 
 def is_tc(mode: str, hook: str) -> bool:
-    """OUTPUT always runs at TC egress; INPUT and FORWARD at TC ingress in tc mode."""
-    return hook == "OUTPUT" or mode == "tc"
+    """OUTPUT always runs at TC egress; INPUT and FORWARD at TC ingress in
+    tc mode; no hook in netfilter mode (netfilter-hook programs)."""
+    return mode != NETFILTER and (hook == "OUTPUT" or mode == "tc")
 
 
 def shape_json(shape: Shape) -> dict:
@@ -175,7 +177,8 @@ def start_new(directory: Path, gen: int, hook: str, shape: Shape, mode: str,
 
     try:
         prog = LoadedProgram(shape, tc=is_tc(mode, hook), background=background,
-                             ct_dir=str(A.ns_pins(directory) / "conntrack"))
+                             ct_dir=str(A.ns_pins(directory) / "conntrack"),
+                             nf=mode == NETFILTER)
     except Exception as exc:  # bcc reports compile/verifier errors as Exception
         raise LoadError(str(exc)) from None
     d = hook_dir(directory, gen, hook)
@@ -278,10 +281,12 @@ def fill_slots(directory: Path, gen: int, hooks: dict[str, dict], mode: str) -> 
     """Point the roots' prog array slots of ``gen`` at its hooks that are
     on; empty the others (the packet passes)."""
     root = A.ns_pins(directory) / "root"
-    arrays = {name: bpfsys.obj_get(str(root / name)) for name in ("xdp_slots", "tc_slots")}
+    names = ("nf_slots",) if mode == NETFILTER else ("xdp_slots", "tc_slots")
+    arrays = {name: bpfsys.obj_get(str(root / name)) for name in names}
     try:
         for hook, index in HOOK_INDEX.items():
-            arr = arrays["tc_slots" if is_tc(mode, hook) else "xdp_slots"]
+            arr = arrays["nf_slots" if mode == NETFILTER else
+                         "tc_slots" if is_tc(mode, hook) else "xdp_slots"]
             key = u32(gen * 3 + index)
             if hook in hooks and hooks[hook]["on"]:
                 prog = bpfsys.obj_get(str(hook_dir(directory, gen, hook) / "prog"))

@@ -55,7 +55,8 @@ from . import support
 from .compiler import (FIRST_RULE_COUNTER, POLICY_COUNTER, Compiled, compile_chain,
                        uses_conntrack)
 
-MODES = links.MODES
+# --mode netfilter: no interfaces (nfmode.py links the roots at the hooks)
+MODES = {**links.MODES, G.NETFILTER: 0}
 # tests only: die (as a crash would) right after the named step of an update
 DIE_AT = "BPF_IPTABLES_DATAPATH_DIE_AT"
 
@@ -114,6 +115,12 @@ def quiesce(att: A.Attachment) -> None:
     ended: then no packet still runs the generation about to be rewritten."""
     if _grace_began <= att.switched_at:
         G.quiesce(att)
+
+
+def bpfsys_id(pin: Path) -> int:
+    """The id of the program pinned at ``pin`` (0: none)."""
+    from . import bpfsys
+    return bpfsys.pinned_id(str(pin))
 
 
 def interfaces_here() -> dict[str, int]:
@@ -294,12 +301,19 @@ def counter_layout(table: Table) -> list[list]:
 
 # -- an update --------------------------------------------------------------------
 
-def compile_all(table: Table, here: dict[str, int]) -> dict[str, Compiled]:
+def compile_all(table: Table, here: dict[str, int], mode: str = "") -> dict[str, Compiled]:
     """INPUT always (it holds the carried rule counters); FORWARD and
-    OUTPUT when they have work to do. NotSupported (exit 2) before anything."""
+    OUTPUT when they have work to do. NotSupported (exit 2) before anything.
+    In netfilter mode bridged frames (br_netfilter) pass the FORWARD hook
+    the program is linked at, as iptables' FORWARD: no refusal for them."""
     hooks = ["INPUT"] + [h for h in ("FORWARD", "OUTPUT") if needs(table, h)]
-    bridges.check_br_netfilter(table)
-    return {h: compile_chain(table, h, here) for h in hooks}
+    if mode != G.NETFILTER:
+        bridges.check_br_netfilter(table)
+    compiled = {h: compile_chain(table, h, here) for h in hooks}
+    if mode == G.NETFILTER:
+        from .nfmode import refuse
+        refuse(compiled)
+    return compiled
 
 
 def refuse_mark_at_xdp(compiled: dict[str, Compiled], mode: str) -> None:
@@ -308,7 +322,7 @@ def refuse_mark_at_xdp(compiled: dict[str, Compiled], mode: str) -> None:
     kept on lo (SO_MARK) or got from tc. Testing mark 0 there would be
     exact for packets from a device and wrong for those: refused, with
     the mode that can do it named."""
-    if mode == "tc":
+    if mode in ("tc", G.NETFILTER):
         return
     hooks = [h for h in ("INPUT", "FORWARD") if h in compiled and "mark" in compiled[h].shape.fields]
     if hooks:
@@ -321,7 +335,17 @@ def sync_interfaces(directory: Path, mode: str, have: dict[str, list[int]],
                     here: dict[str, int]) -> dict[str, list[int]]:
     """Roots on every interface of ``here``: the ones in ``have`` kept,
     vanished ones forgotten (their links unpinned), new ones attached
-    (all or nothing: a failure takes back what this call attached)."""
+    (all or nothing: a failure takes back what this call attached). In
+    netfilter mode: no interfaces, the roots' links at the hooks (made
+    when missing)."""
+    if mode == G.NETFILTER:
+        from . import nfmode
+        roots = {n: bpfsys_id(links.root_dir(directory) / n) for n, _ in nfmode.ROOTS.values()}
+        try:
+            nfmode.ensure_links(links.link_dir(directory), links.root_dir(directory), roots)
+        except OSError as exc:
+            raise DatapathError(f"cannot link the netfilter hooks: {exc}") from None
+        return {}
     kept = {n: v for n, v in have.items() if here.get(n) == v[0]}
     for name, (index, _) in have.items():
         if name not in kept:
@@ -346,7 +370,7 @@ def update(store, att: A.Attachment, ruleset: RuleSet, carried: dict[int, int],
     clock = _Clock()
     table = ruleset.table("filter")
     here = interfaces_here()
-    compiled = compile_all(table, here)
+    compiled = compile_all(table, here, att.mode)
     refuse_mark_at_xdp(compiled, att.mode)
     from .recent import sync_pinned, table_needs
     recent_needs = table_needs(table)   # NotSupported here, before anything changed
@@ -545,6 +569,13 @@ def load_roots(directory: Path, mode: str) -> dict[str, int]:
     from .program import Roots
     from . import bpfsys
 
+    if mode == G.NETFILTER:
+        from .nfmode import load_roots as nf_roots
+        from .program import BPF_DIR
+        try:
+            return nf_roots(links.root_dir(directory), BPF_DIR)
+        except Exception as exc:  # bcc, bpf(2)
+            raise DatapathError(f"cannot load the eBPF root programs: {exc}") from None
     functions = ["tc_ingress_root" if mode == "tc" else "xdp_root", "tc_egress_root"]
     try:
         roots = Roots(functions)
@@ -574,7 +605,10 @@ def attach(store, mode: str, ruleset: RuleSet | None = None) -> A.Attachment:
         detach(store)
     if ruleset is None:
         ruleset = store.load()
-    compile_all(ruleset.table("filter"), interfaces_here())  # refusals before anything
+    if mode == G.NETFILTER:
+        from .nfmode import check_kernel
+        check_kernel()
+    compile_all(ruleset.table("filter"), interfaces_here(), mode)  # refusals before anything
     pins = A.ns_pins(store.directory)
     try:
         roots = load_roots(store.directory, mode)

@@ -38,6 +38,18 @@ UNSUPPORTED_FIELDS = {"mac": "-m mac", "pkttype": "-m pkttype",
                       "ctstate": "-m conntrack/-m state", "ctcheck": "-m conntrack"}
 
 
+def check_kernel() -> None:
+    """NotSupported unless the kernel has what the mode needs: BTF (the
+    struct offsets) and the netfilter program type's kfuncs (6.4+)."""
+    try:
+        btf = nfhook.vmlinux()
+        btf.func_id("bpf_dynptr_from_skb")
+        btf.offset_of("bpf_nf_ctx", "skb")
+    except (OSError, KeyError, ValueError) as exc:
+        raise NotSupported(f"--mode netfilter on this kernel (needs BTF and "
+                           f"BPF_PROG_TYPE_NETFILTER, Linux 6.4+: {exc})") from None
+
+
 def cflags() -> list[str]:
     """The -D flags of a HOOK_NF build: the struct offsets of the running
     kernel (BTF) and the fake kfunc ids (nfhook.kfunc_calls)."""
