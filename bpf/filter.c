@@ -192,6 +192,10 @@ static __always_inline int nf_window(CTX_TYPE *ctx, u8 *buf, u32 *len)
 #if NLOGS || NHASHLIMITS || NSETS || CONNTRACK || FIELD_MAC || FIELD_PKTTYPE
 #error "not in --mode netfilter (nfmode.refuse names it)"
 #endif
+#if NF_CT
+#include "lib/nfct.h"
+BPF_PERCPU_ARRAY(nf_ct_scratch, struct ct_seen, 1);
+#endif
 #else
 #define CTX_TYPE struct xdp_md
 #define CTX_IFINDEX(ctx) ((ctx)->ingress_ifindex)
@@ -248,7 +252,7 @@ struct config {
 	u32 first_word;	  /* always 0; read from the map so the verifier treats
 			   * the word index as a range, not as a constant per
 			   * path (constants would defeat state pruning) */
-#if CONNTRACK
+#if CONNTRACK || NF_CT
 	u32 fast_counter; /* fast path (compiler.fast_path): the first entry's */
 	u64 fast_slots;	  /* conntrack slots it accepts on, alone */
 #endif
@@ -706,17 +710,22 @@ BPF_HASH(mac_map, u64, struct bitvector, MAC_MAX);
 #define TERM_MAC(m, ix)
 #endif
 #if FIELD_CTSTATE
-#if !CONNTRACK
+#if !CONNTRACK && !NF_CT
 #error "FIELD_CTSTATE needs CONNTRACK"
 #endif
+#if NF_CT
+#define CTSTATE_SLOTS NF_CT_SLOTS
+#else
+#define CTSTATE_SLOTS CT_SLOTS
+#endif
 /* index: the packet's ctstate, direction and status bits (CT_SLOT) */
-BPF_ARRAY(ctstate_map, struct bitvector, CT_SLOTS);
+BPF_ARRAY(ctstate_map, struct bitvector, CTSTATE_SLOTS);
 #define TERM_CTSTATE(m, ix) &f_ctstate->m[ix]
 #else
 #define TERM_CTSTATE(m, ix)
 #endif
 #if FIELD_CTCHECK
-#if !CONNTRACK
+#if !CONNTRACK && !NF_CT
 #error "FIELD_CTCHECK needs CONNTRACK"
 #endif
 /* per entry: xt_conntrack's tuple and --ctexpire tests (not a bitvector:
@@ -860,6 +869,13 @@ int xdp_filter(CTX_TYPE *ctx)
 			return RET(XDP_PASS);
 		}
 	}
+#elif NF_CT
+	/* --mode netfilter: the kernel's own entry (lib/nfct.h); read again
+	 * by a resumed scan (a few loads), in per-CPU memory as the tracker's */
+	struct ct_seen *cts = nf_ct_scratch.lookup(&zero);
+	if (!cts)
+		return RET(XDP_ABORTED);
+	nf_ct_view(ctx->skb, cts);
 #endif
 
 	/* One lookup per field; the bitvectors are then read in place. */
@@ -1024,7 +1040,11 @@ int xdp_filter(CTX_TYPE *ctx)
 		return RET(XDP_ABORTED);
 #endif
 #if FIELD_CTSTATE
+#if NF_CT
+	u32 ctkey = NF_CT_SLOT(cts);
+#else
 	u32 ctkey = CT_SLOT(cts);
+#endif
 	struct bitvector *f_ctstate = ctstate_map.lookup(&ctkey);
 	if (!f_ctstate)
 		return RET(XDP_ABORTED);

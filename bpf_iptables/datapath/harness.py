@@ -100,7 +100,12 @@ class Harness:
         self.cache.close()
 
     def load(self, table: Table) -> tuple[LoadedProgram, Compiled]:
-        compiled = compile_chain(table, self.hook, self.interfaces, self.min_shape)
+        if self.nf:
+            from .fields import netfilter_layout
+            with netfilter_layout():
+                compiled = compile_chain(table, self.hook, self.interfaces, self.min_shape)
+        else:
+            compiled = compile_chain(table, self.hook, self.interfaces, self.min_shape)
         prog = self.cache.get(compiled.shape)
         prog.install(compiled)
         return prog, compiled

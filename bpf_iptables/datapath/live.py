@@ -309,10 +309,13 @@ def compile_all(table: Table, here: dict[str, int], mode: str = "") -> dict[str,
     hooks = ["INPUT"] + [h for h in ("FORWARD", "OUTPUT") if needs(table, h)]
     if mode != G.NETFILTER:
         bridges.check_br_netfilter(table)
-    compiled = {h: compile_chain(table, h, here) for h in hooks}
-    if mode == G.NETFILTER:
-        from .nfmode import refuse
-        refuse(compiled)
+    if mode != G.NETFILTER:
+        return {h: compile_chain(table, h, here) for h in hooks}
+    from .fields import netfilter_layout
+    from .nfmode import refuse
+    with netfilter_layout():   # conntrack matches read the kernel's entry
+        compiled = {h: compile_chain(table, h, here) for h in hooks}
+    refuse(compiled)
     return compiled
 
 
@@ -394,7 +397,7 @@ def update(store, att: A.Attachment, ruleset: RuleSet, carried: dict[int, int],
         sync_pinned(A.ns_pins(directory), recent_needs, remove=False)
     except OSError as exc:
         raise DatapathError(f"cannot prepare the recent tables: {exc}") from None
-    if "ctstate" in compiled["INPUT"].shape.fields:
+    if "ctstate" in compiled["INPUT"].shape.fields and att.mode != G.NETFILTER:
         # the tracker's maps may be new: the timeouts set for the namespace
         from ..conntrack import table as cttable
         cttable.apply_settings(directory, cttable.conntrack_dir(A.ns_pins(directory)))

@@ -34,8 +34,7 @@ ROOT_MAPS = ("active_map", "nf_slots")
 PRIORITY = nfhook.NF_IP_PRI_FILTER
 # fields the HOOK_NF build cannot fill in (yet): the made-up Ethernet
 # header has no real MACs; the eBPF tracker is not used in this mode
-UNSUPPORTED_FIELDS = {"mac": "-m mac", "pkttype": "-m pkttype",
-                      "ctstate": "-m conntrack/-m state", "ctcheck": "-m conntrack"}
+UNSUPPORTED_FIELDS = {"mac": "-m mac", "pkttype": "-m pkttype"}
 
 
 def check_kernel() -> None:
@@ -50,10 +49,27 @@ def check_kernel() -> None:
                            f"BPF_PROG_TYPE_NETFILTER, Linux 6.4+: {exc})") from None
 
 
-def cflags() -> list[str]:
+def cflags(conntrack: bool = False) -> list[str]:
     """The -D flags of a HOOK_NF build: the struct offsets of the running
-    kernel (BTF) and the fake kfunc ids (nfhook.kfunc_calls)."""
-    return ["-DHOOK_NF=1"] + nfhook.cflags(False, False)
+    kernel (BTF) and the fake kfunc ids (nfhook.kfunc_calls); with
+    ``conntrack`` (the ctstate field) the kernel's conntrack entry is read
+    (NF_CT, lib/nfct.h)."""
+    flags = ["-DHOOK_NF=1"] + nfhook.cflags(False, False)
+    if conntrack:
+        from ..conntrack.hz import kernel_hz
+
+        btf = nfhook.vmlinux()
+        flags += ["-DNF_CT=1", f"-DCT_HZ={kernel_hz()}"] + [
+            f"-D{k}={btf.offset_of('nf_conn', path)}" for k, path in CT_OFFSETS.items()]
+    return flags
+
+
+# nf_conn members lib/nfct.h reads: both tuples (xt_conntrack's --ctorig*/
+# --ctrepl*), the protocol
+CT_OFFSETS = {f"OFF_CT_{d}_{end}_{what}": f"tuplehash[{i}].tuple.{end.lower()}.{member}"
+              for i, d in enumerate(("ORIG", "REPL")) for end in ("SRC", "DST")
+              for what, member in (("IP", "u3"), ("PORT", "u.all"))}
+CT_OFFSETS["OFF_CT_PROTONUM"] = "tuplehash[0].tuple.dst.protonum"
 
 
 def load_raw(bpf, function: str, log_size: int = 1 << 22) -> int:

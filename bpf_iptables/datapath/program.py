@@ -54,12 +54,13 @@ def cflags(shape: Shape, tc: bool = False, ct_dir: str | None = None,
     # SIZE_ATTRS): a new field needs no edit here
     flags += [f"-D{k.upper()}={getattr(shape, k)}" for k in SIZE_ATTRS]
     if nf:
-        # --mode netfilter (nfmode.py): kernel offsets and kfunc ids
+        # --mode netfilter (nfmode.py): kernel offsets and kfunc ids; the
+        # kernel's conntrack instead of the eBPF tracker
         from .nfmode import cflags as nf_cflags
-        flags += nf_cflags()
+        flags += nf_cflags("ctstate" in shape.fields)
     for name in FIELD_ORDER:
         flags.append(f"-DFIELD_{name.upper()}={int(name in shape.fields)}")
-    if "ctstate" in shape.fields:
+    if "ctstate" in shape.fields and not nf:
         # the tracker (bpf/lib/conntrack.h) comes with its field; its maps
         # are the namespace's (pinned in ct_dir), or private without one
         flags.append("-DCONNTRACK=1")
