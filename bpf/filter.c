@@ -196,6 +196,15 @@ static __always_inline int nf_window(CTX_TYPE *ctx, u8 *buf, u32 *len)
 #include "lib/nfct.h"
 BPF_PERCPU_ARRAY(nf_ct_scratch, struct ct_seen, 1);
 #endif
+#include "lib/nfreject.h"
+/* REJECT's records for the x_tables side (lib/nfreject.h): the
+ * namespace's (pinned, shared with bpf/nfreject.c), private in tests */
+#ifdef NF_REJECT_PIN_DIR
+BPF_TABLE_PINNED("lru_hash", u64, struct nf_pending, nf_reject_pending, NF_PENDING_MAX,
+		 NF_REJECT_PIN_DIR "/pending");
+#else
+BPF_TABLE("lru_hash", u64, struct nf_pending, nf_reject_pending, NF_PENDING_MAX);
+#endif
 #else
 #define CTX_TYPE struct xdp_md
 #define CTX_IFINDEX(ctx) ((ctx)->ingress_ifindex)
@@ -1368,8 +1377,24 @@ int xdp_reject(CTX_TYPE *ctx)
 	if (!(v & VERDICT_REJECT) || v == VERDICT_CONTINUE)
 		return RET(XDP_DROP);
 #if HOOK_NF
-	/* a netfilter program cannot send (nfmode.refuse: REJECT refused) */
-	return NF_DROP;
+	/* a netfilter program cannot send: the record for iptables' REJECT
+	 * rule at the same hook (lib/nfreject.h), and accept */
+	struct bpf_dynptr p;
+	u8 ip[20];
+	if (kf_dynptr_from_skb(ctx->skb, 0, &p))
+		return NF_DROP;
+	long rc = bpf_dynptr_read(ip, 20, &p, 0, 0);
+	if (rc)
+		return NF_DROP;
+	struct nf_pending rec = {};
+	__builtin_memcpy(&rec.daddr, ip + 16, 4);
+	rec.id = (u16)ip[4] << 8 | ip[5];
+	rec.tot_len = (u16)ip[2] << 8 | ip[3];
+	rec.verdict = v;
+	u64 addr = (u64)ctx->skb;
+	if (nf_reject_pending.update(&addr, &rec))
+		return NF_DROP;	/* no record, no reply: at least not accepted */
+	return NF_ACCEPT;
 #else
 	return reject_packet(ctx, v, wire_len);
 #endif

@@ -75,11 +75,39 @@ def test_forward_update_detach_as_iptables_legacy():
                 == without_output(legacy.router.iptables(*LISTING).stdout))
         assert ours.router.run(datapath_command("status")).returncode == 0
 
+        # REJECT in FORWARD (the hand-off at the router's FORWARD hook)
+        for t, cmd in ((legacy, ["iptables-legacy-restore"]), (ours, bpf_command("iptables-restore"))):
+            r = t.router.run(cmd, input=FORWARD_REJECT)
+            assert r.returncode == 0, r.stderr
+
+        def rejected(t) -> dict[str, str]:
+            p = Pair(t.client, t.server)
+            return {"tcp8081": tcp_connect(p, 8081, FAR_IP),
+                    "udp5003": udp_error(t.client, FAR_IP, 5003)}
+
+        want = rejected(legacy)
+        assert want == {"tcp8081": "refused", "udp5003": "111"}   # ECONNREFUSED
+        assert rejected(ours) == want
+        assert ours.router.bpf_iptables(*LISTING).stdout == legacy.router.iptables(*LISTING).stdout
+
         r = ours.router.run(datapath_command("detach"))
         assert r.returncode == 0 and "detached" in r.stdout, r.stderr
         assert "not attached" in ours.router.run(datapath_command("status")).stdout
         # the links are gone: what FORWARD dropped passes
         assert udp(Pair(ours.client, ours.server), 5002, 2, far=FAR_IP) == 2
+
+
+FORWARD_REJECT = """\
+*filter
+:INPUT ACCEPT [0:0]
+:FORWARD ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+-A FORWARD -p tcp -m tcp --dport 8081 -j REJECT --reject-with tcp-reset
+-A FORWARD -p udp -m udp --dport 5003 -j REJECT
+-A OUTPUT -p icmp
+-A OUTPUT -p tcp
+COMMIT
+"""
 
 
 def test_refused_in_netfilter_mode():
@@ -92,10 +120,93 @@ def test_refused_in_netfilter_mode():
                                "-j", "DROP").returncode == 0
         attach(ns)
         for rule in ("-A INPUT -j LOG", "-A INPUT -m mac --mac-source 0a:00:00:00:00:01",
-                     "-A INPUT -p tcp -j REJECT --reject-with tcp-reset",
-                     "-A INPUT -m conntrack --ctstate NEW"):
+                     "-A INPUT -m pkttype --pkt-type broadcast"):
             r = ns.bpf_iptables(*rule.split())
             assert r.returncode == 2, (rule, r.stdout, r.stderr)
             assert "netfilter" in r.stderr
         assert ns.bpf_iptables("-S", "INPUT").stdout.count("-A INPUT") == 1
         assert udp(pair, 5001, 1) == 0   # the attached rule set still filters
+
+
+REJECT_RULES = """\
+*filter
+:INPUT ACCEPT [0:0]
+:FORWARD ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+-A INPUT -p tcp -m tcp --dport 81 -j REJECT --reject-with tcp-reset
+-A INPUT -p udp -m udp --dport 5001 -j REJECT
+-A INPUT -p udp -m udp --dport 5002 -j REJECT --reject-with icmp-admin-prohibited
+-A OUTPUT -p udp -m udp --dport 6000 -j REJECT --reject-with icmp-net-prohibited
+COMMIT
+"""
+
+
+def tcp_connect(pair, port: int, dst: str = "10.99.0.2") -> str:
+    """One connect client -> dst:port: ok, refused or the error's name."""
+    import socket
+    from tests.test_datapath_traffic import inside
+
+    with inside(pair.client):
+        c = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    with c:
+        c.settimeout(1.0)
+        try:
+            c.connect((dst, port))
+            return "ok"
+        except ConnectionRefusedError:
+            return "refused"
+        except OSError as exc:
+            return type(exc).__name__
+
+
+def udp_error(src, dst_ip: str, port: int) -> str:
+    """A connected UDP socket in ``src`` sends to dst_ip:port: the error
+    its next receive reports (the ICMP error the peer sent), or none."""
+    import socket
+    from tests.test_datapath_traffic import inside
+
+    with inside(src):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with s:
+        s.settimeout(1.0)
+        s.connect((dst_ip, port))
+        try:
+            s.send(b"x")
+        except OSError as exc:
+            return f"send {exc.errno}"
+        try:
+            s.recv(16)
+            return "reply"
+        except socket.timeout:
+            return "none"
+        except OSError as exc:
+            return str(exc.errno)
+
+
+def reject_traffic(pair) -> dict[str, str]:
+    from tests.test_datapath_traffic import CLIENT_IP, SERVER_IP
+
+    out = {"tcp81": tcp_connect(pair, 81), "udp5001": udp_error(pair.client, SERVER_IP, 5001),
+           "udp5002": udp_error(pair.client, SERVER_IP, 5002),
+           "out6000": udp_error(pair.server, CLIENT_IP, 6000),
+           "udp5003": udp_error(pair.client, SERVER_IP, 5003)}
+    return out
+
+
+def test_reject_as_iptables_legacy():
+    """REJECT at INPUT and OUTPUT through the hand-off: the client sees the
+    reset / ICMP error iptables sends, counters as iptables'."""
+    ensure_bpffs()
+    with topology("nfjl") as legacy, topology("nfjb") as ours:
+        assert legacy.server.run(["iptables-legacy-restore"], input=REJECT_RULES).returncode == 0
+        r = ours.server.run(bpf_command("iptables-restore"), input=REJECT_RULES)
+        assert r.returncode == 0, r.stderr
+        attach(ours.server)
+        want = reject_traffic(legacy)
+        assert want["tcp81"] == "refused" and want["udp5001"] == "111", want
+        assert reject_traffic(ours) == want
+        assert (ours.server.bpf_iptables(*LISTING).stdout
+                == legacy.server.iptables(*LISTING).stdout)
+        # the rule set without REJECT: the hand-off goes
+        assert ours.server.bpf_iptables("-F").returncode == 0
+        assert ours.server.run(["iptables-legacy", "-S"]).stdout.count("-A") == 0

@@ -407,6 +407,8 @@ def update(store, att: A.Attachment, ruleset: RuleSet, carried: dict[int, int],
         HL.ensure(A.ns_pins(directory), table)
     except OSError as exc:
         raise DatapathError(f"cannot create the hashlimit tables: {exc}") from None
+    if att.mode == G.NETFILTER:
+        _nf_reject(directory, compiled, before_switch=True)
     _maybe_die("prepared")
     # not on bridge ports: the bridge carries the roots (bridges.py)
     ifaces = sync_interfaces(directory, att.mode, att.interfaces, bridges.attachable())
@@ -451,6 +453,8 @@ def update(store, att: A.Attachment, ruleset: RuleSet, carried: dict[int, int],
                                  list(compiled))
         except OSError:
             pass  # lost, as before the carry existed: a few packets at most
+    if att.mode == G.NETFILTER:
+        _nf_reject(directory, compiled, before_switch=False)
     clock("flip+carry")
     _maybe_die("flipped")
     store.save(ruleset)
@@ -467,6 +471,24 @@ def update(store, att: A.Attachment, ruleset: RuleSet, carried: dict[int, int],
     except OSError:
         pass   # left to the next update
     return new
+
+
+def _nf_reject(directory: Path, compiled: dict[str, Compiled], before_switch: bool) -> None:
+    """--mode netfilter's REJECT hand-off (nfmode.py): in place before the
+    switch to a rule set with REJECT, out after the switch to one without."""
+    from . import nfmode
+    from .program import BPF_DIR
+
+    wanted = nfmode.has_reject(compiled)
+    if wanted != before_switch:
+        return
+    where = Path(nfmode.reject_dir(str(A.ns_pins(directory) / "conntrack")))
+    try:
+        nfmode.ensure_reject(where, BPF_DIR, wanted)
+    except OSError as exc:
+        if before_switch:
+            raise DatapathError(f"cannot set up REJECT in --mode netfilter "
+                                f"(iptables-legacy with xt_bpf): {exc}") from None
 
 
 def recover(store, att: A.Attachment) -> A.Attachment:
@@ -622,6 +644,9 @@ def attach(store, mode: str, ruleset: RuleSet | None = None) -> A.Attachment:
         return update(store, empty, ruleset, {}, None)
     except BaseException:
         links.detach_all(store.directory)
+        if mode == G.NETFILTER:
+            from .nfmode import remove_reject
+            remove_reject()
         shutil.rmtree(pins, ignore_errors=True)
         A.remove(store.directory)
         raise
@@ -647,6 +672,10 @@ def detach(store) -> A.Attachment | None:
     elif not pins.exists():
         return None
     links.detach_all(store.directory)
+    if att is None or att.mode == G.NETFILTER:
+        from .nfmode import remove_reject, xtables_installed
+        if xtables_installed():
+            remove_reject()
     shutil.rmtree(pins, ignore_errors=True)
     A.remove(store.directory)
     return att or A.Attachment(mode="", active=0)

@@ -31,7 +31,9 @@ ROOTS = {"INPUT": ("nf_root_input", nfhook.LOCAL_IN),
          "FORWARD": ("nf_root_forward", nfhook.FORWARD),
          "OUTPUT": ("nf_root_output", nfhook.LOCAL_OUT)}
 ROOT_MAPS = ("active_map", "nf_slots")
-PRIORITY = nfhook.NF_IP_PRI_FILTER
+# just before the filter table (0), where iptables-legacy's REJECT hand-off
+# rules run (see "REJECT" below); after conntrack, mangle and DNAT
+PRIORITY = nfhook.NF_IP_PRI_FILTER - 1
 # fields the HOOK_NF build cannot fill in (yet): the made-up Ethernet
 # header has no real MACs; the eBPF tracker is not used in this mode
 UNSUPPORTED_FIELDS = {"mac": "-m mac", "pkttype": "-m pkttype"}
@@ -82,8 +84,6 @@ def load_raw(bpf, function: str, log_size: int = 1 << 22) -> int:
 
 def refuse(compiled: dict[str, Compiled]) -> None:
     """NotSupported (exit 2) for what the netfilter build cannot enforce."""
-    from ..extensions.reject import VERDICT_REJECT
-
     for hook, c in compiled.items():
         for name, what in UNSUPPORTED_FIELDS.items():
             if name in c.shape.fields:
@@ -94,8 +94,6 @@ def refuse(compiled: dict[str, Compiled]) -> None:
             raise NotSupported(f"-m hashlimit in {hook} in --mode netfilter")
         if c.shape.nsets:
             raise NotSupported(f"-m set in {hook} in --mode netfilter")
-        if any(e.verdict & VERDICT_REJECT and e.verdict != 0xFFFFFFFF for e in c.entries):
-            raise NotSupported(f"-j REJECT in {hook} in --mode netfilter")
 
 
 # -- roots and links ----------------------------------------------------------------------
@@ -191,3 +189,116 @@ def check_links(link_dir: Path, roots: dict[str, int]) -> dict[str, bool]:
         finally:
             os.close(fd)
     return out
+
+
+# -- REJECT: the hand-off to iptables-legacy's REJECT (bpf/lib/nfreject.h) -------------
+
+REJECT_SOURCE = "nfreject.c"
+REJECT_CHAIN = "BPF-IPTABLES-REJECT"
+SOCKET_FILTER = 1
+# the reject types (extensions/reject.py numbers) and their sf_<type> programs
+REJECT_NAMES = {0: "icmp-net-unreachable", 1: "icmp-host-unreachable",
+                2: "icmp-proto-unreachable", 3: "icmp-port-unreachable",
+                5: "icmp-net-prohibited", 6: "icmp-host-prohibited", 7: "tcp-reset",
+                8: "icmp-admin-prohibited"}
+
+
+def reject_dir(ct_dir: str) -> str:
+    """The bpffs directory of the REJECT records and socket filters (next
+    to the namespace's conntrack pins, like the other shared maps)."""
+    return os.path.join(os.path.dirname(ct_dir), "nfreject")
+
+
+def has_reject(compiled: dict[str, Compiled]) -> bool:
+    from ..extensions.reject import VERDICT_REJECT
+
+    return any(e.verdict & VERDICT_REJECT and e.verdict != 0xFFFFFFFF
+               for c in compiled.values() for e in c.entries)
+
+
+def load_reject(where: Path, bpf_dir: Path) -> None:
+    """The socket filters, pinned in ``where`` with the records' map
+    (opened if pinned already: the classifiers' map)."""
+    from bcc import BPF
+
+    where.mkdir(parents=True, mode=0o700, exist_ok=True)
+    flags = [f"-I{bpf_dir}", f'-DNF_REJECT_PIN_DIR="{where}"'] + [
+        f"-D{k}={imm:#x}" for k, (imm, _) in nfhook.KFUNCS.items()]
+    bpf = BPF(src_file=str(bpf_dir / REJECT_SOURCE).encode(), cflags=flags)
+    try:
+        for name in ["sf_any"] + [f"sf_type{t}" for t in REJECT_NAMES]:
+            insns = nfhook.kfunc_calls(bytes(bpf.dump_func(name.encode())), nfhook.vmlinux())
+            fd = bpfsys.prog_load(SOCKET_FILTER, insns, "GPL", name, log_size=1 << 16)
+            try:
+                pin = where / name
+                pin.unlink(missing_ok=True)
+                bpfsys.obj_pin(fd, str(pin))
+            finally:
+                os.close(fd)
+    finally:
+        bpf.cleanup()
+
+
+def xtables_rules(where: Path) -> str:
+    """iptables-legacy-restore --noflush input: the REJECT chain (one rule
+    per type: the kernel's REJECT checks tcp-reset against -p tcp) and,
+    first in each hook chain, the jump for recorded packets."""
+    lines = ["*filter", f":{REJECT_CHAIN} - [0:0]"]
+    for t, name in REJECT_NAMES.items():
+        proto = "-p tcp " if name == "tcp-reset" else ""
+        lines.append(f"-A {REJECT_CHAIN} {proto}-m bpf --object-pinned {where}/sf_type{t} "
+                     f"-j REJECT --reject-with {name}")
+    for chain in ("INPUT", "FORWARD", "OUTPUT"):
+        lines.append(f"-I {chain} 1 -m bpf --object-pinned {where}/sf_any -j {REJECT_CHAIN}")
+    return "\n".join(lines + ["COMMIT", ""])
+
+
+def _xt(*argv: str, input: str | None = None):
+    """Run an iptables-legacy tool on this namespace's tables. The caller
+    holds the xtables lock (every bpf-iptables command does, as iptables
+    does), so the child takes a lock file of its own: with the global one
+    it would wait for its parent forever (and block every other iptables
+    user of the machine meanwhile)."""
+    import subprocess
+
+    env = {**os.environ, "XTABLES_LOCKFILE": HANDOFF_LOCK}
+    return subprocess.run(list(argv), input=input, capture_output=True, text=True, env=env)
+
+
+HANDOFF_LOCK = "/run/bpf-iptables/handoff.xtables.lock"
+
+
+def xtables_installed() -> bool:
+    return _xt("iptables-legacy", "-w", "-S", REJECT_CHAIN).returncode == 0
+
+
+def ensure_reject(where: Path, bpf_dir: Path, wanted: bool) -> None:
+    """The hand-off in place when the rule set has a REJECT (before its
+    switch), taken out when it has none (after the switch); OSError when
+    iptables-legacy refuses (e.g. no xt_bpf)."""
+    there = xtables_installed()
+    if wanted and not there:
+        load_reject(where, bpf_dir)
+        r = _xt("iptables-legacy-restore", "-w", "--noflush", input=xtables_rules(where))
+        if r.returncode != 0:
+            remove_reject()
+            raise OSError(0, f"iptables-legacy-restore: {r.stderr.strip()}")
+    elif not wanted and there:
+        remove_reject()
+
+
+def remove_reject() -> None:
+    """Take the hand-off's x_tables rules out (what is not there is skipped)."""
+    for chain in ("INPUT", "FORWARD", "OUTPUT"):
+        while True:
+            r = _xt("iptables-legacy", "-w", "-S", chain)
+            rules = [l for l in r.stdout.splitlines() if l.startswith("-A ")]
+            at = [i for i, l in enumerate(rules, 1) if l.endswith(f"-j {REJECT_CHAIN}")]
+            if r.returncode != 0 or not at:
+                break
+            # by number: xt_bpf's match data holds an fd, so -D by the
+            # rule's text never finds it
+            if _xt("iptables-legacy", "-w", "-D", chain, str(at[0])).returncode != 0:
+                break
+    _xt("iptables-legacy", "-w", "-F", REJECT_CHAIN)
+    _xt("iptables-legacy", "-w", "-X", REJECT_CHAIN)

@@ -58,6 +58,9 @@ def cflags(shape: Shape, tc: bool = False, ct_dir: str | None = None,
         # kernel's conntrack instead of the eBPF tracker
         from .nfmode import cflags as nf_cflags
         flags += nf_cflags("ctstate" in shape.fields)
+        if ct_dir:
+            from .nfmode import reject_dir
+            flags.append(f'-DNF_REJECT_PIN_DIR="{reject_dir(ct_dir)}"')
     for name in FIELD_ORDER:
         flags.append(f"-DFIELD_{name.upper()}={int(name in shape.fields)}")
     if "ctstate" in shape.fields and not nf:
@@ -213,7 +216,7 @@ class LoadedProgram:
         maps are the program's own).
         ``nf``: a netfilter-hook program (--mode netfilter, nfmode.py):
         always compiled (the object cache does not keep kfunc calls)."""
-        tracked = bool(ct_dir) and "ctstate" in shape.fields
+        tracked = bool(ct_dir) and "ctstate" in shape.fields and not nf
         if tracked:
             os.makedirs(ct_dir, mode=0o700, exist_ok=True)
         if ct_dir and shape.nlogs:
@@ -232,7 +235,11 @@ class LoadedProgram:
         # maps bcc opens (or creates and pins) by path: the namespace's
         # conntrack table, LOG ring, hashlimit and recent tables, sets
         pinned = bool(ct_dir) and (tracked or bool(shape.nlogs) or bool(shape.nhashlimits)
-                                   or bool(shape.nrecent) or bool(shape.nsets))
+                                   or bool(shape.nrecent) or bool(shape.nsets) or nf)
+        if ct_dir and nf:
+            # REJECT's records, shared with the x_tables side (nfmode.py)
+            from .nfmode import reject_dir
+            os.makedirs(reject_dir(ct_dir), mode=0o700, exist_ok=True)
         start = time.monotonic()
         # the raw loader would make private ones: programs with pinned maps
         # are always compiled
@@ -281,7 +288,7 @@ class LoadedProgram:
         from bcc import BPF  # imported late: only a cache miss needs bcc
 
         if nf:
-            return _compile_nf(shape, debug)
+            return _compile_nf(shape, debug, ct_dir)
         steps = shape.steps
         while True:
             bpf = BPF(src_file=str(SOURCE).encode(),
@@ -372,7 +379,7 @@ class LoadedProgram:
         return self.counter(POLICY_COUNTER)
 
 
-def _compile_nf(shape: Shape, debug: int) -> tuple[objcache.Loaded, int]:
+def _compile_nf(shape: Shape, debug: int, ct_dir: str | None) -> tuple[objcache.Loaded, int]:
     """The HOOK_NF build (--mode netfilter): compiled by bcc, loaded raw
     with its kfunc calls (nfmode.load_raw); fewer steps per invocation
     when the verifier gives up, as ``_compile``."""
@@ -384,7 +391,8 @@ def _compile_nf(shape: Shape, debug: int) -> tuple[objcache.Loaded, int]:
     steps = shape.steps
     while True:
         bpf = BPF(src_file=str(SOURCE).encode(),
-                  cflags=cflags(replace(shape, steps=steps), nf=True), debug=debug)
+                  cflags=cflags(replace(shape, steps=steps), ct_dir=ct_dir, nf=True),
+                  debug=debug)
         progs: dict[str, int] = {}
         try:
             for name in functions(shape):
