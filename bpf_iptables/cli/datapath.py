@@ -60,13 +60,13 @@ def run(argv: list[str]) -> int:
             if args.command == "attach":
                 att = live.attach(store, args.mode)
                 if args.mode == "netfilter":
-                    # linked at the hooks, not on interfaces: nothing to watch
+                    # linked at the hooks, not on interfaces (the watcher
+                    # still recompiles -i/-o names when interfaces change)
                     print(f"attached program {att.prog_id} ({att.entries} entries) to the "
                           "netfilter hooks LOCAL_IN FORWARD LOCAL_OUT")
-                    watch.stop(store.directory)
-                    return 0
-                print(f"attached program {att.prog_id} ({att.entries} entries) to "
-                      + " ".join(sorted(att.interfaces)))
+                else:
+                    print(f"attached program {att.prog_id} ({att.entries} entries) to "
+                          + " ".join(sorted(att.interfaces)))
                 if args.no_watch:
                     watch.stop(store.directory)
                 else:

@@ -339,8 +339,9 @@ def sync_interfaces(directory: Path, mode: str, have: dict[str, list[int]],
     """Roots on every interface of ``here``: the ones in ``have`` kept,
     vanished ones forgotten (their links unpinned), new ones attached
     (all or nothing: a failure takes back what this call attached). In
-    netfilter mode: no interfaces, the roots' links at the hooks (made
-    when missing)."""
+    netfilter mode: the roots' links at the hooks (made when missing), and
+    the interfaces recorded (flags 0) only so that the watcher resyncs
+    (recompiles -i/-o names) when they change."""
     if mode == G.NETFILTER:
         from . import nfmode
         roots = {n: bpfsys_id(links.root_dir(directory) / n) for n, _ in nfmode.ROOTS.values()}
@@ -348,7 +349,7 @@ def sync_interfaces(directory: Path, mode: str, have: dict[str, list[int]],
             nfmode.ensure_links(links.link_dir(directory), links.root_dir(directory), roots)
         except OSError as exc:
             raise DatapathError(f"cannot link the netfilter hooks: {exc}") from None
-        return {}
+        return {name: [index, 0] for name, index in here.items()}
     kept = {n: v for n, v in have.items() if here.get(n) == v[0]}
     for name, (index, _) in have.items():
         if name not in kept:

@@ -90,4 +90,11 @@ def _netfilter(directory: Path, att: A.Attachment, hooks: dict, out: list[str], 
         state = "ok" if seen[hook] else "link missing"
         out.append(f"{hook} {prog} at netfilter hook {hooknum} priority {nfmode.PRIORITY}: {state}")
         ok &= seen[hook]
+    if nfmode.xtables_installed():
+        out.append(f"REJECT hand-off: iptables-legacy chain {nfmode.REJECT_CHAIN}")
+    here = bridges.attachable()
+    for name in sorted(set(here) - set(att.interfaces)):
+        # -i/-o names resolved at the next update (the watcher's, or any change)
+        out.append(f"  {name} not compiled in (created after the last update)")
+        ok = False
     return out, ok
