@@ -484,6 +484,12 @@ def _nf_reject(directory: Path, compiled: dict[str, Compiled], before_switch: bo
     if wanted != before_switch:
         return
     where = Path(nfmode.reject_dir(str(A.ns_pins(directory) / "conntrack")))
+    if wanted == nfmode.reject_pinned(where):
+        return   # as it should be (no iptables-legacy run per update)
+    if not wanted:
+        # packets the old generation recorded just before the switch are
+        # still to meet their x_tables rule (they run inside RCU sections)
+        grace_period()
     try:
         nfmode.ensure_reject(where, BPF_DIR, wanted)
     except OSError as exc:

@@ -239,6 +239,12 @@ def load_reject(where: Path, bpf_dir: Path) -> None:
         bpf.cleanup()
 
 
+def reject_pinned(where: Path) -> bool:
+    """Whether the hand-off is set up (its socket filters pinned: made
+    before the x_tables rules, removed after them)."""
+    return (where / "sf_any").exists()
+
+
 def xtables_rules(where: Path) -> str:
     """iptables-legacy-restore --noflush input: the REJECT chain (one rule
     per type: the kernel's REJECT checks tcp-reset against -p tcp) and,
@@ -276,19 +282,21 @@ def ensure_reject(where: Path, bpf_dir: Path, wanted: bool) -> None:
     """The hand-off in place when the rule set has a REJECT (before its
     switch), taken out when it has none (after the switch); OSError when
     iptables-legacy refuses (e.g. no xt_bpf)."""
-    there = xtables_installed()
-    if wanted and not there:
+    if wanted:
+        if xtables_installed():
+            remove_reject(where)   # left over (rules of programs no longer pinned)
         load_reject(where, bpf_dir)
         r = _xt("iptables-legacy-restore", "-w", "--noflush", input=xtables_rules(where))
         if r.returncode != 0:
-            remove_reject()
+            remove_reject(where)
             raise OSError(0, f"iptables-legacy-restore: {r.stderr.strip()}")
-    elif not wanted and there:
-        remove_reject()
+    else:
+        remove_reject(where)
 
 
-def remove_reject() -> None:
-    """Take the hand-off's x_tables rules out (what is not there is skipped)."""
+def remove_reject(where: Path | None = None) -> None:
+    """Take the hand-off's x_tables rules out (what is not there is
+    skipped), then its socket filters' pins (in ``where``)."""
     for chain in ("INPUT", "FORWARD", "OUTPUT"):
         while True:
             r = _xt("iptables-legacy", "-w", "-S", chain)
@@ -302,3 +310,6 @@ def remove_reject() -> None:
                 break
     _xt("iptables-legacy", "-w", "-F", REJECT_CHAIN)
     _xt("iptables-legacy", "-w", "-X", REJECT_CHAIN)
+    if where is not None:
+        for name in ["sf_any"] + [f"sf_type{t}" for t in REJECT_NAMES]:
+            (where / name).unlink(missing_ok=True)
