@@ -2,18 +2,19 @@
 
 The classifier (``bpf/filter.c`` built with ``-DHOOK_NF``) runs as a
 BPF_PROG_TYPE_NETFILTER program where iptables' filter table runs:
-LOCAL_IN (INPUT), FORWARD and LOCAL_OUT (OUTPUT) at priority 0, after
-conntrack, mangle and the nat table's DNAT. Root programs
-(``bpf/nfroot.c``), one per hook, are linked once (pinned
-``link/nf-<hook>``); they tail-call the active generation's classifier
-from ``root/nf_slots`` (a netfilter link cannot be updated), so an update
-switches every hook with one write of ``root/active_map``, as in the
-other modes. No interfaces, no route lookup, no watcher needed.
+LOCAL_IN (INPUT), FORWARD and LOCAL_OUT (OUTPUT), at priority -1 (just
+before the filter table), after conntrack, mangle and the nat table's
+DNAT. Root programs (``bpf/nfroot.c``), one per hook, are linked once
+(pinned ``link/nf-<hook>``); they tail-call the active generation's
+classifier from ``root/nf_slots`` (a netfilter link cannot be updated), so
+an update switches every hook with one write of ``root/active_map``, as in
+the other modes. No programs on interfaces, no route lookup.
 
 This module: the build flags (kernel struct offsets from BTF, kfunc
 ids), the raw load (bcc compiles; the kfunc calls are patched in and the
 program loaded with its expected attach type by bpf(2)), the roots and
-their links, and what the mode refuses."""
+their links, the REJECT hand-off to iptables-legacy, and what the mode
+refuses (README, "--mode netfilter")."""
 from __future__ import annotations
 
 import os
@@ -35,7 +36,7 @@ ROOT_MAPS = ("active_map", "nf_slots")
 # rules run (see "REJECT" below); after conntrack, mangle and DNAT
 PRIORITY = nfhook.NF_IP_PRI_FILTER - 1
 # fields the HOOK_NF build cannot fill in (yet): the made-up Ethernet
-# header has no real MACs; the eBPF tracker is not used in this mode
+# header has no real MACs and no packet type
 UNSUPPORTED_FIELDS = {"mac": "-m mac", "pkttype": "-m pkttype"}
 
 
