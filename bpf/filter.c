@@ -189,9 +189,10 @@ static __always_inline int nf_window(CTX_TYPE *ctx, u8 *buf, u32 *len)
 	*len = l;
 	return n;
 }
-#if NLOGS || NHASHLIMITS || NSETS || CONNTRACK || FIELD_MAC || FIELD_PKTTYPE
+#if NLOGS || NHASHLIMITS || NSETS || CONNTRACK || FIELD_MAC
 #error "not in --mode netfilter (nfmode.refuse names it)"
 #endif
+#define PACKET_LOOPBACK 5
 #if NF_CT
 #include "lib/nfct.h"
 BPF_PERCPU_ARRAY(nf_ct_scratch, struct ct_seen, 1);
@@ -847,6 +848,19 @@ int xdp_filter(CTX_TYPE *ctx)
 	 * and TC ingress see) */
 	if (nf_hooknum(ctx) == NF_HOOK_FORWARD)
 		pf.ttl += 1;
+#if FIELD_PKTTYPE
+	/* the made-up header says nothing: skb->pkt_type (a bitfield: the
+	 * byte holding it, -DOFF_SKB_PKT_TYPE), as xt_pkttype reads it (a
+	 * looped-back packet: multicast by its destination, else broadcast;
+	 * OTHERHOST never reaches these hooks, OUTPUT's type is decided at
+	 * compile time) */
+	u32 skb_pt = (*(u8 *)((char *)ctx->skb + OFF_SKB_PKT_TYPE) >> PKT_TYPE_SHIFT) &
+		     PKT_TYPE_MASK;
+	if (skb_pt == PACKET_LOOPBACK)
+		pf.pkttype = (pf.daddr & 0xF0) == 0xE0 ? PACKET_MULTICAST : PACKET_BROADCAST;
+	else
+		pf.pkttype = skb_pt <= PACKET_MULTICAST ? skb_pt : PACKET_HOST;
+#endif
 #endif
 
 	u32 zero = 0;

@@ -2,7 +2,7 @@
 ``filter.c -DHOOK_NF``) agrees with the reference semantics.
 
 The random rule sets and packets of tests/test_datapath_property.py
-(without -m mac and -m pkttype, which this mode refuses, and without -i,
+(without -m mac, which this mode refuses, and without -i,
 see ``run``), run by
 BPF_PROG_TEST_RUN at LOCAL_IN and FORWARD (the header window, the hook
 state's devices, FORWARD's lowered TTL), plus OUTPUT cases at LOCAL_OUT.
@@ -20,7 +20,7 @@ from tests.test_datapath_property import SHAPE, packet_for, rule_sets
 pytestmark = pytest.mark.usefixtures("private_netns")
 
 NF_SHAPE = type(SHAPE)(**{**{k: getattr(SHAPE, k) for k in SHAPE.__dataclass_fields__},
-                          "fields": SHAPE.fields - {"mac", "pkttype"} | {"oif", "mark"}})
+                          "fields": SHAPE.fields - {"mac"} | {"oif", "mark"}})
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +40,7 @@ def run(h: Harness, data, base: str) -> None:
     # no packet at LOCAL_IN or FORWARD lacks; -i is compared with
     # iptables-legacy on real traffic (tests/test_nfmode_traffic.py)
     lines = [l for l in lines
-             if "-m mac" not in l and "-m pkttype" not in l and " -i " not in l]
+             if "-m mac" not in l and " -i " not in l]
     table = table_from_lines(lines)
     packets = data.draw(st.lists(packet_for(boxes, ifnames, base), min_size=1, max_size=16))
     report = h.check(table, packets)

@@ -120,7 +120,7 @@ def test_refused_in_netfilter_mode():
                                "-j", "DROP").returncode == 0
         attach(ns)
         for rule in ("-A INPUT -j LOG", "-A INPUT -m mac --mac-source 0a:00:00:00:00:01",
-                     "-A INPUT -m pkttype --pkt-type broadcast"):
+                     "-A INPUT -p tcp -m hashlimit --hashlimit-upto 1/s --hashlimit-name x"):
             r = ns.bpf_iptables(*rule.split())
             assert r.returncode == 2, (rule, r.stdout, r.stderr)
             assert "netfilter" in r.stderr
@@ -210,3 +210,55 @@ def test_reject_as_iptables_legacy():
         # the rule set without REJECT: the hand-off goes
         assert ours.server.bpf_iptables("-F").returncode == 0
         assert ours.server.run(["iptables-legacy", "-S"]).stdout.count("-A") == 0
+
+
+PKTTYPE_RULES = """\
+*filter
+:INPUT ACCEPT [0:0]
+:FORWARD ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+-A INPUT -p udp -m pkttype --pkt-type broadcast -m udp --dport 5001 -j DROP
+-A INPUT -p udp -m pkttype --pkt-type host -m udp --dport 5002 -j DROP
+-A INPUT -p udp -m pkttype ! --pkt-type unicast
+COMMIT
+"""
+
+
+def sent_to(pair, dst_ip: str, port: int, count: int) -> int:
+    """Datagrams client -> dst_ip:port (broadcast allowed), received by a
+    server socket bound to the port on any address."""
+    import socket
+    from tests.test_datapath_traffic import inside, received
+
+    with inside(pair.server):
+        rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with inside(pair.client):
+        tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with rx, tx:
+        tx.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+        rx.bind(("0.0.0.0", port))
+        for i in range(count):
+            tx.sendto(b"d %d" % i, (dst_ip, port))
+        return received(rx)
+
+
+def test_pkttype_from_the_skb_as_iptables_legacy():
+    """-m pkttype reads skb->pkt_type (the made-up Ethernet header of the
+    header window has no destination MAC): broadcast and unicast frames."""
+    ensure_bpffs()
+    with topology("nfpl") as legacy, topology("nfpb") as ours:
+        assert legacy.server.run(["iptables-legacy-restore"], input=PKTTYPE_RULES).returncode == 0
+        r = ours.server.run(bpf_command("iptables-restore"), input=PKTTYPE_RULES)
+        assert r.returncode == 0, r.stderr
+        attach(ours.server)
+
+        def run(t) -> dict[str, int]:
+            return {"bcast5001": sent_to(t, "10.99.0.255", 5001, 2),
+                    "ucast5001": sent_to(t, "10.99.0.2", 5001, 2),
+                    "bcast5002": sent_to(t, "10.99.0.255", 5002, 3),
+                    "ucast5002": sent_to(t, "10.99.0.2", 5002, 1)}
+
+        want = run(legacy)
+        assert want == {"bcast5001": 0, "ucast5001": 2, "bcast5002": 3, "ucast5002": 0}
+        assert run(ours) == want
+        assert ours.server.bpf_iptables(*LISTING).stdout == legacy.server.iptables(*LISTING).stdout

@@ -146,10 +146,17 @@ class Harness:
         """The netfilter build's verdict. bpf_prog_test_run_nf gives every
         hook the loopback as output device and no input device (it picks
         them by its default hook, LOCAL_OUT, before taking ours): the
-        reference packet is made to match."""
+        reference packet is made to match. skb->pkt_type is what
+        eth_type_trans() makes of the frame's destination MAC."""
         pkt.in_iface = ""
         pkt.out_iface = "" if self.hook == "INPUT" else "lo"
-        pkt.src_mac, pkt.pkttype = None, "host"
+        pkt.src_mac = None
+        if self.hook == "OUTPUT":
+            pkt.pkttype = "host"   # (the test run takes LOCAL_OUT's data as the IP packet)
+        elif pkt.pkttype == "broadcast":
+            # the loopback's broadcast address is all zeros: ff:ff:ff:ff:ff:ff
+            # is a multicast address to eth_type_trans() there
+            pkt.pkttype = "multicast"
         got = test_run_nf(prog.fd, nf_frame(pkt), NF_HOOKNUM[self.hook])
         return NF_VERDICTS.get(got.verdict, str(got.verdict))
 

@@ -36,8 +36,8 @@ ROOT_MAPS = ("active_map", "nf_slots")
 # rules run (see "REJECT" below); after conntrack, mangle and DNAT
 PRIORITY = nfhook.NF_IP_PRI_FILTER - 1
 # fields the HOOK_NF build cannot fill in (yet): the made-up Ethernet
-# header has no real MACs and no packet type
-UNSUPPORTED_FIELDS = {"mac": "-m mac", "pkttype": "-m pkttype"}
+# header has no real MACs (the packet type comes from skb->pkt_type)
+UNSUPPORTED_FIELDS = {"mac": "-m mac"}
 
 
 def check_kernel() -> None:
@@ -58,6 +58,9 @@ def cflags(conntrack: bool = False) -> list[str]:
     ``conntrack`` (the ctstate field) the kernel's conntrack entry is read
     (NF_CT, lib/nfct.h)."""
     flags = ["-DHOOK_NF=1"] + nfhook.cflags(False, False)
+    byte, shift, width = nfhook.vmlinux().bitfield("sk_buff", "pkt_type")
+    flags += [f"-DOFF_SKB_PKT_TYPE={byte}", f"-DPKT_TYPE_SHIFT={shift}",
+              f"-DPKT_TYPE_MASK={(1 << width) - 1}"]
     if conntrack:
         from ..conntrack.hz import kernel_hz
 
