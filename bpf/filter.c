@@ -110,6 +110,102 @@ static __always_inline void ct_stat(u32 slot)
 #define CTX_TYPE struct __sk_buff
 #define CTX_IFINDEX(ctx) ((ctx)->ifindex)
 #define RET(v) ((v) == XDP_PASS ? TC_ACT_OK : TC_ACT_SHOT)
+#elif HOOK_NF
+/* HOOK_NF (--mode netfilter, README "Netfilter hooks"): the classifier as
+ * a BPF_PROG_TYPE_NETFILTER program at LOCAL_IN/FORWARD/LOCAL_OUT,
+ * tail-called by bpf/nfroot.c. Context struct bpf_nf_ctx { state, skb },
+ * kernel structures read by plain loads at offsets from the running
+ * kernel's BTF (-DOFF_*, nfmode.py); no direct packet access: lib/parse.h
+ * runs over a header window (nf_window). The interface field is the
+ * input device (LOCAL_IN, FORWARD) or the output device (LOCAL_OUT);
+ * FORWARD's -o is state->out. Verdicts: PASS -> NF_ACCEPT, anything else
+ * -> NF_DROP (the only two a netfilter program may return). */
+#define NF_DROP 0
+#define NF_ACCEPT 1
+#define NF_HOOK_FORWARD 2
+#define NF_HOOK_LOCAL_OUT 3
+#ifndef NF_WINDOW
+#define NF_WINDOW 120	/* IP header with options (60) + TCP header with options (60) */
+#endif
+/* the frame starts 2 bytes in (IP header 4-byte aligned: the verifier
+ * checks stack alignment); 60 bytes of slack past the window because the
+ * verifier bounds the parser's variable offsets by their masks, not by
+ * data_end (a stack pointer) */
+#define NF_BUF (2 + 14 + NF_WINDOW + 60)
+struct nf_ctx {
+	void *state;	/* const struct nf_hook_state * */
+	void *skb;	/* struct sk_buff * */
+};
+#define CTX_TYPE struct nf_ctx
+#define CTX_IFINDEX(ctx) nf_ifindex(ctx)
+#define RET(v) ((v) == XDP_PASS ? NF_ACCEPT : NF_DROP)
+/* kfunc, called by a fake helper id that nfhook.kfunc_calls() rewrites */
+static long (*kf_dynptr_from_skb)(void *skb, u64 flags, struct bpf_dynptr *p) =
+	(void *)KFUNC_FROM_SKB;
+static __always_inline u32 nf_hooknum(CTX_TYPE *ctx)
+{
+	return *(u8 *)((char *)ctx->state + OFF_STATE_HOOK);
+}
+static __always_inline u32 nf_dev(CTX_TYPE *ctx, u32 off)
+{
+	void *dev = *(void **)((char *)ctx->state + off);
+	return dev ? *(int *)((char *)dev + OFF_DEV_IFINDEX) : 0;
+}
+static __always_inline u32 nf_ifindex(CTX_TYPE *ctx)
+{
+	return nf_dev(ctx, nf_hooknum(ctx) == NF_HOOK_LOCAL_OUT ? OFF_STATE_OUT : OFF_STATE_IN);
+}
+/* the window lives in per-CPU map memory: on the stack its ~200 bytes
+ * push a classifier with many fields past the 512-byte stack limit */
+struct nf_window {
+	u8 buf[NF_BUF];
+} __attribute__((aligned(8)));
+BPF_PERCPU_ARRAY(nf_window_map, struct nf_window, 1);
+/* Copy the IP packet's first NF_WINDOW bytes (fewer when shorter) behind
+ * a made-up Ethernet header (MACs zero: -m mac and pkttype are refused in
+ * this mode) at buf + 2; returns the bytes copied, -1 on failure. Bytes
+ * past the copy may be an earlier packet's: the parser reads nothing
+ * beyond data_end. *len: skb->len, the IP packet's length (linear part
+ * and fragments). */
+static __always_inline int nf_window(CTX_TYPE *ctx, u8 *buf, u32 *len)
+{
+	u8 *frame = buf + 2;
+	__builtin_memset(frame, 0, 14);
+	frame[12] = 0x08;	/* h_proto ETH_P_IP */
+	struct bpf_dynptr p;
+	if (kf_dynptr_from_skb(ctx->skb, 0, &p))
+		return -1;
+	u32 l = *(u32 *)((char *)ctx->skb + OFF_SKB_LEN);
+	u32 n = l < NF_WINDOW ? l : NF_WINDOW;
+	long rc = bpf_dynptr_read(frame + 14, n, &p, 0, 0);
+	/* overwrite the dynptr now: clang reuses its stack slots for spills
+	 * on some paths only, and states holding a dynptr there never equal
+	 * states holding a scalar (the scan loop is then verified once per
+	 * mix; five times more instructions with a few fields) */
+	*(volatile u64 *)&p = 0;
+	*((volatile u64 *)&p + 1) = 0;
+	if (rc)
+		return -1;
+	*len = l;
+	return n;
+}
+#if NLOGS || NHASHLIMITS || NSETS || CONNTRACK || FIELD_MAC
+#error "not in --mode netfilter (nfmode.refuse names it)"
+#endif
+#define PACKET_LOOPBACK 5
+#if NF_CT
+#include "lib/nfct.h"
+BPF_PERCPU_ARRAY(nf_ct_scratch, struct ct_seen, 1);
+#endif
+#include "lib/nfreject.h"
+/* REJECT's records for the x_tables side (lib/nfreject.h): the
+ * namespace's (pinned, shared with bpf/nfreject.c), private in tests */
+#ifdef NF_REJECT_PIN_DIR
+BPF_TABLE_PINNED("lru_hash", u64, struct nf_pending, nf_reject_pending, NF_PENDING_MAX,
+		 NF_REJECT_PIN_DIR "/pending");
+#else
+BPF_TABLE("lru_hash", u64, struct nf_pending, nf_reject_pending, NF_PENDING_MAX);
+#endif
 #else
 #define CTX_TYPE struct xdp_md
 #define CTX_IFINDEX(ctx) ((ctx)->ingress_ifindex)
@@ -132,9 +228,15 @@ static __always_inline u32 looped_pkttype(u32 daddr)
 }
 /* LOG event flag: no MAC header (logger.py prints what nf_log does) */
 #define LOG_LOOPED 0x100
+#if !HOOK_NF
 #include "lib/reject.h"
 /* REJECT replies through OUTPUT (--mode tc): the hand-over and exits */
 #include "lib/reject_out.h"
+#else
+#define VERDICT_REJECT 0x100u	/* lib/reject.h's; no reply built here */
+/* netfilter's own REJECT sends the reply, through OUTPUT (lib/nfreject.h) */
+#define RET_OUT(ctx, v) RET(v)
+#endif
 #if NSETS
 #include "lib/set.h"
 /* -m set (lib/set.h): the namespace's sets, one map per type keyed by set
@@ -181,7 +283,7 @@ struct config {
 	u32 first_word;	  /* always 0; read from the map so the verifier treats
 			   * the word index as a range, not as a constant per
 			   * path (constants would defeat state pruning) */
-#if CONNTRACK
+#if CONNTRACK || NF_CT
 	u32 fast_counter; /* fast path (compiler.fast_path): the first entry's */
 	u64 fast_slots;	  /* conntrack slots it accepts on, alone */
 #endif
@@ -693,17 +795,22 @@ BPF_HASH(mac_map, u64, struct bitvector, MAC_MAX);
 #define TERM_MAC(m, ix)
 #endif
 #if FIELD_CTSTATE
-#if !CONNTRACK
+#if !CONNTRACK && !NF_CT
 #error "FIELD_CTSTATE needs CONNTRACK"
 #endif
+#if NF_CT
+#define CTSTATE_SLOTS NF_CT_SLOTS
+#else
+#define CTSTATE_SLOTS CT_SLOTS
+#endif
 /* index: the packet's ctstate, direction and status bits (CT_SLOT) */
-BPF_ARRAY(ctstate_map, struct bitvector, CT_SLOTS);
+BPF_ARRAY(ctstate_map, struct bitvector, CTSTATE_SLOTS);
 #define TERM_CTSTATE(m, ix) &f_ctstate->m[ix]
 #else
 #define TERM_CTSTATE(m, ix)
 #endif
 #if FIELD_CTCHECK
-#if !CONNTRACK
+#if !CONNTRACK && !NF_CT
 #error "FIELD_CTCHECK needs CONNTRACK"
 #endif
 /* per entry: xt_conntrack's tuple and --ctexpire tests (not a bitvector:
@@ -786,17 +893,53 @@ int xdp_filter(CTX_TYPE *ctx)
 	u32 pull = ctx->len < 128 ? ctx->len : 128;
 	bpf_skb_pull_data(ctx, pull);
 	u32 wire_len = ctx->len;
+#elif HOOK_NF
+	/* the header window (nf_window) as the parser's frame */
+	u32 nfzero = 0;
+	struct nf_window *nfw = nf_window_map.lookup(&nfzero);
+	if (!nfw)
+		return NF_DROP;
+	u8 *nfbuf = nfw->buf;
+	u32 iplen = 0;
+	int nfn = nf_window(ctx, nfbuf, &iplen);
+	if (nfn < 0)
+		return NF_ACCEPT;	/* as a frame parse_packet does not take */
+	u32 wire_len = 14 + iplen;
+	void *data = nfbuf + 2;
+	void *data_end = nfbuf + 2 + 14 + (nfn & 0xFF);
 #else
 	u32 wire_len = 0;
 #endif
+#if !HOOK_NF
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
+#endif
 	struct packet_fields pf = {};
 	if (parse_packet(data, data_end, &pf, wire_len) != PARSE_OK)
 		return RET_OUT(ctx, XDP_PASS);
 	u32 looped = LOOPED(ctx);
 	if (looped)
 		pf.pkttype = looped_pkttype(pf.daddr);
+#if HOOK_NF
+	/* ip_forward() lowered the TTL before the FORWARD hook; the compiler
+	 * keys FORWARD's ttl table by the frame's TTL, one higher (what XDP
+	 * and TC ingress see) */
+	if (nf_hooknum(ctx) == NF_HOOK_FORWARD)
+		pf.ttl += 1;
+#if FIELD_PKTTYPE
+	/* the made-up header says nothing: skb->pkt_type (a bitfield: the
+	 * byte holding it, -DOFF_SKB_PKT_TYPE), as xt_pkttype reads it (a
+	 * looped-back packet: multicast by its destination, else broadcast;
+	 * OTHERHOST never reaches these hooks, OUTPUT's type is decided at
+	 * compile time) */
+	u32 skb_pt = (*(u8 *)((char *)ctx->skb + OFF_SKB_PKT_TYPE) >> PKT_TYPE_SHIFT) &
+		     PKT_TYPE_MASK;
+	if (skb_pt == PACKET_LOOPBACK)
+		pf.pkttype = (pf.daddr & 0xF0) == 0xE0 ? PACKET_MULTICAST : PACKET_BROADCAST;
+	else
+		pf.pkttype = skb_pt <= PACKET_MULTICAST ? skb_pt : PACKET_HOST;
+#endif
+#endif
 
 	u32 zero = 0;
 	struct config *cfg = config_map.lookup(&zero);
@@ -834,6 +977,13 @@ int xdp_filter(CTX_TYPE *ctx)
 			return RET_OUT(ctx, XDP_PASS);
 		}
 	}
+#elif NF_CT
+	/* --mode netfilter: the kernel's own entry (lib/nfct.h); read again
+	 * by a resumed scan (a few loads), in per-CPU memory as the tracker's */
+	struct ct_seen *cts = nf_ct_scratch.lookup(&zero);
+	if (!cts)
+		return RET(XDP_ABORTED);
+	nf_ct_view(ctx->skb, cts);
 #endif
 
 	/* One lookup per field; the bitvectors are then read in place. */
@@ -961,6 +1111,10 @@ int xdp_filter(CTX_TYPE *ctx)
 		return RET(XDP_ABORTED);
 #endif
 #if FIELD_OIF
+#if HOOK_NF
+	/* the hook knows the output device (no route lookup: none allowed) */
+	u32 okey = nf_dev(ctx, OFF_STATE_OUT);
+#else
 	struct bpf_fib_lookup fib = {};
 	fib.family = AF_INET;
 	fib.tos = pf.tos;
@@ -974,6 +1128,7 @@ int xdp_filter(CTX_TYPE *ctx)
 	 * lookup fills in the egress ifindex for both */
 	u32 okey = (fib_rc == BPF_FIB_LKUP_RET_SUCCESS ||
 		    fib_rc == BPF_FIB_LKUP_RET_NO_NEIGH) ? fib.ifindex : 0;
+#endif
 	struct bitvector *f_oif = oif_map.lookup(&okey);
 	if (!f_oif) {
 		okey = 0;
@@ -1000,7 +1155,11 @@ int xdp_filter(CTX_TYPE *ctx)
 		return RET(XDP_ABORTED);
 #endif
 #if FIELD_CTSTATE
+#if NF_CT
+	u32 ctkey = NF_CT_SLOT(cts);
+#else
 	u32 ctkey = CT_SLOT(cts);
+#endif
 	struct bitvector *f_ctstate = ctstate_map.lookup(&ctkey);
 	if (!f_ctstate)
 		return RET(XDP_ABORTED);
@@ -1029,6 +1188,8 @@ int xdp_filter(CTX_TYPE *ctx)
 #if FIELD_MARK
 #if HOOK_TC
 	u32 pkt_mark = ctx->mark;
+#elif HOOK_NF
+	u32 pkt_mark = *(u32 *)((char *)ctx->skb + OFF_SKB_MARK);
 #else
 	/* XDP has no skb: nothing has marked a packet that arrives from a
 	 * device (a packet entering a namespace has its mark cleared), so
@@ -1330,6 +1491,26 @@ int xdp_reject(CTX_TYPE *ctx)
 	rs->reject = 0;
 	if (!(v & VERDICT_REJECT) || v == VERDICT_CONTINUE)
 		return RET(XDP_DROP);
+#if HOOK_NF
+	/* a netfilter program cannot send: the record for iptables' REJECT
+	 * rule at the same hook (lib/nfreject.h), and accept */
+	struct bpf_dynptr p;
+	u8 ip[20];
+	if (kf_dynptr_from_skb(ctx->skb, 0, &p))
+		return NF_DROP;
+	long rc = bpf_dynptr_read(ip, 20, &p, 0, 0);
+	if (rc)
+		return NF_DROP;
+	struct nf_pending rec = {};
+	__builtin_memcpy(&rec.daddr, ip + 16, 4);
+	rec.id = (u16)ip[4] << 8 | ip[5];
+	rec.tot_len = (u16)ip[2] << 8 | ip[3];
+	rec.verdict = v;
+	u64 addr = (u64)ctx->skb;
+	if (nf_reject_pending.update(&addr, &rec))
+		return NF_DROP;	/* no record, no reply: at least not accepted */
+	return NF_ACCEPT;
+#else
 	int act = reject_packet(ctx, v, wire_len);
 #if HOOK_TC
 	if (act == TC_ACT_REDIRECT && !(v & REJECT_OUTPUT)) {
@@ -1375,6 +1556,7 @@ int xdp_reject(CTX_TYPE *ctx)
 	}
 #endif
 	return act;
+#endif
 }
 
 #if NHASHLIMITS || NRECENT

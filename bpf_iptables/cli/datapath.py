@@ -44,7 +44,8 @@ def run(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     a = sub.add_parser("attach", help="compile the filter table and attach it to every interface")
-    a.add_argument("--mode", choices=("xdp", "xdpgeneric", "tc"), default="xdpgeneric")
+    a.add_argument("--mode", choices=("xdp", "xdpgeneric", "tc", "netfilter"),
+                   default="xdpgeneric")
     a.add_argument("--no-watch", action="store_true",
                    help="no interface watcher: new interfaces are covered at the next update")
     sub.add_parser("detach", help="remove every program and pin of this namespace")
@@ -58,8 +59,14 @@ def run(argv: list[str]) -> int:
 
             if args.command == "attach":
                 att = live.attach(store, args.mode)
-                print(f"attached program {att.prog_id} ({att.entries} entries) to "
-                      + " ".join(sorted(att.interfaces)))
+                if args.mode == "netfilter":
+                    # linked at the hooks, not on interfaces (the watcher
+                    # still recompiles -i/-o names when interfaces change)
+                    print(f"attached program {att.prog_id} ({att.entries} entries) to the "
+                          "netfilter hooks LOCAL_IN FORWARD LOCAL_OUT")
+                else:
+                    print(f"attached program {att.prog_id} ({att.entries} entries) to "
+                          + " ".join(sorted(att.interfaces)))
                 if args.no_watch:
                     watch.stop(store.directory)
                 else:

@@ -42,7 +42,7 @@ HOOKS = ("INPUT", "FORWARD", "OUTPUT")
 class Attachment:
     """What is attached and which generation is live (see live.py)."""
 
-    mode: str                                   # "xdp", "xdpgeneric" or "tc"
+    mode: str                                   # "xdp", "xdpgeneric", "tc" or "netfilter"
     active: int                                 # the live generation: 0 or 1 (gen-<active>)
     interfaces: dict[str, list[int]] = field(default_factory=dict)  # name -> [ifindex, xdp flags]
     roots: dict[str, int] = field(default_factory=dict)             # root function -> program id
@@ -66,7 +66,8 @@ class Attachment:
     @property
     def prog_id(self) -> int:
         """The root program at ingress."""
-        return self.roots.get("tc_ingress_root" if self.mode == "tc" else "xdp_root", 0)
+        name = {"tc": "tc_ingress_root", "netfilter": "nf_root_input"}.get(self.mode, "xdp_root")
+        return self.roots.get(name, 0)
 
     @property
     def generation(self) -> int:

@@ -35,7 +35,8 @@ from ..extensions.reject import RejectData, default_ttl, reject_verdict
 from ..model import Rule, Table
 from ..netaddr import iface_matches
 from . import addrtypes
-from .fields import ICMP_ANY, EntryFields, Prefix, PrefixField, RangeField, decompose
+from .fields import (ICMP_ANY, EntryFields, Prefix, PrefixField, RangeField, ct_slots, decompose,
+                     nf_conntrack)
 from .sets import assign as assign_sets
 
 if TYPE_CHECKING:
@@ -1080,7 +1081,7 @@ def _compile_chain(table: Table, hook: str, interfaces: dict[str, int] | None,
         shape.ctextra_max = 1 + sum(max(0, len(e.fields.ctcheck) - 1) for e in entries)
     if "ctstate" in used:
         c.ctstate = [bits(i for i, f in live_entries if all(m >> slot & 1 for m in f.ctstate))
-                     for slot in range(CTSTATES)]
+                     for slot in range(ct_slots())]
         c.fast_slots, c.fast_counter = fast_path(entries)
     if "icmp" in used:
         c.icmp = icmp_table(live, live_entries)
@@ -1101,8 +1102,8 @@ def fast_path(entries: list[Entry]) -> tuple[int, int]:
     in the chain): the first matching entry for every packet with such a
     slot, so the classifier may accept those packets before looking up any
     other field (counted in the rule's own slot). (0, 0): no fast path."""
-    if not entries:
-        return 0, 0
+    if not entries or nf_conntrack():
+        return 0, 0   # (--mode netfilter: no fast path, its slots need more than 64 bits)
     e = entries[0]
     f = e.fields
     if (f.never or f.uses() != {"ctstate"} or e.verdict != VERDICTS["ACCEPT"] or e.tcp
@@ -1205,7 +1206,7 @@ def fill_unused(c: Compiled) -> None:
     if "pkttype" in c.shape.fields and not c.pkttype:
         c.pkttype = [live] * PKTTYPES
     if "ctstate" in c.shape.fields and not c.ctstate:
-        c.ctstate = [live] * CTSTATES
+        c.ctstate = [live] * ct_slots()
     if "tos" in c.shape.fields and not c.tos:
         c.tos = [live] * 256
     if "ttl" in c.shape.fields and not c.ttl:

@@ -22,8 +22,10 @@ returns a conjunction of the constraint objects below, which ``add_rule``
 folds into the entry. A match without a lowering is NotSupported."""
 from __future__ import annotations
 
+import contextvars
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Iterator, NamedTuple
 
 from ..errors import NotSupported
 from ..extensions import find_match
@@ -218,6 +220,30 @@ class IcmpConstraint:
 # (SEEN_REPLY, ASSURED, CONFIRMED as bits 0-2; bpf/lib/conntrack_defs.h CT_SLOT)
 CT_SLOTS = 64
 CT_INVALID, CT_NEW, CT_ESTABLISHED, CT_RELATED = 0, 1, 2, 3
+# --mode netfilter (nfmode.py): the kernel's own conntrack entry gives more,
+# so the slot is wider: state (0-4, 4 UNTRACKED) + 8 * direction + 16 * the
+# low six IPS_* bits (EXPECTED ... DST_NAT); filter.c NF_CT_SLOT
+NF_CT_SLOTS = 1024
+_ct_layout: contextvars.ContextVar[str] = contextvars.ContextVar("ct_layout", default="xdp")
+
+
+def nf_conntrack() -> bool:
+    """Whether rules are being lowered for --mode netfilter's conntrack."""
+    return _ct_layout.get() == "nf"
+
+
+def ct_slots() -> int:
+    return NF_CT_SLOTS if nf_conntrack() else CT_SLOTS
+
+
+@contextmanager
+def netfilter_layout() -> Iterator[None]:
+    """Lower conntrack matches for --mode netfilter while the block runs."""
+    token = _ct_layout.set("nf")
+    try:
+        yield
+    finally:
+        _ct_layout.reset(token)
 
 
 @dataclass(frozen=True)

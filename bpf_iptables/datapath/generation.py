@@ -40,6 +40,7 @@ HOOK_INDEX = {"INPUT": 0, "FORWARD": 1, "OUTPUT": 2}
 # (bpf/lib/loopback.h); tc_loop_root calls it from tc_slots' INPUT slot,
 # which the XDP modes leave free. Its rule counts are INPUT's (live.read_live).
 LOOPED = "LOOPED"
+NETFILTER = "netfilter"   # --mode netfilter (nfmode.py): one prog array, nf_slots
 ACTIVE_ROUTE = 2
 _libc = ctypes.CDLL(None, use_errno=True)
 SYS_MEMBARRIER, MEMBARRIER_CMD_GLOBAL = 324, 1
@@ -55,15 +56,17 @@ def hook_dir(directory: Path, gen: int, hook: str) -> Path:
 
 def is_tc(mode: str, hook: str) -> bool:
     """OUTPUT always runs at TC egress; INPUT and FORWARD at TC ingress in tc
-    mode; the looped copies' INPUT at TC ingress."""
-    return hook in ("OUTPUT", LOOPED) or mode == "tc"
+    mode; the looped copies' INPUT at TC ingress; no hook in netfilter mode
+    (netfilter-hook programs)."""
+    return mode != NETFILTER and (hook in ("OUTPUT", LOOPED) or mode == "tc")
 
 
 def with_looped(compiled: dict[str, Compiled], mode: str) -> dict[str, Compiled]:
     """The classifiers a generation holds: ``compiled``, plus in the XDP
     modes INPUT's chain once more for TC (a shallow copy: preparing fits
-    its shape to its own program's)."""
-    if mode == "tc":
+    its shape to its own program's). Netfilter's LOCAL_IN sees the looped
+    copies itself."""
+    if mode in ("tc", NETFILTER):
         return compiled
     return {**compiled, LOOPED: copy.copy(compiled["INPUT"])}
 
@@ -198,7 +201,8 @@ def start_new(directory: Path, gen: int, hook: str, shape: Shape, mode: str,
     try:
         prog = LoadedProgram(shape, tc=is_tc(mode, hook), background=background,
                              ct_dir=str(A.ns_pins(directory) / "conntrack"),
-                             limit_pin=limit_pin(directory, gen, hook))
+                             limit_pin=limit_pin(directory, gen, hook),
+                             nf=mode == NETFILTER)
     except Exception as exc:  # bcc reports compile/verifier errors as Exception
         raise LoadError(str(exc)) from None
     pin_maps(directory, gen, hook, prog)
@@ -287,8 +291,8 @@ def mirror_plan(directory: Path, att: A.Attachment) -> dict[str, Shape]:
 
     wanted = {hook: shape for (gen, hook), shape in LOADED.items() if gen == att.active}
     LOADED.clear()
-    if att.pending is not None:
-        return {}
+    if att.pending is not None or att.mode == NETFILTER:
+        return {}   # netfilter programs are bcc's, never in the object cache
     have = att.slots[1 - att.active].get("hooks", {})
     plan = {}
     for hook, shape in wanted.items():
@@ -377,7 +381,9 @@ def prepare(directory: Path, att: A.Attachment, gen: int, compiled: dict[str, Co
             if have is None or renew or not shape_of(have["shape"]).covers(c.shape):
                 # no spare for the looped copies' program (it may need
                 # INPUT's limit buckets, see `later`)
-                spare = SPARE.pop((hook, is_tc(mode, hook)), None) if hook != LOOPED else None
+                # nor in netfilter mode (its programs are bcc's, never cached)
+                spare = (SPARE.pop((hook, is_tc(mode, hook)), None)
+                         if hook != LOOPED and mode != NETFILTER else None)
                 if spare is not None and spare.shape.covers(c.shape):
                     # loaded (and maybe verified) by the server while idle
                     wanted, prog = spare.shape, spare
@@ -457,13 +463,15 @@ def fill_slots(directory: Path, gen: int, hooks: dict[str, dict], mode: str,
     on; empty the others (the packet passes). ``rejects``: INPUT or
     FORWARD may send REJECT replies (reject_output.rejecting)."""
     root = A.ns_pins(directory) / "root"
-    arrays = {name: bpfsys.obj_get(str(root / name)) for name in ("xdp_slots", "tc_slots")}
+    names = ("nf_slots",) if mode == NETFILTER else ("xdp_slots", "tc_slots")
+    arrays = {name: bpfsys.obj_get(str(root / name)) for name in names}
     try:
         slots = dict(HOOK_INDEX)
-        if mode != "tc":
+        if mode not in ("tc", NETFILTER):
             slots[LOOPED] = HOOK_INDEX["INPUT"]   # tc_slots' INPUT slot is free then
         for hook, index in slots.items():
-            arr = arrays["tc_slots" if is_tc(mode, hook) else "xdp_slots"]
+            arr = arrays["nf_slots" if mode == NETFILTER else
+                         "tc_slots" if is_tc(mode, hook) else "xdp_slots"]
             key = u32(gen * 3 + index)
             if hook in hooks and hooks[hook]["on"]:
                 prog = bpfsys.obj_get(str(hook_dir(directory, gen, hook) / "prog"))
@@ -478,6 +486,8 @@ def fill_slots(directory: Path, gen: int, hooks: dict[str, dict], mode: str,
             os.close(fd)
     # REJECT replies pass OUTPUT: the ingress classifiers' reply builders
     # tail-call this generation's OUTPUT classifier (or its XDP twin)
+    if mode == NETFILTER:
+        return   # netfilter's own REJECT sends the replies, through OUTPUT
     from .reject_output import link_output
     link_output(lambda hook: hook_dir(directory, gen, hook), hooks, mode, A.ns_pins(directory),
                 rejects)

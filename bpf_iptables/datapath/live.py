@@ -58,7 +58,8 @@ from . import support
 from .compiler import (FIRST_RULE_COUNTER, POLICY_COUNTER, Compiled, compile_chain,
                        uses_conntrack)
 
-MODES = links.MODES
+# --mode netfilter: no interfaces (nfmode.py links the roots at the hooks)
+MODES = {**links.MODES, G.NETFILTER: 0}
 # tests only: die (as a crash would) right after the named step of an update
 DIE_AT = "BPF_IPTABLES_DATAPATH_DIE_AT"
 
@@ -120,6 +121,12 @@ def quiesce(att: A.Attachment) -> None:
     ended: then no packet still runs the generation about to be rewritten."""
     if _grace_began <= att.switched_at:
         G.quiesce(att)
+
+
+def bpfsys_id(pin: Path) -> int:
+    """The id of the program pinned at ``pin`` (0: none)."""
+    from . import bpfsys
+    return bpfsys.pinned_id(str(pin))
 
 
 def interfaces_here() -> dict[str, int]:
@@ -309,13 +316,22 @@ def counter_layout(table: Table) -> list[list]:
 
 # -- an update --------------------------------------------------------------------
 
-def compile_all(table: Table, here: dict[str, int]) -> dict[str, Compiled]:
+def compile_all(table: Table, here: dict[str, int], mode: str = "") -> dict[str, Compiled]:
     """INPUT always (it holds the carried rule counters); FORWARD and
-    OUTPUT when they have work to do. NotSupported (exit 2) before anything."""
+    OUTPUT when they have work to do. NotSupported (exit 2) before anything.
+    In netfilter mode bridged frames (br_netfilter) pass the FORWARD hook
+    the program is linked at, as iptables' FORWARD: no refusal for them."""
     conntrack = lru_cache(lambda: uses_conntrack(table))   # one scan, and only if asked
     hooks = ["INPUT"] + [h for h in ("FORWARD", "OUTPUT") if needs(table, h, conntrack)]
-    bridges.check_br_netfilter(table)
-    return {h: compile_chain(table, h, here) for h in hooks}
+    if mode != G.NETFILTER:
+        bridges.check_br_netfilter(table)
+        return {h: compile_chain(table, h, here) for h in hooks}
+    from .fields import netfilter_layout
+    from .nfmode import refuse
+    with netfilter_layout():   # conntrack matches read the kernel's entry
+        compiled = {h: compile_chain(table, h, here) for h in hooks}
+    refuse(compiled)
+    return compiled
 
 
 def refuse_mark_at_xdp(compiled: dict[str, Compiled], mode: str) -> None:
@@ -324,7 +340,7 @@ def refuse_mark_at_xdp(compiled: dict[str, Compiled], mode: str) -> None:
     kept on lo (SO_MARK) or got from tc. Testing mark 0 there would be
     exact for packets from a device and wrong for those: refused, with
     the mode that can do it named."""
-    if mode == "tc":
+    if mode in ("tc", G.NETFILTER):
         return
     hooks = [h for h in ("INPUT", "FORWARD") if h in compiled and "mark" in compiled[h].shape.fields]
     if hooks:
@@ -337,7 +353,18 @@ def sync_interfaces(directory: Path, mode: str, have: dict[str, list[int]],
                     here: dict[str, int]) -> dict[str, list[int]]:
     """Roots on every interface of ``here``: the ones in ``have`` kept,
     vanished ones forgotten (their links unpinned), new ones attached
-    (all or nothing: a failure takes back what this call attached)."""
+    (all or nothing: a failure takes back what this call attached). In
+    netfilter mode: the roots' links at the hooks (made when missing), and
+    the interfaces recorded (flags 0) only so that the watcher resyncs
+    (recompiles -i/-o names) when they change."""
+    if mode == G.NETFILTER:
+        from . import nfmode
+        roots = {n: bpfsys_id(links.root_dir(directory) / n) for n, _ in nfmode.ROOTS.values()}
+        try:
+            nfmode.ensure_links(links.link_dir(directory), links.root_dir(directory), roots)
+        except OSError as exc:
+            raise DatapathError(f"cannot link the netfilter hooks: {exc}") from None
+        return {name: [index, 0] for name, index in here.items()}
     kept = {n: v for n, v in have.items() if here.get(n) == v[0]}
     for name, (index, _) in have.items():
         if name not in kept:
@@ -362,7 +389,7 @@ def update(store, att: A.Attachment, ruleset: RuleSet, carried: dict[int, int],
     clock = _Clock()
     table = ruleset.table("filter")
     here = interfaces_here()
-    compiled = compile_all(table, here)
+    compiled = compile_all(table, here, att.mode)
     refuse_mark_at_xdp(compiled, att.mode)
     from .reject_output import check_tail_calls
     check_tail_calls(compiled)   # REJECT replies through OUTPUT: NotSupported
@@ -391,7 +418,7 @@ def update(store, att: A.Attachment, ruleset: RuleSet, carried: dict[int, int],
         sync_pinned(A.ns_pins(directory), recent_needs, remove=False)
     except OSError as exc:
         raise DatapathError(f"cannot prepare the recent tables: {exc}") from None
-    if "ctstate" in compiled["INPUT"].shape.fields:
+    if "ctstate" in compiled["INPUT"].shape.fields and att.mode != G.NETFILTER:
         # the tracker's maps may be new: the timeouts set for the namespace
         from ..conntrack import table as cttable
         cttable.apply_settings(directory, cttable.conntrack_dir(A.ns_pins(directory)))
@@ -401,6 +428,8 @@ def update(store, att: A.Attachment, ruleset: RuleSet, carried: dict[int, int],
         HL.ensure(A.ns_pins(directory), table)
     except OSError as exc:
         raise DatapathError(f"cannot create the hashlimit tables: {exc}") from None
+    if att.mode == G.NETFILTER:
+        _nf_reject(directory, compiled, before_switch=True)
     _maybe_die("prepared")
     # not on bridge ports: the bridge carries the roots (bridges.py)
     ifaces = sync_interfaces(directory, att.mode, att.interfaces, bridges.attachable())
@@ -449,6 +478,8 @@ def update(store, att: A.Attachment, ruleset: RuleSet, carried: dict[int, int],
                                  list(compiled))
         except OSError:
             pass  # lost, as before the carry existed: a few packets at most
+    if att.mode == G.NETFILTER:
+        _nf_reject(directory, compiled, before_switch=False)
     clock("flip+carry")
     _maybe_die("flipped")
     store.save(ruleset)
@@ -465,6 +496,30 @@ def update(store, att: A.Attachment, ruleset: RuleSet, carried: dict[int, int],
     except OSError:
         pass   # left to the next update
     return new
+
+
+def _nf_reject(directory: Path, compiled: dict[str, Compiled], before_switch: bool) -> None:
+    """--mode netfilter's REJECT hand-off (nfmode.py): in place before the
+    switch to a rule set with REJECT, out after the switch to one without."""
+    from . import nfmode
+    from .program import BPF_DIR
+
+    wanted = nfmode.has_reject(compiled)
+    if wanted != before_switch:
+        return
+    where = Path(nfmode.reject_dir(str(A.ns_pins(directory) / "conntrack")))
+    if wanted == nfmode.reject_pinned(where):
+        return   # as it should be (no iptables-legacy run per update)
+    if not wanted:
+        # packets the old generation recorded just before the switch are
+        # still to meet their x_tables rule (they run inside RCU sections)
+        grace_period()
+    try:
+        nfmode.ensure_reject(where, BPF_DIR, wanted)
+    except OSError as exc:
+        if before_switch:
+            raise DatapathError(f"cannot set up REJECT in --mode netfilter "
+                                f"(iptables-legacy with xt_bpf): {exc}") from None
 
 
 def recover(store, att: A.Attachment) -> A.Attachment:
@@ -574,6 +629,13 @@ def load_roots(directory: Path, mode: str) -> dict[str, int]:
     from .program import Roots
     from . import bpfsys
 
+    if mode == G.NETFILTER:
+        from .nfmode import load_roots as nf_roots
+        from .program import BPF_DIR
+        try:
+            return nf_roots(links.root_dir(directory), BPF_DIR)
+        except Exception as exc:  # bcc, bpf(2)
+            raise DatapathError(f"cannot load the eBPF root programs: {exc}") from None
     functions = links.root_functions(mode)
     try:
         roots = Roots(functions)
@@ -603,7 +665,10 @@ def attach(store, mode: str, ruleset: RuleSet | None = None) -> A.Attachment:
         detach(store)
     if ruleset is None:
         ruleset = store.load()
-    compile_all(ruleset.table("filter"), interfaces_here())  # refusals before anything
+    if mode == G.NETFILTER:
+        from .nfmode import check_kernel
+        check_kernel()
+    compile_all(ruleset.table("filter"), interfaces_here(), mode)  # refusals before anything
     pins = A.ns_pins(store.directory)
     try:
         roots = load_roots(store.directory, mode)
@@ -614,6 +679,9 @@ def attach(store, mode: str, ruleset: RuleSet | None = None) -> A.Attachment:
         return update(store, empty, ruleset, {}, None)
     except BaseException:
         links.detach_all(store.directory)
+        if mode == G.NETFILTER:
+            from .nfmode import remove_reject
+            remove_reject()
         shutil.rmtree(pins, ignore_errors=True)
         A.remove(store.directory)
         raise
@@ -639,6 +707,10 @@ def detach(store) -> A.Attachment | None:
     elif not pins.exists():
         return None
     links.detach_all(store.directory)
+    if att is None or att.mode == G.NETFILTER:
+        from .nfmode import remove_reject, xtables_installed
+        if xtables_installed():
+            remove_reject()
     shutil.rmtree(pins, ignore_errors=True)
     A.remove(store.directory)
     return att or A.Attachment(mode="", active=0)

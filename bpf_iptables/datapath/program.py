@@ -46,16 +46,24 @@ def functions(shape: Shape) -> list[str]:
 
 
 def cflags(shape: Shape, tc: bool = False, ct_dir: str | None = None,
-           limit_pin: str | None = None) -> list[str]:
+           limit_pin: str | None = None, nf: bool = False) -> list[str]:
     flags = [f"-I{BPF_DIR}", f"-DHOOK_TC={int(tc)}",
              f"-DNWORDS={shape.nwords}", f"-DNENTRIES={shape.nentries}",
              f"-DNCOUNTERS={shape.ncounters}", f"-DSTEPS={shape.steps}"]
     # every field kind and map size the compiler knows (compiler.FIELD_ORDER,
     # SIZE_ATTRS): a new field needs no edit here
     flags += [f"-D{k.upper()}={getattr(shape, k)}" for k in SIZE_ATTRS]
+    if nf:
+        # --mode netfilter (nfmode.py): kernel offsets and kfunc ids; the
+        # kernel's conntrack instead of the eBPF tracker
+        from .nfmode import cflags as nf_cflags
+        flags += nf_cflags("ctstate" in shape.fields)
+        if ct_dir:
+            from .nfmode import reject_dir
+            flags.append(f'-DNF_REJECT_PIN_DIR="{reject_dir(ct_dir)}"')
     for name in FIELD_ORDER:
         flags.append(f"-DFIELD_{name.upper()}={int(name in shape.fields)}")
-    if "ctstate" in shape.fields:
+    if "ctstate" in shape.fields and not nf:
         # the tracker (bpf/lib/conntrack.h) comes with its field; its maps
         # are the namespace's (pinned in ct_dir), or private without one
         flags.append("-DCONNTRACK=1")
@@ -199,7 +207,7 @@ class LoadedProgram:
 
     def __init__(self, shape: Shape, debug: int = 0, tc: bool = False,
                  background: bool = False, ct_dir: str | None = None,
-                 limit_pin: str | None = None):
+                 limit_pin: str | None = None, nf: bool = False):
         """``tc``: a TC (cls_bpf/tcx) program, not XDP: OUTPUT at egress, and
         INPUT/FORWARD at ingress in --mode tc (the interface field is
         skb->ifindex, the device the packet is on either way).
@@ -209,8 +217,10 @@ class LoadedProgram:
         the cached program (then everything is closed: load it again).
         ``ct_dir``: the bpffs directory of the namespace's conntrack maps
         (created, or opened when pinned already; without it the tracker's
-        maps are the program's own)."""
-        tracked = bool(ct_dir) and "ctstate" in shape.fields
+        maps are the program's own).
+        ``nf``: a netfilter-hook program (--mode netfilter, nfmode.py):
+        always compiled (the object cache does not keep kfunc calls)."""
+        tracked = bool(ct_dir) and "ctstate" in shape.fields and not nf
         if tracked:
             os.makedirs(ct_dir, mode=0o700, exist_ok=True)
         if ct_dir and shape.nlogs:
@@ -229,14 +239,18 @@ class LoadedProgram:
         # maps bcc opens (or creates and pins) by path: the namespace's
         # conntrack table, LOG ring, hashlimit and recent tables, sets
         pinned = bool(ct_dir) and (tracked or bool(shape.nlogs) or bool(shape.nhashlimits)
-                                   or bool(shape.nrecent) or bool(shape.nsets))
+                                   or bool(shape.nrecent) or bool(shape.nsets) or nf)
         # limit_pin: -m limit's buckets are the pinned map of another program
         limit_pin = limit_pin if shape.nlimits else None
         pinned = pinned or bool(limit_pin)
+        if ct_dir and nf:
+            # REJECT's records, shared with the x_tables side (nfmode.py)
+            from .nfmode import reject_dir
+            os.makedirs(reject_dir(ct_dir), mode=0o700, exist_ok=True)
         start = time.monotonic()
         # the raw loader would make private ones: programs with pinned maps
         # are always compiled
-        key = (None if debug or pinned
+        key = (None if debug or pinned or nf
                else object_key(shape, tc))
         hit = _from_cache(key, set(map_names(shape)), background)
         steps = hit[1].get("steps") if hit else None
@@ -248,7 +262,7 @@ class LoadedProgram:
             self._loaded = hit[0]
         else:
             self._loaded, steps = self._compile(shape, tc, debug, key,
-                                                ct_dir if pinned else None, limit_pin)
+                                                ct_dir if pinned else None, limit_pin, nf)
         self.shape = replace(shape, steps=steps, scan=shape.scan_steps)
         self.maps = self._loaded.maps
         self._fd = -1
@@ -277,10 +291,12 @@ class LoadedProgram:
 
     @staticmethod
     def _compile(shape: Shape, tc: bool, debug: int, key: str | None,
-                 ct_dir: str | None = None, limit_pin: str | None = None
-                 ) -> tuple[objcache.Loaded, int]:
+                 ct_dir: str | None = None, limit_pin: str | None = None,
+                 nf: bool = False) -> tuple[objcache.Loaded, int]:
         from bcc import BPF  # imported late: only a cache miss needs bcc
 
+        if nf:
+            return _compile_nf(shape, debug, ct_dir)
         steps = shape.steps
         while True:
             bpf = BPF(src_file=str(SOURCE).encode(),
@@ -372,17 +388,51 @@ class LoadedProgram:
         return self.counter(POLICY_COUNTER)
 
 
+def _compile_nf(shape: Shape, debug: int, ct_dir: str | None) -> tuple[objcache.Loaded, int]:
+    """The HOOK_NF build (--mode netfilter): compiled by bcc, loaded raw
+    with its kfunc calls (nfmode.load_raw); fewer steps per invocation
+    when the verifier gives up, as ``_compile``."""
+    import errno
+
+    from bcc import BPF
+    from .nfmode import load_raw
+
+    steps = shape.steps
+    while True:
+        bpf = BPF(src_file=str(SOURCE).encode(),
+                  cflags=cflags(replace(shape, steps=steps), ct_dir=ct_dir, nf=True),
+                  debug=debug)
+        progs: dict[str, int] = {}
+        try:
+            for name in functions(shape):
+                progs[name] = load_raw(bpf, name)
+            maps = {name: os.dup(fd) for name, fd in objcache.table_fds(bpf).items()}
+            return objcache.Loaded(maps, progs), steps
+        except OSError as exc:
+            for fd in progs.values():
+                os.close(fd)
+            fewer = steps * 2 // 3
+            if (exc.errno != errno.E2BIG or fewer < 16
+                    or shape.invocations(fewer) > MAX_CHUNKS):
+                log = getattr(exc, "verifier_log", "")
+                raise OSError(exc.errno, f"{exc.strerror}: {log[-2000:]}") from None
+            steps = fewer
+        finally:
+            bpf.cleanup()
+
+
 class ProgramCache:
     """Reuse one loaded program for every rule set its shape covers."""
 
-    def __init__(self) -> None:
+    def __init__(self, nf: bool = False) -> None:
         self.programs: list[LoadedProgram] = []
+        self.nf = nf   # netfilter-hook programs (--mode netfilter)
 
     def get(self, shape: Shape) -> LoadedProgram:
         for p in self.programs:
             if p.shape.covers(shape):
                 return p
-        prog = LoadedProgram(shape)
+        prog = LoadedProgram(shape, nf=self.nf)
         self.programs.append(prog)
         return prog
 

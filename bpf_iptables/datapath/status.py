@@ -39,6 +39,8 @@ def report(directory: Path) -> tuple[list[str], bool]:
         out.append(f"  active word {word} (expected {want})")
         ok = False
     hooks = att.slots[att.active].get("hooks", {})
+    if att.mode == G.NETFILTER:
+        return _netfilter(directory, att, hooks, out, ok)
     for hook in A.HOOKS:
         info = hooks.get(hook)
         if info and info["on"]:
@@ -76,4 +78,26 @@ def report(directory: Path) -> tuple[list[str], bool]:
         if name in att.interfaces:
             continue
         out.append(f"  {name} port of bridge {bridge}: no roots (the bridge carries them)")
+    return out, ok
+
+
+def _netfilter(directory: Path, att: A.Attachment, hooks: dict, out: list[str], ok: bool
+               ) -> tuple[list[str], bool]:
+    """--mode netfilter: the roots' links at the hooks, no interfaces."""
+    from . import nfmode
+
+    seen = nfmode.check_links(links.link_dir(directory), att.roots)
+    for hook, (_, hooknum) in nfmode.ROOTS.items():
+        info = hooks.get(hook)
+        prog = f"program {info['prog_id']}" if info and info["on"] else "no program (accepts)"
+        state = "ok" if seen[hook] else "link missing"
+        out.append(f"{hook} {prog} at netfilter hook {hooknum} priority {nfmode.PRIORITY}: {state}")
+        ok &= seen[hook]
+    if nfmode.xtables_installed():
+        out.append(f"REJECT hand-off: iptables-legacy chain {nfmode.REJECT_CHAIN}")
+    here = bridges.attachable()
+    for name in sorted(set(here) - set(att.interfaces)):
+        # -i/-o names resolved at the next update (the watcher's, or any change)
+        out.append(f"  {name} not compiled in (created after the last update)")
+        ok = False
     return out, ok

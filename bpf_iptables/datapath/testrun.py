@@ -74,3 +74,28 @@ def test_run_out(prog_fd: int, frame: bytes, repeat: int = 1,
         err = ctypes.get_errno()
         raise OSError(err, f"BPF_PROG_TEST_RUN: {os.strerror(err)}")
     return RunResult(attr.retval, attr.duration), data_out.raw[:attr.data_size_out]
+
+
+# -- netfilter-hook programs (--mode netfilter) -------------------------------------
+
+NF_VERDICTS = {0: "DROP", 1: "ACCEPT"}
+
+
+def test_run_nf(prog_fd: int, frame: bytes, hooknum: int, repeat: int = 1) -> RunResult:
+    """Run a BPF_PROG_TYPE_NETFILTER program on ``frame`` at netfilter hook
+    ``hooknum`` (bpf_prog_test_run_nf: the kernel takes only ``hook`` and
+    ``pf`` of the struct nf_hook_state given as ctx_in; the input and/or
+    output device is the loopback; no conntrack entry, mark 0). The
+    verdict is NF_DROP (0) or NF_ACCEPT (1)."""
+    data_in = ctypes.create_string_buffer(frame, len(frame))
+    attr = _TestAttr()
+    attr.prog_fd, attr.repeat = prog_fd, repeat
+    attr.data_in, attr.data_size_in = ctypes.addressof(data_in), len(frame)
+    state = (ctypes.c_uint8 * 48)()   # struct nf_hook_state: hook, pf first
+    state[0], state[1] = hooknum, 2   # NFPROTO_IPV4
+    attr.ctx_in, attr.ctx_size_in = ctypes.addressof(state), ctypes.sizeof(state)
+    rc = _libc.syscall(SYS_BPF, BPF_PROG_TEST_RUN, ctypes.byref(attr), ctypes.sizeof(attr))
+    if rc < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"BPF_PROG_TEST_RUN: {os.strerror(err)}")
+    return RunResult(attr.retval, attr.duration)

@@ -338,8 +338,11 @@ class ConntrackDataMatch(MatchExtension):
         from ..datapath import fields as dp  # only when compiling for the data path
         from ..errors import NotSupported
 
+        if dp.nf_conntrack():
+            return _lower_netfilter(data)
         if data.has(F_STATE) and data.state_mask & (S_SNAT | S_DNAT):
-            raise NotSupported("--ctstate SNAT/DNAT (bpf-iptables has no NAT)")
+            raise NotSupported("--ctstate SNAT/DNAT (bpf-iptables has no NAT; "
+                               "`bpf-iptables-datapath attach --mode netfilter' has)")
         slots = 0
         for slot in range(dp.CT_SLOTS):
             state, direction, status = slot & 3, (slot >> 2) & 1, (slot >> 3) << 1
@@ -356,6 +359,49 @@ class ConntrackDataMatch(MatchExtension):
 
 
 _SLOT_STATE_BITS = (S_INVALID, S_NEW, S_ESTABLISHED, S_RELATED)
+# --mode netfilter's slot (fields.NF_CT_SLOTS): state 4 is UNTRACKED
+_NF_STATE_BITS = (S_INVALID, S_NEW, S_ESTABLISHED, S_RELATED, S_UNTRACKED)
+IPS_SRC_NAT, IPS_DST_NAT = 0x10, 0x20
+
+
+def _lower_netfilter(data: ConntrackData) -> list[Any]:
+    """--mode netfilter: the packet's slot comes from the kernel's own
+    entry (state incl. UNTRACKED, direction, IPS_* bits incl. SNAT/DNAT),
+    and the tuple and expiry tests read its tuples: always a per-candidate
+    check (with NAT the tuples are not the packet's own addresses)."""
+    from ..datapath import fields as dp
+
+    slots = 0
+    for slot in range(dp.NF_CT_SLOTS):
+        if nf_slot_matches(data, slot):
+            slots |= 1 << slot
+    out: list[Any] = [dp.CtstateConstraint(slots)]
+    if data.match_flags & (F_PROTO | _ADDR_FLAGS | _PORT_FLAGS | F_EXPIRES):
+        out.append(ct_check(data))
+    return out
+
+
+def nf_slot_matches(d: ConntrackData, slot: int) -> bool:
+    """xt_conntrack's conntrack_mt() (and xt_state's state_mt()) for a
+    packet whose kernel conntrack facts are ``slot`` (fields.NF_CT_SLOTS),
+    tuple and expiry tests aside."""
+    state, direction, status = slot & 7, (slot >> 3) & 1, slot >> 4
+    if state >= len(_NF_STATE_BITS):
+        return False
+    statebit = _NF_STATE_BITS[state]
+    tracked = state in (1, 2, 3)
+    if tracked:
+        # the virtual states, from the entry's status (conntrack_mt)
+        statebit |= (S_SNAT if status & IPS_SRC_NAT else 0) | (S_DNAT if status & IPS_DST_NAT else 0)
+    if d.has(F_STATE) and bool(d.state_mask & statebit) == d.inv(F_STATE):
+        return False
+    if not tracked:
+        return d.has(F_STATE)
+    if d.has(F_DIRECTION) and (direction == 0) == d.inv(F_DIRECTION):
+        return False
+    if d.has(F_STATUS) and bool(d.status_mask & status) == d.inv(F_STATUS):
+        return False
+    return True
 _ADDR_FLAGS = F_ORIGSRC | F_ORIGDST | F_REPLSRC | F_REPLDST
 _PORT_FLAGS = F_ORIGSRC_PORT | F_ORIGDST_PORT | F_REPLSRC_PORT | F_REPLDST_PORT
 
