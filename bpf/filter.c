@@ -236,6 +236,7 @@ static __always_inline u32 looped_pkttype(u32 daddr)
 #define VERDICT_REJECT 0x100u	/* lib/reject.h's; no reply built here */
 /* netfilter's own REJECT sends the reply, through OUTPUT (lib/nfreject.h) */
 #define RET_OUT(ctx, v) RET(v)
+#define SLOT_OUTPUT 4	/* lib/reject_out.h's: self_map keeps one layout (unused here) */
 #endif
 #if NSETS
 #include "lib/set.h"

@@ -89,3 +89,28 @@ def test_what_the_data_path_cannot_enforce_is_refused_and_changes_nothing():
                    env={"BPF_IPTABLES_DATAPATH": "off"})
         assert off.returncode == 0, off.stderr
         assert not attached(s)
+
+
+def test_what_only_netfilter_hooks_enforce_attaches_there():
+    """--ctstate DNAT needs the nat table's view (kube-proxy's KUBE-FIREWALL):
+    generic XDP refuses it, so the first change attaches --mode netfilter;
+    a rule set that mode refuses too (LOG) gets generic XDP's refusal."""
+    both = ("*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -m conntrack --ctstate DNAT -j ACCEPT\n"
+            "-A INPUT -p udp --dport 5004 -j LOG\nCOMMIT\n")
+    nat_only = ("*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -m conntrack --ctstate DNAT -j ACCEPT\n"
+                "-A INPUT -p udp --dport 5004 -j DROP\nCOMMIT\n")
+    with topology("dak") as t:
+        s = t.server
+        r = s.run(bpf_command("iptables-restore"), input=both, env=ON)
+        assert r.returncode == 2, r.stderr
+        assert "--mode netfilter" in r.stderr, r.stderr
+        assert not attached(s)
+        r = s.run(bpf_command("iptables-restore"), input=nat_only, env=ON)
+        assert r.returncode == 0, r.stderr
+        st = s.run(datapath_command("status"))
+        assert st.returncode == 0, st.stdout + st.stderr
+        assert "attached mode netfilter" in st.stdout, st.stdout
+        assert udp(t, 5004, 2) == 0
+        assert udp(t, 5005, 2) == 2
+        # the DROP rule counted both datagrams (the netfilter hook's counters)
+        assert ours(s, "-L", "INPUT", "-v", "-x", "-n").stdout.splitlines()[3].split()[0] == "2"

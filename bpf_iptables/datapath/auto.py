@@ -12,7 +12,11 @@ cannot load (exit 1) changes nothing, as for an attached namespace. So
 `bpf-iptables -A INPUT ... -j DROP` drops from the moment it returns, and no
 accepted rule is ever left unenforced.
 
-``bpf-iptables-datapath attach --mode xdp|tc`` chooses another mode
+A rule set generic XDP refuses but netfilter's hooks enforce (NAT state,
+marks from the nat table: kube-proxy's chains) attaches in ``--mode
+netfilter`` instead (``attach_enforcing``).
+
+``bpf-iptables-datapath attach --mode xdp|tc|netfilter`` chooses another mode
 (before or after), ``detach`` removes everything (the next change attaches
 again)."""
 from __future__ import annotations
@@ -30,6 +34,24 @@ def needs_program(ruleset: RuleSet) -> bool:
         return False
     return any(chain.rules or (chain.policy or "ACCEPT") != "ACCEPT"
                for name, chain in table.chains.items() if name in ("INPUT", "FORWARD", "OUTPUT"))
+
+
+def attach_enforcing(store, ruleset: RuleSet) -> None:
+    """Attach in AUTO_MODE or, for a rule set that mode refuses but
+    netfilter's hooks enforce (what depends on the nat table: --ctstate
+    DNAT, a mark set in PREROUTING, as kube-proxy's chains), in --mode
+    netfilter. A rule set both refuse gets AUTO_MODE's refusal (exit 2)."""
+    from ..errors import NotSupported
+    from . import live
+    from .generation import NETFILTER
+
+    try:
+        live.attach(store, AUTO_MODE, ruleset)
+    except NotSupported as refused:
+        try:
+            live.attach(store, NETFILTER, ruleset)
+        except (NotSupported, live.DatapathError):
+            raise refused from None
 
 
 class AutoAttach:
@@ -52,9 +74,9 @@ class AutoAttach:
         if not needs_program(ruleset):
             self.inner.save(ruleset)
             return
-        from . import live, watch
+        from . import watch
 
-        live.attach(self.inner, AUTO_MODE, ruleset)
+        attach_enforcing(self.inner, ruleset)
         try:
             watch.start(self.directory)
         except watch.WatcherError as exc:
