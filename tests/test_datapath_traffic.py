@@ -189,8 +189,10 @@ def received(rx: socket.socket, wait: float = REPLY_WAIT) -> int:
     return got
 
 
-def tcp(pair: Pair, port: int, count: int, dst: str = SERVER_IP) -> int:
+def tcp(pair: Pair, port: int, count: int, dst: str = SERVER_IP,
+        listen: int | None = None) -> int:
     """TCP connects client -> server:port (closed both ways); the successes.
+    ``listen``: the server's port when a DNAT sends ``port`` there.
     A refused SYN is not retransmitted: the attempt gives up after
     CONNECT_WAIT, before the first retransmission (1 s)."""
     with inside(pair.server):
@@ -198,7 +200,7 @@ def tcp(pair: Pair, port: int, count: int, dst: str = SERVER_IP) -> int:
     ok = 0
     with listener:
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind((dst, port))
+        listener.bind((dst, port if listen is None else listen))
         listener.listen(8)
         listener.settimeout(REPLY_WAIT)
         for _ in range(count):

@@ -12,9 +12,9 @@ import socket
 import time
 
 from tests.support.netns import bpf_command
-from tests.test_datapath_traffic import (CONNECT_WAIT, REPLY_WAIT, SERVER_IP, Pair,
+from tests.test_datapath_traffic import (SERVER_IP, Pair,
                                          datapath_command, ensure_bpffs, inside, ping,
-                                         received, topology)
+                                         received, tcp, topology)
 
 NAT = """\
 *nat
@@ -46,32 +46,7 @@ COMMIT
 
 def tcp_via(pair: Pair, port: int, listen: int, count: int) -> int:
     """TCP connects client -> server:port, accepted on ``listen``."""
-    with inside(pair.server):
-        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    ok = 0
-    with listener:
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind((SERVER_IP, listen))
-        listener.listen(8)
-        listener.settimeout(REPLY_WAIT)
-        for _ in range(count):
-            with inside(pair.client):
-                c = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            c.settimeout(CONNECT_WAIT)
-            try:
-                c.connect((SERVER_IP, port))
-            except OSError:
-                c.close()
-                continue
-            conn, _ = listener.accept()
-            c.close()
-            conn.settimeout(1)
-            conn.recv(16)
-            time.sleep(0.3)   # the delayed ACK of the FIN leaves on its own
-            conn.close()
-            ok += 1
-            time.sleep(0.2)
-    return ok
+    return tcp(pair, port, count, listen=listen)
 
 
 def udp_via(pair: Pair, port: int, listen: int, count: int) -> int:
