@@ -94,12 +94,13 @@ def attach(directory: Path, mode: str, name: str, ifindex: int) -> int:
                 os.close(fd)
     except OSError as exc:
         for pin in done:
-            _remove(pin)
+            remove_pin(pin)
         raise AttachError(exc.errno, f"cannot attach to {name}: {exc.strerror}") from None
     return flags
 
 
-def _remove(pin: Path) -> None:
+def remove_pin(pin: Path) -> None:
+    """Detach and unpin one pinned link (nothing there: nothing to do)."""
     try:
         fd = bpfsys.obj_get(str(pin))
     except OSError:
@@ -118,14 +119,14 @@ def detach(directory: Path, ifindex: int) -> None:
     links = link_dir(directory)
     if links.is_dir():
         for pin in links.glob(f"{ifindex}-*"):
-            _remove(pin)
+            remove_pin(pin)
 
 
 def detach_all(directory: Path) -> None:
     links = link_dir(directory)
     if links.is_dir():
         for pin in links.iterdir():
-            _remove(pin)
+            remove_pin(pin)
 
 
 def check(directory: Path, mode: str, ifindex: int, roots: dict[str, int]

@@ -727,5 +727,5 @@ def collect_stale_pins() -> None:
             links_dir = d / "link"
             if links_dir.is_dir():
                 for pin in links_dir.iterdir():
-                    links._remove(pin)
+                    links.remove_pin(pin)
             shutil.rmtree(d, ignore_errors=True)

@@ -23,6 +23,7 @@ from pathlib import Path
 from ..errors import NotSupported
 from . import bpfsys
 from . import nfhook
+from .links import remove_pin
 from .compiler import Compiled
 
 MODE = "netfilter"
@@ -141,7 +142,7 @@ def ensure_links(link_dir: Path, root_dir: Path, roots: dict[str, int]) -> None:
                 continue
             function, hooknum = ROOTS[hook]
             pin = link_pin(link_dir, hook)
-            remove(pin)
+            remove_pin(pin)
             prog = bpfsys.obj_get(str(root_dir / function))
             try:
                 fd = nfhook.link_create(prog, hooknum, PRIORITY)
@@ -154,24 +155,8 @@ def ensure_links(link_dir: Path, root_dir: Path, roots: dict[str, int]) -> None:
                 os.close(fd)
     except OSError:
         for pin in made:
-            remove(pin)
+            remove_pin(pin)
         raise
-
-
-def remove(pin: Path) -> None:
-    """Detach and unpin one link (nothing there: nothing to do)."""
-    try:
-        fd = bpfsys.obj_get(str(pin))
-    except OSError:
-        pin.unlink(missing_ok=True)
-        return
-    try:
-        bpfsys.link_detach(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-    pin.unlink(missing_ok=True)
 
 
 def check_links(link_dir: Path, roots: dict[str, int]) -> dict[str, bool]:
