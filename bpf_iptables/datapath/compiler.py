@@ -28,6 +28,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
 from ..errors import NotSupported
@@ -319,22 +320,28 @@ def gc_paused() -> Iterator[None]:
             gc.enable()
 
 
+# What ``fields.decompose`` reads of a rule (not its target or counters),
+# as one C-level call (an identity-cache hit compares it for every rule)
+_RULE_KEY = attrgetter("src", "dst", "src_inv", "dst_inv", "in_iface", "out_iface", "in_inv",
+                       "out_inv", "proto", "proto_inv", "fragment", "frag_inv", "matches")
+
+
 def rule_key(rule: Rule) -> tuple:
     """What ``fields.decompose`` reads of a rule (not its target or counters)."""
-    return (rule.src, rule.dst, rule.src_inv, rule.dst_inv, rule.in_iface, rule.out_iface,
-            rule.in_inv, rule.out_inv, rule.proto, rule.proto_inv, rule.fragment,
-            rule.frag_inv, rule.matches)
+    return _RULE_KEY(rule)
 
 
 @dataclass(frozen=True)
 class Decomposed:
     """What ``inline`` needs of an entry's path: its constraints, those of
     the hot-drop guard entry (the last rule cut after its tcp match; None
-    when nothing follows the tcp match), and whether the rule has a tcp match."""
+    when nothing follows the tcp match), whether the rule has a tcp match,
+    and whether it has a stateful match (then ``rule_stateful`` is asked)."""
 
     fields: EntryFields
     guard: EntryFields | None
     tcp: bool
+    stateful: bool = False
 
 
 def decomposed(path: list[Rule], hook: str) -> Decomposed:
@@ -342,7 +349,8 @@ def decomposed(path: list[Rule], hook: str) -> Decomposed:
     tcp = any(m.name == "tcp" for m in last.matches)
     cut = hotdrop_guard(last) if tcp else None
     return Decomposed(decompose(path, hook), None if cut is None else
-                      decompose(path[:-1] + [cut], hook), tcp)
+                      decompose(path[:-1] + [cut], hook), tcp,
+                      any(m.name in STATEFUL_MATCHES for m in last.matches))
 
 
 class FieldsCache:
@@ -520,12 +528,24 @@ def inline(table: Table, hook: str, slots: dict[tuple[str, int], int],
     recent_slot: dict[int, int] = {}  # counter slot -> recent slot
     memo_bits = [0]                   # memo bits handed out so far
 
+    # the identity map of this compile (cache.get's first step, done here
+    # for the top-level rules: ~10k calls at fw1-10k)
+    by_id_get, next_by_id = cache.by_id.get, cache.next_by_id
+
     def emit(guard: list[Rule], rule: Rule, counter: int, verdict: int = VERDICT_CONTINUE,
              next_: "_Label | None" = None, need: int = 0, sets: int = 0) -> None:
         if len(entries) >= MAX_ENTRIES:
             raise NotSupported(f"more than {MAX_ENTRIES} rules after inlining user chains")
-        d = cache.get(guard, rule, hook)
-        own_tcp = d.tcp and counter != SCRATCH_COUNTER
+        d = None
+        if not guard:
+            hit = by_id_get(id(rule))
+            if hit is not None and hit[0] is rule and _RULE_KEY(rule) == hit[1]:
+                next_by_id[id(rule)] = hit
+                d = hit[2]
+        if d is None:
+            d = cache.get(guard, rule, hook)
+        own = counter != SCRATCH_COUNTER
+        own_tcp = d.tcp and own
         if own_tcp and d.guard is not None:
             # xt_tcpudp hot-drops an offset-1 TCP fragment before the matches
             # after it run, but their constraints sit on shared fields (e.g.
@@ -533,7 +553,7 @@ def inline(table: Table, hook: str, slots: dict[tuple[str, int], int],
             # is the candidate that hot-drops; any other packet passes it by
             entries.append(Entry(d.guard, SCRATCH_COUNTER, tcp=True, need=need))
         lim = rec = hl = 0
-        st = rule_stateful(rule) if counter != SCRATCH_COUNTER else None
+        st = rule_stateful(rule) if own and d.stateful else None
         if st is not None and st[0] == "limit":
             data = st[1]
             lim = limit_slot.get(counter, 0)
@@ -551,13 +571,16 @@ def inline(table: Table, hook: str, slots: dict[tuple[str, int], int],
                 hashlimits.append(st[1])
                 hl = hl_slot[counter] = len(hashlimits)
         log = 0
-        if counter != SCRATCH_COUNTER and rule.target.name == "LOG" and not rule.target.is_standard:
+        target = rule.target
+        if own and target.data is not None and target.name == "LOG":
             log = log_slot.get(counter, 0)
             if not log:
-                logs.append(rule.target.data)
+                logs.append(target.data)
                 log = log_slot[counter] = len(logs)
-        entries.append(Entry(d.fields, counter, verdict, next_, own_tcp, lim, log,
-                             hashlimit=hl, need=need, set=sets, recent=rec))
+        # (positional: fields, counter, verdict, next, tcp, limit, log,
+        # hashlimit, need, set, recent)
+        entries.append(Entry(d.fields, counter, verdict, next_, own_tcp, lim, log, hl, need,
+                             sets, rec))
 
     reject_ttl: list[int] = []   # read once, when a REJECT is met
 
@@ -573,25 +596,27 @@ def inline(table: Table, hook: str, slots: dict[tuple[str, int], int],
         rules = table.chains[chain_name].rules
         # a chain's counter slots are consecutive (counter_slots)
         base = slots[(chain_name, 0)] if rules else 0
+        verdicts_get = VERDICTS.get
         for i, rule in enumerate(rules):
             slot = base + i
             target = rule.target
-            if target.name == "REJECT" and isinstance(target.data, RejectData):
-                # the classifier builds and sends the reply (bpf/lib/reject.h)
-                emit(guard, rule, slot, rejecting(target.data), need=need)
-                continue
-            if not target.is_standard:
-                if target.name != "LOG":
-                    raise NotSupported(f"target `{target.name}' in the eBPF data path")
+            name = target.name
+            if target.data is not None:   # an extension target
+                if name == "REJECT" and isinstance(target.data, RejectData):
+                    # the classifier builds and sends the reply (bpf/lib/reject.h)
+                    emit(guard, rule, slot, rejecting(target.data), need=need)
+                    continue
+                if name != "LOG":
+                    raise NotSupported(f"target `{name}' in the eBPF data path")
                 check_log(target.data, hook)
                 # non-terminal: counted, logged, and the scan goes on
-                emit(guard, rule, slot, need=need)
+                emit(guard, rule, slot, VERDICT_CONTINUE, None, need)
                 continue
-            name = target.name
-            if name == "":
-                emit(guard, rule, slot, need=need)
-            elif name in VERDICTS:
-                emit(guard, rule, slot, VERDICTS[name], need=need)
+            verdict = verdicts_get(name)
+            if verdict is not None:
+                emit(guard, rule, slot, verdict, None, need)
+            elif name == "":
+                emit(guard, rule, slot, VERDICT_CONTINUE, None, need)
             elif name == "RETURN":
                 emit(guard, rule, slot, next_=ret, need=need)
             elif name in table.chains:
