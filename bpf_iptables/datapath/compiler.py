@@ -317,6 +317,15 @@ def gc_paused() -> Iterator[None]:
         yield
     finally:
         if was:
+            # the allocations counted meanwhile would start a collection at
+            # the next allocation, which walks every object the compile made
+            # (~5 ms at 10k rules, more when it cascades into older
+            # generations): freeze + unfreeze moves the young objects to the
+            # oldest generation at once and resets the counts, so they are
+            # looked at by the next full collection only (cyclic garbage
+            # among them is still found there)
+            gc.freeze()
+            gc.unfreeze()
             gc.enable()
 
 
@@ -597,6 +606,8 @@ def inline(table: Table, hook: str, slots: dict[tuple[str, int], int],
         # a chain's counter slots are consecutive (counter_slots)
         base = slots[(chain_name, 0)] if rules else 0
         verdicts_get = VERDICTS.get
+        entries_append = entries.append
+        top = not guard
         for i, rule in enumerate(rules):
             slot = base + i
             target = rule.target
@@ -613,10 +624,23 @@ def inline(table: Table, hook: str, slots: dict[tuple[str, int], int],
                 emit(guard, rule, slot, VERDICT_CONTINUE, None, need)
                 continue
             verdict = verdicts_get(name)
+            if verdict is None and name == "":
+                verdict = VERDICT_CONTINUE
             if verdict is not None:
+                if top:
+                    # emit()'s common case inline (most rules of a big
+                    # rule set): a top-level rule of the previous compile,
+                    # without stateful match or hot-drop guard entry
+                    hit = by_id_get(id(rule))
+                    if (hit is not None and hit[0] is rule and _RULE_KEY(rule) == hit[1]
+                            and not hit[2].stateful and hit[2].guard is None
+                            and len(entries) < MAX_ENTRIES):
+                        next_by_id[id(rule)] = hit
+                        d = hit[2]
+                        entries_append(Entry(d.fields, slot, verdict, None, d.tcp, 0, 0, 0, need,
+                                             0, 0))
+                        continue
                 emit(guard, rule, slot, verdict, None, need)
-            elif name == "":
-                emit(guard, rule, slot, VERDICT_CONTINUE, None, need)
             elif name == "RETURN":
                 emit(guard, rule, slot, next_=ret, need=need)
             elif name in table.chains:
@@ -687,49 +711,56 @@ def bits(indices) -> int:
     return int(digits, 2)
 
 
+ROOT = Prefix(0, 0)
+
+
 def _prefix_vectors(live: int, per_entry: list[tuple[int, PrefixField]]
                     ) -> tuple[list[tuple[int, int]], list[int]]:
     """The prefixes in use (and 0/0) as (addr, length), sorted by address
     then length, and per prefix the entries that hold for an address
     whose longest listed prefix it is. An entry holds when its positive
     prefix (if any) is an ancestor-or-self of that prefix and none of its
-    negated ones is; computed down the prefix tree, walked in address
-    order with a stack of the enclosing prefixes (prefixes are nested or
-    disjoint, so the stack's top that contains a prefix is its nearest
-    listed ancestor). Keys are (addr, length) tuples: hashing ``Prefix``
-    dataclasses in Python cost more than all the rest."""
-    pos: dict[tuple[int, int], int] = {}
-    neg: dict[tuple[int, int], int] = {}
+    negated ones is; computed down the prefix tree (``_Layout.parent``:
+    each prefix's nearest listed ancestor), whose shape depends on the set
+    of prefixes only and is kept between compiles (``_layout_of``)."""
+    pos: dict[Prefix, int] = {}
+    neg: dict[Prefix, int] = {}
     positive: list[int] = []
+    pos_get, neg_get = pos.get, neg.get
     for e, pf in per_entry:
         p = pf.positive
         if p is not None:
-            key = (p.addr, p.length)
-            pos[key] = pos.get(key, 0) | 1 << e
+            v = pos_get(p)
+            pos[p] = 1 << e if v is None else v | 1 << e
             positive.append(e)
         if pf.negative:
             for p in pf.negative:
-                key = (p.addr, p.length)
-                neg[key] = neg.get(key, 0) | 1 << e
+                v = neg_get(p)
+                neg[p] = 1 << e if v is None else v | 1 << e
     no_positive = live & ~bits(positive)
-    order = sorted({(0, 0), *pos, *neg})
-    vectors = []
-    append = vectors.append
-    pos_get, neg_get = pos.get, neg.get
-    stack: list[tuple[int, int, int]] = [(1 << 33, 0, 0)]    # (end, ok, bad), enclosing
-    for key in order:
-        addr = key[0]
-        while stack[-1][0] <= addr:
-            stack.pop()
-        _, ok, bad = stack[-1]
-        ok |= pos_get(key, 0)
-        b = neg_get(key)
-        if b is not None:
-            bad |= b
-        stack.append((addr + (1 << (32 - key[1])), ok, bad))
-        # ok and no_positive hold live entries only
-        append((ok | no_positive) & ~bad if bad else ok | no_positive)
-    return order, vectors
+    layout = _layout_of({ROOT, *pos, *neg})
+    order = layout.order
+    ok = [pos_get(k, 0) for k in order]
+    # 0/0 (position 0) is everyone's ancestor: its entries hold everywhere,
+    # like those without a positive prefix
+    everywhere = no_positive | ok[0]
+    ok[0] = 0
+    # parents come before their children in ``order``: one forward pass
+    # ORs every other ancestor's positive entries into each prefix
+    for i, par in layout.links:
+        if par:
+            o = ok[par]
+            if o:
+                ok[i] |= o
+    if not neg:
+        return order, [o | everywhere for o in ok]
+    bad = [neg_get(k, 0) for k in order]
+    for i, par in layout.links:
+        o = bad[par]
+        if o:
+            bad[i] |= o
+    # ok and no_positive hold live entries only
+    return order, [(o | everywhere) & ~b if b else o | everywhere for o, b in zip(ok, bad)]
 
 
 def prefix_table(live: int, per_entry: list[tuple[int, PrefixField]]) -> dict[Prefix, int]:
@@ -743,7 +774,7 @@ def address_table(live: int, per_entry: list[tuple[int, PrefixField]]) -> Interv
     """An address field's intervals straight from the entries (what
     ``address_intervals(prefix_table(...))`` gives, without Prefix keys)."""
     order, vectors = _prefix_vectors(live, per_entry)
-    return _intervals(order, vectors)
+    return _intervals(order, vectors, _layouts[0])   # (_prefix_vectors found or made it)
 
 
 def address_intervals(prefixes: dict[Prefix, int]) -> Intervals:
@@ -772,6 +803,11 @@ class _Layout:
     owners: list[int]
     top: "array[int]"
     probes: int
+    # the prefixes as a set (to find this layout again) and, per position
+    # in ``order`` but the first (0/0), (position, its nearest listed
+    # ancestor's position), in order
+    keys: frozenset = frozenset()
+    links: list[tuple[int, int]] = field(default_factory=list)
 
 
 # the last few address layouts: an update that leaves the prefixes of a
@@ -781,21 +817,48 @@ _layouts: list[_Layout] = []
 LAYOUTS_KEPT = 6
 
 
-def _intervals(order: list[tuple[int, int]], values: list[int]) -> Intervals:
-    """``order``: (addr, length) sorted, 0/0 first; ``values`` their bitvectors."""
-    for layout in _layouts:
-        if layout.order == order:
-            break
-    else:
-        layout = _layout(order)
-        _layouts.insert(0, layout)
-        del _layouts[LAYOUTS_KEPT:]
+def _layout_of(keys: set[tuple[int, int]]) -> _Layout:
+    """The layout of a set of prefixes (0/0 among them), most recent first."""
+    for at, layout in enumerate(_layouts):
+        if layout.keys == keys:
+            if at:
+                _layouts.insert(0, _layouts.pop(at))
+            return layout
+    return _remember(_layout(sorted(keys)))
+
+
+def _remember(layout: _Layout) -> _Layout:
+    _layouts.insert(0, layout)
+    del _layouts[LAYOUTS_KEPT:]
+    return layout
+
+
+def _intervals(order: list[tuple[int, int]], values: list[int],
+               layout: "_Layout | None" = None) -> Intervals:
+    """``order``: (addr, length) sorted, 0/0 first; ``values`` their
+    bitvectors; ``layout``: the layout of ``order`` when known."""
+    if layout is None or layout.order is not order:
+        for layout in _layouts:
+            if layout.order == order:
+                break
+        else:
+            layout = _remember(_layout(order))
     return Intervals(layout.bounds, layout.index, [values[p] for p in layout.owners],
                      layout.top, layout.probes)
 
 
 def _layout(order: list[tuple[int, int]]) -> _Layout:
     ends = [a + (1 << (32 - n)) for a, n in order]
+    # each prefix's nearest listed ancestor: the innermost enclosing one
+    # still open when it starts (prefixes are nested or disjoint)
+    links: list[tuple[int, int]] = []
+    open_: list[int] = []
+    for i, (a, _) in enumerate(order):
+        while open_ and ends[open_[-1]] <= a:
+            open_.pop()
+        if open_:
+            links.append((i, open_[-1]))
+        open_.append(i)
     cuts = sorted({0, *(a for a, _ in order), *(e for e in ends if e < 1 << 32)})
     stack: list[int] = []      # positions in ``order``
     # one bitvector per prefix that is the longest match somewhere
@@ -818,7 +881,7 @@ def _layout(order: list[tuple[int, int]]) -> _Layout:
             owners.append(top)
         index.append(at)
     iv = with_buckets(Intervals(cuts, index, []))
-    return _Layout(list(order), cuts, index, owners, iv.top, iv.probes)
+    return _Layout(list(order), cuts, index, owners, iv.top, iv.probes, frozenset(order), links)
 
 
 def with_buckets(iv: Intervals) -> Intervals:
@@ -857,7 +920,7 @@ def range_table(live: int, per_entry: list[tuple[int, RangeField]], top: int,
     it; one sweep gives every interval's bitvector. ``extra_cuts``: more
     boundaries (of another table sharing these intervals). Entries with
     the same ranges are swept as one group (one bitvector)."""
-    groups = grouped(per_entry, lambda rf: (rf.positive, tuple(rf.negative)))
+    groups = grouped(per_entry, _RANGE_KEY)
     cuts = {0, *extra_cuts}
     for (positive, negative), _ in groups:
         for lo, hi in ([positive] if positive else []) + list(negative):
@@ -1003,7 +1066,13 @@ def _compile_chain(table: Table, hook: str, interfaces: dict[str, int] | None,
             nonterminal += 1
         if e.hashlimit or e.recent:
             nstateful += 1
-    live = bits([i for i, _ in live_entries])
+    live_index = [i for i, _ in live_entries]
+    live_fields = [f for _, f in live_entries]
+    live = bits(live_index)
+
+    def per_entry(name: str) -> list:
+        """(entry, its constraint on field ``name``) per live entry."""
+        return list(zip(live_index, map(attrgetter(name), live_fields)))
     used: set[str] = set().union(*uses)
     nwords = pow2_at_least((n + 63) // 64)
     # A scan only moves forward (continuations and RETURN/goto targets lie
@@ -1011,7 +1080,7 @@ def _compile_chain(table: Table, hook: str, interfaces: dict[str, int] | None,
     # bitvector word, see bpf/lib/bitvector.h) and each candidate word at
     # most once, and visits at most every continuing entry plus one verdict.
     needed = nwords + summary_words(nwords) + nonterminal + 2
-    if uses_conntrack(table):
+    if "ctstate" not in used and uses_conntrack(table):
         # the namespace tracks connections: every hook's classifier runs
         # the tracker (and carries the field), used by its rules or not
         used.add("ctstate")
@@ -1042,11 +1111,11 @@ def _compile_chain(table: Table, hook: str, interfaces: dict[str, int] | None,
     shape.fields = frozenset(used)
 
     if "src" in used:
-        c.src_iv = address_table(live, [(i, f.src) for i, f in live_entries])
+        c.src_iv = address_table(live, per_entry("src"))
         shape.src_max, shape.src_bsize = len(c.src_iv.vectors), bsize_of(c.src_iv)
         shape.src_nbounds, shape.src_probes = len(c.src_iv.bounds), c.src_iv.probes
     if "dst" in used:
-        c.dst_iv = address_table(live, [(i, f.dst) for i, f in live_entries])
+        c.dst_iv = address_table(live, per_entry("dst"))
         shape.dst_max, shape.dst_bsize = len(c.dst_iv.vectors), bsize_of(c.dst_iv)
         shape.dst_nbounds, shape.dst_probes = len(c.dst_iv.bounds), c.dst_iv.probes
     if "proto" in used:
@@ -1065,11 +1134,11 @@ def _compile_chain(table: Table, hook: str, interfaces: dict[str, int] | None,
     l4 = bits(i for i, f in live_entries if f.l4)
     ecuts = either_cuts(live_entries)
     if "sport" in used:
-        c.sport_bounds, c.sport = port_table(live, [(i, f.sport) for i, f in live_entries], l4,
+        c.sport_bounds, c.sport = port_table(live, per_entry("sport"), l4,
                                              ecuts)
         shape.sport_bsize = max(2, pow2_at_least(len(c.sport_bounds)))
     if "dport" in used:
-        c.dport_bounds, c.dport = port_table(live, [(i, f.dport) for i, f in live_entries], l4,
+        c.dport_bounds, c.dport = port_table(live, per_entry("dport"), l4,
                                              ecuts)
         shape.dport_bsize = max(2, pow2_at_least(len(c.dport_bounds)))
     if "ports" in used:
@@ -1079,10 +1148,10 @@ def _compile_chain(table: Table, hook: str, interfaces: dict[str, int] | None,
         c.ports_d = either_table(live, live_entries, c.dport_bounds)
     if "length" in used:
         c.length_bounds, c.length = range_table(
-            live, [(i, f.length) for i, f in live_entries], 0xFFFF)
+            live, per_entry("length"), 0xFFFF)
         shape.length_bsize = max(2, pow2_at_least(len(c.length_bounds)))
     if "ttl" in used:
-        bounds, c.ttl = range_table(live, [(i, f.ttl) for i, f in live_entries], 0xFF)
+        bounds, c.ttl = range_table(live, per_entry("ttl"), 0xFF)
         if hook == "FORWARD":
             # ip_forward() lowers the TTL before the FORWARD hook: netfilter
             # compares frame TTL - 1, so the table is keyed by the frame's
@@ -1190,8 +1259,13 @@ def uses_conntrack(table: Table) -> bool:
     """Whether any rule of the table matches on conntrack: then the
     namespace tracks connections (as netfilter registers its tracker in a
     namespace once a rule needs it), in every hook."""
-    return any(m.name in CONNTRACK_MATCHES
-               for chain in table.chains.values() for r in chain.rules for m in r.matches)
+    # (loops, not a generator: ~10k rules per update)
+    for chain in table.chains.values():
+        for r in chain.rules:
+            for m in r.matches:
+                if m.name in CONNTRACK_MATCHES:
+                    return True
+    return False
 
 
 def uses_addrtype(table: Table) -> bool:
@@ -1249,9 +1323,10 @@ def grouped(live_entries: list[tuple[int, object]], key: Callable[[object], obje
     order of first appearance: a table computes each value's bitvector
     from the few distinct constraints instead of from every entry."""
     groups: dict[object, list[int]] = {}
-    for i, f in live_entries:
-        k = key(f)
-        members = groups.get(k)
+    get = groups.get
+    # (the keys by map(): an attrgetter key runs in C, ~10k entries)
+    for (i, _), k in zip(live_entries, map(key, [f for _, f in live_entries])):
+        members = get(k)
         if members is None:
             groups[k] = [i]
         else:
@@ -1268,8 +1343,13 @@ def union(groups: list[tuple[object, int]], holds: Callable[[object], bool]) -> 
     return v
 
 
+# grouping keys (fields.py builds proto_not and negative as tuples only)
+_PROTO_KEY = attrgetter("proto", "proto_not")
+_RANGE_KEY = attrgetter("positive", "negative")
+
+
 def proto_table(live: int, live_entries: list[tuple[int, EntryFields]]) -> dict[int, int]:
-    groups = grouped(live_entries, lambda f: (f.proto, tuple(f.proto_not)))
+    groups = grouped(live_entries, _PROTO_KEY)
     protos = {PROTO_DEFAULT}
     for (proto, nots), _ in groups:
         if proto is not None:
