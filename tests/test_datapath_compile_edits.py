@@ -221,3 +221,19 @@ def test_a_copied_rule_set_compiles_as_the_original():
     compiler.clear_caches()
     want = warm_snapshot(table, "INPUT")
     assert warm_snapshot(copy.deepcopy(table), "INPUT") == want
+
+
+@pytest.mark.parametrize("lines, tracks", [
+    (["-N X", "-A X -m conntrack --ctstate NEW -j DROP", "-A INPUT -j ACCEPT"], True),
+    (["-N X", "-A X -s 10.0.0.1 -m conntrack --ctstate NEW -j DROP", "-A INPUT -j X"], True),
+    (["-A INPUT -m state --state INVALID,NEW,ESTABLISHED,RELATED,UNTRACKED -j DROP"], True),
+    (["-A OUTPUT -m conntrack --ctstate NEW -j DROP", "-A INPUT -s 10.0.0.1 -j DROP"], True),
+    (["-N X", "-A X -j DROP", "-A INPUT -p tcp -j X", "-A OUTPUT -j ACCEPT"], False),
+])
+def test_a_conntrack_match_anywhere_puts_the_tracker_in_every_hook(lines, tracks):
+    """Walked chains answer from their decompositions (twice: the second
+    compile from the caches), the others are scanned."""
+    compiler.clear_caches()
+    table = table_from_lines(lines)
+    for _ in range(2):
+        assert ("ctstate" in compile_chain(table, "INPUT", G.INTERFACES).shape.fields) == tracks

@@ -345,12 +345,14 @@ class Decomposed:
     """What ``inline`` needs of an entry's path: its constraints, those of
     the hot-drop guard entry (the last rule cut after its tcp match; None
     when nothing follows the tcp match), whether the rule has a tcp match,
-    and whether it has a stateful match (then ``rule_stateful`` is asked)."""
+    whether it has a stateful match (then ``rule_stateful`` is asked), and
+    whether it has a conntrack match (``uses_conntrack`` of the walked chains)."""
 
     fields: EntryFields
     guard: EntryFields | None
     tcp: bool
     stateful: bool = False
+    conntrack: bool = False
 
 
 def decomposed(path: list[Rule], hook: str) -> Decomposed:
@@ -359,7 +361,8 @@ def decomposed(path: list[Rule], hook: str) -> Decomposed:
     cut = hotdrop_guard(last) if tcp else None
     return Decomposed(decompose(path, hook), None if cut is None else
                       decompose(path[:-1] + [cut], hook), tcp,
-                      any(m.name in STATEFUL_MATCHES for m in last.matches))
+                      any(m.name in STATEFUL_MATCHES for m in last.matches),
+                      any(m.name in CONNTRACK_MATCHES for m in last.matches))
 
 
 class FieldsCache:
@@ -513,14 +516,25 @@ def check_log(data, hook: str) -> None:
         raise NotSupported("target `LOG' with --log-uid in the eBPF data path")
 
 
+@dataclass
+class Walked:
+    """What ``inline`` saw on the way: the chains it walked (every rule of
+    each was emitted) and whether one of their rules has a conntrack match."""
+
+    chains: set[str] = field(default_factory=set)
+    conntrack: bool = False
+
+
 def inline(table: Table, hook: str, slots: dict[tuple[str, int], int],
            limits: "list[tuple[int, int]] | None" = None,
            logs: "list | None" = None, hashlimits: "list | None" = None,
-           recents: "list | None" = None) -> list[Entry]:
+           recents: "list | None" = None, walked: Walked | None = None) -> list[Entry]:
     """The hook chain as entries. ``limits`` receives (credit_cap, cost) per
     limit bucket; entry.limit is its slot + 1 (one bucket per rule, shared
     by every inlined copy, as the kernel keeps one per rule)."""
     entries: list[Entry] = []
+    if walked is None:
+        walked = Walked()
     end = _Label()
     cache = _fields_cache.setdefault(hook, FieldsCache())
     limit_slot: dict[int, int] = {}   # counter slot -> limit slot
@@ -553,6 +567,8 @@ def inline(table: Table, hook: str, slots: dict[tuple[str, int], int],
                 d = hit[2]
         if d is None:
             d = cache.get(guard, rule, hook)
+        if d.conntrack:
+            walked.conntrack = True
         own = counter != SCRATCH_COUNTER
         own_tcp = d.tcp and own
         if own_tcp and d.guard is not None:
@@ -603,6 +619,7 @@ def inline(table: Table, hook: str, slots: dict[tuple[str, int], int],
         if depth > MAX_DEPTH:
             raise NotSupported("user chains nested deeper than 64")
         rules = table.chains[chain_name].rules
+        walked.chains.add(chain_name)
         # a chain's counter slots are consecutive (counter_slots)
         base = slots[(chain_name, 0)] if rules else 0
         verdicts_get = VERDICTS.get
@@ -637,6 +654,8 @@ def inline(table: Table, hook: str, slots: dict[tuple[str, int], int],
                             and len(entries) < MAX_ENTRIES):
                         next_by_id[id(rule)] = hit
                         d = hit[2]
+                        if d.conntrack:
+                            walked.conntrack = True
                         entries_append(Entry(d.fields, slot, verdict, None, d.tcp, 0, 0, 0, need,
                                              0, 0))
                         continue
@@ -1032,7 +1051,8 @@ def _compile_chain(table: Table, hook: str, interfaces: dict[str, int] | None,
     logs: list = []
     hashlimits: list = []
     recents: list = []
-    entries = inline(table, hook, slots, limits, logs, hashlimits, recents)
+    walked = Walked()
+    entries = inline(table, hook, slots, limits, logs, hashlimits, recents, walked)
     if limits:
         shared_limits(table)
     if hashlimits:
@@ -1080,7 +1100,7 @@ def _compile_chain(table: Table, hook: str, interfaces: dict[str, int] | None,
     # bitvector word, see bpf/lib/bitvector.h) and each candidate word at
     # most once, and visits at most every continuing entry plus one verdict.
     needed = nwords + summary_words(nwords) + nonterminal + 2
-    if "ctstate" not in used and uses_conntrack(table):
+    if "ctstate" not in used and (walked.conntrack or uses_conntrack(table, walked.chains)):
         # the namespace tracks connections: every hook's classifier runs
         # the tracker (and carries the field), used by its rules or not
         used.add("ctstate")
@@ -1255,12 +1275,15 @@ def shared_limits(table: Table) -> None:
 CONNTRACK_MATCHES = ("conntrack", "state")
 
 
-def uses_conntrack(table: Table) -> bool:
+def uses_conntrack(table: Table, skip: "set[str] | frozenset[str]" = frozenset()) -> bool:
     """Whether any rule of the table matches on conntrack: then the
     namespace tracks connections (as netfilter registers its tracker in a
-    namespace once a rule needs it), in every hook."""
+    namespace once a rule needs it), in every hook. ``skip``: chains known
+    not to (inline's Walked: their rules' decompositions said so)."""
     # (loops, not a generator: ~10k rules per update)
-    for chain in table.chains.values():
+    for name, chain in table.chains.items():
+        if name in skip:
+            continue
         for r in chain.rules:
             for m in r.matches:
                 if m.name in CONNTRACK_MATCHES:
