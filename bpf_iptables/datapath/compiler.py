@@ -1065,7 +1065,8 @@ def _compile_chain(table: Table, hook: str, interfaces: dict[str, int] | None,
     # one pass: targets resolved, the live entries, the fields in use (each
     # decomposition knows its own) and the entries a scan may pass by:
     # continuing ones, and terminal ones whose per-candidate check can fail
-    live_entries: list[tuple[int, EntryFields]] = []
+    live_index: list[int] = []
+    live_fields: list[EntryFields] = []
     uses: set[frozenset[str]] = set()
     nonterminal = 0
     nstateful = 0   # entries whose check is a program of its own (hashlimit, recent)
@@ -1078,16 +1079,17 @@ def _compile_chain(table: Table, hook: str, interfaces: dict[str, int] | None,
             e.next = nxt.index
         f = e.fields
         if not f.never:
-            live_entries.append((i, f))
-            uses.add(f.used if f.used is not None else frozenset(f.uses()))
-        if (e.verdict == VERDICT_CONTINUE or f.src.residual or f.dst.residual
-                or e.limit or e.hashlimit or e.recent or e.need or f.ctcheck or f.mark
-                or f.atcheck or e.set_mask):
+            live_index.append(i)
+            live_fields.append(f)
+            u = f.used
+            uses.add(u if u is not None else frozenset(f.uses()))
+        checks = f.checks
+        if (e.verdict == VERDICT_CONTINUE or e.need or e.limit or e.hashlimit or e.recent
+                or e.set_mask or (checks if checks is not None else f.has_checks())):
             nonterminal += 1
-        if e.hashlimit or e.recent:
-            nstateful += 1
-    live_index = [i for i, _ in live_entries]
-    live_fields = [f for _, f in live_entries]
+            if e.hashlimit or e.recent:
+                nstateful += 1
+    live_entries = list(zip(live_index, live_fields))
     live = bits(live_index)
 
     def per_entry(name: str) -> list:
