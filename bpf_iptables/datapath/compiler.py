@@ -353,16 +353,19 @@ class Decomposed:
     tcp: bool
     stateful: bool = False
     conntrack: bool = False
+    # none of stateful, conntrack or a guard entry: walk's fast path emits it
+    plain: bool = False
 
 
 def decomposed(path: list[Rule], hook: str) -> Decomposed:
     last = path[-1]
     tcp = any(m.name == "tcp" for m in last.matches)
     cut = hotdrop_guard(last) if tcp else None
-    return Decomposed(decompose(path, hook), None if cut is None else
-                      decompose(path[:-1] + [cut], hook), tcp,
-                      any(m.name in STATEFUL_MATCHES for m in last.matches),
-                      any(m.name in CONNTRACK_MATCHES for m in last.matches))
+    guard = None if cut is None else decompose(path[:-1] + [cut], hook)
+    stateful = any(m.name in STATEFUL_MATCHES for m in last.matches)
+    conntrack = any(m.name in CONNTRACK_MATCHES for m in last.matches)
+    return Decomposed(decompose(path, hook), guard, tcp, stateful, conntrack,
+                      not stateful and not conntrack and guard is None)
 
 
 class FieldsCache:
@@ -649,16 +652,14 @@ def inline(table: Table, hook: str, slots: dict[tuple[str, int], int],
                     # rule set): a top-level rule of the previous compile,
                     # without stateful match or hot-drop guard entry
                     hit = by_id_get(id(rule))
-                    if (hit is not None and hit[0] is rule and _RULE_KEY(rule) == hit[1]
-                            and not hit[2].stateful and hit[2].guard is None
-                            and len(entries) < MAX_ENTRIES):
-                        next_by_id[id(rule)] = hit
-                        d = hit[2]
-                        if d.conntrack:
-                            walked.conntrack = True
-                        entries_append(Entry(d.fields, slot, verdict, None, d.tcp, 0, 0, 0, need,
-                                             0, 0))
-                        continue
+                    if hit is not None:
+                        known, key, d = hit
+                        if (known is rule and d.plain and _RULE_KEY(rule) == key
+                                and len(entries) < MAX_ENTRIES):
+                            next_by_id[id(rule)] = hit
+                            # (need is 0 at the top level; the rest at their defaults)
+                            entries_append(Entry(d.fields, slot, verdict, None, d.tcp))
+                            continue
                 emit(guard, rule, slot, verdict, None, need)
             elif name == "RETURN":
                 emit(guard, rule, slot, next_=ret, need=need)
