@@ -237,3 +237,27 @@ def test_a_conntrack_match_anywhere_puts_the_tracker_in_every_hook(lines, tracks
     table = table_from_lines(lines)
     for _ in range(2):
         assert ("ctstate" in compile_chain(table, "INPUT", G.INTERFACES).shape.fields) == tracks
+
+
+def reference_buckets(bounds: list[int]) -> tuple[bytes, int]:
+    """compiler.with_buckets as of 6e84799 (top and probes)."""
+    from collections import Counter
+    top = array("I", bytes(4 << 16))
+    firsts = [(lo + 0xFFFF) >> 16 for lo in bounds]
+    firsts.append(1 << 16)
+    for i in range(len(bounds)):
+        first, last = firsts[i], firsts[i + 1]
+        if first < last:
+            top[first:last] = array("I", [i]) * (last - first)
+    inside = Counter(b >> 16 for b in bounds if b & 0xFFFF)
+    return bytes(top), max(inside.values(), default=0).bit_length()
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.sets(st.one_of(st.integers(1, (1 << 32) - 1),
+                         st.integers(0, 0xFFFF).map(lambda h: h << 16),
+                         st.integers(0, 40).map(lambda k: (10 << 24) + k * 4096)), max_size=60))
+def test_buckets_equal_the_loop(starts):
+    bounds = sorted({0, *starts})
+    iv = compiler.with_buckets(Intervals(bounds, [0] * len(bounds), []))
+    assert (bytes(iv.top), iv.probes) == reference_buckets(bounds)
