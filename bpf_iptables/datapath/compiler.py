@@ -765,16 +765,23 @@ def _prefix_vectors(live: int, per_entry: list[tuple[int, PrefixField]]
     # 0/0 (position 0) is everyone's ancestor: its entries hold everywhere,
     # like those without a positive prefix
     everywhere = no_positive | ok[0]
+    if not neg:
+        # parents come before their children in ``order`` (every prefix
+        # but 0/0 has one): a prefix's vector is its own entries OR its
+        # parent's vector, one OR each (none, and the parent's very int,
+        # for a prefix without positive entries)
+        ok[0] = everywhere
+        for i, par in layout.links:
+            o = ok[i]
+            ok[i] = o | ok[par] if o else ok[par]
+        return order, ok
     ok[0] = 0
-    # parents come before their children in ``order``: one forward pass
-    # ORs every other ancestor's positive entries into each prefix
+    # one forward pass ORs every other ancestor's positive entries into each prefix
     for i, par in layout.links:
         if par:
             o = ok[par]
             if o:
                 ok[i] |= o
-    if not neg:
-        return order, [o | everywhere for o in ok]
     bad = [neg_get(k, 0) for k in order]
     for i, par in layout.links:
         o = bad[par]
