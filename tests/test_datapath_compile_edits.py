@@ -261,3 +261,56 @@ def test_buckets_equal_the_loop(starts):
     bounds = sorted({0, *starts})
     iv = compiler.with_buckets(Intervals(bounds, [0] * len(bounds), []))
     assert (bytes(iv.top), iv.probes) == reference_buckets(bounds)
+
+
+def reference_layout(order: list[tuple[int, int]]) -> tuple:
+    """compiler._layout as of 6e84799: (bounds, index, owners, top, probes)."""
+    ends = [a + (1 << (32 - n)) for a, n in order]
+    cuts = sorted({0, *(a for a, _ in order), *(e for e in ends if e < 1 << 32)})
+    stack: list[int] = []
+    ids = [-1] * len(order)
+    owners: list[int] = []
+    index: list[int] = []
+    nxt = 0
+    for start in cuts:
+        while stack and ends[stack[-1]] <= start:
+            stack.pop()
+        while nxt < len(order) and order[nxt][0] == start:
+            stack.append(nxt)
+            nxt += 1
+        top = stack[-1]
+        if ids[top] < 0:
+            ids[top] = len(owners)
+            owners.append(top)
+        index.append(ids[top])
+    return (cuts, index, owners, *reference_buckets(cuts))
+
+
+def random_prefix(draw_bits: int, length: int) -> Prefix:
+    mask = (0xFFFFFFFF << (32 - length)) & 0xFFFFFFFF
+    return Prefix(draw_bits & mask, length)
+
+
+prefix_sets = st.sets(st.builds(random_prefix, st.one_of(
+    st.integers(0, (1 << 32) - 1), st.integers(0, 255).map(lambda k: (10 << 24) | k << 12)),
+    st.integers(0, 32)), max_size=80)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+@given(prefix_sets)
+def test_layouts_equal_the_sweep(prefixes):
+    """The numpy layout (from the set, and from a sorted list) against the
+    sweep it replaced; links against a parent search by containment."""
+    keys = {compiler.ROOT, *prefixes}
+    order = sorted((a, n) for a, n in keys)
+    want = reference_layout(order)
+    compiler.clear_caches()
+    for layout in (compiler._layout_of(keys), compiler._layout(order)):
+        assert [tuple(k) for k in layout.order] == order
+        assert (layout.bounds, layout.index, layout.owners, bytes(layout.top),
+                layout.probes) == want
+        parents = []
+        for i, k in enumerate(order[1:], 1):
+            holders = [j for j in range(i) if Prefix(*order[j]).contains(Prefix(*k))]
+            parents.append((i, max(holders, key=lambda j: order[j][1])))
+        assert layout.links == parents

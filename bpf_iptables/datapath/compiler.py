@@ -852,7 +852,14 @@ def _layout_of(keys: set[tuple[int, int]]) -> _Layout:
             if at:
                 _layouts.insert(0, _layouts.pop(at))
             return layout
-    return _remember(_layout(sorted(keys)))
+    import numpy as np
+
+    # sorted as integers (addr << 6 | length: the same order as the
+    # tuples, ~10x faster to sort than Prefix tuples)
+    codes = np.sort(np.fromiter((a << 6 | m for a, m in keys), dtype=np.int64, count=len(keys)))
+    addrs, lengths = codes >> 6, codes & 63
+    order = list(zip(addrs.tolist(), lengths.tolist()))
+    return _remember(_layout(order, addrs, lengths))
 
 
 def _remember(layout: _Layout) -> _Layout:
@@ -875,36 +882,54 @@ def _intervals(order: list[tuple[int, int]], values: list[int],
                      layout.top, layout.probes)
 
 
-def _layout(order: list[tuple[int, int]]) -> _Layout:
-    ends = [a + (1 << (32 - n)) for a, n in order]
+def _layout(order: list[tuple[int, int]], addrs: "Any" = None, lengths: "Any" = None
+            ) -> _Layout:
+    """The intervals of ``order`` (sorted, 0/0 first; ``addrs``,
+    ``lengths``: the same as numpy arrays, when known), computed by
+    numpy: cut at every prefix's first address and after its last; each
+    interval belongs to the innermost prefix containing its start;
+    bitvector ids in order of first appearance."""
+    import numpy as np
+
+    n = len(order)
+    if addrs is None:
+        addrs = np.fromiter((a for a, _ in order), dtype=np.int64, count=n)
+        lengths = np.fromiter((m for _, m in order), dtype=np.int64, count=n)
+    ends = addrs + np.left_shift(np.int64(1), 32 - lengths)
     # each prefix's nearest listed ancestor (links): the innermost enclosing
     # one still open when it starts (prefixes are nested or disjoint)
     links: list[tuple[int, int]] = []
-    cuts = sorted({0, *(a for a, _ in order), *(e for e in ends if e < 1 << 32)})
-    stack: list[int] = []      # positions in ``order``
-    # one bitvector per prefix that is the longest match somewhere
-    ids = [-1] * len(order)
-    owners: list[int] = []
-    index: list[int] = []
-    nxt = 0
-    count = len(order)
-    for start in cuts:
-        while stack and ends[stack[-1]] <= start:
+    up = [0] * n
+    stack: list[int] = []
+    ends_list = ends.tolist()
+    for i, (a, _) in enumerate(order):
+        while stack and ends_list[stack[-1]] <= a:
             stack.pop()
-        # prefixes starting here, shortest first: nested, so the last is the longest
-        while nxt < count and order[nxt][0] == start:
-            if stack:
-                links.append((nxt, stack[-1]))
-            stack.append(nxt)
-            nxt += 1
-        top = stack[-1]
-        at = ids[top]
-        if at < 0:
-            at = ids[top] = len(owners)
-            owners.append(top)
-        index.append(at)
-    iv = with_buckets(Intervals(cuts, index, []))
-    return _Layout(list(order), cuts, index, owners, iv.top, iv.probes, frozenset(order), links)
+        if stack:
+            links.append((i, stack[-1]))
+            up[i] = stack[-1]
+        stack.append(i)
+    parent = np.array(up, dtype=np.int64)
+    cuts = np.unique(np.concatenate((np.zeros(1, dtype=np.int64), addrs, ends[ends < 1 << 32])))
+    # the innermost prefix holding a cut: the last one starting at or
+    # before it, or the nearest of its ancestors that still holds the cut
+    # (0/0 holds every cut; one step per level of nesting, all cuts at once)
+    owner = np.searchsorted(addrs, cuts, side="right") - 1
+    while True:
+        out = ends[owner] <= cuts
+        if not out.any():
+            break
+        owner[out] = parent[owner[out]]
+    # one bitvector per prefix that is the innermost somewhere, numbered
+    # in order of first appearance
+    uniq, first = np.unique(owner, return_index=True)
+    owners = uniq[np.argsort(first, kind="stable")]
+    ids = np.zeros(n, dtype=np.int64)
+    ids[owners] = np.arange(len(owners))
+    bounds, index = cuts.tolist(), ids[owner].tolist()
+    iv = with_buckets(Intervals(bounds, index, []))
+    return _Layout(list(order), bounds, index, owners.tolist(), iv.top, iv.probes,
+                   frozenset(order), links)
 
 
 def with_buckets(iv: Intervals) -> Intervals:
