@@ -741,7 +741,7 @@ def _prefix_vectors(live: int, per_entry: list[tuple[int, PrefixField]]
     then length, and per prefix the entries that hold for an address
     whose longest listed prefix it is. An entry holds when its positive
     prefix (if any) is an ancestor-or-self of that prefix and none of its
-    negated ones is; computed down the prefix tree (``_Layout.parent``:
+    negated ones is; computed down the prefix tree (``_Layout.links``:
     each prefix's nearest listed ancestor), whose shape depends on the set
     of prefixes only and is kept between compiles (``_layout_of``)."""
     pos: dict[Prefix, int] = {}
