@@ -761,10 +761,10 @@ def _prefix_vectors(live: int, per_entry: list[tuple[int, PrefixField]]
     no_positive = live & ~bits(positive)
     layout = _layout_of({ROOT, *pos, *neg})
     order = layout.order
-    ok = [pos_get(k, 0) for k in order]
+    ok = list(map(pos_get, order))   # (None: no positive entries there)
     # 0/0 (position 0) is everyone's ancestor: its entries hold everywhere,
     # like those without a positive prefix
-    everywhere = no_positive | ok[0]
+    everywhere = no_positive | (ok[0] or 0)
     if not neg:
         # parents come before their children in ``order`` (every prefix
         # but 0/0 has one): a prefix's vector is its own entries OR its
@@ -775,6 +775,7 @@ def _prefix_vectors(live: int, per_entry: list[tuple[int, PrefixField]]
             o = ok[i]
             ok[i] = o | ok[par] if o else ok[par]
         return order, ok
+    ok = [o or 0 for o in ok]
     ok[0] = 0
     # one forward pass ORs every other ancestor's positive entries into each prefix
     for i, par in layout.links:
