@@ -24,10 +24,11 @@ from __future__ import annotations
 import gc
 import socket
 from array import array
-from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from itertools import repeat
 from dataclasses import dataclass, field, replace
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
 from ..errors import NotSupported
@@ -289,8 +290,9 @@ def pow2_at_least(n: int) -> int:
 def counter_slots(table: Table) -> dict[tuple[str, int], int]:
     slots: dict[tuple[str, int], int] = {}
     for chain in table.ordered_chains():
-        for i in range(len(chain.rules)):
-            slots[(chain.name, i)] = FIRST_RULE_COUNTER + len(slots)
+        # (the keys and slots of a chain made in C: ~10k rules per update)
+        n, first = len(chain.rules), FIRST_RULE_COUNTER + len(slots)
+        slots.update(zip(zip(repeat(chain.name, n), range(n)), range(first, first + n)))
     return slots
 
 
@@ -316,33 +318,55 @@ def gc_paused() -> Iterator[None]:
         yield
     finally:
         if was:
+            # the allocations counted meanwhile would start a collection at
+            # the next allocation, which walks every object the compile made
+            # (~5 ms at 10k rules, more when it cascades into older
+            # generations): freeze + unfreeze moves the young objects to the
+            # oldest generation at once and resets the counts, so they are
+            # looked at by the next full collection only (cyclic garbage
+            # among them is still found there)
+            gc.freeze()
+            gc.unfreeze()
             gc.enable()
+
+
+# What ``fields.decompose`` reads of a rule (not its target or counters),
+# as one C-level call (an identity-cache hit compares it for every rule)
+_RULE_KEY = attrgetter("src", "dst", "src_inv", "dst_inv", "in_iface", "out_iface", "in_inv",
+                       "out_inv", "proto", "proto_inv", "fragment", "frag_inv", "matches")
 
 
 def rule_key(rule: Rule) -> tuple:
     """What ``fields.decompose`` reads of a rule (not its target or counters)."""
-    return (rule.src, rule.dst, rule.src_inv, rule.dst_inv, rule.in_iface, rule.out_iface,
-            rule.in_inv, rule.out_inv, rule.proto, rule.proto_inv, rule.fragment,
-            rule.frag_inv, rule.matches)
+    return _RULE_KEY(rule)
 
 
 @dataclass(frozen=True)
 class Decomposed:
     """What ``inline`` needs of an entry's path: its constraints, those of
     the hot-drop guard entry (the last rule cut after its tcp match; None
-    when nothing follows the tcp match), and whether the rule has a tcp match."""
+    when nothing follows the tcp match), whether the rule has a tcp match,
+    whether it has a stateful match (then ``rule_stateful`` is asked), and
+    whether it has a conntrack match (``uses_conntrack`` of the walked chains)."""
 
     fields: EntryFields
     guard: EntryFields | None
     tcp: bool
+    stateful: bool = False
+    conntrack: bool = False
+    # none of stateful, conntrack or a guard entry: walk's fast path emits it
+    plain: bool = False
 
 
 def decomposed(path: list[Rule], hook: str) -> Decomposed:
     last = path[-1]
     tcp = any(m.name == "tcp" for m in last.matches)
     cut = hotdrop_guard(last) if tcp else None
-    return Decomposed(decompose(path, hook), None if cut is None else
-                      decompose(path[:-1] + [cut], hook), tcp)
+    guard = None if cut is None else decompose(path[:-1] + [cut], hook)
+    stateful = any(m.name in STATEFUL_MATCHES for m in last.matches)
+    conntrack = any(m.name in CONNTRACK_MATCHES for m in last.matches)
+    return Decomposed(decompose(path, hook), guard, tcp, stateful, conntrack,
+                      not stateful and not conntrack and guard is None)
 
 
 class FieldsCache:
@@ -496,14 +520,25 @@ def check_log(data, hook: str) -> None:
         raise NotSupported("target `LOG' with --log-uid in the eBPF data path")
 
 
+@dataclass
+class Walked:
+    """What ``inline`` saw on the way: the chains it walked (every rule of
+    each was emitted) and whether one of their rules has a conntrack match."""
+
+    chains: set[str] = field(default_factory=set)
+    conntrack: bool = False
+
+
 def inline(table: Table, hook: str, slots: dict[tuple[str, int], int],
            limits: "list[tuple[int, int]] | None" = None,
            logs: "list | None" = None, hashlimits: "list | None" = None,
-           recents: "list | None" = None) -> list[Entry]:
+           recents: "list | None" = None, walked: Walked | None = None) -> list[Entry]:
     """The hook chain as entries. ``limits`` receives (credit_cap, cost) per
     limit bucket; entry.limit is its slot + 1 (one bucket per rule, shared
     by every inlined copy, as the kernel keeps one per rule)."""
     entries: list[Entry] = []
+    if walked is None:
+        walked = Walked()
     end = _Label()
     cache = _fields_cache.setdefault(hook, FieldsCache())
     limit_slot: dict[int, int] = {}   # counter slot -> limit slot
@@ -520,12 +555,26 @@ def inline(table: Table, hook: str, slots: dict[tuple[str, int], int],
     recent_slot: dict[int, int] = {}  # counter slot -> recent slot
     memo_bits = [0]                   # memo bits handed out so far
 
+    # the identity map of this compile (cache.get's first step, done here
+    # for the top-level rules: ~10k calls at fw1-10k)
+    by_id_get, next_by_id = cache.by_id.get, cache.next_by_id
+
     def emit(guard: list[Rule], rule: Rule, counter: int, verdict: int = VERDICT_CONTINUE,
              next_: "_Label | None" = None, need: int = 0, sets: int = 0) -> None:
         if len(entries) >= MAX_ENTRIES:
             raise NotSupported(f"more than {MAX_ENTRIES} rules after inlining user chains")
-        d = cache.get(guard, rule, hook)
-        own_tcp = d.tcp and counter != SCRATCH_COUNTER
+        d = None
+        if not guard:
+            hit = by_id_get(id(rule))
+            if hit is not None and hit[0] is rule and _RULE_KEY(rule) == hit[1]:
+                next_by_id[id(rule)] = hit
+                d = hit[2]
+        if d is None:
+            d = cache.get(guard, rule, hook)
+        if d.conntrack:
+            walked.conntrack = True
+        own = counter != SCRATCH_COUNTER
+        own_tcp = d.tcp and own
         if own_tcp and d.guard is not None:
             # xt_tcpudp hot-drops an offset-1 TCP fragment before the matches
             # after it run, but their constraints sit on shared fields (e.g.
@@ -533,7 +582,7 @@ def inline(table: Table, hook: str, slots: dict[tuple[str, int], int],
             # is the candidate that hot-drops; any other packet passes it by
             entries.append(Entry(d.guard, SCRATCH_COUNTER, tcp=True, need=need))
         lim = rec = hl = 0
-        st = rule_stateful(rule) if counter != SCRATCH_COUNTER else None
+        st = rule_stateful(rule) if own and d.stateful else None
         if st is not None and st[0] == "limit":
             data = st[1]
             lim = limit_slot.get(counter, 0)
@@ -551,13 +600,16 @@ def inline(table: Table, hook: str, slots: dict[tuple[str, int], int],
                 hashlimits.append(st[1])
                 hl = hl_slot[counter] = len(hashlimits)
         log = 0
-        if counter != SCRATCH_COUNTER and rule.target.name == "LOG" and not rule.target.is_standard:
+        target = rule.target
+        if own and target.data is not None and target.name == "LOG":
             log = log_slot.get(counter, 0)
             if not log:
-                logs.append(rule.target.data)
+                logs.append(target.data)
                 log = log_slot[counter] = len(logs)
-        entries.append(Entry(d.fields, counter, verdict, next_, own_tcp, lim, log,
-                             hashlimit=hl, need=need, set=sets, recent=rec))
+        # (positional: fields, counter, verdict, next, tcp, limit, log,
+        # hashlimit, need, set, recent)
+        entries.append(Entry(d.fields, counter, verdict, next_, own_tcp, lim, log, hl, need,
+                             sets, rec))
 
     reject_ttl: list[int] = []   # read once, when a REJECT is met
 
@@ -571,27 +623,45 @@ def inline(table: Table, hook: str, slots: dict[tuple[str, int], int],
         if depth > MAX_DEPTH:
             raise NotSupported("user chains nested deeper than 64")
         rules = table.chains[chain_name].rules
+        walked.chains.add(chain_name)
         # a chain's counter slots are consecutive (counter_slots)
         base = slots[(chain_name, 0)] if rules else 0
+        verdicts_get = VERDICTS.get
+        entries_append = entries.append
+        top = not guard
         for i, rule in enumerate(rules):
             slot = base + i
             target = rule.target
-            if target.name == "REJECT" and isinstance(target.data, RejectData):
-                # the classifier builds and sends the reply (bpf/lib/reject.h)
-                emit(guard, rule, slot, rejecting(target.data), need=need)
-                continue
-            if not target.is_standard:
-                if target.name != "LOG":
-                    raise NotSupported(f"target `{target.name}' in the eBPF data path")
+            name = target.name
+            if target.data is not None:   # an extension target
+                if name == "REJECT" and isinstance(target.data, RejectData):
+                    # the classifier builds and sends the reply (bpf/lib/reject.h)
+                    emit(guard, rule, slot, rejecting(target.data), need=need)
+                    continue
+                if name != "LOG":
+                    raise NotSupported(f"target `{name}' in the eBPF data path")
                 check_log(target.data, hook)
                 # non-terminal: counted, logged, and the scan goes on
-                emit(guard, rule, slot, need=need)
+                emit(guard, rule, slot, VERDICT_CONTINUE, None, need)
                 continue
-            name = target.name
-            if name == "":
-                emit(guard, rule, slot, need=need)
-            elif name in VERDICTS:
-                emit(guard, rule, slot, VERDICTS[name], need=need)
+            verdict = verdicts_get(name)
+            if verdict is None and name == "":
+                verdict = VERDICT_CONTINUE
+            if verdict is not None:
+                if top:
+                    # emit()'s common case inline (most rules of a big
+                    # rule set): a top-level rule of the previous compile,
+                    # without stateful match or hot-drop guard entry
+                    hit = by_id_get(id(rule))
+                    if hit is not None:
+                        known, key, d = hit
+                        if (known is rule and d.plain and _RULE_KEY(rule) == key
+                                and len(entries) < MAX_ENTRIES):
+                            next_by_id[id(rule)] = hit
+                            # (need is 0 at the top level; the rest at their defaults)
+                            entries_append(Entry(d.fields, slot, verdict, None, d.tcp))
+                            continue
+                emit(guard, rule, slot, verdict, None, need)
             elif name == "RETURN":
                 emit(guard, rule, slot, next_=ret, need=need)
             elif name in table.chains:
@@ -662,49 +732,64 @@ def bits(indices) -> int:
     return int(digits, 2)
 
 
+ROOT = Prefix(0, 0)
+
+
 def _prefix_vectors(live: int, per_entry: list[tuple[int, PrefixField]]
                     ) -> tuple[list[tuple[int, int]], list[int]]:
     """The prefixes in use (and 0/0) as (addr, length), sorted by address
     then length, and per prefix the entries that hold for an address
     whose longest listed prefix it is. An entry holds when its positive
     prefix (if any) is an ancestor-or-self of that prefix and none of its
-    negated ones is; computed down the prefix tree, walked in address
-    order with a stack of the enclosing prefixes (prefixes are nested or
-    disjoint, so the stack's top that contains a prefix is its nearest
-    listed ancestor). Keys are (addr, length) tuples: hashing ``Prefix``
-    dataclasses in Python cost more than all the rest."""
-    pos: dict[tuple[int, int], int] = {}
-    neg: dict[tuple[int, int], int] = {}
+    negated ones is; computed down the prefix tree (``_Layout.links``:
+    each prefix's nearest listed ancestor), whose shape depends on the set
+    of prefixes only and is kept between compiles (``_layout_of``)."""
+    pos: dict[Prefix, int] = {}
+    neg: dict[Prefix, int] = {}
     positive: list[int] = []
+    pos_get, neg_get = pos.get, neg.get
     for e, pf in per_entry:
         p = pf.positive
         if p is not None:
-            key = (p.addr, p.length)
-            pos[key] = pos.get(key, 0) | 1 << e
+            v = pos_get(p)
+            pos[p] = 1 << e if v is None else v | 1 << e
             positive.append(e)
         if pf.negative:
             for p in pf.negative:
-                key = (p.addr, p.length)
-                neg[key] = neg.get(key, 0) | 1 << e
+                v = neg_get(p)
+                neg[p] = 1 << e if v is None else v | 1 << e
     no_positive = live & ~bits(positive)
-    order = sorted({(0, 0), *pos, *neg})
-    vectors = []
-    append = vectors.append
-    pos_get, neg_get = pos.get, neg.get
-    stack: list[tuple[int, int, int]] = [(1 << 33, 0, 0)]    # (end, ok, bad), enclosing
-    for key in order:
-        addr = key[0]
-        while stack[-1][0] <= addr:
-            stack.pop()
-        _, ok, bad = stack[-1]
-        ok |= pos_get(key, 0)
-        b = neg_get(key)
-        if b is not None:
-            bad |= b
-        stack.append((addr + (1 << (32 - key[1])), ok, bad))
-        # ok and no_positive hold live entries only
-        append((ok | no_positive) & ~bad if bad else ok | no_positive)
-    return order, vectors
+    layout = _layout_of({ROOT, *pos, *neg})
+    order = layout.order
+    ok = list(map(pos_get, order))   # (None: no positive entries there)
+    # 0/0 (position 0) is everyone's ancestor: its entries hold everywhere,
+    # like those without a positive prefix
+    everywhere = no_positive | (ok[0] or 0)
+    if not neg:
+        # parents come before their children in ``order`` (every prefix
+        # but 0/0 has one): a prefix's vector is its own entries OR its
+        # parent's vector, one OR each (none, and the parent's very int,
+        # for a prefix without positive entries)
+        ok[0] = everywhere
+        for i, par in layout.links:
+            o = ok[i]
+            ok[i] = o | ok[par] if o else ok[par]
+        return order, ok
+    ok = [o or 0 for o in ok]
+    ok[0] = 0
+    # one forward pass ORs every other ancestor's positive entries into each prefix
+    for i, par in layout.links:
+        if par:
+            o = ok[par]
+            if o:
+                ok[i] |= o
+    bad = [neg_get(k, 0) for k in order]
+    for i, par in layout.links:
+        o = bad[par]
+        if o:
+            bad[i] |= o
+    # ok and no_positive hold live entries only
+    return order, [(o | everywhere) & ~b if b else o | everywhere for o, b in zip(ok, bad)]
 
 
 def prefix_table(live: int, per_entry: list[tuple[int, PrefixField]]) -> dict[Prefix, int]:
@@ -718,7 +803,7 @@ def address_table(live: int, per_entry: list[tuple[int, PrefixField]]) -> Interv
     """An address field's intervals straight from the entries (what
     ``address_intervals(prefix_table(...))`` gives, without Prefix keys)."""
     order, vectors = _prefix_vectors(live, per_entry)
-    return _intervals(order, vectors)
+    return _intervals(order, vectors, _layouts[0])   # (_prefix_vectors found or made it)
 
 
 def address_intervals(prefixes: dict[Prefix, int]) -> Intervals:
@@ -747,6 +832,11 @@ class _Layout:
     owners: list[int]
     top: "array[int]"
     probes: int
+    # the prefixes as a set (to find this layout again) and, per position
+    # in ``order`` but the first (0/0), (position, its nearest listed
+    # ancestor's position), in order
+    keys: frozenset = frozenset()
+    links: list[tuple[int, int]] = field(default_factory=list)
 
 
 # the last few address layouts: an update that leaves the prefixes of a
@@ -756,44 +846,91 @@ _layouts: list[_Layout] = []
 LAYOUTS_KEPT = 6
 
 
-def _intervals(order: list[tuple[int, int]], values: list[int]) -> Intervals:
-    """``order``: (addr, length) sorted, 0/0 first; ``values`` their bitvectors."""
-    for layout in _layouts:
-        if layout.order == order:
-            break
-    else:
-        layout = _layout(order)
-        _layouts.insert(0, layout)
-        del _layouts[LAYOUTS_KEPT:]
+def _layout_of(keys: set[tuple[int, int]]) -> _Layout:
+    """The layout of a set of prefixes (0/0 among them), most recent first."""
+    for at, layout in enumerate(_layouts):
+        if layout.keys == keys:
+            if at:
+                _layouts.insert(0, _layouts.pop(at))
+            return layout
+    import numpy as np
+
+    # sorted as integers (addr << 6 | length: the same order as the
+    # tuples, ~10x faster to sort than Prefix tuples)
+    codes = np.sort(np.fromiter((a << 6 | m for a, m in keys), dtype=np.int64, count=len(keys)))
+    addrs, lengths = codes >> 6, codes & 63
+    order = list(zip(addrs.tolist(), lengths.tolist()))
+    return _remember(_layout(order, addrs, lengths))
+
+
+def _remember(layout: _Layout) -> _Layout:
+    _layouts.insert(0, layout)
+    del _layouts[LAYOUTS_KEPT:]
+    return layout
+
+
+def _intervals(order: list[tuple[int, int]], values: list[int],
+               layout: "_Layout | None" = None) -> Intervals:
+    """``order``: (addr, length) sorted, 0/0 first; ``values`` their
+    bitvectors; ``layout``: the layout of ``order`` when known."""
+    if layout is None or layout.order is not order:
+        for layout in _layouts:
+            if layout.order == order:
+                break
+        else:
+            layout = _remember(_layout(order))
     return Intervals(layout.bounds, layout.index, [values[p] for p in layout.owners],
                      layout.top, layout.probes)
 
 
-def _layout(order: list[tuple[int, int]]) -> _Layout:
-    ends = [a + (1 << (32 - n)) for a, n in order]
-    cuts = sorted({0, *(a for a, _ in order), *(e for e in ends if e < 1 << 32)})
-    stack: list[int] = []      # positions in ``order``
-    # one bitvector per prefix that is the longest match somewhere
-    ids = [-1] * len(order)
-    owners: list[int] = []
-    index: list[int] = []
-    nxt = 0
-    count = len(order)
-    for start in cuts:
-        while stack and ends[stack[-1]] <= start:
+def _layout(order: list[tuple[int, int]], addrs: "Any" = None, lengths: "Any" = None
+            ) -> _Layout:
+    """The intervals of ``order`` (sorted, 0/0 first; ``addrs``,
+    ``lengths``: the same as numpy arrays, when known), computed by
+    numpy: cut at every prefix's first address and after its last; each
+    interval belongs to the innermost prefix containing its start;
+    bitvector ids in order of first appearance."""
+    import numpy as np
+
+    n = len(order)
+    if addrs is None:
+        addrs = np.fromiter((a for a, _ in order), dtype=np.int64, count=n)
+        lengths = np.fromiter((m for _, m in order), dtype=np.int64, count=n)
+    ends = addrs + np.left_shift(np.int64(1), 32 - lengths)
+    # each prefix's nearest listed ancestor (links): the innermost enclosing
+    # one still open when it starts (prefixes are nested or disjoint)
+    links: list[tuple[int, int]] = []
+    up = [0] * n
+    stack: list[int] = []
+    ends_list = ends.tolist()
+    for i, (a, _) in enumerate(order):
+        while stack and ends_list[stack[-1]] <= a:
             stack.pop()
-        # prefixes starting here, shortest first: nested, so the last is the longest
-        while nxt < count and order[nxt][0] == start:
-            stack.append(nxt)
-            nxt += 1
-        top = stack[-1]
-        at = ids[top]
-        if at < 0:
-            at = ids[top] = len(owners)
-            owners.append(top)
-        index.append(at)
-    iv = with_buckets(Intervals(cuts, index, []))
-    return _Layout(list(order), cuts, index, owners, iv.top, iv.probes)
+        if stack:
+            links.append((i, stack[-1]))
+            up[i] = stack[-1]
+        stack.append(i)
+    parent = np.array(up, dtype=np.int64)
+    cuts = np.unique(np.concatenate((np.zeros(1, dtype=np.int64), addrs, ends[ends < 1 << 32])))
+    # the innermost prefix holding a cut: the last one starting at or
+    # before it, or the nearest of its ancestors that still holds the cut
+    # (0/0 holds every cut; one step per level of nesting, all cuts at once)
+    owner = np.searchsorted(addrs, cuts, side="right") - 1
+    while True:
+        out = ends[owner] <= cuts
+        if not out.any():
+            break
+        owner[out] = parent[owner[out]]
+    # one bitvector per prefix that is the innermost somewhere, numbered
+    # in order of first appearance
+    uniq, first = np.unique(owner, return_index=True)
+    owners = uniq[np.argsort(first, kind="stable")]
+    ids = np.zeros(n, dtype=np.int64)
+    ids[owners] = np.arange(len(owners))
+    bounds, index = cuts.tolist(), ids[owner].tolist()
+    iv = with_buckets(Intervals(bounds, index, []))
+    return _Layout(list(order), bounds, index, owners.tolist(), iv.top, iv.probes,
+                   frozenset(order), links)
 
 
 def with_buckets(iv: Intervals) -> Intervals:
@@ -801,19 +938,17 @@ def with_buckets(iv: Intervals) -> Intervals:
     the search then runs only among the intervals of that /16, with as
     many probes as the most crowded /16 needs (measured on fw1-10k's
     destinations: 14 probes -> a handful)."""
-    bounds = iv.bounds
-    top = array("I", bytes(4 << 16))
-    # interval i holds the /16 starts from bounds[i] up to bounds[i + 1]
-    firsts = [(lo + 0xFFFF) >> 16 for lo in bounds]
-    firsts.append(1 << 16)
-    for i in range(len(bounds)):
-        first, last = firsts[i], firsts[i + 1]
-        if first < last:
-            top[first:last] = array("I", [i]) * (last - first)
+    import numpy as np
+
+    bounds = np.array(iv.bounds, dtype=np.int64)
+    # interval i holds the /16 starts from bounds[i] up to bounds[i + 1]:
+    # top[h] is the last interval whose first /16 start is at or before h
+    firsts = (bounds + 0xFFFF) >> 16
+    top = np.searchsorted(firsts, np.arange(1 << 16), side="right") - 1
     # from top[h], the search moves past the interval starts inside the /16
-    inside = Counter(b >> 16 for b in bounds if b & 0xFFFF)
-    widest = max(inside.values(), default=0)
-    iv.top, iv.probes = top, widest.bit_length()
+    inside = bounds[(bounds & 0xFFFF) != 0] >> 16
+    widest = int(np.bincount(inside).max()) if len(inside) else 0
+    iv.top, iv.probes = array("I", top.astype(np.uint32).tobytes()), widest.bit_length()
     return iv
 
 
@@ -832,7 +967,7 @@ def range_table(live: int, per_entry: list[tuple[int, RangeField]], top: int,
     it; one sweep gives every interval's bitvector. ``extra_cuts``: more
     boundaries (of another table sharing these intervals). Entries with
     the same ranges are swept as one group (one bitvector)."""
-    groups = grouped(per_entry, lambda rf: (rf.positive, tuple(rf.negative)))
+    groups = grouped(per_entry, _RANGE_KEY)
     cuts = {0, *extra_cuts}
     for (positive, negative), _ in groups:
         for lo, hi in ([positive] if positive else []) + list(negative):
@@ -944,7 +1079,8 @@ def _compile_chain(table: Table, hook: str, interfaces: dict[str, int] | None,
     logs: list = []
     hashlimits: list = []
     recents: list = []
-    entries = inline(table, hook, slots, limits, logs, hashlimits, recents)
+    walked = Walked()
+    entries = inline(table, hook, slots, limits, logs, hashlimits, recents, walked)
     if limits:
         shared_limits(table)
     if hashlimits:
@@ -957,7 +1093,8 @@ def _compile_chain(table: Table, hook: str, interfaces: dict[str, int] | None,
     # one pass: targets resolved, the live entries, the fields in use (each
     # decomposition knows its own) and the entries a scan may pass by:
     # continuing ones, and terminal ones whose per-candidate check can fail
-    live_entries: list[tuple[int, EntryFields]] = []
+    live_index: list[int] = []
+    live_fields: list[EntryFields] = []
     uses: set[frozenset[str]] = set()
     nonterminal = 0
     nstateful = 0   # entries whose check is a program of its own (hashlimit, recent)
@@ -970,15 +1107,22 @@ def _compile_chain(table: Table, hook: str, interfaces: dict[str, int] | None,
             e.next = nxt.index
         f = e.fields
         if not f.never:
-            live_entries.append((i, f))
-            uses.add(f.used if f.used is not None else frozenset(f.uses()))
-        if (e.verdict == VERDICT_CONTINUE or f.src.residual or f.dst.residual
-                or e.limit or e.hashlimit or e.recent or e.need or f.ctcheck or f.mark
-                or f.atcheck or e.set_mask):
+            live_index.append(i)
+            live_fields.append(f)
+            u = f.used
+            uses.add(u if u is not None else frozenset(f.uses()))
+        checks = f.checks
+        if (e.verdict == VERDICT_CONTINUE or e.need or e.limit or e.hashlimit or e.recent
+                or e.set_mask or (checks if checks is not None else f.has_checks())):
             nonterminal += 1
-        if e.hashlimit or e.recent:
-            nstateful += 1
-    live = bits([i for i, _ in live_entries])
+            if e.hashlimit or e.recent:
+                nstateful += 1
+    live_entries = list(zip(live_index, live_fields))
+    live = bits(live_index)
+
+    def per_entry(name: str) -> list:
+        """(entry, its constraint on field ``name``) per live entry."""
+        return list(zip(live_index, map(attrgetter(name), live_fields)))
     used: set[str] = set().union(*uses)
     nwords = pow2_at_least((n + 63) // 64)
     # A scan only moves forward (continuations and RETURN/goto targets lie
@@ -986,7 +1130,7 @@ def _compile_chain(table: Table, hook: str, interfaces: dict[str, int] | None,
     # bitvector word, see bpf/lib/bitvector.h) and each candidate word at
     # most once, and visits at most every continuing entry plus one verdict.
     needed = nwords + summary_words(nwords) + nonterminal + 2
-    if uses_conntrack(table):
+    if "ctstate" not in used and (walked.conntrack or uses_conntrack(table, walked.chains)):
         # the namespace tracks connections: every hook's classifier runs
         # the tracker (and carries the field), used by its rules or not
         used.add("ctstate")
@@ -1017,11 +1161,11 @@ def _compile_chain(table: Table, hook: str, interfaces: dict[str, int] | None,
     shape.fields = frozenset(used)
 
     if "src" in used:
-        c.src_iv = address_table(live, [(i, f.src) for i, f in live_entries])
+        c.src_iv = address_table(live, per_entry("src"))
         shape.src_max, shape.src_bsize = len(c.src_iv.vectors), bsize_of(c.src_iv)
         shape.src_nbounds, shape.src_probes = len(c.src_iv.bounds), c.src_iv.probes
     if "dst" in used:
-        c.dst_iv = address_table(live, [(i, f.dst) for i, f in live_entries])
+        c.dst_iv = address_table(live, per_entry("dst"))
         shape.dst_max, shape.dst_bsize = len(c.dst_iv.vectors), bsize_of(c.dst_iv)
         shape.dst_nbounds, shape.dst_probes = len(c.dst_iv.bounds), c.dst_iv.probes
     if "proto" in used:
@@ -1040,11 +1184,11 @@ def _compile_chain(table: Table, hook: str, interfaces: dict[str, int] | None,
     l4 = bits(i for i, f in live_entries if f.l4)
     ecuts = either_cuts(live_entries)
     if "sport" in used:
-        c.sport_bounds, c.sport = port_table(live, [(i, f.sport) for i, f in live_entries], l4,
+        c.sport_bounds, c.sport = port_table(live, per_entry("sport"), l4,
                                              ecuts)
         shape.sport_bsize = max(2, pow2_at_least(len(c.sport_bounds)))
     if "dport" in used:
-        c.dport_bounds, c.dport = port_table(live, [(i, f.dport) for i, f in live_entries], l4,
+        c.dport_bounds, c.dport = port_table(live, per_entry("dport"), l4,
                                              ecuts)
         shape.dport_bsize = max(2, pow2_at_least(len(c.dport_bounds)))
     if "ports" in used:
@@ -1054,10 +1198,10 @@ def _compile_chain(table: Table, hook: str, interfaces: dict[str, int] | None,
         c.ports_d = either_table(live, live_entries, c.dport_bounds)
     if "length" in used:
         c.length_bounds, c.length = range_table(
-            live, [(i, f.length) for i, f in live_entries], 0xFFFF)
+            live, per_entry("length"), 0xFFFF)
         shape.length_bsize = max(2, pow2_at_least(len(c.length_bounds)))
     if "ttl" in used:
-        bounds, c.ttl = range_table(live, [(i, f.ttl) for i, f in live_entries], 0xFF)
+        bounds, c.ttl = range_table(live, per_entry("ttl"), 0xFF)
         if hook == "FORWARD":
             # ip_forward() lowers the TTL before the FORWARD hook: netfilter
             # compares frame TTL - 1, so the table is keyed by the frame's
@@ -1161,12 +1305,20 @@ def shared_limits(table: Table) -> None:
 CONNTRACK_MATCHES = ("conntrack", "state")
 
 
-def uses_conntrack(table: Table) -> bool:
+def uses_conntrack(table: Table, skip: "set[str] | frozenset[str]" = frozenset()) -> bool:
     """Whether any rule of the table matches on conntrack: then the
     namespace tracks connections (as netfilter registers its tracker in a
-    namespace once a rule needs it), in every hook."""
-    return any(m.name in CONNTRACK_MATCHES
-               for chain in table.chains.values() for r in chain.rules for m in r.matches)
+    namespace once a rule needs it), in every hook. ``skip``: chains known
+    not to (inline's Walked: their rules' decompositions said so)."""
+    # (loops, not a generator: ~10k rules per update)
+    for name, chain in table.chains.items():
+        if name in skip:
+            continue
+        for r in chain.rules:
+            for m in r.matches:
+                if m.name in CONNTRACK_MATCHES:
+                    return True
+    return False
 
 
 def uses_addrtype(table: Table) -> bool:
@@ -1224,9 +1376,10 @@ def grouped(live_entries: list[tuple[int, object]], key: Callable[[object], obje
     order of first appearance: a table computes each value's bitvector
     from the few distinct constraints instead of from every entry."""
     groups: dict[object, list[int]] = {}
-    for i, f in live_entries:
-        k = key(f)
-        members = groups.get(k)
+    get = groups.get
+    # (the keys by map(): an attrgetter key runs in C, ~10k entries)
+    for (i, _), k in zip(live_entries, map(key, [f for _, f in live_entries])):
+        members = get(k)
         if members is None:
             groups[k] = [i]
         else:
@@ -1243,8 +1396,13 @@ def union(groups: list[tuple[object, int]], holds: Callable[[object], bool]) -> 
     return v
 
 
+# grouping keys (fields.py builds proto_not and negative as tuples only)
+_PROTO_KEY = attrgetter("proto", "proto_not")
+_RANGE_KEY = attrgetter("positive", "negative")
+
+
 def proto_table(live: int, live_entries: list[tuple[int, EntryFields]]) -> dict[int, int]:
-    groups = grouped(live_entries, lambda f: (f.proto, tuple(f.proto_not)))
+    groups = grouped(live_entries, _PROTO_KEY)
     protos = {PROTO_DEFAULT}
     for (proto, nots), _ in groups:
         if proto is not None:

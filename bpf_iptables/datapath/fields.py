@@ -410,6 +410,14 @@ class EntryFields:
     sets: tuple[SetCheck, ...] = ()     # per-candidate set membership tests, all must hold
     # uses(), fixed once decompose() has built the entry
     used: frozenset[str] | None = field(default=None, compare=False, repr=False)
+    # has_checks(), fixed with ``used`` (the compiler asks for every entry)
+    checks: bool | None = field(default=None, compare=False, repr=False)
+
+    def has_checks(self) -> bool:
+        """Whether a candidate is checked after the bitvector step (address
+        residuals, conntrack tuples, marks, addrtype), which can fail."""
+        return bool(self.src.residual or self.dst.residual or self.ctcheck or self.mark
+                    or self.atcheck)
 
     def own(self, which: str) -> "PrefixField | RangeField":
         """This entry's own (writable) prefix or range field ``which``."""
@@ -482,6 +490,7 @@ def decompose(path: list[Rule], hook: str = "INPUT") -> EntryFields:
         if not add_rule(f, rule, hook):
             f.never = True
     f.used = frozenset(f.uses())
+    f.checks = f.has_checks()
     return f
 
 
