@@ -148,29 +148,53 @@ def bitvectors(values: list[int], nwords: int) -> bytes:
     return b"".join([rows[at * size:(at + 1) * size] for at in order])
 
 
-# words laid out per numpy pass: bounds the temporaries (64k rules: 8 KiB
-# vectors, tens of thousands of them) to a few times this
-CHUNK_BYTES = 1 << 24
-
-
 def _rows(values: list[int], nwords: int) -> bytes:
+    return vector_rows(values, nwords, (None,))
+
+
+# rows whose summaries one numpy pass computes: small enough that a pass's
+# temporaries stay in the cache (the masked words of 10k 2 KiB vectors
+# were a 20 MB array per mask)
+PASS_ROWS = 256
+
+
+def vector_rows(values: list[int], nwords: int, masks: "tuple[int | None, ...]") -> bytes:
+    """Per value its ``nwords`` u64 words, then per mask the summary of
+    value & mask (None: of the value itself), ``summary_words`` each.
+
+    The words are the one cost that grows with the rule set (int.to_bytes
+    of every vector): each is converted once, already at its row's full
+    length (the summaries' bytes zero), and joined into one mutable buffer
+    where numpy fills the summaries in; the rows are never copied again
+    until the final bytes."""
     import numpy as np   # only processes that write maps pay its import
 
+    nsum = summary_words(nwords)
     size = nwords * 8
-    total = size + summary_words(nwords) * 8
-    step = max(1, CHUNK_BYTES // size)
-    chunks = []
-    for start in range(0, len(values), step):
-        part = values[start:start + step]
-        words = np.frombuffer(b"".join([v.to_bytes(size, "little") for v in part]),
-                              dtype="<u8").reshape(len(part), nwords)
-        rows = np.zeros((len(part), total), dtype=np.uint8)
-        rows[:, :size] = words.view(np.uint8)
-        # bit j of the summary: word j is not zero (little-endian bit order)
-        flags = np.packbits(words != 0, axis=1, bitorder="little")
-        rows[:, size:size + flags.shape[1]] = flags
-        chunks.append(rows.tobytes())
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    total = size + len(masks) * nsum * 8
+    n = len(values)
+    buf = bytearray().join([v.to_bytes(total, "little") for v in values])
+    rows = np.frombuffer(buf, np.uint8).reshape(n, total)
+    words = rows[:, :size].view("<u8")
+    mask_words = [None if m is None else np.frombuffer(m.to_bytes(size, "little"), "<u8")
+                  for m in masks]
+    step = max(1, min(PASS_ROWS, n))
+    anded = np.empty((step, nwords), "<u8")
+    nonzero = np.empty((step, nwords), bool)
+    for start in range(0, n, step):
+        w = words[start:start + step]
+        k = w.shape[0]
+        for i, m in enumerate(mask_words):
+            if m is None:
+                np.not_equal(w, 0, out=nonzero[:k])
+            else:
+                np.bitwise_and(w, m, out=anded[:k])
+                np.not_equal(anded[:k], 0, out=nonzero[:k])
+            # bit j of the summary: word j is not zero (little-endian bit order)
+            flags = np.packbits(nonzero[:k], axis=1, bitorder="little")
+            at = size + i * nsum * 8
+            rows[start:start + k, at:at + flags.shape[1]] = flags
+    return bytes(buf)
 
 
 def vector_items(keys: "list[int] | range", values: list[int], nwords: int,
@@ -492,38 +516,10 @@ def _words(values: list[int], nwords: int):
                          dtype="<u8").reshape(len(values), nwords)
 
 
-def _flags(words, mask, nsum: int, out=None):
-    """Per row, bit j: word j of (row & mask) is not zero, in nsum words
-    (into ``out``, uint8 rows of nsum * 8 bytes, when given)."""
-    import numpy as np
-
-    flags = np.packbits((words & mask) != 0, axis=1, bitorder="little")
-    if out is None:
-        out = np.zeros((words.shape[0], nsum * 8), dtype=np.uint8)
-    out[:, :flags.shape[1]] = flags
-    return out
-
-
 def address_vectors(values: list[int], nwords: int, summary_mask: int, spec_mask: int) -> bytes:
     """``struct addr_vector`` of every value: the words, the summary of
-    value & summary_mask, the summary of value & spec_mask (a chunk of
-    rows per numpy pass, as _rows)."""
-    import numpy as np
-
-    nsum = summary_words(nwords)
-    size = nwords * 8
-    total = size + 2 * nsum * 8
-    masks = _words([summary_mask, spec_mask], nwords)
-    step = max(1, CHUNK_BYTES // size)
-    chunks = []
-    for start in range(0, len(values), step):
-        words = _words(values[start:start + step], nwords)
-        rows = np.zeros((words.shape[0], total), dtype=np.uint8)
-        rows[:, :size] = words.view(np.uint8)
-        _flags(words, masks[0], nsum, rows[:, size:size + nsum * 8])
-        _flags(words, masks[1], nsum, rows[:, size + nsum * 8:])
-        chunks.append(rows.tobytes())
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    value & summary_mask, the summary of value & spec_mask."""
+    return vector_rows(values, nwords, (summary_mask, spec_mask))
 
 
 def pair_table(parts: PairParts, nwords: int) -> bytes:
