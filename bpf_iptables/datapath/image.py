@@ -205,17 +205,27 @@ def vector_items(keys: "list[int] | range", values: list[int], nwords: int,
                   bitvectors(values, nwords), dense=dense)
 
 
+_NO_RESIDUAL = (0, 0, 0, 0, 0, 0)
+
+
 def entry_blob(entries) -> bytes:
-    """Every ``entry_bytes()``, back to back, filled in column by column."""
-    n = len(entries)
-    out = array("I", bytes(40 * n))
-    out[0::10] = array("I", [e.counter for e in entries])
-    out[1::10] = array("I", [e.verdict & 0xFFFFFFFF for e in entries])
-    out[2::10] = array("I", [e.next for e in entries])
-    out[3::10] = array("I", [tcp_word(e) for e in entries])
+    """Every ``entry_bytes()``, back to back: one pass over the entries
+    (each attribute read once), entries with a residual address test
+    (few) laid out again by entry_bytes()."""
+    flat: list[int] = []
+    add = flat.extend
+    residual = []
     for i, e in enumerate(entries):
-        if e.fields.src.residual or e.fields.dst.residual:
-            out[10 * i:10 * i + 10] = array("I", entry_bytes(e))
+        f = e.fields
+        if f.src.residual or f.dst.residual:
+            residual.append(i)
+        add((e.counter, e.verdict & 0xFFFFFFFF, e.next,
+             (1 if e.tcp else 0) | (ENTRY_HASHLIMIT if e.hashlimit else 0)
+             | (ENTRY_RECENT if e.recent else 0)))
+        add(_NO_RESIDUAL)
+    out = array("I", flat)
+    for i in residual:
+        out[10 * i:10 * i + 10] = array("I", entry_bytes(entries[i]))
     return out.tobytes()
 
 
@@ -522,7 +532,27 @@ def address_vectors(values: list[int], nwords: int, summary_mask: int, spec_mask
     return vector_rows(values, nwords, (summary_mask, spec_mask))
 
 
+# the last pair table built: (nwords, source buckets, destination buckets,
+# the table). An appended rule (or one deleted from the end) changes no
+# bucket: the SPEC entries keep their indexes (a rule constraining one
+# address is in the other's every vector, not SPEC), so -A / -D reuse it
+_last_pair: "tuple[int, list[int], list[int], bytes] | None" = None
+
+
 def pair_table(parts: PairParts, nwords: int) -> bytes:
+    """pair_map's memory image (``build_pair_table``), the last one again
+    when it was built from the same buckets (512 int comparisons)."""
+    global _last_pair
+    last = _last_pair
+    if last is not None and last[0] == nwords and last[1] == parts.src_buckets \
+            and last[2] == parts.dst_buckets:
+        return last[3]
+    table = build_pair_table(parts, nwords)
+    _last_pair = (nwords, list(parts.src_buckets), list(parts.dst_buckets), table)
+    return table
+
+
+def build_pair_table(parts: PairParts, nwords: int) -> bytes:
     """pair_map's memory image: at a << PAIR_BITS | b the summary of the
     source bucket a's SPEC entries ANDed with the destination bucket b's.
     Word by word: a word's 64 entries meet few buckets of either address
