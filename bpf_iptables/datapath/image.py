@@ -544,9 +544,10 @@ def address_vectors(values: list[int], nwords: int, summary_mask: int, spec_mask
 
 
 # the last pair table built: (nwords, source buckets, destination buckets,
-# the table). An appended rule (or one deleted from the end) changes no
-# bucket: the SPEC entries keep their indexes (a rule constraining one
-# address is in the other's every vector, not SPEC), so -A / -D reuse it
+# the table). A rule appended (or deleted from the end) that leaves one
+# address open changes no bucket: it and the policy entry it moves are in
+# every vector of an address (SW or DW, not SPEC), and every SPEC entry
+# keeps its index, so such -A / -D reuse the table
 _last_pair: "tuple[int, list[int], list[int], bytes] | None" = None
 
 
