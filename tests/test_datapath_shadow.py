@@ -179,3 +179,32 @@ def test_maps_sharing_one_image_each_hold_what_full_writes_would(writer):
     finally:
         for fd in fds:
             os.close(fd)
+
+
+def test_rows_all_sampled_different_are_written_in_full(writer):
+    """When every SAMPLED-th row differs (an update's address vectors) the
+    map is written in full without comparing the rest; a row that did not
+    change between the sampled ones is written again, and the map holds
+    the image either way."""
+    rng = random.Random(5)
+    n = 256
+    fd = bpfsys.map_create(ARRAY, 4, SIZE, n, 0, "shadow_sampled")
+    try:
+        keys = [i.to_bytes(4, "little") for i in range(n)]
+        rows = [rng.randbytes(SIZE) for _ in range(n)]
+        shadow.claim(writer, 0)
+        shadow.write(fd, "entry_map", dense(rows), False)
+        # every row changes but one between samples
+        rows = [r if i == shadow.SAMPLED + 1 else rng.randbytes(SIZE) for i, r in enumerate(rows)]
+        shadow.claim(writer, 0)
+        assert shadow.write(fd, "entry_map", dense(rows), False)[0] == n
+        got = read_all(fd, keys, SIZE)
+        assert [got[k] for k in keys] == rows
+        # one sampled row unchanged: compared row by row, only the others written
+        rows = [r if i == shadow.SAMPLED else rng.randbytes(SIZE) for i, r in enumerate(rows)]
+        shadow.claim(writer, 0)
+        assert shadow.write(fd, "entry_map", dense(rows), False)[0] == n - 1
+        got = read_all(fd, keys, SIZE)
+        assert [got[k] for k in keys] == rows
+    finally:
+        os.close(fd)
