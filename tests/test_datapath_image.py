@@ -93,3 +93,30 @@ def test_looped_copies_share_the_image_when_only_the_program_differs():
     wider = replace(shape, nwords=shape.nwords * 2)
     hooks[generation.LOOPED] = {"shape": generation.shape_json(wider)}
     assert generation.twins(hooks, compiled) == {}
+
+
+def test_kept_pair_tables_follow_the_rule_set():
+    """Updates alternate: base, -A (one address open), base, -I 1, base.
+    Each pair table is the reference's; the base's is built once and
+    given again after the append and after the insert (two are kept)."""
+    text = ruleset("classbench-fw1-1k.rules").read_text()
+    lines = text.splitlines()
+    last = max(i for i, line in enumerate(lines) if line.startswith("-A INPUT"))
+    first = min(i for i, line in enumerate(lines) if line.startswith("-A INPUT"))
+    rule = "-A INPUT -s 10.255.1.1/32 -p tcp -m tcp --dport 8080 -j ACCEPT"
+    appended = lines[:last + 1] + [rule] + lines[last + 1:]
+    inserted = lines[:first] + [rule] + lines[first:]
+    chains = {name: compile_chain(table_from_save("\n".join(text) + "\n"), "INPUT", G.INTERFACES)
+              for name, text in (("base", lines), ("appended", appended),
+                                 ("inserted", inserted))}
+    shape = replace(generation.roomy(chains["inserted"]), nwords=2 * PAIR_MIN_WORDS)
+    tables = []
+    for name in ("base", "appended", "base", "inserted", "base"):
+        c = chains[name]
+        generation.fit(c, shape)
+        parts = image.pair_parts(c)
+        got = image.pair_table(parts, shape.nwords)
+        assert got == reference.pair_table(reference.pair_parts(c), shape.nwords), name
+        tables.append(got)
+    assert tables[0] is tables[1] is tables[2] is tables[4]
+    assert tables[3] != tables[0]

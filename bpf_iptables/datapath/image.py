@@ -543,24 +543,27 @@ def address_vectors(values: list[int], nwords: int, summary_mask: int, spec_mask
     return vector_rows(values, nwords, (summary_mask, spec_mask))
 
 
-# the last pair table built: (nwords, source buckets, destination buckets,
-# the table). A rule appended (or deleted from the end) that leaves one
-# address open changes no bucket: it and the policy entry it moves are in
-# every vector of an address (SW or DW, not SPEC), and every SPEC entry
-# keeps its index, so such -A / -D reuse the table
-_last_pair: "tuple[int, list[int], list[int], bytes] | None" = None
+# the last pair tables built, the newest first: (nwords, source buckets,
+# destination buckets, the table). A rule appended (or deleted from the
+# end) that leaves one address open changes no bucket: it and the policy
+# entry it moves are in every vector of an address (SW or DW, not SPEC),
+# and every SPEC entry keeps its index, so such -A / -D reuse the table;
+# two are kept because a deletion often restores the rule set of two
+# updates ago (-I 1 then -D: the table before the insert)
+_pair_tables: "list[tuple[int, list[int], list[int], bytes]]" = []
+PAIR_TABLES_KEPT = 2
 
 
 def pair_table(parts: PairParts, nwords: int) -> bytes:
-    """pair_map's memory image (``build_pair_table``), the last one again
-    when it was built from the same buckets (512 int comparisons)."""
-    global _last_pair
-    last = _last_pair
-    if last is not None and last[0] == nwords and last[1] == parts.src_buckets \
-            and last[2] == parts.dst_buckets:
-        return last[3]
+    """pair_map's memory image (``build_pair_table``), a kept one again
+    when it was built from the same buckets (512 int comparisons each)."""
+    for i, (words, src, dst, table) in enumerate(_pair_tables):
+        if words == nwords and src == parts.src_buckets and dst == parts.dst_buckets:
+            _pair_tables.insert(0, _pair_tables.pop(i))
+            return table
     table = build_pair_table(parts, nwords)
-    _last_pair = (nwords, list(parts.src_buckets), list(parts.dst_buckets), table)
+    _pair_tables.insert(0, (nwords, list(parts.src_buckets), list(parts.dst_buckets), table))
+    del _pair_tables[PAIR_TABLES_KEPT:]
     return table
 
 
