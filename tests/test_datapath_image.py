@@ -106,8 +106,8 @@ def test_kept_pair_tables_follow_the_rule_set():
     rule = "-A INPUT -s 10.255.1.1/32 -p tcp -m tcp --dport 8080 -j ACCEPT"
     appended = lines[:last + 1] + [rule] + lines[last + 1:]
     inserted = lines[:first] + [rule] + lines[first:]
-    chains = {name: compile_chain(table_from_save("\n".join(text) + "\n"), "INPUT", G.INTERFACES)
-              for name, text in (("base", lines), ("appended", appended),
+    chains = {name: compile_chain(table_from_save("\n".join(body) + "\n"), "INPUT", G.INTERFACES)
+              for name, body in (("base", lines), ("appended", appended),
                                  ("inserted", inserted))}
     shape = replace(generation.roomy(chains["inserted"]), nwords=2 * PAIR_MIN_WORDS)
     tables = []
