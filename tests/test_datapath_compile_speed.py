@@ -136,7 +136,7 @@ def test_warm_compiles_of_random_rule_sets_equal_cold_ones():
 
 
 def test_bitvectors_laid_out_together_equal_one_by_one(monkeypatch):
-    """The numpy layout (in chunks, shared values once) equals bitvector()
+    """The numpy layout (in passes of rows, shared values once) equals bitvector()
     of each value: dense, sparse (zero words: summary bits clear), empty, full."""
     from bpf_iptables.datapath import image
     rng = random.Random(3)
@@ -148,7 +148,7 @@ def test_bitvectors_laid_out_together_equal_one_by_one(monkeypatch):
         values += [values[4]] * 5          # one object, several slots
         want = b"".join(image.bitvector(v, nwords) for v in values)
         assert image.bitvectors(values, nwords) == want
-        monkeypatch.setattr(image, "CHUNK_BYTES", nwords * 8 * 3)
+        monkeypatch.setattr(image, "PASS_ROWS", 3)   # rows per numpy pass
         assert image.bitvectors(values, nwords) == want
         monkeypatch.undo()
 

@@ -150,3 +150,61 @@ def test_shadows_past_the_budget_are_not_kept(writer, monkeypatch):
     finally:
         for fd in fds:
             os.close(fd)
+
+
+def test_maps_sharing_one_image_each_hold_what_full_writes_would(writer):
+    """INPUT and the looped copies' program get one image object per update
+    (generation.twins): the second map's difference may be the first's,
+    but only while both shadows hold the same bytes; images of varying
+    length, one map now and then written alone (the shadows part)."""
+    rng = random.Random(11)
+    fds = [bpfsys.map_create(ARRAY, 4, SIZE, 64, 0, f"shadow_twin{i}") for i in range(2)]
+    try:
+        models = [[bytes(SIZE)] * 64 for _ in fds]
+        rows = [rng.randbytes(SIZE) for _ in range(64)]   # no two alike
+        keys = [i.to_bytes(4, "little") for i in range(64)]
+        for step in range(80):
+            shadow.claim(writer, 0)
+            n = rng.randint(48, 64)
+            rows = [r if rng.random() < 0.8 else rng.randbytes(SIZE) for r in rows]
+            image = dense(rows[:n])
+            alone = rng.random() < 0.3
+            counts = []
+            for i, fd in enumerate(fds[:1] if alone else fds):
+                counts.append(shadow.write(fd, "entry_map", image, False)[0])
+                models[i][:n] = rows[:n]
+            for fd, model in zip(fds, models):
+                got = read_all(fd, keys, SIZE)
+                assert [got[k] for k in keys] == model, step
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def test_rows_all_sampled_different_are_written_in_full(writer):
+    """When every SAMPLED-th row differs (an update's address vectors) the
+    map is written in full without comparing the rest; a row that did not
+    change between the sampled ones is written again, and the map holds
+    the image either way."""
+    rng = random.Random(5)
+    n = 256
+    fd = bpfsys.map_create(ARRAY, 4, SIZE, n, 0, "shadow_sampled")
+    try:
+        keys = [i.to_bytes(4, "little") for i in range(n)]
+        rows = [rng.randbytes(SIZE) for _ in range(n)]
+        shadow.claim(writer, 0)
+        shadow.write(fd, "entry_map", dense(rows), False)
+        # every row changes but one between samples
+        rows = [r if i == shadow.SAMPLED + 1 else rng.randbytes(SIZE) for i, r in enumerate(rows)]
+        shadow.claim(writer, 0)
+        assert shadow.write(fd, "entry_map", dense(rows), False)[0] == n
+        got = read_all(fd, keys, SIZE)
+        assert [got[k] for k in keys] == rows
+        # one sampled row unchanged: compared row by row, only the others written
+        rows = [r if i == shadow.SAMPLED else rng.randbytes(SIZE) for i, r in enumerate(rows)]
+        shadow.claim(writer, 0)
+        assert shadow.write(fd, "entry_map", dense(rows), False)[0] == n - 1
+        got = read_all(fd, keys, SIZE)
+        assert [got[k] for k in keys] == rows
+    finally:
+        os.close(fd)

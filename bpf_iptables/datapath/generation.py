@@ -343,12 +343,30 @@ def mirror_pin(directory: Path, att: A.Attachment, hook: str, prog: "LoadedProgr
     return True
 
 
+# the parts of a program's shape that its maps' contents depend on
+# (``image.map_image`` and ``fit``): the rest (steps per invocation, map
+# capacities, intervals in use when it was loaded) shapes the program, not
+# the bytes written into its maps
+IMAGE_KEYS = ("nwords", "fields", "nlimits", "nlogs", "nhashlimits", "nrecent", "memo", "nsets",
+              "src_bsize", "dst_bsize", "sport_bsize", "dport_bsize", "length_bsize",
+              "ttl_bsize")
+
+
+def image_key(shape: dict) -> tuple:
+    """What of a recorded shape (shape_json) the map image depends on."""
+    s = shape_of(shape)   # a record of an older version may lack a key
+    return tuple(getattr(s, k) for k in IMAGE_KEYS)
+
+
 def twins(hooks: dict[str, dict], compiled: dict[str, Compiled]) -> dict[str, tuple[str, ...]]:
-    """INPUT -> (LOOPED,) when the looped copies' classifier has INPUT's
-    shape: it holds INPUT's chain, so its maps get INPUT's image (built
-    once per update, not twice)."""
+    """INPUT -> (LOOPED,) when INPUT's image fits the looped copies'
+    classifier: it holds INPUT's chain, so its maps get INPUT's image
+    (built once per update, not twice). The two programs' shapes often
+    differ where the image does not care: INPUT's may be the server's
+    spare, loaded for an earlier rule set's intervals, the looped copies'
+    one loaded for this one's (``src_nbounds``)."""
     if LOOPED in compiled and "INPUT" in compiled and \
-            hooks[LOOPED]["shape"] == hooks["INPUT"]["shape"]:
+            image_key(hooks[LOOPED]["shape"]) == image_key(hooks["INPUT"]["shape"]):
         return {"INPUT": (LOOPED,)}
     return {}
 

@@ -148,29 +148,64 @@ def bitvectors(values: list[int], nwords: int) -> bytes:
     return b"".join([rows[at * size:(at + 1) * size] for at in order])
 
 
-# words laid out per numpy pass: bounds the temporaries (64k rules: 8 KiB
-# vectors, tens of thousands of them) to a few times this
-CHUNK_BYTES = 1 << 24
-
-
 def _rows(values: list[int], nwords: int) -> bytes:
+    return vector_rows(values, nwords, (None,))
+
+
+# rows whose summaries one numpy pass computes: small enough that a pass's
+# temporaries stay in the cache (the masked words of all 10k 2 KiB vectors
+# at once were a 20 MB array per mask)
+PASS_ROWS = 1024
+
+
+def vector_rows(values: list[int], nwords: int, masks: "tuple[int | None, ...]") -> bytes:
+    """Per value its ``nwords`` u64 words, then per mask the summary of
+    value & mask (None: of the value itself), ``summary_words`` each.
+
+    The words are the one cost that grows with the rule set (int.to_bytes
+    of every vector): each is converted once, already at its row's full
+    length (the summaries' bytes zero), and joined into one mutable buffer
+    where numpy fills the summaries in; the rows are never copied again
+    until the final bytes."""
     import numpy as np   # only processes that write maps pay its import
 
+    nsum = summary_words(nwords)
     size = nwords * 8
-    total = size + summary_words(nwords) * 8
-    step = max(1, CHUNK_BYTES // size)
-    chunks = []
-    for start in range(0, len(values), step):
-        part = values[start:start + step]
-        words = np.frombuffer(b"".join([v.to_bytes(size, "little") for v in part]),
-                              dtype="<u8").reshape(len(part), nwords)
-        rows = np.zeros((len(part), total), dtype=np.uint8)
-        rows[:, :size] = words.view(np.uint8)
-        # bit j of the summary: word j is not zero (little-endian bit order)
-        flags = np.packbits(words != 0, axis=1, bitorder="little")
-        rows[:, size:size + flags.shape[1]] = flags
-        chunks.append(rows.tobytes())
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    total = size + len(masks) * nsum * 8
+    n = len(values)
+    buf = bytearray().join([v.to_bytes(total, "little") for v in values])
+    rows = np.frombuffer(buf, np.uint8).reshape(n, total)
+    words = rows[:, :size].view("<u8")
+    step = max(1, min(PASS_ROWS, n))
+    # per mask the words it keeps anything of: the others' summary bits
+    # are zero (as the buffer is); the pair summary's masks keep few (fw1-10k:
+    # 45-86 of 256 words, acl1-10k: 2-153)
+    passes = []
+    for i, m in enumerate(masks):
+        if m is None:
+            cols, kept = None, None
+        else:
+            mw = np.frombuffer(m.to_bytes(size, "little"), "<u8")
+            cols = np.flatnonzero(mw)
+            if not len(cols):
+                continue
+            kept = mw[cols]
+        # per pass its own flags: columns it never writes stay clear
+        passes.append((size + i * nsum * 8, cols, kept, np.zeros((step, nwords), bool)))
+    for start in range(0, n, step):
+        w = words[start:start + step]
+        k = w.shape[0]
+        for at, cols, kept, nonzero in passes:
+            if cols is None:
+                np.not_equal(w, 0, out=nonzero[:k])
+            else:
+                picked = w[:, cols]
+                picked &= kept
+                nonzero[:k, cols] = picked != 0
+            # bit j of the summary: word j is not zero (little-endian bit order)
+            flags = np.packbits(nonzero[:k], axis=1, bitorder="little")
+            rows[start:start + k, at:at + flags.shape[1]] = flags
+    return bytes(buf)
 
 
 def vector_items(keys: "list[int] | range", values: list[int], nwords: int,
@@ -181,17 +216,27 @@ def vector_items(keys: "list[int] | range", values: list[int], nwords: int,
                   bitvectors(values, nwords), dense=dense)
 
 
+_NO_RESIDUAL = (0, 0, 0, 0, 0, 0)
+
+
 def entry_blob(entries) -> bytes:
-    """Every ``entry_bytes()``, back to back, filled in column by column."""
-    n = len(entries)
-    out = array("I", bytes(40 * n))
-    out[0::10] = array("I", [e.counter for e in entries])
-    out[1::10] = array("I", [e.verdict & 0xFFFFFFFF for e in entries])
-    out[2::10] = array("I", [e.next for e in entries])
-    out[3::10] = array("I", [tcp_word(e) for e in entries])
+    """Every ``entry_bytes()``, back to back: one pass over the entries
+    (each attribute read once), entries with a residual address test
+    (few) laid out again by entry_bytes()."""
+    flat: list[int] = []
+    add = flat.extend
+    residual = []
     for i, e in enumerate(entries):
-        if e.fields.src.residual or e.fields.dst.residual:
-            out[10 * i:10 * i + 10] = array("I", entry_bytes(e))
+        f = e.fields
+        if f.src.residual or f.dst.residual:
+            residual.append(i)
+        add((e.counter, e.verdict & 0xFFFFFFFF, e.next,
+             (1 if e.tcp else 0) | (ENTRY_HASHLIMIT if e.hashlimit else 0)
+             | (ENTRY_RECENT if e.recent else 0)))
+        add(_NO_RESIDUAL)
+    out = array("I", flat)
+    for i in residual:
+        out[10 * i:10 * i + 10] = array("I", entry_bytes(entries[i]))
     return out.tobytes()
 
 
@@ -492,41 +537,37 @@ def _words(values: list[int], nwords: int):
                          dtype="<u8").reshape(len(values), nwords)
 
 
-def _flags(words, mask, nsum: int, out=None):
-    """Per row, bit j: word j of (row & mask) is not zero, in nsum words
-    (into ``out``, uint8 rows of nsum * 8 bytes, when given)."""
-    import numpy as np
-
-    flags = np.packbits((words & mask) != 0, axis=1, bitorder="little")
-    if out is None:
-        out = np.zeros((words.shape[0], nsum * 8), dtype=np.uint8)
-    out[:, :flags.shape[1]] = flags
-    return out
-
-
 def address_vectors(values: list[int], nwords: int, summary_mask: int, spec_mask: int) -> bytes:
     """``struct addr_vector`` of every value: the words, the summary of
-    value & summary_mask, the summary of value & spec_mask (a chunk of
-    rows per numpy pass, as _rows)."""
-    import numpy as np
+    value & summary_mask, the summary of value & spec_mask."""
+    return vector_rows(values, nwords, (summary_mask, spec_mask))
 
-    nsum = summary_words(nwords)
-    size = nwords * 8
-    total = size + 2 * nsum * 8
-    masks = _words([summary_mask, spec_mask], nwords)
-    step = max(1, CHUNK_BYTES // size)
-    chunks = []
-    for start in range(0, len(values), step):
-        words = _words(values[start:start + step], nwords)
-        rows = np.zeros((words.shape[0], total), dtype=np.uint8)
-        rows[:, :size] = words.view(np.uint8)
-        _flags(words, masks[0], nsum, rows[:, size:size + nsum * 8])
-        _flags(words, masks[1], nsum, rows[:, size + nsum * 8:])
-        chunks.append(rows.tobytes())
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+# the last pair tables built, the newest first: (nwords, source buckets,
+# destination buckets, the table). A rule appended (or deleted from the
+# end) that leaves one address open changes no bucket: it and the policy
+# entry it moves are in every vector of an address (SW or DW, not SPEC),
+# and every SPEC entry keeps its index, so such -A / -D reuse the table;
+# two are kept because a deletion often restores the rule set of two
+# updates ago (-I 1 then -D: the table before the insert)
+_pair_tables: "list[tuple[int, list[int], list[int], bytes]]" = []
+PAIR_TABLES_KEPT = 2
 
 
 def pair_table(parts: PairParts, nwords: int) -> bytes:
+    """pair_map's memory image (``build_pair_table``), a kept one again
+    when it was built from the same buckets (512 int comparisons each)."""
+    for i, (words, src, dst, table) in enumerate(_pair_tables):
+        if words == nwords and src == parts.src_buckets and dst == parts.dst_buckets:
+            _pair_tables.insert(0, _pair_tables.pop(i))
+            return table
+    table = build_pair_table(parts, nwords)
+    _pair_tables.insert(0, (nwords, list(parts.src_buckets), list(parts.dst_buckets), table))
+    del _pair_tables[PAIR_TABLES_KEPT:]
+    return table
+
+
+def build_pair_table(parts: PairParts, nwords: int) -> bytes:
     """pair_map's memory image: at a << PAIR_BITS | b the summary of the
     source bucket a's SPEC entries ANDed with the destination bucket b's.
     Word by word: a word's 64 entries meet few buckets of either address

@@ -1,0 +1,548 @@
+"""A compiled chain as raw map contents: what to write into which map.
+
+``map_image()`` turns a ``Compiled`` chain into one ``MapImage`` per map of
+``bpf/filter.c``: keys and values as the bytes the kernel stores (x86-64
+layout). Both writers consume it: ``program.LoadedProgram.install`` through
+bcc right after a compile, and the raw bpf(2) writer (``bpfsys``) when an
+update only rewrites the maps of a program that is already loaded and
+pinned. A new field therefore adds its map here, once.
+
+Layouts (filter.c):
+- array and hash keys: u32 (the mac map: u64, the 48-bit address); LPM keys: ``{u32 prefixlen; u32 addr}`` with the
+  address in network byte order;
+- bitvectors: ``nwords`` u64 words, bit e of the Python int = entry e;
+- ``struct entry``: ten u32 (counter, verdict, next, tcp, src addr/mask/inv,
+  dst addr/mask/inv), addresses and masks in network byte order;
+- interval bounds (ports, length, ttl): ``bsize`` u32, padded with 65536."""
+from __future__ import annotations
+
+import struct
+from array import array
+from bisect import bisect_left
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+
+from bpf_iptables.datapath.compiler import (PAIR_BITS, PROTO_DEFAULT, TCP_FLAGS_EVIL, Compiled, Intervals, Shape,
+                       pair_summary, summary_words)
+
+
+class Packed(Sequence):
+    """Items of a large array map already laid out as the kernel wants
+    them (keys back to back, values back to back): 65,536-slot tables
+    would otherwise cost a Python tuple per slot on every update."""
+
+    def __init__(self, key_size: int, value_size: int, keys: bytes, values: bytes,
+                 dense: bool = False):
+        self.key_size, self.value_size = key_size, value_size
+        self.keys, self.values = keys, values
+        # keys are 0, 1, 2, ...: the values are the array's memory image
+        self.dense = dense
+
+    def __len__(self) -> int:
+        return len(self.keys) // self.key_size
+
+    def __getitem__(self, i):  # (key, value), as the writers' fallback reads them
+        n = len(self)
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError(i)   # ends iteration (Sequence.__iter__), as for a list
+        k, v = self.key_size, self.value_size
+        return self.keys[i * k:(i + 1) * k], self.values[i * v:(i + 1) * v]
+
+    def joined(self) -> tuple[bytes, bytes]:
+        return self.keys, self.values
+
+
+def joined(items) -> tuple[bytes, bytes]:
+    """Keys and values of ``items`` back to back (one batch write)."""
+    if isinstance(items, Packed):
+        return items.joined()
+    return b"".join(k for k, _ in items), b"".join(v for _, v in items)
+
+
+@lru_cache(maxsize=8)
+def array_keys(count: int) -> bytes:
+    """Keys 0 .. count - 1 of an array map, back to back."""
+    return array("I", range(count)).tobytes()
+
+
+def packed_array(values: "array | list[int]") -> Packed:
+    """An array map's u32 values from index 0, laid out for one batch."""
+    blob = (values if isinstance(values, array) else array("I", values)).tobytes()
+    return Packed(4, 4, array_keys(len(blob) // 4), blob, dense=True)
+
+
+def slots(bounds: list[int], span: int) -> Packed:
+    """value -> interval index for every value in [0, span): a range field
+    looked up by one array access instead of a binary search."""
+    table = array("I", bytes(4 * span))
+    for i, lo in enumerate(bounds):
+        hi = bounds[i + 1] if i + 1 < len(bounds) else span
+        if lo < hi:
+            table[lo:hi] = array("I", [i]) * (hi - lo)
+    return packed_array(table)
+
+
+@dataclass
+class MapImage:
+    name: str                          # the map's name in filter.c
+    items: "list[tuple[bytes, bytes]] | Packed"   # (key, value)
+    # hash and LPM maps: keys not written must be deleted (stale entries of
+    # an earlier rule set); arrays are overwritten in place
+    clear: bool = False
+
+
+def u32(v: int) -> bytes:
+    return struct.pack("<I", v & 0xFFFFFFFF)
+
+
+def be32(addr: int) -> bytes:
+    """An address as stored in the packet and the LPM key: network order."""
+    return (addr & 0xFFFFFFFF).to_bytes(4, "big")
+
+
+# byte -> b"1" when its lowest bit is set (see bitvector())
+_LOW_BIT = bytes(b"01"[i & 1] for i in range(256))
+
+
+def bitvector(value: int, nwords: int) -> bytes:
+    """The words, then the summary: bit j of summary word j/64 is set when
+    word j is not zero (bitvector.h), so the scan skips empty words.
+
+    Built with big-int operations only (64k-entry rule sets have tens of
+    thousands of 8 KiB bitvectors): OR-folding each word onto its lowest
+    bit reaches exactly 63 bits, so bit 64j of ``fold`` says whether word j
+    is non-zero; every 8th byte holds it."""
+    words = value.to_bytes(nwords * 8, "little")
+    fold = value
+    for shift in (32, 16, 8, 4, 2, 1):
+        fold |= fold >> shift
+    flags = fold.to_bytes(nwords * 8, "little")[::8].translate(_LOW_BIT)
+    summary = int(flags[::-1], 2)
+    return words + summary.to_bytes(summary_words(nwords) * 8, "little")
+
+
+def bitvectors(values: list[int], nwords: int) -> bytes:
+    """``bitvector(v, nwords)`` of every value, back to back. Values that
+    are the same object (a table's shared default) are laid out once.
+    Large tables go through numpy: one pass over all words for the
+    summaries instead of a dozen big-int operations per vector (at 10k
+    rules: ~10k vectors of 2 KiB)."""
+    if len(values) < 16:
+        return b"".join(bitvector(v, nwords) for v in values)
+    first: dict[int, int] = {}
+    order: list[int] = []
+    unique: list[int] = []
+    for v in values:
+        at = first.get(id(v))
+        if at is None:
+            at = first[id(v)] = len(unique)
+            unique.append(v)
+        order.append(at)
+    rows = _rows(unique, nwords)
+    if len(unique) == len(values):
+        return rows
+    size = (nwords + summary_words(nwords)) * 8
+    return b"".join([rows[at * size:(at + 1) * size] for at in order])
+
+
+# words laid out per numpy pass: bounds the temporaries (64k rules: 8 KiB
+# vectors, tens of thousands of them) to a few times this
+CHUNK_BYTES = 1 << 24
+
+
+def _rows(values: list[int], nwords: int) -> bytes:
+    import numpy as np   # only processes that write maps pay its import
+
+    size = nwords * 8
+    total = size + summary_words(nwords) * 8
+    step = max(1, CHUNK_BYTES // size)
+    chunks = []
+    for start in range(0, len(values), step):
+        part = values[start:start + step]
+        words = np.frombuffer(b"".join([v.to_bytes(size, "little") for v in part]),
+                              dtype="<u8").reshape(len(part), nwords)
+        rows = np.zeros((len(part), total), dtype=np.uint8)
+        rows[:, :size] = words.view(np.uint8)
+        # bit j of the summary: word j is not zero (little-endian bit order)
+        flags = np.packbits(words != 0, axis=1, bitorder="little")
+        rows[:, size:size + flags.shape[1]] = flags
+        chunks.append(rows.tobytes())
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def vector_items(keys: "list[int] | range", values: list[int], nwords: int,
+                 dense: bool = False) -> Packed:
+    """u32 keys with bitvector values, laid out for one batch write."""
+    key_blob = array_keys(len(keys)) if dense else array("I", keys).tobytes()
+    return Packed(4, (nwords + summary_words(nwords)) * 8, key_blob,
+                  bitvectors(values, nwords), dense=dense)
+
+
+def entry_blob(entries) -> bytes:
+    """Every ``entry_bytes()``, back to back, filled in column by column."""
+    n = len(entries)
+    out = array("I", bytes(40 * n))
+    out[0::10] = array("I", [e.counter for e in entries])
+    out[1::10] = array("I", [e.verdict & 0xFFFFFFFF for e in entries])
+    out[2::10] = array("I", [e.next for e in entries])
+    out[3::10] = array("I", [tcp_word(e) for e in entries])
+    for i, e in enumerate(entries):
+        if e.fields.src.residual or e.fields.dst.residual:
+            out[10 * i:10 * i + 10] = array("I", entry_bytes(e))
+    return out.tobytes()
+
+
+# struct entry's tcp word (filter.c): bit 1 the rule has a hashlimit, bit 2
+# a recent match; either stops the scan for the match's own program
+ENTRY_HASHLIMIT = 2
+ENTRY_RECENT = 4
+
+
+def tcp_word(e) -> int:
+    """struct entry's ``tcp``: bit 0 hot-drops offset-1 TCP fragments, bits
+    1 and 2 mark a hashlimit or recent check (so the scan loop reads no
+    other map to know it must stop there)."""
+    return ((1 if e.tcp else 0) | (ENTRY_HASHLIMIT if e.hashlimit else 0)
+            | (ENTRY_RECENT if e.recent else 0))
+
+
+def entry_bytes(e) -> bytes:
+    sa, sm, si = e.residual("src")
+    da, dm, di = e.residual("dst")
+    return (u32(e.counter) + u32(e.verdict) + u32(e.next) + u32(tcp_word(e))
+            + be32(sa) + be32(sm) + u32(int(si)) + be32(da) + be32(dm) + u32(int(di)))
+
+
+CTCHECK_SIZE = 88   # struct ct_check (lib/conntrack_defs.h)
+
+
+def ctcheck_blobs(entries) -> tuple[bytes, bytes]:
+    """ctcheck_map's memory image (every entry's first struct ct_check;
+    zeros: no check, so a stale check of an earlier rule set never stays)
+    and ctextra_map's (the further checks, slot 0 unused), chained by
+    ``next`` (a ctextra_map slot, 0: the last)."""
+    first = bytearray(CTCHECK_SIZE * len(entries))
+    extra = [bytes(CTCHECK_SIZE)]
+    pack = lambda k, nxt: struct.pack("<22I", k.flags, k.inv, *k.addr, *k.mask,  # noqa: E731
+                                      *k.plo, *k.phi, k.proto, k.exp_lo, k.exp_hi, nxt)
+    for i, e in enumerate(entries):
+        checks = e.fields.ctcheck
+        if not checks:
+            continue
+        slots = list(range(len(extra), len(extra) + len(checks) - 1)) + [0]
+        first[CTCHECK_SIZE * i:CTCHECK_SIZE * (i + 1)] = pack(checks[0], slots[0])
+        extra += [pack(k, slots[j + 1]) for j, k in enumerate(checks[1:])]
+    return bytes(first), b"".join(extra)
+
+
+MARK_CHECK_SIZE = 24   # struct mark_check (filter.c): two (mask, value, invert)
+
+
+def mark_blob(entries) -> bytes:
+    """mark_map's memory image: per entry two tests of the packet's mark,
+    (mask, value, invert); zeros test nothing (a stale test of an earlier
+    rule set never stays)."""
+    out = array("I", bytes(MARK_CHECK_SIZE * len(entries)))
+    for i, e in enumerate(entries):
+        for j, (mask, value, inv) in enumerate(e.fields.mark):
+            out[6 * i + 3 * j:6 * i + 3 * j + 3] = array("I", [mask, value, int(inv)])
+    return out.tobytes()
+
+
+def map_image(c: Compiled, shape: Shape) -> list[MapImage]:
+    """Every map's contents for ``c`` in a program compiled for ``shape``
+    (which must cover ``c.shape``). Entries beyond the new list keep stale
+    contents: they have no bit in ``live_map`` and are never reached."""
+    if not shape.covers(c.shape):
+        raise ValueError("compiled rule set does not fit this program's shape")
+    nw = shape.nwords
+    bv = lambda v: bitvector(v, nw)  # noqa: E731 - a local shorthand
+    fields = shape.fields
+    # struct config (filter.c): first_word, and with the tracker the fast path
+    config = (struct.pack("<IIQ", 0, c.fast_counter, c.fast_slots) if "ctstate" in fields
+              else u32(0))
+    out = [MapImage("config_map", [(u32(0), config)]),
+           MapImage("live_map", [(u32(0), bv(c.live))]),
+           MapImage("entry_map", Packed(4, 40, array_keys(len(c.entries)),
+                                        entry_blob(c.entries), dense=True))]
+    if shape.nlimits:
+        out.extend(limit_images(c))
+    if shape.nlogs:
+        out.extend(log_images(c))
+    if shape.nhashlimits:
+        out.append(hashlimit_image(c))
+    if shape.nrecent or shape.memo:
+        from bpf_iptables.datapath.recent import images as stateful_images   # -m recent, memo bits
+        out.extend(stateful_images(c, shape))
+    if shape.nsets:
+        from bpf_iptables.datapath.sets import set_images
+
+        out.extend(set_images(c, shape.nsets))
+    parts = pair_parts(c) if pair_summary(shape) else None
+    for name, iv, bsize in (("src", c.src_iv, shape.src_bsize), ("dst", c.dst_iv, shape.dst_bsize)):
+        if name in fields:
+            assert iv is not None
+            out.extend(address_images(name, iv, bsize, nw, parts))
+    if parts is not None:
+        out.append(MapImage("pair_map", Packed(4, summary_words(nw) * 8, array_keys(1 << 16),
+                                               pair_table(parts, nw), dense=True)))
+    if "proto" in fields:
+        # every protocol number has its slot: an array lookup, no hashing
+        other = c.proto[PROTO_DEFAULT]
+        out.append(MapImage("proto_map", vector_items(
+            range(256), [c.proto.get(p, other) for p in range(256)], nw, dense=True)))
+    for name, values in (("iif", c.iif), ("icmp", c.icmp), ("oif", c.oif)):
+        if name in fields:
+            out.append(MapImage(f"{name}_map", vector_items(list(values), list(values.values()),
+                                                            nw), clear=True))
+    if "frag" in fields:
+        out.append(MapImage("frag_map", [(u32(i), bv(v)) for i, v in enumerate(c.frag)]))
+    if "mac" in fields:
+        out.append(MapImage("mac_map", [(struct.pack("<Q", k), bv(v)) for k, v in c.mac.items()],
+                            clear=True))
+    if "pkttype" in fields:
+        out.append(MapImage("pkttype_map", [(u32(i), bv(v)) for i, v in enumerate(c.pkttype)]))
+    if "ctstate" in fields:
+        out.append(MapImage("ctstate_map", [(u32(i), bv(v)) for i, v in enumerate(c.ctstate)]))
+    if "ctcheck" in fields:
+        first, extra = ctcheck_blobs(c.entries)
+        out.append(MapImage("ctcheck_map", Packed(4, CTCHECK_SIZE, array_keys(len(c.entries)),
+                                                  first, dense=True)))
+        out.append(MapImage("ctextra_map", Packed(4, CTCHECK_SIZE,
+                                                  array_keys(len(extra) // CTCHECK_SIZE),
+                                                  extra, dense=True)))
+    if "atcheck" in fields:
+        checks = array("I", bytes(8 * len(c.entries)))
+        for i, e in enumerate(c.entries):
+            if e.fields.atcheck is not None:
+                checks[2 * i:2 * i + 2] = array("I", e.fields.atcheck)
+        out.append(MapImage("atcheck_map", Packed(4, 8, array_keys(len(c.entries)),
+                                                  checks.tobytes(), dense=True)))
+        # struct at_key {prefixlen, addr (network order)} -> struct at_val {type, dev}
+        out.append(MapImage("atype_lpm", [(u32(n) + be32(a), struct.pack("<II", t, d))
+                                          for n, a, t, d in c.atype_lpm], clear=True))
+    if "mark" in fields:
+        out.append(MapImage("mark_map", Packed(4, MARK_CHECK_SIZE, array_keys(len(c.entries)),
+                                               mark_blob(c.entries), dense=True)))
+    if "tos" in fields:
+        assert len(c.tos) == 256
+        out.append(MapImage("tos_map", vector_items(range(256), c.tos, nw, dense=True)))
+    if "flags" in fields:
+        assert len(c.flags) == TCP_FLAGS_EVIL + 1
+        out.append(MapImage("flags_map", vector_items(range(len(c.flags)), c.flags, nw,
+                                                      dense=True)))
+    for name, bounds, vectors, bsize in (
+            ("sport", c.sport_bounds, c.sport, shape.sport_bsize),
+            ("dport", c.dport_bounds, c.dport, shape.dport_bsize),
+            ("length", c.length_bounds, c.length, shape.length_bsize),
+            ("ttl", c.ttl_bounds, c.ttl, shape.ttl_bsize)):
+        if name not in fields:
+            continue
+        # one array access finds the interval (the TTL has 256 values)
+        out.append(MapImage(f"{name}_slot_map", slots(bounds, 256 if name == "ttl" else 1 << 16)))
+        keys = list(range(len(bounds)))
+        if name in ("sport", "dport"):
+            # then "no L4 header" at bsize and "offset-1 fragment" at bsize + 1
+            keys += [bsize, bsize + 1]
+            vectors = vectors[:len(bounds)] + vectors[-2:]
+        out.append(MapImage(f"{name}_map", vector_items(keys, vectors[:len(keys)], nw)))
+    if "ports" in fields:
+        # the same slots as the sport / dport maps
+        for name, vectors, bsize in (("ports_s", c.ports_s, shape.sport_bsize),
+                                     ("ports_d", c.ports_d, shape.dport_bsize)):
+            keys = list(range(len(vectors) - 2)) + [bsize, bsize + 1]
+            out.append(MapImage(f"{name}_map", vector_items(keys, vectors, nw)))
+    return out
+
+
+def limit_images(c: Compiled) -> list[MapImage]:
+    """-m limit (bpf/lib/limit.h): per entry its bucket slot; per bucket
+    ``struct limit_state`` {lock, credit, credit_cap, cost, started, pad,
+    prev} with started 0, so the first packet finds the bucket full (every
+    write restarts the buckets, as a table replace does in the kernel)."""
+    slots = array("I", [e.limit for e in c.entries]).tobytes()
+    states = [(u32(i), struct.pack("<IIIIIIQ", 0, 0, cap, cost, 0, 0, 0))
+              for i, (cap, cost) in enumerate(c.limits, start=1)]
+    return [MapImage("entry_limit_map", Packed(4, 4, array_keys(len(c.entries)), slots,
+                                               dense=True)),
+            MapImage("limit_map", states)]
+
+
+def hashlimit_image(c: Compiled) -> MapImage:
+    """-m hashlimit (bpf/lib/hashlimit.h): per entry ``struct hl_rule``
+    {table id, flags (1: --hashlimit-above, 2: a byte rate), zero}, table
+    0 for entries without one. The tables themselves are the namespace's
+    (datapath/hashlimit_tables.py)."""
+    from bpf_iptables.extensions.hashlimit import BYTES, INVERT, table_id
+
+    rules = [struct.pack("<QII", table_id(d.name), (1 if d.mode & INVERT else 0)
+                         | (2 if d.mode & BYTES else 0), 0)
+             for d in c.hashlimits]
+    none = bytes(16)
+    blob = b"".join(rules[e.hashlimit - 1] if e.hashlimit else none for e in c.entries)
+    return MapImage("entry_hl_map", Packed(4, 16, array_keys(len(c.entries)), blob, dense=True))
+
+
+HOOK_NUMBERS = {"INPUT": 0, "FORWARD": 1, "OUTPUT": 2}
+
+
+def log_images(c: Compiled) -> list[MapImage]:
+    """-j LOG (bpf/lib/log.h): per entry its log_map slot; per slot
+    ``struct log_info`` {level, flags, hook, pad, prefix[32]}."""
+    slots = array("I", [e.log for e in c.entries]).tobytes()
+    infos = []
+    for i, data in enumerate(c.logs, start=1):
+        prefix = data.prefix.encode("utf-8", "surrogateescape")[:31]
+        infos.append((u32(i), struct.pack("<IIII32s", data.level, data.logflags,
+                                          HOOK_NUMBERS[c.hook], 0, prefix)))
+    return [MapImage("entry_log_map", Packed(4, 4, array_keys(len(c.entries)), slots,
+                                             dense=True)),
+            MapImage("log_map", infos)]
+
+
+def address_images(name: str, iv: Intervals, bsize: int, nwords: int,
+                   parts: "PairParts | None" = None) -> list[MapImage]:
+    """Per /16 the interval its first address is in; the interval starts
+    (host order, padded with 0xFFFFFFFF, above any address but the last);
+    per interval slot the id of its bitvector (padding slots repeat the
+    last interval's, so a search landing on them is still right); the
+    bitvectors (with the pair summary: ``struct addr_vector``, below)."""
+    pad = bsize - len(iv.bounds)
+    bounds = array("I", iv.bounds + [0xFFFFFFFF] * pad).tobytes()
+    index = packed_array(iv.index + [iv.index[-1]] * pad)
+    if parts is None:
+        vectors = vector_items(range(len(iv.vectors)), iv.vectors, nwords, dense=True)
+    else:
+        vectors = Packed(4, (nwords + 2 * summary_words(nwords)) * 8,
+                         array_keys(len(iv.vectors)),
+                         address_vectors(iv.vectors, nwords, *parts.masks(name)), dense=True)
+    return [MapImage(f"{name}_top_map", packed_array(iv.top)),
+            MapImage(f"{name}_bounds_map", [(u32(0), bounds)]),
+            MapImage(f"{name}_index_map", index),
+            MapImage(f"{name}_map", vectors)]
+
+
+# -- the source x destination pair summary (filter.c PAIR) ------------------
+
+@dataclass
+class PairParts:
+    """What the pair summary is made of (filter.c, above struct
+    addr_vector): SW / DW the entries in every source / destination
+    vector (an entry whose address is "don't care" there), SPEC the live
+    entries in neither, and per /8 of each address the OR of the SPEC
+    entries of the pieces that meet it."""
+
+    src_wild: int
+    dst_wild: int
+    spec: int
+    src_buckets: list[int]     # 1 << PAIR_BITS
+    dst_buckets: list[int]
+
+    def masks(self, name: str) -> tuple[int, int]:
+        """(summary mask, spec mask) of the ``name`` address's vectors."""
+        if name == "src":
+            return self.dst_wild, self.spec
+        return self.src_wild & ~self.dst_wild, self.spec
+
+
+def _every(vectors: list[int], live: int) -> int:
+    out = live
+    for v in vectors:
+        out &= v
+    return out
+
+
+def _buckets(iv: Intervals, spec: int) -> list[int]:
+    """Per top-PAIR_BITS bucket, the OR of the SPEC entries of every
+    interval meeting it (a superset of any address's there): the OR of
+    the bucket's distinct vectors, masked once (interval starts are
+    sorted, so a bucket's intervals are a run of them)."""
+    shift = 32 - PAIR_BITS
+    vectors, index = iv.vectors, iv.index
+    out = []
+    first = 0     # the interval holding the bucket's first address
+    for b in range(1 << PAIR_BITS):
+        end = bisect_left(iv.bounds, (b + 1) << shift, first)   # past the bucket's
+        acc = 0
+        for x in set(index[first:end]):
+            acc |= vectors[x]
+        out.append(acc & spec)
+        # the next bucket starts inside the last interval of this one
+        # unless an interval starts exactly there
+        first = end if end < len(iv.bounds) and iv.bounds[end] == (b + 1) << shift else end - 1
+    return out
+
+
+def pair_parts(c: Compiled) -> PairParts:
+    assert c.src_iv is not None and c.dst_iv is not None
+    sw = _every(c.src_iv.vectors, c.live)
+    dw = _every(c.dst_iv.vectors, c.live)
+    spec = c.live & ~sw & ~dw
+    return PairParts(sw, dw, spec, _buckets(c.src_iv, spec), _buckets(c.dst_iv, spec))
+
+
+def _words(values: list[int], nwords: int):
+    import numpy as np
+
+    size = nwords * 8
+    return np.frombuffer(b"".join([v.to_bytes(size, "little") for v in values]),
+                         dtype="<u8").reshape(len(values), nwords)
+
+
+def _flags(words, mask, nsum: int, out=None):
+    """Per row, bit j: word j of (row & mask) is not zero, in nsum words
+    (into ``out``, uint8 rows of nsum * 8 bytes, when given)."""
+    import numpy as np
+
+    flags = np.packbits((words & mask) != 0, axis=1, bitorder="little")
+    if out is None:
+        out = np.zeros((words.shape[0], nsum * 8), dtype=np.uint8)
+    out[:, :flags.shape[1]] = flags
+    return out
+
+
+def address_vectors(values: list[int], nwords: int, summary_mask: int, spec_mask: int) -> bytes:
+    """``struct addr_vector`` of every value: the words, the summary of
+    value & summary_mask, the summary of value & spec_mask (a chunk of
+    rows per numpy pass, as _rows)."""
+    import numpy as np
+
+    nsum = summary_words(nwords)
+    size = nwords * 8
+    total = size + 2 * nsum * 8
+    masks = _words([summary_mask, spec_mask], nwords)
+    step = max(1, CHUNK_BYTES // size)
+    chunks = []
+    for start in range(0, len(values), step):
+        words = _words(values[start:start + step], nwords)
+        rows = np.zeros((words.shape[0], total), dtype=np.uint8)
+        rows[:, :size] = words.view(np.uint8)
+        _flags(words, masks[0], nsum, rows[:, size:size + nsum * 8])
+        _flags(words, masks[1], nsum, rows[:, size + nsum * 8:])
+        chunks.append(rows.tobytes())
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def pair_table(parts: PairParts, nwords: int) -> bytes:
+    """pair_map's memory image: at a << PAIR_BITS | b the summary of the
+    source bucket a's SPEC entries ANDed with the destination bucket b's.
+    Word by word: a word's 64 entries meet few buckets of either address
+    (their own prefixes'), so only those pairs are tested (all 65,536
+    pairs for each of 256 words took 20 ms at fw1-10k)."""
+    import numpy as np
+
+    nsum = summary_words(nwords)
+    n = 1 << PAIR_BITS
+    src = _words(parts.src_buckets, nwords)
+    dst = _words(parts.dst_buckets, nwords)
+    out = np.zeros((n * n, nsum), dtype="<u8")
+    for j in np.flatnonzero(src.any(axis=0) & dst.any(axis=0)):
+        rows = np.flatnonzero(src[:, j])
+        cols = np.flatnonzero(dst[:, j])
+        hit = (src[rows, j][:, None] & dst[cols, j][None, :]) != 0
+        a, b = np.nonzero(hit)
+        out[(rows[a] << PAIR_BITS) | cols[b], j >> 6] |= np.uint64(1 << (int(j) & 63))
+    return out.tobytes()
