@@ -32,6 +32,7 @@ from .compiler import Compiled, Shape, fill_unused, max_steps, pow2_at_least
 from .image import map_image, u32
 
 if TYPE_CHECKING:
+    from . import counts
     from .program import LoadedProgram
 
 HOOK_INDEX = {"INPUT": 0, "FORWARD": 1, "OUTPUT": 2}
@@ -435,23 +436,24 @@ def prepare(directory: Path, att: A.Attachment, gen: int, compiled: dict[str, Co
     return hooks, new
 
 
-def write_counters(directory: Path, gen: int, values: dict[str, dict[int, tuple[int, int]]],
-                   nslots: int) -> None:
-    for hook, v in values.items():
+def write_counters(directory: Path, gen: int, values: "dict[str, counts.Flat]") -> None:
+    """Each hook's counter map set to its values (every slot: the map's
+    earlier contents are overwritten or zeroed)."""
+    for hook, flat in values.items():
         fd = bpfsys.obj_get(str(hook_dir(directory, gen, hook) / "counter_map"))
         try:
-            bpfsys.write_counters(fd, v, nslots)
+            bpfsys.write_counters_flat(fd, flat)
         finally:
             os.close(fd)
 
 
 def read_counters(directory: Path, gen: int, hooks: list[str], nslots: int
-                  ) -> dict[str, list[tuple[int, int]]]:
+                  ) -> "dict[str, counts.Flat]":
     out = {}
     for hook in hooks:
         fd = bpfsys.obj_get(str(hook_dir(directory, gen, hook) / "counter_map"))
         try:
-            out[hook] = bpfsys.read_counters(fd, nslots)
+            out[hook] = bpfsys.read_counters_flat(fd, nslots)
         finally:
             os.close(fd)
     return out

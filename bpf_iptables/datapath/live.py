@@ -42,7 +42,7 @@ import shutil
 import socket
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Callable
@@ -52,6 +52,7 @@ from ..model import RuleSet, Table
 from . import attachment as A
 from . import generation as G
 from . import bridges
+from . import counts as C
 from . import hashlimit_tables as HL
 from . import links
 from . import support
@@ -174,25 +175,78 @@ def store_generation(store) -> int:
 
 # -- counters ---------------------------------------------------------------------
 
-Counts = dict[str, list[tuple[int, int]]]   # hook -> (packets, bytes) per slot
+Counts = dict[str, C.Flat]   # hook -> its program's counters (counts.py)
+
+
+# the command server (a process that stays) sets this: an update's carry
+# (below) is read once the client has its answer, still under the lock
+DEFER_CARRY = False
+
+
+@dataclass
+class Unsettled:
+    """An update whose carry is still to be read: what the old generation
+    (``old``'s active one) counted since ``now`` (the read whose values the
+    new generation started from), for the record ``new``.
+
+    Why later: the read of every slot of the old generation (one batch
+    lookup per program, ~2.5 ms each at 10k rules) is a third of what an
+    update spends outside compiling. Nothing writes the old generation
+    until the next update prepares it, which settles first; every read of
+    the counters settles first too (read_live); the command server settles
+    right after answering its client, before it lets go of the xtables
+    lock (server.py), after an RCU grace period: the packets that were
+    running the old generation at the switch are counted as well."""
+
+    directory: Path
+    old: A.Attachment
+    new: A.Attachment
+    now: "Counts"
+    old_to_new: Callable[[], dict[int, int]]
+    hooks: list[str]
+
+
+_unsettled: Unsettled | None = None
+
+
+def unsettled() -> bool:
+    return _unsettled is not None
+
+
+def settle() -> None:
+    """Read the carry of the last update, if not yet, into its record.
+    A failed read or write loses it (a few packets at most, as a process
+    dying before this would)."""
+    global _unsettled
+    u, _unsettled = _unsettled, None
+    if u is None:
+        return
+    try:
+        u.new.carry = residual(u.now, read_live(u.directory, u.old), u.old_to_new, u.hooks)
+        if u.new.carry and u.new.pending is None:
+            A.write(u.directory, u.new)   # (pending: the update writes the record itself)
+    except OSError:
+        pass
 
 
 def read_live(directory: Path, att: A.Attachment) -> Counts:
     """The live generation's counters, plus the record's carry (what the
     previous generation counted between the last read and the switch)."""
+    settle()
     out = G.read_counters(directory, att.active, att.live_hooks(), att.ncounters)
     looped = att.slots[att.active].get("hooks", {}).get(G.LOOPED)
     if looped and looped["on"] and "INPUT" in out:
         # the looped copies' INPUT (TC) counts as INPUT: same rules, same slots
         extra = G.read_counters(directory, att.active, [G.LOOPED], att.ncounters)[G.LOOPED]
-        out["INPUT"] = [(a[0] + b[0], a[1] + b[1]) for a, b in zip(out["INPUT"], extra)]
+        out["INPUT"] = C.add(out["INPUT"], extra)
     for hook, slots in att.carry.items():
         v = out.get(hook)
         if v is not None:
             for slot, (p, b) in slots.items():
-                i = int(slot)
+                i = 2 * int(slot)
                 if i < len(v):
-                    v[i] = (v[i][0] + p, v[i][1] + b)
+                    v[i] += p
+                    v[i + 1] += b
     return out
 
 
@@ -204,12 +258,11 @@ def residual(before: Counts, after: Counts, old_to_new: Callable[[], dict[int, i
     policies in their hook's."""
     carry: dict[str, dict[str, list[int]]] = {}
     for hook, now in after.items():
-        was = before.get(hook, [])
-        if now == was:
-            continue   # nothing counted in between: the usual case
-        for old, (p, b) in enumerate(now):
-            if old < len(was):
-                p, b = p - was[old][0], b - was[old][1]
+        was = before.get(hook, C.zeros(0))
+        for old in C.changed(now, was):   # none: the usual case
+            p, b = C.get(now, old)
+            if 2 * old < len(was):
+                p, b = p - was[2 * old], b - was[2 * old + 1]
             if not (p or b):
                 continue
             if old == POLICY_COUNTER:
@@ -223,21 +276,9 @@ def residual(before: Counts, after: Counts, old_to_new: Callable[[], dict[int, i
     return carry
 
 
-def totals(values: Counts) -> list[tuple[int, int]]:
+def totals(values: Counts) -> C.Flat:
     """Per slot, the sum over the hooks' programs."""
-    rows = list(values.values())
-    if len(rows) == 1:
-        return rows[0]
-    n = max((len(r) for r in rows), default=0)
-    out = []
-    for slot in range(n):
-        p = b = 0
-        for r in rows:
-            if slot < len(r):
-                p += r[slot][0]
-                b += r[slot][1]
-        out.append((p, b))
-    return out
+    return C.total(list(values.values()))
 
 
 def overlay(ruleset: RuleSet, att: A.Attachment, values: Counts) -> dict[int, int]:
@@ -251,46 +292,49 @@ def overlay(ruleset: RuleSet, att: A.Attachment, values: Counts) -> dict[int, in
     for chain, count, first in att.counters:
         rules = table.chains[chain].rules[:count] if chain in table.chains else []
         slot_of.update(zip(map(id, rules), range(first, first + len(rules))))
-        for rule, (packets, nbytes) in zip(rules, sums[first:first + len(rules)]):
+        for rule, (packets, nbytes) in zip(rules, C.pairs(sums, first, len(rules))):
             c = rule.counters
             c.packets = packets
             c.bytes = nbytes
     for hook, v in values.items():
         policy = table.chains[hook].counters
-        policy.packets, policy.bytes = v[POLICY_COUNTER]
+        policy.packets, policy.bytes = C.get(v, POLICY_COUNTER)
     return slot_of
 
 
 def initial_counters(hooks: list[str], compiled: Compiled, table: Table,
-                     carried: dict[int, int], delta: Counts | None
-                     ) -> dict[str, dict[int, tuple[int, int]]]:
-    """The new programs' counters: the rule set's (which carry the data
-    path's as of load()), plus what each rule's old slot counted since.
-    Rule counts start in the INPUT program (shown as the sum over programs),
-    each program's policy slot holds its hook's policy counters."""
-    out: dict[str, dict[int, tuple[int, int]]] = {h: {} for h in hooks}
-    moved = totals(delta) if delta is not None else []
-    if not any(p or b for p, b in moved):
-        moved = []   # nothing counted since load(): the usual case, no lookups
+                     carried: dict[int, int], delta: Counts | None, nslots: int
+                     ) -> dict[str, C.Flat]:
+    """The new programs' counters (``nslots`` each): the rule set's (which
+    carry the data path's as of load()), plus what each rule's old slot
+    counted since. Rule counts start in the INPUT program (shown as the
+    sum over programs), each program's policy slot holds its hook's
+    policy counters."""
+    out = {h: C.zeros(nslots) for h in hooks}
+    moved = totals(delta) if delta is not None else None
+    if moved is not None and not any(moved):
+        moved = None   # nothing counted since load(): the usual case, no lookups
     rules = out["INPUT"]
     chains = {name: chain.rules for name, chain in table.chains.items()}
     for (chain, index), slot in compiled.counter_of.items():
         rule = chains[chain][index]
         c = rule.counters
         p, b = c.packets, c.bytes
-        if moved:
+        if moved is not None:
             old = carried.get(id(rule))
-            if old is not None and old < len(moved):
-                dp, db = moved[old]
-                p, b = p + dp, b + db
+            if old is not None and 2 * old < len(moved):
+                p, b = p + moved[2 * old], b + moved[2 * old + 1]
         if p or b:
-            rules[slot] = (p, b)
+            rules[2 * slot] = p
+            rules[2 * slot + 1] = b
     for hook in hooks:
         pol = table.chains[hook].counters
         p, b = pol.packets, pol.bytes
         if delta is not None and hook in delta:
-            p, b = p + delta[hook][POLICY_COUNTER][0], b + delta[hook][POLICY_COUNTER][1]
-        out[hook][POLICY_COUNTER] = (p, b)
+            dp, db = C.get(delta[hook], POLICY_COUNTER)
+            p, b = p + dp, b + db
+        out[hook][2 * POLICY_COUNTER] = p
+        out[hook][2 * POLICY_COUNTER + 1] = b
     return out
 
 
@@ -385,6 +429,7 @@ def update(store, att: A.Attachment, ruleset: RuleSet, carried: dict[int, int],
            base: Counts | None, base_at: float = 0.0) -> A.Attachment:
     """Put ``ruleset`` into the inactive generation and make it the live
     one (module doc). Returns the new record."""
+    settle()   # (none left by an earlier update of this process, as a rule)
     directory = store.directory
     clock = _Clock()
     table = ruleset.table("filter")
@@ -449,12 +494,13 @@ def update(store, att: A.Attachment, ruleset: RuleSet, carried: dict[int, int],
             now = base   # quick: what was counted since, by the carry alone
         elif base is not None:
             now = read_live(directory, att)
-            delta = {h: [(n[0] - b[0], n[1] - b[1]) for n, b in zip(now[h], base[h])]
-                     for h in now}
-        values = initial_counters(list(compiled), compiled["INPUT"], table, carried, delta)
+            delta = {h: C.sub(now[h], base[h]) for h in now if h in base}
+        values = initial_counters(list(compiled), compiled["INPUT"], table, carried, delta,
+                                  ncounters)
         if G.LOOPED in hooks:
-            values[G.LOOPED] = {}   # zeroed: INPUT's program holds the counts so far
-        G.write_counters(directory, gen, values, ncounters)
+            # zeroed: INPUT's program holds the counts so far
+            values[G.LOOPED] = C.zeros(ncounters)
+        G.write_counters(directory, gen, values)
     except OSError as exc:
         raise DatapathError(f"cannot write the eBPF program's counters: {exc}") from None
     clock("counters")
@@ -472,12 +518,12 @@ def update(store, att: A.Attachment, ruleset: RuleSet, carried: dict[int, int],
         pass   # left for the next update, which frees them as well
     if now:
         # what the old generation counted since ``now``: carried in the record
-        try:
-            new.carry = residual(now, read_live(directory, att),
-                                 lru_cache(lambda: old_slots(table, compiled, carried)),
-                                 list(compiled))
-        except OSError:
-            pass  # lost, as before the carry existed: a few packets at most
+        global _unsettled
+        _unsettled = Unsettled(directory, att, new, now,
+                               lru_cache(lambda: old_slots(table, compiled, carried)),
+                               list(compiled))
+        if not DEFER_CARRY:
+            settle()
     if att.mode == G.NETFILTER:
         _nf_reject(directory, compiled, before_switch=False)
     clock("flip+carry")

@@ -376,11 +376,21 @@ class Server:
         self.later: list = []   # warm-up steps left for idle time (warm_later)
         self.last_env: dict[str, str] = {}   # the last request's environment
         self.mirroring: Mirroring | None = None
+        self.held_lock: int | None = None   # the xtables lock, until settle()
 
     # the xtables lock, as the CLIs take it, noting which request holds it
     @contextmanager
     def locked(self, wait: int) -> Iterator[state.Store]:
-        with ORIGINAL_LOCKED(wait) as store:
+        """state.locked, except that the lock outlives the command when its
+        update left a carry to read (live.Unsettled): held (``held_lock``)
+        until after_switch read it, once the client has its answer."""
+        if self.held_lock is not None:
+            self.settle()   # (a command taking the lock twice: not on itself)
+        lock_file = state.lock_path()
+        fd = os.open(lock_file, os.O_CREAT | os.O_RDONLY, 0o600)
+        try:
+            state._acquire(fd, wait, lock_file)
+            store = state.Store(state.namespace_dir())
             req = self.request
             if req is not None:
                 tmp = store.directory / (client.MARK_FILE + ".tmp")
@@ -390,6 +400,14 @@ class Server:
                 yield store   # not our namespace's state (cannot happen: same env)
             else:
                 yield CachedStore(store.directory, self.cache)
+        finally:
+            live = sys.modules.get("bpf_iptables.datapath.live")
+            if live is not None:
+                live.DEFER_CARRY = True   # (a command before _import_commands imported it)
+                if live.unsettled() and self.held_lock is None:
+                    self.held_lock, fd = fd, -1
+            if fd >= 0:
+                os.close(fd)
 
     def serve_one(self, conn: socket.socket) -> None:
         creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
@@ -530,17 +548,35 @@ class Server:
         update loaded new programs, the other generation gets the same
         ones while idle (``mirror``)."""
         live = sys.modules.get("bpf_iptables.datapath.live")
-        if live is None or "flip+carry" not in live.STEPS:
-            return
-        live.STEPS.clear()
         try:
-            live.grace_period()
-        except Exception:
-            _log("grace period: " + traceback.format_exc())
+            if live is None or "flip+carry" not in live.STEPS:
+                return
+            live.STEPS.clear()
+            try:
+                live.grace_period()
+            except Exception:
+                _log("grace period: " + traceback.format_exc())
+        finally:
+            self.settle()
         if live.G.LOADED:
             # the lock the request took (state.lock_path() in its environment)
             lock = Path(self.last_env.get("XTABLES_LOCKFILE") or state.XT_LOCK_NAME)
             self.later.append(lambda: self.mirror_start(lock))
+
+    def settle(self) -> None:
+        """The last update's carry (live.settle), after the grace period
+        (the old generation counts no more), under the lock that update
+        held (``held_lock``), which is then let go."""
+        live = sys.modules.get("bpf_iptables.datapath.live")
+        fd, self.held_lock = self.held_lock, None
+        try:
+            if live is not None:
+                live.settle()
+        except Exception:
+            _log("settle: " + traceback.format_exc())
+        finally:
+            if fd is not None:
+                os.close(fd)
 
     # -- the other generation, while idle ------------------------------------------------
 
@@ -658,7 +694,9 @@ class Server:
 
 def _import_commands() -> None:
     from ..cli import iptables, restore, save  # noqa: F401
-    from . import live  # noqa: F401
+    from . import live
+
+    live.DEFER_CARRY = True   # an update's carry read once its client has the answer
 
     _install_validated()
 
