@@ -411,20 +411,32 @@ def read_counters_flat(map_fd: int, nslots: int) -> "counts.Flat":
     return counts.summed(values, nslots, ncpu)
 
 
-def write_counters_flat(map_fd: int, flat: "counts.Flat") -> None:
+def write_counters_flat(map_fd: int, flat: "counts.Flat", sparse: bool = False) -> None:
     """Slots 0..len(flat)/2-1 set to ``flat``'s values (CPU 0's share, the
-    others zero): one batch update."""
+    others zero): one batch update. ``sparse``: the map holds zeros (every
+    CPU's share), only the slots with a count are written."""
     from . import counts
 
     nslots = len(flat) // 2
+    keys = _slot_keys(nslots)
+    if sparse:
+        slots = counts.nonzero_slots(flat)
+        flat, nslots, keys = counts.select(flat, slots), len(slots), array("I", slots).tobytes()
     if not nslots:
         return
     ncpu = possible_cpus()
     blob = counts.per_cpu(flat, ncpu)
-    if not map_update_packed(map_fd, 4, 16 * ncpu, _slot_keys(nslots), blob):
+    if not map_update_packed(map_fd, 4, 16 * ncpu, keys, blob):
         size = 16 * ncpu
-        map_update_many(map_fd, [(slot.to_bytes(4, "little"), blob[slot * size:(slot + 1) * size])
-                                 for slot in range(nslots)])
+        map_update_many(map_fd, [(keys[4 * i:4 * i + 4], blob[i * size:(i + 1) * size])
+                                 for i in range(nslots)])
+
+
+def zero_counters(map_fd: int) -> None:
+    """Every slot of a per-CPU counter array zeroed, on every CPU."""
+    from . import counts
+
+    write_counters_flat(map_fd, counts.zeros(_info(map_fd)[4]))
 
 
 def counter_blob(values: dict[int, tuple[int, int]], nslots: int) -> bytes:

@@ -134,3 +134,20 @@ def sub(now: Flat, was: Flat) -> Flat:
         return out
     return array("Q", map(operator.sub, now[:n], was[:n]))
 
+
+
+def nonzero_slots(flat: Flat) -> list[int]:
+    """The slots with a packet or byte counted."""
+    np = _np()
+    if np is not None:
+        return np.nonzero(np.frombuffer(flat, np.uint64).reshape(-1, 2).any(axis=1))[0].tolist()
+    return [i for i in range(len(flat) // 2) if flat[2 * i] or flat[2 * i + 1]]
+
+
+def select(flat: Flat, slots: list[int]) -> Flat:
+    """The values of ``slots``, in that order."""
+    out = array("Q")
+    for i in slots:
+        out.append(flat[2 * i])
+        out.append(flat[2 * i + 1])
+    return out

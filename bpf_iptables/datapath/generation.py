@@ -436,13 +436,25 @@ def prepare(directory: Path, att: A.Attachment, gen: int, compiled: dict[str, Co
     return hooks, new
 
 
-def write_counters(directory: Path, gen: int, values: "dict[str, counts.Flat]") -> None:
+def write_counters(directory: Path, gen: int, values: "dict[str, counts.Flat]",
+                   zeroed: bool = False) -> None:
     """Each hook's counter map set to its values (every slot: the map's
-    earlier contents are overwritten or zeroed)."""
+    earlier contents are overwritten or zeroed). ``zeroed``: the maps hold
+    zeros (zero_counters), only counted slots are written."""
     for hook, flat in values.items():
         fd = bpfsys.obj_get(str(hook_dir(directory, gen, hook) / "counter_map"))
         try:
-            bpfsys.write_counters_flat(fd, flat)
+            bpfsys.write_counters_flat(fd, flat, sparse=zeroed)
+        finally:
+            os.close(fd)
+
+
+def zero_counters(directory: Path, gen: int, hooks: list[str]) -> None:
+    """The counter maps of the generation's ``hooks`` zeroed (all slots)."""
+    for hook in hooks:
+        fd = bpfsys.obj_get(str(hook_dir(directory, gen, hook) / "counter_map"))
+        try:
+            bpfsys.zero_counters(fd)
         finally:
             os.close(fd)
 

@@ -42,6 +42,7 @@ import shutil
 import socket
 import sys
 import time
+from array import array
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -207,17 +208,24 @@ class Unsettled:
 
 
 _unsettled: Unsettled | None = None
+# (state directory, record serial): the inactive generation's counter maps
+# hold zeros (settle(zero=True)) as of that record; the next update, if
+# it is that record's successor, writes only the slots with counts (a
+# batch of every slot per program is ~2 ms at 10k rules)
+_zeroed: tuple[str, int] | None = None
 
 
 def unsettled() -> bool:
     return _unsettled is not None
 
 
-def settle() -> None:
+def settle(zero: bool = False) -> None:
     """Read the carry of the last update, if not yet, into its record.
     A failed read or write loses it (a few packets at most, as a process
-    dying before this would)."""
-    global _unsettled
+    dying before this would). ``zero``: the caller waited for an RCU grace
+    period since the switch (no packet runs the old generation): its
+    counter maps, read now, are zeroed for the next update."""
+    global _unsettled, _zeroed
     u, _unsettled = _unsettled, None
     if u is None:
         return
@@ -226,7 +234,14 @@ def settle() -> None:
         if u.new.carry and u.new.pending is None:
             A.write(u.directory, u.new)   # (pending: the update writes the record itself)
     except OSError:
-        pass
+        return
+    if zero and u.new.pending is None:
+        old = u.old.active
+        try:
+            G.zero_counters(u.directory, old, list(u.new.slots[old].get("hooks", {})))
+            _zeroed = (str(u.directory), u.new.serial)
+        except OSError:
+            pass
 
 
 def read_live(directory: Path, att: A.Attachment) -> Counts:
@@ -315,8 +330,18 @@ def initial_counters(hooks: list[str], compiled: Compiled, table: Table,
     if moved is not None and not any(moved):
         moved = None   # nothing counted since load(): the usual case, no lookups
     rules = out["INPUT"]
+    if moved is None and _laid_out_in_order(table, compiled):
+        # every rule's slot is the next one: one list per value, not 10k
+        # dict lookups and stores (~3 ms at 10k rules)
+        counters = [r.counters for chain in table.ordered_chains() for r in chain.rules]
+        end = 2 * (FIRST_RULE_COUNTER + len(counters))
+        rules[2 * FIRST_RULE_COUNTER:end:2] = array("Q", [c.packets for c in counters])
+        rules[2 * FIRST_RULE_COUNTER + 1:end:2] = array("Q", [c.bytes for c in counters])
+        slots = {}
+    else:
+        slots = compiled.counter_of
     chains = {name: chain.rules for name, chain in table.chains.items()}
-    for (chain, index), slot in compiled.counter_of.items():
+    for (chain, index), slot in slots.items():
         rule = chains[chain][index]
         c = rule.counters
         p, b = c.packets, c.bytes
@@ -336,6 +361,19 @@ def initial_counters(hooks: list[str], compiled: Compiled, table: Table,
         out[hook][2 * POLICY_COUNTER] = p
         out[hook][2 * POLICY_COUNTER + 1] = b
     return out
+
+
+def _laid_out_in_order(table: Table, compiled: Compiled) -> bool:
+    """Whether the compiled counter slots are the rules in ordered_chains()
+    order from FIRST_RULE_COUNTER on (compiler.counter_slots), checked at
+    each chain's ends."""
+    of = compiled.counter_of
+    total = 0
+    for name, count, first in counter_layout(table):
+        if count and (of.get((name, 0)) != first or of.get((name, count - 1)) != first + count - 1):
+            return False
+        total += count
+    return total == len(of)
 
 
 def old_slots(table: Table, compiled: dict[str, Compiled], carried: dict[int, int]
@@ -490,7 +528,8 @@ def update(store, att: A.Attachment, ruleset: RuleSet, carried: dict[int, int],
         # counters last, right before the flip: what the old programs
         # counted since load() is carried over (see the module doc)
         delta, now = None, {}
-        if base is not None and time.perf_counter() - base_at <= REREAD_AFTER:
+        # (the command server reads the carry off its client's time: no reread)
+        if base is not None and (DEFER_CARRY or time.perf_counter() - base_at <= REREAD_AFTER):
             now = base   # quick: what was counted since, by the carry alone
         elif base is not None:
             now = read_live(directory, att)
@@ -500,7 +539,10 @@ def update(store, att: A.Attachment, ruleset: RuleSet, carried: dict[int, int],
         if G.LOOPED in hooks:
             # zeroed: INPUT's program holds the counts so far
             values[G.LOOPED] = C.zeros(ncounters)
-        G.write_counters(directory, gen, values)
+        global _zeroed
+        # zeros still, unless a program (new maps: zeros too) or an update came between
+        zeroed, _zeroed = _zeroed == (str(directory), att.serial), None
+        G.write_counters(directory, gen, values, zeroed)
     except OSError as exc:
         raise DatapathError(f"cannot write the eBPF program's counters: {exc}") from None
     clock("counters")

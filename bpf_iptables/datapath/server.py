@@ -39,6 +39,7 @@ import ctypes
 import fcntl
 import gc
 import io
+import operator
 import os
 import select
 import shutil
@@ -234,7 +235,7 @@ class CachedStore(state.Store):
                     return None   # (an append never touches another chain)
                 continue
             if grown is not None or len(rules) < len(before) \
-                    or not all(a is b for a, b in zip(rules, before)):
+                    or not all(map(operator.is_, rules, before)):   # (in C: 10k rules)
                 return None
             grown = (table, chain, rules[len(before):])
         return grown
@@ -548,30 +549,34 @@ class Server:
         update loaded new programs, the other generation gets the same
         ones while idle (``mirror``)."""
         live = sys.modules.get("bpf_iptables.datapath.live")
+        waited = False
         try:
             if live is None or "flip+carry" not in live.STEPS:
                 return
             live.STEPS.clear()
             try:
                 live.grace_period()
+                waited = True
             except Exception:
                 _log("grace period: " + traceback.format_exc())
         finally:
-            self.settle()
+            self.settle(zero=waited)
         if live.G.LOADED:
             # the lock the request took (state.lock_path() in its environment)
             lock = Path(self.last_env.get("XTABLES_LOCKFILE") or state.XT_LOCK_NAME)
             self.later.append(lambda: self.mirror_start(lock))
 
-    def settle(self) -> None:
+    def settle(self, zero: bool = False) -> None:
         """The last update's carry (live.settle), after the grace period
         (the old generation counts no more), under the lock that update
-        held (``held_lock``), which is then let go."""
+        held (``held_lock``), which is then let go. ``zero``: after a grace
+        period (after_switch), the old generation's counters are zeroed
+        for the next update."""
         live = sys.modules.get("bpf_iptables.datapath.live")
         fd, self.held_lock = self.held_lock, None
         try:
             if live is not None:
-                live.settle()
+                live.settle(zero)
         except Exception:
             _log("settle: " + traceback.format_exc())
         finally:
