@@ -134,3 +134,23 @@ def test_deferred_carry_and_sparse_writes_keep_counters_exact() -> None:
                 assert s.bpf_iptables(*change).returncode == 0
         rules = s.bpf_iptables("-S", "INPUT", "-v").stdout
         assert f"--dport {port} -c 7 203 -j ACCEPT" in rules, rules
+        # listings in between (the server lays only moved slots on its
+        # rule set), -Z, and a refused command that had set counters
+        # (-R -c with a match XDP cannot enforce: the server drops the
+        # rule set it changed)
+        with inside(t.client):
+            tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        steps = [(None, 8), (None, 9), (["-Z", "INPUT"], 1), (None, 2),
+                 (["-R", "INPUT", "1", "-c", "100", "100", "-p", "udp", "--dport", str(port),
+                   "-m", "mark", "--mark", "1", "-j", "ACCEPT"], 3),
+                 (["-A", "INPUT", "-p", "udp", "--dport", "7012", "-j", "DROP"], 4)]
+        with tx:
+            for change, want in steps:
+                if change is not None:
+                    r = s.bpf_iptables(*change)
+                    assert r.returncode == (2 if "mark" in change else 0), r.stderr
+                tx.sendto(b"x", (SERVER_IP, port))
+                time.sleep(0.2)
+                rules = s.bpf_iptables("-S", "INPUT", "-v").stdout
+                assert f"--dport {port} -c {want} {29 * want} -j ACCEPT" in rules, \
+                    (change, rules)

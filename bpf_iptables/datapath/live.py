@@ -43,6 +43,7 @@ import socket
 import sys
 import time
 from array import array
+from bisect import bisect_right
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -296,29 +297,70 @@ def totals(values: Counts) -> C.Flat:
     return C.total(list(values.values()))
 
 
-def overlay(ruleset: RuleSet, att: A.Attachment, values: Counts) -> dict[int, int]:
+class SlotOf:
+    """id(rule object) -> counter slot of the rules a load() saw, built when
+    first asked (an update asks only when traffic moved counters while it
+    was prepared, or for its carry): 10k dict entries cost ~1 ms."""
+
+    def __init__(self, spans: list[tuple[list, int]] | None = None):
+        self.spans = spans or []   # (the chain's rules then, its first slot)
+        self.map: dict[int, int] | None = None
+
+    def get(self, key: int, default: int | None = None) -> int | None:
+        if self.map is None:
+            self.map = {}
+            for rules, first in self.spans:
+                self.map.update(zip(map(id, rules), range(first, first + len(rules))))
+        return self.map.get(key, default)
+
+
+# the counters this process last laid on a rule set it keeps (the command
+# server's cached one: CachedStore) or wrote from it (update): (that rule
+# set, the record's serial, the per-slot sums). Its rules' counters still
+# hold those sums unless a command changed them since, and such a command
+# stores the rule set (whose update lays them anew) or fails (the server
+# then drops that rule set): the next overlay() need set only the slots
+# that counted since (a held reference: the rule set's id stays its own).
+_laid: "tuple[RuleSet, int, C.Flat] | None" = None
+
+
+def overlay(ruleset: RuleSet, att: A.Attachment, values: Counts) -> SlotOf:
     """Put the data path's counters on the rule set's rules (summed over
     the programs: a user chain may be reached from INPUT and OUTPUT) and
     on the policies of the hooks it runs; returns id(rule object) -> slot,
     to follow rules through a command."""
+    global _laid
     table = ruleset.table("filter")
-    slot_of: dict[int, int] = {}
     sums = totals(values)
+    spans = []
     for chain, count, first in att.counters:
         rules = table.chains[chain].rules[:count] if chain in table.chains else []
-        slot_of.update(zip(map(id, rules), range(first, first + len(rules))))
-        for rule, (packets, nbytes) in zip(rules, C.pairs(sums, first, len(rules))):
-            c = rule.counters
-            c.packets = packets
-            c.bytes = nbytes
+        spans.append((rules, first))
+    laid = _laid
+    if laid is not None and laid[0] is ruleset and laid[1] == att.serial \
+            and len(laid[2]) == len(sums):
+        moved = C.changed(sums, laid[2])   # a few slots, or none
+        starts = [first for _, first in spans]   # increasing (counter_layout)
+        for slot in moved:
+            at = bisect_right(starts, slot) - 1
+            if at >= 0 and slot - starts[at] < len(spans[at][0]):
+                c = spans[at][0][slot - starts[at]].counters
+                c.packets, c.bytes = C.get(sums, slot)
+    else:
+        for rules, first in spans:
+            for rule, (packets, nbytes) in zip(rules, C.pairs(sums, first, len(rules))):
+                c = rule.counters
+                c.packets = packets
+                c.bytes = nbytes
+    _laid = (ruleset, att.serial, sums)
     for hook, v in values.items():
         policy = table.chains[hook].counters
         policy.packets, policy.bytes = C.get(v, POLICY_COUNTER)
-    return slot_of
+    return SlotOf(spans)
 
 
 def initial_counters(hooks: list[str], compiled: Compiled, table: Table,
-                     carried: dict[int, int], delta: Counts | None, nslots: int
+                     carried: SlotOf, delta: Counts | None, nslots: int
                      ) -> dict[str, C.Flat]:
     """The new programs' counters (``nslots`` each): the rule set's (which
     carry the data path's as of load()), plus what each rule's old slot
@@ -376,7 +418,7 @@ def _laid_out_in_order(table: Table, compiled: Compiled) -> bool:
     return total == len(of)
 
 
-def old_slots(table: Table, compiled: dict[str, Compiled], carried: dict[int, int]
+def old_slots(table: Table, compiled: dict[str, Compiled], carried: SlotOf
               ) -> dict[int, int]:
     """Old counter slot -> new slot of every rule kept."""
     out = {}
@@ -463,7 +505,7 @@ def sync_interfaces(directory: Path, mode: str, have: dict[str, list[int]],
     return {**kept, **added}
 
 
-def update(store, att: A.Attachment, ruleset: RuleSet, carried: dict[int, int],
+def update(store, att: A.Attachment, ruleset: RuleSet, carried: SlotOf,
            base: Counts | None, base_at: float = 0.0) -> A.Attachment:
     """Put ``ruleset`` into the inactive generation and make it the live
     one (module doc). Returns the new record."""
@@ -576,6 +618,10 @@ def update(store, att: A.Attachment, ruleset: RuleSet, carried: dict[int, int],
     new.store_generation = store_generation(store)
     new.pending = None
     A.write(directory, new)
+    global _laid
+    # the rules' counters are what the new generation started from (not
+    # so with ``delta``: it was added in the maps only)
+    _laid = (ruleset, new.serial, totals(values)) if delta is None else None
     clock("record")
     try:
         # the tables no rule names any more, once no packet runs the old
@@ -648,7 +694,7 @@ class AttachedStore:
         self.inner = inner
         self.att = att
         self.directory = inner.directory
-        self._carried: dict[int, int] = {}
+        self._carried = SlotOf()
         self._base: Counts | None = None
         self._base_at = 0.0   # perf_counter() of the read of _base
         self._recovered = False
@@ -705,7 +751,7 @@ class AttachedStore:
             prestore(ruleset)   # the command server writes the snapshot meanwhile
         self.att = update(self.inner, self.att, ruleset, self._carried, self._base,
                           self._base_at)
-        self._base, self._carried = None, {}
+        self._base, self._carried = None, SlotOf()
 
 
 # -- attach / detach ------------------------------------------------------------------
@@ -764,7 +810,7 @@ def attach(store, mode: str, ruleset: RuleSet | None = None) -> A.Attachment:
         empty = A.Attachment(mode=mode, active=1, roots=roots,
                              store_generation=store_generation(store))
         G.flip(store.directory, G.word(1, False))
-        return update(store, empty, ruleset, {}, None)
+        return update(store, empty, ruleset, SlotOf(), None)
     except BaseException:
         links.detach_all(store.directory)
         if mode == G.NETFILTER:
