@@ -21,6 +21,7 @@ import copy
 import ctypes
 import os
 import shutil
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -461,14 +462,47 @@ def zero_counters(directory: Path, gen: int, hooks: list[str]) -> None:
 
 def read_counters(directory: Path, gen: int, hooks: list[str], nslots: int
                   ) -> "dict[str, counts.Flat]":
-    out = {}
-    for hook in hooks:
+    """The hooks' counters. In a process that stays (numpy imported: the
+    command server), the maps after the first are read by threads at the
+    same time: each read is one bpf(2) call (~2.3 ms at 10k slots) that
+    holds no GIL, and the machine has more than one CPU."""
+    def read(hook: str) -> "counts.Flat":
         fd = bpfsys.obj_get(str(hook_dir(directory, gen, hook) / "counter_map"))
         try:
-            out[hook] = bpfsys.read_counters_flat(fd, nslots)
+            return bpfsys.read_counters_flat(fd, nslots)
         finally:
             os.close(fd)
+
+    if len(hooks) < 2 or "numpy" not in sys.modules or nslots < PARALLEL_READ_SLOTS:
+        return {hook: read(hook) for hook in hooks}
+    import threading
+
+    got: dict[str, object] = {}
+
+    def run(hook: str) -> None:
+        try:
+            got[hook] = read(hook)
+        except OSError as exc:
+            got[hook] = exc
+
+    threads = [threading.Thread(target=run, args=(hook,)) for hook in hooks[1:]]
+    for t in threads:
+        t.start()
+    try:
+        out = {hooks[0]: read(hooks[0])}
+    finally:
+        for t in threads:
+            t.join()
+    for hook in hooks[1:]:
+        value = got[hook]
+        if isinstance(value, OSError):
+            raise value
+        out[hook] = value
     return out
+
+
+# below this many slots a read is quicker than starting a thread
+PARALLEL_READ_SLOTS = 2048
 
 
 def fill_slots(directory: Path, gen: int, hooks: dict[str, dict], mode: str,

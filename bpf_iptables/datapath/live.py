@@ -249,12 +249,14 @@ def read_live(directory: Path, att: A.Attachment) -> Counts:
     """The live generation's counters, plus the record's carry (what the
     previous generation counted between the last read and the switch)."""
     settle()
-    out = G.read_counters(directory, att.active, att.live_hooks(), att.ncounters)
+    hooks = att.live_hooks()
     looped = att.slots[att.active].get("hooks", {}).get(G.LOOPED)
-    if looped and looped["on"] and "INPUT" in out:
+    if looped and looped["on"] and "INPUT" in hooks:
+        hooks.append(G.LOOPED)
+    out = G.read_counters(directory, att.active, hooks, att.ncounters)
+    if G.LOOPED in out:
         # the looped copies' INPUT (TC) counts as INPUT: same rules, same slots
-        extra = G.read_counters(directory, att.active, [G.LOOPED], att.ncounters)[G.LOOPED]
-        out["INPUT"] = C.add(out["INPUT"], extra)
+        out["INPUT"] = C.add(out["INPUT"], out.pop(G.LOOPED))
     for hook, slots in att.carry.items():
         v = out.get(hook)
         if v is not None:

@@ -92,7 +92,9 @@ class Cache:
     tables: tuple = ()      # the rule set's tables when it was lent
     # when lent: every chain as (table, chain, policy, its rules list copied)
     chains: list = field(default_factory=list)
-    append_ok: bool = False   # the request is a bpf-iptables -A (see CachedStore.save)
+    # the request is a bpf-iptables -A, -I or -D: its change may be stored
+    # as a journal record (CachedStore.journal_record)
+    append_ok: bool = False
     prestore: "Prestore | None" = None   # a snapshot being written (CachedStore.prestore)
 
     def abort_prestore(self) -> None:
@@ -117,7 +119,8 @@ READ_ONLY = ("CMD_LIST", "CMD_LIST_RULES", "CMD_CHECK")
 
 def classify(req: "Request") -> tuple[bool, str]:
     """Whether the command cannot change the rule set (bpf-iptables-save,
-    bpf-iptables -L, -S, -C without -Z), and "append" for bpf-iptables -A."""
+    bpf-iptables -L, -S, -C without -Z), and "append" for bpf-iptables -A,
+    -I and -D (changes a journal record can hold)."""
     if req.prog == "save":
         return True, ""
     if req.prog != "iptables":
@@ -128,7 +131,7 @@ def classify(req: "Request") -> tuple[bool, str]:
         parsed = P.CommandParser(["bpf-iptables", *req.argv], help_printer=lambda m: "").parse()
     except BaseException:
         return False, ""
-    if parsed.command == P.CMD_APPEND:
+    if parsed.command in (P.CMD_APPEND, P.CMD_INSERT, P.CMD_DELETE, P.CMD_DELETE_NUM):
         return False, "append"
     return parsed.command in {getattr(P, name) for name in READ_ONLY}, ""
 
@@ -215,11 +218,15 @@ class CachedStore(state.Store):
                     for t in c.ruleset.tables.values() for ch in t.chains.values()]
         return c.ruleset
 
-    def appended(self, ruleset) -> tuple[str, str, list] | None:
-        """(table, chain, rules) when ``ruleset`` is the stored rule set
-        lent to this request with rules appended to one chain and nothing
-        else changed (same tables, chains, policies, the same rule objects
-        before the new ones): what a journal record stores."""
+    def journal_record(self, ruleset) -> tuple | None:
+        """When ``ruleset`` is the stored rule set lent to this request
+        with one change to one chain and nothing else changed (same tables,
+        chains, policies, the same rule objects around the change): the
+        journal record that stores it (state.Store._record's tuples:
+        ``(table, chain, rules)`` appended, ``("insert", table, chain,
+        (index, rules))``, ``("delete_num", table, chain, index)``). Not
+        for rules that jump to a user chain (the stored chain index, which
+        says which hooks reach a chain, must stay true)."""
         c = self.cache
         if not (c.append_ok and c.lent and ruleset is c.ruleset
                 and tuple(ruleset.tables) == c.tables):
@@ -228,17 +235,23 @@ class CachedStore(state.Store):
                for t in ruleset.tables.values() for ch in t.chains.values()]
         if [x[:3] for x in now] != [x[:3] for x in c.chains]:
             return None
-        grown = None
+        found = None
         for (table, chain, _, rules), (_, _, _, before) in zip(now, c.chains):
             if len(rules) == len(before):
-                if rules and rules[-1] is not before[-1]:
-                    return None   # (an append never touches another chain)
+                # (a -A, -I or -D never touches another chain; a rule
+                # replaced in place would be a -R)
+                if rules and (rules[0] is not before[0] or rules[-1] is not before[-1]):
+                    return None
                 continue
-            if grown is not None or len(rules) < len(before) \
-                    or not all(map(operator.is_, rules, before)):   # (in C: 10k rules)
+            if found is not None:
                 return None
-            grown = (table, chain, rules[len(before):])
-        return grown
+            found = _one_change(table, chain, before, rules)
+            if found is None:
+                return None
+            chains = ruleset.tables[table].chains
+            if any(_jumps_to_user_chain(rule, chains) for rule in found[1]):
+                return None
+        return found[0] if found is not None else None
 
     def prestore(self, ruleset) -> None:
         """Called by live.AttachedStore.save with the rule set it is about
@@ -250,7 +263,7 @@ class CachedStore(state.Store):
         failed), save() stores as usual."""
         c = self.cache
         c.abort_prestore()
-        if self.appended(ruleset) is not None:
+        if self.journal_record(ruleset) is not None:
             return
         tmp = self.directory / f".prestore-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
@@ -297,25 +310,54 @@ class CachedStore(state.Store):
             pre.abort()
 
     def save(self, ruleset) -> None:
-        """An append (``appended()``) is stored as a journal record, as an
-        unattached -A is: no snapshot of the whole rule set. The snapshot's
+        """An append, insert or delete (``journal_record()``) is stored as
+        a journal record, as an unattached -A is: no snapshot of the whole
+        rule set (its pickle, ~0.1 s at 10k rules, and the fork of this
+        process that makes it off the client's time). The snapshot's
         counters may then be older than the data path's; an attached
         namespace's commands take the data path's (live.AttachedStore.load),
         and detach stores them in a new snapshot. Anything else is the
         snapshot prestore() wrote, or an ordinary save."""
         c = self.cache
-        grown = self.appended(ruleset)
+        record = self.journal_record(ruleset)
         c.drop()
         journal_size = _journal_size(self.directory)
-        if grown is not None and journal_size is not None \
+        if record is not None and journal_size is not None \
                 and journal_size < self.JOURNAL_LIMIT:
             c.abort_prestore()
-            self.append(*grown)
+            self._record(record)
         elif not self._commit_prestored(ruleset):
             super().save(ruleset)
         key = _store_key(self.directory)
         if key is not None:
             c.key, c.ruleset = key, ruleset
+
+
+def _one_change(table: str, chain: str, before: list, rules: list
+                ) -> tuple[tuple, list] | None:
+    """The journal record for ``before`` -> ``rules`` when that is rules
+    appended or inserted at one place, or one rule deleted (rule objects
+    compared by identity, in C: 10k rules in well under a millisecond),
+    and the rules added or deleted."""
+    n, m = len(before), len(rules)
+    same = list(map(operator.is_, rules, before))
+    head = same.index(False) if False in same else min(n, m)
+    if m > n:
+        k = m - n
+        if not all(map(operator.is_, rules[head + k:], before[head:])):
+            return None
+        new = rules[head:head + k]
+        if head == n:
+            return (table, chain, new), new
+        return ("insert", table, chain, (head, new)), new
+    if m == n - 1 and all(map(operator.is_, rules[head:], before[head + 1:])):
+        return ("delete_num", table, chain, head), [before[head]]
+    return None
+
+
+def _jumps_to_user_chain(rule, chains) -> bool:
+    target = rule.target
+    return target.is_standard and target.name in chains and not chains[target.name].builtin
 
 
 # -- one request --------------------------------------------------------------------------
