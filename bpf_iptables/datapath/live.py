@@ -44,7 +44,7 @@ import sys
 import time
 from array import array
 from bisect import bisect_right
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Callable
@@ -591,7 +591,8 @@ def update(store, att: A.Attachment, ruleset: RuleSet, carried: SlotOf,
         raise DatapathError(f"cannot write the eBPF program's counters: {exc}") from None
     clock("counters")
     before = store_generation(store)
-    new.pending = {"record": asdict(att), "store_generation": before}
+    # (a shallow copy: ``att`` is not changed from here on)
+    new.pending = {"record": A.as_json(att), "store_generation": before}
     A.write(directory, new)
     clock("record")
     _maybe_die("pending")
