@@ -156,3 +156,10 @@ def select(flat: Flat, slots: list[int]) -> Flat:
         out.append(flat[2 * i])
         out.append(flat[2 * i + 1])
     return out
+
+
+def with_first(flat: Flat, head: Flat) -> Flat:
+    """A copy of ``flat`` whose first slots are ``head``'s."""
+    out = flat[:]
+    out[:len(head)] = head
+    return out

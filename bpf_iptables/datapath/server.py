@@ -219,6 +219,12 @@ class CachedStore(state.Store):
                     for t in c.ruleset.tables.values() for ch in t.chains.values()]
         return c.ruleset
 
+    def counters_unused(self) -> bool:
+        """Whether the request neither shows nor uses rule counters (-A,
+        -I, -D): live.AttachedStore.load may then leave the rules' counters
+        as this process last laid them (live.laid_base)."""
+        return self.cache.append_ok
+
     def journal_record(self, ruleset) -> tuple | None:
         """When ``ruleset`` is the stored rule set lent to this request
         with one change to one chain and nothing else changed (same tables,
