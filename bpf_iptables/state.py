@@ -101,13 +101,15 @@ def locked(wait: int) -> Iterator["Store"]:
     lock_file = lock_path()
     fd = os.open(lock_file, os.O_CREAT | os.O_RDONLY, 0o600)
     try:
-        _acquire(fd, wait, lock_file)
+        acquire(fd, wait, lock_file)
         yield Store(namespace_dir())
     finally:
         os.close(fd)
 
 
-def _acquire(fd: int, wait: int, lock_file: Path) -> None:
+def acquire(fd: int, wait: int, lock_file: Path) -> None:
+    """Take the xtables lock on ``fd`` (locked(); the command server holds
+    it past a command, see datapath/server.py)."""
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         return

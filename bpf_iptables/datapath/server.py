@@ -439,7 +439,7 @@ class Server:
         lock_file = state.lock_path()
         fd = os.open(lock_file, os.O_CREAT | os.O_RDONLY, 0o600)
         try:
-            state._acquire(fd, wait, lock_file)
+            state.acquire(fd, wait, lock_file)
             store = state.Store(state.namespace_dir())
             req = self.request
             if req is not None:
@@ -795,9 +795,6 @@ def _after_attach_grace() -> None:
     from . import live
 
     live.grace_period()
-
-
-ORIGINAL_LOCKED = state.locked
 
 
 @dataclass
