@@ -101,13 +101,15 @@ def locked(wait: int) -> Iterator["Store"]:
     lock_file = lock_path()
     fd = os.open(lock_file, os.O_CREAT | os.O_RDONLY, 0o600)
     try:
-        _acquire(fd, wait, lock_file)
+        acquire(fd, wait, lock_file)
         yield Store(namespace_dir())
     finally:
         os.close(fd)
 
 
-def _acquire(fd: int, wait: int, lock_file: Path) -> None:
+def acquire(fd: int, wait: int, lock_file: Path) -> None:
+    """Take the xtables lock on ``fd`` (locked(); the command server holds
+    it past a command, see datapath/server.py)."""
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         return
@@ -154,9 +156,10 @@ class Store:
     """The persisted rule set of one namespace (use under the lock).
 
     A generation G is a snapshot of the whole rule set (``snapshot-G``),
-    an index of its chains (``index-G``) and a journal of rules appended
-    or deleted since (``journal-G``); the file ``current`` names G. ``-A``
-    and ``-D`` only add a journal record, so changing a large rule set does
+    an index of its chains (``index-G``) and a journal of rules appended,
+    inserted or deleted since (``journal-G``); the file ``current`` names
+    G. ``-A`` and ``-D`` (and, in the command server, ``-I``) only add a
+    journal record, so changing a large rule set does
     not rewrite it; every other change writes generation G+1 and then
     switches ``current``, so a crash at any point leaves a consistent
     generation. The index stays true while the journal grows: neither an
@@ -197,6 +200,9 @@ class Store:
                 if op == "delete":  # rules by content, as -D found them
                     for rule in what:
                         tableops.delete(table, chain, rule)
+                elif op == "insert":  # (index from 0, rules): the command server's -I
+                    at, rules = what
+                    table.chains[chain].rules[at:at] = rules
                 else:  # "delete_num": by index
                     tableops.delete_num(table, chain, what)
             # what the command's own commit did (see tableops.reset_policy_counters)
@@ -279,6 +285,10 @@ class Store:
     def delete_num(self, table: str, chain: str, index: int) -> None:
         """-D by number (``index`` counts from 0)."""
         self._record(("delete_num", table, chain, index))
+
+    def insert(self, table: str, chain: str, index: int, rules: list[Rule]) -> None:
+        """-I: ``rules`` inserted before the rule at ``index`` (from 0)."""
+        self._record(("insert", table, chain, (index, rules)))
 
     def _record(self, record: tuple) -> None:
         gen = self._generation()

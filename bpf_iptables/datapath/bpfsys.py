@@ -13,11 +13,14 @@ import ctypes
 import mmap
 from array import array
 import errno
-import operator
 import os
 import sys
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from . import counts
 
 SYS_BPF = 321  # x86_64
 BPF_MAP_CREATE, BPF_PROG_LOAD = 0, 5
@@ -376,9 +379,19 @@ def _slot_keys(nslots: int) -> bytes:
 
 def read_counters(map_fd: int, nslots: int) -> list[tuple[int, int]]:
     """(packets, bytes) of slots 0..nslots-1 of a per-CPU counter array,
-    summed over CPUs: one BPF_MAP_LOOKUP_BATCH (arrays have it)."""
+    summed over CPUs."""
+    flat = read_counters_flat(map_fd, nslots)
+    it = iter(flat)
+    return list(zip(it, it))
+
+
+def read_counters_flat(map_fd: int, nslots: int) -> "counts.Flat":
+    """Slots 0..nslots-1 of a per-CPU counter array summed over CPUs, as
+    counts.Flat: one BPF_MAP_LOOKUP_BATCH (arrays have it)."""
+    from . import counts
+
     if nslots <= 0:
-        return []
+        return counts.zeros(0)
     ncpu = possible_cpus()
     keys = bytearray(4 * nslots)
     values = bytearray(16 * ncpu * nslots)
@@ -395,22 +408,35 @@ def read_counters(map_fd: int, nslots: int) -> list[tuple[int, int]]:
         raise OSError(err, f"read counters: {os.strerror(err)}")
     if attr.count != nslots:
         raise OSError(errno.EIO, f"read counters: {attr.count} of {nslots} slots")
-    np = sys.modules.get("numpy")
-    if np is not None:
-        # a process that has numpy already (the command server): one sum
-        sums = np.frombuffer(values, np.uint64).reshape(nslots, ncpu, 2).sum(axis=1)
-        return list(map(tuple, sums.tolist()))
-    # per slot: (packets, bytes) of CPU 0, of CPU 1, ...; strided views
-    # summed by map(): a few times faster than lists at 10k slots (and
-    # numpy's import alone costs more than a listing)
-    flat = memoryview(values).cast("Q")
-    step = 2 * ncpu
-    packets = flat[0::step].tolist()
-    nbytes = flat[1::step].tolist()
-    for c in range(1, ncpu):
-        packets = list(map(operator.add, packets, flat[2 * c::step].tolist()))
-        nbytes = list(map(operator.add, nbytes, flat[2 * c + 1::step].tolist()))
-    return list(zip(packets, nbytes))
+    return counts.summed(values, nslots, ncpu)
+
+
+def write_counters_flat(map_fd: int, flat: "counts.Flat", sparse: bool = False) -> None:
+    """Slots 0..len(flat)/2-1 set to ``flat``'s values (CPU 0's share, the
+    others zero): one batch update. ``sparse``: the map holds zeros (every
+    CPU's share), only the slots with a count are written."""
+    from . import counts
+
+    nslots = len(flat) // 2
+    keys = _slot_keys(nslots)
+    if sparse:
+        slots = counts.nonzero_slots(flat)
+        flat, nslots, keys = counts.select(flat, slots), len(slots), array("I", slots).tobytes()
+    if not nslots:
+        return
+    ncpu = possible_cpus()
+    blob = counts.per_cpu(flat, ncpu)
+    if not map_update_packed(map_fd, 4, 16 * ncpu, keys, blob):
+        size = 16 * ncpu
+        map_update_many(map_fd, [(keys[4 * i:4 * i + 4], blob[i * size:(i + 1) * size])
+                                 for i in range(nslots)])
+
+
+def zero_counters(map_fd: int) -> None:
+    """Every slot of a per-CPU counter array zeroed, on every CPU."""
+    from . import counts
+
+    write_counters_flat(map_fd, counts.zeros(_info(map_fd)[4]))
 
 
 def counter_blob(values: dict[int, tuple[int, int]], nslots: int) -> bytes:

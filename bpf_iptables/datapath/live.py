@@ -42,7 +42,9 @@ import shutil
 import socket
 import sys
 import time
-from dataclasses import asdict
+from array import array
+from bisect import bisect_right
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Callable
@@ -52,6 +54,7 @@ from ..model import RuleSet, Table
 from . import attachment as A
 from . import generation as G
 from . import bridges
+from . import counts as C
 from . import hashlimit_tables as HL
 from . import links
 from . import support
@@ -174,25 +177,96 @@ def store_generation(store) -> int:
 
 # -- counters ---------------------------------------------------------------------
 
-Counts = dict[str, list[tuple[int, int]]]   # hook -> (packets, bytes) per slot
+Counts = dict[str, C.Flat]   # hook -> its program's counters (counts.py)
 
 
-def read_live(directory: Path, att: A.Attachment) -> Counts:
+# the command server (a process that stays) sets this: an update's carry
+# (below) is read once the client has its answer, still under the lock
+DEFER_CARRY = False
+
+
+@dataclass
+class Unsettled:
+    """An update whose carry is still to be read: what the old generation
+    (``old``'s active one) counted since ``now`` (the read whose values the
+    new generation started from), for the record ``new``.
+
+    Why later: the read of every slot of the old generation (one batch
+    lookup per program, ~2.5 ms each at 10k rules) is a third of what an
+    update spends outside compiling. Nothing writes the old generation
+    until the next update prepares it, which settles first; every read of
+    the counters settles first too (read_live); the command server settles
+    right after answering its client, before it lets go of the xtables
+    lock (server.py), after an RCU grace period: the packets that were
+    running the old generation at the switch are counted as well."""
+
+    directory: Path
+    old: A.Attachment
+    new: A.Attachment
+    now: "Counts"
+    old_to_new: Callable[[], dict[int, int]]
+    hooks: list[str]
+
+
+_unsettled: Unsettled | None = None
+# (state directory, record serial): the inactive generation's counter maps
+# hold zeros (settle(zero=True)) as of that record; the next update, if
+# it is that record's successor, writes only the slots with counts (a
+# batch of every slot per program is ~2 ms at 10k rules)
+_zeroed: tuple[str, int] | None = None
+
+
+def unsettled() -> bool:
+    return _unsettled is not None
+
+
+def settle(zero: bool = False) -> None:
+    """Read the carry of the last update, if not yet, into its record.
+    A failed read or write loses it (a few packets at most, as a process
+    dying before this would). ``zero``: the caller waited for an RCU grace
+    period since the switch (no packet runs the old generation): its
+    counter maps, read now, are zeroed for the next update."""
+    global _unsettled, _zeroed
+    u, _unsettled = _unsettled, None
+    if u is None:
+        return
+    try:
+        u.new.carry = residual(u.now, read_live(u.directory, u.old), u.old_to_new, u.hooks)
+        if u.new.carry and u.new.pending is None:
+            A.write(u.directory, u.new)   # (pending: the update writes the record itself)
+    except OSError:
+        return
+    if zero and u.new.pending is None:
+        old = u.old.active
+        try:
+            G.zero_counters(u.directory, old, list(u.new.slots[old].get("hooks", {})))
+            _zeroed = (str(u.directory), u.new.serial)
+        except OSError:
+            pass
+
+
+def read_live(directory: Path, att: A.Attachment, nslots: int | None = None) -> Counts:
     """The live generation's counters, plus the record's carry (what the
-    previous generation counted between the last read and the switch)."""
-    out = G.read_counters(directory, att.active, att.live_hooks(), att.ncounters)
+    previous generation counted between the last read and the switch);
+    with ``nslots``, only the first ones (1: the policies)."""
+    settle()
+    hooks = att.live_hooks()
     looped = att.slots[att.active].get("hooks", {}).get(G.LOOPED)
-    if looped and looped["on"] and "INPUT" in out:
+    if looped and looped["on"] and "INPUT" in hooks:
+        hooks.append(G.LOOPED)
+    out = G.read_counters(directory, att.active, hooks,
+                          att.ncounters if nslots is None else min(nslots, att.ncounters))
+    if G.LOOPED in out:
         # the looped copies' INPUT (TC) counts as INPUT: same rules, same slots
-        extra = G.read_counters(directory, att.active, [G.LOOPED], att.ncounters)[G.LOOPED]
-        out["INPUT"] = [(a[0] + b[0], a[1] + b[1]) for a, b in zip(out["INPUT"], extra)]
+        out["INPUT"] = C.add(out["INPUT"], out.pop(G.LOOPED))
     for hook, slots in att.carry.items():
         v = out.get(hook)
         if v is not None:
             for slot, (p, b) in slots.items():
-                i = int(slot)
+                i = 2 * int(slot)
                 if i < len(v):
-                    v[i] = (v[i][0] + p, v[i][1] + b)
+                    v[i] += p
+                    v[i + 1] += b
     return out
 
 
@@ -204,12 +278,11 @@ def residual(before: Counts, after: Counts, old_to_new: Callable[[], dict[int, i
     policies in their hook's."""
     carry: dict[str, dict[str, list[int]]] = {}
     for hook, now in after.items():
-        was = before.get(hook, [])
-        if now == was:
-            continue   # nothing counted in between: the usual case
-        for old, (p, b) in enumerate(now):
-            if old < len(was):
-                p, b = p - was[old][0], b - was[old][1]
+        was = before.get(hook, C.zeros(0))
+        for old in C.changed(now, was):   # none: the usual case
+            p, b = C.get(now, old)
+            if 2 * old < len(was):
+                p, b = p - was[2 * old], b - was[2 * old + 1]
             if not (p or b):
                 continue
             if old == POLICY_COUNTER:
@@ -223,78 +296,162 @@ def residual(before: Counts, after: Counts, old_to_new: Callable[[], dict[int, i
     return carry
 
 
-def totals(values: Counts) -> list[tuple[int, int]]:
+def totals(values: Counts) -> C.Flat:
     """Per slot, the sum over the hooks' programs."""
-    rows = list(values.values())
-    if len(rows) == 1:
-        return rows[0]
-    n = max((len(r) for r in rows), default=0)
-    out = []
-    for slot in range(n):
-        p = b = 0
-        for r in rows:
-            if slot < len(r):
-                p += r[slot][0]
-                b += r[slot][1]
-        out.append((p, b))
-    return out
+    return C.total(list(values.values()))
 
 
-def overlay(ruleset: RuleSet, att: A.Attachment, values: Counts) -> dict[int, int]:
+class SlotOf:
+    """id(rule object) -> counter slot of the rules a load() saw, built when
+    first asked (an update asks only when traffic moved counters while it
+    was prepared, or for its carry): 10k dict entries cost ~1 ms."""
+
+    def __init__(self, spans: list[tuple[list, int]] | None = None):
+        self.spans = spans or []   # (the chain's rules then, its first slot)
+        self.map: dict[int, int] | None = None
+
+    def get(self, key: int, default: int | None = None) -> int | None:
+        if self.map is None:
+            self.map = {}
+            for rules, first in self.spans:
+                self.map.update(zip(map(id, rules), range(first, first + len(rules))))
+        return self.map.get(key, default)
+
+
+# the counters this process last laid on a rule set it keeps (the command
+# server's cached one: CachedStore) or wrote from it (update): (that rule
+# set, the record's serial, the values per hook, their per-slot sums). Its
+# rules' counters still
+# hold those sums unless a command changed them since, and such a command
+# stores the rule set (whose update lays them anew) or fails (the server
+# then drops that rule set): the next overlay() need set only the slots
+# that counted since (a held reference: the rule set's id stays its own).
+_laid: "tuple[RuleSet, int, Counts, C.Flat] | None" = None
+
+
+def overlay(ruleset: RuleSet, att: A.Attachment, values: Counts) -> SlotOf:
     """Put the data path's counters on the rule set's rules (summed over
     the programs: a user chain may be reached from INPUT and OUTPUT) and
     on the policies of the hooks it runs; returns id(rule object) -> slot,
     to follow rules through a command."""
+    global _laid
     table = ruleset.table("filter")
-    slot_of: dict[int, int] = {}
     sums = totals(values)
-    for chain, count, first in att.counters:
-        rules = table.chains[chain].rules[:count] if chain in table.chains else []
-        slot_of.update(zip(map(id, rules), range(first, first + len(rules))))
-        for rule, (packets, nbytes) in zip(rules, sums[first:first + len(rules)]):
-            c = rule.counters
-            c.packets = packets
-            c.bytes = nbytes
+    spans = spans_of(table, att)
+    laid = _laid
+    if laid is not None and laid[0] is ruleset and laid[1] == att.serial \
+            and len(laid[3]) == len(sums):
+        moved = C.changed(sums, laid[3])   # a few slots, or none
+        starts = [first for _, first in spans]   # increasing (counter_layout)
+        for slot in moved:
+            at = bisect_right(starts, slot) - 1
+            if at >= 0 and slot - starts[at] < len(spans[at][0]):
+                c = spans[at][0][slot - starts[at]].counters
+                c.packets, c.bytes = C.get(sums, slot)
+    else:
+        for rules, first in spans:
+            for rule, (packets, nbytes) in zip(rules, C.pairs(sums, first, len(rules))):
+                c = rule.counters
+                c.packets = packets
+                c.bytes = nbytes
+    _laid = (ruleset, att.serial, values, sums)
+    lay_policies(table, values)
+    return SlotOf(spans)
+
+
+def spans_of(table: Table, att: A.Attachment) -> list[tuple[list, int]]:
+    """(the chain's rules, its first slot) per chain of the record's layout."""
+    return [(table.chains[chain].rules[:count] if chain in table.chains else [], first)
+            for chain, count, first in att.counters]
+
+
+def lay_policies(table: Table, values: Counts) -> None:
     for hook, v in values.items():
         policy = table.chains[hook].counters
-        policy.packets, policy.bytes = v[POLICY_COUNTER]
-    return slot_of
+        policy.packets, policy.bytes = C.get(v, POLICY_COUNTER)
+
+
+# at most this many carried slots for a load() that reads only the
+# policies (laid_base): past it the next update reads every slot, which
+# folds the carry into its counters (the record stays small)
+CARRY_MAX = 512
+
+
+def laid_base(ruleset: RuleSet, att: A.Attachment) -> Counts | None:
+    """The values the rule set's rules hold (``_laid``), when they are
+    this record's; None otherwise. For a command that neither shows nor
+    uses rule counters (-A, -I, -D in the command server): its load()
+    need not read every slot (~5 ms at 10k rules), as the update starts
+    the new generation from these values, and what the old generation
+    counted since is its carry (read from ``now`` = these values)."""
+    laid = _laid
+    if laid is None or laid[0] is not ruleset or laid[1] != att.serial:
+        return None
+    if sum(map(len, att.carry.values())) > CARRY_MAX or sorted(laid[2]) != sorted(att.live_hooks()):
+        return None
+    return laid[2]
 
 
 def initial_counters(hooks: list[str], compiled: Compiled, table: Table,
-                     carried: dict[int, int], delta: Counts | None
-                     ) -> dict[str, dict[int, tuple[int, int]]]:
-    """The new programs' counters: the rule set's (which carry the data
-    path's as of load()), plus what each rule's old slot counted since.
-    Rule counts start in the INPUT program (shown as the sum over programs),
-    each program's policy slot holds its hook's policy counters."""
-    out: dict[str, dict[int, tuple[int, int]]] = {h: {} for h in hooks}
-    moved = totals(delta) if delta is not None else []
-    if not any(p or b for p, b in moved):
-        moved = []   # nothing counted since load(): the usual case, no lookups
+                     carried: SlotOf, delta: Counts | None, nslots: int
+                     ) -> dict[str, C.Flat]:
+    """The new programs' counters (``nslots`` each): the rule set's (which
+    carry the data path's as of load()), plus what each rule's old slot
+    counted since. Rule counts start in the INPUT program (shown as the
+    sum over programs), each program's policy slot holds its hook's
+    policy counters."""
+    out = {h: C.zeros(nslots) for h in hooks}
+    moved = totals(delta) if delta is not None else None
+    if moved is not None and not any(moved):
+        moved = None   # nothing counted since load(): the usual case, no lookups
     rules = out["INPUT"]
+    if moved is None and _laid_out_in_order(table, compiled):
+        # every rule's slot is the next one: one list per value, not 10k
+        # dict lookups and stores (~3 ms at 10k rules)
+        counters = [r.counters for chain in table.ordered_chains() for r in chain.rules]
+        end = 2 * (FIRST_RULE_COUNTER + len(counters))
+        rules[2 * FIRST_RULE_COUNTER:end:2] = array("Q", [c.packets for c in counters])
+        rules[2 * FIRST_RULE_COUNTER + 1:end:2] = array("Q", [c.bytes for c in counters])
+        slots = {}
+    else:
+        slots = compiled.counter_of
     chains = {name: chain.rules for name, chain in table.chains.items()}
-    for (chain, index), slot in compiled.counter_of.items():
+    for (chain, index), slot in slots.items():
         rule = chains[chain][index]
         c = rule.counters
         p, b = c.packets, c.bytes
-        if moved:
+        if moved is not None:
             old = carried.get(id(rule))
-            if old is not None and old < len(moved):
-                dp, db = moved[old]
-                p, b = p + dp, b + db
+            if old is not None and 2 * old < len(moved):
+                p, b = p + moved[2 * old], b + moved[2 * old + 1]
         if p or b:
-            rules[slot] = (p, b)
+            rules[2 * slot] = p
+            rules[2 * slot + 1] = b
     for hook in hooks:
         pol = table.chains[hook].counters
         p, b = pol.packets, pol.bytes
         if delta is not None and hook in delta:
-            p, b = p + delta[hook][POLICY_COUNTER][0], b + delta[hook][POLICY_COUNTER][1]
-        out[hook][POLICY_COUNTER] = (p, b)
+            dp, db = C.get(delta[hook], POLICY_COUNTER)
+            p, b = p + dp, b + db
+        out[hook][2 * POLICY_COUNTER] = p
+        out[hook][2 * POLICY_COUNTER + 1] = b
     return out
 
 
-def old_slots(table: Table, compiled: dict[str, Compiled], carried: dict[int, int]
+def _laid_out_in_order(table: Table, compiled: Compiled) -> bool:
+    """Whether the compiled counter slots are the rules in ordered_chains()
+    order from FIRST_RULE_COUNTER on (compiler.counter_slots), checked at
+    each chain's ends."""
+    of = compiled.counter_of
+    total = 0
+    for name, count, first in counter_layout(table):
+        if count and (of.get((name, 0)) != first or of.get((name, count - 1)) != first + count - 1):
+            return False
+        total += count
+    return total == len(of)
+
+
+def old_slots(table: Table, compiled: dict[str, Compiled], carried: SlotOf
               ) -> dict[int, int]:
     """Old counter slot -> new slot of every rule kept."""
     out = {}
@@ -381,10 +538,11 @@ def sync_interfaces(directory: Path, mode: str, have: dict[str, list[int]],
     return {**kept, **added}
 
 
-def update(store, att: A.Attachment, ruleset: RuleSet, carried: dict[int, int],
+def update(store, att: A.Attachment, ruleset: RuleSet, carried: SlotOf,
            base: Counts | None, base_at: float = 0.0) -> A.Attachment:
     """Put ``ruleset`` into the inactive generation and make it the live
     one (module doc). Returns the new record."""
+    settle()   # (none left by an earlier update of this process, as a rule)
     directory = store.directory
     clock = _Clock()
     table = ruleset.table("filter")
@@ -445,21 +603,27 @@ def update(store, att: A.Attachment, ruleset: RuleSet, carried: dict[int, int],
         # counters last, right before the flip: what the old programs
         # counted since load() is carried over (see the module doc)
         delta, now = None, {}
-        if base is not None and time.perf_counter() - base_at <= REREAD_AFTER:
+        # (the command server reads the carry off its client's time: no reread)
+        if base is not None and (DEFER_CARRY or time.perf_counter() - base_at <= REREAD_AFTER):
             now = base   # quick: what was counted since, by the carry alone
         elif base is not None:
             now = read_live(directory, att)
-            delta = {h: [(n[0] - b[0], n[1] - b[1]) for n, b in zip(now[h], base[h])]
-                     for h in now}
-        values = initial_counters(list(compiled), compiled["INPUT"], table, carried, delta)
+            delta = {h: C.sub(now[h], base[h]) for h in now if h in base}
+        values = initial_counters(list(compiled), compiled["INPUT"], table, carried, delta,
+                                  ncounters)
         if G.LOOPED in hooks:
-            values[G.LOOPED] = {}   # zeroed: INPUT's program holds the counts so far
-        G.write_counters(directory, gen, values, ncounters)
+            # zeroed: INPUT's program holds the counts so far
+            values[G.LOOPED] = C.zeros(ncounters)
+        global _zeroed
+        # zeros still, unless a program (new maps: zeros too) or an update came between
+        zeroed, _zeroed = _zeroed == (str(directory), att.serial), None
+        G.write_counters(directory, gen, values, zeroed)
     except OSError as exc:
         raise DatapathError(f"cannot write the eBPF program's counters: {exc}") from None
     clock("counters")
     before = store_generation(store)
-    new.pending = {"record": asdict(att), "store_generation": before}
+    # (a shallow copy: ``att`` is not changed from here on)
+    new.pending = {"record": A.as_json(att), "store_generation": before}
     A.write(directory, new)
     clock("record")
     _maybe_die("pending")
@@ -472,12 +636,12 @@ def update(store, att: A.Attachment, ruleset: RuleSet, carried: dict[int, int],
         pass   # left for the next update, which frees them as well
     if now:
         # what the old generation counted since ``now``: carried in the record
-        try:
-            new.carry = residual(now, read_live(directory, att),
-                                 lru_cache(lambda: old_slots(table, compiled, carried)),
-                                 list(compiled))
-        except OSError:
-            pass  # lost, as before the carry existed: a few packets at most
+        global _unsettled
+        _unsettled = Unsettled(directory, att, new, now,
+                               lru_cache(lambda: old_slots(table, compiled, carried)),
+                               list(compiled))
+        if not DEFER_CARRY:
+            settle()
     if att.mode == G.NETFILTER:
         _nf_reject(directory, compiled, before_switch=False)
     clock("flip+carry")
@@ -488,6 +652,11 @@ def update(store, att: A.Attachment, ruleset: RuleSet, carried: dict[int, int],
     new.store_generation = store_generation(store)
     new.pending = None
     A.write(directory, new)
+    global _laid
+    # the rules' counters are what the new generation started from (not
+    # so with ``delta``: it was added in the maps only)
+    laid = {h: v for h, v in values.items() if h != G.LOOPED}   # (zeros: INPUT's as read)
+    _laid = (ruleset, new.serial, laid, totals(laid)) if delta is None else None
     clock("record")
     try:
         # the tables no rule names any more, once no packet runs the old
@@ -560,7 +729,7 @@ class AttachedStore:
         self.inner = inner
         self.att = att
         self.directory = inner.directory
-        self._carried: dict[int, int] = {}
+        self._carried = SlotOf()
         self._base: Counts | None = None
         self._base_at = 0.0   # perf_counter() of the read of _base
         self._recovered = False
@@ -580,14 +749,27 @@ class AttachedStore:
         clock("load:recover")
         ruleset = self.inner.load()
         clock("load:rules")
+        unused = getattr(self.inner, "counters_unused", None)
+        laid = laid_base(ruleset, self.att) if unused is not None and unused() else None
         try:
             self._base_at = time.perf_counter()
-            self._base = read_live(self.directory, self.att)
+            if laid is not None:
+                # the rules hold ``laid``; the policies are read now (a
+                # commit restarts them from what it read, see tableops)
+                policies = read_live(self.directory, self.att, nslots=1)
+                self._base = {h: C.with_first(v, policies[h]) for h, v in laid.items()}
+            else:
+                self._base = read_live(self.directory, self.att)
         except OSError as exc:
             raise DatapathError(f"cannot read the data path's counters: {exc}; run "
                                 "`bpf-iptables-datapath detach' and attach again") from None
         clock("load:counters")
-        self._carried = overlay(ruleset, self.att, self._base)
+        if laid is not None:
+            table = ruleset.table("filter")
+            lay_policies(table, self._base)
+            self._carried = SlotOf(spans_of(table, self.att))
+        else:
+            self._carried = overlay(ruleset, self.att, self._base)
         clock("load:overlay")
         return ruleset
 
@@ -617,7 +799,7 @@ class AttachedStore:
             prestore(ruleset)   # the command server writes the snapshot meanwhile
         self.att = update(self.inner, self.att, ruleset, self._carried, self._base,
                           self._base_at)
-        self._base, self._carried = None, {}
+        self._base, self._carried = None, SlotOf()
 
 
 # -- attach / detach ------------------------------------------------------------------
@@ -676,7 +858,7 @@ def attach(store, mode: str, ruleset: RuleSet | None = None) -> A.Attachment:
         empty = A.Attachment(mode=mode, active=1, roots=roots,
                              store_generation=store_generation(store))
         G.flip(store.directory, G.word(1, False))
-        return update(store, empty, ruleset, {}, None)
+        return update(store, empty, ruleset, SlotOf(), None)
     except BaseException:
         links.detach_all(store.directory)
         if mode == G.NETFILTER:

@@ -39,6 +39,7 @@ import ctypes
 import fcntl
 import gc
 import io
+import operator
 import os
 import select
 import shutil
@@ -49,6 +50,7 @@ import time
 import traceback
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from itertools import compress
 from pathlib import Path
 from typing import Iterator
 
@@ -91,7 +93,9 @@ class Cache:
     tables: tuple = ()      # the rule set's tables when it was lent
     # when lent: every chain as (table, chain, policy, its rules list copied)
     chains: list = field(default_factory=list)
-    append_ok: bool = False   # the request is a bpf-iptables -A (see CachedStore.save)
+    # the request is a bpf-iptables -A, -I or -D: its change may be stored
+    # as a journal record (CachedStore.journal_record)
+    append_ok: bool = False
     prestore: "Prestore | None" = None   # a snapshot being written (CachedStore.prestore)
 
     def abort_prestore(self) -> None:
@@ -116,7 +120,8 @@ READ_ONLY = ("CMD_LIST", "CMD_LIST_RULES", "CMD_CHECK")
 
 def classify(req: "Request") -> tuple[bool, str]:
     """Whether the command cannot change the rule set (bpf-iptables-save,
-    bpf-iptables -L, -S, -C without -Z), and "append" for bpf-iptables -A."""
+    bpf-iptables -L, -S, -C without -Z), and "append" for bpf-iptables -A,
+    -I and -D (changes a journal record can hold)."""
     if req.prog == "save":
         return True, ""
     if req.prog != "iptables":
@@ -127,7 +132,7 @@ def classify(req: "Request") -> tuple[bool, str]:
         parsed = P.CommandParser(["bpf-iptables", *req.argv], help_printer=lambda m: "").parse()
     except BaseException:
         return False, ""
-    if parsed.command == P.CMD_APPEND:
+    if parsed.command in (P.CMD_APPEND, P.CMD_INSERT, P.CMD_DELETE, P.CMD_DELETE_NUM):
         return False, "append"
     return parsed.command in {getattr(P, name) for name in READ_ONLY}, ""
 
@@ -214,11 +219,21 @@ class CachedStore(state.Store):
                     for t in c.ruleset.tables.values() for ch in t.chains.values()]
         return c.ruleset
 
-    def appended(self, ruleset) -> tuple[str, str, list] | None:
-        """(table, chain, rules) when ``ruleset`` is the stored rule set
-        lent to this request with rules appended to one chain and nothing
-        else changed (same tables, chains, policies, the same rule objects
-        before the new ones): what a journal record stores."""
+    def counters_unused(self) -> bool:
+        """Whether the request neither shows nor uses rule counters (-A,
+        -I, -D): live.AttachedStore.load may then leave the rules' counters
+        as this process last laid them (live.laid_base)."""
+        return self.cache.append_ok
+
+    def journal_record(self, ruleset) -> tuple | None:
+        """When ``ruleset`` is the stored rule set lent to this request
+        with one change to one chain and nothing else changed (same tables,
+        chains, policies, the same rule objects around the change): the
+        journal record that stores it (state.Store._record's tuples:
+        ``(table, chain, rules)`` appended, ``("insert", table, chain,
+        (index, rules))``, ``("delete_num", table, chain, index)``). Not
+        for rules that jump to a user chain (the stored chain index, which
+        says which hooks reach a chain, must stay true)."""
         c = self.cache
         if not (c.append_ok and c.lent and ruleset is c.ruleset
                 and tuple(ruleset.tables) == c.tables):
@@ -227,17 +242,23 @@ class CachedStore(state.Store):
                for t in ruleset.tables.values() for ch in t.chains.values()]
         if [x[:3] for x in now] != [x[:3] for x in c.chains]:
             return None
-        grown = None
+        found = None
         for (table, chain, _, rules), (_, _, _, before) in zip(now, c.chains):
             if len(rules) == len(before):
-                if rules and rules[-1] is not before[-1]:
-                    return None   # (an append never touches another chain)
+                # (a -A, -I or -D never touches another chain; a rule
+                # replaced in place would be a -R)
+                if rules and (rules[0] is not before[0] or rules[-1] is not before[-1]):
+                    return None
                 continue
-            if grown is not None or len(rules) < len(before) \
-                    or not all(a is b for a, b in zip(rules, before)):
+            if found is not None:
                 return None
-            grown = (table, chain, rules[len(before):])
-        return grown
+            found = _one_change(table, chain, before, rules)
+            if found is None:
+                return None
+            chains = ruleset.tables[table].chains
+            if any(_jumps_to_user_chain(rule, chains) for rule in found[1]):
+                return None
+        return found[0] if found is not None else None
 
     def prestore(self, ruleset) -> None:
         """Called by live.AttachedStore.save with the rule set it is about
@@ -249,7 +270,7 @@ class CachedStore(state.Store):
         failed), save() stores as usual."""
         c = self.cache
         c.abort_prestore()
-        if self.appended(ruleset) is not None:
+        if self.journal_record(ruleset) is not None:
             return
         tmp = self.directory / f".prestore-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
@@ -296,25 +317,54 @@ class CachedStore(state.Store):
             pre.abort()
 
     def save(self, ruleset) -> None:
-        """An append (``appended()``) is stored as a journal record, as an
-        unattached -A is: no snapshot of the whole rule set. The snapshot's
+        """An append, insert or delete (``journal_record()``) is stored as
+        a journal record, as an unattached -A is: no snapshot of the whole
+        rule set (its pickle, ~0.1 s at 10k rules, and the fork of this
+        process that makes it off the client's time). The snapshot's
         counters may then be older than the data path's; an attached
         namespace's commands take the data path's (live.AttachedStore.load),
         and detach stores them in a new snapshot. Anything else is the
         snapshot prestore() wrote, or an ordinary save."""
         c = self.cache
-        grown = self.appended(ruleset)
+        record = self.journal_record(ruleset)
         c.drop()
         journal_size = _journal_size(self.directory)
-        if grown is not None and journal_size is not None \
+        if record is not None and journal_size is not None \
                 and journal_size < self.JOURNAL_LIMIT:
             c.abort_prestore()
-            self.append(*grown)
+            self._record(record)
         elif not self._commit_prestored(ruleset):
             super().save(ruleset)
         key = _store_key(self.directory)
         if key is not None:
             c.key, c.ruleset = key, ruleset
+
+
+def _one_change(table: str, chain: str, before: list, rules: list
+                ) -> tuple[tuple, list] | None:
+    """The journal record for ``before`` -> ``rules`` when that is rules
+    appended or inserted at one place, or one rule deleted (rule objects
+    compared by identity, in C: 10k rules in well under a millisecond),
+    and the rules added or deleted."""
+    n, m = len(before), len(rules)
+    same = list(map(operator.is_, rules, before))
+    head = same.index(False) if False in same else min(n, m)
+    if m > n:
+        k = m - n
+        if not all(map(operator.is_, rules[head + k:], before[head:])):
+            return None
+        new = rules[head:head + k]
+        if head == n:
+            return (table, chain, new), new
+        return ("insert", table, chain, (head, new)), new
+    if m == n - 1 and all(map(operator.is_, rules[head:], before[head + 1:])):
+        return ("delete_num", table, chain, head), [before[head]]
+    return None
+
+
+def _jumps_to_user_chain(rule, chains) -> bool:
+    target = rule.target
+    return target.is_standard and target.name in chains and not chains[target.name].builtin
 
 
 # -- one request --------------------------------------------------------------------------
@@ -376,11 +426,21 @@ class Server:
         self.later: list = []   # warm-up steps left for idle time (warm_later)
         self.last_env: dict[str, str] = {}   # the last request's environment
         self.mirroring: Mirroring | None = None
+        self.held_lock: int | None = None   # the xtables lock, until settle()
 
     # the xtables lock, as the CLIs take it, noting which request holds it
     @contextmanager
     def locked(self, wait: int) -> Iterator[state.Store]:
-        with ORIGINAL_LOCKED(wait) as store:
+        """state.locked, except that the lock outlives the command when its
+        update left a carry to read (live.Unsettled): held (``held_lock``)
+        until after_switch read it, once the client has its answer."""
+        if self.held_lock is not None:
+            self.settle()   # (a command taking the lock twice: not on itself)
+        lock_file = state.lock_path()
+        fd = os.open(lock_file, os.O_CREAT | os.O_RDONLY, 0o600)
+        try:
+            state.acquire(fd, wait, lock_file)
+            store = state.Store(state.namespace_dir())
             req = self.request
             if req is not None:
                 tmp = store.directory / (client.MARK_FILE + ".tmp")
@@ -390,6 +450,14 @@ class Server:
                 yield store   # not our namespace's state (cannot happen: same env)
             else:
                 yield CachedStore(store.directory, self.cache)
+        finally:
+            live = sys.modules.get("bpf_iptables.datapath.live")
+            if live is not None:
+                live.DEFER_CARRY = True   # (a command before _import_commands imported it)
+                if live.unsettled() and self.held_lock is None:
+                    self.held_lock, fd = fd, -1
+            if fd >= 0:
+                os.close(fd)
 
     def serve_one(self, conn: socket.socket) -> None:
         creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
@@ -530,17 +598,39 @@ class Server:
         update loaded new programs, the other generation gets the same
         ones while idle (``mirror``)."""
         live = sys.modules.get("bpf_iptables.datapath.live")
-        if live is None or "flip+carry" not in live.STEPS:
-            return
-        live.STEPS.clear()
+        waited = False
         try:
-            live.grace_period()
-        except Exception:
-            _log("grace period: " + traceback.format_exc())
+            if live is None or "flip+carry" not in live.STEPS:
+                return
+            live.STEPS.clear()
+            try:
+                live.grace_period()
+                waited = True
+            except Exception:
+                _log("grace period: " + traceback.format_exc())
+        finally:
+            self.settle(zero=waited)
         if live.G.LOADED:
             # the lock the request took (state.lock_path() in its environment)
             lock = Path(self.last_env.get("XTABLES_LOCKFILE") or state.XT_LOCK_NAME)
             self.later.append(lambda: self.mirror_start(lock))
+
+    def settle(self, zero: bool = False) -> None:
+        """The last update's carry (live.settle), after the grace period
+        (the old generation counts no more), under the lock that update
+        held (``held_lock``), which is then let go. ``zero``: after a grace
+        period (after_switch), the old generation's counters are zeroed
+        for the next update."""
+        live = sys.modules.get("bpf_iptables.datapath.live")
+        fd, self.held_lock = self.held_lock, None
+        try:
+            if live is not None:
+                live.settle(zero)
+        except Exception:
+            _log("settle: " + traceback.format_exc())
+        finally:
+            if fd is not None:
+                os.close(fd)
 
     # -- the other generation, while idle ------------------------------------------------
 
@@ -658,7 +748,9 @@ class Server:
 
 def _import_commands() -> None:
     from ..cli import iptables, restore, save  # noqa: F401
-    from . import live  # noqa: F401
+    from . import live
+
+    live.DEFER_CARRY = True   # an update's carry read once its client has the answer
 
     _install_validated()
 
@@ -705,7 +797,13 @@ def _after_attach_grace() -> None:
     live.grace_period()
 
 
-ORIGINAL_LOCKED = state.locked
+@dataclass
+class _Checked:
+    """One chain as ValidatedRules last checked it."""
+
+    rules: list            # its rules then (held: their ids stay theirs)
+    ids: set[int]
+    reach: frozenset[str]  # the hooks that reached it
 
 
 class ValidatedRules:
@@ -716,24 +814,60 @@ class ValidatedRules:
     replace rule objects: -R, -E), its checks depend only on the rule and
     the hooks that reach its chain (jumps into built-in chains: names no
     user chain can have), and the memo holds the rules it names, so their
-    ids stay theirs. Only the last table's rules are remembered."""
+    ids stay theirs. Only the last table's rules are remembered.
+
+    Per chain: a chain whose rules are the same objects as last time
+    (compared in C) is skipped whole; in a changed one only the rules not
+    there before are checked (found by set operations on ids, in C). The
+    hooks reaching each chain (validate.chain_hooks, a walk over every
+    rule) are computed again only when the chains changed or a rule added
+    or removed jumps to a user chain: nothing else changes them."""
 
     def __init__(self) -> None:
-        self.seen: dict[int, tuple[object, frozenset[str]]] = {}
+        self.seen: dict[str, _Checked] = {}
+        self.hooks: dict[str, frozenset[str]] | None = None
+        self.names: tuple[str, ...] = ()
 
     def __call__(self, table) -> None:
         from ..validate import chain_hooks, validate_rule
 
-        hooks = chain_hooks(table)
-        seen, now = self.seen, {}
+        names = tuple(table.chains)
+        same_hooks = self.hooks is not None and names == self.names
+        changes: dict[str, tuple[list, set[int], list]] = {}   # chain -> (rules, ids, new)
         for chain in table.chains.values():
+            rules = chain.rules
+            memo = self.seen.get(chain.name)
+            if memo is not None and len(rules) == len(memo.rules) \
+                    and all(map(operator.is_, rules, memo.rules)):
+                continue
+            ids = set(map(id, rules))
+            if memo is None:
+                new, gone = list(rules), []
+            else:
+                fresh, old = ids - memo.ids, memo.ids - ids
+                new = list(compress(rules, map(fresh.__contains__, map(id, rules))))
+                gone = list(compress(memo.rules, map(old.__contains__, map(id, memo.rules))))
+            changes[chain.name] = (rules, ids, new)
+            if same_hooks and any(_jumps_to_user_chain(r, table.chains) for r in new + gone):
+                same_hooks = False
+        hooks = self.hooks if same_hooks else chain_hooks(table)
+        assert hooks is not None
+        seen: dict[str, _Checked] = {}
+        for chain in table.chains.values():   # TableOpError: nothing remembered
             reach = hooks[chain.name]
-            for rule in chain.rules:
-                got = seen.get(id(rule))
-                if got is None or got[0] is not rule or got[1] != reach:
-                    validate_rule(rule, reach, table)   # TableOpError: nothing remembered
-                now[id(rule)] = (rule, reach)
-        self.seen = now
+            memo = self.seen.get(chain.name)
+            change = changes.get(chain.name)
+            if change is None:
+                check = [] if memo.reach == reach else chain.rules
+                seen[chain.name] = memo if memo.reach == reach else \
+                    _Checked(memo.rules, memo.ids, reach)
+            else:
+                rules, ids, new = change
+                check = new if memo is not None and memo.reach == reach else rules
+                seen[chain.name] = _Checked(list(rules), ids, reach)
+            for rule in check:
+                validate_rule(rule, reach, table)
+        self.seen, self.hooks, self.names = seen, hooks, names
 
 
 def _on_term(server: Server):
