@@ -997,7 +997,9 @@ int xdp_filter(CTX_TYPE *ctx)
 	u32 *stop = src_top_map.lookup(&stop_key);
 	if (!stop)
 		return RET(XDP_ABORTED);
-	u32 sidx = src_search(sb_src, *stop, saddr_h);
+	u32 sidx;
+	if (src_search(sb_src, *stop, saddr_h, &sidx))
+		return RET(XDP_ABORTED);
 	u32 *sid = src_index_map.lookup(&sidx);
 	if (!sid)
 		return RET(XDP_ABORTED);
@@ -1014,7 +1016,9 @@ int xdp_filter(CTX_TYPE *ctx)
 	u32 *dtop = dst_top_map.lookup(&dtop_key);
 	if (!dtop)
 		return RET(XDP_ABORTED);
-	u32 didx = dst_search(sb_dst, *dtop, daddr_h);
+	u32 didx;
+	if (dst_search(sb_dst, *dtop, daddr_h, &didx))
+		return RET(XDP_ABORTED);
 	u32 *did = dst_index_map.lookup(&didx);
 	if (!did)
 		return RET(XDP_ABORTED);
