@@ -3,11 +3,18 @@
 deletes, pinned to the last CPU, counters and verdicts checked against the
 reference), without the rest of ``python -m bench``:
 
-    python -m bench.fw1_testrun [--counts 10 10000] [--ruleset classbench-fw1-10k.rules] [--json OUT]
+    python -m bench.fw1_testrun [RULESET] [--counts 10 10000] [--rounds 3] [--json OUT]
 
-Prints per N the probes' minimum and median ns (7 samples of 100,000 runs,
-as the full bench) and the traffic mix's mean and p90 (64 rule packets and
-16 policy packets, 20,000 runs each), and the ratios the aims use."""
+RULESET: a file name under the shared rule sets (classbench-acl1-10k.rules)
+or a path; default classbench-fw1-10k.rules (``--ruleset`` also names it).
+Prints per round and N the probes' minimum and median ns (7 samples of
+100,000 runs, as the full bench) and the traffic mix's mean and p90 (64
+rule packets and 16 policy packets, 20,000 runs each), and the ratios the
+aims use (mix mean and slowest probe median over the first N's). The 10-rule
+cost moves by half between runs on a loaded machine, so with ``--rounds``
+above 1 every N is measured again in each round (10 and 10k next to each
+other) and the summary gives per N the minimum and median over the rounds
+and the per-round ratios."""
 from __future__ import annotations
 
 import argparse
@@ -16,41 +23,80 @@ import os
 import statistics
 import sys
 from dataclasses import replace
+from pathlib import Path
 
-from .datapath import Settings, run_testrun, shared_dir
+from .datapath import Settings, median_ns, run_testrun, shared_dir, worst_probe
 from .frontend import env_for_children
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--counts", type=int, nargs="+", default=[10, 10_000])
-    ap.add_argument("--ruleset", default="classbench-fw1-10k.rules")
-    ap.add_argument("--json", help="also write the worker's raw results here")
-    args = ap.parse_args()
-    settings = replace(Settings.for_mode(False), counts=tuple(args.counts),
-                       rulesets=(args.ruleset,), synthetic_counts=())
-    cpu = max(os.sched_getaffinity(0))
-    print(f"load average before: {os.getloadavg()}", file=sys.stderr)
-    out = run_testrun(settings, [shared_dir() / "rulesets" / args.ruleset], cpu,
-                      env_for_children(), lambda s: print(s, file=sys.stderr))
-    print(f"load average after: {os.getloadavg()}", file=sys.stderr)
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(out, fh)
-    base = None
+def ruleset_path(name: str) -> Path:
+    """A shared rule set by file name, or any path."""
+    path = Path(name)
+    return path if path.exists() else shared_dir() / "rulesets" / name
+
+
+def checks_ok(e: dict) -> bool:
+    mix = e["mix"]
+    return (all(p["counted"] == p["sent"] and p["verdict"] == p["reference_verdict"]
+                for p in e["probes"]) and mix["counters_match"] and mix["verdicts_match"])
+
+
+def print_round(out: list[dict]) -> list[tuple[float, float]]:
+    """One run's lines; returns per N (mix mean ratio, slowest ratio) to the first N."""
+    ratios = []
+    base = out[0]
     for e in out:
         mix = e["mix"]
-        ok = all(p["counted"] == p["sent"] and p["verdict"] == p["reference_verdict"]
-                 for p in e["probes"]) and mix["counters_match"] and mix["verdicts_match"]
         probes = ", ".join(f"{p['position']} {min(p['samples_ns']):.0f}/"
                            f"{statistics.median(p['samples_ns']):.0f}" for p in e["probes"])
         print(f"{e['ruleset']} N={e['requested']} ({e['entries']} entries, "
               f"{e['memlock_bytes'] / 2**20:.1f} MiB maps): min/median ns {probes}; "
-              f"mix mean {mix['mean_ns']:.1f} p90 {mix['p90_ns']:.0f}; checks {'ok' if ok else 'FAILED'}")
-        if base is None:
-            base = mix["mean_ns"]
-        else:
-            print(f"  mix mean ratio to N={out[0]['requested']}: {mix['mean_ns'] / base:.2f}x")
+              f"mix mean {mix['mean_ns']:.1f} p90 {mix['p90_ns']:.0f}; "
+              f"checks {'ok' if checks_ok(e) else 'FAILED'}")
+        r = (mix["mean_ns"] / base["mix"]["mean_ns"],
+             median_ns(worst_probe(e)) / median_ns(worst_probe(base)))
+        if e is not base:
+            print(f"  ratio to N={base['requested']}: mix mean {r[0]:.2f}x, slowest probe "
+                  f"{r[1]:.2f}x")
+        ratios.append(r)
+    return ratios
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("ruleset_arg", nargs="?", metavar="RULESET")
+    ap.add_argument("--ruleset", default="classbench-fw1-10k.rules")
+    ap.add_argument("--counts", type=int, nargs="+", default=[10, 10_000])
+    ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--json", help="also write the worker's raw results here (a list per round)")
+    args = ap.parse_args()
+    source = ruleset_path(args.ruleset_arg or args.ruleset)
+    settings = replace(Settings.for_mode(False), counts=tuple(args.counts),
+                       rulesets=(source.name,), synthetic_counts=())
+    cpu = max(os.sched_getaffinity(0))
+    rounds: list[list[dict]] = []
+    ratios: list[list[tuple[float, float]]] = []
+    for r in range(args.rounds):
+        print(f"round {r + 1}: load average before: {os.getloadavg()}", file=sys.stderr)
+        out = run_testrun(settings, [source], cpu, env_for_children(),
+                          lambda s: print(s, file=sys.stderr))
+        rounds.append(out)
+        ratios.append(print_round(out))
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(rounds if args.rounds > 1 else rounds[0], fh)
+    if args.rounds > 1:
+        print(f"over {args.rounds} rounds (min / median):")
+        for i, n in enumerate(args.counts):
+            mixes = [rd[i]["mix"]["mean_ns"] for rd in rounds]
+            worst = [median_ns(worst_probe(rd[i])) for rd in rounds]
+            line = (f"  N={n}: mix mean {min(mixes):.1f} / {statistics.median(mixes):.1f}, "
+                    f"slowest probe {min(worst):.0f} / {statistics.median(worst):.0f}")
+            if i:
+                line += (f"; ratios per round: mix "
+                         + " ".join(f"{rt[i][0]:.2f}" for rt in ratios)
+                         + ", slowest " + " ".join(f"{rt[i][1]:.2f}" for rt in ratios))
+            print(line)
 
 
 if __name__ == "__main__":

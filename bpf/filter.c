@@ -347,6 +347,8 @@ struct resume {
 	u32 raddr_s;
 	u32 raddr_d;
 	u64 sum[NSUM];	/* the AND of the fields' summaries for this packet */
+	u32 ctz_ready;	/* CTZ_READY once ctz is filled (bitvector.h) */
+	u8 ctz[64];	/* de Bruijn position -> bit index, per CPU */
 };
 
 BPF_ARRAY(config_map, struct config, 1);
@@ -997,7 +999,9 @@ int xdp_filter(CTX_TYPE *ctx)
 	u32 *stop = src_top_map.lookup(&stop_key);
 	if (!stop)
 		return RET(XDP_ABORTED);
-	u32 sidx = src_search(sb_src, *stop, saddr_h);
+	u32 sidx;
+	if (src_search(sb_src, *stop, saddr_h, &sidx))
+		return RET(XDP_ABORTED);
 	u32 *sid = src_index_map.lookup(&sidx);
 	if (!sid)
 		return RET(XDP_ABORTED);
@@ -1014,7 +1018,9 @@ int xdp_filter(CTX_TYPE *ctx)
 	u32 *dtop = dst_top_map.lookup(&dtop_key);
 	if (!dtop)
 		return RET(XDP_ABORTED);
-	u32 didx = dst_search(sb_dst, *dtop, daddr_h);
+	u32 didx;
+	if (dst_search(sb_dst, *dtop, daddr_h, &didx))
+		return RET(XDP_ABORTED);
 	u32 *did = dst_index_map.lookup(&didx);
 	if (!did)
 		return RET(XDP_ABORTED);
@@ -1228,6 +1234,11 @@ int xdp_filter(CTX_TYPE *ctx)
 	}
 #endif
 	rs->evil = pf.evil;
+	if (rs->ctz_ready != CTZ_READY) {
+		/* once per CPU: the map's memory starts zeroed */
+		ctz_fill(rs->ctz);
+		rs->ctz_ready = CTZ_READY;
+	}
 	/* once per packet (and per tail call): the words where every field
 	 * can have a bit; the scan loads no other word */
 #pragma unroll
@@ -1273,12 +1284,12 @@ int xdp_filter(CTX_TYPE *ctx)
 				scur = rs->sum[k];
 				continue;
 			}
-			w = ((k << 6) | lowest_bit_index(scur)) & (NWORDS - 1);
+			w = ((k << 6) | ctz_lookup(rs->ctz, scur)) & (NWORDS - 1);
 			scur &= scur - 1;
 			cur = AND_WORD(w);
 			continue;
 		}
-		u32 e = (u32)((w << 6) | lowest_bit_index(cur)) & (NENTRIES - 1);
+		u32 e = (u32)((w << 6) | ctz_lookup(rs->ctz, cur)) & (NENTRIES - 1);
 		struct entry *en = entry_map.lookup(&e);
 		if (!en)
 			return RET(XDP_ABORTED);

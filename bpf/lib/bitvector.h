@@ -36,6 +36,28 @@ static __always_inline u32 lowest_bit_index(u64 word)
 	return popcount64(low - 1);
 }
 
+/* Index of the lowest set bit by a de Bruijn sequence: the lowest bit
+ * times DEBRUIJN64 has a distinct top 6 bits for each of the 64 positions,
+ * and a 64-byte table (ctz_fill, kept in per-CPU map memory: bcc has no
+ * read-only data) maps them back. 6 instructions instead of popcount64's
+ * 17: the scan pays it once per candidate word and once per candidate
+ * entry, so it is most of the cost of a false candidate word. */
+#define DEBRUIJN64 0x03f79d71b4cb0a89ULL
+#define CTZ_READY 0x63747a31u
+
+static __always_inline void ctz_fill(u8 *t)
+{
+#pragma unroll
+	for (u32 i = 0; i < 64; i++)
+		t[((DEBRUIJN64 << i) >> 58) & 63] = i;
+}
+
+static __always_inline u32 ctz_lookup(const u8 *t, u64 word)
+{
+	u64 low = word & (0 - word);
+	return t[(low * DEBRUIJN64) >> 58];
+}
+
 /* 1 when x is 0, else 0, without a branch (opaque to clang, which would
  * turn it back into a compare and branch). */
 static __always_inline u64 is_zero(u64 x)
