@@ -9,8 +9,10 @@ For every packet of the bench's traffic mix (workload.traffic_mix, the
 same draw as bench/testrun_worker.py) and its probes (first / middle / last
 rule, policy): each field's bitvector as filter.c looks it up, the AND of
 the summaries under each scheme (SCHEMES: the fields' own summaries, as
-before the pair summary; filter.c's pair summary, image.pair_parts; exact
-tables over field groups, for comparison), and the words the scan loads
+before the pair summary; filter.c's pair summary, image.pair_parts; that
+and the source x ports summary, filter.c PORTS_PAIR, as the program runs
+now where both port fields are compiled in; exact tables over field
+groups, for comparison), and the words the scan loads
 before its first match (the rule sets measured here have no continuing
 entries: the first candidate that matches ends the scan). Note: the mix
 draws fewer policy packets when none reaches the policy (fw1 has a
@@ -25,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bpf_iptables.datapath.compiler import PAIR_BITS, PROTO_DEFAULT, Compiled, compile_chain
-from bpf_iptables.datapath.image import PairParts, pair_parts
+from bpf_iptables.datapath.image import PairParts, pair_parts, ports_wild
 from bpf_iptables.reference.packet import Packet
 
 from .datapath import shared_dir
@@ -98,9 +100,10 @@ def scan_count(vectors: list[int], summaries: list[int], nwords: int) -> Count:
 
 # fields: one summary per field (the program before the pair summary);
 # pair: filter.c's PAIR (image.pair_parts) in place of src's and dst's;
+# pair+ports: and filter.c's PORTS_PAIR term (image.ports_pair_table);
 # the others: an exact summary of the AND of the grouped fields' vectors
 # (what a full pair table would give), "exact": of all fields
-SCHEMES = ("fields", "pair", "src*dst", "proto*ports", "both", "exact")
+SCHEMES = ("fields", "pair", "pair+ports", "src*dst", "proto*ports", "both", "exact")
 
 
 def pair_term(parts: PairParts, pkt: Packet, vec: dict[str, int], nwords: int) -> int:
@@ -120,7 +123,7 @@ def scheme_summaries(vec: dict[str, int], nwords: int, scheme: str,
     or a pair table's exact summary (of the AND of its fields' vectors)
     in place of its fields' own."""
     groups: list[list[str]] = [[n] for n in vec]
-    if scheme == "pair":
+    if scheme in ("pair", "pair+ports"):
         assert pair is not None
         return [summary(vec[n], nwords) for n in vec if n not in ("src", "dst")] + [pair]
     if scheme in ("src*dst", "both"):
@@ -139,11 +142,21 @@ def scheme_summaries(vec: dict[str, int], nwords: int, scheme: str,
     return out
 
 
+def ports_term(c: Compiled, vec: dict[str, int], nwords: int) -> int:
+    """filter.c's TERM_PPAIR for this packet: src.pw | ports_pair[slots]."""
+    pw = ports_wild(c)
+    return (summary(vec["src"] & pw, nwords)
+            | summary(vec["sport"] & vec["dport"] & ~pw & c.live, nwords))
+
+
 def count_one(c: Compiled, parts: PairParts, pkt: Packet, scheme: str) -> Count:
     nw = c.shape.nwords
     vec = field_vectors(c, pkt)
-    pair = pair_term(parts, pkt, vec, nw) if scheme == "pair" else None
-    return scan_count(list(vec.values()), scheme_summaries(vec, nw, scheme, pair), nw)
+    pair = pair_term(parts, pkt, vec, nw) if scheme.startswith("pair") else None
+    sums = scheme_summaries(vec, nw, scheme, pair)
+    if scheme == "pair+ports" and "sport" in vec and "dport" in vec:
+        sums.append(ports_term(c, vec, nw))
+    return scan_count(list(vec.values()), sums, nw)
 
 
 def report(c: Compiled, parts: PairParts, packets: list[Probe], scheme: str) -> dict:

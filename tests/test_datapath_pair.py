@@ -1,24 +1,30 @@
-"""The source x destination pair summary (filter.c PAIR, image.pair_parts),
+"""The source x destination pair summary (filter.c PAIR, image.pair_parts)
+and the source x ports summary (filter.c PORTS_PAIR, image.ports_pair_table),
 read back from the map image's bytes as the program reads them:
 
 * it names every word in which the source and destination vectors have a
   common live entry (a word it left out would be skipped by the scan, and
   a match in it missed), for ClassBench sets and for random prefixes with
-  negations and don't-cares crowded into a few /8s;
+  negations and don't-cares crowded into a few /8s; likewise the ports
+  term for every source vector and every pair of port map keys (the
+  "no ports" and "offset-1 fragment" keys too);
 * at fw1-10k it names few words in which no entry matches every field:
   the false candidate words the per-packet cost at 10k rules depends on
-  (bench/candidates.py prints the same counts for the bench's mix)."""
+  (bench/candidates.py prints the same counts for the bench's mix), and
+  with the ports term few at its last rule's packet (fw1's slowest)."""
 from __future__ import annotations
 
 import random
 import statistics
+from bisect import bisect_right
 
 import pytest
 
 from bench.candidates import field_vectors, scan_count, summary
 from bench.workload import packet_in
 from bpf_iptables.datapath.compiler import (PAIR_BITS, FIELD_ORDER, Compiled, Shape,
-                                            compile_chain, pair_summary, summary_words)
+                                            compile_chain, pair_summary, ports_pair,
+                                            summary_words)
 from bpf_iptables.datapath.harness import table_from_lines, table_from_save
 from bpf_iptables.datapath.image import joined, map_image
 from bpf_iptables.reference.packet import Packet
@@ -41,6 +47,20 @@ class PairView:
         self.nw = c.shape.nwords
         self.nsum = summary_words(self.nw)
         self.values = {m.name: joined(m.items)[1] for m in map_image(c, c.shape)}
+        self.ports = ports_pair(c.shape)
+        self.src_size = (self.nw + (3 if self.ports else 2) * self.nsum) * 8
+
+    def src_record(self, x: int) -> tuple[int, int]:
+        """Source vector ``x`` (an id of src_map): (words, pw summary)."""
+        at = x * self.src_size
+        blob = self.values["src_map"]
+        return (u64s(blob, at, self.nw),
+                u64s(blob, at + 8 * (self.nw + 2 * self.nsum), self.nsum))
+
+    def ports_slot(self, skey: int, dkey: int) -> int:
+        """ports_pair_map at the sport_map key and dport_map key."""
+        at = (skey * (self.c.shape.dport_bsize + 2) + dkey) * 8 * self.nsum
+        return u64s(self.values["ports_pair_map"], at, self.nsum)
 
     def record(self, name: str, addr: int) -> tuple[int, int, int]:
         """struct addr_vector of the address's piece: (words, summary, spec)."""
@@ -49,7 +69,7 @@ class PairView:
         while hi - lo > 1:   # the last interval start <= addr
             mid = (lo + hi) // 2
             lo, hi = (mid, hi) if iv.bounds[mid] <= addr else (lo, mid)
-        size = (self.nw + 2 * self.nsum) * 8
+        size = self.src_size if name == "src" else (self.nw + 2 * self.nsum) * 8
         at = iv.index[lo] * size
         blob = self.values[f"{name}_map"]
         return (u64s(blob, at, self.nw), u64s(blob, at + 8 * self.nw, self.nsum),
@@ -166,3 +186,123 @@ def test_pair_summary_cuts_false_words_fw1_10k():
     # measured: 13-14 false words a packet before, about 1.3 after
     assert before > 8
     assert after < 2.5 and after < before / 5, (before, after)
+
+
+def port_keys(c: Compiled, name: str) -> list[tuple[int, int]]:
+    """(map key, vector) of every sport / dport map slot a packet can get:
+    the intervals, "no ports" at bsize, "offset-1 fragment" at bsize + 1."""
+    bounds, vectors = (c.sport_bounds, c.sport) if name == "sport" else (c.dport_bounds, c.dport)
+    bsize = getattr(c.shape, f"{name}_bsize")
+    return (list(enumerate(vectors[:len(bounds)]))
+            + [(bsize, vectors[-2]), (bsize + 1, vectors[-1])])
+
+
+def check_ports_covers(c: Compiled, sources: int, rng: random.Random) -> int:
+    """For ``sources`` source vectors (all when fewer) and every pair of
+    port keys: the summary of src & sport & dport & live lies within the
+    ports term src.pw | ports_pair[sport key][dport key]. Returns how many
+    of those had a common word (so the check was not vacuous)."""
+    import numpy as np
+
+    view = PairView(c)
+    assert view.ports
+    nw = view.nw
+    pairs = [(sk, dk, sv & dv & c.live) for sk, sv in port_keys(c, "sport")
+             for dk, dv in port_keys(c, "dport")]
+    size = nw * 8
+    both = np.frombuffer(b"".join(v.to_bytes(size, "little") for _, _, v in pairs),
+                         "<u8").reshape(len(pairs), nw)
+    slots = [view.ports_slot(sk, dk) for sk, dk, _ in pairs]
+    ids = list(range(len(c.src_iv.vectors)))
+    nonempty = 0
+    for x in rng.sample(ids, min(sources, len(ids))):
+        words, pw = view.src_record(x)
+        assert words == c.src_iv.vectors[x]
+        mine = np.frombuffer(words.to_bytes(size, "little"), "<u8")
+        flags = np.packbits((both & mine) != 0, axis=1, bitorder="little")
+        for (sk, dk, _), row, slot in zip(pairs, flags, slots):
+            exact = int.from_bytes(row.tobytes(), "little")
+            term = pw | slot
+            assert exact & ~term == 0, (x, sk, dk, bin(exact), bin(term))
+            nonempty += exact != 0
+    return nonempty
+
+
+def test_ports_term_covers_common_words_fw1():
+    table = table_from_save(ruleset("classbench-fw1-1k.rules").read_text())
+    c = compile_chain(table, "INPUT", INTERFACES)
+    assert check_ports_covers(c, 120, random.Random(3)) > 10_000
+
+
+def test_ports_term_covers_common_words_random_ports():
+    """Port ranges, single ports, negations and don't-cares on TCP, UDP
+    and no protocol (matching packets without ports, whose key is "no
+    ports"), sources of every prefix length, in the 8-word shape."""
+    rng = random.Random(11)
+    lines = []
+    for _ in range(480):
+        parts = ["-A INPUT"]
+        if rng.random() < 0.9:
+            addr, length = random_prefix(rng)
+            parts.append(f"{'! ' if rng.random() < 0.05 else ''}-s {dotted(addr)}/{length}")
+        addr, length = random_prefix(rng)
+        parts.append(f"-d {dotted(addr)}/{length}")
+        kind = rng.random()
+        if kind < 0.85:
+            proto = rng.choice(("tcp", "udp"))
+            parts.append(f"-p {proto} -m {proto}")
+            for opt in ("--sport", "--dport"):
+                r = rng.random()
+                if r < 0.3:
+                    continue
+                lo = rng.choice((0, 53, 80, 1024, 1521, 8080, 33000))
+                hi = lo if r < 0.6 else min(65535, lo + rng.choice((1, 10, 1000, 30000)))
+                neg = "! " if rng.random() < 0.1 else ""
+                parts.append(f"{neg}{opt} {lo}" + (f":{hi}" if hi != lo else ""))
+        parts.append(rng.choice(("-j ACCEPT", "-j DROP")))
+        lines.append(" ".join(parts))
+    c = compile_chain(table_from_lines(lines), "INPUT", INTERFACES,
+                      Shape(8, 100, 8, frozenset({"src", "dst", "sport", "dport"})))
+    assert c.shape.nwords == 8 and ports_pair(c.shape)
+    assert check_ports_covers(c, 400, rng) > 1000
+
+
+def test_ports_term_cuts_fw1_10k_last_rule():
+    """fw1's slowest probe (its last rule's packet, bench.workload) loaded
+    8 words, 7 false, under the pair summary alone; the ports term leaves
+    2 (1 false). And the mix's mean false words drop below one."""
+    from bench.workload import source_probes
+
+    path = ruleset("classbench-fw1-10k.rules")
+    table = table_from_save(path.read_text())
+    c = compile_chain(table, "INPUT", INTERFACES)
+    view = PairView(c)
+    assert view.ports
+    nw = view.nw
+
+    def loaded(pkt: Packet, with_ports: bool):
+        vec = field_vectors(c, pkt)
+        term, _ = view.term(pkt.src, pkt.dst)
+        sums = [summary(v, nw) for n, v in vec.items() if n not in ("src", "dst")] + [term]
+        if with_ports:
+            slot = view.ports_slot(*(port_key(c, name, getattr(pkt, name))
+                                     for name in ("sport", "dport")))
+            x = c.src_iv.index[bisect_right(c.src_iv.bounds, pkt.src) - 1]
+            sums.append(view.src_record(x)[1] | slot)
+        return scan_count(list(vec.values()), sums, nw)
+
+    last = [p for p in source_probes(str(path), table) if p.position == "last"][0]
+    before, after = loaded(last.packet, False), loaded(last.packet, True)
+    assert (before.loaded, before.false) == (8, 7)
+    assert after.loaded <= 2 and after.false <= 1, after
+    rng = random.Random(29)
+    rules = table.chains["INPUT"].rules
+    pkts = [packet_in(rng, rng.choice(rules)) for _ in range(150)]
+    mean = statistics.fmean(loaded(p, True).false for p in pkts)
+    assert mean < 1.0, mean
+
+
+def port_key(c: Compiled, name: str, port: int) -> int:
+    """The sport_map / dport_map key of a TCP / UDP packet's port."""
+    bounds = c.sport_bounds if name == "sport" else c.dport_bounds
+    return bisect_right(bounds, port) - 1

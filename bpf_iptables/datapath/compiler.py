@@ -278,6 +278,25 @@ def pair_summary(shape: "Shape") -> bool:
     return "src" in shape.fields and "dst" in shape.fields and shape.nwords >= PAIR_MIN_WORDS
 
 
+# The source x ports summary (filter.c PORTS_PAIR, image.ports_pair_table):
+# with the pair summary and both port fields, a table with one slot per
+# (source port slot, destination port slot) of the port maps, compiled in
+# while it has at most this many slots (fw1-10k: 34 x 130 = 4,420).
+PORTS_PAIR_MAX_SLOTS = 1 << 15
+
+
+def ports_pair_slots(shape: "Shape") -> int:
+    """Slots of filter.c's ports_pair_map: every sport_map key times every
+    dport_map key (the intervals, "no ports" and "offset-1 fragment")."""
+    return (shape.sport_bsize + 2) * (shape.dport_bsize + 2)
+
+
+def ports_pair(shape: "Shape") -> bool:
+    """Whether a program of ``shape`` has the source x ports summary."""
+    return (pair_summary(shape) and "sport" in shape.fields and "dport" in shape.fields
+            and ports_pair_slots(shape) <= PORTS_PAIR_MAX_SLOTS)
+
+
 def pow2_at_least(n: int) -> int:
     p = 1
     while p < n:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from .compiler import (PAIR_BITS, PROTO_DEFAULT, TCP_FLAGS_EVIL, Compiled, Intervals, Shape,
-                       pair_summary, summary_words)
+                       pair_summary, ports_pair, ports_pair_slots, summary_words)
 
 
 class Packed(Sequence):
@@ -327,6 +327,8 @@ def map_image(c: Compiled, shape: Shape) -> list[MapImage]:
 
         out.extend(set_images(c, shape.nsets))
     parts = pair_parts(c) if pair_summary(shape) else None
+    if parts is not None and ports_pair(shape):
+        parts.ports_wild = ports_wild(c)
     for name, iv, bsize in (("src", c.src_iv, shape.src_bsize), ("dst", c.dst_iv, shape.dst_bsize)):
         if name in fields:
             assert iv is not None
@@ -334,6 +336,10 @@ def map_image(c: Compiled, shape: Shape) -> list[MapImage]:
     if parts is not None:
         out.append(MapImage("pair_map", Packed(4, summary_words(nw) * 8, array_keys(1 << 16),
                                                pair_table(parts, nw), dense=True)))
+    if parts is not None and parts.ports_wild is not None:
+        out.append(MapImage("ports_pair_map", Packed(
+            4, summary_words(nw) * 8, array_keys(ports_pair_slots(shape)),
+            ports_pair_table(c, shape, parts.ports_wild), dense=True)))
     if "proto" in fields:
         # every protocol number has its slot: an array lookup, no hashing
         other = c.proto[PROTO_DEFAULT]
@@ -461,9 +467,10 @@ def address_images(name: str, iv: Intervals, bsize: int, nwords: int,
     if parts is None:
         vectors = vector_items(range(len(iv.vectors)), iv.vectors, nwords, dense=True)
     else:
-        vectors = Packed(4, (nwords + 2 * summary_words(nwords)) * 8,
+        masks = parts.masks(name)
+        vectors = Packed(4, (nwords + len(masks) * summary_words(nwords)) * 8,
                          array_keys(len(iv.vectors)),
-                         address_vectors(iv.vectors, nwords, *parts.masks(name)), dense=True)
+                         vector_rows(iv.vectors, nwords, masks), dense=True)
     return [MapImage(f"{name}_top_map", packed_array(iv.top)),
             MapImage(f"{name}_bounds_map", [(u32(0), bounds)]),
             MapImage(f"{name}_index_map", index),
@@ -485,10 +492,16 @@ class PairParts:
     spec: int
     src_buckets: list[int]     # 1 << PAIR_BITS
     dst_buckets: list[int]
+    # with the source x ports summary (filter.c PORTS_PAIR): PW, the live
+    # entries in every sport and every dport vector
+    ports_wild: "int | None" = None
 
-    def masks(self, name: str) -> tuple[int, int]:
-        """(summary mask, spec mask) of the ``name`` address's vectors."""
+    def masks(self, name: str) -> "tuple[int, ...]":
+        """(summary mask, spec mask[, pw mask]) of the ``name`` address's
+        vectors: a source vector under PORTS_PAIR has the third."""
         if name == "src":
+            if self.ports_wild is not None:
+                return self.dst_wild, self.spec, self.ports_wild
             return self.dst_wild, self.spec
         return self.src_wild & ~self.dst_wild, self.spec
 
@@ -537,12 +550,6 @@ def _words(values: list[int], nwords: int):
                          dtype="<u8").reshape(len(values), nwords)
 
 
-def address_vectors(values: list[int], nwords: int, summary_mask: int, spec_mask: int) -> bytes:
-    """``struct addr_vector`` of every value: the words, the summary of
-    value & summary_mask, the summary of value & spec_mask."""
-    return vector_rows(values, nwords, (summary_mask, spec_mask))
-
-
 # the last pair tables built, the newest first: (nwords, source buckets,
 # destination buckets, the table). A rule appended (or deleted from the
 # end) that leaves one address open changes no bucket: it and the policy
@@ -586,4 +593,40 @@ def build_pair_table(parts: PairParts, nwords: int) -> bytes:
         hit = (src[rows, j][:, None] & dst[cols, j][None, :]) != 0
         a, b = np.nonzero(hit)
         out[(rows[a] << PAIR_BITS) | cols[b], j >> 6] |= np.uint64(1 << (int(j) & 63))
+    return out.tobytes()
+
+
+# -- the source x ports summary (filter.c PORTS_PAIR) -----------------------
+
+def ports_wild(c: Compiled) -> int:
+    """PW: the live entries in every sport and every dport vector (the
+    "no ports" and "offset-1 fragment" ones too: a packet may get those)."""
+    return _every(c.dport, _every(c.sport, c.live))
+
+
+def ports_pair_table(c: Compiled, shape: Shape, pw: int) -> bytes:
+    """ports_pair_map's memory image: at sport key * (dport_bsize + 2) +
+    dport key (the keys image.map_image gives the sport / dport vectors)
+    the summary of sport & dport & ~PW & live; slots of no key stay zero
+    (no packet reaches them). Numpy over all slot pairs: 25 x 79 vectors of
+    256 words at fw1-10k."""
+    import numpy as np
+
+    nw = shape.nwords
+    nsum = summary_words(nw)
+    dn = shape.dport_bsize + 2
+
+    def keyed(vectors: list[int], nbounds: int, bsize: int) -> "tuple[list[int], object]":
+        keys = list(range(nbounds)) + [bsize, bsize + 1]
+        values = vectors[:nbounds] + vectors[-2:]
+        return keys, _words([v & c.live & ~pw for v in values], nw)
+
+    skeys, s = keyed(c.sport, len(c.sport_bounds), shape.sport_bsize)
+    dkeys, d = keyed(c.dport, len(c.dport_bounds), shape.dport_bsize)
+    out = np.zeros(((shape.sport_bsize + 2) * dn, nsum), dtype="<u8")
+    for i, sk in enumerate(skeys):
+        nonzero = (s[i][None, :] & d) != 0                    # (dport keys, words)
+        flags = np.packbits(nonzero, axis=1, bitorder="little")   # summary bytes
+        rows = np.array(dkeys) + sk * dn
+        out.view(np.uint8)[rows, :flags.shape[1]] = flags
     return out.tobytes()
