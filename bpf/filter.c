@@ -738,14 +738,29 @@ BPF_F_TABLE("array", u32, u32, sport_slot_map, 65536, BPF_F_MMAPABLE);
 /* index: interval, SPORT_BSIZE when the packet has no ports,
  * SPORT_BSIZE + 1 for an offset-1 TCP fragment */
 BPF_ARRAY(sport_map, struct bitvector, SPORT_BSIZE + 2);
+#if PORTS_PAIR
+/* the ports summary lies within both ports' own summaries (src & PW
+ * within every port vector, the table within sport & dport): their
+ * summary terms would AND nothing away, so only the words are ANDed */
+#define TERM_SPORT(m, ix) TERM_SPORT_##m(ix)
+#define TERM_SPORT_word(ix) &f_sport->word[ix]
+#define TERM_SPORT_summary(ix)
+#else
 #define TERM_SPORT(m, ix) &f_sport->m[ix]
+#endif
 #else
 #define TERM_SPORT(m, ix)
 #endif
 #if FIELD_DPORT
 BPF_F_TABLE("array", u32, u32, dport_slot_map, 65536, BPF_F_MMAPABLE);
 BPF_ARRAY(dport_map, struct bitvector, DPORT_BSIZE + 2);
+#if PORTS_PAIR
+#define TERM_DPORT(m, ix) TERM_DPORT_##m(ix)
+#define TERM_DPORT_word(ix) &f_dport->word[ix]
+#define TERM_DPORT_summary(ix)
+#else
 #define TERM_DPORT(m, ix) &f_dport->m[ix]
+#endif
 #else
 #define TERM_DPORT(m, ix)
 #endif
