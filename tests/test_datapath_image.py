@@ -1,95 +1,44 @@
-"""The faster map image writes the same bytes as the implementation it
-replaced (kept verbatim in tests/support/image_reference.py), and the
-looped copies' program is given INPUT's image whenever the image would be
-the same.
+"""The map images an update writes are the golden ones, and the looped
+copies' program is given INPUT's image whenever the image would be the same.
 
-No timing here (speed: /work/prof/upd.sh and bench): equivalence only,
-on ClassBench sets (fw1-1k, acl1-1k: address vectors, the pair summary)
-and on random rule sets of the property test's generators (every field),
-each in its own compiled shape and in the roomy shape an update loads."""
+No timing here (speed: /work/prof/upd.sh and bench): equivalence only.
+The image code was rewritten for speed (numpy rows, kept pair tables) and
+checked then byte for byte against the implementation it replaced; the
+golden digests (tests/support/compile_golden.py) keep that: the chains' own
+shapes in test_datapath_compile_speed, the shapes programs are loaded with
+(``generation.roomy``, and one with the pair summary) here."""
 from __future__ import annotations
 
 import json
-import warnings
 from dataclasses import replace
 
 import pytest
 
 from bpf_iptables.datapath import generation, image
-from bpf_iptables.datapath.compiler import (PAIR_MIN_WORDS, Compiled, Shape, compile_chain,
-                                            summary_words)
-from bpf_iptables.datapath.harness import table_from_lines, table_from_save
+from bpf_iptables.datapath.compiler import PAIR_MIN_WORDS, compile_chain
+from bpf_iptables.datapath.harness import table_from_save
 from tests.support import compile_golden as G
-from tests.support import image_reference as reference
 from tests.support.shared import ruleset
+
+GOLDEN = json.loads(G.GOLDEN.read_text())
 
 
 def flat(images) -> list[tuple[str, bool, bytes, bytes]]:
-    # the reference's Packed is its own class: joined by its own method
-    return [(m.name, m.clear, *map(bytes, m.items.joined() if hasattr(m.items, "joined")
-                                   else image.joined(m.items))) for m in images]
+    return [(m.name, m.clear, *map(bytes, image.joined(m.items))) for m in images]
 
 
-def without_ports_pair(got: list, shape: Shape) -> list:
-    """The image as it was before the source x ports summary (filter.c
-    PORTS_PAIR, checked from the bytes in test_datapath_pair): without
-    ports_pair_map and the source vectors' third summary (pw)."""
-    if not image.ports_pair(shape):
-        return got
-    nsum = summary_words(shape.nwords)
-    old, new = (shape.nwords + 2 * nsum) * 8, (shape.nwords + 3 * nsum) * 8
-    out = []
-    for name, clear, keys, values in got:
-        if name == "ports_pair_map":
-            continue
-        if name == "src_map":
-            values = b"".join(values[at:at + old] for at in range(0, len(values), new))
-        out.append((name, clear, keys, values))
-    return out
-
-
-def assert_same(c: Compiled, shape: Shape) -> None:
-    shape = shape.union(c.shape)   # a program's shape covers the chain's
-    generation.fit(c, shape)
-    want = flat(reference.map_image(c, shape))
-    got = without_ports_pair(flat(image.map_image(c, shape)), shape)
-    assert [g[0] for g in got] == [w[0] for w in want]
-    wrong = [g[0] for g, w in zip(got, want) if g != w]
-    assert not wrong, wrong
-
-
-@pytest.mark.parametrize("name", ["classbench-fw1-1k.rules", "classbench-acl1-1k.rules"])
-def test_classbench_images_are_the_reference_bytes(name):
-    table = table_from_save(ruleset(name).read_text())
-    c = compile_chain(table, "INPUT", G.INTERFACES)
-    assert_same(c, c.shape)
-    roomy = generation.roomy(c)
-    assert image.pair_summary(roomy) or roomy.nwords < PAIR_MIN_WORDS
-    assert_same(c, roomy)
-    # and with the pair summary, twice: a second image of the same chain
-    # must not differ from the first (whatever is kept between calls)
-    big = replace(roomy, nwords=max(roomy.nwords, 2 * PAIR_MIN_WORDS))
-    assert image.pair_summary(big)
-    assert_same(c, big)
-    assert_same(c, big)
-
-
-def test_random_rule_set_images_are_the_reference_bytes():
-    from tests.test_datapath_property import SHAPE
-    warnings.simplefilter("ignore")
-    cases = json.loads(G.GOLDEN.read_text())["cases"]
-    done = 0
-    for case in cases:
-        table = table_from_lines(G.unsqueeze(case["lines"]))
-        for min_shape in (None, SHAPE):
-            try:
-                c = compile_chain(table, case["hook"], G.INTERFACES, min_shape)
-            except Exception:   # refused rule sets (NotSupported) have no image
-                continue
-            assert_same(c, c.shape)
-            assert_same(c, generation.roomy(c))
-            done += 1
-    assert done >= 250
+@pytest.mark.parametrize("name", G.SHAPED)
+def test_images_in_program_shapes_are_the_golden_ones(name):
+    c = compile_chain(table_from_save(ruleset(name).read_text()), "INPUT", G.INTERFACES)
+    shapes = G.program_shapes(c)
+    assert image.pair_summary(shapes["pair"])
+    assert image.pair_summary(shapes["roomy"]) or shapes["roomy"].nwords < PAIR_MIN_WORDS
+    want = GOLDEN["shaped"][name]
+    # twice: whatever the image code keeps between calls must not change a byte
+    for _ in range(2):
+        got = G.shaped_digests(c)
+        assert {k: {m: v for m, v in d.items() if v != want[k][m]} for k, d in got.items()} \
+            == {k: {} for k in want}
 
 
 def test_looped_copies_share_the_image_when_only_the_program_differs():
@@ -116,8 +65,9 @@ def test_looped_copies_share_the_image_when_only_the_program_differs():
 
 def test_kept_pair_tables_follow_the_rule_set():
     """Updates alternate: base, -A (one address open), base, -I 1, base.
-    Each pair table is the reference's; the base's is built once and
-    given again after the append and after the insert (two are kept)."""
+    Each pair table is the one built from scratch; the base's is built
+    once and given again after the append and after the insert (two are
+    kept)."""
     text = ruleset("classbench-fw1-1k.rules").read_text()
     lines = text.splitlines()
     last = max(i for i, line in enumerate(lines) if line.startswith("-A INPUT"))
@@ -135,7 +85,7 @@ def test_kept_pair_tables_follow_the_rule_set():
         generation.fit(c, shape)
         parts = image.pair_parts(c)
         got = image.pair_table(parts, shape.nwords)
-        assert got == reference.pair_table(reference.pair_parts(c), shape.nwords), name
+        assert got == image.build_pair_table(parts, shape.nwords), name
         tables.append(got)
     assert tables[0] is tables[1] is tables[2] is tables[4]
     assert tables[3] != tables[0]

@@ -43,16 +43,17 @@ def unsqueeze(runs: list[list]) -> list[str]:
     return [line for count, line in runs for _ in range(count)]
 
 
-def digest(c: Compiled) -> dict:
-    """Every map's name, clear flag, keys and values (as one hash each), and the shape."""
+def digest(c: Compiled, shape: Shape | None = None) -> dict:
+    """Every map's name, clear flag, keys and values (as one hash each), and
+    the shape (``c``'s own unless a program's ``shape`` is given)."""
     out = {}
-    for image in map_image(c, c.shape):
+    for image in map_image(c, shape or c.shape):
         keys, values = joined(image.items)
         h = hashlib.sha256(keys)
         h.update(b"|")
         h.update(values)
         out[image.name] = f"{int(image.clear)}:{len(image.items)}:{h.hexdigest()[:24]}"
-    shape = asdict(c.shape)
+    shape = asdict(shape or c.shape)
     shape["fields"] = sorted(shape["fields"])   # a frozenset's order varies by process
     # added with limit, LOG and conntrack's checks: at their defaults they are
     # left out, which keeps the older digests
@@ -72,6 +73,37 @@ def compile_digest(table: Table, hook: str, min_shape: Shape | None) -> str:
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:20]
     except NotSupported as exc:
         return f"NotSupported: {exc}"
+
+
+# the ClassBench 1k sets' images in the shapes a program is loaded with
+# (generation.roomy) and in one with the pair summary: an update writes
+# these, not the chain's own shape's
+SHAPED = ("classbench-fw1-1k.rules", "classbench-acl1-1k.rules")
+
+
+def program_shapes(c: Compiled) -> dict[str, Shape]:
+    from dataclasses import replace
+
+    from bpf_iptables.datapath.compiler import PAIR_MIN_WORDS
+    from bpf_iptables.datapath.generation import roomy
+
+    loaded = roomy(c)
+    return {"roomy": loaded,
+            "pair": replace(loaded, nwords=max(loaded.nwords, 2 * PAIR_MIN_WORDS))}
+
+
+def shaped_digests(c: Compiled) -> dict[str, dict]:
+    import copy
+
+    from bpf_iptables.datapath.generation import fit
+
+    out = {}
+    for name, shape in program_shapes(c).items():
+        shape = shape.union(c.shape)   # a program's shape covers the chain's
+        fitted = copy.copy(c)          # fit() sets the chain's shape: c's stays
+        fit(fitted, shape)
+        out[name] = digest(fitted, shape)
+    return out
 
 
 def main() -> None:
@@ -103,7 +135,12 @@ def main() -> None:
     for name in CLASSBENCH:
         table = table_from_save(ruleset(name).read_text())
         sets[name] = digest(compile_chain(table, "INPUT", INTERFACES))
-    GOLDEN.write_text(json.dumps({"classbench": sets, "cases": cases}, indent=0, sort_keys=True) + "\n")
+    shaped = {}
+    for name in SHAPED:
+        table = table_from_save(ruleset(name).read_text())
+        shaped[name] = shaped_digests(compile_chain(table, "INPUT", INTERFACES))
+    GOLDEN.write_text(json.dumps({"classbench": sets, "cases": cases, "shaped": shaped},
+                                 indent=0, sort_keys=True) + "\n")
 
 
 if __name__ == "__main__":
