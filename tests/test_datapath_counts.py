@@ -10,15 +10,14 @@ generation counted between the update's read and the switch, as the
 immediate read does (test_datapath_update.test_counters_follow_rules_...)."""
 from __future__ import annotations
 
-import os
 import random
-import subprocess
 import sys
 import time
 from array import array
 
 from bpf_iptables.datapath import counts as C
-from tests.support.netns import REPO, bpf_command
+from tests.support.netns import bpf_command
+from tests.support.paused import send_while_paused
 from tests.test_datapath_traffic import SERVER_IP, datapath_command, ensure_bpffs, inside, topology
 from tests.test_datapath_update import BASE
 
@@ -101,25 +100,8 @@ def test_deferred_carry_and_sparse_writes_keep_counters_exact() -> None:
         with tx:
             tx.sendto(b"x", (SERVER_IP, port))
         time.sleep(0.2)
-        marker = f"/tmp/dpc-{os.getpid()}"
-        cmd = subprocess.Popen(
-            ["ip", "netns", "exec", s.name, sys.executable, "-c", _DEFERRED],
-            env={**os.environ, "PYTHONPATH": str(REPO), "BPF_IPTABLES_SERVER": "off",
-                 "BPF_IPTABLES_DATAPATH_PAUSE_AT": f"counted:2:{marker}"})
-        try:
-            deadline = time.monotonic() + 60
-            while not os.path.exists(marker) and time.monotonic() < deadline:
-                time.sleep(0.05)
-            assert os.path.exists(marker)
-            with inside(t.client):
-                tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            with tx:
-                for _ in range(3):
-                    tx.sendto(b"x", (SERVER_IP, port))
-            assert cmd.wait(60) == 0
-        finally:
-            if os.path.exists(marker):
-                os.unlink(marker)
+        send_while_paused(["ip", "netns", "exec", s.name, sys.executable, "-c", _DEFERRED],
+                          {"BPF_IPTABLES_SERVER": "off"}, "counted", t.client, (SERVER_IP, port))
         rules = s.bpf_iptables("-S", "INPUT", "-v").stdout
         assert f"--dport {port} -c 4 116 -j ACCEPT" in rules, rules
         # and through the command server: an update, packets, another

@@ -13,11 +13,11 @@ import json
 import os
 import select
 import socket
-import subprocess
 import threading
 import time
 
-from tests.support.netns import REPO, bpf_command
+from tests.support.netns import bpf_command
+from tests.support.paused import send_while_paused
 from tests.test_datapath_traffic import (CLIENT_IP, SERVER_IP, datapath_command,
                                          ensure_bpffs, inside, ping, topology)
 from tests.test_datapath_attach import state_dir
@@ -193,26 +193,8 @@ def test_counters_follow_rules_across_updates():
         assert f"--dport {port} -c 4 116 -j ACCEPT" in rules, rules
         # packets the old generation counts after its counters were read for
         # the new one, before the switch: carried, not lost
-        marker = f"/tmp/dpk-{os.getpid()}"
-        cmd = subprocess.Popen(
-            ["ip", "netns", "exec", s.name,
-             *bpf_command("iptables", "-A", "INPUT", "-p", "udp", "--dport", "7009", "-j",
-                          "DROP")],
-            env={**os.environ, "PYTHONPATH": str(REPO),
-                 "BPF_IPTABLES_DATAPATH_PAUSE_AT": f"counted:2:{marker}"})
-        try:
-            deadline = time.monotonic() + 60
-            while not os.path.exists(marker) and time.monotonic() < deadline:
-                time.sleep(0.05)
-            assert os.path.exists(marker)
-            with inside(t.client):
-                tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            with tx:
-                for _ in range(3):
-                    tx.sendto(b"x", (SERVER_IP, port))
-            assert cmd.wait(60) == 0
-        finally:
-            if os.path.exists(marker):
-                os.unlink(marker)
+        send_while_paused(["ip", "netns", "exec", s.name,
+                           *bpf_command("iptables", "-A", "INPUT", "-p", "udp", "--dport", "7009",
+                                        "-j", "DROP")], {}, "counted", t.client, (SERVER_IP, port))
         rules = s.bpf_iptables("-S", "INPUT", "-v").stdout
         assert f"--dport {port} -c 7 203 -j ACCEPT" in rules, rules
