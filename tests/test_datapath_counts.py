@@ -11,15 +11,15 @@ immediate read does (test_datapath_update.test_counters_follow_rules_...)."""
 from __future__ import annotations
 
 import random
+import socket
 import sys
 import time
 from array import array
 
 from bpf_iptables.datapath import counts as C
-from tests.support.netns import bpf_command
 from tests.support.paused import send_while_paused
-from tests.test_datapath_traffic import SERVER_IP, datapath_command, ensure_bpffs, inside, topology
-from tests.test_datapath_update import BASE
+from tests.test_datapath_traffic import SERVER_IP, inside
+from tests.test_datapath_update import attached_base
 
 
 def _reference_sum(values: bytes, nslots: int, ncpu: int) -> list[int]:
@@ -88,15 +88,8 @@ live.settle(zero=True)
 
 def test_deferred_carry_and_sparse_writes_keep_counters_exact() -> None:
     port = 6001
-    ensure_bpffs()
-    with topology("dpc") as t:
+    with attached_base("dpc") as (t, tx):
         s = t.server
-        assert s.run(bpf_command("iptables-restore"),
-                     input=BASE.format(policy="ACCEPT", v7001="DROP")).returncode == 0
-        assert s.run(datapath_command("attach")).returncode == 0
-        with inside(t.client):
-            import socket
-            tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         with tx:
             tx.sendto(b"x", (SERVER_IP, port))
         time.sleep(0.2)

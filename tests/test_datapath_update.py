@@ -15,10 +15,12 @@ import select
 import socket
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from tests.support.netns import bpf_command
 from tests.support.paused import send_while_paused
-from tests.test_datapath_traffic import (CLIENT_IP, SERVER_IP, datapath_command,
+from tests.test_datapath_traffic import (CLIENT_IP, SERVER_IP, Pair, datapath_command,
                                          ensure_bpffs, inside, ping, topology)
 from tests.test_datapath_attach import state_dir
 
@@ -172,18 +174,26 @@ def test_updates_under_traffic_never_mix_rule_sets():
             assert 0 < len(flows.got[port]) < flows.sent[port], port
 
 
+@contextmanager
+def attached_base(prefix: str) -> Iterator[tuple[Pair, socket.socket]]:
+    """The traffic topology with BASE (policy ACCEPT, 7001 dropped) restored
+    and attached in the server namespace, and a UDP socket of the client."""
+    ensure_bpffs()
+    with topology(prefix) as t:
+        assert t.server.run(bpf_command("iptables-restore"),
+                            input=BASE.format(policy="ACCEPT", v7001="DROP")).returncode == 0
+        assert t.server.run(datapath_command("attach")).returncode == 0
+        with inside(t.client):
+            tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        yield t, tx
+
+
 def test_counters_follow_rules_across_updates():
     """Counters of an untouched rule survive a run of updates (map-only
     and not) exactly when no packet is in flight."""
     port = 6001
-    ensure_bpffs()
-    with topology("dpk") as t:
+    with attached_base("dpk") as (t, tx):
         s = t.server
-        assert s.run(bpf_command("iptables-restore"),
-                     input=BASE.format(policy="ACCEPT", v7001="DROP")).returncode == 0
-        assert s.run(datapath_command("attach")).returncode == 0
-        with inside(t.client):
-            tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         with tx:
             for i, (_, change) in enumerate(CHANGES[:4]):
                 tx.sendto(b"x", (SERVER_IP, port))
