@@ -17,6 +17,7 @@ from __future__ import annotations
 import random
 import statistics
 from bisect import bisect_right
+from dataclasses import replace
 
 import pytest
 
@@ -25,6 +26,7 @@ from bench.workload import packet_in
 from bpf_iptables.datapath.compiler import (PAIR_BITS, FIELD_ORDER, Compiled, Shape,
                                             compile_chain, pair_summary, ports_pair,
                                             summary_words)
+from bpf_iptables.datapath import generation
 from bpf_iptables.datapath.harness import table_from_lines, table_from_save
 from bpf_iptables.datapath.image import joined, map_image
 from bpf_iptables.reference.packet import Packet
@@ -372,3 +374,26 @@ def port_key(c: Compiled, name: str, port: int) -> int:
     """The sport_map / dport_map key of a TCP / UDP packet's port."""
     bounds = c.sport_bounds if name == "sport" else c.dport_bounds
     return bisect_right(bounds, port) - 1
+
+
+def test_pinned_maps_follow_the_programs_ports_pair_condition():
+    """program.map_names (the maps a loaded program's pins are taken from)
+    names ports_pair_map exactly when filter.c compiles it in: with more
+    port-slot pairs than PORTS_PAIR_MAX_SLOTS (the synthetic bench set at
+    10k rules: one sport, 10k dports) the program has no such map, and
+    attaching it failed with KeyError: 'ports_pair_map'."""
+    from bpf_iptables.datapath.compiler import PORTS_PAIR_MAX_SLOTS, ports_pair_slots
+    from bpf_iptables.datapath.program import map_names
+
+    lines = ["*filter", ":INPUT ACCEPT [0:0]"]
+    lines += [f"-A INPUT -s 10.{i >> 8}.{i & 255}.0/24 -d 192.168.{i % 7}.0/24 -p udp "
+              f"-m udp --sport {1000 + i % 3} --dport {i + 1} -j ACCEPT" for i in range(600)]
+    c = compile_chain(table_from_save("\n".join(lines + ["COMMIT"]) + "\n"), "INPUT", {})
+    for dport_bsize in (c.shape.dport_bsize, 1 << 14):
+        shape = replace(generation.roomy(c), dport_bsize=dport_bsize)
+        assert pair_summary(shape)
+        names = map_names(shape)
+        assert ("ports_pair_map" in names) == ports_pair(shape), (dport_bsize, names)
+        assert ports_pair(shape) == (ports_pair_slots(shape) <= PORTS_PAIR_MAX_SLOTS)
+    assert ports_pair(replace(generation.roomy(c), dport_bsize=c.shape.dport_bsize))
+    assert not ports_pair(replace(generation.roomy(c), dport_bsize=1 << 14))

@@ -497,7 +497,11 @@ def map_names(shape: Shape) -> list[str]:
                           Shape(shape.nwords, 1, 2, shape.fields, nlimits=shape.nlimits,
                                 nlogs=shape.nlogs, nhashlimits=shape.nhashlimits,
                                 nrecent=shape.nrecent, memo=shape.memo,
-                                nsets=shape.nsets))
+                                nsets=shape.nsets,
+                                # the port slots decide whether filter.c has
+                                # ports_pair_map (compiler.ports_pair)
+                                sport_bsize=shape.sport_bsize,
+                                dport_bsize=shape.dport_bsize))
     return [image.name for image in map_image(empty, empty.shape)] + ["counter_map", "self_map"]
 
 
