@@ -19,7 +19,7 @@ from tests.support.netns import bpf_command
 from tests.support.twins import load_twins
 from tests.test_datapath_traffic import (CLIENT_IP, FAR_IP, SERVER_IP, Pair, Routed,
                                          datapath_command, ensure_bpffs, inside, ping, routed,
-                                         tcp, topology, udp)
+                                         sockets_in, tcp, topology, udp)
 
 SERVER_RULES = """\
 *filter
@@ -44,11 +44,7 @@ WAIT = 1.0
 def transfer(pair: Pair, port: int, size: int, dst: str = SERVER_IP) -> int:
     """Connect client -> server:port, send ``size`` bytes, echo them back,
     close; the bytes that came back (0: no connection)."""
-    with inside(pair.server):
-        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    with inside(pair.client):
-        c = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    with listener, c:
+    with sockets_in(pair.server, pair.client, socket.SOCK_STREAM) as (listener, c):
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         listener.bind((dst, port))
         listener.listen(1)

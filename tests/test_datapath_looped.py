@@ -21,7 +21,8 @@ from bpf_iptables.datapath.logger import (LOG_LOOPED, XT_LOG_MACDECODE, Event,
 from bpf_iptables.datapath.packets import checksum
 from tests.support.netns import Namespace, bpf_command
 from tests.test_datapath_traffic import (CLIENT_IP, SERVER_IP, Pair, datapath_command,
-                                         ensure_bpffs, inside, received, topology)
+                                         ensure_bpffs, inside, received, sockets_in,
+                                         topology)
 
 GROUP, BCAST = "224.0.0.251", "10.99.0.255"
 MPORT, BPORT = 5353, 5354
@@ -82,11 +83,7 @@ def wire_multicast(pair: Pair, count: int = 2) -> int:
     (received from the wire: XDP's INPUT in the XDP modes); how many the
     server got. Their -m limit tokens come from the same bucket as the
     looped copies' (netfilter has one per rule)."""
-    with inside(pair.server):
-        rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    with inside(pair.client):
-        tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    with rx, tx:
+    with sockets_in(pair.server, pair.client) as (rx, tx):
         rx.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         rx.bind(("", MPORT))
         rx.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP,

@@ -115,6 +115,19 @@ def inside(ns: Namespace) -> Iterator[None]:
         yield
 
 
+@contextmanager
+def sockets_in(receiver: Namespace, sender: Namespace, kind: int = socket.SOCK_DGRAM
+               ) -> Iterator[tuple[socket.socket, socket.socket]]:
+    """An IPv4 socket of ``kind`` made in ``receiver`` and one in ``sender``
+    (in that order), closed afterwards."""
+    with inside(receiver):
+        rx = socket.socket(socket.AF_INET, kind)
+    with inside(sender):
+        tx = socket.socket(socket.AF_INET, kind)
+    with rx, tx:
+        yield rx, tx
+
+
 # How long to wait for something that may have been dropped. Generous, so a
 # loaded machine (the whole suite on 2 cores) does not turn a slow reply
 # into a drop; a connect still gives up before the SYN is retransmitted.
@@ -162,11 +175,7 @@ def datagrams(src: Namespace, dst: Namespace, dst_ip: str, port: int, count: int
               payload: bytes) -> int:
     """``count`` UDP datagrams src -> dst_ip:port (payload % i) received in
     dst; how many arrived. A send refused by OUTPUT is not an error here."""
-    with inside(dst):
-        rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    with inside(src):
-        tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    with rx, tx:
+    with sockets_in(dst, src) as (rx, tx):
         rx.bind((dst_ip, port))
         for i in range(count):
             try:

@@ -7,6 +7,9 @@ attached router (-o, -m ttl after the router's decrement) and a detach.
 Same delivered/dropped packets, same `-L -v` counters."""
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from tests.support.netns import bpf_command
 from tests.test_datapath_traffic import (OIF_TTL_RULES, ROUTER_RULES, RULES, FAR_IP, Pair,
                                          datapath_command, ensure_bpffs, routed,
@@ -25,13 +28,21 @@ def attach(ns) -> str:
     return status.stdout
 
 
-def test_input_output_as_iptables_legacy():
+@contextmanager
+def legacy_and_ours(prefix: str, rules: str) -> Iterator[tuple[Pair, Pair, str]]:
+    """Two topologies with ``rules`` restored in the server namespace: by
+    iptables-legacy in one, by bpf-iptables attached in netfilter mode in
+    the other; and that one's status."""
     ensure_bpffs()
-    with topology("nfl") as legacy, topology("nfb") as ours:
-        assert legacy.server.run(["iptables-legacy-restore"], input=RULES).returncode == 0
-        r = ours.server.run(bpf_command("iptables-restore"), input=RULES)
+    with topology(f"{prefix}l") as legacy, topology(f"{prefix}b") as ours:
+        assert legacy.server.run(["iptables-legacy-restore"], input=rules).returncode == 0
+        r = ours.server.run(bpf_command("iptables-restore"), input=rules)
         assert r.returncode == 0, r.stderr
-        status = attach(ours.server)
+        yield legacy, ours, attach(ours.server)
+
+
+def test_input_output_as_iptables_legacy():
+    with legacy_and_ours("nf", RULES) as (legacy, ours, status):
         assert "INPUT program" in status and "OUTPUT program" in status
         assert status.count(": ok") == 3, status   # the three hooks' links
         want = traffic(legacy)
@@ -196,12 +207,7 @@ def reject_traffic(pair) -> dict[str, str]:
 def test_reject_as_iptables_legacy():
     """REJECT at INPUT and OUTPUT through the hand-off: the client sees the
     reset / ICMP error iptables sends, counters as iptables'."""
-    ensure_bpffs()
-    with topology("nfjl") as legacy, topology("nfjb") as ours:
-        assert legacy.server.run(["iptables-legacy-restore"], input=REJECT_RULES).returncode == 0
-        r = ours.server.run(bpf_command("iptables-restore"), input=REJECT_RULES)
-        assert r.returncode == 0, r.stderr
-        attach(ours.server)
+    with legacy_and_ours("nfj", REJECT_RULES) as (legacy, ours, _):
         want = reject_traffic(legacy)
         assert want["tcp81"] == "refused" and want["udp5001"] == "111", want
         assert reject_traffic(ours) == want
@@ -228,13 +234,9 @@ def sent_to(pair, dst_ip: str, port: int, count: int) -> int:
     """Datagrams client -> dst_ip:port (broadcast allowed), received by a
     server socket bound to the port on any address."""
     import socket
-    from tests.test_datapath_traffic import inside, received
+    from tests.test_datapath_traffic import received, sockets_in
 
-    with inside(pair.server):
-        rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    with inside(pair.client):
-        tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    with rx, tx:
+    with sockets_in(pair.server, pair.client) as (rx, tx):
         tx.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
         rx.bind(("0.0.0.0", port))
         for i in range(count):
@@ -245,12 +247,7 @@ def sent_to(pair, dst_ip: str, port: int, count: int) -> int:
 def test_pkttype_from_the_skb_as_iptables_legacy():
     """-m pkttype reads skb->pkt_type (the made-up Ethernet header of the
     header window has no destination MAC): broadcast and unicast frames."""
-    ensure_bpffs()
-    with topology("nfpl") as legacy, topology("nfpb") as ours:
-        assert legacy.server.run(["iptables-legacy-restore"], input=PKTTYPE_RULES).returncode == 0
-        r = ours.server.run(bpf_command("iptables-restore"), input=PKTTYPE_RULES)
-        assert r.returncode == 0, r.stderr
-        attach(ours.server)
+    with legacy_and_ours("nfp", PKTTYPE_RULES) as (legacy, ours, _):
 
         def run(t) -> dict[str, int]:
             return {"bcast5001": sent_to(t, "10.99.0.255", 5001, 2),

@@ -24,8 +24,8 @@ from tests.support.acks import _split as split_counters
 from tests.support.netns import Namespace, bpf_command
 from tests.support.twins import load_twins
 from tests.test_conntrack_traffic import refused
-from tests.test_datapath_traffic import (CLIENT_IP, SERVER_IP, Pair, ensure_bpffs, inside, ping,
-                                         received, tcp, topology, udp)
+from tests.test_datapath_traffic import (CLIENT_IP, SERVER_IP, Pair, ensure_bpffs, ping,
+                                         received, sockets_in, tcp, topology, udp)
 from tests.test_migrate import EMPTY, bpf_save, legacy_save, migrate
 from tests.test_realworld_rulesets import DATA
 
@@ -37,11 +37,7 @@ MDNS_GROUP, MDNS_PORT = "224.0.0.251", 5353
 def group_datagrams(pair: Pair, dst_ip: str, port: int, count: int) -> int:
     """Datagrams client -> dst_ip (a multicast group the server joins, or
     the subnet's broadcast address); how many the server received."""
-    with inside(pair.server):
-        rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    with inside(pair.client):
-        tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    with rx, tx:
+    with sockets_in(pair.server, pair.client) as (rx, tx):
         rx.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         rx.bind(("", port))
         if dst_ip == MDNS_GROUP:
