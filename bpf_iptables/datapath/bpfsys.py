@@ -368,9 +368,6 @@ def possible_cpus() -> int:
     return count
 
 
-# struct counter { u64 packets; u64 bytes; } per CPU
-_COUNTER = ctypes.c_uint64 * 2
-
 
 @lru_cache(maxsize=4)
 def _slot_keys(nslots: int) -> bytes:
@@ -437,44 +434,3 @@ def zero_counters(map_fd: int) -> None:
     from . import counts
 
     write_counters_flat(map_fd, counts.zeros(_info(map_fd)[4]))
-
-
-def counter_blob(values: dict[int, tuple[int, int]], nslots: int) -> bytes:
-    """Slots 0..nslots-1 as per-CPU array values back to back: (packets,
-    bytes) in CPU 0's share, the other CPUs zero; slots not in ``values``
-    zero."""
-    stride = 2 * possible_cpus()
-    flat = array("Q", bytes(8 * stride * nslots))
-    for slot, (packets, nbytes) in values.items():
-        if 0 <= slot < nslots:
-            flat[slot * stride] = packets
-            flat[slot * stride + 1] = nbytes
-    return flat.tobytes()
-
-
-def counter_items(values: dict[int, tuple[int, int]], nslots: int) -> list[tuple[bytes, bytes]]:
-    """counter_blob() as (key, value) pairs."""
-    size = 16 * possible_cpus()
-    blob = counter_blob(values, nslots)
-    return [(slot.to_bytes(4, "little"), blob[slot * size:(slot + 1) * size])
-            for slot in range(nslots)]
-
-
-def write_counters(map_fd: int, values: dict[int, tuple[int, int]], nslots: int = 0) -> None:
-    """Set slots to (packets, bytes), held in CPU 0's share, the others
-    zero; with ``nslots``, every slot below it not in ``values`` is zeroed."""
-    if nslots:
-        # per-CPU arrays have batch updates: one call for every slot
-        if not map_update_packed(map_fd, 4, 16 * possible_cpus(), _slot_keys(nslots),
-                                 counter_blob(values, nslots)):
-            map_update_many(map_fd, counter_items(values, nslots))
-        return
-    ncpu = possible_cpus()
-    key = ctypes.c_uint32()
-    for slot, (packets, nbytes) in values.items():
-        value = (_COUNTER * ncpu)()
-        value[0][0], value[0][1] = packets, nbytes
-        key.value = slot
-        attr = _ElemAttr(map_fd=map_fd, key=ctypes.addressof(key),
-                         value=ctypes.addressof(value))
-        _bpf(BPF_MAP_UPDATE_ELEM, attr, "write counters")

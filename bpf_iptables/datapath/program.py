@@ -371,7 +371,7 @@ class LoadedProgram:
     # -- counters -------------------------------------------------------------
 
     def zero_counters(self) -> None:
-        bpfsys.write_counters(self.maps["counter_map"], {}, self.shape.ncounters)
+        bpfsys.zero_counters(self.maps["counter_map"])
 
     def _counters(self) -> list[tuple[int, int]]:
         return bpfsys.read_counters(self.maps["counter_map"], self.shape.ncounters)
