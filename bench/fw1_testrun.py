@@ -93,7 +93,7 @@ def main() -> None:
             line = (f"  N={n}: mix mean {min(mixes):.1f} / {statistics.median(mixes):.1f}, "
                     f"slowest probe {min(worst):.0f} / {statistics.median(worst):.0f}")
             if i:
-                line += (f"; ratios per round: mix "
+                line += ("; ratios per round: mix "
                          + " ".join(f"{rt[i][0]:.2f}" for rt in ratios)
                          + ", slowest " + " ".join(f"{rt[i][1]:.2f}" for rt in ratios))
             print(line)

@@ -11,7 +11,6 @@ Concurrent invocations serialise on iptables' own flock, with iptables
 -w, -w 0) wait for as long as it takes."""
 from __future__ import annotations
 
-import errno
 import fcntl
 import os
 import pickle
