@@ -450,6 +450,7 @@ def prepare(directory: Path, att: A.Attachment, gen: int, compiled: dict[str, Co
         fit(compiled[LOOPED], shape)
         write_maps(directory, gen, LOOPED, compiled[LOOPED], shape)
         new.append(LOOPED)
+    shadow.settle(gen)   # unmap the maps of programs this generation no longer has
     for hook in hooks:
         hooks[hook]["on"] = hook in compiled
     return hooks, new
