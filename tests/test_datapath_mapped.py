@@ -11,7 +11,7 @@ import random
 
 import pytest
 
-from bpf_iptables.datapath import bpfsys, program, shadow
+from bpf_iptables.datapath import bpfsys, objcache, program, shadow
 from bpf_iptables.datapath.compiler import Shape
 from bpf_iptables.datapath.image import Packed, array_keys
 from bpf_iptables.datapath.program import LoadedProgram
@@ -163,7 +163,26 @@ def test_the_object_cache_creates_the_maps_bcc_creates(tmp_path, monkeypatch):
             assert infos[1][name].flags & MMAPABLE, name
         # hash maps and the counters stay unmappable
         assert not infos[1]["counter_map"].flags & MMAPABLE
+        # another program may use these maps (the looped copies' program
+        # INPUT's): each one that is the same map, never another one
+        other = bpfsys.map_create(ARRAY, 4, infos[1]["src_map"].value_size, 3, MMAPABLE,
+                                  "not_src_map")
+        entry = objcache.lookup(program.object_key(SHAPE))
+        assert entry is not None
+        share = {"src_map": other, "dst_map": cached.maps["dst_map"],
+                 "proto_map": cached.maps["proto_map"]}
+        loaded = objcache.load(entry, share=share)
+        try:
+            ids = {n: bpfsys.map_info(fd).id for n, fd in loaded.maps.items()}
+            assert ids["dst_map"] == infos[1]["dst_map"].id
+            assert ids["proto_map"] == infos[1]["proto_map"].id
+            assert ids["src_map"] not in (bpfsys.map_info(other).id, infos[1]["src_map"].id)
+            assert ids["counter_map"] != infos[1]["counter_map"].id
+        finally:
+            loaded.close()
+            os.close(other)
+        # its own descriptors were duplicates: the sharer's still work
+        assert bpfsys.map_info(cached.maps["dst_map"]).id == infos[1]["dst_map"].id
     finally:
         compiled.close()
         cached.close()
-    assert program.object_key(SHAPE)

@@ -100,6 +100,11 @@ enabled = False
 # last claim()
 _mappings: "dict[int, tuple[bpfsys.Mapping, int]]" = {}
 _touched: set[int] = set()
+# mapped map id -> the image written there since the last claim(): a map
+# two programs share (the looped copies' program uses INPUT's, see
+# generation.shared_maps) is handed the same image twice, and the second
+# time there is nothing to do
+_seen: dict[int, object] = {}
 
 
 def _mapping(fd: int, info: "bpfsys.MapInfo") -> "tuple[bpfsys.Mapping | None, bool]":
@@ -122,6 +127,7 @@ def settle(gen: int) -> None:
     """After generation ``gen`` was written: unmap the maps it was not
     written to this time (programs replaced since: their maps live on only
     through the mapping)."""
+    _seen.clear()
     for map_id in [k for k, (_, g) in _mappings.items() if g == gen and k not in _touched]:
         _mappings.pop(map_id)[0].close()
 
@@ -144,6 +150,7 @@ def claim(directory: Path, gen: int) -> bool:
     global _claimed
     _claimed = gen
     _touched.clear()
+    _seen.clear()
     path = writer_file(directory, gen)
     try:
         was = path.read_text()
@@ -258,21 +265,27 @@ def write(fd: int, name: str, items, clear: bool) -> tuple[int, int]:
     not in ``items`` are deleted. Returns (elements written, deleted)."""
     info = bpfsys.map_info(fd)
     if not clear:
+        if _seen.get(info.id) is items:
+            return 0, 0   # a shared map: written with this very image already
         m, kept = _mapping(fd, info)
         if m is not None:
             _shadows.pop(info.id, None)
             try:
+                written = 0
                 if not items:
-                    return 0, 0
-                if _dense_keys(items):
+                    pass
+                elif _dense_keys(items):
                     if items.value_size != m.value_size:
                         raise ValueError(f"{name}: values of {items.value_size} bytes for "
                                          f"a map of {m.value_size}")
-                    return m.write_dense(items.joined()[1]), 0
-                return m.write_items(items), 0
+                    written = m.write_dense(items.joined()[1])
+                else:
+                    written = m.write_items(items)
             finally:
                 if not kept:
                     m.close()
+            _seen[info.id] = items
+            return written, 0
     keep = enabled
     map_id = info.id
     old = _shadows.pop(map_id, None) if keep and name not in MUTABLE else None
