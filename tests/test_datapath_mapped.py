@@ -191,3 +191,31 @@ def test_the_object_cache_creates_the_maps_bcc_creates(tmp_path, monkeypatch):
     finally:
         compiled.close()
         cached.close()
+
+
+def test_a_forked_child_has_no_mappings_and_maps_its_own(server):
+    """The server forks (its prestore child): the kernel gives the child
+    none of the mappings (MADV_DONTFORK), and the child forgets them."""
+    fd = bpfsys.map_create(ARRAY, 4, 8, N, MMAPABLE, "mapped_fork")
+    try:
+        rows = [bytes([i]) * 8 for i in range(N)]
+        shadow.claim(server, 0)
+        shadow.write(fd, "dst_map", dense(rows, 8), False)
+        (held, _), = shadow._mappings.values()
+        rows[5] = bytes(8)
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                with open("/proc/self/maps") as f:
+                    inherited = any(line.startswith(f"{held.address:x}-") for line in f)
+                if not shadow._mappings and not inherited:
+                    shadow.claim(server, 0)
+                    shadow.write(fd, "dst_map", dense(rows, 8), False)   # maps anew
+                    code = 0
+            finally:
+                os._exit(code)
+        assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+        assert read_all(fd, 8) == rows
+    finally:
+        os.close(fd)

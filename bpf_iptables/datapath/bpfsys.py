@@ -285,6 +285,8 @@ BPF_F_MMAPABLE = 1 << 10
 BPF_MAP_TYPE_ARRAY = 2
 _PROT_RW, _MAP_SHARED = 0x1 | 0x2, 0x01
 _MAP_FAILED = ctypes.c_void_p(-1).value
+_MADV_DONTFORK = 10
+_libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
 _libc.mmap.restype = ctypes.c_void_p
 _libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
                        ctypes.c_int, ctypes.c_long]
@@ -425,6 +427,9 @@ def map_mmap(fd: int, info: "MapInfo | None" = None) -> Mapping | None:
     if address in (None, _MAP_FAILED):
         err = ctypes.get_errno()
         raise OSError(err, f"map mmap: {os.strerror(err)}")
+    # not into forked children (the server's prestore child): the kernel
+    # would copy every page table entry of the mapping at fork
+    _libc.madvise(address, length, _MADV_DONTFORK)
     return Mapping(address, length, info.value_size, stride, info.max_entries)
 
 

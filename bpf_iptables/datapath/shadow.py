@@ -138,6 +138,15 @@ def unmap_all() -> None:
     _mappings.clear()
 
 
+def _forked() -> None:
+    # a forked child has none of the mappings (MADV_DONTFORK)
+    _mappings.clear()
+    _seen.clear()
+
+
+os.register_at_fork(after_in_child=_forked)
+
+
 def writer_file(directory: Path, gen: int) -> Path:
     return directory / f"gen-{gen}.writer"
 
