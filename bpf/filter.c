@@ -255,7 +255,7 @@ BPF_F_TABLE("lpm_trie", struct set_net_key, struct set_val, set_net, SET_MAX_ELE
 BPF_F_TABLE("hash", struct set_ipport_key, struct set_val, set_ipport, SET_MAX_ELEMS, BPF_F_NO_PREALLOC);
 BPF_ARRAY(set_port, u64, SET_BITMAP_SLOTS);
 #endif
-BPF_ARRAY(entry_set_map, struct set_want, NENTRIES);
+BPF_F_TABLE("array", int, struct set_want, entry_set_map, NENTRIES, BPF_F_MMAPABLE);
 BPF_ARRAY(set_check_map, struct set_check, NSETS);
 /* the packet's membership bits and what they were computed from, in map
  * memory (per CPU), not on the stack: the verifier does not track it, so
@@ -359,12 +359,12 @@ BPF_PERCPU_ARRAY(resume_map, struct resume, 1);
  * classifier, which decides a REJECT reply's fate (lib/reject_out.h) */
 BPF_PROG_ARRAY(self_map, SLOT_OUTPUT + 1);
 BPF_ARRAY(live_map, struct bitvector, 1);
-BPF_ARRAY(entry_map, struct entry, NENTRIES);
+BPF_F_TABLE("array", int, struct entry, entry_map, NENTRIES, BPF_F_MMAPABLE);
 BPF_PERCPU_ARRAY(counter_map, struct counter, NCOUNTERS);
 #if NLIMITS
 /* -m limit (lib/limit.h): per entry its rule's bucket (0: no limit), the
  * buckets (slot 0 unused), shared by all CPUs */
-BPF_ARRAY(entry_limit_map, u32, NENTRIES);
+BPF_F_TABLE("array", int, u32, entry_limit_map, NENTRIES, BPF_F_MMAPABLE);
 #ifdef LIMIT_PIN
 /* the looped copies' INPUT (TC build, lib/loopback.h) takes its tokens
  * from INPUT's own buckets: netfilter has one per rule */
@@ -377,7 +377,7 @@ BPF_ARRAY(limit_map, struct limit_state, NLIMITS);
 /* -m hashlimit (lib/hashlimit.h): per entry its rule's table (0: none);
  * the tables and their buckets are the namespace's (HL_PIN_DIR), shared
  * by every hook and generation, or private (tests) */
-BPF_ARRAY(entry_hl_map, struct hl_rule, NENTRIES);
+BPF_F_TABLE("array", int, struct hl_rule, entry_hl_map, NENTRIES, BPF_F_MMAPABLE);
 #ifdef HL_PIN_DIR
 BPF_TABLE_PINNED("hash", u64, struct hl_table, hl_tables, HL_NTABLES, HL_PIN_DIR "/tables");
 BPF_TABLE_PINNED("hash", u64, u64, hl_added, HL_NTABLES, HL_PIN_DIR "/added");
@@ -498,7 +498,7 @@ struct entry_state {
 	u32 recent;
 	u32 pad;
 };
-BPF_ARRAY(entry_state_map, struct entry_state, NENTRIES);
+BPF_F_TABLE("array", int, struct entry_state, entry_state_map, NENTRIES, BPF_F_MMAPABLE);
 #endif
 #if NRECENT
 BPF_ARRAY(recent_rule_map, struct recent_rule, NRECENT);
@@ -516,7 +516,7 @@ BPF_HASH(recent_tables, u64, struct recent_table, RECENT_TABLES);
 /* -j LOG (lib/log.h): per entry its rule's log_map slot (0: none); the
  * ring and the loss counter are the namespace's (LOG_PIN_DIR), shared by
  * every classifier and generation, or private (tests) */
-BPF_ARRAY(entry_log_map, u32, NENTRIES);
+BPF_F_TABLE("array", int, u32, entry_log_map, NENTRIES, BPF_F_MMAPABLE);
 BPF_ARRAY(log_map, struct log_info, NLOGS);
 #ifdef LOG_PIN_DIR
 /* BPF_RINGBUF_OUTPUT, pinned (bcc opens the pin, or creates and pins it) */
@@ -684,9 +684,9 @@ BPF_F_TABLE("array", u32, struct pair_sum, ports_pair_map,
  * starts, per interval the id of its bitvector, the distinct bitvectors */
 DEFINE_ADDRESS_SEARCH(src, SRC_BSIZE, SRC_PROBES)
 BPF_F_TABLE("array", u32, u32, src_top_map, 65536, BPF_F_MMAPABLE);
-BPF_ARRAY(src_bounds_map, struct src_bounds, 1);
-BPF_ARRAY(src_index_map, u32, SRC_BSIZE);
-BPF_ARRAY(src_map, SRC_VECTOR, SRC_MAX);
+BPF_F_TABLE("array", int, struct src_bounds, src_bounds_map, 1, BPF_F_MMAPABLE);
+BPF_F_TABLE("array", int, u32, src_index_map, SRC_BSIZE, BPF_F_MMAPABLE);
+BPF_F_TABLE("array", int, SRC_VECTOR, src_map, SRC_MAX, BPF_F_MMAPABLE);
 #define TERM_SRC(m, ix) TERM_SRC_##m(ix)
 #else
 #define TERM_SRC(m, ix)
@@ -694,16 +694,16 @@ BPF_ARRAY(src_map, SRC_VECTOR, SRC_MAX);
 #if FIELD_DST
 DEFINE_ADDRESS_SEARCH(dst, DST_BSIZE, DST_PROBES)
 BPF_F_TABLE("array", u32, u32, dst_top_map, 65536, BPF_F_MMAPABLE);
-BPF_ARRAY(dst_bounds_map, struct dst_bounds, 1);
-BPF_ARRAY(dst_index_map, u32, DST_BSIZE);
-BPF_ARRAY(dst_map, ADDR_VECTOR, DST_MAX);
+BPF_F_TABLE("array", int, struct dst_bounds, dst_bounds_map, 1, BPF_F_MMAPABLE);
+BPF_F_TABLE("array", int, u32, dst_index_map, DST_BSIZE, BPF_F_MMAPABLE);
+BPF_F_TABLE("array", int, ADDR_VECTOR, dst_map, DST_MAX, BPF_F_MMAPABLE);
 #define TERM_DST(m, ix) TERM_DST_##m(ix)
 #else
 #define TERM_DST(m, ix)
 #endif
 #if FIELD_PROTO
 /* index: protocol number (every one has its slot: no hashing) */
-BPF_ARRAY(proto_map, struct bitvector, 256);
+BPF_F_TABLE("array", int, struct bitvector, proto_map, 256, BPF_F_MMAPABLE);
 #define TERM_PROTO(m, ix) &f_proto->m[ix]
 #else
 #define TERM_PROTO(m, ix)
@@ -724,7 +724,7 @@ BPF_ARRAY(frag_map, struct bitvector, 2);
 #endif
 #if FIELD_FLAGS
 /* index: TCP flags & 0x3F, TCP_FLAGS_NONE or TCP_FLAGS_EVIL */
-BPF_ARRAY(flags_map, struct bitvector, TCP_FLAGS_EVIL + 1);
+BPF_F_TABLE("array", int, struct bitvector, flags_map, TCP_FLAGS_EVIL + 1, BPF_F_MMAPABLE);
 #define TERM_FLAGS(m, ix) &f_flags->m[ix]
 #else
 #define TERM_FLAGS(m, ix)
@@ -737,7 +737,7 @@ BPF_ARRAY(flags_map, struct bitvector, TCP_FLAGS_EVIL + 1);
 BPF_F_TABLE("array", u32, u32, sport_slot_map, 65536, BPF_F_MMAPABLE);
 /* index: interval, SPORT_BSIZE when the packet has no ports,
  * SPORT_BSIZE + 1 for an offset-1 TCP fragment */
-BPF_ARRAY(sport_map, struct bitvector, SPORT_BSIZE + 2);
+BPF_F_TABLE("array", int, struct bitvector, sport_map, SPORT_BSIZE + 2, BPF_F_MMAPABLE);
 #if PORTS_PAIR
 /* the ports summary lies within both ports' own summaries (src & PW
  * within every port vector, the table within sport & dport): their
@@ -753,7 +753,7 @@ BPF_ARRAY(sport_map, struct bitvector, SPORT_BSIZE + 2);
 #endif
 #if FIELD_DPORT
 BPF_F_TABLE("array", u32, u32, dport_slot_map, 65536, BPF_F_MMAPABLE);
-BPF_ARRAY(dport_map, struct bitvector, DPORT_BSIZE + 2);
+BPF_F_TABLE("array", int, struct bitvector, dport_map, DPORT_BSIZE + 2, BPF_F_MMAPABLE);
 #if PORTS_PAIR
 #define TERM_DPORT(m, ix) TERM_DPORT_##m(ix)
 #define TERM_DPORT_word(ix) &f_dport->word[ix]
@@ -781,7 +781,7 @@ BPF_HASH(icmp_map, u32, struct bitvector, ICMP_MAX);
  * macro expands to.) */
 #define DEFINE_RANGE_FIELD(NAME, BSIZE, SPAN)                                 \
 	BPF_F_TABLE("array", u32, u32, NAME##_slot_map, SPAN, BPF_F_MMAPABLE); \
-	BPF_ARRAY(NAME##_map, struct bitvector, BSIZE);
+	BPF_F_TABLE("array", int, struct bitvector, NAME##_map, BSIZE, BPF_F_MMAPABLE);
 #if FIELD_LENGTH
 /* the IP total length, as xt_length compares it */
 DEFINE_RANGE_FIELD(length, LENGTH_BSIZE, 65536)
@@ -800,7 +800,7 @@ DEFINE_RANGE_FIELD(ttl, TTL_BSIZE, 256)
 
 #if FIELD_TOS
 /* index: the TOS byte (xt_tos: value/mask; xt_dscp: the upper six bits) */
-BPF_ARRAY(tos_map, struct bitvector, 256);
+BPF_F_TABLE("array", int, struct bitvector, tos_map, 256, BPF_F_MMAPABLE);
 #define TERM_TOS(m, ix) &f_tos->m[ix]
 #else
 #define TERM_TOS(m, ix)
@@ -814,8 +814,8 @@ BPF_ARRAY(tos_map, struct bitvector, 256);
  * that port, and every entry without --ports; an entry holds when the
  * source OR the destination port is listed: one AND term, the OR of the
  * two bitvectors (the first-match scan and the counters are unchanged) */
-BPF_ARRAY(ports_s_map, struct bitvector, SPORT_BSIZE + 2);
-BPF_ARRAY(ports_d_map, struct bitvector, DPORT_BSIZE + 2);
+BPF_F_TABLE("array", int, struct bitvector, ports_s_map, SPORT_BSIZE + 2, BPF_F_MMAPABLE);
+BPF_F_TABLE("array", int, struct bitvector, ports_d_map, DPORT_BSIZE + 2, BPF_F_MMAPABLE);
 /* the summary of an OR is the OR of the summaries */
 #define TERM_PORTS(m, ix) &(f_ports_s->m[ix] | f_ports_d->m[ix])
 #else
@@ -868,10 +868,10 @@ BPF_ARRAY(ctstate_map, struct bitvector, CTSTATE_SLOTS);
 #endif
 /* per entry: xt_conntrack's tuple and --ctexpire tests (not a bitvector:
  * checked per candidate, see ct_check_miss) */
-BPF_ARRAY(ctcheck_map, struct ct_check, NENTRIES);
+BPF_F_TABLE("array", int, struct ct_check, ctcheck_map, NENTRIES, BPF_F_MMAPABLE);
 /* an entry's further checks (conntrack matches repeating an option),
  * chained by ct_check.next */
-BPF_ARRAY(ctextra_map, struct ct_check, CTEXTRA_MAX);
+BPF_F_TABLE("array", int, struct ct_check, ctextra_map, CTEXTRA_MAX, BPF_F_MMAPABLE);
 #endif
 #if FIELD_MARK
 /* per entry: -m mark tests, checked per candidate (not a bitvector: a
@@ -880,7 +880,7 @@ struct mark_check {
 	u32 mask0, value0, inv0;
 	u32 mask1, value1, inv1;
 };
-BPF_ARRAY(mark_map, struct mark_check, NENTRIES);
+BPF_F_TABLE("array", int, struct mark_check, mark_map, NENTRIES, BPF_F_MMAPABLE);
 #endif
 #if FIELD_ATCHECK
 /* -m addrtype --limit-iface-in/out (datapath/addrtypes.py): the routes as
@@ -904,7 +904,7 @@ struct at_check {
 	u32 dst_miss;
 };
 BPF_LPM_TRIE(atype_lpm, struct at_key, struct at_val, AT_LPM_MAX);
-BPF_ARRAY(atcheck_map, struct at_check, NENTRIES);
+BPF_F_TABLE("array", int, struct at_check, atcheck_map, NENTRIES, BPF_F_MMAPABLE);
 #endif
 #if FIELD_PKTTYPE
 /* index: PACKET_HOST, PACKET_BROADCAST or PACKET_MULTICAST (parse.h) */

@@ -135,12 +135,13 @@ class MapInfo:
     value_size: int
     max_entries: int
     flags: int
+    id: int = 0
 
 
 def map_info(fd: int) -> MapInfo:
     """struct bpf_map_info: type, id, key_size, value_size, max_entries, map_flags."""
     info = _info(fd)
-    return MapInfo(info[0], info[2], info[3], info[4], info[5])
+    return MapInfo(info[0], info[2], info[3], info[4], info[5], info[1])
 
 
 def obj_pin(fd: int, path: str) -> None:
@@ -281,28 +282,168 @@ _batch_ok: dict[int, bool] = {}
 
 
 BPF_F_MMAPABLE = 1 << 10
+BPF_MAP_TYPE_ARRAY = 2
+_PROT_RW, _MAP_SHARED = 0x1 | 0x2, 0x01
+_MAP_FAILED = ctypes.c_void_p(-1).value
+_MADV_DONTFORK = 10
+_libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+_libc.mmap.restype = ctypes.c_void_p
+_libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                       ctypes.c_int, ctypes.c_long]
+_libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+_libc.memcmp.restype = ctypes.c_int
+_libc.memcmp.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
+_libc.memmove.restype = ctypes.c_void_p
+_libc.memmove.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
+# a dense write compares and copies in pieces of this many bytes: a piece
+# that already holds the new bytes is left alone (memcmp stops at the first
+# difference, so a piece that differs costs little more than its copy)
+PIECE = 64 << 10
+
+
+@dataclass
+class Mapping:
+    """An array map's values as shared memory (BPF_F_MMAPABLE): what the
+    program reads is this memory, so a write is a copy into it, and what
+    it holds is known by reading it (no record of earlier writes needed).
+    The kernel lays element i at ``i * stride``, the value size rounded up
+    to 8 bytes (its padding stays zero). The mapping holds the map alive
+    until ``close()``, whatever descriptors or pins it has."""
+
+    address: int
+    length: int         # bytes mapped
+    value_size: int
+    stride: int
+    max_entries: int
+
+    def close(self) -> None:
+        if self.address:
+            _libc.munmap(self.address, self.length)
+            self.address = 0
+
+    def laid_out(self, values: bytes) -> bytes:
+        """Values of keys 0..n-1 (``value_size`` each, back to back) as they
+        lie in the map's memory (each padded to ``stride``)."""
+        size, stride = self.value_size, self.stride
+        if size == stride:
+            return values
+        np = sys.modules.get("numpy")   # where imported already: ~20x faster
+        if size == 4 and np is None:
+            return array("Q", array("I", values)).tobytes()
+        if np is None:
+            import numpy as np
+        if size == 4:
+            return np.frombuffer(values, np.uint32).astype(np.uint64).tobytes()
+        rows = np.zeros((len(values) // size, stride), np.uint8)
+        rows[:, :size] = np.frombuffer(values, np.uint8).reshape(-1, size)
+        return rows.tobytes()
+
+    def write_dense(self, values: bytes, first: int = 0) -> int:
+        """Keys first..first+n-1 set to ``values``; the others keep what
+        they hold. Returns how many elements lay in pieces that differed
+        (copied)."""
+        np = sys.modules.get("numpy")
+        if self.value_size == 4 and np is not None:
+            return self._write_u32(np, values, first)
+        blob = self.laid_out(values)
+        if first * self.stride + len(blob) > self.stride * self.max_entries:
+            raise OSError(errno.E2BIG, "map write: more values than the map has elements")
+        if not isinstance(blob, bytes):
+            blob = bytes(blob)   # (the image's values are bytes: no copy then)
+        src, dst, total = _address(blob), self.address + first * self.stride, len(blob)
+        cmp, move = _libc.memcmp, _libc.memmove
+        copied = 0
+        start = -1   # the first piece of the run of differing pieces at hand
+        for at in range(0, total, PIECE):
+            if cmp(dst + at, src + at, min(PIECE, total - at)):
+                if start < 0:
+                    start = at
+            elif start >= 0:
+                move(dst + start, src + start, at - start)
+                copied += at - start
+                start = -1
+        if start >= 0:
+            # one copy per run: a long one (every row of an address table
+            # changes with an update) goes by non-temporal stores, ~1.5x
+            # faster than piece by piece
+            move(dst + start, src + start, total - start)
+            copied += total - start
+        return -(-copied // self.stride)
+
+    def _write_u32(self, np, values: bytes, first: int) -> int:
+        """u32 values into their 8-byte slots by one strided numpy copy (a
+        65,536-slot table: no widened 512 KiB copy of the image first)."""
+        new = np.frombuffer(values, np.uint32)
+        if first + len(new) > self.max_entries:
+            raise OSError(errno.E2BIG, "map write: more values than the map has elements")
+        slots = np.ctypeslib.as_array(
+            (ctypes.c_uint32 * (2 * self.max_entries)).from_address(self.address))
+        held = slots[2 * first:2 * (first + len(new)):2]
+        differ = int(np.count_nonzero(held != new))
+        if differ:
+            np.copyto(held, new)
+        return differ
+
+    def write_items(self, items) -> int:
+        """(u32 key, value) pairs, or an image.Packed of any keys: each run
+        of consecutive keys is written as one block (sport_map's intervals,
+        then its two slots at the end). Returns how many elements were
+        in pieces that differed."""
+        if hasattr(items, "joined"):
+            keys, values = items.joined()
+            size = self.value_size
+            if len(values) != len(keys) * size // 4:
+                raise OSError(errno.EINVAL, "map write: values of another size than the map's")
+            ks = array("I", keys)
+            written, start = 0, 0
+            for i in range(1, len(ks) + 1):
+                if i == len(ks) or ks[i] != ks[i - 1] + 1:
+                    written += self.write_dense(values[start * size:i * size], ks[start])
+                    start = i
+            return written
+        written = 0
+        for key, value in items:
+            k = int.from_bytes(key, "little")
+            if k >= self.max_entries or len(value) != self.value_size:
+                raise OSError(errno.E2BIG if k >= self.max_entries else errno.EINVAL,
+                              "map write: key or value out of the map's bounds")
+            written += self.write_dense(bytes(value), k)
+        return written
+
+    def read(self, key: int) -> bytes:
+        """The value at ``key`` (what a lookup would return)."""
+        return ctypes.string_at(self.address + key * self.stride, self.value_size)
+
+
+def map_mmap(fd: int, info: "MapInfo | None" = None) -> Mapping | None:
+    """A shared mapping of an array map created BPF_F_MMAPABLE (None for
+    any other map). It stays valid after ``fd`` is closed."""
+    info = info or map_info(fd)
+    if info.type != BPF_MAP_TYPE_ARRAY or not info.flags & BPF_F_MMAPABLE:
+        return None
+    stride = (info.value_size + 7) & ~7
+    length = -(-stride * info.max_entries // mmap.PAGESIZE) * mmap.PAGESIZE
+    address = _libc.mmap(None, length, _PROT_RW, _MAP_SHARED, fd, 0)
+    if address in (None, _MAP_FAILED):
+        err = ctypes.get_errno()
+        raise OSError(err, f"map mmap: {os.strerror(err)}")
+    # not into forked children (the server's prestore child): the kernel
+    # would copy every page table entry of the mapping at fork
+    _libc.madvise(address, length, _MADV_DONTFORK)
+    return Mapping(address, length, info.value_size, stride, info.max_entries)
 
 
 def write_mappable(fd: int, values: bytes) -> bool:
     """Write an array map's values from index 0 through a shared mapping
     (one copy, where a batch update costs a syscall's work per element);
-    False when the map was not created BPF_F_MMAPABLE. The kernel lays the
-    elements out 8-byte aligned (u32 values take 8 bytes each; values of
-    a multiple of 8 bytes, e.g. filter.c's pair_map, lie back to back)."""
-    info = _info(fd)   # bpf_map_info: type, id, key_size, value_size, max_entries, map_flags
-    value_size, max_entries = info[3], info[4]
-    if not info[5] & BPF_F_MMAPABLE or (value_size != 4 and value_size % 8):
+    False when the map was not created BPF_F_MMAPABLE."""
+    m = map_mmap(fd)
+    if m is None:
         return False
-    if value_size == 4:
-        np = sys.modules.get("numpy")   # where imported already: ~20x faster
-        values = (np.frombuffer(values, np.uint32).astype(np.uint64).tobytes() if np is not None
-                  else array("Q", array("I", values)).tobytes())
-    size = max(8, value_size) * max_entries
-    if len(values) > size:
-        return False
-    with mmap.mmap(fd, size, mmap.MAP_SHARED,
-                   mmap.PROT_READ | mmap.PROT_WRITE) as mem:
-        mem[:len(values)] = values
+    try:
+        m.write_dense(values)
+    finally:
+        m.close()
     return True
 
 

@@ -333,18 +333,31 @@ def patched(f: FuncDef, fds: list[int]) -> bytes:
     return bytes(code)
 
 
-def load(m: Module, expected_attach_type: int = 0, background: bool = False) -> Loaded:
+def _same_map(fd: int, d: MapDef) -> bool:
+    i = bpfsys.map_info(fd)
+    return (i.type, i.key_size, i.value_size, i.max_entries, i.flags) == \
+        (d.type, d.key_size, d.value_size, d.max_entries, d.flags)
+
+
+def load(m: Module, expected_attach_type: int = 0, background: bool = False,
+         share: "dict[str, int] | None" = None) -> Loaded:
     """Create ``m``'s maps and load its functions (raises OSError; nothing
     stays open then). ``background``: return once the maps exist, the
     functions are loaded in a thread (``Loaded.wait()``): the verifier
     (~0.15 s at 10k rules) runs in the kernel without the GIL, beside the
-    caller's Python writing the maps."""
+    caller's Python writing the maps. ``share``: name -> fd of another
+    program's maps to use instead of new ones, each where it is the very
+    map this module defines (type, sizes, entries, flags), else a new one."""
     out = Loaded({}, {})
     try:
         fds = []
         for d in m.maps:
-            fd = bpfsys.map_create(d.type, d.key_size, d.value_size, d.max_entries, d.flags,
-                                   d.name)
+            theirs = (share or {}).get(d.name)
+            if theirs is not None and _same_map(theirs, d):
+                fd = os.dup(theirs)
+            else:
+                fd = bpfsys.map_create(d.type, d.key_size, d.value_size, d.max_entries,
+                                       d.flags, d.name)
             out.maps[d.name] = fd
             fds.append(fd)
     except BaseException:

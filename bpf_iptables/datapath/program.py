@@ -185,16 +185,17 @@ def _keep(key: str | None, bpf, funcs: dict[str, int], meta: dict) -> None:
         pass
 
 
-def _from_cache(key: str | None, need: set[str], background: bool = False
-                ) -> tuple[objcache.Loaded, dict] | None:
+def _from_cache(key: str | None, need: set[str], background: bool = False,
+                share: dict[str, int] | None = None) -> tuple[objcache.Loaded, dict] | None:
     """The cached module of ``key`` loaded by raw bpf(2); None on a miss or
     when the entry does not load (the caller compiles, which rewrites it).
-    ``background``: the programs still verifying (``Loaded.wait()``)."""
+    ``background``: the programs still verifying (``Loaded.wait()``).
+    ``share``: maps of another program to use (objcache.load)."""
     entry = objcache.lookup(key) if key is not None else None
     if entry is None or not need <= {m.name for m in entry.maps}:
         return None
     try:
-        return objcache.load(entry, background=background), entry.meta
+        return objcache.load(entry, background=background, share=share), entry.meta
     except OSError:
         return None
 
@@ -207,7 +208,8 @@ class LoadedProgram:
 
     def __init__(self, shape: Shape, debug: int = 0, tc: bool = False,
                  background: bool = False, ct_dir: str | None = None,
-                 limit_pin: str | None = None, nf: bool = False):
+                 limit_pin: str | None = None, nf: bool = False,
+                 share: dict[str, int] | None = None):
         """``tc``: a TC (cls_bpf/tcx) program, not XDP: OUTPUT at egress, and
         INPUT/FORWARD at ingress in --mode tc (the interface field is
         skb->ifindex, the device the packet is on either way).
@@ -219,7 +221,10 @@ class LoadedProgram:
         (created, or opened when pinned already; without it the tracker's
         maps are the program's own).
         ``nf``: a netfilter-hook program (--mode netfilter, nfmode.py):
-        always compiled (the object cache does not keep kfunc calls)."""
+        always compiled (the object cache does not keep kfunc calls).
+        ``share``: name -> fd of another program's maps that this one uses
+        too where they are the same map (from the object cache only; bcc
+        makes its own)."""
         tracked = bool(ct_dir) and "ctstate" in shape.fields and not nf
         if tracked:
             os.makedirs(ct_dir, mode=0o700, exist_ok=True)
@@ -252,7 +257,7 @@ class LoadedProgram:
         # are always compiled
         key = (None if debug or pinned or nf
                else object_key(shape, tc))
-        hit = _from_cache(key, set(map_names(shape)), background)
+        hit = _from_cache(key, set(map_names(shape)), background, share)
         steps = hit[1].get("steps") if hit else None
         if hit and not (isinstance(steps, int) and 0 < steps <= shape.steps):
             hit[0].close()

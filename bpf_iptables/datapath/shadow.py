@@ -26,7 +26,20 @@ When the shadow is trusted:
 
 Rows are compared with numpy (imported by the image already): the whole
 image is compared, and only rows that differ reach the kernel, in one
-batch per map."""
+batch per map.
+
+**Mapped arrays.** An array map created ``BPF_F_MMAPABLE`` (filter.c's
+per-field tables, entry_map, the slot tables) is written through shared
+memory instead (``bpfsys.Mapping``): that memory is what the program
+reads, so the write compares the image with the map itself, piece by
+piece, and copies the pieces that differ. No shadow is kept for such a
+map and none of the trust rules above matter for it: whoever wrote it
+last, the memory says what it holds. A process that writes again (the
+command server) keeps one mapping per map (by id) while the map belongs
+to a generation it writes: ``settle()`` after a generation's prepare
+unmaps the maps that generation no longer has (a mapping holds its map
+alive). Hash, LPM and per-CPU maps, and the arrays the program writes
+itself (``limit_map``: spin locks cannot be mapped), stay on batches."""
 from __future__ import annotations
 
 import os
@@ -82,6 +95,58 @@ _claimed = 0   # the generation being written (claim())
 enabled = False
 
 
+# map id -> (its mapping, the generation it was written for), kept by a
+# process that writes again (``enabled``); the ids written since the
+# last claim()
+_mappings: "dict[int, tuple[bpfsys.Mapping, int]]" = {}
+_touched: set[int] = set()
+# mapped map id -> the image written there since the last claim(): a map
+# two programs share (the looped copies' program uses INPUT's, see
+# generation.shared_maps) is handed the same image twice, and the second
+# time there is nothing to do
+_seen: dict[int, object] = {}
+
+
+def _mapping(fd: int, info: "bpfsys.MapInfo") -> "tuple[bpfsys.Mapping | None, bool]":
+    """The map's mapping (None: not a mappable array) and whether it is
+    kept (else the caller closes it)."""
+    if not enabled:
+        return bpfsys.map_mmap(fd, info), False
+    kept = _mappings.get(info.id)
+    if kept is None:
+        m = bpfsys.map_mmap(fd, info)
+        if m is None:
+            return None, False
+        kept = (m, _claimed)
+    _mappings[info.id] = (kept[0], _claimed)
+    _touched.add(info.id)
+    return kept[0], True
+
+
+def settle(gen: int) -> None:
+    """After generation ``gen`` was written: unmap the maps it was not
+    written to this time (programs replaced since: their maps live on only
+    through the mapping)."""
+    _seen.clear()
+    for map_id in [k for k, (_, g) in _mappings.items() if g == gen and k not in _touched]:
+        _mappings.pop(map_id)[0].close()
+
+
+def unmap_all() -> None:
+    for m, _ in _mappings.values():
+        m.close()
+    _mappings.clear()
+
+
+def _forked() -> None:
+    # a forked child has none of the mappings (MADV_DONTFORK)
+    _mappings.clear()
+    _seen.clear()
+
+
+os.register_at_fork(after_in_child=_forked)
+
+
 def writer_file(directory: Path, gen: int) -> Path:
     return directory / f"gen-{gen}.writer"
 
@@ -93,6 +158,8 @@ def claim(directory: Path, gen: int) -> bool:
     no shadows claims too: it makes the server's stale."""
     global _claimed
     _claimed = gen
+    _touched.clear()
+    _seen.clear()
     path = writer_file(directory, gen)
     try:
         was = path.read_text()
@@ -205,8 +272,31 @@ def write(fd: int, name: str, items, clear: bool) -> tuple[int, int]:
     """Write ``items`` (pairs or an image.Packed) into the map ``fd``
     named ``name`` of a generation claim()ed first; with ``clear``, keys
     not in ``items`` are deleted. Returns (elements written, deleted)."""
+    info = bpfsys.map_info(fd)
+    if not clear:
+        if _seen.get(info.id) is items:
+            return 0, 0   # a shared map: written with this very image already
+        m, kept = _mapping(fd, info)
+        if m is not None:
+            _shadows.pop(info.id, None)
+            try:
+                written = 0
+                if not items:
+                    pass
+                elif _dense_keys(items):
+                    if items.value_size != m.value_size:
+                        raise ValueError(f"{name}: values of {items.value_size} bytes for "
+                                         f"a map of {m.value_size}")
+                    written = m.write_dense(items.joined()[1])
+                else:
+                    written = m.write_items(items)
+            finally:
+                if not kept:
+                    m.close()
+            _seen[info.id] = items
+            return written, 0
     keep = enabled
-    map_id = bpfsys.obj_id(fd) if keep else 0
+    map_id = info.id
     old = _shadows.pop(map_id, None) if keep and name not in MUTABLE else None
     if not items:
         if clear:
