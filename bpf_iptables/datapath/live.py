@@ -482,11 +482,12 @@ def compile_all(table: Table, here: dict[str, int], mode: str = "") -> dict[str,
     hooks = ["INPUT"] + [h for h in ("FORWARD", "OUTPUT") if needs(table, h, conntrack)]
     if mode != G.NETFILTER:
         bridges.check_br_netfilter(table)
-        return {h: compile_chain(table, h, here) for h in hooks}
+        # (trust_identity: the front end never changes a rule object in place)
+        return {h: compile_chain(table, h, here, trust_identity=True) for h in hooks}
     from .fields import netfilter_layout
     from .nfmode import refuse
     with netfilter_layout():   # conntrack matches read the kernel's entry
-        compiled = {h: compile_chain(table, h, here) for h in hooks}
+        compiled = {h: compile_chain(table, h, here, trust_identity=True) for h in hooks}
     refuse(compiled)
     return compiled
 
