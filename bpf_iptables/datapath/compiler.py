@@ -259,6 +259,10 @@ class Compiled:
     # -m set: per set_check_map slot (from 1) a distinct struct set_check
     # (datapath/sets.py); slot k is bit k - 1 of the packet's membership mask
     set_records: list[bytes] = field(default_factory=list)
+    # the hook chain alone, one plain entry per rule (Walked.flat): no
+    # REJECT, LOG, user chain, stateful, conntrack or set match among its
+    # rules (callers skip scans for those)
+    flat: bool = False
 
 
 def summary_words(nwords: int) -> int:
@@ -1216,8 +1220,9 @@ def _compile_chain(table: Table, hook: str, interfaces: dict[str, int] | None,
                     nstateful += 1
     live_entries = list(zip(live_index, live_fields))
     live = bits(live_index) if flat is None else flat.live | 1 << (n - 1)
-    if (flat is None and trust_identity and walked.flat and walked.chains == {hook}
-            and not set_records and n == len(table.chains[hook].rules) + 1):
+    is_flat = flat is not None or (walked.flat and walked.chains == {hook} and not set_records
+                                   and n == len(table.chains[hook].rules) + 1)
+    if flat is None and trust_identity and is_flat:
         _remember_flat(table, hook, slots, entries, live_index, live_fields, uses,
                        nonterminal, live)
 
@@ -1244,6 +1249,7 @@ def _compile_chain(table: Table, hook: str, interfaces: dict[str, int] | None,
                              scan=needed, stateful=nstateful),
                  entries, live, policy, slots)
     check_stateful_calls(c.shape, steps)
+    c.flat = is_flat
     shape = c.shape
     c.limits = limits
     shape.nlimits = len(limits) + 1 if limits else 0

@@ -802,7 +802,6 @@ class _Checked:
     """One chain as ValidatedRules last checked it."""
 
     rules: list            # its rules then (held: their ids stay theirs)
-    ids: set[int]
     reach: frozenset[str]  # the hooks that reached it
 
 
@@ -818,7 +817,9 @@ class ValidatedRules:
 
     Per chain: a chain whose rules are the same objects as last time
     (compared in C) is skipped whole; in a changed one only the rules not
-    there before are checked (found by set operations on ids, in C). The
+    there before are checked (one rule added, removed or replaced found by
+    compiler.single_edit, ~0.2 ms at 10k rules; otherwise by set operations
+    on ids, ~2-6 ms). The
     hooks reaching each chain (validate.chain_hooks, a walk over every
     rule) are computed again only when the chains changed or a rule added
     or removed jumps to a user chain: nothing else changes them."""
@@ -830,24 +831,30 @@ class ValidatedRules:
 
     def __call__(self, table) -> None:
         from ..validate import chain_hooks, validate_rule
+        from .compiler import single_edit
 
         names = tuple(table.chains)
         same_hooks = self.hooks is not None and names == self.names
-        changes: dict[str, tuple[list, set[int], list]] = {}   # chain -> (rules, ids, new)
+        changes: dict[str, tuple[list, list]] = {}   # chain -> (rules, new)
         for chain in table.chains.values():
             rules = chain.rules
             memo = self.seen.get(chain.name)
             if memo is not None and len(rules) == len(memo.rules) \
                     and all(map(operator.is_, rules, memo.rules)):
                 continue
-            ids = set(map(id, rules))
+            edit = single_edit(memo.rules, rules) if memo is not None else None
             if memo is None:
                 new, gone = list(rules), []
+            elif edit is not None:
+                kind, k = edit
+                new = [rules[k]] if kind in ("insert", "replace") else []
+                gone = [memo.rules[k]] if kind in ("delete", "replace") else []
             else:
-                fresh, old = ids - memo.ids, memo.ids - ids
+                ids, was = set(map(id, rules)), set(map(id, memo.rules))
+                fresh, old = ids - was, was - ids
                 new = list(compress(rules, map(fresh.__contains__, map(id, rules))))
                 gone = list(compress(memo.rules, map(old.__contains__, map(id, memo.rules))))
-            changes[chain.name] = (rules, ids, new)
+            changes[chain.name] = (rules, new)
             if same_hooks and any(_jumps_to_user_chain(r, table.chains) for r in new + gone):
                 same_hooks = False
         hooks = self.hooks if same_hooks else chain_hooks(table)
@@ -860,11 +867,11 @@ class ValidatedRules:
             if change is None:
                 check = [] if memo.reach == reach else chain.rules
                 seen[chain.name] = memo if memo.reach == reach else \
-                    _Checked(memo.rules, memo.ids, reach)
+                    _Checked(memo.rules, reach)
             else:
-                rules, ids, new = change
+                rules, new = change
                 check = new if memo is not None and memo.reach == reach else rules
-                seen[chain.name] = _Checked(list(rules), ids, reach)
+                seen[chain.name] = _Checked(list(rules), reach)
             for rule in check:
                 validate_rule(rule, reach, table)
         self.seen, self.hooks, self.names = seen, hooks, names
