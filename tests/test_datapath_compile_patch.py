@@ -102,6 +102,13 @@ def test_patched_compiles_equal_cold_walks(drawn, steps, fresh):
         apply(table, chain, kind, at, pool_rule(k, chain))
         for hook in ("INPUT", "OUTPUT"):
             assert warm(table, hook) == cold(table, hook), (chain, kind, at, k, hook)
+        assert compiler.counter_slots(table) == fresh_slots(table)
+
+
+def fresh_slots(table: Table) -> dict[tuple[str, int], int]:
+    """counter_slots without its kept dict: the rules in ordered_chains() order."""
+    keys = [(c.name, i) for c in table.ordered_chains() for i in range(len(c.rules))]
+    return {key: compiler.FIRST_RULE_COUNTER + n for n, key in enumerate(keys)}
 
 
 def test_single_edit_by_identity():
