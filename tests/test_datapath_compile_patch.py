@@ -143,3 +143,23 @@ def test_the_bench_edits_patch_the_previous_compile(name):
             c = compile_chain(table, "INPUT", G.INTERFACES, trust_identity=True)
             assert any(e is before for e in c.entries)
             assert snapshot(c) == cold(table, "INPUT")
+
+
+@pytest.mark.parametrize("lines, tracks", [
+    (["-N X", "-A X -m conntrack --ctstate NEW -j DROP", "-A INPUT -s 10.0.0.1 -j DROP"], True),
+    (["-A INPUT -m conntrack --ctstate NEW -j DROP", "-A INPUT -s 10.0.0.1 -j DROP"], True),
+    (["-N X", "-A X -j DROP", "-A INPUT -s 10.0.0.1 -j DROP"], False),
+])
+def test_compile_all_finds_conntrack_beside_a_flat_input(lines, tracks):
+    """live.compile_all leaves a flat INPUT out of its scan for conntrack
+    matches (an empty OUTPUT needs a program when the namespace tracks):
+    a match in another chain is still found, one in a non-flat INPUT too."""
+    from bpf_iptables.datapath.live import compile_all
+
+    compiler.clear_caches()
+    table = table_from_lines(lines)
+    for _ in range(2):   # cold, then from the caches (INPUT patched: no change)
+        compiled = compile_all(table, G.INTERFACES)
+        assert compiled["INPUT"].flat == (not any("-A INPUT -m" in line for line in lines))
+        assert ("OUTPUT" in compiled) == tracks
+        assert ("ctstate" in compiled["INPUT"].shape.fields) == tracks
