@@ -74,3 +74,44 @@ def test_memo_agrees_with_validate_table() -> None:
                 for name, was in undo.items():
                     table.chains[name].rules[:] = was
     assert refused > 20   # the runs did meet refusals (mac from OUTPUT, loops)
+
+
+def test_added_removed_covers_every_new_rule() -> None:
+    """server._added_removed on random edit runs (one to three changes,
+    objects repeated): when it answers, every rule of the new list that
+    its "added" leaves out is one of the old list (by identity, counted),
+    and every old rule gone is in its "removed"; a single change or a
+    removal followed by one change is always answered."""
+    from collections import Counter
+
+    from bpf_iptables.datapath.server import _added_removed
+
+    rng = random.Random(5)
+    objs = [object() for _ in range(6)]
+    answered = 0
+    for _ in range(4000):
+        before = [rng.choice(objs) for _ in range(rng.randrange(7))]
+        rules = list(before)
+        removal_first = bool(rules) and rng.random() < 0.5
+        if removal_first:
+            del rules[rng.randrange(len(rules))]
+        changes = rng.choice((1, 1, 2))
+        for _ in range(changes):
+            kind = rng.randrange(3)
+            if kind == 0 or not rules:
+                rules.insert(rng.randrange(len(rules) + 1), rng.choice(objs))
+            elif kind == 1:
+                del rules[rng.randrange(len(rules))]
+            else:
+                rules[rng.randrange(len(rules))] = rng.choice(objs)
+        found = _added_removed(before, rules)
+        if changes == 1:
+            assert found is not None, (before, rules)
+        if found is None:
+            continue
+        answered += 1
+        new, gone = found
+        now, was = Counter(map(id, rules)), Counter(map(id, before))
+        assert not now - Counter(map(id, new)) - was
+        assert not was - Counter(map(id, gone)) - now
+    assert answered > 3000

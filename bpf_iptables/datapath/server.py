@@ -802,7 +802,6 @@ class _Checked:
     """One chain as ValidatedRules last checked it."""
 
     rules: list            # its rules then (held: their ids stay theirs)
-    ids: set[int]
     reach: frozenset[str]  # the hooks that reached it
 
 
@@ -818,7 +817,10 @@ class ValidatedRules:
 
     Per chain: a chain whose rules are the same objects as last time
     (compared in C) is skipped whole; in a changed one only the rules not
-    there before are checked (found by set operations on ids, in C). The
+    there before are checked (one rule added, removed or replaced found by
+    compiler.single_edit, ~0.2 ms at 10k rules, also after a -D the memo did
+    not see (_added_removed); otherwise by set operations on ids, ~2-6
+    ms). The
     hooks reaching each chain (validate.chain_hooks, a walk over every
     rule) are computed again only when the chains changed or a rule added
     or removed jumps to a user chain: nothing else changes them."""
@@ -833,21 +835,24 @@ class ValidatedRules:
 
         names = tuple(table.chains)
         same_hooks = self.hooks is not None and names == self.names
-        changes: dict[str, tuple[list, set[int], list]] = {}   # chain -> (rules, ids, new)
+        changes: dict[str, tuple[list, list]] = {}   # chain -> (rules, new)
         for chain in table.chains.values():
             rules = chain.rules
             memo = self.seen.get(chain.name)
             if memo is not None and len(rules) == len(memo.rules) \
                     and all(map(operator.is_, rules, memo.rules)):
                 continue
-            ids = set(map(id, rules))
+            found = _added_removed(memo.rules, rules) if memo is not None else None
             if memo is None:
                 new, gone = list(rules), []
+            elif found is not None:
+                new, gone = found
             else:
-                fresh, old = ids - memo.ids, memo.ids - ids
+                ids, was = set(map(id, rules)), set(map(id, memo.rules))
+                fresh, old = ids - was, was - ids
                 new = list(compress(rules, map(fresh.__contains__, map(id, rules))))
                 gone = list(compress(memo.rules, map(old.__contains__, map(id, memo.rules))))
-            changes[chain.name] = (rules, ids, new)
+            changes[chain.name] = (rules, new)
             if same_hooks and any(_jumps_to_user_chain(r, table.chains) for r in new + gone):
                 same_hooks = False
         hooks = self.hooks if same_hooks else chain_hooks(table)
@@ -860,14 +865,48 @@ class ValidatedRules:
             if change is None:
                 check = [] if memo.reach == reach else chain.rules
                 seen[chain.name] = memo if memo.reach == reach else \
-                    _Checked(memo.rules, memo.ids, reach)
+                    _Checked(memo.rules, reach)
             else:
-                rules, ids, new = change
+                rules, new = change
                 check = new if memo is not None and memo.reach == reach else rules
-                seen[chain.name] = _Checked(list(rules), ids, reach)
+                seen[chain.name] = _Checked(list(rules), reach)
             for rule in check:
                 validate_rule(rule, reach, table)
         self.seen, self.hooks, self.names = seen, hooks, names
+
+
+def _added_removed(before: list, rules: list) -> tuple[list, list] | None:
+    """(rules added, rules removed), by identity, when ``rules`` is
+    ``before`` with one rule added, removed or replaced, possibly after one
+    rule removed first: -D is not validated (cli.iptables: ONLY_REMOVE),
+    so after -I 1, -D 1 the memo holds the rules of the -I when the next
+    -A comes. None: more changed. (Each rule of ``rules`` not in the
+    first list is in the second: a superset of what is new.)"""
+    from .compiler import single_edit
+
+    def parts(edit: tuple[str, int], old: list, now: list) -> tuple[list, list]:
+        kind, k = edit
+        return ([now[k]] if kind in ("insert", "replace") else [],
+                [old[k]] if kind in ("delete", "replace") else [])
+
+    edit = single_edit(before, rules)
+    if edit is not None:
+        return parts(edit, before, rules)
+    # the removed rule is where the lists first differ, from the front or
+    # from the back (the other edit lies beyond it)
+    n = min(len(before), len(rules))
+    same = list(map(operator.is_, before, rules))
+    front = same.index(False) if False in same else n
+    same = list(map(operator.is_, reversed(before), reversed(rules)))
+    back = len(before) - 1 - (same.index(False) if False in same else n)
+    for h in {front, back}:
+        if 0 <= h < len(before):
+            fewer = before[:h] + before[h + 1:]
+            edit = single_edit(fewer, rules)
+            if edit is not None:
+                new, gone = parts(edit, fewer, rules)
+                return new, gone + [before[h]]
+    return None
 
 
 def _on_term(server: Server):
