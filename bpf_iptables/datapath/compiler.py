@@ -24,9 +24,9 @@ from __future__ import annotations
 import gc
 import socket
 from array import array
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from itertools import repeat
+from itertools import chain, repeat
 from dataclasses import dataclass, field, replace
 from operator import attrgetter
 from typing import TYPE_CHECKING, Any
@@ -202,9 +202,33 @@ class Intervals:
 
     bounds: list[int]
     index: list[int]
-    vectors: list[int]
+    vectors: "Sequence[int]"   # a list, or RowInts over ``rows``
     top: "array[int]" = field(default_factory=lambda: array("I"))   # 65,536 u32
     probes: int = 0
+    # the same vectors as a numpy uint64 matrix (one row per vector, bit e
+    # of the row = entry e), when the table was built as one (address_table):
+    # image.py lays its rows out without a big int per vector
+    rows: "Any" = None
+
+
+class RowInts(Sequence):
+    """The rows of a uint64 bit matrix read as Python ints (bit e = entry
+    e), made on demand: tests, the harness and bench read a few; the image
+    takes the matrix itself."""
+
+    def __init__(self, rows: "Any") -> None:
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return int(self.rows.shape[0])
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        return int.from_bytes(self.rows[i].tobytes(), "little")
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Sequence) and list(self) == list(other)
 
 
 @dataclass
@@ -818,11 +842,104 @@ def prefix_table(live: int, per_entry: list[tuple[int, PrefixField]]) -> dict[Pr
     return {Prefix(a, n): v for (a, n), v in zip(order, vectors)}
 
 
-def address_table(live: int, per_entry: list[tuple[int, PrefixField]]) -> Intervals:
+def address_table(live: int, per_entry: list[tuple[int, PrefixField]],
+                  nwords: int | None = None) -> Intervals:
     """An address field's intervals straight from the entries (what
-    ``address_intervals(prefix_table(...))`` gives, without Prefix keys)."""
+    ``address_intervals(prefix_table(...))`` gives, without Prefix keys).
+    With ``nwords``: the vectors as a numpy bit matrix of that many u64
+    words per row (``prefix_rows``; ``vectors`` reads its rows as ints)."""
+    if nwords is not None:
+        layout, rows = prefix_rows(live, per_entry, nwords)
+        return Intervals(layout.bounds, layout.index, RowInts(rows), layout.top,
+                         layout.probes, rows)
     order, vectors = _prefix_vectors(live, per_entry)
     return _intervals(order, vectors, _layouts[0])   # (_prefix_vectors found or made it)
+
+
+def scatter_bits(m: "Any", rows: "Any", entries: "Any") -> None:
+    """Set bit ``entries[k]`` of row ``rows[k]`` of the uint64 matrix ``m``
+    for every k (the pairs sorted by word first: several bits of one word
+    are ORed together before the store, as fancy assignment keeps one)."""
+    import numpy as np
+
+    if not len(entries):
+        return
+    flat = rows * m.shape[1] + (entries >> 6)
+    bit = np.left_shift(np.uint64(1), (entries & 63).astype(np.uint64))
+    order = np.argsort(flat, kind="stable")
+    flat, bit = flat[order], bit[order]
+    starts = np.flatnonzero(np.concatenate(([True], flat[1:] != flat[:-1])))
+    m.reshape(-1)[flat[starts]] |= np.bitwise_or.reduceat(bit, starts)
+
+
+def int_words(value: int, nwords: int) -> "Any":
+    """A Python int's low ``nwords`` u64 words as a numpy array (a copy)."""
+    import numpy as np
+
+    return np.frombuffer(value.to_bytes(nwords * 8, "little"), "<u8").copy()
+
+
+_POSITIVE = attrgetter("positive")
+_NEGATIVE = attrgetter("negative")
+
+
+def prefix_rows(live: int, per_entry: list[tuple[int, PrefixField]], nwords: int
+                ) -> "tuple[_Layout, Any]":
+    """``_prefix_vectors`` as a numpy matrix, in the layout's owner order
+    (``Intervals.vectors``): per prefix position a row, its own positive
+    entries' bits set (0/0's: every entry without a positive prefix too),
+    ORed down the prefix tree one depth at a time (every row of a depth at
+    once); negated prefixes the same way in a second matrix, cleared from
+    the first. Bit for bit what ``_prefix_vectors`` gives (tested)."""
+    import numpy as np
+
+    # (the attributes by map(): attrgetter runs in C, ~10k entries)
+    found = list(zip(*per_entry))
+    ents, pfs = found if found else ((), ())
+    allpos = list(map(_POSITIVE, pfs))
+    pos_e = [e for e, p in zip(ents, allpos) if p is not None]
+    pos_p = [p for p in allpos if p is not None]
+    neg_e: list[int] = []
+    neg_p: list[Prefix] = []
+    for e, negative in zip(ents, map(_NEGATIVE, pfs)):
+        if negative:
+            for q in negative:
+                neg_e.append(e)
+                neg_p.append(q)
+    layout = _layout_of({ROOT, *pos_p, *neg_p})
+    codes = layout.codes
+
+    def positions(prefixes: list[Prefix]) -> "Any":
+        pairs = np.fromiter(chain.from_iterable(prefixes), dtype=np.int64,
+                            count=2 * len(prefixes)).reshape(-1, 2)
+        return np.searchsorted(codes, (pairs[:, 0] << 6) | pairs[:, 1])
+
+    def tree_rows(at: "Any", entries: "Any", root: "Any") -> "Any":
+        """Per owner the bits of ``entries`` at ``at`` (positions) and
+        their ancestors, ``root`` ORed into 0/0's: computed densely for
+        the internal prefixes only (few), gathered per owner from its own
+        or its parent's row, then a leaf's own bits scattered in."""
+        iid = layout.internal_id[at]
+        inner = iid >= 0
+        tree = np.zeros((int(layout.internal_id.max()) + 1, nwords), dtype=np.uint64)
+        scatter_bits(tree, iid[inner], entries[inner])
+        tree[0] |= root
+        for child, par in layout.internal_levels:
+            tree[child] |= tree[par]
+        rows = tree[layout.base]
+        scatter_bits(rows, layout.owner_of[at[~inner]], entries[~inner])
+        return rows
+
+    pe = np.array(pos_e, dtype=np.int64)
+    # 0/0 (position 0) is everyone's ancestor: every entry without a
+    # positive prefix holds everywhere, as its own entries do
+    positive = np.zeros((1, nwords), dtype=np.uint64)
+    scatter_bits(positive, np.zeros(len(pe), dtype=np.int64), pe)
+    rows = tree_rows(positions(pos_p), pe, int_words(live, nwords) & ~positive[0])
+    if neg_e:
+        rows &= ~tree_rows(positions(neg_p), np.array(neg_e, dtype=np.int64),
+                           np.zeros(nwords, dtype=np.uint64))
+    return layout, rows
 
 
 def address_intervals(prefixes: dict[Prefix, int]) -> Intervals:
@@ -856,6 +973,21 @@ class _Layout:
     # ancestor's position), in order
     keys: frozenset = frozenset()
     links: list[tuple[int, int]] = field(default_factory=list)
+    # numpy forms for address_table: ``order`` as sorted addr << 6 | length
+    # codes, each position's parent (0/0: itself), the positions per depth
+    # in the prefix tree (from depth 1), the owners as an index array
+    codes: "Any" = None
+    parent: "Any" = None
+    levels: list = field(default_factory=list)
+    owner_rows: "Any" = None
+    # the prefixes with children ("internal", 0/0 always first), per
+    # position its internal id (-1: a leaf), per owner the internal id of
+    # itself or, for a leaf, of its parent; per depth the internal
+    # positions' ids and their parents' ids; per position its owner row
+    internal_id: "Any" = None
+    base: "Any" = None
+    internal_levels: list = field(default_factory=list)
+    owner_of: "Any" = None
 
 
 # the last few address layouts: an update that leaves the prefixes of a
@@ -920,6 +1052,7 @@ def _layout(order: list[tuple[int, int]], addrs: "Any" = None, lengths: "Any" = 
     # one still open when it starts (prefixes are nested or disjoint)
     links: list[tuple[int, int]] = []
     up = [0] * n
+    depth = [0] * n
     stack: list[int] = []
     ends_list = ends.tolist()
     for i, (a, _) in enumerate(order):
@@ -928,6 +1061,7 @@ def _layout(order: list[tuple[int, int]], addrs: "Any" = None, lengths: "Any" = 
         if stack:
             links.append((i, stack[-1]))
             up[i] = stack[-1]
+            depth[i] = len(stack)
         stack.append(i)
     parent = np.array(up, dtype=np.int64)
     cuts = np.unique(np.concatenate((np.zeros(1, dtype=np.int64), addrs, ends[ends < 1 << 32])))
@@ -948,8 +1082,24 @@ def _layout(order: list[tuple[int, int]], addrs: "Any" = None, lengths: "Any" = 
     ids[owners] = np.arange(len(owners))
     bounds, index = cuts.tolist(), ids[owner].tolist()
     iv = with_buckets(Intervals(bounds, index, []))
+    depths = np.array(depth, dtype=np.int64)
+    levels = [np.flatnonzero(depths == d) for d in range(1, int(depths.max()) + 1)]
+    internal = np.union1d([0], parent[1:])
+    internal_id = np.full(n, -1, dtype=np.int64)
+    internal_id[internal] = np.arange(len(internal))
+    base = internal_id[owners]
+    leaf = base < 0
+    base[leaf] = internal_id[parent[owners[leaf]]]
+    internal_levels = []
+    for level in levels:
+        inner = level[internal_id[level] >= 0]
+        if len(inner):
+            internal_levels.append((internal_id[inner], internal_id[parent[inner]]))
+    owner_of = np.full(n, -1, dtype=np.int64)
+    owner_of[owners] = np.arange(len(owners))
     return _Layout(list(order), bounds, index, owners.tolist(), iv.top, iv.probes,
-                   frozenset(order), links)
+                   frozenset(order), links, (addrs << 6) | lengths, parent, levels, owners,
+                   internal_id, base, internal_levels, owner_of)
 
 
 def with_buckets(iv: Intervals) -> Intervals:
@@ -1180,11 +1330,11 @@ def _compile_chain(table: Table, hook: str, interfaces: dict[str, int] | None,
     shape.fields = frozenset(used)
 
     if "src" in used:
-        c.src_iv = address_table(live, per_entry("src"))
+        c.src_iv = address_table(live, per_entry("src"), nwords)
         shape.src_max, shape.src_bsize = len(c.src_iv.vectors), bsize_of(c.src_iv)
         shape.src_nbounds, shape.src_probes = len(c.src_iv.bounds), c.src_iv.probes
     if "dst" in used:
-        c.dst_iv = address_table(live, per_entry("dst"))
+        c.dst_iv = address_table(live, per_entry("dst"), nwords)
         shape.dst_max, shape.dst_bsize = len(c.dst_iv.vectors), bsize_of(c.dst_iv)
         shape.dst_nbounds, shape.dst_probes = len(c.dst_iv.bounds), c.dst_iv.probes
     if "proto" in used:

@@ -22,6 +22,7 @@ from bisect import bisect_left
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 from .compiler import (PAIR_BITS, PROTO_DEFAULT, TCP_FLAGS_EVIL, Compiled, Intervals, Shape,
                        pair_summary, ports_pair, ports_pair_slots, summary_words)
@@ -174,7 +175,33 @@ def vector_rows(values: list[int], nwords: int, masks: "tuple[int | None, ...]")
     total = size + len(masks) * nsum * 8
     n = len(values)
     buf = bytearray().join([v.to_bytes(total, "little") for v in values])
-    rows = np.frombuffer(buf, np.uint8).reshape(n, total)
+    _summarise(np.frombuffer(buf, np.uint8).reshape(n, total), nwords, masks)
+    return bytes(buf)
+
+
+def matrix_rows(matrix: "Any", nwords: int, masks: "tuple[int | None, ...]") -> bytes:
+    """``vector_rows`` of the rows of a uint64 bit matrix (compiler
+    ``Intervals.rows``; fewer columns than ``nwords``: the rest zero): the
+    words are copied into the rows' buffer in one numpy assignment."""
+    import numpy as np
+
+    n, cols = matrix.shape
+    total = nwords + len(masks) * summary_words(nwords)
+    out = np.zeros((n, total), dtype="<u8")
+    out[:, :cols] = matrix
+    _summarise(out.view(np.uint8), nwords, masks)
+    return out.tobytes()
+
+
+def _summarise(rows: "Any", nwords: int, masks: "tuple[int | None, ...]") -> None:
+    """Fill in the summaries of ``rows`` (uint8, one row per vector: its
+    words, then per mask ``summary_words`` zero words), in passes of
+    PASS_ROWS rows."""
+    import numpy as np
+
+    nsum = summary_words(nwords)
+    size = nwords * 8
+    n = rows.shape[0]
     words = rows[:, :size].view("<u8")
     step = max(1, min(PASS_ROWS, n))
     # per mask the words it keeps anything of: the others' summary bits
@@ -205,7 +232,6 @@ def vector_rows(values: list[int], nwords: int, masks: "tuple[int | None, ...]")
             # bit j of the summary: word j is not zero (little-endian bit order)
             flags = np.packbits(nonzero[:k], axis=1, bitorder="little")
             rows[start:start + k, at:at + flags.shape[1]] = flags
-    return bytes(buf)
 
 
 def vector_items(keys: "list[int] | range", values: list[int], nwords: int,
@@ -464,13 +490,14 @@ def address_images(name: str, iv: Intervals, bsize: int, nwords: int,
     pad = bsize - len(iv.bounds)
     bounds = array("I", iv.bounds + [0xFFFFFFFF] * pad).tobytes()
     index = packed_array(iv.index + [iv.index[-1]] * pad)
-    if parts is None:
+    if parts is None and iv.rows is None:
         vectors = vector_items(range(len(iv.vectors)), iv.vectors, nwords, dense=True)
     else:
-        masks = parts.masks(name)
+        masks = parts.masks(name) if parts is not None else (None,)
+        blob = (matrix_rows(iv.rows, nwords, masks) if iv.rows is not None
+                else vector_rows(iv.vectors, nwords, masks))
         vectors = Packed(4, (nwords + len(masks) * summary_words(nwords)) * 8,
-                         array_keys(len(iv.vectors)),
-                         vector_rows(iv.vectors, nwords, masks), dense=True)
+                         array_keys(len(iv.vectors)), blob, dense=True)
     return [MapImage(f"{name}_top_map", packed_array(iv.top)),
             MapImage(f"{name}_bounds_map", [(u32(0), bounds)]),
             MapImage(f"{name}_index_map", index),
@@ -536,10 +563,71 @@ def _buckets(iv: Intervals, spec: int) -> list[int]:
 
 def pair_parts(c: Compiled) -> PairParts:
     assert c.src_iv is not None and c.dst_iv is not None
-    sw = _every(c.src_iv.vectors, c.live)
-    dw = _every(c.dst_iv.vectors, c.live)
+    sw = _every_of(c.src_iv, c.live)
+    dw = _every_of(c.dst_iv, c.live)
     spec = c.live & ~sw & ~dw
-    return PairParts(sw, dw, spec, _buckets(c.src_iv, spec), _buckets(c.dst_iv, spec))
+    return PairParts(sw, dw, spec, _buckets_of(c.src_iv, spec), _buckets_of(c.dst_iv, spec))
+
+
+def _every_of(iv: Intervals, live: int) -> int:
+    """``_every`` of the address vectors, by one numpy AND over the rows
+    when the table is a matrix."""
+    import numpy as np
+
+    if iv.rows is None:
+        return _every(iv.vectors, live)
+    return live & int.from_bytes(np.bitwise_and.reduce(iv.rows, axis=0).tobytes(), "little")
+
+
+def _buckets_of(iv: Intervals, spec: int) -> list[int]:
+    """``_buckets`` by numpy for a matrix table. Vector ids are numbered in
+    order of first appearance along the addresses, so the ids that first
+    appear in a bucket's run of intervals are a range of rows, one
+    reduceat segment each (the segments tile the rows: one pass, no
+    gather); the ids seen before that come back in the run (a prefix
+    around a bucket's more specific ones) are few, ORed in one by one."""
+    import numpy as np
+
+    if iv.rows is None:
+        return _buckets(iv, spec)
+    shift = 32 - PAIR_BITS
+    nb = 1 << PAIR_BITS
+    rows = iv.rows
+    bounds = np.asarray(iv.bounds, dtype=np.int64)
+    index = np.asarray(iv.index, dtype=np.int64)
+    starts = np.arange(nb, dtype=np.int64) << shift
+    # the interval holding the bucket's first address, and past the bucket's
+    first = np.searchsorted(bounds, starts, side="right") - 1
+    end = np.searchsorted(bounds, starts + (1 << shift), side="left")
+    seen = np.maximum.accumulate(index) + 1   # ids seen up to interval i
+    # the run's first interval (it may go on from the bucket before) is
+    # among the "seen" ones below: the ranges [before, upto) of the buckets
+    # then never overlap, and reduceat takes them as (start, end) pairs
+    before = seen[first]
+    upto = seen[end - 1]
+    out = np.zeros((nb, rows.shape[1]), dtype=np.uint64)
+    new = np.flatnonzero(upto > before)
+    if len(new):
+        cuts = np.stack((before[new], upto[new]), axis=1).reshape(-1)
+        if cuts[-1] == rows.shape[0]:
+            cuts = cuts[:-1]   # the last range runs to the end
+        out[new] = np.bitwise_or.reduceat(rows, cuts, axis=0)[::2]
+    # ids of the run seen before it: its first interval's and any an inner
+    # prefix's end brings back
+    counts = end - first
+    bucket = np.repeat(np.arange(nb, dtype=np.int64), counts)
+    at = np.arange(int(counts.sum()), dtype=np.int64) - np.repeat(np.cumsum(counts) - counts,
+                                                                    counts)
+    ids = index[np.repeat(first, counts) + at]
+    old = ids < np.repeat(before, counts)
+    if old.any():
+        nvec = rows.shape[0]
+        pairs = np.unique(bucket[old] * nvec + ids[old])
+        b, x = pairs // nvec, pairs % nvec
+        heads = np.flatnonzero(np.concatenate(([True], b[1:] != b[:-1])))
+        out[b[heads]] |= np.bitwise_or.reduceat(rows[x], heads, axis=0)
+    out &= np.frombuffer(spec.to_bytes(rows.shape[1] * 8, "little"), "<u8")
+    return [int.from_bytes(row.tobytes(), "little") for row in out]
 
 
 def _words(values: list[int], nwords: int):
