@@ -209,6 +209,27 @@ class Intervals:
     # of the row = entry e), when the table was built as one (address_table):
     # image.py lays its rows out without a big int per vector
     rows: "Any" = None
+    # ``rows`` is the first columns of ``wide``, whose further ones (zero)
+    # leave room for the summaries image.py appends to each row; ``tree``:
+    # what the rows are made of (prefix_rows), when no entry negates a prefix
+    wide: "Any" = None
+    tree: "AddressTree | None" = None
+
+
+@dataclass
+class AddressTree:
+    """An address matrix's rows as ``prefix_rows`` builds them: row k is
+    ``internal[base[k]]`` (the entries of an internal prefix and of its
+    ancestors) with bit ``leaf_entries[j]`` set where ``leaf_rows[j]`` is
+    k (a leaf prefix's own entries). image._buckets_of ORs these instead
+    of the rows."""
+
+    internal: "Any"
+    base: "Any"
+    leaf_rows: "Any"
+    leaf_entries: "Any"
+    bounds: "Any" = None   # Intervals.bounds and .index as numpy arrays
+    index: "Any" = None
 
 
 class RowInts(Sequence):
@@ -849,9 +870,10 @@ def address_table(live: int, per_entry: list[tuple[int, PrefixField]],
     With ``nwords``: the vectors as a numpy bit matrix of that many u64
     words per row (``prefix_rows``; ``vectors`` reads its rows as ints)."""
     if nwords is not None:
-        layout, rows = prefix_rows(live, per_entry, nwords)
+        layout, wide, tree = prefix_rows(live, per_entry, nwords)
+        rows = wide[:, :nwords]
         return Intervals(layout.bounds, layout.index, RowInts(rows), layout.top,
-                         layout.probes, rows)
+                         layout.probes, rows, wide, tree)
     order, vectors = _prefix_vectors(live, per_entry)
     return _intervals(order, vectors, _layouts[0])   # (_prefix_vectors found or made it)
 
@@ -883,8 +905,13 @@ _POSITIVE = attrgetter("positive")
 _NEGATIVE = attrgetter("negative")
 
 
+# the summary columns ``prefix_rows`` leaves at the end of each row: three
+# summaries at most (image.PairParts.masks)
+SPARE_SUMMARIES = 3
+
+
 def prefix_rows(live: int, per_entry: list[tuple[int, PrefixField]], nwords: int
-                ) -> "tuple[_Layout, Any]":
+                ) -> "tuple[_Layout, Any, AddressTree | None]":
     """``_prefix_vectors`` as a numpy matrix, in the layout's owner order
     (``Intervals.vectors``): per prefix position a row, its own positive
     entries' bits set (0/0's: every entry without a positive prefix too),
@@ -914,20 +941,25 @@ def prefix_rows(live: int, per_entry: list[tuple[int, PrefixField]], nwords: int
                             count=2 * len(prefixes)).reshape(-1, 2)
         return np.searchsorted(codes, (pairs[:, 0] << 6) | pairs[:, 1])
 
-    def tree_rows(at: "Any", entries: "Any", root: "Any") -> "Any":
+    def tree_rows(at: "Any", entries: "Any", root: "Any", width: int) -> AddressTree:
         """Per owner the bits of ``entries`` at ``at`` (positions) and
         their ancestors, ``root`` ORed into 0/0's: computed densely for
         the internal prefixes only (few), gathered per owner from its own
-        or its parent's row, then a leaf's own bits scattered in."""
+        or its parent's row (``width`` u64 columns, the rest zero), then a
+        leaf's own bits scattered in."""
         iid = layout.internal_id[at]
         inner = iid >= 0
-        tree = np.zeros((int(layout.internal_id.max()) + 1, nwords), dtype=np.uint64)
+        tree = np.zeros((int(layout.internal_id.max()) + 1, width), dtype=np.uint64)
         scatter_bits(tree, iid[inner], entries[inner])
-        tree[0] |= root
+        tree[0, :nwords] |= root
         for child, par in layout.internal_levels:
             tree[child] |= tree[par]
-        rows = tree[layout.base]
-        scatter_bits(rows, layout.owner_of[at[~inner]], entries[~inner])
+        return AddressTree(tree, layout.base, layout.owner_of[at[~inner]], entries[~inner],
+                           layout.bounds_np, layout.index_np)
+
+    def rows_of(t: AddressTree) -> "Any":
+        rows = t.internal[t.base]
+        scatter_bits(rows, t.leaf_rows, t.leaf_entries)
         return rows
 
     pe = np.array(pos_e, dtype=np.int64)
@@ -935,11 +967,14 @@ def prefix_rows(live: int, per_entry: list[tuple[int, PrefixField]], nwords: int
     # positive prefix holds everywhere, as its own entries do
     positive = np.zeros((1, nwords), dtype=np.uint64)
     scatter_bits(positive, np.zeros(len(pe), dtype=np.int64), pe)
-    rows = tree_rows(positions(pos_p), pe, int_words(live, nwords) & ~positive[0])
+    tree = tree_rows(positions(pos_p), pe, int_words(live, nwords) & ~positive[0],
+                     nwords + SPARE_SUMMARIES * summary_words(nwords))
+    wide = rows_of(tree)
     if neg_e:
-        rows &= ~tree_rows(positions(neg_p), np.array(neg_e, dtype=np.int64),
-                           np.zeros(nwords, dtype=np.uint64))
-    return layout, rows
+        wide[:, :nwords] &= ~rows_of(tree_rows(positions(neg_p), np.array(neg_e, dtype=np.int64),
+                                               np.zeros(nwords, dtype=np.uint64), nwords))
+        return layout, wide, None
+    return layout, wide, tree
 
 
 def address_intervals(prefixes: dict[Prefix, int]) -> Intervals:
@@ -988,6 +1023,8 @@ class _Layout:
     base: "Any" = None
     internal_levels: list = field(default_factory=list)
     owner_of: "Any" = None
+    bounds_np: "Any" = None   # bounds and index as numpy arrays
+    index_np: "Any" = None
 
 
 # the last few address layouts: an update that leaves the prefixes of a
@@ -1099,7 +1136,7 @@ def _layout(order: list[tuple[int, int]], addrs: "Any" = None, lengths: "Any" = 
     owner_of[owners] = np.arange(len(owners))
     return _Layout(list(order), bounds, index, owners.tolist(), iv.top, iv.probes,
                    frozenset(order), links, (addrs << 6) | lengths, parent, levels, owners,
-                   internal_id, base, internal_levels, owner_of)
+                   internal_id, base, internal_levels, owner_of, cuts, ids[owner])
 
 
 def with_buckets(iv: Intervals) -> Intervals:

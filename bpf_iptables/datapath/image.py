@@ -179,18 +179,57 @@ def vector_rows(values: list[int], nwords: int, masks: "tuple[int | None, ...]")
     return bytes(buf)
 
 
-def matrix_rows(matrix: "Any", nwords: int, masks: "tuple[int | None, ...]") -> bytes:
-    """``vector_rows`` of the rows of a uint64 bit matrix (compiler
-    ``Intervals.rows``; fewer columns than ``nwords``: the rest zero): the
-    words are copied into the rows' buffer in one numpy assignment."""
+def matrix_rows(iv: Intervals, nwords: int, masks: "tuple[int | None, ...]") -> bytes:
+    """``vector_rows`` of an address table built as a uint64 bit matrix
+    (compiler ``Intervals.rows``): the summaries go into the spare columns
+    of its rows (``Intervals.wide``), whose bytes are then the map's;
+    rows of fewer columns than ``nwords`` (a larger program) are copied
+    into a buffer of the full width first."""
     import numpy as np
 
+    matrix = iv.rows
     n, cols = matrix.shape
     total = nwords + len(masks) * summary_words(nwords)
-    out = np.zeros((n, total), dtype="<u8")
-    out[:, :cols] = matrix
+    wide = iv.wide
+    if cols == nwords and wide is not None and wide.shape[1] >= total:
+        out = wide[:, :total]
+        if iv.tree is not None:
+            _tree_summaries(out, iv.tree, nwords, masks)
+            return out.tobytes()
+        out[:, nwords:] = 0   # (a summary written for another program's masks)
+    else:
+        out = np.zeros((n, total), dtype="<u8")
+        out[:, :cols] = matrix
     _summarise(out.view(np.uint8), nwords, masks)
     return out.tobytes()
+
+
+def _tree_summaries(out: "Any", tree: "Any", nwords: int,
+                    masks: "tuple[int | None, ...]") -> None:
+    """The summaries of rows made as compiler.AddressTree says: word j of
+    a row is non-zero (under a mask) when its internal row's is or one of
+    its leaf bits is there (and in the mask), so the flags come from the
+    few internal rows and the leaf bits, not from reading every row."""
+    import numpy as np
+
+    nsum = summary_words(nwords)
+    internal = tree.internal[:, :nwords]
+    word = tree.leaf_entries >> 6
+    bit = np.left_shift(np.uint64(1), (tree.leaf_entries & 63).astype(np.uint64))
+    for i, m in enumerate(masks):
+        if m is None:
+            nonzero = internal != 0
+            keep = slice(None)
+        else:
+            mw = np.frombuffer(m.to_bytes(nwords * 8, "little"), "<u8")
+            nonzero = (internal & mw) != 0
+            keep = (mw[word] & bit) != 0
+        flags = nonzero[tree.base]
+        flags[tree.leaf_rows[keep], word[keep]] = True
+        at = (nwords + i * nsum) * 8
+        packed = np.packbits(flags, axis=1, bitorder="little")   # (fewer than 8 bytes
+        out.view(np.uint8)[:, at:at + nsum * 8] = 0               # under 64 words)
+        out.view(np.uint8)[:, at:at + packed.shape[1]] = packed
 
 
 def _summarise(rows: "Any", nwords: int, masks: "tuple[int | None, ...]") -> None:
@@ -494,7 +533,7 @@ def address_images(name: str, iv: Intervals, bsize: int, nwords: int,
         vectors = vector_items(range(len(iv.vectors)), iv.vectors, nwords, dense=True)
     else:
         masks = parts.masks(name) if parts is not None else (None,)
-        blob = (matrix_rows(iv.rows, nwords, masks) if iv.rows is not None
+        blob = (matrix_rows(iv, nwords, masks) if iv.rows is not None
                 else vector_rows(iv.vectors, nwords, masks))
         vectors = Packed(4, (nwords + len(masks) * summary_words(nwords)) * 8,
                          array_keys(len(iv.vectors)), blob, dense=True)
@@ -593,12 +632,15 @@ def _buckets_of(iv: Intervals, spec: int) -> list[int]:
     shift = 32 - PAIR_BITS
     nb = 1 << PAIR_BITS
     rows = iv.rows
-    bounds = np.asarray(iv.bounds, dtype=np.int64)
-    index = np.asarray(iv.index, dtype=np.int64)
+    tree = iv.tree
+    bounds = tree.bounds if tree is not None else np.asarray(iv.bounds, dtype=np.int64)
+    index = tree.index if tree is not None else np.asarray(iv.index, dtype=np.int64)
     starts = np.arange(nb, dtype=np.int64) << shift
     # the interval holding the bucket's first address, and past the bucket's
     first = np.searchsorted(bounds, starts, side="right") - 1
     end = np.searchsorted(bounds, starts + (1 << shift), side="left")
+    if iv.tree is not None:
+        return _tree_buckets(iv, first, end, index, spec)
     seen = np.maximum.accumulate(index) + 1   # ids seen up to interval i
     # the run's first interval (it may go on from the bucket before) is
     # among the "seen" ones below: the ranges [before, upto) of the buckets
@@ -627,6 +669,56 @@ def _buckets_of(iv: Intervals, spec: int) -> list[int]:
         heads = np.flatnonzero(np.concatenate(([True], b[1:] != b[:-1])))
         out[b[heads]] |= np.bitwise_or.reduceat(rows[x], heads, axis=0)
     out &= np.frombuffer(spec.to_bytes(rows.shape[1] * 8, "little"), "<u8")
+    return [int.from_bytes(row.tobytes(), "little") for row in out]
+
+
+def _run_ids(first: "Any", end: "Any", index: "Any") -> "tuple[Any, Any]":
+    """(bucket, vector id) of every interval of every bucket's run."""
+    import numpy as np
+
+    counts = end - first
+    bucket = np.repeat(np.arange(len(first), dtype=np.int64), counts)
+    at = np.arange(int(counts.sum()), dtype=np.int64) - np.repeat(np.cumsum(counts) - counts,
+                                                                    counts)
+    return bucket, index[np.repeat(first, counts) + at]
+
+
+def _tree_buckets(iv: Intervals, first: "Any", end: "Any", index: "Any", spec: int
+                  ) -> list[int]:
+    """``_buckets`` from what the rows are made of (compiler.AddressTree):
+    a bucket's rows are ORs of a few internal prefixes' rows and of their
+    leaves' own bits, so it ORs those (distinct per bucket) and never
+    reads the rows themselves."""
+    import numpy as np
+
+    from .compiler import scatter_bits
+
+    tree = iv.tree
+    assert tree is not None
+    ncols = iv.rows.shape[1]
+    nb = len(first)
+    bucket, ids = _run_ids(first, end, index)
+    nvec = iv.rows.shape[0]
+    pairs = np.unique(bucket * nvec + ids)
+    bucket, ids = pairs // nvec, pairs % nvec
+    out = np.zeros((nb, ncols), dtype=np.uint64)
+    # the internal rows: distinct (bucket, base) pairs, ORed per bucket
+    ninternal = tree.internal.shape[0]
+    inner = np.unique(bucket * ninternal + tree.base[ids])
+    b, x = inner // ninternal, inner % ninternal
+    heads = np.flatnonzero(np.concatenate(([True], b[1:] != b[:-1])))
+    out[b[heads]] = np.bitwise_or.reduceat(tree.internal[x, :ncols], heads, axis=0)
+    # the leaves' own entries, in every bucket their row is in
+    if len(tree.leaf_rows):
+        order = np.argsort(tree.leaf_rows, kind="stable")
+        entries = tree.leaf_entries[order]
+        count = np.bincount(tree.leaf_rows, minlength=nvec)
+        begin = np.cumsum(count) - count
+        n = count[ids]
+        at = np.repeat(begin[ids], n) + (np.arange(int(n.sum()), dtype=np.int64)
+                                         - np.repeat(np.cumsum(n) - n, n))
+        scatter_bits(out, np.repeat(bucket, n), entries[at])
+    out &= np.frombuffer(spec.to_bytes(ncols * 8, "little"), "<u8")
     return [int.from_bytes(row.tobytes(), "little") for row in out]
 
 
