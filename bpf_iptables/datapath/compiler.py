@@ -863,14 +863,21 @@ def prefix_table(live: int, per_entry: list[tuple[int, PrefixField]]) -> dict[Pr
     return {Prefix(a, n): v for (a, n), v in zip(order, vectors)}
 
 
+# the summary columns ``prefix_rows`` leaves at the end of each row by
+# default: three summaries at most (image.PairParts.masks)
+SPARE_SUMMARIES = 3
+
+
 def address_table(live: int, per_entry: list[tuple[int, PrefixField]],
-                  nwords: int | None = None) -> Intervals:
+                  nwords: int | None = None, summaries: int = SPARE_SUMMARIES) -> Intervals:
     """An address field's intervals straight from the entries (what
     ``address_intervals(prefix_table(...))`` gives, without Prefix keys).
     With ``nwords``: the vectors as a numpy bit matrix of that many u64
-    words per row (``prefix_rows``; ``vectors`` reads its rows as ints)."""
+    words per row (``prefix_rows``; ``vectors`` reads its rows as ints),
+    each row followed by room for ``summaries`` summaries (the image's
+    bytes are then the matrix's own when it has that many)."""
     if nwords is not None:
-        layout, wide, tree = prefix_rows(live, per_entry, nwords)
+        layout, wide, tree = prefix_rows(live, per_entry, nwords, summaries)
         rows = wide[:, :nwords]
         return Intervals(layout.bounds, layout.index, RowInts(rows), layout.top,
                          layout.probes, rows, wide, tree)
@@ -905,13 +912,8 @@ _POSITIVE = attrgetter("positive")
 _NEGATIVE = attrgetter("negative")
 
 
-# the summary columns ``prefix_rows`` leaves at the end of each row: three
-# summaries at most (image.PairParts.masks)
-SPARE_SUMMARIES = 3
-
-
-def prefix_rows(live: int, per_entry: list[tuple[int, PrefixField]], nwords: int
-                ) -> "tuple[_Layout, Any, AddressTree | None]":
+def prefix_rows(live: int, per_entry: list[tuple[int, PrefixField]], nwords: int,
+                summaries: int = SPARE_SUMMARIES) -> "tuple[_Layout, Any, AddressTree | None]":
     """``_prefix_vectors`` as a numpy matrix, in the layout's owner order
     (``Intervals.vectors``): per prefix position a row, its own positive
     entries' bits set (0/0's: every entry without a positive prefix too),
@@ -968,7 +970,7 @@ def prefix_rows(live: int, per_entry: list[tuple[int, PrefixField]], nwords: int
     positive = np.zeros((1, nwords), dtype=np.uint64)
     scatter_bits(positive, np.zeros(len(pe), dtype=np.int64), pe)
     tree = tree_rows(positions(pos_p), pe, int_words(live, nwords) & ~positive[0],
-                     nwords + SPARE_SUMMARIES * summary_words(nwords))
+                     nwords + summaries * summary_words(nwords))
     wide = rows_of(tree)
     if neg_e:
         wide[:, :nwords] &= ~rows_of(tree_rows(positions(neg_p), np.array(neg_e, dtype=np.int64),
@@ -1366,12 +1368,15 @@ def _compile_chain(table: Table, hook: str, interfaces: dict[str, int] | None,
         used |= set(min_shape.fields)
     shape.fields = frozenset(used)
 
+    # the summaries image.py will append to each address row (PairParts.masks)
+    pair = "src" in used and "dst" in used and nwords >= PAIR_MIN_WORDS
+    ports = pair and "sport" in used and "dport" in used
     if "src" in used:
-        c.src_iv = address_table(live, per_entry("src"), nwords)
+        c.src_iv = address_table(live, per_entry("src"), nwords, (3 if ports else 2) if pair else 1)
         shape.src_max, shape.src_bsize = len(c.src_iv.vectors), bsize_of(c.src_iv)
         shape.src_nbounds, shape.src_probes = len(c.src_iv.bounds), c.src_iv.probes
     if "dst" in used:
-        c.dst_iv = address_table(live, per_entry("dst"), nwords)
+        c.dst_iv = address_table(live, per_entry("dst"), nwords, 2 if pair else 1)
         shape.dst_max, shape.dst_bsize = len(c.dst_iv.vectors), bsize_of(c.dst_iv)
         shape.dst_nbounds, shape.dst_probes = len(c.dst_iv.bounds), c.dst_iv.probes
     if "proto" in used:

@@ -192,6 +192,7 @@ def matrix_rows(iv: Intervals, nwords: int, masks: "tuple[int | None, ...]") -> 
     total = nwords + len(masks) * summary_words(nwords)
     wide = iv.wide
     if cols == nwords and wide is not None and wide.shape[1] >= total:
+        # (fewer summaries than the room left: a strided copy, slower)
         out = wide[:, :total]
         if iv.tree is not None:
             _tree_summaries(out, iv.tree, nwords, masks)
