@@ -26,7 +26,7 @@ import socket
 from array import array
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from itertools import chain, repeat
+from itertools import chain, compress, repeat
 from dataclasses import dataclass, field, replace
 from operator import attrgetter
 from typing import TYPE_CHECKING, Any
@@ -925,16 +925,19 @@ def prefix_rows(live: int, per_entry: list[tuple[int, PrefixField]], nwords: int
     # (the attributes by map(): attrgetter runs in C, ~10k entries)
     found = list(zip(*per_entry))
     ents, pfs = found if found else ((), ())
+    # (compress / filter / count run in C: a Prefix is a non-empty tuple)
     allpos = list(map(_POSITIVE, pfs))
-    pos_e = [e for e, p in zip(ents, allpos) if p is not None]
-    pos_p = [p for p in allpos if p is not None]
+    pos_e = list(compress(ents, allpos))
+    pos_p = list(filter(None, allpos))
     neg_e: list[int] = []
     neg_p: list[Prefix] = []
-    for e, negative in zip(ents, map(_NEGATIVE, pfs)):
-        if negative:
-            for q in negative:
-                neg_e.append(e)
-                neg_p.append(q)
+    allneg = list(map(_NEGATIVE, pfs))
+    if allneg.count(()) != len(allneg):
+        for e, negative in zip(ents, allneg):
+            if negative:
+                for q in negative:
+                    neg_e.append(e)
+                    neg_p.append(q)
     layout = _layout_of({ROOT, *pos_p, *neg_p})
     codes = layout.codes
 
