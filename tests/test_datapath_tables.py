@@ -1,0 +1,127 @@
+"""The numpy address tables and the image made from them give what the
+big-int tables gave, bit for bit.
+
+No timing here (see README "Updates"): equivalence only, on random prefix
+constraints (nested and disjoint, negated ones too) over entries spread
+across many bitvector words.
+- ``address_table(..., nwords)`` (compiler.prefix_rows: a bit matrix)
+  against ``address_table(...)`` (Python ints, ``_prefix_vectors``, itself
+  tested against the stack walk in test_datapath_compile_edits);
+- the image of each: the vector rows with their summaries
+  (``matrix_rows`` / ``_tree_summaries`` against ``vector_rows``), the
+  pair summary's AND and per-bucket ORs (``_every_of``, ``_buckets_of``,
+  ``_tree_buckets`` against the int loops);
+- ``entry_blob`` by column against the loop over the entries."""
+from __future__ import annotations
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from bpf_iptables.datapath import compiler, image
+from bpf_iptables.datapath.compiler import Intervals, summary_words
+from bpf_iptables.datapath.fields import Prefix, PrefixField
+from bpf_iptables.datapath.harness import table_from_lines, table_from_save
+from tests.support import compile_golden as G
+from tests.support.shared import ruleset
+
+
+def random_prefix(bits: int, length: int) -> Prefix:
+    mask = (0xFFFFFFFF << (32 - length)) & 0xFFFFFFFF
+    return Prefix(bits & mask, length)
+
+
+# prefixes crowded into a few /8s (nesting, several per pair bucket) and
+# anywhere (disjoint, short ones spanning buckets)
+prefixes = st.builds(random_prefix, st.one_of(
+    st.integers(0, (1 << 32) - 1),
+    st.sampled_from([10, 172, 192]).flatmap(
+        lambda a: st.integers(0, 255).map(lambda k: a << 24 | k << 14))),
+    st.integers(0, 32))
+
+prefix_fields = st.builds(
+    PrefixField,
+    positive=st.one_of(st.none(), prefixes),
+    negative=st.lists(prefixes, max_size=2).map(tuple))
+
+
+def tables(entries: list[PrefixField], spread: list[int], summaries: int
+           ) -> tuple[int, int, Intervals, Intervals]:
+    """(live, nwords, the matrix table, the int table) of ``entries`` at
+    entry indices ``spread`` (sorted), the policy after them."""
+    policy = (spread[-1] + 1) if spread else 0
+    per_entry = list(zip(spread, entries)) + [(policy, PrefixField())]
+    live = compiler.bits([e for e, _ in per_entry])
+    nwords = compiler.pow2_at_least((policy + 64) // 64)
+    matrix = compiler.address_table(live, per_entry, nwords, summaries)
+    ints = compiler.address_table(live, per_entry)
+    return live, nwords, matrix, ints
+
+
+entry_lists = st.lists(prefix_fields, max_size=30).flatmap(
+    lambda fs: st.tuples(st.just(fs), st.lists(st.integers(0, 9000), min_size=len(fs),
+                                               max_size=len(fs), unique=True).map(sorted)))
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
+@given(entry_lists, st.integers(1, 3), st.booleans())
+def test_matrix_tables_equal_the_int_tables(drawn, summaries, fresh):
+    if fresh:
+        compiler.clear_caches()
+    entries, spread = drawn
+    live, nwords, matrix, ints = tables(entries, spread, summaries)
+    assert matrix.bounds == ints.bounds and matrix.index == ints.index
+    assert (bytes(matrix.top), matrix.probes) == (bytes(ints.top), ints.probes)
+    assert list(matrix.vectors) == list(ints.vectors)
+    assert matrix.wide.shape[1] == nwords + summaries * summary_words(nwords)
+    assert not matrix.wide[:, nwords:].any()      # room for the summaries, zero
+    negated = any(pf.negative for pf in entries)
+    assert (matrix.tree is None) == negated       # (a tree only without negations)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@given(entry_lists, st.lists(st.integers(0, (1 << 9100) - 1), min_size=3, max_size=3),
+       st.integers(1, 3), st.booleans())
+def test_images_of_matrix_tables_equal_the_int_ones(drawn, masks, count, wider):
+    entries, spread = drawn
+    # room for more summaries than written (the strided copy), or exactly
+    live, nwords, matrix, ints = tables(entries, spread, 3 if wider else count)
+    chosen = tuple([None, *[m & live for m in masks]][:count])
+    for _ in range(2):   # (twice: summaries written over the last ones)
+        got = image.matrix_rows(matrix, nwords, chosen)
+        assert got == image.vector_rows(list(ints.vectors), nwords, chosen)
+    bigger = image.matrix_rows(matrix, nwords * 2, chosen)   # a larger program
+    assert bigger == image.vector_rows(list(ints.vectors), nwords * 2, chosen)
+    spec = masks[0] & live
+    assert image._every_of(matrix, live) == image._every(list(ints.vectors), live)
+    assert image._buckets_of(matrix, spec) == image._buckets(ints, spec)
+
+
+def test_entry_blob_by_column_equals_the_loop():
+    """ClassBench entries, and rules with a non-contiguous mask (the
+    residual test laid out by entry_bytes) and hashlimit/recent words."""
+    table = table_from_save(ruleset("classbench-fw1-1k.rules").read_text())
+    table_from_lines([
+        "-I INPUT 3 -s 10.0.0.1/255.0.255.0 -p tcp -j DROP",
+        "-A INPUT ! -d 10.0.7.0/255.255.0.255 -j ACCEPT",
+        "-I INPUT 9 -m recent --name a --rcheck -j DROP",
+        "-A INPUT -m hashlimit --hashlimit-upto 5/s --hashlimit-name h -j ACCEPT"], table)
+    c = compiler.compile_chain(table, "INPUT", G.INTERFACES)
+    assert len(c.entries) > 500
+    assert any(e.fields.src.residual for e in c.entries)
+    assert any(e.recent for e in c.entries) and any(e.hashlimit for e in c.entries)
+    assert image.entry_blob(c.entries) == image._entry_blob_loop(c.entries)
+
+
+def test_classbench_tables_are_matrices():
+    """The compiler takes the matrix path for ClassBench's addresses, with
+    room for exactly the summaries its image appends (no strided copy)."""
+    table = table_from_save(ruleset("classbench-fw1-1k.rules").read_text())
+    c = compiler.compile_chain(table, "INPUT", G.INTERFACES)
+    nw = c.shape.nwords
+    for iv, name in ((c.src_iv, "src"), (c.dst_iv, "dst")):
+        assert iv is not None and iv.rows is not None and iv.tree is not None
+        parts = image.pair_parts(c)
+        if image.ports_pair(c.shape):
+            parts.ports_wild = image.ports_wild(c)
+        assert iv.wide.shape[1] == nw + len(parts.masks(name)) * summary_words(nw), name
+
