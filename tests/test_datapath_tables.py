@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bpf_iptables.datapath import compiler, image
-from bpf_iptables.datapath.compiler import Intervals, summary_words
+from bpf_iptables.datapath.compiler import Intervals
 from bpf_iptables.datapath.fields import Prefix, PrefixField
 from bpf_iptables.datapath.harness import table_from_lines, table_from_save
 from tests.support import compile_golden as G
@@ -44,7 +44,7 @@ prefix_fields = st.builds(
     negative=st.lists(prefixes, max_size=2).map(tuple))
 
 
-def tables(entries: list[PrefixField], spread: list[int], summaries: int
+def tables(entries: list[PrefixField], spread: list[int]
            ) -> tuple[int, int, Intervals, Intervals]:
     """(live, nwords, the matrix table, the int table) of ``entries`` at
     entry indices ``spread`` (sorted), the policy after them."""
@@ -52,7 +52,7 @@ def tables(entries: list[PrefixField], spread: list[int], summaries: int
     per_entry = list(zip(spread, entries)) + [(policy, PrefixField())]
     live = compiler.bits([e for e, _ in per_entry])
     nwords = compiler.pow2_at_least((policy + 64) // 64)
-    matrix = compiler.address_table(live, per_entry, nwords, summaries)
+    matrix = compiler.address_table(live, per_entry, nwords)
     ints = compiler.address_table(live, per_entry)
     return live, nwords, matrix, ints
 
@@ -63,32 +63,31 @@ entry_lists = st.lists(prefix_fields, max_size=30).flatmap(
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
-@given(entry_lists, st.integers(1, 3), st.booleans())
-def test_matrix_tables_equal_the_int_tables(drawn, summaries, fresh):
+@given(entry_lists, st.booleans())
+def test_matrix_tables_equal_the_int_tables(drawn, fresh):
     if fresh:
         compiler.clear_caches()
     entries, spread = drawn
-    live, nwords, matrix, ints = tables(entries, spread, summaries)
+    live, nwords, matrix, ints = tables(entries, spread)
     assert matrix.bounds == ints.bounds and matrix.index == ints.index
     assert (bytes(matrix.top), matrix.probes) == (bytes(ints.top), ints.probes)
-    assert list(matrix.vectors) == list(ints.vectors)
-    assert matrix.wide.shape[1] == nwords + summaries * summary_words(nwords)
-    assert not matrix.wide[:, nwords:].any()      # room for the summaries, zero
     negated = any(pf.negative for pf in entries)
     assert (matrix.tree is None) == negated       # (a tree only without negations)
+    assert (matrix.rows is None) == (not negated)  # (its rows made on demand)
+    assert len(matrix.vectors) == len(ints.vectors)
+    assert list(matrix.vectors) == list(ints.vectors)
+    assert matrix.matrix().shape == (len(ints.vectors), nwords)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
 @given(entry_lists, st.lists(st.integers(0, (1 << 9100) - 1), min_size=3, max_size=3),
-       st.integers(1, 3), st.booleans())
-def test_images_of_matrix_tables_equal_the_int_ones(drawn, masks, count, wider):
+       st.integers(1, 3))
+def test_images_of_matrix_tables_equal_the_int_ones(drawn, masks, count):
     entries, spread = drawn
-    # room for more summaries than written (the strided copy), or exactly
-    live, nwords, matrix, ints = tables(entries, spread, 3 if wider else count)
+    live, nwords, matrix, ints = tables(entries, spread)
     chosen = tuple([None, *[m & live for m in masks]][:count])
-    for _ in range(2):   # (twice: summaries written over the last ones)
-        got = image.matrix_rows(matrix, nwords, chosen)
-        assert got == image.vector_rows(list(ints.vectors), nwords, chosen)
+    got = image.matrix_rows(matrix, nwords, chosen)
+    assert got == image.vector_rows(list(ints.vectors), nwords, chosen)
     bigger = image.matrix_rows(matrix, nwords * 2, chosen)   # a larger program
     assert bigger == image.vector_rows(list(ints.vectors), nwords * 2, chosen)
     spec = masks[0] & live
@@ -112,16 +111,13 @@ def test_entry_blob_by_column_equals_the_loop():
     assert image.entry_blob(c.entries) == image._entry_blob_loop(c.entries)
 
 
-def test_classbench_tables_are_matrices():
-    """The compiler takes the matrix path for ClassBench's addresses, with
-    room for exactly the summaries its image appends (no strided copy)."""
+def test_classbench_tables_are_trees():
+    """The compiler takes the tree path for ClassBench's addresses (few
+    internal prefixes), and the image never makes the rows elsewhere."""
     table = table_from_save(ruleset("classbench-fw1-1k.rules").read_text())
     c = compiler.compile_chain(table, "INPUT", G.INTERFACES)
-    nw = c.shape.nwords
-    for iv, name in ((c.src_iv, "src"), (c.dst_iv, "dst")):
-        assert iv is not None and iv.rows is not None and iv.tree is not None
-        parts = image.pair_parts(c)
-        if image.ports_pair(c.shape):
-            parts.ports_wild = image.ports_wild(c)
-        assert iv.wide.shape[1] == nw + len(parts.masks(name)) * summary_words(nw), name
+    image.map_image(c, c.shape)
+    for iv in (c.src_iv, c.dst_iv):
+        assert iv is not None and iv.tree is not None and iv.rows is None
+        assert iv.tree.internal.shape[0] * 10 < len(iv.vectors)
 

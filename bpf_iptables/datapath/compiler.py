@@ -202,51 +202,68 @@ class Intervals:
 
     bounds: list[int]
     index: list[int]
-    vectors: "Sequence[int]"   # a list, or RowInts over ``rows``
+    vectors: "Sequence[int]"   # a list, or RowInts over the matrix below
     top: "array[int]" = field(default_factory=lambda: array("I"))   # 65,536 u32
     probes: int = 0
-    # the same vectors as a numpy uint64 matrix (one row per vector, bit e
-    # of the row = entry e), when the table was built as one (address_table):
-    # image.py lays its rows out without a big int per vector
+    # the same vectors as a numpy uint64 bit matrix (one row per vector,
+    # bit e of a row = entry e), when address_table built one: ``tree``
+    # (what the rows are made of, when no entry negates a prefix; the rows
+    # are made only on demand, by the image at its own width) or ``rows``
     rows: "Any" = None
-    # ``rows`` is the first columns of ``wide``, whose further ones (zero)
-    # leave room for the summaries image.py appends to each row; ``tree``:
-    # what the rows are made of (prefix_rows), when no entry negates a prefix
-    wide: "Any" = None
     tree: "AddressTree | None" = None
+
+    def matrix(self) -> "Any":
+        """The vectors as a bit matrix (made from ``tree`` once if need be)."""
+        if self.rows is None and self.tree is not None:
+            self.rows = self.tree.rows()
+        return self.rows
 
 
 @dataclass
 class AddressTree:
-    """An address matrix's rows as ``prefix_rows`` builds them: row k is
-    ``internal[base[k]]`` (the entries of an internal prefix and of its
-    ancestors) with bit ``leaf_entries[j]`` set where ``leaf_rows[j]`` is
-    k (a leaf prefix's own entries). image._buckets_of ORs these instead
-    of the rows."""
+    """An address table's rows as ``prefix_rows`` makes them: row k is
+    ``internal[base[k]]`` (the entries of an internal prefix, one with
+    more specific prefixes listed, and of its ancestors) with bit
+    ``leaf_entries[j]`` set where ``leaf_rows[j]`` is k (a leaf prefix's
+    own entries, each in one row only). The internal rows are few (fw1-10k:
+    7 of 6,669): image.py computes summaries and pair buckets from them
+    and the leaf bits, and gathers the rows straight into its map buffer."""
 
-    internal: "Any"
+    internal: "Any"          # (internal prefixes, nwords) uint64
     base: "Any"
     leaf_rows: "Any"
     leaf_entries: "Any"
-    bounds: "Any" = None   # Intervals.bounds and .index as numpy arrays
+    bounds: "Any" = None     # Intervals.bounds and .index as numpy arrays
     index: "Any" = None
+
+    def rows(self, width: int | None = None) -> "Any":
+        """The rows, ``width`` u64 columns each (default nwords; more: zero)."""
+        import numpy as np
+
+        internal = self.internal
+        if width is not None and width != internal.shape[1]:
+            internal = np.zeros((internal.shape[0], width), dtype=np.uint64)
+            internal[:, :self.internal.shape[1]] = self.internal
+        out = internal[self.base]
+        scatter_bits(out, self.leaf_rows, self.leaf_entries)
+        return out
 
 
 class RowInts(Sequence):
-    """The rows of a uint64 bit matrix read as Python ints (bit e = entry
-    e), made on demand: tests, the harness and bench read a few; the image
-    takes the matrix itself."""
+    """The rows of an address table's bit matrix read as Python ints (bit
+    e = entry e), made on demand: tests, the harness and bench read a few;
+    the image takes the matrix itself."""
 
-    def __init__(self, rows: "Any") -> None:
-        self.rows = rows
+    def __init__(self, iv: Intervals, count: int) -> None:
+        self.iv, self.count = iv, count
 
     def __len__(self) -> int:
-        return int(self.rows.shape[0])
+        return self.count
 
     def __getitem__(self, i):
         if isinstance(i, slice):
             return [self[j] for j in range(*i.indices(len(self)))]
-        return int.from_bytes(self.rows[i].tobytes(), "little")
+        return int.from_bytes(self.iv.matrix()[i].tobytes(), "little")
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Sequence) and list(self) == list(other)
@@ -863,24 +880,17 @@ def prefix_table(live: int, per_entry: list[tuple[int, PrefixField]]) -> dict[Pr
     return {Prefix(a, n): v for (a, n), v in zip(order, vectors)}
 
 
-# the summary columns ``prefix_rows`` leaves at the end of each row by
-# default: three summaries at most (image.PairParts.masks)
-SPARE_SUMMARIES = 3
-
-
 def address_table(live: int, per_entry: list[tuple[int, PrefixField]],
-                  nwords: int | None = None, summaries: int = SPARE_SUMMARIES) -> Intervals:
+                  nwords: int | None = None) -> Intervals:
     """An address field's intervals straight from the entries (what
     ``address_intervals(prefix_table(...))`` gives, without Prefix keys).
     With ``nwords``: the vectors as a numpy bit matrix of that many u64
-    words per row (``prefix_rows``; ``vectors`` reads its rows as ints),
-    each row followed by room for ``summaries`` summaries (the image's
-    bytes are then the matrix's own when it has that many)."""
+    words per row (``prefix_rows``; ``vectors`` reads its rows as ints)."""
     if nwords is not None:
-        layout, wide, tree = prefix_rows(live, per_entry, nwords, summaries)
-        rows = wide[:, :nwords]
-        return Intervals(layout.bounds, layout.index, RowInts(rows), layout.top,
-                         layout.probes, rows, wide, tree)
+        layout, rows, tree = prefix_rows(live, per_entry, nwords)
+        iv = Intervals(layout.bounds, layout.index, [], layout.top, layout.probes, rows, tree)
+        iv.vectors = RowInts(iv, len(layout.owners))
+        return iv
     order, vectors = _prefix_vectors(live, per_entry)
     return _intervals(order, vectors, _layouts[0])   # (_prefix_vectors found or made it)
 
@@ -912,14 +922,16 @@ _POSITIVE = attrgetter("positive")
 _NEGATIVE = attrgetter("negative")
 
 
-def prefix_rows(live: int, per_entry: list[tuple[int, PrefixField]], nwords: int,
-                summaries: int = SPARE_SUMMARIES) -> "tuple[_Layout, Any, AddressTree | None]":
-    """``_prefix_vectors`` as a numpy matrix, in the layout's owner order
-    (``Intervals.vectors``): per prefix position a row, its own positive
-    entries' bits set (0/0's: every entry without a positive prefix too),
-    ORed down the prefix tree one depth at a time (every row of a depth at
-    once); negated prefixes the same way in a second matrix, cleared from
-    the first. Bit for bit what ``_prefix_vectors`` gives (tested)."""
+def prefix_rows(live: int, per_entry: list[tuple[int, PrefixField]], nwords: int
+                ) -> "tuple[_Layout, Any, AddressTree | None]":
+    """``_prefix_vectors`` as a numpy bit matrix, in the layout's owner
+    order (``Intervals.vectors``): the rows of the internal prefixes (with
+    more specific ones listed) get their own positive entries' bits (0/0's:
+    every entry without a positive prefix too), ORed down the tree one
+    depth at a time; a leaf's row is its parent's plus its own entries
+    (``AddressTree``: rows made on demand). Negated prefixes make a second
+    such matrix, cleared from the first (then the rows are made now, and
+    no tree is returned). Bit for bit what ``_prefix_vectors`` gives (tested)."""
     import numpy as np
 
     # (the attributes by map(): attrgetter runs in C, ~10k entries)
@@ -946,40 +958,32 @@ def prefix_rows(live: int, per_entry: list[tuple[int, PrefixField]], nwords: int
                             count=2 * len(prefixes)).reshape(-1, 2)
         return np.searchsorted(codes, (pairs[:, 0] << 6) | pairs[:, 1])
 
-    def tree_rows(at: "Any", entries: "Any", root: "Any", width: int) -> AddressTree:
+    def tree_rows(at: "Any", entries: "Any", root: "Any") -> AddressTree:
         """Per owner the bits of ``entries`` at ``at`` (positions) and
         their ancestors, ``root`` ORed into 0/0's: computed densely for
-        the internal prefixes only (few), gathered per owner from its own
-        or its parent's row (``width`` u64 columns, the rest zero), then a
-        leaf's own bits scattered in."""
+        the internal prefixes only (few); a leaf's own bits listed."""
         iid = layout.internal_id[at]
         inner = iid >= 0
-        tree = np.zeros((int(layout.internal_id.max()) + 1, width), dtype=np.uint64)
+        tree = np.zeros((int(layout.internal_id.max()) + 1, nwords), dtype=np.uint64)
         scatter_bits(tree, iid[inner], entries[inner])
-        tree[0, :nwords] |= root
+        tree[0] |= root
         for child, par in layout.internal_levels:
             tree[child] |= tree[par]
         return AddressTree(tree, layout.base, layout.owner_of[at[~inner]], entries[~inner],
                            layout.bounds_np, layout.index_np)
-
-    def rows_of(t: AddressTree) -> "Any":
-        rows = t.internal[t.base]
-        scatter_bits(rows, t.leaf_rows, t.leaf_entries)
-        return rows
 
     pe = np.array(pos_e, dtype=np.int64)
     # 0/0 (position 0) is everyone's ancestor: every entry without a
     # positive prefix holds everywhere, as its own entries do
     positive = np.zeros((1, nwords), dtype=np.uint64)
     scatter_bits(positive, np.zeros(len(pe), dtype=np.int64), pe)
-    tree = tree_rows(positions(pos_p), pe, int_words(live, nwords) & ~positive[0],
-                     nwords + summaries * summary_words(nwords))
-    wide = rows_of(tree)
+    tree = tree_rows(positions(pos_p), pe, int_words(live, nwords) & ~positive[0])
     if neg_e:
-        wide[:, :nwords] &= ~rows_of(tree_rows(positions(neg_p), np.array(neg_e, dtype=np.int64),
-                                               np.zeros(nwords, dtype=np.uint64), nwords))
-        return layout, wide, None
-    return layout, wide, tree
+        rows = tree.rows()
+        rows &= ~tree_rows(positions(neg_p), np.array(neg_e, dtype=np.int64),
+                           np.zeros(nwords, dtype=np.uint64)).rows()
+        return layout, rows, None
+    return layout, None, tree
 
 
 def address_intervals(prefixes: dict[Prefix, int]) -> Intervals:
@@ -1371,15 +1375,12 @@ def _compile_chain(table: Table, hook: str, interfaces: dict[str, int] | None,
         used |= set(min_shape.fields)
     shape.fields = frozenset(used)
 
-    # the summaries image.py will append to each address row (PairParts.masks)
-    pair = "src" in used and "dst" in used and nwords >= PAIR_MIN_WORDS
-    ports = pair and "sport" in used and "dport" in used
     if "src" in used:
-        c.src_iv = address_table(live, per_entry("src"), nwords, (3 if ports else 2) if pair else 1)
+        c.src_iv = address_table(live, per_entry("src"), nwords)
         shape.src_max, shape.src_bsize = len(c.src_iv.vectors), bsize_of(c.src_iv)
         shape.src_nbounds, shape.src_probes = len(c.src_iv.bounds), c.src_iv.probes
     if "dst" in used:
-        c.dst_iv = address_table(live, per_entry("dst"), nwords, 2 if pair else 1)
+        c.dst_iv = address_table(live, per_entry("dst"), nwords)
         shape.dst_max, shape.dst_bsize = len(c.dst_iv.vectors), bsize_of(c.dst_iv)
         shape.dst_nbounds, shape.dst_probes = len(c.dst_iv.bounds), c.dst_iv.probes
     if "proto" in used:

@@ -181,26 +181,20 @@ def vector_rows(values: list[int], nwords: int, masks: "tuple[int | None, ...]")
 
 def matrix_rows(iv: Intervals, nwords: int, masks: "tuple[int | None, ...]") -> bytes:
     """``vector_rows`` of an address table built as a uint64 bit matrix
-    (compiler ``Intervals.rows``): the summaries go into the spare columns
-    of its rows (``Intervals.wide``), whose bytes are then the map's;
-    rows of fewer columns than ``nwords`` (a larger program) are copied
-    into a buffer of the full width first."""
+    (compiler ``Intervals.tree`` / ``.rows``). From a tree, the rows are
+    gathered straight into the map's buffer, full width (the few internal
+    rows padded first), and the summaries come from the tree too; a
+    matrix is copied into the buffer's first columns."""
     import numpy as np
 
-    matrix = iv.rows
-    n, cols = matrix.shape
     total = nwords + len(masks) * summary_words(nwords)
-    wide = iv.wide
-    if cols == nwords and wide is not None and wide.shape[1] >= total:
-        # (fewer summaries than the room left: a strided copy, slower)
-        out = wide[:, :total]
-        if iv.tree is not None:
-            _tree_summaries(out, iv.tree, nwords, masks)
-            return out.tobytes()
-        out[:, nwords:] = 0   # (a summary written for another program's masks)
-    else:
-        out = np.zeros((n, total), dtype="<u8")
-        out[:, :cols] = matrix
+    if iv.tree is not None:
+        out = iv.tree.rows(total)
+        _tree_summaries(out, iv.tree, nwords, masks)
+        return out.tobytes()
+    matrix = iv.rows
+    out = np.zeros((matrix.shape[0], total), dtype="<u8")
+    out[:, :matrix.shape[1]] = matrix
     _summarise(out.view(np.uint8), nwords, masks)
     return out.tobytes()
 
@@ -214,7 +208,11 @@ def _tree_summaries(out: "Any", tree: "Any", nwords: int,
     import numpy as np
 
     nsum = summary_words(nwords)
-    internal = tree.internal[:, :nwords]
+    internal = tree.internal
+    if internal.shape[1] < nwords:   # (a larger program: the rest is zero)
+        internal = np.concatenate(
+            (internal, np.zeros((internal.shape[0], nwords - internal.shape[1]), np.uint64)),
+            axis=1)
     word = tree.leaf_entries >> 6
     bit = np.left_shift(np.uint64(1), (tree.leaf_entries & 63).astype(np.uint64))
     for i, m in enumerate(masks):
@@ -552,11 +550,12 @@ def address_images(name: str, iv: Intervals, bsize: int, nwords: int,
     pad = bsize - len(iv.bounds)
     bounds = array("I", iv.bounds + [0xFFFFFFFF] * pad).tobytes()
     index = packed_array(iv.index + [iv.index[-1]] * pad)
-    if parts is None and iv.rows is None:
+    matrix = iv.rows is not None or iv.tree is not None
+    if parts is None and not matrix:
         vectors = vector_items(range(len(iv.vectors)), iv.vectors, nwords, dense=True)
     else:
         masks = parts.masks(name) if parts is not None else (None,)
-        blob = (matrix_rows(iv, nwords, masks) if iv.rows is not None
+        blob = (matrix_rows(iv, nwords, masks) if matrix
                 else vector_rows(iv.vectors, nwords, masks))
         vectors = Packed(4, (nwords + len(masks) * summary_words(nwords)) * 8,
                          array_keys(len(iv.vectors)), blob, dense=True)
@@ -636,6 +635,14 @@ def _every_of(iv: Intervals, live: int) -> int:
     when the table is a matrix."""
     import numpy as np
 
+    tree = iv.tree
+    if tree is not None:
+        # a leaf's own entries are in its row only: in every row only
+        # when there is one row
+        every = np.bitwise_and.reduce(tree.internal[np.unique(tree.base)], axis=0)
+        if len(tree.base) == 1:
+            every = tree.rows()[0]
+        return live & int.from_bytes(every.tobytes(), "little")
     if iv.rows is None:
         return _every(iv.vectors, live)
     return live & int.from_bytes(np.bitwise_and.reduce(iv.rows, axis=0).tobytes(), "little")
@@ -650,7 +657,7 @@ def _buckets_of(iv: Intervals, spec: int) -> list[int]:
     around a bucket's more specific ones) are few, ORed in one by one."""
     import numpy as np
 
-    if iv.rows is None:
+    if iv.rows is None and iv.tree is None:
         return _buckets(iv, spec)
     shift = 32 - PAIR_BITS
     nb = 1 << PAIR_BITS
@@ -662,7 +669,7 @@ def _buckets_of(iv: Intervals, spec: int) -> list[int]:
     # the interval holding the bucket's first address, and past the bucket's
     first = np.searchsorted(bounds, starts, side="right") - 1
     end = np.searchsorted(bounds, starts + (1 << shift), side="left")
-    if iv.tree is not None:
+    if tree is not None:
         return _tree_buckets(iv, first, end, index, spec)
     seen = np.maximum.accumulate(index) + 1   # ids seen up to interval i
     # the run's first interval (it may go on from the bucket before) is
@@ -718,10 +725,10 @@ def _tree_buckets(iv: Intervals, first: "Any", end: "Any", index: "Any", spec: i
 
     tree = iv.tree
     assert tree is not None
-    ncols = iv.rows.shape[1]
+    ncols = tree.internal.shape[1]
     nb = len(first)
     bucket, ids = _run_ids(first, end, index)
-    nvec = iv.rows.shape[0]
+    nvec = len(tree.base)
     pairs = np.unique(bucket * nvec + ids)
     bucket, ids = pairs // nvec, pairs % nvec
     out = np.zeros((nb, ncols), dtype=np.uint64)
@@ -730,7 +737,7 @@ def _tree_buckets(iv: Intervals, first: "Any", end: "Any", index: "Any", spec: i
     inner = np.unique(bucket * ninternal + tree.base[ids])
     b, x = inner // ninternal, inner % ninternal
     heads = np.flatnonzero(np.concatenate(([True], b[1:] != b[:-1])))
-    out[b[heads]] = np.bitwise_or.reduceat(tree.internal[x, :ncols], heads, axis=0)
+    out[b[heads]] = np.bitwise_or.reduceat(tree.internal[x], heads, axis=0)
     # the leaves' own entries, in every bucket their row is in
     if len(tree.leaf_rows):
         order = np.argsort(tree.leaf_rows, kind="stable")
