@@ -236,17 +236,38 @@ class AddressTree:
     bounds: "Any" = None     # Intervals.bounds and .index as numpy arrays
     index: "Any" = None
 
-    def rows(self, width: int | None = None) -> "Any":
-        """The rows, ``width`` u64 columns each (default nwords; more: zero)."""
+    def rows(self, width: int | None = None, scratch: bool = False) -> "Any":
+        """The rows, ``width`` u64 columns each (default nwords; more:
+        zero). ``scratch``: in a buffer kept for the next call (for a
+        caller that copies the rows out before then)."""
         import numpy as np
 
         internal = self.internal
         if width is not None and width != internal.shape[1]:
             internal = np.zeros((internal.shape[0], width), dtype=np.uint64)
             internal[:, :self.internal.shape[1]] = self.internal
-        out = internal[self.base]
+        if scratch:
+            out = _scratch(len(self.base) * internal.shape[1]).reshape(-1, internal.shape[1])
+            np.take(internal, self.base, axis=0, out=out)
+        else:
+            out = internal[self.base]
         scatter_bits(out, self.leaf_rows, self.leaf_entries)
         return out
+
+
+# one buffer for the rows the image copies out at once (AddressTree.rows):
+# a fresh 14 MB array per update (fw1-10k's destinations) costs more in
+# page faults than gathering the rows into it
+_scratch_buffer: "list[Any]" = []
+
+
+def _scratch(count: int) -> "Any":
+    """``count`` u64 of the kept buffer (grown when too small)."""
+    import numpy as np
+
+    if not _scratch_buffer or len(_scratch_buffer[0]) < count:
+        _scratch_buffer[:] = [np.empty(count, dtype=np.uint64)]
+    return _scratch_buffer[0][:count]
 
 
 class RowInts(Sequence):

@@ -189,7 +189,7 @@ def matrix_rows(iv: Intervals, nwords: int, masks: "tuple[int | None, ...]") -> 
 
     total = nwords + len(masks) * summary_words(nwords)
     if iv.tree is not None:
-        out = iv.tree.rows(total)
+        out = iv.tree.rows(total, scratch=True)   # (copied out by tobytes)
         _tree_summaries(out, iv.tree, nwords, masks)
         return out.tobytes()
     matrix = iv.rows
