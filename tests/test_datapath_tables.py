@@ -81,9 +81,18 @@ def test_matrix_tables_equal_the_int_tables(drawn, fresh):
 
 @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
 @given(entry_lists, st.lists(st.integers(0, (1 << 9100) - 1), min_size=3, max_size=3),
-       st.integers(1, 3))
-def test_images_of_matrix_tables_equal_the_int_ones(drawn, masks, count):
+       st.integers(1, 3), st.sampled_from([image.FEW_INTERNAL, 0]))
+def test_images_of_matrix_tables_equal_the_int_ones(drawn, masks, count, few):
     entries, spread = drawn
+    kept, image.FEW_INTERNAL = image.FEW_INTERNAL, few   # (0: the reduceat path)
+    try:
+        check_images(entries, spread, masks, count)
+    finally:
+        image.FEW_INTERNAL = kept
+
+
+def check_images(entries: list[PrefixField], spread: list[int], masks: list[int],
+                 count: int) -> None:
     live, nwords, matrix, ints = tables(entries, spread)
     chosen = tuple([None, *[m & live for m in masks]][:count])
     got = image.matrix_rows(matrix, nwords, chosen)

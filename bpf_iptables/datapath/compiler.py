@@ -235,6 +235,9 @@ class AddressTree:
     leaf_entries: "Any"
     bounds: "Any" = None     # Intervals.bounds and .index as numpy arrays
     index: "Any" = None
+    # per leaf bit its prefix's first address and the one past its last
+    leaf_first: "Any" = None
+    leaf_past: "Any" = None
 
     def rows(self, width: int | None = None, scratch: bool = False) -> "Any":
         """The rows, ``width`` u64 columns each (default nwords; more:
@@ -990,8 +993,11 @@ def prefix_rows(live: int, per_entry: list[tuple[int, PrefixField]], nwords: int
         tree[0] |= root
         for child, par in layout.internal_levels:
             tree[child] |= tree[par]
-        return AddressTree(tree, layout.base, layout.owner_of[at[~inner]], entries[~inner],
-                           layout.bounds_np, layout.index_np)
+        leaf = at[~inner]
+        first = layout.codes[leaf] >> 6
+        return AddressTree(tree, layout.base, layout.owner_of[leaf], entries[~inner],
+                           layout.bounds_np, layout.index_np, first,
+                           first + np.left_shift(1, 32 - (layout.codes[leaf] & 63)))
 
     pe = np.array(pos_e, dtype=np.int64)
     # 0/0 (position 0) is everyone's ancestor: every entry without a

@@ -713,42 +713,46 @@ def _run_ids(first: "Any", end: "Any", index: "Any") -> "tuple[Any, Any]":
     return bucket, index[np.repeat(first, counts) + at]
 
 
+# up to this many internal rows, _tree_buckets ORs each into its buckets
+# (one numpy step per row), else all at once by a reduceat
+FEW_INTERNAL = 64
+
+
 def _tree_buckets(iv: Intervals, first: "Any", end: "Any", index: "Any", spec: int
                   ) -> list[int]:
     """``_buckets`` from what the rows are made of (compiler.AddressTree):
     a bucket's rows are ORs of a few internal prefixes' rows and of their
     leaves' own bits, so it ORs those (distinct per bucket) and never
-    reads the rows themselves."""
+    reads the rows themselves. A leaf's row is in the buckets its prefix
+    meets (its intervals are the whole prefix)."""
     import numpy as np
 
     from .compiler import scatter_bits
 
     tree = iv.tree
     assert tree is not None
-    ncols = tree.internal.shape[1]
+    internal = tree.internal
     nb = len(first)
+    out = np.zeros((nb, internal.shape[1]), dtype=np.uint64)
+    # the internal rows in each bucket: a (bucket, internal row) table
     bucket, ids = _run_ids(first, end, index)
-    nvec = len(tree.base)
-    pairs = np.unique(bucket * nvec + ids)
-    bucket, ids = pairs // nvec, pairs % nvec
-    out = np.zeros((nb, ncols), dtype=np.uint64)
-    # the internal rows: distinct (bucket, base) pairs, ORed per bucket
-    ninternal = tree.internal.shape[0]
-    inner = np.unique(bucket * ninternal + tree.base[ids])
-    b, x = inner // ninternal, inner % ninternal
-    heads = np.flatnonzero(np.concatenate(([True], b[1:] != b[:-1])))
-    out[b[heads]] = np.bitwise_or.reduceat(tree.internal[x], heads, axis=0)
-    # the leaves' own entries, in every bucket their row is in
-    if len(tree.leaf_rows):
-        order = np.argsort(tree.leaf_rows, kind="stable")
-        entries = tree.leaf_entries[order]
-        count = np.bincount(tree.leaf_rows, minlength=nvec)
-        begin = np.cumsum(count) - count
-        n = count[ids]
-        at = np.repeat(begin[ids], n) + (np.arange(int(n.sum()), dtype=np.int64)
-                                         - np.repeat(np.cumsum(n) - n, n))
-        scatter_bits(out, np.repeat(bucket, n), entries[at])
-    out &= np.frombuffer(spec.to_bytes(ncols * 8, "little"), "<u8")
+    present = np.zeros((nb, internal.shape[0]), dtype=bool)
+    present[bucket, tree.base[ids]] = True
+    if internal.shape[0] <= FEW_INTERNAL:
+        for x in np.flatnonzero(present.any(axis=0)):
+            out[present[:, x]] |= internal[x]
+    else:
+        b, x = np.nonzero(present)   # (by bucket)
+        heads = np.flatnonzero(np.concatenate(([True], b[1:] != b[:-1])))
+        out[b[heads]] = np.bitwise_or.reduceat(internal[x], heads, axis=0)
+    # the leaves' own entries, in every bucket their prefix meets
+    if len(tree.leaf_entries):
+        shift = 32 - PAIR_BITS
+        lo = tree.leaf_first >> shift
+        n = ((tree.leaf_past - 1) >> shift) - lo + 1
+        at = np.arange(int(n.sum()), dtype=np.int64) - np.repeat(np.cumsum(n) - n, n)
+        scatter_bits(out, np.repeat(lo, n) + at, np.repeat(tree.leaf_entries, n))
+    out &= np.frombuffer(spec.to_bytes(internal.shape[1] * 8, "little"), "<u8")
     return [int.from_bytes(row.tobytes(), "little") for row in out]
 
 
