@@ -548,8 +548,19 @@ def address_images(name: str, iv: Intervals, bsize: int, nwords: int,
     last interval's, so a search landing on them is still right); the
     bitvectors (with the pair summary: ``struct addr_vector``, below)."""
     pad = bsize - len(iv.bounds)
-    bounds = array("I", iv.bounds + [0xFFFFFFFF] * pad).tobytes()
-    index = packed_array(iv.index + [iv.index[-1]] * pad)
+    if iv.tree is not None:
+        # (the layout's numpy arrays: no 13k-element lists to convert)
+        import numpy as np
+
+        tree = iv.tree
+        bounds = np.concatenate((tree.bounds, np.full(pad, 0xFFFFFFFF, dtype=np.int64))
+                                ).astype("<u4").tobytes()
+        index = Packed(4, 4, array_keys(bsize), np.concatenate(
+            (tree.index, np.full(pad, tree.index[-1], dtype=np.int64))).astype("<u4").tobytes(),
+            dense=True)
+    else:
+        bounds = array("I", iv.bounds + [0xFFFFFFFF] * pad).tobytes()
+        index = packed_array(iv.index + [iv.index[-1]] * pad)
     matrix = iv.rows is not None or iv.tree is not None
     if parts is None and not matrix:
         vectors = vector_items(range(len(iv.vectors)), iv.vectors, nwords, dense=True)
