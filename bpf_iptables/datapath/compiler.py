@@ -1081,7 +1081,9 @@ def _layout_of(keys: set[tuple[int, int]]) -> _Layout:
 
     # sorted as integers (addr << 6 | length: the same order as the
     # tuples, ~10x faster to sort than Prefix tuples)
-    codes = np.sort(np.fromiter((a << 6 | m for a, m in keys), dtype=np.int64, count=len(keys)))
+    pairs = np.fromiter(chain.from_iterable(keys), dtype=np.int64,
+                        count=2 * len(keys)).reshape(-1, 2)
+    codes = np.sort((pairs[:, 0] << 6) | pairs[:, 1])
     addrs, lengths = codes >> 6, codes & 63
     order = list(zip(addrs.tolist(), lengths.tolist()))
     return _remember(_layout(order, addrs, lengths))
@@ -1121,22 +1123,9 @@ def _layout(order: list[tuple[int, int]], addrs: "Any" = None, lengths: "Any" = 
         addrs = np.fromiter((a for a, _ in order), dtype=np.int64, count=n)
         lengths = np.fromiter((m for _, m in order), dtype=np.int64, count=n)
     ends = addrs + np.left_shift(np.int64(1), 32 - lengths)
-    # each prefix's nearest listed ancestor (links): the innermost enclosing
-    # one still open when it starts (prefixes are nested or disjoint)
-    links: list[tuple[int, int]] = []
-    up = [0] * n
-    depth = [0] * n
-    stack: list[int] = []
-    ends_list = ends.tolist()
-    for i, (a, _) in enumerate(order):
-        while stack and ends_list[stack[-1]] <= a:
-            stack.pop()
-        if stack:
-            links.append((i, stack[-1]))
-            up[i] = stack[-1]
-            depth[i] = len(stack)
-        stack.append(i)
-    parent = np.array(up, dtype=np.int64)
+    parent, depths = _parents(addrs, ends)
+    # each prefix's nearest listed ancestor, in order (links)
+    links = list(zip(range(1, n), parent[1:].tolist()))
     cuts = np.unique(np.concatenate((np.zeros(1, dtype=np.int64), addrs, ends[ends < 1 << 32])))
     # the innermost prefix holding a cut: the last one starting at or
     # before it, or the nearest of its ancestors that still holds the cut
@@ -1155,7 +1144,6 @@ def _layout(order: list[tuple[int, int]], addrs: "Any" = None, lengths: "Any" = 
     ids[owners] = np.arange(len(owners))
     bounds, index = cuts.tolist(), ids[owner].tolist()
     iv = with_buckets(Intervals(bounds, index, []))
-    depths = np.array(depth, dtype=np.int64)
     levels = [np.flatnonzero(depths == d) for d in range(1, int(depths.max()) + 1)]
     internal = np.union1d([0], parent[1:])
     internal_id = np.full(n, -1, dtype=np.int64)
@@ -1173,6 +1161,36 @@ def _layout(order: list[tuple[int, int]], addrs: "Any" = None, lengths: "Any" = 
     return _Layout(list(order), bounds, index, owners.tolist(), iv.top, iv.probes,
                    frozenset(order), links, (addrs << 6) | lengths, parent, levels, owners,
                    internal_id, base, internal_levels, owner_of, cuts, ids[owner])
+
+
+def _parents(addrs: "Any", ends: "Any") -> "tuple[Any, Any]":
+    """Per prefix (sorted by address then length, 0/0 first; nested or
+    disjoint) its nearest listed ancestor (0/0: itself) and its depth
+    below 0/0. The parent of i is the last j < i whose end lies past i's
+    start. Every prefix starts from i - 1 as its candidate and, while the
+    candidate ends at or before its start, jumps to the candidate's own
+    current candidate: a candidate's candidate is never below the
+    candidate's parent, and a prefix holding i holds everything between
+    it and i, so no jump passes i's parent (pointer jumping: a few rounds
+    of numpy, not a Python stack walk over every prefix)."""
+    import numpy as np
+
+    n = len(addrs)
+    parent = np.arange(-1, n - 1, dtype=np.int64)
+    parent[0] = 0
+    while True:
+        out = np.flatnonzero(ends[parent] <= addrs)
+        if not len(out):
+            break
+        parent[out] = parent[parent[out]]
+    depths = np.full(n, -1, dtype=np.int64)
+    depths[0] = 0
+    while True:
+        ready = np.flatnonzero((depths < 0) & (depths[parent] >= 0))
+        if not len(ready):
+            break
+        depths[ready] = depths[parent[ready]] + 1
+    return parent, depths
 
 
 def with_buckets(iv: Intervals) -> Intervals:
