@@ -911,10 +911,9 @@ def address_table(live: int, per_entry: list[tuple[int, PrefixField]],
     With ``nwords``: the vectors as a numpy bit matrix of that many u64
     words per row (``prefix_rows``; ``vectors`` reads its rows as ints)."""
     if nwords is not None:
-        layout, rows, tree = prefix_rows(live, per_entry, nwords)
-        iv = Intervals(layout.bounds, layout.index, [], layout.top, layout.probes, rows, tree)
-        iv.vectors = RowInts(iv, len(layout.owners))
-        return iv
+        found = list(zip(*per_entry))
+        ents, pfs = found if found else ([], [])
+        return address_columns(live, list(ents), list(pfs), nwords)
     order, vectors = _prefix_vectors(live, per_entry)
     return _intervals(order, vectors, _layouts[0])   # (_prefix_vectors found or made it)
 
@@ -946,7 +945,17 @@ _POSITIVE = attrgetter("positive")
 _NEGATIVE = attrgetter("negative")
 
 
-def prefix_rows(live: int, per_entry: list[tuple[int, PrefixField]], nwords: int
+def address_columns(live: int, ents: list[int], pfs: list[PrefixField], nwords: int
+                    ) -> Intervals:
+    """``address_table(live, list(zip(ents, pfs)), nwords)`` from the
+    entries and their constraints as two lists (what the compiler has)."""
+    layout, rows, tree = prefix_rows(live, ents, pfs, nwords)
+    iv = Intervals(layout.bounds, layout.index, [], layout.top, layout.probes, rows, tree)
+    iv.vectors = RowInts(iv, len(layout.owners))
+    return iv
+
+
+def prefix_rows(live: int, ents: list[int], pfs: list[PrefixField], nwords: int
                 ) -> "tuple[_Layout, Any, AddressTree | None]":
     """``_prefix_vectors`` as a numpy bit matrix, in the layout's owner
     order (``Intervals.vectors``): the rows of the internal prefixes (with
@@ -958,10 +967,8 @@ def prefix_rows(live: int, per_entry: list[tuple[int, PrefixField]], nwords: int
     no tree is returned). Bit for bit what ``_prefix_vectors`` gives (tested)."""
     import numpy as np
 
-    # (the attributes by map(): attrgetter runs in C, ~10k entries)
-    found = list(zip(*per_entry))
-    ents, pfs = found if found else ((), ())
-    # (compress / filter / count run in C: a Prefix is a non-empty tuple)
+    # (the attributes by map(): attrgetter runs in C, ~10k entries;
+    # compress / filter / count too: a Prefix is a non-empty tuple)
     allpos = list(map(_POSITIVE, pfs))
     pos_e = list(compress(ents, allpos))
     pos_p = list(filter(None, allpos))
@@ -1421,11 +1428,13 @@ def _compile_chain(table: Table, hook: str, interfaces: dict[str, int] | None,
     shape.fields = frozenset(used)
 
     if "src" in used:
-        c.src_iv = address_table(live, per_entry("src"), nwords)
+        c.src_iv = address_columns(live, live_index, list(map(attrgetter("src"), live_fields)),
+                                   nwords)
         shape.src_max, shape.src_bsize = len(c.src_iv.vectors), bsize_of(c.src_iv)
         shape.src_nbounds, shape.src_probes = len(c.src_iv.bounds), c.src_iv.probes
     if "dst" in used:
-        c.dst_iv = address_table(live, per_entry("dst"), nwords)
+        c.dst_iv = address_columns(live, live_index, list(map(attrgetter("dst"), live_fields)),
+                                   nwords)
         shape.dst_max, shape.dst_bsize = len(c.dst_iv.vectors), bsize_of(c.dst_iv)
         shape.dst_nbounds, shape.dst_probes = len(c.dst_iv.bounds), c.dst_iv.probes
     if "proto" in used:
