@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import gc
 import socket
+import threading
 from array import array
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -209,8 +210,9 @@ class Intervals:
     # bit e of a row = entry e), when address_table built one: ``tree``
     # (what the rows are made of, when no entry negates a prefix; the rows
     # are made only on demand, by the image at its own width) or ``rows``
-    rows: "Any" = None
-    tree: "AddressTree | None" = None
+    # (left out of ==: the vectors compare as ints; numpy arrays have no truth value)
+    rows: "Any" = field(default=None, compare=False)
+    tree: "AddressTree | None" = field(default=None, compare=False)
 
     def matrix(self) -> "Any":
         """The vectors as a bit matrix (made from ``tree`` once if need be)."""
@@ -258,19 +260,20 @@ class AddressTree:
         return out
 
 
-# one buffer for the rows the image copies out at once (AddressTree.rows):
-# a fresh 14 MB array per update (fw1-10k's destinations) costs more in
-# page faults than gathering the rows into it
-_scratch_buffer: "list[Any]" = []
+# one buffer for the rows the image copies out at once (AddressTree.rows),
+# per thread: a fresh 14 MB array per update (fw1-10k's destinations)
+# costs more in page faults than gathering the rows into it
+_scratch_buffer = threading.local()
 
 
 def _scratch(count: int) -> "Any":
-    """``count`` u64 of the kept buffer (grown when too small)."""
+    """``count`` u64 of this thread's kept buffer (grown when too small)."""
     import numpy as np
 
-    if not _scratch_buffer or len(_scratch_buffer[0]) < count:
-        _scratch_buffer[:] = [np.empty(count, dtype=np.uint64)]
-    return _scratch_buffer[0][:count]
+    kept = getattr(_scratch_buffer, "array", None)
+    if kept is None or len(kept) < count:
+        kept = _scratch_buffer.array = np.empty(count, dtype=np.uint64)
+    return kept[:count]
 
 
 class RowInts(Sequence):
