@@ -929,6 +929,7 @@ def scatter_bits(m: "Any", rows: "Any", entries: "Any") -> None:
 
     if not len(entries):
         return
+    assert m.flags.c_contiguous   # (reshape(-1) below must be a view)
     flat = rows * m.shape[1] + (entries >> 6)
     bit = np.left_shift(np.uint64(1), (entries & 63).astype(np.uint64))
     order = np.argsort(flat, kind="stable")
@@ -1054,17 +1055,12 @@ class _Layout:
     # ancestor's position), in order
     keys: frozenset = frozenset()
     links: list[tuple[int, int]] = field(default_factory=list)
-    # numpy forms for address_table: ``order`` as sorted addr << 6 | length
-    # codes, each position's parent (0/0: itself), the positions per depth
-    # in the prefix tree (from depth 1), the owners as an index array
-    codes: "Any" = None
-    parent: "Any" = None
-    levels: list = field(default_factory=list)
-    owner_rows: "Any" = None
-    # the prefixes with children ("internal", 0/0 always first), per
+    # for prefix_rows: ``order`` as sorted addr << 6 | length codes; the
+    # prefixes with children ("internal", 0/0 always first), per
     # position its internal id (-1: a leaf), per owner the internal id of
     # itself or, for a leaf, of its parent; per depth the internal
     # positions' ids and their parents' ids; per position its owner row
+    codes: "Any" = None
     internal_id: "Any" = None
     base: "Any" = None
     internal_levels: list = field(default_factory=list)
@@ -1169,7 +1165,7 @@ def _layout(order: list[tuple[int, int]], addrs: "Any" = None, lengths: "Any" = 
     owner_of = np.full(n, -1, dtype=np.int64)
     owner_of[owners] = np.arange(len(owners))
     return _Layout(list(order), bounds, index, owners.tolist(), iv.top, iv.probes,
-                   frozenset(order), links, (addrs << 6) | lengths, parent, levels, owners,
+                   frozenset(order), links, (addrs << 6) | lengths,
                    internal_id, base, internal_levels, owner_of, cuts, ids[owner])
 
 
