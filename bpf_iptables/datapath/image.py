@@ -660,12 +660,13 @@ def _every_of(iv: Intervals, live: int) -> int:
 
 
 def _buckets_of(iv: Intervals, spec: int) -> list[int]:
-    """``_buckets`` by numpy for a matrix table. Vector ids are numbered in
-    order of first appearance along the addresses, so the ids that first
-    appear in a bucket's run of intervals are a range of rows, one
-    reduceat segment each (the segments tile the rows: one pass, no
-    gather); the ids seen before that come back in the run (a prefix
-    around a bucket's more specific ones) are few, ORed in one by one."""
+    """``_buckets`` by numpy for a matrix table (``_tree_buckets`` for a
+    tree). Vector ids are numbered in order of first appearance along the
+    addresses, so the ids that first appear in a bucket's run of intervals
+    are a range of rows, one reduceat segment each (the segments tile the
+    rows: one pass, no gather); the ids seen before that come back in the
+    run (a prefix around a bucket's more specific ones) are few, ORed in
+    one by one."""
     import numpy as np
 
     if iv.rows is None and iv.tree is None:
@@ -697,12 +698,8 @@ def _buckets_of(iv: Intervals, spec: int) -> list[int]:
         out[new] = np.bitwise_or.reduceat(rows, cuts, axis=0)[::2]
     # ids of the run seen before it: its first interval's and any an inner
     # prefix's end brings back
-    counts = end - first
-    bucket = np.repeat(np.arange(nb, dtype=np.int64), counts)
-    at = np.arange(int(counts.sum()), dtype=np.int64) - np.repeat(np.cumsum(counts) - counts,
-                                                                    counts)
-    ids = index[np.repeat(first, counts) + at]
-    old = ids < np.repeat(before, counts)
+    bucket, ids = _run_ids(first, end, index)
+    old = ids < before[bucket]
     if old.any():
         nvec = rows.shape[0]
         pairs = np.unique(bucket[old] * nvec + ids[old])
