@@ -23,11 +23,12 @@ from __future__ import annotations
 
 import gc
 import socket
+import threading
 from bisect import bisect_left
 from array import array
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from itertools import islice, repeat
+from itertools import chain, compress, islice, repeat
 from dataclasses import dataclass, field, replace
 from operator import attrgetter, is_
 from typing import TYPE_CHECKING, Any
@@ -203,9 +204,97 @@ class Intervals:
 
     bounds: list[int]
     index: list[int]
-    vectors: list[int]
+    vectors: "Sequence[int]"   # a list, or RowInts over the matrix below
     top: "array[int]" = field(default_factory=lambda: array("I"))   # 65,536 u32
     probes: int = 0
+    # the same vectors as a numpy uint64 bit matrix (one row per vector,
+    # bit e of a row = entry e), when address_table built one: ``tree``
+    # (what the rows are made of, when no entry negates a prefix; the rows
+    # are made only on demand, by the image at its own width) or ``rows``
+    # (left out of ==: the vectors compare as ints; numpy arrays have no truth value)
+    rows: "Any" = field(default=None, compare=False)
+    tree: "AddressTree | None" = field(default=None, compare=False)
+
+    def matrix(self) -> "Any":
+        """The vectors as a bit matrix (made from ``tree`` once if need be)."""
+        if self.rows is None and self.tree is not None:
+            self.rows = self.tree.rows()
+        return self.rows
+
+
+@dataclass
+class AddressTree:
+    """An address table's rows as ``prefix_rows`` makes them: row k is
+    ``internal[base[k]]`` (the entries of an internal prefix, one with
+    more specific prefixes listed, and of its ancestors) with bit
+    ``leaf_entries[j]`` set where ``leaf_rows[j]`` is k (a leaf prefix's
+    own entries, each in one row only). The internal rows are few (fw1-10k:
+    7 of 6,669): image.py computes summaries and pair buckets from them
+    and the leaf bits, and gathers the rows straight into its map buffer."""
+
+    internal: "Any"          # (internal prefixes, nwords) uint64
+    base: "Any"
+    leaf_rows: "Any"
+    leaf_entries: "Any"
+    bounds: "Any" = None     # Intervals.bounds and .index as numpy arrays
+    index: "Any" = None
+    # per leaf bit its prefix's first address and the one past its last
+    leaf_first: "Any" = None
+    leaf_past: "Any" = None
+
+    def rows(self, width: int | None = None, scratch: bool = False) -> "Any":
+        """The rows, ``width`` u64 columns each (default nwords; more:
+        zero). ``scratch``: in a buffer kept for the next call (for a
+        caller that copies the rows out before then)."""
+        import numpy as np
+
+        internal = self.internal
+        if width is not None and width != internal.shape[1]:
+            internal = np.zeros((internal.shape[0], width), dtype=np.uint64)
+            internal[:, :self.internal.shape[1]] = self.internal
+        if scratch:
+            out = _scratch(len(self.base) * internal.shape[1]).reshape(-1, internal.shape[1])
+            np.take(internal, self.base, axis=0, out=out)
+        else:
+            out = internal[self.base]
+        scatter_bits(out, self.leaf_rows, self.leaf_entries)
+        return out
+
+
+# one buffer for the rows the image copies out at once (AddressTree.rows),
+# per thread: a fresh 14 MB array per update (fw1-10k's destinations)
+# costs more in page faults than gathering the rows into it
+_scratch_buffer = threading.local()
+
+
+def _scratch(count: int) -> "Any":
+    """``count`` u64 of this thread's kept buffer (grown when too small)."""
+    import numpy as np
+
+    kept = getattr(_scratch_buffer, "array", None)
+    if kept is None or len(kept) < count:
+        kept = _scratch_buffer.array = np.empty(count, dtype=np.uint64)
+    return kept[:count]
+
+
+class RowInts(Sequence):
+    """The rows of an address table's bit matrix read as Python ints (bit
+    e = entry e), made on demand: tests, the harness and bench read a few;
+    the image takes the matrix itself."""
+
+    def __init__(self, iv: Intervals, count: int) -> None:
+        self.iv, self.count = iv, count
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        return int.from_bytes(self.iv.matrix()[i].tobytes(), "little")
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Sequence) and list(self) == list(other)
 
 
 @dataclass
@@ -874,11 +963,121 @@ def prefix_table(live: int, per_entry: list[tuple[int, PrefixField]]) -> dict[Pr
     return {Prefix(a, n): v for (a, n), v in zip(order, vectors)}
 
 
-def address_table(live: int, per_entry: list[tuple[int, PrefixField]]) -> Intervals:
+def address_table(live: int, per_entry: list[tuple[int, PrefixField]],
+                  nwords: int | None = None) -> Intervals:
     """An address field's intervals straight from the entries (what
-    ``address_intervals(prefix_table(...))`` gives, without Prefix keys)."""
+    ``address_intervals(prefix_table(...))`` gives, without Prefix keys).
+    With ``nwords``: the vectors as a numpy bit matrix of that many u64
+    words per row (``prefix_rows``; ``vectors`` reads its rows as ints)."""
+    if nwords is not None:
+        found = list(zip(*per_entry))
+        ents, pfs = found if found else ([], [])
+        return address_columns(live, list(ents), list(pfs), nwords)
     order, vectors = _prefix_vectors(live, per_entry)
     return _intervals(order, vectors, _layouts[0])   # (_prefix_vectors found or made it)
+
+
+def scatter_bits(m: "Any", rows: "Any", entries: "Any") -> None:
+    """Set bit ``entries[k]`` of row ``rows[k]`` of the uint64 matrix ``m``
+    for every k (the pairs sorted by word first: several bits of one word
+    are ORed together before the store, as fancy assignment keeps one)."""
+    import numpy as np
+
+    if not len(entries):
+        return
+    assert m.flags.c_contiguous   # (reshape(-1) below must be a view)
+    flat = rows * m.shape[1] + (entries >> 6)
+    bit = np.left_shift(np.uint64(1), (entries & 63).astype(np.uint64))
+    order = np.argsort(flat, kind="stable")
+    flat, bit = flat[order], bit[order]
+    starts = np.flatnonzero(np.concatenate(([True], flat[1:] != flat[:-1])))
+    m.reshape(-1)[flat[starts]] |= np.bitwise_or.reduceat(bit, starts)
+
+
+def int_words(value: int, nwords: int) -> "Any":
+    """A Python int's low ``nwords`` u64 words as a numpy array (a copy)."""
+    import numpy as np
+
+    return np.frombuffer(value.to_bytes(nwords * 8, "little"), "<u8").copy()
+
+
+_POSITIVE = attrgetter("positive")
+_NEGATIVE = attrgetter("negative")
+
+
+def address_columns(live: int, ents: list[int], pfs: list[PrefixField], nwords: int
+                    ) -> Intervals:
+    """``address_table(live, list(zip(ents, pfs)), nwords)`` from the
+    entries and their constraints as two lists (what the compiler has)."""
+    layout, rows, tree = prefix_rows(live, ents, pfs, nwords)
+    iv = Intervals(layout.bounds, layout.index, [], layout.top, layout.probes, rows, tree)
+    iv.vectors = RowInts(iv, len(layout.owners))
+    return iv
+
+
+def prefix_rows(live: int, ents: list[int], pfs: list[PrefixField], nwords: int
+                ) -> "tuple[_Layout, Any, AddressTree | None]":
+    """``_prefix_vectors`` as a numpy bit matrix, in the layout's owner
+    order (``Intervals.vectors``): the rows of the internal prefixes (with
+    more specific ones listed) get their own positive entries' bits (0/0's:
+    every entry without a positive prefix too), ORed down the tree one
+    depth at a time; a leaf's row is its parent's plus its own entries
+    (``AddressTree``: rows made on demand). Negated prefixes make a second
+    such matrix, cleared from the first (then the rows are made now, and
+    no tree is returned). Bit for bit what ``_prefix_vectors`` gives (tested)."""
+    import numpy as np
+
+    # (the attributes by map(): attrgetter runs in C, ~10k entries;
+    # compress / filter / count too: a Prefix is a non-empty tuple)
+    allpos = list(map(_POSITIVE, pfs))
+    pos_e = list(compress(ents, allpos))
+    pos_p = list(filter(None, allpos))
+    neg_e: list[int] = []
+    neg_p: list[Prefix] = []
+    allneg = list(map(_NEGATIVE, pfs))
+    if allneg.count(()) != len(allneg):
+        for e, negative in zip(ents, allneg):
+            if negative:
+                for q in negative:
+                    neg_e.append(e)
+                    neg_p.append(q)
+    layout = _layout_of({ROOT, *pos_p, *neg_p})
+    codes = layout.codes
+
+    def positions(prefixes: list[Prefix]) -> "Any":
+        pairs = np.fromiter(chain.from_iterable(prefixes), dtype=np.int64,
+                            count=2 * len(prefixes)).reshape(-1, 2)
+        return np.searchsorted(codes, (pairs[:, 0] << 6) | pairs[:, 1])
+
+    def tree_rows(at: "Any", entries: "Any", root: "Any") -> AddressTree:
+        """Per owner the bits of ``entries`` at ``at`` (positions) and
+        their ancestors, ``root`` ORed into 0/0's: computed densely for
+        the internal prefixes only (few); a leaf's own bits listed."""
+        iid = layout.internal_id[at]
+        inner = iid >= 0
+        tree = np.zeros((int(layout.internal_id.max()) + 1, nwords), dtype=np.uint64)
+        scatter_bits(tree, iid[inner], entries[inner])
+        tree[0] |= root
+        for child, par in layout.internal_levels:
+            tree[child] |= tree[par]
+        leaf = at[~inner]
+        first = layout.codes[leaf] >> 6
+        return AddressTree(tree, layout.base, layout.owner_of[leaf], entries[~inner],
+                           layout.bounds_np, layout.index_np, first,
+                           first + np.left_shift(1, 32 - (layout.codes[leaf] & 63)))
+
+    pe = np.array(pos_e, dtype=np.int64)
+    # 0/0 (position 0) is everyone's ancestor: every entry without a
+    # positive prefix holds everywhere, as its own entries do
+    positive = np.zeros((1, nwords), dtype=np.uint64)
+    scatter_bits(positive, np.zeros(len(pe), dtype=np.int64), pe)
+    tree = tree_rows(positions(pos_p), pe, int_words(live, nwords) & ~positive[0])
+    if neg_e:
+        rows = tree.rows()
+        rows &= ~tree_rows(positions(neg_p), np.array(neg_e, dtype=np.int64),
+                           np.zeros(nwords, dtype=np.uint64)).rows()
+        return layout, rows, None
+    return layout, None, tree
 
 
 def address_intervals(prefixes: dict[Prefix, int]) -> Intervals:
@@ -912,6 +1111,18 @@ class _Layout:
     # ancestor's position), in order
     keys: frozenset = frozenset()
     links: list[tuple[int, int]] = field(default_factory=list)
+    # for prefix_rows: ``order`` as sorted addr << 6 | length codes; the
+    # prefixes with children ("internal", 0/0 always first), per
+    # position its internal id (-1: a leaf), per owner the internal id of
+    # itself or, for a leaf, of its parent; per depth the internal
+    # positions' ids and their parents' ids; per position its owner row
+    codes: "Any" = None
+    internal_id: "Any" = None
+    base: "Any" = None
+    internal_levels: list = field(default_factory=list)
+    owner_of: "Any" = None
+    bounds_np: "Any" = None   # bounds and index as numpy arrays
+    index_np: "Any" = None
 
 
 # the last few address layouts: an update that leaves the prefixes of a
@@ -932,7 +1143,9 @@ def _layout_of(keys: set[tuple[int, int]]) -> _Layout:
 
     # sorted as integers (addr << 6 | length: the same order as the
     # tuples, ~10x faster to sort than Prefix tuples)
-    codes = np.sort(np.fromiter((a << 6 | m for a, m in keys), dtype=np.int64, count=len(keys)))
+    pairs = np.fromiter(chain.from_iterable(keys), dtype=np.int64,
+                        count=2 * len(keys)).reshape(-1, 2)
+    codes = np.sort((pairs[:, 0] << 6) | pairs[:, 1])
     addrs, lengths = codes >> 6, codes & 63
     order = list(zip(addrs.tolist(), lengths.tolist()))
     return _remember(_layout(order, addrs, lengths))
@@ -972,20 +1185,9 @@ def _layout(order: list[tuple[int, int]], addrs: "Any" = None, lengths: "Any" = 
         addrs = np.fromiter((a for a, _ in order), dtype=np.int64, count=n)
         lengths = np.fromiter((m for _, m in order), dtype=np.int64, count=n)
     ends = addrs + np.left_shift(np.int64(1), 32 - lengths)
-    # each prefix's nearest listed ancestor (links): the innermost enclosing
-    # one still open when it starts (prefixes are nested or disjoint)
-    links: list[tuple[int, int]] = []
-    up = [0] * n
-    stack: list[int] = []
-    ends_list = ends.tolist()
-    for i, (a, _) in enumerate(order):
-        while stack and ends_list[stack[-1]] <= a:
-            stack.pop()
-        if stack:
-            links.append((i, stack[-1]))
-            up[i] = stack[-1]
-        stack.append(i)
-    parent = np.array(up, dtype=np.int64)
+    parent, depths = _parents(addrs, ends)
+    # each prefix's nearest listed ancestor, in order (links)
+    links = list(zip(range(1, n), parent[1:].tolist()))
     cuts = np.unique(np.concatenate((np.zeros(1, dtype=np.int64), addrs, ends[ends < 1 << 32])))
     # the innermost prefix holding a cut: the last one starting at or
     # before it, or the nearest of its ancestors that still holds the cut
@@ -1004,8 +1206,53 @@ def _layout(order: list[tuple[int, int]], addrs: "Any" = None, lengths: "Any" = 
     ids[owners] = np.arange(len(owners))
     bounds, index = cuts.tolist(), ids[owner].tolist()
     iv = with_buckets(Intervals(bounds, index, []))
+    levels = [np.flatnonzero(depths == d) for d in range(1, int(depths.max()) + 1)]
+    internal = np.union1d([0], parent[1:])
+    internal_id = np.full(n, -1, dtype=np.int64)
+    internal_id[internal] = np.arange(len(internal))
+    base = internal_id[owners]
+    leaf = base < 0
+    base[leaf] = internal_id[parent[owners[leaf]]]
+    internal_levels = []
+    for level in levels:
+        inner = level[internal_id[level] >= 0]
+        if len(inner):
+            internal_levels.append((internal_id[inner], internal_id[parent[inner]]))
+    owner_of = np.full(n, -1, dtype=np.int64)
+    owner_of[owners] = np.arange(len(owners))
     return _Layout(list(order), bounds, index, owners.tolist(), iv.top, iv.probes,
-                   frozenset(order), links)
+                   frozenset(order), links, (addrs << 6) | lengths,
+                   internal_id, base, internal_levels, owner_of, cuts, ids[owner])
+
+
+def _parents(addrs: "Any", ends: "Any") -> "tuple[Any, Any]":
+    """Per prefix (sorted by address then length, 0/0 first; nested or
+    disjoint) its nearest listed ancestor (0/0: itself) and its depth
+    below 0/0. The parent of i is the last j < i whose end lies past i's
+    start. Every prefix starts from i - 1 as its candidate and, while the
+    candidate ends at or before its start, jumps to the candidate's own
+    current candidate: a candidate's candidate is never below the
+    candidate's parent, and a prefix holding i holds everything between
+    it and i, so no jump passes i's parent (pointer jumping: a few rounds
+    of numpy, not a Python stack walk over every prefix)."""
+    import numpy as np
+
+    n = len(addrs)
+    parent = np.arange(-1, n - 1, dtype=np.int64)
+    parent[0] = 0
+    while True:
+        out = np.flatnonzero(ends[parent] <= addrs)
+        if not len(out):
+            break
+        parent[out] = parent[parent[out]]
+    depths = np.full(n, -1, dtype=np.int64)
+    depths[0] = 0
+    while True:
+        ready = np.flatnonzero((depths < 0) & (depths[parent] >= 0))
+        if not len(ready):
+            break
+        depths[ready] = depths[parent[ready]] + 1
+    return parent, depths
 
 
 def with_buckets(iv: Intervals) -> Intervals:
@@ -1267,11 +1514,13 @@ def _compile_chain(table: Table, hook: str, interfaces: dict[str, int] | None,
     shape.fields = frozenset(used)
 
     if "src" in used:
-        c.src_iv = address_table(live, per_entry("src"))
+        c.src_iv = address_columns(live, live_index, list(map(attrgetter("src"), live_fields)),
+                                   nwords)
         shape.src_max, shape.src_bsize = len(c.src_iv.vectors), bsize_of(c.src_iv)
         shape.src_nbounds, shape.src_probes = len(c.src_iv.bounds), c.src_iv.probes
     if "dst" in used:
-        c.dst_iv = address_table(live, per_entry("dst"))
+        c.dst_iv = address_columns(live, live_index, list(map(attrgetter("dst"), live_fields)),
+                                   nwords)
         shape.dst_max, shape.dst_bsize = len(c.dst_iv.vectors), bsize_of(c.dst_iv)
         shape.dst_nbounds, shape.dst_probes = len(c.dst_iv.bounds), c.dst_iv.probes
     if "proto" in used:

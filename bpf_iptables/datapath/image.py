@@ -22,6 +22,7 @@ from bisect import bisect_left
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 from .compiler import (PAIR_BITS, PROTO_DEFAULT, TCP_FLAGS_EVIL, Compiled, Intervals, Shape,
                        pair_summary, ports_pair, ports_pair_slots, summary_words)
@@ -174,7 +175,71 @@ def vector_rows(values: list[int], nwords: int, masks: "tuple[int | None, ...]")
     total = size + len(masks) * nsum * 8
     n = len(values)
     buf = bytearray().join([v.to_bytes(total, "little") for v in values])
-    rows = np.frombuffer(buf, np.uint8).reshape(n, total)
+    _summarise(np.frombuffer(buf, np.uint8).reshape(n, total), nwords, masks)
+    return bytes(buf)
+
+
+def matrix_rows(iv: Intervals, nwords: int, masks: "tuple[int | None, ...]") -> bytes:
+    """``vector_rows`` of an address table built as a uint64 bit matrix
+    (compiler ``Intervals.tree`` / ``.rows``). From a tree, the rows are
+    gathered straight into the map's buffer, full width (the few internal
+    rows padded first), and the summaries come from the tree too; a
+    matrix is copied into the buffer's first columns."""
+    import numpy as np
+
+    total = nwords + len(masks) * summary_words(nwords)
+    if iv.tree is not None:
+        out = iv.tree.rows(total, scratch=True)   # (copied out by tobytes)
+        _tree_summaries(out, iv.tree, nwords, masks)
+        return out.tobytes()
+    matrix = iv.rows
+    out = np.zeros((matrix.shape[0], total), dtype="<u8")
+    out[:, :matrix.shape[1]] = matrix
+    _summarise(out.view(np.uint8), nwords, masks)
+    return out.tobytes()
+
+
+def _tree_summaries(out: "Any", tree: "Any", nwords: int,
+                    masks: "tuple[int | None, ...]") -> None:
+    """The summaries of rows made as compiler.AddressTree says: word j of
+    a row is non-zero (under a mask) when its internal row's is or one of
+    its leaf bits is there (and in the mask), so the flags come from the
+    few internal rows and the leaf bits, not from reading every row."""
+    import numpy as np
+
+    nsum = summary_words(nwords)
+    internal = tree.internal
+    if internal.shape[1] < nwords:   # (a larger program: the rest is zero)
+        internal = np.concatenate(
+            (internal, np.zeros((internal.shape[0], nwords - internal.shape[1]), np.uint64)),
+            axis=1)
+    word = tree.leaf_entries >> 6
+    bit = np.left_shift(np.uint64(1), (tree.leaf_entries & 63).astype(np.uint64))
+    for i, m in enumerate(masks):
+        if m is None:
+            nonzero = internal != 0
+            keep = slice(None)
+        else:
+            mw = np.frombuffer(m.to_bytes(nwords * 8, "little"), "<u8")
+            nonzero = (internal & mw) != 0
+            keep = (mw[word] & bit) != 0
+        flags = nonzero[tree.base]
+        flags[tree.leaf_rows[keep], word[keep]] = True
+        at = (nwords + i * nsum) * 8
+        packed = np.packbits(flags, axis=1, bitorder="little")   # (fewer than 8 bytes
+        out.view(np.uint8)[:, at:at + nsum * 8] = 0               # under 64 words)
+        out.view(np.uint8)[:, at:at + packed.shape[1]] = packed
+
+
+def _summarise(rows: "Any", nwords: int, masks: "tuple[int | None, ...]") -> None:
+    """Fill in the summaries of ``rows`` (uint8, one row per vector: its
+    words, then per mask ``summary_words`` zero words), in passes of
+    PASS_ROWS rows."""
+    import numpy as np
+
+    nsum = summary_words(nwords)
+    size = nwords * 8
+    n = rows.shape[0]
     words = rows[:, :size].view("<u8")
     step = max(1, min(PASS_ROWS, n))
     # per mask the words it keeps anything of: the others' summary bits
@@ -205,7 +270,6 @@ def vector_rows(values: list[int], nwords: int, masks: "tuple[int | None, ...]")
             # bit j of the summary: word j is not zero (little-endian bit order)
             flags = np.packbits(nonzero[:k], axis=1, bitorder="little")
             rows[start:start + k, at:at + flags.shape[1]] = flags
-    return bytes(buf)
 
 
 def vector_items(keys: "list[int] | range", values: list[int], nwords: int,
@@ -220,9 +284,31 @@ _NO_RESIDUAL = (0, 0, 0, 0, 0, 0)
 
 
 def entry_blob(entries) -> bytes:
-    """Every ``entry_bytes()``, back to back: one pass over the entries
-    (each attribute read once), entries with a residual address test
-    (few) laid out again by entry_bytes()."""
+    """Every ``entry_bytes()``, back to back: per column of struct entry a
+    list comprehension over the entries (a plain attribute read each, the
+    cheapest Python step) put into its column by numpy; entries with a
+    residual address test (few) laid out again by entry_bytes()."""
+    import numpy as np
+
+    n = len(entries)
+    if n < 64:
+        return _entry_blob_loop(entries)
+    out = np.zeros((n, 10), dtype="<u4")
+    for col, values in enumerate((
+            [e.counter for e in entries],
+            [e.verdict & 0xFFFFFFFF for e in entries],
+            [e.next for e in entries],
+            [(1 if e.tcp else 0) | (ENTRY_HASHLIMIT if e.hashlimit else 0)
+             | (ENTRY_RECENT if e.recent else 0) for e in entries])):
+        out[:, col] = np.frombuffer(array("I", values), "<u4")
+    for i, f in enumerate([e.fields for e in entries]):
+        if f.src.residual or f.dst.residual:
+            out[i] = np.frombuffer(entry_bytes(entries[i]), "<u4")
+    return out.tobytes()
+
+
+def _entry_blob_loop(entries) -> bytes:
+    """``entry_blob`` of a few entries, one at a time."""
     flat: list[int] = []
     add = flat.extend
     residual = []
@@ -462,15 +548,28 @@ def address_images(name: str, iv: Intervals, bsize: int, nwords: int,
     last interval's, so a search landing on them is still right); the
     bitvectors (with the pair summary: ``struct addr_vector``, below)."""
     pad = bsize - len(iv.bounds)
-    bounds = array("I", iv.bounds + [0xFFFFFFFF] * pad).tobytes()
-    index = packed_array(iv.index + [iv.index[-1]] * pad)
-    if parts is None:
+    if iv.tree is not None:
+        # (the layout's numpy arrays: no 13k-element lists to convert)
+        import numpy as np
+
+        tree = iv.tree
+        bounds = np.concatenate((tree.bounds, np.full(pad, 0xFFFFFFFF, dtype=np.int64))
+                                ).astype("<u4").tobytes()
+        index = Packed(4, 4, array_keys(bsize), np.concatenate(
+            (tree.index, np.full(pad, tree.index[-1], dtype=np.int64))).astype("<u4").tobytes(),
+            dense=True)
+    else:
+        bounds = array("I", iv.bounds + [0xFFFFFFFF] * pad).tobytes()
+        index = packed_array(iv.index + [iv.index[-1]] * pad)
+    matrix = iv.rows is not None or iv.tree is not None
+    if parts is None and not matrix:
         vectors = vector_items(range(len(iv.vectors)), iv.vectors, nwords, dense=True)
     else:
-        masks = parts.masks(name)
+        masks = parts.masks(name) if parts is not None else (None,)
+        blob = (matrix_rows(iv, nwords, masks) if matrix
+                else vector_rows(iv.vectors, nwords, masks))
         vectors = Packed(4, (nwords + len(masks) * summary_words(nwords)) * 8,
-                         array_keys(len(iv.vectors)),
-                         vector_rows(iv.vectors, nwords, masks), dense=True)
+                         array_keys(len(iv.vectors)), blob, dense=True)
     return [MapImage(f"{name}_top_map", packed_array(iv.top)),
             MapImage(f"{name}_bounds_map", [(u32(0), bounds)]),
             MapImage(f"{name}_index_map", index),
@@ -536,10 +635,133 @@ def _buckets(iv: Intervals, spec: int) -> list[int]:
 
 def pair_parts(c: Compiled) -> PairParts:
     assert c.src_iv is not None and c.dst_iv is not None
-    sw = _every(c.src_iv.vectors, c.live)
-    dw = _every(c.dst_iv.vectors, c.live)
+    sw = _every_of(c.src_iv, c.live)
+    dw = _every_of(c.dst_iv, c.live)
     spec = c.live & ~sw & ~dw
-    return PairParts(sw, dw, spec, _buckets(c.src_iv, spec), _buckets(c.dst_iv, spec))
+    return PairParts(sw, dw, spec, _buckets_of(c.src_iv, spec), _buckets_of(c.dst_iv, spec))
+
+
+def _every_of(iv: Intervals, live: int) -> int:
+    """``_every`` of the address vectors, by one numpy AND over the rows
+    when the table is a matrix."""
+    import numpy as np
+
+    tree = iv.tree
+    if tree is not None:
+        # a leaf's own entries are in its row only: in every row only
+        # when there is one row
+        every = np.bitwise_and.reduce(tree.internal[np.unique(tree.base)], axis=0)
+        if len(tree.base) == 1:
+            every = tree.rows()[0]
+        return live & int.from_bytes(every.tobytes(), "little")
+    if iv.rows is None:
+        return _every(iv.vectors, live)
+    return live & int.from_bytes(np.bitwise_and.reduce(iv.rows, axis=0).tobytes(), "little")
+
+
+def _buckets_of(iv: Intervals, spec: int) -> list[int]:
+    """``_buckets`` by numpy for a matrix table (``_tree_buckets`` for a
+    tree). Vector ids are numbered in order of first appearance along the
+    addresses, so the ids that first appear in a bucket's run of intervals
+    are a range of rows, one reduceat segment each (the segments tile the
+    rows: one pass, no gather); the ids seen before that come back in the
+    run (a prefix around a bucket's more specific ones) are few, ORed in
+    one by one."""
+    import numpy as np
+
+    if iv.rows is None and iv.tree is None:
+        return _buckets(iv, spec)
+    shift = 32 - PAIR_BITS
+    nb = 1 << PAIR_BITS
+    rows = iv.rows
+    tree = iv.tree
+    bounds = tree.bounds if tree is not None else np.asarray(iv.bounds, dtype=np.int64)
+    index = tree.index if tree is not None else np.asarray(iv.index, dtype=np.int64)
+    starts = np.arange(nb, dtype=np.int64) << shift
+    # the interval holding the bucket's first address, and past the bucket's
+    first = np.searchsorted(bounds, starts, side="right") - 1
+    end = np.searchsorted(bounds, starts + (1 << shift), side="left")
+    if tree is not None:
+        return _tree_buckets(iv, first, end, index, spec)
+    seen = np.maximum.accumulate(index) + 1   # ids seen up to interval i
+    # the run's first interval (it may go on from the bucket before) is
+    # among the "seen" ones below: the ranges [before, upto) of the buckets
+    # then never overlap, and reduceat takes them as (start, end) pairs
+    before = seen[first]
+    upto = seen[end - 1]
+    out = np.zeros((nb, rows.shape[1]), dtype=np.uint64)
+    new = np.flatnonzero(upto > before)
+    if len(new):
+        cuts = np.stack((before[new], upto[new]), axis=1).reshape(-1)
+        if cuts[-1] == rows.shape[0]:
+            cuts = cuts[:-1]   # the last range runs to the end
+        out[new] = np.bitwise_or.reduceat(rows, cuts, axis=0)[::2]
+    # ids of the run seen before it: its first interval's and any an inner
+    # prefix's end brings back
+    bucket, ids = _run_ids(first, end, index)
+    old = ids < before[bucket]
+    if old.any():
+        nvec = rows.shape[0]
+        pairs = np.unique(bucket[old] * nvec + ids[old])
+        b, x = pairs // nvec, pairs % nvec
+        heads = np.flatnonzero(np.concatenate(([True], b[1:] != b[:-1])))
+        out[b[heads]] |= np.bitwise_or.reduceat(rows[x], heads, axis=0)
+    out &= np.frombuffer(spec.to_bytes(rows.shape[1] * 8, "little"), "<u8")
+    return [int.from_bytes(row.tobytes(), "little") for row in out]
+
+
+def _run_ids(first: "Any", end: "Any", index: "Any") -> "tuple[Any, Any]":
+    """(bucket, vector id) of every interval of every bucket's run."""
+    import numpy as np
+
+    counts = end - first
+    bucket = np.repeat(np.arange(len(first), dtype=np.int64), counts)
+    at = np.arange(int(counts.sum()), dtype=np.int64) - np.repeat(np.cumsum(counts) - counts,
+                                                                    counts)
+    return bucket, index[np.repeat(first, counts) + at]
+
+
+# up to this many internal rows, _tree_buckets ORs each into its buckets
+# (one numpy step per row), else all at once by a reduceat
+FEW_INTERNAL = 64
+
+
+def _tree_buckets(iv: Intervals, first: "Any", end: "Any", index: "Any", spec: int
+                  ) -> list[int]:
+    """``_buckets`` from what the rows are made of (compiler.AddressTree):
+    a bucket's rows are ORs of a few internal prefixes' rows and of their
+    leaves' own bits, so it ORs those (distinct per bucket) and never
+    reads the rows themselves. A leaf's row is in the buckets its prefix
+    meets (its intervals are the whole prefix)."""
+    import numpy as np
+
+    from .compiler import scatter_bits
+
+    tree = iv.tree
+    assert tree is not None
+    internal = tree.internal
+    nb = len(first)
+    out = np.zeros((nb, internal.shape[1]), dtype=np.uint64)
+    # the internal rows in each bucket: a (bucket, internal row) table
+    bucket, ids = _run_ids(first, end, index)
+    present = np.zeros((nb, internal.shape[0]), dtype=bool)
+    present[bucket, tree.base[ids]] = True
+    if internal.shape[0] <= FEW_INTERNAL:
+        for x in np.flatnonzero(present.any(axis=0)):
+            out[present[:, x]] |= internal[x]
+    else:
+        b, x = np.nonzero(present)   # (by bucket)
+        heads = np.flatnonzero(np.concatenate(([True], b[1:] != b[:-1])))
+        out[b[heads]] = np.bitwise_or.reduceat(internal[x], heads, axis=0)
+    # the leaves' own entries, in every bucket their prefix meets
+    if len(tree.leaf_entries):
+        shift = 32 - PAIR_BITS
+        lo = tree.leaf_first >> shift
+        n = ((tree.leaf_past - 1) >> shift) - lo + 1
+        at = np.arange(int(n.sum()), dtype=np.int64) - np.repeat(np.cumsum(n) - n, n)
+        scatter_bits(out, np.repeat(lo, n) + at, np.repeat(tree.leaf_entries, n))
+    out &= np.frombuffer(spec.to_bytes(internal.shape[1] * 8, "little"), "<u8")
+    return [int.from_bytes(row.tobytes(), "little") for row in out]
 
 
 def _words(values: list[int], nwords: int):
