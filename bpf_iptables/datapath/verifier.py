@@ -65,7 +65,11 @@ def _load_with_stats(f: objcache.FuncDef, insns: bytes, license: str) -> str:
                                 insns=ctypes.addressof(code), license=ctypes.addressof(lic),
                                 log_level=LOG_STATS, log_size=LOG_SIZE,
                                 log_buf=ctypes.addressof(log), prog_name=f.name.encode()[:15])
-    os.close(bpfsys._bpf(bpfsys.BPF_PROG_LOAD, attr, f"load program {f.name}"))
+    try:
+        os.close(bpfsys._bpf(bpfsys.BPF_PROG_LOAD, attr, f"load program {f.name}"))
+    except OSError as exc:
+        exc.verifier_log = log.value.decode(errors="replace")  # type: ignore[attr-defined]
+        raise
     return log.value.decode(errors="replace")
 
 
@@ -93,7 +97,15 @@ def main(argv: list[str]) -> int:
 
     for path in map(Path, argv):
         for shape, tc in shapes_of(table_from_save(path.read_text())):
-            for s in stats(shape, tc):
+            try:
+                found = stats(shape, tc)
+            except OSError as exc:
+                # e.g. -m limit's spin lock needs its map's BTF, which only
+                # bcc makes: such programs are never loaded from the cache
+                last = getattr(exc, "verifier_log", "").strip().splitlines()[:1]
+                print(f"{path.name} {'tc' if tc else 'xdp'}: {exc} {' '.join(last)}")
+                continue
+            for s in found:
                 print(f"{path.name} {'tc' if tc else 'xdp'} {s.function}: {s.insns} insns, "
                       f"processed {s.processed}, states {s.total_states} (peak "
                       f"{s.peak_states}), {s.usec / 1000:.1f} ms")
