@@ -254,13 +254,16 @@ static __always_inline int reject_fill_icmp(void *data, void *data_end, struct r
 		quote->ttl -= 1;
 	}
 	/* the checksum over the header and the quote, 16 bits at a time,
-	 * the last word first: n, the words left, counts down from the
-	 * packet's length, so the verifier checks the loop a few times
-	 * (lib/loop.h), not once per word (~75k instructions, 60 ms) */
+	 * the last word first: n, the words left, counts down, so the
+	 * verifier checks the loop a few times (lib/loop.h), not once per
+	 * word (~75k instructions, 60 ms). Not from a constant: a full quote
+	 * (q = REJECT_QUOTE) would make n one, exact at every step; the
+	 * frame's length over 2^32, 0 (the verifier does not know a
+	 * difference of packet pointers), makes it unknown. */
 	u32 len = 8 + q;
 	u64 sum = 0;
 	u8 *p = icmp;
-	u64 n = (len >> 1) & 0x1FF;
+	u64 n = ((len >> 1) + ((u64)(data_end - data) >> 32)) & 0x1FF;
 #pragma clang loop unroll(disable)
 	while (n) {
 		MAY_GOTO(quote_cut);
