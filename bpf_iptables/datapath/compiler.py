@@ -1281,15 +1281,18 @@ def bsize_of(iv: Intervals) -> int:
 
 
 def range_table(live: int, per_entry: list[tuple[int, RangeField]], top: int,
-                extra_cuts: set[int] = frozenset()) -> tuple[list[int], list[int]]:
+                extra_cuts: set[int] = frozenset(), groups: "list | None" = None
+                ) -> tuple[list[int], list[int]]:
     """Interval contents of a range-compressed field whose values lie in
     [0, top]: the boundaries (sorted, from 0) and, per interval
     [b[i], b[i+1]), the entries whose ranges hold there. Ranges are cut at
     every boundary, so each range contains an interval or is disjoint from
     it; one sweep gives every interval's bitvector. ``extra_cuts``: more
     boundaries (of another table sharing these intervals). Entries with
-    the same ranges are swept as one group (one bitvector)."""
-    groups = grouped(per_entry, _RANGE_KEY)
+    the same ranges are swept as one group (one bitvector); ``groups``:
+    grouped(per_entry, _RANGE_KEY) when the caller has it."""
+    if groups is None:
+        groups = grouped(per_entry, _RANGE_KEY)
     cuts = {0, *extra_cuts}
     for (positive, negative), _ in groups:
         for lo, hi in ([positive] if positive else []) + list(negative):
@@ -1523,8 +1526,33 @@ def _compile_chain(table: Table, hook: str, interfaces: dict[str, int] | None,
                                    nwords)
         shape.dst_max, shape.dst_bsize = len(c.dst_iv.vectors), bsize_of(c.dst_iv)
         shape.dst_nbounds, shape.dst_probes = len(c.dst_iv.bounds), c.dst_iv.probes
+    # a patched edit derives these tables from the last compile's (Derived);
+    # a flat compile keeps them for the next edit
+    edit = flat.edit if flat is not None else None
+    prev = edit.tables if edit is not None else None
+    keep = Derived() if trust_identity and is_flat else None
+
+    def ranged(name: str, top: int, extra_cuts: set[int] = frozenset()
+               ) -> tuple[list[int], list[int]]:
+        if extra_cuts or keep is None:
+            return range_table(live, per_entry(name), top, extra_cuts)
+        if prev is not None and name in prev.ranges:
+            assert edit is not None
+            state = derive_range(prev.ranges[name], edit, name, top)
+        else:
+            state = range_state(live, per_entry(name), top)
+        keep.ranges[name] = state
+        return state.bounds, state.vectors
     if "proto" in used:
-        c.proto = proto_table(live, live_entries)
+        if keep is None:
+            c.proto = proto_table(live, live_entries)
+        else:
+            if prev is not None and prev.proto is not None:
+                assert edit is not None
+                c.proto, refs = derive_proto(prev.proto, prev.proto_refs, edit)
+            else:
+                c.proto, refs = proto_table(live, live_entries), proto_refs_of(live_entries)
+            keep.proto, keep.proto_refs = c.proto, refs
         shape.proto_max = len(c.proto)
     if "iif" in used:
         c.iif = iif_table(live, live_entries, interfaces)
@@ -1537,14 +1565,15 @@ def _compile_chain(table: Table, hook: str, interfaces: dict[str, int] | None,
     if "flags" in used:
         c.flags = flags_table(live, live_entries)
     l4 = _l4_of(hook, flat, live_entries)
-    ecuts = either_cuts(live_entries)
+    # (no entry with --ports: no cut of theirs; a pass less)
+    ecuts = either_cuts(live_entries) if any("ports" in u for u in uses) else set()
     if "sport" in used:
-        c.sport_bounds, c.sport = port_table(live, per_entry("sport"), l4,
-                                             ecuts)
+        bounds, vectors = ranged("sport", 0xFFFF, ecuts)
+        c.sport_bounds, c.sport = bounds, vectors + [live & ~l4, live]   # as port_table
         shape.sport_bsize = max(2, pow2_at_least(len(c.sport_bounds)))
     if "dport" in used:
-        c.dport_bounds, c.dport = port_table(live, per_entry("dport"), l4,
-                                             ecuts)
+        bounds, vectors = ranged("dport", 0xFFFF, ecuts)
+        c.dport_bounds, c.dport = bounds, vectors + [live & ~l4, live]
         shape.dport_bsize = max(2, pow2_at_least(len(c.dport_bounds)))
     if "ports" in used:
         # "sport in L or dport in L": the OR of a sport-indexed and a
@@ -1552,11 +1581,10 @@ def _compile_chain(table: Table, hook: str, interfaces: dict[str, int] | None,
         c.ports_s = either_table(live, live_entries, c.sport_bounds)
         c.ports_d = either_table(live, live_entries, c.dport_bounds)
     if "length" in used:
-        c.length_bounds, c.length = range_table(
-            live, per_entry("length"), 0xFFFF)
+        c.length_bounds, c.length = ranged("length", 0xFFFF)
         shape.length_bsize = max(2, pow2_at_least(len(c.length_bounds)))
     if "ttl" in used:
-        bounds, c.ttl = range_table(live, per_entry("ttl"), 0xFF)
+        bounds, c.ttl = ranged("ttl", 0xFF)
         if hook == "FORWARD":
             # ip_forward() lowers the TTL before the FORWARD hook: netfilter
             # compares frame TTL - 1, so the table is keyed by the frame's
@@ -1592,6 +1620,10 @@ def _compile_chain(table: Table, hook: str, interfaces: dict[str, int] | None,
                                "non-terminating rules in one chain in the eBPF data path")
         check_stateful_calls(c.shape, c.shape.steps)
         fill_unused(c)
+    if keep is not None:
+        rec = _flat.get(hook)
+        if rec is not None:
+            rec.tables = keep
     return c
 
 
@@ -1617,6 +1649,11 @@ class _Flat:
     nonterminal: int                     # entries a scan may pass by
     live: int                            # bits(live_index)
     l4: "int | None" = None              # the live entries with ports (f.l4), once asked
+    # the last compile's derivable field tables (Derived), taken out by
+    # _patched with the edit that turns them into this compile's: a
+    # compile that fails between the two leaves none (full build next)
+    tables: "Derived | None" = None
+    edit: "Edit | None" = None
 
 
 # hook -> its last flat compile
@@ -1774,6 +1811,9 @@ def _patched(table: Table, hook: str, slots: dict[tuple[str, int], int]) -> _Fla
         if new is None:
             return None
     # (nothing can fail from here on)
+    gone = entries[k] if kind in ("delete", "replace") else None
+    rec.edit = Edit(kind, k, gone, new, rec.tables)
+    rec.tables = None
     if kind == "insert":
         assert new is not None
         _renumber(entries, 0, k, moved, 0)
@@ -2051,3 +2091,186 @@ def pkttype_table(live_entries: list[tuple[int, EntryFields]]) -> list[int]:
     groups = grouped(live_entries, lambda f: tuple(f.pkttype))
     return [union(groups, lambda k: all((t == slot) != inv for t, inv in k))
             for slot in range(PKTTYPES)]
+
+
+# --- field tables of a single edit, derived from the previous compile's ---
+#
+# A patched single edit (_patched) inserts and/or removes one entry at
+# position k: every table of the previous compile becomes "its bitvectors
+# with bit k inserted (the new entry's, per row: whether its constraint
+# holds there) or removed", plus, for interval tables, the cuts the new
+# entry brings (the interval it splits copied first) or the cuts only the
+# removed entry made (the two intervals, equal once its bit is gone,
+# merged). Derived keeps what that needs beside the tables themselves: how
+# many live entries cut at each boundary, and which protocols entries name.
+# The result equals range_table / proto_table of the whole chain
+# (tests/test_datapath_derive.py).
+
+
+@dataclass
+class Edit:
+    """What _patched changed: ``gone`` left and/or ``new`` came at ``k``
+    ("same": neither), and the tables of the compile before it."""
+
+    kind: str
+    k: int
+    gone: "Entry | None"
+    new: "Entry | None"
+    tables: "Derived | None"
+
+
+@dataclass
+class RangeState:
+    """range_table's result and, per boundary, the live entries cutting there
+    (with multiplicity: an entry cutting twice at b counts twice)."""
+
+    bounds: list[int]
+    vectors: list[int]
+    cuts: dict[int, int]
+
+
+@dataclass
+class Derived:
+    """The derivable tables of one compile (field name -> its state); the
+    protocol table with, per protocol named, the live entries naming it."""
+
+    ranges: dict[str, RangeState] = field(default_factory=dict)
+    proto: "dict[int, int] | None" = None
+    proto_refs: dict[int, int] = field(default_factory=dict)
+
+
+def _range_cuts(r: RangeField, top: int) -> list[int]:
+    """The boundaries range_table cuts for ``r`` (from its groups' loop)."""
+    out = []
+    for lo, hi in ([r.positive] if r.positive else []) + list(r.negative):
+        out.append(lo)
+        if hi < top:
+            out.append(hi + 1)
+    return out
+
+
+def _range_holds(r: RangeField, v: int) -> bool:
+    """Whether ``r`` holds on the interval starting at ``v`` (cut at every
+    boundary of ``r``: holding at its start is holding on all of it)."""
+    pos = r.positive
+    if pos and not pos[0] <= v <= pos[1]:
+        return False
+    return not any(lo <= v <= hi for lo, hi in r.negative)
+
+
+def range_state(live: int, per_entry: list[tuple[int, RangeField]], top: int) -> RangeState:
+    """range_table (no extra cuts) with its boundary counts."""
+    groups = grouped(per_entry, _RANGE_KEY)
+    cuts: dict[int, int] = {}
+    for (positive, negative), vec in groups:
+        count = vec.bit_count()
+        for lo, hi in ([positive] if positive else []) + list(negative):
+            cuts[lo] = cuts.get(lo, 0) + count
+            if hi < top:
+                cuts[hi + 1] = cuts.get(hi + 1, 0) + count
+    bounds, vectors = range_table(live, per_entry, top, groups=groups)
+    return RangeState(bounds, vectors, cuts)
+
+
+def derive_range(prev: RangeState, edit: Edit, name: str, top: int) -> RangeState:
+    """``prev`` after ``edit`` (a new list; ``prev`` is left as it was)."""
+    k = edit.k
+    bounds, vectors, cuts = prev.bounds, prev.vectors, prev.cuts
+    gone, new = edit.gone, edit.new
+    if gone is not None:
+        vectors = [_shift_out(v, k) for v in vectors]
+        if not gone.fields.never:
+            cuts = dict(cuts)
+            merged = []
+            for c in _range_cuts(getattr(gone.fields, name), top):
+                left = cuts[c] - 1
+                if left:
+                    cuts[c] = left
+                else:
+                    del cuts[c]
+                    if c:   # (0 is always a boundary)
+                        merged.append(c)
+            if merged:
+                bounds = list(bounds)
+                for c in set(merged):
+                    at = bisect_left(bounds, c)
+                    # no live entry tells the two intervals apart any more
+                    assert bounds[at] == c
+                del bounds[at], vectors[at]
+    if new is not None:
+        f = new.fields
+        if f.never:
+            vectors = [_shift_in(v, k, False) for v in vectors]
+        else:
+            r = getattr(f, name)
+            mine = _range_cuts(r, top)
+            if mine:
+                if cuts is prev.cuts:
+                    cuts = dict(cuts)
+                for c in mine:
+                    had = cuts.get(c, 0)
+                    cuts[c] = had + 1
+                    if not had and c:
+                        at = bisect_left(bounds, c)
+                        if at == len(bounds) or bounds[at] != c:
+                            # a new boundary splits the interval holding c
+                            if bounds is prev.bounds:
+                                bounds = list(bounds)
+                            if vectors is prev.vectors:
+                                vectors = list(vectors)
+                            bounds.insert(at, c)
+                            vectors.insert(at, vectors[at - 1])
+            if not mine:
+                # no constraint: the entry holds everywhere
+                vectors = [_shift_in(v, k, True) for v in vectors]
+            else:
+                vectors = [_shift_in(v, k, _range_holds(r, b)) for v, b in zip(vectors, bounds)]
+    return RangeState(bounds, vectors, cuts)
+
+
+def proto_refs_of(live_entries: list[tuple[int, EntryFields]]) -> dict[int, int]:
+    """Per protocol number an entry names (proto or ! proto), the live
+    entries naming it (with multiplicity)."""
+    refs: dict[int, int] = {}
+    for (proto, nots), vec in grouped(live_entries, _PROTO_KEY):
+        count = vec.bit_count()
+        for p in ([proto] if proto is not None else []) + list(nots):
+            refs[p] = refs.get(p, 0) + count
+    return refs
+
+
+def _proto_names(f: EntryFields) -> list[int]:
+    return ([f.proto] if f.proto is not None else []) + list(f.proto_not)
+
+
+def derive_proto(prev: dict[int, int], refs: dict[int, int], edit: Edit
+                 ) -> tuple[dict[int, int], dict[int, int]]:
+    """proto_table after ``edit`` and its refs (new dicts). A protocol no
+    entry names has PROTO_DEFAULT's row (PROTO_DEFAULT is no protocol:
+    no entry names it), so one named first copies that row; one no longer
+    named leaves (its row is then PROTO_DEFAULT's again)."""
+    k = edit.k
+    table, refs = dict(prev), dict(refs)
+    gone, new = edit.gone, edit.new
+    if gone is not None:
+        table = {p: _shift_out(v, k) for p, v in table.items()}
+        if not gone.fields.never:
+            for p in _proto_names(gone.fields):
+                left = refs[p] - 1
+                if left:
+                    refs[p] = left
+                else:
+                    del refs[p], table[p]
+    if new is not None:
+        f = new.fields
+        if f.never:
+            table = {p: _shift_in(v, k, False) for p, v in table.items()}
+        else:
+            for p in _proto_names(f):
+                if p not in refs:
+                    table[p] = table[PROTO_DEFAULT]
+                refs[p] = refs.get(p, 0) + 1
+            proto, nots = f.proto, f.proto_not
+            table = {p: _shift_in(v, k, proto in (None, p) and p not in nots)
+                     for p, v in table.items()}
+    return table, refs
