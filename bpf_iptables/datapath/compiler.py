@@ -2196,7 +2196,7 @@ def derive_range(prev: RangeState, edit: Edit, name: str, top: int) -> RangeStat
                     at = bisect_left(bounds, c)
                     # no live entry tells the two intervals apart any more
                     assert bounds[at] == c
-                del bounds[at], vectors[at]
+                    del bounds[at], vectors[at]
     if new is not None:
         f = new.fields
         if f.never:
