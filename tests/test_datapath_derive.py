@@ -8,12 +8,13 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bpf_iptables.datapath import compiler
+from bpf_iptables.datapath import compiler, image
 from bpf_iptables.datapath.compiler import compile_chain
 from bpf_iptables.datapath.harness import table_from_lines
 from bpf_iptables.errors import TableOpError, XtablesError
 from bpf_iptables.model import Rule
 from tests.support import compile_golden as G
+from tests.test_datapath_compile_edits import snapshot
 from tests.test_datapath_compile_patch import cold, warm
 
 # few values: edits often add or remove the last use of a boundary
@@ -42,6 +43,8 @@ def flat_rule(draw) -> str:
     if draw(st.integers(0, 3)) == 0:
         op = draw(st.sampled_from(["--ttl-eq", "--ttl-lt", "--ttl-gt"]))
         parts.append(f"-m ttl {op} {draw(st.sampled_from([0, 1, 64, 128, 255]))}")
+    parts.append(draw(st.sampled_from(["", "", "-s 10.0.0.0/8", "! -d 192.0.2.1",
+                                       "-s 10.1.2.3 ! -d 10.0.0.0/16"])))
     parts.append(draw(st.sampled_from(["-j ACCEPT", "-j DROP", ""])))
     return " ".join(p for p in parts if p)
 
@@ -66,7 +69,9 @@ def test_derived_tables_equal_full_build(hook, lines, steps):
         table = table_from_lines([f"-A {hook} {line}" for line in lines])
     except (XtablesError, TableOpError):
         return
-    assert warm(table, hook) == cold(table, hook)
+    first = compile_chain(table, hook, G.INTERFACES, trust_identity=True)
+    assert snapshot(first) == cold(table, hook)
+    assert image.entry_rows(first) == image.entry_blob(first.entries)
     for kind, at, text in steps:
         rules = table.chains[hook].rules
         rule = parsed(hook, text)
@@ -82,7 +87,10 @@ def test_derived_tables_equal_full_build(hook, lines, steps):
             rules[at % len(rules)] = rule
         rec = compiler._flat.get(hook)
         derivable = rec is not None and rec.tables is not None
-        assert warm(table, hook) == cold(table, hook), (kind, at, text)
+        c = compile_chain(table, hook, G.INTERFACES, trust_identity=True)
+        assert snapshot(c) == cold(table, hook), (kind, at, text)
+        # the entry rows patched from the last image's equal a full build
+        assert image.entry_rows(c) == image.entry_blob(c.entries)
         if derivable and hook in compiler._flat:
             # the tables were derived (a flat chain stays flat)
             assert compiler._flat[hook].edit.tables is not None

@@ -28,7 +28,7 @@ from bisect import bisect_left
 from array import array
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from itertools import chain, compress, islice, repeat
+from itertools import chain, compress, count, islice, repeat
 from dataclasses import dataclass, field, replace
 from operator import attrgetter, is_
 from typing import TYPE_CHECKING, Any
@@ -352,6 +352,11 @@ class Compiled:
     # REJECT, LOG, user chain, stateful, conntrack or set match among its
     # rules (callers skip scans for those)
     flat: bool = False
+    # a flat compile kept for patching: its number (``serial``), and the
+    # edit that made it from the hook's previous one (numbered
+    # ``edit.serial``): image.py patches that one's entry rows
+    serial: int = 0
+    edit: "Edit | None" = field(default=None, compare=False)
 
 
 def summary_words(nwords: int) -> int:
@@ -1624,6 +1629,8 @@ def _compile_chain(table: Table, hook: str, interfaces: dict[str, int] | None,
         rec = _flat.get(hook)
         if rec is not None:
             rec.tables = keep
+            c.serial = rec.serial = next(_serials)
+            c.edit = edit
     return c
 
 
@@ -1654,10 +1661,12 @@ class _Flat:
     # compile that fails between the two leaves none (full build next)
     tables: "Derived | None" = None
     edit: "Edit | None" = None
+    serial: int = 0                      # the last compile's Compiled.serial
 
 
 # hook -> its last flat compile
 _flat: dict[str, _Flat] = {}
+_serials = count(1)
 
 
 def _remember_flat(table: Table, hook: str, slots: dict[tuple[str, int], int],
@@ -1812,7 +1821,7 @@ def _patched(table: Table, hook: str, slots: dict[tuple[str, int], int]) -> _Fla
             return None
     # (nothing can fail from here on)
     gone = entries[k] if kind in ("delete", "replace") else None
-    rec.edit = Edit(kind, k, gone, new, rec.tables)
+    rec.edit = Edit(kind, k, gone, new, rec.tables, moved, rec.serial)
     rec.tables = None
     if kind == "insert":
         assert new is not None
@@ -2117,6 +2126,8 @@ class Edit:
     gone: "Entry | None"
     new: "Entry | None"
     tables: "Derived | None"
+    moved: int = 0     # every counter slot's move (an edit of an earlier chain)
+    serial: int = 0    # the Compiled.serial of the compile before it
 
 
 @dataclass

@@ -307,6 +307,57 @@ def entry_blob(entries) -> bytes:
     return out.tobytes()
 
 
+# hook -> (Compiled.serial, its entry rows as a (n, 10) u32 array): the
+# next compile of the hook, when patched from that one (c.edit), patches them
+_entry_rows: dict[str, "tuple[int, Any]"] = {}
+
+
+def entry_rows(c: Compiled) -> bytes:
+    """entry_blob(c.entries); for a patched single edit of the compile whose
+    rows are kept, those rows patched (the same bytes): the edited entry's
+    row inserted and/or removed, every counter moved by the edit's
+    ``moved``, those after it by one more or less, and their ``next``
+    too (_patched's _renumber); the policy's row made again."""
+    import numpy as np
+
+    edit, kept = c.edit, _entry_rows.get(c.hook)
+    if c.serial and kept is not None and kept[0] == c.serial:
+        return kept[1].tobytes()   # (the same compile's image again)
+    if c.serial and edit is not None and kept is not None and kept[0] == edit.serial:
+        rows = kept[1][:-1]   # (the policy's row: made again below)
+        k = edit.k
+        rows = np.delete(rows, k, axis=0) if edit.gone is not None else rows.copy()
+        # the entries from k on (without the new one) move by one more or less
+        shift = (edit.new is not None) - (edit.gone is not None)
+        _add(rows[:, 0], edit.moved)
+        _add(rows[k:, 0], shift)
+        _add(rows[k:, 2], shift)
+        parts = [rows[:k]]
+        if edit.new is not None:
+            parts.append(np.frombuffer(_entry_blob_loop([edit.new]), "<u4").reshape(1, 10))
+        parts += [rows[k:], np.frombuffer(_entry_blob_loop(c.entries[-1:]), "<u4").reshape(1, 10)]
+        rows = np.concatenate(parts)
+        blob = rows.tobytes()
+    else:
+        blob = entry_blob(c.entries)
+        rows = np.frombuffer(blob, "<u4").reshape(-1, 10)
+    if c.serial:
+        _entry_rows[c.hook] = (c.serial, rows)
+    else:
+        _entry_rows.pop(c.hook, None)
+    return blob
+
+
+def _add(column: "Any", delta: int) -> None:
+    """``delta`` added to a u32 column in place (modulo 2**32, as the counters wrap never)."""
+    import numpy as np
+
+    if delta > 0:
+        column += np.uint32(delta)
+    elif delta < 0:
+        column -= np.uint32(-delta)
+
+
 def _entry_blob_loop(entries) -> bytes:
     """``entry_blob`` of a few entries, one at a time."""
     flat: list[int] = []
@@ -398,7 +449,7 @@ def map_image(c: Compiled, shape: Shape) -> list[MapImage]:
     out = [MapImage("config_map", [(u32(0), config)]),
            MapImage("live_map", [(u32(0), bv(c.live))]),
            MapImage("entry_map", Packed(4, 40, array_keys(len(c.entries)),
-                                        entry_blob(c.entries), dense=True))]
+                                        entry_rows(c), dense=True))]
     if shape.nlimits:
         out.extend(limit_images(c))
     if shape.nlogs:
