@@ -19,6 +19,8 @@ from tests.test_datapath_compile_patch import cold, warm
 
 # few values: edits often add or remove the last use of a boundary
 PORTS = [0, 1, 22, 53, 80, 1024, 65535]
+PREFIXES = ["0.0.0.0/0", "10.0.0.0/8", "10.1.0.0/16", "10.1.2.3", "10.1.2.4/31", "10.2.0.0/16",
+            "192.0.2.1", "192.0.2.0/24", "128.0.0.0/1"]
 
 
 @st.composite
@@ -43,8 +45,12 @@ def flat_rule(draw) -> str:
     if draw(st.integers(0, 3)) == 0:
         op = draw(st.sampled_from(["--ttl-eq", "--ttl-lt", "--ttl-gt"]))
         parts.append(f"-m ttl {op} {draw(st.sampled_from([0, 1, 64, 128, 255]))}")
-    parts.append(draw(st.sampled_from(["", "", "-s 10.0.0.0/8", "! -d 192.0.2.1",
-                                       "-s 10.1.2.3 ! -d 10.0.0.0/16"])))
+    # nested and disjoint prefixes, now and then a negated one (no derived
+    # address table while one is in the chain: the full build)
+    for opt in ("-s", "-d"):
+        if draw(st.booleans()):
+            neg = "! " if draw(st.integers(0, 9)) == 0 else ""
+            parts.append(f"{neg}{opt} {draw(st.sampled_from(PREFIXES))}")
     parts.append(draw(st.sampled_from(["-j ACCEPT", "-j DROP", ""])))
     return " ".join(p for p in parts if p)
 
@@ -115,3 +121,21 @@ def test_an_edit_derives_and_splits_and_merges():
     assert compiler._flat["INPUT"].edit.tables is not None
     assert c.dport_bounds == [0, 80, 81]
     assert warm(table, "INPUT") == cold(table, "INPUT")
+
+
+def test_a_wider_bitvector_is_built_again():
+    """An edit that changes the bitvectors' width (64 -> 65 entries and
+    back) builds the address tables in full; the ones after derive again."""
+    compiler.clear_caches()
+    table = table_from_lines([f"-A INPUT -s 10.0.{i}.0/24 -p tcp --dport {i} -j DROP"
+                              for i in range(63)])
+    rules = table.chains["INPUT"].rules
+    first = compile_chain(table, "INPUT", G.INTERFACES, trust_identity=True)
+    for change in (lambda: rules.append(parsed("INPUT", "-d 10.9.9.9 -j ACCEPT")),
+                   lambda: rules.pop(0), lambda: rules.insert(5, parsed("INPUT", "-s 10.0.1.1"))):
+        change()
+        c = compile_chain(table, "INPUT", G.INTERFACES, trust_identity=True)
+        assert snapshot(c) == cold(table, "INPUT")
+        assert image.entry_rows(c) == image.entry_blob(c.entries)
+    assert first.shape.nwords == 1 and c.shape.nwords == 2
+    assert set(compiler._flat["INPUT"].tables.addresses) == {"src", "dst"}

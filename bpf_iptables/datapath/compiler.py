@@ -1010,18 +1010,22 @@ _POSITIVE = attrgetter("positive")
 _NEGATIVE = attrgetter("negative")
 
 
-def address_columns(live: int, ents: list[int], pfs: list[PrefixField], nwords: int
-                    ) -> Intervals:
+def address_columns(live: int, ents: list[int], pfs: list[PrefixField], nwords: int,
+                    keep: "list | None" = None) -> Intervals:
     """``address_table(live, list(zip(ents, pfs)), nwords)`` from the
     entries and their constraints as two lists (what the compiler has)."""
-    layout, rows, tree = prefix_rows(live, ents, pfs, nwords)
+    layout, rows, tree = prefix_rows(live, ents, pfs, nwords, keep)
+    return _address_iv(layout, rows, tree)
+
+
+def _address_iv(layout: "_Layout", rows: "Any", tree: "AddressTree | None") -> Intervals:
     iv = Intervals(layout.bounds, layout.index, [], layout.top, layout.probes, rows, tree)
     iv.vectors = RowInts(iv, len(layout.owners))
     return iv
 
 
-def prefix_rows(live: int, ents: list[int], pfs: list[PrefixField], nwords: int
-                ) -> "tuple[_Layout, Any, AddressTree | None]":
+def prefix_rows(live: int, ents: list[int], pfs: list[PrefixField], nwords: int,
+                keep: "list | None" = None) -> "tuple[_Layout, Any, AddressTree | None]":
     """``_prefix_vectors`` as a numpy bit matrix, in the layout's owner
     order (``Intervals.vectors``): the rows of the internal prefixes (with
     more specific ones listed) get their own positive entries' bits (0/0's:
@@ -1029,7 +1033,8 @@ def prefix_rows(live: int, ents: list[int], pfs: list[PrefixField], nwords: int
     depth at a time; a leaf's row is its parent's plus its own entries
     (``AddressTree``: rows made on demand). Negated prefixes make a second
     such matrix, cleared from the first (then the rows are made now, and
-    no tree is returned). Bit for bit what ``_prefix_vectors`` gives (tested)."""
+    no tree is returned). Bit for bit what ``_prefix_vectors`` gives (tested).
+    ``keep``: a list the AddressState of a tree is appended to."""
     import numpy as np
 
     # (the attributes by map(): attrgetter runs in C, ~10k entries;
@@ -1046,7 +1051,8 @@ def prefix_rows(live: int, ents: list[int], pfs: list[PrefixField], nwords: int
                 for q in negative:
                     neg_e.append(e)
                     neg_p.append(q)
-    layout = _layout_of({ROOT, *pos_p, *neg_p})
+    keys = {ROOT, *pos_p, *neg_p}
+    layout = _layout_of(keys)
     codes = layout.codes
 
     def positions(prefixes: list[Prefix]) -> "Any":
@@ -1054,35 +1060,45 @@ def prefix_rows(live: int, ents: list[int], pfs: list[PrefixField], nwords: int
                             count=2 * len(prefixes)).reshape(-1, 2)
         return np.searchsorted(codes, (pairs[:, 0] << 6) | pairs[:, 1])
 
-    def tree_rows(at: "Any", entries: "Any", root: "Any") -> AddressTree:
-        """Per owner the bits of ``entries`` at ``at`` (positions) and
-        their ancestors, ``root`` ORed into 0/0's: computed densely for
-        the internal prefixes only (few); a leaf's own bits listed."""
-        iid = layout.internal_id[at]
-        inner = iid >= 0
-        tree = np.zeros((int(layout.internal_id.max()) + 1, nwords), dtype=np.uint64)
-        scatter_bits(tree, iid[inner], entries[inner])
-        tree[0] |= root
-        for child, par in layout.internal_levels:
-            tree[child] |= tree[par]
-        leaf = at[~inner]
-        first = layout.codes[leaf] >> 6
-        return AddressTree(tree, layout.base, layout.owner_of[leaf], entries[~inner],
-                           layout.bounds_np, layout.index_np, first,
-                           first + np.left_shift(1, 32 - (layout.codes[leaf] & 63)))
-
     pe = np.array(pos_e, dtype=np.int64)
     # 0/0 (position 0) is everyone's ancestor: every entry without a
     # positive prefix holds everywhere, as its own entries do
     positive = np.zeros((1, nwords), dtype=np.uint64)
     scatter_bits(positive, np.zeros(len(pe), dtype=np.int64), pe)
-    tree = tree_rows(positions(pos_p), pe, int_words(live, nwords) & ~positive[0])
+    at = positions(pos_p)
+    tree = _tree_rows(layout, at, pe, int_words(live, nwords) & ~positive[0], nwords)
     if neg_e:
         rows = tree.rows()
-        rows &= ~tree_rows(positions(neg_p), np.array(neg_e, dtype=np.int64),
-                           np.zeros(nwords, dtype=np.uint64)).rows()
+        rows &= ~_tree_rows(layout, positions(neg_p), np.array(neg_e, dtype=np.int64),
+                            np.zeros(nwords, dtype=np.uint64), nwords).rows()
         return layout, rows, None
+    if keep is not None:
+        refs: dict[Prefix, int] = {}
+        for q in pos_p:
+            refs[q] = refs.get(q, 0) + 1
+        keep.append(AddressState(nwords, pe, codes[at], bits(pos_e), refs, keys, layout))
     return layout, None, tree
+
+
+def _tree_rows(layout: "_Layout", at: "Any", entries: "Any", root: "Any", nwords: int
+               ) -> AddressTree:
+    """Per owner the bits of ``entries`` at ``at`` (positions in the
+    layout) and their ancestors, ``root`` ORed into 0/0's: computed densely
+    for the internal prefixes only (few); a leaf's own bits listed."""
+    import numpy as np
+
+    iid = layout.internal_id[at]
+    inner = iid >= 0
+    tree = np.zeros((int(layout.internal_id.max()) + 1, nwords), dtype=np.uint64)
+    scatter_bits(tree, iid[inner], entries[inner])
+    tree[0] |= root
+    for child, par in layout.internal_levels:
+        tree[child] |= tree[par]
+    leaf = at[~inner]
+    first = layout.codes[leaf] >> 6
+    return AddressTree(tree, layout.base, layout.owner_of[leaf], entries[~inner],
+                       layout.bounds_np, layout.index_np, first,
+                       first + np.left_shift(1, 32 - (layout.codes[leaf] & 63)))
 
 
 def address_intervals(prefixes: dict[Prefix, int]) -> Intervals:
@@ -1521,22 +1537,35 @@ def _compile_chain(table: Table, hook: str, interfaces: dict[str, int] | None,
         used |= set(min_shape.fields)
     shape.fields = frozenset(used)
 
-    if "src" in used:
-        c.src_iv = address_columns(live, live_index, list(map(attrgetter("src"), live_fields)),
-                                   nwords)
-        shape.src_max, shape.src_bsize = len(c.src_iv.vectors), bsize_of(c.src_iv)
-        shape.src_nbounds, shape.src_probes = len(c.src_iv.bounds), c.src_iv.probes
-    if "dst" in used:
-        c.dst_iv = address_columns(live, live_index, list(map(attrgetter("dst"), live_fields)),
-                                   nwords)
-        shape.dst_max, shape.dst_bsize = len(c.dst_iv.vectors), bsize_of(c.dst_iv)
-        shape.dst_nbounds, shape.dst_probes = len(c.dst_iv.bounds), c.dst_iv.probes
-    # a patched edit derives these tables from the last compile's (Derived);
-    # a flat compile keeps them for the next edit
+    # (the derivable tables: Derived, below; ``keep`` made here for these)
     edit = flat.edit if flat is not None else None
     prev = edit.tables if edit is not None else None
     keep = Derived() if trust_identity and is_flat else None
 
+    def addresses(name: str) -> Intervals:
+        if keep is not None and prev is not None and name in prev.addresses:
+            assert edit is not None
+            derived = derive_address(prev.addresses[name], edit, name, live, nwords)
+            if derived is not None:
+                keep.addresses[name] = derived[1]
+                return derived[0]
+        kept: "list | None" = [] if keep is not None else None
+        iv = address_columns(live, live_index, list(map(attrgetter(name), live_fields)),
+                             nwords, kept)
+        if kept:
+            assert keep is not None
+            keep.addresses[name] = kept[0]
+        return iv
+    if "src" in used:
+        c.src_iv = addresses("src")
+        shape.src_max, shape.src_bsize = len(c.src_iv.vectors), bsize_of(c.src_iv)
+        shape.src_nbounds, shape.src_probes = len(c.src_iv.bounds), c.src_iv.probes
+    if "dst" in used:
+        c.dst_iv = addresses("dst")
+        shape.dst_max, shape.dst_bsize = len(c.dst_iv.vectors), bsize_of(c.dst_iv)
+        shape.dst_nbounds, shape.dst_probes = len(c.dst_iv.bounds), c.dst_iv.probes
+    # a patched edit derives the range and protocol tables from the last
+    # compile's (Derived) too
     def ranged(name: str, top: int, extra_cuts: set[int] = frozenset()
                ) -> tuple[list[int], list[int]]:
         if extra_cuts or keep is None:
@@ -2148,6 +2177,7 @@ class Derived:
     ranges: dict[str, RangeState] = field(default_factory=dict)
     proto: "dict[int, int] | None" = None
     proto_refs: dict[int, int] = field(default_factory=dict)
+    addresses: "dict[str, AddressState]" = field(default_factory=dict)
 
 
 def _range_cuts(r: RangeField, top: int) -> list[int]:
@@ -2285,3 +2315,72 @@ def derive_proto(prev: dict[int, int], refs: dict[int, int], edit: Edit
             table = {p: _shift_in(v, k, proto in (None, p) and p not in nots)
                      for p, v in table.items()}
     return table, refs
+
+
+@dataclass
+class AddressState:
+    """What prefix_rows made an address table's tree from (no entry negates
+    a prefix): the live entries with a positive prefix (ascending) and
+    their prefixes' codes, the same entries as an int, per prefix the
+    entries naming it, the prefixes (with 0/0) and their layout."""
+
+    nwords: int
+    pos_e: "Any"
+    pos_code: "Any"
+    posbits: int
+    refs: dict
+    keys: set
+    layout: "_Layout"
+
+
+def derive_address(prev: AddressState, edit: Edit, name: str, live: int, nwords: int
+                   ) -> "tuple[Intervals, AddressState] | None":
+    """The address table after ``edit`` from ``prev`` (left as it was): the
+    entry lists renumbered, the edited entry's prefix counted in or out
+    (the layout looked up again only when the set of prefixes changed),
+    the tree made from them as prefix_rows makes it. None (a full build):
+    another width, or the new entry negates a prefix."""
+    import numpy as np
+
+    if nwords != prev.nwords:
+        return None
+    k = edit.k
+    pos_e, code, posbits, refs, keys = prev.pos_e, prev.pos_code, prev.posbits, prev.refs, prev.keys
+    gone, new = edit.gone, edit.new
+    if gone is not None:
+        f = gone.fields
+        p = None if f.never else getattr(f, name).positive
+        if p is not None:
+            i = int(np.searchsorted(pos_e, k))
+            pos_e, code = np.delete(pos_e, i), np.delete(code, i)
+            refs = dict(refs)
+            left = refs[p] - 1
+            if left:
+                refs[p] = left
+            else:
+                del refs[p]
+                if p != ROOT:
+                    keys = keys - {p}
+        pos_e = pos_e - (pos_e > k)
+        posbits = _shift_out(posbits, k)
+    if new is not None:
+        f = new.fields
+        pf = None if f.never else getattr(f, name)
+        if pf is not None and pf.negative:
+            return None
+        p = pf.positive if pf is not None else None
+        pos_e = pos_e + (pos_e >= k)
+        posbits = _shift_in(posbits, k, p is not None)
+        if p is not None:
+            i = int(np.searchsorted(pos_e, k))
+            pos_e, code = np.insert(pos_e, i, k), np.insert(code, i, p[0] << 6 | p[1])
+            if refs is prev.refs:
+                refs = dict(refs)
+            refs[p] = refs.get(p, 0) + 1
+            if p not in keys:
+                keys = keys | {p}
+    layout = prev.layout if keys is prev.keys else _layout_of(keys)
+    at = np.searchsorted(layout.codes, code)
+    tree = _tree_rows(layout, at, pos_e, int_words(live & ~posbits, nwords), nwords)
+    return _address_iv(layout, None, tree), AddressState(nwords, pos_e, code, posbits, refs,
+                                                         keys, layout)
