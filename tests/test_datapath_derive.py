@@ -5,6 +5,8 @@ full build: random flat chains of port, protocol, length and TTL rules
 random single edits, each compile compared with one from cold caches."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -63,6 +65,22 @@ def parsed(chain: str, text: str) -> Rule | None:
     return t.chains[chain].rules[0]
 
 
+def contents(images: list) -> list:
+    return [(m.name, image.joined(m.items), m.clear) for m in images]
+
+
+def assert_image_as_built(c, wider: bool = False) -> None:
+    """map_image of ``c`` (entry and address rows patched from the last
+    image of its hook where they can be) == the image built in full (the
+    same compile, without the serial that ties it to the last one);
+    ``wider``: in a program with twice the words too (after which the
+    next edit's image is built in full: the kept rows have another width)."""
+    shapes = [c.shape] + ([replace(c.shape, nwords=c.shape.nwords * 2)] if wider else [])
+    for shape in shapes:
+        patched = contents(image.map_image(c, shape))
+        assert patched == contents(image.map_image(replace(c, serial=0, edit=None), shape))
+
+
 edits = st.lists(st.tuples(st.sampled_from(["append", "insert", "delete", "replace"]),
                            st.integers(0, 1000), flat_rule()), min_size=1, max_size=8)
 
@@ -78,6 +96,7 @@ def test_derived_tables_equal_full_build(hook, lines, steps):
     first = compile_chain(table, hook, G.INTERFACES, trust_identity=True)
     assert snapshot(first) == cold(table, hook)
     assert image.entry_rows(first) == image.entry_blob(first.entries)
+    assert_image_as_built(first)
     for kind, at, text in steps:
         rules = table.chains[hook].rules
         rule = parsed(hook, text)
@@ -95,8 +114,9 @@ def test_derived_tables_equal_full_build(hook, lines, steps):
         derivable = rec is not None and rec.tables is not None
         c = compile_chain(table, hook, G.INTERFACES, trust_identity=True)
         assert snapshot(c) == cold(table, hook), (kind, at, text)
-        # the entry rows patched from the last image's equal a full build
+        # the image patched from the last one's equals a full build
         assert image.entry_rows(c) == image.entry_blob(c.entries)
+        assert_image_as_built(c)
         if derivable and hook in compiler._flat:
             # the tables were derived (a flat chain stays flat)
             assert compiler._flat[hook].edit.tables is not None
@@ -137,5 +157,7 @@ def test_a_wider_bitvector_is_built_again():
         c = compile_chain(table, "INPUT", G.INTERFACES, trust_identity=True)
         assert snapshot(c) == cold(table, "INPUT")
         assert image.entry_rows(c) == image.entry_blob(c.entries)
+        assert_image_as_built(c)
+    assert_image_as_built(c, wider=True)
     assert first.shape.nwords == 1 and c.shape.nwords == 2
     assert set(compiler._flat["INPUT"].tables.addresses) == {"src", "dst"}

@@ -242,22 +242,36 @@ class AddressTree:
     leaf_first: "Any" = None
     leaf_past: "Any" = None
 
-    def rows(self, width: int | None = None, scratch: bool = False) -> "Any":
+    def rows(self, width: int | None = None, scratch: bool = False, into: "Any" = None
+             ) -> "Any":
         """The rows, ``width`` u64 columns each (default nwords; more:
         zero). ``scratch``: in a buffer kept for the next call (for a
-        caller that copies the rows out before then)."""
+        caller that copies the rows out before then); ``into``: in that
+        array (of the right shape)."""
         import numpy as np
 
         internal = self.internal
         if width is not None and width != internal.shape[1]:
             internal = np.zeros((internal.shape[0], width), dtype=np.uint64)
             internal[:, :self.internal.shape[1]] = self.internal
-        if scratch:
+        if into is not None:
+            out = into
+            np.take(internal, self.base, axis=0, out=out)
+        elif scratch:
             out = _scratch(len(self.base) * internal.shape[1]).reshape(-1, internal.shape[1])
             np.take(internal, self.base, axis=0, out=out)
         else:
             out = internal[self.base]
         scatter_bits(out, self.leaf_rows, self.leaf_entries)
+        return out
+
+    def columns(self, first: int) -> "Any":
+        """Words ``first``.. (to the tree's width) of every row, as
+        ``rows()`` makes them (a new array)."""
+        internal = self.internal[:, first:]
+        out = internal[self.base]
+        later = self.leaf_entries >= first * 64
+        scatter_bits(out, self.leaf_rows[later], self.leaf_entries[later] - first * 64)
         return out
 
 

@@ -179,7 +179,15 @@ def vector_rows(values: list[int], nwords: int, masks: "tuple[int | None, ...]")
     return bytes(buf)
 
 
-def matrix_rows(iv: Intervals, nwords: int, masks: "tuple[int | None, ...]") -> bytes:
+# (hook, field) -> (Compiled.serial, the layout's base array, the tree's
+# width, the rows as matrix_rows made them last): the next compile of the
+# hook, patched from that one with the same prefixes, gathers only the
+# words from the edited entry's on (an entry before it keeps its bits)
+_kept_rows: dict[tuple[str, str], tuple] = {}
+
+
+def matrix_rows(iv: Intervals, nwords: int, masks: "tuple[int | None, ...]",
+                keep: "tuple | None" = None) -> bytes:
     """``vector_rows`` of an address table built as a uint64 bit matrix
     (compiler ``Intervals.tree`` / ``.rows``). From a tree, the rows are
     gathered straight into the map's buffer, full width (the few internal
@@ -189,8 +197,26 @@ def matrix_rows(iv: Intervals, nwords: int, masks: "tuple[int | None, ...]") -> 
 
     total = nwords + len(masks) * summary_words(nwords)
     if iv.tree is not None:
-        out = iv.tree.rows(total, scratch=True)   # (copied out by tobytes)
-        _tree_summaries(out, iv.tree, nwords, masks)
+        tree = iv.tree
+        if keep is None:
+            out = tree.rows(total, scratch=True)   # (copied out by tobytes)
+        else:
+            # keep: (hook, field, serial, the serial it was patched from, the
+            # edited entry's word)
+            hook, name, serial, since, first = keep
+            kept = _kept_rows.pop((hook, name), None)
+            width = tree.internal.shape[1]
+            fits = kept is not None and kept[3].shape == (len(tree.base), total)
+            if fits and since is not None and kept[0] == since and kept[1] is tree.base \
+                    and kept[2] == width:
+                out = kept[3]
+                out[:, first:width] = tree.columns(first)
+            else:
+                # (its own buffer, kept: the last one again when it fits, no
+                # fresh pages to fault in)
+                out = tree.rows(total, into=kept[3] if fits else None)
+            _kept_rows[(hook, name)] = (serial, tree.base, width, out)
+        _tree_summaries(out, tree, nwords, masks)
         return out.tobytes()
     matrix = iv.rows
     out = np.zeros((matrix.shape[0], total), dtype="<u8")
@@ -341,10 +367,8 @@ def entry_rows(c: Compiled) -> bytes:
     else:
         blob = entry_blob(c.entries)
         rows = np.frombuffer(blob, "<u4").reshape(-1, 10)
-    if c.serial:
+    if c.serial:   # (serials are never reused: no stale match possible)
         _entry_rows[c.hook] = (c.serial, rows)
-    else:
-        _entry_rows.pop(c.hook, None)
     return blob
 
 
@@ -469,7 +493,10 @@ def map_image(c: Compiled, shape: Shape) -> list[MapImage]:
     for name, iv, bsize in (("src", c.src_iv, shape.src_bsize), ("dst", c.dst_iv, shape.dst_bsize)):
         if name in fields:
             assert iv is not None
-            out.extend(address_images(name, iv, bsize, nw, parts))
+            # (a flat compile kept for patching: its rows kept, see matrix_rows)
+            keep = ((c.hook, name, c.serial, c.edit.serial if c.edit is not None else None,
+                     c.edit.k // 64 if c.edit is not None else 0) if c.serial else None)
+            out.extend(address_images(name, iv, bsize, nw, parts, keep))
     if parts is not None:
         out.append(MapImage("pair_map", Packed(4, summary_words(nw) * 8, array_keys(1 << 16),
                                                pair_table(parts, nw), dense=True)))
@@ -592,7 +619,8 @@ def log_images(c: Compiled) -> list[MapImage]:
 
 
 def address_images(name: str, iv: Intervals, bsize: int, nwords: int,
-                   parts: "PairParts | None" = None) -> list[MapImage]:
+                   parts: "PairParts | None" = None, keep: "tuple | None" = None
+                   ) -> list[MapImage]:
     """Per /16 the interval its first address is in; the interval starts
     (host order, padded with 0xFFFFFFFF, above any address but the last);
     per interval slot the id of its bitvector (padding slots repeat the
@@ -617,7 +645,7 @@ def address_images(name: str, iv: Intervals, bsize: int, nwords: int,
         vectors = vector_items(range(len(iv.vectors)), iv.vectors, nwords, dense=True)
     else:
         masks = parts.masks(name) if parts is not None else (None,)
-        blob = (matrix_rows(iv, nwords, masks) if matrix
+        blob = (matrix_rows(iv, nwords, masks, keep) if matrix
                 else vector_rows(iv.vectors, nwords, masks))
         vectors = Packed(4, (nwords + len(masks) * summary_words(nwords)) * 8,
                          array_keys(len(iv.vectors)), blob, dense=True)
