@@ -206,16 +206,20 @@ def matrix_rows(iv: Intervals, nwords: int, masks: "tuple[int | None, ...]",
             hook, name, serial, since, first = keep
             kept = _kept_rows.pop((hook, name), None)
             width = tree.internal.shape[1]
-            fits = kept is not None and kept[3].shape == (len(tree.base), total)
-            if fits and since is not None and kept[0] == since and kept[1] is tree.base \
-                    and kept[2] == width:
-                out = kept[3]
+            shape = (len(tree.base), total)
+            if kept is not None and kept[3].shape == shape and since is not None \
+                    and kept[0] == since and kept[1] is tree.base and kept[2] == width:
+                out, room = kept[3], kept[4]
                 out[:, first:width] = tree.columns(first)
             else:
-                # (its own buffer, kept: the last one again when it fits, no
-                # fresh pages to fault in)
-                out = tree.rows(total, into=kept[3] if fits else None)
-            _kept_rows[(hook, name)] = (serial, tree.base, width, out)
+                # into the hook's own buffer, kept with room to spare: a
+                # fresh one per update (an address added: one more row)
+                # costs more in page faults than the gather
+                room = kept[4] if kept is not None else None
+                if room is None or len(room) < shape[0] * total:
+                    room = np.empty(shape[0] * total * 9 // 8 + total, dtype=np.uint64)
+                out = tree.rows(total, into=room[:shape[0] * total].reshape(shape))
+            _kept_rows[(hook, name)] = (serial, tree.base, width, out, room)
         _tree_summaries(out, tree, nwords, masks)
         return out.tobytes()
     matrix = iv.rows
