@@ -161,3 +161,29 @@ def test_a_wider_bitvector_is_built_again():
     assert_image_as_built(c, wider=True)
     assert first.shape.nwords == 1 and c.shape.nwords == 2
     assert set(compiler._flat["INPUT"].tables.addresses) == {"src", "dst"}
+
+
+def test_classbench_edits_derive_tables_and_image():
+    """fw1-1k (ports, protocols, nested prefixes): -A, -D, -I 1, -D 1 and an
+    insert in the middle, of a rule with a new address and of one without: the
+    derived tables equal a cold compile, the patched image the full one."""
+    from tests.support.shared import ruleset
+    from bpf_iptables.datapath.harness import table_from_save
+
+    compiler.clear_caches()
+    table = table_from_save(ruleset("classbench-fw1-1k.rules").read_text())
+    rules = table.chains["INPUT"].rules
+    c = compile_chain(table, "INPUT", G.INTERFACES, trust_identity=True)
+    assert_image_as_built(c)
+    texts = ["-s 10.255.1.1 -p tcp --dport 8080 -j ACCEPT", "-p udp --sport 53 -j DROP"]
+    for text in texts:
+        rule = parsed("INPUT", text)
+        for change in (lambda: rules.append(rule), lambda: rules.pop(),
+                       lambda: rules.insert(0, rule), lambda: rules.pop(0),
+                       lambda: rules.insert(len(rules) // 2, rule),
+                       lambda: rules.pop(len(rules) // 2)):
+            change()
+            c = compile_chain(table, "INPUT", G.INTERFACES, trust_identity=True)
+            assert compiler._flat["INPUT"].edit.tables is not None
+            assert snapshot(c) == cold(table, "INPUT")
+            assert_image_as_built(c)
