@@ -110,6 +110,8 @@ def snapshot(c: Compiled) -> dict:
     """Every field of ``c`` as plain values (entries slot by slot)."""
     out = {}
     for f in fields(Compiled):
+        if f.name in ("serial", "edit"):   # (bookkeeping of the patch, not contents)
+            continue
         v = getattr(c, f.name)
         if f.name == "entries":
             v = [snapshot_entry(e) for e in v]

@@ -28,7 +28,7 @@ from bisect import bisect_left
 from array import array
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from itertools import chain, compress, islice, repeat
+from itertools import chain, compress, count, islice, repeat
 from dataclasses import dataclass, field, replace
 from operator import attrgetter, is_
 from typing import TYPE_CHECKING, Any
@@ -242,22 +242,36 @@ class AddressTree:
     leaf_first: "Any" = None
     leaf_past: "Any" = None
 
-    def rows(self, width: int | None = None, scratch: bool = False) -> "Any":
+    def rows(self, width: int | None = None, scratch: bool = False, into: "Any" = None
+             ) -> "Any":
         """The rows, ``width`` u64 columns each (default nwords; more:
         zero). ``scratch``: in a buffer kept for the next call (for a
-        caller that copies the rows out before then)."""
+        caller that copies the rows out before then); ``into``: in that
+        array (of the right shape)."""
         import numpy as np
 
         internal = self.internal
         if width is not None and width != internal.shape[1]:
             internal = np.zeros((internal.shape[0], width), dtype=np.uint64)
             internal[:, :self.internal.shape[1]] = self.internal
-        if scratch:
+        if into is not None:
+            out = into
+            np.take(internal, self.base, axis=0, out=out)
+        elif scratch:
             out = _scratch(len(self.base) * internal.shape[1]).reshape(-1, internal.shape[1])
             np.take(internal, self.base, axis=0, out=out)
         else:
             out = internal[self.base]
         scatter_bits(out, self.leaf_rows, self.leaf_entries)
+        return out
+
+    def columns(self, first: int) -> "Any":
+        """Words ``first``.. (to the tree's width) of every row, as
+        ``rows()`` makes them (a new array)."""
+        internal = self.internal[:, first:]
+        out = internal[self.base]
+        later = self.leaf_entries >= first * 64
+        scatter_bits(out, self.leaf_rows[later], self.leaf_entries[later] - first * 64)
         return out
 
 
@@ -352,6 +366,11 @@ class Compiled:
     # REJECT, LOG, user chain, stateful, conntrack or set match among its
     # rules (callers skip scans for those)
     flat: bool = False
+    # a flat compile kept for patching: its number (``serial``), and the
+    # edit that made it from the hook's previous one (numbered
+    # ``edit.serial``): image.py patches that one's entry rows
+    serial: int = 0
+    edit: "Edit | None" = field(default=None, compare=False)
 
 
 def summary_words(nwords: int) -> int:
@@ -1005,18 +1024,22 @@ _POSITIVE = attrgetter("positive")
 _NEGATIVE = attrgetter("negative")
 
 
-def address_columns(live: int, ents: list[int], pfs: list[PrefixField], nwords: int
-                    ) -> Intervals:
+def address_columns(live: int, ents: list[int], pfs: list[PrefixField], nwords: int,
+                    keep: "list | None" = None) -> Intervals:
     """``address_table(live, list(zip(ents, pfs)), nwords)`` from the
     entries and their constraints as two lists (what the compiler has)."""
-    layout, rows, tree = prefix_rows(live, ents, pfs, nwords)
+    layout, rows, tree = prefix_rows(live, ents, pfs, nwords, keep)
+    return _address_iv(layout, rows, tree)
+
+
+def _address_iv(layout: "_Layout", rows: "Any", tree: "AddressTree | None") -> Intervals:
     iv = Intervals(layout.bounds, layout.index, [], layout.top, layout.probes, rows, tree)
     iv.vectors = RowInts(iv, len(layout.owners))
     return iv
 
 
-def prefix_rows(live: int, ents: list[int], pfs: list[PrefixField], nwords: int
-                ) -> "tuple[_Layout, Any, AddressTree | None]":
+def prefix_rows(live: int, ents: list[int], pfs: list[PrefixField], nwords: int,
+                keep: "list | None" = None) -> "tuple[_Layout, Any, AddressTree | None]":
     """``_prefix_vectors`` as a numpy bit matrix, in the layout's owner
     order (``Intervals.vectors``): the rows of the internal prefixes (with
     more specific ones listed) get their own positive entries' bits (0/0's:
@@ -1024,7 +1047,8 @@ def prefix_rows(live: int, ents: list[int], pfs: list[PrefixField], nwords: int
     depth at a time; a leaf's row is its parent's plus its own entries
     (``AddressTree``: rows made on demand). Negated prefixes make a second
     such matrix, cleared from the first (then the rows are made now, and
-    no tree is returned). Bit for bit what ``_prefix_vectors`` gives (tested)."""
+    no tree is returned). Bit for bit what ``_prefix_vectors`` gives (tested).
+    ``keep``: a list the AddressState of a tree is appended to."""
     import numpy as np
 
     # (the attributes by map(): attrgetter runs in C, ~10k entries;
@@ -1041,7 +1065,8 @@ def prefix_rows(live: int, ents: list[int], pfs: list[PrefixField], nwords: int
                 for q in negative:
                     neg_e.append(e)
                     neg_p.append(q)
-    layout = _layout_of({ROOT, *pos_p, *neg_p})
+    keys = {ROOT, *pos_p, *neg_p}
+    layout = _layout_of(keys)
     codes = layout.codes
 
     def positions(prefixes: list[Prefix]) -> "Any":
@@ -1049,35 +1074,45 @@ def prefix_rows(live: int, ents: list[int], pfs: list[PrefixField], nwords: int
                             count=2 * len(prefixes)).reshape(-1, 2)
         return np.searchsorted(codes, (pairs[:, 0] << 6) | pairs[:, 1])
 
-    def tree_rows(at: "Any", entries: "Any", root: "Any") -> AddressTree:
-        """Per owner the bits of ``entries`` at ``at`` (positions) and
-        their ancestors, ``root`` ORed into 0/0's: computed densely for
-        the internal prefixes only (few); a leaf's own bits listed."""
-        iid = layout.internal_id[at]
-        inner = iid >= 0
-        tree = np.zeros((int(layout.internal_id.max()) + 1, nwords), dtype=np.uint64)
-        scatter_bits(tree, iid[inner], entries[inner])
-        tree[0] |= root
-        for child, par in layout.internal_levels:
-            tree[child] |= tree[par]
-        leaf = at[~inner]
-        first = layout.codes[leaf] >> 6
-        return AddressTree(tree, layout.base, layout.owner_of[leaf], entries[~inner],
-                           layout.bounds_np, layout.index_np, first,
-                           first + np.left_shift(1, 32 - (layout.codes[leaf] & 63)))
-
     pe = np.array(pos_e, dtype=np.int64)
     # 0/0 (position 0) is everyone's ancestor: every entry without a
     # positive prefix holds everywhere, as its own entries do
     positive = np.zeros((1, nwords), dtype=np.uint64)
     scatter_bits(positive, np.zeros(len(pe), dtype=np.int64), pe)
-    tree = tree_rows(positions(pos_p), pe, int_words(live, nwords) & ~positive[0])
+    at = positions(pos_p)
+    tree = _tree_rows(layout, at, pe, int_words(live, nwords) & ~positive[0], nwords)
     if neg_e:
         rows = tree.rows()
-        rows &= ~tree_rows(positions(neg_p), np.array(neg_e, dtype=np.int64),
-                           np.zeros(nwords, dtype=np.uint64)).rows()
+        rows &= ~_tree_rows(layout, positions(neg_p), np.array(neg_e, dtype=np.int64),
+                            np.zeros(nwords, dtype=np.uint64), nwords).rows()
         return layout, rows, None
+    if keep is not None:
+        refs: dict[Prefix, int] = {}
+        for q in pos_p:
+            refs[q] = refs.get(q, 0) + 1
+        keep.append(AddressState(nwords, pe, codes[at], bits(pos_e), refs, keys, layout))
     return layout, None, tree
+
+
+def _tree_rows(layout: "_Layout", at: "Any", entries: "Any", root: "Any", nwords: int
+               ) -> AddressTree:
+    """Per owner the bits of ``entries`` at ``at`` (positions in the
+    layout) and their ancestors, ``root`` ORed into 0/0's: computed densely
+    for the internal prefixes only (few); a leaf's own bits listed."""
+    import numpy as np
+
+    iid = layout.internal_id[at]
+    inner = iid >= 0
+    tree = np.zeros((int(layout.internal_id.max()) + 1, nwords), dtype=np.uint64)
+    scatter_bits(tree, iid[inner], entries[inner])
+    tree[0] |= root
+    for child, par in layout.internal_levels:
+        tree[child] |= tree[par]
+    leaf = at[~inner]
+    first = layout.codes[leaf] >> 6
+    return AddressTree(tree, layout.base, layout.owner_of[leaf], entries[~inner],
+                       layout.bounds_np, layout.index_np, first,
+                       first + np.left_shift(1, 32 - (layout.codes[leaf] & 63)))
 
 
 def address_intervals(prefixes: dict[Prefix, int]) -> Intervals:
@@ -1281,15 +1316,18 @@ def bsize_of(iv: Intervals) -> int:
 
 
 def range_table(live: int, per_entry: list[tuple[int, RangeField]], top: int,
-                extra_cuts: set[int] = frozenset()) -> tuple[list[int], list[int]]:
+                extra_cuts: set[int] = frozenset(), groups: "list | None" = None
+                ) -> tuple[list[int], list[int]]:
     """Interval contents of a range-compressed field whose values lie in
     [0, top]: the boundaries (sorted, from 0) and, per interval
     [b[i], b[i+1]), the entries whose ranges hold there. Ranges are cut at
     every boundary, so each range contains an interval or is disjoint from
     it; one sweep gives every interval's bitvector. ``extra_cuts``: more
     boundaries (of another table sharing these intervals). Entries with
-    the same ranges are swept as one group (one bitvector)."""
-    groups = grouped(per_entry, _RANGE_KEY)
+    the same ranges are swept as one group (one bitvector); ``groups``:
+    grouped(per_entry, _RANGE_KEY) when the caller has it."""
+    if groups is None:
+        groups = grouped(per_entry, _RANGE_KEY)
     cuts = {0, *extra_cuts}
     for (positive, negative), _ in groups:
         for lo, hi in ([positive] if positive else []) + list(negative):
@@ -1513,18 +1551,56 @@ def _compile_chain(table: Table, hook: str, interfaces: dict[str, int] | None,
         used |= set(min_shape.fields)
     shape.fields = frozenset(used)
 
+    # (the derivable tables: Derived, below; ``keep`` made here for these)
+    edit = flat.edit if flat is not None else None
+    prev = edit.tables if edit is not None else None
+    keep = Derived() if trust_identity and is_flat else None
+
+    def addresses(name: str) -> Intervals:
+        if keep is not None and prev is not None and name in prev.addresses:
+            assert edit is not None
+            derived = derive_address(prev.addresses[name], edit, name, live, nwords)
+            if derived is not None:
+                keep.addresses[name] = derived[1]
+                return derived[0]
+        kept: "list | None" = [] if keep is not None else None
+        iv = address_columns(live, live_index, list(map(attrgetter(name), live_fields)),
+                             nwords, kept)
+        if kept:
+            assert keep is not None
+            keep.addresses[name] = kept[0]
+        return iv
     if "src" in used:
-        c.src_iv = address_columns(live, live_index, list(map(attrgetter("src"), live_fields)),
-                                   nwords)
+        c.src_iv = addresses("src")
         shape.src_max, shape.src_bsize = len(c.src_iv.vectors), bsize_of(c.src_iv)
         shape.src_nbounds, shape.src_probes = len(c.src_iv.bounds), c.src_iv.probes
     if "dst" in used:
-        c.dst_iv = address_columns(live, live_index, list(map(attrgetter("dst"), live_fields)),
-                                   nwords)
+        c.dst_iv = addresses("dst")
         shape.dst_max, shape.dst_bsize = len(c.dst_iv.vectors), bsize_of(c.dst_iv)
         shape.dst_nbounds, shape.dst_probes = len(c.dst_iv.bounds), c.dst_iv.probes
+    # a patched edit derives the range and protocol tables from the last
+    # compile's (Derived) too
+    def ranged(name: str, top: int, extra_cuts: set[int] = frozenset()
+               ) -> tuple[list[int], list[int]]:
+        if extra_cuts or keep is None:
+            return range_table(live, per_entry(name), top, extra_cuts)
+        if prev is not None and name in prev.ranges:
+            assert edit is not None
+            state = derive_range(prev.ranges[name], edit, name, top)
+        else:
+            state = range_state(live, per_entry(name), top)
+        keep.ranges[name] = state
+        return state.bounds, state.vectors
     if "proto" in used:
-        c.proto = proto_table(live, live_entries)
+        if keep is None:
+            c.proto = proto_table(live, live_entries)
+        else:
+            if prev is not None and prev.proto is not None:
+                assert edit is not None
+                c.proto, refs = derive_proto(prev.proto, prev.proto_refs, edit)
+            else:
+                c.proto, refs = proto_table(live, live_entries), proto_refs_of(live_entries)
+            keep.proto, keep.proto_refs = c.proto, refs
         shape.proto_max = len(c.proto)
     if "iif" in used:
         c.iif = iif_table(live, live_entries, interfaces)
@@ -1537,14 +1613,15 @@ def _compile_chain(table: Table, hook: str, interfaces: dict[str, int] | None,
     if "flags" in used:
         c.flags = flags_table(live, live_entries)
     l4 = _l4_of(hook, flat, live_entries)
-    ecuts = either_cuts(live_entries)
+    # (no entry with --ports: no cut of theirs; a pass less)
+    ecuts = either_cuts(live_entries) if any("ports" in u for u in uses) else set()
     if "sport" in used:
-        c.sport_bounds, c.sport = port_table(live, per_entry("sport"), l4,
-                                             ecuts)
+        bounds, vectors = ranged("sport", 0xFFFF, ecuts)
+        c.sport_bounds, c.sport = bounds, vectors + [live & ~l4, live]   # as port_table
         shape.sport_bsize = max(2, pow2_at_least(len(c.sport_bounds)))
     if "dport" in used:
-        c.dport_bounds, c.dport = port_table(live, per_entry("dport"), l4,
-                                             ecuts)
+        bounds, vectors = ranged("dport", 0xFFFF, ecuts)
+        c.dport_bounds, c.dport = bounds, vectors + [live & ~l4, live]
         shape.dport_bsize = max(2, pow2_at_least(len(c.dport_bounds)))
     if "ports" in used:
         # "sport in L or dport in L": the OR of a sport-indexed and a
@@ -1552,11 +1629,10 @@ def _compile_chain(table: Table, hook: str, interfaces: dict[str, int] | None,
         c.ports_s = either_table(live, live_entries, c.sport_bounds)
         c.ports_d = either_table(live, live_entries, c.dport_bounds)
     if "length" in used:
-        c.length_bounds, c.length = range_table(
-            live, per_entry("length"), 0xFFFF)
+        c.length_bounds, c.length = ranged("length", 0xFFFF)
         shape.length_bsize = max(2, pow2_at_least(len(c.length_bounds)))
     if "ttl" in used:
-        bounds, c.ttl = range_table(live, per_entry("ttl"), 0xFF)
+        bounds, c.ttl = ranged("ttl", 0xFF)
         if hook == "FORWARD":
             # ip_forward() lowers the TTL before the FORWARD hook: netfilter
             # compares frame TTL - 1, so the table is keyed by the frame's
@@ -1592,6 +1668,12 @@ def _compile_chain(table: Table, hook: str, interfaces: dict[str, int] | None,
                                "non-terminating rules in one chain in the eBPF data path")
         check_stateful_calls(c.shape, c.shape.steps)
         fill_unused(c)
+    if keep is not None:
+        rec = _flat.get(hook)
+        if rec is not None:
+            rec.tables = keep
+            c.serial = rec.serial = next(_serials)
+            c.edit = edit
     return c
 
 
@@ -1617,10 +1699,17 @@ class _Flat:
     nonterminal: int                     # entries a scan may pass by
     live: int                            # bits(live_index)
     l4: "int | None" = None              # the live entries with ports (f.l4), once asked
+    # the last compile's derivable field tables (Derived), taken out by
+    # _patched with the edit that turns them into this compile's: a
+    # compile that fails between the two leaves none (full build next)
+    tables: "Derived | None" = None
+    edit: "Edit | None" = None
+    serial: int = 0                      # the last compile's Compiled.serial
 
 
 # hook -> its last flat compile
 _flat: dict[str, _Flat] = {}
+_serials = count(1)
 
 
 def _remember_flat(table: Table, hook: str, slots: dict[tuple[str, int], int],
@@ -1774,6 +1863,9 @@ def _patched(table: Table, hook: str, slots: dict[tuple[str, int], int]) -> _Fla
         if new is None:
             return None
     # (nothing can fail from here on)
+    gone = entries[k] if kind in ("delete", "replace") else None
+    rec.edit = Edit(kind, k, gone, new, rec.tables, moved, rec.serial)
+    rec.tables = None
     if kind == "insert":
         assert new is not None
         _renumber(entries, 0, k, moved, 0)
@@ -2051,3 +2143,258 @@ def pkttype_table(live_entries: list[tuple[int, EntryFields]]) -> list[int]:
     groups = grouped(live_entries, lambda f: tuple(f.pkttype))
     return [union(groups, lambda k: all((t == slot) != inv for t, inv in k))
             for slot in range(PKTTYPES)]
+
+
+# --- field tables of a single edit, derived from the previous compile's ---
+#
+# A patched single edit (_patched) inserts and/or removes one entry at
+# position k: every table of the previous compile becomes "its bitvectors
+# with bit k inserted (the new entry's, per row: whether its constraint
+# holds there) or removed", plus, for interval tables, the cuts the new
+# entry brings (the interval it splits copied first) or the cuts only the
+# removed entry made (the two intervals, equal once its bit is gone,
+# merged). Derived keeps what that needs beside the tables themselves: how
+# many live entries cut at each boundary, and which protocols entries name.
+# The result equals range_table / proto_table of the whole chain
+# (tests/test_datapath_derive.py).
+
+
+@dataclass
+class Edit:
+    """What _patched changed: ``gone`` left and/or ``new`` came at ``k``
+    ("same": neither), and the tables of the compile before it."""
+
+    kind: str
+    k: int
+    gone: "Entry | None"
+    new: "Entry | None"
+    tables: "Derived | None"
+    moved: int = 0     # every counter slot's move (an edit of an earlier chain)
+    serial: int = 0    # the Compiled.serial of the compile before it
+
+
+@dataclass
+class RangeState:
+    """range_table's result and, per boundary, the live entries cutting there
+    (with multiplicity: an entry cutting twice at b counts twice)."""
+
+    bounds: list[int]
+    vectors: list[int]
+    cuts: dict[int, int]
+
+
+@dataclass
+class Derived:
+    """The derivable tables of one compile (field name -> its state); the
+    protocol table with, per protocol named, the live entries naming it."""
+
+    ranges: dict[str, RangeState] = field(default_factory=dict)
+    proto: "dict[int, int] | None" = None
+    proto_refs: dict[int, int] = field(default_factory=dict)
+    addresses: "dict[str, AddressState]" = field(default_factory=dict)
+
+
+def _range_cuts(r: RangeField, top: int) -> list[int]:
+    """The boundaries range_table cuts for ``r`` (from its groups' loop)."""
+    out = []
+    for lo, hi in ([r.positive] if r.positive else []) + list(r.negative):
+        out.append(lo)
+        if hi < top:
+            out.append(hi + 1)
+    return out
+
+
+def _range_holds(r: RangeField, v: int) -> bool:
+    """Whether ``r`` holds on the interval starting at ``v`` (cut at every
+    boundary of ``r``: holding at its start is holding on all of it)."""
+    pos = r.positive
+    if pos and not pos[0] <= v <= pos[1]:
+        return False
+    return not any(lo <= v <= hi for lo, hi in r.negative)
+
+
+def range_state(live: int, per_entry: list[tuple[int, RangeField]], top: int) -> RangeState:
+    """range_table (no extra cuts) with its boundary counts."""
+    groups = grouped(per_entry, _RANGE_KEY)
+    cuts: dict[int, int] = {}
+    for (positive, negative), vec in groups:
+        count = vec.bit_count()
+        for lo, hi in ([positive] if positive else []) + list(negative):
+            cuts[lo] = cuts.get(lo, 0) + count
+            if hi < top:
+                cuts[hi + 1] = cuts.get(hi + 1, 0) + count
+    bounds, vectors = range_table(live, per_entry, top, groups=groups)
+    return RangeState(bounds, vectors, cuts)
+
+
+def derive_range(prev: RangeState, edit: Edit, name: str, top: int) -> RangeState:
+    """``prev`` after ``edit`` (a new list; ``prev`` is left as it was)."""
+    k = edit.k
+    bounds, vectors, cuts = prev.bounds, prev.vectors, prev.cuts
+    gone, new = edit.gone, edit.new
+    if gone is not None:
+        vectors = [_shift_out(v, k) for v in vectors]
+        if not gone.fields.never:
+            cuts = dict(cuts)
+            merged = []
+            for c in _range_cuts(getattr(gone.fields, name), top):
+                left = cuts[c] - 1
+                if left:
+                    cuts[c] = left
+                else:
+                    del cuts[c]
+                    if c:   # (0 is always a boundary)
+                        merged.append(c)
+            if merged:
+                bounds = list(bounds)
+                for c in set(merged):
+                    at = bisect_left(bounds, c)
+                    # no live entry tells the two intervals apart any more
+                    assert bounds[at] == c
+                    del bounds[at], vectors[at]
+    if new is not None:
+        f = new.fields
+        if f.never:
+            vectors = [_shift_in(v, k, False) for v in vectors]
+        else:
+            r = getattr(f, name)
+            mine = _range_cuts(r, top)
+            if mine:
+                if cuts is prev.cuts:
+                    cuts = dict(cuts)
+                for c in mine:
+                    had = cuts.get(c, 0)
+                    cuts[c] = had + 1
+                    if not had and c:
+                        at = bisect_left(bounds, c)
+                        if at == len(bounds) or bounds[at] != c:
+                            # a new boundary splits the interval holding c
+                            if bounds is prev.bounds:
+                                bounds = list(bounds)
+                            if vectors is prev.vectors:
+                                vectors = list(vectors)
+                            bounds.insert(at, c)
+                            vectors.insert(at, vectors[at - 1])
+            if not mine:
+                # no constraint: the entry holds everywhere
+                vectors = [_shift_in(v, k, True) for v in vectors]
+            else:
+                vectors = [_shift_in(v, k, _range_holds(r, b)) for v, b in zip(vectors, bounds)]
+    return RangeState(bounds, vectors, cuts)
+
+
+def proto_refs_of(live_entries: list[tuple[int, EntryFields]]) -> dict[int, int]:
+    """Per protocol number an entry names (proto or ! proto), the live
+    entries naming it (with multiplicity)."""
+    refs: dict[int, int] = {}
+    for (proto, nots), vec in grouped(live_entries, _PROTO_KEY):
+        count = vec.bit_count()
+        for p in ([proto] if proto is not None else []) + list(nots):
+            refs[p] = refs.get(p, 0) + count
+    return refs
+
+
+def _proto_names(f: EntryFields) -> list[int]:
+    return ([f.proto] if f.proto is not None else []) + list(f.proto_not)
+
+
+def derive_proto(prev: dict[int, int], refs: dict[int, int], edit: Edit
+                 ) -> tuple[dict[int, int], dict[int, int]]:
+    """proto_table after ``edit`` and its refs (new dicts). A protocol no
+    entry names has PROTO_DEFAULT's row (PROTO_DEFAULT is no protocol:
+    no entry names it), so one named first copies that row; one no longer
+    named leaves (its row is then PROTO_DEFAULT's again)."""
+    k = edit.k
+    table, refs = dict(prev), dict(refs)
+    gone, new = edit.gone, edit.new
+    if gone is not None:
+        table = {p: _shift_out(v, k) for p, v in table.items()}
+        if not gone.fields.never:
+            for p in _proto_names(gone.fields):
+                left = refs[p] - 1
+                if left:
+                    refs[p] = left
+                else:
+                    del refs[p], table[p]
+    if new is not None:
+        f = new.fields
+        if f.never:
+            table = {p: _shift_in(v, k, False) for p, v in table.items()}
+        else:
+            for p in _proto_names(f):
+                if p not in refs:
+                    table[p] = table[PROTO_DEFAULT]
+                refs[p] = refs.get(p, 0) + 1
+            proto, nots = f.proto, f.proto_not
+            table = {p: _shift_in(v, k, proto in (None, p) and p not in nots)
+                     for p, v in table.items()}
+    return table, refs
+
+
+@dataclass
+class AddressState:
+    """What prefix_rows made an address table's tree from (no entry negates
+    a prefix): the live entries with a positive prefix (ascending) and
+    their prefixes' codes, the same entries as an int, per prefix the
+    entries naming it, the prefixes (with 0/0) and their layout."""
+
+    nwords: int
+    pos_e: "Any"
+    pos_code: "Any"
+    posbits: int
+    refs: dict
+    keys: set
+    layout: "_Layout"
+
+
+def derive_address(prev: AddressState, edit: Edit, name: str, live: int, nwords: int
+                   ) -> "tuple[Intervals, AddressState] | None":
+    """The address table after ``edit`` from ``prev`` (left as it was): the
+    entry lists renumbered, the edited entry's prefix counted in or out
+    (the layout looked up again only when the set of prefixes changed),
+    the tree made from them as prefix_rows makes it. None (a full build):
+    another width, or the new entry negates a prefix."""
+    import numpy as np
+
+    if nwords != prev.nwords:
+        return None
+    k = edit.k
+    pos_e, code, posbits, refs, keys = prev.pos_e, prev.pos_code, prev.posbits, prev.refs, prev.keys
+    gone, new = edit.gone, edit.new
+    if gone is not None:
+        f = gone.fields
+        p = None if f.never else getattr(f, name).positive
+        if p is not None:
+            i = int(np.searchsorted(pos_e, k))
+            pos_e, code = np.delete(pos_e, i), np.delete(code, i)
+            refs = dict(refs)
+            left = refs[p] - 1
+            if left:
+                refs[p] = left
+            else:
+                del refs[p]
+                if p != ROOT:
+                    keys = keys - {p}
+        pos_e = pos_e - (pos_e > k)
+        posbits = _shift_out(posbits, k)
+    if new is not None:
+        f = new.fields
+        pf = None if f.never else getattr(f, name)
+        if pf is not None and pf.negative:
+            return None
+        p = pf.positive if pf is not None else None
+        pos_e = pos_e + (pos_e >= k)
+        posbits = _shift_in(posbits, k, p is not None)
+        if p is not None:
+            i = int(np.searchsorted(pos_e, k))
+            pos_e, code = np.insert(pos_e, i, k), np.insert(code, i, p[0] << 6 | p[1])
+            if refs is prev.refs:
+                refs = dict(refs)
+            refs[p] = refs.get(p, 0) + 1
+            if p not in keys:
+                keys = keys | {p}
+    layout = prev.layout if keys is prev.keys else _layout_of(keys)
+    at = np.searchsorted(layout.codes, code)
+    tree = _tree_rows(layout, at, pos_e, int_words(live & ~posbits, nwords), nwords)
+    return _address_iv(layout, None, tree), AddressState(nwords, pos_e, code, posbits, refs,
+                                                         keys, layout)

@@ -179,7 +179,15 @@ def vector_rows(values: list[int], nwords: int, masks: "tuple[int | None, ...]")
     return bytes(buf)
 
 
-def matrix_rows(iv: Intervals, nwords: int, masks: "tuple[int | None, ...]") -> bytes:
+# (hook, field) -> (Compiled.serial, the layout's base array, the tree's
+# width, the rows as matrix_rows made them last): the next compile of the
+# hook, patched from that one with the same prefixes, gathers only the
+# words from the edited entry's on (an entry before it keeps its bits)
+_kept_rows: dict[tuple[str, str], tuple] = {}
+
+
+def matrix_rows(iv: Intervals, nwords: int, masks: "tuple[int | None, ...]",
+                keep: "tuple | None" = None) -> bytes:
     """``vector_rows`` of an address table built as a uint64 bit matrix
     (compiler ``Intervals.tree`` / ``.rows``). From a tree, the rows are
     gathered straight into the map's buffer, full width (the few internal
@@ -189,8 +197,30 @@ def matrix_rows(iv: Intervals, nwords: int, masks: "tuple[int | None, ...]") -> 
 
     total = nwords + len(masks) * summary_words(nwords)
     if iv.tree is not None:
-        out = iv.tree.rows(total, scratch=True)   # (copied out by tobytes)
-        _tree_summaries(out, iv.tree, nwords, masks)
+        tree = iv.tree
+        if keep is None:
+            out = tree.rows(total, scratch=True)   # (copied out by tobytes)
+        else:
+            # keep: (hook, field, serial, the serial it was patched from, the
+            # edited entry's word)
+            hook, name, serial, since, first = keep
+            kept = _kept_rows.pop((hook, name), None)
+            width = tree.internal.shape[1]
+            shape = (len(tree.base), total)
+            if kept is not None and kept[3].shape == shape and since is not None \
+                    and kept[0] == since and kept[1] is tree.base and kept[2] == width:
+                out, room = kept[3], kept[4]
+                out[:, first:width] = tree.columns(first)
+            else:
+                # into the hook's own buffer, kept with room to spare: a
+                # fresh one per update (an address added: one more row)
+                # costs more in page faults than the gather
+                room = kept[4] if kept is not None else None
+                if room is None or len(room) < shape[0] * total:
+                    room = np.empty(shape[0] * total * 9 // 8 + total, dtype=np.uint64)
+                out = tree.rows(total, into=room[:shape[0] * total].reshape(shape))
+            _kept_rows[(hook, name)] = (serial, tree.base, width, out, room)
+        _tree_summaries(out, tree, nwords, masks)
         return out.tobytes()
     matrix = iv.rows
     out = np.zeros((matrix.shape[0], total), dtype="<u8")
@@ -307,6 +337,55 @@ def entry_blob(entries) -> bytes:
     return out.tobytes()
 
 
+# hook -> (Compiled.serial, its entry rows as a (n, 10) u32 array): the
+# next compile of the hook, when patched from that one (c.edit), patches them
+_entry_rows: dict[str, "tuple[int, Any]"] = {}
+
+
+def entry_rows(c: Compiled) -> bytes:
+    """entry_blob(c.entries); for a patched single edit of the compile whose
+    rows are kept, those rows patched (the same bytes): the edited entry's
+    row inserted and/or removed, every counter moved by the edit's
+    ``moved``, those after it by one more or less, and their ``next``
+    too (_patched's _renumber); the policy's row made again."""
+    import numpy as np
+
+    edit, kept = c.edit, _entry_rows.get(c.hook)
+    if c.serial and kept is not None and kept[0] == c.serial:
+        return kept[1].tobytes()   # (the same compile's image again)
+    if c.serial and edit is not None and kept is not None and kept[0] == edit.serial:
+        rows = kept[1][:-1]   # (the policy's row: made again below)
+        k = edit.k
+        rows = np.delete(rows, k, axis=0) if edit.gone is not None else rows.copy()
+        # the entries from k on (without the new one) move by one more or less
+        shift = (edit.new is not None) - (edit.gone is not None)
+        _add(rows[:, 0], edit.moved)
+        _add(rows[k:, 0], shift)
+        _add(rows[k:, 2], shift)
+        parts = [rows[:k]]
+        if edit.new is not None:
+            parts.append(np.frombuffer(_entry_blob_loop([edit.new]), "<u4").reshape(1, 10))
+        parts += [rows[k:], np.frombuffer(_entry_blob_loop(c.entries[-1:]), "<u4").reshape(1, 10)]
+        rows = np.concatenate(parts)
+        blob = rows.tobytes()
+    else:
+        blob = entry_blob(c.entries)
+        rows = np.frombuffer(blob, "<u4").reshape(-1, 10)
+    if c.serial:   # (serials are never reused: no stale match possible)
+        _entry_rows[c.hook] = (c.serial, rows)
+    return blob
+
+
+def _add(column: "Any", delta: int) -> None:
+    """``delta`` added to a u32 column in place (modulo 2**32, as the counters wrap never)."""
+    import numpy as np
+
+    if delta > 0:
+        column += np.uint32(delta)
+    elif delta < 0:
+        column -= np.uint32(-delta)
+
+
 def _entry_blob_loop(entries) -> bytes:
     """``entry_blob`` of a few entries, one at a time."""
     flat: list[int] = []
@@ -398,7 +477,7 @@ def map_image(c: Compiled, shape: Shape) -> list[MapImage]:
     out = [MapImage("config_map", [(u32(0), config)]),
            MapImage("live_map", [(u32(0), bv(c.live))]),
            MapImage("entry_map", Packed(4, 40, array_keys(len(c.entries)),
-                                        entry_blob(c.entries), dense=True))]
+                                        entry_rows(c), dense=True))]
     if shape.nlimits:
         out.extend(limit_images(c))
     if shape.nlogs:
@@ -418,7 +497,10 @@ def map_image(c: Compiled, shape: Shape) -> list[MapImage]:
     for name, iv, bsize in (("src", c.src_iv, shape.src_bsize), ("dst", c.dst_iv, shape.dst_bsize)):
         if name in fields:
             assert iv is not None
-            out.extend(address_images(name, iv, bsize, nw, parts))
+            # (a flat compile kept for patching: its rows kept, see matrix_rows)
+            keep = ((c.hook, name, c.serial, c.edit.serial if c.edit is not None else None,
+                     c.edit.k // 64 if c.edit is not None else 0) if c.serial else None)
+            out.extend(address_images(name, iv, bsize, nw, parts, keep))
     if parts is not None:
         out.append(MapImage("pair_map", Packed(4, summary_words(nw) * 8, array_keys(1 << 16),
                                                pair_table(parts, nw), dense=True)))
@@ -541,7 +623,8 @@ def log_images(c: Compiled) -> list[MapImage]:
 
 
 def address_images(name: str, iv: Intervals, bsize: int, nwords: int,
-                   parts: "PairParts | None" = None) -> list[MapImage]:
+                   parts: "PairParts | None" = None, keep: "tuple | None" = None
+                   ) -> list[MapImage]:
     """Per /16 the interval its first address is in; the interval starts
     (host order, padded with 0xFFFFFFFF, above any address but the last);
     per interval slot the id of its bitvector (padding slots repeat the
@@ -566,7 +649,7 @@ def address_images(name: str, iv: Intervals, bsize: int, nwords: int,
         vectors = vector_items(range(len(iv.vectors)), iv.vectors, nwords, dense=True)
     else:
         masks = parts.masks(name) if parts is not None else (None,)
-        blob = (matrix_rows(iv, nwords, masks) if matrix
+        blob = (matrix_rows(iv, nwords, masks, keep) if matrix
                 else vector_rows(iv.vectors, nwords, masks))
         vectors = Packed(4, (nwords + len(masks) * summary_words(nwords)) * 8,
                          array_keys(len(iv.vectors)), blob, dense=True)
