@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass, field
 from importlib.util import find_spec
 from pathlib import Path
 
-from . import bpfsys
+from . import bpfsys, maygoto
 
 FORMAT = 1
 MAGIC = b"bpf-iptables-objcache %d\n" % FORMAT
@@ -114,7 +114,10 @@ def key(source: Path, cflags: list[str], funcs: dict[str, int]) -> str:
     what = {"format": FORMAT, "sources": sources,
             "cflags": [f for f in cflags if not f.startswith("-I")],
             "funcs": sorted(funcs.items()), "kernel": [uname.release, uname.version],
-            "bcc": bcc_version()}
+            "bcc": bcc_version(),
+            # which loops lib/loop.h compiles (maygoto.py): also in the
+            # classifier's -D flags; here for every source that includes it
+            "may_goto": maygoto.available()}
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
 
 
