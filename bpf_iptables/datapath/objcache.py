@@ -12,7 +12,8 @@ map fds in. The verifier checks the program at every load as usual.
 Entries are content-addressed: the key hashes the sources (the C file and
 every header under ``lib/``), the -D flags, the functions and their
 program types, the kernel (release and build: bcc compiles against its
-headers) and bcc's version, so an edit to any of them is a different key
+headers), bcc's version and which loops ``lib/loop.h`` compiles (may_goto
+or bounded, ``maygoto.py``), so an edit to any of them is a different key
 (a miss), never a stale hit. An entry carries its key and a SHA-256 of
 its body; anything that does not check out (truncated, edited, another
 format, instructions that do not fit their relocations) is treated as a
