@@ -323,6 +323,7 @@ struct counter {
  * state (fw1-10k: 288 steps x ~25 states, 317k instructions, 0.23 s for
  * XDP; 597k, 0.43 s for TC); now ~3k, 2.5 ms. may_goto's own count never
  * ends a scan first; ending it goes where `left` running out goes. */
+#if HAVE_MAY_GOTO
 #define SCAN_STEP(left, label)                                                 \
 	do {                                                                   \
 		MAY_GOTO(label);                                               \
@@ -330,6 +331,7 @@ struct counter {
 			goto label;                                            \
 		left--;                                                        \
 	} while (0)
+#endif
 
 /* A scan longer than STEPS continues in a tail call of this same
  * program (the compiler allows 31 invocations in all: the kernel's tail
@@ -1347,11 +1349,17 @@ int xdp_filter(CTX_TYPE *ctx)
 	/* STEPS bounds summary and word loads plus entries visited in one
 	 * invocation (compiler.py computes what a scan can need); see
 	 * SCAN_STEP for why the count passes through map memory. */
+#if HAVE_MAY_GOTO
 	rs->steps = STEPS;
 	u64 left = *(volatile u32 *)&rs->steps;
 #pragma clang loop unroll(disable)
 	for (;;) {
 		SCAN_STEP(left, scan_end);
+#else
+	/* before 6.9: the bounded loop, checked once per step (lib/loop.h) */
+#pragma clang loop unroll(disable)
+	for (u32 i = 0; i < STEPS; i++) {
+#endif
 		if (cur == 0) {
 			/* no compare with the entry count: the policy entry's bit
 			 * ends every scan (a bound depending on map data would
@@ -1510,7 +1518,9 @@ int xdp_filter(CTX_TYPE *ctx)
 		k = (after >> 6) & (NSUM - 1);
 		scur = rs->sum[k] & (~0ULL << (after & 63)) & keep;
 	}
+#if HAVE_MAY_GOTO
 scan_end:
+#endif
 #if STATEFUL_PROGS
 	if (verdict == VERDICT_STATEFUL) {
 		/* the candidate's program (st_slot) evaluates its match and

@@ -263,6 +263,7 @@ static __always_inline int reject_fill_icmp(void *data, void *data_end, struct r
 	u32 len = 8 + q;
 	u64 sum = 0;
 	u8 *p = icmp;
+#if HAVE_MAY_GOTO
 	u64 n = ((len >> 1) + ((u64)(data_end - data) >> 32)) & 0x1FF;
 #pragma clang loop unroll(disable)
 	while (n) {
@@ -280,6 +281,22 @@ static __always_inline int reject_fill_icmp(void *data, void *data_end, struct r
 quote_cut:
 	return -1;	/* may_goto's count ran out: never, n <= 278 */
 quote_done:
+#else
+	/* before 6.9 (lib/loop.h): bounded by the longest quote, checked
+	 * once per word */
+#pragma clang loop unroll(disable)
+	for (u32 i = 0; i < (8 + REJECT_QUOTE) / 2; i++) {
+		if (2 * i + 2 > len)
+			break;
+		u8 *c = p + 2 * i;
+		/* hidden from clang, which otherwise turns the bounds check
+		 * into a loop count the verifier cannot relate to data_end */
+		asm volatile("" : "+r"(c));
+		if ((void *)(c + 2) > data_end)
+			return -1;
+		sum += *(u16 *)c;
+	}
+#endif
 	if (len & 1) {
 		u8 *c = p + (len & 0x3FF) - 1;
 		if ((void *)(c + 1) > data_end)

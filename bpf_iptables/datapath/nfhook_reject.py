@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Iterator
 
 from .. import nsthread
-from . import bpfsys, nfhook
+from . import bpfsys, maygoto, nfhook
 from .nfhook_btf import vmlinux
 
 SOURCE = Path(__file__).resolve().parents[2] / "bpf" / "nfhook_reject.c"
@@ -45,6 +45,7 @@ def load() -> Handoff:
     from bcc import BPF
 
     flags = [f"-D{k}={imm:#x}" for k, (imm, _) in nfhook.KFUNCS.items()]
+    flags.append(f"-DHAVE_MAY_GOTO={int(maygoto.available())}")  # lib/loop.h
     bpf = BPF(src_file=str(SOURCE).encode(), cflags=[*flags, f"-I{SOURCE.parent}"])
     fds: list[int] = []
     try:

@@ -12,7 +12,8 @@ map fds in. The verifier checks the program at every load as usual.
 Entries are content-addressed: the key hashes the sources (the C file and
 every header under ``lib/``), the -D flags, the functions and their
 program types, the kernel (release and build: bcc compiles against its
-headers) and bcc's version, so an edit to any of them is a different key
+headers), bcc's version and which loops ``lib/loop.h`` compiles (may_goto
+or bounded, ``maygoto.py``), so an edit to any of them is a different key
 (a miss), never a stale hit. An entry carries its key and a SHA-256 of
 its body; anything that does not check out (truncated, edited, another
 format, instructions that do not fit their relocations) is treated as a
@@ -35,7 +36,7 @@ from dataclasses import asdict, dataclass, field
 from importlib.util import find_spec
 from pathlib import Path
 
-from . import bpfsys
+from . import bpfsys, maygoto
 
 FORMAT = 1
 MAGIC = b"bpf-iptables-objcache %d\n" % FORMAT
@@ -114,7 +115,10 @@ def key(source: Path, cflags: list[str], funcs: dict[str, int]) -> str:
     what = {"format": FORMAT, "sources": sources,
             "cflags": [f for f in cflags if not f.startswith("-I")],
             "funcs": sorted(funcs.items()), "kernel": [uname.release, uname.version],
-            "bcc": bcc_version()}
+            "bcc": bcc_version(),
+            # which loops lib/loop.h compiles (maygoto.py): also in the
+            # classifier's -D flags; here for every source that includes it
+            "may_goto": maygoto.available()}
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
 
 

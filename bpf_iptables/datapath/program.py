@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .compiler import FIELD_ORDER, MAX_CHUNKS, POLICY_COUNTER, SIZE_ATTRS, Compiled, Shape
-from . import bpfsys, objcache
+from . import bpfsys, maygoto, objcache
 from .image import map_image, u32
 
 # BPF_IPTABLES_BPF_DIR: another source tree (tests use a broken one to
@@ -49,7 +49,9 @@ def cflags(shape: Shape, tc: bool = False, ct_dir: str | None = None,
            limit_pin: str | None = None, nf: bool = False) -> list[str]:
     flags = [f"-I{BPF_DIR}", f"-DHOOK_TC={int(tc)}",
              f"-DNWORDS={shape.nwords}", f"-DNENTRIES={shape.nentries}",
-             f"-DNCOUNTERS={shape.ncounters}", f"-DSTEPS={shape.steps}"]
+             f"-DNCOUNTERS={shape.ncounters}", f"-DSTEPS={shape.steps}",
+             # may_goto loops on 6.9+, bounded loops before (lib/loop.h)
+             f"-DHAVE_MAY_GOTO={int(maygoto.available())}"]
     # every field kind and map size the compiler knows (compiler.FIELD_ORDER,
     # SIZE_ATTRS): a new field needs no edit here
     flags += [f"-D{k.upper()}={getattr(shape, k)}" for k in SIZE_ATTRS]
