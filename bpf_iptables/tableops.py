@@ -5,7 +5,9 @@ the errno (and the libiptc call) that iptables would report."""
 from __future__ import annotations
 
 import errno
+import operator
 from dataclasses import replace as dc_replace
+from itertools import compress, count, repeat
 
 from .errors import Op, TableOpError
 from .model import POLICY_VERDICTS, Chain, Counters, Rule, Table
@@ -49,10 +51,20 @@ def find_rule(table: Table, chain: str, rule: Rule, op: str) -> int:
         # libiptc maps any other target name through TC_BUILTIN, which
         # becomes the "last call": ENOENT then reads as the generic message
         op = Op.OTHER
-    for i, existing in enumerate(c.rules):
-        if existing.same_rule(rule):
+    rules = c.rules
+    # the first rule equal to ``rule`` (Rule.same_rule), found by a cheap
+    # necessary condition evaluated in C first: comparing every rule's
+    # spec() cost ~3.5 ms at 10k rules (ClassBench), this ~0.8 ms
+    hits = map(operator.eq, map(_PREFILTER, rules), repeat(_PREFILTER(rule)))
+    for i in compress(count(), hits):
+        if rules[i].same_rule(rule):
             return i
     raise TableOpError(errno.ENOENT, op)
+
+
+# fields of Rule.spec() (plain ints) that two equal rules share; two are
+# selective enough (more cost more per rule than they save)
+_PREFILTER = operator.attrgetter("src.addr", "dst.addr")
 
 
 def delete(table: Table, chain: str, rule: Rule) -> None:
