@@ -1,6 +1,9 @@
 """The served update's fixed costs made cheaper must give what the plain
 code gives: find_rule's prefilter (tableops) finds the rule the full
-comparison of every rule finds."""
+comparison of every rule finds; the new generation's rule counters
+derived from the laid values around an edit (live.kept_rule_counts) are
+every rule's counters, also through the command server (no traffic: the
+counters are the ones given with -c, as a model-only namespace has them)."""
 from __future__ import annotations
 
 import errno
@@ -12,6 +15,8 @@ from bpf_iptables import tableops
 from bpf_iptables.errors import Op, TableOpError
 from bpf_iptables.model import Chain, Match, Rule, Table, Target
 from bpf_iptables.netaddr import IPv4Net
+from tests.support.netns import namespace
+from tests.test_datapath_server import Attached, attached, own_lock  # noqa: F401
 
 # few distinct values, so that rules often share addresses and differ
 # elsewhere (the prefilter lets them through; same_rule decides)
@@ -44,3 +49,91 @@ def test_find_rule_is_the_first_equal_rule(rules: list[Rule], probe: Rule) -> No
             assert exc.value.err == errno.ENOENT
         else:
             assert tableops.find_rule(table, "INPUT", wanted.clone(), Op.DELETE_ENTRY) == want
+
+
+# -- live.kept_rule_counts: the new rules' counters from the laid sums ------------------
+
+def _chain_edits():
+    """Per chain: (kind, position fraction, new rules' counters)."""
+    return st.tuples(st.sampled_from(["keep", "append", "insert", "delete", "replace"]),
+                     st.floats(0, 1), st.lists(st.tuples(st.integers(0, 2**40),
+                                                         st.integers(0, 2**50)),
+                                               min_size=1, max_size=3))
+
+
+def _rule(packets: int, nbytes: int) -> Rule:
+    rule = Rule(proto=6)
+    rule.counters.packets, rule.counters.bytes = packets, nbytes
+    return rule
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.lists(st.tuples(st.integers(0, 2**40), st.integers(0, 2**50)), max_size=8),
+                min_size=3, max_size=5),
+       st.lists(_chain_edits(), min_size=5, max_size=5))
+def test_kept_rule_counts_equal_every_rules_counters(counts, edits) -> None:
+    from bpf_iptables.datapath import live
+    from bpf_iptables.datapath.compiler import FIRST_RULE_COUNTER
+
+    names = ["INPUT", "FORWARD", "OUTPUT", "a_user", "b_user"][:len(counts)]
+    table = Table("filter", {name: Chain(name, "ACCEPT" if name.isupper() else None,
+                                         rules=[_rule(*c) for c in rule_counts])
+                             for name, rule_counts in zip(names, counts)})
+    layout = live.counter_layout(table)
+    spans = [(list(table.chains[name].rules), first) for name, _, first in layout]
+    sums = live.C.zeros(FIRST_RULE_COUNTER + sum(map(len, counts)))
+    for rules, first in spans:   # what the data path laid on them
+        for i, rule in enumerate(rules):
+            sums[2 * (first + i)], sums[2 * (first + i) + 1] = rule.counters.packets, \
+                rule.counters.bytes
+    for chain, (kind, where, new) in zip(table.chains.values(), edits):   # one edit each
+        rules, fresh = chain.rules, [_rule(*c) for c in new]
+        at = int(where * len(rules))
+        if kind == "append":
+            rules.extend(fresh)
+        elif kind == "insert":
+            rules[at:at] = fresh
+        elif kind in ("delete", "replace") and at < len(rules):
+            rules[at:at + 1] = fresh[:1] if kind == "replace" else []
+    want = []
+    for chain in table.ordered_chains():
+        for rule in chain.rules:
+            want += [rule.counters.packets, rule.counters.bytes]
+    got = live.kept_rule_counts(table, spans, [n for n, _, _ in layout], sums)
+    assert got is not None and list(got) == want
+    # other chains than the spans': not derived
+    assert live.kept_rule_counts(table, spans, [n for n, _, _ in layout][::-1], sums) is None \
+        or len(layout) == 1
+
+
+RESTORE = "*filter\n:USER - [0:0]\n" + "".join(
+    f"[{i + 1}:{100 * (i + 1)}] -A INPUT -s 10.0.0.{i} -j ACCEPT\n" for i in range(6)) + \
+    "[3:30] -A INPUT -j USER\n[4:40] -A USER -s 10.2.0.1 -j RETURN\n" \
+    "[5:50] -A USER -s 10.2.0.2 -j RETURN\nCOMMIT\n"
+EDITS = ["-A INPUT -s 10.1.0.1 -c 7 700 -j DROP", "-I INPUT 1 -s 10.1.0.2 -c 8 800 -j DROP",
+         "-I INPUT 4 -s 10.1.0.3 -c 9 900 -j DROP", "-D INPUT -s 10.0.0.2 -j ACCEPT",
+         "-D INPUT 2", "-A USER -s 10.1.0.4 -c 5 500 -j RETURN", "-D USER 1",
+         "-I OUTPUT 1 -d 10.1.0.5 -c 6 600 -j DROP", "-D INPUT 1"]
+
+
+def test_served_edits_keep_every_rules_counters(attached: Attached) -> None:  # noqa: F811
+    a = attached
+    a.wait_server()
+    with namespace("bpft-fix") as model_ns:
+        model = Attached(model_ns)
+        off = {"BPF_IPTABLES_DATAPATH": "off"}
+        for ns, env in ((a, None), (model, off)):
+            r = ns.cmd("-c", input=RESTORE, tool="iptables-restore", env=env)
+            assert r.returncode == 0, r.stderr
+        for edit in EDITS:
+            r = a.served(*edit.split())
+            assert r.returncode == 0, (edit, r.stderr)
+            assert model.cmd(*edit.split(), env=off).returncode == 0
+            want = model.cmd("-S", "-v", env=off).stdout
+            # the server's listing shows its rule set's counters where the
+            # data path's did not move since it laid them: a fresh process
+            # reads every slot of the data path
+            got = a.served("-S", "-v").stdout
+            fresh = a.cmd("-S", "-v", env={"BPF_IPTABLES_SERVER": "off"}).stdout
+            assert got == want and fresh == want, edit
+        assert "-A INPUT -s 10.1.0.1/32 -c 7 700 -j DROP" in got

@@ -206,6 +206,10 @@ class CachedStore(state.Store):
     def __init__(self, directory: Path, cache: Cache):
         super().__init__(directory)
         self.cache = cache
+        # (rule set, its journal_record()): prestore() asks, then save()
+        # for the same rule set, which the data path's update in between
+        # does not change (each answer compares 10k rules, ~0.2 ms)
+        self._journal_memo: tuple | None = None
 
     def load(self):
         key = _store_key(self.directory)
@@ -234,6 +238,14 @@ class CachedStore(state.Store):
         (index, rules))``, ``("delete_num", table, chain, index)``). Not
         for rules that jump to a user chain (the stored chain index, which
         says which hooks reach a chain, must stay true)."""
+        memo = self._journal_memo
+        if memo is not None and memo[0] is ruleset:
+            return memo[1]
+        record = self._journal_record(ruleset)
+        self._journal_memo = (ruleset, record)
+        return record
+
+    def _journal_record(self, ruleset) -> tuple | None:
         c = self.cache
         if not (c.append_ok and c.lent and ruleset is c.ruleset
                 and tuple(ruleset.tables) == c.tables):
@@ -327,6 +339,7 @@ class CachedStore(state.Store):
         snapshot prestore() wrote, or an ordinary save."""
         c = self.cache
         record = self.journal_record(ruleset)
+        self._journal_memo = None
         c.drop()
         journal_size = _journal_size(self.directory)
         if record is not None and journal_size is not None \
