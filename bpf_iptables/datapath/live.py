@@ -47,6 +47,7 @@ from array import array
 from bisect import bisect_right
 from dataclasses import dataclass
 from functools import lru_cache
+from itertools import compress, count
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Callable
@@ -470,12 +471,14 @@ def kept_rule_counts(table: Table, spans: list[tuple[list, int]], names: list[st
         n, m = len(then), len(now)
         if 2 * (first + n) > len(sums):
             return None
-        same = list(map(operator.is_, now, then))
-        head = same.index(False) if False in same else min(n, m)
+        # the first place from the front, then from the back, where the
+        # objects differ (one lazy C pass each, no list)
+        k = min(n, m)
+        head = next(compress(count(), map(operator.is_not, now, then)), k)
         tail = 0
-        if head < min(n, m) or n != m:
-            back = list(map(operator.is_, reversed(now), reversed(then)))
-            tail = min(back.index(False) if False in back else min(n, m), min(n, m) - head)
+        if head < k or n != m:
+            tail = min(next(compress(count(), map(operator.is_not, reversed(now),
+                                                  reversed(then))), k), k - head)
         out += sums[2 * first:2 * (first + head)]
         for rule in now[head:m - tail]:
             c = rule.counters
