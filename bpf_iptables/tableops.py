@@ -7,7 +7,8 @@ from __future__ import annotations
 import errno
 import operator
 from dataclasses import replace as dc_replace
-from itertools import compress, count, repeat
+from dataclasses import dataclass
+from itertools import compress, count, islice
 
 from .errors import Op, TableOpError
 from .model import POLICY_VERDICTS, Chain, Counters, Rule, Table
@@ -53,18 +54,60 @@ def find_rule(table: Table, chain: str, rule: Rule, op: str) -> int:
         op = Op.OTHER
     rules = c.rules
     # the first rule equal to ``rule`` (Rule.same_rule), found by a cheap
-    # necessary condition evaluated in C first: comparing every rule's
-    # spec() cost ~3.5 ms at 10k rules (ClassBench), this ~0.8 ms
-    hits = map(operator.eq, map(_PREFILTER, rules), repeat(_PREFILTER(rule)))
-    for i in compress(count(), hits):
-        if rules[i].same_rule(rule):
-            return i
-    raise TableOpError(errno.ENOENT, op)
+    # necessary condition evaluated in C first (list.index on the rules'
+    # keys): comparing every rule's spec() cost ~3.5 ms at 10k rules
+    # (ClassBench), this ~0.2 ms once the keys are there
+    keys, key, at = _prefilter_keys(rules), _PREFILTER(rule), 0
+    while True:
+        try:
+            at = keys.index(key, at)
+        except ValueError:
+            raise TableOpError(errno.ENOENT, op) from None
+        if rules[at].same_rule(rule):
+            return at
+        at += 1
 
 
 # fields of Rule.spec() (plain ints) that two equal rules share; two are
 # selective enough (more cost more per rule than they save)
 _PREFILTER = operator.attrgetter("src.addr", "dst.addr")
+
+
+@dataclass
+class _Keys:
+    """_PREFILTER of each rule of one chain's rule list, as it was."""
+
+    rules: list   # the chain's list object
+    then: list    # its rules when ``keys`` was last made true (held: ids stay theirs)
+    keys: list
+
+
+_keys: _Keys | None = None   # the last chain searched (a process that stays: the server)
+
+
+def _prefilter_keys(rules: list) -> list:
+    """The keys of ``rules``, patched when the list is the one searched
+    last with one rule inserted or deleted since (by identity: a rule is
+    never changed in place, commands replace rule objects), else made
+    anew (~0.5 ms at 10k rules; a patch ~0.1 ms)."""
+    global _keys
+    memo = _keys
+    if memo is not None and memo.rules is rules:
+        then, n, m = memo.then, len(memo.then), len(rules)
+        head = next(compress(count(), map(operator.is_not, rules, then)), min(n, m))
+        if n == m and head == n:
+            return memo.keys
+        if m == n + 1 and all(map(operator.is_, islice(rules, head + 1, None),
+                                  islice(then, head, None))):
+            then.insert(head, rules[head])
+            memo.keys.insert(head, _PREFILTER(rules[head]))
+            return memo.keys
+        if m == n - 1 and all(map(operator.is_, islice(rules, head, None),
+                                  islice(then, head + 1, None))):
+            del then[head], memo.keys[head]
+            return memo.keys
+    _keys = _Keys(rules, list(rules), list(map(_PREFILTER, rules)))
+    return _keys.keys
 
 
 def delete(table: Table, chain: str, rule: Rule) -> None:

@@ -51,6 +51,31 @@ def test_find_rule_is_the_first_equal_rule(rules: list[Rule], probe: Rule) -> No
             assert tableops.find_rule(table, "INPUT", wanted.clone(), Op.DELETE_ENTRY) == want
 
 
+@settings(max_examples=200, deadline=None)
+@given(st.lists(_rules, max_size=10),
+       st.lists(st.tuples(st.sampled_from(["append", "insert", "delete", "replace", "find"]),
+                          st.floats(0, 1), _rules), max_size=12))
+def test_find_rule_follows_edits_of_the_chain(rules: list[Rule], steps) -> None:
+    """The keys kept for the last chain searched, patched after one rule
+    inserted or deleted, made anew after anything else."""
+    table = Table("filter", {"INPUT": Chain("INPUT", "ACCEPT", rules=rules)})
+    for kind, where, new in steps:
+        at = int(where * len(rules))
+        if kind == "append":
+            rules.append(new)
+        elif kind == "insert":
+            rules.insert(at, new)
+        elif kind in ("delete", "replace") and at < len(rules):
+            rules[at:at + 1] = [new] if kind == "replace" else []
+        for probe in [new, *rules[:3], *rules[-2:]]:
+            want = _first_equal(rules, probe)
+            try:
+                got = tableops.find_rule(table, "INPUT", probe.clone(), Op.DELETE_ENTRY)
+            except TableOpError:
+                got = None
+            assert got == want
+
+
 # -- live.kept_rule_counts: the new rules' counters from the laid sums ------------------
 
 def _chain_edits():
