@@ -162,3 +162,20 @@ def test_served_edits_keep_every_rules_counters(attached: Attached) -> None:  # 
             fresh = a.cmd("-S", "-v", env={"BPF_IPTABLES_SERVER": "off"}).stdout
             assert got == want and fresh == want, edit
         assert "-A INPUT -s 10.1.0.1/32 -c 7 700 -j DROP" in got
+
+
+def test_write_atomic_replaces_whole_files(tmp_path) -> None:
+    """attachment.write_atomic: the new content under the name, nothing
+    left under the temporary one, also after a writer that died between
+    its write and the swap (its temporary file is not taken for the
+    record); the first write (nothing to swap with) renames."""
+    from bpf_iptables.datapath.attachment import write_atomic
+
+    path = tmp_path / "datapath.json"
+    write_atomic(path, b"one")
+    assert path.read_bytes() == b"one"
+    was = path.stat().st_ino
+    (tmp_path / "datapath.json.tmp").write_bytes(b"a dead writer's half")
+    write_atomic(path, b"two" * 1000)
+    assert path.read_bytes() == b"two" * 1000 and path.stat().st_ino != was
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["datapath.json"]

@@ -456,9 +456,9 @@ class Server:
             store = state.Store(state.namespace_dir())
             req = self.request
             if req is not None:
-                tmp = store.directory / (client.MARK_FILE + ".tmp")
-                tmp.write_text(f"{req.request_id} {client.stored(store.directory)}\n")
-                os.replace(tmp, store.directory / client.MARK_FILE)
+                from .attachment import write_atomic   # (no flush behind other I/O)
+                write_atomic(store.directory / client.MARK_FILE,
+                             f"{req.request_id} {client.stored(store.directory)}\n".encode())
             if store.directory != self.directory:
                 yield store   # not our namespace's state (cannot happen: same env)
             else:
