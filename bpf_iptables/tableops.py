@@ -112,7 +112,11 @@ def _prefilter_keys(rules: list) -> list:
 
 def delete(table: Table, chain: str, rule: Rule) -> None:
     index = find_rule(table, chain, rule, Op.DELETE_ENTRY)
-    del table.chains[chain].rules[index]
+    rules = table.chains[chain].rules
+    del rules[index]
+    memo = _keys   # (find_rule made it this list's: the next -D finds it so)
+    if memo is not None and memo.rules is rules and len(memo.then) == len(rules) + 1:
+        del memo.then[index], memo.keys[index]
 
 
 def check(table: Table, chain: str, rule: Rule) -> None:

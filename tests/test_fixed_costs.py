@@ -7,6 +7,7 @@ counters are the ones given with -c, as a model-only namespace has them)."""
 from __future__ import annotations
 
 import errno
+import operator
 
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -53,7 +54,8 @@ def test_find_rule_is_the_first_equal_rule(rules: list[Rule], probe: Rule) -> No
 
 @settings(max_examples=200, deadline=None)
 @given(st.lists(_rules, max_size=10),
-       st.lists(st.tuples(st.sampled_from(["append", "insert", "delete", "replace", "find"]),
+       st.lists(st.tuples(st.sampled_from(["append", "insert", "delete", "replace", "find",
+                                           "-D"]),
                           st.floats(0, 1), _rules), max_size=12))
 def test_find_rule_follows_edits_of_the_chain(rules: list[Rule], steps) -> None:
     """The keys kept for the last chain searched, patched after one rule
@@ -67,6 +69,12 @@ def test_find_rule_follows_edits_of_the_chain(rules: list[Rule], steps) -> None:
             rules.insert(at, new)
         elif kind in ("delete", "replace") and at < len(rules):
             rules[at:at + 1] = [new] if kind == "replace" else []
+        elif kind == "-D" and at < len(rules):   # by rule: the first equal one goes
+            before, first = list(rules), _first_equal(rules, rules[at])
+            assert first is not None
+            tableops.delete(table, "INPUT", rules[at].clone())
+            after = before[:first] + before[first + 1:]
+            assert len(rules) == len(after) and all(map(operator.is_, rules, after))
         for probe in [new, *rules[:3], *rules[-2:]]:
             want = _first_equal(rules, probe)
             try:
