@@ -47,7 +47,6 @@ from array import array
 from bisect import bisect_right
 from dataclasses import dataclass
 from functools import lru_cache
-from itertools import compress, count
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Callable
@@ -475,13 +474,12 @@ def kept_rule_counts(table: Table, spans: list[tuple[list, int]], names: list[st
         if 2 * (first + n) > len(sums):
             return None
         # the first place from the front, then from the back, where the
-        # objects differ (one lazy C pass each, no list)
+        # objects differ
         k = min(n, m)
-        head = next(compress(count(), map(operator.is_not, now, then)), k)
+        head = _first_other(now, then, k)
         tail = 0
         if head < k or n != m:
-            tail = min(next(compress(count(), map(operator.is_not, reversed(now),
-                                                  reversed(then))), k), k - head)
+            tail = min(_first_other(reversed(now), reversed(then), k), k - head)
         out += sums[2 * first:2 * (first + head)]
         for rule in now[head:m - tail]:
             c = rule.counters
@@ -489,6 +487,15 @@ def kept_rule_counts(table: Table, spans: list[tuple[list, int]], names: list[st
             out.append(c.bytes)
         out += sums[2 * (first + n - tail):2 * (first + n)]
     return out
+
+
+def _first_other(a, b, default: int) -> int:
+    """The first index where ``a`` and ``b`` hold different objects, by
+    one lazy pass in C (no list, no ints made); ``default`` if none."""
+    try:
+        return operator.indexOf(map(operator.is_not, a, b), True)
+    except ValueError:
+        return default
 
 
 def _laid_out_in_order(table: Table, compiled: Compiled) -> bool:

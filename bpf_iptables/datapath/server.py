@@ -50,7 +50,7 @@ import time
 import traceback
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from itertools import compress, count
+from itertools import compress
 from pathlib import Path
 from typing import Iterator
 
@@ -361,7 +361,10 @@ def _one_change(table: str, chain: str, before: list, rules: list
     and the rules added or deleted."""
     n, m = len(before), len(rules)
     # where they first differ: one lazy pass in C, no list of 10k bools
-    head = next(compress(count(), map(operator.is_not, rules, before)), min(n, m))
+    try:
+        head = operator.indexOf(map(operator.is_not, rules, before), True)
+    except ValueError:
+        head = min(n, m)
     if m > n:
         k = m - n
         if not all(map(operator.is_, rules[head + k:], before[head:])):
