@@ -5,7 +5,10 @@ the errno (and the libiptc call) that iptables would report."""
 from __future__ import annotations
 
 import errno
+import operator
 from dataclasses import replace as dc_replace
+from dataclasses import dataclass
+from itertools import islice
 
 from .errors import Op, TableOpError
 from .model import POLICY_VERDICTS, Chain, Counters, Rule, Table
@@ -49,15 +52,74 @@ def find_rule(table: Table, chain: str, rule: Rule, op: str) -> int:
         # libiptc maps any other target name through TC_BUILTIN, which
         # becomes the "last call": ENOENT then reads as the generic message
         op = Op.OTHER
-    for i, existing in enumerate(c.rules):
-        if existing.same_rule(rule):
-            return i
-    raise TableOpError(errno.ENOENT, op)
+    rules = c.rules
+    # the first rule equal to ``rule`` (Rule.same_rule), found by a cheap
+    # necessary condition evaluated in C first (list.index on the rules'
+    # keys): comparing every rule's spec() cost ~3.5 ms at 10k rules
+    # (ClassBench), this ~0.2 ms once the keys are there
+    keys, key, at = _prefilter_keys(rules), _PREFILTER(rule), 0
+    while True:
+        try:
+            at = keys.index(key, at)
+        except ValueError:
+            raise TableOpError(errno.ENOENT, op) from None
+        if rules[at].same_rule(rule):
+            return at
+        at += 1
+
+
+# fields of Rule.spec() (plain ints) that two equal rules share; two are
+# selective enough (more cost more per rule than they save)
+_PREFILTER = operator.attrgetter("src.addr", "dst.addr")
+
+
+@dataclass
+class _Keys:
+    """_PREFILTER of each rule of one chain's rule list, as it was."""
+
+    rules: list   # the chain's list object
+    then: list    # its rules when ``keys`` was last made true (held: ids stay theirs)
+    keys: list
+
+
+_keys: _Keys | None = None   # the last chain searched (a process that stays: the server)
+
+
+def _prefilter_keys(rules: list) -> list:
+    """The keys of ``rules``, patched when the list is the one searched
+    last with one rule inserted or deleted since (by identity: a rule is
+    never changed in place, commands replace rule objects), else made
+    anew (~0.5 ms at 10k rules; a patch ~0.1 ms)."""
+    global _keys
+    memo = _keys
+    if memo is not None and memo.rules is rules:
+        then, n, m = memo.then, len(memo.then), len(rules)
+        try:   # where they first differ, by one lazy pass in C
+            head = operator.indexOf(map(operator.is_not, rules, then), True)
+        except ValueError:
+            head = min(n, m)
+        if n == m and head == n:
+            return memo.keys
+        if m == n + 1 and all(map(operator.is_, islice(rules, head + 1, None),
+                                  islice(then, head, None))):
+            then.insert(head, rules[head])
+            memo.keys.insert(head, _PREFILTER(rules[head]))
+            return memo.keys
+        if m == n - 1 and all(map(operator.is_, islice(rules, head, None),
+                                  islice(then, head + 1, None))):
+            del then[head], memo.keys[head]
+            return memo.keys
+    _keys = _Keys(rules, list(rules), list(map(_PREFILTER, rules)))
+    return _keys.keys
 
 
 def delete(table: Table, chain: str, rule: Rule) -> None:
     index = find_rule(table, chain, rule, Op.DELETE_ENTRY)
-    del table.chains[chain].rules[index]
+    rules = table.chains[chain].rules
+    del rules[index]
+    memo = _keys   # (find_rule made it this list's: the next -D finds it so)
+    if memo is not None and memo.rules is rules and len(memo.then) == len(rules) + 1:
+        del memo.then[index], memo.keys[index]
 
 
 def check(table: Table, chain: str, rule: Rule) -> None:

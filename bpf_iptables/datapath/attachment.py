@@ -118,9 +118,48 @@ def as_json(att: Attachment) -> dict:
 def write(directory: Path, att: Attachment) -> None:
     import json
 
-    tmp = directory / (RECORD + ".tmp")
-    tmp.write_text(json.dumps(as_json(att)))
-    os.replace(tmp, directory / RECORD)
+    write_atomic(directory / RECORD, json.dumps(as_json(att)).encode())
+
+
+_libc = None
+AT_FDCWD = -100
+RENAME_EXCHANGE = 2
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Replace ``path``'s content at once (a reader sees the old or the
+    new file, whole; a writer that dies leaves the old one).
+
+    Why not a plain rename over ``path``: on ext4 (a disk-backed /run, as
+    on this project's machines) a rename over an existing file starts the
+    writeback of the new one (auto_da_alloc), which waits behind other
+    I/O: 0.1 ms idle, 1-9 ms under load, two record writes per update.
+    renameat2(RENAME_EXCHANGE) swaps the two names atomically without
+    that, and the old file, now under the temporary name, is unlinked
+    (not truncated: a truncate to zero triggers the same flush). Without
+    the call (no renameat2, no ``path`` yet, a file system without
+    exchange): a rename."""
+    global _libc
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        os.unlink(tmp)   # left by a writer that died (never truncated: see above)
+    except FileNotFoundError:
+        pass
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+    if _libc is None:
+        import ctypes
+
+        _libc = ctypes.CDLL(None, use_errno=True)
+    swap = getattr(_libc, "renameat2", None)
+    if swap is not None and swap(AT_FDCWD, os.fsencode(tmp), AT_FDCWD, os.fsencode(path),
+                                 RENAME_EXCHANGE) == 0:
+        os.unlink(tmp)   # the old content
+    else:
+        os.replace(tmp, path)
 
 
 def remove(directory: Path) -> None:

@@ -37,6 +37,7 @@ slot, ~3.5 ms at 10k rules): the carry then holds what was counted
 since load(), a few slots unless traffic hit many rules meanwhile."""
 from __future__ import annotations
 
+import operator
 import os
 import shutil
 import socket
@@ -307,9 +308,14 @@ class SlotOf:
     first asked (an update asks only when traffic moved counters while it
     was prepared, or for its carry): 10k dict entries cost ~1 ms."""
 
-    def __init__(self, spans: list[tuple[list, int]] | None = None):
+    def __init__(self, spans: list[tuple[list, int]] | None = None,
+                 kept: "tuple[list[str], C.Flat] | None" = None):
         self.spans = spans or []   # (the chain's rules then, its first slot)
         self.map: dict[int, int] | None = None
+        # (the spans' chain names, the per-slot sums the spans' rules hold
+        # and keep through the command: a -A, -I or -D, laid_base), from
+        # which initial_counters derives the new rules' counters
+        self.kept = kept
 
     def get(self, key: int, default: int | None = None) -> int | None:
         if self.map is None:
@@ -409,10 +415,18 @@ def initial_counters(hooks: list[str], compiled: Compiled, table: Table,
     if moved is None and _laid_out_in_order(table, compiled):
         # every rule's slot is the next one: one list per value, not 10k
         # dict lookups and stores (~3 ms at 10k rules)
-        counters = [r.counters for chain in table.ordered_chains() for r in chain.rules]
-        end = 2 * (FIRST_RULE_COUNTER + len(counters))
-        rules[2 * FIRST_RULE_COUNTER:end:2] = array("Q", [c.packets for c in counters])
-        rules[2 * FIRST_RULE_COUNTER + 1:end:2] = array("Q", [c.bytes for c in counters])
+        end = 2 * (FIRST_RULE_COUNTER + len(compiled.counter_of))
+        kept = kept_rule_counts(table, carried.spans, *carried.kept) \
+            if carried.kept is not None else None
+        # (in the server's step log: whether the laid values were used)
+        STEPS["counters:kept#"] = int(kept is not None
+                                      and len(kept) == end - 2 * FIRST_RULE_COUNTER)
+        if STEPS["counters:kept#"]:
+            rules[2 * FIRST_RULE_COUNTER:end] = kept   # (~0.2 ms rather than ~0.7)
+        else:
+            counters = [r.counters for chain in table.ordered_chains() for r in chain.rules]
+            rules[2 * FIRST_RULE_COUNTER:end:2] = array("Q", [c.packets for c in counters])
+            rules[2 * FIRST_RULE_COUNTER + 1:end:2] = array("Q", [c.bytes for c in counters])
         slots = {}
     else:
         slots = compiled.counter_of
@@ -437,6 +451,51 @@ def initial_counters(hooks: list[str], compiled: Compiled, table: Table,
         out[hook][2 * POLICY_COUNTER] = p
         out[hook][2 * POLICY_COUNTER + 1] = b
     return out
+
+
+def kept_rule_counts(table: Table, spans: list[tuple[list, int]], names: list[str],
+                     sums: C.Flat) -> C.Flat | None:
+    """Every rule's (packets, bytes) in ordered_chains() order, as a
+    flat array: a rule that is in its chain's span at the same place from
+    the chain's front or back (the same object: the rules around one
+    edit) takes its slot's value in ``sums``, the others their counters.
+    Equal to reading every rule's counters when the spans' rules still
+    hold ``sums`` (a -A, -I or -D after laid_base: it leaves the counters
+    of the rules it keeps alone); the kept runs are copied in C (~0.2 ms
+    at 10k rules, against ~0.7 ms for a read of every rule's counters).
+    None when the chains are not the spans' (then the caller reads)."""
+    chains = table.ordered_chains()
+    if [c.name for c in chains] != names or len(spans) != len(names):
+        return None
+    out = array("Q")
+    for chain, (then, first) in zip(chains, spans):
+        now = chain.rules
+        n, m = len(then), len(now)
+        if 2 * (first + n) > len(sums):
+            return None
+        # the first place from the front, then from the back, where the
+        # objects differ
+        k = min(n, m)
+        head = _first_other(now, then, k)
+        tail = 0
+        if head < k or n != m:
+            tail = min(_first_other(reversed(now), reversed(then), k), k - head)
+        out += sums[2 * first:2 * (first + head)]
+        for rule in now[head:m - tail]:
+            c = rule.counters
+            out.append(c.packets)
+            out.append(c.bytes)
+        out += sums[2 * (first + n - tail):2 * (first + n)]
+    return out
+
+
+def _first_other(a, b, default: int) -> int:
+    """The first index where ``a`` and ``b`` hold different objects, by
+    one lazy pass in C (no list, no ints made); ``default`` if none."""
+    try:
+        return operator.indexOf(map(operator.is_not, a, b), True)
+    except ValueError:
+        return default
 
 
 def _laid_out_in_order(table: Table, compiled: Compiled) -> bool:
@@ -630,6 +689,7 @@ def update(store, att: A.Attachment, ruleset: RuleSet, carried: SlotOf,
             delta = {h: C.sub(now[h], base[h]) for h in now if h in base}
         values = initial_counters(list(compiled), compiled["INPUT"], table, carried, delta,
                                   ncounters)
+        clock("counters:values")   # (then "counters": the writes)
         if G.LOOPED in hooks:
             # zeroed: INPUT's program holds the counts so far
             values[G.LOOPED] = C.zeros(ncounters)
@@ -786,7 +846,9 @@ class AttachedStore:
         if laid is not None:
             table = ruleset.table("filter")
             lay_policies(table, self._base)
-            self._carried = SlotOf(spans_of(table, self.att))
+            assert _laid is not None   # (laid_base checked it is this rule set's)
+            self._carried = SlotOf(spans_of(table, self.att),
+                                   ([name for name, _, _ in self.att.counters], _laid[3]))
         else:
             self._carried = overlay(ruleset, self.att, self._base)
         clock("load:overlay")

@@ -206,6 +206,10 @@ class CachedStore(state.Store):
     def __init__(self, directory: Path, cache: Cache):
         super().__init__(directory)
         self.cache = cache
+        # (rule set, its journal_record()): prestore() asks, then save()
+        # for the same rule set, which the data path's update in between
+        # does not change (each answer compares 10k rules, ~0.2 ms)
+        self._journal_memo: tuple | None = None
 
     def load(self):
         key = _store_key(self.directory)
@@ -234,6 +238,14 @@ class CachedStore(state.Store):
         (index, rules))``, ``("delete_num", table, chain, index)``). Not
         for rules that jump to a user chain (the stored chain index, which
         says which hooks reach a chain, must stay true)."""
+        memo = self._journal_memo
+        if memo is not None and memo[0] is ruleset:
+            return memo[1]
+        record = self._journal_record(ruleset)
+        self._journal_memo = (ruleset, record)
+        return record
+
+    def _journal_record(self, ruleset) -> tuple | None:
         c = self.cache
         if not (c.append_ok and c.lent and ruleset is c.ruleset
                 and tuple(ruleset.tables) == c.tables):
@@ -327,6 +339,7 @@ class CachedStore(state.Store):
         snapshot prestore() wrote, or an ordinary save."""
         c = self.cache
         record = self.journal_record(ruleset)
+        self._journal_memo = None
         c.drop()
         journal_size = _journal_size(self.directory)
         if record is not None and journal_size is not None \
@@ -347,8 +360,11 @@ def _one_change(table: str, chain: str, before: list, rules: list
     compared by identity, in C: 10k rules in well under a millisecond),
     and the rules added or deleted."""
     n, m = len(before), len(rules)
-    same = list(map(operator.is_, rules, before))
-    head = same.index(False) if False in same else min(n, m)
+    # where they first differ: one lazy pass in C, no list of 10k bools
+    try:
+        head = operator.indexOf(map(operator.is_not, rules, before), True)
+    except ValueError:
+        head = min(n, m)
     if m > n:
         k = m - n
         if not all(map(operator.is_, rules[head + k:], before[head:])):
@@ -443,9 +459,9 @@ class Server:
             store = state.Store(state.namespace_dir())
             req = self.request
             if req is not None:
-                tmp = store.directory / (client.MARK_FILE + ".tmp")
-                tmp.write_text(f"{req.request_id} {client.stored(store.directory)}\n")
-                os.replace(tmp, store.directory / client.MARK_FILE)
+                from .attachment import write_atomic   # (no flush behind other I/O)
+                write_atomic(store.directory / client.MARK_FILE,
+                             f"{req.request_id} {client.stored(store.directory)}\n".encode())
             if store.directory != self.directory:
                 yield store   # not our namespace's state (cannot happen: same env)
             else:
