@@ -39,6 +39,7 @@ def _same(got: C._Layout, want: C._Layout) -> None:
             assert g.tolist() == w.tolist(), name
         else:
             assert g == w, name
+    assert got.links == want.links
 
 
 @settings(max_examples=300, deadline=None)

@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from itertools import chain, compress, count, islice, repeat
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from operator import attrgetter, is_
 from typing import TYPE_CHECKING, Any
 
@@ -1141,11 +1142,8 @@ class _Layout:
     owners: list[int]
     top: "array[int]"
     probes: int
-    # the prefixes as a set (to find this layout again) and, per position
-    # in ``order`` but the first (0/0), (position, its nearest listed
-    # ancestor's position), in order
+    # the prefixes as a set (to find this layout again)
     keys: frozenset = frozenset()
-    links: list[tuple[int, int]] = field(default_factory=list)
     # for prefix_rows: ``order`` as sorted addr << 6 | length codes; the
     # prefixes with children ("internal", 0/0 always first), per
     # position its internal id (-1: a leaf), per owner the internal id of
@@ -1163,6 +1161,13 @@ class _Layout:
     parent: "Any" = None
     depths: "Any" = None
     owner: "Any" = None
+
+    @cached_property
+    def links(self) -> list[tuple[int, int]]:
+        """Per position in ``order`` but the first (0/0), (position, its
+        nearest listed ancestor's position), in order (made when first
+        asked: the compiler's prefix_rows path never does)."""
+        return list(zip(range(1, len(self.order)), self.parent[1:].tolist()))
 
 
 # the last few address layouts: an update that leaves the prefixes of a
@@ -1195,8 +1200,12 @@ def _layout_after(prev: _Layout, keys: set[tuple[int, int]],
                   changed: list[tuple[tuple[int, int], bool]]) -> _Layout:
     """The layout of ``keys``: a kept one, else ``prev`` patched by
     ``changed`` (prefixes removed or added, in turn: ``_layout_edit``)."""
+    n = len(keys)
     for at, layout in enumerate(_layouts):
-        if layout.keys == keys:
+        # (a kept layout of as many prefixes that lacks an added one or
+        # holds a removed one is refused before the set compare: O(1))
+        if (len(layout.keys) == n and all((p in layout.keys) == add for p, add in changed)
+                and layout.keys == keys):
             if at:
                 _layouts.insert(0, _layouts.pop(at))
             return layout
@@ -1255,22 +1264,23 @@ def _layout(order: list[tuple[int, int]], addrs: "Any" = None, lengths: "Any" = 
 
 
 def _finish(order: list[tuple[int, int]], addrs: "Any", lengths: "Any", parent: "Any",
-            depths: "Any", cuts: "Any", owner: "Any", top: "Any" = None) -> _Layout:
+            depths: "Any", cuts: "Any", owner: "Any", top: "Any" = None,
+            keys: "frozenset | None" = None, bounds: "list[int] | None" = None) -> _Layout:
     """The layout from the prefixes' tree (``parent``, ``depths``), the
     cuts and each cut's innermost prefix (``owner``); ``top``: the /16
     table when the caller patched it (else ``with_buckets`` makes it)."""
     import numpy as np
 
     n = len(order)
-    # each prefix's nearest listed ancestor, in order (links)
-    links = list(zip(range(1, n), parent[1:].tolist()))
     # one bitvector per prefix that is the innermost somewhere, numbered
     # in order of first appearance
     uniq, first = np.unique(owner, return_index=True)
     owners = uniq[np.argsort(first, kind="stable")]
     ids = np.zeros(n, dtype=np.int64)
     ids[owners] = np.arange(len(owners))
-    bounds, index = cuts.tolist(), ids[owner].tolist()
+    index = ids[owner].tolist()
+    if bounds is None:
+        bounds = cuts.tolist()
     if top is None:
         iv = with_buckets(Intervals(bounds, index, []))
         top, probes = iv.top, iv.probes
@@ -1291,7 +1301,7 @@ def _finish(order: list[tuple[int, int]], addrs: "Any", lengths: "Any", parent: 
     owner_of = np.full(n, -1, dtype=np.int64)
     owner_of[owners] = np.arange(len(owners))
     return _Layout(order, bounds, index, owners.tolist(), top, probes,
-                   frozenset(order), links, (addrs << 6) | lengths,
+                   frozenset(order) if keys is None else keys, (addrs << 6) | lengths,
                    internal_id, base, internal_levels, owner_of, cuts, ids[owner],
                    parent, depths, owner)
 
@@ -1321,6 +1331,7 @@ def _layout_edit(prev: _Layout, p: tuple[int, int], add: bool) -> _Layout:
     top = np.frombuffer(prev.top, dtype=np.uint32).astype(np.int64)
     j = int(np.searchsorted(codes, code))
     order = list(prev.order)
+    bounds = list(prev.bounds)   # (cuts as a list, patched alongside)
     if add:
         addrs = codes >> 6
         ends = addrs + np.left_shift(np.int64(1), 32 - (codes & 63))
@@ -1342,6 +1353,7 @@ def _layout_edit(prev: _Layout, p: tuple[int, int], add: bool) -> _Layout:
                 at = int(np.searchsorted(cuts, x))
                 if at == len(cuts) or cuts[at] != x:
                     cuts = np.insert(cuts, at, x)
+                    bounds.insert(at, x)
                     own = np.insert(own, at, own[at - 1])
                     f = (x + 0xFFFF) >> 16
                     top[f:] += 1
@@ -1370,10 +1382,12 @@ def _layout_edit(prev: _Layout, p: tuple[int, int], add: bool) -> _Layout:
                 if not ((addrs == x).any() or (ends == x).any()):
                     at = int(np.searchsorted(cuts, x))
                     cuts = np.delete(cuts, at)
+                    del bounds[at]
                     own = np.delete(own, at)
                     top[(x + 0xFFFF) >> 16:] -= 1
         del order[j]
-    return _finish(order, codes >> 6, codes & 63, par, dep, cuts, own, top)
+    keys = prev.keys | {p} if add else prev.keys - {p}
+    return _finish(order, codes >> 6, codes & 63, par, dep, cuts, own, top, keys, bounds)
 
 
 def _parents(addrs: "Any", ends: "Any") -> "tuple[Any, Any]":
