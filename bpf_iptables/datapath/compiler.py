@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from itertools import chain, compress, count, islice, repeat
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from operator import attrgetter, is_
 from typing import TYPE_CHECKING, Any
 
@@ -1141,11 +1142,8 @@ class _Layout:
     owners: list[int]
     top: "array[int]"
     probes: int
-    # the prefixes as a set (to find this layout again) and, per position
-    # in ``order`` but the first (0/0), (position, its nearest listed
-    # ancestor's position), in order
+    # the prefixes as a set (to find this layout again)
     keys: frozenset = frozenset()
-    links: list[tuple[int, int]] = field(default_factory=list)
     # for prefix_rows: ``order`` as sorted addr << 6 | length codes; the
     # prefixes with children ("internal", 0/0 always first), per
     # position its internal id (-1: a leaf), per owner the internal id of
@@ -1158,6 +1156,18 @@ class _Layout:
     owner_of: "Any" = None
     bounds_np: "Any" = None   # bounds and index as numpy arrays
     index_np: "Any" = None
+    # per position its parent and depth, per cut its innermost prefix's
+    # position (what _layout_edit patches)
+    parent: "Any" = None
+    depths: "Any" = None
+    owner: "Any" = None
+
+    @cached_property
+    def links(self) -> list[tuple[int, int]]:
+        """Per position in ``order`` but the first (0/0), (position, its
+        nearest listed ancestor's position), in order (made when first
+        asked: the compiler's prefix_rows path never does)."""
+        return list(zip(range(1, len(self.order)), self.parent[1:].tolist()))
 
 
 # the last few address layouts: an update that leaves the prefixes of a
@@ -1184,6 +1194,25 @@ def _layout_of(keys: set[tuple[int, int]]) -> _Layout:
     addrs, lengths = codes >> 6, codes & 63
     order = list(zip(addrs.tolist(), lengths.tolist()))
     return _remember(_layout(order, addrs, lengths))
+
+
+def _layout_after(prev: _Layout, keys: set[tuple[int, int]],
+                  changed: list[tuple[tuple[int, int], bool]]) -> _Layout:
+    """The layout of ``keys``: a kept one, else ``prev`` patched by
+    ``changed`` (prefixes removed or added, in turn: ``_layout_edit``)."""
+    n = len(keys)
+    for at, layout in enumerate(_layouts):
+        # (a kept layout of as many prefixes that lacks an added one or
+        # holds a removed one is refused before the set compare: O(1))
+        if (len(layout.keys) == n and all((p in layout.keys) == add for p, add in changed)
+                and layout.keys == keys):
+            if at:
+                _layouts.insert(0, _layouts.pop(at))
+            return layout
+    layout = prev
+    for p, add in changed:
+        layout = _layout_edit(layout, p, add)
+    return _remember(layout)
 
 
 def _remember(layout: _Layout) -> _Layout:
@@ -1221,8 +1250,6 @@ def _layout(order: list[tuple[int, int]], addrs: "Any" = None, lengths: "Any" = 
         lengths = np.fromiter((m for _, m in order), dtype=np.int64, count=n)
     ends = addrs + np.left_shift(np.int64(1), 32 - lengths)
     parent, depths = _parents(addrs, ends)
-    # each prefix's nearest listed ancestor, in order (links)
-    links = list(zip(range(1, n), parent[1:].tolist()))
     cuts = np.unique(np.concatenate((np.zeros(1, dtype=np.int64), addrs, ends[ends < 1 << 32])))
     # the innermost prefix holding a cut: the last one starting at or
     # before it, or the nearest of its ancestors that still holds the cut
@@ -1233,14 +1260,32 @@ def _layout(order: list[tuple[int, int]], addrs: "Any" = None, lengths: "Any" = 
         if not out.any():
             break
         owner[out] = parent[owner[out]]
+    return _finish(list(order), addrs, lengths, parent, depths, cuts, owner)
+
+
+def _finish(order: list[tuple[int, int]], addrs: "Any", lengths: "Any", parent: "Any",
+            depths: "Any", cuts: "Any", owner: "Any", top: "Any" = None,
+            keys: "frozenset | None" = None, bounds: "list[int] | None" = None) -> _Layout:
+    """The layout from the prefixes' tree (``parent``, ``depths``), the
+    cuts and each cut's innermost prefix (``owner``); ``top``: the /16
+    table when the caller patched it (else ``with_buckets`` makes it)."""
+    import numpy as np
+
+    n = len(order)
     # one bitvector per prefix that is the innermost somewhere, numbered
     # in order of first appearance
     uniq, first = np.unique(owner, return_index=True)
     owners = uniq[np.argsort(first, kind="stable")]
     ids = np.zeros(n, dtype=np.int64)
     ids[owners] = np.arange(len(owners))
-    bounds, index = cuts.tolist(), ids[owner].tolist()
-    iv = with_buckets(Intervals(bounds, index, []))
+    index = ids[owner].tolist()
+    if bounds is None:
+        bounds = cuts.tolist()
+    if top is None:
+        iv = with_buckets(Intervals(bounds, index, []))
+        top, probes = iv.top, iv.probes
+    else:
+        top, probes = array("I", top.astype(np.uint32).tobytes()), _probes(cuts)
     levels = [np.flatnonzero(depths == d) for d in range(1, int(depths.max()) + 1)]
     internal = np.union1d([0], parent[1:])
     internal_id = np.full(n, -1, dtype=np.int64)
@@ -1255,9 +1300,94 @@ def _layout(order: list[tuple[int, int]], addrs: "Any" = None, lengths: "Any" = 
             internal_levels.append((internal_id[inner], internal_id[parent[inner]]))
     owner_of = np.full(n, -1, dtype=np.int64)
     owner_of[owners] = np.arange(len(owners))
-    return _Layout(list(order), bounds, index, owners.tolist(), iv.top, iv.probes,
-                   frozenset(order), links, (addrs << 6) | lengths,
-                   internal_id, base, internal_levels, owner_of, cuts, ids[owner])
+    return _Layout(order, bounds, index, owners.tolist(), top, probes,
+                   frozenset(order) if keys is None else keys, (addrs << 6) | lengths,
+                   internal_id, base, internal_levels, owner_of, cuts, ids[owner],
+                   parent, depths, owner)
+
+
+def _probes(cuts: "Any") -> int:
+    """``with_buckets``'s probes: enough for the most crowded /16."""
+    import numpy as np
+
+    inside = cuts[(cuts & 0xFFFF) != 0] >> 16
+    return (int(np.bincount(inside).max()) if len(inside) else 0).bit_length()
+
+
+def _layout_edit(prev: _Layout, p: tuple[int, int], add: bool) -> _Layout:
+    """``_layout`` of ``prev``'s prefixes with ``p`` added (``add``) or
+    removed, patched from ``prev``: the tree (a prefix inside ``p`` whose
+    parent was ``p``'s gets ``p``, or gets ``p``'s parent back; every
+    prefix inside ``p`` one level deeper or shallower), ``p``'s two cuts
+    (kept when another prefix starts or ends there), the cuts inside ``p``
+    owned by its parent moved to ``p`` (or back), and the /16 table
+    shifted past each cut added or removed. The same layout as a full
+    build (tested field by field)."""
+    import numpy as np
+
+    code = p[0] << 6 | p[1]
+    codes, parent, depths, cuts, owner = prev.codes, prev.parent, prev.depths, prev.bounds_np, prev.owner
+    a, e = p[0], p[0] + (1 << (32 - p[1]))
+    top = np.frombuffer(prev.top, dtype=np.uint32).astype(np.int64)
+    j = int(np.searchsorted(codes, code))
+    order = list(prev.order)
+    bounds = list(prev.bounds)   # (cuts as a list, patched alongside)
+    if add:
+        addrs = codes >> 6
+        ends = addrs + np.left_shift(np.int64(1), 32 - (codes & 63))
+        # p's parent: from the prefix before it, up while it ends at or before a
+        c = j - 1
+        while ends[c] <= a:
+            c = int(parent[c])
+        hi = int(np.searchsorted(addrs, e))   # [j, hi): the prefixes inside p
+        par = parent + (parent >= j)
+        inside = par[j:hi]
+        inside[inside == c] = j
+        par = np.insert(par, j, c)
+        dep = depths.copy()
+        dep[j:hi] += 1
+        dep = np.insert(dep, j, depths[c] + 1)
+        own = owner + (owner >= j)
+        for x in (a, e):
+            if x < 1 << 32:
+                at = int(np.searchsorted(cuts, x))
+                if at == len(cuts) or cuts[at] != x:
+                    cuts = np.insert(cuts, at, x)
+                    bounds.insert(at, x)
+                    own = np.insert(own, at, own[at - 1])
+                    f = (x + 0xFFFF) >> 16
+                    top[f:] += 1
+        lo, up = np.searchsorted(cuts, (a, e))
+        span = own[lo:up]
+        span[span == c] = j
+        codes = np.insert(codes, j, code)
+        order.insert(j, p)
+    else:
+        c = int(parent[j])
+        codes = np.delete(codes, j)
+        addrs = codes >> 6
+        ends = addrs + np.left_shift(np.int64(1), 32 - (codes & 63))
+        hi = int(np.searchsorted(addrs, e))   # [j, hi): the prefixes inside p (new numbering)
+        par = parent.copy()
+        par[par == j] = c
+        par = np.delete(par, j)
+        par -= par > j
+        dep = np.delete(depths, j)
+        dep[j:hi] -= 1
+        own = owner.copy()
+        own[own == j] = c
+        own -= own > j
+        for x in (a, e):
+            if x < 1 << 32 and x != 0:
+                if not ((addrs == x).any() or (ends == x).any()):
+                    at = int(np.searchsorted(cuts, x))
+                    cuts = np.delete(cuts, at)
+                    del bounds[at]
+                    own = np.delete(own, at)
+                    top[(x + 0xFFFF) >> 16:] -= 1
+        del order[j]
+    keys = prev.keys | {p} if add else prev.keys - {p}
+    return _finish(order, codes >> 6, codes & 63, par, dep, cuts, own, top, keys, bounds)
 
 
 def _parents(addrs: "Any", ends: "Any") -> "tuple[Any, Any]":
@@ -2361,6 +2491,7 @@ def derive_address(prev: AddressState, edit: Edit, name: str, live: int, nwords:
     k = edit.k
     pos_e, code, posbits, refs, keys = prev.pos_e, prev.pos_code, prev.posbits, prev.refs, prev.keys
     gone, new = edit.gone, edit.new
+    changed: list[tuple[tuple[int, int], bool]] = []   # prefixes removed / added, in turn
     if gone is not None:
         f = gone.fields
         p = None if f.never else getattr(f, name).positive
@@ -2375,6 +2506,7 @@ def derive_address(prev: AddressState, edit: Edit, name: str, live: int, nwords:
                 del refs[p]
                 if p != ROOT:
                     keys = keys - {p}
+                    changed.append((p, False))
         pos_e = pos_e - (pos_e > k)
         posbits = _shift_out(posbits, k)
     if new is not None:
@@ -2393,7 +2525,8 @@ def derive_address(prev: AddressState, edit: Edit, name: str, live: int, nwords:
             refs[p] = refs.get(p, 0) + 1
             if p not in keys:
                 keys = keys | {p}
-    layout = prev.layout if keys is prev.keys else _layout_of(keys)
+                changed.append((p, True))
+    layout = prev.layout if keys is prev.keys else _layout_after(prev.layout, keys, changed)
     at = np.searchsorted(layout.codes, code)
     tree = _tree_rows(layout, at, pos_e, int_words(live & ~posbits, nwords), nwords)
     return _address_iv(layout, None, tree), AddressState(nwords, pos_e, code, posbits, refs,
