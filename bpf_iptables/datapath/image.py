@@ -282,12 +282,14 @@ def matrix_rows(iv: Intervals, nwords: int, masks: "tuple[int | None, ...]",
             if kept is not None and kept[3].shape == shape and since is not None \
                     and kept[0] == since and kept[1] is tree.base and kept[2] == width:
                 out, room = kept[3], kept[4]
-                out[:, first:width] = tree.columns(first)
                 # what can differ from the rows before: the words from the
                 # edited entry's to the last entry's (of either: words past
-                # it have no entry's bit) and the summaries (made again below)
+                # it have no entry's bit, zero in both) and the summaries
+                # (made again below); only those words gathered
+                hi = min(width, max(used, kept[6]))
+                out[:, first:hi] = _tree_columns(tree, first, hi)
                 prior = kept[5]
-                columns = ((first, min(width, max(used, kept[6]))), (nwords, total))
+                columns = ((first, hi), (nwords, total))
             else:
                 # into the hook's own buffer, kept with room to spare: a
                 # fresh one per update (an address added: one more row)
@@ -309,6 +311,19 @@ def matrix_rows(iv: Intervals, nwords: int, masks: "tuple[int | None, ...]",
     out[:, :matrix.shape[1]] = matrix
     _summarise(out.view(np.uint8), nwords, masks)
     return out.tobytes()
+
+
+def _tree_columns(tree: "Any", first: int, hi: int) -> "Any":
+    """Words ``first``..``hi`` of every row as ``tree.rows()`` makes them
+    (``tree.columns(first)`` cut at ``hi``: an -A at fw1-10k gathers one
+    word per row, not the ~110 up to the tree's width)."""
+    from .compiler import scatter_bits
+
+    out = tree.internal[:, first:hi][tree.base]
+    entries = tree.leaf_entries
+    within = (entries >= first * 64) & (entries < hi * 64)
+    scatter_bits(out, tree.leaf_rows[within], entries[within] - first * 64)
+    return out
 
 
 def _tree_summaries(out: "Any", tree: "Any", nwords: int,
