@@ -122,6 +122,15 @@ def test_served_updates_by_difference_leave_the_full_image(attached) -> None:
         shared.append(G.shares_maps(directory, att.active))
     # the looped copies' program took INPUT's big maps (mapped writes: once)
     assert any(shared), shared
+    # another rule set, then edits again: the address rows written by the
+    # columns an edit changed (image.Packed.matrix) hold in either generation
+    served(ns, directory, [], input=ruleset("classbench-acl1-1k.rules").read_text(),
+           tool="iptables-restore")
+    live_maps_match_a_full_image(ns, directory)
+    for change in (CHANGES[0], CHANGES[2], ["-A", "INPUT", "-p", "udp", "-j", "DROP"],
+                   ["-D", "INPUT", "-p", "udp", "-j", "DROP"], CHANGES[1], ["-D", "INPUT", "1"]):
+        served(ns, directory, change)
+        live_maps_match_a_full_image(ns, directory)
 
 
 def test_the_other_generation_gets_the_new_program_while_idle(attached) -> None:

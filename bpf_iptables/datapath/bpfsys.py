@@ -299,6 +299,12 @@ _libc.memmove.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
 # that already holds the new bytes is left alone (memcmp stops at the first
 # difference, so a piece that differs costs little more than its copy)
 PIECE = 64 << 10
+# a write of some columns only (Mapping.write_matrix) first checks every
+# this many-th row whole (0: no check; the tests check the columns alone)
+SAMPLE_ROWS = 61
+# ... and only where the columns are at most 1/STRIDED of the row (a strided
+# copy costs ~4x a contiguous one per byte; 0: always, for the tests)
+STRIDED = 4
 
 
 @dataclass
@@ -350,7 +356,12 @@ class Mapping:
             raise OSError(errno.E2BIG, "map write: more values than the map has elements")
         if not isinstance(blob, bytes):
             blob = bytes(blob)   # (the image's values are bytes: no copy then)
-        src, dst, total = _address(blob), self.address + first * self.stride, len(blob)
+        return self._write_span(_address(blob), len(blob), first)
+
+    def _write_span(self, src: int, total: int, first: int) -> int:
+        """``total`` bytes at address ``src`` (laid out as the map's memory)
+        into keys from ``first``: only the pieces that differ copied."""
+        dst = self.address + first * self.stride
         cmp, move = _libc.memcmp, _libc.memmove
         copied = 0
         start = -1   # the first piece of the run of differing pieces at hand
@@ -369,6 +380,43 @@ class Mapping:
             move(dst + start, src + start, total - start)
             copied += total - start
         return -(-copied // self.stride)
+
+    def write_matrix(self, matrix, columns: "tuple[tuple[int, int], ...] | None" = None
+                     ) -> int:
+        """Keys 0..n-1 set to the rows of a C-contiguous uint64 ``matrix``
+        (no bytes copy of it first). With ``columns`` (word ranges), the map
+        is known to hold the rows but for those words: only they are
+        copied (strided; an -A changes a word or two per row), after a
+        sample of whole rows was found to agree. Returns how many rows
+        lay in pieces that differed (all of them for a column copy).""" 
+        import numpy as np
+
+        n, width = matrix.shape
+        if width * 8 != self.value_size or self.stride != self.value_size:
+            raise OSError(errno.EINVAL, "map write: values of another size than the map's")
+        if n > self.max_entries:
+            raise OSError(errno.E2BIG, "map write: more values than the map has elements")
+        if not matrix.flags.c_contiguous or matrix.dtype != np.uint64:
+            matrix = np.ascontiguousarray(matrix, dtype=np.uint64)
+        # a strided copy costs ~4x a contiguous one per byte (and a memcmp
+        # of unchanged pieces less still): many columns go the whole way
+        if columns is None or STRIDED * sum(hi - lo for lo, hi in columns) > width:
+            return self._write_span(matrix.ctypes.data, n * self.value_size, 0)
+        held = np.ctypeslib.as_array(
+            (ctypes.c_uint64 * (n * width)).from_address(self.address)).reshape(n, width)
+        # a sample of whole rows must agree but for those columns, else the
+        # map is not what the caller thinks (written another way): in full
+        if SAMPLE_ROWS:
+            sample_new, sample_held = matrix[::SAMPLE_ROWS].copy(), held[::SAMPLE_ROWS].copy()
+            for lo, hi in columns:
+                sample_new[:, lo:hi] = sample_held[:, lo:hi]
+            if not np.array_equal(sample_new, sample_held):
+                return self._write_span(matrix.ctypes.data, n * self.value_size, 0)
+        for lo, hi in columns:
+            if lo < hi:
+                # (copied, not compared first: a compare costs as much)
+                np.copyto(held[:, lo:hi], matrix[:, lo:hi])
+        return n
 
     def _write_u32(self, np, values: bytes, first: int) -> int:
         """u32 values into their 8-byte slots by one strided numpy copy (a

@@ -33,12 +33,35 @@ class Packed(Sequence):
     them (keys back to back, values back to back): 65,536-slot tables
     would otherwise cost a Python tuple per slot on every update."""
 
-    def __init__(self, key_size: int, value_size: int, keys: bytes, values: bytes,
-                 dense: bool = False):
+    def __init__(self, key_size: int, value_size: int, keys: bytes, values: "bytes | None",
+                 dense: bool = False, matrix: "Any" = None, version: int = 0):
         self.key_size, self.value_size = key_size, value_size
-        self.keys, self.values = keys, values
+        self.keys, self._values = keys, values
         # keys are 0, 1, 2, ...: the values are the array's memory image
         self.dense = dense
+        # a dense table's values as a C-contiguous uint64 matrix, one row per
+        # key (matrix_rows' kept buffer: no 21 MB bytes copy per update).
+        # It is live: the next update of the hook writes into it, so
+        # matrix_rows freezes a Packed still alive then (_freeze: its bytes
+        # copied first). VERSION names these contents: a map known to hold
+        # an earlier version gets only the columns changed since
+        # (columns_since, shadow.write).
+        self.matrix, self.version = matrix, version
+
+    @property
+    def values(self) -> bytes:
+        if self._values is None:
+            self._values = self.matrix.tobytes()   # (a copy: safe past the next update)
+        return self._values
+
+    def _freeze(self) -> None:
+        """The live matrix is about to change: keep its bytes, drop it."""
+        if self.matrix is not None:
+            self.values
+            self.matrix, self.version = None, 0
+
+    def columns_since(self, held: int) -> "tuple[tuple[int, int], ...] | None":
+        return columns_since(self.version, held) if self.matrix is not None else None
 
     def __len__(self) -> int:
         return len(self.keys) // self.key_size
@@ -184,10 +207,55 @@ def vector_rows(values: list[int], nwords: int, masks: "tuple[int | None, ...]")
 # hook, patched from that one with the same prefixes, gathers only the
 # words from the edited entry's on (an entry before it keeps its bits)
 _kept_rows: dict[tuple[str, str], tuple] = {}
+# (hook, field) -> the Packed last handed out on that kept buffer (weakly:
+# the writers drop it after the update) and the version of its contents
+_handed: "dict[tuple[str, str], tuple[Any, int]]" = {}
+_versions = iter(range(1, 1 << 62))
+# version -> (the version it was patched from (0: none), the columns that
+# differ from it), for the last LINEAGE versions: a map that holds an
+# older version (the other generation's, written one update before) gets
+# the union of the columns since (Packed.columns_since)
+_lineage: "dict[int, tuple[int, tuple[tuple[int, int], ...] | None]]" = {}
+LINEAGE = 16
+
+
+def columns_since(version: int, held: int) -> "tuple[tuple[int, int], ...] | None":
+    """The columns that can differ between the kept rows of ``version``
+    and those of ``held``, an ancestor of it by patches; None: unknown
+    (written in full)."""
+    if not held:
+        return None
+    out: list[tuple[int, int]] = []
+    for _ in range(4):
+        prior, columns = _lineage.get(version, (0, None))
+        if not prior or columns is None:
+            return None
+        out.extend(columns)
+        if prior == held:
+            merged: list[tuple[int, int]] = []
+            for lo, hi in sorted(out):
+                if merged and lo <= merged[-1][1]:
+                    merged[-1] = (merged[-1][0], max(merged[-1][1], hi))
+                else:
+                    merged.append((lo, hi))
+            return tuple(merged)
+        version = prior
+    return None
+
+
+@dataclass
+class Rows:
+    """matrix_rows' answer for a kept buffer: the live matrix, its contents'
+    version, the version it was patched from (0: none) and the columns
+    that may differ from that one (also in _lineage)."""
+    matrix: Any
+    version: int
+    prior: int
+    columns: "tuple[tuple[int, int], ...] | None"
 
 
 def matrix_rows(iv: Intervals, nwords: int, masks: "tuple[int | None, ...]",
-                keep: "tuple | None" = None) -> bytes:
+                keep: "tuple | None" = None) -> "bytes | Rows":
     """``vector_rows`` of an address table built as a uint64 bit matrix
     (compiler ``Intervals.tree`` / ``.rows``). From a tree, the rows are
     gathered straight into the map's buffer, full width (the few internal
@@ -203,14 +271,25 @@ def matrix_rows(iv: Intervals, nwords: int, masks: "tuple[int | None, ...]",
         else:
             # keep: (hook, field, serial, the serial it was patched from, the
             # edited entry's word)
-            hook, name, serial, since, first = keep
+            hook, name, serial, since, first, used = keep
             kept = _kept_rows.pop((hook, name), None)
+            handed = _handed.pop((hook, name), None)
+            if handed is not None and (p := handed[0]()) is not None:
+                p._freeze()   # (someone still holds the last image: its own bytes)
+            prior, columns = 0, None
             width = tree.internal.shape[1]
             shape = (len(tree.base), total)
             if kept is not None and kept[3].shape == shape and since is not None \
                     and kept[0] == since and kept[1] is tree.base and kept[2] == width:
                 out, room = kept[3], kept[4]
-                out[:, first:width] = tree.columns(first)
+                # what can differ from the rows before: the words from the
+                # edited entry's to the last entry's (of either: words past
+                # it have no entry's bit, zero in both) and the summaries
+                # (made again below); only those words gathered
+                hi = min(width, max(used, kept[6]))
+                out[:, first:hi] = _tree_columns(tree, first, hi)
+                prior = kept[5]
+                columns = ((first, hi), (nwords, total))
             else:
                 # into the hook's own buffer, kept with room to spare: a
                 # fresh one per update (an address added: one more row)
@@ -219,7 +298,12 @@ def matrix_rows(iv: Intervals, nwords: int, masks: "tuple[int | None, ...]",
                 if room is None or len(room) < shape[0] * total:
                     room = np.empty(shape[0] * total * 9 // 8 + total, dtype=np.uint64)
                 out = tree.rows(total, into=room[:shape[0] * total].reshape(shape))
-            _kept_rows[(hook, name)] = (serial, tree.base, width, out, room)
+            version = next(_versions)
+            _kept_rows[(hook, name)] = (serial, tree.base, width, out, room, version, used)
+            _lineage[version] = (prior, columns)
+            _lineage.pop(version - LINEAGE, None)
+            _tree_summaries(out, tree, nwords, masks)
+            return Rows(out, version, prior, columns)
         _tree_summaries(out, tree, nwords, masks)
         return out.tobytes()
     matrix = iv.rows
@@ -227,6 +311,19 @@ def matrix_rows(iv: Intervals, nwords: int, masks: "tuple[int | None, ...]",
     out[:, :matrix.shape[1]] = matrix
     _summarise(out.view(np.uint8), nwords, masks)
     return out.tobytes()
+
+
+def _tree_columns(tree: "Any", first: int, hi: int) -> "Any":
+    """Words ``first``..``hi`` of every row as ``tree.rows()`` makes them
+    (``tree.columns(first)`` cut at ``hi``: an -A at fw1-10k gathers one
+    word per row, not the ~110 up to the tree's width)."""
+    from .compiler import scatter_bits
+
+    out = tree.internal[:, first:hi][tree.base]
+    entries = tree.leaf_entries
+    within = (entries >= first * 64) & (entries < hi * 64)
+    scatter_bits(out, tree.leaf_rows[within], entries[within] - first * 64)
+    return out
 
 
 def _tree_summaries(out: "Any", tree: "Any", nwords: int,
@@ -499,7 +596,8 @@ def map_image(c: Compiled, shape: Shape) -> list[MapImage]:
             assert iv is not None
             # (a flat compile kept for patching: its rows kept, see matrix_rows)
             keep = ((c.hook, name, c.serial, c.edit.serial if c.edit is not None else None,
-                     c.edit.k // 64 if c.edit is not None else 0) if c.serial else None)
+                     c.edit.k // 64 if c.edit is not None else 0, -(-len(c.entries) // 64))
+                    if c.serial else None)
             out.extend(address_images(name, iv, bsize, nw, parts, keep))
     if parts is not None:
         out.append(MapImage("pair_map", Packed(4, summary_words(nw) * 8, array_keys(1 << 16),
@@ -651,8 +749,15 @@ def address_images(name: str, iv: Intervals, bsize: int, nwords: int,
         masks = parts.masks(name) if parts is not None else (None,)
         blob = (matrix_rows(iv, nwords, masks, keep) if matrix
                 else vector_rows(iv.vectors, nwords, masks))
-        vectors = Packed(4, (nwords + len(masks) * summary_words(nwords)) * 8,
-                         array_keys(len(iv.vectors)), blob, dense=True)
+        size = (nwords + len(masks) * summary_words(nwords)) * 8
+        if isinstance(blob, Rows):
+            import weakref
+
+            vectors = Packed(4, size, array_keys(len(iv.vectors)), None, dense=True,
+                             matrix=blob.matrix, version=blob.version)
+            _handed[(keep[0], keep[1])] = (weakref.ref(vectors), blob.version)
+        else:
+            vectors = Packed(4, size, array_keys(len(iv.vectors)), blob, dense=True)
     return [MapImage(f"{name}_top_map", packed_array(iv.top)),
             MapImage(f"{name}_bounds_map", [(u32(0), bounds)]),
             MapImage(f"{name}_index_map", index),

@@ -105,6 +105,11 @@ _touched: set[int] = set()
 # generation.shared_maps) is handed the same image twice, and the second
 # time there is nothing to do
 _seen: dict[int, object] = {}
+# mapped map id -> the version of the live address matrix (image.Packed
+# .version) whose rows it holds, as this process wrote them: the next
+# image patched from that version writes only its changed columns there.
+# Any other write to the map, a claim by another writer, a fork: forgotten.
+_holds: dict[int, int] = {}
 
 
 def _mapping(fd: int, info: "bpfsys.MapInfo") -> "tuple[bpfsys.Mapping | None, bool]":
@@ -130,18 +135,21 @@ def settle(gen: int) -> None:
     _seen.clear()
     for map_id in [k for k, (_, g) in _mappings.items() if g == gen and k not in _touched]:
         _mappings.pop(map_id)[0].close()
+        _holds.pop(map_id, None)
 
 
 def unmap_all() -> None:
     for m, _ in _mappings.values():
         m.close()
     _mappings.clear()
+    _holds.clear()
 
 
 def _forked() -> None:
     # a forked child has none of the mappings (MADV_DONTFORK)
     _mappings.clear()
     _seen.clear()
+    _holds.clear()
 
 
 os.register_at_fork(after_in_child=_forked)
@@ -179,6 +187,8 @@ def forget(gen: int | None = None) -> None:
     or of any generation."""
     for map_id in [k for k, v in _shadows.items() if gen is None or v.gen == gen]:
         del _shadows[map_id]
+    # (which maps are of gen is not known here: every hold forgotten)
+    _holds.clear()
 
 
 def _dense_keys(items) -> bool:
@@ -274,15 +284,23 @@ def write(fd: int, name: str, items, clear: bool) -> tuple[int, int]:
     not in ``items`` are deleted. Returns (elements written, deleted)."""
     info = bpfsys.map_info(fd)
     if not clear:
-        if _seen.get(info.id) is items:
+        seen, live = _seen.get(info.id), getattr(items, "matrix", None) is not None
+        if seen is items or (live and seen == ("matrix", items.version)):
             return 0, 0   # a shared map: written with this very image already
         m, kept = _mapping(fd, info)
         if m is not None:
             _shadows.pop(info.id, None)
+            held = _holds.pop(info.id, 0)
             try:
                 written = 0
                 if not items:
                     pass
+                elif getattr(items, "matrix", None) is not None and _dense_keys(items):
+                    # the live matrix itself (no bytes); only the columns
+                    # that changed since the version the map holds
+                    written = m.write_matrix(items.matrix, items.columns_since(held))
+                    if kept:
+                        _holds[info.id] = items.version
                 elif _dense_keys(items):
                     if items.value_size != m.value_size:
                         raise ValueError(f"{name}: values of {items.value_size} bytes for "
@@ -293,7 +311,9 @@ def write(fd: int, name: str, items, clear: bool) -> tuple[int, int]:
             finally:
                 if not kept:
                     m.close()
-            _seen[info.id] = items
+            # (a live matrix's version, not the image: holding it would make
+            # the next update copy its bytes out, image.Packed._freeze)
+            _seen[info.id] = ("matrix", items.version) if live else items
             return written, 0
     keep = enabled
     map_id = info.id
