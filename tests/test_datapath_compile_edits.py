@@ -126,17 +126,19 @@ def snapshot(c: Compiled) -> dict:
 
 
 def cold_snapshot(table: Table, hook: str) -> dict | str:
-    """A compile from empty caches; the warm caches are put back after."""
-    saved_fields, saved_layouts = dict(compiler._fields_cache), list(compiler._layouts)
+    """A compile from empty caches, without the patch of flat chains; the
+    warm caches are put back after."""
+    saved = (dict(compiler._fields_cache), list(compiler._layouts), dict(compiler._flat))
     compiler.clear_caches()
     try:
         return snapshot(compile_chain(table, hook, G.INTERFACES))
     except NotSupported as exc:
         return f"NotSupported: {exc}"
     finally:
-        compiler._fields_cache.clear()
-        compiler._fields_cache.update(saved_fields)
-        compiler._layouts[:] = saved_layouts
+        compiler.clear_caches()
+        compiler._fields_cache.update(saved[0])
+        compiler._layouts[:] = saved[1]
+        compiler._flat.update(saved[2])
 
 
 def warm_snapshot(table: Table, hook: str) -> dict | str:
@@ -194,6 +196,19 @@ def test_classbench_edit_sequences_equal_cold_compiles(name):
     assert warm_snapshot(table, "INPUT") == cold_snapshot(table, "INPUT")
 
 
+def drawn_table(drawn, fresh: bool) -> "Table | None":
+    """The table of a drawn rule set (None: the front end refuses it);
+    ``fresh``: from empty compile caches, else with those of earlier examples."""
+    lines, _ = drawn
+    try:
+        table = table_from_lines(lines)
+    except (XtablesError, TableOpError):
+        return None
+    if fresh:
+        compiler.clear_caches()
+    return table
+
+
 edits = st.lists(st.tuples(st.sampled_from(SEQUENCE + ["delete", "insert"]),
                            st.integers(0, 10_000), st.integers(0, len(EXTRA) - 1)),
                  min_size=1, max_size=5)
@@ -204,13 +219,9 @@ edits = st.lists(st.tuples(st.sampled_from(SEQUENCE + ["delete", "insert"]),
 def test_random_edit_sequences_equal_cold_compiles(drawn, steps, fresh):
     """User chains, -g, RETURN, every field; the caches of earlier examples
     kept or not."""
-    lines, _ = drawn
-    try:
-        table = table_from_lines(lines)
-    except (XtablesError, TableOpError):
+    table = drawn_table(drawn, fresh)
+    if table is None:
         return
-    if fresh:
-        compiler.clear_caches()
     assert warm_snapshot(table, "INPUT") == cold_snapshot(table, "INPUT")
     for kind, at, k in steps:
         edit(table, "INPUT", kind, at, extra_rule(k))

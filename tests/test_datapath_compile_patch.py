@@ -13,11 +13,11 @@ from hypothesis import strategies as st
 from bpf_iptables.datapath import compiler
 from bpf_iptables.datapath.compiler import compile_chain, single_edit
 from bpf_iptables.datapath.harness import table_from_lines, table_from_save
-from bpf_iptables.errors import NotSupported, TableOpError, XtablesError
+from bpf_iptables.errors import NotSupported
 from bpf_iptables.model import Rule, Table
 from tests.support import compile_golden as G
 from tests.support.shared import ruleset
-from tests.test_datapath_compile_edits import snapshot
+from tests.test_datapath_compile_edits import cold_snapshot as cold, drawn_table, snapshot
 from tests.test_datapath_property import rule_sets
 
 # flat rules first; then rules a flat chain cannot take (they need the walk)
@@ -34,21 +34,6 @@ def pool_rule(k: int, chain: str) -> Rule:
     lines = ["-N U0", "-N U1", f"-A {chain if chain in ('INPUT', 'OUTPUT') else 'U0'} {POOL[k]}"]
     t = table_from_lines(lines)
     return next(r for c in t.chains.values() for r in c.rules)
-
-
-def cold(table: Table, hook: str) -> dict | str:
-    """A compile from empty caches without the patch; the caches put back."""
-    saved = (dict(compiler._fields_cache), list(compiler._layouts), dict(compiler._flat))
-    compiler.clear_caches()
-    try:
-        return snapshot(compile_chain(table, hook, G.INTERFACES))
-    except NotSupported as exc:
-        return f"NotSupported: {exc}"
-    finally:
-        compiler.clear_caches()
-        compiler._fields_cache.update(saved[0])
-        compiler._layouts[:] = saved[1]
-        compiler._flat.update(saved[2])
 
 
 def warm(table: Table, hook: str) -> dict | str:
@@ -89,13 +74,9 @@ edits = st.lists(st.tuples(st.sampled_from(["INPUT"] * 4 + ["OUTPUT", "U0"]),
 @settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
 @given(rule_sets(sorted(G.INTERFACES), "INPUT"), edits, st.booleans())
 def test_patched_compiles_equal_cold_walks(drawn, steps, fresh):
-    lines, _ = drawn
-    try:
-        table = table_from_lines(lines)
-    except (XtablesError, TableOpError):
+    table = drawn_table(drawn, fresh)
+    if table is None:
         return
-    if fresh:
-        compiler.clear_caches()
     for hook in ("INPUT", "OUTPUT"):
         assert warm(table, hook) == cold(table, hook)
     for chain, kind, at, k in steps:
