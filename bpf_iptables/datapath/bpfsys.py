@@ -112,20 +112,30 @@ def prog_load(prog_type: int, insns: bytes, license: str, name: str,
     """BPF_PROG_LOAD of ready instructions (map fds already patched in);
     the verifier runs as for any load. With ``log_size``, a failure's
     OSError carries the verifier's log (``.verifier_log``)."""
+    return prog_load_logged(prog_type, insns, license, name, expected_attach_type,
+                            log_size, 1)[0]
+
+
+def prog_load_logged(prog_type: int, insns: bytes, license: str, name: str,
+                     expected_attach_type: int = 0, log_size: int = 0, log_level: int = 1
+                     ) -> tuple[int, str]:
+    """prog_load, also answering the verifier's log at ``log_level`` (4:
+    the statistics only) when ``log_size`` is given."""
     code = ctypes.create_string_buffer(insns, len(insns))
     lic = ctypes.create_string_buffer(license.encode())
     log = ctypes.create_string_buffer(log_size) if log_size else None
     attr = _ProgLoadAttr(prog_type=prog_type, insn_cnt=len(insns) // 8,
                          insns=ctypes.addressof(code), license=ctypes.addressof(lic),
-                         log_level=1 if log else 0, log_size=log_size,
+                         log_level=log_level if log else 0, log_size=log_size,
                          log_buf=ctypes.addressof(log) if log else 0,
                          prog_name=name.encode()[:15],
                          expected_attach_type=expected_attach_type)
     try:
-        return _bpf(BPF_PROG_LOAD, attr, f"load program {name}")
+        fd = _bpf(BPF_PROG_LOAD, attr, f"load program {name}")
     except OSError as exc:
         exc.verifier_log = log.value.decode(errors="replace") if log else ""  # type: ignore[attr-defined]
         raise
+    return fd, log.value.decode(errors="replace") if log else ""
 
 
 @dataclass

@@ -28,7 +28,7 @@ from bisect import bisect_left
 from array import array
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from itertools import chain, compress, count, islice, repeat
+from itertools import chain as chained, compress, count, islice, repeat
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from operator import attrgetter, is_
@@ -1071,7 +1071,7 @@ def prefix_rows(live: int, ents: list[int], pfs: list[PrefixField], nwords: int,
     codes = layout.codes
 
     def positions(prefixes: list[Prefix]) -> "Any":
-        pairs = np.fromiter(chain.from_iterable(prefixes), dtype=np.int64,
+        pairs = np.fromiter(chained.from_iterable(prefixes), dtype=np.int64,
                             count=2 * len(prefixes)).reshape(-1, 2)
         return np.searchsorted(codes, (pairs[:, 0] << 6) | pairs[:, 1])
 
@@ -1188,7 +1188,7 @@ def _layout_of(keys: set[tuple[int, int]]) -> _Layout:
 
     # sorted as integers (addr << 6 | length: the same order as the
     # tuples, ~10x faster to sort than Prefix tuples)
-    pairs = np.fromiter(chain.from_iterable(keys), dtype=np.int64,
+    pairs = np.fromiter(chained.from_iterable(keys), dtype=np.int64,
                         count=2 * len(keys)).reshape(-1, 2)
     codes = np.sort((pairs[:, 0] << 6) | pairs[:, 1])
     addrs, lengths = codes >> 6, codes & 63
@@ -1445,6 +1445,18 @@ def bsize_of(iv: Intervals) -> int:
     return max(2, pow2_at_least(len(iv.bounds) + (1 << iv.probes)))
 
 
+def range_cuts(positive: "tuple[int, int] | None", negative: "tuple[tuple[int, int], ...]",
+               top: int) -> list[int]:
+    """Where a range constraint cuts [0, top]: each range's first value
+    and the one after its last (none past ``top``)."""
+    out = []
+    for lo, hi in ([positive] if positive else []) + list(negative):
+        out.append(lo)
+        if hi < top:
+            out.append(hi + 1)
+    return out
+
+
 def range_table(live: int, per_entry: list[tuple[int, RangeField]], top: int,
                 extra_cuts: set[int] = frozenset(), groups: "list | None" = None
                 ) -> tuple[list[int], list[int]]:
@@ -1460,10 +1472,7 @@ def range_table(live: int, per_entry: list[tuple[int, RangeField]], top: int,
         groups = grouped(per_entry, _RANGE_KEY)
     cuts = {0, *extra_cuts}
     for (positive, negative), _ in groups:
-        for lo, hi in ([positive] if positive else []) + list(negative):
-            cuts.add(lo)
-            if hi < top:
-                cuts.add(hi + 1)
+        cuts.update(range_cuts(positive, negative, top))
     bounds = sorted(cuts)
     # sweep: groups start/stop being covered at interval indices
     index = {b: i for i, b in enumerate(bounds)}
@@ -2324,16 +2333,6 @@ class Derived:
     addresses: "dict[str, AddressState]" = field(default_factory=dict)
 
 
-def _range_cuts(r: RangeField, top: int) -> list[int]:
-    """The boundaries range_table cuts for ``r`` (from its groups' loop)."""
-    out = []
-    for lo, hi in ([r.positive] if r.positive else []) + list(r.negative):
-        out.append(lo)
-        if hi < top:
-            out.append(hi + 1)
-    return out
-
-
 def _range_holds(r: RangeField, v: int) -> bool:
     """Whether ``r`` holds on the interval starting at ``v`` (cut at every
     boundary of ``r``: holding at its start is holding on all of it)."""
@@ -2349,10 +2348,8 @@ def range_state(live: int, per_entry: list[tuple[int, RangeField]], top: int) ->
     cuts: dict[int, int] = {}
     for (positive, negative), vec in groups:
         count = vec.bit_count()
-        for lo, hi in ([positive] if positive else []) + list(negative):
-            cuts[lo] = cuts.get(lo, 0) + count
-            if hi < top:
-                cuts[hi + 1] = cuts.get(hi + 1, 0) + count
+        for c in range_cuts(positive, negative, top):
+            cuts[c] = cuts.get(c, 0) + count
     bounds, vectors = range_table(live, per_entry, top, groups=groups)
     return RangeState(bounds, vectors, cuts)
 
@@ -2367,7 +2364,8 @@ def derive_range(prev: RangeState, edit: Edit, name: str, top: int) -> RangeStat
         if not gone.fields.never:
             cuts = dict(cuts)
             merged = []
-            for c in _range_cuts(getattr(gone.fields, name), top):
+            gone_r = getattr(gone.fields, name)
+            for c in range_cuts(gone_r.positive, gone_r.negative, top):
                 left = cuts[c] - 1
                 if left:
                     cuts[c] = left
@@ -2388,7 +2386,7 @@ def derive_range(prev: RangeState, edit: Edit, name: str, top: int) -> RangeStat
             vectors = [_shift_in(v, k, False) for v in vectors]
         else:
             r = getattr(f, name)
-            mine = _range_cuts(r, top)
+            mine = range_cuts(r.positive, r.negative, top)
             if mine:
                 if cuts is prev.cuts:
                     cuts = dict(cuts)

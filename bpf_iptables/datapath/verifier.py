@@ -14,7 +14,6 @@ The scan loop once cost the verifier ~0.2-0.4 s per load at 10k rules
 tests/test_datapath_verifier.py keeps it from coming back."""
 from __future__ import annotations
 
-import ctypes
 import os
 import re
 import sys
@@ -56,21 +55,11 @@ def parse(function: str, insns: int, log: str) -> Stats:
 
 def _load_with_stats(f: objcache.FuncDef, insns: bytes, license: str) -> str:
     """BPF_PROG_LOAD of ready instructions with the statistics log; the
-    program is closed at once. (bpfsys.prog_load asks for log level 1, and
-    only keeps a log on failure.)"""
-    code = ctypes.create_string_buffer(insns, len(insns))
-    lic = ctypes.create_string_buffer(license.encode())
-    log = ctypes.create_string_buffer(LOG_SIZE)
-    attr = bpfsys._ProgLoadAttr(prog_type=f.prog_type, insn_cnt=len(insns) // 8,
-                                insns=ctypes.addressof(code), license=ctypes.addressof(lic),
-                                log_level=LOG_STATS, log_size=LOG_SIZE,
-                                log_buf=ctypes.addressof(log), prog_name=f.name.encode()[:15])
-    try:
-        os.close(bpfsys._bpf(bpfsys.BPF_PROG_LOAD, attr, f"load program {f.name}"))
-    except OSError as exc:
-        exc.verifier_log = log.value.decode(errors="replace")  # type: ignore[attr-defined]
-        raise
-    return log.value.decode(errors="replace")
+    program is closed at once."""
+    fd, log = bpfsys.prog_load_logged(f.prog_type, insns, license, f.name,
+                                      log_size=LOG_SIZE, log_level=LOG_STATS)
+    os.close(fd)
+    return log
 
 
 def stats(shape: Shape, tc: bool = False) -> list[Stats]:
