@@ -42,6 +42,7 @@ from . import addrtypes
 from .fields import (ICMP_ANY, EntryFields, Prefix, PrefixField, RangeField, ct_slots, decompose,
                      nf_conntrack)
 from .sets import assign as assign_sets
+from .sameness import first_difference
 
 if TYPE_CHECKING:
     from ..extensions.limit import LimitData
@@ -1890,8 +1891,7 @@ def single_edit(old: list, new: list) -> "tuple[str, int] | None":
     n, m = len(old), len(new)
     if abs(n - m) > 1:
         return None
-    same = list(map(is_, old, new))
-    k = same.index(False) if False in same else min(n, m)
+    k = first_difference(old, new, min(n, m))
     if m == n + 1:
         return ("insert", k) if all(map(is_, islice(old, k, None), islice(new, k + 1, None))) \
             else None

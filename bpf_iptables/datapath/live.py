@@ -37,7 +37,6 @@ slot, ~3.5 ms at 10k rules): the carry then holds what was counted
 since load(), a few slots unless traffic hit many rules meanwhile."""
 from __future__ import annotations
 
-import operator
 import os
 import shutil
 import socket
@@ -60,6 +59,7 @@ from . import counts as C
 from . import hashlimit_tables as HL
 from . import links
 from . import support
+from .sameness import first_difference
 from .compiler import (FIRST_RULE_COUNTER, POLICY_COUNTER, Compiled, compile_chain,
                        uses_conntrack)
 
@@ -476,10 +476,10 @@ def kept_rule_counts(table: Table, spans: list[tuple[list, int]], names: list[st
         # the first place from the front, then from the back, where the
         # objects differ
         k = min(n, m)
-        head = _first_other(now, then, k)
+        head = first_difference(now, then, k)
         tail = 0
         if head < k or n != m:
-            tail = min(_first_other(reversed(now), reversed(then), k), k - head)
+            tail = min(first_difference(reversed(now), reversed(then), k), k - head)
         out += sums[2 * first:2 * (first + head)]
         for rule in now[head:m - tail]:
             c = rule.counters
@@ -487,15 +487,6 @@ def kept_rule_counts(table: Table, spans: list[tuple[list, int]], names: list[st
             out.append(c.bytes)
         out += sums[2 * (first + n - tail):2 * (first + n)]
     return out
-
-
-def _first_other(a, b, default: int) -> int:
-    """The first index where ``a`` and ``b`` hold different objects, by
-    one lazy pass in C (no list, no ints made); ``default`` if none."""
-    try:
-        return operator.indexOf(map(operator.is_not, a, b), True)
-    except ValueError:
-        return default
 
 
 def _laid_out_in_order(table: Table, compiled: Compiled) -> bool:

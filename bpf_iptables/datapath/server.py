@@ -56,6 +56,7 @@ from typing import Iterator
 
 from ..cli import client
 from .. import state
+from .sameness import first_difference
 
 MODULE = "bpf_iptables.datapath.server"
 PR_SET_PDEATHSIG = 1
@@ -360,11 +361,7 @@ def _one_change(table: str, chain: str, before: list, rules: list
     compared by identity, in C: 10k rules in well under a millisecond),
     and the rules added or deleted."""
     n, m = len(before), len(rules)
-    # where they first differ: one lazy pass in C, no list of 10k bools
-    try:
-        head = operator.indexOf(map(operator.is_not, rules, before), True)
-    except ValueError:
-        head = min(n, m)
+    head = first_difference(rules, before, min(n, m))
     if m > n:
         k = m - n
         if not all(map(operator.is_, rules[head + k:], before[head:])):
@@ -911,10 +908,8 @@ def _added_removed(before: list, rules: list) -> tuple[list, list] | None:
     # the removed rule is where the lists first differ, from the front or
     # from the back (the other edit lies beyond it)
     n = min(len(before), len(rules))
-    same = list(map(operator.is_, before, rules))
-    front = same.index(False) if False in same else n
-    same = list(map(operator.is_, reversed(before), reversed(rules)))
-    back = len(before) - 1 - (same.index(False) if False in same else n)
+    front = first_difference(before, rules, n)
+    back = len(before) - 1 - first_difference(reversed(before), reversed(rules), n)
     for h in {front, back}:
         if 0 <= h < len(before):
             fewer = before[:h] + before[h + 1:]
