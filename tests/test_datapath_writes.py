@@ -200,3 +200,34 @@ def test_installed_commands_forward_before_importing_the_front_end(attached) -> 
         {"bpf_iptables", "bpf_iptables.cli", "bpf_iptables.cli.client", "bpf_iptables.cli.entry"}
     off = ns.run([sys.executable, "-c", code], env={"BPF_IPTABLES_SERVER": "off"})
     assert (off.returncode, off.stdout) == (0, r.stdout)
+
+
+def test_a_rule_set_stored_by_another_process_is_primed_while_idle() -> None:
+    """server.check_stored / prime_compile / prime_image: a rule set the
+    server did not store itself (an attach in another mode, a command run
+    in-process) is compiled, and imaged, while the server is idle, so the
+    first update it serves patches that compile rather than building all
+    (``compile:patched#`` in its log line); the maps it writes are still
+    the full image's."""
+    from tests.test_datapath_server import wait_for
+
+    with namespace("bpft-wr") as ns:
+        ns.run(["ip", "link", "set", "lo", "up"])
+        r = ns.run(datapath_command("attach"), env={"BPF_IPTABLES_SERVER_LOG": "1"})
+        assert r.returncode == 0, r.stderr
+        directory = state_dir(ns)
+        try:
+            log = directory / "watch.log"
+            primed = lambda: log.read_text().count("primed the images")  # noqa: E731
+            wait_for("the attached (empty) rule set primed", lambda: primed() > 0)
+            before = primed()
+            r = ns.run(bpf_command("iptables-restore"), input=ruleset(RULES).read_text(),
+                       env={"BPF_IPTABLES_SERVER": "off"})   # in-process: not the server's
+            assert r.returncode == 0, r.stderr
+            wait_for(lambda: log.read_text()[-2000:], lambda: primed() > before)
+            served(ns, directory, CHANGES[0])
+            line = [x for x in log.read_text().splitlines() if " ".join(CHANGES[0][:4]) in x][-1]
+            assert "compile:patched# 1" in line, line
+            live_maps_match_a_full_image(ns, directory)
+        finally:
+            ns.run(datapath_command("detach"))

@@ -622,6 +622,8 @@ def update(store, att: A.Attachment, ruleset: RuleSet, carried: SlotOf,
     # NotSupported here, before anything changed (a flat chain names no list)
     recent_needs = table_needs(SimpleNamespace(chains=_not_flat(table.chains, compiled)))
     clock("compile")
+    # hooks whose compile patched the last one (compiler._Flat): the rest were built whole
+    STEPS["compile:patched#"] = sum(c.edit is not None for c in compiled.values())
     gen = 1 - att.active
     quiesce(att)
     clock("quiesce")
