@@ -19,7 +19,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 from typing import Iterator
@@ -28,7 +27,8 @@ import pytest
 
 from bpf_iptables.cli import build_client, client, entry
 from tests.support.netns import Namespace, Result, namespace
-from tests.test_datapath_server import Attached, own_lock, undated, wait_for  # noqa: F401
+from tests.test_datapath_server import Attached, undated
+from tests.test_datapath_server import own_lock  # noqa: F401  (autouse: a lock file of its own)
 from tests.test_datapath_traffic import datapath_command
 
 TOOLS = {"iptables": "bpf-iptables", "iptables-save": "bpf-iptables-save",
@@ -135,12 +135,21 @@ def test_constants_match_client_py() -> None:
     assert sorted(p for _, p in progs) == sorted(client.PROGS) == sorted(entry.ENTRIES)
 
 
-def test_unknown_program_name(bindir: Path, tmp_path: Path) -> None:
+def test_unknown_program_name_and_no_python(bindir: Path, tmp_path: Path) -> None:
+    """(in a namespace of its own, as any run of our commands)"""
     other = tmp_path / "iptables"
     shutil.copy2(bindir / "bpf-iptables", other)
-    r = subprocess.run([str(other), "-S"], capture_output=True, text=True)
-    assert r.returncode == 2 and r.stdout == ""
-    assert "unknown program name 'iptables'" in r.stderr
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    shutil.copy2(bindir / "bpf-iptables", lone / "bpf-iptables")   # no python beside it
+    with namespace("bpft-cc") as ns:
+        r = ns.run([str(other), "-S"])
+        assert r.returncode == 2 and r.stdout == ""
+        assert "unknown program name 'iptables'" in r.stderr
+        r = ns.run([str(lone / "bpf-iptables"), "-S"],
+                   env={client.SERVER_ENV: client.SERVER_OFF})
+        assert (r.returncode, r.stdout) == (1, "")
+        assert f"cannot run {lone}/python: No such file or directory" in r.stderr
 
 
 def test_private_variable_reaches_no_started_process(pair: tuple[Side, Side]) -> None:
