@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import sys
 from pathlib import Path
 from typing import Iterator
@@ -232,6 +233,19 @@ def test_fallbacks_equal_python(pair: tuple[Side, Side], bindir: Path) -> None:
         a, b = same(*results)
         assert a == b, args
     assert c_side.attached.mark() == before
+    # a hung server (stopped) is not waited for past READY_WAIT: in-process
+    marks = [side.attached.mark() for side in pair if side.attached]
+    servers = [side.attached.servers()[0] for side in pair if side.attached]
+    for pid in servers:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        results = [s.cmd("iptables", "-A", "INPUT", "-s", "10.1.0.2", "-j", "DROP") for s in pair]
+        a, b = same(*results)
+        assert a == b == ("", "", 0)
+        assert [side.attached.mark() for side in pair if side.attached] == marks
+    finally:
+        for pid in servers:
+            os.kill(pid, signal.SIGCONT)
     # namespaces without a data path (so without a server; conftest.py's
     # BPF_IPTABLES_DATAPATH=off): in-process
     with namespace("bpft-cc") as c_ns, namespace("bpft-cc") as py_ns:
