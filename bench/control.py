@@ -178,7 +178,9 @@ def time_updates_under_traffic(rules_text: str, probe: workload.Probe, runs: int
 
 
 def python_floor(runs: int, env: dict[str, str]) -> Timing:
-    """Interpreter start-up, contained in every bpf-iptables figure."""
+    """Interpreter start-up: contained in every bpf-iptables command the
+    namespace's server does not run (not attached: every command; attached:
+    the rare fallback), not in a served one (the installed C client)."""
     with namespace("bpft-bench") as ns:
         return Timing("python -c pass", "-",
                       [ns.run([sys.executable, "-c", "pass"], env=env) for _ in range(runs)])

@@ -542,8 +542,10 @@ def markdown(res: DatapathResults, plot: str | None) -> str:
     ]
     floor = res.timing("python -c pass", "-")
     if floor:
-        lines += [f"Python start-up (`python -c pass`), contained in every bpf-iptables "
-                  f"command: {_tspread(floor.times)}.", ""]
+        lines += [f"Python start-up (`python -c pass`): {_tspread(floor.times)}; contained in "
+                  f"every bpf-iptables command that runs in-process (a namespace not "
+                  f"attached), not in one the attached namespace's server runs (the "
+                  f"installed commands are a C client that forwards it).", ""]
     if plot:
         lines += [f"![ns/packet vs rules]({plot})", ""]
     lines += ["## TEST_RUN, every position", "", *positions_table(res), ""]

@@ -142,14 +142,14 @@ def profile(title: str, tool: Tool, ruleset: Path, env: dict[str, str],
         out = Path(tmp) / "prof"
         try:
             if operation == "restore":
-                module = tool.restore[-1]
+                module = tool.modules[1]
                 ns.run([sys.executable, "-m", "cProfile", "-o", str(out), "-m", module],
                        stdin_path=str(ruleset), env=env)
             else:
                 load(ns, tool, ruleset, env)
-                argv = append_argv(tool, 0)[3:]   # drop "python -m module"
+                argv = append_argv(tool, 0)[len(tool.command):]   # the command's arguments
                 ns.run([sys.executable, "-m", "cProfile", "-o", str(out), "-m",
-                        tool.command[-1], *argv], env=env)
+                        tool.modules[0], *argv], env=env)
         finally:
             purge_bpf_state(ns, env)
         return Profile(title, _top(out, "tottime"), _top(out, "cumulative"))

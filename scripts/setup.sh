@@ -11,7 +11,8 @@
 #   3. bpffs at /sys/fs/bpf (may be unmounted on a fresh machine) and at
 #      /run/bpf-iptables/bpffs (the data path's pins).
 #   4. .venv from /usr/bin/python3 with --system-site-packages (the only way
-#      to see Debian's bcc), with the project installed editable plus tests.
+#      to see Debian's bcc), with the project installed editable plus tests;
+#      bpf-iptables, -save and -restore then replaced by the C client.
 #   5. scripts/demo.sh: a sample rule set in a private network namespace;
 #      then scripts/demo-traffic.sh: a rule set enforced by the eBPF data
 #      path on real traffic between two namespaces, with its counters.
@@ -28,9 +29,10 @@ if [[ $EUID -ne 0 ]]; then
 fi
 
 # --- 1. Debian packages ------------------------------------------------------
-# util-linux: nsenter, mountpoint; procps: sysctl (tests forward packets).
+# util-linux: nsenter, mountpoint; procps: sysctl (tests forward packets);
+# gcc, libc6-dev: the installed commands' C client (bpf_iptables/cli/client.c).
 PACKAGES=(python3-bpfcc linux-headers-amd64 iptables iproute2 python3-venv bpftool
-          util-linux procps python3-numpy ipset)
+          util-linux procps python3-numpy ipset gcc libc6-dev)
 missing=()
 for pkg in "${PACKAGES[@]}"; do
     status="$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)"
@@ -97,6 +99,13 @@ log "installing the project and its test dependencies into .venv"
 # again (about 60 ms of a 100 ms command). Compile them once, as a normal
 # pip install does.
 .venv/bin/python -m compileall -q bpf_iptables >/dev/null
+# The installed bpf-iptables, -save and -restore: the C client, over pip's
+# Python scripts (it forwards a command to the namespace's command server
+# without starting Python, and runs the Python CLI beside it otherwise).
+# Rebuilt at every run (pip just rewrote the scripts; it takes milliseconds);
+# a failed build stops the setup rather than keep the slow scripts.
+log "building the C client into .venv/bin (bpf-iptables, -save, -restore)"
+.venv/bin/python -m bpf_iptables.cli.build_client .venv/bin
 .venv/bin/python - <<'EOF'
 import bcc, lark, pyroute2, pytest, hypothesis, iptc  # noqa: F401  (fails loudly if one is missing)
 print("==> .venv imports bcc, lark, pyroute2, pytest, hypothesis and iptc")

@@ -30,7 +30,13 @@ state directory each time the command takes the xtables lock. Under the
 lock the client compares: not noted, or the stored rule set unchanged
 since the note (a dying update left at most a ``pending`` record, which
 the rerun resolves before running) -> run it here; changed -> it was
-applied: say so on stderr and exit 0."""
+applied: say so on stderr and exit 0.
+
+The installed commands are this module's C twin (client.c, the same
+protocol and constants, cross-checked by tests/test_cli_client_c.py): it
+forwards without starting Python, and execs the Python CLI (``python -P
+-m bpf_iptables.cli.entry PROG ARGS``) for everything but an E answer,
+telling forward() by CLIENT_ENV what it already tried."""
 from __future__ import annotations
 
 import _socket
@@ -45,6 +51,14 @@ MARK_FILE = "server.request"
 # XTABLES_LOCKFILE; ours read BPF_IPTABLES_*; messages follow the locale)
 ENV_PREFIXES = ("BPF_IPTABLES_", "XTABLES_", "LC_", "LANG")
 PROGS = ("iptables", "restore", "save")
+# The installed commands are client.c, which execs the Python CLI whenever
+# the server did not answer E<status>, with this set (popped by forward(),
+# so that no process the command starts inherits it): LOCAL when nothing
+# was done, or the request id the server ended with
+CLIENT_ENV = "BPF_IPTABLES_CLIENT"
+LOCAL = "local"
+ENTRY_MODULE = "bpf_iptables.cli.entry"   # what client.c runs: python -P -m ENTRY_MODULE prog args
+SERVER_ENV, SERVER_OFF = "BPF_IPTABLES_SERVER", "off"   # off: every command runs in-process
 
 _tried = False   # main() of a CLI run by -m forwards once, not twice
 
@@ -96,18 +110,22 @@ def forward(prog: str, argv: list[str] | None = None) -> None:
     """Run the command in the namespace's server and exit with its status;
     return (having done nothing) when the command must run here."""
     global _tried
-    if _tried or os.environ.get("BPF_IPTABLES_SERVER") == "off":
+    if _tried:
         return
     _tried = True
+    handed = os.environ.pop(CLIENT_ENV, None)
+    if handed is not None:   # from client.c, which asked the server already
+        if handed != LOCAL:
+            _after_death(prog, handed, _tell())   # (client.c rewound a file on stdin)
+        return
+    if os.environ.get(SERVER_ENV) == SERVER_OFF:
+        return
     argv = sys.argv[1:] if argv is None else argv
     s = _connect()
     if s is None:
         return
     request_id = f"{os.getpid()}.{os.urandom(6).hex()}"
-    try:
-        stdin_at: int | None = os.lseek(0, 0, os.SEEK_CUR)   # the server reads our stdin
-    except OSError:
-        stdin_at = None   # a pipe or a terminal
+    stdin_at = _tell()   # the server reads our stdin
     cwd = os.open(".", os.O_RDONLY | os.O_DIRECTORY)
     try:
         fds = array.array("i", [0, 1, 2, cwd])
@@ -128,6 +146,19 @@ def forward(prog: str, argv: list[str] | None = None) -> None:
         _exit(int(answer[1:]))
     if answer == b"F":
         return
+    _after_death(prog, request_id, stdin_at)
+
+
+def _tell() -> int | None:
+    try:
+        return os.lseek(0, 0, os.SEEK_CUR)
+    except OSError:
+        return None   # a pipe or a terminal
+
+
+def _after_death(prog: str, request_id: str, stdin_at: int | None) -> None:
+    """The server ended after our request was sent: return to run the
+    command here when that is safe, else exit."""
     if _not_applied(request_id):
         if stdin_at is not None:
             os.lseek(0, stdin_at, os.SEEK_SET)
