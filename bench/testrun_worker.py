@@ -27,8 +27,9 @@ measured (50k synthetic rules: ~0.6 GB of maps). Then
 Samples are interleaved, not taken back to back: sample k of every probe
 of every N is taken before sample k + 1 of any, position by position (the
 first-rule probe at each N, then the middle one at each N, ...), and mix
-packet i of every N before packet i + 1 of any; the order of the N is
-reversed every other sample.
+packet i of every N before packet i + 1 of any; the first N sits between
+the two largest (sample_order), and the order is reversed every other
+sample.
 The aims compare N = 10k with N = 10; on a shared machine a burst of host
 noise (tens to hundreds of ms) used to land on the 7 back-to-back samples
 of one probe only and move its median (fw1-10k's slowest position read 94
@@ -100,6 +101,17 @@ def percentile(values: list[float], q: float) -> float:
     """Nearest-rank percentile (no interpolation: a measured value)."""
     ordered = sorted(values)
     return ordered[max(0, min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1))]
+
+
+def sample_order(items: list[T]) -> list[T]:
+    """The order the N of a workload are sampled in (given ascending): the
+    aims compare the largest N (10k, 50k) with the first (10), so the
+    first is put between the two largest, next to both: 10, 100, 1k, 10k,
+    50k -> 100, 1k, 10k, 10, 50k. Then a noise burst that ends between
+    two samples separates the compared ones less often."""
+    if len(items) < 3:
+        return list(items)
+    return [*items[1:-1], items[0], items[-1]]
 
 
 def alternating(items: list[T], k: int) -> Iterator[T]:
@@ -189,7 +201,7 @@ def measure_probes(loaded: list[Loaded], repeat: int, runs: int) -> None:
         # position-major: the compared probes (the same position at each N)
         # are a few ms apart
         for i in range(positions):
-            for one in alternating(loaded, k):
+            for one in alternating(sample_order(loaded), k):
                 if i < len(one.probes):
                     pr = one.probes[i]
                     pr.samples.append(pr.run(one.prog, repeat))
@@ -204,7 +216,7 @@ def measure_mixes(loaded: list[Loaded], repeat: int) -> list[dict | None]:
         one.prog.zero_counters()
     frames = [[frame(p.packet) for p in one.mix] for one in loaded]
     for i in range(max((len(one.mix) for one in loaded), default=0)):
-        for j, one in alternating(list(enumerate(loaded)), i):
+        for j, one in alternating(sample_order(list(enumerate(loaded))), i):
             if i >= len(one.mix):
                 continue
             probe, data = one.mix[i], frames[j][i]
