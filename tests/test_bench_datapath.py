@@ -13,6 +13,7 @@ from pathlib import Path
 
 from bench import datapath, dpreport
 from bench.frontend import env_for_children
+from bench.testrun_worker import alternating, sample_order
 from bench.control import (BPF_ATTACHED, BPF_TRAFFIC, BPF_UNATTACHED, LEGACY_SYS,
                            LEGACY_TRAFFIC, Timing)
 from bench.live import BARE_NAME, BPF_NAME, LEGACY_NAME, SYSTEMS, LiveResult, LiveRun
@@ -175,3 +176,14 @@ def test_interleaved_testrun_keeps_each_probe_apart() -> None:
         m = e["mix"]
         assert len(m["per_packet_ns"]) == m["packets"] == 6
         assert m["counters_match"] and m["verdicts_match"] and m["sent"] == 6 * (1 + 200)
+
+
+def test_sample_order_puts_the_first_n_next_to_the_largest() -> None:
+    """The aims compare 10k and 50k rules with 10: within a round of
+    interleaved samples the 10-rule program sits between the two largest,
+    and every other round runs the order backwards."""
+    counts = [10, 100, 1000, 10000, 50000]
+    assert sample_order(counts) == [100, 1000, 10000, 10, 50000]
+    assert sample_order([10, 10000]) == [10, 10000] and sample_order([10]) == [10]
+    assert list(alternating(sample_order(counts), 0)) == [100, 1000, 10000, 10, 50000]
+    assert list(alternating(sample_order(counts), 1)) == [50000, 10, 10000, 1000, 100]
