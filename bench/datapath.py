@@ -7,7 +7,11 @@ iptables-nft and a bare XDP drop program.
   64-byte frames first-matching at the first rule, the middle, the last
   rule and the policy, and a traffic mix drawn from the rules' match boxes
   plus policy traffic (bench/testrun_worker.py), with the maps' kernel
-  memory;
+  memory. The samples are interleaved over N (every N of a rule set
+  loaded at once; sample k of a probe position at every N, then sample
+  k + 1): the aims are ratios of 10k (50k) rules to 10, and a burst of
+  host noise then lands on neighbouring samples of every N alike instead
+  of on one probe's back-to-back samples;
 * live traffic on one pinned CPU (bench/live.py, frames from
   bench/xdpgen.py): Mpps and ns/packet of bpf-iptables attached at XDP
   native, XDP generic and TC ingress, iptables-legacy and iptables-nft,

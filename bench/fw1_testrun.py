@@ -1,4 +1,4 @@
-"""TEST_RUN of ClassBench rule sets only, by the bench's own code path
+"""TEST_RUN of one rule set only, by the bench's own code path
 (bench/datapath.run_testrun: the worker in a namespace the bench makes and
 deletes, pinned to the last CPU, counters and verdicts checked against the
 reference), without the rest of ``python -m bench``:
@@ -6,15 +6,16 @@ reference), without the rest of ``python -m bench``:
     python -m bench.fw1_testrun [RULESET] [--counts 10 10000] [--rounds 3] [--json OUT]
 
 RULESET: a file name under the shared rule sets (classbench-acl1-10k.rules)
-or a path; default classbench-fw1-10k.rules (``--ruleset`` also names it).
+or a path, or ``synthetic-worst`` (bench/workload.py); default
+classbench-fw1-10k.rules (``--ruleset`` also names it).
 Prints per round and N the probes' minimum and median ns (7 samples of
 100,000 runs, as the full bench) and the traffic mix's mean and p90 (64
 rule packets and 16 policy packets, 20,000 runs each), and the ratios the
-aims use (mix mean and slowest probe median over the first N's). The 10-rule
-cost moves by half between runs on a loaded machine, so with ``--rounds``
-above 1 every N is measured again in each round (10 and 10k next to each
-other) and the summary gives per N the minimum and median over the rounds
-and the per-round ratios."""
+aims use (mix mean and slowest probe median over the first N's). Within a
+round the worker interleaves the samples of every N (bench/testrun_worker.py);
+the 10-rule cost still moves between runs on a loaded machine, so with
+``--rounds`` above 1 every N is measured again in each round and the summary
+gives per N the minimum and median over the rounds and the per-round ratios."""
 from __future__ import annotations
 
 import argparse
@@ -25,7 +26,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from .datapath import Settings, median_ns, run_testrun, shared_dir, worst_probe
+from .datapath import SYNTHETIC, Settings, median_ns, run_testrun, shared_dir, worst_probe
 from .frontend import env_for_children
 
 
@@ -70,15 +71,21 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--json", help="also write the worker's raw results here (a list per round)")
     args = ap.parse_args()
-    source = ruleset_path(args.ruleset_arg or args.ruleset)
-    settings = replace(Settings.for_mode(False), counts=tuple(args.counts),
-                       rulesets=(source.name,), synthetic_counts=())
+    name = args.ruleset_arg or args.ruleset
+    if name == SYNTHETIC:
+        sources: list[Path] = []
+        settings = replace(Settings.for_mode(False), counts=(), rulesets=(),
+                           synthetic_counts=tuple(args.counts))
+    else:
+        sources = [ruleset_path(name)]
+        settings = replace(Settings.for_mode(False), counts=tuple(args.counts),
+                           rulesets=(sources[0].name,), synthetic_counts=())
     cpu = max(os.sched_getaffinity(0))
     rounds: list[list[dict]] = []
     ratios: list[list[tuple[float, float]]] = []
     for r in range(args.rounds):
         print(f"round {r + 1}: load average before: {os.getloadavg()}", file=sys.stderr)
-        out = run_testrun(settings, [source], cpu, env_for_children(),
+        out = run_testrun(settings, sources, cpu, env_for_children(),
                           lambda s: print(s, file=sys.stderr))
         rounds.append(out)
         ratios.append(print_round(out))

@@ -12,6 +12,8 @@ import subprocess
 from pathlib import Path
 
 from bench import datapath, dpreport
+from bench.frontend import env_for_children
+from bench.testrun_worker import alternating, sample_order
 from bench.control import (BPF_ATTACHED, BPF_TRAFFIC, BPF_UNATTACHED, LEGACY_SYS,
                            LEGACY_TRAFFIC, Timing)
 from bench.live import BARE_NAME, BPF_NAME, LEGACY_NAME, SYSTEMS, LiveResult, LiveRun
@@ -145,3 +147,43 @@ def test_aims_follow_the_numbers() -> None:
     summary = dpreport.summary(res)
     assert "| aim (issue 6) |" in summary
     assert "| 10,000 | 1.00 MB (100 B/rule, 1 maps) |" in summary
+
+
+def test_interleaved_testrun_keeps_each_probe_apart() -> None:
+    """The worker loads every N first and takes sample k of every probe at
+    every N before sample k + 1: each probe still gets exactly ``runs``
+    samples of its own, and its counter check stays exact when probes
+    share a rule (at N=1 the first, middle and last probes all first-match
+    rule 0), as does each N's mix."""
+    settings = datapath.Settings(counts=(), rulesets=(), synthetic_counts=(1, 10),
+                                 repeat=1000, runs=3, mix_rule_packets=4,
+                                 mix_policy_packets=2, mix_repeat=200)
+    before = _namespaces()
+    out = datapath.run_testrun(settings, [], datapath.bench_cpu(), env_for_children(),
+                               lambda s: None)
+    assert not {n for n in _namespaces() - before if n.startswith("bpft-bench")}
+    one, ten = out
+    assert (one["requested"], one["rules"], ten["requested"], ten["rules"]) == (1, 1, 10, 10)
+    assert [p["first_match"] for p in one["probes"]] == [0, 0, 0, None]
+    assert [p["first_match"] for p in ten["probes"]] == [0, 4, 9, None]
+    for e in out:
+        # each program's own maps, not every map the worker holds
+        assert 0 < e["memlock_bytes"] < 64 * 2**20 and e["maps"] < 40
+        for p in e["probes"]:
+            assert len(p["samples_ns"]) == 3 and all(0 < s < 100_000 for s in p["samples_ns"])
+            assert p["sent"] == p["counted"] == 1 + 3 * 1000, p
+            assert p["verdict"] == p["reference_verdict"]
+        m = e["mix"]
+        assert len(m["per_packet_ns"]) == m["packets"] == 6
+        assert m["counters_match"] and m["verdicts_match"] and m["sent"] == 6 * (1 + 200)
+
+
+def test_sample_order_puts_the_first_n_next_to_the_largest() -> None:
+    """The aims compare 10k and 50k rules with 10: within a round of
+    interleaved samples the 10-rule program sits between the two largest,
+    and every other round runs the order backwards."""
+    counts = [10, 100, 1000, 10000, 50000]
+    assert sample_order(counts) == [100, 1000, 10000, 10, 50000]
+    assert sample_order([10, 10000]) == [10, 10000] and sample_order([10]) == [10]
+    assert list(alternating(sample_order(counts), 0)) == [100, 1000, 10000, 10, 50000]
+    assert list(alternating(sample_order(counts), 1)) == [50000, 10, 10000, 1000, 100]
