@@ -41,6 +41,7 @@ import os
 import shutil
 import socket
 import sys
+import threading
 import time
 from array import array
 from bisect import bisect_right
@@ -121,9 +122,76 @@ def grace_period() -> None:
     _grace_began = began
 
 
+# the grace period the command server waits for after a switch, in a
+# thread (grace_start), so that the next request's load, compile and
+# images overlap it. Whatever writes the old generation's maps or takes
+# its counters as final joins it first (grace_join: settle, quiesce).
+_grace_thread: threading.Thread | None = None
+
+
+def grace_start(done: Callable[[], None] | None = None) -> None:
+    """Start waiting for a grace period in a thread (membarrier blocks in
+    the kernel without the GIL); ``done`` is called by the thread when it
+    ends (the server's wake-up). A grace already under way is joined first
+    (it may have begun before the latest switch)."""
+    global _grace_thread
+    grace_join()
+    u = _unsettled
+
+    def run() -> None:
+        try:
+            grace_period()
+            if u is not None:
+                _read_final(u)
+        except OSError:
+            pass   # (settle reads them itself)
+        finally:
+            if done is not None:
+                done()
+
+    thread = threading.Thread(target=run, name="grace", daemon=True)
+    thread.start()
+    _grace_thread = thread
+
+
+def grace_pending() -> bool:
+    """Whether a grace period was started in a thread and not joined yet."""
+    return _grace_thread is not None
+
+
+def grace_running() -> bool:
+    return _grace_thread is not None and _grace_thread.is_alive()
+
+
+def grace_join() -> None:
+    """Wait for the grace period under way (grace_start), if any; the wait
+    is added to STEPS["grace:wait"] (0 when it had ended: no cost)."""
+    global _grace_thread
+    thread, _grace_thread = _grace_thread, None
+    if thread is None:
+        return
+    began = time.perf_counter()
+    thread.join()
+    STEPS["grace:wait"] = STEPS.get("grace:wait", 0.0) + time.perf_counter() - began
+
+
+def _read_final(u: "Unsettled") -> None:
+    """In the grace thread, once no packet runs the old generation: its
+    counters, which nothing changes any more (the next update writes
+    that generation only after joining this thread, and the lock is
+    held), read and then zeroed for the next update (settle, without the
+    thread). Only the old generation's maps and ``u`` are touched: the
+    main thread reads neither before grace_join."""
+    u.final = _read_counts(u.directory, u.old)
+    if u.new.pending is None and _grace_began > u.new.switched_at:
+        G.zero_counters(u.directory, u.old.active, list(u.new.slots[u.old.active].get("hooks", {})))
+        u.zeroed = True
+
+
 def quiesce(att: A.Attachment) -> None:
     """G.quiesce, unless a grace period began after the last switch and
     ended: then no packet still runs the generation about to be rewritten."""
+    grace_join()
     if _grace_began <= att.switched_at:
         G.quiesce(att)
 
@@ -208,6 +276,10 @@ class Unsettled:
     now: "Counts"
     old_to_new: Callable[[], dict[int, int]]
     hooks: list[str]
+    # read by the grace thread once the grace period ended (grace_start):
+    # the old generation's final counters, and whether it zeroed them
+    final: "Counts | None" = None
+    zeroed: bool = False
 
 
 _unsettled: Unsettled | None = None
@@ -222,36 +294,61 @@ def unsettled() -> bool:
     return _unsettled is not None
 
 
-def settle(zero: bool = False) -> None:
-    """Read the carry of the last update, if not yet, into its record.
+# the slots the last settled carry held: a load() that reads only the
+# policies (laid_base) may see the record before the carry is written
+# into it (the server's next request overlaps the grace period)
+_carry_slots = 0
+
+
+def settle(zero: bool = False) -> A.Attachment | None:
+    """Read the carry of the last update, if not yet, into its record
+    (returned: a caller holding an older copy of that record takes its
+    carry). A grace period under way (grace_start) is waited for first:
+    the packets still running the old generation count too.
     A failed read or write loses it (a few packets at most, as a process
-    dying before this would). ``zero``: the caller waited for an RCU grace
-    period since the switch (no packet runs the old generation): its
-    counter maps, read now, are zeroed for the next update."""
-    global _unsettled, _zeroed
+    dying before this would). ``zero``: the old generation's counter maps,
+    read now, are zeroed for the next update, if a grace period began
+    after the switch and ended (no packet runs the old generation)."""
+    global _unsettled, _zeroed, _carry_slots
+    grace_join()
     u, _unsettled = _unsettled, None
     if u is None:
-        return
+        return None
     try:
-        u.new.carry = residual(u.now, read_live(u.directory, u.old), u.old_to_new, u.hooks)
+        final = u.final if u.final is not None else read_live(u.directory, u.old)
+        u.new.carry = residual(u.now, final, u.old_to_new, u.hooks)
+        _carry_slots = sum(map(len, u.new.carry.values()))
         if u.new.carry and u.new.pending is None:
             A.write(u.directory, u.new)   # (pending: the update writes the record itself)
     except OSError:
-        return
-    if zero and u.new.pending is None:
+        return None
+    if u.zeroed:
+        _zeroed = (str(u.directory), u.new.serial)
+    elif zero and u.new.pending is None and _grace_began > u.new.switched_at:
         old = u.old.active
         try:
             G.zero_counters(u.directory, old, list(u.new.slots[old].get("hooks", {})))
             _zeroed = (str(u.directory), u.new.serial)
         except OSError:
             pass
+    return u.new
 
 
 def read_live(directory: Path, att: A.Attachment, nslots: int | None = None) -> Counts:
     """The live generation's counters, plus the record's carry (what the
     previous generation counted between the last read and the switch);
     with ``nslots``, only the first ones (1: the policies)."""
-    settle()
+    settled = settle()
+    if settled is not None and settled is not att and settled.serial == att.serial \
+            and settled.active == att.active:
+        # ``att`` was read before the carry was (the server's request that
+        # overlapped the grace period): the record's carry is the one read
+        att.carry = settled.carry
+    return _read_counts(directory, att, nslots)
+
+
+def _read_counts(directory: Path, att: A.Attachment, nslots: int | None = None) -> Counts:
+    """read_live without settling first."""
     hooks = att.live_hooks()
     looped = att.slots[att.active].get("hooks", {}).get(G.LOOPED)
     if looped and looped["on"] and "INPUT" in hooks:
@@ -394,7 +491,8 @@ def laid_base(ruleset: RuleSet, att: A.Attachment) -> Counts | None:
     laid = _laid
     if laid is None or laid[0] is not ruleset or laid[1] != att.serial:
         return None
-    if sum(map(len, att.carry.values())) > CARRY_MAX or sorted(laid[2]) != sorted(att.live_hooks()):
+    if max(sum(map(len, att.carry.values())), _carry_slots) > CARRY_MAX \
+            or sorted(laid[2]) != sorted(att.live_hooks()):
         return None
     return laid[2]
 
@@ -606,10 +704,16 @@ def sync_interfaces(directory: Path, mode: str, have: dict[str, list[int]],
 
 
 def update(store, att: A.Attachment, ruleset: RuleSet, carried: SlotOf,
-           base: Counts | None, base_at: float = 0.0) -> A.Attachment:
+           base: Counts | None, base_at: float = 0.0,
+           policies_later: bool = False) -> A.Attachment:
     """Put ``ruleset`` into the inactive generation and make it the live
-    one (module doc). Returns the new record."""
-    settle()   # (none left by an earlier update of this process, as a rule)
+    one (module doc). Returns the new record. ``policies_later``: ``base``
+    holds the rules' counters only, the policies are read here
+    (AttachedStore.load, during the previous update's grace period)."""
+    if not grace_pending():
+        settle()   # (none left by an earlier update of this process, as a rule)
+    # else: the previous update's grace period is still under way (the
+    # command server): compile and images first, then wait for it (below)
     directory = store.directory
     clock = _Clock()
     table = ruleset.table("filter")
@@ -625,10 +729,30 @@ def update(store, att: A.Attachment, ruleset: RuleSet, carried: SlotOf,
     # hooks whose compile patched the last one (compiler._Flat): the rest were built whole
     STEPS["compile:patched#"] = sum(c.edit is not None for c in compiled.values())
     gen = 1 - att.active
+    looped = G.with_looped(compiled, att.mode)
+    # the images of the maps the inactive generation's programs keep: pure
+    # computation, so before the grace period is over (packets that read
+    # the active word before the last switch may still run that
+    # generation: nothing of it is written until then). New programs (a
+    # shape that does not fit) are loaded and pinned after it, in prepare
+    # as before: pinning replaces the hook's map pins, and the old
+    # program a straggler runs keeps its own maps, but a spare's or a
+    # cached program's maps shared with INPUT (shared_maps) would be
+    # written at once; left where it is provably safe
+    images = G.images(att, gen, looped)
+    clock("image")
+    # what the old generation counted until no packet runs it: the carry
+    # (settle), its counter maps zeroed; ``att`` takes the carry (read_live)
+    settle(zero=True)
+    if policies_later and base is not None:
+        policies = read_live(directory, att, nslots=1)
+        base = {h: C.with_first(v, policies[h]) for h, v in base.items()}
+        lay_policies(table, base)   # (before the rule set is stored, below)
+    clock("grace+settle")
     quiesce(att)
     clock("quiesce")
     try:
-        hooks, _ = G.prepare(directory, att, gen, G.with_looped(compiled, att.mode), att.mode)
+        hooks, _ = G.prepare(directory, att, gen, looped, att.mode, images)
         clock("prepare")
         for what, value in G.TIMES.items():   # the split, and elements written ("#")
             STEPS["prepare:" + what + ("#" if what == "elements" else "")] = value
@@ -804,6 +928,8 @@ class AttachedStore:
         self._carried = SlotOf()
         self._base: Counts | None = None
         self._base_at = 0.0   # perf_counter() of the read of _base
+        # load() left the policies' counters to the update (policies_read)
+        self._policies_later = False
         self._recovered = False
 
     def _recover(self) -> None:
@@ -825,7 +951,15 @@ class AttachedStore:
         laid = laid_base(ruleset, self.att) if unused is not None and unused() else None
         try:
             self._base_at = time.perf_counter()
-            if laid is not None:
+            self._policies_later = laid is not None and grace_pending()
+            if self._policies_later:
+                # the previous update's grace period is under way (the
+                # command server): reading now would wait for it; the
+                # update reads the policies once its compile and images
+                # are built (policies_read). -A, -I and -D neither show nor
+                # use them before saving.
+                self._base = dict(laid)
+            elif laid is not None:
                 # the rules hold ``laid``; the policies are read now (a
                 # commit restarts them from what it read, see tableops)
                 policies = read_live(self.directory, self.att, nslots=1)
@@ -838,7 +972,8 @@ class AttachedStore:
         clock("load:counters")
         if laid is not None:
             table = ruleset.table("filter")
-            lay_policies(table, self._base)
+            if not self._policies_later:
+                lay_policies(table, self._base)
             assert _laid is not None   # (laid_base checked it is this rule set's)
             self._carried = SlotOf(spans_of(table, self.att),
                                    ([name for name, _, _ in self.att.counters], _laid[3]))
@@ -871,8 +1006,9 @@ class AttachedStore:
         prestore = getattr(self.inner, "prestore", None)
         if prestore is not None:
             prestore(ruleset)   # the command server writes the snapshot meanwhile
+        later, self._policies_later = self._policies_later, False
         self.att = update(self.inner, self.att, ruleset, self._carried, self._base,
-                          self._base_at)
+                          self._base_at, policies_later=later)
         self._base, self._carried = None, SlotOf()
 
 
