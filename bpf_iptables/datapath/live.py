@@ -143,8 +143,8 @@ def grace_start(done: Callable[[], None] | None = None) -> None:
             grace_period()
             if u is not None:
                 _read_final(u)
-        except OSError:
-            pass   # (settle reads them itself)
+        except Exception:   # (OSError; settle then reads and computes them itself)
+            pass
         finally:
             if done is not None:
                 done()
@@ -183,6 +183,8 @@ def _read_final(u: "Unsettled") -> None:
     thread). Only the old generation's maps and ``u`` are touched: the
     main thread reads neither before grace_join."""
     u.final = _read_counts(u.directory, u.old)
+    # (reads only ``u``'s values: the rule lists and slots of its update)
+    u.carry = residual(u.now, u.final, u.old_to_new, u.hooks)
     if u.new.pending is None and _grace_began > u.new.switched_at:
         G.zero_counters(u.directory, u.old.active, list(u.new.slots[u.old.active].get("hooks", {})))
         u.zeroed = True
@@ -280,6 +282,7 @@ class Unsettled:
     # the old generation's final counters, and whether it zeroed them
     final: "Counts | None" = None
     zeroed: bool = False
+    carry: "dict[str, dict[str, list[int]]] | None" = None   # residual() of final
 
 
 _unsettled: Unsettled | None = None
@@ -294,6 +297,8 @@ def unsettled() -> bool:
     return _unsettled is not None
 
 
+# the record whose carry was settled last (adopt_carry)
+_last_settled: A.Attachment | None = None
 # the slots the last settled carry held: a load() that reads only the
 # policies (laid_base) may see the record before the carry is written
 # into it (the server's next request overlaps the grace period)
@@ -302,21 +307,25 @@ _carry_slots = 0
 
 def settle(zero: bool = False) -> A.Attachment | None:
     """Read the carry of the last update, if not yet, into its record
-    (returned: a caller holding an older copy of that record takes its
-    carry). A grace period under way (grace_start) is waited for first:
+    (returned; a caller holding an older copy of that record takes its
+    carry: adopt_carry). A grace period under way (grace_start) is waited for first:
     the packets still running the old generation count too.
     A failed read or write loses it (a few packets at most, as a process
     dying before this would). ``zero``: the old generation's counter maps,
     read now, are zeroed for the next update, if a grace period began
     after the switch and ended (no packet runs the old generation)."""
-    global _unsettled, _zeroed, _carry_slots
+    global _unsettled, _zeroed, _carry_slots, _last_settled
     grace_join()
     u, _unsettled = _unsettled, None
     if u is None:
         return None
+    _last_settled = u.new
     try:
-        final = u.final if u.final is not None else read_live(u.directory, u.old)
-        u.new.carry = residual(u.now, final, u.old_to_new, u.hooks)
+        if u.carry is not None:
+            u.new.carry = u.carry   # (computed by the grace thread)
+        else:
+            final = u.final if u.final is not None else read_live(u.directory, u.old)
+            u.new.carry = residual(u.now, final, u.old_to_new, u.hooks)
         _carry_slots = sum(map(len, u.new.carry.values()))
         if u.new.carry and u.new.pending is None:
             A.write(u.directory, u.new)   # (pending: the update writes the record itself)
@@ -338,13 +347,18 @@ def read_live(directory: Path, att: A.Attachment, nslots: int | None = None) -> 
     """The live generation's counters, plus the record's carry (what the
     previous generation counted between the last read and the switch);
     with ``nslots``, only the first ones (1: the policies)."""
-    settled = settle()
-    if settled is not None and settled is not att and settled.serial == att.serial \
-            and settled.active == att.active:
-        # ``att`` was read before the carry was (the server's request that
-        # overlapped the grace period): the record's carry is the one read
-        att.carry = settled.carry
+    settle()
+    adopt_carry(att)
     return _read_counts(directory, att, nslots)
+
+
+def adopt_carry(att: A.Attachment) -> None:
+    """``att`` read before the carry of its update was settled into the
+    record (the server's request that overlapped the grace period): the
+    carry settled since is its record's."""
+    s = _last_settled
+    if s is not None and s is not att and s.serial == att.serial and s.active == att.active:
+        att.carry = s.carry
 
 
 def _read_counts(directory: Path, att: A.Attachment, nslots: int | None = None) -> Counts:
@@ -600,12 +614,13 @@ def _laid_out_in_order(table: Table, compiled: Compiled) -> bool:
     return total == len(of)
 
 
-def old_slots(table: Table, compiled: dict[str, Compiled], carried: SlotOf
-              ) -> dict[int, int]:
-    """Old counter slot -> new slot of every rule kept."""
+def old_slots(rules: dict[str, list], counter_of: dict[tuple[str, int], int],
+              carried: SlotOf) -> dict[int, int]:
+    """Old counter slot -> new slot of every rule kept (``rules``: each
+    chain's rules as compiled into ``counter_of``, INPUT's)."""
     out = {}
-    for (chain, index), slot in compiled["INPUT"].counter_of.items():
-        old = carried.get(id(table.chains[chain].rules[index]))
+    for (chain, index), slot in counter_of.items():
+        old = carried.get(id(rules[chain][index]))
         if old is not None:
             out[old] = slot
     return out
@@ -744,6 +759,7 @@ def update(store, att: A.Attachment, ruleset: RuleSet, carried: SlotOf,
     # what the old generation counted until no packet runs it: the carry
     # (settle), its counter maps zeroed; ``att`` takes the carry (read_live)
     settle(zero=True)
+    adopt_carry(att)   # (the old generation's counters, read below and later, include it)
     if policies_later and base is not None:
         policies = read_live(directory, att, nslots=1)
         base = {h: C.with_first(v, policies[h]) for h, v in base.items()}
@@ -833,8 +849,14 @@ def update(store, att: A.Attachment, ruleset: RuleSet, carried: SlotOf,
     if now:
         # what the old generation counted since ``now``: carried in the record
         global _unsettled
+        # (the chains' rules as they are now: the server's next request
+        # changes the rule set in place before this carry is read, and
+        # the grace thread may read it meanwhile; counter_of is not changed
+        # once made, compiler.counter_slots)
+        rules = {name: chain.rules[:] for name, chain in table.chains.items()}
+        counter_of = compiled["INPUT"].counter_of
         _unsettled = Unsettled(directory, att, new, now,
-                               lru_cache(lambda: old_slots(table, compiled, carried)),
+                               lru_cache(lambda: old_slots(rules, counter_of, carried)),
                                list(compiled))
         if not DEFER_CARRY:
             settle()
