@@ -268,9 +268,13 @@ class Unsettled:
     update spends outside compiling. Nothing writes the old generation
     until the next update prepares it, which settles first; every read of
     the counters settles first too (read_live); the command server settles
-    right after answering its client, before it lets go of the xtables
-    lock (server.py), after an RCU grace period: the packets that were
-    running the old generation at the switch are counted as well."""
+    after answering its client, before it lets go of the xtables lock
+    (server.py), after an RCU grace period: the packets that were
+    running the old generation at the switch are counted as well. That
+    grace period runs in a thread (grace_start), which also reads
+    ``final`` and computes ``carry``; the server's next request may take
+    the lock over meanwhile and settles (joining the thread) once its
+    update has built its images."""
 
     directory: Path
     old: A.Attachment
