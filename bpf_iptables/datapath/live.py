@@ -186,7 +186,8 @@ def _read_final(u: "Unsettled") -> None:
     # (reads only ``u``'s values: the rule lists and slots of its update)
     u.carry = residual(u.now, u.final, u.old_to_new, u.hooks)
     if u.new.pending is None and _grace_began > u.new.switched_at:
-        G.zero_counters(u.directory, u.old.active, list(u.new.slots[u.old.active].get("hooks", {})))
+        old = u.old.active
+        G.zero_counters(u.directory, old, list(u.new.slots[old].get("hooks", {})))
         u.zeroed = True
 
 
@@ -312,8 +313,8 @@ _carry_slots = 0
 def settle(zero: bool = False) -> A.Attachment | None:
     """Read the carry of the last update, if not yet, into its record
     (returned; a caller holding an older copy of that record takes its
-    carry: adopt_carry). A grace period under way (grace_start) is waited for first:
-    the packets still running the old generation count too.
+    carry: adopt_carry). A grace period under way (grace_start) is waited
+    for first: the packets still running the old generation count too.
     A failed read or write loses it (a few packets at most, as a process
     dying before this would). ``zero``: the old generation's counter maps,
     read now, are zeroed for the next update, if a grace period began
@@ -753,11 +754,11 @@ def update(store, att: A.Attachment, ruleset: RuleSet, carried: SlotOf,
     # computation, so before the grace period is over (packets that read
     # the active word before the last switch may still run that
     # generation: nothing of it is written until then). New programs (a
-    # shape that does not fit) are loaded and pinned after it, in prepare
-    # as before: pinning replaces the hook's map pins, and the old
-    # program a straggler runs keeps its own maps, but a spare's or a
-    # cached program's maps shared with INPUT (shared_maps) would be
-    # written at once; left where it is provably safe
+    # shape that does not fit, rare in -A/-I/-D) are still loaded after
+    # it, in prepare: a new program's own maps are seen by no packet
+    # before the switch, but the looped copies' new program may take
+    # INPUT's maps (shared_maps), which a straggler reads, and prepare
+    # writes each new program's maps as it loads it
     images = G.images(att, gen, looped)
     clock("image")
     # what the old generation counted until no packet runs it: the carry

@@ -670,16 +670,21 @@ class Server:
             return False
         while live.grace_running():
             ready = select.select([self.sock, self.grace_r], [], [], IDLE_CHECK)[0]
+            if self.grace_r in ready:
+                self._drain()   # (also a wake-up left by an earlier grace thread)
             if self.sock in ready:
                 return False   # a client: it takes the lock and the carry over
-        try:
-            os.read(self.grace_r, 64)
-        except BlockingIOError:
-            pass
+        self._drain()
         if _pending(self.sock):
             return False
         self.settle(zero=True)
         return True
+
+    def _drain(self) -> None:
+        try:
+            os.read(self.grace_r, 64)
+        except BlockingIOError:
+            pass
 
     def settle(self, zero: bool = False) -> None:
         """The last update's carry (live.settle), after the grace period
