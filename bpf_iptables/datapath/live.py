@@ -52,7 +52,7 @@ from types import SimpleNamespace
 from typing import Callable
 
 from ..errors import NotSupported, XtablesError, OTHER_PROBLEM
-from ..model import RuleSet, Table
+from ..model import Counters, RuleSet, Table
 from . import attachment as A
 from . import generation as G
 from . import bridges
@@ -725,11 +725,12 @@ def sync_interfaces(directory: Path, mode: str, have: dict[str, list[int]],
 
 def update(store, att: A.Attachment, ruleset: RuleSet, carried: SlotOf,
            base: Counts | None, base_at: float = 0.0,
-           policies_later: bool = False) -> A.Attachment:
+           policies_later: "dict[str, Counters] | None" = None) -> A.Attachment:
     """Put ``ruleset`` into the inactive generation and make it the live
     one (module doc). Returns the new record. ``policies_later``: ``base``
     holds the rules' counters only, the policies are read here
-    (AttachedStore.load, during the previous update's grace period)."""
+    (AttachedStore.load, during the previous update's grace period; hook ->
+    the policy counters object load() saw, laid on if still the chain's)."""
     if not grace_pending():
         settle()   # (none left by an earlier update of this process, as a rule)
     # else: the previous update's grace period is still under way (the
@@ -765,10 +766,16 @@ def update(store, att: A.Attachment, ruleset: RuleSet, carried: SlotOf,
     # (settle), its counter maps zeroed; ``att`` takes the carry (read_live)
     settle(zero=True)
     adopt_carry(att)   # (the old generation's counters, read below and later, include it)
-    if policies_later and base is not None:
+    if policies_later is not None and base is not None:
         policies = read_live(directory, att, nslots=1)
         base = {h: C.with_first(v, policies[h]) for h, v in base.items()}
-        lay_policies(table, base)   # (before the rule set is stored, below)
+        # as load() would have laid them: on the policy counters the
+        # command left as they were; those it replaced (a commit restarts
+        # them, tableops.reset_policy_counters) keep the command's values
+        for hook, seen in policies_later.items():
+            chain = table.chains.get(hook)
+            if chain is not None and chain.counters is seen and hook in base:
+                seen.packets, seen.bytes = C.get(base[hook], POLICY_COUNTER)
     clock("grace+settle")
     quiesce(att)
     clock("quiesce")
@@ -956,7 +963,7 @@ class AttachedStore:
         self._base: Counts | None = None
         self._base_at = 0.0   # perf_counter() of the read of _base
         # load() left the policies' counters to the update (policies_read)
-        self._policies_later = False
+        self._policies_later: "dict[str, Counters] | None" = None
         self._recovered = False
 
     def _recover(self) -> None:
@@ -978,8 +985,12 @@ class AttachedStore:
         laid = laid_base(ruleset, self.att) if unused is not None and unused() else None
         try:
             self._base_at = time.perf_counter()
-            self._policies_later = laid is not None and grace_pending()
-            if self._policies_later:
+            self._policies_later = None
+            if laid is not None and grace_pending():
+                chains = ruleset.table("filter").chains
+                # (the policy counters the update lays what it reads on,
+                # if the command leaves them)
+                self._policies_later = {h: chains[h].counters for h in laid if h in chains}
                 # the previous update's grace period is under way (the
                 # command server): reading now would wait for it; the
                 # update reads the policies once its compile and images
@@ -999,7 +1010,7 @@ class AttachedStore:
         clock("load:counters")
         if laid is not None:
             table = ruleset.table("filter")
-            if not self._policies_later:
+            if self._policies_later is None:
                 lay_policies(table, self._base)
             assert _laid is not None   # (laid_base checked it is this rule set's)
             self._carried = SlotOf(spans_of(table, self.att),
@@ -1033,7 +1044,7 @@ class AttachedStore:
         prestore = getattr(self.inner, "prestore", None)
         if prestore is not None:
             prestore(ruleset)   # the command server writes the snapshot meanwhile
-        later, self._policies_later = self._policies_later, False
+        later, self._policies_later = self._policies_later, None
         self.att = update(self.inner, self.att, ruleset, self._carried, self._base,
                           self._base_at, policies_later=later)
         self._base, self._carried = None, SlotOf()
