@@ -293,16 +293,50 @@ def load_new(directory: Path, gen: int, hook: str, shape: Shape, mode: str) -> d
 TIMES: dict[str, float] = {}
 
 
+# images built before the generation may be written (``images``):
+# hook -> (the shape they were built for, the compiled chain, map_image's list)
+Images = dict[str, tuple[Shape, Compiled, list]]
+
+
+def images(att: A.Attachment, gen: int, compiled: dict[str, Compiled]) -> Images:
+    """The map images of the hooks whose recorded program of generation
+    ``gen`` covers the compiled chain (the map-only case of ``prepare``,
+    which uses them when its program is that one): pure computation,
+    nothing read or written, so that it can run while packets may still
+    run that generation (before the grace period after the last switch).
+    Hooks needing a new program, or written as INPUT's twin, are left to
+    ``prepare``."""
+    TIMES.clear()
+    began = time.perf_counter()
+    hooks = att.slots[gen].get("hooks", {})
+    shared = {h for hs in twins(hooks, compiled).values() for h in hs} \
+        if all(h in hooks for h in (LOOPED, "INPUT")) else set()
+    out: Images = {}
+    for hook, c in compiled.items():
+        info = hooks.get(hook)
+        if info is None or hook in shared:
+            continue
+        shape = shape_of(info["shape"])
+        if shape.covers(c.shape):
+            fit(c, shape)
+            out[hook] = (shape, c, map_image(c, shape))
+    TIMES["image"] = time.perf_counter() - began
+    return out
+
+
 def write_maps(directory: Path, gen: int, hook: str, c: Compiled, shape: Shape,
-               also: tuple[str, ...] = ()) -> None:
+               also: tuple[str, ...] = (), built: Images | None = None) -> None:
     """The image of ``c`` into the generation's maps of ``hook`` and of the
     hooks ``also`` (same shape, same contents: each image is built once),
     only what differs from what they hold where this process knows it
-    (shadow.py)."""
+    (shadow.py). ``built``: images made beforehand (``images``), used when
+    made of ``c`` for this shape."""
     dirs = [hook_dir(directory, gen, h) for h in (hook, *also)]
     began = time.perf_counter()
-    images = map_image(c, shape)
-    built = time.perf_counter()
+    pre = (built or {}).get(hook)
+    images = pre[2] if pre is not None and pre[1] is c and pre[0] == shape \
+        else map_image(c, shape)
+    built_at = time.perf_counter()
     written = 0
     for image in images:
         for d in dirs:
@@ -312,8 +346,8 @@ def write_maps(directory: Path, gen: int, hook: str, c: Compiled, shape: Shape,
             finally:
                 os.close(fd)
     done = time.perf_counter()
-    TIMES["image"] = TIMES.get("image", 0.0) + built - began
-    TIMES["write"] = TIMES.get("write", 0.0) + done - built
+    TIMES["image"] = TIMES.get("image", 0.0) + built_at - began
+    TIMES["write"] = TIMES.get("write", 0.0) + done - built_at
     TIMES["elements"] = TIMES.get("elements", 0) + written
 
 
@@ -422,13 +456,15 @@ def twins(hooks: dict[str, dict], compiled: dict[str, Compiled]) -> dict[str, tu
 
 
 def prepare(directory: Path, att: A.Attachment, gen: int, compiled: dict[str, Compiled],
-            mode: str) -> tuple[dict[str, dict], list[str]]:
+            mode: str, built: Images | None = None) -> tuple[dict[str, dict], list[str]]:
     """Programs of generation ``gen`` holding ``compiled`` (one per hook);
     returns the generation's hooks (for the record) and the hooks that
     needed a new program. Raises LoadError (bcc) or OSError (bpf(2)).
     A new program from the object cache is verified by the kernel while
-    its maps are written."""
-    TIMES.clear()
+    its maps are written. ``built``: the images made beforehand
+    (``images``, whose time TIMES keeps)."""
+    if built is None:
+        TIMES.clear()
     LOADED.clear()
     shadow.claim(directory, gen)   # before any of its maps is written
     hooks = verified_hooks(directory, att, gen)
@@ -481,7 +517,7 @@ def prepare(directory: Path, att: A.Attachment, gen: int, compiled: dict[str, Co
                 continue
             shape = shape_of(hooks[hook]["shape"])
             fit(c, shape)
-            write_maps(directory, gen, hook, c, shape, shared.get(hook, ()))
+            write_maps(directory, gen, hook, c, shape, shared.get(hook, ()), built)
         for hook, (wanted, prog) in pending.items():
             try:
                 hooks[hook] = finish_new(directory, gen, hook, prog)

@@ -41,6 +41,7 @@ import os
 import shutil
 import socket
 import sys
+import threading
 import time
 from array import array
 from bisect import bisect_right
@@ -51,7 +52,7 @@ from types import SimpleNamespace
 from typing import Callable
 
 from ..errors import NotSupported, XtablesError, OTHER_PROBLEM
-from ..model import RuleSet, Table
+from ..model import Counters, RuleSet, Table
 from . import attachment as A
 from . import generation as G
 from . import bridges
@@ -121,9 +122,79 @@ def grace_period() -> None:
     _grace_began = began
 
 
+# the grace period the command server waits for after a switch, in a
+# thread (grace_start), so that the next request's load, compile and
+# images overlap it. Whatever writes the old generation's maps or takes
+# its counters as final joins it first (grace_join: settle, quiesce).
+_grace_thread: threading.Thread | None = None
+
+
+def grace_start(done: Callable[[], None] | None = None) -> None:
+    """Start waiting for a grace period in a thread (membarrier blocks in
+    the kernel without the GIL); ``done`` is called by the thread when it
+    ends (the server's wake-up). A grace already under way is joined first
+    (it may have begun before the latest switch)."""
+    global _grace_thread
+    grace_join()
+    u = _unsettled
+
+    def run() -> None:
+        try:
+            grace_period()
+            if u is not None:
+                _read_final(u)
+        except Exception:   # (OSError; settle then reads and computes them itself)
+            pass
+        finally:
+            if done is not None:
+                done()
+
+    thread = threading.Thread(target=run, name="grace", daemon=True)
+    thread.start()
+    _grace_thread = thread
+
+
+def grace_pending() -> bool:
+    """Whether a grace period was started in a thread and not joined yet."""
+    return _grace_thread is not None
+
+
+def grace_running() -> bool:
+    return _grace_thread is not None and _grace_thread.is_alive()
+
+
+def grace_join() -> None:
+    """Wait for the grace period under way (grace_start), if any; the wait
+    is added to STEPS["grace:wait"] (0 when it had ended: no cost)."""
+    global _grace_thread
+    thread, _grace_thread = _grace_thread, None
+    if thread is None:
+        return
+    began = time.perf_counter()
+    thread.join()
+    STEPS["grace:wait"] = STEPS.get("grace:wait", 0.0) + time.perf_counter() - began
+
+
+def _read_final(u: "Unsettled") -> None:
+    """In the grace thread, once no packet runs the old generation: its
+    counters, which nothing changes any more (the next update writes
+    that generation only after joining this thread, and the lock is
+    held), read and then zeroed for the next update (settle, without the
+    thread). Only the old generation's maps and ``u`` are touched: the
+    main thread reads neither before grace_join."""
+    u.final = _read_counts(u.directory, u.old)
+    # (reads only ``u``'s values: the rule lists and slots of its update)
+    u.carry = residual(u.now, u.final, u.old_to_new, u.hooks)
+    if u.new.pending is None and _grace_began > u.new.switched_at:
+        old = u.old.active
+        G.zero_counters(u.directory, old, list(u.new.slots[old].get("hooks", {})))
+        u.zeroed = True
+
+
 def quiesce(att: A.Attachment) -> None:
     """G.quiesce, unless a grace period began after the last switch and
     ended: then no packet still runs the generation about to be rewritten."""
+    grace_join()
     if _grace_began <= att.switched_at:
         G.quiesce(att)
 
@@ -198,9 +269,13 @@ class Unsettled:
     update spends outside compiling. Nothing writes the old generation
     until the next update prepares it, which settles first; every read of
     the counters settles first too (read_live); the command server settles
-    right after answering its client, before it lets go of the xtables
-    lock (server.py), after an RCU grace period: the packets that were
-    running the old generation at the switch are counted as well."""
+    after answering its client, before it lets go of the xtables lock
+    (server.py), after an RCU grace period: the packets that were
+    running the old generation at the switch are counted as well. That
+    grace period runs in a thread (grace_start), which also reads
+    ``final`` and computes ``carry``; the server's next request may take
+    the lock over meanwhile and settles (joining the thread) once its
+    update has built its images."""
 
     directory: Path
     old: A.Attachment
@@ -208,6 +283,11 @@ class Unsettled:
     now: "Counts"
     old_to_new: Callable[[], dict[int, int]]
     hooks: list[str]
+    # read by the grace thread once the grace period ended (grace_start):
+    # the old generation's final counters, and whether it zeroed them
+    final: "Counts | None" = None
+    zeroed: bool = False
+    carry: "dict[str, dict[str, list[int]]] | None" = None   # residual() of final
 
 
 _unsettled: Unsettled | None = None
@@ -222,29 +302,50 @@ def unsettled() -> bool:
     return _unsettled is not None
 
 
-def settle(zero: bool = False) -> None:
-    """Read the carry of the last update, if not yet, into its record.
+# the record whose carry was settled last (adopt_carry)
+_last_settled: A.Attachment | None = None
+# the slots the last settled carry held: a load() that reads only the
+# policies (laid_base) may see the record before the carry is written
+# into it (the server's next request overlaps the grace period)
+_carry_slots = 0
+
+
+def settle(zero: bool = False) -> A.Attachment | None:
+    """Read the carry of the last update, if not yet, into its record
+    (returned; a caller holding an older copy of that record takes its
+    carry: adopt_carry). A grace period under way (grace_start) is waited
+    for first: the packets still running the old generation count too.
     A failed read or write loses it (a few packets at most, as a process
-    dying before this would). ``zero``: the caller waited for an RCU grace
-    period since the switch (no packet runs the old generation): its
-    counter maps, read now, are zeroed for the next update."""
-    global _unsettled, _zeroed
+    dying before this would). ``zero``: the old generation's counter maps,
+    read now, are zeroed for the next update, if a grace period began
+    after the switch and ended (no packet runs the old generation)."""
+    global _unsettled, _zeroed, _carry_slots, _last_settled
+    grace_join()
     u, _unsettled = _unsettled, None
     if u is None:
-        return
+        return None
+    _last_settled = u.new
     try:
-        u.new.carry = residual(u.now, read_live(u.directory, u.old), u.old_to_new, u.hooks)
+        if u.carry is not None:
+            u.new.carry = u.carry   # (computed by the grace thread)
+        else:
+            final = u.final if u.final is not None else read_live(u.directory, u.old)
+            u.new.carry = residual(u.now, final, u.old_to_new, u.hooks)
+        _carry_slots = sum(map(len, u.new.carry.values()))
         if u.new.carry and u.new.pending is None:
             A.write(u.directory, u.new)   # (pending: the update writes the record itself)
     except OSError:
-        return
-    if zero and u.new.pending is None:
+        return None
+    if u.zeroed:
+        _zeroed = (str(u.directory), u.new.serial)
+    elif zero and u.new.pending is None and _grace_began > u.new.switched_at:
         old = u.old.active
         try:
             G.zero_counters(u.directory, old, list(u.new.slots[old].get("hooks", {})))
             _zeroed = (str(u.directory), u.new.serial)
         except OSError:
             pass
+    return u.new
 
 
 def read_live(directory: Path, att: A.Attachment, nslots: int | None = None) -> Counts:
@@ -252,6 +353,21 @@ def read_live(directory: Path, att: A.Attachment, nslots: int | None = None) -> 
     previous generation counted between the last read and the switch);
     with ``nslots``, only the first ones (1: the policies)."""
     settle()
+    adopt_carry(att)
+    return _read_counts(directory, att, nslots)
+
+
+def adopt_carry(att: A.Attachment) -> None:
+    """``att`` read before the carry of its update was settled into the
+    record (the server's request that overlapped the grace period): the
+    carry settled since is its record's."""
+    s = _last_settled
+    if s is not None and s is not att and s.serial == att.serial and s.active == att.active:
+        att.carry = s.carry
+
+
+def _read_counts(directory: Path, att: A.Attachment, nslots: int | None = None) -> Counts:
+    """read_live without settling first."""
     hooks = att.live_hooks()
     looped = att.slots[att.active].get("hooks", {}).get(G.LOOPED)
     if looped and looped["on"] and "INPUT" in hooks:
@@ -394,7 +510,8 @@ def laid_base(ruleset: RuleSet, att: A.Attachment) -> Counts | None:
     laid = _laid
     if laid is None or laid[0] is not ruleset or laid[1] != att.serial:
         return None
-    if sum(map(len, att.carry.values())) > CARRY_MAX or sorted(laid[2]) != sorted(att.live_hooks()):
+    if max(sum(map(len, att.carry.values())), _carry_slots) > CARRY_MAX \
+            or sorted(laid[2]) != sorted(att.live_hooks()):
         return None
     return laid[2]
 
@@ -502,12 +619,13 @@ def _laid_out_in_order(table: Table, compiled: Compiled) -> bool:
     return total == len(of)
 
 
-def old_slots(table: Table, compiled: dict[str, Compiled], carried: SlotOf
-              ) -> dict[int, int]:
-    """Old counter slot -> new slot of every rule kept."""
+def old_slots(rules: dict[str, list], counter_of: dict[tuple[str, int], int],
+              carried: SlotOf) -> dict[int, int]:
+    """Old counter slot -> new slot of every rule kept (``rules``: each
+    chain's rules as compiled into ``counter_of``, INPUT's)."""
     out = {}
-    for (chain, index), slot in compiled["INPUT"].counter_of.items():
-        old = carried.get(id(table.chains[chain].rules[index]))
+    for (chain, index), slot in counter_of.items():
+        old = carried.get(id(rules[chain][index]))
         if old is not None:
             out[old] = slot
     return out
@@ -606,10 +724,17 @@ def sync_interfaces(directory: Path, mode: str, have: dict[str, list[int]],
 
 
 def update(store, att: A.Attachment, ruleset: RuleSet, carried: SlotOf,
-           base: Counts | None, base_at: float = 0.0) -> A.Attachment:
+           base: Counts | None, base_at: float = 0.0,
+           policies_later: "dict[str, Counters] | None" = None) -> A.Attachment:
     """Put ``ruleset`` into the inactive generation and make it the live
-    one (module doc). Returns the new record."""
-    settle()   # (none left by an earlier update of this process, as a rule)
+    one (module doc). Returns the new record. ``policies_later``: ``base``
+    holds the rules' counters only, the policies are read here
+    (AttachedStore.load, during the previous update's grace period; hook ->
+    the policy counters object load() saw, laid on if still the chain's)."""
+    if not grace_pending():
+        settle()   # (none left by an earlier update of this process, as a rule)
+    # else: the previous update's grace period is still under way (the
+    # command server): compile and images first, then wait for it (below)
     directory = store.directory
     clock = _Clock()
     table = ruleset.table("filter")
@@ -625,10 +750,37 @@ def update(store, att: A.Attachment, ruleset: RuleSet, carried: SlotOf,
     # hooks whose compile patched the last one (compiler._Flat): the rest were built whole
     STEPS["compile:patched#"] = sum(c.edit is not None for c in compiled.values())
     gen = 1 - att.active
+    looped = G.with_looped(compiled, att.mode)
+    # the images of the maps the inactive generation's programs keep: pure
+    # computation, so before the grace period is over (packets that read
+    # the active word before the last switch may still run that
+    # generation: nothing of it is written until then). New programs (a
+    # shape that does not fit, rare in -A/-I/-D) are still loaded after
+    # it, in prepare: a new program's own maps are seen by no packet
+    # before the switch, but the looped copies' new program may take
+    # INPUT's maps (shared_maps), which a straggler reads, and prepare
+    # writes each new program's maps as it loads it
+    images = G.images(att, gen, looped)
+    clock("image")
+    # what the old generation counted until no packet runs it: the carry
+    # (settle), its counter maps zeroed; ``att`` takes the carry (read_live)
+    settle(zero=True)
+    adopt_carry(att)   # (the old generation's counters, read below and later, include it)
+    if policies_later is not None and base is not None:
+        policies = read_live(directory, att, nslots=1)
+        base = {h: C.with_first(v, policies[h]) for h, v in base.items()}
+        # as load() would have laid them: on the policy counters the
+        # command left as they were; those it replaced (a commit restarts
+        # them, tableops.reset_policy_counters) keep the command's values
+        for hook, seen in policies_later.items():
+            chain = table.chains.get(hook)
+            if chain is not None and chain.counters is seen and hook in base:
+                seen.packets, seen.bytes = C.get(base[hook], POLICY_COUNTER)
+    clock("grace+settle")
     quiesce(att)
     clock("quiesce")
     try:
-        hooks, _ = G.prepare(directory, att, gen, G.with_looped(compiled, att.mode), att.mode)
+        hooks, _ = G.prepare(directory, att, gen, looped, att.mode, images)
         clock("prepare")
         for what, value in G.TIMES.items():   # the split, and elements written ("#")
             STEPS["prepare:" + what + ("#" if what == "elements" else "")] = value
@@ -709,8 +861,14 @@ def update(store, att: A.Attachment, ruleset: RuleSet, carried: SlotOf,
     if now:
         # what the old generation counted since ``now``: carried in the record
         global _unsettled
+        # (the chains' rules as they are now: the server's next request
+        # changes the rule set in place before this carry is read, and
+        # the grace thread may read it meanwhile; counter_of is not changed
+        # once made, compiler.counter_slots)
+        rules = {name: chain.rules[:] for name, chain in table.chains.items()}
+        counter_of = compiled["INPUT"].counter_of
         _unsettled = Unsettled(directory, att, new, now,
-                               lru_cache(lambda: old_slots(table, compiled, carried)),
+                               lru_cache(lambda: old_slots(rules, counter_of, carried)),
                                list(compiled))
         if not DEFER_CARRY:
             settle()
@@ -804,6 +962,8 @@ class AttachedStore:
         self._carried = SlotOf()
         self._base: Counts | None = None
         self._base_at = 0.0   # perf_counter() of the read of _base
+        # load() left the policies' counters to the update (policies_read)
+        self._policies_later: "dict[str, Counters] | None" = None
         self._recovered = False
 
     def _recover(self) -> None:
@@ -825,7 +985,19 @@ class AttachedStore:
         laid = laid_base(ruleset, self.att) if unused is not None and unused() else None
         try:
             self._base_at = time.perf_counter()
-            if laid is not None:
+            self._policies_later = None
+            if laid is not None and grace_pending():
+                chains = ruleset.table("filter").chains
+                # (the policy counters the update lays what it reads on,
+                # if the command leaves them)
+                self._policies_later = {h: chains[h].counters for h in laid if h in chains}
+                # the previous update's grace period is under way (the
+                # command server): reading now would wait for it; the
+                # update reads the policies once its compile and images
+                # are built (policies_read). -A, -I and -D neither show nor
+                # use them before saving.
+                self._base = dict(laid)
+            elif laid is not None:
                 # the rules hold ``laid``; the policies are read now (a
                 # commit restarts them from what it read, see tableops)
                 policies = read_live(self.directory, self.att, nslots=1)
@@ -838,7 +1010,8 @@ class AttachedStore:
         clock("load:counters")
         if laid is not None:
             table = ruleset.table("filter")
-            lay_policies(table, self._base)
+            if self._policies_later is None:
+                lay_policies(table, self._base)
             assert _laid is not None   # (laid_base checked it is this rule set's)
             self._carried = SlotOf(spans_of(table, self.att),
                                    ([name for name, _, _ in self.att.counters], _laid[3]))
@@ -871,8 +1044,9 @@ class AttachedStore:
         prestore = getattr(self.inner, "prestore", None)
         if prestore is not None:
             prestore(ruleset)   # the command server writes the snapshot meanwhile
+        later, self._policies_later = self._policies_later, None
         self.att = update(self.inner, self.att, ruleset, self._carried, self._base,
-                          self._base_at)
+                          self._base_at, policies_later=later)
         self._base, self._carried = None, SlotOf()
 
 

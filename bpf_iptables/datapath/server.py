@@ -441,6 +441,9 @@ class Server:
         self.last_env: dict[str, str] = {}   # the last request's environment
         self.mirroring: Mirroring | None = None
         self.held_lock: int | None = None   # the xtables lock, until settle()
+        self.held_path: Path | None = None  # its file (state.lock_path() then)
+        # the grace thread's wake-up (live.grace_start): readable once it ended
+        self.grace_r, self.grace_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._primed: tuple | None = None   # (store key, record serial, compiled): prime_compile
         self._prime_waits = 0
         self._primed_key: tuple | None = None   # the stored rule set last primed
@@ -450,13 +453,24 @@ class Server:
     def locked(self, wait: int) -> Iterator[state.Store]:
         """state.locked, except that the lock outlives the command when its
         update left a carry to read (live.Unsettled): held (``held_lock``)
-        until after_switch read it, once the client has its answer."""
-        if self.held_lock is not None:
-            self.settle()   # (a command taking the lock twice: not on itself)
+        until that carry is read, after the grace period that follows the
+        switch (after_switch, loop). A request served while that grace
+        period runs takes the held lock over (the same lock file: no
+        moment without it, so no other command comes in between) and leaves
+        the carry to its own reads (live.settle waits for the grace period
+        first); its update compiles and builds its images meanwhile."""
         lock_file = state.lock_path()
-        fd = os.open(lock_file, os.O_CREAT | os.O_RDONLY, 0o600)
+        fd = -1
+        if self.held_lock is not None:
+            live = sys.modules.get("bpf_iptables.datapath.live")
+            if live is not None and live.grace_pending() and self.held_path == lock_file:
+                fd, self.held_lock = self.held_lock, None
+            else:
+                self.settle()   # (a command taking the lock twice: not on itself)
         try:
-            state.acquire(fd, wait, lock_file)
+            if fd < 0:
+                fd = os.open(lock_file, os.O_CREAT | os.O_RDONLY, 0o600)
+                state.acquire(fd, wait, lock_file)
             store = state.Store(state.namespace_dir())
             req = self.request
             if req is not None:
@@ -471,8 +485,8 @@ class Server:
             live = sys.modules.get("bpf_iptables.datapath.live")
             if live is not None:
                 live.DEFER_CARRY = True   # (a command before _import_commands imported it)
-                if live.unsettled() and self.held_lock is None:
-                    self.held_lock, fd = fd, -1
+                if live.unsettled() and self.held_lock is None and fd >= 0:
+                    self.held_lock, self.held_path, fd = fd, lock_file, -1
             if fd >= 0:
                 os.close(fd)
 
@@ -589,6 +603,8 @@ class Server:
     def loop(self) -> int:
         collected = True
         while not self.stop_after:
+            if self.held_lock is not None and self.grace_wait():
+                continue   # (the grace period ended: settled, lock let go)
             if self.later and not _pending(self.sock):
                 self.warm_later()
                 continue
@@ -611,29 +627,64 @@ class Server:
         return 0
 
     def after_switch(self) -> None:
-        """After an update switched generations, wait for the RCU grace
-        period now, while no one waits, rather than in the next update
-        (live.quiesce; ~10-30 ms when the last switch is recent). When the
-        update loaded new programs, the other generation gets the same
-        ones while idle (``mirror``)."""
+        """After an update switched generations, start waiting for the RCU
+        grace period (~10-30 ms) in a thread (live.grace_start), rather
+        than in the next update (live.quiesce): the loop settles the carry
+        and lets go of the lock when it ends (grace_wait), or the next
+        request takes both over and overlaps it with its compile and
+        images. When the update loaded new programs, the other generation
+        gets the same ones while idle (``mirror``)."""
         live = sys.modules.get("bpf_iptables.datapath.live")
-        waited = False
+        if live is None:
+            self.settle()
+            return
+        if "flip+carry" not in live.STEPS:
+            if self.held_lock is not None and not live.grace_pending():
+                self.settle()   # (a carry left with no grace under way: read now)
+            return   # (else the loop settles once the grace period ends)
+        live.STEPS.clear()
+        self._primed_key = self.cache.key   # (what it compiled and imaged: no priming)
         try:
-            if live is None or "flip+carry" not in live.STEPS:
-                return
-            live.STEPS.clear()
-            self._primed_key = self.cache.key   # (what it compiled and imaged: no priming)
-            try:
-                live.grace_period()
-                waited = True
-            except Exception:
-                _log("grace period: " + traceback.format_exc())
-        finally:
-            self.settle(zero=waited)
+            live.grace_start(self.grace_done)
+        except Exception:
+            _log("grace period: " + traceback.format_exc())
+            self.settle()
         if live.G.LOADED:
             # the lock the request took (state.lock_path() in its environment)
             lock = Path(self.last_env.get("XTABLES_LOCKFILE") or state.XT_LOCK_NAME)
             self.later.append(lambda: self.mirror_start(lock))
+
+    def grace_done(self) -> None:
+        """Called by the grace thread when it ends: wakes the loop."""
+        try:
+            os.write(self.grace_w, b"g")
+        except OSError:
+            pass   # (the pipe is full: the loop is awake already)
+
+    def grace_wait(self) -> bool:
+        """While the grace period after the last switch runs and the lock
+        is held for its carry: wait for it to end or for a client, which
+        is then served (True: settled, nothing else to do now)."""
+        live = sys.modules.get("bpf_iptables.datapath.live")
+        if live is None or not live.grace_pending():
+            return False
+        while live.grace_running():
+            ready = select.select([self.sock, self.grace_r], [], [], IDLE_CHECK)[0]
+            if self.grace_r in ready:
+                self._drain()   # (also a wake-up left by an earlier grace thread)
+            if self.sock in ready:
+                return False   # a client: it takes the lock and the carry over
+        self._drain()
+        if _pending(self.sock):
+            return False
+        self.settle(zero=True)
+        return True
+
+    def _drain(self) -> None:
+        try:
+            os.read(self.grace_r, 64)
+        except BlockingIOError:
+            pass
 
     def settle(self, zero: bool = False) -> None:
         """The last update's carry (live.settle), after the grace period
@@ -642,10 +693,10 @@ class Server:
         period (after_switch), the old generation's counters are zeroed
         for the next update."""
         live = sys.modules.get("bpf_iptables.datapath.live")
-        fd, self.held_lock = self.held_lock, None
+        fd, self.held_lock, self.held_path = self.held_lock, None, None
         try:
             if live is not None:
-                live.settle(zero)
+                live.settle(zero)   # (waits for a grace period under way)
         except Exception:
             _log("settle: " + traceback.format_exc())
         finally:
