@@ -131,6 +131,8 @@ def test_constants_match_client_py() -> None:
     assert strings("ENTRY_MODULE") == (client.ENTRY_MODULE,) == (entry.__name__,)
     assert strings("SERVER_ENV") == (client.SERVER_ENV,)
     assert strings("SERVER_OFF") == (client.SERVER_OFF,)
+    shift = re.match(r"\(1 << (\d+)\)", defines["MAX_MESSAGE"])
+    assert shift is not None and 1 << int(shift[1]) == client.MAX_MESSAGE
     progs = [strings(name) for name in ("PROG_IPTABLES", "PROG_SAVE", "PROG_RESTORE")]
     assert tuple(installed for installed, _ in progs) == build_client.COMMANDS
     assert sorted(p for _, p in progs) == sorted(client.PROGS) == sorted(entry.ENTRIES)

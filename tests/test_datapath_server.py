@@ -326,3 +326,40 @@ def test_detach_and_namespace_deletion_end_it(attached: Attached) -> None:
 
     wait_for("the server process exited", exited, 15)
     assert ino is not None
+
+
+# a client that sends a message longer than the server reads (the server
+# must answer F, never run the argv it read cut short), run in the namespace
+SEND_LONG = """\
+import array, os, socket, sys
+from bpf_iptables.cli import client
+s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+s.connect(client.socket_name())
+assert s.recv(1) == b"R"
+words = [b"iptables", b"long.1", b"18", b"2", b"-N", b"x" * client.MAX_MESSAGE]
+cwd = os.open(".", os.O_RDONLY | os.O_DIRECTORY)
+s.sendmsg([b"\\0".join(words)],
+          [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [0, 1, 2, cwd]).tobytes())])
+sys.stdout.write(s.recv(16).decode())
+"""
+
+
+def test_a_message_longer_than_the_server_reads_is_never_run_cut_short(attached: Attached
+                                                                       ) -> None:
+    """client.MAX_MESSAGE: the client runs such a command in-process (the
+    same output as with the server off); the server refuses one sent anyway
+    (MSG_TRUNC) rather than run the shortened argv (here: ``-N xxx...``
+    read as a chain name of 64 KiB less a few bytes)."""
+    from bpf_iptables.cli import client
+
+    attached.wait_server()
+    long = ["-A", "INPUT", "-m", "comment", "--comment", "c" * client.MAX_MESSAGE, "-j", "ACCEPT"]
+    before = attached.mark()
+    served = attached.cmd(*long)
+    assert attached.mark() == before, "a message over MAX_MESSAGE was sent to the server"
+    here = attached.cmd(*long, env=OFF)
+    assert (served.returncode, served.stdout, served.stderr) == \
+        (here.returncode, here.stdout, here.stderr)
+    r = attached.ns.run([sys.executable, "-c", SEND_LONG])
+    assert (r.returncode, r.stdout) == (0, "F"), r.stderr
+    assert "-N " not in attached.cmd("-S").stdout   # no chain made of the shortened argv

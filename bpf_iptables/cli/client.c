@@ -49,7 +49,7 @@
 #define PROG_IPTABLES "bpf-iptables", "iptables"
 #define PROG_SAVE "bpf-iptables-save", "save"
 #define PROG_RESTORE "bpf-iptables-restore", "restore"
-#define MAX_MESSAGE (1 << 16)   /* the server's recvmsg buffer */
+#define MAX_MESSAGE (1 << 16)   /* client.py's MAX_MESSAGE: the server's recvmsg buffer */
 
 static const char *const env_prefixes[] = {ENV_PREFIXES};
 static const char *const programs[][2] = {{PROG_IPTABLES}, {PROG_SAVE}, {PROG_RESTORE}};

@@ -46,6 +46,9 @@ import sys
 
 SOCKET_NAME = b"\0bpf-iptables"
 READY_WAIT = 0.5     # seconds: a busy or hung server is not waited for longer
+# the largest message the server reads (its recvmsg buffer): a longer one
+# (an argv of over 64 KiB) is run in-process, never sent cut short
+MAX_MESSAGE = 1 << 16
 MARK_FILE = "server.request"
 # what a command's behaviour depends on besides argv (iptables reads
 # XTABLES_LOCKFILE; ours read BPF_IPTABLES_*; messages follow the locale)
@@ -121,17 +124,20 @@ def forward(prog: str, argv: list[str] | None = None) -> None:
     if os.environ.get(SERVER_ENV) == SERVER_OFF:
         return
     argv = sys.argv[1:] if argv is None else argv
+    request_id = f"{os.getpid()}.{os.urandom(6).hex()}"
+    message = encode(prog, argv, request_id)
+    if len(message) > MAX_MESSAGE:
+        return   # the server would read it cut short
     s = _connect()
     if s is None:
         return
-    request_id = f"{os.getpid()}.{os.urandom(6).hex()}"
     stdin_at = _tell()   # the server reads our stdin
     cwd = os.open(".", os.O_RDONLY | os.O_DIRECTORY)
     try:
         fds = array.array("i", [0, 1, 2, cwd])
         s.settimeout(None)   # from here on the command may wait for the lock (-w)
         try:
-            s.sendmsg([encode(prog, argv, request_id)],
+            s.sendmsg([message],
                       [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fds.tobytes())])
         except OSError:   # not sent (e.g. a closed stdout: EBADF): nothing was done
             return

@@ -500,7 +500,7 @@ class Server:
             return   # the client gave up waiting: it runs the command itself
         conn.settimeout(5.0)
         try:
-            data, ancdata, _, _ = conn.recvmsg(1 << 16, socket.CMSG_SPACE(4 * 4))
+            data, ancdata, flags, _ = conn.recvmsg(client.MAX_MESSAGE, socket.CMSG_SPACE(4 * 4))
         except OSError:
             return
         fds = array.array("i")
@@ -510,6 +510,9 @@ class Server:
         try:
             if not data or len(fds) != 4:
                 return   # closed: the client runs it itself
+            if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
+                conn.sendall(b"F")   # cut short: never run a shortened argv
+                return
             req = decode(data)
             if req.prog not in client.PROGS or any(k in req.env for k in REFUSED_ENV) \
                     or fixed_env(req.env) != self.fixed_env:
