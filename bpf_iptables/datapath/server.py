@@ -648,6 +648,7 @@ class Server:
         live.STEPS.clear()
         self._primed_key = self.cache.key   # (what it compiled and imaged: no priming)
         try:
+            self._drain()   # (a wake-up left by an earlier thread: not this one's)
             live.grace_start(self.grace_done)
         except Exception:
             _log("grace period: " + traceback.format_exc())
@@ -673,10 +674,15 @@ class Server:
             return False
         while live.grace_running():
             ready = select.select([self.sock, self.grace_r], [], [], IDLE_CHECK)[0]
-            if self.grace_r in ready:
-                self._drain()   # (also a wake-up left by an earlier grace thread)
             if self.sock in ready:
                 return False   # a client: it takes the lock and the carry over
+            if self.grace_r in ready:
+                # done() is the thread's last step: what is left of it is
+                # its exit, which is_alive() may not show yet (waiting on
+                # for a wake-up that already came held the lock, which
+                # other xtables users wait for, up to IDLE_CHECK); settle
+                # joins the thread in any case
+                break
         self._drain()
         if _pending(self.sock):
             return False
