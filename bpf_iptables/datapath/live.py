@@ -185,10 +185,18 @@ def _read_final(u: "Unsettled") -> None:
     u.final = _read_counts(u.directory, u.old)
     # (reads only ``u``'s values: the rule lists and slots of its update)
     u.carry = residual(u.now, u.final, u.old_to_new, u.hooks)
-    if u.new.pending is None and _grace_began > u.new.switched_at:
-        old = u.old.active
-        G.zero_counters(u.directory, old, list(u.new.slots[old].get("hooks", {})))
-        u.zeroed = True
+    u.zeroed = _zero_old(u)
+
+
+def _zero_old(u: "Unsettled") -> bool:
+    """Zero the old generation's counter maps for the next update, when no
+    packet can run it any more (a grace period began after the switch and
+    ended) and its record is final; whether it did. OSError: not zeroed."""
+    if u.new.pending is not None or _grace_began <= u.new.switched_at:
+        return False
+    old = u.old.active
+    G.zero_counters(u.directory, old, list(u.new.slots[old].get("hooks", {})))
+    return True
 
 
 def quiesce(att: A.Attachment) -> None:
@@ -336,15 +344,11 @@ def settle(zero: bool = False) -> A.Attachment | None:
             A.write(u.directory, u.new)   # (pending: the update writes the record itself)
     except OSError:
         return None
-    if u.zeroed:
-        _zeroed = (str(u.directory), u.new.serial)
-    elif zero and u.new.pending is None and _grace_began > u.new.switched_at:
-        old = u.old.active
-        try:
-            G.zero_counters(u.directory, old, list(u.new.slots[old].get("hooks", {})))
+    try:
+        if u.zeroed or (zero and _zero_old(u)):
             _zeroed = (str(u.directory), u.new.serial)
-        except OSError:
-            pass
+    except OSError:
+        pass
     return u.new
 
 

@@ -887,7 +887,6 @@ class Server:
         again for the same rule set (generation.roomy). Once a mirroring
         under way is over (it may give the inactive generation programs)."""
         from . import attachment as A, generation as G
-        from .image import map_image
 
         if self.mirroring is not None:
             return True   # (mirror_finish gives up after MIRROR_GIVE_UP)
@@ -897,16 +896,8 @@ class Server:
                 or primed[:2] != (self.cache.key, att.serial) or self.cache.lent:
             return False
         began = time.perf_counter()
-        have = att.slots[1 - att.active].get("hooks", {})
-        active = att.slots[att.active].get("hooks", {})
-        for hook, compiled in primed[2].items():
-            info = have.get(hook) or active.get(hook)
-            if info is None:
-                continue
-            shape = G.shape_of(info["shape"])
-            if shape.covers(compiled.shape):
-                G.fit(compiled, shape)
-                map_image(compiled, shape)
+        other = 1 - att.active
+        G.images(att, other if att.slots[other].get("hooks") else att.active, primed[2])
         if self.log_requests:
             _log(f"primed the images in {(time.perf_counter() - began) * 1000:.1f} ms")
         return False
