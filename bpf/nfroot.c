@@ -18,12 +18,38 @@
 BPF_ARRAY(active_map, u32, 1);
 BPF_PROG_ARRAY(nf_slots, 6);
 
+/* One call site per slot, each with a constant key (and an empty asm
+ * naming it, so that clang does not merge them): the JIT makes such a
+ * tail call a direct jump, where a computed key is an indirect one, a
+ * retpoline under Spectre v2 mitigations (bpf/root.c, xdp_call). */
 static __always_inline int run(void *ctx, u32 hook)
 {
 	u32 zero = 0;
 	u32 *w = active_map.lookup(&zero);
 	u32 word = w ? *(volatile u32 *)w : 0;
-	nf_slots.call(ctx, (word & ACTIVE_GEN) * 3 + hook);
+	if (word & ACTIVE_GEN) {
+		if (hook == 0) {
+			nf_slots.call(ctx, 3);
+			asm volatile("" ::"i"(3));
+		} else if (hook == 1) {
+			nf_slots.call(ctx, 4);
+			asm volatile("" ::"i"(4));
+		} else {
+			nf_slots.call(ctx, 5);
+			asm volatile("" ::"i"(5));
+		}
+	} else {
+		if (hook == 0) {
+			nf_slots.call(ctx, 0);
+			asm volatile("" ::"i"(0));
+		} else if (hook == 1) {
+			nf_slots.call(ctx, 1);
+			asm volatile("" ::"i"(1));
+		} else {
+			nf_slots.call(ctx, 2);
+			asm volatile("" ::"i"(2));
+		}
+	}
 	return NF_ACCEPT;
 }
 
