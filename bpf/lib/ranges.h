@@ -17,6 +17,15 @@
  * address. A probe beyond the /16 reads a larger start (or the 0xFFFFFFFF
  * padding) and does not move.
  *
+ * The /16 table's value also carries the /16's own depth (TOP_DEPTH_SHIFT
+ * and up: the bit length of the number of starts inside it, image.py
+ * top_with_depth): PROBES is what the most crowded /16 needs, and a step
+ * whose smallest probe offset is 2^s >= 2^depth only reads starts past
+ * this /16's, so it is skipped. At classbench-acl1-10k the sources need up
+ * to 7 probes (4 dependent steps) while most /16s hold a few starts; the
+ * chain of dependent loads before a packet's vectors was most of what 10k
+ * rules add to a packet (datapath README, "Numbers").
+ *
  * The search is k-ary: each step settles SEARCH_BITS bits of the offset at
  * once by comparing the address with 2^SEARCH_BITS - 1 starts, loaded in
  * parallel, and moves by the number of them that are <= the address (the
@@ -24,11 +33,14 @@
  * dependent load-compare-add per bit (~4 ns each: at acl1-10k's 7 source
  * probes most of the lookup); this is one per step. Same table, same
  * result, same slots touched at most (offsets below 2^PROBES). */
+#define TOP_DEPTH_SHIFT 27
+#define TOP_INDEX_MASK ((1u << TOP_DEPTH_SHIFT) - 1)
 #ifndef SEARCH_BITS
 #define SEARCH_BITS 2
 #endif
 
-static __always_inline u32 address_search(const u32 *b, int probes, u32 idx, u32 addr)
+static __always_inline u32 address_search(const u32 *b, int probes, u32 idx, u32 depth,
+					  u32 addr)
 {
 	/* p walks the starts; the caller checked idx <= BSIZE - 2^probes, so
 	 * every probe (offsets below 2^probes) is inside the value without a
@@ -38,6 +50,10 @@ static __always_inline u32 address_search(const u32 *b, int probes, u32 idx, u32
 #pragma unroll
 	for (int hi = probes; hi > 0; hi -= SEARCH_BITS) {
 		int s = hi > SEARCH_BITS ? hi - SEARCH_BITS : 0;
+		/* the /16's starts lie below offset 2^depth: from s >= depth
+		 * on, every probe of this step reads a later /16's start */
+		if (depth <= (u32)s)
+			continue;
 		u64 n = 0;
 #pragma unroll
 		for (u32 j = 1; j < (1u << (hi - s)); j++) {
@@ -51,19 +67,23 @@ static __always_inline u32 address_search(const u32 *b, int probes, u32 idx, u32
 	return (u32)(p - b);
 }
 
-/* idx: the /16's first interval (NAME_top_map); refused (XDP_ABORTED by
- * the caller) past BSIZE - 2^PROBES, which the compiler's bsize_of()
- * leaves free: then no probe needs a mask */
+/* top: the /16 table's value, the /16's first interval (its low
+ * TOP_DEPTH_SHIFT bits) and its depth; refused (XDP_ABORTED by the
+ * caller) past BSIZE - 2^PROBES, which the compiler's bsize_of() leaves
+ * free: then no probe needs a mask */
 #define DEFINE_ADDRESS_SEARCH(NAME, BSIZE, PROBES)                            \
 	struct NAME##_bounds {                                                \
 		u32 b[BSIZE];                                                 \
 	};                                                                    \
 	static __always_inline int NAME##_search(const struct NAME##_bounds *t, \
-						 u32 idx, u32 addr, u32 *out)   \
+						 u32 top, u32 addr, u32 *out)   \
 	{                                                                     \
+		u32 idx = top & TOP_INDEX_MASK;                               \
 		if (idx > (BSIZE) - (1u << (PROBES)))                        \
 			return -1;                                            \
-		*out = address_search(t->b, (PROBES), idx, addr) & ((BSIZE) - 1); \
+		*out = address_search(t->b, (PROBES), idx,                    \
+				      top >> TOP_DEPTH_SHIFT, addr) &         \
+		       ((BSIZE) - 1);                                         \
 		return 0;                                                     \
 	}
 

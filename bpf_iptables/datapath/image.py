@@ -720,6 +720,29 @@ def log_images(c: Compiled) -> list[MapImage]:
             MapImage("log_map", infos)]
 
 
+# the /16 table's value: the /16's first interval below this bit, its
+# depth from here up (bpf/lib/ranges.h TOP_DEPTH_SHIFT)
+TOP_DEPTH_SHIFT = 27
+
+
+def top_with_depth(iv: Intervals) -> array:
+    """The /16 table with each /16's depth in its top bits: the bit length
+    of the number of interval starts inside that /16 (not at its first
+    address), i.e. the probes its own search needs; the program skips the
+    search steps beyond it (ranges.h). ``iv.probes`` is the largest depth."""
+    import numpy as np
+
+    bounds = np.asarray(iv.tree.bounds if iv.tree is not None else iv.bounds, dtype=np.int64)
+    inside = bounds[(bounds & 0xFFFF) != 0] >> 16
+    counts = np.bincount(inside, minlength=1 << 16)
+    # frexp(c) = (m, e) with c = m * 2**e, 0.5 <= m < 1: e is c's bit length (0 for 0)
+    depth = np.frexp(counts.astype(np.float64))[1].astype(np.uint32)
+    top = np.frombuffer(iv.top, dtype=np.uint32)
+    if len(iv.bounds) >= 1 << TOP_DEPTH_SHIFT:
+        raise ValueError(f"{len(iv.bounds)} address intervals: the /16 table holds fewer")
+    return array("I", (top | (depth << TOP_DEPTH_SHIFT)).astype("<u4").tobytes())
+
+
 def address_images(name: str, iv: Intervals, bsize: int, nwords: int,
                    parts: "PairParts | None" = None, keep: "tuple | None" = None
                    ) -> list[MapImage]:
@@ -758,7 +781,7 @@ def address_images(name: str, iv: Intervals, bsize: int, nwords: int,
             _handed[(keep[0], keep[1])] = (weakref.ref(vectors), blob.version)
         else:
             vectors = Packed(4, size, array_keys(len(iv.vectors)), blob, dense=True)
-    return [MapImage(f"{name}_top_map", packed_array(iv.top)),
+    return [MapImage(f"{name}_top_map", packed_array(top_with_depth(iv))),
             MapImage(f"{name}_bounds_map", [(u32(0), bounds)]),
             MapImage(f"{name}_index_map", index),
             MapImage(f"{name}_map", vectors)]
