@@ -417,3 +417,45 @@ def test_a_damaged_record_is_reported_and_detach_cleans_up():
         assert r.returncode == 1 and "detach" in r.stderr, r.stderr
         assert s.run(datapath_command("detach")).returncode == 0
         assert set(xdp_prog_ids(s).values()) == {0} and record(s) is None
+
+
+def test_programs_an_older_version_loaded_are_replaced_not_given_new_images():
+    """A record whose programs do not say they read this version's map
+    layout (image.MAP_LAYOUT: an attachment made before the /16 tables got
+    their depth bits, say, then the software upgraded) must not have its
+    programs' maps rewritten in the new layout, which they would misread
+    (a top value taken as an index: every packet aborted). Each generation
+    gets a new program at its next update instead, and filtering goes on."""
+    with topology("dpv") as t:
+        s = t.server
+        assert s.bpf_iptables("-A", "INPUT", "-p", "udp", "--dport", "5001", "-j",
+                              "DROP").returncode == 0
+        assert s.run(datapath_command("attach")).returncode == 0
+        for port in ("5002", "5003"):     # both generations hold programs now
+            assert s.bpf_iptables("-A", "INPUT", "-p", "udp", "--dport", port, "-j",
+                                  "DROP").returncode == 0
+        rec = record(s)
+        before = {(gen, hook): info["prog_id"] for gen, slot in enumerate(rec["slots"])
+                  for hook, info in slot.get("hooks", {}).items()}
+        assert len({gen for gen, _ in before}) == 2
+        assert all(info.get("layout") for slot in rec["slots"]
+                   for info in slot.get("hooks", {}).values())
+        for slot in rec["slots"]:
+            for info in slot.get("hooks", {}).values():
+                del info["layout"]
+        path = os.path.join(state_dir(s), "datapath.json")
+        with open(path, "w") as fh:
+            json.dump(rec, fh)
+        for port in ("5004", "5005"):     # one update per generation
+            assert s.bpf_iptables("-A", "INPUT", "-p", "udp", "--dport", port, "-j",
+                                  "DROP").returncode == 0
+        rec = record(s)
+        after = {(gen, hook): info for gen, slot in enumerate(rec["slots"])
+                 for hook, info in slot.get("hooks", {}).items()}
+        for key, old_id in before.items():
+            if key in after:
+                assert after[key]["prog_id"] != old_id, f"{key}: the old program kept"
+                assert after[key].get("layout"), key
+        for port in (5001, 5003, 5005):
+            assert udp(t, port, 1) == 0, port
+        assert udp(t, 5006, 1) == 1

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 from . import attachment as A
 from . import bpfsys, shadow
 from .compiler import Compiled, Shape, fill_unused, max_steps, pow2_at_least
-from .image import map_image, u32
+from .image import MAP_LAYOUT, map_image, u32
 
 if TYPE_CHECKING:
     from . import counts
@@ -172,11 +172,14 @@ def quiesce(att: A.Attachment) -> None:
 
 def verified_hooks(directory: Path, att: A.Attachment, gen: int) -> dict[str, dict]:
     """The generation's hooks whose pinned program is the one the record
-    names; pins of anything else (a call that died after loading a program
-    but before recording it) are removed."""
+    names and reads the maps as this version writes them (``MAP_LAYOUT``);
+    pins of anything else (a call that died after loading a program but
+    before recording it, a program an older version loaded) are removed,
+    so the caller loads a new program there."""
     hooks = {}
     for hook, info in att.slots[gen].get("hooks", {}).items():
-        if bpfsys.pinned_id(str(hook_dir(directory, gen, hook) / "prog")) == info["prog_id"]:
+        if info.get("layout") == MAP_LAYOUT and \
+                bpfsys.pinned_id(str(hook_dir(directory, gen, hook) / "prog")) == info["prog_id"]:
             hooks[hook] = dict(info)
     base = A.pin_dir(directory, gen)
     if base.is_dir():
@@ -275,7 +278,8 @@ def finish_new(directory: Path, gen: int, hook: str, prog: "LoadedProgram") -> d
     prog.finish()
     bpfsys.obj_pin(prog.fd, str(hook_dir(directory, gen, hook) / "prog"))
     # prog.shape: the loader may have taken fewer steps per invocation
-    return {"prog_id": bpfsys.obj_id(prog.fd), "shape": shape_json(prog.shape), "on": False}
+    return {"prog_id": bpfsys.obj_id(prog.fd), "shape": shape_json(prog.shape), "on": False,
+            "layout": MAP_LAYOUT}
 
 
 def load_new(directory: Path, gen: int, hook: str, shape: Shape, mode: str) -> dict:
@@ -381,7 +385,8 @@ def mirror_plan(directory: Path, att: A.Attachment) -> dict[str, Shape]:
     plan = {}
     for hook, shape in wanted.items():
         info = have.get(hook)
-        if info is not None and shape_of(info["shape"]).covers(shape):
+        if info is not None and info.get("layout") == MAP_LAYOUT \
+                and shape_of(info["shape"]).covers(shape):
             continue
         if "ctstate" in shape.fields or shape.nlogs or shape.nhashlimits or shape.nrecent \
                 or shape.nsets:

@@ -720,6 +720,13 @@ def log_images(c: Compiled) -> list[MapImage]:
             MapImage("log_map", infos)]
 
 
+# What the maps mean to a program, for programs an older version loaded:
+# raised whenever a map's contents change meaning for bpf/filter.c (2: the
+# /16 tables' depth bits). A namespace's recorded program of another
+# layout is replaced, never given this version's images
+# (generation.verified_hooks): it would misread them.
+MAP_LAYOUT = 2
+
 # the /16 table's value: the /16's first interval below this bit, its
 # depth from here up (bpf/lib/ranges.h TOP_DEPTH_SHIFT)
 TOP_DEPTH_SHIFT = 27
