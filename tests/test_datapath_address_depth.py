@@ -44,13 +44,12 @@ def search(bounds: list[int], probes: int, top: int, addr: int) -> int:
     """bpf/lib/ranges.h address_search, step for step, skips included."""
     idx, depth = top & INDEX_MASK, top >> TOP_DEPTH_SHIFT
     p = idx
-    hi = probes
-    while hi > 0:
-        s = hi - SEARCH_BITS if hi > SEARCH_BITS else 0
+    for k in range((probes + SEARCH_BITS - 1) // SEARCH_BITS - 1, -1, -1):
+        s = k * SEARCH_BITS
+        hi = min(s + SEARCH_BITS, probes)
         if depth > s:
             n = sum(1 for j in range(1, 1 << (hi - s)) if bounds[p + (j << s)] <= addr)
             p += n << s
-        hi -= SEARCH_BITS
     return p
 
 

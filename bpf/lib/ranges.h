@@ -46,10 +46,16 @@ static __always_inline u32 address_search(const u32 *b, int probes, u32 idx, u32
 	 * every probe (offsets below 2^probes) is inside the value without a
 	 * mask per probe, and the verifier follows p's bounds */
 	const u32 *p = b + idx;
-	/* top step first: hi is the highest offset bit not yet settled + 1 */
+	u64 above = (u64)addr + 1;
+	/* step k settles the offset bits [k * SEARCH_BITS, hi), top step
+	 * first; the steps' boundaries are multiples of SEARCH_BITS counted
+	 * from bit 0, so that a narrower step (probes not a multiple) is the
+	 * top one, which a /16 of smaller depth skips: with 7 probes, a depth
+	 * of 6 takes 3 steps, not the 4 of boundaries counted from the top */
 #pragma unroll
-	for (int hi = probes; hi > 0; hi -= SEARCH_BITS) {
-		int s = hi > SEARCH_BITS ? hi - SEARCH_BITS : 0;
+	for (int k = (probes + SEARCH_BITS - 1) / SEARCH_BITS - 1; k >= 0; k--) {
+		int s = k * SEARCH_BITS;
+		int hi = s + SEARCH_BITS < probes ? s + SEARCH_BITS : probes;
 		/* the /16's starts lie below offset 2^depth: from s >= depth
 		 * on, every probe of this step reads a later /16's start */
 		if (depth <= (u32)s)
@@ -57,10 +63,13 @@ static __always_inline u32 address_search(const u32 *b, int probes, u32 idx, u32
 		u64 n = 0;
 #pragma unroll
 		for (u32 j = 1; j < (1u << (hi - s)); j++) {
-			s64 diff = (s64)addr - (s64)p[j << s];
+			/* start <= addr: start - (addr + 1) wraps below 0, its
+			 * top bit set (both below 2^32: no other way to get it);
+			 * two operations between the load and the sum */
+			u64 diff = (u64)p[j << s] - above;
 			/* opaque: clang would turn the sign test into a branch */
 			asm volatile("" : "+r"(diff));
-			n += ((u64)diff >> 63) ^ 1;
+			n += diff >> 63;
 		}
 		p += n << s;
 	}
