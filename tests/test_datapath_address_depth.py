@@ -17,7 +17,7 @@ import pytest
 
 from bpf_iptables.datapath.compiler import bsize_of, compile_chain
 from bpf_iptables.datapath.harness import Harness, table_from_lines, table_from_save
-from bpf_iptables.datapath.image import TOP_DEPTH_SHIFT, map_image
+from bpf_iptables.datapath.image import TOP_DEPTH_SHIFT, joined, map_image
 from bpf_iptables.netaddr import int_to_ip
 from bpf_iptables.reference.packet import Packet
 from tests.support.shared import ruleset
@@ -27,13 +27,8 @@ INDEX_MASK = (1 << TOP_DEPTH_SHIFT) - 1
 
 
 def images(compiled, field: str) -> dict[str, bytes]:
-    out = {}
-    for image in map_image(compiled, compiled.shape):
-        if image.name.startswith(f"{field}_"):
-            from bpf_iptables.datapath.image import joined
-
-            out[image.name[len(field) + 1:]] = joined(image.items)[1]
-    return out
+    return {image.name[len(field) + 1:]: joined(image.items)[1]
+            for image in map_image(compiled, compiled.shape) if image.name.startswith(f"{field}_")}
 
 
 def u32s(blob: bytes) -> list[int]:

@@ -216,6 +216,9 @@ class Intervals:
     # (left out of ==: the vectors compare as ints; numpy arrays have no truth value)
     rows: "Any" = field(default=None, compare=False)
     tree: "AddressTree | None" = field(default=None, compare=False)
+    # for addresses, per /16 its own depth (numpy uint32, 65,536): the
+    # probes its search needs, ``probes`` being the largest (slash16_depths)
+    top_depth: "Any" = field(default=None, compare=False)
 
     def matrix(self) -> "Any":
         """The vectors as a bit matrix (made from ``tree`` once if need be)."""
@@ -1035,7 +1038,8 @@ def address_columns(live: int, ents: list[int], pfs: list[PrefixField], nwords: 
 
 
 def _address_iv(layout: "_Layout", rows: "Any", tree: "AddressTree | None") -> Intervals:
-    iv = Intervals(layout.bounds, layout.index, [], layout.top, layout.probes, rows, tree)
+    iv = Intervals(layout.bounds, layout.index, [], layout.top, layout.probes, rows, tree,
+                   layout.top_depth)
     iv.vectors = RowInts(iv, len(layout.owners))
     return iv
 
@@ -1162,6 +1166,7 @@ class _Layout:
     parent: "Any" = None
     depths: "Any" = None
     owner: "Any" = None
+    top_depth: "Any" = None   # Intervals.top_depth
 
     @cached_property
     def links(self) -> list[tuple[int, int]]:
@@ -1233,7 +1238,7 @@ def _intervals(order: list[tuple[int, int]], values: list[int],
         else:
             layout = _remember(_layout(order))
     return Intervals(layout.bounds, layout.index, [values[p] for p in layout.owners],
-                     layout.top, layout.probes)
+                     layout.top, layout.probes, top_depth=layout.top_depth)
 
 
 def _layout(order: list[tuple[int, int]], addrs: "Any" = None, lengths: "Any" = None
@@ -1284,9 +1289,10 @@ def _finish(order: list[tuple[int, int]], addrs: "Any", lengths: "Any", parent: 
         bounds = cuts.tolist()
     if top is None:
         iv = with_buckets(Intervals(bounds, index, []))
-        top, probes = iv.top, iv.probes
+        top, probes, top_depth = iv.top, iv.probes, iv.top_depth
     else:
-        top, probes = array("I", top.astype(np.uint32).tobytes()), _probes(cuts)
+        top = array("I", top.astype(np.uint32).tobytes())
+        top_depth, probes = slash16_depths(cuts)
     levels = [np.flatnonzero(depths == d) for d in range(1, int(depths.max()) + 1)]
     internal = np.union1d([0], parent[1:])
     internal_id = np.full(n, -1, dtype=np.int64)
@@ -1304,15 +1310,22 @@ def _finish(order: list[tuple[int, int]], addrs: "Any", lengths: "Any", parent: 
     return _Layout(order, bounds, index, owners.tolist(), top, probes,
                    frozenset(order) if keys is None else keys, (addrs << 6) | lengths,
                    internal_id, base, internal_levels, owner_of, cuts, ids[owner],
-                   parent, depths, owner)
+                   parent, depths, owner, top_depth)
 
 
-def _probes(cuts: "Any") -> int:
-    """``with_buckets``'s probes: enough for the most crowded /16."""
+def slash16_depths(bounds: "Any") -> "tuple[Any, int]":
+    """Per /16 the bit length of the number of interval starts inside it
+    (not at its first address): the probes a search from its first
+    interval needs (numpy uint32, 65,536); and the largest, the probes of
+    the most crowded /16 (``Intervals.probes``). The program skips the
+    steps a /16 does not need (bpf/lib/ranges.h)."""
     import numpy as np
 
-    inside = cuts[(cuts & 0xFFFF) != 0] >> 16
-    return (int(np.bincount(inside).max()) if len(inside) else 0).bit_length()
+    inside = bounds[(bounds & 0xFFFF) != 0] >> 16
+    counts = np.bincount(inside, minlength=1 << 16)
+    # frexp(c) = (m, e) with c = m * 2**e, 0.5 <= m < 1: e is c's bit length (0 for 0)
+    depth = np.frexp(counts.astype(np.float64))[1].astype(np.uint32)
+    return depth, int(depth.max())
 
 
 def _layout_edit(prev: _Layout, p: tuple[int, int], add: bool) -> _Layout:
@@ -1434,9 +1447,8 @@ def with_buckets(iv: Intervals) -> Intervals:
     firsts = (bounds + 0xFFFF) >> 16
     top = np.searchsorted(firsts, np.arange(1 << 16), side="right") - 1
     # from top[h], the search moves past the interval starts inside the /16
-    inside = bounds[(bounds & 0xFFFF) != 0] >> 16
-    widest = int(np.bincount(inside).max()) if len(inside) else 0
-    iv.top, iv.probes = array("I", top.astype(np.uint32).tobytes()), widest.bit_length()
+    iv.top = array("I", top.astype(np.uint32).tobytes())
+    iv.top_depth, iv.probes = slash16_depths(bounds)
     return iv
 
 

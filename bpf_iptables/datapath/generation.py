@@ -170,6 +170,12 @@ def quiesce(att: A.Attachment) -> None:
         _libc.syscall(SYS_MEMBARRIER, MEMBARRIER_CMD_GLOBAL, 0, 0)
 
 
+def current_layout(info: dict) -> bool:
+    """Whether a recorded program reads the maps as this version writes
+    them (image.MAP_LAYOUT; a program an older version loaded does not)."""
+    return info.get("layout") == MAP_LAYOUT
+
+
 def verified_hooks(directory: Path, att: A.Attachment, gen: int) -> dict[str, dict]:
     """The generation's hooks whose pinned program is the one the record
     names and reads the maps as this version writes them (``MAP_LAYOUT``);
@@ -178,7 +184,7 @@ def verified_hooks(directory: Path, att: A.Attachment, gen: int) -> dict[str, di
     so the caller loads a new program there."""
     hooks = {}
     for hook, info in att.slots[gen].get("hooks", {}).items():
-        if info.get("layout") == MAP_LAYOUT and \
+        if current_layout(info) and \
                 bpfsys.pinned_id(str(hook_dir(directory, gen, hook) / "prog")) == info["prog_id"]:
             hooks[hook] = dict(info)
     base = A.pin_dir(directory, gen)
@@ -385,8 +391,7 @@ def mirror_plan(directory: Path, att: A.Attachment) -> dict[str, Shape]:
     plan = {}
     for hook, shape in wanted.items():
         info = have.get(hook)
-        if info is not None and info.get("layout") == MAP_LAYOUT \
-                and shape_of(info["shape"]).covers(shape):
+        if info is not None and current_layout(info) and shape_of(info["shape"]).covers(shape):
             continue
         if "ctstate" in shape.fields or shape.nlogs or shape.nhashlimits or shape.nrecent \
                 or shape.nsets:

@@ -25,7 +25,8 @@ from functools import lru_cache
 from typing import Any
 
 from .compiler import (PAIR_BITS, PROTO_DEFAULT, TCP_FLAGS_EVIL, Compiled, Intervals, Shape,
-                       pair_summary, ports_pair, ports_pair_slots, summary_words)
+                       pair_summary, ports_pair, ports_pair_slots, slash16_depths,
+                       summary_words)
 
 
 class Packed(Sequence):
@@ -733,20 +734,19 @@ TOP_DEPTH_SHIFT = 27
 
 
 def top_with_depth(iv: Intervals) -> array:
-    """The /16 table with each /16's depth in its top bits: the bit length
-    of the number of interval starts inside that /16 (not at its first
-    address), i.e. the probes its own search needs; the program skips the
-    search steps beyond it (ranges.h). ``iv.probes`` is the largest depth."""
+    """The /16 table with each /16's depth in its top bits (the probes its
+    own search needs, ``Intervals.top_depth``: kept with the address
+    layout, so an update that leaves a field's prefixes as they were does
+    not count them again); the program skips the search steps beyond it
+    (ranges.h)."""
     import numpy as np
 
-    bounds = np.asarray(iv.tree.bounds if iv.tree is not None else iv.bounds, dtype=np.int64)
-    inside = bounds[(bounds & 0xFFFF) != 0] >> 16
-    counts = np.bincount(inside, minlength=1 << 16)
-    # frexp(c) = (m, e) with c = m * 2**e, 0.5 <= m < 1: e is c's bit length (0 for 0)
-    depth = np.frexp(counts.astype(np.float64))[1].astype(np.uint32)
-    top = np.frombuffer(iv.top, dtype=np.uint32)
     if len(iv.bounds) >= 1 << TOP_DEPTH_SHIFT:
         raise ValueError(f"{len(iv.bounds)} address intervals: the /16 table holds fewer")
+    depth = iv.top_depth
+    if depth is None:
+        depth = slash16_depths(np.asarray(iv.bounds, dtype=np.int64))[0]
+    top = np.frombuffer(iv.top, dtype=np.uint32)
     return array("I", (top | (depth << TOP_DEPTH_SHIFT)).astype("<u4").tobytes())
 
 
