@@ -698,12 +698,21 @@ BPF_F_TABLE("array", u32, struct pair_sum, ports_pair_map,
 #define TERM_SRC_word(ix) &f_src->word[ix]
 #define TERM_DST_word(ix) &f_dst->word[ix]
 
+#ifndef SRC_DENSE
+#define SRC_DENSE 0
+#endif
+#ifndef DST_DENSE
+#define DST_DENSE 0
+#endif
 #if FIELD_SRC
 /* addresses as intervals (compiler.address_intervals): the interval
  * starts, per interval the id of its bitvector, the distinct bitvectors */
-DEFINE_ADDRESS_SEARCH(src, SRC_BSIZE, SRC_PROBES)
+DEFINE_ADDRESS_SEARCH(src, SRC_BSIZE, SRC_PROBES, SRC_DENSE)
 BPF_F_TABLE("array", u32, u32, src_top_map, 65536, BPF_F_MMAPABLE);
 BPF_F_TABLE("array", int, struct src_bounds, src_bounds_map, 1, BPF_F_MMAPABLE);
+#if SRC_DENSE
+BPF_F_TABLE("array", int, struct src_dense, src_dense_map, 1, BPF_F_MMAPABLE);
+#endif
 BPF_F_TABLE("array", int, u32, src_index_map, SRC_BSIZE, BPF_F_MMAPABLE);
 BPF_F_TABLE("array", int, SRC_VECTOR, src_map, SRC_MAX, BPF_F_MMAPABLE);
 #define TERM_SRC(m, ix) TERM_SRC_##m(ix)
@@ -711,9 +720,12 @@ BPF_F_TABLE("array", int, SRC_VECTOR, src_map, SRC_MAX, BPF_F_MMAPABLE);
 #define TERM_SRC(m, ix)
 #endif
 #if FIELD_DST
-DEFINE_ADDRESS_SEARCH(dst, DST_BSIZE, DST_PROBES)
+DEFINE_ADDRESS_SEARCH(dst, DST_BSIZE, DST_PROBES, DST_DENSE)
 BPF_F_TABLE("array", u32, u32, dst_top_map, 65536, BPF_F_MMAPABLE);
 BPF_F_TABLE("array", int, struct dst_bounds, dst_bounds_map, 1, BPF_F_MMAPABLE);
+#if DST_DENSE
+BPF_F_TABLE("array", int, struct dst_dense, dst_dense_map, 1, BPF_F_MMAPABLE);
+#endif
 BPF_F_TABLE("array", int, u32, dst_index_map, DST_BSIZE, BPF_F_MMAPABLE);
 BPF_F_TABLE("array", int, ADDR_VECTOR, dst_map, DST_MAX, BPF_F_MMAPABLE);
 #define TERM_DST(m, ix) TERM_DST_##m(ix)
@@ -1068,8 +1080,15 @@ int xdp_filter(CTX_TYPE *ctx)
 	u32 *stop = src_top_map.lookup(&stop_key);
 	if (!stop)
 		return RET(XDP_ABORTED);
+#if SRC_DENSE
+	struct src_dense *sd_src = src_dense_map.lookup(&zero);
+	if (!sd_src)
+		return RET(XDP_ABORTED);
+#else
+	struct src_dense *sd_src = NULL;
+#endif
 	u32 sidx;
-	if (src_search(sb_src, *stop, saddr_h, &sidx))
+	if (src_search(sb_src, sd_src, *stop, saddr_h, &sidx))
 		return RET(XDP_ABORTED);
 	u32 *sid = src_index_map.lookup(&sidx);
 	if (!sid)
@@ -1087,8 +1106,15 @@ int xdp_filter(CTX_TYPE *ctx)
 	u32 *dtop = dst_top_map.lookup(&dtop_key);
 	if (!dtop)
 		return RET(XDP_ABORTED);
+#if DST_DENSE
+	struct dst_dense *sd_dst = dst_dense_map.lookup(&zero);
+	if (!sd_dst)
+		return RET(XDP_ABORTED);
+#else
+	struct dst_dense *sd_dst = NULL;
+#endif
 	u32 didx;
-	if (dst_search(sb_dst, *dtop, daddr_h, &didx))
+	if (dst_search(sb_dst, sd_dst, *dtop, daddr_h, &didx))
 		return RET(XDP_ABORTED);
 	u32 *did = dst_index_map.lookup(&didx);
 	if (!did)

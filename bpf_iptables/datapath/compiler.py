@@ -130,6 +130,11 @@ class Shape:
     dst_nbounds: int = 1
     src_probes: int = 0              # binary-search probes within a /16 bucket
     dst_probes: int = 0
+    # dense blocks (bpf/lib/ranges.h): slots for the /16s crowded enough
+    # that a bitmap beats the search (0: none compiled in). Not a size
+    # ``covers`` needs: /16s beyond the slots are searched, as before
+    src_dense: int = 0
+    dst_dense: int = 0
     proto_max: int = 1
     iif_max: int = 1
     sport_bsize: int = 2             # boundary slots, a power of two
@@ -1452,6 +1457,26 @@ def with_buckets(iv: Intervals) -> Intervals:
     return iv
 
 
+# A /16 with at least 2**(DENSE_DEPTH - 1) interval starts inside gets a
+# dense block when its program has slots (image.dense_blocks): its search
+# would take 3 dependent steps or more (SEARCH_BITS 2), the block one load
+# and a popcount. Each slot is a 12 KiB block; at most DENSE_SLOTS_MAX per
+# field (3 MiB: one map value, under the 4 MiB older kernels allow).
+DENSE_DEPTH = 5
+DENSE_SLOTS_MAX = 256
+
+
+def dense_slots(iv: Intervals) -> int:
+    """Dense block slots for ``iv``'s crowded /16s: a power of two (the
+    program masks the slot), 0 when none is crowded."""
+    import numpy as np
+
+    if iv.top_depth is None:
+        iv.top_depth, _ = slash16_depths(np.asarray(iv.bounds, dtype=np.int64))
+    crowded = int(np.count_nonzero(iv.top_depth >= DENSE_DEPTH))
+    return min(DENSE_SLOTS_MAX, pow2_at_least(crowded)) if crowded else 0
+
+
 def bsize_of(iv: Intervals) -> int:
     """Slots for the interval starts, with room for a search that begins
     at the last one and probes up to 2**probes - 1 slots further."""
@@ -1726,10 +1751,12 @@ def _compile_chain(table: Table, hook: str, interfaces: dict[str, int] | None,
         c.src_iv = addresses("src")
         shape.src_max, shape.src_bsize = len(c.src_iv.vectors), bsize_of(c.src_iv)
         shape.src_nbounds, shape.src_probes = len(c.src_iv.bounds), c.src_iv.probes
+        shape.src_dense = dense_slots(c.src_iv)
     if "dst" in used:
         c.dst_iv = addresses("dst")
         shape.dst_max, shape.dst_bsize = len(c.dst_iv.vectors), bsize_of(c.dst_iv)
         shape.dst_nbounds, shape.dst_probes = len(c.dst_iv.bounds), c.dst_iv.probes
+        shape.dst_dense = dense_slots(c.dst_iv)
     # a patched edit derives the range and protocol tables from the last
     # compile's (Derived) too
     def ranged(name: str, top: int, extra_cuts: set[int] = frozenset()

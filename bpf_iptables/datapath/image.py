@@ -25,8 +25,8 @@ from functools import lru_cache
 from typing import Any
 
 from .compiler import (PAIR_BITS, PROTO_DEFAULT, TCP_FLAGS_EVIL, Compiled, Intervals, Shape,
-                       pair_summary, ports_pair, ports_pair_slots, slash16_depths,
-                       summary_words)
+                       DENSE_DEPTH, pair_summary, ports_pair, ports_pair_slots,
+                       slash16_depths, summary_words)
 
 
 class Packed(Sequence):
@@ -599,7 +599,8 @@ def map_image(c: Compiled, shape: Shape) -> list[MapImage]:
             keep = ((c.hook, name, c.serial, c.edit.serial if c.edit is not None else None,
                      c.edit.k // 64 if c.edit is not None else 0, -(-len(c.entries) // 64))
                     if c.serial else None)
-            out.extend(address_images(name, iv, bsize, nw, parts, keep))
+            out.extend(address_images(name, iv, bsize, nw, parts, keep,
+                                      getattr(shape, f"{name}_dense")))
     if parts is not None:
         out.append(MapImage("pair_map", Packed(4, summary_words(nw) * 8, array_keys(1 << 16),
                                                pair_table(parts, nw), dense=True)))
@@ -723,14 +724,18 @@ def log_images(c: Compiled) -> list[MapImage]:
 
 # What the maps mean to a program, for programs an older version loaded:
 # raised whenever a map's contents change meaning for bpf/filter.c (2: the
-# /16 tables' depth bits). A namespace's recorded program of another
-# layout is replaced, never given this version's images
-# (generation.verified_hooks): it would misread them.
-MAP_LAYOUT = 2
+# /16 tables' depth bits; 3: a /16 of depth TOP_DENSE holds a dense
+# block's slot instead of its first interval). A namespace's recorded
+# program of another layout is replaced, never given this version's
+# images (generation.verified_hooks): it would misread them.
+MAP_LAYOUT = 3
 
 # the /16 table's value: the /16's first interval below this bit, its
-# depth from here up (bpf/lib/ranges.h TOP_DEPTH_SHIFT)
+# depth from here up (bpf/lib/ranges.h TOP_DEPTH_SHIFT); the depth
+# TOP_DENSE marks a /16 with a dense block, whose slot is below
 TOP_DEPTH_SHIFT = 27
+TOP_DENSE = 31
+DENSE_WORDS = 1024   # 64-address words of a /16
 
 
 def top_with_depth(iv: Intervals) -> array:
@@ -750,9 +755,50 @@ def top_with_depth(iv: Intervals) -> array:
     return array("I", (top | (depth << TOP_DEPTH_SHIFT)).astype("<u4").tobytes())
 
 
+def dense_blocks(iv: Intervals, slots: int) -> "tuple[Any, bytes]":
+    """The /16 table (as ``top_with_depth``) with the most crowded /16s (of
+    depth DENSE_DEPTH and more, up to ``slots``) given a dense block, and
+    the blocks (``struct NAME_dense``, bpf/lib/ranges.h): per slot, per
+    64-address word the interval at the word's start, then per word a bit
+    per address where an interval starts (a /16's first address left
+    out: the table's own interval is the one there). A /16 left without a
+    slot keeps its depth and is searched."""
+    import numpy as np
+
+    top = np.frombuffer(top_with_depth(iv), dtype=np.uint32).copy()
+    base = np.zeros((slots, DENSE_WORDS), dtype="<u4")
+    bits = np.zeros((slots, DENSE_WORDS), dtype="<u8")
+    depth = iv.top_depth
+    if depth is None:
+        depth = slash16_depths(np.asarray(iv.bounds, dtype=np.int64))[0]
+    # most crowded first, then by address: the same choice every build
+    crowded = np.flatnonzero(depth >= DENSE_DEPTH)
+    crowded = crowded[np.argsort(-depth[crowded].astype(np.int64), kind="stable")][:slots]
+    if len(crowded):
+        bounds = iv.tree.bounds if iv.tree is not None else np.asarray(iv.bounds, dtype=np.int64)
+        slot_of = np.full(1 << 16, -1, dtype=np.int64)
+        slot_of[crowded] = np.arange(len(crowded))
+        offset = bounds & 0xFFFF
+        slot = slot_of[bounds >> 16]
+        inside = (offset != 0) & (slot >= 0)
+        slot, offset = slot[inside], offset[inside]
+        word = slot * DENSE_WORDS + (offset >> 6)      # flat, over the used slots
+        np.bitwise_or.at(bits.reshape(-1), word,
+                         np.left_shift(np.uint64(1), (offset & 63).astype(np.uint64)))
+        used = len(crowded)
+        starts = np.bincount(word, minlength=used * DENSE_WORDS).reshape(used, DENSE_WORDS)
+        first = top[crowded] & np.uint32((1 << TOP_DEPTH_SHIFT) - 1)
+        # the interval at a word's start: the /16's first, plus the starts
+        # in the words before
+        base[:used] = first[:, None] + (np.cumsum(starts, axis=1) - starts).astype(np.uint32)
+        top[crowded] = (np.arange(len(crowded), dtype=np.uint32)
+                        | np.uint32(TOP_DENSE << TOP_DEPTH_SHIFT))
+    return top, base.tobytes() + bits.tobytes()
+
+
 def address_images(name: str, iv: Intervals, bsize: int, nwords: int,
-                   parts: "PairParts | None" = None, keep: "tuple | None" = None
-                   ) -> list[MapImage]:
+                   parts: "PairParts | None" = None, keep: "tuple | None" = None,
+                   dense: int = 0) -> list[MapImage]:
     """Per /16 the interval its first address is in; the interval starts
     (host order, padded with 0xFFFFFFFF, above any address but the last);
     per interval slot the id of its bitvector (padding slots repeat the
@@ -788,10 +834,16 @@ def address_images(name: str, iv: Intervals, bsize: int, nwords: int,
             _handed[(keep[0], keep[1])] = (weakref.ref(vectors), blob.version)
         else:
             vectors = Packed(4, size, array_keys(len(iv.vectors)), blob, dense=True)
-    return [MapImage(f"{name}_top_map", packed_array(top_with_depth(iv))),
+    if dense:
+        top, blocks = dense_blocks(iv, dense)
+        top_image = packed_array(array("I", top.astype("<u4").tobytes()))
+        extra = [MapImage(f"{name}_dense_map", [(u32(0), blocks)])]
+    else:
+        top_image, extra = packed_array(top_with_depth(iv)), []
+    return [MapImage(f"{name}_top_map", top_image),
             MapImage(f"{name}_bounds_map", [(u32(0), bounds)]),
             MapImage(f"{name}_index_map", index),
-            MapImage(f"{name}_map", vectors)]
+            MapImage(f"{name}_map", vectors), *extra]
 
 
 # -- the source x destination pair summary (filter.c PAIR) ------------------

@@ -55,6 +55,8 @@ def cflags(shape: Shape, tc: bool = False, ct_dir: str | None = None,
     # every field kind and map size the compiler knows (compiler.FIELD_ORDER,
     # SIZE_ATTRS): a new field needs no edit here
     flags += [f"-D{k.upper()}={getattr(shape, k)}" for k in SIZE_ATTRS]
+    # the dense blocks' slots (bpf/lib/ranges.h): a size, not one ``covers`` checks
+    flags += [f"-DSRC_DENSE={shape.src_dense}", f"-DDST_DENSE={shape.dst_dense}"]
     if nf:
         # --mode netfilter (nfmode.py): kernel offsets and kfunc ids; the
         # kernel's conntrack instead of the eBPF tracker
@@ -500,7 +502,8 @@ def map_names(shape: Shape) -> list[str]:
     # what the names depend on (the empty shape below has nothing else);
     # remembered: a load asks twice per program, ~2.5 ms each at 10k rules
     key = (shape.nwords, shape.fields, shape.nlimits, shape.nlogs, shape.nhashlimits,
-           shape.nrecent, shape.memo, shape.nsets, shape.sport_bsize, shape.dport_bsize)
+           shape.nrecent, shape.memo, shape.nsets, shape.sport_bsize, shape.dport_bsize,
+           bool(shape.src_dense), bool(shape.dst_dense))
     names = _MAP_NAMES.get(key)
     if names is None:
         from ..model import Table
@@ -514,7 +517,10 @@ def map_names(shape: Shape) -> list[str]:
                                     # the port slots decide whether filter.c has
                                     # ports_pair_map (compiler.ports_pair)
                                     sport_bsize=shape.sport_bsize,
-                                    dport_bsize=shape.dport_bsize))
+                                    dport_bsize=shape.dport_bsize,
+                                    # whether it has the dense blocks' maps
+                                    src_dense=shape.src_dense,
+                                    dst_dense=shape.dst_dense))
         names = _MAP_NAMES[key] = tuple(image.name for image in map_image(empty, empty.shape))
     return [*names, "counter_map", "self_map"]
 

@@ -17,7 +17,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 from bpf_iptables.datapath.compiler import Compiled, Shape, compile_chain
-from bpf_iptables.datapath.image import TOP_DEPTH_SHIFT, joined, map_image
+from bpf_iptables.datapath.image import (DENSE_WORDS, TOP_DENSE, TOP_DEPTH_SHIFT, joined,
+                                         map_image)
 from bpf_iptables.errors import NotSupported, TableOpError, XtablesError
 from bpf_iptables.model import Table
 
@@ -44,23 +45,34 @@ def unsqueeze(runs: list[list]) -> list[str]:
     return [line for count, line in runs for _ in range(count)]
 
 
-def without_depth(values: bytes) -> bytes:
+def without_depth(values: bytes, dense: bytes = b"") -> bytes:
     """A /16 table's values without the depth bits that image.py added after
     the golden digests were taken (image.top_with_depth; checked apart in
-    tests/test_datapath_address_depth.py): the interval indexes alone."""
+    tests/test_datapath_address_depth.py): the interval indexes alone. A
+    /16 with a dense block (depth TOP_DENSE) names its slot instead: its
+    interval is the block's first word's (image.dense_blocks)."""
     mask = (1 << TOP_DEPTH_SHIFT) - 1
     table = array("I", values)
-    return array("I", (v & mask for v in table)).tobytes()
+    blocks = array("I", dense[:len(dense) // 3])    # the bases: a third of the blob
+    return array("I", (blocks[(v & mask) * DENSE_WORDS] if v >> TOP_DEPTH_SHIFT == TOP_DENSE
+                       else v & mask for v in table)).tobytes()
 
 
 def digest(c: Compiled, shape: Shape | None = None) -> dict:
     """Every map's name, clear flag, keys and values (as one hash each), and
     the shape (``c``'s own unless a program's ``shape`` is given)."""
     out = {}
-    for image in map_image(c, shape or c.shape):
+    images = map_image(c, shape or c.shape)
+    # the dense blocks came after the digests: resolved into the /16
+    # tables, checked apart (tests/test_datapath_address_depth.py)
+    dense = {m.name[:-len("_dense_map")]: joined(m.items)[1] for m in images
+             if m.name.endswith("_dense_map")}
+    for image in images:
+        if image.name.endswith("_dense_map"):
+            continue
         keys, values = joined(image.items)
         if image.name.endswith("_top_map"):
-            values = without_depth(values)
+            values = without_depth(values, dense.get(image.name[:-len("_top_map")], b""))
         h = hashlib.sha256(keys)
         h.update(b"|")
         h.update(values)
@@ -73,6 +85,10 @@ def digest(c: Compiled, shape: Shape | None = None) -> dict:
                        ("nrecent", 0), ("memo", 0), ("stateful", 0), ("nsets", 0)):
         if shape.get(k) == default:
             del shape[k]
+    # the dense blocks' slots came later still: left out whatever they are
+    # (their images are resolved above; the slots are checked apart)
+    for k in ("src_dense", "dst_dense"):
+        del shape[k]
     out["shape"] = repr(sorted(shape.items()))
     out["counter_of"] = hashlib.sha256(repr(sorted(c.counter_of.items())).encode()).hexdigest()[:24]
     return out
