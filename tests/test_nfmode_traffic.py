@@ -160,7 +160,10 @@ def tcp_connect(pair, port: int, dst: str = "10.99.0.2") -> str:
     with inside(pair.client):
         c = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     with c:
-        c.settimeout(1.0)
+        # well under TCP's first SYN retransmission (1 s): a dropped SYN is
+        # sent, and counted, once on either system (at 1.0 s the
+        # retransmission raced the timeout)
+        c.settimeout(0.5)
         try:
             c.connect((dst, port))
             return "ok"
