@@ -187,3 +187,41 @@ def test_sample_order_puts_the_first_n_next_to_the_largest() -> None:
     assert sample_order([10, 10000]) == [10, 10000] and sample_order([10]) == [10]
     assert list(alternating(sample_order(counts), 0)) == [100, 1000, 10000, 10, 50000]
     assert list(alternating(sample_order(counts), 1)) == [50000, 10, 10000, 1000, 100]
+
+
+def test_the_live_aims_use_the_bare_drop_measured_beside() -> None:
+    """With a bare drop measured beside XDP native's 10k cell (its runs
+    alternated: live.measure_beside_bare), the aims and the table's ratio
+    use that one; the run's own bare drop stays the table's ceiling."""
+    settings = datapath.Settings(counts=(10000,), rulesets=(), synthetic_counts=(),
+                                 live_rulesets=("classbench-fw1-10k.rules",))
+    beside = _live(BARE_NAME, 10000, 1500)
+    res = datapath.DatapathResults(settings, [], [_live(BPF_NAME, 10000, 2000),
+                                                  _live(LEGACY_NAME, 10000, 40000),
+                                                  _live(BARE_NAME, 0, 1000), beside], [], cpu=1)
+    assert dpreport.bare_result(res).requested == 0
+    assert [(a.measured, a.verdict) for a in dpreport.live_aims(res)] == [
+        ("0.500 / 0.0250 Mpps = 20.0x (the bare XDP drop itself: 26.7x iptables-legacy)", "MISS"),
+        ("0.500 / 0.667 Mpps (runs alternated) = 75%", "PASS")]
+    rows = dpreport.live_table(res, "classbench-fw1-10k.rules")
+    assert rows[2].startswith("| 10,000 | ") and rows[2].endswith(" | 75% |")
+    assert rows[3].startswith("| ceiling: bare XDP drop") and "1.000 Mpps" in rows[3]
+
+
+def test_live_beside_the_bare_drop_alternates_two_topologies() -> None:
+    """Both systems get every run, each counted == sent, and both pairs of
+    namespaces are gone afterwards."""
+    from bench import live, workload
+
+    before = _namespaces()
+    table = workload.load_source(datapath.SYNTHETIC, 10)
+    probe = workload.live_probe(datapath.SYNTHETIC, table)
+    live.ensure_bpffs()
+    ours, bare = live.measure_beside_bare(
+        BPF_NAME, workload.source_text(datapath.SYNTHETIC, 10), 10, probe, 2, 0.05,
+        datapath.bench_cpu(), env_for_children(), "xdp")
+    assert not {n for n in _namespaces() - before if n.startswith("bpft-bench")}
+    assert (ours.system, bare.system) == (BPF_NAME, BARE_NAME)
+    for res in (ours, bare):
+        assert len(res.runs) == 2 and res.all_counted, res.runs
+        assert all(r.sent > 0 for r in res.runs)
