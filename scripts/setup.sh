@@ -30,9 +30,10 @@ fi
 
 # --- 1. Debian packages ------------------------------------------------------
 # util-linux: nsenter, mountpoint; procps: sysctl (tests forward packets);
-# gcc, libc6-dev: the installed commands' C client (bpf_iptables/cli/client.c).
+# gcc, libc6-dev: the installed commands' C client (bpf_iptables/cli/client.c);
+# python3-matplotlib: the benchmark's plots (bench/results/datapath.png).
 PACKAGES=(python3-bpfcc linux-headers-amd64 iptables iproute2 python3-venv bpftool
-          util-linux procps python3-numpy ipset gcc libc6-dev)
+          util-linux procps python3-numpy ipset gcc libc6-dev python3-matplotlib)
 missing=()
 for pkg in "${PACKAGES[@]}"; do
     status="$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)"
