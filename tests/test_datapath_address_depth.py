@@ -144,6 +144,18 @@ def test_crowded_slash16s_beyond_the_slots_are_searched(acl1, slots):
         assert search(bounds, iv.probes, top[addr >> 16], addr, blocks) == i, int_to_ip(addr)
 
 
+def assert_the_program_agrees(table, packets) -> None:
+    """Every packet through the compiled program (TEST_RUN): verdicts and
+    counters as the reference's."""
+    h = Harness()
+    try:
+        report = h.check(table, packets)
+    finally:
+        h.close()
+    assert report.packets == len(packets)
+    assert report.mismatches == []
+
+
 @pytest.mark.usefixtures("private_netns")
 def test_crowded_and_sparse_slash16s_through_the_program():
     """60 hosts in one /24 (the /16's depth 6: a dense block), a few
@@ -178,13 +190,7 @@ def test_crowded_and_sparse_slash16s_through_the_program():
     compiled = compile_chain(table, "INPUT", {})
     assert compiled.src_iv.probes >= 6 and compiled.dst_iv.probes >= 6
     assert compiled.shape.src_dense == compiled.shape.dst_dense == 1
-    h = Harness()
-    try:
-        report = h.check(table, packets)
-    finally:
-        h.close()
-    assert report.packets == len(packets)
-    assert report.mismatches == []
+    assert_the_program_agrees(table, packets)
 
 
 @pytest.mark.usefixtures("private_netns")
@@ -214,10 +220,4 @@ def test_a_dense_slash16_at_its_edges_through_the_program():
                for off in sorted(offsets)]
     packets += [Packet(src=a, dst=0x0A630001, proto=17, sport=5, dport=103, length=60)
                 for a in (0x0A04FFFF, 0x0A060000, 0x0AFFFFFF)]
-    h = Harness()
-    try:
-        report = h.check(table, packets)
-    finally:
-        h.close()
-    assert report.packets == len(packets)
-    assert report.mismatches == []
+    assert_the_program_agrees(table, packets)
