@@ -41,8 +41,8 @@
  * per 64-address word the interval index at the word's start; the
  * address's interval is that index plus the set bits of its word up to
  * the address. One load and a popcount, whatever the /16's depth: at
- * classbench-acl1-10k most of the traffic's sources sit in /16s of 32 to
- * 128 starts (3 or 4 dependent steps). */
+ * classbench-acl1-10k most of the traffic's sources sit in /16s of 16 to
+ * 127 starts (depth 5-7: 3 or 4 dependent steps). */
 #define TOP_DEPTH_SHIFT 27
 #define TOP_DENSE 31
 #define DENSE_WORDS 1024	/* 64-address words of a /16 */
