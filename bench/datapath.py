@@ -164,16 +164,20 @@ def _live_counts(settings: Settings, source: str) -> tuple[int, ...]:
     return settings.live_counts if settings.live_counts is not None else (0, *settings.counts)
 
 
-def _measure_one(system: str, text: str, rules: int, probe: workload.Probe,
-                 settings: Settings, cpu: int, env: dict[str, str],
-                 notes: list[str]) -> LiveResult | None:
+def _measure(system: str, text: str, rules: int, probe: workload.Probe,
+             settings: Settings, cpu: int, env: dict[str, str], notes: list[str],
+             beside_bare: bool = False) -> list[LiveResult]:
+    """``system``'s live cell (with ``beside_bare``, and the bare drop
+    measured beside it: live.measure_beside_bare); none when it failed."""
+    args = (system, text, rules, probe, settings.live_runs, settings.live_seconds, cpu, env,
+            settings.live_generator)
     try:
-        return live.measure(system, text, rules, probe, settings.live_runs,
-                            settings.live_seconds, cpu, env, settings.live_generator)
+        return list(live.measure_beside_bare(*args)) if beside_bare else [live.measure(*args)]
     except (CommandFailed, subprocess.CalledProcessError, ValueError) as e:
         # noted, not fatal: the other cells still mean something
-        notes.append(f"live, {system}, {rules} rules: {e}")
-        return None
+        beside = " beside the bare drop" if beside_bare else ""
+        notes.append(f"live, {system}{beside}, {rules} rules: {e}")
+        return []
 
 
 # the rule count whose XDP native cell the live aims use: measured with
@@ -187,11 +191,10 @@ def run_bare(settings: Settings, cpu: int, env: dict[str, str],
     the synthetic worst case's frame (any IPv4 frame costs it the same)."""
     progress(f"live traffic: {live.BARE_NAME}")
     probe = workload.live_probe(SYNTHETIC, workload.load_source(SYNTHETIC, 1))
-    res = _measure_one(live.BARE_NAME, "", 0, probe, settings, cpu, env, notes)
-    if res is None:
-        return []
-    res.requested, res.ruleset = 0, ""
-    return [res]
+    got = _measure(live.BARE_NAME, "", 0, probe, settings, cpu, env, notes)
+    for res in got:
+        res.requested, res.ruleset = 0, ""
+    return got
 
 
 def run_live(settings: Settings, source: str, cpu: int, env: dict[str, str],
@@ -212,30 +215,13 @@ def run_live(settings: Settings, source: str, cpu: int, env: dict[str, str],
                     and count > settings.others_max_rules:
                 continue      # the report says so
             progress(f"live traffic: {system}, {name} N={count}")
-            if system == live.BPF_NAME and count == BESIDE_BARE \
-                    and live.BARE_NAME in settings.live_systems:
-                # the aims' cell: the bare drop measured beside it
-                got = _measure_beside_bare(system, text, rules, probe, settings, cpu, env,
-                                           notes)
-            else:
-                res = _measure_one(system, text, rules, probe, settings, cpu, env, notes)
-                got = [res] if res is not None else []
-            for res in got:
+            # the aims' cell: the bare drop measured beside it
+            beside = system == live.BPF_NAME and count == BESIDE_BARE \
+                and live.BARE_NAME in settings.live_systems
+            for res in _measure(system, text, rules, probe, settings, cpu, env, notes, beside):
                 res.requested, res.ruleset = count, name
                 out.append(res)
     return out
-
-
-def _measure_beside_bare(system: str, text: str, rules: int, probe: workload.Probe,
-                         settings: Settings, cpu: int, env: dict[str, str],
-                         notes: list[str]) -> list[LiveResult]:
-    try:
-        return list(live.measure_beside_bare(system, text, rules, probe, settings.live_runs,
-                                             settings.live_seconds, cpu, env,
-                                             settings.live_generator))
-    except (CommandFailed, subprocess.CalledProcessError, ValueError) as e:
-        notes.append(f"live, {system} beside the bare drop, {rules} rules: {e}")
-        return []
 
 
 def run(settings: Settings, progress: Callable[[str], None] = lambda s: None,

@@ -308,11 +308,19 @@ def measure(system: str, rules_text: str, rules: int, probe: Probe, runs: int,
         data = wire_frame(topo, probe)
         send(topo, data, min(0.05, seconds), cpu, env, generator)   # warm-up (caches, pages)
         for _ in range(runs):
-            before = read_count(topo, system, probe.first_match, env)
-            sent, elapsed, cpu_s, untimed = send(topo, data, seconds, cpu, env, generator)
-            after = read_count(topo, system, probe.first_match, env)
-            result.runs.append(LiveRun(sent, after - before, elapsed, cpu_s, untimed))
+            result.runs.append(timed_run(topo, system, data, probe, seconds, cpu, env,
+                                         generator))
     return result
+
+
+def timed_run(topo: Topology, system: str, data: bytes, probe: Probe, seconds: float,
+              cpu: int, env: dict[str, str], generator: str) -> LiveRun:
+    """One run of ``data`` for ``seconds``, with the counter the frame
+    first matches read before and after."""
+    before = read_count(topo, system, probe.first_match, env)
+    sent, elapsed, cpu_s, untimed = send(topo, data, seconds, cpu, env, generator)
+    after = read_count(topo, system, probe.first_match, env)
+    return LiveRun(sent, after - before, elapsed, cpu_s, untimed)
 
 
 def measure_beside_bare(system: str, rules_text: str, rules: int, probe: Probe, runs: int,
@@ -341,8 +349,5 @@ def measure_beside_bare(system: str, rules_text: str, rules: int, probe: Probe, 
                 # drop's first run after one of the classifier's read 60
                 # ns, its others 42-44)
                 send(t, frames[s], min(0.05, seconds), cpu, env, generator)
-                before = read_count(t, s, probe.first_match, env)
-                sent, elapsed, cpu_s, untimed = send(t, frames[s], seconds, cpu, env, generator)
-                after = read_count(t, s, probe.first_match, env)
-                res.runs.append(LiveRun(sent, after - before, elapsed, cpu_s, untimed))
+                res.runs.append(timed_run(t, s, frames[s], probe, seconds, cpu, env, generator))
     return ours, bare

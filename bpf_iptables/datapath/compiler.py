@@ -225,6 +225,15 @@ class Intervals:
     # probes its search needs, ``probes`` being the largest (slash16_depths)
     top_depth: "Any" = field(default=None, compare=False)
 
+    def slash16_depth(self) -> "Any":
+        """``top_depth``, counted from the bounds (and kept) when the
+        layout did not hand it over."""
+        if self.top_depth is None:
+            import numpy as np
+
+            self.top_depth = slash16_depths(np.asarray(self.bounds, dtype=np.int64))[0]
+        return self.top_depth
+
     def matrix(self) -> "Any":
         """The vectors as a bit matrix (made from ``tree`` once if need be)."""
         if self.rows is None and self.tree is not None:
@@ -1471,9 +1480,7 @@ def dense_slots(iv: Intervals) -> int:
     program masks the slot), 0 when none is crowded."""
     import numpy as np
 
-    if iv.top_depth is None:
-        iv.top_depth, _ = slash16_depths(np.asarray(iv.bounds, dtype=np.int64))
-    crowded = int(np.count_nonzero(iv.top_depth >= DENSE_DEPTH))
+    crowded = int(np.count_nonzero(iv.slash16_depth() >= DENSE_DEPTH))
     return min(DENSE_SLOTS_MAX, pow2_at_least(crowded)) if crowded else 0
 
 

@@ -26,7 +26,7 @@ from typing import Any
 
 from .compiler import (PAIR_BITS, PROTO_DEFAULT, TCP_FLAGS_EVIL, Compiled, Intervals, Shape,
                        DENSE_DEPTH, pair_summary, ports_pair, ports_pair_slots,
-                       slash16_depths, summary_words)
+                       summary_words)
 
 
 class Packed(Sequence):
@@ -748,14 +748,11 @@ def top_with_depth(iv: Intervals) -> array:
 
     if len(iv.bounds) >= 1 << TOP_DEPTH_SHIFT:
         raise ValueError(f"{len(iv.bounds)} address intervals: the /16 table holds fewer")
-    depth = iv.top_depth
-    if depth is None:
-        depth = slash16_depths(np.asarray(iv.bounds, dtype=np.int64))[0]
     top = np.frombuffer(iv.top, dtype=np.uint32)
-    return array("I", (top | (depth << TOP_DEPTH_SHIFT)).astype("<u4").tobytes())
+    return array("I", (top | (iv.slash16_depth() << TOP_DEPTH_SHIFT)).astype("<u4").tobytes())
 
 
-def dense_blocks(iv: Intervals, slots: int) -> "tuple[Any, bytes]":
+def dense_blocks(iv: Intervals, slots: int) -> tuple[array, bytes]:
     """The /16 table (as ``top_with_depth``) with the most crowded /16s (of
     depth DENSE_DEPTH and more, up to ``slots``) given a dense block, and
     the blocks (``struct NAME_dense``, bpf/lib/ranges.h): per slot, per
@@ -768,9 +765,7 @@ def dense_blocks(iv: Intervals, slots: int) -> "tuple[Any, bytes]":
     top = np.frombuffer(top_with_depth(iv), dtype=np.uint32).copy()
     base = np.zeros((slots, DENSE_WORDS), dtype="<u4")
     bits = np.zeros((slots, DENSE_WORDS), dtype="<u8")
-    depth = iv.top_depth
-    if depth is None:
-        depth = slash16_depths(np.asarray(iv.bounds, dtype=np.int64))[0]
+    depth = iv.slash16_depth()
     # most crowded first, then by address: the same choice every build
     crowded = np.flatnonzero(depth >= DENSE_DEPTH)
     crowded = crowded[np.argsort(-depth[crowded].astype(np.int64), kind="stable")][:slots]
@@ -793,7 +788,7 @@ def dense_blocks(iv: Intervals, slots: int) -> "tuple[Any, bytes]":
         base[:used] = first[:, None] + (np.cumsum(starts, axis=1) - starts).astype(np.uint32)
         top[crowded] = (np.arange(len(crowded), dtype=np.uint32)
                         | np.uint32(TOP_DENSE << TOP_DEPTH_SHIFT))
-    return top, base.tobytes() + bits.tobytes()
+    return array("I", top.astype("<u4").tobytes()), base.tobytes() + bits.tobytes()
 
 
 def address_images(name: str, iv: Intervals, bsize: int, nwords: int,
@@ -836,11 +831,10 @@ def address_images(name: str, iv: Intervals, bsize: int, nwords: int,
             vectors = Packed(4, size, array_keys(len(iv.vectors)), blob, dense=True)
     if dense:
         top, blocks = dense_blocks(iv, dense)
-        top_image = packed_array(array("I", top.astype("<u4").tobytes()))
         extra = [MapImage(f"{name}_dense_map", [(u32(0), blocks)])]
     else:
-        top_image, extra = packed_array(top_with_depth(iv)), []
-    return [MapImage(f"{name}_top_map", top_image),
+        top, extra = top_with_depth(iv), []
+    return [MapImage(f"{name}_top_map", packed_array(top)),
             MapImage(f"{name}_bounds_map", [(u32(0), bounds)]),
             MapImage(f"{name}_index_map", index),
             MapImage(f"{name}_map", vectors), *extra]
